@@ -1,0 +1,75 @@
+"""NIfTI input/output through nibabel, with validation that names the file."""
+
+from __future__ import annotations
+
+import os
+
+import nibabel as nib
+import numpy as np
+
+
+class InputError(ValueError):
+    """Bad user input (file, image, sidecar, parameter); the message names the source."""
+
+
+def load_volume(path: str | os.PathLike, allow_4d_singleton: bool = True):
+    """Load a 3-D NIfTI volume and check it.
+
+    Args:
+      path: ``.nii`` or ``.nii.gz`` file.
+      allow_4d_singleton: accept shape ``(X, Y, Z, 1)`` and squeeze it.
+    Returns:
+      ``(data, image)``: float32 array ``(X, Y, Z)`` and the nibabel image
+      (affine and header preserved for writing outputs).
+    Raises:
+      InputError: missing or unreadable file, not 3-D, empty, or NaN/Inf voxels.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise InputError(f"{path}: file not found.")
+    try:
+        image = nib.load(path)
+        data = np.asarray(image.dataobj, dtype=np.float32)
+    except Exception as exc:  # nibabel raises several types for corrupt files
+        raise InputError(f"{path}: cannot read as NIfTI ({type(exc).__name__}: {exc}).") from exc
+    if data.ndim == 4 and data.shape[-1] == 1 and allow_4d_singleton:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise InputError(f"{path}: expected a 3-D volume, got shape {data.shape}.")
+    if data.size == 0 or min(data.shape) < 2:
+        raise InputError(f"{path}: volume is degenerate, shape {data.shape}.")
+    bad = ~np.isfinite(data)
+    if bad.any():
+        raise InputError(f"{path}: {int(bad.sum())} voxels are NaN or Inf.")
+    return data, image
+
+
+def save_like(data: np.ndarray, reference: nib.Nifti1Image, path: str | os.PathLike,
+              dtype=np.float32) -> str:
+    """Write ``data`` with the affine and header geometry of ``reference``.
+
+    ``data`` must have the spatial shape of ``reference``.  The qform/sform
+    codes and zooms are copied; the data type is ``dtype``.  Returns the path.
+    Raises ValueError on a shape mismatch.
+    """
+    if tuple(data.shape[:3]) != tuple(reference.shape[:3]):
+        raise ValueError(f"{path}: data shape {data.shape} != reference shape {reference.shape}.")
+    header = reference.header.copy()
+    header.set_data_dtype(dtype)
+    out = nib.Nifti1Image(np.asarray(data, dtype=dtype), reference.affine, header)
+    out.set_qform(reference.affine, code=int(reference.header["qform_code"]) or 1)
+    out.set_sform(reference.affine, code=int(reference.header["sform_code"]) or 1)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    nib.save(out, os.fspath(path))
+    return os.fspath(path)
+
+
+def save_volume(data: np.ndarray, affine: np.ndarray, path: str | os.PathLike,
+                dtype=np.float32) -> str:
+    """Write a new NIfTI with ``affine`` (4x4, voxel -> RAS mm).  Returns the path."""
+    image = nib.Nifti1Image(np.asarray(data, dtype=dtype), affine)
+    image.set_qform(affine, code=1)
+    image.set_sform(affine, code=1)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    nib.save(image, os.fspath(path))
+    return os.fspath(path)

@@ -1,0 +1,238 @@
+"""The embedded default dataset: real anatomy -> quantitative maps -> subjects -> sites.
+
+Anatomy is nilearn's bundled MNI ICBM152 2009a template (GM and WM
+probability maps; CSF = filled brain region minus GM minus WM).  Each
+"subject" is a smooth random deformation of it with jittered tissue values and
+a smooth T1 texture; each "site" images every subject with its own protocol
+and scanner effects (B1+, bias field, slice profile, gain, Rician noise).  The
+result is written as a BIDS-like folder and read back through
+:func:`phyjax.data.bids.scan_bids`, the loader a user's data goes through.
+
+Ground truth (noise-free quantitative maps per field strength and the brain
+mask) goes to ``derivatives/phyjax-sim``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from scipy import ndimage
+from tqdm.auto import tqdm
+
+from phyjax.data.nifti import save_volume
+from phyjax.physics import scanner, signal, tissues
+from phyjax.physics.sequences import Protocol
+
+DERIVATIVES = "derivatives/phyjax-sim"
+_FORMAT_VERSION = 1
+
+
+def site_protocol(site_cfg) -> Protocol:
+    """Protocol of a site config (times in s, flip angle in degrees)."""
+    return Protocol.from_degrees(site_cfg["sequence"], tr=site_cfg["tr"], te=site_cfg["te"],
+                                 ti=site_cfg.get("ti", 0.0),
+                                 flip_angle_deg=site_cfg.get("flip_angle", 0.0),
+                                 field_strength=site_cfg["field_strength"])
+
+
+def site_effects(site_cfg) -> scanner.ScannerEffects:
+    """Scanner effects of a site config."""
+    keys = ("b1_scale", "b1_curvature", "bias_amplitude", "noise_fraction", "slice_fwhm", "gain")
+    return scanner.ScannerEffects(**{k: float(site_cfg[k]) for k in keys if k in site_cfg})
+
+
+def load_anatomy(voxel_size: int = 2):
+    """MNI152 2009a tissue probabilities cropped to the head, at ``voxel_size`` mm (an integer: nilearn resamples the template).
+
+    Returns ``(probs, mask, affine)``: ``probs`` float32 ``(3, X, Y, Z)`` for
+    csf, gm, wm (summing to at most 1), ``mask`` bool ``(X, Y, Z)``, ``affine`` 4x4.
+    """
+    from nilearn import datasets  # heavy import, only needed here
+
+    gm_img = datasets.load_mni152_gm_template(resolution=int(voxel_size))
+    gm = np.asarray(gm_img.get_fdata(), np.float32).clip(0, 1)
+    wm = np.asarray(datasets.load_mni152_wm_template(resolution=int(voxel_size)).get_fdata(),
+                    np.float32).clip(0, 1)
+    # Brain region: parenchyma closed and hole-filled (ventricles), plus a thin rim of
+    # sulcal/extra-axial CSF.
+    parenchyma = (gm + wm) > 0.5
+    region = ndimage.binary_closing(parenchyma, iterations=2)
+    region = ndimage.binary_fill_holes(region)
+    region = ndimage.binary_dilation(region, iterations=1)
+    csf = np.clip(1.0 - gm - wm, 0.0, 1.0) * region
+    gm, wm = gm * region, wm * region
+    # Crop to the region's bounding box plus a margin, keeping the affine exact.
+    idx = np.argwhere(region)
+    lo = np.maximum(idx.min(0) - 3, 0)
+    hi = np.minimum(idx.max(0) + 4, region.shape)
+    sl = tuple(slice(a, b) for a, b in zip(lo, hi))
+    affine = gm_img.affine.copy()
+    affine[:3, 3] = affine[:3, :3] @ lo + affine[:3, 3]
+    probs = np.stack([csf[sl], gm[sl], wm[sl]]).astype(np.float32)
+    return probs, region[sl], affine
+
+
+def _smooth_field(rng, shape, sigma_vox):
+    field = ndimage.gaussian_filter(rng.standard_normal(shape), sigma_vox)
+    return field / (np.abs(field).max() + 1e-12)
+
+
+def make_subject(probs, seed: int, deform_mm: float, voxel_size: float, jitter: float,
+                 texture: float):
+    """One synthetic subject: deformed tissue probabilities and per-tissue value factors.
+
+    Returns ``(probs, factors, t1_texture)``: deformed ``(3, X, Y, Z)``
+    probabilities, ``(3, 4)`` multiplicative jitter of (t1, t2, t2star, pd) per
+    tissue, and a smooth ``(X, Y, Z)`` T1 modulation around 1.
+    """
+    rng = np.random.default_rng(seed)
+    shape = probs.shape[1:]
+    sigma = 12.0 / voxel_size
+    disp = [_smooth_field(rng, shape, sigma) * deform_mm / voxel_size for _ in range(3)]
+    grid = np.meshgrid(*[np.arange(n, dtype=np.float32) for n in shape], indexing="ij")
+    coords = [g + d for g, d in zip(grid, disp)]
+    warped = np.stack([ndimage.map_coordinates(p, coords, order=1, mode="constant")
+                       for p in probs]).astype(np.float32)
+    factors = np.clip(1.0 + jitter * rng.standard_normal((3, 4)), 0.7, 1.3)
+    factors[:, 3] = np.minimum(factors[:, 3], 1.0 / tissues.tissue_array(3.0)[:, 3])  # PD <= 1
+    t1_texture = 1.0 + texture * _smooth_field(rng, shape, 3.0 / voxel_size * 2)
+    return warped, factors, t1_texture.astype(np.float32)
+
+
+def quantitative_maps(probs, factors, t1_texture, field_strength):
+    """Partial-volume maps ``{"t1","t2","t2star","pd"}`` (s, s, s, fraction), each ``(X, Y, Z)``.
+
+    Relaxation times are probability-weighted means of the tissue values;
+    PD is the probability-weighted sum (0 outside the brain, where T1/T2 are set
+    to the CSF value to keep the signal equations finite).
+    """
+    table = tissues.tissue_array(field_strength) * factors  # (3 tissues, 4 params)
+    total = probs.sum(0)
+    weights = probs / np.maximum(total, 1e-6)
+    maps = {}
+    for j, name in enumerate(("t1", "t2", "t2star")):
+        maps[name] = np.einsum("t...,t->...", weights, table[:, j]).astype(np.float32)
+        maps[name] = np.where(total > 1e-6, maps[name], table[0, j]).astype(np.float32)
+    maps["t1"] = maps["t1"] * t1_texture
+    maps["pd"] = np.einsum("t...,t->...", probs, table[:, 3]).astype(np.float32)
+    return maps
+
+
+
+def acquire(maps, mask, protocol: Protocol, effects: scanner.ScannerEffects, key):
+    """Image a subject: signal equation, slice profile, B1+, bias, gain, Rician noise.
+
+    Args:
+      maps: dict of ``(X, Y, Z)`` maps at ``protocol.field_strength``.
+      mask: brain mask ``(X, Y, Z)`` (for the noise reference level).
+      key: PRNG key for the bias field and noise.
+    Returns: float32 magnitude image ``(X, Y, Z)``.
+    """
+    shape = maps["t1"].shape
+    k_bias, k_noise = jax.random.split(key)
+    b1 = scanner.b1_field(shape, effects.b1_scale, effects.b1_curvature)
+    clean = signal.synthesize(protocol, maps["t1"], maps["t2"], maps["t2star"], maps["pd"], b1)
+    clean = scanner.slice_profile(clean, effects.slice_fwhm, axis=-1)
+    coeffs = scanner.sample_bias_coefficients(k_bias, effects.bias_amplitude)
+    clean = effects.gain * clean * scanner.bias_field(shape, coeffs)
+    sigma = effects.noise_fraction * jnp.nanpercentile(jnp.where(mask, clean, jnp.nan), 99.0)
+    return np.asarray(scanner.rician_noise(clean, sigma, k_noise), np.float32)
+
+
+def dataset_fingerprint(data_cfg) -> str:
+    """Hash of everything that determines the default dataset's content."""
+    payload = json.dumps({"v": _FORMAT_VERSION, "cfg": _to_plain(data_cfg)}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+def _to_plain(cfg):
+    if hasattr(cfg, "to_dict"):
+        cfg = cfg.to_dict()
+    keys = ("seed", "n_subjects", "voxel_size", "deform_mm", "tissue_jitter", "t1_texture",
+            "sites")
+    return {k: cfg[k] for k in keys}
+
+
+def build_default_dataset(data_cfg, cache_dir: str, progress: bool = True) -> str:
+    """Build (once) and return the path of the default BIDS-like dataset.
+
+    The folder name carries :func:`dataset_fingerprint`, so a changed config
+    builds a new dataset and an unchanged one is reused.  Writing goes to a
+    temporary folder renamed at the end, so an interrupted build leaves nothing
+    half-written behind.
+    """
+    root = os.path.join(cache_dir, f"default-{dataset_fingerprint(data_cfg)}")
+    if os.path.exists(os.path.join(root, "dataset_description.json")):
+        return root
+    os.makedirs(cache_dir, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".building-", dir=cache_dir)
+    cfg = _to_plain(data_cfg)
+    probs, mask, affine = load_anatomy(cfg["voxel_size"])
+    sites = cfg["sites"]
+    field_strengths = sorted({float(s["field_strength"]) for s in sites.values()})
+    base_key = jax.random.key(cfg["seed"])
+    participants = ["participant_id"]
+    n = int(cfg["n_subjects"])
+    bar = tqdm(total=n * len(sites), desc="building default dataset", disable=not progress)
+    for i in range(n):
+        subject = f"{i + 1:02d}"
+        participants.append(f"sub-{subject}")
+        s_probs, factors, texture = make_subject(
+            probs, seed=cfg["seed"] * 1000 + i, deform_mm=cfg["deform_mm"],
+            voxel_size=cfg["voxel_size"], jitter=cfg["tissue_jitter"], texture=cfg["t1_texture"])
+        s_mask = mask & (s_probs.sum(0) > 0.05)
+        deriv = os.path.join(tmp, DERIVATIVES, f"sub-{subject}", "anat")
+        save_volume(s_mask.astype(np.uint8), affine,
+                    os.path.join(deriv, f"sub-{subject}_desc-brain_mask.nii.gz"), dtype=np.uint8)
+        maps_by_b0 = {}
+        for b0 in field_strengths:
+            maps = quantitative_maps(s_probs, factors, texture, b0)
+            maps_by_b0[b0] = maps
+            tag = f"{b0:g}T".replace(".", "p")
+            save_volume(maps["t1"] * s_mask, affine,
+                        os.path.join(deriv, f"sub-{subject}_acq-{tag}_T1map.nii.gz"))
+            save_volume(maps["pd"] * s_mask, affine,
+                        os.path.join(deriv, f"sub-{subject}_acq-{tag}_M0map.nii.gz"))
+        for j, (site, site_cfg) in enumerate(sorted(sites.items())):
+            protocol = site_protocol(site_cfg)
+            key = jax.random.fold_in(jax.random.fold_in(base_key, i), j)
+            image = acquire(maps_by_b0[float(site_cfg["field_strength"])], s_mask, protocol,
+                            site_effects(site_cfg), key)
+            anat = os.path.join(tmp, f"sub-{subject}", f"ses-{site}", "anat")
+            stem = os.path.join(anat, f"sub-{subject}_ses-{site}_T1w")
+            save_volume(image, affine, stem + ".nii.gz")
+            sidecar = protocol.to_sidecar()
+            sidecar.update({"Manufacturer": site_cfg.get("manufacturer", "phyjax-sim"),
+                            "InstitutionName": site})
+            with open(stem + ".json", "w") as f:
+                json.dump(sidecar, f, indent=2)
+            bar.update()
+    bar.close()
+    with open(os.path.join(tmp, "participants.tsv"), "w") as f:
+        f.write("\n".join(participants) + "\n")
+    with open(os.path.join(tmp, "dataset_description.json"), "w") as f:
+        json.dump({"Name": "phyjax default multi-site dataset (MNI152 2009a anatomy)",
+                   "BIDSVersion": "1.9.0", "DatasetType": "raw",
+                   "GeneratedBy": [{"Name": "phyjax", "Description": json.dumps(cfg)}]}, f,
+                  indent=2)
+    if os.path.exists(root):  # another process finished first
+        shutil.rmtree(tmp)
+    else:
+        os.replace(tmp, root)
+    return root
+
+
+def ground_truth_paths(root: str, subject: str, field_strength: float) -> dict[str, str]:
+    """Paths of the simulated T1 map, M0 (PD) map and brain mask of ``subject``."""
+    deriv = os.path.join(root, DERIVATIVES, f"sub-{subject}", "anat")
+    tag = f"{field_strength:g}T".replace(".", "p")
+    return {"t1": os.path.join(deriv, f"sub-{subject}_acq-{tag}_T1map.nii.gz"),
+            "m0": os.path.join(deriv, f"sub-{subject}_acq-{tag}_M0map.nii.gz"),
+            "mask": os.path.join(deriv, f"sub-{subject}_desc-brain_mask.nii.gz")}

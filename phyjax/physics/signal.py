@@ -1,0 +1,117 @@
+"""Closed-form MR signal equations: pure, single-voxel, differentiable, vmappable.
+
+Every function takes scalars (or arrays that broadcast together) in SI units:
+times in seconds, angles in radians, ``m0`` in arbitrary units, ``b1`` a
+dimensionless flip-angle scale.  They return the *signed* steady-state
+transverse signal; :func:`synthesize` takes the magnitude, as a scanner's
+magnitude reconstruction does.  Use ``jax.vmap`` or broadcasting for maps.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from phyjax.physics.sequences import Protocol
+
+
+def spgr(t1, t2star, m0, tr, te, flip_angle, b1=1.0):
+    """Spoiled gradient echo (SPGR/FLASH) steady state, ideal spoiling.
+
+    S = M0 sin(b1 a) (1 - E1) / (1 - cos(b1 a) E1) exp(-TE/T2*),  E1 = exp(-TR/T1).
+
+    Source: Ernst & Anderson, Rev. Sci. Instrum. 37:93 (1966); Bernstein, King &
+    Zhou, *Handbook of MRI Pulse Sequences* (2004), Sec. 14.1 (RF-spoiled GRE).
+
+    Args (broadcastable arrays): t1, t2star, tr, te in s; m0 a.u.; flip_angle in
+      rad; b1 dimensionless.
+    Returns: signal, broadcast shape of the inputs.
+    """
+    alpha = b1 * flip_angle
+    e1 = jnp.exp(-tr / t1)
+    return m0 * jnp.sin(alpha) * (1.0 - e1) / (1.0 - jnp.cos(alpha) * e1) * jnp.exp(-te / t2star)
+
+
+def ernst_angle(t1, tr):
+    """Flip angle (rad) that maximizes :func:`spgr`: arccos(exp(-TR/T1)) (Ernst 1966)."""
+    return jnp.arccos(jnp.exp(-tr / t1))
+
+
+def mprage(t1, t2star, m0, tr, ti, te):
+    """MPRAGE, static-equation form (readout train neglected).
+
+    S = M0 (1 - 2 exp(-TI/T1) / (1 + exp(-TR/T1))) exp(-TE/T2*)
+
+    where TR is the time between inversions (TI + TD + tau in the source).
+    Source: Jog et al., "MR image synthesis by contrast learning on neighborhood
+    ensembles", Med. Image Anal. 24:63 (2015), MPRAGE imaging equation (Sec. 2);
+    used by Borges et al. (2019).  The readout-train form (Deichmann et al. 2000)
+    refines it.  Derivation checked in tests by iterating inversion/recovery
+    cycles to steady state.
+
+    Args: t1, t2star, tr, ti, te in s; m0 a.u.  Returns the signed signal.
+    """
+    return (m0 * (1.0 - 2.0 * jnp.exp(-ti / t1) / (1.0 + jnp.exp(-tr / t1)))
+            * jnp.exp(-te / t2star))
+
+
+def inversion_recovery(t1, t2, m0, tr, ti, te, inversion_efficiency=1.0):
+    """Inversion recovery (spin-echo readout), signed.
+
+    S = M0 (1 - (1 + eta) exp(-TI/T1) + exp(-TR/T1)) exp(-TE/T2)
+
+    with eta the inversion efficiency (1 = perfect 180 deg).  The magnitude has its
+    null at TI = T1 ln(2 / (1 + exp(-TR/T1))) for eta = 1 (:func:`ir_null_ti`).
+    Source: Bydder & Young, J. Comput. Assist. Tomogr. 9:659 (1985); Bernstein
+    et al. (2004), Sec. 14.2 (inversion recovery).
+
+    Args: t1, t2, tr, ti, te in s; m0 a.u.; eta dimensionless.
+    """
+    return (m0 * (1.0 - (1.0 + inversion_efficiency) * jnp.exp(-ti / t1) + jnp.exp(-tr / t1))
+            * jnp.exp(-te / t2))
+
+
+def ir_null_ti(t1, tr):
+    """Inversion time (s) that nulls a tissue of ``t1`` in :func:`inversion_recovery` (eta = 1)."""
+    return t1 * jnp.log(2.0 / (1.0 + jnp.exp(-tr / t1)))
+
+
+def spin_echo(t1, t2, m0, tr, te):
+    """Spin echo with a 90-180 pair, finite TR.
+
+    S = M0 (1 - 2 exp(-(TR - TE/2)/T1) + exp(-TR/T1)) exp(-TE/T2)
+
+    Source: Bernstein et al. (2004), Sec. 14.3 (spin echo, refocusing-pulse term
+    included); ../DESIGN.md Sec. 3.
+    Args: t1, t2, tr, te in s; m0 a.u.
+    """
+    return (m0 * (1.0 - 2.0 * jnp.exp(-(tr - te / 2.0) / t1) + jnp.exp(-tr / t1))
+            * jnp.exp(-te / t2))
+
+
+def signed_signal(protocol: Protocol, t1, t2, t2star, m0, b1=1.0):
+    """Signed signal of ``protocol`` for tissue maps (any broadcastable shapes).
+
+    Dispatches on ``protocol.sequence`` (static).  ``b1`` scales the flip angle
+    of SPGR; the static MPRAGE, IR and SE forms assume ideal pulses.
+    Raises ValueError for an unknown family.
+    """
+    p = protocol
+    if p.sequence == "spgr":
+        return spgr(t1, t2star, m0, p.tr, p.te, p.flip_angle, b1)
+    if p.sequence == "mprage":
+        return mprage(t1, t2star, m0, p.tr, p.ti, p.te)
+    if p.sequence == "ir":
+        return inversion_recovery(t1, t2, m0, p.tr, p.ti, p.te)
+    if p.sequence == "se":
+        return spin_echo(t1, t2, m0, p.tr, p.te)
+    raise ValueError(f"No signal model for sequence {p.sequence!r}.")
+
+
+def synthesize(protocol: Protocol, t1, t2, t2star, m0, b1=1.0):
+    """Magnitude image of ``protocol`` from quantitative maps: ``|signed_signal(...)|``.
+
+    Shapes: all maps broadcast together; output has their broadcast shape.
+    Pass ``t2 = t2star = jnp.inf`` to model an image whose T2/T2* weighting is
+    folded into ``m0`` (as PhyCHarm's generator does).
+    """
+    return jnp.abs(signed_signal(protocol, t1, t2, t2star, m0, b1))
