@@ -32,6 +32,7 @@ def _site(sequence, tr, te, ti=0.0, flip_angle=0.0, field_strength=3.0, manufact
 def get_config(arg: str | None = None) -> ConfigDict:
     """Default config; ``arg="debug"`` shrinks everything for tests (< 1 min)."""
     config = ConfigDict()
+    config.method = "phycharm"
     config.mode = "train_eval"  # or "harmonize"
     config.seed = 0
 

@@ -106,8 +106,9 @@ def scan_bids(root: str, suffix: str = "T1w") -> list[Scan]:
         site = ent.get("ses")
         if site is None:
             sidecar = read_sidecar(sidecar_path(path))
-            site = "_".join(str(sidecar.get(k, "")) for k in
-                            ("InstitutionName", "ManufacturersModelName")).strip("_") or None
+            site = "_".join(str(sidecar[k]).strip() for k in
+                            ("InstitutionName", "ManufacturersModelName")
+                            if sidecar.get(k) is not None and str(sidecar[k]).strip()) or None
         if site is None:
             raise InputError(f"{path}: cannot tell the site (no ses- entity, no InstitutionName "
                              "or ManufacturersModelName in the sidecar).")

@@ -1,0 +1,107 @@
+"""Image-similarity metrics, in JAX, with the conventions of scikit-image.
+
+All functions take arrays of equal shape (2-D or 3-D; a leading batch axis is
+handled with ``jax.vmap`` by the caller) and an optional boolean mask of the
+same shape that restricts the average to the brain.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+
+
+def _box_filter(x, size):
+    """Mean over a ``size``^ndim window with symmetric ('reflect' in scipy) edges."""
+    r = (size - 1) // 2
+    for axis in range(x.ndim):
+        pad = [(0, 0)] * x.ndim
+        pad[axis] = (r, r)
+        xp = jnp.pad(x, pad, mode="symmetric")
+        c = jnp.cumsum(xp, axis=axis)
+        zero = jnp.zeros_like(jnp.take(c, jnp.array([0]), axis=axis))
+        c = jnp.concatenate([zero, c], axis=axis)
+        n = x.shape[axis]
+        upper = jnp.take(c, jnp.arange(size, size + n), axis=axis)
+        lower = jnp.take(c, jnp.arange(0, n), axis=axis)
+        x = (upper - lower) / size
+    return x
+
+
+def ssim_map(x, y, data_range, win_size: int = 7, k1: float = 0.01, k2: float = 0.03):
+    """Local SSIM map (Wang et al., IEEE TIP 13:600, 2004, Eq. 13).
+
+    Uniform ``win_size`` window with sample covariance and reflected edges:
+    the defaults of ``skimage.metrics.structural_similarity`` (full=True).
+    Shapes: ``x``, ``y`` any N-d shape; returns the same shape.
+    """
+    x = jnp.asarray(x, jnp.float32) if jnp.asarray(x).dtype != jnp.float64 else jnp.asarray(x)
+    y = jnp.asarray(y, x.dtype)
+    n_pixels = win_size ** x.ndim
+    cov_norm = n_pixels / (n_pixels - 1.0)
+    ux, uy = _box_filter(x, win_size), _box_filter(y, win_size)
+    uxx, uyy, uxy = (_box_filter(x * x, win_size), _box_filter(y * y, win_size),
+                     _box_filter(x * y, win_size))
+    vx = cov_norm * (uxx - ux * ux)
+    vy = cov_norm * (uyy - uy * uy)
+    vxy = cov_norm * (uxy - ux * uy)
+    c1 = (k1 * data_range) ** 2
+    c2 = (k2 * data_range) ** 2
+    return ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux ** 2 + uy ** 2 + c1) * (vx + vy + c2))
+
+
+def masked_mean(values, mask=None):
+    """Mean of ``values`` over ``mask`` (all elements if None)."""
+    if mask is None:
+        return jnp.mean(values)
+    mask = jnp.asarray(mask, values.dtype)
+    return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def ssim(x, reference, mask=None, data_range=None, win_size: int = 7):
+    """Mean SSIM of ``x`` against ``reference`` over ``mask``.
+
+    ``data_range`` defaults to the reference's range (in the mask).
+    """
+    if data_range is None:
+        data_range = _range(reference, mask)
+    return masked_mean(ssim_map(x, reference, data_range, win_size), mask)
+
+
+def psnr(x, reference, mask=None, data_range=None):
+    """Peak signal-to-noise ratio (dB): ``10 log10(range^2 / MSE)`` over ``mask``."""
+    if data_range is None:
+        data_range = _range(reference, mask)
+    mse = masked_mean((jnp.asarray(x) - jnp.asarray(reference)) ** 2, mask)
+    return 10.0 * jnp.log10(data_range ** 2 / mse)
+
+
+def nrmse(x, reference, mask=None):
+    """Normalized RMSE ``||x - ref|| / ||ref||`` over ``mask`` (skimage's 'euclidean')."""
+    x, reference = jnp.asarray(x), jnp.asarray(reference)
+    err = masked_mean((x - reference) ** 2, mask)
+    ref = masked_mean(reference ** 2, mask)
+    return jnp.sqrt(err / ref)
+
+
+def _range(reference, mask):
+    reference = jnp.asarray(reference)
+    if mask is None:
+        return jnp.max(reference) - jnp.min(reference)
+    mask = jnp.asarray(mask, bool)
+    return jnp.max(jnp.where(mask, reference, -jnp.inf)) - jnp.min(jnp.where(mask, reference, jnp.inf))
+
+
+def image_metrics(x, reference, mask) -> dict[str, float]:
+    """``{"ssim", "psnr", "nrmse"}`` of ``x`` vs ``reference`` in ``mask`` as Python floats.
+
+    Raises ValueError on shape mismatch or an empty mask.
+    """
+    x, reference, mask = np.asarray(x), np.asarray(reference), np.asarray(mask, bool)
+    if x.shape != reference.shape or mask.shape != x.shape:
+        raise ValueError(f"shape mismatch: image {x.shape}, reference {reference.shape}, "
+                         f"mask {mask.shape}.")
+    if not mask.any():
+        raise ValueError("empty mask: no voxels to evaluate.")
+    return {"ssim": float(ssim(x, reference, mask)), "psnr": float(psnr(x, reference, mask)),
+            "nrmse": float(nrmse(x, reference, mask))}

@@ -1,0 +1,1 @@
+"""One module per method, wiring data + model + losses + training + evaluation."""

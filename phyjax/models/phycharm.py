@@ -1,0 +1,75 @@
+"""PhyCHarm: quantitative-maps generator + physics re-synthesis + harmonizer.
+
+Lee, Ye & Oh, "PhyCHarm: physics-constrained harmonization of MR images",
+NeuroImage (2025).  The generator maps a source T1w slice and its acquisition
+parameters to T1 and M0; the target protocol's signal equation
+(:func:`phyjax.physics.signal.synthesize`) re-synthesizes the target-contrast
+image from those maps; the harmonizer takes the source and the re-synthesized
+image and predicts the target-protocol T1w as a residual on the
+re-synthesis.  Everything is differentiable end to end.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from phyjax.models.unet import ConditionalUNet
+from phyjax.physics import signal
+from phyjax.physics.sequences import Protocol
+
+
+def resynthesize(protocol: Protocol, t1, m0, reference):
+    """Image of ``protocol`` from predicted maps, in units of ``reference``.
+
+    T2/T2* weighting is folded into ``m0`` (t2 = t2star = inf), as PhyCHarm's
+    generator predicts only T1 and M0.  ``reference`` is a scalar (the
+    protocol's white-matter signal, see :func:`reference_signal`) that puts the
+    result on the scale of images normalized by their 99th in-brain percentile.
+    """
+    return signal.synthesize(protocol, t1, jnp.inf, jnp.inf, m0) / reference
+
+
+def reference_signal(protocol: Protocol, tissue) -> jnp.ndarray:
+    """``synthesize`` of ``protocol`` for one tissue (``TissueParameters``, T2* folded into M0)."""
+    return signal.synthesize(protocol, tissue.t1, jnp.inf, jnp.inf, tissue.pd)
+
+
+class PhyCHarm(nn.Module):
+    """Forward pass on a batch of 2-D slices.
+
+    Call with ``source (B, H, W, 1)``, ``mask (B, H, W, 1)``, ``source_code (B, P)``,
+    ``target_code (B, P)`` (from :func:`phyjax.physics.encode`), the target
+    :class:`Protocol` and its reference signal.  Returns a dict of
+    ``(B, H, W, 1)`` arrays: ``t1`` (s), ``m0``, ``resynth`` (target contrast
+    from the maps) and ``harmonized``; all zero outside ``mask`` except ``t1``
+    which is set there to ``t1_max / 2`` to keep signal equations finite.
+    """
+
+    features: Sequence[int] = (16, 32, 64)
+    cond_features: int = 32
+    t1_max: float = 5.0
+    m0_max: float = 1.5
+
+    def setup(self):
+        self.generator = ConditionalUNet(self.features, 2, self.cond_features)
+        self.harmonizer = ConditionalUNet(self.features, 1, self.cond_features)
+
+    def maps(self, source, mask, source_code):
+        raw = self.generator(source, source_code)
+        t1 = self.t1_max * jax.nn.sigmoid(raw[..., :1])
+        m0 = self.m0_max * jax.nn.sigmoid(raw[..., 1:])
+        t1 = jnp.where(mask > 0, t1, 0.5 * self.t1_max)
+        return t1, m0 * mask
+
+    def __call__(self, source, mask, source_code, target_code, target: Protocol,
+                 target_reference):
+        t1, m0 = self.maps(source, mask, source_code)
+        resynth = resynthesize(target, t1, m0, target_reference) * mask
+        code = jnp.concatenate([source_code, target_code], axis=-1)
+        residual = self.harmonizer(jnp.concatenate([source, resynth], axis=-1), code)
+        harmonized = (resynth + residual) * mask
+        return {"t1": t1, "m0": m0, "resynth": resynth, "harmonized": harmonized}

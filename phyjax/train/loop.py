@@ -1,0 +1,105 @@
+"""A resumable training loop shared by every method.
+
+``fit`` runs a jit-compiled ``step_fn(state, batch) -> (state, metrics)`` for
+``steps`` steps, draws batch ``i`` with ``batch_fn(i)`` (a pure function of
+the step, so a resumed run sees the same batches as an uninterrupted one),
+shows a tqdm progress bar with the loss, appends metrics to a CSV and saves
+Orbax checkpoints; if checkpoints exist in ``workdir`` it resumes from the
+latest one.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+import orbax.checkpoint as ocp
+from flax import struct
+from tqdm.auto import tqdm
+
+
+@struct.dataclass
+class TrainState:
+    """Parameters, optimizer state and step counter (a pytree; checkpointed whole)."""
+
+    step: jnp.ndarray
+    params: Any
+    opt_state: Any
+
+    @classmethod
+    def create(cls, params, tx: optax.GradientTransformation) -> "TrainState":
+        return cls(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+
+def checkpoint_manager(directory: str, max_to_keep: int = 2) -> ocp.CheckpointManager:
+    """Orbax manager for ``directory`` (created if needed)."""
+    return ocp.CheckpointManager(
+        os.path.abspath(directory),
+        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
+
+
+def restore_latest(directory: str, like: TrainState) -> TrainState | None:
+    """Latest checkpoint in ``directory`` restored into the structure of ``like``, or None."""
+    if not os.path.isdir(directory):
+        return None
+    manager = checkpoint_manager(directory)
+    step = manager.latest_step()
+    if step is None:
+        manager.close()
+        return None
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+    restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    manager.close()
+    return restored
+
+
+def fit(state: TrainState, step_fn: Callable, batch_fn: Callable[[int], Any], steps: int,
+        workdir: str, checkpoint_every: int = 100, log_every: int = 10,
+        progress: bool = True, desc: str = "train") -> TrainState:
+    """Train to ``steps`` total steps, resuming from ``workdir/checkpoints`` if present.
+
+    Args:
+      state: freshly initialized state (its structure is the restore template).
+      step_fn: ``(state, batch) -> (state, metrics dict of scalars)``, jit-compiled.
+      batch_fn: ``step -> batch``; must depend only on the step (and fixed data).
+      steps: total number of optimizer steps.
+      workdir: run folder; checkpoints in ``workdir/checkpoints``, metrics in
+        ``workdir/train_log.csv``.
+    Returns: the final state (also saved as a checkpoint).
+    """
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    restored = restore_latest(ckpt_dir, state)
+    if restored is not None:
+        state = restored
+    start = int(state.step)
+    manager = checkpoint_manager(ckpt_dir)
+    log_path = os.path.join(workdir, "train_log.csv")
+    writer_file = open(log_path, "a", newline="")
+    writer = None
+    bar = tqdm(total=steps, initial=start, desc=desc, disable=not progress,
+               dynamic_ncols=True, mininterval=1.0)
+    try:
+        for i in range(start, steps):
+            state, metrics = step_fn(state, batch_fn(i))
+            if (i + 1) % log_every == 0 or i + 1 == steps:
+                values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                bar.set_postfix(loss=f"{values.get('loss', float('nan')):.4f}")
+                if writer is None:
+                    writer = csv.DictWriter(writer_file, fieldnames=["step", *values])
+                    if writer_file.tell() == 0:
+                        writer.writeheader()
+                writer.writerow({"step": i + 1, **values})
+                writer_file.flush()
+            if (i + 1) % checkpoint_every == 0 or i + 1 == steps:
+                manager.save(i + 1, args=ocp.args.StandardSave(state))
+            bar.update()
+    finally:
+        bar.close()
+        manager.wait_until_finished()
+        manager.close()
+        writer_file.close()
+    return state
