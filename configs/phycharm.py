@@ -72,6 +72,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
 
     model = config.model = ConfigDict()
     model.features = (16, 32, 64)
+    model.context = 1        # neighbouring slices on each side as input channels (2.5-D)
     model.cond_features = 32
     model.t1_max = 5.0       # s, upper bound of predicted T1
     model.m0_max = 1.5       # upper bound of predicted M0 (PD fraction)

@@ -567,10 +567,6 @@ def test_subjects_differ(debug_cfg, dataset):
             assert not np.allclose(images[i], images[j], rtol=0.05), (subs[i], subs[j])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "synthetic.build_default_dataset: the brain mask is `template_region & (warped "
-    "tissue > 0.05)`, which equals the undeformed template region for every subject; "
-    "the mask does not follow the subject's deformation (deformed tissue lies outside it)."))
 def test_brain_mask_follows_subject_deformation(debug_cfg, dataset):
     subs = _subjects(debug_cfg)
     masks = [_arr(synthetic.ground_truth_paths(dataset, s, 3.0)["mask"]) > 0 for s in subs]

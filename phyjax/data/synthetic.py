@@ -31,7 +31,7 @@ from phyjax.physics import scanner, signal, tissues
 from phyjax.physics.sequences import Protocol
 
 DERIVATIVES = "derivatives/phyjax-sim"
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2
 
 
 def site_protocol(site_cfg) -> Protocol:
@@ -187,7 +187,7 @@ def build_default_dataset(data_cfg, cache_dir: str, progress: bool = True) -> st
         s_probs, factors, texture = make_subject(
             probs, seed=cfg["seed"] * 1000 + i, deform_mm=cfg["deform_mm"],
             voxel_size=cfg["voxel_size"], jitter=cfg["tissue_jitter"], texture=cfg["t1_texture"])
-        s_mask = mask & (s_probs.sum(0) > 0.05)
+        s_mask = s_probs.sum(0) > 0.5  # the deformed brain region
         deriv = os.path.join(tmp, DERIVATIVES, f"sub-{subject}", "anat")
         save_volume(s_mask.astype(np.uint8), affine,
                     os.path.join(deriv, f"sub-{subject}_desc-brain_mask.nii.gz"), dtype=np.uint8)

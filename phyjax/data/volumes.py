@@ -110,6 +110,16 @@ def to_slices(volume: np.ndarray, pads) -> np.ndarray:
     return np.moveaxis(padded, -1, 0)
 
 
+def with_context(slices: np.ndarray, context: int) -> np.ndarray:
+    """``(Z, H, W)`` -> ``(Z, H, W, 2 context + 1)``: each slice with its neighbours as channels.
+
+    Neighbours beyond the volume repeat the edge slice (2.5-D input).
+    """
+    n = slices.shape[0]
+    idx = np.clip(np.arange(n)[:, None] + np.arange(-context, context + 1)[None, :], 0, n - 1)
+    return np.moveaxis(slices[idx], 1, -1)
+
+
 def from_slices(slices: np.ndarray, pads) -> np.ndarray:
     """Inverse of :func:`to_slices`: ``(Z, X', Y')`` -> ``(X, Y, Z)``."""
     vol = np.moveaxis(np.asarray(slices), 0, -1)

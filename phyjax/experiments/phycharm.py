@@ -19,8 +19,8 @@ import optax
 from phyjax.baselines import BASELINES
 from phyjax.data import bids, synthetic
 from phyjax.data.nifti import InputError, load_volume, save_like
-from phyjax.data.volumes import (brain_slices, from_slices, load_scans, pad_to_multiple,
-                                 split_subjects, to_slices)
+from phyjax.data.volumes import (brain_slices, from_slices, load_scans, normalize,
+                                 pad_to_multiple, split_subjects, to_slices, with_context)
 from phyjax.evaluate import report
 from phyjax.evaluate.metrics import image_metrics, nrmse
 from phyjax.losses import masked_l1, physics_consistency, r1_m0_map_loss, ssim_loss
@@ -68,7 +68,7 @@ def target_protocol(volumes, target_site) -> Protocol:
     return next(iter(volumes.values()))[target_site].protocol
 
 
-def _stack_site(volumes, subjects, site, target_site, pads, min_fraction):
+def _stack_site(volumes, subjects, site, target_site, pads, min_fraction, context):
     keys = ("source", "target", "mask", "t1", "m0")
     parts = {k: [] for k in keys}
     for s in subjects:
@@ -78,7 +78,9 @@ def _stack_site(volumes, subjects, site, target_site, pads, min_fraction):
                   "t1": v.t1 if v.t1 is not None else np.ones_like(v.image),
                   "m0": v.m0 if v.m0 is not None else np.zeros_like(v.image)}
         for k in keys:
-            parts[k].append(to_slices(arrays[k], pads)[z][..., None])
+            slices = to_slices(arrays[k], pads)
+            parts[k].append(with_context(slices, context)[z] if k == "source"
+                            else slices[z][..., None])
     return {k: np.concatenate(p).astype(np.float32) for k, p in parts.items()}
 
 
@@ -100,10 +102,11 @@ def make_optimizer(config) -> optax.GradientTransformation:
 
 def init_state(config, model, tx, shape) -> TrainState:
     h, w = shape
-    x = jnp.zeros((1, h, w, 1))
+    x = jnp.zeros((1, h, w, 2 * config.model.context + 1))
+    mask = jnp.zeros((1, h, w, 1))
     code = jnp.zeros((1, encode(Protocol(tr=1.0, te=0.0)).shape[-1]))
     tgt = Protocol(tr=2.0, te=0.0, ti=1.0)
-    params = model.init(jax.random.key(config.seed), x, x, code, code, tgt, 1.0)["params"]
+    params = model.init(jax.random.key(config.seed), x, mask, code, code, tgt, 1.0)["params"]
     return TrainState.create(params, tx)
 
 
@@ -122,7 +125,8 @@ def make_train_step(model, tx, train_cfg, target: Protocol, target_ref: float):
                           target, target_ref)
         l_map = r1_m0_map_loss(out["t1"], out["m0"], b["t1"], b["m0"], b["mask"])
         r_src = signal.synthesize(source_protocol, out["t1"], jnp.inf, jnp.inf, out["m0"])
-        l_phys = physics_consistency(b["source"], r_src, b["mask"])
+        centre = b["source"].shape[-1] // 2
+        l_phys = physics_consistency(b["source"][..., centre:centre + 1], r_src, b["mask"])
         l_harm = masked_l1(out["harmonized"], b["target"], b["mask"])
         l_ssim = ssim_loss(out["harmonized"], b["target"], b["mask"])
         loss = (train_cfg.w_map * l_map + train_cfg.w_physics * l_phys
@@ -153,9 +157,9 @@ def make_predict(model, target: Protocol, target_ref: float):
     return predict
 
 
-def predict_volume(predict, params, image, mask, protocol, pads, batch_size):
+def predict_volume(predict, params, image, mask, protocol, pads, batch_size, context):
     """Run the model on every axial slice of a volume; returns dict of ``(X, Y, Z)`` arrays."""
-    src = to_slices(image, pads)[..., None].astype(np.float32)
+    src = with_context(to_slices(image, pads), context).astype(np.float32)
     msk = to_slices(mask.astype(np.float32), pads)[..., None]
     n = src.shape[0]
     total = -(-n // batch_size) * batch_size
@@ -201,7 +205,8 @@ def train_and_evaluate(config, workdir: str, progress: bool = True) -> dict:
     pads = pad_to_multiple(shape[:2], 2 ** (len(config.model.features) - 1))
     train_sites = sites  # the target protocol itself is also a valid source
     arrays = {s: _stack_site(volumes, train_subjects, s, target_site, pads,
-                             config.data.min_mask_fraction) for s in train_sites}
+                             config.data.min_mask_fraction, config.model.context)
+              for s in train_sites}
     protocols = {s: volumes[train_subjects[0]][s].protocol for s in train_sites}
 
     model, tx = make_model(config), make_optimizer(config)
@@ -266,7 +271,7 @@ def evaluate(config, workdir, volumes, params, model, target, target_ref, train_
             v = volumes[subject][site]
             outputs = {name: b(v.image, v.mask) for name, b in baselines.items()}
             pred = predict_volume(predict, params, v.image, v.mask, v.protocol, pads,
-                                  config.eval.batch_size)
+                                  config.eval.batch_size, config.model.context)
             outputs[METHOD] = np.where(v.mask, pred["harmonized"], 0.0)
             for method, image in outputs.items():
                 m = image_metrics(image, truth.image, truth.mask)
@@ -346,16 +351,15 @@ def harmonize(config, workdir: str) -> str:
     target_affine = np.diag([vs, vs, vs])
     low = resample_img(masked_img, target_affine=target_affine, interpolation="continuous",
                        force_resample=True, copy_header=True)
-    low_mask = resample_img(mask_img, target_affine=target_affine, target_shape=low.shape,
+    low_mask = resample_img(mask_img, target_affine=low.affine, target_shape=low.shape,
                             interpolation="continuous", force_resample=True,
                             copy_header=True).get_fdata() > 0.5
     low_data = np.asarray(low.get_fdata(), np.float32)
-    from phyjax.data.volumes import normalize
     low_norm = normalize(low_data, low_mask)
 
     trained_cfg = config.copy_and_resolve_references()
     with trained_cfg.unlocked():
-        for key in ("features", "cond_features", "t1_max", "m0_max"):
+        for key in ("features", "cond_features", "t1_max", "m0_max", "context"):
             trained_cfg.model[key] = trained["model"][key]
     model = make_model(trained_cfg)
     split = json.load(open(os.path.join(workdir, "split.json")))
@@ -371,7 +375,7 @@ def harmonize(config, workdir: str) -> str:
         raise InputError(f"{workdir}/checkpoints: no checkpoint to harmonize with.")
     predict = make_predict(model, target, target_ref)
     pred = predict_volume(predict, state.params, low_norm, low_mask, protocol, pads,
-                          config.eval.batch_size)
+                          config.eval.batch_size, trained_cfg.model.context)
     harmonized_low = nib.Nifti1Image(np.where(low_mask, pred["harmonized"], 0).astype(np.float32),
                                      low.affine)
     back = resample_img(harmonized_low, target_affine=img.affine, target_shape=image.shape,
@@ -389,7 +393,6 @@ def harmonize(config, workdir: str) -> str:
 
 
 def normalize_for_display(image, mask):
-    from phyjax.data.volumes import normalize
     return np.where(mask, normalize(image, mask), 0.0)
 
 

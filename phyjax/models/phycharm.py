@@ -41,7 +41,8 @@ def reference_signal(protocol: Protocol, tissue) -> jnp.ndarray:
 class PhyCHarm(nn.Module):
     """Forward pass on a batch of 2-D slices.
 
-    Call with ``source (B, H, W, 1)``, ``mask (B, H, W, 1)``, ``source_code (B, P)``,
+    Call with ``source (B, H, W, C)`` (the slice and its neighbours, centre
+    channel ``C // 2``), ``mask (B, H, W, 1)``, ``source_code (B, P)``,
     ``target_code (B, P)`` (from :func:`phyjax.physics.encode`), the target
     :class:`Protocol` and its reference signal.  Returns a dict of
     ``(B, H, W, 1)`` arrays: ``t1`` (s), ``m0``, ``resynth`` (target contrast

@@ -57,16 +57,21 @@ def mprage(t1, t2star, m0, tr, ti, te):
 def inversion_recovery(t1, t2, m0, tr, ti, te, inversion_efficiency=1.0):
     """Inversion recovery (spin-echo readout), signed.
 
-    S = M0 (1 - (1 + eta) exp(-TI/T1) + exp(-TR/T1)) exp(-TE/T2)
+    S = M0 (1 - (1 + eta) exp(-TI/T1) + eta exp(-TR/T1)) exp(-TE/T2)
 
-    with eta the inversion efficiency (1 = perfect 180 deg).  The magnitude has its
+    with eta the inversion efficiency (the inversion maps Mz -> -eta Mz; 1 = perfect
+    180 deg).  Steady state of: inversion, recovery over TI, 90 deg excitation leaving
+    Mz = 0, recovery over TR - TI; the effect of the 180 deg refocusing pulse on the Mz
+    regrown during TE/2 is neglected, so this is the TE << TR form.  For eta = 1 it is
+    the textbook 1 - 2 exp(-TI/T1) + exp(-TR/T1).  The magnitude has its
     null at TI = T1 ln(2 / (1 + exp(-TR/T1))) for eta = 1 (:func:`ir_null_ti`).
     Source: Bydder & Young, J. Comput. Assist. Tomogr. 9:659 (1985); Bernstein
     et al. (2004), Sec. 14.2 (inversion recovery).
 
     Args: t1, t2, tr, ti, te in s; m0 a.u.; eta dimensionless.
     """
-    return (m0 * (1.0 - (1.0 + inversion_efficiency) * jnp.exp(-ti / t1) + jnp.exp(-tr / t1))
+    eta = inversion_efficiency
+    return (m0 * (1.0 - (1.0 + eta) * jnp.exp(-ti / t1) + eta * jnp.exp(-tr / t1))
             * jnp.exp(-te / t2))
 
 
