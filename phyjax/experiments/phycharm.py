@@ -106,7 +106,7 @@ def init_state(config, model, tx, shape) -> TrainState:
     mask = jnp.zeros((1, h, w, 1))
     code = jnp.zeros((1, encode(Protocol(tr=1.0, te=0.0)).shape[-1]))
     tgt = Protocol(tr=2.0, te=0.0, ti=1.0)
-    params = model.init(jax.random.key(config.seed), x, mask, code, code, tgt, 1.0)["params"]
+    params = model.init(jax.random.key(config.seed), x, mask, code, code, tgt, 1.0, 3.0)["params"]
     return TrainState.create(params, tx)
 
 
@@ -122,7 +122,7 @@ def make_train_step(model, tx, train_cfg, target: Protocol, target_ref: float):
         code_src = jnp.broadcast_to(code, (b["source"].shape[0],) + code.shape)
         code_tgt = jnp.broadcast_to(encode(target), code_src.shape)
         out = model.apply({"params": params}, b["source"], b["mask"], code_src, code_tgt,
-                          target, target_ref)
+                          target, target_ref, source_protocol.field_strength)
         l_map = r1_m0_map_loss(out["t1"], out["m0"], b["t1"], b["m0"], b["mask"])
         r_src = signal.synthesize(source_protocol, out["t1"], jnp.inf, jnp.inf, out["m0"])
         centre = b["source"].shape[-1] // 2
@@ -146,13 +146,13 @@ def make_train_step(model, tx, train_cfg, target: Protocol, target_ref: float):
 
 
 def make_predict(model, target: Protocol, target_ref: float):
-    """Jit-compiled ``(params, source, mask, source_code) -> outputs`` on slice batches."""
+    """Jit-compiled ``(params, source, mask, source_code, source_B0) -> outputs`` on slice batches."""
 
     @jax.jit
-    def predict(params, source, mask, code_src):
+    def predict(params, source, mask, code_src, source_field_strength):
         code_tgt = jnp.broadcast_to(encode(target), code_src.shape)
         return model.apply({"params": params}, source, mask, code_src, code_tgt, target,
-                           target_ref)
+                           target_ref, source_field_strength)
 
     return predict
 
@@ -168,7 +168,8 @@ def predict_volume(predict, params, image, mask, protocol, pads, batch_size, con
     code = np.broadcast_to(np.asarray(encode(protocol)), (batch_size, int(encode(protocol).shape[-1])))
     outs = []
     for i in range(0, total, batch_size):
-        outs.append(jax.device_get(predict(params, src[i:i + batch_size], msk[i:i + batch_size], code)))
+        outs.append(jax.device_get(predict(params, src[i:i + batch_size], msk[i:i + batch_size],
+                                           code, float(protocol.field_strength))))
     return {k: from_slices(np.concatenate([o[k] for o in outs])[:n, ..., 0], pads)
             for k in outs[0]}
 
@@ -335,10 +336,10 @@ def harmonize(config, workdir: str) -> str:
     overrides = {"RepetitionTime": h.tr, "EchoTime": h.te, "InversionTime": h.ti,
                  "FlipAngle": h.flip_angle, "MagneticFieldStrength": h.field_strength}
     overrides = {k: v for k, v in overrides.items() if v is not None and v >= 0}
-    sidecar = bids.read_sidecar(sidecar_file) if (h.sidecar or not overrides) else (
-        bids.read_sidecar(sidecar_file) if os.path.exists(sidecar_file) else {})
-    if overrides.get("RepetitionTime") is not None:
-        sidecar.pop("RepetitionTimePreparation", None)
+    if h.sidecar or os.path.exists(sidecar_file) or not overrides:
+        sidecar = bids.read_sidecar(sidecar_file)  # errors name the file
+    else:
+        sidecar = {}  # all parameters from the command line
     try:
         protocol = from_sidecar(sidecar, source=sidecar_file if sidecar else "command line",
                                 sequence=h.sequence or None, overrides=overrides)

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from phyjax.models.unet import ConditionalUNet
 from phyjax.physics import signal
 from phyjax.physics.sequences import Protocol
+from phyjax.physics.tissues import convert_t1
 
 
 def resynthesize(protocol: Protocol, t1, m0, reference):
@@ -44,7 +45,9 @@ class PhyCHarm(nn.Module):
     Call with ``source (B, H, W, C)`` (the slice and its neighbours, centre
     channel ``C // 2``), ``mask (B, H, W, 1)``, ``source_code (B, P)``,
     ``target_code (B, P)`` (from :func:`phyjax.physics.encode`), the target
-    :class:`Protocol` and its reference signal.  Returns a dict of
+    :class:`Protocol`, its reference signal and the source B0 (T, ``(B,)`` or
+    scalar).  The predicted T1 is at the source B0 and is converted to the
+    target B0 (:func:`phyjax.physics.tissues.convert_t1`) before re-synthesis.  Returns a dict of
     ``(B, H, W, 1)`` arrays: ``t1`` (s), ``m0``, ``resynth`` (target contrast
     from the maps) and ``harmonized``; all zero outside ``mask`` except ``t1``
     which is set there to ``t1_max / 2`` to keep signal equations finite.
@@ -67,9 +70,13 @@ class PhyCHarm(nn.Module):
         return t1, m0 * mask
 
     def __call__(self, source, mask, source_code, target_code, target: Protocol,
-                 target_reference):
+                 target_reference, source_field_strength):
         t1, m0 = self.maps(source, mask, source_code)
-        resynth = resynthesize(target, t1, m0, target_reference) * mask
+        # Maps are predicted at the source's B0 (so re-synthesizing the source is
+        # consistent); the target image needs T1 at the target's B0.
+        t1_target = jax.vmap(convert_t1, in_axes=(0, 0, None))(
+            t1, jnp.broadcast_to(source_field_strength, t1.shape[:1]), target.field_strength)
+        resynth = resynthesize(target, t1_target, m0, target_reference) * mask
         code = jnp.concatenate([source_code, target_code], axis=-1)
         residual = self.harmonizer(jnp.concatenate([source, resynth], axis=-1), code)
         harmonized = (resynth + residual) * mask

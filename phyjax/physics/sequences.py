@@ -103,9 +103,8 @@ def infer_sequence(sidecar: Mapping[str, Any]) -> str | None:
     """Sequence family from BIDS/DICOM fields, or ``None`` when they do not say.
 
     Uses ``PulseSequenceType`` when present (phyjax writes it), else the DICOM
-    ``ScanningSequence``/``SequenceVariant`` pair that dcm2niix copies:
-    GR+IR with MP (magnetization prepared) -> mprage; GR with SP -> spgr;
-    IR without GR -> ir; SE -> se.
+    ``ScanningSequence`` that dcm2niix copies from DICOM: GR+IR -> mprage
+    (inversion-prepared gradient echo); GR -> spgr; IR without GR -> ir; SE -> se.
     """
     pst = str(sidecar.get("PulseSequenceType", "")).strip().lower().replace("-", "").replace("_", "")
     aliases = {"mprage": "mprage", "mp2rage": "mprage", "irspgr": "mprage", "bravo": "mprage",
@@ -114,7 +113,6 @@ def infer_sequence(sidecar: Mapping[str, Any]) -> str | None:
     if pst in aliases:
         return aliases[pst]
     scanning = set(str(sidecar.get("ScanningSequence", "")).upper().replace("\\", " ").split())
-    variant = set(str(sidecar.get("SequenceVariant", "")).upper().replace("\\", " ").split())
     if "GR" in scanning and "IR" in scanning:
         return "mprage"
     if "GR" in scanning:
@@ -123,7 +121,6 @@ def infer_sequence(sidecar: Mapping[str, Any]) -> str | None:
         return "ir"
     if "SE" in scanning:
         return "se"
-    del variant
     return None
 
 
@@ -141,7 +138,8 @@ def from_sidecar(sidecar: Mapping[str, Any], source: str = "<sidecar>",
         ``MagneticFieldStrength``), e.g. from the command line.
 
     For ``mprage``, ``RepetitionTimePreparation`` (BIDS) is preferred over
-    ``RepetitionTime`` because vendors disagree on what ``RepetitionTime`` means.
+    ``RepetitionTime`` because vendors disagree on what ``RepetitionTime`` means;
+    an explicit ``RepetitionTime`` override (the command line) wins over both.
 
     Raises:
       ValueError: naming ``source`` when the family cannot be determined, a
@@ -174,7 +172,8 @@ def from_sidecar(sidecar: Mapping[str, Any], source: str = "<sidecar>",
 
     need = REQUIRED[seq]
     tr_key = "RepetitionTime"
-    if seq == "mprage" and fields.get("RepetitionTimePreparation") is not None:
+    overridden = (overrides or {}).get("RepetitionTime") is not None
+    if seq == "mprage" and fields.get("RepetitionTimePreparation") is not None and not overridden:
         tr_key = "RepetitionTimePreparation"
     tr = number(tr_key, "tr" in need)
     te = number("EchoTime", "te" in need)

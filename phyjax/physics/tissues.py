@@ -13,6 +13,14 @@ density.  Sources:
   et al. (MRI 25:748, 2007); CSF T2 and T2* are not well defined in vivo and are
   set long (1.0 s / 0.2 s), which makes them irrelevant for T1-weighted contrast.
   PD as at 1.5 T (PD does not depend on B0).
+* 7 T: T1 of WM 1.15 s and GM 1.92 s from Marques et al. (NeuroImage 49:1271,
+  2010, MP2RAGE at 7 T); CSF T1 4.4 s from Rooney et al. (Magn. Reson. Med.
+  57:308, 2007, 4.43 s at 7 T); T2 of frontal GM 47 ms and WM 47 ms from Cox &
+  Gowland (Magn. Reson. Med. 64:1440, 2010, gradient-echo sampling of a spin
+  echo: GM and WM T2 are equal at 7 T within that study's precision, so the
+  GM > WM ordering of T2 at 1.5 and 3 T does not hold here); T2* of frontal GM
+  33.2 ms and WM 26.8 ms from Peters et al. (MRI 25:748, 2007, same study as the
+  3 T T2* values).  CSF T2 and T2* set long as at 3 T; PD as at 1.5 T.
 """
 
 from __future__ import annotations
@@ -44,6 +52,11 @@ _TABLE: dict[float, dict[str, TissueParameters]] = {
         "gm": TissueParameters(1.350, 0.110, 0.066, 0.86),
         "wm": TissueParameters(0.810, 0.080, 0.053, 0.77),
     },
+    7.0: {
+        "csf": TissueParameters(4.400, 1.000, 0.200, 1.00),
+        "gm": TissueParameters(1.920, 0.047, 0.0332, 0.86),
+        "wm": TissueParameters(1.150, 0.047, 0.0268, 0.77),
+    },
 }
 
 FIELD_STRENGTHS = tuple(sorted(_TABLE))
@@ -68,3 +81,38 @@ def tissue_array(field_strength: float) -> np.ndarray:
     """Table as an array of shape ``(3, 4)``: rows csf, gm, wm; columns t1, t2, t2star, pd."""
     table = tissue_parameters(field_strength)
     return np.array([table[name] for name in TISSUES], dtype=np.float64)
+
+
+def _t1_anchor_table() -> tuple[np.ndarray, np.ndarray]:
+    fields = np.array(FIELD_STRENGTHS, dtype=np.float64)
+    rows = [[tissue_parameters(b)[name].t1 for name in ("wm", "gm", "csf")] for b in fields]
+    return fields, np.array(rows, dtype=np.float64)
+
+
+def convert_t1(t1, from_field_strength, to_field_strength):
+    """Map T1 (s) measured at one B0 to another, through the tissue anchors of the table.
+
+    T1 is converted piecewise-linearly through the (WM, GM, CSF) T1 values of
+    :data:`_TABLE` at the two field strengths, with linear extrapolation beyond
+    WM and CSF.  Partial-volume T1 maps that mix two adjacent tissues
+    linearly (as :func:`phyjax.data.synthetic.quantitative_maps` does) are
+    mapped exactly; three-tissue mixtures and subject-specific values
+    approximately.  This is the field-strength dependence of T1 (T1
+    dispersion; e.g. Rooney et al., MRM 57:308, 2007) reduced to the tissues
+    of the table.
+
+    Args:
+      t1: T1 values in s, any shape.
+      from_field_strength, to_field_strength: B0 in T, scalars (may be traced);
+        snapped to the nearest field strength of the table.
+    Returns: converted T1, shape of ``t1``.  Differentiable in ``t1``.
+    """
+    import jax.numpy as jnp
+
+    fields, table = _t1_anchor_table()
+    src = jnp.asarray(table)[jnp.argmin(jnp.abs(fields - from_field_strength))]
+    dst = jnp.asarray(table)[jnp.argmin(jnp.abs(fields - to_field_strength))]
+    seg = jnp.clip(jnp.searchsorted(src, t1) - 1, 0, 1)  # 0: WM-GM segment, 1: GM-CSF
+    x0, x1 = src[seg], src[seg + 1]
+    y0, y1 = dst[seg], dst[seg + 1]
+    return y0 + (t1 - x0) * (y1 - y0) / (x1 - x0)
