@@ -10,8 +10,8 @@ from phyjax.physics.scanner import (ScannerEffects, b1_field, bias_field, rician
                                     sample_bias_coefficients, slice_profile)
 from phyjax.physics.sequences import (ENCODING_SIZE, SEQUENCES, Protocol, encode, from_sidecar,
                                       infer_sequence)
-from phyjax.physics.signal import (bssfp, ernst_angle, turbo_spin_echo, inversion_recovery, ir_null_ti, mprage,
-                                   signed_signal, spgr, spin_echo, synthesize)
+from phyjax.physics.signal import (bssfp, ernst_angle, inversion_recovery, ir_null_ti, mprage,
+                                   signed_signal, spgr, spin_echo, synthesize, turbo_spin_echo)
 from phyjax.physics.tissues import (TISSUES, TissueParameters, convert_t1, tissue_array,
                                     tissue_parameters)
 
