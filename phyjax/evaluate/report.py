@@ -77,6 +77,23 @@ def _mid_slice(mask):
     return int(np.argmax(area))
 
 
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _save(fig, path, title=""):
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=110)
+    _pyplot().close(fig)
+    return path
+
+
 def _show(ax, img, vmax, title=None, cmap="gray"):
     ax.imshow(np.asarray(img).T, origin="lower", cmap=cmap, vmin=0, vmax=vmax,
               interpolation="nearest")
@@ -92,10 +109,7 @@ def comparison_figure(rows: list[dict], path: str, title: str = "") -> str:
     Each row dict holds ``label`` and ``(X, Y, Z)`` arrays ``source``,
     ``harmonized``, ``truth``, ``mask``; the axial slice with most brain is shown.
     """
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     n = len(rows)
     fig, axes = plt.subplots(n, 4, figsize=(8, 2.3 * n), squeeze=False)
     for i, r in enumerate(rows):
@@ -109,21 +123,12 @@ def comparison_figure(rows: list[dict], path: str, title: str = "") -> str:
         diff = np.abs(r["harmonized"][..., z] - r["truth"][..., z]) * r["mask"][..., z]
         _show(axes[i, 3], diff, 0.3 * vmax, "|difference|" if i == 0 else None, cmap="magma")
         axes[i, 0].set_ylabel(r["label"], fontsize=9)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path, title)
 
 
 def input_output_figure(source, harmonized, mask, path: str, title: str = "") -> str:
     """Three orthogonal mid-brain slices of the input (top) and harmonized output (bottom)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     idx = np.argwhere(mask)
     cx, cy, cz = ((idx.min(0) + idx.max(0)) // 2).tolist()
     fig, axes = plt.subplots(2, 3, figsize=(9, 6))
@@ -131,10 +136,4 @@ def input_output_figure(source, harmonized, mask, path: str, title: str = "") ->
         vmax = float(np.percentile(vol[mask], 99.5))
         for col, sl in enumerate((vol[cx, :, :], vol[:, cy, :], vol[:, :, cz])):
             _show(axes[row, col], sl, vmax, f"{name}" if col == 0 else None)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path, title)
