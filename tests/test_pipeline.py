@@ -172,3 +172,12 @@ def test_cli_names_missing_input_file(tmp_path):
                "--config.mode=harmonize", f"--config.harmonize.input={tmp_path}/nope.nii.gz")
     assert res.returncode == 2
     assert "nope.nii.gz" in res.stderr
+
+
+def test_resuming_with_a_different_model_is_refused(debug_run):
+    cfg, workdir, _ = debug_run
+    other = cfg.copy_and_resolve_references()
+    with other.unlocked():
+        other.model.cond_features = cfg.model.cond_features + 1
+    with pytest.raises(InputError, match="different 'model' config"):
+        phycharm.train_and_evaluate(other, workdir, progress=False)

@@ -72,6 +72,18 @@ def write_metrics(rows: list[dict], csv_path: str, md_path: str) -> list[dict]:
     return summary
 
 
+def maps_table(map_rows: list[dict]) -> str:
+    """Markdown table of generator T1/M0 NRMSE per source site (mean ± sd over subjects)."""
+    lines = ["| source site | T1 NRMSE | M0 NRMSE | n |", "|---|---|---|---|"]
+    for site in sorted({r["site"] for r in map_rows}):
+        t1 = np.array([r["t1_nrmse"] for r in map_rows if r["site"] == site])
+        m0 = np.array([r["m0_nrmse"] for r in map_rows if r["site"] == site])
+        sd = (lambda v: v.std(ddof=1) if len(v) > 1 else 0.0)
+        lines.append(f"| {site} | {t1.mean():.3f} ± {sd(t1):.3f} | {m0.mean():.3f} ± {sd(m0):.3f} "
+                     f"| {len(t1)} |")
+    return "\n".join(lines) + "\n"
+
+
 def _mid_slice(mask):
     area = mask.reshape(-1, mask.shape[-1]).sum(0)
     return int(np.argmax(area))

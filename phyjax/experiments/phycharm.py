@@ -10,6 +10,7 @@ import functools
 import json
 import os
 import time
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -180,6 +181,20 @@ def _reference(target: Protocol) -> float:
 
 # ----------------------------------------------------------------------------- main job
 
+def _check_resumable(config, workdir):
+    """Refuse to resume checkpoints written with a different model, data or seed."""
+    path = os.path.join(workdir, "config.json")
+    if not (os.path.exists(path) and os.path.isdir(os.path.join(workdir, "checkpoints"))):
+        return
+    with open(path) as f:
+        previous = json.load(f)
+    current = json.loads(config.to_json())
+    for key in ("model", "data", "seed"):
+        if previous.get(key) != current.get(key):
+            raise InputError(f"{workdir}: holds checkpoints of a run with a different "
+                             f"'{key}' config; use a new --workdir (or delete it) to start over.")
+
+
 def train_and_evaluate(config, workdir: str, progress: bool = True) -> dict:
     """Build/load data, train PhyCHarm, evaluate on held-out subjects, write reports.
 
@@ -189,6 +204,7 @@ def train_and_evaluate(config, workdir: str, progress: bool = True) -> dict:
     """
     t0 = time.time()
     os.makedirs(workdir, exist_ok=True)
+    _check_resumable(config, workdir)
     with open(os.path.join(workdir, "config.json"), "w") as f:
         f.write(config.to_json(indent=2))
     volumes, root, has_maps = load_data(config, progress)
@@ -240,6 +256,11 @@ def train_and_evaluate(config, workdir: str, progress: bool = True) -> dict:
     report.write_metrics(rows, os.path.join(workdir, "metrics.csv"),
                          os.path.join(workdir, "metrics.md"))
     report.write_rows(map_rows, os.path.join(workdir, "maps_metrics.csv"))
+    if map_rows:
+        with open(os.path.join(workdir, "metrics.md"), "a") as f:
+            f.write("\nQuantitative maps predicted by the generator (at the source B0) vs the "
+                    "simulated ground truth, NRMSE inside the brain mask.\n\n")
+            f.write(report.maps_table(map_rows))
     report.comparison_figure(figure_rows, os.path.join(workdir, "figure.png"),
                              title=f"PhyCHarm, held-out subject {test_subjects[0]} "
                                    f"-> target '{target_site}'")
@@ -352,9 +373,11 @@ def harmonize(config, workdir: str) -> str:
     target_affine = np.diag([vs, vs, vs])
     low = resample_img(masked_img, target_affine=target_affine, interpolation="continuous",
                        force_resample=True, copy_header=True)
-    low_mask = resample_img(mask_img, target_affine=low.affine, target_shape=low.shape,
-                            interpolation="continuous", force_resample=True,
-                            copy_header=True).get_fdata() > 0.5
+    with warnings.catch_warnings():  # a binary mask is resampled smoothly, then thresholded
+        warnings.filterwarnings("ignore", message="Resampling binary images")
+        low_mask = resample_img(mask_img, target_affine=low.affine, target_shape=low.shape,
+                                interpolation="continuous", force_resample=True,
+                                copy_header=True).get_fdata() > 0.5
     low_data = np.asarray(low.get_fdata(), np.float32)
     low_norm = normalize(low_data, low_mask)
 
