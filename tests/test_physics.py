@@ -446,7 +446,9 @@ def test_synthesize_shape_sign_and_jit(sequence):
              "mprage": Protocol.from_degrees("mprage", tr=2.3, te=0.003, ti=0.9,
                                              flip_angle_deg=9.0),
              "ir": Protocol.from_degrees("ir", tr=9.0, te=0.1, ti=2.5),
-             "se": Protocol.from_degrees("se", tr=0.5, te=0.02)}[sequence]
+             "se": Protocol.from_degrees("se", tr=0.5, te=0.02),
+             "bssfp": Protocol.from_degrees("bssfp", tr=0.005, te=0.0025,
+                                            flip_angle_deg=40.0)}[sequence]
     img = synthesize(proto, t1, t2, t2star, m0, b1)
     assert img.shape == shape
     assert img.dtype == jnp.float32      # x64 fixtures elsewhere did not leak
@@ -829,3 +831,22 @@ def test_tissue_values_against_literature():
 def test_unknown_field_strength_raises(b0):
     with pytest.raises(ValueError, match=str(b0)):
         tissues.tissue_parameters(b0)
+
+
+def test_bssfp_sidecar_maps_to_the_bssfp_equation(x64):
+    """A TrueFISP sidecar (times in s, FlipAngle in degrees) dispatches to the bSSFP closed form."""
+    from phyjax.physics.signal import bssfp
+    sidecar = {"PulseSequenceType": "TrueFISP", "RepetitionTime": 0.0048, "EchoTime": 0.0024,
+               "FlipAngle": 50, "MagneticFieldStrength": 3}
+    p = from_sidecar(sidecar, source="trufi.json")
+    assert p.sequence == "bssfp"
+    assert p.flip_angle == pytest.approx(math.radians(50))
+    t1, t2, m0 = 1.35, 0.11, 0.86
+    e1, e2, a = math.exp(-0.0048 / t1), math.exp(-0.0048 / t2), math.radians(50)
+    expected = m0 * math.sin(a) * (1 - e1) / (1 - (e1 - e2) * math.cos(a) - e1 * e2) * math.exp(
+        -0.0048 / (2 * t2))
+    assert float(signed_signal(p, t1, t2, 0.05, m0)) == pytest.approx(expected, rel=1e-10)
+    assert float(signed_signal(p, t1, t2, 0.05, m0)) == pytest.approx(
+        float(bssfp(t1, t2, m0, 0.0048, a)), rel=1e-12)
+    with pytest.raises(ValueError, match="trufi.json"):
+        from_sidecar({**sidecar, "EchoTime": 0.01}, source="trufi.json")

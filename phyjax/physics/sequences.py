@@ -18,7 +18,7 @@ from flax import struct
 from phyjax.physics import units
 
 #: Sequence families with a closed-form signal model (see :mod:`phyjax.physics.signal`).
-SEQUENCES = ("spgr", "mprage", "ir", "se")
+SEQUENCES = ("spgr", "mprage", "ir", "se", "bssfp")
 
 #: Which numeric fields each family's signal equation needs.
 REQUIRED = {
@@ -26,6 +26,7 @@ REQUIRED = {
     "mprage": ("tr", "ti", "te"),
     "ir": ("tr", "ti", "te"),
     "se": ("tr", "te"),
+    "bssfp": ("tr", "te", "flip_angle"),  # on resonance, TE = TR / 2 assumed
 }
 
 #: Length of :func:`encode` vectors.
@@ -109,7 +110,9 @@ def infer_sequence(sidecar: Mapping[str, Any]) -> str | None:
     pst = str(sidecar.get("PulseSequenceType", "")).strip().lower().replace("-", "").replace("_", "")
     aliases = {"mprage": "mprage", "mp2rage": "mprage", "irspgr": "mprage", "bravo": "mprage",
                "tfe": "mprage", "spgr": "spgr", "flash": "spgr", "gre": "spgr", "ffe": "spgr",
-               "ir": "ir", "flair": "ir", "se": "se", "tse": "se", "fse": "se"}
+               "ir": "ir", "flair": "ir", "se": "se", "tse": "se", "fse": "se",
+               "bssfp": "bssfp", "trufi": "bssfp", "truefisp": "bssfp", "fiesta": "bssfp",
+               "bffe": "bssfp"}
     if pst in aliases:
         return aliases[pst]
     scanning = set(str(sidecar.get("ScanningSequence", "")).upper().replace("\\", " ").split())
@@ -185,6 +188,6 @@ def from_sidecar(sidecar: Mapping[str, Any], source: str = "<sidecar>",
     if seq in ("mprage", "ir") and ti >= tr:
         raise ValueError(f"{source}: InversionTime {ti} s must be shorter than the repetition "
                          f"time {tr} s ({tr_key}).")
-    if seq in ("spgr", "se") and te >= tr:
+    if seq in ("spgr", "se", "bssfp") and te >= tr:
         raise ValueError(f"{source}: EchoTime {te} s must be shorter than RepetitionTime {tr} s.")
     return Protocol.from_degrees(seq, tr=tr, te=te, ti=ti, flip_angle_deg=flip, field_strength=b0)

@@ -158,7 +158,8 @@ def signed_signal(protocol: Protocol, t1, t2, t2star, m0, b1=1.0):
     """Signed signal of ``protocol`` for tissue maps (any broadcastable shapes).
 
     Dispatches on ``protocol.sequence`` (static).  ``b1`` scales the flip angle
-    of SPGR; the static MPRAGE, IR and SE forms assume ideal pulses.
+    of SPGR and bSSFP (whose TE is taken as TR / 2); the static MPRAGE, IR and SE
+    forms assume ideal pulses.
     Raises ValueError for an unknown family.
     """
     p = protocol
@@ -170,6 +171,8 @@ def signed_signal(protocol: Protocol, t1, t2, t2star, m0, b1=1.0):
         return inversion_recovery(t1, t2, m0, p.tr, p.ti, p.te)
     if p.sequence == "se":
         return spin_echo(t1, t2, m0, p.tr, p.te)
+    if p.sequence == "bssfp":
+        return bssfp(t1, t2, m0, p.tr, p.flip_angle, b1)
     raise ValueError(f"No signal model for sequence {p.sequence!r}.")
 
 
