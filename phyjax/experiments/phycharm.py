@@ -339,8 +339,8 @@ def harmonize(config, workdir: str) -> str:
     h = config.harmonize
     if not h.input:
         raise InputError("--config.harmonize.input is required in harmonize mode.")
+    image, img = load_volume(h.input)  # the user's file first: its errors matter most
     trained = _run_config(config, workdir)
-    image, img = load_volume(h.input)
     if h.mask:
         mask = np.zeros(image.shape, np.float32)
         for part in h.mask.split(","):
