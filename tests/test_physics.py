@@ -850,3 +850,18 @@ def test_bssfp_sidecar_maps_to_the_bssfp_equation(x64):
         float(bssfp(t1, t2, m0, 0.0048, a)), rel=1e-12)
     with pytest.raises(ValueError, match="trufi.json"):
         from_sidecar({**sidecar, "EchoTime": 0.01}, source="trufi.json")
+
+
+def test_sample_scanner_effects_is_deterministic_and_within_ranges():
+    from phyjax.physics.scanner import sample_scanner_effects
+    a = sample_scanner_effects(jax.random.key(3))
+    b = sample_scanner_effects(jax.random.key(3))
+    c = sample_scanner_effects(jax.random.key(4))
+    assert a == b and a != c
+    draws = [sample_scanner_effects(jax.random.key(i)) for i in range(200)]
+    b1 = np.array([d.b1_scale for d in draws])
+    gain = np.array([d.gain for d in draws])
+    assert b1.min() >= 0.8 and b1.max() <= 1.2 and b1.max() - b1.min() > 0.3
+    assert all(0 <= d.noise_fraction <= 0.09 and 0 <= d.bias_amplitude <= 0.4 for d in draws)
+    # log-uniform gain on [0.5, 2]: median near 1.
+    assert 0.8 < np.median(gain) < 1.25 and gain.min() >= 0.5 and gain.max() <= 2.0

@@ -111,3 +111,33 @@ def slice_profile(volume, fwhm_voxels, axis=-1):
     flat = padded.reshape(-1, padded.shape[-1])
     out = jax.vmap(lambda row: jnp.convolve(row, kernel, mode="valid"))(flat)
     return jnp.moveaxis(out.reshape(moved.shape), -1, axis)
+
+
+def sample_scanner_effects(key, b1_scale=(0.8, 1.2), b1_curvature=(0.0, 0.3),
+                           bias_amplitude=(0.0, 0.4), noise_fraction=(0.0, 0.09),
+                           slice_fwhm=(0.0, 2.0), gain=(0.5, 2.0)) -> ScannerEffects:
+    """Draw a :class:`ScannerEffects` uniformly from ``(low, high)`` ranges with PRNG ``key``.
+
+    Defaults span the ranges of ``DESIGN.md`` Sec. 3 (B1+ 0.8-1.2 at 3 T, bias
+    0-40 %, Rician noise 0-9 % of the brightest tissue); ``gain`` is drawn
+    log-uniformly.  Deterministic given ``key``; apply the result with
+    :func:`b1_field`, :func:`bias_field`, :func:`slice_profile` and
+    :func:`rician_noise` (see :func:`phyjax.data.synthetic.acquire`).
+    """
+    keys = jax.random.split(key, 6)
+    u = [jax.random.uniform(k) for k in keys]
+
+    def draw(v, bounds):
+        lo, hi = bounds
+        return float(lo + (hi - lo) * v)
+
+    log_gain = draw(u[5], (np.log(gain[0]), np.log(gain[1])))
+    return ScannerEffects(b1_scale=draw(u[0], b1_scale), b1_curvature=draw(u[1], b1_curvature),
+                          bias_amplitude=draw(u[2], bias_amplitude),
+                          noise_fraction=draw(u[3], noise_fraction),
+                          slice_fwhm=draw(u[4], slice_fwhm), gain=float(np.exp(log_gain)))
+
+
+def noise_sigma_for_snr(signal_level, snr):
+    """Rician ``sigma`` (per channel) giving ``snr = signal_level / sigma``."""
+    return signal_level / snr
