@@ -69,7 +69,13 @@ def target_protocol(volumes, target_site) -> Protocol:
     return next(iter(volumes.values()))[target_site].protocol
 
 
-def _stack_site(volumes, subjects, site, target_site, pads, min_fraction, context):
+def stack_site(volumes, subjects, site, target_site, pads, min_fraction, context):
+    """Training arrays of one source site: 2.5-D source slices and the paired target slices.
+
+    Returns a dict of float32 arrays ``source (N, H, W, 2 context + 1)`` and
+    ``target``, ``mask``, ``t1``, ``m0`` ``(N, H, W, 1)`` over the brain slices of
+    ``subjects`` (maps are ones/zeros where no ground truth exists).
+    """
     keys = ("source", "target", "mask", "t1", "m0")
     parts = {k: [] for k in keys}
     for s in subjects:
@@ -175,7 +181,8 @@ def predict_volume(predict, params, image, mask, protocol, pads, batch_size, con
             for k in outs[0]}
 
 
-def _reference(target: Protocol) -> float:
+def reference_level(target: Protocol) -> float:
+    """Signal of white matter under ``target`` (the unit of re-synthesized target images)."""
     return float(reference_signal(target, tissue_parameters(target.field_strength)["wm"]))
 
 
@@ -217,11 +224,11 @@ def train_and_evaluate(config, workdir: str, progress: bool = True) -> dict:
                    "target_site": target_site, "source_sites": source_sites}, f, indent=2)
 
     target = target_protocol(volumes, target_site)
-    target_ref = _reference(target)
+    target_ref = reference_level(target)
     shape = next(iter(volumes.values()))[target_site].image.shape
     pads = pad_to_multiple(shape[:2], 2 ** (len(config.model.features) - 1))
     train_sites = sites  # the target protocol itself is also a valid source
-    arrays = {s: _stack_site(volumes, train_subjects, s, target_site, pads,
+    arrays = {s: stack_site(volumes, train_subjects, s, target_site, pads,
                              config.data.min_mask_fraction, config.model.context)
               for s in train_sites}
     protocols = {s: volumes[train_subjects[0]][s].protocol for s in train_sites}
@@ -389,7 +396,7 @@ def harmonize(config, workdir: str) -> str:
     split = json.load(open(os.path.join(workdir, "split.json")))
     t_cfg = trained["data"]["sites"][split["target_site"]]
     target = synthetic.site_protocol(t_cfg)
-    target_ref = _reference(target)
+    target_ref = reference_level(target)
     levels = 2 ** (len(trained_cfg.model.features) - 1)
     pads = pad_to_multiple(low_norm.shape[:2], levels)
     padded = (low_norm.shape[0] + sum(pads[0]), low_norm.shape[1] + sum(pads[1]))

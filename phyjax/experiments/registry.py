@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import importlib
 
-METHODS = {"phycharm": "phyjax.experiments.phycharm"}
+METHODS = {"phycharm": "phyjax.experiments.phycharm",
+           "benchmark": "phyjax.experiments.benchmark"}
 
 
 def run(config, workdir: str):

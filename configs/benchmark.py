@@ -1,0 +1,101 @@
+r"""Benchmark: site differences, then every harmonization method on held-out subjects.
+
+Usage:
+  python -m phyjax.main --config=configs/benchmark.py --workdir=runs/benchmark
+  python -m phyjax.main --config=configs/benchmark.py:debug --workdir=/tmp/benchmark-debug
+A user's BIDS folder (every subject needs a scan from the target site):
+  python -m phyjax.main --config=configs/benchmark.py --workdir=runs/mine \
+      --config.data.bids_root=/path/to/bids --config.data.target_site=<session label>
+A subset of methods:  --config.methods="('none','nyul','combat')"
+
+Writes benchmark.md, benchmark.csv (method x site/overall, mean and 95 % CI over held-out
+subjects), per-subject CSVs, site-difference CSVs and figures into --workdir (see
+phyjax/experiments/benchmark.py).  Data, model and training sections are PhyCHarm's
+(configs/phycharm.py), so PhyCHarm and the supervised U-Net get the same data and training budget.
+
+Expected runtime on 2 CPU cores: default ~35 min (PhyCHarm ~10 min, U-Net ~7 min, ~180 DIPY
+segmentations ~15 min, radiomics ~3 min); debug ~2 min.
+Every field below can be overridden with --config.<path>=<value>; an unknown key is an error.
+"""
+
+import importlib.util
+import os
+
+from ml_collections import ConfigDict
+
+METHODS = ("none", "zscore", "histmatch", "nyul", "whitestripe", "combat", "unet", "phycharm")
+
+
+def _phycharm_config(arg):
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "phycharm.py")
+    spec = importlib.util.spec_from_file_location("_phycharm_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+
+
+def get_config(arg: str | None = None) -> ConfigDict:
+    """Default benchmark; ``arg="debug"`` is the tiny variant used by the tests (~2 min)."""
+    if arg not in (None, "", "debug"):
+        raise ValueError(f"Unknown config variant {arg!r}; expected '' or 'debug'.")
+    base = _phycharm_config(arg)
+    config = ConfigDict()
+    config.method = "benchmark"
+    config.seed = base.seed
+    config.methods = METHODS
+    config.data = ConfigDict(base.data.to_dict())     # PhyCHarm's data section
+    config.model = ConfigDict(base.model.to_dict())   # PhyCHarm's networks
+    config.train = ConfigDict(base.train.to_dict())   # shared by PhyCHarm and the U-Net
+
+    ev = config.eval = ConfigDict()
+    ev.batch_size = base.eval.batch_size  # slices per inference call
+    ev.example_subject = ""               # held-out subject in examples.png ("" = first)
+
+    seg = config.segmentation = ConfigDict()   # DIPY HMRF, one fixed segmenter for every image
+    seg.beta = 0.1
+    seg.max_iter = 100                          # converges (tolerance) in ~60 on the default data
+    seg.tolerance = 1e-5
+
+    rad = config.radiomics = ConfigDict()
+    rad.bin_width = 0.05     # on images normalized to their 99th in-brain percentile
+    rad.n_bins = 48          # static grey-level axis (doubled automatically if needed) ...
+    rad.max_bins = 96        # ... up to this; wider ROIs get their top levels merged
+    rad.classes = ("firstorder", "glcm", "glrlm")
+    rad.batch_size = 4       # images per jit-compiled extraction call
+
+    clf = config.classifier = ConfigDict()     # site classifier (logistic regression)
+    clf.c = 1.0
+    clf.n_splits = 5         # folds grouped by subject (before harmonization)
+    clf.n_permutations = 100
+    clf.seed = 0
+
+    nyul = config.nyul = ConfigDict()
+    nyul.min_percentile = 1.0
+    nyul.max_percentile = 99.0
+    nyul.step = 10.0         # deciles
+
+    ws = config.whitestripe = ConfigDict()
+    ws.width = 0.05
+
+    cb = config.combat = ConfigDict()
+    cb.eb = True
+    cb.parametric = True
+    cb.mean_only = False
+
+    unet = config.unet = ConfigDict()          # supervised U-Net without physics
+    unet.features = config.model.get_ref("features")
+    unet.cond_features = config.model.get_ref("cond_features")
+    unet.condition = "none"  # or "protocol" (encoded acquisition parameters through FiLM)
+    unet.residual = True     # predict a correction of the centre slice
+
+    rep = config.report = ConfigDict()
+    rep.features = ("firstorder_Median", "firstorder_Entropy", "glcm_Contrast",
+                    "glrlm_RunLengthNonUniformityNormalized")
+
+    if arg == "debug":
+        config.data.n_subjects = 4
+        config.data.n_test = 2     # 2 held-out subjects: CIs and a leave-one-out classifier
+        seg.max_iter = 10
+        clf.n_permutations = 20
+    config.lock()
+    return config

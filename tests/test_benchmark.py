@@ -1,0 +1,173 @@
+"""The benchmark: held-out guarantees, config, and one end-to-end debug run of the real command."""
+
+import csv
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from phyjax.experiments import benchmark as bm
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_config(variant="debug"):
+    spec = importlib.util.spec_from_file_location("benchmark_cfg",
+                                                  os.path.join(ROOT, "configs", "benchmark.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(variant)
+
+
+# ----------------------------------------------------------------------------- held out
+
+class _Vol:
+    def __init__(self, seed):
+        rng = np.random.default_rng(seed)
+        self.image = rng.random((6, 6, 4)).astype(np.float32) + 0.1
+        self.mask = np.ones((6, 6, 4), bool)
+
+
+def _volumes(subjects=("01", "02", "03", "04"), sites=("ref", "x")):
+    return {s: {site: _Vol(i * 10 + j) for j, site in enumerate(sites)}
+            for i, s in enumerate(subjects)}
+
+
+def test_split_is_disjoint_and_training_set_hides_test_subjects():
+    with pytest.raises(bm.LeakageError, match="02"):
+        bm.Split(train=("01", "02"), test=("02", "03"))
+    with pytest.raises(ValueError):
+        bm.Split(train=(), test=("01",))
+    volumes = _volumes()
+    split = bm.Split.by_subject(volumes, n_test=2, seed=0)
+    train = split.training_set(volumes)
+    assert set(train.volumes) == set(split.train) and not set(train.volumes) & set(split.test)
+    with pytest.raises(TypeError):
+        train.volumes["03"] = {}                   # read-only
+    with pytest.raises(TypeError, match="Split.training_set"):
+        bm.TrainingSet(split, volumes)             # only a Split can build one
+    with pytest.raises(TypeError, match="TrainingSet"):
+        bm.fit_image_baseline("zscore", volumes, "ref")   # a plain dict is refused
+    fitted = bm.fit_image_baseline("zscore", train, "ref")
+    assert fitted.fitted_on == frozenset(split.train)
+    assert split.held_out_subjects({"zscore": fitted}) == split.test
+
+
+def test_a_method_fitted_on_a_test_subject_cannot_be_evaluated():
+    volumes = _volumes()
+    split_a = bm.Split(train=("01", "02"), test=("03", "04"))
+    split_b = bm.Split(train=("03", "04"), test=("01", "02"))
+    fitted = {"nyul": bm.fit_image_baseline("nyul", split_a.training_set(volumes), "ref")}
+    with pytest.raises(bm.LeakageError, match=r"'nyul' was fitted on test subject\(s\) \['01', '02'\]"):
+        split_b.held_out_subjects(fitted)
+    split_a.check_rows([{"method": "nyul", "subject": "03"}], fitted)
+    with pytest.raises(bm.LeakageError, match="not a test subject"):
+        split_a.check_rows([{"method": "nyul", "subject": "01"}], fitted)
+    with pytest.raises(bm.LeakageError, match="fitted on"):
+        split_b.check_rows([{"method": "nyul", "subject": "01"}], fitted)
+
+
+def test_fit_combat_uses_training_rows_only_and_rejects_single_subject_sites():
+    volumes = _volumes(subjects=("01", "02", "03", "04", "05"))
+    split = bm.Split(train=("01", "02", "03"), test=("04", "05"))
+    keys = [(s, site) for s in volumes for site in ("ref", "x")]
+    rng = np.random.default_rng(0)
+    table = rng.standard_normal((len(keys), 4))
+    fitted = bm.fit_combat(split.training_set(volumes), keys, table, "ref")
+    assert fitted.fitted_on == frozenset(split.train)
+    one = bm.Split(train=("01",), test=("04", "05"))
+    with pytest.raises(ValueError, match="at least 2 training samples per site"):
+        bm.fit_combat(one.training_set(volumes), keys, table, "ref")
+
+
+def test_config_variants_methods_and_unknown_keys():
+    cfg = load_config("debug")
+    assert cfg.method == "benchmark" and cfg.data.n_test >= 2
+    assert tuple(cfg.unet.features) == tuple(cfg.model.features)   # follows the model's widths
+    assert bm.selected_methods(cfg) == bm.AVAILABLE
+    with pytest.raises(AttributeError):
+        cfg.not_a_field = 1                                        # locked
+    with cfg.unlocked():
+        cfg.methods = ("none", "bogus")
+    with pytest.raises(ValueError, match="bogus"):
+        bm.selected_methods(cfg)
+    with pytest.raises(ValueError, match="variant"):
+        load_config("huge")
+    proc = subprocess.run([sys.executable, "-m", "phyjax.main",
+                           "--config=configs/benchmark.py:debug", "--workdir=/tmp/unused",
+                           "--config.radiomics.no_such_knob=3"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode != 0 and "no_such_knob" in proc.stderr
+
+
+# ----------------------------------------------------------------------------- end to end
+
+@pytest.fixture(scope="module")
+def debug_run(tmp_path_factory):
+    """``python -m phyjax.main --config=configs/benchmark.py:debug`` on a fresh dataset cache."""
+    workdir = tmp_path_factory.mktemp("benchmark")
+    cache = tmp_path_factory.mktemp("cache")
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-m", "phyjax.main",
+                           "--config=configs/benchmark.py:debug", f"--workdir={workdir}",
+                           f"--config.data.cache_dir={cache}"],
+                          cwd=ROOT, capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return load_config("debug"), str(workdir)
+
+
+def _csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def _num(x):
+    return float(x) if x not in ("", None) else float("nan")
+
+
+def test_debug_run_writes_every_table_and_figure(debug_run):
+    cfg, workdir = debug_run
+    for name in ("benchmark.md", "benchmark.csv", "benchmark_per_subject.csv",
+                 "benchmark_subject_level.csv", "site_features.csv", "site_distributions.csv",
+                 "examples.png", "volumes.png", "radiomics.png", "split.json", "config.json"):
+        assert os.path.getsize(os.path.join(workdir, name)) > 0, name
+    split = json.load(open(os.path.join(workdir, "split.json")))
+    rows = _csv(os.path.join(workdir, "benchmark.csv"))
+    methods = list(cfg.methods)
+    assert {(r["method"], r["site"]) for r in rows} == {
+        (m, s) for m in methods for s in split["source_sites"] + ["overall"]}
+    for r in rows:
+        image_method = r["method"] != "combat"
+        for key in ("ssim", "psnr", "nrmse", "dice_gm", "dice_wm", "iou_csf", "recall_gm"):
+            assert np.isfinite(_num(r[f"{key}_mean"])) == image_method, (r["method"], key)
+        for key in ("vol_absdiff_gm", "vol_reldiff_wm", "radiomic_relerr"):
+            assert np.isfinite(_num(r[f"{key}_mean"])), (r["method"], key)
+        if r["site"] == "overall":
+            for key in ("cov_gm", "cov_wm", "cov_csf", "site_acc", "ssim" if image_method else "radiomic_relerr"):
+                mean, lo, hi = (_num(r[f"{key}_{s}"]) for s in ("mean", "ci_low", "ci_high"))
+                assert lo <= mean + 1e-12 and mean <= hi + 1e-12, (r["method"], key)
+    md = open(os.path.join(workdir, "benchmark.md")).read()
+    assert "chance level" in md and "Site classifier" in md
+    for m in methods:
+        assert f"| {m} |" in md
+
+
+def test_debug_run_never_evaluates_a_training_subject(debug_run):
+    cfg, workdir = debug_run
+    split = json.load(open(os.path.join(workdir, "split.json")))
+    assert len(split["test"]) == cfg.data.n_test and not set(split["train"]) & set(split["test"])
+    for method in cfg.methods:   # every method was fitted on exactly the training subjects
+        assert split["fitted_on"][method] == split["train"], method
+    # PhyCHarm's own run (reused, not copied) split the subjects the same way.
+    inner = json.load(open(os.path.join(workdir, "phycharm", "split.json")))
+    assert inner["train"] == split["train"]
+    for name in ("benchmark_per_subject.csv", "benchmark_subject_level.csv"):
+        subjects = {r["subject"].zfill(2) for r in _csv(os.path.join(workdir, name))}
+        assert subjects == set(split["test"]), name
+    # The site-difference report covers every subject and site (no fitting involved).
+    features = _csv(os.path.join(workdir, "site_features.csv"))
+    assert len(features) == cfg.data.n_subjects * len(cfg.data.sites)
