@@ -13,7 +13,7 @@ subjects), per-subject CSVs, site-difference CSVs and figures into --workdir (se
 phyjax/experiments/benchmark.py).  Data, model and training sections are PhyCHarm's
 (configs/phycharm.py), so PhyCHarm and the supervised U-Net get the same data and training budget.
 
-Expected runtime on 2 CPU cores: default ~35 min (PhyCHarm ~10 min, U-Net ~7 min, ~180 DIPY
+Expected runtime on 2 CPU cores: default 29 min measured (PhyCHarm ~10 min, U-Net ~5 min, ~180 DIPY
 segmentations ~15 min, radiomics ~3 min); debug ~2 min.
 Every field below can be overridden with --config.<path>=<value>; an unknown key is an error.
 """
