@@ -28,22 +28,6 @@ from phyjax.physics.signal import (bssfp, inversion_recovery, spgr, spin_echo,
                                    turbo_spin_echo)
 
 
-def _x64_context():
-    """Context manager enabling float64 in JAX (API moved between JAX versions)."""
-    if hasattr(jax, "enable_x64"):
-        return jax.enable_x64(True)
-    from jax.experimental import enable_x64  # JAX < 0.7
-    return enable_x64(True)
-
-
-@pytest.fixture
-def x64():
-    """Run one test with float64 enabled; the previous setting is restored afterwards."""
-    with _x64_context():
-        assert jnp.asarray(1.0).dtype == jnp.float64
-        yield
-
-
 def central_difference(f, x, rel_step=1e-6):
     h = rel_step * max(abs(x), 1e-3)
     return (f(x + h) - f(x - h)) / (2.0 * h)

@@ -50,21 +50,6 @@ T1S = np.array([0.2, 0.5, 0.81, 1.35, 2.0, 3.0, 4.4])
 # Fixtures and the independent oracle
 # ---------------------------------------------------------------------------------------
 
-def _x64_context():
-    if hasattr(jax, "enable_x64"):
-        return jax.enable_x64(True)
-    from jax.experimental import enable_x64  # JAX < 0.7
-    return enable_x64(True)
-
-
-@pytest.fixture
-def x64():
-    """Run one test with float64 enabled; the previous setting is restored afterwards."""
-    with _x64_context():
-        assert jnp.asarray(1.0).dtype == jnp.float64
-        yield
-
-
 def load(path):
     return json.loads(Path(path).read_text())
 

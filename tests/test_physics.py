@@ -43,22 +43,6 @@ MP2RAGE_INV2 = SIDECARS / "Si_3_t1_mp2rage_sag_p3_32_INV2.json"
 # Fixtures and independent NumPy oracles
 # ---------------------------------------------------------------------------------------
 
-def _x64_context():
-    """Context manager enabling float64 in JAX (API moved between JAX versions)."""
-    if hasattr(jax, "enable_x64"):
-        return jax.enable_x64(True)
-    from jax.experimental import enable_x64  # JAX < 0.7
-    return enable_x64(True)
-
-
-@pytest.fixture
-def x64():
-    """Run one test with float64 enabled; the previous setting is restored afterwards."""
-    with _x64_context():
-        assert jnp.asarray(1.0).dtype == jnp.float64
-        yield
-
-
 def _relax(mz, m0, dt, t1):
     """Exact free T1 recovery of Mz over ``dt``: Mz(dt) = M0 + (Mz(0) - M0) exp(-dt/T1)."""
     return m0 + (mz - m0) * np.exp(-dt / t1)

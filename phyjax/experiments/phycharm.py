@@ -289,6 +289,9 @@ def evaluate(config, workdir, volumes, params, model, target, target_ref, train_
     if overlap:
         raise ValueError(f"subjects {sorted(overlap)} are in both the training and test split.")
     target_site = config.data.target_site
+    unknown = sorted(set(config.eval.baselines) - set(BASELINES))
+    if unknown:
+        raise ValueError(f"config.eval.baselines: unknown {unknown}; available {sorted(BASELINES)}.")
     baselines = {name: BASELINES[name]().fit(
         [volumes[s][target_site].image for s in train_subjects],
         [volumes[s][target_site].mask for s in train_subjects]) for name in config.eval.baselines}

@@ -1,0 +1,21 @@
+"""Shared test fixtures."""
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+
+def _x64_context():
+    """Context manager enabling float64 in JAX (the API moved between JAX versions)."""
+    if hasattr(jax, "enable_x64"):
+        return jax.enable_x64(True)
+    from jax.experimental import enable_x64  # JAX < 0.7
+    return enable_x64(True)
+
+
+@pytest.fixture
+def x64():
+    """Run one test with float64 enabled; the previous setting is restored afterwards."""
+    with _x64_context():
+        assert jnp.asarray(1.0).dtype == jnp.float64
+        yield
