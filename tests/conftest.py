@@ -1,4 +1,7 @@
-"""Shared test fixtures."""
+"""Shared test fixtures and helpers."""
+
+import importlib.util
+import os
 
 import jax
 import jax.numpy as jnp
@@ -19,3 +22,15 @@ def x64():
     with _x64_context():
         assert jnp.asarray(1.0).dtype == jnp.float64
         yield
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_config(name: str, variant: str = "debug"):
+    """``configs/<name>.py``'s ``get_config(variant)``, loaded by path as ml_collections does."""
+    spec = importlib.util.spec_from_file_location(f"{name}_cfg",
+                                                  os.path.join(ROOT, "configs", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(variant)

@@ -1,7 +1,6 @@
 """The benchmark: held-out guarantees, config, and one end-to-end debug run of the real command."""
 
 import csv
-import importlib.util
 import json
 import os
 import subprocess
@@ -10,17 +9,15 @@ import sys
 import numpy as np
 import pytest
 
+import conftest
+
 from phyjax.experiments import benchmark as bm
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def load_config(variant="debug"):
-    spec = importlib.util.spec_from_file_location("benchmark_cfg",
-                                                  os.path.join(ROOT, "configs", "benchmark.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(variant)
+    return conftest.load_config("benchmark", variant)
 
 
 # ----------------------------------------------------------------------------- held out

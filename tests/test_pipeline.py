@@ -1,7 +1,6 @@
 """End to end: the debug config trains, evaluates, writes finite outputs, resumes, harmonizes."""
 
 import csv
-import importlib.util
 import json
 import os
 import subprocess
@@ -14,6 +13,8 @@ import numpy as np
 import optax
 import pytest
 
+import conftest
+
 from phyjax.data.nifti import InputError
 from phyjax.experiments import phycharm
 from phyjax.train import TrainState, fit
@@ -22,11 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def load_config(variant="debug"):
-    spec = importlib.util.spec_from_file_location("phycharm_cfg",
-                                                  os.path.join(ROOT, "configs", "phycharm.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(variant)
+    return conftest.load_config("phycharm", variant)
 
 
 @pytest.fixture(scope="module")
