@@ -35,7 +35,9 @@ def ssim_map(x, y, data_range, win_size: int = 7, k1: float = 0.01, k2: float = 
     the defaults of ``skimage.metrics.structural_similarity`` (full=True).
     Shapes: ``x``, ``y`` any N-d shape; returns the same shape.
     """
-    x = jnp.asarray(x, jnp.float32) if jnp.asarray(x).dtype != jnp.float64 else jnp.asarray(x)
+    x = jnp.asarray(x)
+    if x.dtype != jnp.float64:
+        x = x.astype(jnp.float32)
     y = jnp.asarray(y, x.dtype)
     n_pixels = win_size ** x.ndim
     cov_norm = n_pixels / (n_pixels - 1.0)

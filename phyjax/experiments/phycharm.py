@@ -14,6 +14,7 @@ import warnings
 
 import jax
 import jax.numpy as jnp
+import nibabel as nib
 import numpy as np
 import optax
 
@@ -52,6 +53,7 @@ def load_data(config, progress=True):
     else:
         root = synthetic.build_default_dataset(config.data, cache_dir(config), progress=progress)
 
+        @functools.lru_cache(maxsize=None)  # one read per (subject, B0), shared by its sites
         def maps_for(subject, b0):
             paths = synthetic.ground_truth_paths(root, subject, b0)
             return load_volume(paths["t1"])[0], load_volume(paths["m0"])[0]
@@ -313,7 +315,7 @@ def evaluate(config, workdir, volumes, params, model, target, target_ref, train_
                                  "t1_nrmse": float(nrmse(pred["t1"], v.t1, v.mask)),
                                  "m0_nrmse": float(nrmse(pred["m0"], v.m0, v.mask))})
             if config.eval.save_volumes:
-                ref = load_volume(v.path)[1]
+                ref = nib.load(v.path)  # header and affine only; the data is in memory
                 out = os.path.join(workdir, "harmonized", f"sub-{subject}",
                                    f"sub-{subject}_ses-{site}_desc-{METHOD}_T1w.nii.gz")
                 save_like(outputs[METHOD], ref, out)
@@ -344,7 +346,6 @@ def harmonize(config, workdir: str) -> str:
     Raises InputError naming the file for a missing/invalid input, mask or sidecar.
     """
     from nilearn.image import resample_img  # heavy import
-    import nibabel as nib
 
     h = config.harmonize
     if not h.input:
