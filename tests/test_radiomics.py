@@ -64,19 +64,31 @@ def _kwargs(s):
                 force2d=s.get("force2D", False), voxel_array_shift=s.get("voxelArrayShift", 0.0))
 
 
+LAYOUTS = ("packed", "canvas")
+
+
 @pytest.fixture(scope="module")
-def jax_results():
-    """All 7 ROIs of the 4 cases in one padded batch per setting (one compilation each)."""
+def jax_results_by_layout():
+    """All 7 ROIs of the 4 cases in one call per setting and layout: packed (all ROI voxels in
+    one list) and canvas (one padded (16, 72, 88) batch, vmap)."""
     loaded = {n: _load(n) for n in CASES}
     images = [loaded[n][0] for n in CASES]
     masks = [loaded[n][1] == loaded[n][2] for n in CASES]
     spacings = [loaded[n][3] for n in CASES]
     out = {}
-    for sname, s in SETTINGS.items():
-        feats = rad.extract(images, masks, label=None, spacings=spacings, **_kwargs(s))
-        out[sname] = {case: {k: float(v[b]) for k, v in feats.items()}
-                      for b, case in enumerate(CASES)}
+    for layout in LAYOUTS:
+        for sname, s in SETTINGS.items():
+            feats = rad.extract(images, masks, label=None, spacings=spacings, layout=layout,
+                                **_kwargs(s))
+            out[layout, sname] = {case: {k: float(v[b]) for k, v in feats.items()}
+                                  for b, case in enumerate(CASES)}
     return out
+
+
+@pytest.fixture(scope="module")
+def jax_results(jax_results_by_layout):
+    """The default (packed) layout's results, per setting."""
+    return {s: jax_results_by_layout["packed", s] for s in SETTINGS}
 
 
 def _pyradiomics(name, settings):
@@ -92,24 +104,27 @@ def _rel(a, b):
 
 
 @pytest.mark.parametrize("setting", list(SETTINGS))
-def test_hard_mode_matches_pyradiomics(jax_results, setting):
-    """Every first-order, GLCM and GLRLM feature, 7 real ROIs: rel. error <= 1e-5 (float64)."""
+def test_hard_mode_matches_pyradiomics(jax_results_by_layout, setting):
+    """Every first-order, GLCM and GLRLM feature, 7 real ROIs, both layouts: rel. error <= 1e-5
+    (float64)."""
     pytest.importorskip("radiomics")
-    worst = {}
-    for case in CASES:
-        ref = _pyradiomics(case, SETTINGS[setting])
-        mine = jax_results[setting][case]
-        assert set(ref) == set(mine), set(ref) ^ set(mine)
-        for k, v in ref.items():
-            err = _rel(mine[k], v)
-            cls = k.split("_")[0]
-            if err >= worst.get(cls, (-1.0,))[0]:
-                worst[cls] = (err, case, k, mine[k], v)
-    print(f"\n{setting}: max rel. error per class:",
-          {c: f"{w[0]:.1e} ({w[1]} {w[2]})" for c, w in worst.items()})
-    for cls, (err, case, k, a, b) in worst.items():
-        assert err <= 1e-5, f"{case} {k}: phyjax {a!r} vs PyRadiomics {b!r} (rel {err:.2e})"
-    assert set(worst) == {"firstorder", "glcm", "glrlm"}
+    refs = {case: _pyradiomics(case, SETTINGS[setting]) for case in CASES}
+    for layout in LAYOUTS:
+        worst = {}
+        for case, ref in refs.items():
+            mine = jax_results_by_layout[layout, setting][case]
+            assert set(ref) == set(mine), set(ref) ^ set(mine)
+            for k, v in ref.items():
+                err = _rel(mine[k], v)
+                cls = k.split("_")[0]
+                if err >= worst.get(cls, (-1.0,))[0]:
+                    worst[cls] = (err, case, k, mine[k], v)
+        print(f"\n{setting}, {layout}: max rel. error per class:",
+              {c: f"{w[0]:.1e} ({w[1]} {w[2]})" for c, w in worst.items()})
+        for cls, (err, case, k, a, b) in worst.items():
+            assert err <= 1e-5, (f"{layout} {case} {k}: phyjax {a!r} vs PyRadiomics {b!r} "
+                                 f"(rel {err:.2e})")
+        assert set(worst) == {"firstorder", "glcm", "glrlm"}
 
 
 def _baseline(cls):
@@ -149,7 +164,7 @@ def test_pyradiomics_baseline_tables(jax_results, setting):
 
 @pytest.fixture(scope="module")
 def breast1_single():
-    """breast1 alone through the host API: its own (8, 16, 16) canvas (one compilation)."""
+    """breast1 alone through the host API (packed layout: its 143 voxels only)."""
     image, labels, label, spacing = _load("breast1")
     out = rad.extract([image], [labels], label=label, spacings=[spacing],
                       **_kwargs(SETTINGS["binwidth_3d"]))
@@ -157,7 +172,7 @@ def breast1_single():
 
 
 def test_batch_equals_single_roi(jax_results, breast1_single):
-    """vmap + padding: breast1 inside the 7-ROI (16, 72, 88) batch == breast1 alone."""
+    """breast1 packed with 6 other ROIs == breast1 alone (no leakage between ROIs)."""
     for k, v in breast1_single.items():
         assert v == pytest.approx(jax_results["binwidth_3d"]["breast1"][k], rel=1e-10, abs=1e-12), k
 
@@ -171,11 +186,35 @@ def test_padding_invariance(breast1_single):
     big_m = np.zeros(big_x.shape, bool)
     sl = (slice(4, 7), slice(3, 15), slice(6, 15))
     big_x[sl], big_m[sl] = xs, ms
-    # the configuration rad.extract chose for breast1 alone (so the compilation is reused)
+    # the configuration rad.extract chooses for breast1 alone
     cfg = rad.RadiomicsConfig(bin_width=25, n_bins=8, voxel_array_shift=2000, max_voxels=256)
     out = rad.extract_batch(big_x[None], big_m[None], cfg, spacing[None])
     for k, v in breast1_single.items():
         assert float(out[k][0]) == pytest.approx(v, rel=1e-10, abs=1e-12), k
+
+
+def test_packed_layout_rejects_bad_input():
+    image, labels, label, spacing = _load("breast1")
+    with pytest.raises(ValueError, match="hard features only"):
+        rad.extract([image], [labels], label=label, layout="packed", temperature=0.1)
+    with pytest.raises(ValueError, match="layout must be"):
+        rad.extract([image], [labels], label=label, layout="dense")
+    with pytest.raises(ValueError, match="ROI 1: empty ROI"):
+        rad.extract([image, image], [labels, np.zeros_like(labels)], label=label)
+    bad = image.astype(np.float64).copy()
+    bad[labels == label] = np.nan
+    with pytest.raises(ValueError, match="ROI 0: ROI contains non-finite"):
+        rad.extract([bad], [labels], label=label)
+
+
+def test_bucket_sizes_bound_padding():
+    from phyjax.radiomics.packed import bucket_size
+
+    sizes = {bucket_size(n) for n in range(1, 5000)}
+    for n in range(1, 5000):
+        b = bucket_size(n)
+        assert b >= n and (n < 8 or b <= 1.25 * n + 1), (n, b)
+    assert len(sizes) < 40  # few distinct shapes -> few compilations
 
 
 # ----------------------------------------------------------------------------- soft mode

@@ -11,8 +11,10 @@ Three levels:
   parity; ``temperature > 0``: soft memberships (see :mod:`phyjax.radiomics.discretize`).
 * :func:`extract_batch` -- jit(vmap(extract_features)) over a padded batch ``(B, D, H, W)``.
 * :func:`extract` / :func:`extract_files` -- host-side convenience: lists of images + label maps of
-  any sizes (or NIfTI / NRRD paths) -> crop to each ROI's bounding box, pad into one canvas
-  (rounded up, so different ROI sizes reuse one compilation), choose ``n_bins``, run the batch.
+  any sizes (or NIfTI / NRRD paths), ``n_bins`` chosen to cover every ROI. Hard mode packs all ROI
+  voxels into one list (:mod:`phyjax.radiomics.packed`: cost proportional to the ROI voxels, not
+  to the largest bounding box); soft mode crops every ROI to its bounding box and pads all into
+  one canvas (rounded up, so different ROI sizes reuse one compilation).
 
 Feature names follow PyRadiomics without the image-type prefix: ``firstorder_Mean``,
 ``glcm_Idmn``, ``glrlm_ShortRunEmphasis``, ...
@@ -203,76 +205,70 @@ def crop_and_pad(images: Sequence[np.ndarray], masks: Sequence[np.ndarray],
 def auto_n_bins(images, masks, bin_width: float, multiple: int = 8) -> int:
     """Smallest multiple of ``multiple`` covering every ROI's fixed-width bins (host side)."""
     need = 1
-    for im, m in zip(images, masks):
+    for i, (im, m) in enumerate(zip(images, masks)):
         v = np.asarray(im)[np.asarray(m).astype(bool)].astype(np.float64)
+        if not v.size:
+            raise ValueError(f"ROI {i}: empty ROI")
+        if not np.all(np.isfinite(v)):
+            raise ValueError(f"ROI {i}: ROI contains non-finite values")
         need = max(need, n_bins_for_width(float(v.min()), float(v.max()), float(bin_width)))
     return _round_up(need, multiple)
-
-
-def _pow2(n: int) -> int:
-    return 1 << max(0, (int(n) - 1).bit_length())
-
-
-def _bbox_shape(mask: np.ndarray) -> tuple[int, ...]:
-    m = np.asarray(mask).astype(bool)
-    if m.ndim == 2:
-        m = m[None]
-    idx = np.argwhere(m)
-    if idx.size == 0:
-        raise ValueError("empty ROI")
-    return tuple(int(s) for s in idx.max(0) - idx.min(0) + 1)
 
 
 def extract(images: Sequence[np.ndarray], label_maps: Sequence[np.ndarray], *, label: int | None = 1,
             bin_width: float | None = 25.0, bin_count: int | None = None, force2d: bool = False,
             voxel_array_shift: float = 0.0, spacings=None, temperature=None,
             classes: Sequence[str] = ("firstorder", "glcm", "glrlm"), multiple: int = 8,
-            n_bins: int | None = None, bucket: bool = False) -> dict[str, np.ndarray]:
-    """Features of ROIs of any sizes (host-side convenience around :func:`extract_batch`).
+            n_bins: int | None = None, layout: str = "auto") -> dict[str, np.ndarray]:
+    """Features of ROIs of any sizes (host-side convenience, one jit-compiled call).
 
     Args:
       images: sequence of (D, H, W) or (H, W) arrays. label_maps: same shapes; ROI = ``== label``
         (``label=None``: ROI = non-zero, e.g. boolean masks).
       spacings: sequence of per-image spacings, or None.
-      multiple: canvas sizes are rounded up to a multiple of this (fewer compilations).
-      bucket: instead of one canvas for all ROIs, group the ROIs by their bounding box rounded up
-        to powers of two per axis and run one batch per group (one compilation per group; much
-        less padding when ROI sizes differ a lot).
+      temperature: ``None`` (hard, PyRadiomics) or a positive float (soft; canvas layout).
+      layout: ``"packed"`` (hard mode only: all ROI voxels in one list, cost proportional to the
+        ROI voxels, :mod:`phyjax.radiomics.packed`), ``"canvas"`` (every ROI cropped and padded
+        to one canvas, ``jit(vmap(extract_features))``), or ``"auto"`` (packed when hard).
+      multiple: canvas sizes are rounded up to a multiple of this (canvas layout).
       Remaining arguments as in :class:`RadiomicsConfig`; ``n_bins`` defaults to
       :func:`auto_n_bins` (fixed width) or ``bin_count``.
     Returns:
       dict name -> numpy (B,) array, in the order of ``images``.
+    Raises:
+      ValueError: unknown layout, soft mode with the packed layout, an empty ROI, mismatched
+        shapes.
     """
+    if layout == "auto":
+        layout = "packed" if temperature is None else "canvas"
+    if layout not in ("packed", "canvas"):
+        raise ValueError(f"layout must be 'auto', 'packed' or 'canvas', got {layout!r}")
+    if layout == "packed" and temperature is not None:
+        raise ValueError("the packed layout computes hard features only; use layout='canvas' "
+                         "for soft mode")
     masks = [np.asarray(lm) != 0 if label is None else np.asarray(lm) == label for lm in label_maps]
     if bin_count is not None:
         bin_width = None
         n_bins = bin_count
     elif n_bins is None:
         n_bins = auto_n_bins(images, masks, bin_width, multiple)
-    sp_all = None if spacings is None else np.asarray(spacings, np.float64)
-    if bucket:
-        keys = [tuple(1 if s == 1 else max(multiple, _pow2(s)) for s in _bbox_shape(m))
-                for m in masks]
-        groups: dict[tuple, list[int]] = {}
-        for i, k in enumerate(keys):
-            groups.setdefault(k, []).append(i)
-    else:
-        groups = {None: list(range(len(masks)))}
-    out: dict[str, np.ndarray] = {}
-    for canvas, idx in groups.items():
-        max_vox = max(int(np.count_nonzero(masks[i])) for i in idx)
-        config = RadiomicsConfig(bin_width=bin_width, bin_count=bin_count, n_bins=n_bins,
-                                 force2d=force2d, voxel_array_shift=voxel_array_shift,
-                                 classes=tuple(classes), max_voxels=_pow2(max_vox))
-        xb, mb = crop_and_pad([images[i] for i in idx], [masks[i] for i in idx], multiple,
-                              canvas=canvas)
-        sp = None if sp_all is None else sp_all[idx]
-        res = extract_batch(xb, mb, config, sp, temperature)
-        for k, v in res.items():
-            if k not in out:
-                out[k] = np.empty(len(masks), np.asarray(v).dtype)
-            out[k][idx] = np.asarray(v)
-    return out
+    unknown = set(classes) - set(_CLASSES)
+    if unknown:
+        raise ValueError(f"unknown feature classes {sorted(unknown)}; known: {sorted(_CLASSES)}")
+    if layout == "packed":
+        from phyjax.radiomics.packed import pack, packed_features
+
+        packed = pack(images, masks, spacings=spacings, force2d=force2d)
+        return packed_features(packed, n_bins=n_bins, bin_width=bin_width, bin_count=bin_count,
+                               voxel_array_shift=voxel_array_shift, classes=tuple(classes))
+    max_vox = max(int(np.count_nonzero(m)) for m in masks)
+    config = RadiomicsConfig(bin_width=bin_width, bin_count=bin_count, n_bins=n_bins,
+                             force2d=force2d, voxel_array_shift=voxel_array_shift,
+                             classes=tuple(classes), max_voxels=1 << max(0, (max_vox - 1).bit_length()))
+    xb, mb = crop_and_pad(images, masks, multiple)
+    sp = None if spacings is None else np.asarray(spacings, np.float64)
+    res = extract_batch(xb, mb, config, sp, temperature)
+    return {k: np.asarray(v) for k, v in res.items()}
 
 
 def extract_files(image_paths: Sequence[str | os.PathLike], mask_paths: Sequence[str | os.PathLike],

@@ -34,7 +34,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-__all__ = ["Discretized", "bin_edges", "discretize", "n_bins_for_width"]
+__all__ = ["Discretized", "bin_edges", "digitize", "discretize", "edges_from_range",
+           "n_bins_for_width"]
 
 
 class Discretized(NamedTuple):
@@ -79,11 +80,20 @@ def bin_edges(x, mask, *, n_bins: int, bin_width=None, bin_count: int | None = N
       (edges (N + 1,), h) with ``h`` the nominal bin width used to scale the soft temperature.
     """
     vmin, vmax = _masked_min_max(x, mask)
-    k = jnp.arange(n_bins + 1, dtype=x.dtype)
+    return edges_from_range(vmin, vmax, n_bins=n_bins, bin_width=bin_width, bin_count=bin_count)
+
+
+def edges_from_range(vmin, vmax, *, n_bins: int, bin_width=None, bin_count: int | None = None):
+    """PyRadiomics bin edges from the ROI's minimum and maximum (scalars; vmap for many ROIs).
+
+    Same arguments and result as :func:`bin_edges`.
+    """
+    dt = jnp.result_type(vmin)
+    k = jnp.arange(n_bins + 1, dtype=dt)
     if (bin_width is None) == (bin_count is None):
         raise ValueError("give exactly one of bin_width and bin_count")
     if bin_width is not None:
-        w = jnp.asarray(bin_width, x.dtype)
+        w = jnp.asarray(bin_width, dt)
         low = vmin - jnp.mod(vmin, w)
         delta = (low + w) - low
         return low + k * delta, delta
@@ -98,7 +108,7 @@ def bin_edges(x, mask, *, n_bins: int, bin_width=None, bin_count: int | None = N
     return edges, step
 
 
-def _digitize(x, edges, h):
+def digitize(x, edges, h):
     """``numpy.digitize(x, edges)`` for (nearly) uniform edges, clipped to 1..N (O(1) per voxel)."""
     n = edges.shape[0] - 1
     idx = jnp.floor((x - edges[0]) / h).astype(jnp.int32) + 1
@@ -136,7 +146,7 @@ def discretize(x, mask, *, n_bins: int, bin_width=None, bin_count: int | None = 
     """
     mask = mask.astype(bool)
     edges, h = bin_edges(x, mask, n_bins=n_bins, bin_width=bin_width, bin_count=bin_count)
-    levels = jnp.where(mask, _digitize(x, edges, h), 0)
+    levels = jnp.where(mask, digitize(x, edges, h), 0)
     n_levels = jnp.max(levels)
     if temperature is None:
         memb = jax.nn.one_hot(levels - 1, n_bins, dtype=x.dtype) if one_hot else None

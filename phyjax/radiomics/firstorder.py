@@ -22,7 +22,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-__all__ = ["FIRSTORDER_FEATURES", "firstorder_features", "grey_histogram"]
+__all__ = ["FIRSTORDER_FEATURES", "firstorder_core", "firstorder_features", "grey_histogram"]
 
 FIRSTORDER_FEATURES = (
     "10Percentile", "90Percentile", "Energy", "Entropy", "InterquartileRange", "Kurtosis",
@@ -34,8 +34,8 @@ FIRSTORDER_FEATURES = (
 _EPS = 2.220446049250313e-16  # numpy.spacing(1)
 
 
-def _percentile_sorted(xs, n, q):
-    """``numpy.percentile(values, q)`` (method 'linear') of the first ``n`` entries of sorted ``xs``."""
+def _percentile_sorted(xs, n, q, offset=0):
+    """``numpy.percentile(values, q)`` (method 'linear') of ``xs[offset : offset + n]`` (sorted)."""
     quantile = q / 100.0
     nf = n.astype(xs.dtype)
     virtual = nf * quantile + (1.0 - quantile) - 1.0  # numpy's _compute_virtual_index(alpha=beta=1)
@@ -43,7 +43,7 @@ def _percentile_sorted(xs, n, q):
     frac = virtual - lo
     lo_i = lo.astype(jnp.int32)
     hi_i = jnp.minimum(lo_i + 1, n - 1)
-    a, b = xs[lo_i], xs[hi_i]
+    a, b = xs[offset + lo_i], xs[offset + hi_i]
     diff = b - a
     # numpy._lerp: a + diff * t, computed from the upper end when t >= 0.5
     return jnp.where(frac >= 0.5, b - diff * (1.0 - frac), a + diff * frac)
@@ -76,42 +76,59 @@ def firstorder_features(x, mask, hist, spacing, voxel_array_shift=0.0, roi_index
     m = mask.astype(bool).reshape(-1)
     xf = x.reshape(-1)
     n = jnp.sum(m.astype(jnp.int32))
-    nf = n.astype(dt)
-    xm = jnp.where(m, xf, 0.0)
-
-    shifted = jnp.where(m, xf + voxel_array_shift, 0.0)
-    energy = jnp.sum(shifted**2)
-    voxel_volume = jnp.prod(jnp.asarray(spacing, dt))
-
     big = jnp.asarray(jnp.finfo(dt).max, dt)
     if roi_index is not None:
         xs = jnp.sort(jnp.concatenate([jnp.where(m, xf, big), big[None]])[roi_index])
     else:
         xs = jnp.sort(jnp.where(m, xf, big))
-    vmin = xs[0]
-    vmax = xs[jnp.maximum(n - 1, 0)]
-    p10 = _percentile_sorted(xs, n, 10.0)
-    p25 = _percentile_sorted(xs, n, 25.0)
-    p50 = _percentile_sorted(xs, n, 50.0)
-    p75 = _percentile_sorted(xs, n, 75.0)
-    p90 = _percentile_sorted(xs, n, 90.0)
+    voxel_volume = jnp.prod(jnp.asarray(spacing, dt))
+    return firstorder_core(xf, lambda f: jnp.sum(jnp.where(m, f, 0.0)), lambda s: s, n, xs, 0,
+                           hist, voxel_volume, voxel_array_shift)
 
-    mean = jnp.sum(xm) / nf
-    dev = jnp.where(m, xf - mean, 0.0)
-    mu2 = jnp.sum(dev**2) / nf
-    mu3 = jnp.sum(dev**3) / nf
-    mu4 = jnp.sum(dev**4) / nf
+
+def firstorder_core(x, roi_sum, expand, n, xs, offset, hist, voxel_volume, voxel_array_shift=0.0):
+    """First-order features from voxel values and per-ROI reductions (layout-independent).
+
+    One formula for every data layout: a single ROI on a canvas (``roi_sum`` = masked sum,
+    ``expand`` = identity) or many ROIs packed into one voxel list (``roi_sum`` = segment sum,
+    ``expand`` = gather the per-ROI value back to the voxels; see :mod:`phyjax.radiomics.packed`).
+
+    Args:
+      x: float voxel values (flat). roi_sum: ``f (voxels) -> per-ROI sums`` over the ROI voxels.
+      expand: per-ROI values -> per-voxel values. n: int ROI voxel counts.
+      xs: the ROI values sorted, ROI ``b`` at ``xs[offset_b : offset_b + n_b]``.
+      hist: grey-level counts (..., N). voxel_volume: mm^3. voxel_array_shift: ``c``.
+    Returns:
+      dict name -> per-ROI value (names without the ``firstorder_`` prefix).
+    """
+    dt = x.dtype
+    nf = n.astype(dt)
+    energy = roi_sum((x + voxel_array_shift) ** 2)
+
+    vmin = xs[offset]
+    vmax = xs[offset + jnp.maximum(n - 1, 0)]
+    p10 = _percentile_sorted(xs, n, 10.0, offset)
+    p25 = _percentile_sorted(xs, n, 25.0, offset)
+    p50 = _percentile_sorted(xs, n, 50.0, offset)
+    p75 = _percentile_sorted(xs, n, 75.0, offset)
+    p90 = _percentile_sorted(xs, n, 90.0, offset)
+
+    mean = roi_sum(x) / nf
+    dev = x - expand(mean)
+    mu2 = roi_sum(dev**2) / nf
+    mu3 = roi_sum(dev**3) / nf
+    mu4 = roi_sum(dev**4) / nf
     mu2_safe = jnp.where(mu2 == 0, 1.0, mu2)
-    mad = jnp.sum(jnp.abs(dev)) / nf
+    mad = roi_sum(jnp.abs(dev)) / nf
 
-    robust = m & (xf >= p10) & (xf <= p90)
-    nr = jnp.sum(robust.astype(dt))
-    rmean = jnp.sum(jnp.where(robust, xf, 0.0)) / nr
-    rmad = jnp.sum(jnp.where(robust, jnp.abs(xf - rmean), 0.0)) / nr
+    robust = (x >= expand(p10)) & (x <= expand(p90))
+    nr = roi_sum(robust.astype(dt))
+    rmean = roi_sum(jnp.where(robust, x, 0.0)) / nr
+    rmad = roi_sum(jnp.where(robust, jnp.abs(x - expand(rmean)), 0.0)) / nr
 
-    p = hist.astype(dt) / nf
-    entropy = -jnp.sum(p * jnp.log2(p + _EPS))
-    uniformity = jnp.sum(p**2)
+    p = hist.astype(dt) / nf[..., None]
+    entropy = -jnp.sum(p * jnp.log2(p + _EPS), axis=-1)
+    uniformity = jnp.sum(p**2, axis=-1)
 
     return {
         "10Percentile": p10,
