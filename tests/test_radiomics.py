@@ -358,3 +358,21 @@ def test_extract_files_nifti_matches_arrays(tmp_path, jax_results, breast1_singl
         # NIfTI stores the spacing as float32: only TotalEnergy (uses the voxel volume) moves
         rel = 1e-6 if k == "firstorder_TotalEnergy" else 1e-10
         assert float(v[0]) == pytest.approx(jax_results["binwidth_3d"]["breast1"][k], rel=rel), k
+
+
+def test_auto_layout_picks_the_cheaper_one_and_both_agree():
+    """Small ROIs in big boxes -> packed; ROIs filling their box -> canvas; same features."""
+    from phyjax.radiomics.api import _cheaper_layout
+
+    rng = np.random.default_rng(3)
+    sparse = np.zeros((16, 40, 40), bool)
+    sparse[2:5, 3:9, 30:38] = True
+    sparse[10, 30, 2] = True
+    dense = np.ones((8, 16, 16), bool)
+    assert _cheaper_layout([sparse, sparse], 8) == "packed"
+    assert _cheaper_layout([dense, dense], 8) == "canvas"
+    images = [rng.uniform(0, 200, m.shape) for m in (sparse, dense)]
+    a = rad.extract(images, [sparse, dense], label=None, bin_width=25.0, layout="packed")
+    b = rad.extract(images, [sparse, dense], label=None, bin_width=25.0, layout="canvas")
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-9, atol=1e-12, err_msg=k)

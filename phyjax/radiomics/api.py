@@ -35,6 +35,7 @@ from phyjax.radiomics.discretize import discretize, n_bins_for_width
 from phyjax.radiomics.firstorder import FIRSTORDER_FEATURES, firstorder_features, grey_histogram
 from phyjax.radiomics.glcm import GLCM_FEATURES, directions, glcm_features, glcm_matrices
 from phyjax.radiomics.glrlm import GLRLM_FEATURES, glrlm_features, glrlm_matrices, max_run_length
+from phyjax.radiomics.packed import pack, packed_features, roi_box
 
 __all__ = [
     "RadiomicsConfig", "feature_names", "extract_features", "extract_batch", "extract",
@@ -215,6 +216,27 @@ def auto_n_bins(images, masks, bin_width: float, multiple: int = 8) -> int:
     return _round_up(need, multiple)
 
 
+# Cost per packed ROI voxel / cost per canvas voxel, measured with
+# benchmarks/radiomics_throughput.py (7 small 3-D ROIs: 6.5) and 8 whole-brain 2-mm ROIs filling
+# 41 % of their box (3.3); end to end, host work included.
+PACKED_VOXEL_COST = 4.0
+
+
+def _cheaper_layout(masks, multiple: int) -> str:
+    """``"packed"`` unless the ROIs fill their common (rounded) canvas densely enough that
+    padding every ROI to it costs less than the packed layout's per-voxel overhead."""
+    boxes = []
+    for i, m in enumerate(masks):
+        try:
+            boxes.append(roi_box(m))
+        except ValueError as e:
+            raise ValueError(f"ROI {i}: {e}") from None
+    boxes = np.array(boxes)
+    canvas = [1 if s == 1 else _round_up(s, multiple) for s in boxes.max(axis=0)]
+    n_vox = sum(int(np.count_nonzero(m)) for m in masks)
+    return "packed" if PACKED_VOXEL_COST * n_vox < len(masks) * math.prod(canvas) else "canvas"
+
+
 def extract(images: Sequence[np.ndarray], label_maps: Sequence[np.ndarray], *, label: int | None = 1,
             bin_width: float | None = 25.0, bin_count: int | None = None, force2d: bool = False,
             voxel_array_shift: float = 0.0, spacings=None, temperature=None,
@@ -229,7 +251,10 @@ def extract(images: Sequence[np.ndarray], label_maps: Sequence[np.ndarray], *, l
       temperature: ``None`` (hard, PyRadiomics) or a positive float (soft; canvas layout).
       layout: ``"packed"`` (hard mode only: all ROI voxels in one list, cost proportional to the
         ROI voxels, :mod:`phyjax.radiomics.packed`), ``"canvas"`` (every ROI cropped and padded
-        to one canvas, ``jit(vmap(extract_features))``), or ``"auto"`` (packed when hard).
+        to one canvas, ``jit(vmap(extract_features))``), or ``"auto"``: canvas in soft mode; in
+        hard mode packed unless the ROIs fill the common canvas densely (e.g. whole-brain masks
+        of similar size), where padding costs less than packing (``PACKED_VOXEL_COST``). Both
+        layouts give the same features (float64 round-off).
       multiple: canvas sizes are rounded up to a multiple of this (canvas layout).
       Remaining arguments as in :class:`RadiomicsConfig`; ``n_bins`` defaults to
       :func:`auto_n_bins` (fixed width) or ``bin_count``.
@@ -239,14 +264,14 @@ def extract(images: Sequence[np.ndarray], label_maps: Sequence[np.ndarray], *, l
       ValueError: unknown layout, soft mode with the packed layout, an empty ROI, mismatched
         shapes.
     """
-    if layout == "auto":
-        layout = "packed" if temperature is None else "canvas"
-    if layout not in ("packed", "canvas"):
+    if layout not in ("auto", "packed", "canvas"):
         raise ValueError(f"layout must be 'auto', 'packed' or 'canvas', got {layout!r}")
     if layout == "packed" and temperature is not None:
         raise ValueError("the packed layout computes hard features only; use layout='canvas' "
                          "for soft mode")
     masks = [np.asarray(lm) != 0 if label is None else np.asarray(lm) == label for lm in label_maps]
+    if layout == "auto":
+        layout = "canvas" if temperature is not None else _cheaper_layout(masks, multiple)
     if bin_count is not None:
         bin_width = None
         n_bins = bin_count
@@ -256,8 +281,6 @@ def extract(images: Sequence[np.ndarray], label_maps: Sequence[np.ndarray], *, l
     if unknown:
         raise ValueError(f"unknown feature classes {sorted(unknown)}; known: {sorted(_CLASSES)}")
     if layout == "packed":
-        from phyjax.radiomics.packed import pack, packed_features
-
         packed = pack(images, masks, spacings=spacings, force2d=force2d)
         return packed_features(packed, n_bins=n_bins, bin_width=bin_width, bin_count=bin_count,
                                voxel_array_shift=voxel_array_shift, classes=tuple(classes))

@@ -45,7 +45,7 @@ from phyjax.radiomics.firstorder import FIRSTORDER_FEATURES, firstorder_core
 from phyjax.radiomics.glcm import GLCM_FEATURES, directions, glcm_features
 from phyjax.radiomics.glrlm import GLRLM_FEATURES, glrlm_features
 
-__all__ = ["PackedROIs", "bucket_size", "pack", "packed_features"]
+__all__ = ["PackedROIs", "bucket_size", "pack", "packed_features", "roi_box"]
 
 
 def bucket_size(n: int, minimum: int = 8) -> int:
@@ -61,8 +61,18 @@ def _bbox(mask: np.ndarray) -> tuple[slice, ...]:
     sl = []
     for ax in range(mask.ndim):
         proj = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != ax)))
+        if not proj.size:
+            raise ValueError("empty ROI")
         sl.append(slice(int(proj[0]), int(proj[-1]) + 1))
     return tuple(sl)
+
+
+def roi_box(mask: np.ndarray) -> tuple[int, int, int]:
+    """``(D, H, W)`` of the bounding box of a non-empty 2-D or 3-D mask (2-D: ``D = 1``)."""
+    m = np.asarray(mask).astype(bool)
+    if m.ndim == 2:
+        m = m[None]
+    return tuple(s.stop - s.start for s in _bbox(m))
 
 
 @dataclasses.dataclass(frozen=True)
