@@ -376,3 +376,18 @@ def test_auto_layout_picks_the_cheaper_one_and_both_agree():
     b = rad.extract(images, [sparse, dense], label=None, bin_width=25.0, layout="canvas")
     for k in a:
         np.testing.assert_allclose(a[k], b[k], rtol=1e-9, atol=1e-12, err_msg=k)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_integer_key_sorts_match_numpy(dtype):
+    """Hard-mode sorts through integer keys == numpy's sort, incl. signs, zeros, ties, inf."""
+    from phyjax.radiomics.firstorder import sort_by_segment, sort_values
+
+    rng = np.random.default_rng(7)
+    x = np.concatenate([rng.normal(0, 1e3, 500), rng.integers(-3, 3, 200), [0.0, -0.0, 5e-300,
+                        -np.inf, np.inf, np.finfo(dtype).max]]).astype(dtype)
+    rng.shuffle(x)
+    np.testing.assert_array_equal(np.asarray(sort_values(jnp.asarray(x))), np.sort(x))
+    seg = rng.integers(0, 5, x.size).astype(np.int32)
+    got = np.asarray(sort_by_segment(jnp.asarray(x), jnp.asarray(seg), 5))
+    np.testing.assert_array_equal(got, x[np.lexsort((x, seg))])

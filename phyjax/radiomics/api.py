@@ -116,7 +116,8 @@ def extract_features(image, mask, config: RadiomicsConfig, spacing=(1.0, 1.0, 1.
         roi_index = jnp.nonzero(mask.reshape(-1), size=config.max_voxels, fill_value=image.size)[0]
     if "firstorder" in config.classes:
         hist = grey_histogram(n, disc.levels, disc.membership)
-        f = firstorder_features(image, mask, hist, spacing, config.voxel_array_shift, roi_index)
+        f = firstorder_features(image, mask, hist, spacing, config.voxel_array_shift, roi_index,
+                                differentiable=temperature is not None)
         out.update({f"firstorder_{k}": f[k] for k in FIRSTORDER_FEATURES})
     if "glcm" in config.classes:
         # visiting only the ROI voxels pays off when they are a small part of the canvas

@@ -22,7 +22,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-__all__ = ["FIRSTORDER_FEATURES", "firstorder_core", "firstorder_features", "grey_histogram"]
+__all__ = [
+    "FIRSTORDER_FEATURES", "firstorder_core", "firstorder_features", "grey_histogram",
+    "sort_by_segment", "sort_values",
+]
 
 FIRSTORDER_FEATURES = (
     "10Percentile", "90Percentile", "Energy", "Entropy", "InterquartileRange", "Kurtosis",
@@ -49,6 +52,45 @@ def _percentile_sorted(xs, n, q, offset=0):
     return jnp.where(frac >= 0.5, b - diff * (1.0 - frac), a + diff * frac)
 
 
+def _order_keys(x):
+    """Signed integers of the same width whose order is the order of the floats ``x`` (no NaN)."""
+    it = {2: jnp.int16, 4: jnp.int32, 8: jnp.int64}[jnp.dtype(x.dtype).itemsize]
+    b = jax.lax.bitcast_convert_type(x, it)
+    return jnp.where(b < 0, b ^ jnp.iinfo(it).max, b)  # negative floats: reverse magnitude order
+
+
+def _from_order_keys(k, dtype):
+    b = jnp.where(k < 0, k ^ jnp.iinfo(k.dtype).max, k)
+    return jax.lax.bitcast_convert_type(b, dtype)
+
+
+def sort_values(x):
+    """``jnp.sort(x, axis=-1)`` for non-NaN floats, through integer keys (not differentiable).
+
+    XLA:CPU sorts one integer operand about 5x faster than floats (whose comparator handles
+    NaN) -- the order statistics are the largest cost of the first-order features otherwise.
+    """
+    return _from_order_keys(jnp.sort(_order_keys(x), axis=-1), x.dtype)
+
+
+def sort_by_segment(values, segment, n_segments: int):
+    """``values`` sorted by (segment, value), for non-NaN floats (not differentiable).
+
+    Two single-operand integer sorts instead of one two-operand sort (about 2x faster on
+    XLA:CPU): sort the value keys, replace every value by its rank ``r`` among all values, sort
+    ``segment * K + r``. Falls back to the two-operand sort when that does not fit the integer
+    width (32-bit mode with ``n_segments * K >= 2^31``).
+    """
+    k = values.shape[0]
+    keys = _order_keys(values)
+    if jnp.iinfo(keys.dtype).max // max(n_segments, 1) <= k:
+        return jax.lax.sort((segment, values), num_keys=2)[1]
+    sorted_keys = jnp.sort(keys)
+    rank = jnp.searchsorted(sorted_keys, keys).astype(keys.dtype)
+    composite = jnp.sort(segment.astype(keys.dtype) * k + rank)
+    return _from_order_keys(sorted_keys[composite % k], values.dtype)
+
+
 def grey_histogram(n_bins, levels=None, membership=None):
     """Grey-level counts (N,): from hard ``levels`` (1..N, 0 = outside) or soft ``membership``."""
     if membership is not None:
@@ -58,7 +100,8 @@ def grey_histogram(n_bins, levels=None, membership=None):
     return cnt.astype(jnp.result_type(float))
 
 
-def firstorder_features(x, mask, hist, spacing, voxel_array_shift=0.0, roi_index=None):
+def firstorder_features(x, mask, hist, spacing, voxel_array_shift=0.0, roi_index=None,
+                        differentiable=True):
     """All first-order features of one ROI.
 
     Args:
@@ -69,6 +112,9 @@ def firstorder_features(x, mask, hist, spacing, voxel_array_shift=0.0, roi_index
       roi_index: optional (K,) flat indices of the ROI voxels, padded with ``x.size`` (from
         ``jnp.nonzero(mask, size=K, fill_value=x.size)``); the order statistics then sort only these
         K values instead of the whole canvas (much faster on big, sparse canvases).
+      differentiable: ``False`` (hard mode) sorts through integer keys (:func:`sort_values`,
+        faster on CPU, no gradient); ``True`` uses ``jnp.sort`` (gradients reach the order
+        statistics).
     Returns:
       dict name -> scalar (names without the ``firstorder_`` prefix).
     """
@@ -77,10 +123,11 @@ def firstorder_features(x, mask, hist, spacing, voxel_array_shift=0.0, roi_index
     xf = x.reshape(-1)
     n = jnp.sum(m.astype(jnp.int32))
     big = jnp.asarray(jnp.finfo(dt).max, dt)
+    sort = jnp.sort if differentiable else sort_values
     if roi_index is not None:
-        xs = jnp.sort(jnp.concatenate([jnp.where(m, xf, big), big[None]])[roi_index])
+        xs = sort(jnp.concatenate([jnp.where(m, xf, big), big[None]])[roi_index])
     else:
-        xs = jnp.sort(jnp.where(m, xf, big))
+        xs = sort(jnp.where(m, xf, big))
     voxel_volume = jnp.prod(jnp.asarray(spacing, dt))
     return firstorder_core(xf, lambda f: jnp.sum(jnp.where(m, f, 0.0)), lambda s: s, n, xs, 0,
                            hist, voxel_volume, voxel_array_shift)

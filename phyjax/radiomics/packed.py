@@ -14,8 +14,8 @@ other ROIs are. Here the cost follows the number of ROI voxels, as in PyRadiomic
   is a geometric fact, also computed here.
 * **Device, one jit** (:func:`packed_features`): per-ROI bin edges (segment min / max), grey
   levels, first-order features through the same formulas as the canvas path
-  (:func:`~phyjax.radiomics.firstorder.firstorder_core` with segment sums; order statistics by one
-  lexicographic (ROI, value) sort), GLCM and GLRLM matrices by one integer scatter each (codes
+  (:func:`~phyjax.radiomics.firstorder.firstorder_core` with segment sums; order statistics by a
+  (ROI, value) sort, :func:`~phyjax.radiomics.firstorder.sort_by_segment`), GLCM and GLRLM matrices by one integer scatter each (codes
   carry the ROI index), run starts by log-doubling a running maximum over the ordered list, and
   the GLCM / GLRLM feature formulas of :mod:`~phyjax.radiomics.glcm` /
   :mod:`~phyjax.radiomics.glrlm`, ``vmap``-ed over the ROIs.
@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from phyjax.radiomics.discretize import digitize, edges_from_range
-from phyjax.radiomics.firstorder import FIRSTORDER_FEATURES, firstorder_core
+from phyjax.radiomics.firstorder import FIRSTORDER_FEATURES, firstorder_core, sort_by_segment
 from phyjax.radiomics.glcm import GLCM_FEATURES, directions, glcm_features
 from phyjax.radiomics.glrlm import GLRLM_FEATURES, glrlm_features
 
@@ -255,7 +255,7 @@ def _packed_features_jit(values, segment, counts, offsets, order, adjacent, mult
     if "firstorder" in classes:
         hist = jax.ops.segment_sum(valid.astype(jnp.int32), seg_c * n_bins + jnp.maximum(levels - 1, 0),
                                    num_segments=n_roi * n_bins).reshape(n_roi, n_bins)
-        xs = jax.lax.sort((segment, values), num_keys=2)[1]
+        xs = sort_by_segment(values, segment, n_roi + 1)
         f = firstorder_core(values, roi_sum, expand, counts, xs, offsets, hist.astype(dt),
                             voxel_volume, voxel_array_shift)
         out.update({f"firstorder_{name}": f[name] for name in FIRSTORDER_FEATURES})
