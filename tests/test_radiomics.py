@@ -391,3 +391,46 @@ def test_integer_key_sorts_match_numpy(dtype):
     seg = rng.integers(0, 5, x.size).astype(np.int32)
     got = np.asarray(sort_by_segment(jnp.asarray(x), jnp.asarray(seg), 5))
     np.testing.assert_array_equal(got, x[np.lexsort((x, seg))])
+
+
+def _runs_brute_force(levels, a):
+    """Run length through every voxel along ``a`` by walking each run voxel by voxel (numpy)."""
+    out = np.zeros(levels.shape, int)
+    shape = np.array(levels.shape)
+    a = np.array(a)
+    inside = lambda p: bool(np.all(p >= 0) and np.all(p < shape))  # noqa: E731
+    for v in np.argwhere(levels > 0):
+        g, n = levels[tuple(v)], 1
+        for sense in (1, -1):
+            p = v + sense * a
+            while inside(p) and levels[tuple(p)] == g:
+                n += 1
+                p = p + sense * a
+        out[tuple(v)] = n
+    lines_with_two = False
+    for v in np.argwhere(levels > 0):
+        p = v + a
+        while inside(p):
+            if levels[tuple(p)] > 0:
+                lines_with_two = True
+            p = p + a
+    return out, lines_with_two
+
+
+@pytest.mark.parametrize("shape", [(5, 7, 6), (1, 9, 8), (12, 4, 3)])
+def test_run_lengths_match_brute_force(shape):
+    """Scan run lengths (all 13 directions, any scan axis) == walking the runs voxel by voxel."""
+    from phyjax.radiomics.glcm import directions
+    from phyjax.radiomics.glrlm import run_lengths
+
+    rng = np.random.default_rng(sum(shape))
+    levels = rng.integers(1, 3, shape) * (rng.uniform(size=shape) < 0.8)
+    for a in directions(False):
+        got, multi = run_lengths(jnp.asarray(levels), a)
+        want, want_multi = _runs_brute_force(levels, a)
+        np.testing.assert_array_equal(np.asarray(got), want, err_msg=str(a))
+        assert bool(multi) == want_multi, a
+    sparse = np.zeros((4, 5, 5), int)
+    sparse[0, 0, 0] = sparse[2, 0, 0] = 1  # two ROI voxels on one z line, not adjacent
+    assert bool(run_lengths(jnp.asarray(sparse), (1, 0, 0))[1])
+    assert not bool(run_lengths(jnp.asarray(sparse), (0, 1, 0))[1])

@@ -119,16 +119,17 @@ def extract_features(image, mask, config: RadiomicsConfig, spacing=(1.0, 1.0, 1.
         f = firstorder_features(image, mask, hist, spacing, config.voxel_array_shift, roi_index,
                                 differentiable=temperature is not None)
         out.update({f"firstorder_{k}": f[k] for k in FIRSTORDER_FEATURES})
+    # visiting only the ROI voxels pays off when they are a small part of the canvas
+    sparse = roi_index is not None and 4 * roi_index.shape[0] < image.size
     if "glcm" in config.classes:
-        # visiting only the ROI voxels pays off when they are a small part of the canvas
-        sparse = roi_index is not None and 4 * roi_index.shape[0] < image.size
         P = glcm_matrices(dirs, n_bins=n, levels=disc.levels, membership=disc.membership,
                           roi_index=roi_index if sparse else None)
         f = glcm_features(P, disc.n_levels, differentiable=temperature is not None)
         out.update({f"glcm_{k}": f[k] for k in GLCM_FEATURES})
     if "glrlm" in config.classes:
         n_runs = max_run_length(image.shape, dirs)
-        P = glrlm_matrices(disc.levels, mask, dirs, n_runs, n_bins=n, membership=disc.membership)
+        P = glrlm_matrices(disc.levels, mask, dirs, n_runs, n_bins=n, membership=disc.membership,
+                           roi_index=roi_index if sparse else None)
         f = glrlm_features(P)
         out.update({f"glrlm_{k}": f[k] for k in GLRLM_FEATURES})
     return out
