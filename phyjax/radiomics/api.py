@@ -55,9 +55,10 @@ class RadiomicsConfig:
     force2d: PyRadiomics ``force2D`` (dimension 0).
     voxel_array_shift: PyRadiomics ``voxelArrayShift`` (Energy, TotalEnergy, RMS).
     classes: feature classes to compute.
-    max_voxels: optional static upper bound of the ROI voxel count: the order statistics and the
-      hard GLCM then work on the compacted ROI voxels instead of the whole canvas (much faster
-      on large, sparse canvases; an ROI larger than this gives wrong results).
+    max_voxels: optional static upper bound of the ROI voxel count: when it is at most half the
+      canvas, the order statistics and the hard GLCM / GLRLM scatters work on the compacted ROI
+      voxels instead of the whole canvas (much faster on large, sparse canvases; an ROI larger
+      than this gives wrong results -- :func:`extract` sets it from the masks).
     """
 
     bin_width: float | None = 25.0
@@ -112,7 +113,8 @@ def extract_features(image, mask, config: RadiomicsConfig, spacing=(1.0, 1.0, 1.
     out = {}
     n = config.n_bins
     roi_index = None  # flat indices of the ROI voxels (padded with image.size), if bounded
-    if config.max_voxels is not None and config.max_voxels < image.size:
+    # compacting the ROI voxels (a nonzero pass) pays off when they are at most half the canvas
+    if config.max_voxels is not None and 2 * config.max_voxels <= image.size:
         roi_index = jnp.nonzero(mask.reshape(-1), size=config.max_voxels, fill_value=image.size)[0]
     if "firstorder" in config.classes:
         hist = grey_histogram(n, disc.levels, disc.membership)
@@ -218,10 +220,11 @@ def auto_n_bins(images, masks, bin_width: float, multiple: int = 8) -> int:
     return _round_up(need, multiple)
 
 
-# Cost per packed ROI voxel / cost per canvas voxel, measured with
-# benchmarks/radiomics_throughput.py (7 small 3-D ROIs: 6.5) and 8 whole-brain 2-mm ROIs filling
-# 41 % of their box (3.3); end to end, host work included.
-PACKED_VOXEL_COST = 4.0
+# Cost per packed ROI voxel / cost per canvas voxel, end to end (host work included), measured with
+# benchmarks/radiomics_throughput.py --dense on 2 CPU cores: 12 for 7 small 3-D ROIs (1.3 us per
+# packed voxel, 0.10 us per canvas voxel), 5 for 8 whole-brain-sized ROIs filling half their box
+# (1.0 and 0.21 us). Packed wins when the ROIs fill less than ~1/6 of the common canvas.
+PACKED_VOXEL_COST = 6.0
 
 
 def _cheaper_layout(masks, multiple: int) -> str:
