@@ -434,3 +434,24 @@ def test_run_lengths_match_brute_force(shape):
     sparse[0, 0, 0] = sparse[2, 0, 0] = 1  # two ROI voxels on one z line, not adjacent
     assert bool(run_lengths(jnp.asarray(sparse), (1, 0, 0))[1])
     assert not bool(run_lengths(jnp.asarray(sparse), (0, 1, 0))[1])
+
+
+def test_packed_batches_of_other_rois_reuse_the_compilation():
+    """ROI sets of different sizes that round to the same buckets share one compiled kernel."""
+    from phyjax.radiomics import packed as pk
+
+    image, labels, label, spacing = _load("prostate1")
+    m = labels == label
+    rng = np.random.default_rng(11)
+    runs = []
+    for drop in (0, 3, 7):  # remove a few ROI voxels: other voxel counts, same buckets
+        mm = m.copy()
+        mm[tuple(np.argwhere(mm)[:drop].T)] = False
+        runs.append(([image, image + rng.normal(0, 5, image.shape)], [mm, m]))
+    size = None
+    for images, masks in runs:
+        p = pk.pack(images, masks, spacings=[spacing] * 2)
+        pk.packed_features(p, n_bins=64, bin_width=25.0)
+        if size is None:
+            size = pk._packed_features_jit._cache_size()
+    assert pk._packed_features_jit._cache_size() == size

@@ -11,10 +11,11 @@ Three levels:
   parity; ``temperature > 0``: soft memberships (see :mod:`phyjax.radiomics.discretize`).
 * :func:`extract_batch` -- jit(vmap(extract_features)) over a padded batch ``(B, D, H, W)``.
 * :func:`extract` / :func:`extract_files` -- host-side convenience: lists of images + label maps of
-  any sizes (or NIfTI / NRRD paths), ``n_bins`` chosen to cover every ROI. Hard mode packs all ROI
-  voxels into one list (:mod:`phyjax.radiomics.packed`: cost proportional to the ROI voxels, not
-  to the largest bounding box); soft mode crops every ROI to its bounding box and pads all into
-  one canvas (rounded up, so different ROI sizes reuse one compilation).
+  any sizes (or NIfTI / NRRD paths), ``n_bins`` chosen to cover every ROI, one jit call. Hard mode
+  packs all ROI voxels into one list (:mod:`phyjax.radiomics.packed`: cost proportional to the ROI
+  voxels, not to the largest bounding box) unless the ROIs fill a common box densely; soft mode
+  (and dense ROIs) crop every ROI to its bounding box and pad all into one canvas (rounded up, so
+  different ROI sizes reuse one compilation).
 
 Feature names follow PyRadiomics without the image-type prefix: ``firstorder_Mean``,
 ``glcm_Idmn``, ``glrlm_ShortRunEmphasis``, ...
