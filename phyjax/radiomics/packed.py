@@ -15,13 +15,16 @@ other ROIs are. Here the cost follows the number of ROI voxels, as in PyRadiomic
 * **Device, one jit** (:func:`packed_features`): per-ROI bin edges (segment min / max), grey
   levels, first-order features through the same formulas as the canvas path
   (:func:`~phyjax.radiomics.firstorder.firstorder_core` with segment sums; order statistics by a
-  (ROI, value) sort, :func:`~phyjax.radiomics.firstorder.sort_by_segment`), GLCM and GLRLM matrices by one integer scatter each (codes
-  carry the ROI index), run starts by log-doubling a running maximum over the ordered list, and
-  the GLCM / GLRLM feature formulas of :mod:`~phyjax.radiomics.glcm` /
-  :mod:`~phyjax.radiomics.glrlm`, ``vmap``-ed over the ROIs.
+  (ROI, value) sort, :func:`~phyjax.radiomics.firstorder.sort_by_segment`), GLCM and GLRLM
+  matrices by one integer scatter each (codes carry the ROI index), run starts by log-doubling a
+  running maximum over the ordered list (``ceil(log2(longest line))`` shifted maxima), and the
+  GLCM / GLRLM feature formulas of :mod:`~phyjax.radiomics.glcm` / :mod:`~phyjax.radiomics.glrlm`,
+  ``vmap``-ed over the ROIs.
 
 This path is hard mode only (the PyRadiomics features, for measuring site differences on many
-ROIs); the differentiable soft mode runs on canvases (:func:`~phyjax.radiomics.api.extract_features`),
+ROIs); the host geometry (one numpy argsort per direction) makes it slower than the canvas for
+large ROIs that fill their box, which :func:`~phyjax.radiomics.api.extract` then picks. The
+differentiable soft mode runs on canvases (:func:`~phyjax.radiomics.api.extract_features`),
 which is what a training loss sees anyway (a batch of same-size images). Both are checked against
 PyRadiomics in the tests.
 
