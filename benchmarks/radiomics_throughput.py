@@ -15,11 +15,12 @@ the host, one jit call) and ``canvas`` (every ROI cropped and padded to the larg
 one jit(vmap) call). Features/s = ROIs x features / s. The machine's load average is recorded: on
 a shared machine both timings move, the ratio less so.
 
-``--dense`` adds 8 whole-brain-sized synthetic ROIs that fill half of their box: there padding
+``--soft`` also times one training step of a soft-feature loss (value and gradient; no PyRadiomics
+counterpart). ``--dense`` adds 8 whole-brain-sized synthetic ROIs that fill half of their box: there padding
 is cheap and ``extract(layout="auto")`` picks the canvas.
 
 Run (about 1 min on 2 CPU cores; several minutes with ``--dense``):
-    JAX_PLATFORMS=cpu python benchmarks/radiomics_throughput.py [--dense]
+    JAX_PLATFORMS=cpu python benchmarks/radiomics_throughput.py [--soft] [--dense]
 Writes benchmarks/results/radiomics_throughput.{json,md}.
 """
 
@@ -35,6 +36,7 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 jax.config.update("jax_enable_x64", True)
@@ -85,6 +87,41 @@ def dense_rois(n=8, seed=0):
         image = 500 + 4000 * smooth + rng.normal(0, 40, mask.shape)
         out.append((f"dense{i}", image, mask, np.array([2.0, 2.0, 2.0])))
     return out
+
+
+def soft_step(batch=8, size=128, n_bins=32, repeats=3, dtype=np.float32):
+    """Seconds per jit(value_and_grad) step of an L1 loss on all soft features of ``batch``
+    ``size`` x ``size`` images (disk ROIs, 32 bins, temperature 0.5): the cost a radiomic
+    training loss adds (canvas layout, float32 as in training)."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[:size, :size]
+    disk = (yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (0.4 * size) ** 2
+    images = np.stack([500 + 3000 * ndimage.gaussian_filter(rng.normal(size=(size, size)), 2.0)
+                       for _ in range(batch)])[:, None].astype(dtype)
+    masks = np.broadcast_to(disk, images.shape).copy()
+    width = float(np.ptp(images[masks.astype(bool)])) / (n_bins - 2)
+    cfg = rad.RadiomicsConfig(bin_width=width, n_bins=n_bins, force2d=True)
+    target = {k: v[::-1] for k, v in rad.extract_batch(images, masks, cfg, temperature=0.5).items()}
+
+    @jax.jit
+    def step(x):
+        def loss(x):
+            f = rad.extract_batch(x, masks, cfg, temperature=0.5)
+            return sum(jnp.mean(jnp.abs(f[k] - target[k]) / (jnp.abs(target[k]) + 1e-6)) for k in f)
+        return jax.value_and_grad(loss)(x)
+
+    x = jnp.asarray(images)
+    t0 = time.perf_counter()
+    jax.block_until_ready(step(x))
+    first = time.perf_counter() - t0
+    best = np.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(step(x))
+        best = min(best, time.perf_counter() - t0)
+    return best, first
 
 
 def run_pyradiomics(rois, settings, repeats=1):
@@ -143,6 +180,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    ap.add_argument("--soft", action="store_true",
+                    help="also time a soft-feature loss step (value + gradient), 8 x 128^2 float32")
     ap.add_argument("--dense", action="store_true",
                     help="also 8 whole-brain-sized ROIs filling their box (where padding is cheap)")
     args = ap.parse_args(argv)
@@ -181,6 +220,13 @@ def main(argv=None):
         print(f"{workload}: {len(rois)} ROIs, PyRadiomics {t_py:.3f} s, JAX {t_jax:.3f} s "
               f"(first call incl. compile {t_first:.1f} s), speed-up {t_py / t_jax:.1f}x, "
               f"max rel. err {err}", flush=True)
+    soft = None
+    if args.soft:
+        t_soft, t_soft_first = soft_step(repeats=args.repeats)
+        soft = {"batch": 8, "size": 128, "n_bins": 32, "dtype": "float32", "step_s": t_soft,
+                "first_call_s": t_soft_first}
+        print(f"soft loss step (value + grad, 8 x 128^2, 59 features): {t_soft * 1e3:.0f} ms "
+              f"(first call {t_soft_first:.1f} s)", flush=True)
     import radiomics
 
     meta = {
@@ -191,7 +237,7 @@ def main(argv=None):
         "load_average_1_5_15": list(os.getloadavg()), "repeats": args.repeats,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "radiomics_throughput.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    (args.out / "radiomics_throughput.json").write_text(json.dumps({"meta": meta, "rows": rows, "soft_step": soft}, indent=2))
     lines = [
         "# Radiomics throughput: phyjax (jit + vmap) vs PyRadiomics",
         "",
@@ -212,6 +258,10 @@ def main(argv=None):
             f"{r['jax_s']:.3f} | {r['jax_first_call_s']:.1f} | {r['pyradiomics_features_per_s']:.0f} | "
             f"{r['jax_features_per_s']:.0f} | {r['speedup']:.1f}x | "
             f"{e['firstorder']:.1e} / {e['glcm']:.1e} / {e['glrlm']:.1e} |")
+    if soft is not None:
+        lines += ["", f"Soft mode (canvas, float32, temperature 0.5): one jit(value_and_grad) step of "
+                  f"an L1 loss on all 59 soft features of 8 images of 128 x 128 (disk ROIs, 32 bins): "
+                  f"{soft['step_s'] * 1e3:.0f} ms (first call incl. compile {soft['first_call_s']:.1f} s)."]
     (args.out / "radiomics_throughput.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

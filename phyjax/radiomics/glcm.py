@@ -92,12 +92,11 @@ def glcm_matrices(dirs, *, n_bins: int, levels=None, membership=None, roi_index=
     """
     if membership is not None:
         flat = membership.reshape(-1, n_bins)
-
-        def one(a):  # neighbour at v + a  ->  shift by -a
-            nb = dynamic_shift(membership, -a, 0.0).reshape(-1, n_bins)
-            return flat.T @ nb
-
-        p = jax.lax.map(one, jnp.asarray(dirs, jnp.int32))
+        # neighbour at v + a  ->  static shift by -a (static slices: 2x faster gradients than a
+        # lax.map over traced offsets)
+        p = jnp.stack([
+            flat.T @ _static_shift(membership, tuple(-c for c in a), 0.0).reshape(-1, n_bins)
+            for a in dirs])
     else:
         # all directions in one integer scatter (much faster than float scatters on CPU)
         na = len(dirs)

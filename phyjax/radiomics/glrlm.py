@@ -207,8 +207,21 @@ def glrlm_matrices(levels, mask, dirs, n_runs: int, *, n_bins: int, membership=N
         rl = length.reshape(-1).astype(jnp.int32)
         inv = jnp.where(rl > 0, 1.0 / jnp.maximum(rl, 1).astype(fdt), 0.0) * multi[d]
         seg = jnp.clip(rl - 1, 0, n_runs - 1)
-        mats.append(jax.ops.segment_sum(flat * inv[:, None], seg, num_segments=n_runs).T)
+        mats.append(_weighted_run_sum(flat, inv, seg, n_runs).T)
     return jnp.stack(mats)
+
+
+def _weighted_run_sum(w, inv, seg, n_runs: int):
+    """``out[r] = sum_{v: seg(v) = r} w(v) inv(v)``: (V, N), (V,), int (V,) -> (n_runs, N).
+
+    The segment sum is followed by a product with the identity: it changes nothing (the sums are
+    finite), but its transpose materialises the (n_runs, N) cotangent in the backward pass.
+    Without it XLA:CPU fused the whole cotangent expression (every GLRLM feature's derivative)
+    into the gather that transposes the segment sum and re-evaluated it for each of the V x N
+    gathered elements: 7x slower gradients. Forward and reverse mode both stay plain autodiff.
+    """
+    out = jax.ops.segment_sum(w * inv[:, None], seg, num_segments=n_runs)
+    return jnp.dot(jnp.eye(n_runs, dtype=out.dtype), out, precision=jax.lax.Precision.HIGHEST)
 
 
 def glrlm_features(P):
