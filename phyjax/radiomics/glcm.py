@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["GLCM_FEATURES", "directions", "dynamic_shift", "glcm_matrices", "glcm_features"]
+__all__ = ["GLCM_FEATURES", "directions", "glcm_features", "glcm_matrices", "static_shift"]
 
 GLCM_FEATURES = (
     "Autocorrelation", "ClusterProminence", "ClusterShade", "ClusterTendency", "Contrast",
@@ -68,17 +68,13 @@ def directions(force2d: bool) -> tuple[tuple[int, int, int], ...]:
     return tuple(out)
 
 
-def dynamic_shift(arr, offset, fill):
-    """``out[v] = arr[v - offset]`` over the first three axes for a traced int offset (3,)."""
-    out = arr
-    valid = None
-    for ax in range(3):
-        out = jnp.roll(out, offset[ax], axis=ax)
-        c = jax.lax.broadcasted_iota(jnp.int32, arr.shape[:3], ax) - offset[ax]
-        ok = (c >= 0) & (c < arr.shape[ax])
-        valid = ok if valid is None else valid & ok
-    valid = valid.reshape(valid.shape + (1,) * (arr.ndim - 3))
-    return jnp.where(valid, out, jnp.asarray(fill, arr.dtype))
+def static_shift(arr, offset, fill):
+    """``out[v] = arr[v - offset]`` over the leading ``len(offset)`` axes (static int offsets),
+    ``fill`` where ``v - offset`` is outside the array; trailing axes are carried along."""
+    pad = [(max(o, 0), max(-o, 0)) for o in offset] + [(0, 0)] * (arr.ndim - len(offset))
+    out = jnp.pad(arr, pad, constant_values=fill)
+    idx = tuple(slice(max(-o, 0), max(-o, 0) + arr.shape[ax]) for ax, o in enumerate(offset))
+    return out[idx]
 
 
 def glcm_matrices(dirs, *, n_bins: int, levels=None, membership=None, roi_index=None):
@@ -95,7 +91,7 @@ def glcm_matrices(dirs, *, n_bins: int, levels=None, membership=None, roi_index=
         # neighbour at v + a  ->  static shift by -a (static slices: 2x faster gradients than a
         # lax.map over traced offsets)
         p = jnp.stack([
-            flat.T @ _static_shift(membership, tuple(-c for c in a), 0.0).reshape(-1, n_bins)
+            flat.T @ static_shift(membership, tuple(-c for c in a), 0.0).reshape(-1, n_bins)
             for a in dirs])
     else:
         # all directions in one integer scatter (much faster than float scatters on CPU)
@@ -104,7 +100,7 @@ def glcm_matrices(dirs, *, n_bins: int, levels=None, membership=None, roi_index=
             lv = levels.reshape(-1)
             idx = []
             for d, a in enumerate(dirs):
-                nb = _static_shift(levels, tuple(-c for c in a), 0).reshape(-1)
+                nb = static_shift(levels, tuple(-c for c in a), 0).reshape(-1)
                 ok = (lv > 0) & (nb > 0)
                 idx.append(jnp.where(ok, d * n_bins * n_bins + (lv - 1) * n_bins + (nb - 1), -1))
             idx = jnp.concatenate(idx)
@@ -131,14 +127,6 @@ def glcm_matrices(dirs, *, n_bins: int, levels=None, membership=None, roi_index=
                                   num_segments=na * n_bins * n_bins)
         p = cnt.reshape(na, n_bins, n_bins).astype(jnp.result_type(float))
     return p + jnp.swapaxes(p, 1, 2)
-
-
-def _static_shift(arr, offset, fill):
-    """``out[v] = arr[v - offset]`` (static offset) over the leading axes, ``fill`` outside."""
-    pad = [(max(o, 0), max(-o, 0)) for o in offset] + [(0, 0)] * (arr.ndim - len(offset))
-    out = jnp.pad(arr, pad, constant_values=fill)
-    idx = tuple(slice(max(-o, 0), max(-o, 0) + arr.shape[ax]) for ax, o in enumerate(offset))
-    return out[idx]
 
 
 def _diff_sum_operators(n, dtype):

@@ -59,6 +59,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from phyjax.radiomics.glcm import static_shift
+
 __all__ = ["GLRLM_FEATURES", "run_lengths", "glrlm_matrices", "glrlm_features", "max_run_length"]
 
 GLRLM_FEATURES = (
@@ -84,18 +86,8 @@ def _scan_axis(a, shape) -> int:
 
 
 def _shift2(x, b1: int, b2: int, fill=0):
-    """``out[..., p, q] = x[..., p - b1, q - b2]`` on the last two axes (static), ``fill`` outside."""
-    pad = [(0, 0)] * (x.ndim - 2) + [(max(b1, 0), max(-b1, 0)), (max(b2, 0), max(-b2, 0))]
-    y = jnp.pad(x, pad, constant_values=fill)
-    h, w = x.shape[-2:]
-    return y[..., max(-b1, 0):max(-b1, 0) + h, max(-b2, 0):max(-b2, 0) + w]
-
-
-def _shift3(x, off, fill=0):
-    """``out[v] = x[v - off]`` (static offset over the three axes), ``fill`` outside."""
-    pad = [(max(o, 0), max(-o, 0)) for o in off]
-    y = jnp.pad(x, pad, constant_values=fill)
-    return y[tuple(slice(max(-o, 0), max(-o, 0) + x.shape[ax]) for ax, o in enumerate(off))]
+    """``out[..., p, q] = x[..., p - b1, q - b2]`` on the last two axes, ``fill`` outside."""
+    return static_shift(x, (0,) * (x.ndim - 2) + (b1, b2), fill)
 
 
 def _runs(levels, dirs, want_all: bool):
@@ -140,7 +132,7 @@ def _runs(levels, dirs, want_all: bool):
         ends = []
         for j, a in enumerate(oriented):
             # v ends its run iff v + a does not continue it
-            ends.append(roi & (_shift3(levels, tuple(-c for c in a)) != levels))
+            ends.append(roi & (static_shift(levels, tuple(-c for c in a), 0) != levels))
         if want_all:
             end_k = jnp.stack([jnp.moveaxis(e, k, 0) for e in ends], axis=1)  # (n, nd, ...)
 
