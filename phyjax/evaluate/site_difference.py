@@ -83,13 +83,9 @@ class FeatureExtractor:
 
     def canvas(self, masks: Sequence[np.ndarray], multiple: int = 8) -> tuple[int, int, int]:
         """Common ``(z, y, x)`` canvas holding every mask's bounding box (rounded up)."""
-        shape = np.zeros(3, int)
-        for m in masks:
-            m = np.asarray(m, bool)
-            if m.ndim == 2:
-                m = m[..., None]
-            idx = np.argwhere(m.T)
-            shape = np.maximum(shape, idx.max(0) - idx.min(0) + 1)
+        from phyjax.radiomics.packed import roi_box
+
+        shape = np.max([roi_box(np.asarray(m, bool).T) for m in masks], axis=0)
         return tuple(1 if s == 1 else int(math.ceil(s / multiple) * multiple) for s in shape)
 
     def table(self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray],

@@ -36,7 +36,7 @@ from phyjax.radiomics.discretize import discretize, n_bins_for_width
 from phyjax.radiomics.firstorder import FIRSTORDER_FEATURES, firstorder_features, grey_histogram
 from phyjax.radiomics.glcm import GLCM_FEATURES, directions, glcm_features, glcm_matrices
 from phyjax.radiomics.glrlm import GLRLM_FEATURES, glrlm_features, glrlm_matrices, max_run_length
-from phyjax.radiomics.packed import pack, packed_features, roi_box
+from phyjax.radiomics.packed import bounding_box, pack, packed_features, roi_box
 
 __all__ = [
     "RadiomicsConfig", "feature_names", "extract_features", "extract_batch", "extract",
@@ -186,11 +186,7 @@ def crop_and_pad(images: Sequence[np.ndarray], masks: Sequence[np.ndarray],
         m = np.asarray(m).astype(bool)
         if im.ndim == 2:
             im, m = im[None], m[None]
-        if not m.any():
-            raise ValueError("empty ROI")
-        idx = np.argwhere(m)
-        lo, hi = idx.min(0), idx.max(0) + 1
-        sl = tuple(slice(a, b) for a, b in zip(lo, hi))
+        sl = bounding_box(m)
         crops.append((im[sl], m[sl]))
     shape = np.max([c[0].shape for c in crops], axis=0)
     mult = (multiple,) * 3 if isinstance(multiple, int) else tuple(multiple)

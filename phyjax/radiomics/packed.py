@@ -48,7 +48,7 @@ from phyjax.radiomics.firstorder import FIRSTORDER_FEATURES, firstorder_core, so
 from phyjax.radiomics.glcm import GLCM_FEATURES, directions, glcm_features
 from phyjax.radiomics.glrlm import GLRLM_FEATURES, glrlm_features
 
-__all__ = ["PackedROIs", "bucket_size", "pack", "packed_features", "roi_box"]
+__all__ = ["PackedROIs", "bounding_box", "bucket_size", "pack", "packed_features", "roi_box"]
 
 
 def bucket_size(n: int, minimum: int = 8) -> int:
@@ -59,8 +59,9 @@ def bucket_size(n: int, minimum: int = 8) -> int:
     return m << e
 
 
-def _bbox(mask: np.ndarray) -> tuple[slice, ...]:
-    """Bounding box of a non-empty boolean mask (axis projections: cheaper than argwhere)."""
+def bounding_box(mask: np.ndarray) -> tuple[slice, ...]:
+    """Slices of the bounding box of a boolean mask, any rank (axis projections: cheaper than
+    argwhere). Raises ValueError("empty ROI") for an empty mask."""
     sl = []
     for ax in range(mask.ndim):
         proj = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != ax)))
@@ -75,7 +76,7 @@ def roi_box(mask: np.ndarray) -> tuple[int, int, int]:
     m = np.asarray(mask).astype(bool)
     if m.ndim == 2:
         m = m[None]
-    return tuple(s.stop - s.start for s in _bbox(m))
+    return tuple(s.stop - s.start for s in bounding_box(m))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,7 +168,7 @@ def pack(images: Sequence[np.ndarray], masks: Sequence[np.ndarray], *, spacings=
                              "or 3-D shape")
         if not m.any():
             raise ValueError(f"{name}: empty ROI")
-        sl = _bbox(m)
+        sl = bounding_box(m)
         mc = m[sl]
         v = np.asarray(im[sl][mc], np.float64)
         if not np.all(np.isfinite(v)):
