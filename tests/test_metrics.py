@@ -85,23 +85,26 @@ def _volumes(seed, scale, offset):
     return img, mask
 
 
-def test_zscore_maps_moments_onto_training_target():
+def _fit_and_apply(method):
+    """Fit ``method`` on 3 target volumes; apply it to a differently scaled source.
+
+    Returns (pooled target ROI values, source, mask, harmonized source)."""
     targets = [_volumes(s, 0.2, 1.0) for s in range(3)]
-    z = ZScore().fit([t[0] for t in targets], [t[1] for t in targets])
+    fitted = method.fit([t[0] for t in targets], [t[1] for t in targets])
     pooled = np.concatenate([t[0][t[1]] for t in targets])
     src, mask = _volumes(9, 3.0, 10.0)
-    out = z(src, mask)
+    return pooled, src, mask, fitted(src, mask)
+
+
+def test_zscore_maps_moments_onto_training_target():
+    pooled, src, mask, out = _fit_and_apply(ZScore())
     assert out[mask].mean() == pytest.approx(pooled.mean(), rel=1e-5)
     assert out[mask].std() == pytest.approx(pooled.std(), rel=1e-4)
     assert np.all(out[~mask] == 0)
 
 
 def test_histogram_matching_matches_quantiles_and_none_is_identity():
-    targets = [_volumes(s, 0.2, 1.0) for s in range(3)]
-    h = HistogramMatching().fit([t[0] for t in targets], [t[1] for t in targets])
-    pooled = np.concatenate([t[0][t[1]] for t in targets])
-    src, mask = _volumes(9, 3.0, 10.0)
-    out = h(src, mask)
+    pooled, src, mask, out = _fit_and_apply(HistogramMatching())
     q = np.linspace(0.05, 0.95, 7)
     np.testing.assert_allclose(np.quantile(out[mask], q), np.quantile(pooled, q), rtol=0.03)
     assert np.array_equal(NoHarmonization()(src, mask)[mask], src[mask])
