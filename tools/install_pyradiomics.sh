@@ -7,7 +7,8 @@
 #     the C sources are identical between 3.0.1 and 3.1.0);
 #   * firstorder.py calls `numpy.float` (removed in NumPy 1.24) on a code path never taken by
 #     segment-based extraction; patched to a plain float anyway.
-# Both sdists are fetched with pip by package name from PyPI, pinned by sha256; the C extensions are compiled against
+# Both sdists are located by package name in pip's configured index and verified against their pinned
+# sha256 by tools/fetch_sdist.py (hashlib, not pip's log); the C extensions are compiled against
 # the NumPy installed in the active environment; the wheel is cached (keyed by Python and NumPy
 # version) so a later run only reinstalls it, and the script exits at once when a working
 # PyRadiomics 3.1.0 is already importable.
@@ -21,6 +22,7 @@ set -euo pipefail
 PY="${PYTHON:-python}"
 CACHE="${PHYJAX_PYRADIOMICS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/phyjax/pyradiomics}"
 
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # The two source archives, pinned by sha256.  Their download addresses are looked up by package
 # name through pip's configured index (the same one `pip install` uses), never hard-coded.
 SHA_310="24722c962a6bbd09bc39c1c67dbffe92435f9692a421fabaae8a6b4511eb48e4"
@@ -47,32 +49,16 @@ PYTAG=$("$PY" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1
 WHEELDIR="$CACHE/wheels/$PYTAG-numpy$NPVER"
 PIP=("$PY" -m pip --disable-pip-version-check)
 
-sdist_url() {  # $1: version, $2: sha256 -> the index's link to that sdist, checked against the pin
-  local log url
-  log=$(mktemp)
-  # pip resolves the name through its configured index and logs the link at -vvv; for 3.1.0 it
-  # then rejects the archive (inconsistent version metadata), which is why the link is reused below.
-  "${PIP[@]}" download -vvv --no-deps --no-binary :all: --no-build-isolation -d "$(mktemp -d)" \
-    "pyradiomics==$1" >"$log" 2>&1 || true
-  url=$(grep -o "https\?://[^ )\"']*/pyradiomics-$1\.tar\.gz#sha256=$2" "$log" | head -n 1)
-  rm -f "$log"
-  if [ -z "$url" ]; then
-    echo "install_pyradiomics: the package index offers no pyradiomics-$1.tar.gz with sha256 $2" >&2
-    exit 1
-  fi
-  printf '%s\n' "$url"
-}
-
 build_wheel() {  # $1: scratch directory
   local work="$1" src="$1/pyradiomics-3.1.0"
   # Build tools kept out of the active environment: setuptools >= 70.1 ships bdist_wheel; versioneer
   # is only needed for pip's metadata step of the downloads (the build uses the sdist's own copy).
-  "${PIP[@]}" install -q --target "$work/tools" "setuptools>=70.1,<81" "wheel>=0.43" "versioneer==0.29"
+  "${PIP[@]}" install -q --target "$work/tools" "setuptools>=70.1,<81" "wheel>=0.43"
   export PYTHONPATH="$work/tools${PYTHONPATH:+:$PYTHONPATH}"
-  # 3.1.0 by URL (pip checks the sha256; a URL requirement skips the broken version check);
-  # 3.0.1 only for the two missing headers.
-  "${PIP[@]}" download -q --no-deps --no-build-isolation -d "$work/dl" "$(sdist_url 3.1.0 "$SHA_310")"
-  "${PIP[@]}" download -q --no-deps --no-build-isolation -d "$work/dl" "$(sdist_url 3.0.1 "$SHA_301")"
+  # Both archives located by name in pip's index and checked against the pins by our own sha256
+  # (tools/fetch_sdist.py); 3.0.1 only for the two missing headers.
+  "$PY" "$HERE/fetch_sdist.py" pyradiomics pyradiomics-3.1.0.tar.gz "$SHA_310" "$work/dl" >/dev/null
+  "$PY" "$HERE/fetch_sdist.py" pyradiomics pyradiomics-3.0.1.tar.gz "$SHA_301" "$work/dl" >/dev/null
   tar -xzf "$work/dl/pyradiomics-3.1.0.tar.gz" -C "$work"
   tar -xzf "$work/dl/pyradiomics-3.0.1.tar.gz" -C "$work" \
     pyradiomics-3.0.1/radiomics/src/cmatrices.h pyradiomics-3.0.1/radiomics/src/cshape.h
