@@ -24,13 +24,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from phyjax.data.sidecar import mp2rage_protocol_from_sidecars
 from phyjax.physics import mp2rage, tissues
 from phyjax.physics.mp2rage import (DEFAULT_READOUT_TR, MP2RAGEProtocol, MPRAGEProtocol,
-                                    m0_from_inv2, mp2rage_lookup_table,
-                                    mp2rage_protocol_from_sidecars, mp2rage_signals,
-                                    mp2rage_uni, mprage_full, robust_uni, signed_inv1,
-                                    t1_from_uni, t1_m0_from_mp2rage, uni_from_siemens,
-                                    uni_to_siemens)
+                                    m0_from_inv2, mp2rage_lookup_table, mp2rage_signals,
+                                    mp2rage_uni, mprage_full, robust_uni, signed_inv1, t1_from_uni,
+                                    t1_m0_from_mp2rage, uni_from_siemens, uni_to_siemens)
 from phyjax.physics.signal import mprage as static_mprage
 
 SIDECARS = Path(__file__).parent / "data" / "bids_sidecars_siemens_prisma"

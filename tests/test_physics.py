@@ -27,8 +27,9 @@ import scipy.ndimage
 import scipy.optimize
 import scipy.special
 
-from phyjax.physics import scanner, sequences, tissues
-from phyjax.physics.sequences import ENCODING_SIZE, SEQUENCES, Protocol, encode, from_sidecar
+from phyjax.data.sidecar import infer_sequence, protocol_from_sidecar
+from phyjax.physics import scanner, tissues
+from phyjax.physics.sequences import ENCODING_SIZE, SEQUENCES, Protocol, encode
 from phyjax.physics.signal import (ernst_angle, inversion_recovery, ir_null_ti, mprage,
                                    signed_signal, spgr, spin_echo, synthesize)
 
@@ -482,8 +483,8 @@ REAL_SIDECARS = [
                          ids=[row[0].stem for row in REAL_SIDECARS])
 def test_real_siemens_sidecars(path, tr, ti, te, flip_deg):
     sidecar = load_sidecar(path)
-    assert sequences.infer_sequence(sidecar) == "mprage"      # ScanningSequence GR\IR
-    p = from_sidecar(sidecar, source=str(path))
+    assert infer_sequence(sidecar) == "mprage"      # ScanningSequence GR\IR
+    p = protocol_from_sidecar(sidecar, source=str(path))
     assert p.sequence == "mprage"
     assert p.tr == pytest.approx(tr, rel=1e-12)
     assert p.ti == pytest.approx(ti, rel=1e-12)
@@ -493,14 +494,14 @@ def test_real_siemens_sidecars(path, tr, ti, te, flip_deg):
 
 
 def test_product_mprage_sidecar():
-    p = from_sidecar(load_sidecar(PRODUCT_MPRAGE), source=str(PRODUCT_MPRAGE))
+    p = protocol_from_sidecar(load_sidecar(PRODUCT_MPRAGE), source=str(PRODUCT_MPRAGE))
     assert (p.sequence, p.tr, p.ti, p.te) == ("mprage", 2.25, 0.925, 0.00411)
     assert p.flip_angle == pytest.approx(math.radians(9.0), rel=1e-15)
 
 
 def test_flip_angle_converted_exactly_once():
     sidecar = load_sidecar(PRODUCT_MPRAGE)
-    p = from_sidecar(sidecar)
+    p = protocol_from_sidecar(sidecar)
     once = 9.0 * math.pi / 180.0
     assert p.flip_angle == pytest.approx(once, rel=1e-15)
     assert p.flip_angle != pytest.approx(9.0)                      # not left in degrees
@@ -508,7 +509,7 @@ def test_flip_angle_converted_exactly_once():
     # Round trip through the sidecar form (degrees) and back.
     back = p.to_sidecar()
     assert back["FlipAngle"] == pytest.approx(9.0, rel=1e-14)
-    q = from_sidecar(back)
+    q = protocol_from_sidecar(back)
     assert q.sequence == p.sequence
     for field in ("tr", "te", "ti", "flip_angle", "field_strength"):
         assert getattr(q, field) == pytest.approx(getattr(p, field), rel=1e-14)
@@ -522,7 +523,7 @@ def test_missing_inversion_time_names_the_file():
     sidecar = load_sidecar(PRODUCT_MPRAGE)
     del sidecar["InversionTime"]
     with pytest.raises(ValueError, match=re.escape(PRODUCT_MPRAGE.name)) as info:
-        from_sidecar(sidecar, source=str(PRODUCT_MPRAGE))
+        protocol_from_sidecar(sidecar, source=str(PRODUCT_MPRAGE))
     assert "InversionTime" in str(info.value)
 
 
@@ -534,16 +535,16 @@ def test_bad_values_raise(key, value):
     sidecar = load_sidecar(HCP_T1)
     sidecar[key] = value
     with pytest.raises(ValueError, match=re.escape(HCP_T1.name)) as info:
-        from_sidecar(sidecar, source=str(HCP_T1))
+        protocol_from_sidecar(sidecar, source=str(HCP_T1))
     assert key in str(info.value)
 
 
 def test_flip_angle_not_required_for_static_mprage_but_checked_for_spgr():
     sidecar = load_sidecar(PRODUCT_MPRAGE)
     del sidecar["FlipAngle"]
-    assert from_sidecar(sidecar).flip_angle == 0.0
+    assert protocol_from_sidecar(sidecar).flip_angle == 0.0
     with pytest.raises(ValueError, match="FlipAngle"):
-        from_sidecar({"RepetitionTime": 0.02, "EchoTime": 0.004, "MagneticFieldStrength": 3},
+        protocol_from_sidecar({"RepetitionTime": 0.02, "EchoTime": 0.004, "MagneticFieldStrength": 3},
                      sequence="spgr")
 
 
@@ -552,22 +553,22 @@ def test_ti_not_shorter_than_tr_raises(ti):
     sidecar = load_sidecar(PRODUCT_MPRAGE)
     sidecar["InversionTime"] = ti
     with pytest.raises(ValueError, match="InversionTime"):
-        from_sidecar(sidecar, source=str(PRODUCT_MPRAGE))
+        protocol_from_sidecar(sidecar, source=str(PRODUCT_MPRAGE))
 
 
 def test_other_contradictions_and_missing_fields_raise():
     spgr_sidecar = {"RepetitionTime": 0.01, "EchoTime": 0.01, "FlipAngle": 20,
                     "MagneticFieldStrength": 3, "PulseSequenceType": "SPGR"}
     with pytest.raises(ValueError, match="EchoTime"):
-        from_sidecar(spgr_sidecar)
+        protocol_from_sidecar(spgr_sidecar)
     sidecar = load_sidecar(PRODUCT_MPRAGE)
     del sidecar["MagneticFieldStrength"]
     with pytest.raises(ValueError, match="MagneticFieldStrength"):
-        from_sidecar(sidecar)
+        protocol_from_sidecar(sidecar)
     with pytest.raises(ValueError, match="x.json"):
-        from_sidecar({"RepetitionTime": 2.0, "EchoTime": 0.003}, source="x.json")  # no family
+        protocol_from_sidecar({"RepetitionTime": 2.0, "EchoTime": 0.003}, source="x.json")  # no family
     with pytest.raises(ValueError):
-        from_sidecar(load_sidecar(PRODUCT_MPRAGE), sequence="epi")
+        protocol_from_sidecar(load_sidecar(PRODUCT_MPRAGE), sequence="epi")
     with pytest.raises(ValueError):
         Protocol(tr=1.0, te=0.01, sequence="epi")
 
@@ -575,17 +576,17 @@ def test_other_contradictions_and_missing_fields_raise():
 def test_overrides_replace_fields_without_mutating_the_sidecar():
     sidecar = load_sidecar(PRODUCT_MPRAGE)
     original = copy.deepcopy(sidecar)
-    p = from_sidecar(sidecar, overrides={"InversionTime": 1.1, "FlipAngle": 7.0,
+    p = protocol_from_sidecar(sidecar, overrides={"InversionTime": 1.1, "FlipAngle": 7.0,
                                          "RepetitionTime": 2.5, "EchoTime": None})
     assert (p.tr, p.ti, p.te) == (2.5, 1.1, 0.00411)          # None leaves EchoTime alone
     assert p.flip_angle == pytest.approx(math.radians(7.0), rel=1e-15)
     assert sidecar == original
     # An override can also supply a missing field.
     del sidecar["InversionTime"]
-    assert from_sidecar(sidecar, overrides={"InversionTime": 0.9}).ti == 0.9
+    assert protocol_from_sidecar(sidecar, overrides={"InversionTime": 0.9}).ti == 0.9
     # ... and is validated like a sidecar value.
     with pytest.raises(ValueError, match="InversionTime"):
-        from_sidecar(original, overrides={"InversionTime": 2.25})
+        protocol_from_sidecar(original, overrides={"InversionTime": 2.25})
 
 
 def test_repetition_time_preparation_preferred_for_mprage():
@@ -595,11 +596,11 @@ def test_repetition_time_preparation_preferred_for_mprage():
                "RepetitionTime": 0.0071, "RepetitionTimePreparation": 2.3,
                "InversionTime": 0.9, "EchoTime": 0.003, "FlipAngle": 8,
                "MagneticFieldStrength": 3}
-    p = from_sidecar(sidecar)
+    p = protocol_from_sidecar(sidecar)
     assert p.sequence == "mprage" and p.tr == 2.3
     del sidecar["RepetitionTimePreparation"]
     with pytest.raises(ValueError, match="InversionTime"):       # TI 0.9 >= TR 0.0071
-        from_sidecar(sidecar)
+        protocol_from_sidecar(sidecar)
 
 
 @pytest.mark.parametrize("sidecar,expected", [
@@ -614,7 +615,7 @@ def test_repetition_time_preparation_preferred_for_mprage():
     ({}, None),
 ])
 def test_infer_sequence(sidecar, expected):
-    assert sequences.infer_sequence(sidecar) == expected
+    assert infer_sequence(sidecar) == expected
 
 
 def test_encode_layout():
@@ -822,7 +823,7 @@ def test_bssfp_sidecar_maps_to_the_bssfp_equation(x64):
     from phyjax.physics.signal import bssfp
     sidecar = {"PulseSequenceType": "TrueFISP", "RepetitionTime": 0.0048, "EchoTime": 0.0024,
                "FlipAngle": 50, "MagneticFieldStrength": 3}
-    p = from_sidecar(sidecar, source="trufi.json")
+    p = protocol_from_sidecar(sidecar, source="trufi.json")
     assert p.sequence == "bssfp"
     assert p.flip_angle == pytest.approx(math.radians(50))
     t1, t2, m0 = 1.35, 0.11, 0.86
@@ -833,7 +834,7 @@ def test_bssfp_sidecar_maps_to_the_bssfp_equation(x64):
     assert float(signed_signal(p, t1, t2, 0.05, m0)) == pytest.approx(
         float(bssfp(t1, t2, m0, 0.0048, a)), rel=1e-12)
     with pytest.raises(ValueError, match="trufi.json"):
-        from_sidecar({**sidecar, "EchoTime": 0.01}, source="trufi.json")
+        protocol_from_sidecar({**sidecar, "EchoTime": 0.01}, source="trufi.json")
 
 
 def test_sample_scanner_effects_is_deterministic_and_within_ranges():
@@ -860,7 +861,7 @@ def test_multi_echo_mprage_sidecars_parse_and_their_echo_ratio_gives_t2star(x64)
     protocols = []
     for name in MEMPRAGE:
         with open(folder / name) as f:
-            protocols.append(from_sidecar(json.load(f), source=name))
+            protocols.append(protocol_from_sidecar(json.load(f), source=name))
     assert {p.sequence for p in protocols} == {"mprage"}
     assert {(p.tr, p.ti, p.flip_angle) for p in protocols} == {(2.53, 1.1, math.radians(7))}
     tes = np.array([p.te for p in protocols])

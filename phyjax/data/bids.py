@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import dataclasses
 import glob
-import json
 import os
 import re
-from typing import Mapping
 
 from phyjax.data.nifti import InputError
-from phyjax.physics.sequences import Protocol, from_sidecar
+from phyjax.data.sidecar import protocol_for, read_sidecar, sidecar_path
+from phyjax.physics.sequences import Protocol
 
 _ENTITY = re.compile(r"(sub|ses|acq|run)-([a-zA-Z0-9]+)")
 
@@ -36,37 +35,6 @@ class Scan:
     path: str
     protocol: Protocol
     mask_path: str | None = None
-
-
-def read_sidecar(path: str) -> dict:
-    """Parse a JSON sidecar.  Raises InputError naming ``path`` if missing or invalid."""
-    if not os.path.exists(path):
-        raise InputError(f"{path}: sidecar not found (acquisition parameters are required).")
-    try:
-        with open(path) as f:
-            data = json.load(f)
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{path}: invalid JSON ({exc}).") from exc
-    if not isinstance(data, dict):
-        raise InputError(f"{path}: sidecar must be a JSON object.")
-    return data
-
-
-def sidecar_path(image_path: str) -> str:
-    """``x_T1w.nii.gz`` -> ``x_T1w.json``."""
-    base = image_path[:-7] if image_path.endswith(".nii.gz") else os.path.splitext(image_path)[0]
-    return base + ".json"
-
-
-def protocol_for(image_path: str, sequence: str | None = None,
-                 overrides: Mapping[str, float] | None = None) -> Protocol:
-    """Protocol of an image from its sidecar (and optional overrides).  Raises InputError."""
-    path = sidecar_path(image_path)
-    sidecar = read_sidecar(path) if os.path.exists(path) or not overrides else {}
-    try:
-        return from_sidecar(sidecar, source=path, sequence=sequence, overrides=overrides)
-    except ValueError as exc:
-        raise InputError(str(exc)) from exc
 
 
 def entities(filename: str) -> dict[str, str]:

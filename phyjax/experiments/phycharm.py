@@ -28,7 +28,8 @@ from phyjax.evaluate.metrics import image_metrics, nrmse
 from phyjax.losses import masked_l1, physics_consistency, r1_m0_map_loss, ssim_loss
 from phyjax.models.phycharm import PhyCHarm, reference_signal
 from phyjax.physics import signal
-from phyjax.physics.sequences import Protocol, encode, from_sidecar
+from phyjax.data.sidecar import protocol_from_sidecar as from_sidecar
+from phyjax.physics.sequences import Protocol, encode
 from phyjax.physics.tissues import tissue_parameters
 from phyjax.train import TrainState, fit, restore_latest
 
