@@ -29,6 +29,10 @@ import contextlib
 import io
 
 import numpy as np
+import pandas as pd
+from neuroCombat import neuroCombat
+
+from phyjax.baselines.persist import Persistent
 
 
 def _as_table(features, sites):
@@ -43,7 +47,7 @@ def _as_table(features, sites):
     return x, sites
 
 
-class ComBat:
+class ComBat(Persistent):
     """ComBat on a ``(n_samples, n_features)`` table.
 
     Args:
@@ -59,9 +63,6 @@ class ComBat:
 
     def fit(self, features, sites) -> "ComBat":
         """Estimate the site effects from training samples.  Returns ``self``."""
-        import pandas as pd
-        from neuroCombat import neuroCombat
-
         x, sites = _as_table(features, sites)
         levels, counts = np.unique(sites, return_counts=True)
         if len(levels) < 2:

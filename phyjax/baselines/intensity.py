@@ -12,6 +12,8 @@ from __future__ import annotations
 import numpy as np
 from skimage.exposure import match_histograms
 
+from phyjax.baselines.persist import Persistent
+
 
 def _pooled(images, masks):
     values = np.concatenate([np.asarray(im)[np.asarray(m, bool)] for im, m in zip(images, masks)])
@@ -20,7 +22,7 @@ def _pooled(images, masks):
     return values
 
 
-class NoHarmonization:
+class NoHarmonization(Persistent):
     """The source image as it is (after the common percentile normalization)."""
 
     name = "none"
@@ -32,7 +34,7 @@ class NoHarmonization:
         return np.where(mask, image, 0.0).astype(np.float32)
 
 
-class ZScore:
+class ZScore(Persistent):
     """Map in-brain mean/std of the source onto the pooled target mean/std."""
 
     name = "zscore"
@@ -48,7 +50,7 @@ class ZScore:
         return np.where(mask, z * self.std_ + self.mean_, 0.0).astype(np.float32)
 
 
-class HistogramMatching:
+class HistogramMatching(Persistent):
     """Match the in-brain histogram to the pooled target histogram (scikit-image).
 
     The pooled reference is summarized by ``n_quantiles`` quantiles.

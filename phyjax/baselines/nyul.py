@@ -19,7 +19,13 @@ the training subjects in the benchmark) and comparable with them voxel by voxel.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
+from intensity_normalization import NyulNormalizer
+from intensity_normalization.adapters.images import NumpyImageAdapter
+
+from phyjax.baselines.persist import Persistent
 
 
 def _in_mask(image, mask):
@@ -35,7 +41,7 @@ def _in_mask(image, mask):
     return image, mask, values
 
 
-class NyulStandardization:
+class NyulStandardization(Persistent):
     """Nyúl piecewise-linear standardization fitted on training images (``fit``), then applied.
 
     Args:
@@ -47,6 +53,7 @@ class NyulStandardization:
     """
 
     name = "nyul"
+    _not_saved = ("normalizer_",)
 
     def __init__(self, min_percentile: float = 1.0, max_percentile: float = 99.0,
                  step: float = 10.0):
@@ -61,9 +68,6 @@ class NyulStandardization:
         return np.percentile(values, self.percentiles_)
 
     def fit(self, images, masks) -> "NyulStandardization":
-        from intensity_normalization import NyulNormalizer
-        from intensity_normalization.adapters.images import NumpyImageAdapter
-
         images, masks = list(images), list(masks)
         if not images or len(images) != len(masks):
             raise ValueError(f"need >= 1 training image and one mask per image "
@@ -77,11 +81,8 @@ class NyulStandardization:
                                  "percentiles; cannot standardize.")
             ends.append((lo, hi))
         s1, s2 = np.mean(ends, axis=0)
-        self.normalizer_ = NyulNormalizer(
-            output_min_value=float(s1), output_max_value=float(s2),
-            min_percentile=self.min_percentile, max_percentile=self.max_percentile,
-            percentile_after_min=self.step, percentile_before_max=100.0 - self.step,
-            percentile_step=self.step)
+        self.output_range_ = np.array([s1, s2], np.float64)
+        self.normalizer_ = self._normalizer()
         self.normalizer_.fit_population(
             [NumpyImageAdapter(np.asarray(im, np.float32)) for im in images],
             [NumpyImageAdapter(np.asarray(m, np.float32)) for m in masks])
@@ -89,8 +90,23 @@ class NyulStandardization:
         self.standard_scale_ = np.asarray(self.normalizer_.standard_scale, np.float64)
         return self
 
+    def _normalizer(self):
+        s1, s2 = self.output_range_
+        return NyulNormalizer(
+            output_min_value=float(s1), output_max_value=float(s2),
+            min_percentile=self.min_percentile, max_percentile=self.max_percentile,
+            percentile_after_min=self.step, percentile_before_max=100.0 - self.step,
+            percentile_step=self.step)
+
+    def _save_extra(self, directory: str) -> None:
+        # The upstream normalizer's own persistence format (standard scale + percentiles).
+        self.normalizer_.save_standard_histogram(os.path.join(directory, "nyul_histogram.npy"))
+
+    def _load_extra(self, directory: str) -> None:
+        self.normalizer_ = self._normalizer()
+        self.normalizer_.load_standard_histogram(os.path.join(directory, "nyul_histogram.npy"))
+
     def __call__(self, image, mask) -> np.ndarray:
-        from intensity_normalization.adapters.images import NumpyImageAdapter
 
         if not hasattr(self, "normalizer_"):
             raise RuntimeError("NyulStandardization: call fit(...) on training images first.")

@@ -19,11 +19,15 @@ property the tests check).
 from __future__ import annotations
 
 import numpy as np
+from intensity_normalization import WhiteStripeNormalizer
+from intensity_normalization.adapters.images import NumpyImageAdapter
+from intensity_normalization.domain.exceptions import NormalizationError
 
 from phyjax.baselines.nyul import _in_mask
+from phyjax.baselines.persist import Persistent
 
 
-class WhiteStripe:
+class WhiteStripe(Persistent):
     """WhiteStripe per image, rescaled to the white-stripe statistics of the training images."""
 
     name = "whitestripe"
@@ -35,10 +39,6 @@ class WhiteStripe:
 
     def stripe(self, image, mask) -> tuple[float, float, np.ndarray]:
         """``(mean, sd, stripe mask)`` of the white stripe of one T1-weighted image."""
-        from intensity_normalization import WhiteStripeNormalizer
-        from intensity_normalization.adapters.images import NumpyImageAdapter
-        from intensity_normalization.domain.exceptions import NormalizationError
-
         image, mask, values = _in_mask(image, mask)
         if np.unique(values).size < 3:
             raise ValueError("WhiteStripe needs an image with at least 3 distinct values in the mask.")

@@ -1,4 +1,4 @@
-"""Multi-site volumes in memory: loading, intensity normalization, subject splits, slices.
+"""Multi-site volumes in memory: loading and intensity normalization.
 
 All scans of one subject share the anatomy and brain mask (traveling-subject
 design); the target protocol's scan is the ground truth of every other scan of
@@ -72,56 +72,3 @@ def load_scans(scans: list[Scan], maps_for=None) -> dict[str, dict[str, Volume]]
             vol.t1, vol.m0 = maps_for(scan.subject, float(scan.protocol.field_strength))
         out.setdefault(scan.subject, {})[scan.site] = vol
     return out
-
-
-def split_subjects(subjects, n_test: int, seed: int) -> tuple[list[str], list[str]]:
-    """Seeded split *by subject* into ``(train, test)``, both sorted and disjoint.
-
-    Raises ValueError unless ``0 < n_test < len(subjects)``.
-    """
-    subjects = sorted(set(subjects))
-    if not 0 < n_test < len(subjects):
-        raise ValueError(f"n_test={n_test} must be between 1 and {len(subjects) - 1} "
-                         f"for {len(subjects)} subjects.")
-    order = np.random.default_rng(seed).permutation(len(subjects))
-    test = sorted(subjects[i] for i in order[:n_test])
-    train = sorted(s for s in subjects if s not in test)
-    return train, test
-
-
-def brain_slices(mask: np.ndarray, min_fraction: float) -> np.ndarray:
-    """Indices of axial slices (last axis) whose brain area is >= ``min_fraction`` of the largest."""
-    area = mask.reshape(-1, mask.shape[-1]).sum(0)
-    return np.flatnonzero(area >= min_fraction * area.max())
-
-
-def pad_to_multiple(shape2d, multiple: int) -> tuple[tuple[int, int], tuple[int, int]]:
-    """Symmetric padding that makes both in-plane sizes multiples of ``multiple``."""
-    pads = []
-    for n in shape2d:
-        total = (-n) % multiple
-        pads.append((total // 2, total - total // 2))
-    return tuple(pads)
-
-
-def to_slices(volume: np.ndarray, pads) -> np.ndarray:
-    """``(X, Y, Z)`` -> ``(Z, X', Y')`` padded axial slices."""
-    padded = np.pad(volume, (pads[0], pads[1], (0, 0)))
-    return np.moveaxis(padded, -1, 0)
-
-
-def with_context(slices: np.ndarray, context: int) -> np.ndarray:
-    """``(Z, H, W)`` -> ``(Z, H, W, 2 context + 1)``: each slice with its neighbours as channels.
-
-    Neighbours beyond the volume repeat the edge slice (2.5-D input).
-    """
-    n = slices.shape[0]
-    idx = np.clip(np.arange(n)[:, None] + np.arange(-context, context + 1)[None, :], 0, n - 1)
-    return np.moveaxis(slices[idx], 1, -1)
-
-
-def from_slices(slices: np.ndarray, pads) -> np.ndarray:
-    """Inverse of :func:`to_slices`: ``(Z, X', Y')`` -> ``(X, Y, Z)``."""
-    vol = np.moveaxis(np.asarray(slices), 0, -1)
-    (x0, x1), (y0, y1) = pads
-    return vol[x0:vol.shape[0] - x1, y0:vol.shape[1] - y1]

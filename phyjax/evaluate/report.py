@@ -1,75 +1,176 @@
-"""Report tables (CSV + markdown) and figures (matplotlib, Agg backend)."""
+"""Report tables (CSV + markdown): mean, sd and 95 % CI over subjects, per method and site.
+
+Rows come in two kinds:
+
+* *per-image* rows ``{"method", "site", "subject", <metric>: float, ...}`` -- one per held-out
+  subject, source site and method (image similarity, segmentation overlap, volumes, radiomic
+  error);
+* *per-subject* rows ``{"method", "subject", <metric>: float, ...}`` -- quantities that need all
+  of a subject's sites at once (coefficient of variation of tissue volumes across sites, the
+  site classifier's accuracy on that subject's images).
+
+:func:`aggregate` gives, per method and site, the mean over subjects, their sample standard
+deviation and a Student-t 95 % confidence interval (tables show either spread, and say which); the ``overall`` row first averages each subject's per-site values (so every
+subject counts once: subjects, not images, are the independent units), then adds the per-subject
+metrics.  ``nan`` values (a metric that does not apply, e.g. SSIM for ComBat, which changes
+features, not images) are skipped and the count is reported.
+"""
 
 from __future__ import annotations
 
 import csv
+import math
 import os
 from collections import defaultdict
 
 import numpy as np
 
-METRICS = ("ssim", "psnr", "nrmse")
-HIGHER_IS_BETTER = {"ssim": True, "psnr": True, "nrmse": False}
+from phyjax.evaluate.overlap import TISSUES
+from phyjax.evaluate.site_difference import t_interval
 
+OVERALL = "overall"
+
+# (key, label, higher is better, format)
+METRICS: list[tuple[str, str, bool, str]] = [
+    ("ssim", "SSIM", True, "{:.3f}"),
+    ("psnr", "PSNR (dB)", True, "{:.2f}"),
+    ("nrmse", "NRMSE", False, "{:.3f}"),
+]
+for _k, _label, _hi in (("dice", "Dice", True), ("iou", "IoU", True), ("f1", "F1", True),
+                        ("precision", "precision", True), ("recall", "recall", True)):
+    METRICS += [(f"{_k}_{t}", f"{_label} {t.upper()}", _hi, "{:.3f}") for t in TISSUES]
+METRICS += [(f"volume_{t}", f"V {t.upper()} (mL)", None, "{:.1f}") for t in TISSUES]
+METRICS += [(f"vol_absdiff_{t}", f"\\|ΔV\\| {t.upper()} (mL)", False, "{:.2f}") for t in TISSUES]
+METRICS += [(f"vol_reldiff_{t}", f"\\|ΔV\\| {t.upper()} (%)", False, "{:.1f}") for t in TISSUES]
+METRICS += [("radiomic_relerr", "radiomic rel. error", False, "{:.3f}")]
+SUBJECT_METRICS: list[tuple[str, str, bool, str]] = (
+    [(f"cov_{t}", f"CoV {t.upper()}", False, "{:.4f}") for t in TISSUES]
+    + [("site_acc", "site-classifier acc. (→ chance)", None, "{:.2f}")])
+ALL_METRICS = METRICS + SUBJECT_METRICS
+_INFO = {k: (label, hi, fmt) for k, label, hi, fmt in ALL_METRICS}
+
+
+# ----------------------------------------------------------------------------- tables
 
 def write_rows(rows: list[dict], path: str) -> str:
-    """Write dict rows as CSV (columns from the first row).  Returns ``path``."""
+    """Write dict rows as CSV; columns are the union of keys in first-seen order."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fields: list[str] = []
+    for r in rows:
+        fields += [k for k in r if k not in fields]
     with open(path, "w", newline="") as f:
-        if rows:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+        writer = csv.DictWriter(f, fieldnames=fields, restval="")
+        writer.writeheader()
+        writer.writerows(rows)
     return path
 
 
-def aggregate(rows: list[dict]) -> list[dict]:
-    """Mean and standard deviation over subjects, one row per (method, site)."""
-    groups = defaultdict(list)
+def aggregate(rows: list[dict], subject_rows: list[dict] = (), methods=None) -> list[dict]:
+    """Mean and 95 % CI over subjects, per (method, site) and per method ``overall``.
+
+    Returns rows ``{"method", "site", "n_subjects", "<m>_mean", "<m>_sd", "<m>_ci_low",
+    "<m>_ci_high", "<m>_n"}`` for every metric in :data:`ALL_METRICS` that any row has
+    (``nan`` where it does not apply).
+    """
+    methods = list(methods) if methods is not None else list(
+        dict.fromkeys([r["method"] for r in rows] + [r["method"] for r in subject_rows]))
+    by_site = defaultdict(list)
     for r in rows:
-        groups[(r["method"], r["site"])].append(r)
+        by_site[(r["method"], r["site"])].append(r)
     out = []
-    for (method, site), rs in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-        row = {"method": method, "site": site, "n_subjects": len(rs)}
-        for m in METRICS:
-            values = np.array([r[m] for r in rs], float)
-            row[f"{m}_mean"] = float(values.mean())
-            row[f"{m}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
-        out.append(row)
+
+    present = {k for r in [*rows, *subject_rows] for k in r}
+    keys = [k for k, *_ in ALL_METRICS if k in present]
+
+    def summarize(method, site, values: dict[str, list[float]], n_subjects):
+        row = {"method": method, "site": site, "n_subjects": n_subjects}
+        for key in keys:
+            mean, lo, hi, n = t_interval(values.get(key, []))
+            v = np.asarray(values.get(key, []), float)
+            v = v[np.isfinite(v)]
+            sd = float(v.std(ddof=1)) if len(v) > 1 else float("nan")
+            row.update({f"{key}_mean": mean, f"{key}_sd": sd, f"{key}_ci_low": lo,
+                        f"{key}_ci_high": hi, f"{key}_n": n})
+        return row
+
+    sites = sorted({r["site"] for r in rows})
+    for method in methods:
+        for site in sites:
+            rs = by_site.get((method, site))
+            if rs:
+                values = {k: [float(r.get(k, np.nan)) for r in rs] for k, *_ in METRICS}
+                out.append(summarize(method, site, values, len({r["subject"] for r in rs})))
+        per_subject = defaultdict(lambda: defaultdict(list))
+        for r in rows:
+            if r["method"] == method:
+                for k, *_ in METRICS:
+                    per_subject[r["subject"]][k].append(float(r.get(k, np.nan)))
+        values = defaultdict(list)
+        for subject, metrics in per_subject.items():
+            for k, v in metrics.items():
+                v = np.asarray(v, float)
+                values[k].append(float(np.mean(v[np.isfinite(v)])) if np.isfinite(v).any()
+                                 else float("nan"))
+        subjects = set(per_subject)
+        for r in subject_rows:
+            if r["method"] == method:
+                subjects.add(r["subject"])
+                for k, *_ in SUBJECT_METRICS:
+                    values[k].append(float(r.get(k, np.nan)))
+        if subjects:
+            out.append(summarize(method, OVERALL, values, len(subjects)))
     return out
 
 
-def markdown_table(summary: list[dict]) -> str:
-    """Markdown table of :func:`aggregate` rows, best value per site and metric in bold."""
+def format_cell(row: dict, key: str, bold: bool = False, spread: str = "ci") -> str:
+    """``mean ± spread`` (``spread``: ``"ci"`` = half-width of the 95 % CI, ``"sd"`` = sample SD);
+    ``mean (n=1)`` for one subject; ``–`` where the metric does not apply."""
+    if spread not in ("ci", "sd"):
+        raise ValueError(f"spread must be 'ci' or 'sd', got {spread!r}.")
+    _, _, fmt = _INFO[key]
+    mean, lo, hi, n = (row.get(f"{key}_mean"), row.get(f"{key}_ci_low"),
+                       row.get(f"{key}_ci_high"), row.get(f"{key}_n", 0))
+    if not n or mean is None or not np.isfinite(mean):
+        return "–"
+    text = fmt.format(mean)
+    half = (hi - lo) / 2 if spread == "ci" else row.get(f"{key}_sd", float("nan"))
+    if n >= 2 and np.isfinite(half):
+        text += " ± " + fmt.format(half)
+    else:
+        text += f" (n={n})"
+    return f"**{text}**" if bold else text
+
+
+def markdown_table(summary: list[dict], keys: list[str], site: str | None = OVERALL,
+                   first: tuple[str, ...] = ("method",), spread: str = "ci") -> str:
+    """Markdown table of :func:`aggregate` rows (``site`` filter; None = every site).
+
+    Cells are ``mean ± spread`` (:func:`format_cell`); the best mean per column (per site) is
+    bold where "better" is defined.
+    """
+    rows = [r for r in summary if site is None or r["site"] == site]
     best = {}
-    for m in METRICS:
-        for site in {r["site"] for r in summary}:
-            vals = [r[f"{m}_mean"] for r in summary if r["site"] == site]
-            best[(site, m)] = max(vals) if HIGHER_IS_BETTER[m] else min(vals)
-    lines = ["| source site | method | SSIM ↑ | PSNR (dB) ↑ | NRMSE ↓ | n |",
-             "|---|---|---|---|---|---|"]
-    for r in summary:
-        cells = []
-        for m, fmt in zip(METRICS, ("{:.4f}", "{:.2f}", "{:.4f}")):
-            text = (fmt + " ± " + fmt).format(r[f"{m}_mean"], r[f"{m}_std"])
-            if np.isclose(r[f"{m}_mean"], best[(r["site"], m)]):
-                text = f"**{text}**"
-            cells.append(text)
-        lines.append(f"| {r['site']} | {r['method']} | " + " | ".join(cells)
-                     + f" | {r['n_subjects']} |")
+    for key in keys:
+        hi = _INFO[key][1]
+        if hi is None:
+            continue
+        for s in {r["site"] for r in rows}:
+            vals = [r[f"{key}_mean"] for r in rows if r["site"] == s
+                    and np.isfinite(r[f"{key}_mean"])]
+            if len(vals) > 1:
+                best[(s, key)] = max(vals) if hi else min(vals)
+    arrows = {True: " ↑", False: " ↓", None: ""}
+    header = [{"site": "source site"}.get(c, c) for c in first]
+    header += [_INFO[k][0] + arrows[_INFO[k][1]] for k in keys]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        cells = [str(r[c]) for c in first]
+        for key in keys:
+            b = (r["site"], key) in best and np.isfinite(r[f"{key}_mean"]) and math.isclose(
+                r[f"{key}_mean"], best[(r["site"], key)], rel_tol=1e-9, abs_tol=1e-12)
+            cells.append(format_cell(r, key, bold=b, spread=spread))
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
-
-
-def write_metrics(rows: list[dict], csv_path: str, md_path: str) -> list[dict]:
-    """Write per-subject rows (``*_per_subject.csv``), the aggregate CSV and the markdown table."""
-    write_rows(rows, csv_path.replace(".csv", "_per_subject.csv"))
-    summary = aggregate(rows)
-    write_rows(summary, csv_path)
-    with open(md_path, "w") as f:
-        f.write("Held-out subjects, metrics inside the brain mask against the ground-truth "
-                "target-protocol image (mean ± sd over subjects).\n\n")
-        f.write(markdown_table(summary))
-    return summary
 
 
 def maps_table(map_rows: list[dict]) -> str:
@@ -82,70 +183,3 @@ def maps_table(map_rows: list[dict]) -> str:
         lines.append(f"| {site} | {t1.mean():.3f} ± {sd(t1):.3f} | {m0.mean():.3f} ± {sd(m0):.3f} "
                      f"| {len(t1)} |")
     return "\n".join(lines) + "\n"
-
-
-def _mid_slice(mask):
-    area = mask.reshape(-1, mask.shape[-1]).sum(0)
-    return int(np.argmax(area))
-
-
-def _pyplot():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
-def _save(fig, path, title=""):
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=110)
-    _pyplot().close(fig)
-    return path
-
-
-def _show(ax, img, vmax, title=None, cmap="gray"):
-    ax.imshow(np.asarray(img).T, origin="lower", cmap=cmap, vmin=0, vmax=vmax,
-              interpolation="nearest")
-    ax.set_xticks([])
-    ax.set_yticks([])
-    if title:
-        ax.set_title(title, fontsize=9)
-
-
-def comparison_figure(rows: list[dict], path: str, title: str = "") -> str:
-    """Grid: one row per source site; columns source | harmonized | ground truth | |difference|.
-
-    Each row dict holds ``label`` and ``(X, Y, Z)`` arrays ``source``,
-    ``harmonized``, ``truth``, ``mask``; the axial slice with most brain is shown.
-    """
-    plt = _pyplot()
-    n = len(rows)
-    fig, axes = plt.subplots(n, 4, figsize=(8, 2.3 * n), squeeze=False)
-    for i, r in enumerate(rows):
-        z = _mid_slice(r["mask"])
-        vmax = float(np.percentile(r["truth"][r["mask"]], 99.5))
-        src = r["source"][..., z]
-        _show(axes[i, 0], src, float(np.percentile(r["source"][r["mask"]], 99.5)),
-              "source" if i == 0 else None)
-        _show(axes[i, 1], r["harmonized"][..., z], vmax, "PhyCHarm" if i == 0 else None)
-        _show(axes[i, 2], r["truth"][..., z], vmax, "ground truth" if i == 0 else None)
-        diff = np.abs(r["harmonized"][..., z] - r["truth"][..., z]) * r["mask"][..., z]
-        _show(axes[i, 3], diff, 0.3 * vmax, "|difference|" if i == 0 else None, cmap="magma")
-        axes[i, 0].set_ylabel(r["label"], fontsize=9)
-    return _save(fig, path, title)
-
-
-def input_output_figure(source, harmonized, mask, path: str, title: str = "") -> str:
-    """Three orthogonal mid-brain slices of the input (top) and harmonized output (bottom)."""
-    plt = _pyplot()
-    idx = np.argwhere(mask)
-    cx, cy, cz = ((idx.min(0) + idx.max(0)) // 2).tolist()
-    fig, axes = plt.subplots(2, 3, figsize=(9, 6))
-    for row, (vol, name) in enumerate(((source, "input"), (harmonized, "harmonized"))):
-        vmax = float(np.percentile(vol[mask], 99.5))
-        for col, sl in enumerate((vol[cx, :, :], vol[:, cy, :], vol[:, :, cz])):
-            _show(axes[row, col], sl, vmax, f"{name}" if col == 0 else None)
-    return _save(fig, path, title)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from phyjax.evaluate.metrics import ssim_map
+from phyjax.ssim import ssim_map
 
 
 def masked_l1(x, y, mask):

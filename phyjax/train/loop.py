@@ -11,6 +11,7 @@ latest one.
 from __future__ import annotations
 
 import csv
+import functools
 import os
 from typing import Any, Callable
 
@@ -33,6 +34,24 @@ class TrainState:
     @classmethod
     def create(cls, params, tx: optax.GradientTransformation) -> "TrainState":
         return cls(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+
+def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation) -> Callable:
+    """Jit-compiled ``(state, inputs) -> (state, metrics)`` for ``loss_fn(params, *inputs)``.
+
+    ``loss_fn`` returns ``(loss, metrics dict)``; the state is donated (updated in place).
+    Static pytree fields of ``inputs`` (e.g. a :class:`~phyjax.physics.Protocol`'s sequence
+    family) recompile once per value.
+    """
+
+    @functools.partial(jax.jit, donate_argnums=(0,))
+    def step(state, inputs):
+        grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params, *inputs)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+    return step
 
 
 def checkpoint_manager(directory: str, max_to_keep: int = 2) -> ocp.CheckpointManager:

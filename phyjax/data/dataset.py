@@ -1,0 +1,80 @@
+"""The data layer's entry point: a config's ``data`` section -> a :class:`Dataset` in memory.
+
+Both data sources go through the same loader a user's folder does
+(:func:`phyjax.data.bids.scan_bids` -> :func:`phyjax.data.volumes.load_scans`): a BIDS folder
+given by ``data.bids_root``, or the embedded default dataset, built once into a cache folder
+(:func:`phyjax.data.synthetic.build_default_dataset`) and read back with its ground-truth maps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+
+from phyjax.data import bids, synthetic
+from phyjax.data.nifti import InputError, load_volume
+from phyjax.data.split import Split, TrainingSet
+from phyjax.data.volumes import Volume, load_scans
+
+
+@dataclasses.dataclass
+class Dataset:
+    """Scans in memory, ``volumes[subject][site]``, and the site every method harmonizes to."""
+
+    volumes: dict[str, dict[str, Volume]]
+    root: str
+    target_site: str
+    has_maps: bool  # ground-truth T1/M0 maps (the embedded default dataset)
+
+    @property
+    def subjects(self) -> list[str]:
+        return sorted(self.volumes)
+
+    @property
+    def sites(self) -> list[str]:
+        return sorted({site for v in self.volumes.values() for site in v})
+
+    @property
+    def source_sites(self) -> list[str]:
+        return [s for s in self.sites if s != self.target_site]
+
+    def split(self, n_test: int, seed: int) -> Split:
+        """Seeded split by subject (:meth:`Split.by_subject`)."""
+        return Split.by_subject(self.volumes, n_test, seed)
+
+    def training_set(self, split: Split) -> TrainingSet:
+        """What ``fit`` functions accept: the training subjects of ``split`` only."""
+        return split.training_set(self.volumes, self.target_site)
+
+
+def cache_dir(data_cfg) -> str:
+    """Where the default dataset is built: ``data.cache_dir``, else $PHYJAX_CACHE, else ~/.cache/phyjax."""
+    return (data_cfg.cache_dir or os.environ.get("PHYJAX_CACHE")
+            or os.path.join(os.path.expanduser("~"), ".cache", "phyjax"))
+
+
+def load_dataset(data_cfg, progress: bool = True) -> Dataset:
+    """Load ``data_cfg.bids_root`` (or build/load the default dataset) into a :class:`Dataset`.
+
+    Raises:
+      InputError: naming the folder or file -- no scans, a bad sidecar or mask, or a subject
+        without a scan from ``data_cfg.target_site`` (every subject is evaluated against its
+        own target-site scan).
+    """
+    if data_cfg.bids_root:
+        root, maps_for = data_cfg.bids_root, None
+    else:
+        root = synthetic.build_default_dataset(data_cfg, cache_dir(data_cfg), progress=progress)
+
+        @functools.lru_cache(maxsize=None)  # one read per (subject, B0), shared by its sites
+        def maps_for(subject, b0):
+            paths = synthetic.ground_truth_paths(root, subject, b0)
+            return load_volume(paths["t1"])[0], load_volume(paths["m0"])[0]
+    volumes = load_scans(bids.scan_bids(root), maps_for)
+    target = data_cfg.target_site
+    for subject, sites in volumes.items():
+        if target not in sites:
+            raise InputError(f"{root}: subject {subject} has no scan from the target site "
+                             f"{target!r} (sites: {sorted(sites)}).")
+    return Dataset(volumes=volumes, root=root, target_site=target, has_maps=maps_for is not None)

@@ -1,0 +1,79 @@
+"""Volumes as 2.5-D axial slices: padding, neighbour context, and paired training slices.
+
+The networks (U-Net, PhyCHarm) work on axial slices (last array axis) padded to a multiple of their
+down-sampling factor, each with its ``context`` neighbours on each side as channels.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def brain_slices(mask: np.ndarray, min_fraction: float) -> np.ndarray:
+    """Indices of axial slices (last axis) whose brain area is >= ``min_fraction`` of the largest."""
+    area = mask.reshape(-1, mask.shape[-1]).sum(0)
+    return np.flatnonzero(area >= min_fraction * area.max())
+
+
+def pad_to_multiple(shape2d, multiple: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Symmetric padding that makes both in-plane sizes multiples of ``multiple``."""
+    pads = []
+    for n in shape2d:
+        total = (-n) % multiple
+        pads.append((total // 2, total - total // 2))
+    return tuple(pads)
+
+
+def to_slices(volume: np.ndarray, pads) -> np.ndarray:
+    """``(X, Y, Z)`` -> ``(Z, X', Y')`` padded axial slices."""
+    padded = np.pad(volume, (pads[0], pads[1], (0, 0)))
+    return np.moveaxis(padded, -1, 0)
+
+
+def with_context(slices: np.ndarray, context: int) -> np.ndarray:
+    """``(Z, H, W)`` -> ``(Z, H, W, 2 context + 1)``: each slice with its neighbours as channels.
+
+    Neighbours beyond the volume repeat the edge slice (2.5-D input).
+    """
+    n = slices.shape[0]
+    idx = np.clip(np.arange(n)[:, None] + np.arange(-context, context + 1)[None, :], 0, n - 1)
+    return np.moveaxis(slices[idx], 1, -1)
+
+
+def from_slices(slices: np.ndarray, pads) -> np.ndarray:
+    """Inverse of :func:`to_slices`: ``(Z, X', Y')`` -> ``(X, Y, Z)``."""
+    vol = np.moveaxis(np.asarray(slices), 0, -1)
+    (x0, x1), (y0, y1) = pads
+    return vol[x0:vol.shape[0] - x1, y0:vol.shape[1] - y1]
+
+
+def grid(shape, depth: int):
+    """``(pads, padded shape)`` of axial slices of ``shape`` for a U-Net with ``depth`` levels."""
+    pads = pad_to_multiple(shape[:2], 2 ** (depth - 1))
+    return pads, (shape[0] + sum(pads[0]), shape[1] + sum(pads[1]))
+
+
+def slice_pairs(volumes, subjects, site: str, target_site: str, pads, min_fraction: float,
+                context: int) -> dict[str, np.ndarray]:
+    """Training arrays of one source site: 2.5-D source slices and the paired target slices.
+
+    Args:
+      volumes: ``{subject: {site: Volume}}`` (a :class:`~phyjax.data.split.TrainingSet`'s).
+      subjects: whose brain slices (:func:`brain_slices` of the source mask) are stacked.
+    Returns:
+      float32 arrays ``source (N, H, W, 2 context + 1)`` and ``target``, ``mask``, ``t1``,
+      ``m0`` ``(N, H, W, 1)`` (maps are ones/zeros where no ground truth exists).
+    """
+    keys = ("source", "target", "mask", "t1", "m0")
+    parts = {k: [] for k in keys}
+    for s in subjects:
+        v, t = volumes[s][site], volumes[s][target_site]
+        z = brain_slices(v.mask, min_fraction)
+        arrays = {"source": v.image, "target": t.image, "mask": v.mask.astype(np.float32),
+                  "t1": v.t1 if v.t1 is not None else np.ones_like(v.image),
+                  "m0": v.m0 if v.m0 is not None else np.zeros_like(v.image)}
+        for k in keys:
+            slices = to_slices(arrays[k], pads)
+            parts[k].append(with_context(slices, context)[z] if k == "source"
+                            else slices[z][..., None])
+    return {k: np.concatenate(p).astype(np.float32) for k, p in parts.items()}

@@ -1,0 +1,52 @@
+"""What every experiment does around its method: the run folder, its config and split files."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from phyjax.data.dataset import Dataset
+from phyjax.data.nifti import InputError
+from phyjax.data.split import Split
+
+
+def prepare_workdir(config, workdir: str, resumable_keys=("model", "data", "seed")) -> None:
+    """Create ``workdir`` and write ``config.json``.
+
+    Raises InputError when ``workdir`` holds checkpoints of a run whose ``resumable_keys``
+    sections differ (resuming them would mix two experiments).
+    """
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(workdir, "config.json")
+    if os.path.exists(path) and _has_checkpoints(workdir):
+        with open(path) as f:
+            previous = json.load(f)
+        current = json.loads(config.to_json())
+        for key in resumable_keys:
+            if previous.get(key) != current.get(key):
+                raise InputError(f"{workdir}: holds checkpoints of a run with a different "
+                                 f"'{key}' config; use a new --workdir (or delete it) to start over.")
+    with open(path, "w") as f:
+        f.write(config.to_json(indent=2))
+
+
+def _has_checkpoints(workdir: str) -> bool:
+    for _, dirs, _ in os.walk(workdir):
+        if "checkpoints" in dirs:
+            return True
+    return False
+
+
+def write_split(path: str, data: Dataset, split: Split, fitted=None) -> None:
+    """``split.json``: dataset, training/test subjects, target and source sites, ``fitted_on``."""
+    out = {"dataset": data.root, "train": list(split.train), "test": list(split.test),
+           "target_site": data.target_site, "source_sites": data.source_sites}
+    if fitted:
+        out["fitted_on"] = {m: sorted(h.fitted_on) for m, h in fitted.items()}
+    with open(path, "w") as f:
+        json.dump(out, f, indent=2)
+
+
+def log(progress: bool, tag: str, msg: str) -> None:
+    if progress:
+        print(f"[{tag}] {msg}", flush=True)

@@ -1,0 +1,30 @@
+"""Harmonization methods behind one interface (:mod:`phyjax.methods.base`).
+
+    harmonizer = methods.fit(name, config, train, workdir=..., progress=...)
+    image = harmonizer.harmonize(volume)            # or .transform(features, sites)
+    methods.save(harmonizer, folder); methods.load(folder)
+
+Registered: intensity baselines (none, zscore, histmatch, nyul, whitestripe), ComBat (features),
+the supervised U-Net and PhyCHarm.  A new method is a module with a ``fit`` function decorated by
+:func:`~phyjax.methods.base.register` and a :class:`~phyjax.methods.base.Harmonizer` subclass.
+"""
+
+from __future__ import annotations
+
+from phyjax.methods import combat, intensity, phycharm, unet  # noqa: F401  (registers them)
+from phyjax.methods.base import FIT, KINDS, Harmonizer, load, save
+
+#: every registered method, in the order reports list them
+AVAILABLE = ("none", "zscore", "histmatch", "nyul", "whitestripe", "combat", "unet", "phycharm")
+assert set(AVAILABLE) == set(FIT), (AVAILABLE, tuple(FIT))
+
+
+def fit(name: str, config, train, **context) -> Harmonizer:
+    """Fit method ``name`` on ``train`` (a TrainingSet).  ``context``: ``workdir``, ``progress``,
+    ``has_maps`` (networks), ``features`` (ComBat).  Raises ValueError for an unknown name."""
+    if name not in FIT:
+        raise ValueError(f"unknown method {name!r}; available: {list(FIT)}.")
+    return FIT[name](config, train, name=name, **context)
+
+
+__all__ = ["AVAILABLE", "Harmonizer", "KINDS", "fit", "load", "save"]

@@ -1,0 +1,94 @@
+"""What the slice networks (U-Net, PhyCHarm) share: training pairs, batches, optimizer, inference.
+
+Training data: for every site of the training subjects (the target included: the identity is a
+valid harmonization), the brain slices of each source scan with the same subject's target-site
+slices (:func:`phyjax.data.slices.slice_pairs`).  Batch ``i`` cycles through the sites and draws
+its slices with ``numpy.random.default_rng([seed, i])``: a pure function of the step, so a
+resumed run sees the batches an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+import flax.serialization
+import jax
+import numpy as np
+import optax
+
+from phyjax.data.slices import from_slices, grid, slice_pairs, to_slices, with_context
+from phyjax.data.split import TrainingSet
+from phyjax.physics.sequences import Protocol, encode
+
+
+def make_optimizer(train_cfg) -> optax.GradientTransformation:
+    """AdamW with warm-up + cosine decay to 5 % and global-norm clipping at 1 (``config.train``)."""
+    t = train_cfg
+    schedule = optax.warmup_cosine_decay_schedule(0.0, t.learning_rate, t.warmup_steps,
+                                                  max(t.steps, t.warmup_steps + 1),
+                                                  end_value=0.05 * t.learning_rate)
+    return optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=1e-4))
+
+
+class SlicePairs:
+    """Paired 2.5-D training slices of every site of a training set.
+
+    Attributes:
+      sites: sorted sites (the target included); batch ``i`` comes from ``sites[i % n]``.
+      arrays: ``{site: slice_pairs(...)}``.
+      protocols: ``{site: Protocol}`` (of the first training subject's scan).
+      pads, padded: in-plane padding and padded slice shape for a U-Net of ``depth`` levels.
+    """
+
+    def __init__(self, train: TrainingSet, depth: int, min_fraction: float, context: int):
+        subjects, target = list(train.subjects), train.target_site
+        self.sites = train.sites
+        self.pads, self.padded = grid(train.volumes[subjects[0]][target].image.shape, depth)
+        self.arrays = {s: slice_pairs(train.volumes, subjects, s, target, self.pads, min_fraction,
+                                      context) for s in self.sites}
+        self.protocols = {s: train.volumes[subjects[0]][s].protocol for s in self.sites}
+
+    def sample(self, i: int, batch_size: int, seed: int) -> tuple[str, np.ndarray]:
+        """``(site, slice indices)`` of batch ``i``."""
+        site = self.sites[i % len(self.sites)]
+        n = len(self.arrays[site]["source"])
+        idx = np.random.default_rng([seed, i]).choice(n, size=batch_size, replace=n < batch_size)
+        return site, idx
+
+
+def predict_volume(predict: Callable, params: Any, image: np.ndarray, mask: np.ndarray,
+                   protocol: Protocol, depth: int, batch_size: int, context: int) -> dict:
+    """Run ``predict(params, source, mask, code, B0)`` on every axial slice of a volume.
+
+    Returns a dict of ``(X, Y, Z)`` arrays, one per output of ``predict``.
+    """
+    pads, _ = grid(image.shape, depth)
+    src = with_context(to_slices(image, pads), context).astype(np.float32)
+    msk = to_slices(mask.astype(np.float32), pads)[..., None]
+    n = src.shape[0]
+    total = -(-n // batch_size) * batch_size
+    src = np.concatenate([src, np.zeros((total - n,) + src.shape[1:], np.float32)])
+    msk = np.concatenate([msk, np.zeros((total - n,) + msk.shape[1:], np.float32)])
+    code = np.asarray(encode(protocol))
+    code = np.broadcast_to(code, (batch_size,) + code.shape)
+    outs = []
+    for i in range(0, total, batch_size):
+        outs.append(jax.device_get(predict(params, src[i:i + batch_size], msk[i:i + batch_size],
+                                           code, float(protocol.field_strength))))
+    return {k: from_slices(np.concatenate([o[k] for o in outs])[:n, ..., 0], pads)
+            for k in outs[0]}
+
+
+def save_params(params: Any, directory: str) -> str:
+    """Network parameters as one msgpack file (flax.serialization) in ``directory``."""
+    path = os.path.join(directory, "params.msgpack")
+    with open(path, "wb") as f:
+        f.write(flax.serialization.to_bytes(params))
+    return path
+
+
+def load_params(directory: str) -> Any:
+    """Inverse of :func:`save_params` (a nested dict of arrays)."""
+    with open(os.path.join(directory, "params.msgpack"), "rb") as f:
+        return flax.serialization.msgpack_restore(f.read())

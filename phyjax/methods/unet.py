@@ -1,0 +1,125 @@
+"""Supervised U-Net (no physics) as a method: source slices -> target slices, PhyCHarm's budget.
+
+:class:`phyjax.models.ConditionalUNet` on the same 2.5-D slice pairs, sites, batches, steps,
+optimizer and image losses as PhyCHarm (``w_harm * L1 + w_ssim * (1 - SSIM)``), predicting a
+residual on the centre slice when ``config.unet.residual``.  ``config.unet.condition``:
+``"none"`` gives it no acquisition information, ``"protocol"`` feeds the encoded source
+protocol through FiLM.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from phyjax.data.split import TrainingSet, require_training_set
+from phyjax.data.volumes import Volume
+from phyjax.losses import masked_l1, ssim_loss
+from phyjax.methods import networks
+from phyjax.methods.base import Harmonizer, base_fields, fitted_fields, register
+from phyjax.models.unet import ConditionalUNet
+from phyjax.physics.sequences import encode
+from phyjax.train import TrainState, fit as fit_loop, make_train_step
+
+CONDITIONS = ("none", "protocol")
+
+
+def make_model(unet_cfg: dict) -> ConditionalUNet:
+    return ConditionalUNet(features=tuple(unet_cfg["features"]), out_channels=1,
+                           cond_features=unet_cfg["cond_features"])
+
+
+def make_apply(model: ConditionalUNet, unet_cfg: dict):
+    """``(params, source, mask, code) -> harmonized (B, H, W, 1)``."""
+    context = unet_cfg["context"]
+
+    def apply(params, source, mask, code):
+        out = model.apply({"params": params}, source, code)
+        if unet_cfg["residual"]:
+            out = out + source[..., context:context + 1]
+        return out * mask
+
+    return apply
+
+
+class UNetHarmonizer(Harmonizer):
+    """Trained U-Net parameters + its configuration and inference batch size."""
+
+    def __init__(self, params, unet_cfg: dict, batch_size: int, **base):
+        super().__init__(**base)
+        self.params, self.unet_cfg, self.batch_size = params, dict(unet_cfg), int(batch_size)
+        apply = make_apply(make_model(self.unet_cfg), self.unet_cfg)
+        protocol_coded = self.unet_cfg["condition"] == "protocol"
+
+        @jax.jit
+        def predict(params, source, mask, code, _field_strength):
+            code = code if protocol_coded else jnp.zeros((source.shape[0], 1))
+            return {"harmonized": apply(params, source, mask, code)}
+
+        self._predict = predict
+
+    def harmonize(self, volume: Volume) -> np.ndarray:
+        out = networks.predict_volume(self._predict, self.params, volume.image, volume.mask,
+                                      volume.protocol, len(self.unet_cfg["features"]),
+                                      self.batch_size, self.unet_cfg["context"])["harmonized"]
+        return np.where(volume.mask, out, 0.0).astype(np.float32)
+
+    def save_state(self, directory: str) -> dict:
+        networks.save_params(self.params, directory)
+        return {"unet": self.unet_cfg, "batch_size": self.batch_size}
+
+    @classmethod
+    def load_state(cls, directory: str, meta: dict) -> "UNetHarmonizer":
+        return cls(networks.load_params(directory), meta["state"]["unet"],
+                   meta["state"]["batch_size"], **base_fields(meta))
+
+
+def unet_config(config) -> dict:
+    """The U-Net's settings: ``config.unet`` plus the 2.5-D context of ``config.model``."""
+    u = config.unet
+    if u.condition not in CONDITIONS:
+        raise ValueError(f"unet.condition must be one of {CONDITIONS}, got {u.condition!r}.")
+    return {"features": tuple(u.features), "cond_features": u.cond_features,
+            "condition": u.condition, "residual": bool(u.residual),
+            "context": config.model.context}
+
+
+@register("unet", harmonizer=UNetHarmonizer)
+def fit(config, train: TrainingSet, name: str = "unet", *, workdir: str, progress: bool = True,
+        **_) -> UNetHarmonizer:
+    """Train the U-Net on ``train`` with ``config.train`` (checkpoints in ``workdir``)."""
+    train = require_training_set(train)
+    cfg, t = unet_config(config), config.train
+    data = networks.SlicePairs(train, len(cfg["features"]), config.data.min_mask_fraction,
+                               cfg["context"])
+
+    def code_of(protocol):
+        return (np.asarray(encode(protocol), np.float32) if cfg["condition"] == "protocol"
+                else np.zeros(1, np.float32))
+
+    codes = {s: code_of(p) for s, p in data.protocols.items()}
+    model, tx = make_model(cfg), networks.make_optimizer(t)
+    x0 = jnp.zeros((1,) + data.padded + (2 * cfg["context"] + 1,))
+    params = model.init(jax.random.key(config.seed), x0,
+                        jnp.zeros((1,) + codes[data.sites[0]].shape))["params"]
+    apply = make_apply(model, cfg)
+
+    def loss_fn(params, batch):
+        out = apply(params, batch["source"], batch["mask"], batch["code"])
+        l1 = masked_l1(out, batch["target"], batch["mask"])
+        l_ssim = ssim_loss(out, batch["target"], batch["mask"])
+        loss = t.w_harm * l1 + t.w_ssim * l_ssim
+        return loss, {"loss": loss, "l1": l1, "ssim": 1.0 - l_ssim}
+
+    def batch_fn(i):
+        site, idx = data.sample(i, t.batch_size, config.seed)
+        batch = {k: data.arrays[site][k][idx] for k in ("source", "target", "mask")}
+        batch["code"] = np.broadcast_to(codes[site], (t.batch_size,) + codes[site].shape)
+        return (batch,)
+
+    state = fit_loop(TrainState.create(params, tx), make_train_step(loss_fn, tx), batch_fn,
+                     t.steps, workdir, checkpoint_every=t.checkpoint_every,
+                     log_every=t.log_every, progress=progress, desc="U-Net")
+    return UNetHarmonizer(state.params, cfg, config.eval.batch_size,
+                          **fitted_fields(train, name))
