@@ -25,7 +25,9 @@ class Persistent:
 
     def get_params(self) -> dict:
         """The constructor arguments, read back from the attributes of the same names."""
-        names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
+        params = inspect.signature(type(self).__init__).parameters.values()
+        names = [p.name for p in params if p.name != "self" and p.kind in
+                 (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
         return {name: getattr(self, name) for name in names}
 
     def fitted_state(self) -> dict[str, np.ndarray]:

@@ -99,6 +99,25 @@ def volume_boxplots(rows: list[dict], truth_volumes: dict[str, dict[str, float]]
     return _save(fig, path)
 
 
+def feature_groups(raw_feat, feats, names, shown, sites, target_site, methods, subjects):
+    """The ``before`` / ``after`` inputs of :func:`feature_distributions`.
+
+    ``raw_feat``: {(subject, site): vector} of raw scans; ``feats``: {(method, subject, site):
+    vector} of outputs on the held-out ``subjects``; ``shown``: feature names to plot.
+    """
+    col = {f: names.index(f) for f in shown}
+    before = {site: {f: [float(x[col[f]]) for (_, s_), x in raw_feat.items() if s_ == site]
+                     for f in shown} for site in sites}
+
+    def values(m, site, f):
+        if site == target_site:
+            return [float(raw_feat[(s, site)][col[f]]) for s in subjects if (s, site) in raw_feat]
+        return [float(feats[(m, s, site)][col[f]]) for s in subjects if (m, s, site) in feats]
+
+    after = {m: {site: {f: values(m, site, f) for f in shown} for site in sites} for m in methods}
+    return before, after
+
+
 def feature_distributions(before: dict, after: dict, features, path: str, methods, sites) -> str:
     """Radiomic feature distributions per site, before harmonization (all subjects) and after.
 

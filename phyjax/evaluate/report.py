@@ -19,6 +19,7 @@ features, not images) are skipped and the count is reported.
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 from collections import defaultdict
@@ -62,6 +63,14 @@ def write_rows(rows: list[dict], path: str) -> str:
         writer = csv.DictWriter(f, fieldnames=fields, restval="")
         writer.writeheader()
         writer.writerows(rows)
+    return path
+
+
+def write_json(path: str, payload: dict) -> str:
+    """Write ``payload`` as indented JSON.  Returns ``path``."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(payload, f, indent=2)
     return path
 
 

@@ -17,7 +17,7 @@ from phyjax.data.dataset import Dataset, load_dataset
 from phyjax.data.nifti import save_like
 from phyjax.evaluate import figures, report
 from phyjax.evaluate.loop import evaluate_images
-from phyjax.evaluate.metrics import nrmse
+from phyjax.evaluate.measures import generator_maps
 from phyjax.experiments import harmonize as harmonize_mode
 from phyjax.experiments.common import prepare_workdir, write_split
 
@@ -52,7 +52,8 @@ def train_and_evaluate(config, workdir: str, progress: bool = True) -> dict:
     rows = evaluate_images(fitted, data.volumes, test, data.source_sites, data.target_site,
                            on_subject=outputs)
     split.check_rows(rows, fitted)
-    map_rows = maps_metrics(fitted[METHOD], data, test) if data.has_maps else []
+    map_rows = (generator_maps(fitted[METHOD], data.volumes, test, data.source_sites)
+                if data.has_maps else [])
     write_reports(workdir, rows, map_rows)
     figures.comparison_figure(outputs.figure_rows, os.path.join(workdir, "figure.png"),
                               title=f"PhyCHarm, held-out subject {test[0]} -> target "
@@ -86,21 +87,6 @@ class _Outputs:
                 self.figure_rows.append({"label": site, "source": source.image,
                                          "harmonized": image, "truth": truth.image,
                                          "mask": truth.mask})
-
-
-def maps_metrics(harmonizer, data: Dataset, subjects) -> list[dict]:
-    """T1 and M0 NRMSE of PhyCHarm's generator (at the source B0) vs the ground-truth maps."""
-    rows = []
-    for subject in subjects:
-        for site in data.source_sites:
-            v = data.volumes[subject].get(site)
-            if v is None or v.t1 is None:
-                continue
-            pred = harmonizer.predict(v)
-            rows.append({"site": site, "subject": subject,
-                         "t1_nrmse": float(nrmse(pred["t1"], v.t1, v.mask)),
-                         "m0_nrmse": float(nrmse(pred["m0"], v.m0, v.mask))})
-    return rows
 
 
 def write_reports(workdir: str, rows: list[dict], map_rows: list[dict]) -> list[dict]:

@@ -1,0 +1,130 @@
+"""Benchmark measures beyond image similarity: tissue segmentation, volumes, subject-level metrics.
+
+* :class:`TissueMeasure` -- one fixed DIPY HMRF segmenter for every image (raw images'
+  segmentations cached): Dice/IoU/F1/precision/recall against the segmentation of the same
+  subject's target-protocol image, tissue volumes and their differences; a measure for
+  :func:`phyjax.evaluate.loop.evaluate_images`.
+* :func:`evaluate_features` -- the rows of a feature-level method (ComBat): held-out features and
+  volumes mapped into the target site.
+* :func:`generator_maps` -- T1/M0 NRMSE of PhyCHarm's quantitative maps.
+* :func:`subject_level` -- per (method, subject): coefficient of variation of tissue volumes
+  across source sites, and a leave-one-subject-out site classifier on each method's outputs.
+"""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+
+from phyjax.data.volumes import Volume
+from phyjax.evaluate.metrics import nrmse
+from phyjax.evaluate.overlap import (TISSUES, coefficient_of_variation, tissue_overlap,
+                                     tissue_volumes, volume_differences)
+from phyjax.evaluate.segmentation import TissueSegmenter
+from phyjax.evaluate.site_difference import site_classifier
+
+
+def voxel_volume_mm3(volume: Volume) -> float:
+    """Voxel volume from the NIfTI header of the scan (mm^3)."""
+    return float(np.prod(nib.load(volume.path).header.get_zooms()[:3]))
+
+
+class TissueMeasure:
+    """Segmentation overlap and tissue volumes of an output vs its subject's target image."""
+
+    def __init__(self, volumes, segment: TissueSegmenter):
+        self.volumes, self.segment = volumes, segment
+        self.voxel_mm3 = {s: voxel_volume_mm3(next(iter(v.values()))) for s, v in volumes.items()}
+        self._labels: dict[tuple[str, str], np.ndarray] = {}
+
+    def labels(self, subject: str, site: str) -> np.ndarray:
+        """Segmentation of the raw scan (cached)."""
+        if (subject, site) not in self._labels:
+            v = self.volumes[subject][site]
+            self._labels[(subject, site)] = self.segment(v.image, v.mask)
+        return self._labels[(subject, site)]
+
+    def tissue_volumes(self, subject: str, site: str) -> dict[str, float]:
+        return tissue_volumes(self.labels(subject, site), self.voxel_mm3[subject])
+
+    def feature_row(self, features, subject: str, site: str) -> np.ndarray:
+        """Radiomic features followed by the raw scan's tissue volumes (ComBat's feature vector)."""
+        vols = self.tissue_volumes(subject, site)
+        return np.concatenate([features, [vols[t] for t in TISSUES]])
+
+    def __call__(self, method: str, output, source: Volume, truth: Volume) -> dict:
+        s = source.subject
+        labels = (self.labels(s, source.site) if method == "none"
+                  else self.segment(output, source.mask))
+        vols = tissue_volumes(labels, self.voxel_mm3[s])
+        return {**tissue_overlap(labels, self.labels(s, truth.site), truth.mask),
+                **{f"volume_{k}": x for k, x in vols.items()},
+                **volume_differences(vols, self.tissue_volumes(s, truth.site))}
+
+
+def evaluate_features(harmonizer, subjects, source_sites, target_site: str,
+                      tissue: TissueMeasure, raw_feat, n_features: int):
+    """Rows and mapped radiomic features of a feature-level harmonizer on held-out subjects."""
+    rows, feats = [], {}
+    for subject in subjects:
+        sites = [s for s in source_sites if s in tissue.volumes[subject]]
+        x = np.stack([tissue.feature_row(raw_feat[(subject, s)], subject, s) for s in sites])
+        y = harmonizer.transform(x, sites)
+        truth_vol = tissue.tissue_volumes(subject, target_site)
+        for site, row in zip(sites, y):
+            vols = dict(zip(TISSUES, map(float, row[n_features:])))
+            feats[(harmonizer.name, subject, site)] = row[:n_features]
+            rows.append({"method": harmonizer.name, "site": site, "subject": subject,
+                         **{f"volume_{k}": x_ for k, x_ in vols.items()},
+                         **volume_differences(vols, truth_vol)})
+    return rows, feats
+
+
+def subject_level(methods, rows, feats, subjects, source_sites, c, notes):
+    """Per (method, subject): CoV of tissue volumes across source sites, site-classifier accuracy.
+
+    The classifier is trained and tested on the held-out subjects' outputs of one method,
+    leave-one-subject-out (needs >= 2 held-out subjects and >= 2 source sites, else ``nan``
+    and a note).  Returns ``(subject_rows, {method: classifier result})``.
+    """
+    subject_rows = []
+    for m in methods:
+        for subject in subjects:
+            rs = [r for r in rows if r["method"] == m and r["subject"] == subject]
+            row = {"method": m, "subject": subject}
+            for t in TISSUES:
+                vals = [r[f"volume_{t}"] for r in rs]
+                row[f"cov_{t}"] = (coefficient_of_variation(vals)
+                                   if len(vals) >= 2 and np.mean(vals) > 0 else float("nan"))
+            row["site_acc"] = float("nan")
+            subject_rows.append(row)
+    classifier = {}
+    if len(subjects) < 2 or len(source_sites) < 2:
+        notes.append("Site classifier after harmonization not computed: it needs at least 2 "
+                     "held-out subjects and 2 source sites.")
+        return subject_rows, classifier
+    for m in methods:
+        keys = [(m, s, site) for s in subjects for site in source_sites if (m, s, site) in feats]
+        res = classifier[m] = site_classifier(
+            np.stack([feats[k] for k in keys]), [k[2] for k in keys], [k[1] for k in keys],
+            n_splits=len(subjects), c=c.c)
+        for row in subject_rows:
+            if row["method"] == m:
+                row["site_acc"] = res["per_group"].get(row["subject"], float("nan"))
+    return subject_rows, classifier
+
+
+def generator_maps(harmonizer, volumes, subjects, source_sites) -> list[dict]:
+    """T1 and M0 NRMSE of a maps-predicting harmonizer (PhyCHarm's generator, at the source B0)
+    against the ground-truth maps, per held-out subject and source site (where maps exist)."""
+    rows = []
+    for subject in subjects:
+        for site in source_sites:
+            v = volumes[subject].get(site)
+            if v is None or v.t1 is None:
+                continue
+            pred = harmonizer.predict(v)
+            rows.append({"site": site, "subject": subject,
+                         "t1_nrmse": float(nrmse(pred["t1"], v.t1, v.mask)),
+                         "m0_nrmse": float(nrmse(pred["m0"], v.m0, v.mask))})
+    return rows
