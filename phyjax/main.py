@@ -1,7 +1,7 @@
 r"""Command line: ``python -m phyjax.main --config=configs/phycharm.py --workdir=runs/phycharm``.
 
 Thin by design (flax-examples style): parse flags, hand the config to
-:func:`phyjax.experiments.phycharm.run`.  Any config field can be overridden
+:func:`phyjax.experiments.registry.run`, which runs the experiment ``config.method`` names.  Any config field can be overridden
 with ``--config.<path>=<value>``; an unknown key is an error.  Bad input exits
 with status 2 and a one-line message naming the file and the problem.
 """
@@ -12,6 +12,9 @@ import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from phyjax.data.nifti import InputError
+from phyjax.experiments import registry
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py[:variant]).",
@@ -24,8 +27,6 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
-    from phyjax.data.nifti import InputError
-    from phyjax.experiments import registry
 
     config = FLAGS.config
     try:

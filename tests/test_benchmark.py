@@ -11,7 +11,12 @@ import pytest
 
 import conftest
 
+from phyjax import methods
+from phyjax.data.nifti import InputError, save_volume
+from phyjax.data.split import LeakageError, Split, TrainingSet
+from phyjax.data.volumes import Volume
 from phyjax.experiments import benchmark as bm
+from phyjax.physics.sequences import Protocol
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -22,63 +27,114 @@ def load_config(variant="debug"):
 
 # ----------------------------------------------------------------------------- held out
 
-class _Vol:
-    def __init__(self, seed):
-        rng = np.random.default_rng(seed)
-        self.image = rng.random((6, 6, 4)).astype(np.float32) + 0.1
-        self.mask = np.ones((6, 6, 4), bool)
+def _volumes(tmp_path, subjects=("01", "02", "03", "04"), sites=("ref", "x")):
+    """Tiny real NIfTI volumes ``{subject: {site: Volume}}`` (site ``x`` has another protocol)."""
+    out = {}
+    for i, s in enumerate(subjects):
+        for j, site in enumerate(sites):
+            rng = np.random.default_rng(i * 10 + j)
+            image = rng.random((6, 6, 4)).astype(np.float32) + 0.1 + 0.5 * j
+            path = str(tmp_path / f"sub-{s}_ses-{site}_T1w.nii.gz")
+            save_volume(image, np.diag([2.0, 2.0, 2.0, 1.0]), path)
+            protocol = Protocol.from_degrees("mprage" if site == "ref" else "spgr", tr=2.0 if
+                                             site == "ref" else 0.02, te=0.003,
+                                             ti=1.0 if site == "ref" else 0.0, flip_angle_deg=9)
+            out.setdefault(s, {})[site] = Volume(s, site, protocol, image,
+                                                 np.ones((6, 6, 4), bool), path)
+    return out
 
 
-def _volumes(subjects=("01", "02", "03", "04"), sites=("ref", "x")):
-    return {s: {site: _Vol(i * 10 + j) for j, site in enumerate(sites)}
-            for i, s in enumerate(subjects)}
-
-
-def test_split_is_disjoint_and_training_set_hides_test_subjects():
-    with pytest.raises(bm.LeakageError, match="02"):
-        bm.Split(train=("01", "02"), test=("02", "03"))
+def test_split_is_disjoint_and_training_set_hides_test_subjects(tmp_path):
+    with pytest.raises(LeakageError, match="02"):
+        Split(train=("01", "02"), test=("02", "03"))
     with pytest.raises(ValueError):
-        bm.Split(train=(), test=("01",))
-    volumes = _volumes()
-    split = bm.Split.by_subject(volumes, n_test=2, seed=0)
-    train = split.training_set(volumes)
+        Split(train=(), test=("01",))
+    volumes = _volumes(tmp_path)
+    split = Split.by_subject(volumes, n_test=2, seed=0)
+    train = split.training_set(volumes, "ref")
     assert set(train.volumes) == set(split.train) and not set(train.volumes) & set(split.test)
     with pytest.raises(TypeError):
         train.volumes["03"] = {}                   # read-only
     with pytest.raises(TypeError, match="Split.training_set"):
-        bm.TrainingSet(split, volumes)             # only a Split can build one
+        TrainingSet(split, volumes, "ref")         # only a Split can build one
     with pytest.raises(TypeError, match="TrainingSet"):
-        bm.fit_image_baseline("zscore", volumes, "ref")   # a plain dict is refused
-    fitted = bm.fit_image_baseline("zscore", train, "ref")
+        methods.fit("zscore", load_config(), volumes)   # a plain dict is refused
+    fitted = methods.fit("zscore", load_config(), train)
     assert fitted.fitted_on == frozenset(split.train)
+    assert fitted.target_protocol == volumes["01"]["ref"].protocol
     assert split.held_out_subjects({"zscore": fitted}) == split.test
 
 
-def test_a_method_fitted_on_a_test_subject_cannot_be_evaluated():
-    volumes = _volumes()
-    split_a = bm.Split(train=("01", "02"), test=("03", "04"))
-    split_b = bm.Split(train=("03", "04"), test=("01", "02"))
-    fitted = {"nyul": bm.fit_image_baseline("nyul", split_a.training_set(volumes), "ref")}
-    with pytest.raises(bm.LeakageError, match=r"'nyul' was fitted on test subject\(s\) \['01', '02'\]"):
+def test_a_method_fitted_on_a_test_subject_cannot_be_evaluated(tmp_path):
+    volumes = _volumes(tmp_path)
+    split_a = Split(train=("01", "02"), test=("03", "04"))
+    split_b = Split(train=("03", "04"), test=("01", "02"))
+    fitted = {"nyul": methods.fit("nyul", load_config(), split_a.training_set(volumes, "ref"))}
+    with pytest.raises(LeakageError, match=r"'nyul' was fitted on test subject\(s\) \['01', '02'\]"):
         split_b.held_out_subjects(fitted)
     split_a.check_rows([{"method": "nyul", "subject": "03"}], fitted)
-    with pytest.raises(bm.LeakageError, match="not a test subject"):
+    with pytest.raises(LeakageError, match="not a test subject"):
         split_a.check_rows([{"method": "nyul", "subject": "01"}], fitted)
-    with pytest.raises(bm.LeakageError, match="fitted on"):
+    with pytest.raises(LeakageError, match="fitted on"):
         split_b.check_rows([{"method": "nyul", "subject": "01"}], fitted)
 
 
-def test_fit_combat_uses_training_rows_only_and_rejects_single_subject_sites():
-    volumes = _volumes(subjects=("01", "02", "03", "04", "05"))
-    split = bm.Split(train=("01", "02", "03"), test=("04", "05"))
-    keys = [(s, site) for s in volumes for site in ("ref", "x")]
+def test_combat_uses_training_rows_only_and_rejects_single_subject_sites(tmp_path):
+    volumes = _volumes(tmp_path, subjects=("01", "02", "03", "04", "05"))
+    split = Split(train=("01", "02", "03"), test=("04", "05"))
     rng = np.random.default_rng(0)
-    table = rng.standard_normal((len(keys), 4))
-    fitted = bm.fit_combat(split.training_set(volumes), keys, table, "ref")
-    assert fitted.fitted_on == frozenset(split.train)
-    one = bm.Split(train=("01",), test=("04", "05"))
+    table = {(s, site): rng.standard_normal(4) for s in volumes for site in ("ref", "x")}
+    seen = []
+
+    def features(s, site):
+        seen.append(s)
+        return table[(s, site)]
+
+    fitted = methods.fit("combat", load_config(), split.training_set(volumes, "ref"),
+                         features=features)
+    assert fitted.fitted_on == frozenset(split.train) and set(seen) == set(split.train)
+    # Mapped into the target site: target rows come back unchanged.
+    x = np.stack([table[("04", "ref")], table[("04", "x")]])
+    y = fitted.transform(x, ["ref", "x"])
+    np.testing.assert_allclose(y[0], x[0], rtol=1e-10)
+    assert not np.allclose(y[1], x[1])
+    one = Split(train=("01",), test=("04", "05"))
     with pytest.raises(ValueError, match="at least 2 training samples per site"):
-        bm.fit_combat(one.training_set(volumes), keys, table, "ref")
+        methods.fit("combat", load_config(), one.training_set(volumes, "ref"), features=features)
+
+
+def test_target_protocol_must_be_one_protocol(tmp_path):
+    volumes = _volumes(tmp_path)
+    v = volumes["02"]["ref"]
+    volumes["02"]["ref"] = Volume(v.subject, v.site, Protocol.from_degrees(
+        "mprage", tr=2.3, te=0.003, ti=0.9, flip_angle_deg=9), v.image, v.mask, v.path)
+    train = Split(train=("01", "02"), test=("03",)).training_set(volumes, "ref")
+    with pytest.raises(InputError, match="differs"):
+        train.target_protocol()
+
+
+@pytest.mark.parametrize("name", ["none", "zscore", "histmatch", "nyul", "whitestripe", "combat"])
+def test_saved_and_loaded_methods_harmonize_identically(tmp_path, name):
+    volumes = _volumes(tmp_path)
+    split = Split(train=("01", "02", "03"), test=("04",))
+    rng = np.random.default_rng(1)
+    table = {(s, site): rng.standard_normal(5) for s in volumes for site in ("ref", "x")}
+    h = methods.fit(name, load_config(), split.training_set(volumes, "ref"),
+                    features=lambda s, site: table[(s, site)])
+    loaded = methods.load(methods.save(h, str(tmp_path / "saved" / name)))
+    assert type(loaded) is type(h) and loaded.name == name
+    assert loaded.fitted_on == h.fitted_on and loaded.target_protocol == h.target_protocol
+    if h.kind == "image":
+        v = volumes["04"]["x"]
+        np.testing.assert_array_equal(loaded.harmonize(v), h.harmonize(v))
+    else:
+        x, sites = np.stack([table[("04", "ref")], table[("04", "x")]]), ["ref", "x"]
+        np.testing.assert_array_equal(loaded.transform(x, sites), h.transform(x, sites))
+
+
+def test_loading_a_folder_without_a_harmonizer_names_it(tmp_path):
+    with pytest.raises(InputError, match="no fitted harmonizer"):
+        methods.load(str(tmp_path))
 
 
 def test_config_variants_methods_and_unknown_keys():
@@ -159,9 +215,10 @@ def test_debug_run_never_evaluates_a_training_subject(debug_run):
     assert len(split["test"]) == cfg.data.n_test and not set(split["train"]) & set(split["test"])
     for method in cfg.methods:   # every method was fitted on exactly the training subjects
         assert split["fitted_on"][method] == split["train"], method
-    # PhyCHarm's own run (reused, not copied) split the subjects the same way.
-    inner = json.load(open(os.path.join(workdir, "phycharm", "split.json")))
-    assert inner["train"] == split["train"]
+    # Every fitted method was saved with the subjects it saw.
+    for method in cfg.methods:
+        meta = json.load(open(os.path.join(workdir, method, "harmonizer", "harmonizer.json")))
+        assert meta["fitted_on"] == split["train"] and meta["method"] == method
     for name in ("benchmark_per_subject.csv", "benchmark_subject_level.csv"):
         subjects = {r["subject"].zfill(2) for r in _csv(os.path.join(workdir, name))}
         assert subjects == set(split["test"]), name

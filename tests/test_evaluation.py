@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from phyjax.evaluate import benchmark_report as report
+from phyjax.evaluate import report
 from phyjax.evaluate.overlap import (binary_overlap, coefficient_of_variation, tissue_overlap,
                                      tissue_volumes, volume_differences)
 from phyjax.evaluate.segmentation import TissueSegmenter, rescale_for_segmentation
@@ -296,5 +296,12 @@ def test_aggregate_averages_sites_within_subject_first():
                          scale=np.std([0.7, 0.8, 1.0], ddof=1) / math.sqrt(3)))
     assert overall["cov_gm_mean"] == pytest.approx(0.2) and overall["cov_gm_n"] == 2
     assert overall["psnr_n"] == 0
+    assert overall["ssim_sd"] == pytest.approx(np.std([0.7, 0.8, 1.0], ddof=1))
     table = report.markdown_table(list(summary.values()), ["ssim", "psnr", "cov_gm"])
     assert "| m | 0.833 ± " in table and "| – |" in table
+    half = (overall["ssim_ci_high"] - overall["ssim_ci_low"]) / 2
+    assert f"0.833 ± {half:.3f}" in table                     # the CI half-width by default
+    sd = report.markdown_table([overall], ["ssim"], spread="sd")
+    assert f"0.833 ± {overall['ssim_sd']:.3f}" in sd and half != pytest.approx(overall["ssim_sd"])
+    with pytest.raises(ValueError, match="spread"):
+        report.markdown_table([overall], ["ssim"], spread="iqr")

@@ -1,6 +1,7 @@
 """End to end: the debug config trains, evaluates, writes finite outputs, resumes, harmonizes."""
 
 import csv
+import glob
 import json
 import os
 import subprocess
@@ -39,14 +40,16 @@ def debug_run(tmp_path_factory):
 def test_debug_run_writes_finite_outputs(debug_run):
     cfg, workdir, _ = debug_run
     for name in ("metrics.csv", "metrics.md", "metrics_per_subject.csv", "maps_metrics.csv",
-                 "figure.png", "split.json", "config.json", "train_log.csv"):
+                 "figure.png", "split.json", "config.json", "train_log.csv",
+                 "harmonizer/harmonizer.json", "harmonizer/params.msgpack"):
         path = os.path.join(workdir, name)
         assert os.path.getsize(path) > 0, name
     with open(os.path.join(workdir, "metrics.csv")) as f:
         rows = list(csv.DictReader(f))
     sources = [s for s in cfg.data.sites if s != cfg.data.target_site]
     methods = set(cfg.eval.baselines) | {"phycharm"}
-    assert {(r["method"], r["site"]) for r in rows} == {(m, s) for m in methods for s in sources}
+    assert {(r["method"], r["site"]) for r in rows} == {
+        (m, s) for m in methods for s in sources + ["overall"]}
     for r in rows:
         for key in ("ssim_mean", "psnr_mean", "nrmse_mean"):
             assert np.isfinite(float(r[key])), (r, key)
@@ -123,6 +126,46 @@ def test_harmonize_mode_on_a_user_file(debug_run, tmp_path):
         phycharm.run(h_cfg, workdir)
 
 
+_HARMONIZE_SCRIPT = """
+import sys, numpy as np
+from phyjax import methods
+from phyjax.data.dataset import load_dataset
+import conftest
+cfg = conftest.load_config("phycharm", "debug")
+with cfg.unlocked():
+    cfg.data.cache_dir = sys.argv[2]
+data = load_dataset(cfg.data, progress=False)
+h = methods.load(sys.argv[1])
+v = data.volumes[sys.argv[3]][sys.argv[4]]
+np.save(sys.argv[5], h.harmonize(v))
+"""
+
+
+def test_saved_phycharm_harmonizes_identically_in_a_fresh_process(debug_run, tmp_path):
+    """The run's harmonizer/ folder is all another process needs, and it gives the same image."""
+    from phyjax import methods
+    from phyjax.data.dataset import load_dataset
+
+    cfg, workdir, _ = debug_run
+    split = json.load(open(os.path.join(workdir, "split.json")))
+    subject, site = split["test"][0], split["source_sites"][0]
+    folder = os.path.join(workdir, "harmonizer")
+    data = load_dataset(cfg.data, progress=False)
+    here = methods.load(folder).harmonize(data.volumes[subject][site])
+    out = tmp_path / "fresh.npy"
+    env = dict(os.environ, JAX_PLATFORMS="cpu",
+               PYTHONPATH=os.pathsep.join([os.path.join(ROOT, "tests"), ROOT]))
+    proc = subprocess.run([sys.executable, "-c", _HARMONIZE_SCRIPT, folder, cfg.data.cache_dir,
+                           subject, site, str(out)], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    np.testing.assert_array_equal(np.load(out), here)
+    # ... and the image the evaluation wrote (same harmonizer, before saving).
+    saved = nib.load(os.path.join(workdir, "harmonized", f"sub-{subject}",
+                                  f"sub-{subject}_ses-{site}_desc-phycharm_T1w.nii.gz"))
+    np.testing.assert_array_equal(np.asarray(saved.dataobj, np.float32), here)
+
+
 def test_fit_resumes_to_the_same_state(tmp_path):
     """An interrupted run resumed from its checkpoint equals an uninterrupted one."""
     tx = optax.adam(0.1)
@@ -178,3 +221,44 @@ def test_resuming_with_a_different_model_is_refused(debug_run):
         other.model.cond_features = cfg.model.cond_features + 1
     with pytest.raises(InputError, match="different 'model' config"):
         phycharm.train_and_evaluate(other, workdir, progress=False)
+
+
+def _renamed_bids(src_root, dst, old, new):
+    """Copy of a BIDS folder with session ``old`` renamed ``new`` (folders and file names)."""
+    import shutil
+
+    shutil.copytree(src_root, dst)
+    for path in sorted(glob.glob(os.path.join(dst, "**", f"*ses-{old}*"), recursive=True),
+                       key=len, reverse=True):   # files before their folders
+        head, tail = os.path.split(path)
+        os.rename(path, os.path.join(head, tail.replace(f"ses-{old}", f"ses-{new}")))
+    return dst
+
+
+def test_train_on_a_user_bids_folder_then_harmonize_in_a_fresh_process(debug_run, tmp_path):
+    """The target is whatever session the user names; harmonize mode uses its scans' protocol."""
+    from phyjax.data.sidecar import protocol_from_sidecar, read_sidecar
+    from phyjax.methods.base import protocol_from_json
+
+    cfg, workdir, _ = debug_run
+    dataset = json.load(open(os.path.join(workdir, "split.json")))["dataset"]
+    root = _renamed_bids(dataset, str(tmp_path / "bids"), "reference", "prismaHCP")
+    run = str(tmp_path / "run")
+    res = _cli("--config=configs/phycharm.py:debug", f"--workdir={run}",
+               f"--config.data.bids_root={root}", "--config.data.target_site=prismaHCP")
+    assert res.returncode == 0, res.stderr[-3000:]
+    meta = json.load(open(os.path.join(run, "harmonizer", "harmonizer.json")))
+    assert meta["target_site"] == "prismaHCP"
+    sidecar = os.path.join(root, "sub-01", "ses-prismaHCP", "anat", "sub-01_ses-prismaHCP_T1w.json")
+    assert protocol_from_json(meta["target_protocol"]) == protocol_from_sidecar(
+        read_sidecar(sidecar), source=sidecar)
+    # Harmonize a source scan in a new process: only the run folder and the input are needed.
+    anat = os.path.join(root, "sub-01", "ses-spgr3T", "anat")
+    out = str(tmp_path / "h.nii.gz")
+    res = _cli("--config=configs/phycharm.py", f"--workdir={run}", "--config.mode=harmonize",
+               f"--config.harmonize.input={anat}/sub-01_ses-spgr3T_T1w.nii.gz",
+               f"--config.harmonize.output={out}", "--config.harmonize.figure=False")
+    assert res.returncode == 0, res.stderr[-3000:]
+    img, src = nib.load(out), nib.load(f"{anat}/sub-01_ses-spgr3T_T1w.nii.gz")
+    assert img.shape == src.shape and np.allclose(img.affine, src.affine)
+    assert np.isfinite(img.get_fdata()).all() and img.get_fdata().max() > 0

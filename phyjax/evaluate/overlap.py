@@ -20,8 +20,13 @@ from __future__ import annotations
 
 import numpy as np
 
-TISSUES = ("csf", "gm", "wm")
-TISSUE_LABELS = {"csf": 1, "gm": 2, "wm": 3}
+from phyjax.physics.tissues import TISSUES
+
+#: label of each tissue in a segmentation (1, 2, 3 in the order of :data:`TISSUES`)
+TISSUE_LABELS = {t: i + 1 for i, t in enumerate(TISSUES)}
+
+__all__ = ["TISSUES", "TISSUE_LABELS", "binary_overlap", "coefficient_of_variation",
+           "tissue_overlap", "tissue_volumes", "volume_differences"]
 
 
 def _check_same_shape(a, b, what=("prediction", "reference")):

@@ -27,6 +27,10 @@ from typing import Sequence
 
 import numpy as np
 
+from phyjax.radiomics import RadiomicsConfig, crop_and_pad, extract_batch, feature_names
+from phyjax.radiomics.discretize import n_bins_for_width
+from phyjax.radiomics.packed import roi_box
+
 
 def _validate(image, mask, index=None):
     where = "" if index is None else f"image {index}: "
@@ -69,22 +73,16 @@ class FeatureExtractor:
     batch_size: int = 4
 
     def names(self) -> tuple[str, ...]:
-        from phyjax.radiomics import RadiomicsConfig, feature_names
-
         return feature_names(RadiomicsConfig(bin_width=self.bin_width, n_bins=self.n_bins,
                                              classes=tuple(self.classes)))
 
     def bins_needed(self, image, mask) -> int:
         """Grey levels the ROI spans with fixed bin width (PyRadiomics binning).  Any array order."""
-        from phyjax.radiomics.discretize import n_bins_for_width
-
         v = np.asarray(image, np.float64)[np.asarray(mask, bool)]
         return n_bins_for_width(float(v.min()), float(v.max()), float(self.bin_width))
 
     def canvas(self, masks: Sequence[np.ndarray], multiple: int = 8) -> tuple[int, int, int]:
         """Common ``(z, y, x)`` canvas holding every mask's bounding box (rounded up)."""
-        from phyjax.radiomics.packed import roi_box
-
         shape = np.max([roi_box(np.asarray(m, bool).T) for m in masks], axis=0)
         return tuple(1 if s == 1 else int(math.ceil(s / multiple) * multiple) for s in shape)
 
@@ -95,8 +93,6 @@ class FeatureExtractor:
         Raises ValueError on a count mismatch, an image/mask shape mismatch, an empty mask or
         non-finite values inside a mask (naming the image's index).
         """
-        from phyjax.radiomics import RadiomicsConfig, crop_and_pad, extract_batch
-
         if len(images) != len(masks):
             raise ValueError(f"{len(images)} images but {len(masks)} masks.")
         names = self.names()

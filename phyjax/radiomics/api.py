@@ -36,6 +36,7 @@ from phyjax.radiomics.discretize import discretize, n_bins_for_width
 from phyjax.radiomics.firstorder import FIRSTORDER_FEATURES, firstorder_features, grey_histogram
 from phyjax.radiomics.glcm import GLCM_FEATURES, directions, glcm_features, glcm_matrices
 from phyjax.radiomics.glrlm import GLRLM_FEATURES, glrlm_features, glrlm_matrices, max_run_length
+from phyjax.radiomics.io import read_image
 from phyjax.radiomics.packed import bounding_box, pack, packed_features, roi_box
 
 __all__ = [
@@ -299,8 +300,6 @@ def extract(images: Sequence[np.ndarray], label_maps: Sequence[np.ndarray], *, l
 def extract_files(image_paths: Sequence[str | os.PathLike], mask_paths: Sequence[str | os.PathLike],
                   **kwargs) -> dict[str, np.ndarray]:
     """:func:`extract` on NIfTI (``.nii[.gz]``) or NRRD files; keyword arguments as there."""
-    from phyjax.radiomics.io import read_image
-
     images, labels, spacings = [], [], []
     for ip, mp in zip(image_paths, mask_paths):
         im, sp = read_image(ip)

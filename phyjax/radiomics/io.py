@@ -13,6 +13,7 @@ from __future__ import annotations
 import gzip
 import os
 
+import nibabel as nib
 import numpy as np
 
 __all__ = ["read_image", "read_nifti", "read_nrrd"]
@@ -64,8 +65,6 @@ def read_nrrd(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
 
 def read_nifti(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """Read a 3-D NIfTI image with nibabel. Returns (array (z, y, x), spacing (z, y, x))."""
-    import nibabel as nib
-
     img = nib.load(os.fspath(path))
     arr = np.asanyarray(img.dataobj)
     if arr.ndim == 4 and arr.shape[3] == 1:

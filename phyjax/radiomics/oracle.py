@@ -11,6 +11,8 @@ from typing import Sequence
 
 import numpy as np
 
+from phyjax.radiomics.firstorder import FIRSTORDER_FEATURES
+
 __all__ = ["pyradiomics_features"]
 
 
@@ -29,8 +31,6 @@ def pyradiomics_features(image: np.ndarray, mask: np.ndarray, spacing: Sequence[
     import radiomics
     import SimpleITK as sitk
     from radiomics import featureextractor
-
-    from phyjax.radiomics.firstorder import FIRSTORDER_FEATURES
 
     radiomics.setVerbosity(logging.ERROR)
     sitk_image = sitk.GetImageFromArray(np.asarray(image))
