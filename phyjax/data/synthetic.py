@@ -160,6 +160,40 @@ def _to_plain(cfg):
     return {k: cfg[k] for k in keys}
 
 
+def _write_subject(root: str, i: int, cfg: dict, probs, affine, field_strengths, base_key):
+    """Subject ``i`` of the default dataset: brain mask and T1/M0 maps per B0 (derivatives), and
+    one T1w scan + sidecar per site, each with its own PRNG key ``fold_in(fold_in(key, i), j)``."""
+    subject = f"{i + 1:02d}"
+    s_probs, factors, texture = make_subject(
+        probs, seed=cfg["seed"] * 1000 + i, deform_mm=cfg["deform_mm"],
+        voxel_size=cfg["voxel_size"], jitter=cfg["tissue_jitter"], texture=cfg["t1_texture"])
+    s_mask = s_probs.sum(0) > 0.5  # the deformed brain region
+    deriv = os.path.join(root, DERIVATIVES, f"sub-{subject}", "anat")
+    save_volume(s_mask.astype(np.uint8), affine,
+                os.path.join(deriv, f"sub-{subject}_desc-brain_mask.nii.gz"), dtype=np.uint8)
+    maps_by_b0 = {}
+    for b0 in field_strengths:
+        maps = maps_by_b0[b0] = quantitative_maps(s_probs, factors, texture, b0)
+        tag = f"{b0:g}T".replace(".", "p")
+        save_volume(maps["t1"] * s_mask, affine,
+                    os.path.join(deriv, f"sub-{subject}_acq-{tag}_T1map.nii.gz"))
+        save_volume(maps["pd"] * s_mask, affine,
+                    os.path.join(deriv, f"sub-{subject}_acq-{tag}_M0map.nii.gz"))
+    for j, (site, site_cfg) in enumerate(sorted(cfg["sites"].items())):
+        protocol = site_protocol(site_cfg)
+        key = jax.random.fold_in(jax.random.fold_in(base_key, i), j)
+        image = acquire(maps_by_b0[float(site_cfg["field_strength"])], s_mask, protocol,
+                        site_effects(site_cfg), key)
+        stem = os.path.join(root, f"sub-{subject}", f"ses-{site}", "anat",
+                            f"sub-{subject}_ses-{site}_T1w")
+        save_volume(image, affine, stem + ".nii.gz")
+        sidecar = protocol.to_sidecar()
+        sidecar.update({"Manufacturer": site_cfg.get("manufacturer", "phyjax-sim"),
+                        "InstitutionName": site})
+        with open(stem + ".json", "w") as f:
+            json.dump(sidecar, f, indent=2)
+
+
 def build_default_dataset(data_cfg, cache_dir: str, progress: bool = True) -> str:
     """Build (once) and return the path of the default BIDS-like dataset.
 
@@ -182,38 +216,9 @@ def build_default_dataset(data_cfg, cache_dir: str, progress: bool = True) -> st
     n = int(cfg["n_subjects"])
     bar = tqdm(total=n * len(sites), desc="building default dataset", disable=not progress)
     for i in range(n):
-        subject = f"{i + 1:02d}"
-        participants.append(f"sub-{subject}")
-        s_probs, factors, texture = make_subject(
-            probs, seed=cfg["seed"] * 1000 + i, deform_mm=cfg["deform_mm"],
-            voxel_size=cfg["voxel_size"], jitter=cfg["tissue_jitter"], texture=cfg["t1_texture"])
-        s_mask = s_probs.sum(0) > 0.5  # the deformed brain region
-        deriv = os.path.join(tmp, DERIVATIVES, f"sub-{subject}", "anat")
-        save_volume(s_mask.astype(np.uint8), affine,
-                    os.path.join(deriv, f"sub-{subject}_desc-brain_mask.nii.gz"), dtype=np.uint8)
-        maps_by_b0 = {}
-        for b0 in field_strengths:
-            maps = quantitative_maps(s_probs, factors, texture, b0)
-            maps_by_b0[b0] = maps
-            tag = f"{b0:g}T".replace(".", "p")
-            save_volume(maps["t1"] * s_mask, affine,
-                        os.path.join(deriv, f"sub-{subject}_acq-{tag}_T1map.nii.gz"))
-            save_volume(maps["pd"] * s_mask, affine,
-                        os.path.join(deriv, f"sub-{subject}_acq-{tag}_M0map.nii.gz"))
-        for j, (site, site_cfg) in enumerate(sorted(sites.items())):
-            protocol = site_protocol(site_cfg)
-            key = jax.random.fold_in(jax.random.fold_in(base_key, i), j)
-            image = acquire(maps_by_b0[float(site_cfg["field_strength"])], s_mask, protocol,
-                            site_effects(site_cfg), key)
-            anat = os.path.join(tmp, f"sub-{subject}", f"ses-{site}", "anat")
-            stem = os.path.join(anat, f"sub-{subject}_ses-{site}_T1w")
-            save_volume(image, affine, stem + ".nii.gz")
-            sidecar = protocol.to_sidecar()
-            sidecar.update({"Manufacturer": site_cfg.get("manufacturer", "phyjax-sim"),
-                            "InstitutionName": site})
-            with open(stem + ".json", "w") as f:
-                json.dump(sidecar, f, indent=2)
-            bar.update()
+        participants.append(f"sub-{i + 1:02d}")
+        _write_subject(tmp, i, cfg, probs, affine, field_strengths, base_key)
+        bar.update(len(sites))
     bar.close()
     with open(os.path.join(tmp, "participants.tsv"), "w") as f:
         f.write("\n".join(participants) + "\n")

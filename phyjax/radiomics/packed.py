@@ -141,21 +141,8 @@ def _line_order(coords, segment, extent, a):
     return order, adjacent, same_line, int(extent[k])
 
 
-def pack(images: Sequence[np.ndarray], masks: Sequence[np.ndarray], *, spacings=None,
-         force2d: bool = False, sources: Sequence[str] | None = None) -> PackedROIs:
-    """Pack ROIs of any sizes into one voxel list with their line geometry (host side, numpy).
-
-    Args:
-      images: sequence of (D, H, W) or (H, W) arrays. masks: same shapes, bool (the ROIs).
-      spacings: sequence of per-image voxel spacings (mm), or None (1 mm).
-      force2d: PyRadiomics ``force2D``: only the 4 in-plane directions.
-      sources: optional names of the ROIs for error messages.
-    Raises:
-      ValueError: shapes differ, a mask is empty, or an ROI value is not finite (naming the ROI).
-    """
-    names = list(sources) if sources is not None else [f"ROI {i}" for i in range(len(images))]
-    if len(images) != len(masks) or not len(images):
-        raise ValueError(f"need as many masks as images (got {len(images)} and {len(masks)})")
+def _collect(names, images, masks):
+    """Per ROI: in-mask values (C order), their box coordinates and the box shape; validated."""
     vals, coords, extents = [], [], []
     depth_one = True
     for name, im, m in zip(names, images, masks):
@@ -177,6 +164,43 @@ def pack(images: Sequence[np.ndarray], masks: Sequence[np.ndarray], *, spacings=
         coords.append(np.argwhere(mc).astype(np.int32))  # C order, as `v`
         extents.append(mc.shape)
         depth_one &= mc.shape[0] == 1
+    return vals, coords, extents, depth_one
+
+
+def _line_geometry(xyz, segment, extent, dirs, n_rois, b_pad):
+    """Per direction: the voxel order along its lines, the adjacency flags, PyRadiomics'
+    ``multiElement`` flag per ROI, the doubling steps of the run scan and the longest line."""
+    k_pad = len(segment)
+    order = np.empty((len(dirs), k_pad), np.int32)
+    adjacent = np.empty((len(dirs), k_pad), bool)
+    multi = np.zeros((b_pad, len(dirs)), bool)
+    steps, longest = [], 1
+    for d, a in enumerate(dirs):
+        o, adj, same, ext = _line_order(xyz, segment, extent, a)
+        order[d], adjacent[d] = o, adj
+        seg_o = segment[o]
+        multi[seg_o[same & (seg_o < n_rois)], d] = True
+        steps.append(max(0, math.ceil(math.log2(ext))) if ext > 1 else 0)
+        longest = max(longest, ext)
+    return order, adjacent, multi, steps, longest
+
+
+def pack(images: Sequence[np.ndarray], masks: Sequence[np.ndarray], *, spacings=None,
+         force2d: bool = False, sources: Sequence[str] | None = None) -> PackedROIs:
+    """Pack ROIs of any sizes into one voxel list with their line geometry (host side, numpy).
+
+    Args:
+      images: sequence of (D, H, W) or (H, W) arrays. masks: same shapes, bool (the ROIs).
+      spacings: sequence of per-image voxel spacings (mm), or None (1 mm).
+      force2d: PyRadiomics ``force2D``: only the 4 in-plane directions.
+      sources: optional names of the ROIs for error messages.
+    Raises:
+      ValueError: shapes differ, a mask is empty, or an ROI value is not finite (naming the ROI).
+    """
+    names = list(sources) if sources is not None else [f"ROI {i}" for i in range(len(images))]
+    if len(images) != len(masks) or not len(images):
+        raise ValueError(f"need as many masks as images (got {len(images)} and {len(masks)})")
+    vals, coords, extents, depth_one = _collect(names, images, masks)
     n_rois = len(vals)
     counts = np.array([len(v) for v in vals], np.int32)
     n_vox = int(counts.sum())
@@ -190,17 +214,8 @@ def pack(images: Sequence[np.ndarray], masks: Sequence[np.ndarray], *, spacings=
     xyz[:n_vox] = np.concatenate(coords)
     extent = np.max(np.array(extents), axis=0)
     dirs = directions(force2d or depth_one)
-    order = np.empty((len(dirs), k_pad), np.int32)
-    adjacent = np.empty((len(dirs), k_pad), bool)
-    multi = np.zeros((b_pad, len(dirs)), bool)
-    steps, longest = [], 1
-    for d, a in enumerate(dirs):
-        o, adj, same, ext = _line_order(xyz, segment, extent, a)
-        order[d], adjacent[d] = o, adj
-        seg_o = segment[o]
-        multi[seg_o[same & (seg_o < n_rois)], d] = True
-        steps.append(max(0, math.ceil(math.log2(ext))) if ext > 1 else 0)
-        longest = max(longest, ext)
+    order, adjacent, multi, steps, longest = _line_geometry(xyz, segment, extent, dirs, n_rois,
+                                                            b_pad)
     if spacings is None:
         volume = np.ones(n_rois)
     else:
@@ -226,13 +241,40 @@ def _shift_fill(x, step, fill):
     return jnp.concatenate([jnp.full((step,), fill, x.dtype), x[:-step]])
 
 
+def _pair_and_run_codes(levels, seg_c, order, adjacent, *, classes, n_dirs, steps, n_bins,
+                        n_runs):
+    """Per direction, the flat GLCM pair codes (ROI, direction, level pair) and GLRLM run codes
+    (ROI, direction, level, run length - 1) of every voxel; -1 where there is none."""
+    k = levels.shape[0]
+    pos = jnp.arange(k, dtype=jnp.int32)
+    g_codes, r_codes = [], []
+    for d in range(n_dirs):
+        o = order[d]
+        lv = levels[o]
+        sg = seg_c[o]
+        adj = adjacent[d]
+        prev = _shift_fill(lv, 1, 0)
+        base = sg * n_dirs + d
+        if "glcm" in classes:  # the pair (v - a, v): grey levels (prev, lv)
+            code = (base * n_bins + prev - 1) * n_bins + lv - 1
+            g_codes.append(jnp.where(adj, code, -1))
+        if "glrlm" in classes:
+            cont = adj & (prev == lv)  # v continues the run of v - a
+            end = (lv > 0) & ~jnp.concatenate([cont[1:], jnp.zeros((1,), bool)])
+            start = jnp.where(cont, -1, pos)  # index of each run's first entry, by doubling
+            for i in range(steps[d]):
+                start = jnp.maximum(start, _shift_fill(start, 2**i, -1))
+            length = jnp.clip(pos - start, 0, n_runs - 1)  # length - 1
+            r_codes.append(jnp.where(end, (base * n_bins + lv - 1) * n_runs + length, -1))
+    return g_codes, r_codes
+
+
 @functools.partial(jax.jit, static_argnames=(
     "n_bins", "bin_width", "bin_count", "voxel_array_shift", "classes", "dirs", "steps", "n_runs"))
 def _packed_features_jit(values, segment, counts, offsets, order, adjacent, multi, voxel_volume, *,
                          n_bins, bin_width, bin_count, voxel_array_shift, classes, dirs, steps,
                          n_runs):
     n_roi = counts.shape[0]
-    k = values.shape[0]
     na = len(dirs)
     dt = values.dtype
     valid = segment < n_roi
@@ -264,26 +306,9 @@ def _packed_features_jit(values, segment, counts, offsets, order, adjacent, mult
                             voxel_volume, voxel_array_shift)
         out.update({f"firstorder_{name}": f[name] for name in FIRSTORDER_FEATURES})
     if "glcm" in classes or "glrlm" in classes:
-        pos = jnp.arange(k, dtype=jnp.int32)
-        g_codes, r_codes = [], []
-        for d in range(na):
-            o = order[d]
-            lv = levels[o]
-            sg = seg_c[o]
-            adj = adjacent[d]
-            prev = _shift_fill(lv, 1, 0)
-            base = sg * na + d
-            if "glcm" in classes:  # the pair (v - a, v): grey levels (prev, lv)
-                code = (base * n_bins + prev - 1) * n_bins + lv - 1
-                g_codes.append(jnp.where(adj, code, -1))
-            if "glrlm" in classes:
-                cont = adj & (prev == lv)  # v continues the run of v - a
-                end = (lv > 0) & ~jnp.concatenate([cont[1:], jnp.zeros((1,), bool)])
-                start = jnp.where(cont, -1, pos)  # index of each run's first entry, by doubling
-                for i in range(steps[d]):
-                    start = jnp.maximum(start, _shift_fill(start, 2**i, -1))
-                length = jnp.clip(pos - start, 0, n_runs - 1)  # length - 1
-                r_codes.append(jnp.where(end, (base * n_bins + lv - 1) * n_runs + length, -1))
+        g_codes, r_codes = _pair_and_run_codes(levels, seg_c, order, adjacent, classes=classes,
+                                               n_dirs=na, steps=steps, n_bins=n_bins,
+                                               n_runs=n_runs)
 
         def count(codes, size):
             idx = jnp.concatenate(codes)
