@@ -474,9 +474,7 @@ REAL_SIDECARS = [
     # file, TR (s), TI (s), TE (s), flip (deg)
     (PRODUCT_MPRAGE, 2.25, 0.925, 0.00411, 9.0),
     (HCP_T1, 2.4, 1.06, 0.00224, 8.0),
-    (MP2RAGE_INV1, 5.0, 0.822, 0.0031, 4.0),
-    (MP2RAGE_INV2, 5.0, 2.5, 0.0031, 5.0),
-]
+]  # MP2RAGE INV1/INV2 are their own family: tests/test_sidecar.py
 
 
 @pytest.mark.parametrize("path,tr,ti,te,flip_deg", REAL_SIDECARS,
@@ -599,7 +597,8 @@ def test_repetition_time_preparation_preferred_for_mprage():
     p = protocol_from_sidecar(sidecar)
     assert p.sequence == "mprage" and p.tr == 2.3
     del sidecar["RepetitionTimePreparation"]
-    with pytest.raises(ValueError, match="InversionTime"):       # TI 0.9 >= TR 0.0071
+    # Without it, the readout TR (7.1 ms) is not mistaken for the inversion TR: a missing value.
+    with pytest.raises(ValueError, match="missing tr_prep_s"):
         protocol_from_sidecar(sidecar)
 
 

@@ -7,16 +7,19 @@ flip angles in degrees, as BIDS has them) into a :class:`~phyjax.physics.sequenc
 
 from __future__ import annotations
 
+import csv
+import dataclasses
 import json
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from phyjax.data.nifti import InputError
 from phyjax.physics.mp2rage import (DEFAULT_INVERSION_EFFICIENCY, DEFAULT_READOUT_TR,
                                     MP2RAGEProtocol)
-from phyjax.physics.sequences import REQUIRED, SEQUENCES, Protocol
+from phyjax.physics.sequences import SEQUENCES, Protocol
 
 
 def read_sidecar(path: str) -> dict:
@@ -39,108 +42,496 @@ def sidecar_path(image_path: str) -> str:
     return base + ".json"
 
 
+# ----------------------------------------------------------------------------- protocol reading
+
+#: Families the reader knows: the closed-form ones of :data:`SEQUENCES` plus ``mp2rage``.
+FAMILIES = SEQUENCES + ("mp2rage",)
+
+#: The values a reading carries, in BIDS units (s, degrees, T); ``protocols.tsv`` columns.
+#: ``tr_prep_s``: time between preparations (inversions) -- the TR of mprage, mp2rage and ir;
+#: ``tr_readout_s``: time between excitations -- the TR of spgr, se and bssfp, and the echo
+#: spacing inside an mprage/mp2rage readout train; ``ti_s``/``flip_angle_deg``: the (first)
+#: inversion time and flip angle; ``ti2_s``/``flip2_deg``: MP2RAGE's second ones;
+#: ``n_readouts``: readouts per inversion (shot).
+FIELDS = ("tr_prep_s", "tr_readout_s", "ti_s", "flip_angle_deg", "te_s", "b0_t", "n_readouts",
+          "ti2_s", "flip2_deg")
+
+#: What the signal model in use needs per family (the static MPRAGE equation needs no readout).
+NEEDED = {"spgr": ("tr_readout_s", "te_s", "flip_angle_deg", "b0_t"),
+          "mprage": ("tr_prep_s", "ti_s", "te_s", "b0_t"),
+          "ir": ("tr_prep_s", "ti_s", "te_s", "b0_t"),
+          "se": ("tr_readout_s", "te_s", "b0_t"),
+          "bssfp": ("tr_readout_s", "te_s", "flip_angle_deg", "b0_t"),
+          "mp2rage": ("tr_prep_s", "tr_readout_s", "ti_s", "ti2_s", "flip_angle_deg",
+                      "flip2_deg", "n_readouts", "te_s", "b0_t")}
+
+#: Carried when present (the full readout-train models use them), reported when absent.
+CARRIED = {"mprage": ("tr_readout_s", "flip_angle_deg", "n_readouts")}
+
+#: Documented vendor defaults, used only where a needed value is absent and written into every
+#: output as an assumption: ``{(family, field): (value, why)}``.
+VENDOR_DEFAULTS = {
+    ("mp2rage", "tr_readout_s"): (DEFAULT_READOUT_TR, "echo spacing of the Siemens Prisma "
+                                  "t1_mp2rage_sag_p3_32 protocol (dcm2niix does not write it; "
+                                  "see phyjax.physics.mp2rage.DEFAULT_READOUT_TR)"),
+}
+
+#: Plausible ranges in BIDS units, and the unit mistake a value outside them usually is.
+_RANGES = {"tr_prep_s": (0.05, 30.0), "tr_readout_s": (1e-3, 30.0), "ti_s": (1e-3, 10.0),
+           "ti2_s": (1e-3, 10.0), "te_s": (0.0, 1.0), "b0_t": (0.01, 20.0),
+           "flip_angle_deg": (0.0, 180.0), "flip2_deg": (0.0, 180.0), "n_readouts": (1, 4096)}
+
+_SEQUENCE_NAMES = {  # lower-case fragments of SequenceName / PulseSequenceName / descriptions
+    "mp2rage": ("mp2rage",),
+    "prepared_gre": ("tfl", "mprage", "mp-rage", "mp_rage", "t1tfe", "tfe", "bravo", "ir-spgr",
+                     "irspgr", "ir-fspgr", "irfspgr", "gre_fsp_ir"),
+    "gre": ("fl2d", "fl3d", "*fl", "flash", "spgr", "fspgr", "efgre", "fgre", "gre", "ffe",
+            "t1ffe", "gradient echo"),
+    "bssfp": ("trufi", "tfi", "fiesta", "bffe", "bssfp", "truefisp"),
+    "se": ("tse", "fse", "se2d", "se3d", "spin echo", "spc", "cube", "space"),
+}
+_PST_ALIASES = {"mprage": "mprage", "mp2rage": "mp2rage", "irspgr": "mprage",
+                "bravo": "mprage", "tfe": "mprage", "spgr": "spgr", "flash": "spgr",
+                "gre": "spgr", "ffe": "spgr", "spoiledgradientecho": "spgr",
+                "gradientecho": "spgr", "ir": "ir",
+                "flair": "ir", "se": "se", "tse": "se", "fse": "se", "spinecho": "se",
+                "bssfp": "bssfp", "trufi": "bssfp", "truefisp": "bssfp", "fiesta": "bssfp",
+                "bffe": "bssfp"}
+
+
+@dataclasses.dataclass
+class Reading:
+    """A sidecar read as a physicist would: family, every value with its origin, and what is
+    missing, assumed or wrong.
+
+    Attributes:
+      source: file name (or "command line") for messages.
+      family: one of :data:`FAMILIES`, or None when the evidence does not say.
+      image_type: ``INV1``, ``INV2`` or ``UNI`` for MP2RAGE images, else "".
+      manufacturer: ``Manufacturer`` of the sidecar ("" if absent).
+      values: :data:`FIELDS` that are known, BIDS units.
+      origin: where each value came from (a sidecar field, "site table", "command line",
+        "vendor default").
+      evidence: why this family.
+      errors: implausible or contradictory values (each says what was probably meant).
+      missing: needed values that nothing supplied.
+      assumed: values taken from :data:`VENDOR_DEFAULTS` (each with its reason).
+      notes: carried values that are absent but not needed by the model in use, and other facts.
+    """
+
+    source: str
+    family: str | None = None
+    image_type: str = ""
+    manufacturer: str = ""
+    values: dict = dataclasses.field(default_factory=dict)
+    origin: dict = dataclasses.field(default_factory=dict)
+    evidence: list = dataclasses.field(default_factory=list)
+    errors: list = dataclasses.field(default_factory=list)
+    missing: list = dataclasses.field(default_factory=list)
+    assumed: list = dataclasses.field(default_factory=list)
+    notes: list = dataclasses.field(default_factory=list)
+
+    @property
+    def status(self) -> str:
+        """``error``, ``missing``, ``assumed`` or ``ok`` (the worst that applies)."""
+        if self.errors or self.family is None:
+            return "error"
+        if self.missing:
+            return "missing"
+        return "assumed" if self.assumed else "ok"
+
+    @property
+    def message(self) -> str:
+        """Every problem, missing value, assumption and note, one sentence each."""
+        parts = list(self.errors)
+        if self.family is None and not self.errors:
+            parts.append("cannot tell the sequence family (no ScanningSequence, SequenceVariant, "
+                         "InversionTime or known sequence name); give it in a site table or on "
+                         f"the command line (one of {FAMILIES})")
+        parts += [f"missing {m}" for m in self.missing]
+        parts += [f"assumed {a}" for a in self.assumed]
+        return "; ".join(parts + self.notes)
+
+    def protocol(self) -> Protocol:
+        """The :class:`Protocol` of this reading.
+
+        Raises:
+          InputError: naming the file and listing every error and missing value; also for
+            ``mp2rage`` (its own family, read here, but not a closed-form :class:`Protocol`:
+            use :meth:`mp2rage_protocol`).
+        """
+        if self.status in ("error", "missing"):
+            raise InputError(f"{self.source}: {self.message}.")
+        if self.family == "mp2rage":
+            raise InputError(f"{self.source}: MP2RAGE {self.image_type or 'image'} read "
+                             f"({self.summary()}), but harmonization models take single-inversion "
+                             "protocols; MP2RAGE inputs are not supported by them yet.")
+        v = self.values
+        tr = v["tr_prep_s"] if self.family in ("mprage", "ir") else v["tr_readout_s"]
+        return Protocol.from_degrees(
+            self.family, tr=tr, te=v["te_s"], ti=v.get("ti_s", 0.0),
+            flip_angle_deg=v.get("flip_angle_deg", 0.0), field_strength=v["b0_t"]).replace(
+            tr_readout=v.get("tr_readout_s", 0.0) if self.family == "mprage" else 0.0,
+            n_readouts=float(v.get("n_readouts", 0.0)) if self.family == "mprage" else 0.0)
+
+    def mp2rage_protocol(self, partial_fourier: float = 1.0) -> MP2RAGEProtocol:
+        """The :class:`MP2RAGEProtocol` of an MP2RAGE reading.  Raises InputError as above."""
+        if self.family != "mp2rage" or self.status in ("error", "missing"):
+            raise InputError(f"{self.source}: not a complete MP2RAGE reading ({self.message}).")
+        v = self.values
+        return MP2RAGEProtocol.from_degrees(
+            tr_mp2rage=v["tr_prep_s"], ti1=v["ti_s"], ti2=v["ti2_s"],
+            flip1_deg=v["flip_angle_deg"], flip2_deg=v["flip2_deg"],
+            readout_tr=v["tr_readout_s"], n_readouts=int(v["n_readouts"]),
+            partial_fourier=partial_fourier, te=v["te_s"], field_strength=v["b0_t"])
+
+    def summary(self) -> str:
+        return ", ".join(f"{k}={self.values[k]:g}" for k in FIELDS if k in self.values)
+
+    def row(self) -> dict:
+        """One ``protocols.tsv`` row (without path/subject/session/site)."""
+        return {"family": self.family or "", **{k: self.values.get(k, "") for k in FIELDS[:6]},
+                "status": self.status, "message": self.message, "image_type": self.image_type,
+                **{k: self.values.get(k, "") for k in FIELDS[6:]},
+                "manufacturer": self.manufacturer}
+
+
+def _text(sidecar, *keys) -> str:
+    out = []
+    for k in keys:
+        v = sidecar.get(k)
+        out += [str(x) for x in v] if isinstance(v, (list, tuple)) else [str(v)] if v else []
+    return " ".join(out).lower()
+
+
+def _tokens(sidecar, key) -> set[str]:
+    v = sidecar.get(key, "")
+    v = "\\".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
+    return set(v.upper().replace("\\", " ").replace("_", " ").split())
+
+
+def detect_family(sidecar: Mapping[str, Any]) -> tuple[str | None, str, list[str]]:
+    """``(family, image_type, evidence)`` from every field a sidecar carries.
+
+    Evidence for an inversion: ``ScanningSequence`` IR (incl. GE ``RM\\IR``), ``SequenceVariant``
+    MP, ``ScanOptions`` IR / IR_GEMS, an ``InversionTime``, or a prepared-GRE sequence name
+    (tfl, MP-RAGE, T1TFE, BRAVO, IR-SPGR ...); for a gradient echo: ``ScanningSequence`` GR or a
+    GRE name (fl, efgre3d, FFE ...).  MP2RAGE: "mp2rage" in a name or list-valued
+    ``InversionTime``; its image type from ``ImageType`` (UNI) or the series name (INV1/INV2).
+    """
+    scanning, variant = _tokens(sidecar, "ScanningSequence"), _tokens(sidecar, "SequenceVariant")
+    options = _tokens(sidecar, "ScanOptions")
+    names = _text(sidecar, "SequenceName", "PulseSequenceName", "PulseSequenceDetails",
+                  "SeriesDescription", "ProtocolName")
+    pst = re.sub(r"[\s_\-]", "", str(sidecar.get("PulseSequenceType", "")).lower())
+    ti = sidecar.get("InversionTime")
+    evidence = []
+
+    def named(group):
+        return any(n in names for n in _SEQUENCE_NAMES[group])
+
+    if "mp2rage" in names or pst == "mp2rage" or (isinstance(ti, (list, tuple)) and len(ti) > 1):
+        image_type = ("UNI" if "UNI" in _tokens(sidecar, "ImageType") or "_uni" in names
+                      else "INV1" if "inv1" in names else "INV2" if "inv2" in names else "")
+        return "mp2rage", image_type, ["MP2RAGE named or list-valued InversionTime"]
+    inversion = []
+    if "IR" in scanning:
+        inversion.append("ScanningSequence IR")
+    if "MP" in variant:
+        inversion.append("SequenceVariant MP")
+    if "IR" in options or "IR GEMS" in " ".join(sorted(options)):
+        inversion.append("ScanOptions IR")
+    if ti not in (None, "", 0) and not isinstance(ti, (list, tuple)):
+        inversion.append("InversionTime present")
+    if named("prepared_gre"):
+        inversion.append("prepared-GRE sequence name")
+    gre = "GR" in scanning or named("gre") or named("prepared_gre") or "gradientecho" in pst
+    if pst in _PST_ALIASES:
+        family = _PST_ALIASES[pst]
+        # dcm2niix's generic "Gradient Echo" says nothing about a preparation: other evidence wins
+        if not (family == "spgr" and inversion):
+            return family, "", [f"PulseSequenceType {sidecar['PulseSequenceType']}"]
+    if named("bssfp"):
+        return "bssfp", "", ["balanced-SSFP sequence name"]
+    if gre and inversion:
+        return "mprage", "", ["gradient echo"] + inversion
+    if "RM" in scanning and "IR" in scanning and ("mp-rage" in names or "mprage" in names):
+        return "mprage", "", ["GE research-mode MP-RAGE (ScanningSequence RM\\IR)"]
+    if gre:
+        return "spgr", "", ["gradient echo without preparation"]
+    if "IR" in scanning or ("SE" in scanning and inversion):
+        return "ir", "", ["inversion recovery without gradient echo"]
+    if "SE" in scanning or named("se"):
+        return "se", "", ["spin echo"]
+    return None, "", evidence
+
+
+def infer_sequence(sidecar: Mapping[str, Any]) -> str | None:
+    """The family of :func:`detect_family` (None when the evidence does not say)."""
+    return detect_family(sidecar)[0]
+
+
+def _value(value, key, reading: Reading):
+    if isinstance(value, bool) or value is None:
+        reading.errors.append(f"{key} is not a number: {value!r}")
+        return None
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        reading.errors.append(f"{key} is not a number: {value!r}")
+        return None
+    if not math.isfinite(value) or value < 0:
+        reading.errors.append(f"{key} must be finite and >= 0, got {value}")
+        return None
+    return value
+
+
+def _tr_meaning(sidecar, family: str, manufacturer: str, names: str) -> str:
+    """What ``RepetitionTime`` is for this vendor and family: ``prep`` or ``readout``."""
+    if family in ("spgr", "se", "bssfp"):
+        return "readout"
+    if family in ("ir", "mp2rage"):
+        return "prep"
+    tr = sidecar.get("RepetitionTime")
+    if "siemens" in manufacturer:
+        return "prep"       # MPRAGE: the inversion repetition time (dcm2niix, Siemens)
+    if manufacturer.startswith("ge") and ("mp-rage" in names or "mprage" in names):
+        return "prep"       # GE product MP-RAGE: inversion-to-inversion interval
+    if any(v in manufacturer for v in ("ge", "philips", "uih", "united", "canon", "toshiba",
+                                       "hitachi", "fujifilm")):
+        return "readout"    # IR-SPGR/BRAVO, T1-TFE, gre_fsp IR: the excitation TR
+    try:
+        return "readout" if float(tr) < 0.1 else "prep"   # unknown vendor: by magnitude
+    except (TypeError, ValueError):
+        return "prep"
+
+
+def _from_sidecar(sidecar, reading: Reading, family: str):
+    """Fill ``reading.values`` from the sidecar's own fields (BIDS names first)."""
+    names = _text(sidecar, "SequenceName", "PulseSequenceName", "SeriesDescription",
+                  "ProtocolName")
+    keys = {"te_s": "EchoTime", "b0_t": "MagneticFieldStrength"}
+    prep, exc = sidecar.get("RepetitionTimePreparation"), sidecar.get("RepetitionTimeExcitation")
+    if prep is not None:
+        keys["tr_prep_s"] = "RepetitionTimePreparation"
+    if exc is not None:
+        keys["tr_readout_s"] = "RepetitionTimeExcitation"
+    meaning = _tr_meaning(sidecar, family, reading.manufacturer, names)
+    key = "tr_prep_s" if meaning == "prep" else "tr_readout_s"
+    if key not in keys and sidecar.get("RepetitionTime") is not None:
+        keys[key] = "RepetitionTime"
+    for field, k in keys.items():
+        if sidecar.get(k) is not None:
+            _set(reading, field, _value(sidecar[k], k, reading), f"sidecar {k}")
+    _inversions_and_flips(sidecar, reading, family)
+    if family == "mprage" and "philips" in reading.manufacturer and sidecar.get("EchoTrainLength"):
+        _set(reading, "n_readouts", _value(sidecar["EchoTrainLength"], "EchoTrainLength",
+                                            reading), "sidecar EchoTrainLength (Philips TFE factor)")
+
+
+def _inversions_and_flips(sidecar, reading: Reading, family: str):
+    ti, flip = sidecar.get("InversionTime"), sidecar.get("FlipAngle")
+    listed = isinstance(ti, (list, tuple)) or isinstance(flip, (list, tuple))
+    if family == "mp2rage" and listed:
+        tis = list(ti) if isinstance(ti, (list, tuple)) else [ti]
+        flips = list(flip) if isinstance(flip, (list, tuple)) else [flip]
+        if len(tis) != 2 or len(flips) != 2:
+            reading.errors.append(f"list-valued InversionTime {ti!r} (MP2RAGE) needs two "
+                                  f"InversionTime and two FlipAngle values, got FlipAngle {flip!r}")
+            return
+        for f, v, k in (("ti_s", tis[0], "InversionTime"), ("ti2_s", tis[1], "InversionTime"),
+                        ("flip_angle_deg", flips[0], "FlipAngle"),
+                        ("flip2_deg", flips[1], "FlipAngle")):
+            _set(reading, f, _value(v, k, reading), f"sidecar {k}")
+        return
+    second = family == "mp2rage" and reading.image_type == "INV2"
+    if ti is not None:
+        _set(reading, "ti2_s" if second else "ti_s", _value(ti, "InversionTime", reading),
+             "sidecar InversionTime")
+    if flip is not None:
+        _set(reading, "flip2_deg" if second else "flip_angle_deg",
+             _value(flip, "FlipAngle", reading), "sidecar FlipAngle")
+
+
+def _set(reading: Reading, field: str, value, origin: str):
+    if value is not None:
+        reading.values[field] = value
+        reading.origin[field] = origin
+
+
+def _plausibility(reading: Reading):
+    """Catch unit mistakes: times in ms, B0 in gauss, flip angles in radians."""
+    for field, value in list(reading.values.items()):
+        lo, hi = _RANGES[field]
+        where = reading.origin.get(field, field)
+        if field.endswith("_s") and value > hi:
+            reading.errors.append(f"{field} = {value:g} s ({where}) is implausible; BIDS times are "
+                                  f"in seconds -- probably {value / 1000:g} s (given in ms)")
+        elif field == "b0_t" and value > hi:
+            guess = f" -- probably {value / 1e4:g} T (given in gauss)" if value / 1e4 <= hi else ""
+            reading.errors.append(f"b0_t = {value:g} T ({where}) is implausible{guess}")
+        elif field in ("flip_angle_deg", "flip2_deg") and 0 < value < 1.0 and \
+                reading.family != "se":
+            reading.errors.append(f"{field} = {value:g} degrees ({where}) is implausible for a "
+                                  f"{reading.family} scan -- probably radians "
+                                  f"({math.degrees(value):.3g} degrees)")
+        elif field in ("flip_angle_deg", "flip2_deg") and value > hi:
+            reading.errors.append(f"{field} = {value:g} degrees ({where}) exceeds 180")
+        elif field == "n_readouts" and not lo <= value <= hi:
+            reading.errors.append(f"n_readouts = {value:g} ({where}) is implausible")
+
+
+def _consistency(reading: Reading):
+    v, f = reading.values, reading.family
+    if f in ("mprage", "ir", "mp2rage") and "ti_s" in v and "tr_prep_s" in v \
+            and v["ti_s"] >= v["tr_prep_s"]:
+        reading.errors.append(f"InversionTime {v['ti_s']:g} s must be shorter than the inversion "
+                              f"repetition time {v['tr_prep_s']:g} s "
+                              f"({reading.origin['tr_prep_s']})")
+    if f in ("spgr", "se", "bssfp") and "te_s" in v and "tr_readout_s" in v \
+            and v["te_s"] >= v["tr_readout_s"]:
+        reading.errors.append(f"EchoTime {v['te_s']:g} s must be shorter than RepetitionTime "
+                              f"{v['tr_readout_s']:g} s")
+    if f == "mp2rage" and "ti_s" in v and "ti2_s" in v and v["ti_s"] >= v["ti2_s"]:
+        reading.errors.append(f"MP2RAGE TI1 {v['ti_s']:g} s must be shorter than TI2 "
+                              f"{v['ti2_s']:g} s")
+
+
+def _complete(reading: Reading):
+    """Vendor defaults for what is needed but absent; the rest is missing (or a note)."""
+    for field in NEEDED[reading.family]:
+        if field in reading.values:
+            continue
+        default = VENDOR_DEFAULTS.get((reading.family, field))
+        if default is not None:
+            _set(reading, field, default[0], f"vendor default ({default[1]})")
+            reading.assumed.append(f"{field} = {default[0]:g} ({default[1]})")
+        else:
+            hint = _HINTS.get(field, f"{_BIDS_NAMES[field]} not in the sidecar")
+            reading.missing.append(f"{field} ({hint})")
+    absent = [f for f in CARRIED.get(reading.family, ()) if f not in reading.values]
+    if absent:
+        reading.notes.append(f"not given: {', '.join(absent)} (the static MPRAGE equation in use "
+                             "does not need them; the readout-train model does)")
+
+
+_BIDS_NAMES = {"tr_prep_s": "RepetitionTimePreparation", "tr_readout_s": "RepetitionTime",
+               "ti_s": "InversionTime", "flip_angle_deg": "FlipAngle", "te_s": "EchoTime",
+               "b0_t": "MagneticFieldStrength", "n_readouts": "readouts per inversion",
+               "ti2_s": "InversionTime of INV2", "flip2_deg": "FlipAngle of INV2"}
+_HINTS = {"tr_prep_s": "the time between inversions (RepetitionTimePreparation); this vendor's "
+                       "RepetitionTime is the readout TR -- give it in a site table (tr_prep_s)",
+          "ti_s": "InversionTime absent -- give it in a site table (ti_s)",
+          "ti2_s": "the second inversion time -- use the other MP2RAGE sidecar or a site table",
+          "flip2_deg": "the second flip angle -- use the other MP2RAGE sidecar or a site table",
+          "n_readouts": "readouts per inversion (slices per slab) -- give it in a site table",
+          "b0_t": "MagneticFieldStrength absent"}
+
+
+def read_protocol(sidecar: Mapping[str, Any], source: str = "<sidecar>", *,
+                  family: str | None = None, site_values: Mapping[str, float] | None = None,
+                  overrides: Mapping[str, float] | None = None,
+                  site_origin: str = "site table") -> Reading:
+    """Read a sidecar (BIDS units: s, degrees, T) into a :class:`Reading`.
+
+    Args:
+      sidecar: the parsed JSON (may be empty when everything comes from ``overrides``).
+      source: file name for messages.
+      family: force the family (one of :data:`FAMILIES`); else :func:`detect_family`.
+      site_values: a site table's row (:data:`FIELDS`, BIDS units): fills values the sidecar
+        lacks.
+      overrides: values (:data:`FIELDS`) that replace the sidecar's, e.g. from the command line.
+    Never raises for bad content: errors, missing and assumed values are in the reading
+    (:meth:`Reading.protocol` raises).  Raises ValueError for an unknown forced family.
+    """
+    if family is not None and family not in FAMILIES:
+        raise ValueError(f"{source}: unknown sequence {family!r}; expected one of {FAMILIES}.")
+    detected, image_type, evidence = detect_family(sidecar)
+    reading = Reading(source=source, family=family or detected, image_type=image_type,
+                      manufacturer=str(sidecar.get("Manufacturer", "")).strip().lower(),
+                      evidence=["forced"] if family else evidence)
+    if reading.family is None:
+        return reading
+    _from_sidecar(sidecar, reading, reading.family)
+    for field, value in (site_values or {}).items():
+        if field not in reading.values and value is not None:
+            _set(reading, field, _value(value, field, reading), site_origin)
+    for field, value in (overrides or {}).items():
+        if value is not None:
+            _set(reading, field, _value(value, field, reading), "command line")
+    _plausibility(reading)
+    _consistency(reading)
+    _complete(reading)
+    return reading
+
+
+_BIDS_OVERRIDES = {"EchoTime": "te_s", "InversionTime": "ti_s", "FlipAngle": "flip_angle_deg",
+                   "MagneticFieldStrength": "b0_t", "RepetitionTimePreparation": "tr_prep_s",
+                   "RepetitionTimeExcitation": "tr_readout_s"}
+
+
+def protocol_from_sidecar(sidecar: Mapping[str, Any], source: str = "<sidecar>",
+                          sequence: str | None = None,
+                          overrides: Mapping[str, float] | None = None) -> Protocol:
+    """The :class:`Protocol` of a sidecar (:func:`read_protocol` then :meth:`Reading.protocol`).
+
+    ``overrides`` use sidecar names (``RepetitionTime`` = the TR of the family's signal
+    equation: the inversion TR of mprage/ir, the excitation TR otherwise; ``EchoTime``,
+    ``InversionTime``, ``FlipAngle``, ``MagneticFieldStrength``); None leaves a field alone.
+    Raises InputError (a ValueError) naming ``source`` for any error or missing value.
+    """
+    fam = sequence or infer_sequence(sidecar)
+    values = {}
+    for k, v in (overrides or {}).items():
+        if k == "RepetitionTime":
+            values["tr_prep_s" if fam in ("mprage", "ir", "mp2rage") else "tr_readout_s"] = v
+        elif k in _BIDS_OVERRIDES:
+            values[_BIDS_OVERRIDES[k]] = v
+        else:
+            raise ValueError(f"{source}: unknown override {k!r}.")
+    return read_protocol(sidecar, source, family=sequence, overrides=values).protocol()
+
+
 def protocol_for(image_path: str, sequence: str | None = None,
                  overrides: Mapping[str, float] | None = None) -> Protocol:
     """Protocol of an image from its sidecar (and optional overrides).  Raises InputError."""
     path = sidecar_path(image_path)
     sidecar = read_sidecar(path) if os.path.exists(path) or not overrides else {}
-    try:
-        return protocol_from_sidecar(sidecar, source=path, sequence=sequence, overrides=overrides)
-    except ValueError as exc:
-        raise InputError(str(exc)) from exc
+    return protocol_from_sidecar(sidecar, source=path, sequence=sequence, overrides=overrides)
 
 
-def infer_sequence(sidecar: Mapping[str, Any]) -> str | None:
-    """Sequence family from BIDS/DICOM fields, or ``None`` when they do not say.
+def read_site_table(path: str) -> dict[str, dict[str, float]]:
+    """A per-site parameter table: TSV with a ``site`` column and any of :data:`FIELDS`
+    (BIDS units; empty cells = not given).  Returns ``{site: {field: value}}``.
 
-    Uses ``PulseSequenceType`` when present (phyjax writes it), else the DICOM
-    ``ScanningSequence`` that dcm2niix copies from DICOM: GR+IR -> mprage
-    (inversion-prepared gradient echo); GR -> spgr; IR without GR -> ir; SE -> se.
+    Raises InputError naming the file for a missing ``site`` column, an unknown column, a
+    repeated site or a non-numeric cell.
     """
-    pst = str(sidecar.get("PulseSequenceType", "")).strip().lower().replace("-", "").replace("_", "")
-    aliases = {"mprage": "mprage", "mp2rage": "mprage", "irspgr": "mprage", "bravo": "mprage",
-               "tfe": "mprage", "spgr": "spgr", "flash": "spgr", "gre": "spgr", "ffe": "spgr",
-               "ir": "ir", "flair": "ir", "se": "se", "tse": "se", "fse": "se",
-               "bssfp": "bssfp", "trufi": "bssfp", "truefisp": "bssfp", "fiesta": "bssfp",
-               "bffe": "bssfp"}
-    if pst in aliases:
-        return aliases[pst]
-    scanning = set(str(sidecar.get("ScanningSequence", "")).upper().replace("\\", " ").split())
-    if "GR" in scanning and "IR" in scanning:
-        return "mprage"
-    if "GR" in scanning:
-        return "spgr"
-    if "IR" in scanning:
-        return "ir"
-    if "SE" in scanning:
-        return "se"
-    return None
+    if not os.path.exists(path):
+        raise InputError(f"{path}: site parameter table not found.")
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    if not rows or "site" not in rows[0]:
+        raise InputError(f"{path}: a site table needs a header with a 'site' column and any of "
+                         f"{', '.join(FIELDS)} (tab-separated).")
+    unknown = sorted(set(rows[0]) - {"site", *FIELDS})
+    if unknown:
+        raise InputError(f"{path}: unknown columns {unknown}; known: site, {', '.join(FIELDS)}.")
+    table = {}
+    for i, row in enumerate(rows, start=2):
+        site = row["site"].strip()
+        if site in table:
+            raise InputError(f"{path}: line {i}: site {site!r} appears twice.")
+        table[site] = {}
+        for k, v in row.items():
+            if k == "site" or v is None or not v.strip():
+                continue
+            try:
+                table[site][k] = float(v)
+            except ValueError:
+                raise InputError(f"{path}: line {i}: {k} = {v!r} is not a number.") from None
+    return table
 
-
-def protocol_from_sidecar(sidecar: Mapping[str, Any], source: str = "<sidecar>",
-                 sequence: str | None = None,
-                 overrides: Mapping[str, float] | None = None) -> Protocol:
-    """Map a BIDS sidecar (times in s, FlipAngle in degrees) to a :class:`Protocol`.
-
-    Args:
-      sidecar: the parsed JSON.
-      source: file name used in error messages.
-      sequence: force the family; otherwise :func:`infer_sequence`.
-      overrides: values that replace sidecar fields, in sidecar units
-        (keys ``RepetitionTime``, ``EchoTime``, ``InversionTime``, ``FlipAngle``,
-        ``MagneticFieldStrength``), e.g. from the command line.
-
-    For ``mprage``, ``RepetitionTimePreparation`` (BIDS) is preferred over
-    ``RepetitionTime`` because vendors disagree on what ``RepetitionTime`` means;
-    an explicit ``RepetitionTime`` override (the command line) wins over both.
-
-    Raises:
-      ValueError: naming ``source`` when the family cannot be determined, a
-        field the family needs is missing, non-numeric, negative, or
-        contradictory (TI >= TR for inversion-prepared sequences; TE >= TR).
-    """
-    fields = dict(sidecar)
-    fields.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    seq = sequence or infer_sequence(fields)
-    if seq is None:
-        raise ValueError(
-            f"{source}: cannot tell the sequence family (no PulseSequenceType and no "
-            f"ScanningSequence); pass it explicitly (one of {SEQUENCES}).")
-    if seq not in SEQUENCES:
-        raise ValueError(f"{source}: unknown sequence {seq!r}; expected one of {SEQUENCES}.")
-
-    def number(key, required):
-        value = fields.get(key)
-        if value is None:
-            if required:
-                raise ValueError(f"{source}: sequence {seq!r} needs {key!r}, which is missing.")
-            return None
-        try:
-            value = float(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"{source}: {key!r} is not a number: {value!r}.") from None
-        if not math.isfinite(value) or value < 0:
-            raise ValueError(f"{source}: {key!r} must be finite and >= 0, got {value}.")
-        return value
-
-    need = REQUIRED[seq]
-    tr_key = "RepetitionTime"
-    overridden = (overrides or {}).get("RepetitionTime") is not None
-    if seq == "mprage" and fields.get("RepetitionTimePreparation") is not None and not overridden:
-        tr_key = "RepetitionTimePreparation"
-    tr = number(tr_key, "tr" in need)
-    te = number("EchoTime", "te" in need)
-    ti = number("InversionTime", "ti" in need) or 0.0
-    flip = number("FlipAngle", "flip_angle" in need) or 0.0
-    b0 = number("MagneticFieldStrength", False)
-    if b0 is None:
-        raise ValueError(f"{source}: 'MagneticFieldStrength' (T) is missing.")
-    if seq in ("mprage", "ir") and ti >= tr:
-        raise ValueError(f"{source}: InversionTime {ti} s must be shorter than the repetition "
-                         f"time {tr} s ({tr_key}).")
-    if seq in ("spgr", "se", "bssfp") and te >= tr:
-        raise ValueError(f"{source}: EchoTime {te} s must be shorter than RepetitionTime {tr} s.")
-    return Protocol.from_degrees(seq, tr=tr, te=te, ti=ti, flip_angle_deg=flip, field_strength=b0)
 
 
 # ----------------------------------------------------------------------------- MP2RAGE

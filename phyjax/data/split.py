@@ -150,7 +150,8 @@ def protocols_match(a: Protocol, b: Protocol, rtol: float = 1e-3) -> bool:
     if a.sequence != b.sequence:
         return False
     return all(np.isclose(float(getattr(a, f)), float(getattr(b, f)), rtol=rtol, atol=1e-9)
-               for f in ("tr", "te", "ti", "flip_angle", "field_strength"))
+               for f in ("tr", "te", "ti", "flip_angle", "field_strength", "tr_readout",
+                         "n_readouts"))
 
 
 def require_training_set(train) -> TrainingSet:

@@ -57,12 +57,14 @@ def register(*names: str, harmonizer: type):
 def protocol_to_json(p: Protocol) -> dict:
     """Exact, unit-explicit JSON of a protocol (floats round-trip through ``repr``)."""
     return {"sequence": p.sequence, "tr_s": float(p.tr), "te_s": float(p.te), "ti_s": float(p.ti),
-            "flip_angle_rad": float(p.flip_angle), "field_strength_t": float(p.field_strength)}
+            "flip_angle_rad": float(p.flip_angle), "field_strength_t": float(p.field_strength),
+            "tr_readout_s": float(p.tr_readout), "n_readouts": float(p.n_readouts)}
 
 
 def protocol_from_json(d: dict) -> Protocol:
     return Protocol(tr=d["tr_s"], te=d["te_s"], ti=d["ti_s"], flip_angle=d["flip_angle_rad"],
-                    field_strength=d["field_strength_t"], sequence=d["sequence"])
+                    field_strength=d["field_strength_t"], tr_readout=d.get("tr_readout_s", 0.0),
+                    n_readouts=d.get("n_readouts", 0.0), sequence=d["sequence"])
 
 
 class Harmonizer(abc.ABC):

@@ -46,6 +46,11 @@ class Protocol:
       ti: inversion time (s); 0 where the family has no inversion.
       flip_angle: nominal excitation flip angle (rad).
       field_strength: B0 (T).
+      tr_readout: for ``mprage``, the excitation TR inside the readout train (echo spacing, s;
+        BIDS ``RepetitionTimeExcitation``); 0 = not known.  Carried for the full readout-train
+        model (:func:`phyjax.physics.mp2rage.mprage_full`); the static equation ignores it.
+      n_readouts: for ``mprage``, readouts per inversion (shot); 0 = not known.  Carried like
+        ``tr_readout``.
     """
 
     tr: Any
@@ -53,6 +58,8 @@ class Protocol:
     ti: Any = 0.0
     flip_angle: Any = 0.0
     field_strength: Any = 3.0
+    tr_readout: Any = 0.0
+    n_readouts: Any = 0.0
     sequence: str = struct.field(pytree_node=False, default="mprage")
 
     def __post_init__(self):
@@ -80,6 +87,8 @@ class Protocol:
             out["InversionTime"] = float(self.ti)
         if self.sequence == "mprage":
             out["RepetitionTimePreparation"] = float(self.tr)
+            if float(self.tr_readout) > 0:
+                out["RepetitionTimeExcitation"] = float(self.tr_readout)
         return out
 
 
