@@ -39,6 +39,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
     data = config.data = ConfigDict()
     data.bids_root = ""      # empty: build/use the embedded default dataset
     data.cache_dir = ""      # empty: $PHYJAX_CACHE or ~/.cache/phyjax
+    data.site_params = ""    # TSV: site + tr_prep_s, ti_s, ... filling what sidecars lack
     data.seed = 0
     data.n_subjects = 12
     data.n_test = 4          # held-out subjects (split by subject)

@@ -147,3 +147,74 @@ def test_every_field_is_a_tsv_column_and_unknown_families_are_refused():
     assert read_protocol({}, "empty.json").status == "error"
     with pytest.raises(ValueError, match="epi"):
         read_protocol({}, "x.json", family="epi")
+
+
+# ----------------------------------------------------------------------------- a folder of them
+
+def _vendor_bids(root: Path, duplicate_run=False):
+    """One subject with one session per real vendor sidecar (tiny images)."""
+    import nibabel as nib
+    import numpy as np
+
+    sites = {}
+    for i, f in enumerate(sorted(VENDOR.glob("*.json"))):
+        site = f"{f.stem.split('_')[0]}{i}"
+        anat = root / "sub-01" / f"ses-{site}" / "anat"
+        anat.mkdir(parents=True)
+        runs = ("_run-1", "_run-2") if duplicate_run and i == 0 else ("",)
+        for run in runs:
+            nib.save(nib.Nifti1Image(np.ones((4, 4, 4), np.float32), np.eye(4)),
+                     str(anat / f"sub-01_ses-{site}{run}_T1w.nii.gz"))
+            (anat / f"sub-01_ses-{site}{run}_T1w.json").write_text(f.read_text())
+        sites[site] = f.name
+    return sites
+
+
+def test_inspect_writes_every_scan_and_training_refuses_listing_each(tmp_path):
+    from ml_collections import ConfigDict
+
+    from phyjax.data import bids
+    from phyjax.experiments import inspect
+
+    sites = _vendor_bids(tmp_path / "bids", duplicate_run=True)
+    cfg = ConfigDict({"data": {"bids_root": str(tmp_path / "bids"), "site_params": "",
+                               "suffix": "T1w", "cache_dir": ""}})
+    out = inspect.run(cfg, str(tmp_path / "run"))
+    with open(out) as f:
+        header, *lines = [line.rstrip("\n").split("\t") for line in f]
+    assert header[:13] == list(bids.PROTOCOL_COLUMNS)
+    rows = [dict(zip(header, x)) for x in lines]
+    scans = {r["site"]: r for r in rows if r["family"]}
+    assert len(rows) == len(sites) + 2      # the two runs of the first site, + the duplicate row
+    expected = {name: family for name, family, _ in PHYSICIST}
+    for site, name in sites.items():
+        assert scans[site]["family"] == expected[name], site
+    missing = {s for s, r in scans.items() if r["status"] == "missing"}
+    assert {sites[s] for s in missing} == {"GE_HD16_irspgr.json", "Philips_R53_T1W3D_TFE.json",
+                                           "Philips_R571_T1TFE_mprage_classic.json",
+                                           "UIH_R002_gre_fsp_IR.json"}
+    assert any(r["status"] == "error" and "has 2 scans" in r["message"] for r in rows)
+    # Training refuses before any work, naming every incomplete sidecar and the repeated runs.
+    with pytest.raises(InputError) as info:
+        bids.scan_bids(str(tmp_path / "bids"))
+    text = str(info.value)
+    assert "6 problem(s)" in text and "has 2 scans" in text   # 4 sites (GE's twice) + the runs
+    for s in missing:
+        assert f"sub-01_ses-{s}_T1w.json" in text
+
+
+def test_a_site_table_fills_the_gaps_and_is_recorded(tmp_path):
+    from phyjax.data import bids
+
+    sites = _vendor_bids(tmp_path / "bids")
+    table = {s: {"tr_prep_s": 2.3, "ti_s": 0.9} for s, name in sites.items()
+             if name.startswith(("GE_HD16", "Philips", "UIH"))}
+    scans = bids.scan_bids(str(tmp_path / "bids"), site_table=table)
+    by_site = {s.site: s for s in scans}
+    for site in table:
+        r = by_site[site].reading
+        assert r.status == "ok" and r.origin["tr_prep_s"] == f"site table ({site})"
+        assert by_site[site].protocol.tr == 2.3
+    # ... but never replaces what the sidecar says.
+    ge = next(s for s in table if sites[s].startswith("GE_HD16"))
+    assert by_site[ge].protocol.ti == 0.4

@@ -7,9 +7,11 @@ user's data)::
     root/derivatives/<pipeline>/sub-<label>/anat/sub-<label>_desc-brain_mask.nii.gz
 
 The site of a scan is its ``ses-`` label when there is one, else
-``InstitutionName``/``ManufacturersModelName`` from the sidecar.  A scan
-without a readable sidecar, or whose sidecar lacks what its sequence needs, is
-an error naming the file; nothing is guessed.
+``InstitutionName``/``ManufacturersModelName`` from the sidecar.  Every sidecar is read by
+:func:`phyjax.data.sidecar.read_protocol` (values a per-site table supplies fill its gaps);
+:func:`scan_bids` refuses, before any work starts, a folder where any scan is unreadable,
+incomplete, or repeats a subject/site pair, listing every problem at once; :func:`inspect`
+reports them as rows of ``protocols.tsv`` instead.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import os
 import re
 
 from phyjax.data.nifti import InputError
-from phyjax.data.sidecar import protocol_for, read_sidecar, sidecar_path
+from phyjax.data.sidecar import Reading, read_protocol, read_sidecar, sidecar_path
 from phyjax.physics.sequences import Protocol
 
 _ENTITY = re.compile(r"(sub|ses|acq|run)-([a-zA-Z0-9]+)")
@@ -28,13 +30,23 @@ _ENTITY = re.compile(r"(sub|ses|acq|run)-([a-zA-Z0-9]+)")
 
 @dataclasses.dataclass(frozen=True)
 class Scan:
-    """One T1w scan: where it is, who and where it was acquired, and how."""
+    """One T1w scan: where it is, who and where it was acquired, and how it was read.
+
+    ``reading`` holds every acquisition value with its origin and what is missing or assumed
+    (:class:`~phyjax.data.sidecar.Reading`); ``protocol`` raises InputError while it is
+    incomplete.
+    """
 
     subject: str
     site: str
     path: str
-    protocol: Protocol
+    reading: Reading
     mask_path: str | None = None
+    session: str = ""
+
+    @property
+    def protocol(self) -> Protocol:
+        return self.reading.protocol()
 
 
 def entities(filename: str) -> dict[str, str]:
@@ -54,32 +66,105 @@ def _find_mask(root: str, subject: str, site: str | None) -> str | None:
     return None
 
 
-def scan_bids(root: str, suffix: str = "T1w") -> list[Scan]:
+def _site_of(path: str, ent: dict, sidecar: dict) -> str | None:
+    """The ``ses-`` label, else ``InstitutionName``_``ManufacturersModelName`` of the sidecar."""
+    if ent.get("ses"):
+        return ent["ses"]
+    return "_".join(str(sidecar[k]).strip() for k in ("InstitutionName", "ManufacturersModelName")
+                    if sidecar.get(k) is not None and str(sidecar[k]).strip()) or None
+
+
+def _read_scan(root: str, path: str, site_table) -> tuple[Scan | None, str | None]:
+    """``(scan, None)`` or ``(None, problem)`` for one image file."""
+    ent = entities(path)
+    if "sub" not in ent:
+        return None, f"{path}: file name has no sub-<label> entity."
+    json_path = sidecar_path(path)
+    try:
+        sidecar = read_sidecar(json_path)
+    except InputError as exc:
+        return None, str(exc)
+    site = _site_of(path, ent, sidecar)
+    if site is None:
+        return None, (f"{path}: cannot tell the site (no ses- entity, no InstitutionName or "
+                      "ManufacturersModelName in the sidecar).")
+    reading = read_protocol(sidecar, json_path, site_values=(site_table or {}).get(site),
+                            site_origin=f"site table ({site})")
+    return Scan(subject=ent["sub"], site=site, path=path, reading=reading,
+                mask_path=_find_mask(root, ent["sub"], ent.get("ses")),
+                session=ent.get("ses", "")), None
+
+
+def scan_bids(root: str, suffix: str = "T1w", site_table=None, strict: bool = True) -> list[Scan]:
     """All ``*_<suffix>.nii[.gz]`` scans under ``root`` (derivatives excluded), sorted.
 
+    Args:
+      site_table: ``{site: {field: value}}`` (:func:`phyjax.data.sidecar.read_site_table`),
+        filling values the sidecars lack.
+      strict: raise when any scan cannot be used (else return what could be read; problems are
+        in each scan's ``reading``, and unreadable files are skipped -- for :func:`inspect`).
     Raises:
-      InputError: ``root`` missing, no scans found, or a scan's sidecar is bad.
+      InputError: ``root`` missing or without scans; with ``strict``, one error listing every
+        unusable scan (unreadable or incomplete sidecar, no site, repeated subject/site).
     """
+    scans, problems = _scan(root, suffix, site_table)
+    if strict:
+        problems += [f"{s.reading.source}: {s.reading.message}." for s in scans
+                     if s.reading.status in ("error", "missing")]
+        problems += duplicates(scans)
+        if problems:
+            raise InputError(f"{root}: {len(problems)} problem(s) before any work starts:\n  "
+                             + "\n  ".join(problems))
+    return scans
+
+
+def _scan(root, suffix, site_table):
     if not os.path.isdir(root):
         raise InputError(f"{root}: BIDS folder not found.")
     paths = sorted(glob.glob(os.path.join(root, "sub-*", "**", f"*_{suffix}.nii*"), recursive=True))
     if not paths:
         raise InputError(f"{root}: no sub-*/.../*_{suffix}.nii[.gz] files found.")
-    scans = []
+    scans, problems = [], []
     for path in paths:
-        ent = entities(path)
-        if "sub" not in ent:
-            raise InputError(f"{path}: file name has no sub-<label> entity.")
-        protocol = protocol_for(path)
-        site = ent.get("ses")
-        if site is None:
-            sidecar = read_sidecar(sidecar_path(path))
-            site = "_".join(str(sidecar[k]).strip() for k in
-                            ("InstitutionName", "ManufacturersModelName")
-                            if sidecar.get(k) is not None and str(sidecar[k]).strip()) or None
-        if site is None:
-            raise InputError(f"{path}: cannot tell the site (no ses- entity, no InstitutionName "
-                             "or ManufacturersModelName in the sidecar).")
-        scans.append(Scan(subject=ent["sub"], site=site, path=path, protocol=protocol,
-                          mask_path=_find_mask(root, ent["sub"], ent.get("ses"))))
-    return scans
+        scan, problem = _read_scan(root, path, site_table)
+        if problem:
+            problems.append(problem)
+        else:
+            scans.append(scan)
+    return scans, problems
+
+
+def duplicates(scans) -> list[str]:
+    """One message per (subject, site) with more than one scan (runs, repeated sessions)."""
+    return [msg for _, _, _, msg in _duplicates(scans)]
+
+
+def _duplicates(scans):
+    seen: dict[tuple[str, str], list[str]] = {}
+    for s in scans:
+        seen.setdefault((s.subject, s.site), []).append(s.path)
+    return [(sub, site, paths, f"sub-{sub} site {site!r} has {len(paths)} scans "
+            f"({', '.join(map(os.path.basename, paths))}); phyjax uses one scan per subject and "
+            "site: keep one (move the others out of the folder) or give repeated sessions "
+            "their own ses- label")
+            for (sub, site), paths in seen.items() if len(paths) > 1]
+
+
+PROTOCOL_COLUMNS = ("path", "subject", "session", "site", "family", "tr_prep_s", "tr_readout_s",
+                    "ti_s", "flip_angle_deg", "te_s", "b0_t", "status", "message")
+
+
+def inspect(root: str, suffix: str = "T1w", site_table=None) -> list[dict]:
+    """Every scan's protocol as read, one row each (:data:`PROTOCOL_COLUMNS` first, then the
+    image type, MP2RAGE's second TI/flip, readouts per shot and the manufacturer).  Files that
+    cannot be read at all, and repeated subject/site pairs, are rows with status ``error``."""
+    scans, problems = _scan(root, suffix, site_table)
+    rows = [{"path": os.path.relpath(s.path, root), "subject": s.subject, "session": s.session,
+             "site": s.site, **s.reading.row()} for s in scans]
+    for p in problems:  # each starts with the file's path
+        path, _, msg = p.partition(": ")
+        rows.append({"path": os.path.relpath(path, root), "status": "error", "message": msg})
+    for sub, site, paths, msg in _duplicates(scans):
+        rows.append({"path": "; ".join(os.path.relpath(p, root) for p in paths), "subject": sub,
+                     "site": site, "status": "error", "message": msg})
+    return rows

@@ -14,6 +14,7 @@ import os
 
 from phyjax.data import bids, synthetic
 from phyjax.data.nifti import InputError, load_volume
+from phyjax.data.sidecar import read_site_table
 from phyjax.data.split import Split, TrainingSet
 from phyjax.data.volumes import Volume, load_scans
 
@@ -57,8 +58,12 @@ def cache_dir(data_cfg) -> str:
 def load_dataset(data_cfg, progress: bool = True) -> Dataset:
     """Load ``data_cfg.bids_root`` (or build/load the default dataset) into a :class:`Dataset`.
 
+    ``data_cfg.site_params``: optional per-site parameter table (TSV, :func:`read_site_table`)
+    filling what the sidecars lack.
+
     Raises:
-      InputError: naming the folder or file -- no scans, a bad sidecar or mask, or a subject
+      InputError: naming the folder or file -- no scans; every scan whose protocol is
+        incomplete or implausible, listed at once; a bad mask; or a subject
         without a scan from ``data_cfg.target_site`` (every subject is evaluated against its
         own target-site scan).
     """
@@ -71,7 +76,8 @@ def load_dataset(data_cfg, progress: bool = True) -> Dataset:
         def maps_for(subject, b0):
             paths = synthetic.ground_truth_paths(root, subject, b0)
             return load_volume(paths["t1"])[0], load_volume(paths["m0"])[0]
-    volumes = load_scans(bids.scan_bids(root), maps_for)
+    table = read_site_table(data_cfg.site_params) if data_cfg.get("site_params") else None
+    volumes = load_scans(bids.scan_bids(root, site_table=table), maps_for)
     target = data_cfg.target_site
     for subject, sites in volumes.items():
         if target not in sites:

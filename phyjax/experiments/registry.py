@@ -5,7 +5,8 @@ from __future__ import annotations
 import importlib
 
 METHODS = {"phycharm": "phyjax.experiments.phycharm",
-           "benchmark": "phyjax.experiments.benchmark"}
+           "benchmark": "phyjax.experiments.benchmark",
+           "inspect": "phyjax.experiments.inspect"}
 
 
 def run(config, workdir: str):
