@@ -200,7 +200,7 @@ def test_inspect_writes_every_scan_and_training_refuses_listing_each(tmp_path):
     text = str(info.value)
     assert "6 problem(s)" in text and "has 2 scans" in text   # 4 sites (GE's twice) + the runs
     for s in missing:
-        assert f"sub-01_ses-{s}_T1w.json" in text
+        assert f"ses-{s}/anat/sub-01_ses-{s}_" in text
 
 
 def test_a_site_table_fills_the_gaps_and_is_recorded(tmp_path):
