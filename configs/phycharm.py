@@ -40,6 +40,8 @@ def get_config(arg: str | None = None) -> ConfigDict:
     data.bids_root = ""      # empty: build/use the embedded default dataset
     data.cache_dir = ""      # empty: $PHYJAX_CACHE or ~/.cache/phyjax
     data.site_params = ""    # TSV: site + tr_prep_s, ti_s, ... filling what sidecars lack
+    data.grid_mm = 0.0       # BIDS data: common RAS grid voxel (mm); 0 = native if all scans
+                             # share one grid, else their median voxel size
     data.seed = 0
     data.n_subjects = 12
     data.n_test = 4          # held-out subjects (split by subject)
@@ -97,6 +99,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
 
     h = config.harmonize = ConfigDict()
     h.input = ""             # T1w NIfTI to harmonize
+    h.harmonizer = ""        # fitted harmonizer folder; default: <workdir>/harmonizer
     h.mask = ""              # brain mask NIfTI (or probability maps, comma-separated, summed)
     h.sidecar = ""           # JSON sidecar; default: next to the input
     h.output = ""            # default: <workdir>/harmonized/<input>_harmonized.nii.gz

@@ -27,7 +27,7 @@ import scipy.ndimage
 import scipy.optimize
 import scipy.special
 
-from phyjax.data.sidecar import infer_sequence, protocol_from_sidecar
+from phyjax.data.sidecar import infer_sequence, protocol_from_sidecar, protocol_to_sidecar
 from phyjax.physics import scanner, tissues
 from phyjax.physics.sequences import ENCODING_SIZE, SEQUENCES, Protocol, encode
 from phyjax.physics.signal import (ernst_angle, inversion_recovery, ir_null_ti, mprage,
@@ -505,7 +505,7 @@ def test_flip_angle_converted_exactly_once():
     assert p.flip_angle != pytest.approx(9.0)                      # not left in degrees
     assert p.flip_angle != pytest.approx(once * math.pi / 180.0)   # not converted twice
     # Round trip through the sidecar form (degrees) and back.
-    back = p.to_sidecar()
+    back = protocol_to_sidecar(p)
     assert back["FlipAngle"] == pytest.approx(9.0, rel=1e-14)
     q = protocol_from_sidecar(back)
     assert q.sequence == p.sequence

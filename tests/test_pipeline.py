@@ -108,6 +108,29 @@ def test_harmonize_mode_on_a_user_file(debug_run, tmp_path):
     assert np.isfinite(data).all() and data.max() > 0
     assert np.all(data[mask.get_fdata() == 0] == 0)
     assert os.path.exists(str(tmp_path / "out.png"))
+    meta = json.load(open(tmp_path / "out.json"))     # target protocol + what was assumed
+    target = json.load(open(os.path.join(workdir, "harmonizer", "harmonizer.json")))
+    assert meta["RepetitionTime"] == target["target_protocol"]["tr_s"]
+    assert meta["PhyjaxSourceProtocolOrigin"]["ti_s"] == "sidecar InversionTime"
+
+    # The same mask on another grid (coarser, shifted) is matched by world coordinates.
+    from nilearn.image import resample_img
+    other = np.diag([3.0, 3.0, 3.0, 1.0])      # RAS, 3 mm, origin off the image's corner
+    corners = np.array([[i, j, k, 1] for i in (0, img.shape[0]) for j in (0, img.shape[1])
+                        for k in (0, img.shape[2])]) @ affine.T
+    other[:3, 3] = corners[:, :3].min(0) + [1.3, -2.1, 0.7]
+    moved = resample_img(nib.Nifti1Image(mask.get_fdata().astype(np.float32), affine),
+                         target_affine=other, interpolation="nearest", force_resample=True,
+                         copy_header=True)
+    nib.save(moved, tmp_path / "mask_other_grid.nii.gz")
+    with h_cfg.unlocked():
+        h_cfg.harmonize.mask = str(tmp_path / "mask_other_grid.nii.gz")
+        h_cfg.harmonize.output = str(tmp_path / "out2.nii.gz")
+        h_cfg.harmonize.figure = False
+    out2 = nib.load(phycharm.run(h_cfg, workdir)).get_fdata()
+    inside = mask.get_fdata() > 0
+    assert (out2[inside] != 0).mean() > 0.9          # by index it would be mostly misplaced
+    assert (out2[~inside] != 0).mean() < 0.05
 
     with h_cfg.unlocked():
         h_cfg.harmonize.input = str(tmp_path / "missing.nii.gz")

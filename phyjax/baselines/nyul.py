@@ -107,7 +107,6 @@ class NyulStandardization(Persistent):
         self.normalizer_.load_standard_histogram(os.path.join(directory, "nyul_histogram.npy"))
 
     def __call__(self, image, mask) -> np.ndarray:
-
         if not hasattr(self, "normalizer_"):
             raise RuntimeError("NyulStandardization: call fit(...) on training images first.")
         image, mask, _ = _in_mask(image, mask)

@@ -22,7 +22,7 @@ import os
 import re
 
 from phyjax.data.nifti import InputError
-from phyjax.data.sidecar import Reading, read_protocol, read_sidecar, sidecar_path
+from phyjax.data.sidecar import Reading, read_protocol, read_sidecar, sidecar_path, site_label
 from phyjax.physics.sequences import Protocol
 
 _ENTITY = re.compile(r"(sub|ses|acq|run)-([a-zA-Z0-9]+)")
@@ -66,14 +66,6 @@ def _find_mask(root: str, subject: str, site: str | None) -> str | None:
     return None
 
 
-def _site_of(path: str, ent: dict, sidecar: dict) -> str | None:
-    """The ``ses-`` label, else ``InstitutionName``_``ManufacturersModelName`` of the sidecar."""
-    if ent.get("ses"):
-        return ent["ses"]
-    return "_".join(str(sidecar[k]).strip() for k in ("InstitutionName", "ManufacturersModelName")
-                    if sidecar.get(k) is not None and str(sidecar[k]).strip()) or None
-
-
 def _read_scan(root: str, path: str, site_table) -> tuple[Scan | None, str | None]:
     """``(scan, None)`` or ``(None, problem)`` for one image file."""
     ent = entities(path)
@@ -84,7 +76,7 @@ def _read_scan(root: str, path: str, site_table) -> tuple[Scan | None, str | Non
         sidecar = read_sidecar(json_path)
     except InputError as exc:
         return None, str(exc)
-    site = _site_of(path, ent, sidecar)
+    site = ent.get("ses") or site_label(sidecar)
     if site is None:
         return None, (f"{path}: cannot tell the site (no ses- entity, no InstitutionName or "
                       "ManufacturersModelName in the sidecar).")

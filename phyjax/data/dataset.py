@@ -77,7 +77,8 @@ def load_dataset(data_cfg, progress: bool = True) -> Dataset:
             paths = synthetic.ground_truth_paths(root, subject, b0)
             return load_volume(paths["t1"])[0], load_volume(paths["m0"])[0]
     table = read_site_table(data_cfg.site_params) if data_cfg.get("site_params") else None
-    volumes = load_scans(bids.scan_bids(root, site_table=table), maps_for)
+    volumes = load_scans(bids.scan_bids(root, site_table=table), maps_for,
+                         voxel_mm=data_cfg.get("grid_mm", 0.0))
     target = data_cfg.target_site
     for subject, sites in volumes.items():
         if target not in sites:

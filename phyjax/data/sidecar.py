@@ -19,6 +19,7 @@ from typing import Any, Mapping, Sequence
 from phyjax.data.nifti import InputError
 from phyjax.physics.mp2rage import (DEFAULT_INVERSION_EFFICIENCY, DEFAULT_READOUT_TR,
                                     MP2RAGEProtocol)
+from phyjax.physics import units
 from phyjax.physics.sequences import SEQUENCES, Protocol
 
 
@@ -34,6 +35,29 @@ def read_sidecar(path: str) -> dict:
     if not isinstance(data, dict):
         raise InputError(f"{path}: sidecar must be a JSON object.")
     return data
+
+
+def protocol_to_sidecar(p: Protocol) -> dict:
+    """BIDS sidecar fields of a protocol (times in s, FlipAngle in degrees) plus the family name
+    (``PulseSequenceType``).  Inversion-prepared families write ``RepetitionTimePreparation``
+    (and ``RepetitionTimeExcitation`` when the readout TR is known), so no reader has to guess
+    what ``RepetitionTime`` means."""
+    out = {"PulseSequenceType": p.sequence.upper(), "RepetitionTime": float(p.tr),
+           "EchoTime": float(p.te), "FlipAngle": float(units.rad2deg(p.flip_angle)),
+           "MagneticFieldStrength": float(p.field_strength)}
+    if p.sequence in ("mprage", "ir"):
+        out["InversionTime"] = float(p.ti)
+    if p.sequence == "mprage":
+        out["RepetitionTimePreparation"] = float(p.tr)
+        if float(p.tr_readout) > 0:
+            out["RepetitionTimeExcitation"] = float(p.tr_readout)
+    return out
+
+
+def site_label(sidecar: Mapping[str, Any]) -> str | None:
+    """``InstitutionName``_``ManufacturersModelName`` (whichever are given), or None."""
+    return "_".join(str(sidecar[k]).strip() for k in ("InstitutionName", "ManufacturersModelName")
+                    if sidecar.get(k) is not None and str(sidecar[k]).strip()) or None
 
 
 def sidecar_path(image_path: str) -> str:
@@ -318,7 +342,9 @@ def _from_sidecar(sidecar, reading: Reading, family: str):
         keys["tr_readout_s"] = "RepetitionTimeExcitation"
     meaning = _tr_meaning(sidecar, family, reading.manufacturer, names)
     key = "tr_prep_s" if meaning == "prep" else "tr_readout_s"
-    if key not in keys and sidecar.get("RepetitionTime") is not None:
+    tr = sidecar.get("RepetitionTime")
+    same = [v for v in (prep, exc) if v is not None and _close(tr, v)]
+    if key not in keys and tr is not None and not same:  # else it repeats a BIDS field
         keys[key] = "RepetitionTime"
     for field, k in keys.items():
         if sidecar.get(k) is not None:
@@ -327,6 +353,13 @@ def _from_sidecar(sidecar, reading: Reading, family: str):
     if family == "mprage" and "philips" in reading.manufacturer and sidecar.get("EchoTrainLength"):
         _set(reading, "n_readouts", _value(sidecar["EchoTrainLength"], "EchoTrainLength",
                                             reading), "sidecar EchoTrainLength (Philips TFE factor)")
+
+
+def _close(a, b) -> bool:
+    try:
+        return math.isclose(float(a), float(b), rel_tol=1e-9)
+    except (TypeError, ValueError):
+        return False
 
 
 def _inversions_and_flips(sidecar, reading: Reading, family: str):

@@ -14,9 +14,9 @@ import dataclasses
 from types import MappingProxyType
 from typing import Any, Iterable, Mapping
 
-import nibabel as nib
 import numpy as np
 
+from phyjax.data import geometry
 from phyjax.data.nifti import InputError
 from phyjax.physics.sequences import Protocol
 
@@ -105,7 +105,6 @@ class TrainingSet:
         missing = [s for s in split.train if s not in volumes]
         if missing:
             raise ValueError(f"training subjects {missing} have no data.")
-        self.split = split
         self.subjects: tuple[str, ...] = split.train
         self.volumes = MappingProxyType({s: volumes[s] for s in split.train})
         self.target_site = target_site
@@ -120,10 +119,10 @@ class TrainingSet:
         return [self.volumes[s][self.target_site] for s in self.subjects
                 if self.target_site in self.volumes[s]]
 
-    def voxel_size_mm(self) -> float:
-        """Voxel size (mm) of the target scans: the mean of the first one's three zooms."""
-        zooms = nib.load(self.target_scans()[0].path).header.get_zooms()[:3]
-        return round(float(np.mean(zooms)), 6)
+    def grid_mm(self) -> tuple[float, float, float]:
+        """Voxel edge lengths (mm, RAS axes) of the training images (those of the first target
+        scan; a dataset's volumes share one grid)."""
+        return geometry.zooms(self.target_scans()[0].grid_affine())
 
     def target_protocol(self) -> Protocol:
         """The protocol of the target scans, read from their sidecars.

@@ -27,6 +27,7 @@ from scipy import ndimage
 from tqdm.auto import tqdm
 
 from phyjax.data.nifti import save_volume
+from phyjax.data.sidecar import protocol_to_sidecar
 from phyjax.physics import scanner, signal, tissues
 from phyjax.physics.sequences import Protocol
 
@@ -187,7 +188,7 @@ def _write_subject(root: str, i: int, cfg: dict, probs, affine, field_strengths,
         stem = os.path.join(root, f"sub-{subject}", f"ses-{site}", "anat",
                             f"sub-{subject}_ses-{site}_T1w")
         save_volume(image, affine, stem + ".nii.gz")
-        sidecar = protocol.to_sidecar()
+        sidecar = protocol_to_sidecar(protocol)
         sidecar.update({"Manufacturer": site_cfg.get("manufacturer", "phyjax-sim"),
                         "InstitutionName": site})
         with open(stem + ".json", "w") as f:

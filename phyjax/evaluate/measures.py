@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import nibabel as nib
 import numpy as np
 
 from phyjax.data.volumes import Volume
@@ -24,17 +23,12 @@ from phyjax.evaluate.segmentation import TissueSegmenter
 from phyjax.evaluate.site_difference import site_classifier
 
 
-def voxel_volume_mm3(volume: Volume) -> float:
-    """Voxel volume from the NIfTI header of the scan (mm^3)."""
-    return float(np.prod(nib.load(volume.path).header.get_zooms()[:3]))
-
-
 class TissueMeasure:
     """Segmentation overlap and tissue volumes of an output vs its subject's target image."""
 
     def __init__(self, volumes, segment: TissueSegmenter):
         self.volumes, self.segment = volumes, segment
-        self.voxel_mm3 = {s: voxel_volume_mm3(next(iter(v.values()))) for s, v in volumes.items()}
+        self.voxel_mm3 = {s: next(iter(v.values())).voxel_mm3 for s, v in volumes.items()}
         self._labels: dict[tuple[str, str], np.ndarray] = {}
 
     def labels(self, subject: str, site: str) -> np.ndarray:

@@ -75,7 +75,7 @@ def write_json(path: str, payload: dict) -> str:
 
 
 def aggregate(rows: list[dict], subject_rows: list[dict] = (), methods=None) -> list[dict]:
-    """Mean and 95 % CI over subjects, per (method, site) and per method ``overall``.
+    """Mean, sd and 95 % CI over subjects, per (method, site) and per method ``overall``.
 
     Returns rows ``{"method", "site", "n_subjects", "<m>_mean", "<m>_sd", "<m>_ci_low",
     "<m>_ci_high", "<m>_n"}`` for every metric in :data:`ALL_METRICS` that any row has

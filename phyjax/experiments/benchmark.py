@@ -24,6 +24,7 @@ import time
 
 from phyjax import methods as method_registry
 from phyjax.data.dataset import Dataset, load_dataset
+from phyjax.data.split import LeakageError
 from phyjax.evaluate import figures, report, writeup
 from phyjax.evaluate.loop import evaluate_images, image_similarity
 from phyjax.evaluate.measures import (TissueMeasure, evaluate_features, generator_maps,
@@ -34,7 +35,6 @@ from phyjax.evaluate.site_difference import (FeatureExtractor, radiomic_relative
 from phyjax.experiments.common import log, prepare_workdir, write_split
 
 AVAILABLE = method_registry.AVAILABLE
-NETWORKS = ("unet", "phycharm")
 
 
 def selected_methods(config) -> tuple[str, ...]:
@@ -84,13 +84,18 @@ def fit_methods(config, names, data: Dataset, split, tissue: TissueMeasure, raw_
                 progress, timings, notes) -> dict:
     """Fit every method on the training subjects; save each under ``<workdir>/<name>/``."""
     train, fitted = data.training_set(split), {}
+
+    def features(subject, site):  # ComBat's feature rows, for training subjects only
+        if subject not in train.subjects:
+            raise LeakageError(f"a method asked for the features of held-out subject {subject!r}.")
+        return tissue.feature_row(raw_feat[(subject, site)], subject, site)
+
     for name in names:
         t = time.time()
         try:
             fitted[name] = method_registry.fit(
                 name, config, train, workdir=os.path.join(workdir, name), progress=progress,
-                has_maps=data.has_maps, features=lambda s, site: tissue.feature_row(
-                    raw_feat[(s, site)], s, site))
+                has_maps=data.has_maps, features=features)
         except ValueError as exc:
             if name != "combat":
                 raise

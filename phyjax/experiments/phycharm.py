@@ -10,11 +10,13 @@ import json
 import os
 import time
 
-import nibabel as nib
 
 from phyjax import methods
+from phyjax.data.nifti import InputError
+from phyjax.methods import intensity
 from phyjax.data.dataset import Dataset, load_dataset
 from phyjax.data.nifti import save_like
+from phyjax.data.volumes import native_image
 from phyjax.evaluate import figures, report
 from phyjax.evaluate.loop import evaluate_images
 from phyjax.evaluate.measures import generator_maps
@@ -34,6 +36,10 @@ def train_and_evaluate(config, workdir: str, progress: bool = True) -> dict:
     ``harmonized/sub-*/...nii.gz`` and ``figure.png``.  Returns a summary dict.
     """
     t0 = time.time()
+    unknown = sorted(set(config.eval.baselines) - set(intensity.NAMES))
+    if unknown:
+        raise InputError(f"config.eval.baselines: {unknown} are not intensity baselines; choose "
+                         f"from {list(intensity.NAMES)} (the benchmark compares every method).")
     prepare_workdir(config, workdir)
     data = load_dataset(config.data, progress)
     split = data.split(config.data.n_test, config.data.seed)
@@ -47,6 +53,7 @@ def train_and_evaluate(config, workdir: str, progress: bool = True) -> dict:
     for name in config.eval.baselines:
         fitted[name] = methods.fit(name, config, train)
     fitted = {name: fitted[name] for name in (*config.eval.baselines, METHOD)}
+    write_split(os.path.join(workdir, "split.json"), data, split, fitted)
     test = split.held_out_subjects(fitted)
     outputs = _Outputs(config, workdir, data, test[0])
     rows = evaluate_images(fitted, data.volumes, test, data.source_sites, data.target_site,
@@ -82,7 +89,7 @@ class _Outputs:
             if self.save:
                 out = os.path.join(self.workdir, "harmonized", f"sub-{subject}",
                                    f"sub-{subject}_ses-{site}_desc-{METHOD}_T1w.nii.gz")
-                save_like(image, nib.load(source.path), out)  # header + affine of the source
+                save_like(*native_image(source, image), out)  # the source's grid and header
             if subject == self.figure_subject:
                 self.figure_rows.append({"label": site, "source": source.image,
                                          "harmonized": image, "truth": truth.image,

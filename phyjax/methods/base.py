@@ -20,6 +20,7 @@ Two kinds (scikit-learn's fit/transform split):
 from __future__ import annotations
 
 import abc
+import dataclasses
 import json
 import os
 import shutil
@@ -54,17 +55,27 @@ def register(*names: str, harmonizer: type):
     return wrap
 
 
+#: JSON key of each numeric Protocol field, with its unit (SI; the flip angle in rad)
+_PROTOCOL_KEYS = {"tr": "tr_s", "te": "te_s", "ti": "ti_s", "flip_angle": "flip_angle_rad",
+                  "field_strength": "field_strength_t", "tr_readout": "tr_readout_s",
+                  "n_readouts": "n_readouts"}
+
+
 def protocol_to_json(p: Protocol) -> dict:
-    """Exact, unit-explicit JSON of a protocol (floats round-trip through ``repr``)."""
-    return {"sequence": p.sequence, "tr_s": float(p.tr), "te_s": float(p.te), "ti_s": float(p.ti),
-            "flip_angle_rad": float(p.flip_angle), "field_strength_t": float(p.field_strength),
-            "tr_readout_s": float(p.tr_readout), "n_readouts": float(p.n_readouts)}
+    """Exact, unit-explicit JSON of every field of a protocol (floats round-trip via ``repr``).
+
+    Raises ValueError if :class:`Protocol` has a field this module does not know (so a new
+    field is never silently dropped from saved harmonizers).
+    """
+    names = {f.name for f in dataclasses.fields(p)} - {"sequence"}
+    if names != set(_PROTOCOL_KEYS):
+        raise ValueError(f"Protocol fields {sorted(names ^ set(_PROTOCOL_KEYS))} have no JSON key.")
+    return {"sequence": p.sequence, **{k: float(getattr(p, f)) for f, k in _PROTOCOL_KEYS.items()}}
 
 
 def protocol_from_json(d: dict) -> Protocol:
-    return Protocol(tr=d["tr_s"], te=d["te_s"], ti=d["ti_s"], flip_angle=d["flip_angle_rad"],
-                    field_strength=d["field_strength_t"], tr_readout=d.get("tr_readout_s", 0.0),
-                    n_readouts=d.get("n_readouts", 0.0), sequence=d["sequence"])
+    return Protocol(sequence=d["sequence"],
+                    **{f: d[k] for f, k in _PROTOCOL_KEYS.items() if k in d})
 
 
 class Harmonizer(abc.ABC):
@@ -76,18 +87,19 @@ class Harmonizer(abc.ABC):
       fitted_on: subjects whose data fitted it (checked by :class:`~phyjax.data.split.Split`).
       target_site: label of the target site in the training data.
       target_protocol: the protocol it harmonizes to.
-      voxel_size_mm: voxel size of the training images (None: any resolution).
+      grid_mm: voxel edge lengths (mm) of the training images' axis-aligned RAS grid; harmonize
+        mode resamples its input onto that grid (None: any grid).
     """
 
     kind = "image"
 
     def __init__(self, name: str, fitted_on, target_site: str, target_protocol: Protocol,
-                 voxel_size_mm: float | None = None):
+                 grid_mm=None):
         self.name = name
         self.fitted_on = frozenset(fitted_on)
         self.target_site = target_site
         self.target_protocol = target_protocol
-        self.voxel_size_mm = voxel_size_mm
+        self.grid_mm = tuple(grid_mm) if grid_mm is not None else None
 
     def harmonize(self, volume: Volume) -> np.ndarray:
         """``(X, Y, Z)`` float32 image of ``volume`` in the target's units, 0 outside its mask."""
@@ -111,21 +123,34 @@ class Harmonizer(abc.ABC):
                 "kind": self.kind, "fitted_on": sorted(self.fitted_on),
                 "target_site": self.target_site,
                 "target_protocol": protocol_to_json(self.target_protocol),
-                "voxel_size_mm": self.voxel_size_mm}
+                "grid_mm": self.grid_mm}
 
 
 def save(harmonizer: Harmonizer, directory: str) -> str:
-    """Write ``harmonizer`` into ``directory`` (replaced as a whole, atomically).  Returns it."""
-    parent = os.path.dirname(os.path.abspath(directory))
+    """Write ``harmonizer`` into ``directory``, replacing any earlier one.  Returns it.
+
+    Written into a temporary sibling folder first and swapped in by renames, so an interrupted
+    save leaves either the old harmonizer or the new one, never a half-written folder.
+    """
+    directory = os.path.abspath(directory)
+    parent = os.path.dirname(directory)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".saving-", dir=parent)
-    meta = harmonizer.meta()
-    meta["state"] = harmonizer.save_state(tmp)
-    with open(os.path.join(tmp, META), "w") as f:
-        json.dump(meta, f, indent=2)
-    if os.path.exists(directory):
-        shutil.rmtree(directory)
-    os.replace(tmp, directory)
+    old = None
+    try:
+        os.chmod(tmp, 0o755)
+        meta = harmonizer.meta()
+        meta["state"] = harmonizer.save_state(tmp)
+        with open(os.path.join(tmp, META), "w") as f:
+            json.dump(meta, f, indent=2)
+        if os.path.exists(directory):
+            old = tempfile.mkdtemp(prefix=".replaced-", dir=parent)
+            os.replace(directory, os.path.join(old, "harmonizer"))
+        os.replace(tmp, directory)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     return directory
 
 
@@ -139,6 +164,9 @@ def load(directory: str) -> Harmonizer:
         raise InputError(f"{directory}: no fitted harmonizer here ({META} missing); fit one first.")
     with open(path) as f:
         meta = json.load(f)
+    if meta.get("format") != FORMAT:
+        raise InputError(f"{path}: harmonizer format {meta.get('format')!r}; this phyjax "
+                         f"({__version__}) reads format {FORMAT}.")
     if meta.get("method") not in KINDS:
         raise InputError(f"{path}: unknown method {meta.get('method')!r}; known: {sorted(KINDS)}.")
     return KINDS[meta["method"]].load_state(directory, meta)
@@ -147,7 +175,7 @@ def load(directory: str) -> Harmonizer:
 def fitted_fields(train, name: str, **extra) -> dict:
     """Constructor arguments of :class:`Harmonizer` from the TrainingSet a method was fitted on."""
     return {"name": name, "fitted_on": train.subjects, "target_site": train.target_site,
-            "target_protocol": train.target_protocol(), "voxel_size_mm": train.voxel_size_mm(),
+            "target_protocol": train.target_protocol(), "grid_mm": train.grid_mm(),
             **extra}
 
 
@@ -156,4 +184,4 @@ def base_fields(meta: dict) -> dict:
     return {"name": meta["method"], "fitted_on": meta["fitted_on"],
             "target_site": meta["target_site"],
             "target_protocol": protocol_from_json(meta["target_protocol"]),
-            "voxel_size_mm": meta.get("voxel_size_mm")}
+            "grid_mm": meta.get("grid_mm")}

@@ -74,23 +74,6 @@ class Protocol:
                    flip_angle=float(units.deg2rad(flip_angle_deg)),
                    field_strength=float(field_strength), sequence=sequence)
 
-    def to_sidecar(self) -> dict:
-        """BIDS sidecar fields (times in s, FlipAngle in degrees) plus the family name."""
-        out = {
-            "PulseSequenceType": self.sequence.upper(),
-            "RepetitionTime": float(self.tr),
-            "EchoTime": float(self.te),
-            "FlipAngle": float(units.rad2deg(self.flip_angle)),
-            "MagneticFieldStrength": float(self.field_strength),
-        }
-        if self.sequence in ("mprage", "ir"):
-            out["InversionTime"] = float(self.ti)
-        if self.sequence == "mprage":
-            out["RepetitionTimePreparation"] = float(self.tr)
-            if float(self.tr_readout) > 0:
-                out["RepetitionTimeExcitation"] = float(self.tr_readout)
-        return out
-
 
 def encode(protocol: Protocol) -> jnp.ndarray:
     """Fixed-length, roughly unit-scaled vector describing a protocol, for network conditioning.
