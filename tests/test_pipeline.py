@@ -285,3 +285,52 @@ def test_train_on_a_user_bids_folder_then_harmonize_in_a_fresh_process(debug_run
     img, src = nib.load(out), nib.load(f"{anat}/sub-01_ses-spgr3T_T1w.nii.gz")
     assert img.shape == src.shape and np.allclose(img.affine, src.affine)
     assert np.isfinite(img.get_fdata()).all() and img.get_fdata().max() > 0
+
+
+def _regrid(path, zoom_mm, flip_x=False, order=1):
+    """Rewrite a NIfTI on another grid of the same world space (nilearn, independent of phyjax)."""
+    from nilearn.image import resample_img
+
+    img = nib.load(path)
+    target = np.diag([zoom_mm, zoom_mm, zoom_mm, 1.0])
+    target[:3, 3] = img.affine[:3, 3]
+    out = resample_img(img, target_affine=target, interpolation="continuous" if order else
+                       "nearest", force_resample=True, copy_header=True)
+    data, affine = np.asarray(out.get_fdata(), np.float32), out.affine.copy()
+    if flip_x:   # same world, LAS voxel order
+        data = data[::-1]
+        affine[:3, 3] = affine[:3, 3] + affine[:3, 0] * (data.shape[0] - 1)
+        affine[:3, 0] *= -1
+    nib.save(nib.Nifti1Image(data, affine), path)
+
+
+def test_mixed_matrix_voxel_sizes_and_orientations_train_and_come_back(debug_run, tmp_path):
+    """Subjects on different grids train together; outputs have each input's shape and affine."""
+    import shutil
+
+    cfg, workdir, _ = debug_run
+    dataset = json.load(open(os.path.join(workdir, "split.json")))["dataset"]
+    root = str(tmp_path / "bids")
+    shutil.copytree(dataset, root)
+    for subject, zoom, flip in (("02", 5.0, False), ("03", 3.0, True)):
+        for path in glob.glob(os.path.join(root, "**", f"sub-{subject}*.nii.gz"), recursive=True):
+            _regrid(path, zoom, flip, order=0 if "mask" in path else 1)
+    run = str(tmp_path / "run")
+    res = _cli("--config=configs/phycharm.py:debug", f"--workdir={run}",
+               f"--config.data.bids_root={root}")
+    assert res.returncode == 0, res.stderr[-3000:]
+    split = json.load(open(os.path.join(run, "split.json")))
+    for subject in split["test"]:
+        for site in split["source_sites"]:
+            src = nib.load(os.path.join(root, f"sub-{subject}", f"ses-{site}", "anat",
+                                        f"sub-{subject}_ses-{site}_T1w.nii.gz"))
+            out = nib.load(os.path.join(run, "harmonized", f"sub-{subject}",
+                                        f"sub-{subject}_ses-{site}_desc-phycharm_T1w.nii.gz"))
+            assert out.shape == src.shape and np.allclose(out.affine, src.affine)
+            data = out.get_fdata()
+            mask = nib.load(glob.glob(os.path.join(root, "derivatives", "*", f"sub-{subject}",
+                                                   "anat", "*desc-brain_mask*"))[0]).get_fdata()
+            assert np.isfinite(data).all() and (data[mask > 0] != 0).mean() > 0.9
+            assert (data[mask == 0] != 0).mean() < 0.05
+    meta = json.load(open(os.path.join(run, "harmonizer", "harmonizer.json")))
+    assert meta["grid_mm"] == [4.0, 4.0, 4.0]     # the median voxel size of the scans
