@@ -41,7 +41,7 @@ def test_debug_run_writes_finite_outputs(debug_run):
     cfg, workdir, _ = debug_run
     for name in ("metrics.csv", "metrics.md", "metrics_per_subject.csv", "maps_metrics.csv",
                  "figure.png", "split.json", "config.json", "train_log.csv",
-                 "harmonizer/harmonizer.json", "harmonizer/params.msgpack"):
+                 "harmonizer/harmonizer.json", "harmonizer/params.msgpack", "protocols.tsv"):
         path = os.path.join(workdir, name)
         assert os.path.getsize(path) > 0, name
     with open(os.path.join(workdir, "metrics.csv")) as f:

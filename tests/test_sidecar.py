@@ -211,10 +211,12 @@ def test_a_site_table_fills_the_gaps_and_is_recorded(tmp_path):
              if name.startswith(("GE_HD16", "Philips", "UIH"))}
     scans = bids.scan_bids(str(tmp_path / "bids"), site_table=table)
     by_site = {s.site: s for s in scans}
+    rows = {r["site"]: r for r in bids.scan_rows(scans, str(tmp_path / "bids"))}
     for site in table:
         r = by_site[site].reading
         assert r.status == "ok" and r.origin["tr_prep_s"] == f"site table ({site})"
         assert by_site[site].protocol.tr == 2.3
+        assert f"tr_prep_s from site table ({site})" in rows[site]["origin"]   # recorded
     # ... but never replaces what the sidecar says.
     ge = next(s for s in table if sites[s].startswith("GE_HD16"))
     assert by_site[ge].protocol.ti == 0.4

@@ -16,6 +16,7 @@ reports them as rows of ``protocols.tsv`` instead.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import glob
 import os
@@ -146,13 +147,34 @@ PROTOCOL_COLUMNS = ("path", "subject", "session", "site", "family", "tr_prep_s",
                     "ti_s", "flip_angle_deg", "te_s", "b0_t", "status", "message")
 
 
+EXTRA_COLUMNS = ("image_type", "n_readouts", "ti2_s", "flip2_deg", "manufacturer", "origin")
+
+
+def write_protocols(rows: list[dict], path: str) -> str:
+    """``protocols.tsv`` (written under a temporary name, then renamed)."""
+    columns = list(PROTOCOL_COLUMNS) + list(EXTRA_COLUMNS)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path + ".part", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, delimiter="\t", restval="",
+                                extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(path + ".part", path)
+    return path
+
+
+def scan_rows(scans, root: str) -> list[dict]:
+    """``protocols.tsv`` rows of scans (paths relative to ``root``)."""
+    return [{"path": os.path.relpath(s.path, root), "subject": s.subject, "session": s.session,
+             "site": s.site, **s.reading.row()} for s in scans]
+
+
 def inspect(root: str, suffix: str = "T1w", site_table=None) -> list[dict]:
     """Every scan's protocol as read, one row each (:data:`PROTOCOL_COLUMNS` first, then the
     image type, MP2RAGE's second TI/flip, readouts per shot and the manufacturer).  Files that
     cannot be read at all, and repeated subject/site pairs, are rows with status ``error``."""
     scans, problems = _scan(root, suffix, site_table)
-    rows = [{"path": os.path.relpath(s.path, root), "subject": s.subject, "session": s.session,
-             "site": s.site, **s.reading.row()} for s in scans]
+    rows = scan_rows(scans, root)
     for p in problems:  # each starts with the file's path
         path, _, msg = p.partition(": ")
         rows.append({"path": os.path.relpath(path, root), "status": "error", "message": msg})

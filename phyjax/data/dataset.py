@@ -27,6 +27,7 @@ class Dataset:
     root: str
     target_site: str
     has_maps: bool  # ground-truth T1/M0 maps (the embedded default dataset)
+    protocols: list = dataclasses.field(default_factory=list)  # protocols.tsv rows, as read
 
     @property
     def subjects(self) -> list[str]:
@@ -77,11 +78,12 @@ def load_dataset(data_cfg, progress: bool = True) -> Dataset:
             paths = synthetic.ground_truth_paths(root, subject, b0)
             return load_volume(paths["t1"])[0], load_volume(paths["m0"])[0]
     table = read_site_table(data_cfg.site_params) if data_cfg.get("site_params") else None
-    volumes = load_scans(bids.scan_bids(root, site_table=table), maps_for,
-                         voxel_mm=data_cfg.get("grid_mm", 0.0))
+    scans = bids.scan_bids(root, site_table=table)
+    volumes = load_scans(scans, maps_for, voxel_mm=data_cfg.get("grid_mm", 0.0))
     target = data_cfg.target_site
     for subject, sites in volumes.items():
         if target not in sites:
             raise InputError(f"{root}: subject {subject} has no scan from the target site "
                              f"{target!r} (sites: {sorted(sites)}).")
-    return Dataset(volumes=volumes, root=root, target_site=target, has_maps=maps_for is not None)
+    return Dataset(volumes=volumes, root=root, target_site=target, has_maps=maps_for is not None,
+                   protocols=bids.scan_rows(scans, root))

@@ -217,7 +217,9 @@ class Reading:
         return {"family": self.family or "", **{k: self.values.get(k, "") for k in FIELDS[:6]},
                 "status": self.status, "message": self.message, "image_type": self.image_type,
                 **{k: self.values.get(k, "") for k in FIELDS[6:]},
-                "manufacturer": self.manufacturer}
+                "manufacturer": self.manufacturer,
+                "origin": "; ".join(f"{k} from {v}" for k, v in self.origin.items()
+                                    if not v.startswith("sidecar"))}
 
 
 def _text(sidecar, *keys) -> str:

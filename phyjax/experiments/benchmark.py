@@ -32,7 +32,7 @@ from phyjax.evaluate.measures import (TissueMeasure, evaluate_features, generato
 from phyjax.evaluate.segmentation import TissueSegmenter
 from phyjax.evaluate.site_difference import (FeatureExtractor, radiomic_relative_error,
                                              site_difference, t_interval)
-from phyjax.experiments.common import log, prepare_workdir, write_split
+from phyjax.experiments.common import log, prepare_workdir, write_protocols, write_split
 
 AVAILABLE = method_registry.AVAILABLE
 
@@ -158,6 +158,7 @@ def benchmark(config, workdir: str, progress: bool = True) -> dict:
     names = selected_methods(config)
     data = load_dataset(config.data, progress)
     split = data.split(config.data.n_test, config.data.seed)
+    write_protocols(workdir, data)
     example = config.eval.example_subject or split.test[0]
     if example not in split.test:
         raise ValueError(f"eval.example_subject {example!r} is not a held-out subject "

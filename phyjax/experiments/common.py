@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 
+from phyjax.data import bids
 from phyjax.data.dataset import Dataset
 from phyjax.data.nifti import InputError
 from phyjax.data.split import Split
@@ -35,6 +36,11 @@ def _has_checkpoints(workdir: str) -> bool:
         if "checkpoints" in dirs:
             return True
     return False
+
+
+def write_protocols(workdir: str, data: Dataset) -> None:
+    """``protocols.tsv``: every scan's protocol as read, with each value's origin and status."""
+    bids.write_protocols(data.protocols, os.path.join(workdir, "protocols.tsv"))
 
 
 def write_split(path: str, data: Dataset, split: Split, fitted=None) -> None:

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import csv
 import importlib.util
 import os
 
 from phyjax.data import bids, synthetic
 from phyjax.data.dataset import cache_dir
 from phyjax.data.sidecar import read_site_table
-
-EXTRA_COLUMNS = ("image_type", "n_readouts", "ti2_s", "flip2_deg", "manufacturer")
-
 
 def _default_root(data_cfg) -> str:
     """The embedded default dataset of configs/phycharm.py (built if needed)."""
@@ -23,19 +19,6 @@ def _default_root(data_cfg) -> str:
     with default.unlocked():
         default.cache_dir = data_cfg.cache_dir
     return synthetic.build_default_dataset(default, cache_dir(default))
-
-
-def write_protocols(rows: list[dict], path: str) -> str:
-    """``protocols.tsv`` (written under a temporary name, then renamed)."""
-    columns = list(bids.PROTOCOL_COLUMNS) + list(EXTRA_COLUMNS)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path + ".part", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, delimiter="\t", restval="",
-                                extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(path + ".part", path)
-    return path
 
 
 def table(rows: list[dict], columns=("path", "site", "family", "tr_prep_s", "tr_readout_s",
@@ -57,7 +40,7 @@ def run(config, workdir: str) -> str:
     root = d.bids_root or _default_root(d)
     site_table = read_site_table(d.site_params) if d.site_params else None
     rows = bids.inspect(root, d.suffix, site_table)
-    path = write_protocols(rows, os.path.join(workdir, "protocols.tsv"))
+    path = bids.write_protocols(rows, os.path.join(workdir, "protocols.tsv"))
     print(table(rows))
     counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "assumed", "missing", "error")}
     print(f"{len(rows)} scans: " + ", ".join(f"{n} {s}" for s, n in counts.items()))

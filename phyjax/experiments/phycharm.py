@@ -21,7 +21,7 @@ from phyjax.evaluate import figures, report
 from phyjax.evaluate.loop import evaluate_images
 from phyjax.evaluate.measures import generator_maps
 from phyjax.experiments import harmonize as harmonize_mode
-from phyjax.experiments.common import prepare_workdir, write_split
+from phyjax.experiments.common import prepare_workdir, write_protocols, write_split
 
 METHOD = "phycharm"
 HARMONIZER_DIR = "harmonizer"
@@ -45,6 +45,7 @@ def train_and_evaluate(config, workdir: str, progress: bool = True) -> dict:
     split = data.split(config.data.n_test, config.data.seed)
     train = data.training_set(split)
     write_split(os.path.join(workdir, "split.json"), data, split)
+    write_protocols(workdir, data)
     t_train = time.time()
     fitted = {METHOD: methods.fit(METHOD, config, train, workdir=workdir, progress=progress,
                                   has_maps=data.has_maps)}
