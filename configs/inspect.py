@@ -25,6 +25,8 @@ def get_config(arg: str | None = None) -> ConfigDict:
     data.bids_root = ""      # empty: the embedded default dataset (built with configs/phycharm.py)
     data.site_params = ""    # TSV: site + tr_prep_s, tr_readout_s, ti_s, ... filling gaps
     data.suffix = "T1w"
+    data.mask_label = "brain"  # ROI masks: derivatives/*/sub-*/[ses-*/]anat/*desc-<label>_mask
+    data.site_field = ""     # sidecar field naming the site (e.g. Manufacturer); "" = ses- label
     data.cache_dir = ""
     config.lock()
     return config

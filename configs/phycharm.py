@@ -40,6 +40,8 @@ def get_config(arg: str | None = None) -> ConfigDict:
     data.bids_root = ""      # empty: build/use the embedded default dataset
     data.cache_dir = ""      # empty: $PHYJAX_CACHE or ~/.cache/phyjax
     data.site_params = ""    # TSV: site + tr_prep_s, ti_s, ... filling what sidecars lack
+    data.mask_label = "brain"  # ROI masks: derivatives/*/sub-*/[ses-*/]anat/*desc-<label>_mask
+    data.site_field = ""     # sidecar field naming the site (e.g. Manufacturer); "" = ses- label
     data.grid_mm = 0.0       # BIDS data: common RAS grid voxel (mm); 0 = native if all scans
                              # share one grid, else their median voxel size
     data.seed = 0

@@ -55,11 +55,11 @@ def entities(filename: str) -> dict[str, str]:
     return dict(_ENTITY.findall(os.path.basename(filename)))
 
 
-def _find_mask(root: str, subject: str, site: str | None) -> str | None:
+def _find_mask(root: str, subject: str, site: str | None, label: str = "brain") -> str | None:
     patterns = []
     if site:
-        patterns.append(f"derivatives/*/sub-{subject}/ses-{site}/anat/*desc-brain_mask.nii*")
-    patterns.append(f"derivatives/*/sub-{subject}/anat/*desc-brain_mask.nii*")
+        patterns.append(f"derivatives/*/sub-{subject}/ses-{site}/anat/*desc-{label}_mask.nii*")
+    patterns.append(f"derivatives/*/sub-{subject}/anat/*desc-{label}_mask.nii*")
     for pattern in patterns:
         hits = sorted(glob.glob(os.path.join(root, pattern)))
         if hits:
@@ -67,7 +67,8 @@ def _find_mask(root: str, subject: str, site: str | None) -> str | None:
     return None
 
 
-def _read_scan(root: str, path: str, site_table) -> tuple[Scan | None, str | None]:
+def _read_scan(root: str, path: str, site_table, mask_label: str = "brain",
+               site_field: str = "") -> tuple[Scan | None, str | None]:
     """``(scan, None)`` or ``(None, problem)`` for one image file."""
     ent = entities(path)
     if "sub" not in ent:
@@ -77,18 +78,26 @@ def _read_scan(root: str, path: str, site_table) -> tuple[Scan | None, str | Non
         sidecar = read_sidecar(json_path)
     except InputError as exc:
         return None, str(exc)
-    site = ent.get("ses") or site_label(sidecar)
+    if site_field:
+        value = sidecar.get(site_field)
+        site = str(value).strip() if value is not None and str(value).strip() else None
+        if site is None:
+            return None, f"{json_path}: no {site_field!r} to name the site by (data.site_field)."
+    else:
+        site = ent.get("ses") or site_label(sidecar)
     if site is None:
         return None, (f"{path}: cannot tell the site (no ses- entity, no InstitutionName or "
                       "ManufacturersModelName in the sidecar).")
     reading = read_protocol(sidecar, json_path, site_values=(site_table or {}).get(site),
                             site_origin=f"site table ({site})")
     return Scan(subject=ent["sub"], site=site, path=path, reading=reading,
-                mask_path=_find_mask(root, ent["sub"], ent.get("ses")),
+                mask_path=_find_mask(root, ent["sub"], ent.get("ses"), mask_label),
                 session=ent.get("ses", "")), None
 
 
-def scan_bids(root: str, suffix: str = "T1w", site_table=None, strict: bool = True) -> list[Scan]:
+def scan_bids(root: str, suffix: str = "T1w", site_table=None, strict: bool = True, *,
+              mask_label: str = "brain", site_field: str = "",
+              require_protocols: bool = True) -> list[Scan]:
     """All ``*_<suffix>.nii[.gz]`` scans under ``root`` (derivatives excluded), sorted.
 
     Args:
@@ -96,14 +105,21 @@ def scan_bids(root: str, suffix: str = "T1w", site_table=None, strict: bool = Tr
         filling values the sidecars lack.
       strict: raise when any scan cannot be used (else return what could be read; problems are
         in each scan's ``reading``, and unreadable files are skipped -- for :func:`inspect`).
+      mask_label: ROI masks are ``derivatives/*/sub-*/[ses-*/]anat/*desc-<label>_mask.nii*``.
+      site_field: name the site by this sidecar field (e.g. ``Manufacturer``) instead of the
+        ``ses-`` label.
+      require_protocols: with False, scans whose protocol is incomplete (``missing``) are kept
+        (their ``Scan.protocol`` raises; physics-free methods can still use them); implausible
+        values (``error``) still stop.
     Raises:
       InputError: ``root`` missing or without scans; with ``strict``, one error listing every
         unusable scan (unreadable or incomplete sidecar, no site, repeated subject/site).
     """
-    scans, problems = _scan(root, suffix, site_table)
+    scans, problems = _scan(root, suffix, site_table, mask_label, site_field)
+    blocking = ("error", "missing") if require_protocols else ("error",)
     if strict:
         problems += [f"{s.reading.source}: {s.reading.message}." for s in scans
-                     if s.reading.status in ("error", "missing")]
+                     if s.reading.status in blocking]
         problems += duplicates(scans)
         if problems:
             raise InputError(f"{root}: {len(problems)} problem(s) before any work starts:\n  "
@@ -111,7 +127,7 @@ def scan_bids(root: str, suffix: str = "T1w", site_table=None, strict: bool = Tr
     return scans
 
 
-def _scan(root, suffix, site_table):
+def _scan(root, suffix, site_table, mask_label="brain", site_field=""):
     if not os.path.isdir(root):
         raise InputError(f"{root}: BIDS folder not found.")
     paths = sorted(glob.glob(os.path.join(root, "sub-*", "**", f"*_{suffix}.nii*"), recursive=True))
@@ -119,7 +135,7 @@ def _scan(root, suffix, site_table):
         raise InputError(f"{root}: no sub-*/.../*_{suffix}.nii[.gz] files found.")
     scans, problems = [], []
     for path in paths:
-        scan, problem = _read_scan(root, path, site_table)
+        scan, problem = _read_scan(root, path, site_table, mask_label, site_field)
         if problem:
             problems.append(problem)
         else:
@@ -169,11 +185,12 @@ def scan_rows(scans, root: str) -> list[dict]:
              "site": s.site, **s.reading.row()} for s in scans]
 
 
-def inspect(root: str, suffix: str = "T1w", site_table=None) -> list[dict]:
+def inspect(root: str, suffix: str = "T1w", site_table=None, mask_label: str = "brain",
+            site_field: str = "") -> list[dict]:
     """Every scan's protocol as read, one row each (:data:`PROTOCOL_COLUMNS` first, then the
     image type, MP2RAGE's second TI/flip, readouts per shot and the manufacturer).  Files that
     cannot be read at all, and repeated subject/site pairs, are rows with status ``error``."""
-    scans, problems = _scan(root, suffix, site_table)
+    scans, problems = _scan(root, suffix, site_table, mask_label, site_field)
     rows = scan_rows(scans, root)
     for p in problems:  # each starts with the file's path
         path, _, msg = p.partition(": ")

@@ -38,6 +38,11 @@ class Dataset:
         return sorted({site for v in self.volumes.values() for site in v})
 
     @property
+    def paired(self) -> bool:
+        """Every subject has a target-site scan (traveling subjects)."""
+        return all(self.target_site in v for v in self.volumes.values())
+
+    @property
     def source_sites(self) -> list[str]:
         return [s for s in self.sites if s != self.target_site]
 
@@ -56,11 +61,15 @@ def cache_dir(data_cfg) -> str:
             or os.path.join(os.path.expanduser("~"), ".cache", "phyjax"))
 
 
-def load_dataset(data_cfg, progress: bool = True) -> Dataset:
+def load_dataset(data_cfg, progress: bool = True, paired: bool = True,
+                 require_protocols: bool = True) -> Dataset:
     """Load ``data_cfg.bids_root`` (or build/load the default dataset) into a :class:`Dataset`.
 
     ``data_cfg.site_params``: optional per-site parameter table (TSV, :func:`read_site_table`)
-    filling what the sidecars lack.
+    filling what the sidecars lack; ``mask_label`` (default ``brain``): the ROI masks'
+    ``desc-`` label; ``site_field``: a sidecar field naming the site (default: the ``ses-`` label).
+    ``paired``: every subject must have a target-site scan (traveling subjects);
+    ``require_protocols``: every protocol must be complete (False: physics-free use only).
 
     Raises:
       InputError: naming the folder or file -- no scans; every scan whose protocol is
@@ -78,11 +87,13 @@ def load_dataset(data_cfg, progress: bool = True) -> Dataset:
             paths = synthetic.ground_truth_paths(root, subject, b0)
             return load_volume(paths["t1"])[0], load_volume(paths["m0"])[0]
     table = read_site_table(data_cfg.site_params) if data_cfg.get("site_params") else None
-    scans = bids.scan_bids(root, site_table=table)
+    scans = bids.scan_bids(root, site_table=table, mask_label=data_cfg.get("mask_label", "brain"),
+                           site_field=data_cfg.get("site_field", ""),
+                           require_protocols=require_protocols)
     volumes = load_scans(scans, maps_for, voxel_mm=data_cfg.get("grid_mm", 0.0))
     target = data_cfg.target_site
     for subject, sites in volumes.items():
-        if target not in sites:
+        if paired and target not in sites:
             raise InputError(f"{root}: subject {subject} has no scan from the target site "
                              f"{target!r} (sites: {sorted(sites)}).")
     return Dataset(volumes=volumes, root=root, target_site=target, has_maps=maps_for is not None,

@@ -119,21 +119,35 @@ class TrainingSet:
         return [self.volumes[s][self.target_site] for s in self.subjects
                 if self.target_site in self.volumes[s]]
 
+    def require_protocols(self, method: str) -> None:
+        """InputError naming ``method`` unless every training scan has a complete protocol."""
+        lacking = [v.path for vs in self.volumes.values() for v in vs.values() if v.protocol is None]
+        if lacking:
+            raise InputError(f"{method} needs acquisition parameters, but {len(lacking)} training "
+                             f"scan(s) lack them (e.g. {lacking[0]}; see protocols.tsv); "
+                             "physics-free methods can still run.")
+
     def grid_mm(self) -> tuple[float, float, float]:
         """Voxel edge lengths (mm, RAS axes) of the training images (those of the first target
         scan; a dataset's volumes share one grid)."""
         return geometry.zooms(self.target_scans()[0].grid_affine())
 
-    def target_protocol(self) -> Protocol:
+    def target_protocol(self, required: bool = True) -> Protocol | None:
         """The protocol of the target scans, read from their sidecars.
 
-        Raises InputError when there is no target scan, or when the target scans' protocols
-        differ (a method harmonizes to one protocol; which one would be a silent guess).
+        Raises InputError when there is no target scan, when the target scans' protocols differ
+        (a method harmonizes to one protocol; which one would be a silent guess), or -- with
+        ``required`` -- when their sidecars lack acquisition parameters (else None then).
         """
         scans = self.target_scans()
         if not scans:
             raise InputError(f"no training subject has a scan from the target site "
                              f"{self.target_site!r}.")
+        if any(v.protocol is None for v in scans):
+            if not required:
+                return None
+            raise InputError(f"{self.target_site!r}: the target scans' sidecars lack acquisition "
+                             "parameters (see protocols.tsv); only physics-free methods can run.")
         first = scans[0]
         for v in scans[1:]:
             if not protocols_match(first.protocol, v.protocol):

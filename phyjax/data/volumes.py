@@ -23,7 +23,7 @@ class Volume:
 
     subject: str
     site: str
-    protocol: Protocol
+    protocol: Protocol | None   # None: incomplete in the sidecar (physics-free methods only)
     image: np.ndarray           # normalized intensities (see :func:`normalize`)
     mask: np.ndarray            # bool brain mask
     path: str
@@ -78,8 +78,8 @@ def load_scans(scans: list[Scan], maps_for=None, voxel_mm: float = 0.0
     for scan in scans:
         image, img = load_volume(scan.path)
         if scan.mask_path is None:
-            raise InputError(f"{scan.path}: no brain mask found (derivatives/*/sub-{scan.subject}/"
-                             "anat/*desc-brain_mask.nii.gz).")
+            raise InputError(f"{scan.path}: no ROI mask found (derivatives/*/sub-{scan.subject}/"
+                             "[ses-*/]anat/*desc-<label>_mask.nii.gz; data.mask_label).")
         if scan.mask_path not in mask_files:
             mask_files[scan.mask_path] = load_volume(scan.mask_path)
         m, m_img = mask_files[scan.mask_path]
@@ -97,14 +97,15 @@ def load_scans(scans: list[Scan], maps_for=None, voxel_mm: float = 0.0
         grids = [(shape, a) for a in affines]
     out: dict[str, dict[str, Volume]] = {}
     for (scan, image, affine, mask), grid in zip(loaded, grids):
-        maps = maps_for(scan.subject, float(scan.protocol.field_strength)) if maps_for else None
+        protocol = scan.protocol if scan.reading.status in ("ok", "assumed") else None
+        maps = maps_for(scan.subject, float(protocol.field_strength)) if maps_for else None
         if grid is not None:
             shape, target = grid
             image = geometry.resample(image, affine, target, shape)
             mask = geometry.resample(mask, affine, target, shape) > 0.5
             maps = maps and tuple(geometry.resample(x, affine, target, shape) for x in maps)
             affine = target
-        vol = Volume(subject=scan.subject, site=scan.site, protocol=scan.protocol,
+        vol = Volume(subject=scan.subject, site=scan.site, protocol=protocol,
                      image=normalize(image, mask), mask=mask, path=scan.path, affine=affine,
                      resampled=grid is not None)
         if maps:

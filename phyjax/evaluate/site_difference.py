@@ -176,7 +176,8 @@ def site_classifier(x: np.ndarray, sites: Sequence[str], groups: Sequence[str], 
       sites: site label per sample.  groups: subject per sample (never split across folds).
       n_splits: folds (at most the number of subjects; equal to it = leave-one-subject-out).
       c: inverse L2 regularization strength of the logistic regression.
-      n_permutations: if > 0, a permutation test (site labels shuffled within subjects).
+      n_permutations: if > 0, a permutation test (site labels shuffled within subjects; across
+        subjects when each subject has one image).
     Returns a dict: ``accuracy`` (over all samples), ``per_group`` ({subject: accuracy of that
     subject's samples}), ``chance`` (most frequent site's share), ``n_samples``, ``n_sites``,
     ``n_groups``, ``n_features``, ``n_folds``, ``p_value`` (nan without permutations) and
@@ -210,7 +211,12 @@ def site_classifier(x: np.ndarray, sites: Sequence[str], groups: Sequence[str], 
     per_group = {str(g): float(correct[groups == g].mean()) for g in subjects}
     p_value = float("nan")
     if n_permutations > 0:
-        _, _, p_value = permutation_test_score(model, x, sites, groups=groups, cv=cv,
+        # sklearn permutes within groups; with one image per subject (unpaired data) that
+        # would permute nothing, so the labels are then permuted across subjects.
+        singletons = len(subjects) == len(x)
+        folds = list(cv.split(x, sites, groups))
+        _, _, p_value = permutation_test_score(model, x, sites,
+                                               groups=None if singletons else groups, cv=folds,
                                                n_permutations=int(n_permutations),
                                                random_state=seed)
     return {"accuracy": float(correct.mean()), "per_group": per_group,

@@ -39,7 +39,8 @@ def run(config, workdir: str) -> str:
     d = config.data
     root = d.bids_root or _default_root(d)
     site_table = read_site_table(d.site_params) if d.site_params else None
-    rows = bids.inspect(root, d.suffix, site_table)
+    rows = bids.inspect(root, d.suffix, site_table, d.get("mask_label", "brain"),
+                        d.get("site_field", ""))
     path = bids.write_protocols(rows, os.path.join(workdir, "protocols.tsv"))
     print(table(rows))
     counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "assumed", "missing", "error")}

@@ -122,7 +122,8 @@ class Harmonizer(abc.ABC):
         return {"format": FORMAT, "phyjax_version": __version__, "method": self.name,
                 "kind": self.kind, "fitted_on": sorted(self.fitted_on),
                 "target_site": self.target_site,
-                "target_protocol": protocol_to_json(self.target_protocol),
+                "target_protocol": (protocol_to_json(self.target_protocol)
+                                    if self.target_protocol is not None else None),
                 "grid_mm": self.grid_mm}
 
 
@@ -172,16 +173,18 @@ def load(directory: str) -> Harmonizer:
     return KINDS[meta["method"]].load_state(directory, meta)
 
 
-def fitted_fields(train, name: str, **extra) -> dict:
-    """Constructor arguments of :class:`Harmonizer` from the TrainingSet a method was fitted on."""
+def fitted_fields(train, name: str, needs_protocol: bool = True) -> dict:
+    """Constructor arguments of :class:`Harmonizer` from the TrainingSet a method was fitted on
+    (``target_protocol`` None for a physics-free method on data without acquisition parameters)."""
     return {"name": name, "fitted_on": train.subjects, "target_site": train.target_site,
-            "target_protocol": train.target_protocol(), "grid_mm": train.grid_mm(),
-            **extra}
+            "target_protocol": train.target_protocol(required=needs_protocol),
+            "grid_mm": train.grid_mm()}
 
 
 def base_fields(meta: dict) -> dict:
     """Constructor arguments of :class:`Harmonizer` from a ``harmonizer.json``."""
     return {"name": meta["method"], "fitted_on": meta["fitted_on"],
             "target_site": meta["target_site"],
-            "target_protocol": protocol_from_json(meta["target_protocol"]),
+            "target_protocol": (protocol_from_json(meta["target_protocol"])
+                                if meta["target_protocol"] is not None else None),
             "grid_mm": meta.get("grid_mm")}

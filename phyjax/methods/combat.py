@@ -60,4 +60,4 @@ def fit(config, train: TrainingSet, name: str = "combat", *,
     keys = [(s, site) for s in train.subjects for site in sorted(train.volumes[s])]
     table = np.stack([features(*k) for k in keys])
     combat = ComBat(**options(config)).fit(table, [site for _, site in keys])
-    return ComBatHarmonizer(combat, **fitted_fields(train, name))
+    return ComBatHarmonizer(combat, **fitted_fields(train, name, needs_protocol=False))

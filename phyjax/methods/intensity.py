@@ -58,4 +58,4 @@ def fit(config, train: TrainingSet, name: str, **_) -> IntensityHarmonizer:
     scans = train.target_scans()
     baseline = BASELINES[name](**options(config, name)).fit([v.image for v in scans],
                                                             [v.mask for v in scans])
-    return IntensityHarmonizer(baseline, **fitted_fields(train, name))
+    return IntensityHarmonizer(baseline, **fitted_fields(train, name, needs_protocol=False))

@@ -17,6 +17,7 @@ import jax
 import numpy as np
 import optax
 
+from phyjax.data.nifti import InputError
 from phyjax.data.slices import from_slices, grid, slice_pairs, to_slices, with_context
 from phyjax.data.split import TrainingSet
 from phyjax.physics.sequences import Protocol, encode
@@ -41,8 +42,14 @@ class SlicePairs:
       pads, padded: in-plane padding and padded slice shape for a U-Net of ``depth`` levels.
     """
 
-    def __init__(self, train: TrainingSet, depth: int, min_fraction: float, context: int):
+    def __init__(self, train: TrainingSet, depth: int, min_fraction: float, context: int,
+                 method: str = "a slice network"):
+        train.require_protocols(method)
         subjects, target = list(train.subjects), train.target_site
+        unpaired = [s for s in subjects if target not in train.volumes[s]]
+        if unpaired:
+            raise InputError(f"{method} trains on paired scans (traveling subjects), but training "
+                             f"subject(s) {unpaired} have no scan from the target site {target!r}.")
         self.sites = train.sites
         self.pads, self.padded = grid(train.volumes[subjects[0]][target].image.shape, depth)
         self.arrays = {s: slice_pairs(train.volumes, subjects, s, target, self.pads, min_fraction,

@@ -125,7 +125,7 @@ def fit(config, train: TrainingSet, name: str = "phycharm", *, workdir: str,
     model_cfg["features"] = tuple(model_cfg["features"])
     t = config.train
     data = networks.SlicePairs(train, len(model_cfg["features"]), config.data.min_mask_fraction,
-                               model_cfg["context"])
+                               model_cfg["context"], method="PhyCHarm")
     model, tx = make_model(model_cfg), networks.make_optimizer(t)
     state = TrainState.create(init_params(model, data.padded, model_cfg["context"], config.seed),
                               tx)

@@ -92,7 +92,7 @@ def fit(config, train: TrainingSet, name: str = "unet", *, workdir: str, progres
     train = require_training_set(train)
     cfg, t = unet_config(config), config.train
     data = networks.SlicePairs(train, len(cfg["features"]), config.data.min_mask_fraction,
-                               cfg["context"])
+                               cfg["context"], method="The supervised U-Net")
 
     def code_of(protocol):
         return (np.asarray(encode(protocol), np.float32) if cfg["condition"] == "protocol"

@@ -1,0 +1,96 @@
+"""Measures that need no paired (traveling-subject) scans: how far apart are the sites, and does a
+method keep each image's own anatomy?
+
+* :func:`site_distance` -- mean pairwise 1-Wasserstein distance between sites' distributions
+  (of pooled in-ROI intensities, or of each radiomic feature), divided by the pooled standard
+  deviation so that methods whose outputs have other units compare fairly.  Two identical sites
+  give 0.
+* :func:`effect_sizes` -- Kruskal-Wallis epsilon squared per feature (``H / (n - 1)``; Tomczak &
+  Tomczak 2014), the share of the rank variance explained by the site.
+* :func:`anatomy_preservation` -- an output against *its own* source: Spearman correlation of the
+  in-ROI intensities (1 for any monotone intensity mapping) and Pearson correlation of the
+  gradient magnitudes (edges).  A method that erases anatomy to make sites look alike (e.g. a
+  constant image) scores 0.
+* :func:`embedding` -- 2-D PCA of standardized features, for a site-cluster figure.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+from scipy import ndimage, stats
+from sklearn.decomposition import PCA
+from sklearn.preprocessing import StandardScaler
+
+
+def _scaled_w1(a: np.ndarray, b: np.ndarray, scale: float) -> float:
+    return float(stats.wasserstein_distance(a, b) / scale) if scale > 0 else 0.0
+
+
+def site_distance(values_by_site: dict[str, np.ndarray]) -> dict:
+    """Mean pairwise 1-Wasserstein distance between sites' samples, in pooled-sd units.
+
+    Args:
+      values_by_site: ``{site: 1-D array}`` (e.g. the in-ROI intensities of all its images).
+    Returns ``{"mean": float, "pairs": {"a|b": float}}`` (``nan`` mean with fewer than 2 sites).
+    """
+    sites = sorted(values_by_site)
+    pooled = np.concatenate([np.asarray(values_by_site[s], np.float64).ravel() for s in sites])
+    scale = float(pooled.std())
+    pairs = {f"{a}|{b}": _scaled_w1(np.ravel(values_by_site[a]), np.ravel(values_by_site[b]),
+                                    scale) for a, b in itertools.combinations(sites, 2)}
+    return {"mean": float(np.mean(list(pairs.values()))) if pairs else float("nan"),
+            "pairs": pairs}
+
+
+def feature_distance(x: np.ndarray, sites) -> float:
+    """Mean over features of :func:`site_distance` of the feature's per-site values."""
+    x, sites = np.asarray(x, np.float64), np.asarray(sites, str)
+    labels = sorted(set(sites.tolist()))
+    out = [site_distance({s: x[sites == s, j] for s in labels})["mean"]
+           for j in range(x.shape[1]) if np.all(np.isfinite(x[:, j]))]
+    return float(np.nanmean(out)) if out else float("nan")
+
+
+def effect_sizes(names, x: np.ndarray, sites) -> dict[str, float]:
+    """Kruskal-Wallis epsilon squared ``H / (n - 1)`` per feature (0: no site effect, 1: the
+    site orders the values completely); ``nan`` when undefined (constant feature)."""
+    x, sites = np.asarray(x, np.float64), np.asarray(sites, str)
+    labels = sorted(set(sites.tolist()))
+    out = {}
+    for j, name in enumerate(names):
+        groups = [x[sites == s, j] for s in labels]
+        try:
+            h = stats.kruskal(*groups).statistic
+            out[name] = float(h / (len(x) - 1))
+        except ValueError:
+            out[name] = float("nan")
+    return out
+
+
+def anatomy_preservation(output: np.ndarray, source: np.ndarray, mask: np.ndarray) -> dict:
+    """``{"rank_corr", "edge_corr"}`` of an output against its own source inside ``mask``.
+
+    ``rank_corr``: Spearman correlation of the intensities (0 for a constant output);
+    ``edge_corr``: Pearson correlation of the gradient magnitudes (scipy Sobel, 3-D).
+    """
+    mask = np.asarray(mask, bool)
+    out, src = np.asarray(output, np.float64), np.asarray(source, np.float64)
+
+    def corr(f, a, b):
+        if np.ptp(a) == 0 or np.ptp(b) == 0:
+            return 0.0
+        return float(f(a, b)[0])
+
+    grad = [np.sqrt(sum(ndimage.sobel(v, axis=k) ** 2 for k in range(v.ndim))) for v in (out, src)]
+    return {"rank_corr": corr(stats.spearmanr, out[mask], src[mask]),
+            "edge_corr": corr(stats.pearsonr, grad[0][mask], grad[1][mask])}
+
+
+def embedding(x: np.ndarray, seed: int = 0) -> np.ndarray:
+    """``(n, 2)`` PCA coordinates of standardized, finite feature columns."""
+    x = np.asarray(x, np.float64)
+    x = x[:, np.all(np.isfinite(x), axis=0)]
+    z = StandardScaler().fit_transform(x)
+    return PCA(n_components=2, random_state=seed).fit_transform(z)

@@ -1,0 +1,84 @@
+"""Unpaired measures (phyjax.evaluate.unpaired) on cases with known answers and against
+independent implementations."""
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from phyjax.evaluate import unpaired
+
+
+def test_identical_sites_are_zero_apart_and_shifted_ones_are_not():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=400)
+    assert unpaired.site_distance({"x": a, "y": a.copy()})["mean"] == 0.0
+    # Equal-size samples: W1 is the mean absolute difference of the sorted values.
+    b = a + 1.0
+    pooled_sd = np.concatenate([a, b]).std()
+    expected = np.mean(np.abs(np.sort(a) - np.sort(b))) / pooled_sd
+    d = unpaired.site_distance({"x": a, "y": b})
+    assert d["mean"] == pytest.approx(expected, rel=1e-12) and d["pairs"]["x|y"] == d["mean"]
+    # ... and it does not depend on the units of the method's output.
+    assert unpaired.site_distance({"x": 7 * a, "y": 7 * b})["mean"] == pytest.approx(d["mean"])
+
+
+def test_feature_distance_and_effect_sizes():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(60, 3))
+    sites = np.repeat(["a", "b", "c"], 20)
+    x_same = x.copy()
+    x[:, 0] += np.repeat([0.0, 3.0, 6.0], 20)     # feature 0 carries the site
+    eps = unpaired.effect_sizes(["f0", "f1", "f2"], x, sites)
+    assert eps["f0"] > 0.8 and eps["f1"] < 0.1 and eps["f2"] < 0.1
+    # Perfect separation by site: H = n - 1 - ... ; epsilon^2 with distinct ordered blocks:
+    ordered = np.arange(60.0)[:, None]
+    h_max = unpaired.effect_sizes(["o"], ordered, sites)["o"]
+    n, k = 60, 3
+    h = 12 / (n * (n + 1)) * sum(20 * (np.mean(np.arange(1, 61)[i * 20:(i + 1) * 20])) ** 2
+                                 for i in range(k)) - 3 * (n + 1)
+    assert h_max == pytest.approx(h / (n - 1), rel=1e-12)
+    assert unpaired.feature_distance(x, sites) > unpaired.feature_distance(x_same, sites)
+
+
+def test_anatomy_preservation_rewards_monotone_maps_and_catches_erasure():
+    rng = np.random.default_rng(2)
+    img = ndimage.gaussian_filter(rng.random((20, 20, 12)), 1.5)
+    mask = np.ones(img.shape, bool)
+    mask[:2] = False
+    same = unpaired.anatomy_preservation(3 * img ** 2 + 1, img, mask)   # monotone in-ROI map
+    assert same["rank_corr"] == pytest.approx(1.0)
+    assert same["edge_corr"] > 0.9
+    erased = unpaired.anatomy_preservation(np.full(img.shape, 0.5), img, mask)
+    assert erased == {"rank_corr": 0.0, "edge_corr": 0.0}
+    scrambled = unpaired.anatomy_preservation(rng.permutation(img.ravel()).reshape(img.shape),
+                                              img, mask)
+    assert abs(scrambled["rank_corr"]) < 0.1 and abs(scrambled["edge_corr"]) < 0.2
+
+
+def test_embedding_separates_separated_sites():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(40, 5))
+    x[20:] += 5.0
+    e = unpaired.embedding(x)
+    assert e.shape == (40, 2)
+    assert abs(e[:20, 0].mean() - e[20:, 0].mean()) > 3 * e[:, 1].std()
+
+
+def test_site_classifier_on_unpaired_data_chance_for_identical_sites():
+    """One image per subject: identical sites give chance-level accuracy and a large p-value
+    (the permutation test must permute across subjects); separated sites a small one."""
+    from phyjax.evaluate.site_difference import site_classifier
+
+    sites = np.tile(["a", "b"], 20)
+    subjects = [f"s{i}" for i in range(40)]
+    accuracy, p = [], []
+    for seed in range(10):               # identical sites: pure noise features
+        x = np.random.default_rng(seed).normal(size=(40, 4))
+        r = site_classifier(x, sites, subjects, n_splits=5, n_permutations=49, seed=0)
+        accuracy.append(r["accuracy"])
+        p.append(r["p_value"])
+    assert r["chance"] == 0.5 and abs(np.mean(accuracy) - 0.5) < 0.08
+    assert sum(v <= 0.05 for v in p) <= 2 and np.mean(p) > 0.25   # p-values spread, not stuck
+    x[sites == "b"] += 2.0
+    apart = site_classifier(x, sites, subjects, n_splits=5, n_permutations=49, seed=0)
+    assert apart["accuracy"] > 0.9 and apart["p_value"] <= 0.05
