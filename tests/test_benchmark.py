@@ -225,3 +225,48 @@ def test_debug_run_never_evaluates_a_training_subject(debug_run):
     # The site-difference report covers every subject and site (no fitting involved).
     features = _csv(os.path.join(workdir, "site_features.csv"))
     assert len(features) == cfg.data.n_subjects * len(cfg.data.sites)
+
+
+# ----------------------------------------------------------------------------- no traveling subjects
+
+def test_benchmark_runs_without_traveling_subjects(tmp_path):
+    """Different subjects at each site: the unpaired benchmark, the paired-only methods skipped."""
+    import glob
+    import shutil
+
+    from phyjax.data import synthetic
+
+    cfg = load_config("debug")
+    with cfg.unlocked():
+        cfg.data.n_subjects = 8
+    root = synthetic.build_default_dataset(cfg.data, str(tmp_path / "cache"), progress=False)
+    bids_root = str(tmp_path / "bids")
+    shutil.copytree(root, bids_root)
+    for i in range(1, 9):                       # 01-04 only at the target, 05-08 only at spgr3T
+        keep = "reference" if i <= 4 else "spgr3T"
+        for d in glob.glob(f"{bids_root}/sub-{i:02d}/ses-*"):
+            if not d.endswith(keep):
+                shutil.rmtree(d)
+    run = tmp_path / "run"
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-m", "phyjax.main", "--config=configs/benchmark.py:debug",
+                           f"--workdir={run}", f"--config.data.bids_root={bids_root}",
+                           "--config.data.n_test=4"], cwd=ROOT, capture_output=True, text=True,
+                          env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {r["method"]: r for r in _csv(run / "unpaired.csv")}
+    assert set(rows) == {"none", "zscore", "histmatch", "nyul", "whitestripe", "combat"}
+    md = (run / "unpaired.md").read_text()
+    assert "phycharm not run: it trains on paired scans" in md and "unet not run" in md
+    # Before harmonization the two protocols are far apart; histogram matching to the target's
+    # pooled histogram makes the in-ROI intensity distributions (nearly) equal ...
+    none, hist = rows["none"], rows["histmatch"]
+    assert float(none["intensity_distance"]) > 0.3 and float(hist["intensity_distance"]) < 0.05
+    # ... and, being monotone, keeps every image's rank structure; no harmonization keeps all.
+    assert float(hist["rank_corr"]) > 0.999 and float(none["edge_corr"]) == pytest.approx(1.0)
+    split = json.load(open(run / "split.json"))
+    held_out = {r["subject"].zfill(2) for r in _csv(run / "unpaired_features.csv")}
+    assert held_out == set(split["test"])
+    for method in rows:
+        assert split["fitted_on"][method] == split["train"]
+    assert (run / "site_embedding.png").stat().st_size > 0

@@ -192,3 +192,23 @@ def input_output_figure(source, harmonized, mask, path: str, title: str = "") ->
             _show(axes[row, col], sl, vmax, f"{name}" if col == 0 else None)
     fig.tight_layout()
     return _save(fig, path, title, dpi=110)
+
+
+def site_embedding(coords: dict, sites, path: str) -> str:
+    """One scatter per method of 2-D feature embeddings (``coords[method]``, ``(n, 2)``), each
+    point coloured by its site: clusters by site mean the sites are still told apart."""
+    plt = _plt()
+    labels = sorted(set(sites))
+    colours = {s: plt.cm.tab10(i % 10) for i, s in enumerate(labels)}
+    fig, axes = plt.subplots(1, len(coords), figsize=(2.6 * len(coords), 2.8), squeeze=False)
+    for ax, (method, xy) in zip(axes[0], coords.items()):
+        for s in labels:
+            pick = np.asarray(sites) == s
+            ax.scatter(xy[pick, 0], xy[pick, 1], s=12, color=colours[s], label=s)
+        ax.set_title(method, fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    axes[0, 0].legend(fontsize=6, loc="best")
+    fig.suptitle("Radiomic features of held-out scans (PCA), coloured by site", fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)

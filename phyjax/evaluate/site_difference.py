@@ -255,8 +255,9 @@ def kruskal_wallis(names: Sequence[str], x: np.ndarray, sites: Sequence[str]) ->
         groups = [x[sites == s, j] for s in sorted(set(sites.tolist()))]
         groups = [g[np.isfinite(g)] for g in groups]
         try:
-            out[name] = float(stats.kruskal(*groups).pvalue) if all(g.size for g in groups) \
-                else float("nan")
+            with np.errstate(invalid="ignore", divide="ignore"):  # all ties -> nan
+                out[name] = float(stats.kruskal(*groups).pvalue) if all(g.size for g in groups) \
+                    else float("nan")
         except ValueError:  # all values identical
             out[name] = float("nan")
     return out

@@ -62,7 +62,8 @@ def effect_sizes(names, x: np.ndarray, sites) -> dict[str, float]:
     for j, name in enumerate(names):
         groups = [x[sites == s, j] for s in labels]
         try:
-            h = stats.kruskal(*groups).statistic
+            with np.errstate(invalid="ignore", divide="ignore"):  # all ties: nan, said below
+                h = stats.kruskal(*groups).statistic
             out[name] = float(h / (len(x) - 1))
         except ValueError:
             out[name] = float("nan")
@@ -73,10 +74,13 @@ def anatomy_preservation(output: np.ndarray, source: np.ndarray, mask: np.ndarra
     """``{"rank_corr", "edge_corr"}`` of an output against its own source inside ``mask``.
 
     ``rank_corr``: Spearman correlation of the intensities (0 for a constant output);
-    ``edge_corr``: Pearson correlation of the gradient magnitudes (scipy Sobel, 3-D).
+    ``edge_corr``: Pearson correlation of the gradient magnitudes (scipy Sobel, 3-D) inside the
+    mask eroded by one voxel (the ROI's own boundary is not anatomy), both images set to 0
+    outside ``mask`` first (outputs are 0 there).
     """
     mask = np.asarray(mask, bool)
-    out, src = np.asarray(output, np.float64), np.asarray(source, np.float64)
+    out = np.where(mask, np.asarray(output, np.float64), 0.0)
+    src = np.where(mask, np.asarray(source, np.float64), 0.0)
 
     def corr(f, a, b):
         if np.ptp(a) == 0 or np.ptp(b) == 0:
@@ -84,8 +88,10 @@ def anatomy_preservation(output: np.ndarray, source: np.ndarray, mask: np.ndarra
         return float(f(a, b)[0])
 
     grad = [np.sqrt(sum(ndimage.sobel(v, axis=k) ** 2 for k in range(v.ndim))) for v in (out, src)]
+    inner = ndimage.binary_erosion(mask)
+    inner = inner if inner.any() else mask
     return {"rank_corr": corr(stats.spearmanr, out[mask], src[mask]),
-            "edge_corr": corr(stats.pearsonr, grad[0][mask], grad[1][mask])}
+            "edge_corr": corr(stats.pearsonr, grad[0][inner], grad[1][inner])}
 
 
 def embedding(x: np.ndarray, seed: int = 0) -> np.ndarray:

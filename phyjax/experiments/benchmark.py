@@ -32,6 +32,7 @@ from phyjax.evaluate.measures import (TissueMeasure, evaluate_features, generato
 from phyjax.evaluate.segmentation import TissueSegmenter
 from phyjax.evaluate.site_difference import (FeatureExtractor, radiomic_relative_error,
                                              site_difference, t_interval)
+from phyjax.experiments import unpaired
 from phyjax.experiments.common import log, prepare_workdir, write_protocols, write_split
 
 AVAILABLE = method_registry.AVAILABLE
@@ -152,13 +153,24 @@ def evaluate(config, fitted, data: Dataset, test, tissue, radiomics: _Radiomics,
 
 
 def benchmark(config, workdir: str, progress: bool = True) -> dict:
-    """Run the whole benchmark (see the module docstring); returns a summary dict."""
+    """Run the whole benchmark (see the module docstring); returns a summary dict.
+
+    A folder without traveling subjects (some subject lacks a target-site scan) runs the
+    unpaired benchmark (:mod:`phyjax.experiments.unpaired`) instead; methods that cannot run on
+    the data (paired-only networks, PhyCHarm without acquisition parameters) are skipped with a
+    note saying why.
+    """
     t0, timings, notes = time.time(), {}, []
     prepare_workdir(config, workdir)
     names = selected_methods(config)
-    data = load_dataset(config.data, progress)
-    split = data.split(config.data.n_test, config.data.seed)
+    data = load_dataset(config.data, progress, paired=False, require_protocols=False)
     write_protocols(workdir, data)
+    if not data.paired:
+        return unpaired.benchmark_unpaired(config, data, names, workdir, progress,
+                                           _extractor(config))
+    names, skipped = unpaired.runnable(names, data)
+    notes += skipped
+    split = data.split(config.data.n_test, config.data.seed)
     example = config.eval.example_subject or split.test[0]
     if example not in split.test:
         raise ValueError(f"eval.example_subject {example!r} is not a held-out subject "

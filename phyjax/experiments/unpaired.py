@@ -1,0 +1,170 @@
+"""The benchmark on data without traveling subjects: different people at every site.
+
+With no scan of the same subject at the target site there is no ground truth image, so the
+benchmark measures what needs no pairs, before harmonization and after each method, on the
+held-out subjects (methods are fitted on the training subjects only, as in the paired benchmark):
+
+* **site separability** -- a site classifier on the radiomic features of the ROI (folds grouped
+  by subject, chance level, permutation p-value), Kruskal-Wallis per feature (Bonferroni) and its
+  effect size (epsilon squared);
+* **distribution distances** between sites -- of the in-ROI intensities and of the features
+  (1-Wasserstein in pooled-sd units, :mod:`phyjax.evaluate.unpaired`);
+* **anatomy preservation** -- every output against its own source (rank and edge correlation),
+  so that a method cannot win by erasing anatomy.
+
+Methods that need traveling subjects or acquisition parameters (the supervised U-Net, PhyCHarm)
+are skipped with the reason in the report.  Writes ``unpaired.md``, ``unpaired.csv`` (one row per
+method), ``unpaired_features.csv`` (every held-out output's features), ``site_embedding.png``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+
+from phyjax import methods as method_registry
+from phyjax.data.dataset import Dataset
+from phyjax.data.split import LeakageError
+from phyjax.evaluate import figures, report, unpaired
+from phyjax.evaluate.site_difference import kruskal_wallis, site_classifier
+from phyjax.experiments.common import log, write_split
+
+PAIRED_ONLY = ("unet", "phycharm")
+
+
+def runnable(names, data: Dataset) -> tuple[list[str], list[str]]:
+    """The methods that can run on ``data``, and a note for each that cannot (and why)."""
+    lacking = [v for vs in data.volumes.values() for v in vs.values() if v.protocol is None]
+    keep, notes = [], []
+    for name in names:
+        if name in PAIRED_ONLY and not data.paired:
+            notes.append(f"{name} not run: it trains on paired scans (the same subject at the "
+                         f"target site), which this folder does not have.")
+        elif name == "phycharm" and lacking:
+            notes.append(f"phycharm not run: it needs acquisition parameters, which {len(lacking)} "
+                         "scan(s) lack (see protocols.tsv).")
+        else:
+            keep.append(name)
+    return keep, notes
+
+
+def _fit(config, names, data: Dataset, split, raw_feat, workdir, progress, notes) -> dict:
+    train, fitted = data.training_set(split), {}
+
+    def features(subject, site):
+        if subject not in train.subjects:
+            raise LeakageError(f"a method asked for the features of held-out subject {subject!r}.")
+        return raw_feat[(subject, site)]
+
+    for name in names:
+        try:
+            fitted[name] = method_registry.fit(name, config, train, progress=progress,
+                                               workdir=os.path.join(workdir, name),
+                                               features=features)
+        except ValueError as exc:   # e.g. ComBat with one training image at a site
+            notes.append(f"{name} not run: {exc}")
+            continue
+        method_registry.save(fitted[name], os.path.join(workdir, name, "harmonizer"))
+        log(progress, "benchmark", f"fitted {name}")
+    return fitted
+
+
+def _outputs(fitted, data: Dataset, test, extractor, canvas, raw_feat):
+    """Per method: features and anatomy scores of every held-out scan, and its in-ROI values."""
+    scans = [(s, site) for s in test for site in sorted(data.volumes[s])]
+    per_method = {}
+    for name, h in fitted.items():
+        if h.kind == "features":
+            x = h.transform(np.stack([raw_feat[k] for k in scans]), [k[1] for k in scans])
+            per_method[name] = {"features": x, "values": None, "anatomy": None}
+            continue
+        images = [h.harmonize(data.volumes[s][site]) for s, site in scans]
+        masks = [data.volumes[s][site].mask for s, site in scans]
+        _, x = extractor.table(images, masks, canvas)
+        anatomy = [unpaired.anatomy_preservation(im, data.volumes[s][site].image, m)
+                   for im, m, (s, site) in zip(images, masks, scans)]
+        values = {}
+        for im, m, (_, site) in zip(images, masks, scans):
+            values.setdefault(site, []).append(im[m])
+        per_method[name] = {"features": x, "anatomy": anatomy,
+                            "values": {k: np.concatenate(v) for k, v in values.items()}}
+    return scans, per_method
+
+
+def _row(name, out, scans, names, c, alpha=0.05) -> dict:
+    x, sites, subjects = out["features"], [k[1] for k in scans], [k[0] for k in scans]
+    clf = site_classifier(x, sites, subjects, n_splits=c.n_splits, c=c.c,
+                          n_permutations=c.n_permutations, seed=c.seed)
+    pvals = [p for p in kruskal_wallis(names, x, sites).values() if np.isfinite(p)]
+    eps = list(unpaired.effect_sizes(names, x, sites).values())
+    row = {"method": name, "n_images": len(scans), "site_acc": clf["accuracy"],
+           "chance": clf["chance"], "p_value": clf["p_value"],
+           "n_features_differ": int(sum(p * max(len(pvals), 1) < alpha for p in pvals)),
+           "median_effect_size": float(np.nanmedian(eps)),
+           "feature_distance": unpaired.feature_distance(x, sites),
+           "intensity_distance": (unpaired.site_distance(out["values"])["mean"]
+                                  if out["values"] else float("nan"))}
+    for key in ("rank_corr", "edge_corr"):
+        row[key] = (float(np.mean([a[key] for a in out["anatomy"]])) if out["anatomy"]
+                    else float("nan"))
+    return row
+
+
+def benchmark_unpaired(config, data: Dataset, names, workdir, progress, extractor) -> dict:
+    """The unpaired benchmark (module docstring) on a loaded dataset; returns a summary dict."""
+    t0 = time.time()
+    keep, notes = runnable(names, data)
+    split = data.split(config.data.n_test, config.data.seed)
+    keys = [(s, site) for s in data.subjects for site in sorted(data.volumes[s])]
+    masks = [data.volumes[s][site].mask for s, site in keys]
+    canvas = extractor.canvas(masks)
+    feature_names, table = extractor.table([data.volumes[s][site].image for s, site in keys],
+                                           masks, canvas)
+    raw_feat = dict(zip(keys, table))
+    fitted = _fit(config, keep, data, split, raw_feat, workdir, progress, notes)
+    write_split(os.path.join(workdir, "split.json"), data, split, fitted)
+    test = split.held_out_subjects(fitted)
+    scans, per_method = _outputs(fitted, data, test, extractor, canvas, raw_feat)
+    rows = [_row(name, out, scans, feature_names, config.classifier)
+            for name, out in per_method.items()]
+    split.check_rows([{"method": m, "subject": s} for m in per_method for s, _ in scans], fitted)
+    report.write_rows(rows, os.path.join(workdir, "unpaired.csv"))
+    report.write_rows([{"method": m, "subject": s, "site": site, **dict(zip(feature_names, x))}
+                       for m, out in per_method.items()
+                       for (s, site), x in zip(scans, out["features"])],
+                      os.path.join(workdir, "unpaired_features.csv"))
+    figures.site_embedding({m: unpaired.embedding(out["features"]) for m, out in
+                            per_method.items()}, [k[1] for k in scans],
+                           os.path.join(workdir, "site_embedding.png"))
+    with open(os.path.join(workdir, "unpaired.md"), "w") as f:
+        f.write(markdown(rows, data, split, notes, time.time() - t0))
+    return {"workdir": workdir, "dataset": data.root, "rows": rows, "notes": notes,
+            "fitted": fitted, "split": split, "total_seconds": time.time() - t0}
+
+
+def markdown(rows, data: Dataset, split, notes, seconds) -> str:
+    cols = [("site_acc", "site-classifier acc. (→ chance)", "{:.2f}"),
+            ("chance", "chance", "{:.2f}"),
+            ("p_value", "permutation p", "{:.3g}"),
+            ("n_features_differ", "features differ", "{}"),
+            ("median_effect_size", "median ε²", "{:.3f}"),
+            ("feature_distance", "feature W1 (sd)", "{:.3f}"),
+            ("intensity_distance", "intensity W1 (sd)", "{:.3f}"),
+            ("rank_corr", "anatomy: rank corr ↑", "{:.3f}"),
+            ("edge_corr", "anatomy: edge corr ↑", "{:.3f}")]
+    out = ["# Harmonization benchmark without traveling subjects", "",
+           f"Dataset `{data.root}`; sites {', '.join(data.sites)}; target **{data.target_site}**; "
+           f"{len(split.train)} training and {len(split.test)} held-out subjects (one scan each "
+           f"where unpaired); {seconds:.0f} s.  Every row is on the held-out subjects' scans; "
+           "`none` is before harmonization.", "",
+           "| method | " + " | ".join(c[1] for c in cols) + " |", "|---|" + "---|" * len(cols)]
+    for r in rows:
+        cells = ["–" if isinstance(r[k], float) and not np.isfinite(r[k]) else f.format(r[k])
+                 for k, _, f in cols]
+        out.append(f"| {r['method']} | " + " | ".join(cells) + " |")
+    out += ["", "Distances: mean pairwise 1-Wasserstein distance between sites in pooled-sd units "
+            "(0 = identical distributions).  Anatomy: each output against its own source inside "
+            "the ROI (1 = structure kept; ComBat changes features, not images).", "", "## Notes", ""]
+    return "\n".join(out + [f"* {n}" for n in notes]) + "\n"
