@@ -144,7 +144,9 @@ def test_every_field_is_a_tsv_column_and_unknown_families_are_refused():
     r = _read(VENDOR / "Siemens_VE11_t1_fl2d_sag.json")
     row = r.row()
     assert list(row)[:8] == ["family", *COLUMNS, "status"] and set(FIELDS) <= set(row)
-    assert read_protocol({}, "empty.json").status == "error"
+    assert read_protocol({}, "empty.json").status == "missing"
+    with pytest.raises(InputError, match="empty.json: missing the sequence family"):
+        read_protocol({}, "empty.json").protocol()
     with pytest.raises(ValueError, match="epi"):
         read_protocol({}, "x.json", family="epi")
 

@@ -158,9 +158,9 @@ class Reading:
     @property
     def status(self) -> str:
         """``error``, ``missing``, ``assumed`` or ``ok`` (the worst that applies)."""
-        if self.errors or self.family is None:
+        if self.errors:
             return "error"
-        if self.missing:
+        if self.missing or self.family is None:
             return "missing"
         return "assumed" if self.assumed else "ok"
 
@@ -169,9 +169,9 @@ class Reading:
         """Every problem, missing value, assumption and note, one sentence each."""
         parts = list(self.errors)
         if self.family is None and not self.errors:
-            parts.append("cannot tell the sequence family (no ScanningSequence, SequenceVariant, "
-                         "InversionTime or known sequence name); give it in a site table or on "
-                         f"the command line (one of {FAMILIES})")
+            parts.append("missing the sequence family (no ScanningSequence, SequenceVariant, "
+                         "InversionTime or known sequence name in the sidecar; harmonize mode "
+                         f"takes --config.harmonize.sequence, one of {FAMILIES})")
         parts += [f"missing {m}" for m in self.missing]
         parts += [f"assumed {a}" for a in self.assumed]
         return "; ".join(parts + self.notes)

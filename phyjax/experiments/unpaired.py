@@ -14,7 +14,8 @@ held-out subjects (methods are fitted on the training subjects only, as in the p
 
 Methods that need traveling subjects or acquisition parameters (the supervised U-Net, PhyCHarm)
 are skipped with the reason in the report.  Writes ``unpaired.md``, ``unpaired.csv`` (one row per
-method), ``unpaired_features.csv`` (every held-out output's features), ``site_embedding.png``.
+method), ``unpaired_features.csv`` (every held-out output's features),
+``unpaired_effect_sizes.csv`` (per method and feature), ``site_embedding.png``.
 """
 
 from __future__ import annotations
@@ -112,6 +113,18 @@ def _row(name, out, scans, names, c, alpha=0.05) -> dict:
     return row
 
 
+def effect_rows(per_method, scans, names) -> list[dict]:
+    """Per method and feature: Kruskal-Wallis p across sites and epsilon squared (the features
+    that drive site separability, before and after each method)."""
+    sites = [k[1] for k in scans]
+    rows = []
+    for m, out in per_method.items():
+        p = kruskal_wallis(names, out["features"], sites)
+        eps = unpaired.effect_sizes(names, out["features"], sites)
+        rows += [{"method": m, "feature": f, "epsilon2": eps[f], "kruskal_p": p[f]} for f in names]
+    return rows
+
+
 def benchmark_unpaired(config, data: Dataset, names, workdir, progress, extractor) -> dict:
     """The unpaired benchmark (module docstring) on a loaded dataset; returns a summary dict."""
     t0 = time.time()
@@ -131,6 +144,8 @@ def benchmark_unpaired(config, data: Dataset, names, workdir, progress, extracto
             for name, out in per_method.items()]
     split.check_rows([{"method": m, "subject": s} for m in per_method for s, _ in scans], fitted)
     report.write_rows(rows, os.path.join(workdir, "unpaired.csv"))
+    report.write_rows(effect_rows(per_method, scans, feature_names),
+                      os.path.join(workdir, "unpaired_effect_sizes.csv"))
     report.write_rows([{"method": m, "subject": s, "site": site, **dict(zip(feature_names, x))}
                        for m, out in per_method.items()
                        for (s, site), x in zip(scans, out["features"])],
