@@ -72,9 +72,28 @@ def _fit(config, names, data: Dataset, split, raw_feat, workdir, progress, notes
     return fitted
 
 
-def _outputs(fitted, data: Dataset, test, extractor, canvas, raw_feat):
+def held_out_scans(data: Dataset, split, notes) -> list[tuple[str, str]]:
+    """Held-out ``(subject, site)`` scans of the sites that training saw (a method cannot map a
+    site it never saw; such scans are left out for every method, with a note)."""
+    seen = {site for s in split.train for site in data.volumes[s]}
+    scans = [(s, site) for s in split.test for site in sorted(data.volumes[s])]
+    unseen = sorted({site for _, site in scans} - seen)
+    if unseen:
+        notes.append(f"Held-out scans of {', '.join(unseen)} not evaluated: no training subject "
+                     "was scanned there.")
+    return [k for k in scans if k[1] in seen]
+
+
+def _roi_values(data: Dataset, keys) -> dict[str, np.ndarray]:
+    values = {}
+    for s, site in keys:
+        v = data.volumes[s][site]
+        values.setdefault(site, []).append(v.image[v.mask])
+    return {k: np.concatenate(x) for k, x in values.items()}
+
+
+def _outputs(fitted, data: Dataset, scans, extractor, canvas, raw_feat):
     """Per method: features and anatomy scores of every held-out scan, and its in-ROI values."""
-    scans = [(s, site) for s in test for site in sorted(data.volumes[s])]
     per_method = {}
     for name, h in fitted.items():
         if h.kind == "features":
@@ -91,7 +110,7 @@ def _outputs(fitted, data: Dataset, test, extractor, canvas, raw_feat):
             values.setdefault(site, []).append(im[m])
         per_method[name] = {"features": x, "anatomy": anatomy,
                             "values": {k: np.concatenate(v) for k, v in values.items()}}
-    return scans, per_method
+    return per_method
 
 
 def _row(name, out, scans, names, c, alpha=0.05) -> dict:
@@ -136,13 +155,24 @@ def benchmark_unpaired(config, data: Dataset, names, workdir, progress, extracto
     feature_names, table = extractor.table([data.volumes[s][site].image for s, site in keys],
                                            masks, canvas)
     raw_feat = dict(zip(keys, table))
+    everyone = {"features": table, "anatomy": None,
+                "values": _roi_values(data, keys)}
+    before_all = _row("none (all subjects)", everyone, keys, feature_names, config.classifier)
+    log(progress, "benchmark", f"site classifier on every scan before harmonization: "
+                               f"{before_all['site_acc']:.2f} (chance {before_all['chance']:.2f}, "
+                               f"p = {before_all['p_value']:.3g})")
     fitted = _fit(config, keep, data, split, raw_feat, workdir, progress, notes)
     write_split(os.path.join(workdir, "split.json"), data, split, fitted)
-    test = split.held_out_subjects(fitted)
-    scans, per_method = _outputs(fitted, data, test, extractor, canvas, raw_feat)
-    rows = [_row(name, out, scans, feature_names, config.classifier)
-            for name, out in per_method.items()]
+    split.held_out_subjects(fitted)
+    scans = held_out_scans(data, split, notes)
+    per_method = _outputs(fitted, data, scans, extractor, canvas, raw_feat)
+    rows = [before_all] + [_row(name, out, scans, feature_names, config.classifier)
+                           for name, out in per_method.items()]
     split.check_rows([{"method": m, "subject": s} for m in per_method for s, _ in scans], fitted)
+    notes.append("Held-out scans per site: " + ", ".join(
+        f"{site} {sum(k[1] == site for k in scans)}" for site in sorted({k[1] for k in scans}))
+        + "; every scan: " + ", ".join(f"{site} {sum(k[1] == site for k in keys)}"
+                                         for site in data.sites) + ".")
     report.write_rows(rows, os.path.join(workdir, "unpaired.csv"))
     report.write_rows(effect_rows(per_method, scans, feature_names),
                       os.path.join(workdir, "unpaired_effect_sizes.csv"))
@@ -172,8 +202,9 @@ def markdown(rows, data: Dataset, split, notes, seconds) -> str:
     out = ["# Harmonization benchmark without traveling subjects", "",
            f"Dataset `{data.root}`; sites {', '.join(data.sites)}; target **{data.target_site}**; "
            f"{len(split.train)} training and {len(split.test)} held-out subjects (one scan each "
-           f"where unpaired); {seconds:.0f} s.  Every row is on the held-out subjects' scans; "
-           "`none` is before harmonization.", "",
+           f"where unpaired); {seconds:.0f} s.  The first row is every scan before harmonization "
+           "(how different are the sites?); the others are on the held-out subjects' scans, "
+           "`none` being the same scans before harmonization.", "",
            "| method | " + " | ".join(c[1] for c in cols) + " |", "|---|" + "---|" * len(cols)]
     for r in rows:
         cells = ["–" if isinstance(r[k], float) and not np.isfinite(r[k]) else f.format(r[k])
@@ -181,5 +212,6 @@ def markdown(rows, data: Dataset, split, notes, seconds) -> str:
         out.append(f"| {r['method']} | " + " | ".join(cells) + " |")
     out += ["", "Distances: mean pairwise 1-Wasserstein distance between sites in pooled-sd units "
             "(0 = identical distributions).  Anatomy: each output against its own source inside "
-            "the ROI (1 = structure kept; ComBat changes features, not images).", "", "## Notes", ""]
+            "the ROI (1 = structure kept; ComBat changes features, not images).", "",
+            "## Notes", ""]
     return "\n".join(out + [f"* {n}" for n in notes]) + "\n"
