@@ -255,6 +255,8 @@ def test_benchmark_runs_without_traveling_subjects(tmp_path):
                           env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = {r["method"]: r for r in _csv(run / "unpaired.csv")}
+    everyone = rows.pop("none (all subjects)")            # every scan, before harmonization
+    assert int(everyone["n_images"]) == 8 and float(everyone["site_acc"]) == 1.0
     assert set(rows) == {"none", "zscore", "histmatch", "nyul", "whitestripe", "combat"}
     md = (run / "unpaired.md").read_text()
     assert "phycharm not run: it trains on paired scans" in md and "unet not run" in md
