@@ -118,7 +118,7 @@ def scan_bids(root: str, suffix: str = "T1w", site_table=None, strict: bool = Tr
     scans, problems = _scan(root, suffix, site_table, mask_label, site_field)
     blocking = ("error", "missing") if require_protocols else ("error",)
     if strict:
-        problems += [f"{s.reading.source}: {s.reading.message}." for s in scans
+        problems += [f"{s.reading.source}: {s.reading.problems}." for s in scans
                      if s.reading.status in blocking]
         problems += duplicates(scans)
         if problems:

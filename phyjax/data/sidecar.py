@@ -167,14 +167,19 @@ class Reading:
     @property
     def message(self) -> str:
         """Every problem, missing value, assumption and note, one sentence each."""
+        parts = [self.problems] if self.problems else []
+        return "; ".join(parts + [f"assumed {a}" for a in self.assumed] + self.notes)
+
+    @property
+    def problems(self) -> str:
+        """The errors and missing values only ("" when there are none)."""
         parts = list(self.errors)
         if self.family is None and not self.errors:
             parts.append("missing the sequence family (no ScanningSequence, SequenceVariant, "
                          "InversionTime or known sequence name in the sidecar; harmonize mode "
                          f"takes --config.harmonize.sequence, one of {FAMILIES})")
         parts += [f"missing {m}" for m in self.missing]
-        parts += [f"assumed {a}" for a in self.assumed]
-        return "; ".join(parts + self.notes)
+        return "; ".join(parts)
 
     def protocol(self) -> Protocol:
         """The :class:`Protocol` of this reading.
@@ -185,7 +190,7 @@ class Reading:
             use :meth:`mp2rage_protocol`).
         """
         if self.status in ("error", "missing"):
-            raise InputError(f"{self.source}: {self.message}.")
+            raise InputError(f"{self.source}: {self.problems}.")
         if self.family == "mp2rage":
             raise InputError(f"{self.source}: MP2RAGE {self.image_type or 'image'} read "
                              f"({self.summary()}), but harmonization models take single-inversion "
@@ -201,7 +206,7 @@ class Reading:
     def mp2rage_protocol(self, partial_fourier: float = 1.0) -> MP2RAGEProtocol:
         """The :class:`MP2RAGEProtocol` of an MP2RAGE reading.  Raises InputError as above."""
         if self.family != "mp2rage" or self.status in ("error", "missing"):
-            raise InputError(f"{self.source}: not a complete MP2RAGE reading ({self.message}).")
+            raise InputError(f"{self.source}: not a complete MP2RAGE reading ({self.problems}).")
         v = self.values
         return MP2RAGEProtocol.from_degrees(
             tr_mp2rage=v["tr_prep_s"], ti1=v["ti_s"], ti2=v["ti2_s"],
