@@ -20,6 +20,7 @@ import optax
 from phyjax.data.nifti import InputError
 from phyjax.data.slices import from_slices, grid, slice_pairs, to_slices, with_context
 from phyjax.data.split import TrainingSet
+from phyjax.methods.base import Harmonizer, base_fields
 from phyjax.physics.sequences import Protocol, encode
 
 
@@ -99,3 +100,40 @@ def load_params(directory: str) -> Any:
     """Inverse of :func:`save_params` (a nested dict of arrays)."""
     with open(os.path.join(directory, "params.msgpack"), "rb") as f:
         return flax.serialization.msgpack_restore(f.read())
+
+
+class SliceNetworkHarmonizer(Harmonizer):
+    """Trained slice-network parameters, their settings ``cfg`` (``features``, ``context``, ...)
+    and the inference batch size; saved as ``params.msgpack`` + ``harmonizer.json``.
+
+    Subclasses implement :meth:`build` (the jit-compiled ``predict(params, source, mask, code,
+    B0) -> {"harmonized": ..., ...}`` on slice batches) and name their settings' JSON key.
+    """
+
+    config_key = "network"
+
+    def __init__(self, params, cfg: dict, batch_size: int, **base):
+        super().__init__(**base)
+        self.params, self.cfg, self.batch_size = params, dict(cfg), int(batch_size)
+        self._predict = self.build()
+
+    def build(self) -> Callable:
+        raise NotImplementedError
+
+    def predict(self, volume) -> dict[str, np.ndarray]:
+        """Every output of the network on ``volume``, as ``(X, Y, Z)`` arrays."""
+        return predict_volume(self._predict, self.params, volume.image, volume.mask,
+                              volume.protocol, len(self.cfg["features"]), self.batch_size,
+                              self.cfg["context"])
+
+    def harmonize(self, volume) -> np.ndarray:
+        return np.where(volume.mask, self.predict(volume)["harmonized"], 0.0).astype(np.float32)
+
+    def save_state(self, directory: str) -> dict:
+        save_params(self.params, directory)
+        return {self.config_key: self.cfg, "batch_size": self.batch_size}
+
+    @classmethod
+    def load_state(cls, directory: str, meta: dict) -> "SliceNetworkHarmonizer":
+        return cls(load_params(directory), meta["state"][cls.config_key],
+                   meta["state"]["batch_size"], **base_fields(meta))

@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from phyjax.data.split import TrainingSet, require_training_set
-from phyjax.data.volumes import Volume
 from phyjax.losses import masked_l1, physics_consistency, r1_m0_map_loss, ssim_loss
 from phyjax.methods import networks
-from phyjax.methods.base import Harmonizer, base_fields, fitted_fields, register
+from phyjax.methods.base import fitted_fields, register
 from phyjax.models.phycharm import PhyCHarm, reference_signal
 from phyjax.physics import signal
 from phyjax.physics.sequences import Protocol, encode
@@ -77,40 +75,23 @@ def make_loss(model: PhyCHarm, weights, target: Protocol, target_ref: float):
     return loss_fn
 
 
-class PhyCHarmHarmonizer(Harmonizer):
-    """Trained PhyCHarm parameters + what inference needs (model, target, batch size)."""
+class PhyCHarmHarmonizer(networks.SliceNetworkHarmonizer):
+    """Trained PhyCHarm; :meth:`predict` gives ``t1`` (s, source B0), ``m0``, ``resynth`` and
+    ``harmonized``."""
 
-    def __init__(self, params, model_cfg: dict, batch_size: int, **base):
-        super().__init__(**base)
-        self.params, self.model_cfg, self.batch_size = params, dict(model_cfg), int(batch_size)
-        self.model = make_model(self.model_cfg)
+    config_key = "model"
+
+    def build(self):
+        model = make_model(self.cfg)
         target, ref = self.target_protocol, reference_level(self.target_protocol)
 
         @jax.jit
         def predict(params, source, mask, code_src, source_field_strength):
             code_tgt = jnp.broadcast_to(encode(target), code_src.shape)
-            return self.model.apply({"params": params}, source, mask, code_src, code_tgt, target,
-                                    ref, source_field_strength)
+            return model.apply({"params": params}, source, mask, code_src, code_tgt, target,
+                               ref, source_field_strength)
 
-        self._predict = predict
-
-    def predict(self, volume: Volume) -> dict[str, np.ndarray]:
-        """All outputs on ``volume``: ``t1`` (s, source B0), ``m0``, ``resynth``, ``harmonized``."""
-        return networks.predict_volume(self._predict, self.params, volume.image, volume.mask,
-                                       volume.protocol, len(self.model_cfg["features"]),
-                                       self.batch_size, self.model_cfg["context"])
-
-    def harmonize(self, volume: Volume) -> np.ndarray:
-        return np.where(volume.mask, self.predict(volume)["harmonized"], 0.0).astype(np.float32)
-
-    def save_state(self, directory: str) -> dict:
-        networks.save_params(self.params, directory)
-        return {"model": self.model_cfg, "batch_size": self.batch_size}
-
-    @classmethod
-    def load_state(cls, directory: str, meta: dict) -> "PhyCHarmHarmonizer":
-        return cls(networks.load_params(directory), meta["state"]["model"],
-                   meta["state"]["batch_size"], **base_fields(meta))
+        return predict
 
 
 @register("phycharm", harmonizer=PhyCHarmHarmonizer)

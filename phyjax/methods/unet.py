@@ -14,10 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from phyjax.data.split import TrainingSet, require_training_set
-from phyjax.data.volumes import Volume
 from phyjax.losses import masked_l1, ssim_loss
 from phyjax.methods import networks
-from phyjax.methods.base import Harmonizer, base_fields, fitted_fields, register
+from phyjax.methods.base import fitted_fields, register
 from phyjax.models.unet import ConditionalUNet
 from phyjax.physics.sequences import encode
 from phyjax.train import TrainState, fit as fit_loop, make_train_step
@@ -43,36 +42,21 @@ def make_apply(model: ConditionalUNet, unet_cfg: dict):
     return apply
 
 
-class UNetHarmonizer(Harmonizer):
-    """Trained U-Net parameters + its configuration and inference batch size."""
+class UNetHarmonizer(networks.SliceNetworkHarmonizer):
+    """Trained supervised U-Net (settings: :func:`unet_config`)."""
 
-    def __init__(self, params, unet_cfg: dict, batch_size: int, **base):
-        super().__init__(**base)
-        self.params, self.unet_cfg, self.batch_size = params, dict(unet_cfg), int(batch_size)
-        apply = make_apply(make_model(self.unet_cfg), self.unet_cfg)
-        protocol_coded = self.unet_cfg["condition"] == "protocol"
+    config_key = "unet"
+
+    def build(self):
+        apply = make_apply(make_model(self.cfg), self.cfg)
+        protocol_coded = self.cfg["condition"] == "protocol"
 
         @jax.jit
         def predict(params, source, mask, code, _field_strength):
             code = code if protocol_coded else jnp.zeros((source.shape[0], 1))
             return {"harmonized": apply(params, source, mask, code)}
 
-        self._predict = predict
-
-    def harmonize(self, volume: Volume) -> np.ndarray:
-        out = networks.predict_volume(self._predict, self.params, volume.image, volume.mask,
-                                      volume.protocol, len(self.unet_cfg["features"]),
-                                      self.batch_size, self.unet_cfg["context"])["harmonized"]
-        return np.where(volume.mask, out, 0.0).astype(np.float32)
-
-    def save_state(self, directory: str) -> dict:
-        networks.save_params(self.params, directory)
-        return {"unet": self.unet_cfg, "batch_size": self.batch_size}
-
-    @classmethod
-    def load_state(cls, directory: str, meta: dict) -> "UNetHarmonizer":
-        return cls(networks.load_params(directory), meta["state"]["unet"],
-                   meta["state"]["batch_size"], **base_fields(meta))
+        return predict
 
 
 def unet_config(config) -> dict:
