@@ -204,7 +204,12 @@ def test_debug_run_writes_every_table_and_figure(debug_run):
                 mean, lo, hi = (_num(r[f"{key}_{s}"]) for s in ("mean", "ci_low", "ci_high"))
                 assert lo <= mean + 1e-12 and mean <= hi + 1e-12, (r["method"], key)
     md = open(os.path.join(workdir, "benchmark.md")).read()
-    assert "chance level" in md and "Site classifier" in md
+    assert "chance level" in md and "Site classifier" in md and "Anatomy preservation" in md
+    overall = {r["method"]: r for r in rows if r["site"] == "overall"}
+    assert float(overall["none"]["rank_corr_mean"]) == pytest.approx(1.0)   # the source itself
+    assert float(overall["none"]["edge_corr_mean"]) == pytest.approx(1.0)
+    desc = json.load(open(os.path.join(workdir, "dataset_description.json")))
+    assert desc["DatasetType"] == "derivative" and desc["GeneratedBy"][0]["Name"] == "phyjax"
     for m in methods:
         assert f"| {m} |" in md
 

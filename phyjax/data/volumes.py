@@ -38,7 +38,9 @@ class Volume:
 
     @property
     def voxel_mm3(self) -> float:
-        """Volume of one voxel of ``image`` (mm^3)."""
+        """Volume of one voxel of ``image`` (mm^3): the file's zooms, or the common grid's."""
+        if not self.resampled:
+            return float(np.prod(nib.load(self.path).header.get_zooms()[:3]))
         return float(abs(np.linalg.det(self.grid_affine()[:3, :3])))
 
 

@@ -94,6 +94,12 @@ def anatomy_preservation(output: np.ndarray, source: np.ndarray, mask: np.ndarra
             "edge_corr": corr(stats.pearsonr, grad[0][inner], grad[1][inner])}
 
 
+def anatomy_measure(method: str, output: np.ndarray, source, truth) -> dict:
+    """:func:`anatomy_preservation` as a measure of :func:`phyjax.evaluate.loop.evaluate_images`
+    (needs no pair: the output against its own source scan)."""
+    return anatomy_preservation(output, source.image, source.mask)
+
+
 def embedding(x: np.ndarray, seed: int = 0) -> np.ndarray:
     """``(n, 2)`` PCA coordinates of standardized, finite feature columns."""
     x = np.asarray(x, np.float64)

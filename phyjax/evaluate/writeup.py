@@ -34,7 +34,7 @@ class BenchmarkResult:
 def markdown(r: BenchmarkResult) -> str:
     """The whole ``benchmark.md``."""
     parts = [_header(r), _site_differences(r), _overall(r), _per_site(r), _segmentation(r),
-             _volumes(r), _classifier_after(r), _notes(r)]
+             _volumes(r), _classifier_after(r), _anatomy(r), _notes(r)]
     return "\n".join(parts) + "\n"
 
 
@@ -124,6 +124,18 @@ def _classifier_after(r: BenchmarkResult) -> str:
                 for m, res in r.classifier_after.items()]
         out.append("")
     return "\n".join(out)
+
+
+def _anatomy(r: BenchmarkResult) -> str:
+    return "\n".join([
+        "## 7. Anatomy preservation (each output against its own source; no pair needed)", "",
+        "Spearman correlation of the in-mask intensities (1 for any monotone mapping) and "
+        "correlation of the gradient magnitudes inside the eroded mask "
+        "(`phyjax.evaluate.unpaired`); a method that erases anatomy to look like the target "
+        "scores low here even where it scores high above.", "",
+        report.markdown_table(r.summary, ["rank_corr", "edge_corr"], site=None,
+                              first=("site", "method")).replace(
+            f"| {report.OVERALL} |", "| *overall* |")])
 
 
 def _notes(r: BenchmarkResult) -> str:

@@ -29,11 +29,11 @@ from phyjax.evaluate import figures, report, writeup
 from phyjax.evaluate.loop import evaluate_images, image_similarity
 from phyjax.evaluate.measures import (TissueMeasure, evaluate_features, generator_maps,
                                       subject_level)
-from phyjax.evaluate.segmentation import TissueSegmenter
-from phyjax.evaluate.site_difference import (FeatureExtractor, radiomic_relative_error,
-                                             site_difference, t_interval)
+from phyjax.evaluate.site_difference import radiomic_relative_error, site_difference, t_interval
+from phyjax.evaluate.unpaired import anatomy_measure
 from phyjax.experiments import unpaired
-from phyjax.experiments.common import log, prepare_workdir, write_protocols, write_split
+from phyjax.experiments.common import (feature_extractor, log, prepare_workdir, tissue_segmenter,
+                                       write_protocols, write_split)
 
 AVAILABLE = method_registry.AVAILABLE
 
@@ -47,17 +47,6 @@ def selected_methods(config) -> tuple[str, ...]:
     if not methods:
         raise ValueError("config.methods is empty.")
     return methods
-
-
-def _extractor(config) -> FeatureExtractor:
-    r = config.radiomics
-    return FeatureExtractor(bin_width=r.bin_width, n_bins=r.n_bins, max_bins=r.max_bins,
-                            classes=tuple(r.classes), batch_size=r.batch_size)
-
-
-def _segmenter(config) -> TissueSegmenter:
-    s = config.segmentation
-    return TissueSegmenter(beta=s.beta, max_iter=s.max_iter, tolerance=s.tolerance)
 
 
 def site_differences(config, data: Dataset, extractor, workdir: str):
@@ -137,7 +126,8 @@ def evaluate(config, fitted, data: Dataset, test, tissue, radiomics: _Radiomics,
              n_features, progress):
     """Per-image rows (image methods through the one loop, then feature-level methods)."""
     rows = evaluate_images(fitted, data.volumes, test, data.source_sites, data.target_site,
-                           measures=(image_similarity, tissue), on_subject=radiomics,
+                           measures=(image_similarity, tissue, anatomy_measure),
+                           on_subject=radiomics,
                            log=lambda m: log(progress, "benchmark", m))
     for h in fitted.values():
         if h.kind == "features":
@@ -164,10 +154,10 @@ def benchmark(config, workdir: str, progress: bool = True) -> dict:
     prepare_workdir(config, workdir)
     names = selected_methods(config)
     data = load_dataset(config.data, progress, paired=False, require_protocols=False)
-    write_protocols(workdir, data)
+    write_protocols(workdir, data, config)
     if not data.paired:
         return unpaired.benchmark_unpaired(config, data, names, workdir, progress,
-                                           _extractor(config))
+                                           feature_extractor(config.radiomics))
     names, skipped = unpaired.runnable(names, data)
     notes += skipped
     split = data.split(config.data.n_test, config.data.seed)
@@ -175,7 +165,7 @@ def benchmark(config, workdir: str, progress: bool = True) -> dict:
     if example not in split.test:
         raise ValueError(f"eval.example_subject {example!r} is not a held-out subject "
                          f"({list(split.test)}).")
-    extractor, tissue = _extractor(config), TissueMeasure(data.volumes, _segmenter(config))
+    extractor, tissue = feature_extractor(config.radiomics), TissueMeasure(data.volumes, tissue_segmenter(config.segmentation))
     raw_feat, feature_names, canvas, site_diff = site_differences(config, data, extractor, workdir)
     timings["site_difference"] = time.time() - t0
     clf = site_diff["classifier"]
@@ -217,9 +207,9 @@ def benchmark(config, workdir: str, progress: bool = True) -> dict:
 
 
 def _maps_note(maps) -> str:
-    t1, m0 = (t_interval([r[k] for r in maps]) for k in ("t1_nrmse", "m0_nrmse"))
-    return (f"PhyCHarm's quantitative maps on the held-out subjects: T1 NRMSE {t1[0]:.3f}, "
-            f"M0 NRMSE {m0[0]:.3f} (mean over {t1[3]} images).")
+    t1, m0 = (t_interval([r[k] for r in maps])[0] for k in ("t1_nrmse", "m0_nrmse"))
+    return (f"PhyCHarm's quantitative maps on the held-out subjects: T1 NRMSE {t1:.3f}, "
+            f"M0 NRMSE {m0:.3f} (mean over {len(maps)} images).")
 
 
 def write_outputs(workdir, data: Dataset, rows, subject_rows, summary, radiomics, raw_feat,

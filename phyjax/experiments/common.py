@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import os
 
+from phyjax import __version__
 from phyjax.data import bids
 from phyjax.data.dataset import Dataset
 from phyjax.data.nifti import InputError
 from phyjax.data.split import Split
+from phyjax.evaluate.segmentation import TissueSegmenter
+from phyjax.evaluate.site_difference import FeatureExtractor
 
 
 def prepare_workdir(config, workdir: str, resumable_keys=("model", "data", "seed")) -> None:
@@ -38,9 +41,20 @@ def _has_checkpoints(workdir: str) -> bool:
     return False
 
 
-def write_protocols(workdir: str, data: Dataset) -> None:
-    """``protocols.tsv``: every scan's protocol as read, with each value's origin and status."""
+def write_protocols(workdir: str, data: Dataset, config=None) -> None:
+    """``protocols.tsv`` (every scan's protocol as read, with each value's origin and status)
+    and, with ``config``, ``dataset_description.json`` making ``workdir`` a BIDS derivative
+    dataset of ``data`` (GeneratedBy: phyjax, its version and the run's config)."""
     bids.write_protocols(data.protocols, os.path.join(workdir, "protocols.tsv"))
+    if config is None:
+        return
+    with open(os.path.join(workdir, "dataset_description.json"), "w") as f:
+        json.dump({"Name": f"phyjax {config.get('method', 'run')} of {data.root}",
+                   "BIDSVersion": "1.9.0", "DatasetType": "derivative",
+                   "GeneratedBy": [{"Name": "phyjax", "Version": __version__,
+                                    "Description": config.to_json()}],
+                   "SourceDatasets": [{"URL": "file://" + os.path.abspath(data.root)}]},
+                  f, indent=2)
 
 
 def write_split(path: str, data: Dataset, split: Split, fitted=None) -> None:
@@ -56,3 +70,14 @@ def write_split(path: str, data: Dataset, split: Split, fitted=None) -> None:
 def log(progress: bool, tag: str, msg: str) -> None:
     if progress:
         print(f"[{tag}] {msg}", flush=True)
+
+
+def feature_extractor(r) -> FeatureExtractor:
+    """The radiomic feature extractor of a config's ``radiomics`` section."""
+    return FeatureExtractor(bin_width=r.bin_width, n_bins=r.n_bins, max_bins=r.max_bins,
+                            classes=tuple(r.classes), batch_size=r.batch_size)
+
+
+def tissue_segmenter(s) -> TissueSegmenter:
+    """The fixed tissue segmenter of a config's ``segmentation`` section."""
+    return TissueSegmenter(beta=s.beta, max_iter=s.max_iter, tolerance=s.tolerance)

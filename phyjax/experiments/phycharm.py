@@ -45,7 +45,7 @@ def train_and_evaluate(config, workdir: str, progress: bool = True) -> dict:
     split = data.split(config.data.n_test, config.data.seed)
     train = data.training_set(split)
     write_split(os.path.join(workdir, "split.json"), data, split)
-    write_protocols(workdir, data)
+    write_protocols(workdir, data, config)
     t_train = time.time()
     fitted = {METHOD: methods.fit(METHOD, config, train, workdir=workdir, progress=progress,
                                   has_maps=data.has_maps)}
