@@ -208,6 +208,10 @@ def test_debug_run_writes_every_table_and_figure(debug_run):
     overall = {r["method"]: r for r in rows if r["site"] == "overall"}
     assert float(overall["none"]["rank_corr_mean"]) == pytest.approx(1.0)   # the source itself
     assert float(overall["none"]["edge_corr_mean"]) == pytest.approx(1.0)
+    repro = {r["method"]: r for r in _csv(os.path.join(workdir, "reproducibility.csv"))}
+    assert set(repro) == set(cfg.methods) and "Reproducibility" in md
+    for r in repro.values():
+        assert -1.0 <= float(r["median_icc21"]) <= 1.0
     desc = json.load(open(os.path.join(workdir, "dataset_description.json")))
     assert desc["DatasetType"] == "derivative" and desc["GeneratedBy"][0]["Name"] == "phyjax"
     for m in methods:

@@ -82,3 +82,17 @@ def test_site_classifier_on_unpaired_data_chance_for_identical_sites():
     x[sites == "b"] += 2.0
     apart = site_classifier(x, sites, subjects, n_splits=5, n_permutations=49, seed=0)
     assert apart["accuracy"] > 0.9 and apart["p_value"] <= 0.05
+
+
+def test_icc_reproduces_shrout_and_fleiss():
+    """Shrout & Fleiss (1979), Table 2: 6 targets x 4 judges; their Table 4 gives ICC(1,1) = .17,
+    ICC(2,1) = .29, ICC(3,1) = .71."""
+    table = np.array([[9, 2, 5, 8], [6, 1, 3, 2], [8, 4, 6, 8], [7, 1, 2, 6], [10, 5, 6, 9],
+                      [6, 2, 4, 7]], float)
+    r = unpaired.icc(table)
+    assert (round(r["icc1"], 2), round(r["icc21"], 2), round(r["icc31"], 2)) == (0.17, 0.29, 0.71)
+    same = np.repeat(np.arange(5.0)[:, None], 3, axis=1)        # every rater agrees exactly
+    assert unpaired.icc(same) == {"icc1": 1.0, "icc21": 1.0, "icc31": 1.0}
+    shifted = same + np.array([0.0, 10.0, 20.0])                  # consistent, not in agreement
+    r = unpaired.icc(shifted)
+    assert r["icc31"] == pytest.approx(1.0) and r["icc21"] < 0.2

@@ -7,6 +7,7 @@
 * :func:`evaluate_features` -- the rows of a feature-level method (ComBat): held-out features and
   volumes mapped into the target site.
 * :func:`generator_maps` -- T1/M0 NRMSE of PhyCHarm's quantitative maps.
+* :func:`reproducibility` -- ICC of every radiomic feature across sites (traveling subjects).
 * :func:`subject_level` -- per (method, subject): coefficient of variation of tissue volumes
   across source sites, and a leave-one-subject-out site classifier on each method's outputs.
 """
@@ -21,6 +22,7 @@ from phyjax.evaluate.overlap import (TISSUES, coefficient_of_variation, tissue_o
                                      tissue_volumes, volume_differences)
 from phyjax.evaluate.segmentation import TissueSegmenter
 from phyjax.evaluate.site_difference import site_classifier
+from phyjax.evaluate.unpaired import icc
 
 
 class TissueMeasure:
@@ -121,4 +123,21 @@ def generator_maps(harmonizer, volumes, subjects, source_sites) -> list[dict]:
             rows.append({"site": site, "subject": subject,
                          "t1_nrmse": float(nrmse(pred["t1"], v.t1, v.mask)),
                          "m0_nrmse": float(nrmse(pred["m0"], v.m0, v.mask))})
+    return rows
+
+
+def reproducibility(methods, feats, subjects, sites) -> list[dict]:
+    """Per method: median over radiomic features of ICC(2,1) and ICC(3,1) across ``sites``
+    (:func:`phyjax.evaluate.unpaired.icc`; subjects as targets, sites as raters), on the held-out
+    subjects' outputs ``feats[(method, subject, site)]`` (traveling subjects only)."""
+    rows = []
+    for m in methods:
+        keys = [[(m, s, site) for site in sites] for s in subjects]
+        if not all(k in feats for row in keys for k in row):
+            continue
+        cube = np.stack([[feats[k] for k in row] for row in keys])   # (subjects, sites, F)
+        per = [icc(cube[:, :, j]) for j in range(cube.shape[2])]
+        rows.append({"method": m, **{f"median_{k}": float(np.nanmedian([p[k] for p in per]))
+                                     for k in ("icc21", "icc31")},
+                     "n_subjects": len(subjects), "n_sites": len(sites)})
     return rows

@@ -106,3 +106,29 @@ def embedding(x: np.ndarray, seed: int = 0) -> np.ndarray:
     x = x[:, np.all(np.isfinite(x), axis=0)]
     z = StandardScaler().fit_transform(x)
     return PCA(n_components=2, random_state=seed).fit_transform(z)
+
+
+def icc(x: np.ndarray) -> dict[str, float]:
+    """Intraclass correlations of a ``(n targets, k raters)`` table (Shrout & Fleiss, Psychol.
+    Bull. 86:420, 1979): ``icc1`` = ICC(1,1), ``icc21`` = ICC(2,1) (absolute agreement, raters
+    random), ``icc31`` = ICC(3,1) (consistency).  Here targets are subjects and raters are sites:
+    a feature that a harmonized site reproduces has ICC near 1.  ``nan`` when undefined.
+    """
+    x = np.asarray(x, np.float64)
+    n, k = x.shape
+    if n < 2 or k < 2 or not np.all(np.isfinite(x)):
+        return {"icc1": float("nan"), "icc21": float("nan"), "icc31": float("nan")}
+    grand = x.mean()
+    ss_rows = k * np.sum((x.mean(1) - grand) ** 2)
+    ss_cols = n * np.sum((x.mean(0) - grand) ** 2)
+    ss_err = np.sum((x - grand) ** 2) - ss_rows - ss_cols
+    bms, jms = ss_rows / (n - 1), ss_cols / (k - 1)
+    ems = ss_err / ((n - 1) * (k - 1))
+    wms = (ss_cols + ss_err) / (n * (k - 1))
+
+    def ratio(num, den):
+        return float(num / den) if den > 0 else float("nan")
+
+    return {"icc1": ratio(bms - wms, bms + (k - 1) * wms),
+            "icc21": ratio(bms - ems, bms + (k - 1) * ems + k * (jms - ems) / n),
+            "icc31": ratio(bms - ems, bms + (k - 1) * ems)}

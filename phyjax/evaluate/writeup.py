@@ -29,12 +29,13 @@ class BenchmarkResult:
     feature_names: list[str]
     notes: list[str]
     timings: dict
+    reproducibility: list = dataclasses.field(default_factory=list)
 
 
 def markdown(r: BenchmarkResult) -> str:
     """The whole ``benchmark.md``."""
     parts = [_header(r), _site_differences(r), _overall(r), _per_site(r), _segmentation(r),
-             _volumes(r), _classifier_after(r), _anatomy(r), _notes(r)]
+             _volumes(r), _classifier_after(r), _anatomy(r), _reproducibility(r), _notes(r)]
     return "\n".join(parts) + "\n"
 
 
@@ -136,6 +137,19 @@ def _anatomy(r: BenchmarkResult) -> str:
         report.markdown_table(r.summary, ["rank_corr", "edge_corr"], site=None,
                               first=("site", "method")).replace(
             f"| {report.OVERALL} |", "| *overall* |")])
+
+
+def _reproducibility(r: BenchmarkResult) -> str:
+    out = ["## 8. Reproducibility of the radiomic features across sites", "",
+           "Median over features of the intraclass correlation (Shrout & Fleiss 1979) of each "
+           "feature across the source sites, held-out subjects as targets: ICC(2,1) absolute "
+           "agreement, ICC(3,1) consistency (`reproducibility.csv`).", ""]
+    if r.reproducibility:
+        out += ["| method | median ICC(2,1) ↑ | median ICC(3,1) ↑ |", "|---|---|---|"]
+        out += [f"| {x['method']} | {x['median_icc21']:.3f} | {x['median_icc31']:.3f} |"
+                for x in r.reproducibility]
+        out.append("")
+    return "\n".join(out)
 
 
 def _notes(r: BenchmarkResult) -> str:

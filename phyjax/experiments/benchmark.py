@@ -28,7 +28,7 @@ from phyjax.data.split import LeakageError
 from phyjax.evaluate import figures, report, writeup
 from phyjax.evaluate.loop import evaluate_images, image_similarity
 from phyjax.evaluate.measures import (TissueMeasure, evaluate_features, generator_maps,
-                                      subject_level)
+                                      reproducibility, subject_level)
 from phyjax.evaluate.site_difference import radiomic_relative_error, site_difference, t_interval
 from phyjax.evaluate.unpaired import anatomy_measure
 from phyjax.experiments import unpaired
@@ -185,6 +185,8 @@ def benchmark(config, workdir: str, progress: bool = True) -> dict:
     evaluated = [m for m in names if m in fitted]
     subject_rows, classifier_after = subject_level(evaluated, rows, radiomics.feats, test,
                                                    data.source_sites, config.classifier, notes)
+    repro = reproducibility(evaluated, radiomics.feats, test, data.source_sites)
+    report.write_rows(repro, os.path.join(workdir, "reproducibility.csv"))
     split.check_rows(rows, fitted)
     split.check_rows(subject_rows, fitted)
     timings["evaluate"] = time.time() - t
@@ -194,7 +196,7 @@ def benchmark(config, workdir: str, progress: bool = True) -> dict:
     timings["total"] = time.time() - t0
     result = writeup.BenchmarkResult(config, data.root, data.target_site, data.sites,
                                      data.source_sites, split, fitted, summary, site_diff,
-                                     classifier_after, feature_names, notes, timings)
+                                     classifier_after, feature_names, notes, timings, repro)
     with open(os.path.join(workdir, "benchmark.md"), "w") as f:
         f.write(writeup.markdown(result))
     report.write_json(os.path.join(workdir, "summary.json"),
