@@ -48,6 +48,8 @@ def test_anatomy_preservation_rewards_monotone_maps_and_catches_erasure():
     same = unpaired.anatomy_preservation(3 * img ** 2 + 1, img, mask)   # monotone in-ROI map
     assert same["rank_corr"] == pytest.approx(1.0)
     assert same["edge_corr"] > 0.9
+    affine = unpaired.anatomy_preservation(np.where(mask, 2.5 * img - 0.7, 0), img, mask)
+    assert affine["edge_corr"] == pytest.approx(1.0, abs=1e-12)      # z-score-like maps keep edges
     erased = unpaired.anatomy_preservation(np.full(img.shape, 0.5), img, mask)
     assert erased == {"rank_corr": 0.0, "edge_corr": 0.0}
     scrambled = unpaired.anatomy_preservation(rng.permutation(img.ravel()).reshape(img.shape),
