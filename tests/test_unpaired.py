@@ -98,3 +98,19 @@ def test_icc_reproduces_shrout_and_fleiss():
     shifted = same + np.array([0.0, 10.0, 20.0])                  # consistent, not in agreement
     r = unpaired.icc(shifted)
     assert r["icc31"] == pytest.approx(1.0) and r["icc21"] < 0.2
+
+
+def test_location_scale_measures_what_combat_removes():
+    rng = np.random.default_rng(5)
+    base = rng.normal(size=(60, 4))
+    sites = np.repeat(["ref", "b", "c"], 20)
+    same = unpaired.location_scale(base, sites, "ref")
+    assert same["location"] < 0.5 and same["log_scale"] < 0.4
+    shifted = base.copy()
+    shifted[sites == "b"] = 3.0 * shifted[sites == "b"] + 4.0     # site b: scale 3, shift 4
+    r = unpaired.location_scale(shifted, sites, "ref")
+    assert r["location"] > same["location"] + 0.5
+    # Site b's spread is 3x the reference's: |log 3| = 1.10 for b, ~0 for c; the median of
+    # the 8 (feature, site) values lies between.
+    per_b = unpaired.location_scale(shifted[sites != "c"], sites[sites != "c"], "ref")
+    assert per_b["log_scale"] == pytest.approx(np.log(3.0), abs=0.35)

@@ -132,3 +132,33 @@ def icc(x: np.ndarray) -> dict[str, float]:
     return {"icc1": ratio(bms - wms, bms + (k - 1) * wms),
             "icc21": ratio(bms - ems, bms + (k - 1) * ems + k * (jms - ems) / n),
             "icc31": ratio(bms - ems, bms + (k - 1) * ems)}
+
+
+def location_scale(x: np.ndarray, sites, reference: str) -> dict[str, float]:
+    """ComBat-style site effects left in a feature table, relative to ``reference``'s site.
+
+    Each feature is standardized over all rows; per other site, the location difference is
+    ``|mean_site - mean_reference|`` (in pooled sd) and the scale ratio ``sd_site / sd_reference``.
+    Returns the medians over features and sites: ``location`` (0 = no shift) and
+    ``log_scale`` = median ``|log(ratio)|`` (0 = equal spread); ``nan`` when undefined.
+    """
+    x, sites = np.asarray(x, np.float64), np.asarray(sites, str)
+    x = x[:, np.all(np.isfinite(x), axis=0) & (np.ptp(x, axis=0) > 0)]
+    others = [s for s in sorted(set(sites.tolist())) if s != reference]
+    ref = x[sites == reference]
+    if x.shape[1] == 0 or len(ref) < 2 or not others:
+        return {"location": float("nan"), "log_scale": float("nan")}
+    z = (x - x.mean(0)) / x.std(0)
+    ref = z[sites == reference]
+    loc, scale = [], []
+    for s in others:
+        block = z[sites == s]
+        if len(block) < 2:
+            continue
+        loc.append(np.abs(block.mean(0) - ref.mean(0)))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            scale.append(np.abs(np.log(block.std(0, ddof=1) / ref.std(0, ddof=1))))
+    if not loc:
+        return {"location": float("nan"), "log_scale": float("nan")}
+    return {"location": float(np.nanmedian(np.concatenate(loc))),
+            "log_scale": float(np.nanmedian(np.concatenate(scale)))}

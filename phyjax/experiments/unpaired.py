@@ -8,7 +8,8 @@ held-out subjects (methods are fitted on the training subjects only, as in the p
   by subject, chance level, permutation p-value), Kruskal-Wallis per feature (Bonferroni) and its
   effect size (epsilon squared);
 * **distribution distances** between sites -- of the in-ROI intensities and of the features
-  (1-Wasserstein in pooled-sd units, :mod:`phyjax.evaluate.unpaired`);
+  (1-Wasserstein in pooled-sd units, :mod:`phyjax.evaluate.unpaired`), and the ComBat-style
+  location/scale differences of the features to the target site;
 * **anatomy preservation** -- every output against its own source (rank and edge correlation),
   so that a method cannot win by erasing anatomy.
 
@@ -113,7 +114,7 @@ def _outputs(fitted, data: Dataset, scans, extractor, canvas, raw_feat):
     return per_method
 
 
-def _row(name, out, scans, names, c, alpha=0.05) -> dict:
+def _row(name, out, scans, names, c, reference, alpha=0.05) -> dict:
     x, sites, subjects = out["features"], [k[1] for k in scans], [k[0] for k in scans]
     clf = site_classifier(x, sites, subjects, n_splits=c.n_splits, c=c.c,
                           n_permutations=c.n_permutations, seed=c.seed)
@@ -125,7 +126,8 @@ def _row(name, out, scans, names, c, alpha=0.05) -> dict:
            "median_effect_size": float(np.nanmedian(eps)),
            "feature_distance": unpaired.feature_distance(x, sites),
            "intensity_distance": (unpaired.site_distance(out["values"])["mean"]
-                                  if out["values"] else float("nan"))}
+                                  if out["values"] else float("nan")),
+           **unpaired.location_scale(x, sites, reference)}
     for key in ("rank_corr", "edge_corr"):
         row[key] = (float(np.mean([a[key] for a in out["anatomy"]])) if out["anatomy"]
                     else float("nan"))
@@ -157,7 +159,8 @@ def benchmark_unpaired(config, data: Dataset, names, workdir, progress, extracto
     raw_feat = dict(zip(keys, table))
     everyone = {"features": table, "anatomy": None,
                 "values": _roi_values(data, keys)}
-    before_all = _row("none (all subjects)", everyone, keys, feature_names, config.classifier)
+    before_all = _row("none (all subjects)", everyone, keys, feature_names, config.classifier,
+                      data.target_site)
     log(progress, "benchmark", f"site classifier on every scan before harmonization: "
                                f"{before_all['site_acc']:.2f} (chance {before_all['chance']:.2f}, "
                                f"p = {before_all['p_value']:.3g})")
@@ -166,8 +169,8 @@ def benchmark_unpaired(config, data: Dataset, names, workdir, progress, extracto
     split.held_out_subjects(fitted)
     scans = held_out_scans(data, split, notes)
     per_method = _outputs(fitted, data, scans, extractor, canvas, raw_feat)
-    rows = [before_all] + [_row(name, out, scans, feature_names, config.classifier)
-                           for name, out in per_method.items()]
+    rows = [before_all] + [_row(name, out, scans, feature_names, config.classifier,
+                                data.target_site) for name, out in per_method.items()]
     split.check_rows([{"method": m, "subject": s} for m in per_method for s, _ in scans], fitted)
     notes.append("Held-out scans per site: " + ", ".join(
         f"{site} {sum(k[1] == site for k in scans)}" for site in sorted({k[1] for k in scans}))
@@ -197,6 +200,8 @@ def markdown(rows, data: Dataset, split, notes, seconds) -> str:
             ("median_effect_size", "median ε²", "{:.3f}"),
             ("feature_distance", "feature W1 (sd)", "{:.3f}"),
             ("intensity_distance", "intensity W1 (sd)", "{:.3f}"),
+            ("location", "location Δ vs target (sd)", "{:.3f}"),
+            ("log_scale", "\\|log scale ratio\\|", "{:.3f}"),
             ("rank_corr", "anatomy: rank corr ↑", "{:.3f}"),
             ("edge_corr", "anatomy: edge corr ↑", "{:.3f}")]
     out = ["# Harmonization benchmark without traveling subjects", "",
