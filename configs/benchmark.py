@@ -3,9 +3,10 @@ r"""Benchmark: site differences, then every harmonization method on held-out sub
 Usage:
   python -m phyjax.main --config=configs/benchmark.py --workdir=runs/benchmark
   python -m phyjax.main --config=configs/benchmark.py:debug --workdir=/tmp/benchmark-debug
-A user's BIDS folder (every subject needs a scan from the target site):
+A user's BIDS folder (with traveling subjects: the paired benchmark; without: the unpaired one,
+phyjax/experiments/unpaired.py; --config.data.mask_label / site_field for other ROIs and sites):
   python -m phyjax.main --config=configs/benchmark.py --workdir=runs/mine \
-      --config.data.bids_root=/path/to/bids --config.data.target_site=<session label>
+      --config.data.bids_root=/path/to/bids --config.data.target_site=<site label>
 A subset of methods:  --config.methods="('none','nyul','combat')"
 
 Writes benchmark.md, benchmark.csv (method x site/overall, mean and 95 % CI over held-out
