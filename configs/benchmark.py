@@ -51,6 +51,8 @@ def get_config(arg: str | None = None) -> ConfigDict:
     ev = config.eval = ConfigDict()
     ev.batch_size = base.eval.batch_size  # slices per inference call
     ev.example_subject = ""               # held-out subject in examples.png ("" = first)
+    ev.covariates = ()                    # participants.tsv columns whose effect must be kept
+                                          # (unpaired benchmark: biology preservation)
 
     seg = config.segmentation = ConfigDict()   # DIPY HMRF, one fixed segmenter for every image
     seg.beta = 0.1

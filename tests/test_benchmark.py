@@ -256,12 +256,15 @@ def test_benchmark_runs_without_traveling_subjects(tmp_path):
         for d in glob.glob(f"{bids_root}/sub-{i:02d}/ses-*"):
             if not d.endswith(keep):
                 shutil.rmtree(d)
+    with open(f"{bids_root}/participants.tsv", "w") as f:        # a covariate to keep
+        f.write("participant_id\tage\n" + "".join(f"sub-{i:02d}\t{20 + 7 * i}\n"
+                                                   for i in range(1, 9)))
     run = tmp_path / "run"
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     proc = subprocess.run([sys.executable, "-m", "phyjax.main", "--config=configs/benchmark.py:debug",
                            f"--workdir={run}", f"--config.data.bids_root={bids_root}",
-                           "--config.data.n_test=4"], cwd=ROOT, capture_output=True, text=True,
-                          env=env, timeout=600)
+                           "--config.data.n_test=4", "--config.eval.covariates=('age',)"],
+                          cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = {r["method"]: r for r in _csv(run / "unpaired.csv")}
     everyone = rows.pop("none (all subjects)")            # every scan, before harmonization
@@ -275,6 +278,7 @@ def test_benchmark_runs_without_traveling_subjects(tmp_path):
     assert float(none["intensity_distance"]) > 0.3 and float(hist["intensity_distance"]) < 0.05
     # ... and, being monotone, keeps every image's rank structure; no harmonization keeps all.
     assert float(hist["rank_corr"]) > 0.999 and float(none["edge_corr"]) == pytest.approx(1.0)
+    assert float(none["bio_age"]) == pytest.approx(1.0) and "biology kept: age" in md
     split = json.load(open(run / "split.json"))
     held_out = {r["subject"].zfill(2) for r in _csv(run / "unpaired_features.csv")}
     assert held_out == set(split["test"])

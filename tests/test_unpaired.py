@@ -114,3 +114,19 @@ def test_location_scale_measures_what_combat_removes():
     # the 8 (feature, site) values lies between.
     per_b = unpaired.location_scale(shifted[sites != "c"], sites[sites != "c"], "ref")
     assert per_b["log_scale"] == pytest.approx(np.log(3.0), abs=0.35)
+
+
+def test_biology_kept_when_a_method_keeps_the_covariate_and_lost_when_it_erases_it():
+    rng = np.random.default_rng(6)
+    age = rng.uniform(20, 80, size=30)
+    x = rng.normal(size=(30, 12))
+    x[:, :3] += 0.3 * age[:, None]                 # three features carry the covariate
+    assert unpaired.covariate_strength(x, age)[:3].min() > 0.8
+    kept = unpaired.biology_kept(x, 2.0 * x + 1.0, age, top=3)          # a monotone map
+    assert kept["kept"] == pytest.approx(1.0)
+    erased = x.copy()
+    erased[:, :3] = 5.0                            # those features made equal for everyone
+    assert unpaired.biology_kept(x, erased, age, top=3)["kept"] == 0.0
+    sex = np.where(age > 50, "F", "M")             # categorical: epsilon squared
+    assert unpaired.covariate_strength(x, sex)[:3].min() > 0.3
+    assert np.isnan(unpaired.covariate_strength(x, np.ones(30))).all()

@@ -199,3 +199,19 @@ def inspect(root: str, suffix: str = "T1w", site_table=None, mask_label: str = "
         rows.append({"path": "; ".join(os.path.relpath(p, root) for p in paths), "subject": sub,
                      "site": site, "status": "error", "message": msg})
     return rows
+
+
+def read_participants(root: str, columns) -> dict[str, dict[str, str]]:
+    """``{subject label: {column: value}}`` from ``root/participants.tsv`` for ``columns``.
+
+    Raises InputError naming the file when it is missing or lacks a requested column.
+    """
+    path = os.path.join(root, "participants.tsv")
+    if not os.path.exists(path):
+        raise InputError(f"{path}: not found (needed for the covariates {list(columns)}).")
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    missing = [c for c in columns if not rows or c not in rows[0]]
+    if missing:
+        raise InputError(f"{path}: no column(s) {missing}; it has {list(rows[0]) if rows else []}.")
+    return {r["participant_id"].removeprefix("sub-"): {c: r[c] for c in columns} for r in rows}

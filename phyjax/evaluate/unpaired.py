@@ -162,3 +162,33 @@ def location_scale(x: np.ndarray, sites, reference: str) -> dict[str, float]:
         return {"location": float("nan"), "log_scale": float("nan")}
     return {"location": float(np.nanmedian(np.concatenate(loc))),
             "log_scale": float(np.nanmedian(np.concatenate(scale)))}
+
+
+def covariate_strength(x: np.ndarray, covariate) -> np.ndarray:
+    """Per feature, how strongly a covariate shows in it: ``|Spearman rho|`` for a numeric
+    covariate (0 for a constant feature; ``nan`` for a constant covariate), Kruskal-Wallis
+    epsilon squared for a categorical one."""
+    x = np.asarray(x, np.float64)
+    try:
+        values = np.asarray(covariate, np.float64)
+    except ValueError:
+        labels = np.asarray(covariate, str)
+        return np.array(list(effect_sizes(range(x.shape[1]), x, labels).values()))
+    if np.ptp(values) == 0:
+        return np.full(x.shape[1], np.nan)
+    out = np.zeros(x.shape[1])      # a constant feature shows no covariate effect
+    for j in range(x.shape[1]):
+        if np.ptp(x[:, j]) > 0:
+            out[j] = abs(stats.spearmanr(x[:, j], values)[0])
+    return out
+
+
+def biology_kept(before: np.ndarray, after: np.ndarray, covariate, top: int = 10) -> dict:
+    """Is a covariate's effect kept?  Of the ``top`` features that show it most before
+    harmonization (:func:`covariate_strength` on ``before``), their mean strength before and
+    after; ``kept`` = after / before (1 = kept, 0 = erased)."""
+    s_before = covariate_strength(before, covariate)
+    order = np.argsort(np.nan_to_num(s_before, nan=-1.0))[::-1][:top]
+    b = float(np.nanmean(s_before[order]))
+    a = float(np.nanmean(covariate_strength(after, covariate)[order]))
+    return {"before": b, "after": a, "kept": a / b if b > 0 else float("nan")}

@@ -11,7 +11,10 @@ held-out subjects (methods are fitted on the training subjects only, as in the p
   (1-Wasserstein in pooled-sd units, :mod:`phyjax.evaluate.unpaired`), and the ComBat-style
   location/scale differences of the features to the target site;
 * **anatomy preservation** -- every output against its own source (rank and edge correlation),
-  so that a method cannot win by erasing anatomy.
+  so that a method cannot win by erasing anatomy;
+* **biology preservation** -- for each ``config.eval.covariates`` column of ``participants.tsv``,
+  the share of the covariate's effect on the features (those that show it most before) that is
+  still there after each method (1 = kept, 0 = erased).
 
 Methods that need traveling subjects or acquisition parameters (the supervised U-Net, PhyCHarm)
 are skipped with the reason in the report.  Writes ``unpaired.md``, ``unpaired.csv`` (one row per
@@ -27,6 +30,7 @@ import time
 import numpy as np
 
 from phyjax import methods as method_registry
+from phyjax.data import bids
 from phyjax.data.dataset import Dataset
 from phyjax.data.split import LeakageError
 from phyjax.evaluate import figures, report, unpaired
@@ -134,6 +138,22 @@ def _row(name, out, scans, names, c, reference, alpha=0.05) -> dict:
     return row
 
 
+def _biology(rows, per_method, scans, data: Dataset, covariates) -> None:
+    """Add ``bio_<covariate>`` (share of the covariate's effect kept, :func:`biology_kept`,
+    relative to ``none`` on the same held-out scans) to each method's row."""
+    if not covariates or "none" not in per_method:
+        return
+    table = bids.read_participants(data.root, covariates)
+    for c in covariates:
+        cov = [table.get(s, {}).get(c, "") for s, _ in scans]
+        keep = [i for i, v in enumerate(cov) if v not in ("", "n/a")]
+        values = [cov[i] for i in keep]
+        before = per_method["none"]["features"][keep]
+        for r in rows:
+            r[f"bio_{c}"] = unpaired.biology_kept(
+                before, per_method[r["method"]]["features"][keep], values)["kept"]
+
+
 def effect_rows(per_method, scans, names) -> list[dict]:
     """Per method and feature: Kruskal-Wallis p across sites and epsilon squared (the features
     that drive site separability, before and after each method)."""
@@ -171,6 +191,7 @@ def benchmark_unpaired(config, data: Dataset, names, workdir, progress, extracto
     per_method = _outputs(fitted, data, scans, extractor, canvas, raw_feat)
     rows = [before_all] + [_row(name, out, scans, feature_names, config.classifier,
                                 data.target_site) for name, out in per_method.items()]
+    _biology(rows[1:], per_method, scans, data, config.eval.get("covariates", ()))
     split.check_rows([{"method": m, "subject": s} for m in per_method for s, _ in scans], fitted)
     notes.append("Held-out scans per site: " + ", ".join(
         f"{site} {sum(k[1] == site for k in scans)}" for site in sorted({k[1] for k in scans}))
@@ -204,6 +225,7 @@ def markdown(rows, data: Dataset, split, notes, seconds) -> str:
             ("log_scale", "\\|log scale ratio\\|", "{:.3f}"),
             ("rank_corr", "anatomy: rank corr ↑", "{:.3f}"),
             ("edge_corr", "anatomy: edge corr ↑", "{:.3f}")]
+    cols += [(k, f"biology kept: {k[4:]} ↑", "{:.2f}") for k in rows[-1] if k.startswith("bio_")]
     out = ["# Harmonization benchmark without traveling subjects", "",
            f"Dataset `{data.root}`; sites {', '.join(data.sites)}; target **{data.target_site}**; "
            f"{len(split.train)} training and {len(split.test)} held-out subjects (one scan each "
@@ -212,8 +234,8 @@ def markdown(rows, data: Dataset, split, notes, seconds) -> str:
            "`none` being the same scans before harmonization.", "",
            "| method | " + " | ".join(c[1] for c in cols) + " |", "|---|" + "---|" * len(cols)]
     for r in rows:
-        cells = ["–" if isinstance(r[k], float) and not np.isfinite(r[k]) else f.format(r[k])
-                 for k, _, f in cols]
+        cells = ["–" if not isinstance(r.get(k, float("nan")), (int, str)) and
+                 not np.isfinite(r.get(k, float("nan"))) else f.format(r[k]) for k, _, f in cols]
         out.append(f"| {r['method']} | " + " | ".join(cells) + " |")
     out += ["", "Distances: mean pairwise 1-Wasserstein distance between sites in pooled-sd units "
             "(0 = identical distributions).  Anatomy: each output against its own source inside "
