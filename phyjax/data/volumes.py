@@ -99,7 +99,9 @@ def load_scans(scans: list[Scan], maps_for=None, voxel_mm: float = 0.0
         grids = [(shape, a) for a in affines]
     out: dict[str, dict[str, Volume]] = {}
     for (scan, image, affine, mask), grid in zip(loaded, grids):
-        protocol = scan.protocol if scan.reading.status in ("ok", "assumed") else None
+        protocol = None  # incomplete, or MP2RAGE (read, but no closed-form Protocol)
+        if scan.reading.status in ("ok", "assumed") and scan.reading.family != "mp2rage":
+            protocol = scan.protocol
         maps = maps_for(scan.subject, float(protocol.field_strength)) if maps_for else None
         if grid is not None:
             shape, target = grid
