@@ -10,7 +10,8 @@ ti2_s, flip2_deg, manufacturer) and prints it as a table.  ``status`` is ``ok`` 
 is complete, ``assumed`` when a documented vendor default filled a gap (the message says which),
 ``missing`` or ``error`` otherwise.  With ``data.bids_root`` empty it inspects the embedded
 default dataset.  Training and harmonizing refuse to start while any scan is ``missing`` or
-``error`` (the benchmark only on ``error``, running physics-free methods on the rest); a site table (TSV: ``site`` + any of the value columns, BIDS units) fills the gaps.
+``error`` (the benchmark only on ``error``, running physics-free methods on the rest); a site
+table (TSV: ``site`` + any of the value columns, BIDS units) fills the gaps.
 """
 
 from ml_collections import ConfigDict
