@@ -119,7 +119,7 @@ def load_scans(scans: list[Scan], maps_for=None, voxel_mm: float = 0.0
 
 
 def _voxel_size(affine) -> float:
-    return float(np.mean(np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)))
+    return float(np.mean(geometry.zooms(affine)))
 
 
 def native_image(volume: Volume, data: np.ndarray):

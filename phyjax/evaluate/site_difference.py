@@ -263,6 +263,12 @@ def kruskal_wallis(names: Sequence[str], x: np.ndarray, sites: Sequence[str]) ->
     return out
 
 
+def n_significant(pvalues, alpha: float = 0.05) -> int:
+    """How many of the finite p-values stay below ``alpha`` after Bonferroni correction."""
+    finite = [p for p in pvalues if np.isfinite(p)]
+    return int(sum(p * max(len(finite), 1) < alpha for p in finite))
+
+
 def site_difference(names: Sequence[str], x: np.ndarray, sites: Sequence[str],
                     subjects: Sequence[str], *, n_splits: int = 5, c: float = 1.0,
                     n_permutations: int = 100, seed: int = 0, alpha: float = 0.05) -> dict:
@@ -275,8 +281,7 @@ def site_difference(names: Sequence[str], x: np.ndarray, sites: Sequence[str],
     clf = site_classifier(x, sites, subjects, n_splits=n_splits, c=c,
                           n_permutations=n_permutations, seed=seed)
     pvals = kruskal_wallis(names, x, sites)
-    finite = [p for p in pvals.values() if np.isfinite(p)]
-    n_sig = int(sum(p * max(len(finite), 1) < alpha for p in finite))
+    n_sig = n_significant(pvals.values(), alpha)
     return {"classifier": clf, "accuracy_ci": t_interval(list(clf["per_group"].values())),
             "distributions": per_site_distributions(names, x, sites), "kruskal_p": pvals,
             "n_significant": n_sig, "n_features": len(names), "alpha": alpha}

@@ -24,7 +24,6 @@ import time
 
 from phyjax import methods as method_registry
 from phyjax.data.dataset import Dataset, load_dataset
-from phyjax.data.split import LeakageError
 from phyjax.evaluate import figures, report, writeup
 from phyjax.evaluate.loop import evaluate_images, image_similarity
 from phyjax.evaluate.measures import (TissueMeasure, evaluate_features, generator_maps,
@@ -32,8 +31,8 @@ from phyjax.evaluate.measures import (TissueMeasure, evaluate_features, generato
 from phyjax.evaluate.site_difference import radiomic_relative_error, site_difference, t_interval
 from phyjax.evaluate.unpaired import anatomy_measure
 from phyjax.experiments import unpaired
-from phyjax.experiments.common import (feature_extractor, log, prepare_workdir, tissue_segmenter,
-                                       write_protocols, write_split)
+from phyjax.experiments.common import (feature_extractor, fit_methods, log, prepare_workdir,
+                                       tissue_segmenter, write_protocols, write_split)
 
 AVAILABLE = method_registry.AVAILABLE
 
@@ -68,32 +67,6 @@ def site_differences(config, data: Dataset, extractor, workdir: str):
                       os.path.join(workdir, "site_features.csv"))
     report.write_rows(diff["distributions"], os.path.join(workdir, "site_distributions.csv"))
     return raw_feat, names, canvas, diff
-
-
-def fit_methods(config, names, data: Dataset, split, tissue: TissueMeasure, raw_feat, workdir,
-                progress, timings, notes) -> dict:
-    """Fit every method on the training subjects; save each under ``<workdir>/<name>/``."""
-    train, fitted = data.training_set(split), {}
-
-    def features(subject, site):  # ComBat's feature rows, for training subjects only
-        if subject not in train.subjects:
-            raise LeakageError(f"a method asked for the features of held-out subject {subject!r}.")
-        return tissue.feature_row(raw_feat[(subject, site)], subject, site)
-
-    for name in names:
-        t = time.time()
-        try:
-            fitted[name] = method_registry.fit(
-                name, config, train, workdir=os.path.join(workdir, name), progress=progress,
-                has_maps=data.has_maps, features=features)
-        except ValueError as exc:
-            if name != "combat":
-                raise
-            notes.append(f"ComBat skipped: {exc}")   # e.g. a site with one training subject
-            continue
-        method_registry.save(fitted[name], os.path.join(workdir, name, "harmonizer"))
-        timings[f"fit_{name}"] = time.time() - t
-    return fitted
 
 
 class _Radiomics:
@@ -165,14 +138,16 @@ def benchmark(config, workdir: str, progress: bool = True) -> dict:
     if example not in split.test:
         raise ValueError(f"eval.example_subject {example!r} is not a held-out subject "
                          f"({list(split.test)}).")
-    extractor, tissue = feature_extractor(config.radiomics), TissueMeasure(data.volumes, tissue_segmenter(config.segmentation))
+    extractor = feature_extractor(config.radiomics)
+    tissue = TissueMeasure(data.volumes, tissue_segmenter(config.segmentation))
     raw_feat, feature_names, canvas, site_diff = site_differences(config, data, extractor, workdir)
     timings["site_difference"] = time.time() - t0
     clf = site_diff["classifier"]
     log(progress, "benchmark", f"site classifier before harmonization: {clf['accuracy']:.2f} "
                                f"(chance {clf['chance']:.2f})")
-    fitted = fit_methods(config, names, data, split, tissue, raw_feat, workdir, progress,
-                         timings, notes)
+    fitted = fit_methods(config, names, data, split,
+                         lambda s, site: tissue.feature_row(raw_feat[(s, site)], s, site),
+                         workdir, progress, notes, skippable=("combat",), timings=timings)
     write_split(os.path.join(workdir, "split.json"), data, split, fitted)
     t = time.time()
     test = split.held_out_subjects(fitted)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 from phyjax import __version__
+from phyjax import methods as method_registry
 from phyjax.data import bids
 from phyjax.data.dataset import Dataset
 from phyjax.data.nifti import InputError
-from phyjax.data.split import Split
+from phyjax.data.split import LeakageError, Split
 from phyjax.evaluate.segmentation import TissueSegmenter
 from phyjax.evaluate.site_difference import FeatureExtractor
 
@@ -65,6 +67,40 @@ def write_split(path: str, data: Dataset, split: Split, fitted=None) -> None:
         out["fitted_on"] = {m: sorted(h.fitted_on) for m, h in fitted.items()}
     with open(path, "w") as f:
         json.dump(out, f, indent=2)
+
+
+def fit_methods(config, names, data: Dataset, split: Split, features, workdir: str,
+                progress: bool, notes: list, skippable=(), timings: dict | None = None) -> dict:
+    """Fit every method of ``names`` on the training subjects of ``split`` (through
+    :func:`phyjax.methods.fit`) and save each under ``<workdir>/<name>/harmonizer``.
+
+    ``features(subject, site)``: the feature vector a feature-level method (ComBat) fits on; it
+    is handed out for training subjects only (:class:`LeakageError` otherwise).  A ValueError of a
+    method in ``skippable`` (e.g. ComBat with one training image at a site) becomes a note.
+    """
+    train, fitted = data.training_set(split), {}
+
+    def guarded(subject, site):
+        if subject not in train.subjects:
+            raise LeakageError(f"a method asked for the features of held-out subject {subject!r}.")
+        return features(subject, site)
+
+    for name in names:
+        t = time.time()
+        try:
+            fitted[name] = method_registry.fit(
+                name, config, train, workdir=os.path.join(workdir, name), progress=progress,
+                has_maps=data.has_maps, features=guarded)
+        except ValueError as exc:
+            if name not in skippable:
+                raise
+            notes.append(f"{name} not run: {exc}")
+            continue
+        method_registry.save(fitted[name], os.path.join(workdir, name, "harmonizer"))
+        if timings is not None:
+            timings[f"fit_{name}"] = time.time() - t
+        log(progress, "benchmark", f"fitted {name}")
+    return fitted
 
 
 def log(progress: bool, tag: str, msg: str) -> None:

@@ -29,13 +29,11 @@ import time
 
 import numpy as np
 
-from phyjax import methods as method_registry
 from phyjax.data import bids
 from phyjax.data.dataset import Dataset
-from phyjax.data.split import LeakageError
 from phyjax.evaluate import figures, report, unpaired
-from phyjax.evaluate.site_difference import kruskal_wallis, site_classifier
-from phyjax.experiments.common import log, write_split
+from phyjax.evaluate.site_difference import kruskal_wallis, n_significant, site_classifier
+from phyjax.experiments.common import fit_methods, log, write_split
 
 PAIRED_ONLY = ("unet", "phycharm")
 
@@ -56,27 +54,6 @@ def runnable(names, data: Dataset) -> tuple[list[str], list[str]]:
     return keep, notes
 
 
-def _fit(config, names, data: Dataset, split, raw_feat, workdir, progress, notes) -> dict:
-    train, fitted = data.training_set(split), {}
-
-    def features(subject, site):
-        if subject not in train.subjects:
-            raise LeakageError(f"a method asked for the features of held-out subject {subject!r}.")
-        return raw_feat[(subject, site)]
-
-    for name in names:
-        try:
-            fitted[name] = method_registry.fit(name, config, train, progress=progress,
-                                               workdir=os.path.join(workdir, name),
-                                               features=features)
-        except ValueError as exc:   # e.g. ComBat with one training image at a site
-            notes.append(f"{name} not run: {exc}")
-            continue
-        method_registry.save(fitted[name], os.path.join(workdir, name, "harmonizer"))
-        log(progress, "benchmark", f"fitted {name}")
-    return fitted
-
-
 def held_out_scans(data: Dataset, split, notes) -> list[tuple[str, str]]:
     """Held-out ``(subject, site)`` scans of the sites that training saw (a method cannot map a
     site it never saw; such scans are left out for every method, with a note)."""
@@ -89,12 +66,17 @@ def held_out_scans(data: Dataset, split, notes) -> list[tuple[str, str]]:
     return [k for k in scans if k[1] in seen]
 
 
-def _roi_values(data: Dataset, keys) -> dict[str, np.ndarray]:
+def _by_site(images, masks, sites) -> dict[str, np.ndarray]:
+    """The in-ROI values of the images, pooled per site."""
     values = {}
-    for s, site in keys:
-        v = data.volumes[s][site]
-        values.setdefault(site, []).append(v.image[v.mask])
+    for image, mask, site in zip(images, masks, sites):
+        values.setdefault(site, []).append(image[mask])
     return {k: np.concatenate(x) for k, x in values.items()}
+
+
+def _roi_values(data: Dataset, keys) -> dict[str, np.ndarray]:
+    vols = [data.volumes[s][site] for s, site in keys]
+    return _by_site([v.image for v in vols], [v.mask for v in vols], [k[1] for k in keys])
 
 
 def _outputs(fitted, data: Dataset, scans, extractor, canvas, raw_feat):
@@ -110,11 +92,8 @@ def _outputs(fitted, data: Dataset, scans, extractor, canvas, raw_feat):
         _, x = extractor.table(images, masks, canvas)
         anatomy = [unpaired.anatomy_preservation(im, data.volumes[s][site].image, m)
                    for im, m, (s, site) in zip(images, masks, scans)]
-        values = {}
-        for im, m, (_, site) in zip(images, masks, scans):
-            values.setdefault(site, []).append(im[m])
         per_method[name] = {"features": x, "anatomy": anatomy,
-                            "values": {k: np.concatenate(v) for k, v in values.items()}}
+                            "values": _by_site(images, masks, [k[1] for k in scans])}
     return per_method
 
 
@@ -122,11 +101,11 @@ def _row(name, out, scans, names, c, reference, alpha=0.05) -> dict:
     x, sites, subjects = out["features"], [k[1] for k in scans], [k[0] for k in scans]
     clf = site_classifier(x, sites, subjects, n_splits=c.n_splits, c=c.c,
                           n_permutations=c.n_permutations, seed=c.seed)
-    pvals = [p for p in kruskal_wallis(names, x, sites).values() if np.isfinite(p)]
+    pvals = kruskal_wallis(names, x, sites).values()
     eps = list(unpaired.effect_sizes(names, x, sites).values())
     row = {"method": name, "n_images": len(scans), "site_acc": clf["accuracy"],
            "chance": clf["chance"], "p_value": clf["p_value"],
-           "n_features_differ": int(sum(p * max(len(pvals), 1) < alpha for p in pvals)),
+           "n_features_differ": n_significant(pvals, alpha),
            "median_effect_size": float(np.nanmedian(eps)),
            "feature_distance": unpaired.feature_distance(x, sites),
            "intensity_distance": (unpaired.site_distance(out["values"])["mean"]
@@ -184,7 +163,8 @@ def benchmark_unpaired(config, data: Dataset, names, workdir, progress, extracto
     log(progress, "benchmark", f"site classifier on every scan before harmonization: "
                                f"{before_all['site_acc']:.2f} (chance {before_all['chance']:.2f}, "
                                f"p = {before_all['p_value']:.3g})")
-    fitted = _fit(config, keep, data, split, raw_feat, workdir, progress, notes)
+    fitted = fit_methods(config, keep, data, split, lambda s, site: raw_feat[(s, site)], workdir,
+                         progress, notes, skippable=keep)
     write_split(os.path.join(workdir, "split.json"), data, split, fitted)
     split.held_out_subjects(fitted)
     scans = held_out_scans(data, split, notes)

@@ -9,6 +9,7 @@ resumed run sees the batches an uninterrupted one would.
 
 from __future__ import annotations
 
+import abc
 import os
 from typing import Any, Callable
 
@@ -117,8 +118,9 @@ class SliceNetworkHarmonizer(Harmonizer):
         self.params, self.cfg, self.batch_size = params, dict(cfg), int(batch_size)
         self._predict = self.build()
 
+    @abc.abstractmethod
     def build(self) -> Callable:
-        raise NotImplementedError
+        """The jit-compiled ``predict`` of this network (called once, by ``__init__``)."""
 
     def predict(self, volume) -> dict[str, np.ndarray]:
         """Every output of the network on ``volume``, as ``(X, Y, Z)`` arrays."""
