@@ -47,12 +47,15 @@ def get_config(arg: str | None = None) -> ConfigDict:
     config.data = ConfigDict(base.data.to_dict())     # PhyCHarm's data section
     config.model = ConfigDict(base.model.to_dict())   # PhyCHarm's networks
     config.train = ConfigDict(base.train.to_dict())   # shared by PhyCHarm and the U-Net
+    config.target = ConfigDict(base.target.to_dict())  # the target as a protocol (optional)
 
     ev = config.eval = ConfigDict()
     ev.batch_size = base.eval.batch_size  # slices per inference call
     ev.example_subject = ""               # held-out subject in examples.png ("" = first)
     ev.covariates = ()                    # participants.tsv columns whose effect must be kept
-                                          # (unpaired benchmark: biology preservation)
+                                          # (unpaired benchmark: biology preservation and
+                                          # their prediction across sites)
+    ev.rim_mm = 4.0                       # unpaired downstream task: ROI rim width (mm)
 
     seg = config.segmentation = ConfigDict()   # DIPY HMRF, one fixed segmenter for every image
     seg.beta = 0.1

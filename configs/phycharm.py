@@ -93,6 +93,27 @@ def get_config(arg: str | None = None) -> ConfigDict:
     train.w_physics = 0.5    # source re-synthesis consistency (self-supervised)
     train.w_harm = 1.0       # L1 of harmonized vs target image
     train.w_ssim = 0.5       # 1 - SSIM of harmonized vs target image
+    train.pairs = "auto"     # "paired" (traveling subjects), "simulated" (physics-made pairs on
+                             # shipped anatomies + self-supervised adaptation to the real scans;
+                             # target-site images unused), "auto" (paired if every training
+                             # subject has a target-site scan)
+    train.n_anatomies = 8    # simulated mode: anatomies the pairs are simulated on
+    train.adapt_every = 4    # simulated mode: every n-th batch is a real, unpaired scan (physics
+                             # consistency only); 0 = no adaptation
+
+    # The target as a protocol (a sidecar and/or values; s, degrees, T): overrides the target
+    # site's sidecars, and need not be a site in the data.  Empty/negative = not given.
+    tg = config.target = ConfigDict()
+    tg.sidecar = ""
+    tg.sequence = ""         # mprage, spgr, ir, se, bssfp
+    tg.tr = -1.0
+    tg.te = -1.0
+    tg.ti = -1.0
+    tg.flip_angle = -1.0
+    tg.field_strength = -1.0
+    tg.randomize = False     # train for every target in phyjax.data.simulated.TARGET_RANGES of
+                             # its family (simulated pairs), so one model serves any of them
+    tg.n_protocols = 8       # targets drawn from that range (the given target first)
 
     ev = config.eval = ConfigDict()
     ev.baselines = ("none", "zscore", "histmatch")

@@ -50,9 +50,10 @@ class Dataset:
         """Seeded split by subject (:meth:`Split.by_subject`)."""
         return Split.by_subject(self.volumes, n_test, seed)
 
-    def training_set(self, split: Split) -> TrainingSet:
-        """What ``fit`` functions accept: the training subjects of ``split`` only."""
-        return split.training_set(self.volumes, self.target_site)
+    def training_set(self, split: Split, target_protocol=None) -> TrainingSet:
+        """What ``fit`` functions accept: the training subjects of ``split`` only
+        (``target_protocol``: the target given as a protocol, :func:`target_from_config`)."""
+        return split.training_set(self.volumes, self.target_site, target_protocol)
 
 
 def cache_dir(data_cfg) -> str:

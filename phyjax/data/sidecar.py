@@ -510,6 +510,54 @@ _BIDS_OVERRIDES = {"EchoTime": "te_s", "InversionTime": "ti_s", "FlipAngle": "fl
                    "RepetitionTimeExcitation": "tr_readout_s"}
 
 
+#: command-line names (``config.harmonize``, ``config.target``; s, degrees, T) -> reading fields
+#: (``tr``: the TR of the family's signal equation, see :func:`read_given`)
+COMMAND_LINE = {"tr": "tr_prep_s", "te": "te_s", "ti": "ti_s", "flip_angle": "flip_angle_deg",
+                "field_strength": "b0_t"}
+
+
+def read_given(path: str, sequence: str = "", given: Mapping[str, float] | None = None,
+               require_file: bool = False) -> Reading:
+    """A protocol given by a sidecar and/or values on the command line (:data:`COMMAND_LINE`
+    names, BIDS units; they override the sidecar's).
+
+    ``path`` is read when ``require_file``, when it exists, or when nothing is ``given``;
+    ``sequence`` forces the family.  ``tr`` is the TR of the family's signal equation (the
+    inversion TR of mprage/ir/mp2rage, the excitation TR otherwise).  Raises InputError naming
+    ``path`` for a missing or invalid sidecar.
+    """
+    given = dict(given or {})
+    sidecar = (read_sidecar(path) if require_file or (path and os.path.exists(path)) or not given
+               else {})
+    family = sequence or infer_sequence(sidecar)
+    overrides = {}
+    for name, value in given.items():
+        field = COMMAND_LINE[name]
+        if name == "tr":
+            field = "tr_prep_s" if family in ("mprage", "ir", "mp2rage") else "tr_readout_s"
+        overrides[field] = value
+    return read_protocol(sidecar, path if sidecar else "command line", family=sequence or None,
+                         overrides=overrides)
+
+
+def given_values(section) -> dict[str, float]:
+    """The :data:`COMMAND_LINE` values set in a config section (negative or None = not given)."""
+    return {k: float(section[k]) for k in COMMAND_LINE
+            if section.get(k) is not None and section[k] >= 0}
+
+
+def target_from_config(section) -> Protocol | None:
+    """The target protocol of a ``config.target`` section (``sidecar`` and/or ``sequence``,
+    ``tr``, ``te``, ``ti``, ``flip_angle``, ``field_strength``), or None when it gives none.
+    Raises InputError naming every missing or implausible value."""
+    given = given_values(section)
+    if not section.get("sidecar") and not given:
+        return None
+    reading = read_given(section.get("sidecar", ""), section.get("sequence", ""), given,
+                         require_file=bool(section.get("sidecar")))
+    return reading.protocol()
+
+
 def protocol_from_sidecar(sidecar: Mapping[str, Any], source: str = "<sidecar>",
                           sequence: str | None = None,
                           overrides: Mapping[str, float] | None = None) -> Protocol:

@@ -64,9 +64,11 @@ class Split:
         train, test = split_subjects(subjects, n_test, seed)
         return cls(tuple(train), tuple(test))
 
-    def training_set(self, volumes: Mapping[str, Any], target_site: str) -> "TrainingSet":
-        """The only way to obtain what fit functions accept: the training subjects' data."""
-        return TrainingSet(self, volumes, target_site, _token=_TOKEN)
+    def training_set(self, volumes: Mapping[str, Any], target_site: str,
+                     target_protocol: Protocol | None = None) -> "TrainingSet":
+        """The only way to obtain what fit functions accept: the training subjects' data
+        (``target_protocol``: the target given as a protocol, not read from target scans)."""
+        return TrainingSet(self, volumes, target_site, target_protocol, _token=_TOKEN)
 
     def held_out_subjects(self, fitted: Mapping[str, Any]) -> tuple[str, ...]:
         """The test subjects, after checking that no fitted method (``.fitted_on``) saw any."""
@@ -98,8 +100,8 @@ class TrainingSet:
     (:func:`require_training_set`).
     """
 
-    def __init__(self, split: Split, volumes: Mapping[str, Any], target_site: str, *,
-                 _token=None):
+    def __init__(self, split: Split, volumes: Mapping[str, Any], target_site: str,
+                 target_protocol: Protocol | None = None, *, _token=None):
         if _token is not _TOKEN:
             raise TypeError("build a TrainingSet with Split.training_set(volumes, target_site).")
         missing = [s for s in split.train if s not in volumes]
@@ -108,6 +110,7 @@ class TrainingSet:
         self.subjects: tuple[str, ...] = split.train
         self.volumes = MappingProxyType({s: volumes[s] for s in split.train})
         self.target_site = target_site
+        self._target_protocol = target_protocol
 
     @property
     def sites(self) -> list[str]:
@@ -128,18 +131,29 @@ class TrainingSet:
                              "physics-free methods can still run.")
 
     def grid_mm(self) -> tuple[float, float, float]:
-        """Voxel edge lengths (mm, RAS axes) of the training images (those of the first target
-        scan; a dataset's volumes share one grid)."""
-        return geometry.zooms(self.target_scans()[0].grid_affine())
+        """Voxel edge lengths (mm, RAS axes) of the training images (those of the first scan; a
+        dataset's volumes share one grid)."""
+        first = next(v for s in self.subjects for v in self.volumes[s].values())
+        return geometry.zooms(first.grid_affine())
 
     def target_protocol(self, required: bool = True) -> Protocol | None:
-        """The protocol of the target scans, read from their sidecars.
+        """The target given as a protocol, else the protocol of the target scans (sidecars).
 
-        Raises InputError when there is no target scan, when the target scans' protocols differ
-        (a method harmonizes to one protocol; which one would be a silent guess), or -- with
-        ``required`` -- when their sidecars lack acquisition parameters (else None then).
+        Raises InputError when there is no given target and no target scan, when the target
+        scans' protocols differ from each other or from the given target (a method harmonizes to
+        one protocol; which one would be a silent guess), or -- with ``required`` -- when their
+        sidecars lack acquisition parameters (else None then).
         """
         scans = self.target_scans()
+        given = self._target_protocol
+        if given is not None:
+            for v in scans:
+                if v.protocol is not None and not protocols_match(given, v.protocol):
+                    raise InputError(
+                        f"{v.path}: the target site {self.target_site!r} was scanned with "
+                        f"{v.protocol}, not the given target protocol {given}; name another "
+                        "target site (config.data.target_site) or give its protocol.")
+            return given
         if not scans:
             raise InputError(f"no training subject has a scan from the target site "
                              f"{self.target_site!r}.")

@@ -11,6 +11,7 @@ from phyjax import methods as method_registry
 from phyjax.data import bids
 from phyjax.data.dataset import Dataset
 from phyjax.data.nifti import InputError
+from phyjax.data.sidecar import target_from_config
 from phyjax.data.split import LeakageError, Split
 from phyjax.evaluate.segmentation import TissueSegmenter
 from phyjax.evaluate.site_difference import FeatureExtractor
@@ -69,6 +70,11 @@ def write_split(path: str, data: Dataset, split: Split, fitted=None) -> None:
         json.dump(out, f, indent=2)
 
 
+def target_protocol(config):
+    """The target given as a protocol in ``config.target`` (None: read from the target site)."""
+    return target_from_config(config.target) if "target" in config else None
+
+
 def fit_methods(config, names, data: Dataset, split: Split, features, workdir: str,
                 progress: bool, notes: list, skippable=(), timings: dict | None = None) -> dict:
     """Fit every method of ``names`` on the training subjects of ``split`` (through
@@ -78,7 +84,7 @@ def fit_methods(config, names, data: Dataset, split: Split, features, workdir: s
     is handed out for training subjects only (:class:`LeakageError` otherwise).  A ValueError of a
     method in ``skippable`` (e.g. ComBat with one training image at a site) becomes a note.
     """
-    train, fitted = data.training_set(split), {}
+    train, fitted = data.training_set(split, target_protocol(config)), {}
 
     def guarded(subject, site):
         if subject not in train.subjects:

@@ -17,16 +17,11 @@ import numpy as np
 from phyjax import methods
 from phyjax.data import geometry
 from phyjax.data.nifti import InputError, load_volume, save_like
-from phyjax.data.sidecar import (FIELDS, Reading, infer_sequence, protocol_to_sidecar,
-                                 read_protocol, read_sidecar, sidecar_path)
+from phyjax.data.sidecar import (FIELDS, Reading, given_values, protocol_to_sidecar, read_given,
+                                 sidecar_path)
 from phyjax.data.volumes import Volume, normalize
 from phyjax.evaluate import figures, report
 from phyjax.physics.sequences import Protocol
-
-#: command-line values (``config.harmonize``) -> reading fields (``tr``: see :func:`input_reading`)
-OVERRIDES = {"tr": "tr_prep_s", "te": "te_s", "ti": "ti_s", "flip_angle": "flip_angle_deg",
-             "field_strength": "b0_t"}
-
 
 def load_mask(spec: str, image_path: str, image: nib.Nifti1Image) -> np.ndarray:
     """Brain mask on the image's grid: the union of the comma-separated masks (or probability
@@ -50,18 +45,8 @@ def load_mask(spec: str, image_path: str, image: nib.Nifti1Image) -> np.ndarray:
 def input_reading(h) -> Reading:
     """The input's protocol as read: its sidecar (``h.sidecar`` or next to ``h.input``), with
     the command-line values (s, degrees, T; negative = not given) overriding it."""
-    path = h.sidecar or sidecar_path(h.input)
-    given = {name: h[name] for name in OVERRIDES if h[name] is not None and h[name] >= 0}
-    sidecar = read_sidecar(path) if h.sidecar or os.path.exists(path) or not given else {}
-    family = h.sequence or infer_sequence(sidecar)
-    overrides = {}
-    for name, value in given.items():
-        field = OVERRIDES[name]
-        if name == "tr":  # the TR of the family's signal equation
-            field = "tr_prep_s" if family in ("mprage", "ir", "mp2rage") else "tr_readout_s"
-        overrides[field] = value
-    return read_protocol(sidecar, path if sidecar else "command line", family=h.sequence or None,
-                         overrides=overrides)
+    return read_given(h.sidecar or sidecar_path(h.input), h.sequence, given_values(h),
+                      require_file=bool(h.sidecar))
 
 
 def harmonize_image(harmonizer, image: np.ndarray, img, mask: np.ndarray,

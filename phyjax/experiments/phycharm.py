@@ -21,7 +21,8 @@ from phyjax.evaluate import figures, report
 from phyjax.evaluate.loop import evaluate_images
 from phyjax.evaluate.measures import generator_maps
 from phyjax.experiments import harmonize as harmonize_mode
-from phyjax.experiments.common import prepare_workdir, write_protocols, write_split
+from phyjax.experiments.common import (prepare_workdir, target_protocol, write_protocols,
+                                       write_split)
 
 METHOD = "phycharm"
 HARMONIZER_DIR = "harmonizer"
@@ -43,7 +44,7 @@ def train_and_evaluate(config, workdir: str, progress: bool = True) -> dict:
     prepare_workdir(config, workdir)
     data = load_dataset(config.data, progress)
     split = data.split(config.data.n_test, config.data.seed)
-    train = data.training_set(split)
+    train = data.training_set(split, target_protocol(config))
     write_split(os.path.join(workdir, "split.json"), data, split)
     write_protocols(workdir, data, config)
     t_train = time.time()

@@ -9,6 +9,14 @@ protocol, re-synthesizes the target protocol's image from them and refines it.  
 
 the physics term re-synthesizing the *source* from the predicted maps through the source
 protocol's signal equation (scale-free, :func:`phyjax.losses.physics_consistency`).
+
+Where the pairs come from (``config.train.pairs``): traveling subjects (``paired``), or the
+physics (``simulated``): the training set's own source protocols and the target protocol --
+or a documented range of targets (``config.target.randomize``), so that one model harmonizes
+to any of them -- simulated on shipped anatomies (:mod:`phyjax.data.simulated`), every
+``adapt_every``-th batch a real, unpaired scan of the training set with only the physics term
+(its own maps re-synthesized through its own protocol).  The simulated mode never reads a
+target-site image: the target is a protocol.
 """
 
 from __future__ import annotations
@@ -16,7 +24,10 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from phyjax.data import simulated
+from phyjax.data.nifti import InputError
 from phyjax.data.split import TrainingSet, require_training_set
 from phyjax.losses import masked_l1, physics_consistency, r1_m0_map_loss, ssim_loss
 from phyjax.methods import networks
@@ -28,6 +39,7 @@ from phyjax.physics.tissues import tissue_parameters
 from phyjax.train import TrainState, fit as fit_loop, make_train_step
 
 MODEL_KEYS = ("features", "cond_features", "t1_max", "m0_max", "context")
+PAIRS = ("auto", "paired", "simulated")
 
 
 def make_model(model_cfg) -> PhyCHarm:
@@ -52,10 +64,16 @@ def init_params(model: PhyCHarm, padded, context: int, seed: int):
     return model.init(jax.random.key(seed), x, mask, code, code, tgt, 1.0, 3.0)["params"]
 
 
-def make_loss(model: PhyCHarm, weights, target: Protocol, target_ref: float):
-    """``loss_fn(params, batch, source_protocol) -> (loss, metrics)`` (see the module docstring)."""
+def make_loss(model: PhyCHarm):
+    """``loss_fn(params, batch, source, target, target_ref, weights) -> (loss, metrics)``.
 
-    def loss_fn(params, b, source_protocol):
+    ``source``/``target``: :class:`Protocol` (traced numeric fields, so one compilation serves
+    every protocol of a family); ``target_ref``: :func:`reference_level` of ``target``;
+    ``weights``: ``w_map``, ``w_physics``, ``w_harm``, ``w_ssim`` (traced scalars: a batch
+    without a target image -- a real, unpaired scan -- sets the last two to 0).
+    """
+
+    def loss_fn(params, b, source_protocol, target, target_ref, weights):
         code = encode(source_protocol)
         code_src = jnp.broadcast_to(code, (b["source"].shape[0],) + code.shape)
         code_tgt = jnp.broadcast_to(encode(target), code_src.shape)
@@ -77,49 +95,141 @@ def make_loss(model: PhyCHarm, weights, target: Protocol, target_ref: float):
 
 class PhyCHarmHarmonizer(networks.SliceNetworkHarmonizer):
     """Trained PhyCHarm; :meth:`predict` gives ``t1`` (s, source B0), ``m0``, ``resynth`` and
-    ``harmonized``."""
+    ``harmonized``.  Harmonizes to its fitted target, or to any ``target`` inside the range it
+    was trained for (``cfg["target_range"]``, :func:`phyjax.data.simulated.target_range`)."""
 
     config_key = "model"
 
     def build(self):
         model = make_model(self.cfg)
-        target, ref = self.target_protocol, reference_level(self.target_protocol)
 
         @jax.jit
-        def predict(params, source, mask, code_src, source_field_strength):
+        def predict(params, source, mask, code_src, source_field_strength, target, ref):
             code_tgt = jnp.broadcast_to(encode(target), code_src.shape)
             return model.apply({"params": params}, source, mask, code_src, code_tgt, target,
                                ref, source_field_strength)
 
         return predict
 
+    def check_target(self, target: Protocol) -> None:
+        """InputError unless this model was trained for ``target``."""
+        accepted = self.cfg.get("target_range") or simulated.target_range(self.target_protocol,
+                                                                          False)
+        problems = simulated.range_problems(target, accepted)
+        if problems:
+            raise InputError(f"this PhyCHarm model was not trained for the requested target: "
+                             f"{'; '.join(problems)}. Train with config.target.randomize=True "
+                             "(or for this target) to harmonize to it.")
+
+    def predict(self, volume, target: Protocol | None = None) -> dict[str, np.ndarray]:
+        """Every output on ``volume`` (``(X, Y, Z)`` arrays), harmonized to ``target``
+        (default: the fitted target).  Raises InputError for a target outside the trained range."""
+        target = self.target_protocol if target is None else target
+        self.check_target(target)
+        ref = reference_level(target)
+
+        def run(params, source, mask, code, b0):
+            return self._predict(params, source, mask, code, b0, target, ref)
+
+        return networks.predict_volume(run, self.params, volume.image, volume.mask,
+                                       volume.protocol, len(self.cfg["features"]),
+                                       self.batch_size, self.cfg["context"])
+
+    def harmonize(self, volume, target: Protocol | None = None) -> np.ndarray:
+        out = self.predict(volume, target)["harmonized"]
+        return np.where(volume.mask, out, 0.0).astype(np.float32)
+
+
+def resolve_pairs(mode: str, train: TrainingSet) -> str:
+    """``config.train.pairs``: ``paired`` (traveling subjects), ``simulated`` (physics-made pairs
+    + self-supervised adaptation to the real scans; target-site scans unused) or ``auto``
+    (paired when every training subject has a target-site scan).  ValueError otherwise."""
+    if mode not in PAIRS:
+        raise InputError(f"config.train.pairs={mode!r}; expected one of {PAIRS}.")
+    if mode != "auto":
+        return mode
+    paired = all(train.target_site in train.volumes[s] for s in train.subjects)
+    return "paired" if paired else "simulated"
+
+
+def _simulated_data(config, train: TrainingSet, target: Protocol, depth: int, progress: bool):
+    """Physics-made pairs (the training set's source protocols and the target protocol(s) on
+    shipped anatomies) and the real source scans to adapt to."""
+    t, d = config.train, config.data
+    sites = [s for s in train.sites if s != train.target_site]
+    if not sites:
+        raise InputError(f"PhyCHarm (pairs=simulated): no training scan outside the target site "
+                         f"{train.target_site!r} to harmonize.")
+    scans = [train.volumes[s][site] for s in train.subjects for site in sites
+             if site in train.volumes[s]]
+    lacking = [v.path for v in scans if v.protocol is None]
+    if lacking:
+        raise InputError(f"PhyCHarm needs acquisition parameters, but {len(lacking)} training "
+                         f"scan(s) lack them (e.g. {lacking[0]}; see protocols.tsv); "
+                         "physics-free methods can still run.")
+    tc = config.get("target")
+    n_targets = int(tc.n_protocols) if tc is not None and tc.randomize else 1
+    targets = simulated.sample_targets(target, n_targets, config.seed)
+    sources = simulated.distinct([v.protocol for v in scans] + [target])
+    voxel = 1 if min(train.grid_mm()) < 1.5 else 2
+    heads = simulated.anatomies(int(t.n_anatomies), config.seed, voxel, d.deform_mm,
+                                d.tissue_jitter, d.t1_texture)
+    sim = simulated.SimulatedPairs(sources, targets, heads, depth, d.min_mask_fraction,
+                                   config.model.context, config.seed, progress)
+    real = (simulated.SourceSlices(train, sites, depth, d.min_mask_fraction, config.model.context)
+            if t.adapt_every > 0 else None)
+    return sim, real
+
 
 @register("phycharm", harmonizer=PhyCHarmHarmonizer)
 def fit(config, train: TrainingSet, name: str = "phycharm", *, workdir: str,
         progress: bool = True, has_maps: bool = True, **_) -> PhyCHarmHarmonizer:
-    """Train PhyCHarm on ``train`` with ``config.model`` / ``config.train`` (checkpoints in ``workdir``).
+    """Train PhyCHarm on ``train`` with ``config.model`` / ``config.train`` (checkpoints in
+    ``workdir``), on traveling-subject pairs or physics-made ones (``config.train.pairs``,
+    :func:`resolve_pairs`), for the target protocol or a range of them (``config.target``).
 
-    ``has_maps``: ground-truth T1/M0 exist (the default dataset); otherwise ``w_map`` is 0.
+    ``has_maps``: ground-truth T1/M0 exist for the real scans (the default dataset); otherwise
+    ``w_map`` is 0 on real pairs (simulated pairs always have their maps).
     """
     train = require_training_set(train)
     model_cfg = {k: config.model[k] for k in MODEL_KEYS}
     model_cfg["features"] = tuple(model_cfg["features"])
     t = config.train
-    data = networks.SlicePairs(train, len(model_cfg["features"]), config.data.min_mask_fraction,
-                               model_cfg["context"], method="PhyCHarm")
-    model, tx = make_model(model_cfg), networks.make_optimizer(t)
-    state = TrainState.create(init_params(model, data.padded, model_cfg["context"], config.seed),
-                              tx)
+    depth = len(model_cfg["features"])
     target = train.target_protocol()
-    weights = {k: t[k] for k in ("w_map", "w_physics", "w_harm", "w_ssim")}
-    weights["w_map"] = weights["w_map"] if has_maps else 0.0
-    step = make_train_step(make_loss(model, weights, target, reference_level(target)), tx)
+    tc = config.get("target")
+    model_cfg["target_range"] = simulated.target_range(target, bool(tc and tc.randomize))
+    pairs = model_cfg["pairs"] = resolve_pairs(t.get("pairs", "auto"), train)
+    full = {k: np.float32(t[k]) for k in ("w_map", "w_physics", "w_harm", "w_ssim")}
+    ref = reference_level(target)
+    if pairs == "paired":
+        data = networks.SlicePairs(train, depth, config.data.min_mask_fraction,
+                                   model_cfg["context"], method="PhyCHarm")
+        padded = data.padded
+        weights = dict(full, w_map=full["w_map"] if has_maps else np.float32(0.0))
 
-    def batch_fn(i):
-        site, idx = data.sample(i, t.batch_size, config.seed)
-        return {k: v[idx] for k, v in data.arrays[site].items()}, data.protocols[site]
+        def batch_fn(i):
+            site, idx = data.sample(i, t.batch_size, config.seed)
+            return ({k: v[idx] for k, v in data.arrays[site].items()}, data.protocols[site],
+                    target, np.float32(ref), weights)
+    else:
+        sim, real = _simulated_data(config, train, target, depth, progress)
+        padded = sim.padded
+        refs = [np.float32(reference_level(q)) for q in sim.targets]
+        adapt = dict(full, w_map=np.float32(0.0), w_harm=np.float32(0.0),
+                     w_ssim=np.float32(0.0))
 
+        def batch_fn(i):
+            if real is not None and (i + 1) % t.adapt_every == 0:
+                arrays, g = real.batch(i // t.adapt_every, t.batch_size, config.seed)
+                return arrays, real.protocols[g], target, np.float32(ref), adapt
+            arrays, p, q = sim.batch(i, t.batch_size, config.seed)
+            return arrays, sim.sources[p], sim.targets[q], refs[q], full
+
+    model, tx = make_model(model_cfg), networks.make_optimizer(t)
+    state = TrainState.create(init_params(model, padded, model_cfg["context"], config.seed), tx)
+    step = make_train_step(make_loss(model), tx)
     state = fit_loop(state, step, batch_fn, t.steps, workdir, checkpoint_every=t.checkpoint_every,
-                     log_every=t.log_every, progress=progress, desc="PhyCHarm")
+                     log_every=t.log_every, progress=progress, desc=f"PhyCHarm ({pairs})")
     return PhyCHarmHarmonizer(state.params, model_cfg, config.eval.batch_size,
                               **fitted_fields(train, name))

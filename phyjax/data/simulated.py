@@ -1,0 +1,245 @@
+"""Training pairs made by the physics: no traveling subjects needed.
+
+A user's multi-site data almost never has the same person scanned at every site.  The physics
+makes exact pairs instead: the training set's own source protocols (read from their sidecars)
+and the target protocol -- or a documented range of targets, so that one model harmonizes to
+any of them -- are simulated on anatomies phyjax ships (:mod:`phyjax.data.synthetic`:
+deformations of the MNI152 2009a tissue maps, with their own seeds, disjoint from the default
+dataset's subjects), each source with randomly drawn scanner effects (B1+, bias field, Rician
+noise, slice profile; :func:`phyjax.physics.scanner.sample_scanner_effects`).  The targets are
+clean: the harmonization goal is the target protocol without the scanner's artefacts.
+
+:class:`SimulatedPairs` holds the 2.5-D slices of these pairs in the layout the slice networks
+train on (:mod:`phyjax.data.slices`); :class:`SourceSlices` holds a user's real, unpaired scans
+(no target image) for the self-supervised physics-consistency adaptation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from phyjax.data import synthetic
+from phyjax.data.nifti import InputError
+from phyjax.data.slices import brain_slices, grid, to_slices, with_context
+from phyjax.data.split import protocols_match
+from phyjax.data.volumes import normalize
+from phyjax.physics import scanner, units
+from phyjax.physics.sequences import Protocol
+
+#: The target protocols one model is trained for when ``config.target.randomize`` is on
+#: (times in s, flip angles in degrees, B0 in T; drawn uniformly, B0 from its two values).
+#: MPRAGE-like spans product and research 3-D inversion-prepared T1w (ADNI, HCP, ABCD, UK
+#: Biobank, 1.5 T clinical); SPGR spans 3-D RF-spoiled T1w (FLASH/SPGR/T1-FFE).
+TARGET_RANGES = {
+    "mprage": {"tr": (1.8, 2.8), "ti": (0.6, 1.2), "te": (0.0015, 0.005),
+               "flip_angle": (6.0, 12.0), "field_strength": (1.5, 3.0)},
+    "spgr": {"tr": (0.008, 0.03), "te": (0.002, 0.006), "flip_angle": (10.0, 35.0),
+             "field_strength": (1.5, 3.0)},
+}
+
+#: Scanner effects drawn for every simulated source scan (see ``sample_scanner_effects``):
+#: B1+ 0.85-1.15, up to 20 % centre-to-corner B1+ drop, 0-30 % bias, 1-5 % Rician noise.
+EFFECT_RANGES = {"b1_scale": (0.85, 1.15), "b1_curvature": (0.0, 0.2),
+                 "bias_amplitude": (0.0, 0.3), "noise_fraction": (0.01, 0.05),
+                 "slice_fwhm": (0.0, 1.5), "gain": (0.5, 2.0)}
+
+#: Anatomy seeds start here, far from the default dataset's ``seed * 1000 + i``.
+ANATOMY_SEED = 7_000_000
+
+
+def _field(p: Protocol, name: str) -> float:
+    value = float(getattr(p, name))
+    return float(units.rad2deg(value)) if name == "flip_angle" else value
+
+
+def target_range(target: Protocol, randomize: bool) -> dict | None:
+    """The targets a model trained for ``target`` accepts: ``{"sequence", field: (lo, hi)}``.
+
+    ``randomize`` False: ``target`` only (a point range).  Raises InputError when ``target``
+    itself lies outside :data:`TARGET_RANGES` (or its family has none) while ``randomize``.
+    """
+    if not randomize:
+        return {"sequence": target.sequence,
+                **{k: (_field(target, k), _field(target, k))
+                   for k in TARGET_RANGES.get(target.sequence, TARGET_RANGES["mprage"])}}
+    if target.sequence not in TARGET_RANGES:
+        raise InputError(f"target family {target.sequence!r}: no documented range to train "
+                         f"over (families: {sorted(TARGET_RANGES)}); set config.target.randomize"
+                         "=False to train for this one protocol.")
+    out = {"sequence": target.sequence, **TARGET_RANGES[target.sequence]}
+    problems = range_problems(target, out)
+    if problems:
+        raise InputError(f"the configured target is outside the documented range: {problems}.")
+    return out
+
+
+def range_problems(p: Protocol, accepted: dict, rtol: float = 1e-3) -> list[str]:
+    """Why ``p`` lies outside ``accepted`` (from :func:`target_range`); empty when inside."""
+    if p.sequence != accepted["sequence"]:
+        return [f"family {p.sequence!r} (trained for {accepted['sequence']!r})"]
+    out = []
+    for name, bounds in accepted.items():
+        if name == "sequence":
+            continue
+        (lo, hi), v = bounds, _field(p, name)
+        tol = rtol * max(abs(lo), abs(hi), 1e-9)
+        if not lo - tol <= v <= hi + tol:
+            unit = {"flip_angle": "deg", "field_strength": "T"}.get(name, "s")
+            span = f"{lo:g} {unit}" if lo == hi else f"{lo:g}-{hi:g} {unit}"
+            out.append(f"{name} {v:g} {unit} (trained for {span})")
+    return out
+
+
+def sample_targets(target: Protocol, n: int, seed: int) -> list[Protocol]:
+    """``target`` followed by ``n - 1`` protocols drawn uniformly from its family's range."""
+    rng = np.random.default_rng([seed, 12])
+    ranges = TARGET_RANGES[target.sequence]
+    out = [target]
+    for _ in range(n - 1):
+        v = {k: float(rng.uniform(*ranges[k])) for k in ranges if k != "field_strength"}
+        v["field_strength"] = float(rng.choice(ranges["field_strength"]))
+        out.append(Protocol.from_degrees(target.sequence, tr=v["tr"], te=v["te"],
+                                         ti=v.get("ti", 0.0), flip_angle_deg=v["flip_angle"],
+                                         field_strength=v["field_strength"]))
+    return out
+
+
+def distinct(protocols) -> list[Protocol]:
+    """``protocols`` without repeats (same family and every numeric field to 0.1 %), in order."""
+    out: list[Protocol] = []
+    for p in protocols:
+        if not any(protocols_match(p, q) for q in out):
+            out.append(p)
+    return out
+
+
+@dataclasses.dataclass
+class Anatomy:
+    """One simulated head: tissue probabilities ``(3, X, Y, Z)`` and its value jitter."""
+
+    probs: np.ndarray
+    factors: np.ndarray
+    texture: np.ndarray
+
+    @property
+    def mask(self) -> np.ndarray:
+        return self.probs.sum(0) > 0.5
+
+    def maps(self, field_strength: float) -> dict[str, np.ndarray]:
+        return synthetic.quantitative_maps(self.probs, self.factors, self.texture,
+                                           float(field_strength))
+
+
+def anatomies(n: int, seed: int, voxel_size: int, deform_mm: float, jitter: float,
+              texture: float) -> list[Anatomy]:
+    """``n`` heads at ``voxel_size`` mm, seeds ``ANATOMY_SEED + 1000 seed + k``."""
+    probs, _, _ = synthetic.load_anatomy(voxel_size)
+    return [Anatomy(*synthetic.make_subject(probs, ANATOMY_SEED + 1000 * seed + k, deform_mm,
+                                            voxel_size, jitter, texture)) for k in range(n)]
+
+
+class SimulatedPairs:
+    """2.5-D slices of every source protocol and every target protocol on shared anatomies.
+
+    Attributes:
+      sources, targets: the simulated protocols; a batch pairs ``sources[p]`` with
+        ``targets[q]`` on the same slices.
+      source: ``[p] -> (N, H, W, 2 context + 1)``; ``t1``: ``[p] -> (N, H, W, 1)`` (s, at the
+        source B0); ``target``: ``[q] -> (N, H, W, 1)``; ``mask``, ``m0``: ``(N, H, W, 1)``.
+        Images are normalized like real scans (:func:`phyjax.data.volumes.normalize`).
+      pads, padded: as :func:`phyjax.data.slices.grid`.
+    """
+
+    def __init__(self, sources, targets, heads: list[Anatomy], depth: int, min_fraction: float,
+                 context: int, seed: int, progress: bool = False):
+        self.sources, self.targets = list(sources), list(targets)
+        shape = heads[0].probs.shape[1:]
+        self.pads, self.padded = grid(shape, depth)
+        src = [[] for _ in self.sources]
+        t1 = [[] for _ in self.sources]
+        tgt = [[] for _ in self.targets]
+        masks, m0 = [], []
+        key = jax.random.key(ANATOMY_SEED + seed)
+        clean = scanner.ScannerEffects()
+        bar = tqdm(total=len(heads) * (len(self.sources) + len(self.targets)), disable=not progress,
+                   desc="simulating training pairs")
+        for a, head in enumerate(heads):
+            mask = head.mask
+            z = brain_slices(mask, min_fraction)
+            maps = {b0: head.maps(b0) for b0 in sorted({float(p.field_strength)
+                                                        for p in self.sources + self.targets})}
+
+            def slices(vol, ctx):
+                s = to_slices(vol.astype(np.float32), self.pads)
+                return with_context(s, context)[z] if ctx else s[z][..., None]
+
+            for p_i, p in enumerate(self.sources):
+                k = jax.random.fold_in(jax.random.fold_in(key, a), p_i)
+                k_fx, k_acq = jax.random.split(k)
+                effects = scanner.sample_scanner_effects(k_fx, **EFFECT_RANGES)
+                image = synthetic.acquire(maps[float(p.field_strength)], mask, p, effects, k_acq)
+                src[p_i].append(slices(normalize(image, mask), True))
+                t1[p_i].append(slices(maps[float(p.field_strength)]["t1"], False))
+                bar.update()
+            for q_i, q in enumerate(self.targets):
+                image = synthetic.acquire(maps[float(q.field_strength)], mask, q, clean,
+                                          jax.random.fold_in(key, 10_000 + a))
+                tgt[q_i].append(slices(normalize(image, mask), False))
+                bar.update()
+            masks.append(slices(mask, False))
+            m0.append(slices(maps[min(maps)]["pd"] * mask, False))
+        bar.close()
+        self.source = [np.concatenate(x) for x in src]
+        self.t1 = [np.concatenate(x) for x in t1]
+        self.target = [np.concatenate(x) for x in tgt]
+        self.mask = np.concatenate(masks)
+        self.m0 = np.concatenate(m0)
+
+    def __len__(self) -> int:
+        return len(self.mask)
+
+    def batch(self, i: int, batch_size: int, seed: int) -> tuple[dict, int, int]:
+        """Batch ``i`` (a pure function of ``i`` and ``seed``): ``(arrays, p, q)``."""
+        rng = np.random.default_rng([seed, i, 1])
+        p = int(rng.integers(len(self.sources)))
+        q = int(rng.integers(len(self.targets)))
+        idx = rng.choice(len(self), size=batch_size, replace=len(self) < batch_size)
+        return ({"source": self.source[p][idx], "target": self.target[q][idx],
+                 "mask": self.mask[idx], "t1": self.t1[p][idx], "m0": self.m0[idx]}, p, q)
+
+
+class SourceSlices:
+    """A training set's real scans as 2.5-D source slices with masks, grouped by protocol (scans
+    of one site may differ: each slice is re-synthesized through its own scan's protocol)."""
+
+    def __init__(self, train, sites, depth: int, min_fraction: float, context: int):
+        scans = [train.volumes[s][site] for s in train.subjects for site in sites
+                 if site in train.volumes[s]]
+        if not scans:
+            raise InputError(f"no training scan from the sites {list(sites)} to adapt to.")
+        self.pads, self.padded = grid(scans[0].image.shape, depth)
+        self.protocols = distinct(v.protocol for v in scans)
+        src = [[] for _ in self.protocols]
+        msk = [[] for _ in self.protocols]
+        for v in scans:
+            g = next(i for i, p in enumerate(self.protocols) if protocols_match(v.protocol, p))
+            z = brain_slices(v.mask, min_fraction)
+            src[g].append(with_context(to_slices(v.image, self.pads), context)[z])
+            msk[g].append(to_slices(v.mask.astype(np.float32), self.pads)[z][..., None])
+        self.source = [np.concatenate(x).astype(np.float32) for x in src]
+        self.mask = [np.concatenate(x).astype(np.float32) for x in msk]
+
+    def batch(self, i: int, batch_size: int, seed: int) -> tuple[dict, int]:
+        """Batch ``i`` of one protocol group (cycling through them): ``(arrays, group)``."""
+        g = i % len(self.protocols)
+        n = len(self.mask[g])
+        idx = np.random.default_rng([seed, i, 2]).choice(n, size=batch_size,
+                                                         replace=n < batch_size)
+        x = self.source[g][idx]
+        zeros = np.zeros(x.shape[:-1] + (1,), np.float32)
+        return ({"source": x, "target": zeros, "mask": self.mask[g][idx], "t1": zeros + 1.0,
+                 "m0": zeros}, g)
