@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from phyjax.evaluate import unpaired
+from phyjax.evaluate import downstream, unpaired
 
 
 def test_identical_sites_are_zero_apart_and_shifted_ones_are_not():
@@ -130,3 +130,121 @@ def test_biology_kept_when_a_method_keeps_the_covariate_and_lost_when_it_erases_
     sex = np.where(age > 50, "F", "M")             # categorical: epsilon squared
     assert unpaired.covariate_strength(x, sex)[:3].min() > 0.3
     assert np.isnan(unpaired.covariate_strength(x, np.ones(30))).all()
+
+
+# ----------------------------------------------------------------------------- downstream task
+
+def _blob_scans(n_per_site, sites, seed=0, core=1.0, rim=0.3, noise=0.05):
+    """Tiny ``(12, 12, 8)`` scans with a box ROI whose core is ``core`` and rim ``rim`` bright
+    (plus noise), 2 mm voxels; returns images, masks, site per scan."""
+    rng = np.random.default_rng(seed)
+    mask = np.zeros((12, 12, 8), bool)
+    mask[2:10, 2:10, 1:7] = True
+    images, masks, labels = [], [], []
+    for site in sites:
+        for _ in range(n_per_site):
+            c, r = downstream.core_and_rim(mask, (2.0, 2.0, 2.0), 2.0)
+            img = np.where(c, core, np.where(r, rim, 0.0)) + noise * rng.random(mask.shape)
+            images.append(np.where(mask, img, 0.0).astype(np.float32))
+            masks.append(mask)
+            labels.append(site)
+    return images, masks, labels
+
+
+def test_core_and_rim_follow_world_distances():
+    mask = np.zeros((9, 9, 9), bool)
+    mask[1:8, 1:8, 1:8] = True                       # a 7-voxel cube
+    core, rim = downstream.core_and_rim(mask, (1.0, 1.0, 1.0), 1.0)
+    assert not (core & rim).any() and ((core | rim) == mask).all()
+    assert core.sum() == 5 ** 3                      # one boundary layer of 1 mm voxels
+    core2, _ = downstream.core_and_rim(mask, (2.0, 2.0, 2.0), 3.0)
+    assert core2.sum() == 5 ** 3                     # 2 mm voxels: 3 mm reaches one layer
+    core3, _ = downstream.core_and_rim(mask, (1.0, 1.0, 1.0), 2.0)
+    assert core3.sum() == 3 ** 3
+    # 3 mm slices: a boundary slice's centre lies 3 mm from the outside (EDT between centres),
+    # so a 2 mm rim takes two in-plane layers and no slice, a 3 mm rim three layers and one.
+    aniso, _ = downstream.core_and_rim(mask, (1.0, 1.0, 3.0), 2.0)
+    assert aniso.sum() == 3 * 3 * 7
+    aniso, _ = downstream.core_and_rim(mask, (1.0, 1.0, 3.0), 3.0)
+    assert aniso.sum() == 1 * 1 * 5 and aniso[4, 4, 2] and not aniso[4, 4, 1]
+    edge = np.ones((4, 4, 4), bool)                  # an ROI filling the array: edge = boundary
+    assert downstream.core_and_rim(edge, (1.0, 1.0, 1.0), 1.0)[0].sum() == 2 ** 3
+
+
+def test_leave_one_site_out_known_answers():
+    rng = np.random.default_rng(0)
+    sites = np.repeat(["a", "b", "c"], 20)
+    y = np.tile([0, 1], 30)
+    x = rng.normal(size=(60, 3))
+    x[:, 0] += 4.0 * y                               # class carried by feature 0
+    res = downstream.leave_one_site_out(x, y, sites)
+    assert [r["site"] for r in res] == ["a", "b", "c"]
+    assert all(r["auc"] > 0.97 and r["accuracy"] > 0.9 and r["chance"] == 0.5 for r in res)
+    # A site-specific offset larger than the class difference: the ranking within the test site
+    # survives (AUC), the threshold learnt on the other sites does not (accuracy).
+    shifted = x.copy()
+    shifted[sites == "c", 0] += 12.0
+    c = downstream.leave_one_site_out(shifted, y, sites)[2]
+    assert c["auc"] > 0.97 and c["accuracy"] == pytest.approx(0.5)
+    # The same affine map of every feature at every site changes nothing (standardization).
+    same = downstream.leave_one_site_out(3.0 * x - 7.0, y, sites)
+    for r, s in zip(res, same):
+        assert (r["accuracy"], r["auc"]) == pytest.approx((s["accuracy"], s["auc"]))
+    # Pure noise: chance-level AUC on average; constant features: exactly 0.5.
+    noise = [downstream.mean_over_sites(downstream.leave_one_site_out(
+        np.random.default_rng(k).normal(size=(60, 3)), y, sites), "auc") for k in range(10)]
+    assert abs(np.mean(noise) - 0.5) < 0.07
+    flat = downstream.leave_one_site_out(np.ones((60, 3)), y, sites)
+    assert all(r["auc"] == 0.5 and r["accuracy"] == 0.5 for r in flat)
+    # Test site a: its training part (b, c) has one class only, no classifier (nan); b: one
+    # class in the test site, an accuracy but no AUC.
+    one = downstream.leave_one_site_out(x, np.where(sites == "a", 1, 0), sites)
+    assert np.isnan(one[0]["accuracy"]) and np.isnan(one[0]["auc"])
+    assert np.isfinite(one[1]["accuracy"]) and np.isnan(one[1]["auc"])
+
+
+def test_core_vs_rim_task_on_images():
+    """Through the benchmark's feature extractor: a strong core/rim contrast is told apart in
+    every fold; the same scans after a method returning a constant image are at chance; an
+    identity method changes nothing."""
+    from phyjax.evaluate.site_difference import FeatureExtractor
+
+    ext = FeatureExtractor(batch_size=4)
+    images, masks, sites = _blob_scans(3, ["a", "b", "c"])
+    regions = downstream.regions(masks, [(2.0, 2.0, 2.0)] * len(masks), 2.0)
+    names, x, labels, scan = downstream.region_features(ext, images, regions)
+    assert x.shape == (2 * len(images), len(names)) and "firstorder_Mean" in names
+    assert not set(names) & set(downstream.SIZE_DEPENDENT)
+    assert (labels[::2] == downstream.CORE).all() and (scan[::2] == np.arange(len(images))).all()
+    site_of = np.asarray(sites)[scan]
+    res = downstream.leave_one_site_out(x, labels, site_of)
+    assert all(r["auc"] == 1.0 and r["accuracy"] == 1.0 for r in res)
+    again = downstream.leave_one_site_out(
+        downstream.region_features(ext, [im.copy() for im in images], regions)[1], labels,
+        site_of)
+    assert again == res
+    flat = [np.where(m, 0.5, 0.0).astype(np.float32) for m in masks]
+    _, xf, _, _ = downstream.region_features(ext, flat, regions)
+    res = downstream.leave_one_site_out(xf, labels, site_of)
+    assert all(r["auc"] == 0.5 and r["accuracy"] == 0.5 for r in res)
+    # An ROI too thin for a core is left out of the task.
+    thin = np.zeros((12, 12, 8), bool)
+    thin[2:10, 2:10, 3] = True
+    assert downstream.regions([thin], [(2.0, 2.0, 2.0)], 2.0) == [None]
+
+
+def test_covariate_transfer_regresses_numbers_and_classifies_labels():
+    rng = np.random.default_rng(1)
+    sites = np.repeat(["a", "b", "c"], 15)
+    age = rng.uniform(20, 80, size=45)
+    x = rng.normal(size=(45, 4))
+    x[:, 0] = 0.1 * age + 0.05 * rng.normal(size=45)
+    res = downstream.covariate_transfer(x, age, sites)
+    assert all(r["kind"] == "numeric" and r["mae"] < 0.2 * r["chance_mae"] for r in res)
+    sex = np.where(age > 50, "F", "M")
+    res = downstream.covariate_transfer(x, sex, sites)
+    assert all(r["kind"] == "categorical" and r["auc"] > 0.9 for r in res)
+    coded = downstream.covariate_transfer(x, (age > 50).astype(float), sites)   # 0/1: a category
+    assert all(r["kind"] == "categorical" for r in coded)
+    lost = downstream.covariate_transfer(np.ones((45, 4)), age, sites)          # erased
+    assert all(r["mae"] == r["chance_mae"] for r in lost)
