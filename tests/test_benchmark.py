@@ -238,8 +238,9 @@ def test_debug_run_never_evaluates_a_training_subject(debug_run):
 
 # ----------------------------------------------------------------------------- no traveling subjects
 
-def test_benchmark_runs_without_traveling_subjects(tmp_path):
-    """Different subjects at each site: the unpaired benchmark, the paired-only methods skipped."""
+def _unpaired_folder(tmp_path, travelers=()):
+    """The debug default data (8 subjects) as a BIDS folder: 01-04 scanned only at the target
+    site, 05-08 only at spgr3T, except ``travelers``, who keep both; an ``age`` column."""
     import glob
     import shutil
 
@@ -251,21 +252,33 @@ def test_benchmark_runs_without_traveling_subjects(tmp_path):
     root = synthetic.build_default_dataset(cfg.data, str(tmp_path / "cache"), progress=False)
     bids_root = str(tmp_path / "bids")
     shutil.copytree(root, bids_root)
-    for i in range(1, 9):                       # 01-04 only at the target, 05-08 only at spgr3T
-        keep = "reference" if i <= 4 else "spgr3T"
+    for i in range(1, 9):
+        keep = ("reference", "spgr3T") if f"{i:02d}" in travelers else (
+            ("reference",) if i <= 4 else ("spgr3T",))
         for d in glob.glob(f"{bids_root}/sub-{i:02d}/ses-*"):
             if not d.endswith(keep):
                 shutil.rmtree(d)
     with open(f"{bids_root}/participants.tsv", "w") as f:        # a covariate to keep
         f.write("participant_id\tage\n" + "".join(f"sub-{i:02d}\t{20 + 7 * i}\n"
                                                    for i in range(1, 9)))
+    return bids_root
+
+
+def _run_unpaired(tmp_path, bids_root):
     run = tmp_path / "run"
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, "-m", "phyjax.main", "--config=configs/benchmark.py:debug",
-                           f"--workdir={run}", f"--config.data.bids_root={bids_root}",
-                           "--config.data.n_test=4", "--config.eval.covariates=('age',)"],
+    proc = subprocess.run([sys.executable, "-m", "phyjax.main",
+                           "--config=configs/benchmark.py:debug", f"--workdir={run}",
+                           f"--config.data.bids_root={bids_root}", "--config.data.n_test=4",
+                           "--config.eval.covariates=('age',)"],
                           cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return run
+
+
+def test_benchmark_runs_without_traveling_subjects(tmp_path):
+    """Different subjects at each site: the unpaired benchmark, the paired-only methods skipped."""
+    run = _run_unpaired(tmp_path, _unpaired_folder(tmp_path))
     rows = {r["method"]: r for r in _csv(run / "unpaired.csv")}
     everyone = rows.pop("none (all subjects)")            # every scan, before harmonization
     assert int(everyone["n_images"]) == 8 and float(everyone["site_acc"]) == 1.0
@@ -285,3 +298,61 @@ def test_benchmark_runs_without_traveling_subjects(tmp_path):
     for method in rows:
         assert split["fitted_on"][method] == split["train"]
     assert (run / "site_embedding.png").stat().st_size > 0
+    # The downstream task across sites: core vs rim of the brain mask is ranked perfectly within
+    # every site, but before harmonization the threshold learnt at one protocol does not
+    # transfer to the other; histogram matching makes it transfer.  ComBat has no images.
+    assert float(none["task_auc"]) == 1.0 and float(hist["task_auc"]) == 1.0
+    assert float(hist["task_acc"]) >= float(none["task_acc"]) + 0.2
+    assert np.isnan(_num(rows["combat"]["task_acc"])) and "core-vs-rim" in md
+    per_site = _csv(run / "unpaired_downstream.csv")
+    assert {(r["method"], r["site"]) for r in per_site if r["task"] == "core_vs_rim"} == {
+        (m, s) for m in [*rows, "none (all subjects)"] if m != "combat"
+        for s in ("reference", "spgr3T")}
+    assert {r["method"] for r in per_site if r["task"] == "covariate:age"} == {
+        *rows, "none (all subjects)"}
+    assert all(np.isfinite(_num(rows[m]["cov_age_mae"])) for m in rows)
+    assert not (run / "unpaired_paired_metrics.csv").exists() and "Traveling subjects" not in md
+
+
+def test_unpaired_benchmark_adds_paired_metrics_for_traveling_subjects(tmp_path):
+    """A partly paired folder: the held-out subjects that also have a target-site scan get the
+    paired metrics (against that scan), the others only the unpaired ones."""
+    from phyjax.data.dataset import load_dataset
+
+    bids_root = _unpaired_folder(tmp_path, travelers=("03", "05"))
+    run = _run_unpaired(tmp_path, bids_root)
+    split = json.load(open(run / "split.json"))
+    travelers = {"03", "05"} & set(split["test"])
+    assert travelers and {"03", "05"} - travelers <= set(split["train"])
+    md = (run / "unpaired.md").read_text()
+    assert f"Traveling subjects (n={len(travelers)})" in md and "co-registered" in md
+    per_image = _csv(run / "unpaired_paired_metrics_per_subject.csv")
+    assert {r["subject"].zfill(2) for r in per_image} == travelers
+    assert {r["site"] for r in per_image} == {"spgr3T"}             # never the target itself
+    methods = {"none", "zscore", "histmatch", "nyul", "whitestripe", "combat"}
+    assert {r["method"] for r in per_image} == methods
+    overall = {r["method"]: r for r in _csv(run / "unpaired_paired_metrics.csv")
+               if r["site"] == "overall"}
+    assert set(overall) == methods
+    for m in methods - {"combat"}:
+        for key in ("ssim", "psnr", "nrmse", "dice_gm", "vol_reldiff_wm", "radiomic_relerr"):
+            assert np.isfinite(_num(overall[m][f"{key}_mean"])), (m, key)
+    assert np.isnan(_num(overall["combat"]["ssim_mean"]))
+    assert np.isfinite(_num(overall["combat"]["radiomic_relerr_mean"]))
+    # The protocols differ: histogram matching brings the image closer to the target scan.
+    assert float(overall["histmatch"]["ssim_mean"]) > float(overall["none"]["ssim_mean"]) + 0.1
+    # Oracle: "none" (the source inside its mask) against the target scan, in numpy.
+    cfg = load_config("debug")
+    with cfg.unlocked():
+        cfg.data.bids_root = bids_root
+    data = load_dataset(cfg.data, progress=False, paired=False, require_protocols=False)
+    for r in per_image:
+        if r["method"] != "none":
+            continue
+        subject = r["subject"].zfill(2)
+        src, tgt = data.volumes[subject]["spgr3T"], data.volumes[subject]["reference"]
+        out = np.where(src.mask, src.image, 0.0).astype(np.float64)[tgt.mask]
+        ref = tgt.image.astype(np.float64)[tgt.mask]
+        mse = np.mean((out - ref) ** 2)
+        assert float(r["nrmse"]) == pytest.approx(np.sqrt(mse / np.mean(ref ** 2)), rel=1e-4)
+        assert float(r["psnr"]) == pytest.approx(10 * np.log10(np.ptp(ref) ** 2 / mse), rel=1e-4)

@@ -248,3 +248,9 @@ def test_covariate_transfer_regresses_numbers_and_classifies_labels():
     assert all(r["kind"] == "categorical" for r in coded)
     lost = downstream.covariate_transfer(np.ones((45, 4)), age, sites)          # erased
     assert all(r["mae"] == r["chance_mae"] for r in lost)
+    far = x.copy()
+    far[sites == "c"] += 1e3                     # a site effect far beyond the training range:
+    c = downstream.covariate_transfer(far, age, sites)[2]   # predictions clipped to it
+    train_age, test_age = age[sites != "c"], age[sites == "c"]
+    bound = np.maximum(np.abs(test_age - train_age.min()), np.abs(test_age - train_age.max()))
+    assert c["mae"] <= bound.mean() + 1e-9 and c["mae"] > 2 * c["chance_mae"]

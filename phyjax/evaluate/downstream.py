@@ -123,15 +123,20 @@ def leave_one_site_out(x: np.ndarray, labels: Sequence, sites: Sequence[str], *,
 
 
 def covariate_transfer(x: np.ndarray, covariate: Sequence, sites: Sequence[str], *,
-                       c: float = 1.0) -> list[dict]:
+                       c: float = 1.0, alphas: Sequence[float] = tuple(np.logspace(-2, 4, 13))
+                       ) -> list[dict]:
     """Leave-one-site-out prediction of a covariate from ROI features.
 
-    A covariate whose values all parse as numbers is regressed (standardized ridge regression,
-    ``alpha = 1 / c``): per test site ``mae`` and ``chance_mae`` (the MAE of predicting the
-    training mean); otherwise (or with at most two distinct values) it is classified (:func:`leave_one_site_out`: ``accuracy``,
-    ``auc``, ``chance``).  Rows carry ``kind`` ("numeric" or "categorical").
+    A covariate whose values all parse as numbers is regressed: a standardized ridge regression
+    whose penalty is chosen by leave-one-out on the training part (``alphas``), its predictions
+    clipped to the training range (a few training scans and features far outside their range,
+    as a site effect makes them, would otherwise extrapolate without bound); per test site
+    ``mae`` and ``chance_mae`` (the MAE of predicting the training mean).  Otherwise (or with at
+    most two distinct values) it is classified (:func:`leave_one_site_out` with inverse
+    regularization ``c``: ``accuracy``, ``auc``, ``chance``).  Rows carry ``kind``
+    ("numeric" or "categorical").
     """
-    from sklearn.linear_model import Ridge
+    from sklearn.linear_model import RidgeCV
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
@@ -156,9 +161,10 @@ def covariate_transfer(x: np.ndarray, covariate: Sequence, sites: Sequence[str],
         if not cols.any():
             row["mae"] = row["chance_mae"]
             continue
-        model = make_pipeline(StandardScaler(), Ridge(alpha=1.0 / c))
+        model = make_pipeline(StandardScaler(), RidgeCV(alphas=alphas))
         model.fit(x[train][:, cols], y[train])
         pred = model.predict(np.nan_to_num(x[test][:, cols], nan=0.0, posinf=0.0, neginf=0.0))
+        pred = np.clip(pred, y[train].min(), y[train].max())
         row["mae"] = float(np.mean(np.abs(pred - y[test])))
     return out
 
