@@ -122,6 +122,11 @@ def get_config(arg: str | None = None) -> ConfigDict:
 
     h = config.harmonize = ConfigDict()
     h.input = ""             # T1w NIfTI to harmonize
+    h.bids_root = ""         # ... or every T1w of this BIDS folder (masks: data.mask_label),
+                             # written as a BIDS derivatives dataset into h.output (a folder;
+                             # default <bids_root>/derivatives/phyjax)
+    h.resolution = "native"  # run at the input's voxel size, or "training" (resample to the
+                             # training grid and back)
     h.harmonizer = ""        # fitted harmonizer folder; default: <workdir>/harmonizer
     h.mask = ""              # brain mask NIfTI (or probability maps, comma-separated, summed)
     h.sidecar = ""           # JSON sidecar; default: next to the input
@@ -133,6 +138,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
     h.flip_angle = -1.0
     h.field_strength = -1.0
     h.figure = True
+    # The target: config.target (a sidecar and/or values) when given, else the fitted one.
 
     if arg == "debug":
         data.n_subjects = 3

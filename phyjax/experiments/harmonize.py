@@ -13,12 +13,13 @@ import os
 
 import nibabel as nib
 import numpy as np
+from tqdm.auto import tqdm
 
 from phyjax import methods
 from phyjax.data import geometry
 from phyjax.data.nifti import InputError, load_volume, save_like
 from phyjax.data.sidecar import (FIELDS, Reading, given_values, protocol_to_sidecar, read_given,
-                                 sidecar_path)
+                                 sidecar_path, target_from_config)
 from phyjax.data.volumes import Volume, normalize
 from phyjax.evaluate import figures, report
 from phyjax.physics.sequences import Protocol
@@ -49,33 +50,70 @@ def input_reading(h) -> Reading:
                       require_file=bool(h.sidecar))
 
 
-def harmonize_image(harmonizer, image: np.ndarray, img, mask: np.ndarray,
-                    protocol: Protocol, path: str) -> np.ndarray:
-    """Harmonized ``image`` on its own grid: resampled onto the harmonizer's training grid (an
-    axis-aligned RAS grid of its voxel size, as training saw), normalized as in training,
-    harmonized, resampled back; 0 outside ``mask``."""
+def working_grid(image: np.ndarray, affine, mask: np.ndarray, voxel_mm):
+    """``(grid affine, image, mask, resampled)`` the network runs on: the input itself when it is
+    an axis-aligned RAS grid (axial slices = last axis, as in training) and ``voxel_mm`` is None;
+    else an axis-aligned RAS grid of voxel ``voxel_mm`` (None: the input's own voxel size) around
+    the mask, the image and mask resampled onto it."""
+    affine = np.asarray(affine, np.float64)
+    if voxel_mm is None and geometry.is_ras(affine):
+        return affine, image, mask, False
+    zooms = voxel_mm if voxel_mm is not None else geometry.zooms(affine)
+    lo, hi = geometry.world_box(mask, affine)
+    n, grid = geometry.box_grid(lo, hi, zooms, hi - lo)
+    data = geometry.resample(np.where(mask, image, 0), affine, grid, n)
+    return grid, data, geometry.resample(mask, affine, grid, n) > 0.5, True
+
+
+def harmonize_image(harmonizer, image: np.ndarray, img, mask: np.ndarray, protocol: Protocol,
+                    path: str, resolution: str = "native", target: Protocol | None = None
+                    ) -> dict[str, np.ndarray]:
+    """Harmonized ``image`` on its own grid, and PhyCHarm's T1 (s) / M0 maps when it has them.
+
+    ``resolution``: ``native`` runs the network at the input's own voxel size (reoriented to
+    axis-aligned RAS only when it is not: 1 mm in, 1 mm detail out); ``training`` resamples onto
+    the harmonizer's training voxel size and back (the behaviour before issue 12).  The image is
+    normalized as in training; ``target``: a protocol the harmonizer accepts (None: its fitted
+    one).  Every output is 0 outside ``mask``.  Raises InputError for an unknown resolution.
+    """
+    if resolution not in ("native", "training"):
+        raise InputError(f"config.harmonize.resolution={resolution!r}; expected 'native' or "
+                         "'training'.")
     affine = np.asarray(img.affine, np.float64)
-    if harmonizer.grid_mm is not None:
-        lo, hi = geometry.world_box(mask, affine)
-        n, target = geometry.box_grid(lo, hi, harmonizer.grid_mm, hi - lo)
-        data = geometry.resample(np.where(mask, image, 0), affine, target, n)
-        grid_mask = geometry.resample(mask, affine, target, n) > 0.5
-    else:
-        target, data, grid_mask = affine, image, mask
+    voxel = harmonizer.grid_mm if resolution == "training" else None
+    grid, data, grid_mask, resampled = working_grid(image, affine, mask, voxel)
     volume = Volume(subject="input", site="input", protocol=protocol,
-                    image=normalize(data, grid_mask), mask=grid_mask, path=path, affine=target)
-    out = harmonizer.harmonize(volume)
-    if harmonizer.grid_mm is not None:
-        out = geometry.resample(out, target, affine, image.shape)
-    return np.where(mask, np.asarray(out, np.float32), 0.0)
+                    image=normalize(data, grid_mask), mask=grid_mask, path=path, affine=grid)
+    if hasattr(harmonizer, "predict") and harmonizer.name == "phycharm":
+        raw = harmonizer.predict(volume, target)
+        outs = {k: raw[k] for k in ("harmonized", "t1", "m0")}
+    elif target is not None and not _same(target, harmonizer.target_protocol):
+        raise InputError(f"method {harmonizer.name!r} harmonizes only to its fitted target; "
+                         "another target protocol needs PhyCHarm.")
+    else:
+        outs = {"harmonized": harmonizer.harmonize(volume)}
+    if resampled:
+        outs = {k: geometry.resample(np.where(grid_mask, v, 0), grid, affine, image.shape)
+                for k, v in outs.items()}
+    return {k: np.where(mask, np.asarray(v, np.float32), 0.0) for k, v in outs.items()}
 
 
-def output_sidecar(harmonizer, reading: Reading, input_path: str) -> dict:
+def _same(a: Protocol, b: Protocol | None) -> bool:
+    from phyjax.data.split import protocols_match
+
+    return b is not None and protocols_match(a, b)
+
+
+def output_sidecar(harmonizer, reading: Reading, input_path: str,
+                   target: Protocol | None = None, config=None) -> dict:
     """The output's sidecar: the target protocol (BIDS units) and every assumption made."""
-    out = protocol_to_sidecar(harmonizer.target_protocol)
+    target = target if target is not None else harmonizer.target_protocol
+    out = protocol_to_sidecar(target)
     out.update({"Sources": [os.path.abspath(input_path)],
                 "PhyjaxHarmonizer": {"method": harmonizer.name,
                                      "target_site": harmonizer.target_site,
+                                     "target_given_as_protocol": target is not
+                                     harmonizer.target_protocol,
                                      "fitted_on": sorted(harmonizer.fitted_on)},
                 "PhyjaxSourceProtocol": {k: reading.values[k] for k in FIELDS
                                          if k in reading.values},
@@ -84,32 +122,127 @@ def output_sidecar(harmonizer, reading: Reading, input_path: str) -> dict:
     return out
 
 
-def harmonize(h, harmonizer_dir: str, default_output_dir: str) -> str:
-    """Harmonize ``h.input`` with the harmonizer saved in ``harmonizer_dir``; returns the output.
+def map_sidecar(kind: str, reading: Reading, input_path: str) -> dict:
+    """Sidecar of a predicted quantitative map (BIDS qMRI: ``T1map`` in s, ``M0map`` arbitrary
+    units relative to water), at the source's B0."""
+    return {"Units": "s" if kind == "t1" else "arbitrary (PD fraction)",
+            "MagneticFieldStrength": reading.values.get("b0_t"),
+            "Sources": [os.path.abspath(input_path)],
+            "Description": "predicted by the PhyCHarm generator from the T1w image and its "
+                           "acquisition parameters (T2/T2* weighting folded into M0)"}
+
+
+def load_target(harmonizer, target_cfg) -> Protocol | None:
+    """The target of ``config.target`` (None: the harmonizer's fitted one), checked against
+    what the harmonizer was trained for before any work."""
+    target = target_from_config(target_cfg) if target_cfg is not None else None
+    if target is not None and hasattr(harmonizer, "check_target"):
+        harmonizer.check_target(target)
+    return target
+
+
+def _load_harmonizer(path: str):
+    harmonizer = methods.load(path)
+    if harmonizer.kind != "image":
+        raise InputError(f"{path}: method {harmonizer.name!r} does not harmonize images.")
+    return harmonizer
+
+
+def harmonize(h, harmonizer_dir: str, default_output_dir: str, target_cfg=None,
+              data_cfg=None, config=None) -> str:
+    """Harmonize ``h.input`` (or every T1w of the BIDS folder ``h.bids_root``: see
+    :func:`harmonize_bids`) with the harmonizer saved in ``harmonizer_dir``; returns the output.
 
     The output has the input's affine and shape; intensities are in the target protocol's units
-    (white matter ~ its 99th-percentile normalization, as in training).  Writes a figure next to
-    it when ``h.figure``.  Raises InputError naming the file for a missing/invalid input, mask,
-    sidecar or harmonizer folder.
+    (white matter ~ its 99th-percentile normalization, as in training).  The target is
+    ``target_cfg`` (a ``config.target`` section) when it names one, else the fitted target.
+    PhyCHarm also writes its T1 (s) and M0 maps (``<stem>_T1map.nii.gz``, ``_M0map``).  Writes a
+    figure next to it when ``h.figure``.  Raises InputError naming the file for a
+    missing/invalid input, mask, sidecar or harmonizer folder, or a target the model was not
+    trained for.
     """
+    if h.get("bids_root"):
+        return harmonize_bids(h, harmonizer_dir, target_cfg, data_cfg, config)
     if not h.input:
-        raise InputError("--config.harmonize.input is required in harmonize mode.")
+        raise InputError("--config.harmonize.input (a T1w NIfTI) or --config.harmonize.bids_root "
+                         "is required in harmonize mode.")
     image, img = load_volume(h.input)  # the user's file first: its errors matter most
-    harmonizer = methods.load(h.harmonizer or harmonizer_dir)
-    if harmonizer.kind != "image":
-        raise InputError(f"{harmonizer_dir}: method {harmonizer.name!r} does not harmonize images.")
+    harmonizer = _load_harmonizer(h.harmonizer or harmonizer_dir)
+    target = load_target(harmonizer, target_cfg)
     mask = load_mask(h.mask, h.input, img)
     reading = input_reading(h)
     protocol = reading.protocol()  # every missing or implausible value, named, before any work
-    harmonized = harmonize_image(harmonizer, image, img, mask, protocol, h.input)
+    outs = harmonize_image(harmonizer, image, img, mask, protocol, h.input,
+                           h.get("resolution", "native"), target)
     out = h.output or os.path.join(
         default_output_dir, os.path.basename(h.input).split(".nii")[0] + "_harmonized.nii.gz")
-    save_like(harmonized, img, out)
-    report.write_json(out.split(".nii")[0] + ".json", output_sidecar(harmonizer, reading, h.input))
+    stem = out.split(".nii")[0]
+    save_like(outs["harmonized"], img, out)
+    report.write_json(stem + ".json", output_sidecar(harmonizer, reading, h.input, target))
+    for kind, suffix in (("t1", "_T1map"), ("m0", "_M0map")):
+        if kind in outs:
+            save_like(outs[kind], img, stem + suffix + ".nii.gz")
+            report.write_json(stem + suffix + ".json", map_sidecar(kind, reading, h.input))
     if h.figure:
-        figures.input_output_figure(np.where(mask, normalize(image, mask), 0.0), harmonized, mask,
-                                    out.split(".nii")[0] + ".png",
+        shown = target if target is not None else harmonizer.target_protocol
+        figures.input_output_figure(np.where(mask, normalize(image, mask), 0.0),
+                                    outs["harmonized"], mask, stem + ".png",
                                     title=f"{os.path.basename(h.input)} ({protocol.sequence}, "
                                           f"{protocol.field_strength:g} T) -> "
-                                          f"{harmonizer.target_site}")
+                                          f"{shown.sequence if shown else harmonizer.target_site}")
     return out
+
+
+def harmonize_bids(h, harmonizer_dir: str, target_cfg, data_cfg, config) -> str:
+    """Every T1w scan of the BIDS folder ``h.bids_root`` harmonized into the BIDS derivatives
+    dataset ``h.output`` (default ``<bids_root>/derivatives/phyjax``).
+
+    Layout: ``dataset_description.json`` (DatasetType derivative, GeneratedBy phyjax with its
+    version and the config, SourceDatasets), and per scan, beside the source's entities,
+    ``*_desc-harmonized_T1w.nii.gz`` + sidecar (target protocol, every value's origin and
+    assumption) and, for PhyCHarm, ``*_T1map.nii.gz`` (s) and ``*_M0map.nii.gz`` with sidecars;
+    each on its input's grid and affine.  Masks: ``derivatives/*/...desc-<data.mask_label>
+    _mask`` (no mask: voxels > 0).  Every scan's protocol is checked before any work starts.
+    """
+    from phyjax import __version__
+    from phyjax.data import bids
+    from phyjax.data.sidecar import read_site_table
+
+    root = h.bids_root
+    harmonizer = _load_harmonizer(h.harmonizer or harmonizer_dir)
+    target = load_target(harmonizer, target_cfg)
+    d = data_cfg or {}
+    table = read_site_table(d["site_params"]) if d.get("site_params") else None
+    scans = bids.scan_bids(root, site_table=table, mask_label=d.get("mask_label", "brain"),
+                           site_field=d.get("site_field", ""))
+    out_root = h.output or os.path.join(root, "derivatives", "phyjax")
+    os.makedirs(out_root, exist_ok=True)
+    report.write_json(os.path.join(out_root, "dataset_description.json"), {
+        "Name": f"phyjax harmonization ({harmonizer.name}) of {os.path.basename(root)}",
+        "BIDSVersion": "1.9.0", "DatasetType": "derivative",
+        "GeneratedBy": [{"Name": "phyjax", "Version": __version__,
+                         "Description": f"harmonized with {harmonizer.name} to "
+                                        f"{(target or harmonizer.target_protocol)}",
+                         "Config": config.to_dict() if hasattr(config, "to_dict") else None}],
+        "SourceDatasets": [{"URL": "file://" + os.path.abspath(root)}]})
+    written = []
+    for scan in tqdm(scans, desc=f"harmonizing {os.path.basename(root)}"):
+        image, img = load_volume(scan.path)
+        mask = (load_mask(scan.mask_path, scan.path, img) if scan.mask_path
+                else load_mask("", scan.path, img))
+        outs = harmonize_image(harmonizer, image, img, mask, scan.protocol, scan.path,
+                               h.get("resolution", "native"), target)
+        rel = os.path.relpath(os.path.dirname(scan.path), root)
+        base = os.path.basename(scan.path).split(".nii")[0]
+        base = base[:-len("_T1w")] if base.endswith("_T1w") else base
+        stem = os.path.join(out_root, rel, base)
+        save_like(outs["harmonized"], img, stem + "_desc-harmonized_T1w.nii.gz")
+        report.write_json(stem + "_desc-harmonized_T1w.json",
+                          output_sidecar(harmonizer, scan.reading, scan.path, target))
+        for kind, suffix in (("t1", "_T1map"), ("m0", "_M0map")):
+            if kind in outs:
+                save_like(outs[kind], img, stem + suffix + ".nii.gz")
+                report.write_json(stem + suffix + ".json",
+                                  map_sidecar(kind, scan.reading, scan.path))
+        written.append(stem)
+    return out_root

@@ -122,5 +122,7 @@ def run(config, workdir: str):
         return train_and_evaluate(config, workdir)
     if config.mode == "harmonize":
         return harmonize_mode.harmonize(config.harmonize, os.path.join(workdir, HARMONIZER_DIR),
-                                        default_output_dir=os.path.join(workdir, "harmonized"))
+                                        default_output_dir=os.path.join(workdir, "harmonized"),
+                                        target_cfg=config.target, data_cfg=config.data,
+                                        config=config)
     raise ValueError(f"Unknown mode {config.mode!r}; expected 'train_eval' or 'harmonize'.")

@@ -140,6 +140,12 @@ class PhyCHarmHarmonizer(networks.SliceNetworkHarmonizer):
         return np.where(volume.mask, out, 0.0).astype(np.float32)
 
 
+def _f32(p: Protocol) -> Protocol:
+    """``p`` with float32 numeric fields, so protocols read from sidecars (float64) and made in
+    Python (float) hit one compiled training step."""
+    return jax.tree.map(np.float32, p)
+
+
 def resolve_pairs(mode: str, train: TrainingSet) -> str:
     """``config.train.pairs``: ``paired`` (traveling subjects), ``simulated`` (physics-made pairs
     + self-supervised adaptation to the real scans; target-site scans unused) or ``auto``
@@ -210,8 +216,8 @@ def fit(config, train: TrainingSet, name: str = "phycharm", *, workdir: str,
 
         def batch_fn(i):
             site, idx = data.sample(i, t.batch_size, config.seed)
-            return ({k: v[idx] for k, v in data.arrays[site].items()}, data.protocols[site],
-                    target, np.float32(ref), weights)
+            return ({k: v[idx] for k, v in data.arrays[site].items()},
+                    _f32(data.protocols[site]), _f32(target), np.float32(ref), weights)
     else:
         sim, real = _simulated_data(config, train, target, depth, progress)
         padded = sim.padded
@@ -222,9 +228,9 @@ def fit(config, train: TrainingSet, name: str = "phycharm", *, workdir: str,
         def batch_fn(i):
             if real is not None and (i + 1) % t.adapt_every == 0:
                 arrays, g = real.batch(i // t.adapt_every, t.batch_size, config.seed)
-                return arrays, real.protocols[g], target, np.float32(ref), adapt
+                return arrays, _f32(real.protocols[g]), _f32(target), np.float32(ref), adapt
             arrays, p, q = sim.batch(i, t.batch_size, config.seed)
-            return arrays, sim.sources[p], sim.targets[q], refs[q], full
+            return arrays, _f32(sim.sources[p]), _f32(sim.targets[q]), refs[q], full
 
     model, tx = make_model(model_cfg), networks.make_optimizer(t)
     state = TrainState.create(init_params(model, padded, model_cfg["context"], config.seed), tx)
