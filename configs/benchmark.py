@@ -24,7 +24,8 @@ import os
 
 from ml_collections import ConfigDict
 
-METHODS = ("none", "zscore", "histmatch", "nyul", "whitestripe", "combat", "unet", "phycharm")
+METHODS = ("none", "zscore", "histmatch", "nyul", "whitestripe", "combat", "unet", "phycharm",
+           "phycharm_unpaired")
 
 
 def _phycharm_config(arg):

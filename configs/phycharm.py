@@ -44,6 +44,8 @@ def get_config(arg: str | None = None) -> ConfigDict:
     data.site_field = ""     # sidecar field naming the site (e.g. Manufacturer); "" = ses- label
     data.grid_mm = 0.0       # BIDS data: common RAS grid voxel (mm); 0 = native if all scans
                              # share one grid, else their median voxel size
+    data.stream = "auto"     # volumes on disk, read when used: "on", "off", or "auto" (when
+    data.memory_gb = 4.0     # ... they would take more memory than this)
     data.seed = 0
     data.n_subjects = 12
     data.n_test = 4          # held-out subjects (split by subject)

@@ -14,7 +14,7 @@ import pytest
 import conftest
 
 from phyjax import methods
-from phyjax.data import simulated, synthetic
+from phyjax.data import simulated
 from phyjax.data.dataset import load_dataset
 from phyjax.data.nifti import InputError
 from phyjax.data.volumes import normalize

@@ -11,6 +11,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import tempfile
+
+import nibabel as nib
+import numpy as np
 
 from phyjax.data import bids, synthetic
 from phyjax.data.nifti import InputError, load_volume
@@ -28,6 +32,7 @@ class Dataset:
     target_site: str
     has_maps: bool  # ground-truth T1/M0 maps (the embedded default dataset)
     protocols: list = dataclasses.field(default_factory=list)  # protocols.tsv rows, as read
+    _store: object = None  # the temporary folder of streamed volumes (removed with the Dataset)
 
     @property
     def subjects(self) -> list[str]:
@@ -62,8 +67,21 @@ def cache_dir(data_cfg) -> str:
             or os.path.join(os.path.expanduser("~"), ".cache", "phyjax"))
 
 
+def stream_to_disk(data_cfg, scans, with_maps: bool) -> bool:
+    """Whether the volumes go to disk (``data.stream``: ``on``, ``off``, or ``auto`` = when their
+    in-memory size, estimated from the headers, exceeds ``data.memory_gb``)."""
+    mode = data_cfg.get("stream", "auto")
+    if mode not in ("auto", "on", "off"):
+        raise InputError(f"config.data.stream={mode!r}; expected 'auto', 'on' or 'off'.")
+    if mode != "auto":
+        return mode == "on"
+    per_voxel = 4 + 1 + (8 if with_maps else 0)          # image float32, mask, T1/M0 float32
+    total = sum(int(np.prod(nib.load(s.path).shape[:3])) for s in scans) * per_voxel
+    return total > float(data_cfg.get("memory_gb", 4.0)) * 2 ** 30
+
+
 def load_dataset(data_cfg, progress: bool = True, paired: bool = True,
-                 require_protocols: bool = True) -> Dataset:
+                 require_protocols: bool = True, workdir: str | None = None) -> Dataset:
     """Load ``data_cfg.bids_root`` (or build/load the default dataset) into a :class:`Dataset`.
 
     ``data_cfg.site_params``: optional per-site parameter table (TSV, :func:`read_site_table`)
@@ -71,6 +89,9 @@ def load_dataset(data_cfg, progress: bool = True, paired: bool = True,
     ``desc-`` label; ``site_field``: a sidecar field naming the site (default: the ``ses-`` label).
     ``paired``: every subject must have a target-site scan (traveling subjects);
     ``require_protocols``: every protocol must be complete (False: physics-free use only).
+    ``data_cfg.stream`` (:func:`stream_to_disk`): volumes are written into a temporary folder in
+    ``workdir`` (removed with the Dataset) and read when used, so memory stays bounded as the
+    number of subjects grows.
 
     Raises:
       InputError: naming the folder or file -- no scans; every scan whose protocol is
@@ -91,11 +112,17 @@ def load_dataset(data_cfg, progress: bool = True, paired: bool = True,
     scans = bids.scan_bids(root, site_table=table, mask_label=data_cfg.get("mask_label", "brain"),
                            site_field=data_cfg.get("site_field", ""),
                            require_protocols=require_protocols)
-    volumes = load_scans(scans, maps_for, voxel_mm=data_cfg.get("grid_mm", 0.0))
+    tmp = None
+    if stream_to_disk(data_cfg, scans, maps_for is not None):
+        if workdir:
+            os.makedirs(workdir, exist_ok=True)
+        tmp = tempfile.TemporaryDirectory(prefix=".volumes-", dir=workdir)
+    volumes = load_scans(scans, maps_for, voxel_mm=data_cfg.get("grid_mm", 0.0),
+                         store=tmp.name if tmp else None)
     target = data_cfg.target_site
     for subject, sites in volumes.items():
         if paired and target not in sites:
             raise InputError(f"{root}: subject {subject} has no scan from the target site "
                              f"{target!r} (sites: {sorted(sites)}).")
     return Dataset(volumes=volumes, root=root, target_site=target, has_maps=maps_for is not None,
-                   protocols=bids.scan_rows(scans, root))
+                   protocols=bids.scan_rows(scans, root), _store=tmp)

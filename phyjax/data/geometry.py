@@ -78,7 +78,12 @@ def world_box(mask: np.ndarray, affine) -> tuple[np.ndarray, np.ndarray]:
 def common_grid(masks, affines, voxel_mm: float) -> tuple[tuple[int, int, int], list[np.ndarray]]:
     """One shape and, per scan, an axis-aligned RAS affine of voxel ``voxel_mm`` centred on its
     brain (the world bounding box of its mask), large enough for the largest brain + margin."""
-    boxes = [world_box(m, a) for m, a in zip(masks, affines)]
+    return common_grid_of_boxes([world_box(m, a) for m, a in zip(masks, affines)], voxel_mm)
+
+
+def common_grid_of_boxes(boxes, voxel_mm: float
+                         ) -> tuple[tuple[int, int, int], list[np.ndarray]]:
+    """:func:`common_grid` from the brains' world boxes ``[(low, high), ...]``."""
     extent = np.max([hi - lo for lo, hi in boxes], axis=0)
     grids = [box_grid(lo, hi, (voxel_mm,) * 3, extent) for lo, hi in boxes]
     return grids[0][0], [a for _, a in grids]

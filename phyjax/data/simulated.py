@@ -17,6 +17,8 @@ train on (:mod:`phyjax.data.slices`); :class:`SourceSlices` holds a user's real,
 from __future__ import annotations
 
 import dataclasses
+import os
+import tempfile
 
 import jax
 import numpy as np
@@ -26,6 +28,7 @@ from phyjax.data import synthetic
 from phyjax.data.nifti import InputError
 from phyjax.data.slices import brain_slices, grid, to_slices, with_context
 from phyjax.data.split import protocols_match
+from phyjax.data.store import SliceStore
 from phyjax.data.volumes import normalize
 from phyjax.physics import scanner, units
 from phyjax.physics.sequences import Protocol
@@ -214,32 +217,39 @@ class SimulatedPairs:
 
 class SourceSlices:
     """A training set's real scans as 2.5-D source slices with masks, grouped by protocol (scans
-    of one site may differ: each slice is re-synthesized through its own scan's protocol)."""
+    of one site may differ: each slice is re-synthesized through its own scan's protocol).  The
+    slices live on disk (:class:`~phyjax.data.store.SliceStore` in a temporary folder in
+    ``directory``), so memory holds one batch whatever the number of subjects."""
 
-    def __init__(self, train, sites, depth: int, min_fraction: float, context: int):
+    def __init__(self, train, sites, depth: int, min_fraction: float, context: int,
+                 directory: str | None = None):
         scans = [train.volumes[s][site] for s in train.subjects for site in sites
                  if site in train.volumes[s]]
         if not scans:
             raise InputError(f"no training scan from the sites {list(sites)} to adapt to.")
         self.pads, self.padded = grid(scans[0].image.shape, depth)
+        self.context = context
         self.protocols = distinct(v.protocol for v in scans)
-        src = [[] for _ in self.protocols]
-        msk = [[] for _ in self.protocols]
-        for v in scans:
+        if directory:
+            os.makedirs(directory, exist_ok=True)
+        self._tmp = tempfile.TemporaryDirectory(prefix=".slices-", dir=directory)
+        self.store = SliceStore(self._tmp.name, self.pads)
+        rows = [[] for _ in self.protocols]
+        for k, v in enumerate(scans):
             g = next(i for i, p in enumerate(self.protocols) if protocols_match(v.protocol, p))
-            z = brain_slices(v.mask, min_fraction)
-            src[g].append(with_context(to_slices(v.image, self.pads), context)[z])
-            msk[g].append(to_slices(v.mask.astype(np.float32), self.pads)[z][..., None])
-        self.source = [np.concatenate(x).astype(np.float32) for x in src]
-        self.mask = [np.concatenate(x).astype(np.float32) for x in msk]
+            self.store.add(f"{k}/image", v.image)
+            self.store.add(f"{k}/mask", v.mask)
+            rows[g] += [(k, z) for z in brain_slices(v.mask, min_fraction)]
+        self.rows = [np.asarray(r, int).reshape(-1, 2) for r in rows]
 
     def batch(self, i: int, batch_size: int, seed: int) -> tuple[dict, int]:
         """Batch ``i`` of one protocol group (cycling through them): ``(arrays, group)``."""
         g = i % len(self.protocols)
-        n = len(self.mask[g])
+        n = len(self.rows[g])
         idx = np.random.default_rng([seed, i, 2]).choice(n, size=batch_size,
                                                          replace=n < batch_size)
-        x = self.source[g][idx]
-        zeros = np.zeros(x.shape[:-1] + (1,), np.float32)
-        return ({"source": x, "target": zeros, "mask": self.mask[g][idx], "t1": zeros + 1.0,
-                 "m0": zeros}, g)
+        rows = self.rows[g][idx]
+        x = self.store.gather(rows, lambda k: f"{k}/image", self.context)
+        mask = self.store.gather(rows, lambda k: f"{k}/mask")
+        zeros = np.zeros(mask.shape, np.float32)
+        return ({"source": x, "target": zeros, "mask": mask, "t1": zeros + 1.0, "m0": zeros}, g)

@@ -1,4 +1,4 @@
-"""Volumes as 2.5-D axial slices: padding, neighbour context, and paired training slices.
+"""Volumes as 2.5-D axial slices: padding and neighbour context.
 
 The networks (U-Net, PhyCHarm) work on axial slices (last array axis) padded to a multiple of their
 down-sampling factor, each with its ``context`` neighbours on each side as channels.
@@ -51,29 +51,3 @@ def grid(shape, depth: int):
     """``(pads, padded shape)`` of axial slices of ``shape`` for a U-Net with ``depth`` levels."""
     pads = pad_to_multiple(shape[:2], 2 ** (depth - 1))
     return pads, (shape[0] + sum(pads[0]), shape[1] + sum(pads[1]))
-
-
-def slice_pairs(volumes, subjects, site: str, target_site: str, pads, min_fraction: float,
-                context: int) -> dict[str, np.ndarray]:
-    """Training arrays of one source site: 2.5-D source slices and the paired target slices.
-
-    Args:
-      volumes: ``{subject: {site: Volume}}`` (a :class:`~phyjax.data.split.TrainingSet`'s).
-      subjects: whose brain slices (:func:`brain_slices` of the source mask) are stacked.
-    Returns:
-      float32 arrays ``source (N, H, W, 2 context + 1)`` and ``target``, ``mask``, ``t1``,
-      ``m0`` ``(N, H, W, 1)`` (maps are ones/zeros where no ground truth exists).
-    """
-    keys = ("source", "target", "mask", "t1", "m0")
-    parts = {k: [] for k in keys}
-    for s in subjects:
-        v, t = volumes[s][site], volumes[s][target_site]
-        z = brain_slices(v.mask, min_fraction)
-        arrays = {"source": v.image, "target": t.image, "mask": v.mask.astype(np.float32),
-                  "t1": v.t1 if v.t1 is not None else np.ones_like(v.image),
-                  "m0": v.m0 if v.m0 is not None else np.zeros_like(v.image)}
-        for k in keys:
-            slices = to_slices(arrays[k], pads)
-            parts[k].append(with_context(slices, context)[z] if k == "source"
-                            else slices[z][..., None])
-    return {k: np.concatenate(p).astype(np.float32) for k, p in parts.items()}

@@ -1,4 +1,4 @@
-"""Multi-site volumes in memory: loading and intensity normalization.
+"""Multi-site volumes: loading (in memory, or streamed to disk) and intensity normalization.
 
 Volumes of one dataset share one grid (resampled onto a common RAS grid when the scans' grids
 differ), so their axial slices stack.
@@ -6,31 +6,63 @@ differ), so their axial slices stack.
 
 from __future__ import annotations
 
-import dataclasses
-
 import nibabel as nib
 import numpy as np
 
 from phyjax.data import geometry
 from phyjax.data.bids import Scan
 from phyjax.data.nifti import InputError, load_volume
+from phyjax.data.store import load_array, save_array
 from phyjax.physics.sequences import Protocol
 
 
-@dataclasses.dataclass
-class Volume:
-    """One scan in memory.  ``image`` and ``mask`` are ``(X, Y, Z)``; maps too, if known."""
+def _array(name: str, doc: str) -> property:
+    """An array attribute held in memory, or in a ``.npy`` file read at each access."""
 
-    subject: str
-    site: str
-    protocol: Protocol | None   # None: incomplete in the sidecar (physics-free methods only)
-    image: np.ndarray           # normalized intensities (see :func:`normalize`)
-    mask: np.ndarray            # bool brain mask
-    path: str
-    t1: np.ndarray | None = None  # s, at protocol.field_strength
-    m0: np.ndarray | None = None  # PD fraction
-    affine: np.ndarray | None = None  # voxel -> world (mm) of ``image`` (None: the file's)
-    resampled: bool = False     # on a common grid, not the file's own (see :func:`native_image`)
+    def get(self):
+        value = self._arrays.get(name)
+        return load_array(value) if isinstance(value, str) else value
+
+    def set(self, value):
+        self._arrays[name] = value
+
+    return property(get, set, doc=doc)
+
+
+class Volume:
+    """One scan: its normalized image and mask ``(X, Y, Z)``, and maps if known.
+
+    The arrays live in memory, or -- after :meth:`to_disk` -- in ``.npy`` files read at each
+    access, so a dataset's memory does not grow with its number of scans.
+    """
+
+    image = _array("image", "normalized intensities (see :func:`normalize`)")
+    mask = _array("mask", "bool brain (ROI) mask")
+    t1 = _array("t1", "T1 map (s, at protocol.field_strength), or None")
+    m0 = _array("m0", "M0 (PD fraction) map, or None")
+
+    def __init__(self, subject: str, site: str, protocol: Protocol | None, image: np.ndarray,
+                 mask: np.ndarray, path: str, t1: np.ndarray | None = None,
+                 m0: np.ndarray | None = None, affine: np.ndarray | None = None,
+                 resampled: bool = False):
+        self.subject, self.site, self.path = subject, site, path
+        self.protocol = protocol        # None: incomplete in the sidecar (physics-free only)
+        self.affine = affine            # voxel -> world (mm) of ``image`` (None: the file's)
+        self.resampled = resampled      # on a common grid, not the file's own (native_image)
+        self._arrays: dict = {}
+        self.image, self.mask, self.t1, self.m0 = image, mask, t1, m0
+
+    def __repr__(self) -> str:
+        where = "disk" if isinstance(self._arrays["image"], str) else "memory"
+        return f"Volume({self.subject!r}, {self.site!r}, {self.protocol}, {self.path!r}, {where})"
+
+    def to_disk(self, directory: str) -> "Volume":
+        """Move the arrays into ``directory`` (one ``.npy`` each); returns ``self``."""
+        for name, value in self._arrays.items():
+            if value is not None and not isinstance(value, str):
+                self._arrays[name] = save_array(directory, f"{self.subject}_{self.site}_{name}",
+                                                value)
+        return self
 
     def grid_affine(self) -> np.ndarray:
         """Voxel -> world (mm) of ``image``."""
@@ -58,8 +90,8 @@ def normalize(image: np.ndarray, mask: np.ndarray, percentile: float = 99.0) -> 
     return (image / ref).astype(np.float32)
 
 
-def load_scans(scans: list[Scan], maps_for=None, voxel_mm: float = 0.0
-               ) -> dict[str, dict[str, Volume]]:
+def load_scans(scans: list[Scan], maps_for=None, voxel_mm: float = 0.0,
+               store: str | None = None) -> dict[str, dict[str, Volume]]:
     """Load and normalize scans into ``{subject: {site: Volume}}``, on one grid.
 
     Each scan's brain mask is matched to it by world coordinates
@@ -70,35 +102,30 @@ def load_scans(scans: list[Scan], maps_for=None, voxel_mm: float = 0.0
     of voxel ``voxel_mm`` (0: the median voxel size of the scans) and one common shape, centred
     on its brain (``Volume.resampled``; :func:`native_image` brings results back).
 
+    Two passes, one scan in memory at a time: headers and masks decide the grid, then each scan
+    is loaded, resampled and normalized -- and, with ``store`` (a folder), written there
+    (:meth:`Volume.to_disk`), so memory does not grow with the number of scans.
+
     Args:
       scans: from :func:`phyjax.data.bids.scan_bids`.
       maps_for: optional ``f(subject, field_strength) -> (t1, m0)`` arrays on the scans' grid
         (ground truth for the default dataset).
     Raises InputError: a scan without a brain mask, or a mask that misses its image.
     """
-    loaded, mask_files = [], {}
-    for scan in scans:
-        image, img = load_volume(scan.path)
-        if scan.mask_path is None:
-            raise InputError(f"{scan.path}: no ROI mask found (derivatives/*/sub-{scan.subject}/"
-                             "[ses-*/]anat/*desc-<label>_mask.nii.gz; data.mask_label).")
-        if scan.mask_path not in mask_files:
-            mask_files[scan.mask_path] = load_volume(scan.mask_path)
-        m, m_img = mask_files[scan.mask_path]
-        mask = geometry.mask_on_grid(m, m_img.affine, image.shape, img.affine,
-                                     source=f"{scan.mask_path} (mask of {scan.path})")
-        loaded.append((scan, image, np.asarray(img.affine, np.float64), mask))
-    first = loaded[0]
-    if not voxel_mm and geometry.is_ras(first[2]) and all(
-            geometry.same_grid(x[1].shape, x[2], first[1].shape, first[2]) for x in loaded):
-        grids = [None] * len(loaded)
+    headers = [_header(scan) for scan in scans]        # (shape, affine) without the voxels
+    first = headers[0]
+    if not voxel_mm and geometry.is_ras(first[1]) and all(
+            geometry.same_grid(h[0], h[1], first[0], first[1]) for h in headers):
+        grids = [None] * len(scans)
     else:
-        voxel_mm = voxel_mm or float(np.median([_voxel_size(x[2]) for x in loaded]))
-        shape, affines = geometry.common_grid([x[3] for x in loaded], [x[2] for x in loaded],
-                                              voxel_mm)
+        voxel_mm = voxel_mm or float(np.median([_voxel_size(h[1]) for h in headers]))
+        boxes = [geometry.world_box(_mask(scan, *h), h[1]) for scan, h in zip(scans, headers)]
+        shape, affines = geometry.common_grid_of_boxes(boxes, voxel_mm)
         grids = [(shape, a) for a in affines]
     out: dict[str, dict[str, Volume]] = {}
-    for (scan, image, affine, mask), grid in zip(loaded, grids):
+    for scan, (_, affine), grid in zip(scans, headers, grids):
+        image, _ = load_volume(scan.path)
+        mask = _mask(scan, image.shape, affine)
         protocol = None  # incomplete, or MP2RAGE (read, but no closed-form Protocol)
         if scan.reading.status in ("ok", "assumed") and scan.reading.family != "mp2rage":
             protocol = scan.protocol
@@ -114,8 +141,28 @@ def load_scans(scans: list[Scan], maps_for=None, voxel_mm: float = 0.0
                      resampled=grid is not None)
         if maps:
             vol.t1, vol.m0 = maps
-        out.setdefault(scan.subject, {})[scan.site] = vol
+        out.setdefault(scan.subject, {})[scan.site] = vol.to_disk(store) if store else vol
     return out
+
+
+def _header(scan: Scan) -> tuple[tuple[int, ...], np.ndarray]:
+    """``(shape, affine)`` of a scan's NIfTI from its header (InputError naming an unreadable
+    file; the voxels are checked when loaded)."""
+    try:
+        img = nib.load(scan.path)
+    except Exception as exc:  # nibabel raises several types for a corrupt file
+        raise InputError(f"{scan.path}: not a readable NIfTI ({exc}).") from exc
+    return tuple(img.shape[:3]), np.asarray(img.affine, np.float64)
+
+
+def _mask(scan: Scan, shape, affine) -> np.ndarray:
+    """The scan's ROI mask on its image grid (matched by world coordinates)."""
+    if scan.mask_path is None:
+        raise InputError(f"{scan.path}: no ROI mask found (derivatives/*/sub-{scan.subject}/"
+                         "[ses-*/]anat/*desc-<label>_mask.nii.gz; data.mask_label).")
+    m, m_img = load_volume(scan.mask_path)
+    return geometry.mask_on_grid(m, m_img.affine, shape, affine,
+                                 source=f"{scan.mask_path} (mask of {scan.path})")
 
 
 def _voxel_size(affine) -> float:

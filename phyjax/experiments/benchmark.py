@@ -126,7 +126,8 @@ def benchmark(config, workdir: str, progress: bool = True) -> dict:
     t0, timings, notes = time.time(), {}, []
     prepare_workdir(config, workdir)
     names = selected_methods(config)
-    data = load_dataset(config.data, progress, paired=False, require_protocols=False)
+    data = load_dataset(config.data, progress, paired=False, require_protocols=False,
+                        workdir=workdir)
     write_protocols(workdir, data, config)
     if not data.paired:
         return unpaired.benchmark_unpaired(config, data, names, workdir, progress,

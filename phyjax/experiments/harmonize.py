@@ -84,7 +84,7 @@ def harmonize_image(harmonizer, image: np.ndarray, img, mask: np.ndarray, protoc
     grid, data, grid_mask, resampled = working_grid(image, affine, mask, voxel)
     volume = Volume(subject="input", site="input", protocol=protocol,
                     image=normalize(data, grid_mask), mask=grid_mask, path=path, affine=grid)
-    if hasattr(harmonizer, "predict") and harmonizer.name == "phycharm":
+    if hasattr(harmonizer, "check_target"):                 # PhyCHarm: any target, and maps
         raw = harmonizer.predict(volume, target)
         outs = {k: raw[k] for k in ("harmonized", "t1", "m0")}
     elif target is not None and not _same(target, harmonizer.target_protocol):

@@ -42,7 +42,7 @@ def train_and_evaluate(config, workdir: str, progress: bool = True) -> dict:
         raise InputError(f"config.eval.baselines: {unknown} are not intensity baselines; choose "
                          f"from {list(intensity.NAMES)} (the benchmark compares every method).")
     prepare_workdir(config, workdir)
-    data = load_dataset(config.data, progress)
+    data = load_dataset(config.data, progress, workdir=workdir)
     split = data.split(config.data.n_test, config.data.seed)
     train = data.training_set(split, target_protocol(config))
     write_split(os.path.join(workdir, "split.json"), data, split)

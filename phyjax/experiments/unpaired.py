@@ -23,9 +23,10 @@ held-out subjects (methods are fitted on the training subjects only, as in the p
   a target-site scan are scored against it as in the paired benchmark (SSIM, PSNR, NRMSE, tissue
   overlap and volumes for a brain ROI, radiomic error; the scans assumed co-registered).
 
-Methods that need traveling subjects or acquisition parameters (the supervised U-Net, PhyCHarm)
-are skipped with the reason in the report.  Writes ``unpaired.md``, ``unpaired.csv`` (one row per
-method), ``unpaired_downstream.csv`` (the downstream tasks per method and test site),
+The supervised U-Net (it needs traveling subjects) and, on folders whose sidecars lack
+acquisition parameters, PhyCHarm are skipped with the reason in the report; with parameters
+PhyCHarm trains on physics-made pairs (:mod:`phyjax.data.simulated`).  Writes ``unpaired.md``,
+``unpaired.csv`` (one row per method), ``unpaired_downstream.csv`` (the downstream tasks per method and test site),
 ``unpaired_features.csv`` (every held-out output's features), ``unpaired_effect_sizes.csv`` (per
 method and feature), ``site_embedding.png`` and, with traveling subjects,
 ``unpaired_paired_metrics.csv`` (method x site/overall) and
@@ -49,7 +50,8 @@ from phyjax.evaluate.site_difference import (kruskal_wallis, n_significant,
                                              radiomic_relative_error, site_classifier)
 from phyjax.experiments.common import fit_methods, log, tissue_segmenter, write_split
 
-PAIRED_ONLY = ("unet", "phycharm")
+PAIRED_ONLY = ("unet",)
+PHYSICS = ("phycharm", "phycharm_unpaired")  # unpaired data: trained on physics-made pairs
 
 
 def runnable(names, data: Dataset) -> tuple[list[str], list[str]]:
@@ -60,8 +62,8 @@ def runnable(names, data: Dataset) -> tuple[list[str], list[str]]:
         if name in PAIRED_ONLY and not data.paired:
             notes.append(f"{name} not run: it trains on paired scans (the same subject at the "
                          f"target site), which this folder does not have.")
-        elif name == "phycharm" and lacking:
-            notes.append(f"phycharm not run: it needs acquisition parameters, which {len(lacking)} "
+        elif name in PHYSICS and lacking:
+            notes.append(f"{name} not run: it needs acquisition parameters, which {len(lacking)} "
                          "scan(s) lack (see protocols.tsv).")
         else:
             keep.append(name)

@@ -5,7 +5,8 @@
     methods.save(harmonizer, folder); methods.load(folder)
 
 Registered: intensity baselines (none, zscore, histmatch, nyul, whitestripe), ComBat (features),
-the supervised U-Net and PhyCHarm.  A new method is a module with a ``fit`` function decorated by
+the supervised U-Net and PhyCHarm (``phycharm``: pairs as configured; ``phycharm_unpaired``:
+physics-made pairs only).  A new method is a module with a ``fit`` function decorated by
 :func:`~phyjax.methods.base.register` and a :class:`~phyjax.methods.base.Harmonizer` subclass.
 """
 
@@ -15,7 +16,8 @@ from phyjax.methods import combat, intensity, phycharm, unet  # noqa: F401  (reg
 from phyjax.methods.base import FIT, KINDS, Harmonizer, load, save
 
 #: every registered method, in the order reports list them
-AVAILABLE = ("none", "zscore", "histmatch", "nyul", "whitestripe", "combat", "unet", "phycharm")
+AVAILABLE = ("none", "zscore", "histmatch", "nyul", "whitestripe", "combat", "unet", "phycharm",
+             "phycharm_unpaired")
 assert set(AVAILABLE) == set(FIT), (AVAILABLE, tuple(FIT))
 
 

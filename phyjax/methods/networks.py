@@ -2,15 +2,16 @@
 
 Training data: for every site of the training subjects (the target included: the identity is a
 valid harmonization), the brain slices of each source scan with the same subject's target-site
-slices (:func:`phyjax.data.slices.slice_pairs`).  Batch ``i`` cycles through the sites and draws
-its slices with ``numpy.random.default_rng([seed, i])``: a pure function of the step, so a
-resumed run sees the batches an uninterrupted one would.
+slices (:class:`SlicePairs`, read from disk per batch).  Batch ``i`` cycles through the sites
+and draws its slices with ``numpy.random.default_rng([seed, i])``: a pure function of the step,
+so a resumed run sees the batches an uninterrupted one would.
 """
 
 from __future__ import annotations
 
 import abc
 import os
+import tempfile
 from typing import Any, Callable
 
 import flax.serialization
@@ -19,7 +20,8 @@ import numpy as np
 import optax
 
 from phyjax.data.nifti import InputError
-from phyjax.data.slices import from_slices, grid, slice_pairs, to_slices, with_context
+from phyjax.data.slices import brain_slices, from_slices, grid, to_slices, with_context
+from phyjax.data.store import SliceStore
 from phyjax.data.split import TrainingSet
 from phyjax.methods.base import Harmonizer, base_fields
 from phyjax.physics.sequences import Protocol, encode
@@ -35,35 +37,72 @@ def make_optimizer(train_cfg) -> optax.GradientTransformation:
 
 
 class SlicePairs:
-    """Paired 2.5-D training slices of every site of a training set.
+    """Paired 2.5-D training slices of every site of a training set, on disk.
+
+    Every scan's slices go into a :class:`~phyjax.data.store.SliceStore` (a temporary folder in
+    ``directory``, removed with the object), so memory holds one batch, not the dataset.
 
     Attributes:
       sites: sorted sites (the target included); batch ``i`` comes from ``sites[i % n]``.
-      arrays: ``{site: slice_pairs(...)}``.
+      rows: ``{site: (N, 2) int array}`` of ``(subject index, axial slice)``: the brain slices
+        (:func:`phyjax.data.slices.brain_slices` of the source mask) of every training subject.
       protocols: ``{site: Protocol}`` (of the first training subject's scan).
       pads, padded: in-plane padding and padded slice shape for a U-Net of ``depth`` levels.
     """
 
     def __init__(self, train: TrainingSet, depth: int, min_fraction: float, context: int,
-                 method: str = "a slice network"):
+                 method: str = "a slice network", directory: str | None = None):
         train.require_protocols(method)
         subjects, target = list(train.subjects), train.target_site
         unpaired = [s for s in subjects if target not in train.volumes[s]]
         if unpaired:
             raise InputError(f"{method} trains on paired scans (traveling subjects), but training "
                              f"subject(s) {unpaired} have no scan from the target site {target!r}.")
-        self.sites = train.sites
+        self.sites, self.subjects, self.target = train.sites, subjects, target
+        self.context = context
         self.pads, self.padded = grid(train.volumes[subjects[0]][target].image.shape, depth)
-        self.arrays = {s: slice_pairs(train.volumes, subjects, s, target, self.pads, min_fraction,
-                                      context) for s in self.sites}
+        if directory:
+            os.makedirs(directory, exist_ok=True)
+        self._tmp = tempfile.TemporaryDirectory(prefix=".slices-", dir=directory)
+        self.store = SliceStore(self._tmp.name, self.pads)
+        self.rows, self.has_maps = {}, {}
+        for site in self.sites:
+            rows = []
+            for i, s in enumerate(subjects):
+                v = train.volumes[s][site]
+                self.store.add(f"{s}/{site}/image", v.image)
+                self.store.add(f"{s}/{site}/mask", v.mask)
+                self.has_maps[(s, site)] = v.t1 is not None and v.m0 is not None
+                if self.has_maps[(s, site)]:
+                    self.store.add(f"{s}/{site}/t1", v.t1)
+                    self.store.add(f"{s}/{site}/m0", v.m0)
+                rows += [(i, z) for z in brain_slices(v.mask, min_fraction)]
+            self.rows[site] = np.asarray(rows, int).reshape(-1, 2)
         self.protocols = {s: train.volumes[subjects[0]][s].protocol for s in self.sites}
 
     def sample(self, i: int, batch_size: int, seed: int) -> tuple[str, np.ndarray]:
-        """``(site, slice indices)`` of batch ``i``."""
+        """``(site, row indices)`` of batch ``i``."""
         site = self.sites[i % len(self.sites)]
-        n = len(self.arrays[site]["source"])
+        n = len(self.rows[site])
         idx = np.random.default_rng([seed, i]).choice(n, size=batch_size, replace=n < batch_size)
         return site, idx
+
+    def batch(self, site: str, idx: np.ndarray) -> dict[str, np.ndarray]:
+        """``source (B, H, W, 2 context + 1)``, ``target``, ``mask``, ``t1``, ``m0``
+        ``(B, H, W, 1)`` of rows ``idx`` (maps are ones/zeros where no ground truth exists)."""
+        rows = self.rows[site][idx]
+        subj = self.subjects
+        out = {"source": self.store.gather(rows, lambda i: f"{subj[i]}/{site}/image", self.context),
+               "target": self.store.gather(rows, lambda i: f"{subj[i]}/{self.target}/image"),
+               "mask": self.store.gather(rows, lambda i: f"{subj[i]}/{site}/mask")}
+        shape = out["mask"].shape
+        out["t1"], out["m0"] = np.ones(shape, np.float32), np.zeros(shape, np.float32)
+        with_maps = np.array([self.has_maps[(subj[i], site)] for i in rows[:, 0]])
+        if with_maps.any():
+            sel = rows[with_maps]
+            out["t1"][with_maps] = self.store.gather(sel, lambda i: f"{subj[i]}/{site}/t1")
+            out["m0"][with_maps] = self.store.gather(sel, lambda i: f"{subj[i]}/{site}/m0")
+        return out
 
 
 def predict_volume(predict: Callable, params: Any, image: np.ndarray, mask: np.ndarray,

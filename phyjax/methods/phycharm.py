@@ -158,7 +158,8 @@ def resolve_pairs(mode: str, train: TrainingSet) -> str:
     return "paired" if paired else "simulated"
 
 
-def _simulated_data(config, train: TrainingSet, target: Protocol, depth: int, progress: bool):
+def _simulated_data(config, train: TrainingSet, target: Protocol, depth: int, progress: bool,
+                    workdir: str):
     """Physics-made pairs (the training set's source protocols and the target protocol(s) on
     shipped anatomies) and the real source scans to adapt to."""
     t, d = config.train, config.data
@@ -182,17 +183,19 @@ def _simulated_data(config, train: TrainingSet, target: Protocol, depth: int, pr
                                 d.tissue_jitter, d.t1_texture)
     sim = simulated.SimulatedPairs(sources, targets, heads, depth, d.min_mask_fraction,
                                    config.model.context, config.seed, progress)
-    real = (simulated.SourceSlices(train, sites, depth, d.min_mask_fraction, config.model.context)
-            if t.adapt_every > 0 else None)
+    real = (simulated.SourceSlices(train, sites, depth, d.min_mask_fraction, config.model.context,
+                                   directory=workdir) if t.adapt_every > 0 else None)
     return sim, real
 
 
-@register("phycharm", harmonizer=PhyCHarmHarmonizer)
+@register("phycharm", "phycharm_unpaired", harmonizer=PhyCHarmHarmonizer)
 def fit(config, train: TrainingSet, name: str = "phycharm", *, workdir: str,
         progress: bool = True, has_maps: bool = True, **_) -> PhyCHarmHarmonizer:
     """Train PhyCHarm on ``train`` with ``config.model`` / ``config.train`` (checkpoints in
     ``workdir``), on traveling-subject pairs or physics-made ones (``config.train.pairs``,
     :func:`resolve_pairs`), for the target protocol or a range of them (``config.target``).
+    Registered twice: ``phycharm`` (pairs as configured) and ``phycharm_unpaired`` (always
+    physics-made pairs: never a target-site image), so a benchmark can show both.
 
     ``has_maps``: ground-truth T1/M0 exist for the real scans (the default dataset); otherwise
     ``w_map`` is 0 on real pairs (simulated pairs always have their maps).
@@ -205,21 +208,22 @@ def fit(config, train: TrainingSet, name: str = "phycharm", *, workdir: str,
     target = train.target_protocol()
     tc = config.get("target")
     model_cfg["target_range"] = simulated.target_range(target, bool(tc and tc.randomize))
-    pairs = model_cfg["pairs"] = resolve_pairs(t.get("pairs", "auto"), train)
+    mode = "simulated" if name == "phycharm_unpaired" else t.get("pairs", "auto")
+    pairs = model_cfg["pairs"] = resolve_pairs(mode, train)
     full = {k: np.float32(t[k]) for k in ("w_map", "w_physics", "w_harm", "w_ssim")}
     ref = reference_level(target)
     if pairs == "paired":
         data = networks.SlicePairs(train, depth, config.data.min_mask_fraction,
-                                   model_cfg["context"], method="PhyCHarm")
+                                   model_cfg["context"], method="PhyCHarm", directory=workdir)
         padded = data.padded
         weights = dict(full, w_map=full["w_map"] if has_maps else np.float32(0.0))
 
         def batch_fn(i):
             site, idx = data.sample(i, t.batch_size, config.seed)
-            return ({k: v[idx] for k, v in data.arrays[site].items()},
+            return (data.batch(site, idx),
                     _f32(data.protocols[site]), _f32(target), np.float32(ref), weights)
     else:
-        sim, real = _simulated_data(config, train, target, depth, progress)
+        sim, real = _simulated_data(config, train, target, depth, progress, workdir)
         padded = sim.padded
         refs = [np.float32(reference_level(q)) for q in sim.targets]
         adapt = dict(full, w_map=np.float32(0.0), w_harm=np.float32(0.0),

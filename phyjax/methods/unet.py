@@ -76,7 +76,7 @@ def fit(config, train: TrainingSet, name: str = "unet", *, workdir: str, progres
     train = require_training_set(train)
     cfg, t = unet_config(config), config.train
     data = networks.SlicePairs(train, len(cfg["features"]), config.data.min_mask_fraction,
-                               cfg["context"], method="The supervised U-Net")
+                               cfg["context"], method="The supervised U-Net", directory=workdir)
 
     def code_of(protocol):
         return (np.asarray(encode(protocol), np.float32) if cfg["condition"] == "protocol"
@@ -98,7 +98,8 @@ def fit(config, train: TrainingSet, name: str = "unet", *, workdir: str, progres
 
     def batch_fn(i):
         site, idx = data.sample(i, t.batch_size, config.seed)
-        batch = {k: data.arrays[site][k][idx] for k in ("source", "target", "mask")}
+        batch = {k: v for k, v in data.batch(site, idx).items()
+                 if k in ("source", "target", "mask")}
         batch["code"] = np.broadcast_to(codes[site], (t.batch_size,) + codes[site].shape)
         return (batch,)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import functools
 import os
+import time
 from typing import Any, Callable
 
 import jax
@@ -87,7 +88,8 @@ def fit(state: TrainState, step_fn: Callable, batch_fn: Callable[[int], Any], st
       batch_fn: ``step -> batch``; must depend only on the step (and fixed data).
       steps: total number of optimizer steps.
       workdir: run folder; checkpoints in ``workdir/checkpoints``, metrics in
-        ``workdir/train_log.csv``.
+        ``workdir/train_log.csv`` (with ``seconds_per_step``, wall time since the previous row;
+        the first row includes compilation).
     Returns: the final state (also saved as a checkpoint).
     """
     ckpt_dir = os.path.join(workdir, "checkpoints")
@@ -101,11 +103,15 @@ def fit(state: TrainState, step_fn: Callable, batch_fn: Callable[[int], Any], st
     writer = None
     bar = tqdm(total=steps, initial=start, desc=desc, disable=not progress,
                dynamic_ncols=True, mininterval=1.0)
+    last_time, last_step = time.perf_counter(), start
     try:
         for i in range(start, steps):
             state, metrics = step_fn(state, batch_fn(i))
             if (i + 1) % log_every == 0 or i + 1 == steps:
                 values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                now = time.perf_counter()   # device_get waited for the step: wall time per step
+                values["seconds_per_step"] = (now - last_time) / (i + 1 - last_step)
+                last_time, last_step = now, i + 1
                 bar.set_postfix(loss=f"{values.get('loss', float('nan')):.4f}")
                 if writer is None:
                     writer = csv.DictWriter(writer_file, fieldnames=["step", *values])
