@@ -194,3 +194,48 @@ def test_native_resolution_runs_on_the_input_grid():
     assert abs(int(m.sum()) - int(mask.sum())) <= 0.05 * mask.sum()
     grid, _, _, _ = harmonize_mode.working_grid(image, ras, mask, (2.0, 2.0, 2.0))
     assert np.allclose(np.diag(grid)[:3], 2.0)                  # the training voxel size
+
+
+def test_own_unpaired_bids_folder_trains_and_harmonizes_end_to_end(tmp_path):
+    """The README's flow on a folder without traveling subjects and without any scan of the
+    target: each subject has one site; the target is given as a protocol."""
+    import shutil
+
+    from phyjax.experiments import phycharm
+
+    cfg = conftest.load_config("phycharm")
+    with cfg.unlocked():
+        cfg.data.cache_dir = str(tmp_path / "cache")
+        cfg.data.n_subjects = 4
+    built = load_dataset(cfg.data, progress=False).root
+    root = tmp_path / "mine"
+    shutil.copytree(built, root)
+    sites = ["geIRSPGR3T", "siemensMPRAGE3T"]
+    for k, subject in enumerate(sorted(glob.glob(str(root / "sub-*")))):
+        for ses in glob.glob(os.path.join(subject, "ses-*")):
+            if not ses.endswith(sites[k % 2]):
+                shutil.rmtree(ses)
+    with cfg.unlocked():
+        cfg.data.bids_root = str(root)
+        cfg.data.n_test = 2
+        cfg.target.sidecar = str(tmp_path / "target.json")
+        cfg.train.n_anatomies = 1
+    json.dump({"RepetitionTime": 2.4, "InversionTime": 1.0, "EchoTime": 0.00222,
+               "FlipAngle": 8, "MagneticFieldStrength": 3, "ScanningSequence": "GR\\IR",
+               "SequenceVariant": "SP\\MP", "MRAcquisitionType": "3D"},
+              open(cfg.target.sidecar, "w"))
+    workdir = str(tmp_path / "run")
+    summary = phycharm.train_and_evaluate(cfg, workdir, progress=False)
+    meta = json.load(open(os.path.join(workdir, "harmonizer", "harmonizer.json")))
+    assert meta["state"]["model"]["pairs"] == "simulated"
+    assert meta["target_protocol"]["ti_s"] == 1.0
+    assert summary["rows"] == [] and any("not scored" in n for n in summary["notes"])
+    split = json.load(open(os.path.join(workdir, "split.json")))
+    saved = glob.glob(os.path.join(workdir, "harmonized", "sub-*", "*.nii.gz"))
+    assert len(saved) == len(split["test"]) == 2
+    with cfg.unlocked():
+        cfg.mode = "harmonize"
+        cfg.harmonize.bids_root = str(root)
+        cfg.harmonize.output = str(tmp_path / "out")
+    out = phycharm.run(cfg, workdir)
+    assert len(glob.glob(os.path.join(out, "sub-*", "ses-*", "anat", "*_T1map.nii.gz"))) == 4

@@ -35,6 +35,11 @@ def train_and_evaluate(config, workdir: str, progress: bool = True) -> dict:
     (the fitted PhyCHarm, for harmonize mode), ``train_log.csv``, ``metrics.csv``,
     ``metrics_per_subject.csv``, ``metrics.md``, ``maps_metrics.csv``,
     ``harmonized/sub-*/...nii.gz`` and ``figure.png``.  Returns a summary dict.
+
+    A folder without traveling subjects trains on physics-made pairs (``config.train.pairs``
+    ``auto``/``simulated``); held-out subjects with a target-site scan are scored against it,
+    the others are harmonized and saved (``metrics.md`` says so; the unpaired evaluation is the
+    benchmark's, ``configs/benchmark.py``).  Baselines need target-site scans to fit on.
     """
     t0 = time.time()
     unknown = sorted(set(config.eval.baselines) - set(intensity.NAMES))
@@ -42,7 +47,8 @@ def train_and_evaluate(config, workdir: str, progress: bool = True) -> dict:
         raise InputError(f"config.eval.baselines: {unknown} are not intensity baselines; choose "
                          f"from {list(intensity.NAMES)} (the benchmark compares every method).")
     prepare_workdir(config, workdir)
-    data = load_dataset(config.data, progress, workdir=workdir)
+    data = load_dataset(config.data, progress, paired=config.train.pairs == "paired",
+                        workdir=workdir)
     split = data.split(config.data.n_test, config.data.seed)
     train = data.training_set(split, target_protocol(config))
     write_split(os.path.join(workdir, "split.json"), data, split)
@@ -52,23 +58,37 @@ def train_and_evaluate(config, workdir: str, progress: bool = True) -> dict:
                                   has_maps=data.has_maps)}
     train_seconds = time.time() - t_train
     methods.save(fitted[METHOD], os.path.join(workdir, HARMONIZER_DIR))
-    for name in config.eval.baselines:
+    notes = []
+    baselines = list(config.eval.baselines) if train.target_scans() else []
+    if config.eval.baselines and not baselines:
+        notes.append(f"Baselines {list(config.eval.baselines)} not fitted: no training subject "
+                     f"has a scan from the target site {data.target_site!r}.")
+    for name in baselines:
         fitted[name] = methods.fit(name, config, train)
-    fitted = {name: fitted[name] for name in (*config.eval.baselines, METHOD)}
+    fitted = {name: fitted[name] for name in (*baselines, METHOD)}
     write_split(os.path.join(workdir, "split.json"), data, split, fitted)
     test = split.held_out_subjects(fitted)
-    outputs = _Outputs(config, workdir, data, test[0])
-    rows = evaluate_images(fitted, data.volumes, test, data.source_sites, data.target_site,
+    paired = [s for s in test if data.target_site in data.volumes[s]]
+    outputs = _Outputs(config, workdir, data, paired[0] if paired else None)
+    rows = evaluate_images(fitted, data.volumes, paired, data.source_sites, data.target_site,
                            on_subject=outputs)
+    for s in (s for s in test if s not in paired):  # no ground truth: harmonize and save
+        outputs(s, {(METHOD, site): fitted[METHOD].harmonize(v)
+                    for site, v in data.volumes[s].items() if site != data.target_site})
+    if len(paired) < len(test):
+        notes.append(f"{len(test) - len(paired)} held-out subject(s) have no target-site scan: "
+                     "harmonized and saved, not scored (the unpaired evaluation is "
+                     "configs/benchmark.py's).")
     split.check_rows(rows, fitted)
-    map_rows = (generator_maps(fitted[METHOD], data.volumes, test, data.source_sites)
+    map_rows = (generator_maps(fitted[METHOD], data.volumes, paired, data.source_sites)
                 if data.has_maps else [])
-    write_reports(workdir, rows, map_rows)
-    figures.comparison_figure(outputs.figure_rows, os.path.join(workdir, "figure.png"),
-                              title=f"PhyCHarm, held-out subject {test[0]} -> target "
-                                    f"'{data.target_site}'")
+    write_reports(workdir, rows, map_rows, notes)
+    if outputs.figure_rows:
+        figures.comparison_figure(outputs.figure_rows, os.path.join(workdir, "figure.png"),
+                                  title=f"PhyCHarm, held-out subject {paired[0]} -> target "
+                                        f"'{data.target_site}'")
     summary = {"workdir": workdir, "dataset": data.root, "train_seconds": train_seconds,
-               "total_seconds": time.time() - t0, "rows": rows}
+               "total_seconds": time.time() - t0, "notes": notes, "rows": rows}
     with open(os.path.join(workdir, "summary.json"), "w") as f:
         json.dump({k: v for k, v in summary.items() if k != "rows"}, f, indent=2)
     return summary
@@ -83,7 +103,7 @@ class _Outputs:
         self.figure_rows: list[dict] = []
 
     def __call__(self, subject: str, outputs: dict) -> None:
-        truth = self.data.volumes[subject][self.data.target_site]
+        truth = self.data.volumes[subject].get(self.data.target_site)
         for (method, site), image in outputs.items():
             if method != METHOD:
                 continue
@@ -98,17 +118,21 @@ class _Outputs:
                                          "mask": truth.mask})
 
 
-def write_reports(workdir: str, rows: list[dict], map_rows: list[dict]) -> list[dict]:
+def write_reports(workdir: str, rows: list[dict], map_rows: list[dict],
+                  notes: list[str] = ()) -> list[dict]:
     """``metrics_per_subject.csv``, ``metrics.csv`` (mean, sd, 95 % CI), ``metrics.md``, maps."""
     report.write_rows(rows, os.path.join(workdir, "metrics_per_subject.csv"))
-    summary = report.aggregate(rows)
+    summary = report.aggregate(rows) if rows else []
     report.write_rows(summary, os.path.join(workdir, "metrics.csv"))
     report.write_rows(map_rows, os.path.join(workdir, "maps_metrics.csv"))
     with open(os.path.join(workdir, "metrics.md"), "w") as f:
-        f.write("Held-out subjects, metrics inside the brain mask against the ground-truth "
-                "target-protocol image (mean ± sd over subjects).\n\n")
-        f.write(report.markdown_table(summary, ["ssim", "psnr", "nrmse"], site=None,
-                                      first=("site", "method"), spread="sd"))
+        if summary:
+            f.write("Held-out subjects, metrics inside the brain mask against the ground-truth "
+                    "target-protocol image (mean ± sd over subjects).\n\n")
+            f.write(report.markdown_table(summary, ["ssim", "psnr", "nrmse"], site=None,
+                                          first=("site", "method"), spread="sd"))
+        for note in notes:
+            f.write(f"\n{note}\n")
         if map_rows:
             f.write("\nQuantitative maps predicted by the generator (at the source B0) vs the "
                     "simulated ground truth, NRMSE inside the brain mask.\n\n")
