@@ -239,3 +239,28 @@ def test_own_unpaired_bids_folder_trains_and_harmonizes_end_to_end(tmp_path):
         cfg.harmonize.output = str(tmp_path / "out")
     out = phycharm.run(cfg, workdir)
     assert len(glob.glob(os.path.join(out, "sub-*", "ses-*", "anat", "*_T1map.nii.gz"))) == 4
+
+
+def test_example_folder_reads_like_real_vendor_sidecars(tmp_path):
+    """The example's vendor-style sidecars read as the physicist reads the real ones: GE
+    IR-SPGR lacks the inversion TR (``missing``), the others are complete, and the values are
+    the physics the images were simulated with."""
+    from phyjax.data import bids
+    from phyjax.data.example import write_example_bids
+
+    cfg = conftest.load_config("phycharm")
+    with cfg.unlocked():
+        cfg.data.cache_dir = str(tmp_path / "cache")
+    out = write_example_bids(str(tmp_path / "example"), cfg.data)
+    scans = bids.scan_bids(out, strict=False)
+    assert len(scans) == cfg.data.n_subjects and all(s.mask_path for s in scans)
+    for s in scans:
+        site = json.load(open(s.path.replace(".nii.gz", ".json")))["InstitutionName"]
+        if site == "geIRSPGR3T":
+            assert s.reading.status == "missing" and "tr_prep_s" in s.reading.message
+            continue
+        assert s.reading.status == "ok", s.reading.message
+        expected = cfg.data.sites[site]
+        p = s.protocol
+        assert p.sequence == expected.sequence
+        assert float(p.tr) == pytest.approx(expected.tr) and float(p.te) == pytest.approx(expected.te)
