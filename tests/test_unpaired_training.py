@@ -71,16 +71,17 @@ def test_simulated_targets_are_the_signal_equation_of_the_anatomy():
     truth = normalize(truth, mask)
     from phyjax.data.slices import brain_slices, to_slices
     z = brain_slices(mask, 0.3)
+    got = pairs.slices(np.arange(len(pairs)), 0, 0)
     expected = to_slices(truth, pairs.pads)[z][..., None]
-    np.testing.assert_allclose(pairs.target[0], expected, rtol=1e-4, atol=1e-5)
-    np.testing.assert_array_equal(pairs.mask[..., 0] > 0, to_slices(mask, pairs.pads)[z] > 0)
+    np.testing.assert_allclose(got["target"], expected, rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(got["mask"][..., 0] > 0, to_slices(mask, pairs.pads)[z] > 0)
     clean_src = normalize(np.asarray(signal.synthesize(SHORT_TI, maps["t1"], maps["t2"],
                                                        maps["t2star"], maps["pd"])), mask)
-    centre = pairs.source[0][..., 1]
-    inside = pairs.mask[..., 0] > 0
+    centre = got["source"][..., 1]
+    inside = got["mask"][..., 0] > 0
     diff = np.abs(centre - to_slices(clean_src, pairs.pads)[z])[inside]
     assert diff.mean() > 0.01          # noise, bias and B1+ were applied
-    np.testing.assert_allclose(pairs.t1[0][..., 0][inside],
+    np.testing.assert_allclose(got["t1"][..., 0][inside],
                                to_slices(maps["t1"], pairs.pads)[z][inside], rtol=1e-6)
 
 

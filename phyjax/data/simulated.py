@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from phyjax.data import synthetic
 from phyjax.data.nifti import InputError
-from phyjax.data.slices import brain_slices, grid, to_slices, with_context
+from phyjax.data.slices import brain_slices, grid
 from phyjax.data.split import protocols_match
 from phyjax.data.store import SliceStore
 from phyjax.data.volumes import normalize
@@ -146,64 +146,68 @@ def anatomies(n: int, seed: int, voxel_size: int, deform_mm: float, jitter: floa
 
 
 class SimulatedPairs:
-    """2.5-D slices of every source protocol and every target protocol on shared anatomies.
+    """2.5-D slices of every source protocol and every target protocol on shared anatomies,
+    kept on disk (a :class:`~phyjax.data.store.SliceStore` in a temporary folder in
+    ``directory``) and read per batch.
 
     Attributes:
       sources, targets: the simulated protocols; a batch pairs ``sources[p]`` with
         ``targets[q]`` on the same slices.
-      source: ``[p] -> (N, H, W, 2 context + 1)``; ``t1``: ``[p] -> (N, H, W, 1)`` (s, at the
-        source B0); ``target``: ``[q] -> (N, H, W, 1)``; ``mask``, ``m0``: ``(N, H, W, 1)``.
-        Images are normalized like real scans (:func:`phyjax.data.volumes.normalize`).
+      rows: ``(N, 2)`` ``(anatomy, axial slice)`` of every brain slice.
       pads, padded: as :func:`phyjax.data.slices.grid`.
+    Images are normalized like real scans (:func:`phyjax.data.volumes.normalize`); ``t1`` is in
+    s at the source's B0, ``m0`` the PD fraction.
     """
 
     def __init__(self, sources, targets, heads: list[Anatomy], depth: int, min_fraction: float,
-                 context: int, seed: int, progress: bool = False):
-        self.sources, self.targets = list(sources), list(targets)
+                 context: int, seed: int, progress: bool = False, directory: str | None = None):
+        self.sources, self.targets, self.context = list(sources), list(targets), context
         shape = heads[0].probs.shape[1:]
         self.pads, self.padded = grid(shape, depth)
-        src = [[] for _ in self.sources]
-        t1 = [[] for _ in self.sources]
-        tgt = [[] for _ in self.targets]
-        masks, m0 = [], []
+        if directory:
+            os.makedirs(directory, exist_ok=True)
+        self._tmp = tempfile.TemporaryDirectory(prefix=".simulated-", dir=directory)
+        self.store = SliceStore(self._tmp.name, self.pads)
         key = jax.random.key(ANATOMY_SEED + seed)
         clean = scanner.ScannerEffects()
         bar = tqdm(total=len(heads) * (len(self.sources) + len(self.targets)), disable=not progress,
                    desc="simulating training pairs")
+        rows = []
         for a, head in enumerate(heads):
             mask = head.mask
-            z = brain_slices(mask, min_fraction)
             maps = {b0: head.maps(b0) for b0 in sorted({float(p.field_strength)
                                                         for p in self.sources + self.targets})}
-
-            def slices(vol, ctx):
-                s = to_slices(vol.astype(np.float32), self.pads)
-                return with_context(s, context)[z] if ctx else s[z][..., None]
-
             for p_i, p in enumerate(self.sources):
                 k = jax.random.fold_in(jax.random.fold_in(key, a), p_i)
                 k_fx, k_acq = jax.random.split(k)
                 effects = scanner.sample_scanner_effects(k_fx, **EFFECT_RANGES)
                 image = synthetic.acquire(maps[float(p.field_strength)], mask, p, effects, k_acq)
-                src[p_i].append(slices(normalize(image, mask), True))
-                t1[p_i].append(slices(maps[float(p.field_strength)]["t1"], False))
+                self.store.add(f"{a}/source{p_i}", normalize(image, mask))
+                self.store.add(f"{a}/t1_{p_i}", maps[float(p.field_strength)]["t1"])
                 bar.update()
             for q_i, q in enumerate(self.targets):
                 image = synthetic.acquire(maps[float(q.field_strength)], mask, q, clean,
                                           jax.random.fold_in(key, 10_000 + a))
-                tgt[q_i].append(slices(normalize(image, mask), False))
+                self.store.add(f"{a}/target{q_i}", normalize(image, mask))
                 bar.update()
-            masks.append(slices(mask, False))
-            m0.append(slices(maps[min(maps)]["pd"] * mask, False))
+            self.store.add(f"{a}/mask", mask)
+            self.store.add(f"{a}/m0", maps[min(maps)]["pd"] * mask)
+            rows += [(a, z) for z in brain_slices(mask, min_fraction)]
         bar.close()
-        self.source = [np.concatenate(x) for x in src]
-        self.t1 = [np.concatenate(x) for x in t1]
-        self.target = [np.concatenate(x) for x in tgt]
-        self.mask = np.concatenate(masks)
-        self.m0 = np.concatenate(m0)
+        self.rows = np.asarray(rows, int).reshape(-1, 2)
 
     def __len__(self) -> int:
-        return len(self.mask)
+        return len(self.rows)
+
+    def slices(self, idx, p: int, q: int) -> dict[str, np.ndarray]:
+        """Rows ``idx``: ``source (n, H, W, 2 context + 1)`` of ``sources[p]``, its ``t1``,
+        ``target`` of ``targets[q]``, ``mask``, ``m0`` ``(n, H, W, 1)``."""
+        rows = self.rows[np.asarray(idx)]
+        g = self.store.gather
+        return {"source": g(rows, lambda a: f"{a}/source{p}", self.context),
+                "target": g(rows, lambda a: f"{a}/target{q}"),
+                "mask": g(rows, lambda a: f"{a}/mask"), "t1": g(rows, lambda a: f"{a}/t1_{p}"),
+                "m0": g(rows, lambda a: f"{a}/m0")}
 
     def batch(self, i: int, batch_size: int, seed: int) -> tuple[dict, int, int]:
         """Batch ``i`` (a pure function of ``i`` and ``seed``): ``(arrays, p, q)``."""
@@ -211,8 +215,7 @@ class SimulatedPairs:
         p = int(rng.integers(len(self.sources)))
         q = int(rng.integers(len(self.targets)))
         idx = rng.choice(len(self), size=batch_size, replace=len(self) < batch_size)
-        return ({"source": self.source[p][idx], "target": self.target[q][idx],
-                 "mask": self.mask[idx], "t1": self.t1[p][idx], "m0": self.m0[idx]}, p, q)
+        return self.slices(idx, p, q), p, q
 
 
 class SourceSlices:

@@ -182,7 +182,7 @@ def _simulated_data(config, train: TrainingSet, target: Protocol, depth: int, pr
     heads = simulated.anatomies(int(t.n_anatomies), config.seed, voxel, d.deform_mm,
                                 d.tissue_jitter, d.t1_texture)
     sim = simulated.SimulatedPairs(sources, targets, heads, depth, d.min_mask_fraction,
-                                   config.model.context, config.seed, progress)
+                                   config.model.context, config.seed, progress, workdir)
     real = (simulated.SourceSlices(train, sites, depth, d.min_mask_fraction, config.model.context,
                                    directory=workdir) if t.adapt_every > 0 else None)
     return sim, real
