@@ -149,7 +149,7 @@ def _f32(p: Protocol) -> Protocol:
 def resolve_pairs(mode: str, train: TrainingSet) -> str:
     """``config.train.pairs``: ``paired`` (traveling subjects), ``simulated`` (physics-made pairs
     + self-supervised adaptation to the real scans; target-site scans unused) or ``auto``
-    (paired when every training subject has a target-site scan).  ValueError otherwise."""
+    (paired when every training subject has a target-site scan).  InputError otherwise."""
     if mode not in PAIRS:
         raise InputError(f"config.train.pairs={mode!r}; expected one of {PAIRS}.")
     if mode != "auto":
@@ -178,7 +178,7 @@ def _simulated_data(config, train: TrainingSet, target: Protocol, depth: int, pr
     n_targets = int(tc.n_protocols) if tc is not None and tc.randomize else 1
     targets = simulated.sample_targets(target, n_targets, config.seed)
     sources = simulated.distinct([v.protocol for v in scans] + [target])
-    voxel = 1 if min(train.grid_mm()) < 1.5 else 2
+    voxel = 1 if min(train.grid_mm()) < 1.5 else 2   # the template's resolutions (nilearn)
     heads = simulated.anatomies(int(t.n_anatomies), config.seed, voxel, d.deform_mm,
                                 d.tissue_jitter, d.t1_texture)
     sim = simulated.SimulatedPairs(sources, targets, heads, depth, d.min_mask_fraction,
@@ -207,9 +207,11 @@ def fit(config, train: TrainingSet, name: str = "phycharm", *, workdir: str,
     depth = len(model_cfg["features"])
     target = train.target_protocol()
     tc = config.get("target")
-    model_cfg["target_range"] = simulated.target_range(target, bool(tc and tc.randomize))
     mode = "simulated" if name == "phycharm_unpaired" else t.get("pairs", "auto")
     pairs = model_cfg["pairs"] = resolve_pairs(mode, train)
+    # a range of targets only where training saw one (simulated pairs); paired: its target
+    model_cfg["target_range"] = simulated.target_range(
+        target, bool(tc and tc.randomize) and pairs == "simulated")
     full = {k: np.float32(t[k]) for k in ("w_map", "w_physics", "w_harm", "w_ssim")}
     ref = reference_level(target)
     if pairs == "paired":
