@@ -54,6 +54,70 @@ def mprage(t1, t2star, m0, tr, ti, te):
             * jnp.exp(-te / t2star))
 
 
+def mprage_readout(t1, t2star, m0, tr, ti, te, flip_angle, tr_readout, n_readouts, b1=1.0,
+                   inversion_efficiency=None):
+    """MPRAGE / IR-prepared fast GRE (BRAVO, TFE) with its full readout train.
+
+    S = M0 sin(b1 a) Mz_c exp(-TE/T2*), Mz_c the periodic steady-state Mz / M0 just before
+    the k-space-centre pulse of a train of ``n_readouts`` pulses (full Fourier, centre in the
+    middle) spaced by ``tr_readout``, TI from the inversion to that pulse, TR between
+    inversions.  The same function as :func:`phyjax.physics.mp2rage.mprage_full` (Deichmann et
+    al., NeuroImage 12:112 (2000); Marques et al., NeuroImage 49:1271 (2010), appendix), with
+    every argument an array (``n_readouts`` too), so that protocols of one family share one
+    compiled training step.  ``inversion_efficiency`` defaults to the measured 0.96
+    (:data:`phyjax.physics.mp2rage.DEFAULT_INVERSION_EFFICIENCY`).
+
+    Args (broadcastable): times in s, flip_angle in rad, m0 a.u., b1 a flip scale.
+    Returns: the signed signal.
+    """
+    from phyjax.physics import mp2rage  # mp2rage does not import this module
+
+    eta = (mp2rage.DEFAULT_INVERSION_EFFICIENCY if inversion_efficiency is None
+           else inversion_efficiency)
+    n_before, n_after = mp2rage._split(n_readouts, 1.0)
+    alpha = b1 * flip_angle
+    (mz,) = mp2rage._prepared_centre_mz(t1, tr, (ti,), (alpha,), tr_readout, n_before, n_after,
+                                        eta)
+    return m0 * jnp.sin(alpha) * mz * jnp.exp(-te / t2star)
+
+
+def has_readout(protocol: Protocol):
+    """Whether an ``mprage`` protocol carries its readout train (readout TR, readouts per shot
+    and flip angle all > 0): then :func:`signed_signal` uses :func:`mprage_readout`, else the
+    static :func:`mprage`.  A bool array (traced fields give a traced bool)."""
+    p = protocol
+    return ((jnp.asarray(p.tr_readout) > 0) & (jnp.asarray(p.n_readouts) > 0)
+            & (jnp.asarray(p.flip_angle) > 0))
+
+
+def _mprage_signal(p: Protocol, t1, t2star, m0, b1):
+    """:func:`mprage_readout` where the protocol has its readout train, else :func:`mprage`.
+
+    Raises ValueError when concrete readout values do not fit (TI shorter than the first
+    half of the train, or TR - TI shorter than the second half)."""
+    static = mprage(t1, t2star, m0, p.tr, p.ti, p.te)
+    known = has_readout(p)
+    try:
+        concrete = bool(known)
+    except Exception:  # traced: decided per call by jnp.where
+        concrete = None
+    if concrete is False:
+        return static
+    if concrete:
+        half = 0.5 * float(p.n_readouts) * float(p.tr_readout)
+        if float(p.ti) < half or float(p.tr) - float(p.ti) < half:
+            raise ValueError(f"MPRAGE readout train of {float(p.n_readouts):g} x "
+                             f"{float(p.tr_readout) * 1e3:g} ms does not fit TI "
+                             f"{float(p.ti):g} s / TR {float(p.tr):g} s.")
+        return mprage_readout(t1, t2star, m0, p.tr, p.ti, p.te, p.flip_angle, p.tr_readout,
+                              p.n_readouts, b1)
+    # Traced: both forms, with safe stand-ins where unused (no NaN in either's gradient).
+    safe = lambda v, d: jnp.where(known, v, d)  # noqa: E731
+    full = mprage_readout(t1, t2star, m0, p.tr, p.ti, p.te, safe(p.flip_angle, 0.1),
+                          safe(p.tr_readout, 1e-3), safe(p.n_readouts, 2.0), b1)
+    return jnp.where(known, full, static)
+
+
 def inversion_recovery(t1, t2, m0, tr, ti, te, inversion_efficiency=1.0):
     """Inversion recovery (spin-echo readout), signed.
 
@@ -158,16 +222,18 @@ def turbo_spin_echo(t1, t2, m0, tr, te_effective, echo_train_duration=0.0):
 def signed_signal(protocol: Protocol, t1, t2, t2star, m0, b1=1.0):
     """Signed signal of ``protocol`` for tissue maps (any broadcastable shapes).
 
-    Dispatches on ``protocol.sequence`` (static).  ``b1`` scales the flip angle
-    of SPGR and bSSFP (whose TE is taken as TR / 2); the static MPRAGE, IR and SE
-    forms assume ideal pulses.
+    Dispatches on ``protocol.sequence`` (static).  ``mprage`` uses its full readout-train form
+    (:func:`mprage_readout`) when the protocol carries the readout TR, readouts per shot and
+    flip angle (:func:`has_readout`), else the static equation.  ``b1`` scales the flip angle
+    of SPGR, bSSFP (whose TE is taken as TR / 2) and the MPRAGE readout train; the static
+    MPRAGE, IR and SE forms assume ideal pulses.
     Raises ValueError for an unknown family.
     """
     p = protocol
     if p.sequence == "spgr":
         return spgr(t1, t2star, m0, p.tr, p.te, p.flip_angle, b1)
     if p.sequence == "mprage":
-        return mprage(t1, t2star, m0, p.tr, p.ti, p.te)
+        return _mprage_signal(p, t1, t2star, m0, b1)
     if p.sequence == "ir":
         return inversion_recovery(t1, t2, m0, p.tr, p.ti, p.te)
     if p.sequence == "se":

@@ -1,0 +1,85 @@
+"""MPRAGE / IR-prepared fast GRE with the readout train inside synthesis and the training loss
+(issue 14): the Protocol that reaches the model carries the readout TR, readouts per shot and
+flip angle, and ``signal.synthesize`` then uses the full form -- the same numbers as the
+oracle-tested :func:`phyjax.physics.mp2rage.mprage_full`, also when jit-traced."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from phyjax.data.sidecar import read_protocol
+from phyjax.physics import mp2rage, signal
+from phyjax.physics.sequences import Protocol
+
+T1 = jnp.array([0.25, 0.8, 1.3, 2.0, 4.0])
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _protocols():
+    for tr, ti, deg, tau, n in [(2.3, 0.9, 9.0, 0.0071, 176), (2.0, 0.75, 12.0, 0.0078, 160),
+                                (2.5, 1.1, 8.0, 0.0081, 200)]:
+        p = Protocol(tr=tr, te=0.003, ti=ti, flip_angle=float(np.deg2rad(deg)),
+                     tr_readout=tau, n_readouts=float(n), sequence="mprage")
+        oracle = mp2rage.MPRAGEProtocol(tr=tr, ti=ti, flip_angle=float(np.deg2rad(deg)),
+                                        readout_tr=tau, n_readouts=n, te=0.003)
+        yield p, oracle
+
+
+@pytest.mark.parametrize("b1", [1.0, 0.85])
+def test_full_form_in_synthesis_is_the_oracle_tested_function(b1):
+    for p, oracle in _protocols():
+        got = signal.signed_signal(p, T1, jnp.inf, 0.05, 1.0, b1)
+        want = mp2rage.mprage_full(T1, 1.0, oracle, b1=b1, t2star=0.05)
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+        # and it is not the static equation (the readout train changes the contrast)
+        static = signal.mprage(T1, 0.05, 1.0, p.tr, p.ti, p.te)
+        assert not np.allclose(got / got[-1], static / static[-1], rtol=0.02)
+
+
+def test_traced_protocols_in_a_jitted_loss_use_the_same_forms():
+    """As in training: float32 protocol fields are traced, one compilation serves protocols
+    with and without a readout train, and the gradient stays finite for both."""
+    f = jax.jit(lambda p, t1: signal.synthesize(p, t1, jnp.inf, jnp.inf, 1.0))
+    for p, oracle in _protocols():
+        traced = jax.tree.map(np.float32, p)
+        np.testing.assert_allclose(f(traced, T1), jnp.abs(mp2rage.mprage_full(T1, 1.0, oracle)),
+                                   rtol=2e-5)
+        without = traced.replace(tr_readout=np.float32(0.0))
+        np.testing.assert_allclose(f(without, T1),
+                                   jnp.abs(signal.mprage(T1, jnp.inf, 1.0, p.tr, p.ti, 0.0)),
+                                   rtol=2e-5)
+        for q in (traced, without):
+            grad = jax.grad(lambda t: f(q, t).sum())(T1)
+            assert np.isfinite(np.asarray(grad)).all()
+    assert f._cache_size() == 1
+
+
+def test_a_sidecar_with_its_readout_train_changes_resynthesis_as_the_equation_says():
+    """A real Siemens XA30 MPRAGE sidecar read as is gives the static form (no readout TR or
+    readouts per shot in it); the same with the echo spacing and slices per slab given (as a
+    site table would) gives the full form with those values."""
+    path = os.path.join(HERE, "data", "vendor_t1_sidecars", "Siemens_XA30_mprage_classic.json")
+    sidecar = json.load(open(path))
+    bare = read_protocol(sidecar, path).protocol()
+    assert not bool(signal.has_readout(bare))
+    np.testing.assert_allclose(signal.synthesize(bare, T1, jnp.inf, jnp.inf, 1.0),
+                               jnp.abs(signal.mprage(T1, jnp.inf, 1.0, bare.tr, bare.ti, 0.0)),
+                               rtol=1e-6)
+    full = read_protocol(sidecar, path, site_values={"tr_readout_s": 0.0072,
+                                                     "n_readouts": 176}).protocol()
+    assert bool(signal.has_readout(full))
+    oracle = mp2rage.MPRAGEProtocol(tr=float(full.tr), ti=float(full.ti),
+                                    flip_angle=float(full.flip_angle), readout_tr=0.0072,
+                                    n_readouts=176, te=float(full.te))
+    np.testing.assert_allclose(signal.synthesize(full, T1, jnp.inf, jnp.inf, 1.0),
+                               jnp.abs(mp2rage.mprage_full(T1, 1.0, oracle)), rtol=1e-6)
+
+
+def test_a_readout_train_that_does_not_fit_is_refused():
+    p = Protocol(tr=2.3, te=0.003, ti=0.5, flip_angle=0.15, tr_readout=0.008, n_readouts=176.0)
+    with pytest.raises(ValueError, match="does not fit"):
+        signal.synthesize(p, T1, jnp.inf, jnp.inf, 1.0)
