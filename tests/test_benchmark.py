@@ -282,9 +282,13 @@ def test_benchmark_runs_without_traveling_subjects(tmp_path):
     rows = {r["method"]: r for r in _csv(run / "unpaired.csv")}
     everyone = rows.pop("none (all subjects)")            # every scan, before harmonization
     assert int(everyone["n_images"]) == 8 and float(everyone["site_acc"]) == 1.0
-    assert set(rows) == {"none", "zscore", "histmatch", "nyul", "whitestripe", "combat"}
+    # PhyCHarm trains on physics-made pairs (the sidecars give the protocols); the U-Net cannot
+    assert set(rows) == {"none", "zscore", "histmatch", "nyul", "whitestripe", "combat",
+                         "phycharm", "phycharm_unpaired"}
     md = (run / "unpaired.md").read_text()
-    assert "phycharm not run: it trains on paired scans" in md and "unet not run" in md
+    assert "unet not run: it trains on paired scans" in md and "phycharm not run" not in md
+    meta = json.load(open(run / "phycharm" / "harmonizer" / "harmonizer.json"))
+    assert meta["state"]["model"]["pairs"] == "simulated"
     # Before harmonization the two protocols are far apart; histogram matching to the target's
     # pooled histogram makes the in-ROI intensity distributions (nearly) equal ...
     none, hist = rows["none"], rows["histmatch"]
@@ -329,7 +333,8 @@ def test_unpaired_benchmark_adds_paired_metrics_for_traveling_subjects(tmp_path)
     per_image = _csv(run / "unpaired_paired_metrics_per_subject.csv")
     assert {r["subject"].zfill(2) for r in per_image} == travelers
     assert {r["site"] for r in per_image} == {"spgr3T"}             # never the target itself
-    methods = {"none", "zscore", "histmatch", "nyul", "whitestripe", "combat"}
+    methods = {"none", "zscore", "histmatch", "nyul", "whitestripe", "combat", "phycharm",
+               "phycharm_unpaired"}
     assert {r["method"] for r in per_image} == methods
     overall = {r["method"]: r for r in _csv(run / "unpaired_paired_metrics.csv")
                if r["site"] == "overall"}
