@@ -104,7 +104,7 @@ def load_dataset(data_cfg, progress: bool = True, paired: bool = True,
     else:
         root = synthetic.build_default_dataset(data_cfg, cache_dir(data_cfg), progress=progress)
 
-        @functools.lru_cache(maxsize=None)  # one read per (subject, B0), shared by its sites
+        @functools.lru_cache(maxsize=4)  # scans come subject by subject: its sites share a read
         def maps_for(subject, b0):
             paths = synthetic.ground_truth_paths(root, subject, b0)
             return load_volume(paths["t1"])[0], load_volume(paths["m0"])[0]

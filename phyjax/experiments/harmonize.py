@@ -189,7 +189,9 @@ def harmonize(h, harmonizer_dir: str, default_output_dir: str, target_cfg=None,
                                     outs["harmonized"], mask, stem + ".png",
                                     title=f"{os.path.basename(h.input)} ({protocol.sequence}, "
                                           f"{protocol.field_strength:g} T) -> "
-                                          f"{shown.sequence if shown else harmonizer.target_site}")
+                                          + (f"{shown.sequence}, TR {float(shown.tr):g} s, "
+                                             f"{float(shown.field_strength):g} T"
+                                             if shown is not None else harmonizer.target_site))
     return out
 
 
