@@ -216,6 +216,18 @@ def test_fit_resumes_to_the_same_state(tmp_path):
         steps = [int(r["step"]) for r in csv.DictReader(f)]
     assert steps == sorted(steps) and steps[-1] == 8
 
+    # Killed after logging steps past its last checkpoint: the resumed run logs them once.
+    import shutil
+    fit(fresh(), step, batch_fn, 6, str(tmp_path / "c"), checkpoint_every=4, log_every=1,
+        progress=False)
+    shutil.rmtree(tmp_path / "c" / "checkpoints" / "6")        # the kill came before this save
+    resumed = fit(fresh(), step, batch_fn, 8, str(tmp_path / "c"), checkpoint_every=4,
+                  log_every=1, progress=False)
+    np.testing.assert_allclose(resumed.params, full.params, rtol=1e-6)
+    with open(tmp_path / "c" / "train_log.csv") as f:
+        steps = [int(r["step"]) for r in csv.DictReader(f)]
+    assert steps == list(range(1, 9))
+
 
 def _cli(*args, cwd=ROOT):
     env = dict(os.environ, JAX_PLATFORMS="cpu")

@@ -77,6 +77,25 @@ def restore_latest(directory: str, like: TrainState) -> TrainState | None:
     return restored
 
 
+def _truncate_log(path: str, step: int) -> None:
+    """Drop the rows of ``path`` after ``step`` (logged by a run killed before its next
+    checkpoint), so that a resumed run does not log those steps twice.  The file is replaced
+    atomically."""
+    if not os.path.exists(path):
+        return
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows:
+        return
+    kept = [rows[0]] + [r for r in rows[1:] if r and int(float(r[0])) <= step] if step else []
+    if len(kept) == len(rows):
+        return
+    tmp = path + ".tmp"
+    with open(tmp, "w", newline="") as f:
+        csv.writer(f).writerows(kept)
+    os.replace(tmp, path)
+
+
 def fit(state: TrainState, step_fn: Callable, batch_fn: Callable[[int], Any], steps: int,
         workdir: str, checkpoint_every: int = 100, log_every: int = 10,
         progress: bool = True, desc: str = "train") -> TrainState:
@@ -89,7 +108,7 @@ def fit(state: TrainState, step_fn: Callable, batch_fn: Callable[[int], Any], st
       steps: total number of optimizer steps.
       workdir: run folder; checkpoints in ``workdir/checkpoints``, metrics in
         ``workdir/train_log.csv`` (with ``seconds_per_step``, wall time since the previous row;
-        the first row includes compilation).
+        the first row includes compilation; rows after the restored step are dropped on resume).
     Returns: the final state (also saved as a checkpoint).
     """
     ckpt_dir = os.path.join(workdir, "checkpoints")
@@ -99,6 +118,7 @@ def fit(state: TrainState, step_fn: Callable, batch_fn: Callable[[int], Any], st
     start = int(state.step)
     manager = checkpoint_manager(ckpt_dir)
     log_path = os.path.join(workdir, "train_log.csv")
+    _truncate_log(log_path, start)
     writer_file = open(log_path, "a", newline="")
     writer = None
     bar = tqdm(total=steps, initial=start, desc=desc, disable=not progress,
