@@ -54,6 +54,8 @@ def save_like(data: np.ndarray, reference: nib.Nifti1Image, path: str | os.PathL
     """
     if tuple(data.shape[:3]) != tuple(reference.shape[:3]):
         raise ValueError(f"{path}: data shape {data.shape} != reference shape {reference.shape}.")
+    if not isinstance(reference.header, nib.Nifti1Header):  # e.g. FreeSurfer .mgz: no q/sform
+        return save_volume(data, np.asarray(reference.affine), path, dtype)
     header = reference.header.copy()
     header.set_data_dtype(dtype)
     out = nib.Nifti1Image(np.asarray(data, dtype=dtype), reference.affine, header)

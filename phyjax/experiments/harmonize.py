@@ -148,6 +148,27 @@ def _load_harmonizer(path: str):
     return harmonizer
 
 
+def output_path(output: str, input_path: str, default_dir: str) -> str:
+    """Where single-file harmonize mode writes: ``output`` (must end in ``.nii`` or
+    ``.nii.gz``), or ``<folder>/<input>_harmonized.nii.gz`` when ``output`` is empty (the
+    default folder) or an existing folder.  Raises InputError for any other name, before any
+    work, so that nothing is written under a name the user did not give."""
+    base = os.path.basename(input_path)
+    for ext in (".nii.gz", ".nii", ".mgz", ".mgh"):
+        if base.endswith(ext):
+            base = base[:-len(ext)]
+            break
+    name = base + "_harmonized.nii.gz"
+    if not output:
+        return os.path.join(default_dir, name)
+    if os.path.isdir(output):
+        return os.path.join(output, name)
+    if not output.endswith((".nii", ".nii.gz")):
+        raise InputError(f"--config.harmonize.output={output!r}: give a file name ending in "
+                         ".nii or .nii.gz, or an existing folder.")
+    return output
+
+
 def harmonize(h, harmonizer_dir: str, default_output_dir: str, target_cfg=None,
               data_cfg=None, config=None) -> str:
     """Harmonize ``h.input`` (or every T1w of the BIDS folder ``h.bids_root``: see
@@ -166,6 +187,7 @@ def harmonize(h, harmonizer_dir: str, default_output_dir: str, target_cfg=None,
     if not h.input:
         raise InputError("--config.harmonize.input (a T1w NIfTI) or --config.harmonize.bids_root "
                          "is required in harmonize mode.")
+    out = output_path(h.output, h.input, default_output_dir)   # before any work
     image, img = load_volume(h.input)  # the user's file first: its errors matter most
     harmonizer = _load_harmonizer(h.harmonizer or harmonizer_dir)
     target = load_target(harmonizer, target_cfg)
@@ -174,8 +196,6 @@ def harmonize(h, harmonizer_dir: str, default_output_dir: str, target_cfg=None,
     protocol = reading.protocol()  # every missing or implausible value, named, before any work
     outs = harmonize_image(harmonizer, image, img, mask, protocol, h.input,
                            h.get("resolution", "native"), target)
-    out = h.output or os.path.join(
-        default_output_dir, os.path.basename(h.input).split(".nii")[0] + "_harmonized.nii.gz")
     stem = out.split(".nii")[0]
     save_like(outs["harmonized"], img, out)
     report.write_json(stem + ".json", output_sidecar(harmonizer, reading, h.input, target))
