@@ -17,8 +17,6 @@ train on (:mod:`phyjax.data.slices`); :class:`SourceSlices` holds a user's real,
 from __future__ import annotations
 
 import dataclasses
-import os
-import tempfile
 
 import jax
 import numpy as np
@@ -164,10 +162,7 @@ class SimulatedPairs:
         self.sources, self.targets, self.context = list(sources), list(targets), context
         shape = heads[0].probs.shape[1:]
         self.pads, self.padded = grid(shape, depth)
-        if directory:
-            os.makedirs(directory, exist_ok=True)
-        self._tmp = tempfile.TemporaryDirectory(prefix=".simulated-", dir=directory)
-        self.store = SliceStore(self._tmp.name, self.pads)
+        self.store = SliceStore.temporary(directory, self.pads, prefix=".simulated-")
         key = jax.random.key(ANATOMY_SEED + seed)
         clean = scanner.ScannerEffects()
         bar = tqdm(total=len(heads) * (len(self.sources) + len(self.targets)), disable=not progress,
@@ -233,10 +228,7 @@ class SourceSlices:
         self.pads, self.padded = grid(scans[0].image.shape, depth)
         self.context = context
         self.protocols = distinct(v.protocol for v in scans)
-        if directory:
-            os.makedirs(directory, exist_ok=True)
-        self._tmp = tempfile.TemporaryDirectory(prefix=".slices-", dir=directory)
-        self.store = SliceStore(self._tmp.name, self.pads)
+        self.store = SliceStore.temporary(directory, self.pads, prefix=".slices-")
         rows = [[] for _ in self.protocols]
         for k, v in enumerate(scans):
             g = next(i for i, p in enumerate(self.protocols) if protocols_match(v.protocol, p))

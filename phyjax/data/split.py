@@ -122,9 +122,11 @@ class TrainingSet:
         return [self.volumes[s][self.target_site] for s in self.subjects
                 if self.target_site in self.volumes[s]]
 
-    def require_protocols(self, method: str) -> None:
-        """InputError naming ``method`` unless every training scan has a complete protocol."""
-        lacking = [v.path for vs in self.volumes.values() for v in vs.values() if v.protocol is None]
+    def require_protocols(self, method: str, sites=None) -> None:
+        """InputError naming ``method`` unless every training scan (of ``sites``, default all)
+        has a complete protocol."""
+        lacking = [v.path for vs in self.volumes.values() for site, v in vs.items()
+                   if v.protocol is None and (sites is None or site in sites)]
         if lacking:
             raise InputError(f"{method} needs acquisition parameters, but {len(lacking)} training "
                              f"scan(s) lack them (e.g. {lacking[0]}; see protocols.tsv); "

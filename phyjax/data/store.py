@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 
 import numpy as np
 
@@ -49,6 +50,17 @@ class SliceStore:
         self.directory, self.pads = directory, pads
         self.shapes: dict[str, tuple[int, ...]] = {}
         os.makedirs(directory, exist_ok=True)
+
+    @classmethod
+    def temporary(cls, directory: str | None, pads, prefix: str = ".slices-") -> "SliceStore":
+        """A store in a new temporary folder inside ``directory`` (created if needed; None: the
+        system's), removed when the store is garbage-collected."""
+        if directory:
+            os.makedirs(directory, exist_ok=True)
+        tmp = tempfile.TemporaryDirectory(prefix=prefix, dir=directory)
+        store = cls(tmp.name, pads)
+        store._tmp = tmp           # owned: the folder lives as long as the store
+        return store
 
     def add(self, key: str, volume: np.ndarray, dtype=np.float32) -> None:
         """Store ``volume`` ``(X, Y, Z)`` as its padded axial slices."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import abc
 import os
-import tempfile
 from typing import Any, Callable
 
 import flax.serialization
@@ -61,10 +60,7 @@ class SlicePairs:
         self.sites, self.subjects, self.target = train.sites, subjects, target
         self.context = context
         self.pads, self.padded = grid(train.volumes[subjects[0]][target].image.shape, depth)
-        if directory:
-            os.makedirs(directory, exist_ok=True)
-        self._tmp = tempfile.TemporaryDirectory(prefix=".slices-", dir=directory)
-        self.store = SliceStore(self._tmp.name, self.pads)
+        self.store = SliceStore.temporary(directory, self.pads, prefix=".slices-")
         self.rows, self.has_maps = {}, {}
         for site in self.sites:
             rows = []

@@ -167,13 +167,9 @@ def _simulated_data(config, train: TrainingSet, target: Protocol, depth: int, pr
     if not sites:
         raise InputError(f"PhyCHarm (pairs=simulated): no training scan outside the target site "
                          f"{train.target_site!r} to harmonize.")
+    train.require_protocols("PhyCHarm", sites)     # the target site's scans are not used
     scans = [train.volumes[s][site] for s in train.subjects for site in sites
              if site in train.volumes[s]]
-    lacking = [v.path for v in scans if v.protocol is None]
-    if lacking:
-        raise InputError(f"PhyCHarm needs acquisition parameters, but {len(lacking)} training "
-                         f"scan(s) lack them (e.g. {lacking[0]}; see protocols.tsv); "
-                         "physics-free methods can still run.")
     tc = config.get("target")
     n_targets = int(tc.n_protocols) if tc is not None and tc.randomize else 1
     targets = simulated.sample_targets(target, n_targets, config.seed)
