@@ -23,6 +23,7 @@ import os
 import time
 
 from phyjax import methods as method_registry
+from phyjax.data.atomic import atomic_open
 from phyjax.data.dataset import Dataset, load_dataset
 from phyjax.evaluate import figures, report, writeup
 from phyjax.evaluate.loop import evaluate_images, image_similarity
@@ -173,7 +174,7 @@ def benchmark(config, workdir: str, progress: bool = True) -> dict:
     result = writeup.BenchmarkResult(config, data.root, data.target_site, data.sites,
                                      data.source_sites, split, fitted, summary, site_diff,
                                      classifier_after, feature_names, notes, timings, repro)
-    with open(os.path.join(workdir, "benchmark.md"), "w") as f:
+    with atomic_open(os.path.join(workdir, "benchmark.md")) as f:
         f.write(writeup.markdown(result))
     report.write_json(os.path.join(workdir, "summary.json"),
                       {"dataset": data.root, "timings_s": timings, "notes": notes,
