@@ -22,6 +22,7 @@ import glob
 import os
 import re
 
+from phyjax.data.atomic import atomic_open
 from phyjax.data.nifti import InputError
 from phyjax.data.sidecar import Reading, read_protocol, read_sidecar, sidecar_path, site_label
 from phyjax.physics.sequences import Protocol
@@ -169,13 +170,11 @@ EXTRA_COLUMNS = ("image_type", "n_readouts", "ti2_s", "flip2_deg", "manufacturer
 def write_protocols(rows: list[dict], path: str) -> str:
     """``protocols.tsv`` (written under a temporary name, then renamed)."""
     columns = list(PROTOCOL_COLUMNS) + list(EXTRA_COLUMNS)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path + ".part", "w", newline="") as f:
+    with atomic_open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns, delimiter="\t", restval="",
                                 extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(path + ".part", path)
     return path
 
 

@@ -7,6 +7,8 @@ import os
 import nibabel as nib
 import numpy as np
 
+from phyjax.data.atomic import atomic_path
+
 
 class InputError(ValueError):
     """Bad user input (file, image, sidecar, parameter); the message names the source."""
@@ -49,7 +51,8 @@ def save_like(data: np.ndarray, reference: nib.Nifti1Image, path: str | os.PathL
     """Write ``data`` with the affine and header geometry of ``reference``.
 
     ``data`` must have the spatial shape of ``reference``.  The qform/sform
-    codes and zooms are copied; the data type is ``dtype``.  Returns the path.
+    codes and zooms are copied; the data type is ``dtype``.  Written under a temporary name and
+    renamed when complete (:func:`phyjax.data.atomic.atomic_path`).  Returns the path.
     Raises ValueError on a shape mismatch.
     """
     if tuple(data.shape[:3]) != tuple(reference.shape[:3]):
@@ -61,8 +64,8 @@ def save_like(data: np.ndarray, reference: nib.Nifti1Image, path: str | os.PathL
     out = nib.Nifti1Image(np.asarray(data, dtype=dtype), reference.affine, header)
     out.set_qform(reference.affine, code=int(reference.header["qform_code"]) or 1)
     out.set_sform(reference.affine, code=int(reference.header["sform_code"]) or 1)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    nib.save(out, os.fspath(path))
+    with atomic_path(path) as tmp:   # a killed run leaves no finished-looking file
+        nib.save(out, tmp)
     return os.fspath(path)
 
 
@@ -72,6 +75,6 @@ def save_volume(data: np.ndarray, affine: np.ndarray, path: str | os.PathLike,
     image = nib.Nifti1Image(np.asarray(data, dtype=dtype), affine)
     image.set_qform(affine, code=1)
     image.set_sform(affine, code=1)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    nib.save(image, os.fspath(path))
+    with atomic_path(path) as tmp:
+        nib.save(image, tmp)
     return os.fspath(path)

@@ -6,11 +6,10 @@ in-brain 99.5th percentile as white unless stated.
 
 from __future__ import annotations
 
-import os
-
 import matplotlib
 import numpy as np
 
+from phyjax.data.atomic import atomic_path
 from phyjax.evaluate.overlap import TISSUES
 
 matplotlib.use("Agg")
@@ -63,8 +62,8 @@ def _save(fig, path, title="", dpi=100):
     if title:
         fig.suptitle(title, fontsize=10)
         fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=dpi)
+    with atomic_path(path) as tmp:   # same extension: matplotlib picks the same format
+        fig.savefig(tmp, dpi=dpi)
     _plt().close(fig)
     return path
 

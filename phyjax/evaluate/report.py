@@ -21,11 +21,11 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 from collections import defaultdict
 
 import numpy as np
 
+from phyjax.data.atomic import atomic_open
 from phyjax.evaluate.overlap import TISSUES
 from phyjax.evaluate.site_difference import t_interval
 
@@ -57,11 +57,10 @@ _INFO = {k: (label, hi, fmt) for k, label, hi, fmt in ALL_METRICS}
 
 def write_rows(rows: list[dict], path: str) -> str:
     """Write dict rows as CSV; columns are the union of keys in first-seen order."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fields: list[str] = []
     for r in rows:
         fields += [k for k in r if k not in fields]
-    with open(path, "w", newline="") as f:
+    with atomic_open(path, "w", newline="") as f:   # renamed into place when complete
         writer = csv.DictWriter(f, fieldnames=fields, restval="")
         writer.writeheader()
         writer.writerows(rows)
@@ -70,8 +69,7 @@ def write_rows(rows: list[dict], path: str) -> str:
 
 def write_json(path: str, payload: dict) -> str:
     """Write ``payload`` as indented JSON.  Returns ``path``."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
+    with atomic_open(path) as f:
         json.dump(payload, f, indent=2)
     return path
 

@@ -9,6 +9,7 @@ import time
 from phyjax import __version__
 from phyjax import methods as method_registry
 from phyjax.data import bids
+from phyjax.data.atomic import atomic_open
 from phyjax.data.dataset import Dataset
 from phyjax.data.nifti import InputError
 from phyjax.data.sidecar import target_from_config
@@ -33,7 +34,7 @@ def prepare_workdir(config, workdir: str, resumable_keys=("model", "data", "seed
             if previous.get(key) != current.get(key):
                 raise InputError(f"{workdir}: holds checkpoints of a run with a different "
                                  f"'{key}' config; use a new --workdir (or delete it) to start over.")
-    with open(path, "w") as f:
+    with atomic_open(path) as f:
         f.write(config.to_json(indent=2))
 
 
@@ -51,7 +52,7 @@ def write_protocols(workdir: str, data: Dataset, config=None) -> None:
     bids.write_protocols(data.protocols, os.path.join(workdir, "protocols.tsv"))
     if config is None:
         return
-    with open(os.path.join(workdir, "dataset_description.json"), "w") as f:
+    with atomic_open(os.path.join(workdir, "dataset_description.json")) as f:
         json.dump({"Name": f"phyjax {config.get('method', 'run')} of {data.root}",
                    "BIDSVersion": "1.9.0", "DatasetType": "derivative",
                    "GeneratedBy": [{"Name": "phyjax", "Version": __version__,
@@ -66,7 +67,7 @@ def write_split(path: str, data: Dataset, split: Split, fitted=None) -> None:
            "target_site": data.target_site, "source_sites": data.source_sites}
     if fitted:
         out["fitted_on"] = {m: sorted(h.fitted_on) for m, h in fitted.items()}
-    with open(path, "w") as f:
+    with atomic_open(path) as f:
         json.dump(out, f, indent=2)
 
 

@@ -14,6 +14,7 @@ import time
 from phyjax import methods
 from phyjax.data.nifti import InputError
 from phyjax.methods import intensity
+from phyjax.data.atomic import atomic_open
 from phyjax.data.dataset import Dataset, load_dataset
 from phyjax.data.nifti import save_like
 from phyjax.data.volumes import native_image
@@ -89,7 +90,7 @@ def train_and_evaluate(config, workdir: str, progress: bool = True) -> dict:
                                         f"'{data.target_site}'")
     summary = {"workdir": workdir, "dataset": data.root, "train_seconds": train_seconds,
                "total_seconds": time.time() - t0, "notes": notes, "rows": rows}
-    with open(os.path.join(workdir, "summary.json"), "w") as f:
+    with atomic_open(os.path.join(workdir, "summary.json")) as f:
         json.dump({k: v for k, v in summary.items() if k != "rows"}, f, indent=2)
     return summary
 
@@ -125,7 +126,7 @@ def write_reports(workdir: str, rows: list[dict], map_rows: list[dict],
     summary = report.aggregate(rows) if rows else []
     report.write_rows(summary, os.path.join(workdir, "metrics.csv"))
     report.write_rows(map_rows, os.path.join(workdir, "maps_metrics.csv"))
-    with open(os.path.join(workdir, "metrics.md"), "w") as f:
+    with atomic_open(os.path.join(workdir, "metrics.md")) as f:
         if summary:
             f.write("Held-out subjects, metrics inside the brain mask against the ground-truth "
                     "target-protocol image (mean ± sd over subjects).\n\n")

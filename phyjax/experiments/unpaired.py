@@ -41,6 +41,7 @@ import time
 import numpy as np
 
 from phyjax.data import bids
+from phyjax.data.atomic import atomic_open
 from phyjax.data.dataset import Dataset
 from phyjax.data.geometry import zooms
 from phyjax.evaluate import downstream, figures, report, unpaired
@@ -308,7 +309,7 @@ def benchmark_unpaired(config, data: Dataset, names, workdir, progress, extracto
     figures.site_embedding({m: unpaired.embedding(out["features"]) for m, out in
                             per_method.items()}, [k[1] for k in scans],
                            os.path.join(workdir, "site_embedding.png"))
-    with open(os.path.join(workdir, "unpaired.md"), "w") as f:
+    with atomic_open(os.path.join(workdir, "unpaired.md")) as f:
         f.write(markdown(rows, data, split, notes, time.time() - t0, rim_mm,
                          pair_summary, len({r["subject"] for r in pair_rows})))
     return {"workdir": workdir, "dataset": data.root, "rows": rows, "notes": notes,

@@ -23,6 +23,8 @@ import orbax.checkpoint as ocp
 from flax import struct
 from tqdm.auto import tqdm
 
+from phyjax.data.atomic import atomic_open
+
 
 @struct.dataclass
 class TrainState:
@@ -87,13 +89,13 @@ def _truncate_log(path: str, step: int) -> None:
         rows = list(csv.reader(f))
     if not rows:
         return
-    kept = [rows[0]] + [r for r in rows[1:] if r and int(float(r[0])) <= step] if step else []
+    # A row cut short by the kill (fewer fields than the header) goes too.
+    kept = [rows[0]] + [r for r in rows[1:] if len(r) == len(rows[0]) and int(float(r[0])) <= step
+                        ] if step else []
     if len(kept) == len(rows):
         return
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="") as f:
+    with atomic_open(path, "w", newline="") as f:
         csv.writer(f).writerows(kept)
-    os.replace(tmp, path)
 
 
 def fit(state: TrainState, step_fn: Callable, batch_fn: Callable[[int], Any], steps: int,
