@@ -95,6 +95,12 @@ def get_config(arg: str | None = None) -> ConfigDict:
     train.w_physics = 0.5    # source re-synthesis consistency (self-supervised)
     train.w_harm = 1.0       # L1 of harmonized vs target image
     train.w_ssim = 0.5       # 1 - SSIM of harmonized vs target image
+    # Anatomy-keeping terms (phyjax.losses; 0 switches one off):
+    train.w_grad = 1.0       # gradient difference harmonized vs target (sharp edges)
+    train.w_tissue = 0.2     # soft CSF/GM/WM membership harmonized vs target, at the target
+                             # protocol's tissue signal levels (boundaries where they belong)
+    train.w_edge = 0.1       # normalized-gradient-field distance harmonized vs source (edges
+                             # where the input has them; also on unpaired real scans)
     train.pairs = "auto"     # "paired" (traveling subjects), "simulated" (physics-made pairs on
                              # shipped anatomies + self-supervised adaptation to the real scans;
                              # target-site images unused), "auto" (paired if every training

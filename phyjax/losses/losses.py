@@ -42,3 +42,86 @@ def ssim_loss(x, y, mask, data_range=1.0):
     maps = jax.vmap(lambda a, b: ssim_map(a[..., 0], b[..., 0], data_range))(x, y)
     m = mask[..., 0]
     return 1.0 - jnp.sum(maps * m) / jnp.maximum(jnp.sum(m), 1.0)
+
+
+def _differences(x, mask):
+    """Forward differences of ``(B, H, W, 1)`` arrays along H and W, each with the mask of the
+    pixel pairs both inside ``mask``: ``[(dx, mx), (dy, my)]``."""
+    return [(x[:, 1:] - x[:, :-1], mask[:, 1:] * mask[:, :-1]),
+            (x[:, :, 1:] - x[:, :, :-1], mask[:, :, 1:] * mask[:, :, :-1])]
+
+
+def gradient_difference(x, y, mask):
+    """Gradient-difference loss (Mathieu, Couprie & LeCun, ICLR 2016, Eq. 5, alpha = 1).
+
+    ``sum | |dy| - |dx| |`` over the pixel pairs inside ``mask`` along both in-plane axes,
+    divided by their number: an image that is right on average but blurred (weaker edges than
+    the target) or that invents edges pays for it, which L1 and SSIM on intensities reward
+    only weakly.  ``x``, ``y``, ``mask``: ``(B, H, W, 1)``; returns a scalar (image units per
+    pixel).
+    """
+    total, count = 0.0, 0.0
+    for (dx, m), (dy, _) in zip(_differences(x, mask), _differences(y, mask)):
+        total += jnp.sum(jnp.abs(jnp.abs(dy) - jnp.abs(dx)) * m)
+        count += jnp.sum(m)
+    return total / jnp.maximum(count, 1.0)
+
+
+def edge_agreement(x, reference, mask, eta: float = 0.5):
+    """Normalized-gradient-field distance (Haber & Modersitzki, MICCAI 2006, Eqs. 3-4).
+
+    ``1 - mean over the mask of (grad x . grad r)^2 / ((|grad x|^2 + e_x^2)(|grad r|^2 +
+    e_r^2))``: 0 where every edge of ``x`` lies where ``reference`` has one, in the same or
+    the opposite direction -- contrast-free, so it compares images of different protocols
+    (a harmonized image and its source) by their anatomy only.  ``e`` = ``eta`` times the
+    image's mean in-mask gradient magnitude (their Eq. 5), per slice, so flat noisy regions
+    count little.  Central differences; ``(B, H, W, 1)`` arrays; returns a scalar in [0, 1].
+    """
+    def grads(a):
+        gx = 0.5 * (jnp.roll(a, -1, 1) - jnp.roll(a, 1, 1))
+        gy = 0.5 * (jnp.roll(a, -1, 2) - jnp.roll(a, 1, 2))
+        return gx, gy
+
+    # only pixels whose 4 neighbours are inside the mask (no edge against the zeroed outside)
+    inner = mask * jnp.roll(mask, 1, 1) * jnp.roll(mask, -1, 1) * jnp.roll(mask, 1, 2) \
+        * jnp.roll(mask, -1, 2)
+    axes = (1, 2, 3)
+    n = jnp.maximum(jnp.sum(inner, axes, keepdims=True), 1.0)
+
+    def normed(a):
+        gx, gy = grads(a)
+        mag2 = gx ** 2 + gy ** 2
+        eps = eta * jnp.sum(jnp.sqrt(mag2 + 1e-12) * inner, axes, keepdims=True) / n
+        return gx, gy, mag2 + eps ** 2 + 1e-12
+
+    ax, ay, na = normed(x)
+    bx, by, nb = normed(reference)
+    align = (ax * bx + ay * by) ** 2 / (na * nb)
+    return 1.0 - jnp.sum(align * inner) / jnp.maximum(jnp.sum(inner), 1.0)
+
+
+def soft_tissue_classes(x, levels, width):
+    """Soft tissue classification of an image by the tissues' signal levels under its protocol.
+
+    ``p_k = softmax_k(-(x - levels_k)^2 / (2 width^2))`` (a Gaussian mixture with equal priors
+    and variances whose means come from the signal equation, not from the image).
+    ``x``: ``(...)``; ``levels``: ``(K,)`` (e.g. CSF, GM, WM); ``width``: scalar; returns
+    ``(..., K)``.
+    """
+    d = (x[..., None] - levels) ** 2 / (2.0 * width ** 2)
+    return jax.nn.softmax(-d, axis=-1)
+
+
+def tissue_consistency(x, y, mask, levels):
+    """Mean over the mask of ``sum_k |p_k(x) - p_k(y)|`` (in [0, 2]) with
+    :func:`soft_tissue_classes` at ``levels`` ``(K,)`` (the target protocol's CSF/GM/WM signal,
+    sorted or not) and a width of a quarter of the smallest gap between two levels (the
+    memberships of a tissue's own level are then > 0.99): an error that moves a voxel across a
+    tissue boundary -- what a segmentation and a tissue volume see -- costs far more than one
+    of the same size inside a tissue.  ``(B, H, W, 1)`` arrays."""
+    gaps = jnp.abs(levels[:, None] - levels[None, :]) + jnp.eye(levels.shape[0]) * 1e9
+    width = 0.25 * jnp.min(gaps)
+    px = soft_tissue_classes(x[..., 0], levels, width)
+    py = soft_tissue_classes(y[..., 0], levels, width)
+    m = mask[..., 0]
+    return jnp.sum(jnp.sum(jnp.abs(px - py), -1) * m) / jnp.maximum(jnp.sum(m), 1.0)

@@ -5,17 +5,28 @@ protocol, re-synthesizes the target protocol's image from them and refines it.  
 (:func:`fit`) minimises, per batch of one source site's slices,
 
     w_map * L1(R1, M0 vs ground truth, where known) + w_physics * physics consistency
-    + w_harm * L1(harmonized, target) + w_ssim * (1 - SSIM(harmonized, target)),
+    + w_harm * L1(harmonized, target) + w_ssim * (1 - SSIM(harmonized, target))
+    + w_grad * gradient difference(harmonized, target)
+    + w_tissue * tissue-class consistency(harmonized, target)
+    + w_edge * edge disagreement(harmonized, source),
 
 the physics term re-synthesizing the *source* from the predicted maps through the source
-protocol's signal equation (scale-free, :func:`phyjax.losses.physics_consistency`).
+protocol's signal equation (scale-free, :func:`phyjax.losses.physics_consistency`).  The last
+three keep anatomy, not just intensities: the gradient-difference loss (Mathieu et al. 2016)
+punishes blurred edges; the tissue-class term compares soft CSF/GM/WM memberships at the
+target protocol's tissue signal levels (from its signal equation), so errors that move a voxel
+across a tissue boundary -- what segmentations and volumes see -- cost most; the
+normalized-gradient-field term (Haber & Modersitzki 2006) asks every edge of the output to lie
+where the *source* has one, whatever the contrast -- the only image term that also applies to a
+real scan without a target (the unpaired adaptation batches).
 
 Where the pairs come from (``config.train.pairs``): traveling subjects (``paired``), or the
 physics (``simulated``): the training set's own source protocols and the target protocol --
 or a documented range of targets (``config.target.randomize``), so that one model harmonizes
 to any of them -- simulated on shipped anatomies (:mod:`phyjax.data.simulated`), every
 ``adapt_every``-th batch a real, unpaired scan of the training set with only the physics term
-(its own maps re-synthesized through its own protocol).  The simulated mode never reads a
+(its own maps re-synthesized through its own protocol) and the edge term (the output's edges
+where the scan has them).  The simulated mode never reads a
 target-site image: the target is a protocol.
 """
 
@@ -29,17 +40,22 @@ import numpy as np
 from phyjax.data import simulated
 from phyjax.data.nifti import InputError
 from phyjax.data.split import TrainingSet, require_training_set
-from phyjax.losses import masked_l1, physics_consistency, r1_m0_map_loss, ssim_loss
+from phyjax.losses import (edge_agreement, gradient_difference, masked_l1, physics_consistency,
+                           r1_m0_map_loss, ssim_loss, tissue_consistency)
 from phyjax.methods import networks
 from phyjax.methods.base import fitted_fields, register
 from phyjax.models.phycharm import PhyCHarm, reference_signal
 from phyjax.physics import signal
 from phyjax.physics.sequences import Protocol, encode
-from phyjax.physics.tissues import tissue_parameters
+from phyjax.physics.tissues import FIELD_STRENGTHS, TISSUES, tissue_array, tissue_parameters
 from phyjax.train import TrainState, fit as fit_loop, make_train_step
 
 MODEL_KEYS = ("features", "cond_features", "t1_max", "m0_max", "context")
 PAIRS = ("auto", "paired", "simulated")
+#: loss weights of ``config.train`` (traced inputs of the training step)
+WEIGHTS = ("w_map", "w_physics", "w_harm", "w_ssim", "w_grad", "w_tissue", "w_edge")
+#: the terms that need a target image (0 on an unpaired scan's batch)
+PAIRED_TERMS = ("w_map", "w_harm", "w_ssim", "w_grad", "w_tissue")
 
 
 def make_model(model_cfg) -> PhyCHarm:
@@ -52,6 +68,17 @@ def make_model(model_cfg) -> PhyCHarm:
 def reference_level(target: Protocol) -> float:
     """Signal of white matter under ``target`` (the unit of re-synthesized target images)."""
     return float(reference_signal(target, tissue_parameters(target.field_strength)["wm"]))
+
+
+def tissue_levels(target: Protocol, target_ref):
+    """``(3,)`` CSF, GM, WM signal of ``target`` in units of ``target_ref`` (T2/T2* folded into
+    M0 as in :func:`phyjax.models.phycharm.resynthesize`), from the tissue table of the B0
+    nearest ``target.field_strength``; every input may be traced."""
+    fields = jnp.asarray(FIELD_STRENGTHS)
+    tables = jnp.asarray(np.stack([tissue_array(b) for b in FIELD_STRENGTHS]), jnp.float32)
+    table = tables[jnp.argmin(jnp.abs(fields - target.field_strength))]   # (3, [t1,t2,t2*,pd])
+    assert TISSUES == ("csf", "gm", "wm")
+    return signal.synthesize(target, table[:, 0], jnp.inf, jnp.inf, table[:, 3]) / target_ref
 
 
 def init_params(model: PhyCHarm, padded, context: int, seed: int):
@@ -69,8 +96,8 @@ def make_loss(model: PhyCHarm):
 
     ``source``/``target``: :class:`Protocol` (traced numeric fields, so one compilation serves
     every protocol of a family); ``target_ref``: :func:`reference_level` of ``target``;
-    ``weights``: ``w_map``, ``w_physics``, ``w_harm``, ``w_ssim`` (traced scalars: a batch
-    without a target image -- a real, unpaired scan -- sets the last two to 0).
+    ``weights``: :data:`WEIGHTS` (traced scalars: a batch without a target image -- a real,
+    unpaired scan -- sets :data:`PAIRED_TERMS` to 0).
     """
 
     def loss_fn(params, b, source_protocol, target, target_ref, weights):
@@ -83,12 +110,18 @@ def make_loss(model: PhyCHarm):
         r_src = signal.synthesize(source_protocol, out["t1"], jnp.inf, jnp.inf, out["m0"])
         centre = b["source"].shape[-1] // 2
         l_phys = physics_consistency(b["source"][..., centre:centre + 1], r_src, b["mask"])
-        l_harm = masked_l1(out["harmonized"], b["target"], b["mask"])
-        l_ssim = ssim_loss(out["harmonized"], b["target"], b["mask"])
-        loss = (weights["w_map"] * l_map + weights["w_physics"] * l_phys
-                + weights["w_harm"] * l_harm + weights["w_ssim"] * l_ssim)
-        return loss, {"loss": loss, "map": l_map, "physics": l_phys, "l1": l_harm,
-                      "ssim": 1.0 - l_ssim}
+        harm, tgt, mask = out["harmonized"], b["target"], b["mask"]
+        terms = {"w_map": l_map, "w_physics": l_phys,
+                 "w_harm": masked_l1(harm, tgt, mask),
+                 "w_ssim": ssim_loss(harm, tgt, mask),
+                 "w_grad": gradient_difference(harm, tgt, mask),
+                 "w_tissue": tissue_consistency(harm, tgt, mask,
+                                                tissue_levels(target, target_ref)),
+                 "w_edge": edge_agreement(harm, b["source"][..., centre:centre + 1], mask)}
+        loss = sum(weights[k] * terms[k] for k in WEIGHTS)
+        return loss, {"loss": loss, "map": l_map, "physics": l_phys, "l1": terms["w_harm"],
+                      "ssim": 1.0 - terms["w_ssim"], "grad": terms["w_grad"],
+                      "tissue": terms["w_tissue"], "edge": terms["w_edge"]}
 
     return loss_fn
 
@@ -208,7 +241,7 @@ def fit(config, train: TrainingSet, name: str = "phycharm", *, workdir: str,
     # a range of targets only where training saw one (simulated pairs); paired: its target
     model_cfg["target_range"] = simulated.target_range(
         target, bool(tc and tc.randomize) and pairs == "simulated")
-    full = {k: np.float32(t[k]) for k in ("w_map", "w_physics", "w_harm", "w_ssim")}
+    full = {k: np.float32(t[k]) for k in WEIGHTS}
     ref = reference_level(target)
     if pairs == "paired":
         data = networks.SlicePairs(train, depth, config.data.min_mask_fraction,
@@ -224,8 +257,7 @@ def fit(config, train: TrainingSet, name: str = "phycharm", *, workdir: str,
         sim, real = _simulated_data(config, train, target, depth, progress, workdir)
         padded = sim.padded
         refs = [np.float32(reference_level(q)) for q in sim.targets]
-        adapt = dict(full, w_map=np.float32(0.0), w_harm=np.float32(0.0),
-                     w_ssim=np.float32(0.0))
+        adapt = dict(full, **{k: np.float32(0.0) for k in PAIRED_TERMS})
 
         def batch_fn(i):
             if real is not None and (i + 1) % t.adapt_every == 0:

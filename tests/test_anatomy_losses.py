@@ -1,0 +1,137 @@
+"""The anatomy-keeping loss terms of PhyCHarm (issue 14): gradient difference, normalized
+gradient fields, soft tissue classes -- against NumPy transcriptions of the published
+formulas and properties that would fail if they were wrong."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from phyjax.losses import edge_agreement, gradient_difference, tissue_consistency
+from phyjax.methods import phycharm
+from phyjax.models.phycharm import reference_signal
+from phyjax.physics.sequences import Protocol
+from phyjax.physics.tissues import tissue_parameters
+
+
+@pytest.fixture
+def images():
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[:24, :20]
+    disk = ((yy - 12) ** 2 + (xx - 10) ** 2 < 49).astype(np.float32)
+    x = (0.3 + 0.6 * disk + 0.02 * rng.standard_normal(disk.shape)).astype(np.float32)
+    mask = np.ones_like(x)
+    mask[:2] = 0
+    return x[None, ..., None], mask[None, ..., None], rng
+
+
+def _gdl_numpy(x, y, m):
+    total = count = 0.0
+    for i in range(x.shape[0]):
+        for j in range(x.shape[1]):
+            for di, dj in ((1, 0), (0, 1)):
+                if i + di < x.shape[0] and j + dj < x.shape[1] and m[i, j] and m[i + di, j + dj]:
+                    gx = abs(x[i + di, j + dj] - x[i, j])
+                    gy = abs(y[i + di, j + dj] - y[i, j])
+                    total += abs(gy - gx)
+                    count += 1
+    return total / count
+
+
+def test_gradient_difference_is_mathieu_eq5_and_blind_to_offsets(images):
+    x, mask, rng = images
+    y = x + 0.05 * rng.standard_normal(x.shape).astype(np.float32)
+    got = float(gradient_difference(x, y, mask))
+    assert got == pytest.approx(_gdl_numpy(x[0, ..., 0], y[0, ..., 0], mask[0, ..., 0]), rel=1e-5)
+    assert float(gradient_difference(x, x + 0.4, mask)) == pytest.approx(0.0, abs=1e-7)
+    # a blurred copy has weaker edges: it costs, and more blur costs more
+    from scipy.ndimage import gaussian_filter
+    b1 = gaussian_filter(x, (0, 0.7, 0.7, 0))
+    b2 = gaussian_filter(x, (0, 1.5, 1.5, 0))
+    assert 0 < float(gradient_difference(b1, x, mask)) < float(gradient_difference(b2, x, mask))
+
+
+def _ngf_numpy(a, b, m, eta):
+    def grads(z):
+        return (0.5 * (np.roll(z, -1, 0) - np.roll(z, 1, 0)),
+                0.5 * (np.roll(z, -1, 1) - np.roll(z, 1, 1)))
+    inner = m * np.roll(m, 1, 0) * np.roll(m, -1, 0) * np.roll(m, 1, 1) * np.roll(m, -1, 1)
+    out = []
+    for z in (a, b):
+        gx, gy = grads(z.astype(np.float64))
+        mag = np.sqrt(gx ** 2 + gy ** 2)
+        e = eta * (mag * inner).sum() / inner.sum()
+        out.append((gx, gy, gx ** 2 + gy ** 2 + e ** 2))
+    (ax, ay, na), (bx, by, nb) = out
+    return 1 - ((ax * bx + ay * by) ** 2 / (na * nb) * inner).sum() / inner.sum()
+
+
+def test_edge_agreement_is_haber_modersitzki_and_contrast_free(images):
+    x, mask, rng = images
+    other = np.roll(x, 3, axis=2)              # the same disk, moved: edges elsewhere
+    got = float(edge_agreement(x, other, mask))
+    assert got == pytest.approx(_ngf_numpy(x[0, ..., 0], other[0, ..., 0], mask[0, ..., 0], 0.5),
+                                abs=1e-5)
+    same = float(edge_agreement(x, x, mask))
+    # inverted, rescaled contrast (another protocol's view of the same anatomy): same distance
+    assert float(edge_agreement(x, 2.5 - 3.0 * x, mask)) == pytest.approx(same, abs=1e-5)
+    assert same < got - 0.1
+
+
+def test_tissue_consistency_charges_boundary_crossings_most():
+    levels = jnp.array([0.2, 0.6, 1.0])       # CSF, GM, WM of some protocol
+    mask = jnp.ones((1, 1, 2, 1))
+    target = jnp.array([0.8, 0.95]).reshape(1, 1, 2, 1)  # near the GM/WM midpoint; inside WM
+    err = 0.1
+    across = float(tissue_consistency(target[:, :, :1] - err, target[:, :, :1], mask[:, :, :1],
+                                      levels))
+    inside = float(tissue_consistency(target[:, :, 1:] + err, target[:, :, 1:], mask[:, :, 1:],
+                                      levels))
+    assert across > 20 * inside
+    # NumPy transcription of the soft classes (width = a quarter of the smallest gap = 0.1)
+    def p(v):
+        w = np.exp(-(v - np.array([0.2, 0.6, 1.0])) ** 2 / (2 * 0.1 ** 2))
+        return w / w.sum()
+    assert across == pytest.approx(np.abs(p(0.7) - p(0.8)).sum(), rel=1e-5)
+
+
+@pytest.mark.parametrize("b0", [1.5, 3.0])
+def test_tissue_levels_are_the_reference_signals_of_each_tissue(b0):
+    target = Protocol(tr=2.4, te=0.0022, ti=1.0, flip_angle=np.deg2rad(8), field_strength=b0,
+                      sequence="mprage")
+    ref = float(reference_signal(target, tissue_parameters(b0)["wm"]))
+    got = np.asarray(jax.jit(phycharm.tissue_levels)(target, ref))
+    want = [float(reference_signal(target, tissue_parameters(b0)[t])) / ref
+            for t in ("csf", "gm", "wm")]
+    np.testing.assert_allclose(got, want, rtol=1e-4)   # float32 vs float64
+    assert got[2] == pytest.approx(1.0) and got[0] < got[1] < got[2]   # T1w: CSF < GM < WM
+
+
+def test_an_unpaired_batch_does_not_see_the_target_image():
+    """The adaptation weights zero every term that needs a target image: the loss and its
+    gradient do not depend on what the batch's target holds."""
+    model = phycharm.make_model(dict(features=(4, 8), cond_features=4, t1_max=5.0, m0_max=1.5))
+    params = phycharm.init_params(model, (16, 16), 1, 0)
+    rng = np.random.default_rng(0)
+    mask = np.zeros((2, 16, 16, 1), np.float32)
+    mask[:, 3:13, 3:13] = 1
+    b = {"source": rng.uniform(0.2, 1, (2, 16, 16, 3)).astype(np.float32) * mask,
+         "mask": mask, "t1": np.ones_like(mask), "m0": np.zeros_like(mask),
+         "target": rng.uniform(0, 1, mask.shape).astype(np.float32)}
+    src = Protocol(tr=0.02, te=0.004, flip_angle=0.4, sequence="spgr")
+    tgt = Protocol(tr=2.4, te=0.002, ti=1.0, flip_angle=0.14, sequence="mprage")
+    w = {k: np.float32(1.0) for k in phycharm.WEIGHTS}
+    adapt = dict(w, **{k: np.float32(0.0) for k in phycharm.PAIRED_TERMS})
+    loss = phycharm.make_loss(model)
+    grad = jax.jit(jax.grad(lambda p, bb, ww: loss(p, bb, src, tgt, 1.0, ww)[0]))
+    other = dict(b, target=b["target"][::-1] * 3)
+    g1, g2 = grad(params, b, adapt), grad(params, other, adapt)
+    for a, c in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(c))
+    # ... while a paired batch does
+    d = [np.abs(np.asarray(a) - np.asarray(c)).max()
+         for a, c in zip(jax.tree.leaves(grad(params, b, w)), jax.tree.leaves(grad(params, other, w)))]
+    assert max(d) > 0
+    # and the edge term alone reaches the parameters on an unpaired batch
+    edge_only = {k: np.float32(k == "w_edge") for k in phycharm.WEIGHTS}
+    assert any(np.abs(np.asarray(a)).max() > 0 for a in jax.tree.leaves(grad(params, b, edge_only)))
