@@ -12,12 +12,12 @@ physics-made pairs only).  A new method is a module with a ``fit`` function deco
 
 from __future__ import annotations
 
-from phyjax.methods import combat, intensity, phycharm, unet  # noqa: F401  (registers them)
+from phyjax.methods import combat, cyclegan, intensity, phycharm, pix2pix, unet  # noqa: F401
 from phyjax.methods.base import FIT, KINDS, Harmonizer, load, save
 
 #: every registered method, in the order reports list them
 AVAILABLE = ("none", "zscore", "histmatch", "nyul", "whitestripe", "combat", "unet", "phycharm",
-             "phycharm_unpaired")
+             "phycharm_unpaired", "pix2pix", "cyclegan_radiomics")
 assert set(AVAILABLE) == set(FIT), (AVAILABLE, tuple(FIT))
 
 

@@ -1,0 +1,457 @@
+"""Radiomics-guided CycleGAN (Kim et al., IEEE Access 12:19482, 2024) as a method: unpaired
+source-site slices <-> target-site slices.
+
+Networks (:mod:`phyjax.models.gan`): ResNet generators ``G_ab`` (source -> target) and ``G_ba``,
+PatchGAN discriminators ``D_a``, ``D_b`` (least-squares GAN) and, with
+``config.cyclegan.use_segmenters``, two segmenters ``S_a``, ``S_b`` trained first on each domain's
+slices and frozen.  The generators minimize (Zhu et al. 2017; Kim et al. 2024, their eq. 5):
+
+    L_G = L_lsgan(D_b(G_ab(a))) + L_lsgan(D_a(G_ba(b)))
+          + w_cycle (|G_ba(G_ab(a)) - a| + |G_ab(G_ba(b)) - b|)
+          + w_identity (|G_ab(b) - b| + |G_ba(a) - a|)
+          + w_dice [Dice(S_b(G_ab(a)), S_a(a)) + Dice(S_a(G_ba(b)), S_b(b))]   (use_segmenters)
+          + w_rf  RF(G_ab(a))                                                   (use_rf_loss)
+
+``RF`` (:func:`phyjax.losses.radiomic.rf_loss`) is the relative L1 between the *soft*, hence
+differentiable, radiomic features of the harmonized slice's ROI and the target site's values of
+the features selected as Kim et al. do (:func:`phyjax.radiomics.selection.select_features`:
+lowest coefficient of variation over the target-site training slices, then drop features with
+|Pearson r| > 0.8 against a better-ranked one; ``rf_top_k`` of them).  The discriminators minimize
+the LSGAN loss on real slices and the generators' current outputs (no image pool).
+
+Unpaired by construction: domain A is the non-target scans of one half of the training subjects,
+domain B the target scans of the other half (``cyclegan.disjoint``; on data without traveling
+subjects the subjects differ anyway).  Segmenter labels: ``seg_labels = "tissue"`` -- the fixed
+HMRF tissue segmenter's CSF/GM/WM labels inside the brain mask
+(:class:`phyjax.evaluate.segmentation.TissueSegmenter`, the paper's frozen site segmenters trained
+on it); ``"roi"`` -- the ROI mask itself (e.g. the tumour on real data); ``"auto"``: tissue for a
+brain mask, ROI otherwise.
+
+Slices are single axial slices (no neighbours), padded to a multiple of ``2 ** n_down``; image
+intensities (normalized, :func:`phyjax.data.volumes.normalize`) are mapped from
+``[0, intensity_max]`` to the generators' ``[-1, 1]``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from phyjax.data.nifti import InputError
+from phyjax.data.slices import brain_slices, from_slices, pad_to_multiple, to_slices, with_context
+from phyjax.data.split import TrainingSet, require_training_set
+from phyjax.data.store import SliceStore
+from phyjax.losses.radiomic import (l1, lsgan_discriminator, lsgan_generator, radiomics_config,
+                                    relative_errors, rf_loss, soft_dice_loss, soft_features)
+from phyjax.methods import networks
+from phyjax.methods.base import Harmonizer, base_fields, fitted_fields, register
+from phyjax.models.gan import PatchDiscriminator, ResnetGenerator, Segmenter
+from phyjax.radiomics.api import RadiomicsConfig, extract_batch, feature_names
+from phyjax.radiomics.selection import select_features
+from phyjax.train import TrainState, fit as fit_loop, make_train_step
+
+SEG_LABELS = ("auto", "tissue", "roi")
+#: classes of each segmenter label kind (tissue: CSF, GM, WM inside the mask; roi: out, in)
+N_CLASSES = {"tissue": 3, "roi": 2}
+
+
+def to_net(x, intensity_max: float):
+    """Normalized intensities ``[0, intensity_max]`` -> the networks' ``[-1, 1]`` (clipped)."""
+    return 2.0 * jnp.clip(x, 0.0, intensity_max) / intensity_max - 1.0
+
+
+def to_image(y, intensity_max: float):
+    """Inverse of :func:`to_net`."""
+    return (y + 1.0) * (0.5 * intensity_max)
+
+
+def cyclegan_config(config) -> dict:
+    """The method's settings (``config.cyclegan``; JSON-able, saved with the harmonizer).
+
+    Raises ValueError for an unknown ``seg_labels`` or non-positive sizes.
+    """
+    c = config.cyclegan
+    if c.seg_labels not in SEG_LABELS:
+        raise ValueError(f"cyclegan.seg_labels must be one of {SEG_LABELS}, got {c.seg_labels!r}.")
+    for k in ("steps", "batch_size", "features", "disc_features", "rf_top_k", "intensity_max"):
+        if not c[k] > 0:
+            raise ValueError(f"cyclegan.{k} must be positive, got {c[k]!r}.")
+    return {k: (tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in c.to_dict().items()}
+
+
+def make_nets(cfg: dict):
+    """``(generator, discriminator, segmenter factory)`` of the settings."""
+    gen = ResnetGenerator(features=cfg["features"], n_blocks=cfg["n_blocks"],
+                          n_down=cfg["n_down"])
+    disc = PatchDiscriminator(features=cfg["disc_features"], n_layers=cfg["disc_layers"])
+    return gen, disc
+
+
+def seg_kind(cfg: dict, mask_label: str) -> str:
+    if cfg["seg_labels"] != "auto":
+        return cfg["seg_labels"]
+    return "tissue" if mask_label == "brain" else "roi"
+
+
+def slice_multiple(cfg: dict) -> int:
+    """In-plane size multiple the generator and segmenter need."""
+    return max(2 ** cfg["n_down"], 2 ** (len(cfg["seg_features"]) - 1))
+
+
+# ----------------------------------------------------------------------------------------------
+# data
+
+
+def domains(train: TrainingSet, disjoint: bool) -> tuple[list, list, list[str]]:
+    """``(A scans, B scans, notes)``: volumes of the source domain (every non-target site) and of
+    the target domain.  With ``disjoint`` a subject scanned at the target site *and* elsewhere
+    goes to one domain only (alternately, in sorted order), so the two domains hold different
+    people.  Raises InputError when either domain is empty."""
+    target, notes = train.target_site, []
+    both = [s for s in train.subjects if target in train.volumes[s]
+            and any(site != target for site in train.volumes[s])]
+    a_subj = [s for s in train.subjects if s not in both or not disjoint or s in both[0::2]]
+    b_subj = [s for s in train.subjects if s not in both or not disjoint or s in both[1::2]]
+    if disjoint and both and len(both) < 2:
+        a_subj = b_subj = list(train.subjects)
+        notes.append("cyclegan: one traveling training subject only; both domains use it.")
+    a = [train.volumes[s][site] for s in a_subj for site in sorted(train.volumes[s])
+         if site != target]
+    b = [train.volumes[s][target] for s in b_subj if target in train.volumes[s]]
+    if not a or not b:
+        raise InputError(f"the radiomics CycleGAN needs training scans from the target site "
+                         f"{target!r} and from other sites; it has {len(b)} and {len(a)}.")
+    return a, b, notes
+
+
+class DomainSlices:
+    """Axial slices (ROI slices only) of a list of volumes, with masks and segmenter labels, on
+    disk (:class:`~phyjax.data.store.SliceStore`).
+
+    ``labels(volume) -> (X, Y, Z) int`` or None (no labels stored).  Batch ``i`` draws its rows
+    with ``numpy.random.default_rng([seed, i, salt])`` (a pure function of the step).
+    """
+
+    def __init__(self, volumes, multiple: int, min_fraction: float, labels=None,
+                 directory: str | None = None):
+        self.pads = pad_to_multiple(volumes[0].image.shape[:2], multiple)
+        self.padded = tuple(n + sum(p) for n, p in zip(volumes[0].image.shape[:2], self.pads))
+        self.store = SliceStore.temporary(directory, self.pads, prefix=".slices-")
+        self.has_labels = labels is not None
+        rows = []
+        for k, v in enumerate(volumes):
+            if v.image.shape != volumes[0].image.shape:
+                raise InputError(f"{v.path}: shape {v.image.shape} differs from "
+                                 f"{volumes[0].path} ({volumes[0].image.shape}); the CycleGAN "
+                                 "trains on volumes of one grid (config.data.grid_mm).")
+            self.store.add(f"{k}/image", v.image)
+            self.store.add(f"{k}/mask", v.mask)
+            if labels is not None:
+                self.store.add(f"{k}/label", labels(v))
+            rows += [(k, z) for z in brain_slices(v.mask, min_fraction)]
+        self.rows = np.asarray(rows, int).reshape(-1, 2)
+
+    def batch(self, idx) -> dict[str, np.ndarray]:
+        """``image``, ``mask`` (and ``label``) ``(n, H, W, 1)`` of rows ``idx``."""
+        rows = self.rows[np.asarray(idx)]
+        out = {"image": self.store.gather(rows, lambda k: f"{k}/image"),
+               "mask": self.store.gather(rows, lambda k: f"{k}/mask")}
+        if self.has_labels:
+            out["label"] = self.store.gather(rows, lambda k: f"{k}/label")
+        return out
+
+    def sample(self, i: int, batch_size: int, seed: int, salt: int) -> np.ndarray:
+        n = len(self.rows)
+        return np.random.default_rng([seed, i, salt]).choice(n, size=batch_size,
+                                                             replace=n < batch_size)
+
+
+def label_maker(kind: str, segmenter):
+    """``volume -> (X, Y, Z) int`` class labels for segmenter training (see module docstring)."""
+    if kind == "roi":
+        return lambda v: np.asarray(v.mask, np.int8)
+    # HMRF labels 1..3 (CSF, GM, WM) inside the mask -> 0..2; outside the mask the Dice and the
+    # cross-entropy do not count
+    return lambda v: np.clip(segmenter(v.image, v.mask).astype(np.int8) - 1, 0, 2)
+
+
+# ----------------------------------------------------------------------------------------------
+# segmenters
+
+
+def seg_region(kind: str, mask):
+    """Where a segmenter's classes count: the ROI (tissue) or the whole slice (roi)."""
+    return mask if kind == "tissue" else jnp.ones_like(mask)
+
+
+def train_segmenter(cfg: dict, kind: str, data: DomainSlices, seed: int, salt: int,
+                    workdir: str, progress: bool, desc: str):
+    """Train one :class:`~phyjax.models.gan.Segmenter` on ``data``'s labels (cross-entropy +
+    soft Dice in :func:`seg_region`); returns its parameters (then frozen)."""
+    model = Segmenter(n_classes=N_CLASSES[kind], features=tuple(cfg["seg_features"]))
+    imax = cfg["intensity_max"]
+    params = model.init(jax.random.key(seed + salt),
+                        jnp.zeros((1,) + data.padded + (1,)))["params"]
+    tx = optax.adam(cfg["seg_learning_rate"])
+
+    def loss_fn(params, batch):
+        logits = model.apply({"params": params}, to_net(batch["image"], imax))
+        onehot = jax.nn.one_hot(batch["label"][..., 0].astype(jnp.int32), N_CLASSES[kind])
+        region = seg_region(kind, batch["mask"])
+        ce = -jnp.sum(region * jnp.sum(onehot * jax.nn.log_softmax(logits), -1, keepdims=True))
+        ce = ce / jnp.maximum(jnp.sum(region), 1.0)
+        dice = soft_dice_loss(jax.nn.softmax(logits), onehot, region)
+        return ce + dice, {"loss": ce + dice, "ce": ce, "dice": dice}
+
+    def batch_fn(i):
+        return (data.batch(data.sample(i, cfg["batch_size"], seed, salt)),)
+
+    state = fit_loop(TrainState.create(params, tx), make_train_step(loss_fn, tx), batch_fn,
+                     cfg["seg_steps"], workdir, checkpoint_every=max(cfg["seg_steps"], 1),
+                     log_every=10, progress=progress, desc=desc)
+    return model, state.params
+
+
+# ----------------------------------------------------------------------------------------------
+# radiomic features
+
+
+def select_rf(cfg: dict, data: DomainSlices):
+    """Kim et al.'s selection on the soft features of (up to ``rf_select_slices``) target-domain
+    slices: ``(names, target means, cv of the selected, radiomics config)``."""
+    n = min(len(data.rows), cfg["rf_select_slices"])
+    idx = np.sort(np.random.default_rng(0).choice(len(data.rows), n, replace=False))
+    base = RadiomicsConfig(bin_width=cfg["rf_bin_width"], n_bins=cfg["rf_n_bins"], force2d=True,
+                           classes=tuple(cfg["rf_classes"]))
+    names = feature_names(base)
+    values = {k: [] for k in names}
+    for i in range(0, n, 8):
+        b = data.batch(idx[i:i + 8])
+        f = extract_batch(b["image"][..., 0], b["mask"][..., 0] > 0.5, base,
+                          temperature=cfg["rf_temperature"])
+        for k in names:
+            values[k] += list(np.asarray(f[k], np.float64))
+    sel = select_features(values, corr_threshold=cfg["rf_corr_threshold"], top_k=cfg["rf_top_k"])
+    if not sel.names:
+        raise InputError("radiomics CycleGAN: no radiomic feature of the target slices has a "
+                         "finite, nonzero mean to select.")
+    rcfg = radiomics_config(sel.names, cfg["rf_bin_width"], cfg["rf_n_bins"])
+    return sel.names, np.asarray(sel.target_means, np.float32), \
+        {k: sel.cv[k] for k in sel.names}, rcfg
+
+
+def rf_errors(names, target, rcfg, temperature, images, masks, batch: int = 8) -> np.ndarray:
+    """Mean relative error per selected feature over images ``(n, H, W, 1)`` (host loop)."""
+    fn = jax.jit(lambda x, m: soft_features(x, m, names, rcfg, temperature))
+    errs = [np.asarray(relative_errors(fn(images[i:i + batch], masks[i:i + batch]), target))
+            for i in range(0, len(images), batch)]
+    return np.concatenate(errs).mean(0)
+
+
+# ----------------------------------------------------------------------------------------------
+# the harmonizer
+
+
+def predict_slices(fn, params, image, mask, multiple: int, batch_size: int, context: int = 0):
+    """Run ``fn(params, slices (B, H, W, 2 context + 1)) -> (B, H, W, 1)`` over every axial
+    slice of ``image (X, Y, Z)``; returns ``(X, Y, Z)`` float32, 0 outside ``mask``."""
+    pads = pad_to_multiple(image.shape[:2], multiple)
+    src = with_context(to_slices(np.asarray(image, np.float32), pads), context)
+    n = src.shape[0]
+    total = -(-n // batch_size) * batch_size
+    src = np.concatenate([src, np.zeros((total - n,) + src.shape[1:], np.float32)])
+    out = np.concatenate([np.asarray(jax.device_get(fn(params, src[i:i + batch_size])))
+                          for i in range(0, total, batch_size)])
+    vol = from_slices(out[:n, ..., 0], pads)
+    return np.where(mask, vol, 0.0).astype(np.float32)
+
+
+class CycleGANHarmonizer(Harmonizer):
+    """Trained ``G_ab`` (source -> target) with its settings; ``rf`` holds the selected features,
+    their target values and the training relative errors before/after."""
+
+    def __init__(self, params, cfg: dict, rf: dict, batch_size: int, **base):
+        super().__init__(**base)
+        self.params, self.cfg, self.rf, self.batch_size = params, dict(cfg), rf, int(batch_size)
+        gen, _ = make_nets(self.cfg)
+        imax = self.cfg["intensity_max"]
+        self._fn = jax.jit(lambda p, x: to_image(gen.apply({"params": p}, to_net(x, imax)), imax))
+
+    def harmonize(self, volume) -> np.ndarray:
+        return predict_slices(self._fn, self.params, volume.image, volume.mask,
+                              slice_multiple(self.cfg), self.batch_size)
+
+    def save_state(self, directory: str) -> dict:
+        networks.save_params(self.params, directory)
+        return {"cyclegan": self.cfg, "rf": self.rf, "batch_size": self.batch_size}
+
+    @classmethod
+    def load_state(cls, directory: str, meta: dict) -> CycleGANHarmonizer:
+        s = meta["state"]
+        return cls(networks.load_params(directory), s["cyclegan"], s["rf"], s["batch_size"],
+                   **base_fields(meta))
+
+
+# ----------------------------------------------------------------------------------------------
+# training
+
+
+def gan_optimizer(cfg: dict) -> optax.GradientTransformation:
+    """Adam (lr, beta1 = 0.5) constant for the first half of the steps, then linearly to 0
+    (the CycleGAN schedule)."""
+    half = max(cfg["steps"] // 2, 1)
+    schedule = optax.join_schedules(
+        [optax.constant_schedule(cfg["learning_rate"]),
+         optax.linear_schedule(cfg["learning_rate"], 0.0, max(cfg["steps"] - half, 1))], [half])
+    return optax.adam(schedule, b1=0.5, b2=0.999)
+
+
+def make_cyclegan_step(cfg: dict, gen, disc, tx, seg=None, rf=None):
+    """Jit-compiled ``(state, batch) -> (state, metrics)``: one generator update (both
+    generators, :func:`generator_loss`) then one discriminator update on the generators'
+    outputs of that forward pass.  ``state.params``: ``{"g": {"ab", "ba"}, "d": {"a", "b"}}``,
+    ``state.opt_state``: ``{"g", "d"}``; the state is donated.
+
+    ``seg``: ``(model, params_a, params_b, kind)`` of the frozen segmenters or None;
+    ``rf``: ``(names, target (K,), radiomics config)`` or None.
+    """
+    imax = cfg["intensity_max"]
+
+    def g_apply(p, x):
+        return gen.apply({"params": p}, x)
+
+    def d_apply(p, x):
+        return disc.apply({"params": p}, x)
+
+    def generator_loss(pg, pd, batch):
+        a, b = to_net(batch["a"], imax), to_net(batch["b"], imax)
+        fake_b, fake_a = g_apply(pg["ab"], a), g_apply(pg["ba"], b)
+        rec_a, rec_b = g_apply(pg["ba"], fake_b), g_apply(pg["ab"], fake_a)
+        adv = lsgan_generator(d_apply(pd["b"], fake_b)) + lsgan_generator(d_apply(pd["a"], fake_a))
+        cyc = l1(rec_a, a) + l1(rec_b, b)
+        loss = adv + cfg["w_cycle"] * cyc
+        m = {"adv": adv, "cycle": cyc}
+        if cfg["w_identity"] > 0:
+            idt = l1(g_apply(pg["ab"], b), b) + l1(g_apply(pg["ba"], a), a)
+            loss, m["identity"] = loss + cfg["w_identity"] * idt, idt
+        if seg is not None:
+            model, sa, sb, kind = seg
+            prob = lambda p, x: jax.nn.softmax(model.apply({"params": p}, x))
+            ref_a = jax.lax.stop_gradient(prob(sa, a))
+            ref_b = jax.lax.stop_gradient(prob(sb, b))
+            dice = (soft_dice_loss(prob(sb, fake_b), ref_a, seg_region(kind, batch["mask_a"]))
+                    + soft_dice_loss(prob(sa, fake_a), ref_b, seg_region(kind, batch["mask_b"])))
+            loss, m["dice"] = loss + cfg["w_dice"] * dice, dice
+        if rf is not None:
+            names, target, rcfg = rf
+            k = cfg["rf_batch"]
+            harm = to_image(fake_b[:k], imax) * batch["mask_a"][:k]
+            rfl, _ = rf_loss(harm, batch["mask_a"][:k], names, target, rcfg,
+                             cfg["rf_temperature"])
+            loss, m["rf"] = loss + cfg["w_rf"] * rfl, rfl
+        m["loss_g"] = loss
+        return loss, (m, jax.lax.stop_gradient(fake_a), jax.lax.stop_gradient(fake_b))
+
+    def discriminator_loss(pd, batch, fake_a, fake_b):
+        a, b = to_net(batch["a"], imax), to_net(batch["b"], imax)
+        loss = (lsgan_discriminator(d_apply(pd["a"], a), d_apply(pd["a"], fake_a))
+                + lsgan_discriminator(d_apply(pd["b"], b), d_apply(pd["b"], fake_b)))
+        return loss
+
+    def step(state, batch):
+        pg, pd = state.params["g"], state.params["d"]
+        grads_g, (m, fake_a, fake_b) = jax.grad(generator_loss, has_aux=True)(pg, pd, batch)
+        upd, opt_g = tx.update(grads_g, state.opt_state["g"], pg)
+        pg = optax.apply_updates(pg, upd)
+        loss_d, grads_d = jax.value_and_grad(discriminator_loss)(pd, batch, fake_a, fake_b)
+        upd, opt_d = tx.update(grads_d, state.opt_state["d"], pd)
+        pd = optax.apply_updates(pd, upd)
+        m = dict(m, loss_d=loss_d, loss=m["loss_g"])
+        return state.replace(step=state.step + 1, params={"g": pg, "d": pd},
+                             opt_state={"g": opt_g, "d": opt_d}), m
+
+    return jax.jit(step, donate_argnums=(0,))
+
+
+def init_state(cfg: dict, gen, disc, shape, seed: int, tx) -> TrainState:
+    """Fresh parameters of both generators and discriminators and their optimizer states."""
+    keys = jax.random.split(jax.random.key(seed), 4)
+    x = jnp.zeros((1,) + tuple(shape) + (1,))
+    params = {"g": {"ab": gen.init(keys[0], x)["params"], "ba": gen.init(keys[1], x)["params"]},
+              "d": {"a": disc.init(keys[2], x)["params"], "b": disc.init(keys[3], x)["params"]}}
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      opt_state={"g": tx.init(params["g"]), "d": tx.init(params["d"])})
+
+
+@register("cyclegan_radiomics", harmonizer=CycleGANHarmonizer)
+def fit(config, train: TrainingSet, name: str = "cyclegan_radiomics", *, workdir: str,
+        progress: bool = True, **_) -> CycleGANHarmonizer:
+    """Train the radiomics-guided CycleGAN on ``train`` (module docstring); checkpoints and
+    ``train_log.csv`` in ``workdir``, the selected features and their relative errors before
+    and after (training slices) in ``workdir/rf_selection.json``."""
+    train = require_training_set(train)
+    cfg = cyclegan_config(config)
+    seed, min_fraction = int(config.seed), float(config.data.min_mask_fraction)
+    kind = seg_kind(cfg, config.data.get("mask_label", "brain"))
+    a_vols, b_vols, notes = domains(train, cfg["disjoint"])
+    labels = None
+    if cfg["use_segmenters"]:
+        from phyjax.evaluate.segmentation import TissueSegmenter
+        from phyjax.experiments.common import tissue_segmenter
+
+        hmrf = (tissue_segmenter(config.segmentation) if "segmentation" in config
+                else TissueSegmenter())
+        labels = label_maker(kind, hmrf)
+    mult = slice_multiple(cfg)
+    data_a = DomainSlices(a_vols, mult, min_fraction, labels, workdir)
+    data_b = DomainSlices(b_vols, mult, min_fraction, labels, workdir)
+    gen, disc = make_nets(cfg)
+
+    seg = None
+    if cfg["use_segmenters"]:
+        model, sa = train_segmenter(cfg, kind, data_a, seed, 11, os.path.join(workdir, "seg_a"),
+                                    progress, "segmenter A")
+        _, sb = train_segmenter(cfg, kind, data_b, seed, 12, os.path.join(workdir, "seg_b"),
+                                progress, "segmenter B")
+        seg = (model, sa, sb, kind)
+
+    names, target, cv, rcfg = select_rf(cfg, data_b)
+    rf = (names, jnp.asarray(target), rcfg) if cfg["use_rf_loss"] else None
+    tx = gan_optimizer(cfg)
+    state = init_state(cfg, gen, disc, data_a.padded, seed, tx)
+    step = make_cyclegan_step(cfg, gen, disc, tx, seg, rf)
+    bs = cfg["batch_size"]
+
+    def batch_fn(i):
+        a = data_a.batch(data_a.sample(i, bs, seed, 1))
+        b = data_b.batch(data_b.sample(i, bs, seed, 2))
+        return {"a": a["image"], "mask_a": a["mask"], "b": b["image"], "mask_b": b["mask"]}
+
+    state = fit_loop(state, step, batch_fn, cfg["steps"], workdir,
+                     checkpoint_every=config.train.checkpoint_every,
+                     log_every=config.train.log_every, progress=progress, desc="CycleGAN")
+    params = jax.device_get(state.params["g"]["ab"])
+    # relative errors of the selected features on source-domain training slices, before/after
+    idx = np.random.default_rng(1).choice(len(data_a.rows), min(len(data_a.rows), 32),
+                                          replace=False)
+    probe = data_a.batch(np.sort(idx))
+    imax = cfg["intensity_max"]
+    harm = np.asarray(jax.jit(lambda p, x: to_image(gen.apply({"params": p}, to_net(x, imax)),
+                                                    imax))(params, probe["image"]))
+    before = rf_errors(names, target, rcfg, cfg["rf_temperature"], probe["image"], probe["mask"])
+    after = rf_errors(names, target, rcfg, cfg["rf_temperature"], harm * probe["mask"],
+                      probe["mask"])
+    info = {"features": names, "target": [float(x) for x in target],
+            "cv": {k: float(v) for k, v in cv.items()},
+            "relerr_before": [float(x) for x in before], "relerr_after": [float(x) for x in after],
+            "segmenter_labels": kind if cfg["use_segmenters"] else None,
+            "n_slices": {"a": len(data_a.rows), "b": len(data_b.rows)}, "notes": notes}
+    with open(os.path.join(workdir, "rf_selection.json"), "w") as f:
+        json.dump(info, f, indent=2)
+    return CycleGANHarmonizer(params, cfg, info, config.eval.batch_size,
+                              **fitted_fields(train, name, needs_protocol=False))
