@@ -52,7 +52,18 @@ class Dataset:
         return [s for s in self.sites if s != self.target_site]
 
     def split(self, n_test: int, seed: int) -> Split:
-        """Seeded split by subject (:meth:`Split.by_subject`)."""
+        """Seeded split by subject (:meth:`Split.by_subject`).
+
+        Raises InputError naming the folder unless ``0 < n_test < number of subjects`` (a
+        folder with one subject cannot be split into training and held-out subjects).
+        """
+        n = len(self.subjects)
+        if not 0 < n_test < n:
+            raise InputError(
+                f"{self.root}: {n} subject{'s' * (n != 1)} ({', '.join(self.subjects)}); "
+                f"training holds out --config.data.n_test={n_test} by subject, so it needs at "
+                f"least {max(n_test, 1) + 1} subjects" + (f" (or --config.data.n_test=1 to "
+                                                         f"{n - 1})" if n > 1 else "") + ".")
         return Split.by_subject(self.volumes, n_test, seed)
 
     def training_set(self, split: Split, target_protocol=None) -> TrainingSet:
