@@ -26,7 +26,7 @@ ROOT = conftest.ROOT
 def _cli(*args):
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     return subprocess.run([sys.executable, "-m", "phyjax.main", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, check=False)
 
 
 def _one_line_error(res, *names):
