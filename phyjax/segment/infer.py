@@ -1,0 +1,170 @@
+"""Segment a user's T1w with a trained physics U-Net: tissue probability maps and volumes as BIDS
+derivatives.
+
+The protocol comes from the scan's sidecar, read the way every phyjax input is
+(:func:`phyjax.data.sidecar.read_given` through :func:`phyjax.experiments.harmonize.input_reading`;
+values on the command line override it), and must lie in the family and ranges the network was
+trained on (or ``config.segment.allow_outside_range``).  The image is resampled onto an
+axis-aligned RAS grid of the network's training voxel size around the brain mask, normalized as
+in training, segmented slice by slice, and the probabilities resampled back onto the input's own
+grid and affine.  Outputs (BIDS derivatives naming): ``<stem>_label-{CSF,GM,WM}_probseg.nii.gz``
+(+ JSON sidecars), ``<stem>_dseg.nii.gz`` (1 CSF, 2 GM, 3 WM; ``dseg.tsv`` lookup at the root)
+and one row per scan in ``tissue_volumes.tsv`` (mL: soft volumes, the sum of each probability
+map times the voxel volume).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from phyjax.data import geometry
+from phyjax.data.atomic import atomic_open
+from phyjax.data.nifti import InputError, load_volume, save_like
+from phyjax.data.sidecar import FIELDS, protocol_to_sidecar
+from phyjax.data.volumes import normalize
+from phyjax.evaluate import report
+from phyjax.experiments.harmonize import input_reading, load_mask, working_grid
+from phyjax.physics.sequences import Protocol
+from phyjax.segment import evaluate, simulate
+from phyjax.segment.gold import CLASSES
+from phyjax.segment.model import physics_vector
+from phyjax.segment.train import Segmenter
+
+_LABEL = {"csf": "CSF", "gm": "GM", "wm": "WM"}
+
+
+def check_protocol(segmenter: Segmenter, protocol: Protocol, source: str,
+                   allow_outside: bool) -> list[str]:
+    """Problems of ``protocol`` against what ``segmenter`` was trained on.
+
+    A family it was not trained on, or a varied parameter outside its range, raises InputError
+    naming ``source`` (unless ``allow_outside``, then they are returned as notes).  Parameters
+    that were *fixed* in training (e.g. the MPRAGE TR) are given to the branch as read and only
+    noted.
+    """
+    ranges = segmenter.settings["ranges"]
+    if protocol.sequence not in ranges:
+        problems = [f"family {protocol.sequence!r} (trained on {sorted(ranges)})"]
+    else:
+        varied = {k: v for k, v in ranges[protocol.sequence].items()
+                  if isinstance(v, (list, tuple)) and v[0] != v[1]}
+        fixed = {k: v for k, v in ranges[protocol.sequence].items() if k not in varied}
+        problems = simulate.in_range(protocol, {protocol.sequence: varied})
+        notes = [f"{k} fixed at {v if not isinstance(v, (list, tuple)) else v[0]:g} in "
+                 "training" for k, v in fixed.items()
+                 if not (k == "flip_angle" and protocol.sequence == "mprage")]
+        if problems and not allow_outside:
+            raise InputError(f"{source}: outside the trained range: {'; '.join(problems)} "
+                             "(--config.segment.allow_outside_range=True to segment anyway).")
+        return [f"outside the trained range: {p}" for p in problems] + notes
+    if not allow_outside:
+        raise InputError(f"{source}: {problems[0]}; --config.segment.allow_outside_range=True "
+                         "to segment anyway.")
+    return problems
+
+
+def segment_image(segmenter: Segmenter, image: np.ndarray, img, mask: np.ndarray,
+                  protocol: Protocol) -> np.ndarray:
+    """Probabilities ``(X, Y, Z, 3)`` (CSF, GM, WM) on the input's own grid, 0 outside
+    ``mask``."""
+    v = float(segmenter.settings["voxel_mm"])
+    affine = np.asarray(img.affine, np.float64)
+    grid, data, grid_mask, resampled = working_grid(image, affine, mask, (v, v, v))
+    probs = segmenter.predict(normalize(data, grid_mask), grid_mask,
+                              physics_vector(protocol) if segmenter.physics else None)
+    if resampled:
+        probs = np.stack([geometry.resample(probs[..., c], grid, affine, image.shape)
+                          for c in range(3)], -1)
+        total = probs.sum(-1, keepdims=True)
+        probs = np.where(total > 1e-6, probs / np.maximum(total, 1e-6), 0.0)
+    return np.where(mask[..., None], probs, 0.0).astype(np.float32)
+
+
+def _write_scan(stem: str, probs, mask, img, reading, source: str, segmenter, notes) -> dict:
+    meta = {"Sources": [os.path.abspath(source)],
+            "Method": "physics-aware U-Net (Borges et al. 2019, arXiv:2001.10767), phyjax",
+            "PhysicsBranch": segmenter.physics,
+            "AcquisitionProtocol": protocol_to_sidecar(reading.protocol()),
+            "AcquisitionProtocolOrigin": dict(reading.origin),
+            "Notes": list(notes) + list(reading.assumed) + list(reading.notes)}
+    for c, t in enumerate(CLASSES):
+        save_like(probs[..., c], img, f"{stem}_label-{_LABEL[t]}_probseg.nii.gz")
+        report.write_json(f"{stem}_label-{_LABEL[t]}_probseg.json", meta)
+    save_like(evaluate.labels(probs, mask), img, f"{stem}_dseg.nii.gz", dtype=np.int16)
+    voxel = float(np.prod(img.header.get_zooms()[:3]))
+    return {f"{t}_ml": round(v, 3) for t, v in evaluate.volumes_ml(probs, voxel).items()}
+
+
+def _write_tables(out_root: str, rows: list[dict]) -> None:
+    with atomic_open(os.path.join(out_root, "dseg.tsv")) as f:
+        f.write("index\tname\tabbreviation\n1\tCerebrospinal fluid\tCSF\n"
+                "2\tGray matter\tGM\n3\tWhite matter\tWM\n")
+    fields = ["path"] + [f"{t}_ml" for t in CLASSES] + ["family", *FIELDS[:6]]
+    with atomic_open(os.path.join(out_root, "tissue_volumes.tsv"), newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields, delimiter="\t", extrasaction="ignore",
+                           restval="")
+        w.writeheader()
+        w.writerows(rows)
+
+
+def _description(out_root: str, source: str, config) -> None:
+    from phyjax import __version__
+
+    report.write_json(os.path.join(out_root, "dataset_description.json"), {
+        "Name": "phyjax physics-aware tissue segmentation", "BIDSVersion": "1.9.0",
+        "DatasetType": "derivative",
+        "GeneratedBy": [{"Name": "phyjax", "Version": __version__,
+                         "Description": "physics-aware U-Net (Borges et al. 2019)",
+                         "Config": config.to_dict() if hasattr(config, "to_dict") else None}],
+        "SourceDatasets": [{"URL": "file://" + os.path.abspath(source)}]})
+
+
+def segment(config, workdir: str) -> str:
+    """``config.mode = "segment"``: segment ``config.segment.input`` (or every T1w of
+    ``config.segment.bids_root``) with the saved segmenter (``config.segment.model``, default
+    ``<workdir>/physics_unet/model``); returns the derivatives folder.  Every input's protocol
+    is read and checked before any compute; errors name the file (InputError)."""
+    s = config.segment
+    segmenter = Segmenter.load(s.model or os.path.join(workdir, "physics_unet", "model"))
+    if s.bids_root:
+        from phyjax.data import bids
+        from phyjax.data.sidecar import read_site_table
+
+        table = read_site_table(s.site_params) if s.site_params else None
+        scans = bids.scan_bids(s.bids_root, site_table=table, mask_label=s.mask_label)
+        jobs = [(sc.path, sc.mask_path or "", sc.reading,
+                 os.path.join(os.path.relpath(os.path.dirname(sc.path), s.bids_root),
+                              os.path.basename(sc.path).split(".nii")[0].removesuffix("_T1w")))
+                for sc in scans]
+        out_root = s.output or os.path.join(s.bids_root, "derivatives", "phyjax-physics-seg")
+        source = s.bids_root
+    elif s.input:
+        reading = input_reading(s)
+        base = os.path.basename(s.input).split(".nii")[0].removesuffix("_T1w")
+        jobs = [(s.input, s.mask, reading, base)]
+        out_root = s.output or os.path.join(workdir, "segment")
+        source = s.input
+    else:
+        raise InputError("--config.segment.input (a T1w NIfTI) or --config.segment.bids_root is "
+                         "required in segment mode.")
+    notes = {}
+    for path, _, reading, _ in jobs:   # every protocol checked before any compute
+        notes[path] = check_protocol(segmenter, reading.protocol(), reading.source,
+                                     s.allow_outside_range)
+    os.makedirs(out_root, exist_ok=True)
+    _description(out_root, source, config)
+    rows = []
+    for path, mask_spec, reading, rel in tqdm(jobs, desc="segmenting", disable=len(jobs) < 2):
+        image, img = load_volume(path)
+        mask = load_mask(mask_spec, path, img)
+        probs = segment_image(segmenter, image, img, mask, reading.protocol())
+        vols = _write_scan(os.path.join(out_root, rel), probs, mask, img, reading, path,
+                           segmenter, notes[path])
+        rows.append({"path": os.path.abspath(path), **vols, "family": reading.family,
+                     **{k: reading.values.get(k, "") for k in FIELDS[:6]}})
+    _write_tables(out_root, rows)
+    return out_root

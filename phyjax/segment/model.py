@@ -1,0 +1,123 @@
+"""Segmentation U-Net with an optional physics branch (Borges et al. 2019).
+
+Borges, Sudre, Varsavsky, Thomas, Drobnjak, Ourselin, Cardoso, "Physics-informed brain
+MRI segmentation", SASHIMI 2019 (arXiv:2001.10767), their network figure: the acquisition parameters of the
+input image, together with their negative exponentials (the signal equations depend on the
+parameters through ``exp(-TI/T1)``, ``exp(-TR/T1)``, ``exp(-TE/T2*)``), go through two fully
+connected layers; the result is broadcast over space and joins the decoder's feature maps, so the
+network can undo the protocol's effect on contrast.  Here it is *added* (a per-channel bias, one
+dense projection per decoder level) -- the same information as concatenation of a tiled vector
+followed by a convolution, with fewer parameters.
+
+The network is written once for 2-D slices ``(B, H, W, C)`` and 3-D patches ``(B, X, Y, Z, C)``
+(``ndim``); the CPU configs use 2-D.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from phyjax.physics import tissues
+from phyjax.physics.sequences import Protocol, encode
+
+#: Tissue T1 (s) at 3 T (WM, GM, CSF; :mod:`phyjax.physics.tissues`) whose ``exp(-TR/T1)`` and
+#: ``exp(-TI/T1)`` the physics branch is given, and T2* (WM, GM) for ``exp(-TE/T2*)``.
+_T1_REF = tuple(tissues.tissue_parameters(3.0)[t].t1 for t in ("wm", "gm", "csf"))
+_T2S_REF = tuple(tissues.tissue_parameters(3.0)[t].t2star for t in ("wm", "gm"))
+
+#: Length of :func:`physics_vector`.
+PHYSICS_SIZE = 10 + 2 * len(_T1_REF) + len(_T2S_REF) + 2
+
+
+def physics_vector(protocol: Protocol) -> np.ndarray:
+    """The physics branch's input for one protocol, shape ``(PHYSICS_SIZE,)`` float32.
+
+    ``[encode(protocol) (10: tr, ti, 10 te, flip angle (rad), B0 / 3 T, one-hot family),
+    exp(-TR/T1_k) (k = WM, GM, CSF at 3 T), exp(-TI/T1_k) (0 without inversion),
+    exp(-TE/T2*_k) (k = WM, GM), sin(flip), cos(flip)]``; times in s.  The exponentials are
+    Borges et al. (2019)'s "negative exponentials" of the parameters, taken at the
+    tissue relaxation times so that they span (0, 1) over the protocol ranges.
+    """
+    p = protocol
+    tr, ti, te, fa = (float(p.tr), float(p.ti), float(p.te), float(p.flip_angle))
+    exps = ([np.exp(-tr / t) for t in _T1_REF]
+            + [np.exp(-ti / t) if ti > 0 else 0.0 for t in _T1_REF]
+            + [np.exp(-te / t) for t in _T2S_REF] + [np.sin(fa), np.cos(fa)])
+    return np.concatenate([np.asarray(encode(p), np.float32),
+                           np.asarray(exps, np.float32)]).astype(np.float32)
+
+
+class ConvBlock(nn.Module):
+    """Two (3x3[x3] conv, GroupNorm, ReLU); an optional per-channel shift ``cond``
+    (``(B, features)``, broadcast over space) is added after the first GroupNorm (before it, the
+    normalization would cancel a spatially constant shift)."""
+
+    features: int
+    ndim: int = 2
+
+    @nn.compact
+    def __call__(self, x, cond=None):
+        groups = min(4, self.features)
+        for i in range(2):
+            x = nn.GroupNorm(num_groups=groups)(nn.Conv(self.features, (3,) * self.ndim)(x))
+            if i == 0 and cond is not None:  # after the norm, which would remove a constant
+                x = x + cond.reshape(cond.shape[:1] + (1,) * self.ndim + cond.shape[1:])
+            x = nn.relu(x)
+        return x
+
+
+class SegmentationUNet(nn.Module):
+    """U-Net ``(B, *spatial, C_in)[, (B, PHYSICS_SIZE)] -> (B, *spatial, n_classes)`` logits.
+
+    Attributes:
+      features: channels per level, e.g. ``(16, 32, 64)``; the spatial sizes must be divisible
+        by ``2 ** (len(features) - 1)``.
+      n_classes: output classes (CSF, GM, WM: 3).
+      physics: whether the physics branch exists.  With it, ``__call__`` needs ``params``
+        (``(B, P)``, :func:`physics_vector` rows): two dense layers of width ``branch_width``
+        (ReLU), then one dense projection per decoder level added to that level's features.
+        Without it, ``params`` is ignored (the "same U-Net without the branch").
+      branch_width: width of the branch's two dense layers.
+      ndim: 2 (slices) or 3 (volumes).
+    """
+
+    features: Sequence[int] = (16, 32, 64)
+    n_classes: int = 3
+    physics: bool = True
+    branch_width: int = 32
+    ndim: int = 2
+
+    def branch(self, params):
+        h = nn.relu(nn.Dense(self.branch_width, name="branch_dense_0")(params))
+        return nn.relu(nn.Dense(self.branch_width, name="branch_dense_1")(h))
+
+    @nn.compact
+    def __call__(self, x, params=None):
+        if x.ndim != self.ndim + 2:
+            raise ValueError(f"expected input of rank {self.ndim + 2} (B, spatial..., C), got "
+                             f"shape {x.shape}.")
+        factor = 2 ** (len(self.features) - 1)
+        if any(n % factor for n in x.shape[1:-1]):
+            raise ValueError(f"spatial shape {x.shape[1:-1]} not divisible by {factor}.")
+        h = None
+        if self.physics:
+            if params is None:
+                raise ValueError("the physics U-Net needs the acquisition parameters.")
+            h = self.branch(params)
+        window = (2,) * self.ndim
+        skips = []
+        for f in self.features[:-1]:
+            x = ConvBlock(f, self.ndim)(x)
+            skips.append(x)
+            x = nn.max_pool(x, window, window)
+        x = ConvBlock(self.features[-1], self.ndim)(x)
+        for level, (f, skip) in enumerate(zip(reversed(self.features[:-1]), reversed(skips))):
+            x = jax.image.resize(x, skip.shape[:-1] + (x.shape[-1],), "nearest")
+            cond = None if h is None else nn.Dense(f, name=f"branch_to_decoder_{level}")(h)
+            x = ConvBlock(f, self.ndim)(jnp.concatenate([x, skip], axis=-1), cond)
+        return nn.Conv(self.n_classes, (1,) * self.ndim)(x)

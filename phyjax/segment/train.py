@@ -1,0 +1,139 @@
+"""Soft-Dice training of the segmentation U-Net, whole-volume inference, saving and loading."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import flax.serialization
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from phyjax.data.nifti import InputError
+from phyjax.data.slices import from_slices, grid, to_slices, with_context
+from phyjax.segment.model import PHYSICS_SIZE, SegmentationUNet
+from phyjax.train import loop
+
+
+def soft_dice_loss(probs, target, mask, eps: float = 1e-6):
+    """``1 - mean_c Dice_c`` with the soft Dice of Milletari et al. (V-Net, 3DV 2016, Eq. 1)
+    per class over the whole batch: ``Dice_c = 2 sum(p y) / (sum(p) + sum(y))`` (the squared
+    denominator of V-Net replaced by the plain sums, as in Sudre et al.'s generalised Dice,
+    DLMIA 2017, without class weights).
+
+    Args: ``probs``, ``target`` ``(B, ..., C)`` probabilities; ``mask`` ``(B, ..., 1)`` (voxels
+      outside it do not count).  Returns a scalar in [0, 1].
+    """
+    p, y = probs * mask, target * mask
+    axes = tuple(range(p.ndim - 1))
+    dice = (2.0 * jnp.sum(p * y, axes) + eps) / (jnp.sum(p, axes) + jnp.sum(y, axes) + eps)
+    return 1.0 - jnp.mean(dice)
+
+
+def make_model(settings: dict) -> SegmentationUNet:
+    """The :class:`SegmentationUNet` of a settings dict (``features``, ``physics``,
+    ``branch_width``)."""
+    return SegmentationUNet(features=tuple(settings["features"]), n_classes=3,
+                            physics=bool(settings["physics"]),
+                            branch_width=int(settings["branch_width"]))
+
+
+def init_params(model: SegmentationUNet, shape_hw, channels: int, seed: int):
+    x = jnp.zeros((1, *shape_hw, channels), jnp.float32)
+    return model.init(jax.random.key(seed), x, jnp.zeros((1, PHYSICS_SIZE), jnp.float32))
+
+
+def train(model: SegmentationUNet, bank, t, workdir: str, seed: int, progress: bool = True,
+          desc: str = "train"):
+    """Train ``model`` on ``bank`` (:class:`phyjax.segment.simulate.SliceBank`) with the soft
+    Dice loss and Adam (cosine-decayed learning rate ``t.learning_rate`` over ``t.steps``);
+    resumable (:func:`phyjax.train.loop.fit`: Orbax checkpoints, ``train_log.csv`` in
+    ``workdir``).  Returns the trained variables."""
+    variables = init_params(model, bank.padded, 2 * bank.context + 1, seed)
+    schedule = optax.cosine_decay_schedule(t.learning_rate, max(int(t.steps), 1), alpha=0.05)
+    tx = optax.adam(schedule)
+
+    def loss_fn(params, batch):
+        logits = model.apply(params, batch["x"], batch["params"])
+        loss = soft_dice_loss(jax.nn.softmax(logits), batch["y"], batch["mask"])
+        return loss, {"loss": loss}
+
+    step = loop.make_train_step(loss_fn, tx)
+    state = loop.TrainState.create(variables, tx)
+    state = loop.fit(state, step, lambda i: (bank.batch(i, t.batch_size, seed),), t.steps,
+                     workdir,
+                     checkpoint_every=t.checkpoint_every, log_every=t.log_every,
+                     progress=progress, desc=desc)
+    return state.params
+
+
+class Segmenter:
+    """A trained U-Net with what inference needs: ``settings`` (model, ``context``, ``depth``,
+    ``voxel_mm``, ``ranges`` trained on) and ``variables``."""
+
+    def __init__(self, settings: dict, variables):
+        self.settings, self.variables = settings, variables
+        self.model = make_model(settings)
+        self._apply = jax.jit(lambda v, x, p: jax.nn.softmax(self.model.apply(v, x, p)))
+
+    @property
+    def physics(self) -> bool:
+        return bool(self.settings["physics"])
+
+    def predict(self, image: np.ndarray, mask: np.ndarray, params: np.ndarray | None,
+                batch_size: int = 32) -> np.ndarray:
+        """Tissue probabilities ``(X, Y, Z, 3)`` (CSF, GM, WM; 0 outside ``mask``) of a
+        normalized image ``(X, Y, Z)``, slice by slice; ``params``: the physics vector
+        ``(PHYSICS_SIZE,)`` of its protocol (ignored without the branch; required with it)."""
+        if self.physics and params is None:
+            raise InputError("the physics U-Net needs the image's acquisition parameters.")
+        mask = np.asarray(mask, bool)
+        pads, _ = grid(image.shape, len(self.settings["features"]))
+        x = with_context(to_slices(np.where(mask, image, 0.0), pads), self.settings["context"])
+        p = np.zeros((batch_size, PHYSICS_SIZE), np.float32)
+        if params is not None:
+            p[:] = np.asarray(params, np.float32)
+        out = []
+        for i in range(0, len(x), batch_size):
+            chunk = x[i:i + batch_size]
+            n = len(chunk)
+            if n < batch_size:  # one compiled shape
+                chunk = np.concatenate([chunk, np.zeros((batch_size - n, *chunk.shape[1:]),
+                                                        chunk.dtype)])
+            out.append(np.asarray(self._apply(self.variables, jnp.asarray(chunk, jnp.float32),
+                                              p))[:n])
+        probs = np.concatenate(out)                         # (Z, H', W', 3)
+        vol = np.stack([from_slices(probs[..., c], pads) for c in range(3)], -1)
+        return np.where(mask[..., None], vol, 0.0).astype(np.float32)
+
+    def save(self, directory: str) -> str:
+        """Write ``settings.json`` and ``variables.msgpack`` (flax serialization) to
+        ``directory``; returns it."""
+        os.makedirs(directory, exist_ok=True)
+        with open(os.path.join(directory, "settings.json"), "w") as f:
+            json.dump(self.settings, f, indent=2)
+        tmp = os.path.join(directory, "variables.msgpack.tmp")
+        with open(tmp, "wb") as f:
+            f.write(flax.serialization.to_bytes(self.variables))
+        os.replace(tmp, os.path.join(directory, "variables.msgpack"))
+        return directory
+
+    @classmethod
+    def load(cls, directory: str) -> Segmenter:
+        """The segmenter :meth:`save` wrote.  Raises InputError naming the folder when it is not
+        one."""
+        paths = [os.path.join(directory, n) for n in ("settings.json", "variables.msgpack")]
+        missing = [p for p in paths if not os.path.exists(p)]
+        if missing:
+            raise InputError(f"{directory}: not a saved physics_seg segmenter (missing "
+                             f"{', '.join(os.path.basename(p) for p in missing)}).")
+        with open(paths[0]) as f:
+            settings = json.load(f)
+        model = make_model(settings)
+        factor = 2 ** (len(settings["features"]) - 1)
+        template = init_params(model, (factor, factor), 2 * settings["context"] + 1, 0)
+        with open(paths[1], "rb") as f:
+            variables = flax.serialization.from_bytes(template, f.read())
+        return cls(settings, variables)

@@ -1,0 +1,204 @@
+"""Physics-aware segmentation (Borges et al. 2019): branch, gold standard, loss, bridging, and a
+debug-size run through ``phyjax.main`` followed by segment mode on a NIfTI + sidecar."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import nibabel as nib
+import numpy as np
+import pytest
+from conftest import ROOT, load_config
+from scipy import stats
+
+from phyjax.data.nifti import InputError
+from phyjax.data.sidecar import protocol_to_sidecar
+from phyjax.physics.sequences import Protocol
+from phyjax.segment import evaluate, gold
+from phyjax.segment.model import PHYSICS_SIZE, SegmentationUNet, physics_vector
+from phyjax.segment.train import soft_dice_loss
+
+MPRAGE_EARLY = Protocol.from_degrees("mprage", tr=2.4, te=0.003, ti=0.6)
+MPRAGE_LATE = Protocol.from_degrees("mprage", tr=2.4, te=0.003, ti=1.2)
+
+
+def test_physics_vector_holds_the_parameters_and_their_negative_exponentials():
+    spgr = Protocol.from_degrees("spgr", tr=0.02, te=0.005, flip_angle_deg=30.0)
+    v = physics_vector(spgr)
+    assert v.shape == (PHYSICS_SIZE,)
+    # exp(-TR/T1) at the 3 T WM, GM, CSF T1 (0.81, 1.35, 4.2 s), then exp(-TI/T1) = 0 (no TI)
+    np.testing.assert_allclose(v[10:13], np.exp(-0.02 / np.array([0.81, 1.35, 4.2])), rtol=1e-6)
+    np.testing.assert_allclose(v[13:16], 0.0)
+    np.testing.assert_allclose(physics_vector(MPRAGE_EARLY)[13:16],
+                               np.exp(-0.6 / np.array([0.81, 1.35, 4.2])), rtol=1e-6)
+    np.testing.assert_allclose(v[-2:], [np.sin(np.pi / 6), np.cos(np.pi / 6)], rtol=1e-6)
+
+
+def test_branch_shapes_2d_and_3d():
+    params = jnp.stack([physics_vector(MPRAGE_EARLY), physics_vector(MPRAGE_LATE)])
+    model = SegmentationUNet(features=(4, 8, 16), branch_width=8)
+    x = jnp.ones((2, 16, 20, 3))
+    variables = model.init(jax.random.key(0), x, params)
+    p = variables["params"]
+    assert p["branch_dense_0"]["kernel"].shape == (PHYSICS_SIZE, 8)
+    assert p["branch_dense_1"]["kernel"].shape == (8, 8)
+    # one projection per decoder level, to that level's width (deepest first)
+    assert p["branch_to_decoder_0"]["kernel"].shape == (8, 8)
+    assert p["branch_to_decoder_1"]["kernel"].shape == (8, 4)
+    assert model.apply(variables, x, params).shape == (2, 16, 20, 3)
+    plain = SegmentationUNet(features=(4, 8, 16), physics=False)
+    plain_vars = plain.init(jax.random.key(0), x)
+    assert not any(k.startswith("branch") for k in plain_vars["params"])
+    model3d = SegmentationUNet(features=(4, 8), branch_width=8, ndim=3)
+    x3 = jnp.ones((2, 8, 8, 6, 1))
+    assert model3d.apply(model3d.init(jax.random.key(1), x3, params), x3,
+                         params).shape == (2, 8, 8, 6, 3)
+    with pytest.raises(ValueError, match="divisible"):
+        model.apply(variables, jnp.ones((2, 15, 20, 3)), params)
+    with pytest.raises(ValueError, match="acquisition parameters"):
+        model.apply(variables, x)
+
+
+def test_changing_the_parameters_changes_the_output_only_with_the_branch():
+    x = jax.random.uniform(jax.random.key(2), (1, 16, 16, 1))
+    early, late = (jnp.asarray(physics_vector(p))[None] for p in (MPRAGE_EARLY, MPRAGE_LATE))
+    for physics in (True, False):
+        model = SegmentationUNet(features=(8, 16), branch_width=8, physics=physics)
+        variables = model.init(jax.random.key(0), x, early)
+        diff = float(jnp.max(jnp.abs(model.apply(variables, x, early)
+                                     - model.apply(variables, x, late))))
+        assert (diff > 1e-3) if physics else (diff == 0.0), (physics, diff)
+
+
+def test_gold_standard_is_the_normalized_normal_likelihood():
+    r1 = np.array([0.1, 0.24, 0.45, 0.683, 0.8595, 1.036, 1.5])
+    got = np.asarray(gold.r1_probabilities(r1))
+    # independent oracle: scipy's normal pdf with the paper's values, normalized per voxel
+    lik = np.stack([stats.norm.pdf(r1, *gold.PAPER_R1[t]) for t in gold.CLASSES], -1)
+    expected = lik / lik.sum(-1, keepdims=True)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    # closed form: equal GM/WM sds -> the GM/WM boundary is the midpoint of their means
+    mid = np.asarray(gold.r1_probabilities(np.array([(0.683 + 1.036) / 2])))[0]
+    assert abs(mid[1] - mid[2]) < 1e-5 and mid[0] < 1e-10
+    # priors shift the posterior by their ratio: p_gm / p_wm at the midpoint = 3
+    mid3 = np.asarray(gold.r1_probabilities(np.array([0.8595]), priors=(1.0, 3.0, 1.0)))[0]
+    np.testing.assert_allclose(mid3[1] / mid3[2], 3.0, rtol=1e-4)
+    t1 = np.array([[[1.0 / 0.683, 1.0 / 1.036, 0.0]]])
+    g = gold.gold_standard(t1, t1 > 0)
+    assert g.shape == (1, 1, 3, 3)
+    np.testing.assert_allclose(g[0, 0, :2].sum(-1), 1.0, atol=1e-6)
+    assert g[0, 0, 0, 1] > 0.99 and g[0, 0, 1, 2] > 0.99 and np.all(g[0, 0, 2] == 0)
+    with pytest.raises(ValueError, match="positive"):
+        gold.r1_probabilities(r1, sds=(0.03, 0.0, 0.08))
+
+
+def test_soft_dice_loss_against_hand_computed_values():
+    y = jnp.asarray([[1.0, 0.0], [0.0, 1.0]])[None]          # (1, 2 voxels, 2 classes)
+    mask = jnp.ones((1, 2, 1))
+    assert float(soft_dice_loss(y, y, mask)) == pytest.approx(0.0, abs=1e-6)
+    p = jnp.asarray([[0.5, 0.5], [0.5, 0.5]])[None]
+    # each class: 2 * 0.5 / (1 + 1) = 0.5 -> loss 0.5
+    assert float(soft_dice_loss(p, y, mask)) == pytest.approx(0.5, abs=1e-5)
+    # a masked-out voxel does not count: only voxel 0 (class 0 right, class 1 absent -> eps/eps)
+    half = jnp.asarray([[1.0], [0.0]])[None]
+    assert float(soft_dice_loss(jnp.asarray([[1.0, 0.0], [1.0, 0.0]])[None], y, half)) == \
+        pytest.approx(0.0, abs=1e-5)
+
+
+def test_volume_cov_and_bridging_helpers():
+    probs = np.zeros((2, 2, 1, 3))
+    probs[..., 1] = 0.25
+    assert evaluate.volumes_ml(probs, 1000.0)["gm"] == pytest.approx(1.0)  # 4 x 0.25 x 1 mL
+    # bridging: site B's volumes do not depend on the candidate; site A's equal them at i = 2
+    base = np.array([500.0, 520.0, 480.0])[:, None, None]
+    vol_b = np.repeat(base, 4, axis=1).repeat(2, axis=2)
+    vol_a = base * (1.0 + 0.05 * (np.arange(4) - 2.0))[None, :, None].repeat(2, axis=2)
+    assert evaluate.bridge_parameters(vol_a, vol_b)[:2] == (2, 0)
+    slope, intercept = evaluate.fit_linear([1.0, 2.0, 4.0], [3.0, 5.0, 9.0])
+    assert (slope, intercept) == (pytest.approx(2.0), pytest.approx(1.0))
+
+
+@pytest.fixture(scope="module")
+def debug_run(tmp_path_factory):
+    """``python -m phyjax.main --config=configs/physics_seg.py:debug`` (the README command)."""
+    workdir = str(tmp_path_factory.mktemp("physics_seg"))
+    proc = subprocess.run([sys.executable, "-m", "phyjax.main",
+                           "--config=configs/physics_seg.py:debug", f"--workdir={workdir}",
+                           "--config.progress=False"],
+                          check=False, cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return workdir
+
+
+def test_debug_run_reports_every_method_and_family(debug_run):
+    with open(os.path.join(debug_run, "summary.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert {(r["method"], r["family"]) for r in rows} == {
+        (m, f) for m in ("physics", "no_branch", "hmrf") for f in ("mprage", "spgr")}
+    for r in rows:
+        assert 0.0 <= float(r["cov_gm"]) < 1.0 and 0.0 <= float(r["dice_wm"]) <= 1.0
+    with open(os.path.join(debug_run, "bridging.csv")) as f:
+        assert len(list(csv.DictReader(f))) == 4
+    for name in ("report.md", "evaluation.csv", "cov_per_subject.csv", "volume_vs_ti.png",
+                 "physics_unet/model/variables.msgpack", "no_branch_unet/train_log.csv"):
+        assert os.path.exists(os.path.join(debug_run, name)), name
+
+
+def _write_input(folder, protocol, shape=(30, 36, 30)):
+    """A T1w-like NIfTI (1 mm-ish, oblique-free) with a sidecar and a brain mask."""
+    rng = np.random.default_rng(0)
+    grid = np.indices(shape).astype(np.float32)
+    centre = (np.asarray(shape, np.float32) - 1) / 2
+    r = np.sqrt(sum(((g - c) / (s / 2.5)) ** 2 for g, c, s in zip(grid, centre, shape)))
+    image = np.where(r < 0.6, 1.0, np.where(r < 0.9, 0.7, 0.3)) + 0.02 * rng.random(shape)
+    mask = (r < 1.1).astype(np.uint8)
+    affine = np.diag([4.0, 4.0, 4.0, 1.0])
+    path = os.path.join(folder, "sub-01_T1w.nii.gz")
+    nib.save(nib.Nifti1Image(image.astype(np.float32), affine), path)
+    nib.save(nib.Nifti1Image(mask, affine), os.path.join(folder, "mask.nii.gz"))
+    with open(os.path.join(folder, "sub-01_T1w.json"), "w") as f:
+        json.dump(protocol_to_sidecar(protocol), f)
+    return path, mask.astype(bool)
+
+
+def test_segment_mode_writes_probability_maps_and_volumes(debug_run, tmp_path):
+    from phyjax.experiments import registry
+
+    path, mask = _write_input(str(tmp_path), Protocol.from_degrees("mprage", tr=2.3, te=0.003,
+                                                                    ti=0.9))
+    config = load_config("physics_seg")
+    with config.unlocked():
+        config.mode = "segment"
+        config.segment.input = path
+        config.segment.mask = str(tmp_path / "mask.nii.gz")
+        config.segment.output = str(tmp_path / "out")
+    out = registry.run(config, debug_run)
+    maps = [nib.load(os.path.join(out, f"sub-01_label-{t}_probseg.nii.gz"))
+            for t in ("CSF", "GM", "WM")]
+    probs = np.stack([np.asarray(m.dataobj) for m in maps], -1)
+    assert probs.shape == mask.shape + (3,)
+    np.testing.assert_allclose(maps[0].affine, np.diag([4.0, 4.0, 4.0, 1.0]))
+    np.testing.assert_allclose(probs[mask].sum(-1), 1.0, atol=1e-4)
+    assert np.all(probs[~mask] == 0)
+    with open(os.path.join(out, "tissue_volumes.tsv")) as f:
+        row = next(csv.DictReader(f, delimiter="\t"))
+    assert float(row["gm_ml"]) == pytest.approx(probs[..., 1].sum() * 64 / 1000, rel=1e-3)
+    with open(os.path.join(out, "sub-01_label-GM_probseg.json")) as f:
+        meta = json.load(f)
+    assert meta["AcquisitionProtocol"]["InversionTime"] == pytest.approx(0.9)
+    assert any("tr fixed at 2.4" in n for n in meta["Notes"])
+
+    # A TI outside the trained range is refused before any compute, naming the sidecar.
+    with open(os.path.join(str(tmp_path), "sub-01_T1w.json"), "w") as f:
+        json.dump(protocol_to_sidecar(Protocol.from_degrees("mprage", tr=2.4, te=0.003, ti=2.0)),
+                  f)
+    with config.unlocked():
+        config.segment.output = str(tmp_path / "out2")
+    with pytest.raises(InputError, match=r"sub-01_T1w\.json.*ti 2"):
+        registry.run(config, debug_run)
+    assert not os.path.exists(tmp_path / "out2")
