@@ -6,7 +6,8 @@ import importlib
 
 METHODS = {"phycharm": "phyjax.experiments.phycharm",
            "benchmark": "phyjax.experiments.benchmark",
-           "inspect": "phyjax.experiments.inspect"}
+           "inspect": "phyjax.experiments.inspect",
+           "physics_seg": "phyjax.experiments.physics_seg"}
 
 
 def run(config, workdir: str):
