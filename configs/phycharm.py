@@ -19,11 +19,14 @@ from ml_collections import ConfigDict
 
 
 def _site(sequence, tr, te, ti=0.0, flip_angle=0.0, field_strength=3.0, manufacturer="Siemens",
-          b1_scale=1.0, b1_curvature=0.0, bias_amplitude=0.0, noise_fraction=0.0,
-          slice_fwhm=0.0, gain=1.0):
-    # Times in s, flip_angle in degrees (converted to rad at the boundary).
+          tr_readout=0.0, n_readouts=0, b1_scale=1.0, b1_curvature=0.0, bias_amplitude=0.0,
+          noise_fraction=0.0, slice_fwhm=0.0, gain=1.0):
+    # Times in s, flip_angle in degrees (converted to rad at the boundary).  mprage: tr is the
+    # time between inversions, tr_readout the excitation TR (echo spacing) of the readout train
+    # and n_readouts its pulses per inversion (0 = the static equation).
     return ConfigDict(dict(sequence=sequence, tr=tr, te=te, ti=ti, flip_angle=flip_angle,
                            field_strength=field_strength, manufacturer=manufacturer,
+                           tr_readout=tr_readout, n_readouts=n_readouts,
                            b1_scale=b1_scale, b1_curvature=b1_curvature,
                            bias_amplitude=bias_amplitude, noise_fraction=noise_fraction,
                            slice_fwhm=slice_fwhm, gain=gain))
@@ -56,22 +59,28 @@ def get_config(arg: str | None = None) -> ConfigDict:
     data.min_mask_fraction = 0.15  # axial slices with less brain than this are not trained on
     data.target_site = "reference"
     data.sites = ConfigDict(dict(
-        # Reference protocol: HCP-like MPRAGE at 3 T, clean scanner.
-        reference=_site("mprage", tr=2.4, te=0.00222, ti=1.0, flip_angle=8,
-                        noise_fraction=0.01),
-        # ADNI-like Siemens MPRAGE with a strong bias field.
+        # Every site is imaged with its sequence's full readout train (phyjax.physics.signal.
+        # mprage_readout) and its sidecar is written as its vendor's dcm2niix writes it --
+        # without what vendors leave out (Siemens: echo spacing, readouts per inversion; GE:
+        # the time between inversions, readouts per inversion), which the dataset's site table
+        # (code/site_parameters.tsv) gives, as a user's would (phyjax.data.synthetic).
+        # Reference protocol: HCP-like MPRAGE at 3 T (echo spacing 7.6 ms), clean scanner.
+        reference=_site("mprage", tr=2.4, te=0.00222, ti=1.0, flip_angle=8, tr_readout=0.0076,
+                        n_readouts=256, noise_fraction=0.01),
+        # ADNI-like Siemens MPRAGE (176 partitions, echo spacing 7.1 ms) with a strong bias field.
         siemensMPRAGE3T=_site("mprage", tr=2.3, te=0.00298, ti=0.9, flip_angle=9,
+                              tr_readout=0.0071, n_readouts=176,
                               b1_scale=1.1, b1_curvature=0.15, bias_amplitude=0.3,
                               noise_fraction=0.03, gain=1.6),
-        # GE-like IR-prepared SPGR (BRAVO), shorter TI and preparation TR.
+        # GE-like IR-prepared SPGR (BRAVO): shorter TI and preparation TR, 7.8 ms readout TR.
         geIRSPGR3T=_site("mprage", tr=2.0, te=0.0031, ti=0.75, flip_angle=12,
-                         manufacturer="GE", b1_scale=0.9, bias_amplitude=0.2,
-                         noise_fraction=0.04, gain=0.7),
-        # 1.5 T MPRAGE with thicker slices.
+                         manufacturer="GE", tr_readout=0.0078, n_readouts=128,
+                         b1_scale=0.9, bias_amplitude=0.2, noise_fraction=0.04, gain=0.7),
+        # 1.5 T MPRAGE (160 partitions, echo spacing 8.6 ms) with thicker slices.
         mprage1p5T=_site("mprage", tr=2.4, te=0.0036, ti=1.0, flip_angle=8,
-                         field_strength=1.5, bias_amplitude=0.15, noise_fraction=0.05,
-                         slice_fwhm=1.5, gain=0.8),
-        # T1-weighted RF-spoiled gradient echo with B1+ inhomogeneity.
+                         field_strength=1.5, tr_readout=0.0086, n_readouts=160,
+                         bias_amplitude=0.15, noise_fraction=0.05, slice_fwhm=1.5, gain=0.8),
+        # Philips 3-D T1-FFE (RF-spoiled gradient echo) with B1+ inhomogeneity.
         spgr3T=_site("spgr", tr=0.02, te=0.0045, flip_angle=25, manufacturer="Philips",
                      b1_scale=0.85, b1_curvature=0.2, bias_amplitude=0.25,
                      noise_fraction=0.03, gain=1.2),

@@ -24,7 +24,8 @@ import re
 
 from phyjax.data.atomic import atomic_open
 from phyjax.data.nifti import InputError
-from phyjax.data.sidecar import Reading, read_protocol, read_sidecar, sidecar_path, site_label
+from phyjax.data.sidecar import (Reading, read_protocol, read_sidecar, read_site_table,
+                                 sidecar_path, site_label)
 from phyjax.physics.sequences import Protocol
 
 _ENTITY = re.compile(r"(sub|ses|acq|run)-([a-zA-Z0-9]+)")
@@ -103,7 +104,7 @@ def scan_bids(root: str, suffix: str = "T1w", site_table=None, strict: bool = Tr
 
     Args:
       site_table: ``{site: {field: value}}`` (:func:`phyjax.data.sidecar.read_site_table`),
-        filling values the sidecars lack.
+        filling values the sidecars lack; None: the folder's own :data:`SITE_TABLE` if any.
       strict: raise when any scan cannot be used (else return what could be read; problems are
         in each scan's ``reading``, and unreadable files are skipped -- for :func:`inspect`).
       mask_label: ROI masks are ``derivatives/*/sub-*/[ses-*/]anat/*desc-<label>_mask.nii*``.
@@ -128,9 +129,22 @@ def scan_bids(root: str, suffix: str = "T1w", site_table=None, strict: bool = Tr
     return scans
 
 
+#: A dataset's own site table (``code/`` holds anything in BIDS): used when no table is given
+SITE_TABLE = os.path.join("code", "site_parameters.tsv")
+
+
+def dataset_site_table(root: str):
+    """The site table a BIDS folder carries at :data:`SITE_TABLE`
+    (:func:`~phyjax.data.sidecar.read_site_table`), or None."""
+    path = os.path.join(root, SITE_TABLE)
+    return read_site_table(path) if os.path.isfile(path) else None
+
+
 def _scan(root, suffix, site_table, mask_label="brain", site_field=""):
     if not os.path.isdir(root):
         raise InputError(f"{root}: BIDS folder not found.")
+    if site_table is None:
+        site_table = dataset_site_table(root)
     paths = sorted(glob.glob(os.path.join(root, "sub-*", "**", f"*_{suffix}.nii*"), recursive=True))
     if not paths:
         raise InputError(f"{root}: no sub-*/.../*_{suffix}.nii[.gz] files found.")

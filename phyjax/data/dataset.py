@@ -96,7 +96,8 @@ def load_dataset(data_cfg, progress: bool = True, paired: bool = True,
     """Load ``data_cfg.bids_root`` (or build/load the default dataset) into a :class:`Dataset`.
 
     ``data_cfg.site_params``: optional per-site parameter table (TSV, :func:`read_site_table`)
-    filling what the sidecars lack; ``mask_label`` (default ``brain``): the ROI masks'
+    filling what the sidecars lack (default: the folder's own ``code/site_parameters.tsv``, as
+    the default dataset has); ``mask_label`` (default ``brain``): the ROI masks'
     ``desc-`` label; ``site_field``: a sidecar field naming the site (default: the ``ses-`` label).
     ``paired``: every subject must have a target-site scan (traveling subjects);
     ``require_protocols``: every protocol must be complete (False: physics-free use only).

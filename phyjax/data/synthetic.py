@@ -26,21 +26,80 @@ import numpy as np
 from scipy import ndimage
 from tqdm.auto import tqdm
 
+from phyjax.data import bids
 from phyjax.data.nifti import save_volume
 from phyjax.data.sidecar import protocol_to_sidecar
 from phyjax.physics import scanner, signal, tissues
 from phyjax.physics.sequences import Protocol
 
 DERIVATIVES = "derivatives/phyjax-sim"
-_FORMAT_VERSION = 2
+_FORMAT_VERSION = 3
 
 
 def site_protocol(site_cfg) -> Protocol:
-    """Protocol of a site config (times in s, flip angle in degrees)."""
-    return Protocol.from_degrees(site_cfg["sequence"], tr=site_cfg["tr"], te=site_cfg["te"],
-                                 ti=site_cfg.get("ti", 0.0),
-                                 flip_angle_deg=site_cfg.get("flip_angle", 0.0),
-                                 field_strength=site_cfg["field_strength"])
+    """Protocol of a site config (times in s, flip angle in degrees; ``tr_readout`` and
+    ``n_readouts``, when given and > 0, give an ``mprage`` site its full readout train)."""
+    p = Protocol.from_degrees(site_cfg["sequence"], tr=site_cfg["tr"], te=site_cfg["te"],
+                              ti=site_cfg.get("ti", 0.0),
+                              flip_angle_deg=site_cfg.get("flip_angle", 0.0),
+                              field_strength=site_cfg["field_strength"])
+    if p.sequence == "mprage" and float(site_cfg.get("n_readouts", 0) or 0) > 0:
+        p = p.replace(tr_readout=float(site_cfg["tr_readout"]),
+                      n_readouts=float(site_cfg["n_readouts"]))
+    return p
+
+
+
+#: dcm2niix style per vendor and family (the real sidecars in ``tests/data/vendor_t1_sidecars``
+#: and their physicist's reading): the fields written, and what ``RepetitionTime`` holds.
+_VENDOR_STYLE = {
+    ("siemens", "mprage"): dict(tr="prep", fields={
+        "ManufacturersModelName": "MAGNETOM Prisma Fit", "ScanningSequence": "GR\\IR",
+        "SequenceVariant": "SK\\SP\\MP", "SequenceName": "*tfl3d1_16ns",
+        "PulseSequenceDetails": "%SiemensSeq%\\tfl", "MRAcquisitionType": "3D"}),
+    ("ge", "mprage"): dict(tr="readout", fields={   # IR-SPGR (BRAVO): no inversion TR written
+        "ManufacturersModelName": "DISCOVERY MR750", "ScanningSequence": "GR",
+        "SequenceVariant": "SS\\SP\\SK", "SequenceName": "efgre3d", "MRAcquisitionType": "3D"}),
+    ("philips", "spgr"): dict(tr="readout", fields={  # 3-D T1-FFE
+        "ManufacturersModelName": "Ingenia", "ScanningSequence": "GR", "SequenceVariant": "SP",
+        "MRAcquisitionType": "3D"}),
+}
+
+
+def vendor_sidecar(site_cfg, protocol: Protocol) -> tuple[dict, dict]:
+    """``(sidecar, missing)``: the JSON sidecar of a site as its vendor's dcm2niix writes it
+    (BIDS units: s, degrees, T), and the protocol values it leaves out (:data:`phyjax.data.
+    sidecar.FIELDS` names; a site table's row).  Siemens MPRAGE: ``RepetitionTime`` is the time
+    between inversions; echo spacing and readouts per inversion are not written.  GE IR-SPGR:
+    ``RepetitionTime`` is the readout TR; the time between inversions and the readouts per
+    inversion are not written.  Philips T1-FFE: everything an SPGR needs.  Other vendors or
+    families: the generic BIDS fields of :func:`~phyjax.data.sidecar.protocol_to_sidecar`."""
+    vendor = str(site_cfg.get("manufacturer", "")).lower()
+    style = _VENDOR_STYLE.get((vendor, protocol.sequence))
+    if style is None:
+        return protocol_to_sidecar(protocol), {}
+    out = {"Manufacturer": site_cfg["manufacturer"],
+           "MagneticFieldStrength": float(protocol.field_strength), **style["fields"],
+           "EchoTime": float(protocol.te),
+           "FlipAngle": round(float(np.rad2deg(float(protocol.flip_angle))), 6)}
+    missing = {}
+    has_train = float(protocol.n_readouts) > 0
+    if protocol.sequence == "mprage":
+        out["InversionTime"] = float(protocol.ti)
+        if style["tr"] == "prep":
+            out["RepetitionTime"] = float(protocol.tr)
+            if has_train:
+                missing = {"tr_readout_s": float(protocol.tr_readout),
+                           "n_readouts": float(protocol.n_readouts)}
+        else:
+            if not has_train:
+                raise ValueError(f"{vendor} {protocol.sequence} writes its readout TR as "
+                                 "RepetitionTime: give the site tr_readout and n_readouts.")
+            out["RepetitionTime"] = float(protocol.tr_readout)
+            missing = {"tr_prep_s": float(protocol.tr), "n_readouts": float(protocol.n_readouts)}
+    else:
+        out["RepetitionTime"] = float(protocol.tr)
+    return out, missing
 
 
 def site_effects(site_cfg) -> scanner.ScannerEffects:
@@ -188,11 +247,25 @@ def _write_subject(root: str, i: int, cfg: dict, probs, affine, field_strengths,
         stem = os.path.join(root, f"sub-{subject}", f"ses-{site}", "anat",
                             f"sub-{subject}_ses-{site}_T1w")
         save_volume(image, affine, stem + ".nii.gz")
-        sidecar = protocol_to_sidecar(protocol)
-        sidecar.update({"Manufacturer": site_cfg.get("manufacturer", "phyjax-sim"),
-                        "InstitutionName": site})
+        sidecar, _ = vendor_sidecar(site_cfg, protocol)
+        sidecar.setdefault("Manufacturer", site_cfg.get("manufacturer", "phyjax-sim"))
+        sidecar["InstitutionName"] = site
         with open(stem + ".json", "w") as f:
             json.dump(sidecar, f, indent=2)
+
+
+def write_site_table(path: str, sites) -> None:
+    """The default dataset's site table (:func:`phyjax.data.sidecar.read_site_table` format):
+    per site, the values its vendor-style sidecar leaves out (:func:`vendor_sidecar`) -- what
+    a user copies from the scanner's protocol printout."""
+    rows = {site: vendor_sidecar(cfg, site_protocol(cfg))[1] for site, cfg in sorted(sites.items())}
+    columns = sorted({k for r in rows.values() for k in r})
+    lines = ["\t".join(["site"] + columns)]
+    lines += ["\t".join([site] + [f"{r[c]:g}" if c in r else "" for c in columns])
+              for site, r in rows.items()]
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
 
 
 def build_default_dataset(data_cfg, cache_dir: str, progress: bool = True) -> str:
@@ -221,6 +294,7 @@ def build_default_dataset(data_cfg, cache_dir: str, progress: bool = True) -> st
         _write_subject(tmp, i, cfg, probs, affine, field_strengths, base_key)
         bar.update(len(sites))
     bar.close()
+    write_site_table(os.path.join(tmp, bids.SITE_TABLE), sites)
     with open(os.path.join(tmp, "participants.tsv"), "w") as f:
         f.write("\n".join(participants) + "\n")
     with open(os.path.join(tmp, "dataset_description.json"), "w") as f:
