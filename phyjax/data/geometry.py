@@ -15,6 +15,7 @@ import warnings
 import nibabel as nib
 import numpy as np
 from nilearn.image import resample_img
+from nilearn.image.resampling import BoundingBoxError
 
 from phyjax.data.nifti import InputError
 
@@ -44,9 +45,13 @@ def resample(data: np.ndarray, affine, target_affine, target_shape) -> np.ndarra
     img = nib.Nifti1Image(np.asarray(data, np.float32), np.asarray(affine, np.float64))
     with warnings.catch_warnings():  # binary masks are resampled smoothly, then thresholded
         warnings.filterwarnings("ignore", message="Resampling binary images")
-        out = resample_img(img, target_affine=np.asarray(target_affine, np.float64),
-                           target_shape=tuple(int(n) for n in target_shape[:3]),
-                           interpolation="continuous", force_resample=True, copy_header=True)
+        try:
+            out = resample_img(img, target_affine=np.asarray(target_affine, np.float64),
+                               target_shape=tuple(int(n) for n in target_shape[:3]),
+                               interpolation="continuous", force_resample=True,
+                               copy_header=True)
+        except BoundingBoxError:   # nilearn refuses grids that do not overlap at all: all 0
+            return np.zeros(tuple(int(n) for n in target_shape[:3]), np.float32)
     return np.asarray(out.get_fdata(), np.float32)
 
 

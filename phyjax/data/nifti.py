@@ -24,16 +24,26 @@ def load_volume(path: str | os.PathLike, allow_4d_singleton: bool = True):
       ``(data, image)``: float32 array ``(X, Y, Z)`` and the nibabel image
       (affine and header preserved for writing outputs).
     Raises:
-      InputError: missing or unreadable file, not 3-D, empty, or NaN/Inf voxels.
+      InputError: missing or unreadable file, complex voxels, a non-finite or singular affine,
+        not 3-D, empty, or NaN/Inf voxels.
     """
     path = os.fspath(path)
     if not os.path.exists(path):
         raise InputError(f"{path}: file not found.")
     try:
         image = nib.load(path)
+        if image.get_data_dtype().kind == "c":   # a cast to float would drop the imaginary part
+            raise InputError(f"{path}: complex-valued voxels ({image.get_data_dtype()}); give "
+                             "the magnitude image.")
         data = np.asarray(image.dataobj, dtype=np.float32)
+    except InputError:
+        raise
     except Exception as exc:  # nibabel raises several types for corrupt files
         raise InputError(f"{path}: cannot read as NIfTI ({type(exc).__name__}: {exc}).") from exc
+    affine = np.asarray(image.affine, np.float64)
+    if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-6:
+        raise InputError(f"{path}: its voxel-to-world affine (qform/sform) is not finite or not "
+                         f"invertible: {affine[:3].tolist()}.")
     if data.ndim == 4 and data.shape[-1] == 1 and allow_4d_singleton:
         data = data[..., 0]
     if data.ndim != 3:

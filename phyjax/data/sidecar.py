@@ -28,10 +28,12 @@ def read_sidecar(path: str) -> dict:
     if not os.path.exists(path):
         raise InputError(f"{path}: sidecar not found (acquisition parameters are required).")
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             data = json.load(f)
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{path}: invalid JSON ({exc}).") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise InputError(f"{path}: invalid JSON ({type(exc).__name__}: {exc}).") from exc
+    except OSError as exc:   # a folder, no permission, ...
+        raise InputError(f"{path}: cannot read the sidecar ({exc.strerror or exc}).") from exc
     if not isinstance(data, dict):
         raise InputError(f"{path}: sidecar must be a JSON object.")
     return data
@@ -308,8 +310,8 @@ def _value(value, key, reading: Reading):
         return None
     try:
         value = float(value)
-    except (TypeError, ValueError):
-        reading.errors.append(f"{key} is not a number: {value!r}")
+    except (TypeError, ValueError, OverflowError):   # OverflowError: an integer beyond float
+        reading.errors.append(f"{key} is not a number: {str(value)[:40]!r}")
         return None
     if not math.isfinite(value) or value < 0:
         reading.errors.append(f"{key} must be finite and >= 0, got {value}")
@@ -333,7 +335,7 @@ def _tr_meaning(sidecar, family: str, manufacturer: str, names: str) -> str:
         return "readout"    # IR-SPGR/BRAVO, T1-TFE, gre_fsp IR: the excitation TR
     try:
         return "readout" if float(tr) < 0.1 else "prep"   # unknown vendor: by magnitude
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return "prep"
 
 
@@ -365,7 +367,7 @@ def _from_sidecar(sidecar, reading: Reading, family: str):
 def _close(a, b) -> bool:
     try:
         return math.isclose(float(a), float(b), rel_tol=1e-9)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return False
 
 
@@ -419,6 +421,11 @@ def _plausibility(reading: Reading):
             reading.errors.append(f"{field} = {value:g} degrees ({where}) exceeds 180")
         elif field == "n_readouts" and not lo <= value <= hi:
             reading.errors.append(f"n_readouts = {value:g} ({where}) is implausible")
+        elif value < lo and field in NEEDED.get(reading.family, ()):
+            # e.g. MagneticFieldStrength 0 or InversionTime 0 of an inversion-prepared scan
+            # (a value the model needs; GE's InversionTime 0 of a plain SPGR is not needed)
+            reading.errors.append(f"{field} = {value:g} ({where}) is implausible for a "
+                                  f"{reading.family} scan (below {lo:g})")
 
 
 def _consistency(reading: Reading):
