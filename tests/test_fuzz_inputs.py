@@ -161,14 +161,14 @@ def test_fuzzed_nifti_loads_or_names_the_file(kind, data, gz):
 # ----------------------------------------------------------------------------- masks
 
 MASK_KINDS = ["good", "empty", "nan", "2d", "4d", "far", "other_grid", "probability",
-              "negative"]
+              "negative", "dark_image"]
 
 
 @st.composite
 def mask_cases(draw, kind):
     """A valid 8x8x8 image (RAS, flipped or oblique) and a mask of one ``kind``: a plain good
     one, empty, with a NaN, 2-D, 4-D, shifted out of the field of view, on another (possibly
-    broken) grid, a probability map, or negative."""
+    broken) grid, a probability map, negative, or good on an all-zero image."""
     image_affine, _ = draw(affines(allow_bad=False))
     mask = np.zeros((8, 8, 8), np.float32)
     lo = draw(st.integers(0, 4))
@@ -193,10 +193,11 @@ def mask_cases(draw, kind):
     return image_affine, mask, mask_affine, kind
 
 
-def _write_image_and_mask(tmp, image_affine, mask, mask_affine):
+def _write_image_and_mask(tmp, image_affine, mask, mask_affine, dark=False):
     image = np.zeros((8, 8, 8), np.float32)
-    image[1:7, 1:7, 1:7] = 50.0
-    image[3:5, 3:5, 3:5] = 100.0
+    if not dark:
+        image[1:7, 1:7, 1:7] = 50.0
+        image[3:5, 3:5, 3:5] = 100.0
     path = os.path.join(tmp, "sub-01_T1w.nii.gz")
     mask_path = os.path.join(tmp, "sub-01_desc-brain_mask.nii.gz")
     nib.save(nib.Nifti1Image(image, image_affine), path)
@@ -214,7 +215,8 @@ def _write_image_and_mask(tmp, image_affine, mask, mask_affine):
 def test_fuzzed_masks_match_or_name_the_file(kind, data):
     image_affine, mask, mask_affine, kind = data.draw(mask_cases(kind))
     with tempfile.TemporaryDirectory() as tmp:
-        path, mask_path = _write_image_and_mask(tmp, image_affine, mask, mask_affine)
+        path, mask_path = _write_image_and_mask(tmp, image_affine, mask, mask_affine,
+                                                dark=kind == "dark_image")
         img = nib.load(path)
         # Harmonize mode's mask reader ...
         got = _expect_input_error(lambda: load_mask(mask_path, path, img), mask_path)
@@ -231,6 +233,9 @@ def test_fuzzed_masks_match_or_name_the_file(kind, data):
         kind == "other_grid" and not _good_affine(mask_affine))
     if should_fail:
         assert got is None and vols is None, f"a {kind} mask was accepted"
+        return
+    if kind == "dark_image":   # the mask is fine; nothing to normalize the image by
+        assert got is not None and vols is None
         return
     if kind in ("good", "probability"):
         assert got is not None and vols is not None, f"a {kind} mask was refused"

@@ -136,8 +136,12 @@ def load_scans(scans: list[Scan], maps_for=None, voxel_mm: float = 0.0,
             mask = geometry.resample(mask, affine, target, shape) > 0.5
             maps = maps and tuple(geometry.resample(x, affine, target, shape) for x in maps)
             affine = target
+        try:
+            normalized = normalize(image, mask)
+        except InputError as exc:   # name the scan (normalize sees arrays only)
+            raise InputError(f"{scan.path}: {exc}") from exc
         vol = Volume(subject=scan.subject, site=scan.site, protocol=protocol,
-                     image=normalize(image, mask), mask=mask, path=scan.path, affine=affine,
+                     image=normalized, mask=mask, path=scan.path, affine=affine,
                      resampled=grid is not None)
         if maps:
             vol.t1, vol.m0 = maps
