@@ -4,6 +4,7 @@ import csv
 import glob
 import json
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -346,3 +347,63 @@ def test_mixed_matrix_voxel_sizes_and_orientations_train_and_come_back(debug_run
             assert (data[mask == 0] != 0).mean() < 0.05
     meta = json.load(open(os.path.join(run, "harmonizer", "harmonizer.json")))
     assert meta["grid_mm"] == [4.0, 4.0, 4.0]     # the median voxel size of the scans
+
+
+def test_a_killed_cli_run_resumes_to_the_uninterrupted_result(debug_run, tmp_path):
+    """A real ``python -m phyjax.main`` process SIGKILLed mid-training (after its first
+    checkpoint, before its last) and restarted with the same command ends with the parameters,
+    training log and metrics of the uninterrupted run with the same seed (``debug_run``)."""
+    import signal
+    import time
+
+    import flax.serialization
+
+    cfg, reference, _ = debug_run
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "phyjax.main", "--config=configs/phycharm.py:debug",
+           f"--workdir={run}", f"--config.data.cache_dir={cfg.data.cache_dir}"]
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    first = run / "checkpoints" / str(cfg.train.checkpoint_every) / "commit_success.txt"
+    last = run / "checkpoints" / str(cfg.train.steps) / "commit_success.txt"
+    assert cfg.train.checkpoint_every < cfg.train.steps
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while not first.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL and first.exists()
+    assert not last.exists(), "killed too late: training had finished"
+    assert not (run / "metrics.csv").exists()        # nothing that looks finished
+    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+                         check=False)
+    assert res.returncode == 0, res.stderr[-3000:]
+
+    def params(folder):
+        with open(folder / "harmonizer" / "params.msgpack", "rb") as f:
+            return jax.tree.leaves(flax.serialization.msgpack_restore(f.read()))
+
+    for a, b in zip(params(run), params(pathlib.Path(reference)), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+    def table(path, skip=()):
+        with open(path) as f:
+            rows = list(csv.DictReader(f))
+        return [{k: v for k, v in r.items() if k not in skip} for r in rows]
+
+    log, ref_log = (table(p / "train_log.csv", skip=("seconds_per_step",))
+                    for p in (run, pathlib.Path(reference)))
+    assert [r["step"] for r in log] == [r["step"] for r in ref_log]   # each step logged once
+    for name in ("train_log.csv", "metrics.csv", "metrics_per_subject.csv"):
+        got, want = (table(p / name, skip=("seconds_per_step",))
+                     for p in (run, pathlib.Path(reference)))
+        assert len(got) == len(want) and got, name
+        for g, w in zip(got, want):
+            assert g.keys() == w.keys()
+            for k in g:
+                try:
+                    np.testing.assert_allclose(float(g[k]), float(w[k]), rtol=1e-4, atol=1e-6,
+                                               err_msg=f"{name}: {k}")
+                except ValueError:
+                    assert g[k] == w[k], (name, k)
