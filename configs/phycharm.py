@@ -92,6 +92,9 @@ def get_config(arg: str | None = None) -> ConfigDict:
     model.cond_features = 32
     model.t1_max = 5.0       # s, upper bound of predicted T1
     model.m0_max = 1.5       # upper bound of predicted M0 (PD fraction)
+    model.readout = "sidecar"  # MPRAGE/IR-SPGR signal with the readout train the protocol
+                               # carries (sidecar + site table), or "static" (the static
+                               # equation for all: the pre-issue-14 model, for the ablation)
 
     train = config.train = ConfigDict()
     train.steps = 400

@@ -128,3 +128,23 @@ def test_default_dataset_sidecars_read_like_the_vendors_real_ones(vendor):
                                                                rel=1e-6), (site, field)
         if p.sequence == "mprage":
             assert signal.has_readout(got)
+
+
+def test_model_readout_setting_selects_the_form_phycharm_resynthesizes_with():
+    """``config.model.readout``: ``sidecar`` re-synthesizes the target with its readout train,
+    ``static`` with the static MPRAGE equation (the ablation's pre-issue-14 model) -- the
+    white-matter unit of each is the corresponding oracle-tested function's value."""
+    from phyjax.data.nifti import InputError
+    from phyjax.methods import phycharm
+    from phyjax.physics.tissues import tissue_parameters
+
+    (p, oracle), *_ = _protocols()
+    wm = tissue_parameters(3.0)["wm"]
+    full = phycharm.reference_level(phycharm.model_protocol(p, "sidecar"))
+    static = phycharm.reference_level(phycharm.model_protocol(p, "static"))
+    assert full == pytest.approx(float(abs(mp2rage.mprage_full(wm.t1, wm.pd, oracle))), rel=1e-5)
+    assert static == pytest.approx(float(abs(signal.mprage(wm.t1, np.inf, wm.pd, p.tr, p.ti,
+                                                           p.te))), rel=1e-6)
+    assert abs(full - static) > 0.01 * static
+    with pytest.raises(InputError, match="readout"):
+        phycharm.model_protocol(p, "full")

@@ -50,7 +50,9 @@ from phyjax.physics.sequences import Protocol, encode
 from phyjax.physics.tissues import FIELD_STRENGTHS, TISSUES, tissue_array, tissue_parameters
 from phyjax.train import TrainState, fit as fit_loop, make_train_step
 
-MODEL_KEYS = ("features", "cond_features", "t1_max", "m0_max", "context")
+MODEL_KEYS = ("features", "cond_features", "t1_max", "m0_max", "context", "readout")
+#: ``config.model.readout``: how the model's signal equations treat an MPRAGE readout train
+READOUT = ("sidecar", "static")
 PAIRS = ("auto", "paired", "simulated")
 #: loss weights of ``config.train`` (traced inputs of the training step)
 WEIGHTS = ("w_map", "w_physics", "w_harm", "w_ssim", "w_grad", "w_tissue", "w_edge")
@@ -159,6 +161,7 @@ class PhyCHarmHarmonizer(networks.SliceNetworkHarmonizer):
         (default: the fitted target).  Raises InputError for a target outside the trained range."""
         target = self.target_protocol if target is None else target
         self.check_target(target)
+        target = _f32(target, self.cfg.get("readout", "sidecar"))
         ref = reference_level(target)
 
         def run(params, source, mask, code, b0):
@@ -173,10 +176,21 @@ class PhyCHarmHarmonizer(networks.SliceNetworkHarmonizer):
         return np.where(volume.mask, out, 0.0).astype(np.float32)
 
 
-def _f32(p: Protocol) -> Protocol:
-    """``p`` with float32 numeric fields, so protocols read from sidecars (float64) and made in
-    Python (float) hit one compiled training step."""
-    return jax.tree.map(np.float32, p)
+def model_protocol(p: Protocol, readout: str = "sidecar") -> Protocol:
+    """``p`` as the model's signal equations see it (``config.model.readout``): ``sidecar``
+    keeps its readout train (the full MPRAGE/IR-SPGR form where the protocol has one,
+    :func:`phyjax.physics.signal.mprage_readout`); ``static`` drops it (the static MPRAGE
+    equation for every inversion-prepared scan: the model before issue 14, kept for the
+    ablation).  Raises InputError for another value."""
+    if readout not in READOUT:
+        raise InputError(f"config.model.readout={readout!r}; expected one of {READOUT}.")
+    return p.replace(tr_readout=0.0, n_readouts=0.0) if readout == "static" else p
+
+
+def _f32(p: Protocol, readout: str = "sidecar") -> Protocol:
+    """:func:`model_protocol` with float32 numeric fields, so protocols read from sidecars
+    (float64) and made in Python (float) hit one compiled training step."""
+    return jax.tree.map(np.float32, model_protocol(p, readout))
 
 
 def resolve_pairs(mode: str, train: TrainingSet) -> str:
@@ -232,9 +246,11 @@ def fit(config, train: TrainingSet, name: str = "phycharm", *, workdir: str,
     train = require_training_set(train)
     model_cfg = {k: config.model[k] for k in MODEL_KEYS}
     model_cfg["features"] = tuple(model_cfg["features"])
+    ro = model_cfg["readout"]
     t = config.train
     depth = len(model_cfg["features"])
     target = train.target_protocol()
+    model_protocol(target, ro)   # an unknown readout setting fails here, before any work
     tc = config.get("target")
     mode = "simulated" if name == "phycharm_unpaired" else t.get("pairs", "auto")
     pairs = model_cfg["pairs"] = resolve_pairs(mode, train)
@@ -242,7 +258,7 @@ def fit(config, train: TrainingSet, name: str = "phycharm", *, workdir: str,
     model_cfg["target_range"] = simulated.target_range(
         target, bool(tc and tc.randomize) and pairs == "simulated")
     full = {k: np.float32(t[k]) for k in WEIGHTS}
-    ref = reference_level(target)
+    ref = reference_level(model_protocol(target, ro))
     if pairs == "paired":
         data = networks.SlicePairs(train, depth, config.data.min_mask_fraction,
                                    model_cfg["context"], method="PhyCHarm", directory=workdir)
@@ -252,19 +268,20 @@ def fit(config, train: TrainingSet, name: str = "phycharm", *, workdir: str,
         def batch_fn(i):
             site, idx = data.sample(i, t.batch_size, config.seed)
             return (data.batch(site, idx),
-                    _f32(data.protocols[site]), _f32(target), np.float32(ref), weights)
+                    _f32(data.protocols[site], ro), _f32(target, ro), np.float32(ref), weights)
     else:
         sim, real = _simulated_data(config, train, target, depth, progress, workdir)
         padded = sim.padded
-        refs = [np.float32(reference_level(q)) for q in sim.targets]
+        refs = [np.float32(reference_level(model_protocol(q, ro))) for q in sim.targets]
         adapt = dict(full, **{k: np.float32(0.0) for k in PAIRED_TERMS})
 
         def batch_fn(i):
             if real is not None and (i + 1) % t.adapt_every == 0:
                 arrays, g = real.batch(i // t.adapt_every, t.batch_size, config.seed)
-                return arrays, _f32(real.protocols[g]), _f32(target), np.float32(ref), adapt
+                return (arrays, _f32(real.protocols[g], ro), _f32(target, ro), np.float32(ref),
+                        adapt)
             arrays, p, q = sim.batch(i, t.batch_size, config.seed)
-            return arrays, _f32(sim.sources[p]), _f32(sim.targets[q]), refs[q], full
+            return arrays, _f32(sim.sources[p], ro), _f32(sim.targets[q], ro), refs[q], full
 
     model, tx = make_model(model_cfg), networks.make_optimizer(t)
     state = TrainState.create(init_params(model, padded, model_cfg["context"], config.seed), tx)
