@@ -119,7 +119,10 @@ def get_config(arg: str | None = None) -> ConfigDict:
                              # subject has a target-site scan)
     train.n_anatomies = 8    # simulated mode: anatomies the pairs are simulated on
     train.adapt_every = 4    # simulated mode: every n-th batch is a real, unpaired scan (physics
-                             # consistency only); 0 = no adaptation
+                             # consistency and edges only); 0 = no adaptation
+    train.random_sources = 4  # simulated mode: protocols per source family drawn from its
+                              # documented range (with readout trains) beside the user's own
+                              # (domain randomisation); 0 = the user's protocols only
 
     # The target as a protocol (a sidecar and/or values; s, degrees, T): overrides the target
     # site's sidecars, and need not be a site in the data.  Empty/negative = not given.

@@ -56,6 +56,27 @@ def test_sampled_targets_start_with_the_target_and_stay_in_range():
     assert {float(t.field_strength) for t in targets} == {1.5, 3.0}
 
 
+def test_randomized_sources_cover_each_family_in_range_with_readout_trains_that_fit():
+    """Domain randomisation: ``n`` protocols per source family, inside the family's documented
+    range, MPRAGE ones with a readout train that fits TI and TR - TI (the signal equation
+    accepts it), reproducible from the seed and different for another."""
+    own = [Protocol.from_degrees("mprage", 2.3, 0.003, 0.9, 9.0),
+           Protocol.from_degrees("spgr", 0.02, 0.0045, 0.0, 25.0)]
+    drawn = simulated.sample_sources(own, 3, seed=0)
+    assert [p.sequence for p in drawn].count("mprage") == 3
+    assert [p.sequence for p in drawn].count("spgr") == 3
+    for p in drawn:
+        assert simulated.range_problems(p, simulated.target_range(p, True)) == []
+        if p.sequence == "mprage":
+            assert signal.has_readout(p)
+            half = 0.5 * float(p.n_readouts) * float(p.tr_readout)
+            assert half <= float(p.ti) and half <= float(p.tr) - float(p.ti)
+            assert np.isfinite(float(signal.synthesize(p, 1.0, 0.08, 0.05, 0.7)))
+    assert drawn == simulated.sample_sources(own, 3, seed=0)
+    assert drawn != simulated.sample_sources(own, 3, seed=1)
+    assert simulated.sample_sources([Protocol(tr=3.0, te=0.1, sequence="se")], 3, 0) == []
+
+
 def test_simulated_targets_are_the_signal_equation_of_the_anatomy():
     """Oracle: the clean target slices equal the closed-form signal of the same anatomy's maps
     (computed here again, independently of SimulatedPairs), normalized like a real scan; the

@@ -109,6 +109,34 @@ def sample_targets(target: Protocol, n: int, seed: int) -> list[Protocol]:
     return out
 
 
+#: Readout trains given to randomized MPRAGE-family sources (:func:`sample_sources`): excitation
+#: TR (s) and pulses per inversion, spanning product MPRAGE, BRAVO and TFE protocols.
+READOUT_RANGES = {"tr_readout": (0.006, 0.010), "n_readouts": (96, 256)}
+
+
+def sample_sources(protocols, n: int, seed: int) -> list[Protocol]:
+    """Domain randomisation of the source protocols: ``n`` protocols per family among
+    ``protocols`` (those of :data:`TARGET_RANGES`), drawn uniformly from the family's range
+    (B0 from its two values); MPRAGE-family ones also get a readout train from
+    :data:`READOUT_RANGES`, its length cut to fit both TI and TR - TI (the k-space centre in
+    the middle of the train).  Training on them, beside the user's own protocols, teaches the
+    generator the signal equation rather than a few protocols' look."""
+    families = sorted({p.sequence for p in protocols} & set(TARGET_RANGES))
+    rng = np.random.default_rng([seed, 13])
+    out = []
+    for k, family in enumerate(families):
+        first = next(p for p in protocols if p.sequence == family)
+        for p in sample_targets(first, n + 1, seed * 100 + k + 1)[1:]:
+            if family == "mprage":
+                tau = float(rng.uniform(*READOUT_RANGES["tr_readout"]))
+                fit = int(2 * min(float(p.ti), float(p.tr) - float(p.ti)) / tau)
+                count = min(int(rng.integers(*READOUT_RANGES["n_readouts"])), fit)
+                if count >= 2:
+                    p = p.replace(tr_readout=tau, n_readouts=float(count))
+            out.append(p)
+    return out
+
+
 def distinct(protocols) -> list[Protocol]:
     """``protocols`` without repeats (same family and every numeric field to 0.1 %), in order."""
     out: list[Protocol] = []

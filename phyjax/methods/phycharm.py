@@ -21,13 +21,15 @@ where the *source* has one, whatever the contrast -- the only image term that al
 real scan without a target (the unpaired adaptation batches).
 
 Where the pairs come from (``config.train.pairs``): traveling subjects (``paired``), or the
-physics (``simulated``): the training set's own source protocols and the target protocol --
-or a documented range of targets (``config.target.randomize``), so that one model harmonizes
-to any of them -- simulated on shipped anatomies (:mod:`phyjax.data.simulated`), every
+physics (``simulated``): the training set's own source protocols, ``random_sources`` more per
+family drawn from its documented range (domain randomisation, with scanner effects drawn for
+every simulated scan) and the target protocol -- or a documented range of targets
+(``config.target.randomize``), so that one model harmonizes to any of them -- simulated on
+shipped anatomies (:mod:`phyjax.data.simulated`), every
 ``adapt_every``-th batch a real, unpaired scan of the training set with only the physics term
 (its own maps re-synthesized through its own protocol) and the edge term (the output's edges
-where the scan has them).  The simulated mode never reads a
-target-site image: the target is a protocol.
+where the scan has them).  The simulated mode never reads a target-site image: the target is a
+protocol.
 """
 
 from __future__ import annotations
@@ -220,7 +222,9 @@ def _simulated_data(config, train: TrainingSet, target: Protocol, depth: int, pr
     tc = config.get("target")
     n_targets = int(tc.n_protocols) if tc is not None and tc.randomize else 1
     targets = simulated.sample_targets(target, n_targets, config.seed)
-    sources = simulated.distinct([v.protocol for v in scans] + [target])
+    own = [v.protocol for v in scans]
+    sources = simulated.distinct(own + [target] + simulated.sample_sources(
+        own, int(t.random_sources), config.seed))
     voxel = 1 if min(train.grid_mm()) < 1.5 else 2   # the template's resolutions (nilearn)
     heads = simulated.anatomies(int(t.n_anatomies), config.seed, voxel, d.deform_mm,
                                 d.tissue_jitter, d.t1_texture)
