@@ -50,7 +50,7 @@ from phyjax.losses.radiomic import (l1, lsgan_discriminator, lsgan_generator, ra
                                     relative_errors, rf_loss, soft_dice_loss, soft_features)
 from phyjax.methods import networks
 from phyjax.methods.base import Harmonizer, base_fields, fitted_fields, register
-from phyjax.models.gan import PatchDiscriminator, ResnetGenerator, Segmenter
+from phyjax.models.gan import PatchDiscriminator, ResnetGenerator, Segmenter, init_params
 from phyjax.radiomics.api import RadiomicsConfig, extract_batch, feature_names
 from phyjax.radiomics.selection import select_features
 from phyjax.train import TrainState, fit as fit_loop, make_train_step
@@ -189,14 +189,11 @@ def seg_region(kind: str, mask):
     return mask if kind == "tissue" else jnp.ones_like(mask)
 
 
-def train_segmenter(cfg: dict, kind: str, data: DomainSlices, seed: int, salt: int,
-                    workdir: str, progress: bool, desc: str):
-    """Train one :class:`~phyjax.models.gan.Segmenter` on ``data``'s labels (cross-entropy +
-    soft Dice in :func:`seg_region`); returns its parameters (then frozen)."""
+def segmenter_trainer(cfg: dict, kind: str):
+    """``(model, tx, step)`` of a :class:`~phyjax.models.gan.Segmenter` (cross-entropy + soft
+    Dice in :func:`seg_region`); one compiled step serves both domains."""
     model = Segmenter(n_classes=N_CLASSES[kind], features=tuple(cfg["seg_features"]))
     imax = cfg["intensity_max"]
-    params = model.init(jax.random.key(seed + salt),
-                        jnp.zeros((1,) + data.padded + (1,)))["params"]
     tx = optax.adam(cfg["seg_learning_rate"])
 
     def loss_fn(params, batch):
@@ -208,13 +205,23 @@ def train_segmenter(cfg: dict, kind: str, data: DomainSlices, seed: int, salt: i
         dice = soft_dice_loss(jax.nn.softmax(logits), onehot, region)
         return ce + dice, {"loss": ce + dice, "ce": ce, "dice": dice}
 
+    return model, tx, make_train_step(loss_fn, tx)
+
+
+def train_segmenter(cfg: dict, trainer, data: DomainSlices, seed: int, salt: int,
+                    workdir: str, progress: bool, desc: str):
+    """Train one segmenter (``trainer``: :func:`segmenter_trainer`) on ``data``'s labels;
+    returns its parameters (then frozen)."""
+    model, tx, step = trainer
+    params = init_params(model, seed + salt, jnp.zeros((1,) + data.padded + (1,)))
+
     def batch_fn(i):
         return (data.batch(data.sample(i, cfg["batch_size"], seed, salt)),)
 
-    state = fit_loop(TrainState.create(params, tx), make_train_step(loss_fn, tx), batch_fn,
-                     cfg["seg_steps"], workdir, checkpoint_every=max(cfg["seg_steps"], 1),
-                     log_every=10, progress=progress, desc=desc)
-    return model, state.params
+    state = fit_loop(TrainState.create(params, tx), step, batch_fn, cfg["seg_steps"], workdir,
+                     checkpoint_every=max(cfg["seg_steps"], 1), log_every=10,
+                     progress=progress, desc=desc)
+    return state.params
 
 
 # ----------------------------------------------------------------------------------------------
@@ -246,15 +253,36 @@ def select_rf(cfg: dict, data: DomainSlices):
 
 
 def rf_errors(names, target, rcfg, temperature, images, masks, batch: int = 8) -> np.ndarray:
-    """Mean relative error per selected feature over images ``(n, H, W, 1)`` (host loop)."""
-    fn = jax.jit(lambda x, m: soft_features(x, m, names, rcfg, temperature))
+    """Mean relative error per selected feature over images ``(n, H, W, 1)`` (host loop over
+    batches of ``batch``; one compilation per settings, cached)."""
+    fn = _features_fn(tuple(names), rcfg, float(temperature))
     errs = [np.asarray(relative_errors(fn(images[i:i + batch], masks[i:i + batch]), target))
             for i in range(0, len(images), batch)]
     return np.concatenate(errs).mean(0)
 
 
+_FEATURE_FNS: dict = {}
+
+
+def _features_fn(names: tuple, rcfg, temperature: float):
+    key = (names, rcfg, temperature)
+    if key not in _FEATURE_FNS:
+        _FEATURE_FNS[key] = jax.jit(lambda x, m: soft_features(x, m, names, rcfg, temperature))
+    return _FEATURE_FNS[key]
+
+
 # ----------------------------------------------------------------------------------------------
 # the harmonizer
+
+
+def apply_batched(fn, params, x, batch_size: int) -> np.ndarray:
+    """``fn(params, x[i:i + batch_size])`` over ``x`` in equal batches (the last zero-padded, so
+    one compilation serves every call), concatenated, as NumPy."""
+    n = len(x)
+    total = -(-n // batch_size) * batch_size
+    x = np.concatenate([x, np.zeros((total - n,) + x.shape[1:], x.dtype)])
+    return np.concatenate([np.asarray(jax.device_get(fn(params, x[i:i + batch_size])))
+                           for i in range(0, total, batch_size)])[:n]
 
 
 def predict_slices(fn, params, image, mask, multiple: int, batch_size: int, context: int = 0):
@@ -262,13 +290,23 @@ def predict_slices(fn, params, image, mask, multiple: int, batch_size: int, cont
     slice of ``image (X, Y, Z)``; returns ``(X, Y, Z)`` float32, 0 outside ``mask``."""
     pads = pad_to_multiple(image.shape[:2], multiple)
     src = with_context(to_slices(np.asarray(image, np.float32), pads), context)
-    n = src.shape[0]
-    total = -(-n // batch_size) * batch_size
-    src = np.concatenate([src, np.zeros((total - n,) + src.shape[1:], np.float32)])
-    out = np.concatenate([np.asarray(jax.device_get(fn(params, src[i:i + batch_size])))
-                          for i in range(0, total, batch_size)])
-    vol = from_slices(out[:n, ..., 0], pads)
+    vol = from_slices(apply_batched(fn, params, src, batch_size)[..., 0], pads)
     return np.where(mask, vol, 0.0).astype(np.float32)
+
+
+_GENERATOR_FNS: dict = {}
+
+
+def generator_fn(cfg: dict):
+    """Jit-compiled ``(params, slices) -> harmonized slices`` (image units) of ``G_ab``; one per
+    settings, shared by every harmonizer with them (a loaded one compiles nothing new)."""
+    key = json.dumps(cfg, sort_keys=True, default=list)
+    if key not in _GENERATOR_FNS:
+        gen, _ = make_nets(cfg)
+        imax = cfg["intensity_max"]
+        _GENERATOR_FNS[key] = jax.jit(
+            lambda p, x: to_image(gen.apply({"params": p}, to_net(x, imax)), imax))
+    return _GENERATOR_FNS[key]
 
 
 class CycleGANHarmonizer(Harmonizer):
@@ -278,9 +316,7 @@ class CycleGANHarmonizer(Harmonizer):
     def __init__(self, params, cfg: dict, rf: dict, batch_size: int, **base):
         super().__init__(**base)
         self.params, self.cfg, self.rf, self.batch_size = params, dict(cfg), rf, int(batch_size)
-        gen, _ = make_nets(self.cfg)
-        imax = self.cfg["intensity_max"]
-        self._fn = jax.jit(lambda p, x: to_image(gen.apply({"params": p}, to_net(x, imax)), imax))
+        self._fn = generator_fn(self.cfg)
 
     def harmonize(self, volume) -> np.ndarray:
         return predict_slices(self._fn, self.params, volume.image, volume.mask,
@@ -301,14 +337,18 @@ class CycleGANHarmonizer(Harmonizer):
 # training
 
 
-def gan_optimizer(cfg: dict) -> optax.GradientTransformation:
-    """Adam (lr, beta1 = 0.5) constant for the first half of the steps, then linearly to 0
-    (the CycleGAN schedule)."""
+def gan_schedule(cfg: dict) -> optax.Schedule:
+    """The CycleGAN learning rate: ``cfg["learning_rate"]`` for the first half of
+    ``cfg["steps"]``, then linearly to 0 at the last step."""
     half = max(cfg["steps"] // 2, 1)
-    schedule = optax.join_schedules(
+    return optax.join_schedules(
         [optax.constant_schedule(cfg["learning_rate"]),
          optax.linear_schedule(cfg["learning_rate"], 0.0, max(cfg["steps"] - half, 1))], [half])
-    return optax.adam(schedule, b1=0.5, b2=0.999)
+
+
+def gan_optimizer(cfg: dict) -> optax.GradientTransformation:
+    """Adam (beta1 = 0.5, beta2 = 0.999) with :func:`gan_schedule` (Zhu et al. 2017)."""
+    return optax.adam(gan_schedule(cfg), b1=0.5, b2=0.999)
 
 
 def make_cyclegan_step(cfg: dict, gen, disc, tx, seg=None, rf=None):
@@ -380,10 +420,10 @@ def make_cyclegan_step(cfg: dict, gen, disc, tx, seg=None, rf=None):
 
 def init_state(cfg: dict, gen, disc, shape, seed: int, tx) -> TrainState:
     """Fresh parameters of both generators and discriminators and their optimizer states."""
-    keys = jax.random.split(jax.random.key(seed), 4)
     x = jnp.zeros((1,) + tuple(shape) + (1,))
-    params = {"g": {"ab": gen.init(keys[0], x)["params"], "ba": gen.init(keys[1], x)["params"]},
-              "d": {"a": disc.init(keys[2], x)["params"], "b": disc.init(keys[3], x)["params"]}}
+    params = {"g": {"ab": init_params(gen, 4 * seed, x), "ba": init_params(gen, 4 * seed + 1, x)},
+              "d": {"a": init_params(disc, 4 * seed + 2, x),
+                    "b": init_params(disc, 4 * seed + 3, x)}}
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       opt_state={"g": tx.init(params["g"]), "d": tx.init(params["d"])})
 
@@ -414,11 +454,12 @@ def fit(config, train: TrainingSet, name: str = "cyclegan_radiomics", *, workdir
 
     seg = None
     if cfg["use_segmenters"]:
-        model, sa = train_segmenter(cfg, kind, data_a, seed, 11, os.path.join(workdir, "seg_a"),
-                                    progress, "segmenter A")
-        _, sb = train_segmenter(cfg, kind, data_b, seed, 12, os.path.join(workdir, "seg_b"),
-                                progress, "segmenter B")
-        seg = (model, sa, sb, kind)
+        trainer = segmenter_trainer(cfg, kind)
+        sa = train_segmenter(cfg, trainer, data_a, seed, 11, os.path.join(workdir, "seg_a"),
+                             progress, "segmenter A")
+        sb = train_segmenter(cfg, trainer, data_b, seed, 12, os.path.join(workdir, "seg_b"),
+                             progress, "segmenter B")
+        seg = (trainer[0], sa, sb, kind)
 
     names, target, cv, rcfg = select_rf(cfg, data_b)
     rf = (names, jnp.asarray(target), rcfg) if cfg["use_rf_loss"] else None
@@ -435,23 +476,24 @@ def fit(config, train: TrainingSet, name: str = "cyclegan_radiomics", *, workdir
     state = fit_loop(state, step, batch_fn, cfg["steps"], workdir,
                      checkpoint_every=config.train.checkpoint_every,
                      log_every=config.train.log_every, progress=progress, desc="CycleGAN")
-    params = jax.device_get(state.params["g"]["ab"])
+    harmonizer = CycleGANHarmonizer(jax.device_get(state.params["g"]["ab"]), cfg, {},
+                                    config.eval.batch_size,
+                                    **fitted_fields(train, name, needs_protocol=False))
     # relative errors of the selected features on source-domain training slices, before/after
     idx = np.random.default_rng(1).choice(len(data_a.rows), min(len(data_a.rows), 32),
                                           replace=False)
     probe = data_a.batch(np.sort(idx))
-    imax = cfg["intensity_max"]
-    harm = np.asarray(jax.jit(lambda p, x: to_image(gen.apply({"params": p}, to_net(x, imax)),
-                                                    imax))(params, probe["image"]))
+    harm = apply_batched(harmonizer._fn, harmonizer.params, probe["image"],
+                         harmonizer.batch_size)
     before = rf_errors(names, target, rcfg, cfg["rf_temperature"], probe["image"], probe["mask"])
     after = rf_errors(names, target, rcfg, cfg["rf_temperature"], harm * probe["mask"],
                       probe["mask"])
-    info = {"features": names, "target": [float(x) for x in target],
-            "cv": {k: float(v) for k, v in cv.items()},
-            "relerr_before": [float(x) for x in before], "relerr_after": [float(x) for x in after],
-            "segmenter_labels": kind if cfg["use_segmenters"] else None,
-            "n_slices": {"a": len(data_a.rows), "b": len(data_b.rows)}, "notes": notes}
+    harmonizer.rf = {"features": names, "target": [float(x) for x in target],
+                     "cv": {k: float(v) for k, v in cv.items()},
+                     "relerr_before": [float(x) for x in before],
+                     "relerr_after": [float(x) for x in after],
+                     "segmenter_labels": kind if cfg["use_segmenters"] else None,
+                     "n_slices": {"a": len(data_a.rows), "b": len(data_b.rows)}, "notes": notes}
     with open(os.path.join(workdir, "rf_selection.json"), "w") as f:
-        json.dump(info, f, indent=2)
-    return CycleGANHarmonizer(params, cfg, info, config.eval.batch_size,
-                              **fitted_fields(train, name, needs_protocol=False))
+        json.dump(harmonizer.rf, f, indent=2)
+    return harmonizer

@@ -14,6 +14,8 @@ the cross-entropy; ``w_l1`` = their lambda = 100).  Settings: ``config.pix2pix``
 
 from __future__ import annotations
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -24,7 +26,7 @@ from phyjax.losses.radiomic import l1, lsgan_discriminator, lsgan_generator
 from phyjax.methods import networks
 from phyjax.methods.base import Harmonizer, base_fields, fitted_fields, register
 from phyjax.methods.cyclegan import gan_optimizer, predict_slices, to_image, to_net
-from phyjax.models.gan import PatchDiscriminator, UNetGenerator
+from phyjax.models.gan import PatchDiscriminator, UNetGenerator, init_params
 from phyjax.train import TrainState, fit as fit_loop
 
 
@@ -48,14 +50,19 @@ def make_apply(gen, cfg: dict):
     return lambda p, x: to_image(gen.apply({"params": p}, to_net(x, imax)), imax)
 
 
+_FNS: dict = {}
+
+
 class Pix2PixHarmonizer(Harmonizer):
     """Trained Pix2Pix generator with its settings (``pix2pix`` in ``harmonizer.json``)."""
 
     def __init__(self, params, cfg: dict, batch_size: int, **base):
         super().__init__(**base)
         self.params, self.cfg, self.batch_size = params, dict(cfg), int(batch_size)
-        gen, _ = make_nets(self.cfg)
-        self._fn = jax.jit(make_apply(gen, self.cfg))
+        key = json.dumps(self.cfg, sort_keys=True, default=list)
+        if key not in _FNS:        # one compilation per settings (a loaded harmonizer reuses it)
+            _FNS[key] = jax.jit(make_apply(make_nets(self.cfg)[0], self.cfg))
+        self._fn = _FNS[key]
 
     def harmonize(self, volume) -> np.ndarray:
         return predict_slices(self._fn, self.params, volume.image, volume.mask,
@@ -120,10 +127,9 @@ def fit(config, train: TrainingSet, name: str = "pix2pix", *, workdir: str, prog
                                cfg["context"], method="Pix2Pix", directory=workdir)
     gen, disc = make_nets(cfg)
     tx = gan_optimizer(cfg)
-    kg, kd = jax.random.split(jax.random.key(config.seed))
     x = jnp.zeros((1,) + data.padded + (2 * cfg["context"] + 1,))
-    params = {"g": gen.init(kg, x)["params"],
-              "d": disc.init(kd, jnp.concatenate([x, x[..., :1]], -1))["params"]}
+    params = {"g": init_params(gen, 2 * config.seed, x),
+              "d": init_params(disc, 2 * config.seed + 1, jnp.concatenate([x, x[..., :1]], -1))}
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
                        opt_state={"g": tx.init(params["g"]), "d": tx.init(params["d"])})
 
