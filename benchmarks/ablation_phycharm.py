@@ -1,0 +1,126 @@
+"""PhyCHarm ablation: which part of the model buys what, per site, on the embedded benchmark.
+
+Each variant is one run of the benchmark (``configs/benchmark.py``) with PhyCHarm and a set of
+config overrides; this script runs the variants that have no ``benchmark.csv`` yet (or only
+collects, with ``--collect``) and writes one table per metric group: every variant's PhyCHarm
+row next to the best baseline of the reference run, per source site and overall, and whether
+PhyCHarm beats every baseline on each metric at every site.
+
+Usage::
+
+    python benchmarks/ablation_phycharm.py --reference runs/benchmark_v3 \\
+        --variant "no anatomy terms=runs/abl/no_anatomy:--config.train.w_grad=0 \\
+                   --config.train.w_tissue=0 --config.train.w_edge=0" \\
+        --variant "static MPRAGE=runs/abl/static:--config.model.readout=static" \\
+        [--collect] [--out benchmarks/results/ablation_phycharm.md]
+
+``--reference``: a full benchmark run (every baseline and PhyCHarm with the default config).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import shlex
+import subprocess
+import sys
+import time
+
+#: (column of benchmark.csv, label, higher is better)
+METRICS = (("ssim", "SSIM", True), ("psnr", "PSNR (dB)", True),
+           ("dice_csf", "Dice CSF", True), ("dice_gm", "Dice GM", True),
+           ("dice_wm", "Dice WM", True), ("vol_reldiff_csf", "|ΔV| CSF (%)", False),
+           ("vol_reldiff_gm", "|ΔV| GM (%)", False), ("vol_reldiff_wm", "|ΔV| WM (%)", False))
+BASELINES = ("none", "zscore", "histmatch", "nyul", "whitestripe", "combat", "unet")
+
+
+def read_rows(run: str) -> dict[tuple[str, str], dict[str, float]]:
+    """``{(method, site): {metric: mean}}`` of a benchmark run folder's ``benchmark.csv``."""
+    out = {}
+    with open(os.path.join(run, "benchmark.csv"), newline="") as f:
+        for row in csv.DictReader(f):
+            values = {}
+            for key, _, _ in METRICS:
+                v = row.get(f"{key}_mean", "")
+                if v not in ("", "nan", None):
+                    values[key] = float(v)   # vol_reldiff: already |V - V_ref| / V_ref in %
+            out[(row["method"], row["site"])] = values
+    return out
+
+
+def run_variant(folder: str, overrides: str, methods: str) -> float:
+    """Run the benchmark into ``folder`` with ``overrides``; returns its wall time (s)."""
+    cmd = [sys.executable, "-m", "phyjax.main", "--config=configs/benchmark.py",
+           f"--workdir={folder}", f"--config.methods={methods}", *shlex.split(overrides)]
+    print("+", " ".join(cmd), flush=True)
+    t0 = time.time()
+    subprocess.run(cmd, check=True)
+    return time.time() - t0
+
+
+def table(reference, variants, sites) -> list[str]:
+    lines = ["| site | variant | " + " | ".join(label for _, label, _ in METRICS) + " |",
+             "|---|---|" + "---|" * len(METRICS)]
+    for site in sites:
+        best = {}
+        for key, _, higher in METRICS:
+            vals = [(reference[(m, site)][key], m) for m in BASELINES
+                    if key in reference.get((m, site), {})]
+            if vals:
+                best[key] = (max if higher else min)(vals)
+        lines.append(f"| {site} | best baseline | " + " | ".join(
+            f"{best[k][0]:.3f} ({best[k][1]})" if k in best else "–" for k, _, _ in METRICS)
+            + " |")
+        for name, rows in variants:
+            row = rows.get(("phycharm", site), {})
+            cells = []
+            for key, _, higher in METRICS:
+                if key not in row:
+                    cells.append("–")
+                    continue
+                v = row[key]
+                wins = key in best and (v > best[key][0] if higher else v < best[key][0])
+                cells.append(f"**{v:.3f}**" if wins else f"{v:.3f}")
+            lines.append(f"| {site} | {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--reference", required=True, help="full benchmark run folder")
+    ap.add_argument("--variant", action="append", default=[],
+                    help="'name=folder:overrides' (overrides: --config.* flags)")
+    ap.add_argument("--methods", default="('phycharm',)")
+    ap.add_argument("--collect", action="store_true", help="only collect existing runs")
+    ap.add_argument("--out", default="benchmarks/results/ablation_phycharm.md")
+    args = ap.parse_args(argv)
+    variants, seconds = [("full (default config)", read_rows(args.reference))], {}
+    for spec in args.variant:
+        name, _, rest = spec.partition("=")
+        folder, _, overrides = rest.partition(":")
+        if not os.path.exists(os.path.join(folder, "benchmark.csv")):
+            if args.collect:
+                print(f"skipping {name!r}: no {folder}/benchmark.csv")
+                continue
+            seconds[name] = run_variant(folder, overrides, args.methods)
+        variants.append((name, read_rows(folder)))
+    reference = variants[0][1]
+    sites = sorted({s for (m, s) in reference if m == "phycharm" and s != "overall"}) + ["overall"]
+    lines = ["PhyCHarm ablation on the embedded benchmark (held-out subjects, mean over subjects; "
+             "|ΔV| = absolute relative tissue-volume error vs the ground-truth target image's "
+             "segmentation). Bold: better than every baseline of the reference run "
+             f"({', '.join(BASELINES)}) on that metric and site.", "",
+             "`python benchmarks/ablation_phycharm.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])) + "`", ""]
+    lines += table(reference, variants, sites)
+    if seconds:
+        lines += ["", "Wall time per variant run: " + ", ".join(
+            f"{k} {v / 60:.1f} min" for k, v in seconds.items())]
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    with open(args.out, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
