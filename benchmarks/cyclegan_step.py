@@ -1,0 +1,370 @@
+"""Train-step time of the flax CycleGAN vs an equivalent PyTorch implementation on the same CPU.
+
+Both sides build the same networks (phyjax/models/gan.py: ResNet generator with reflection
+padding, instance norm without affine parameters, ``n_blocks`` residual blocks, two stride-2
+down/up-samplings, 7x7 stem and output with tanh; 70x70 PatchGAN) and run the same step: both
+generators' LSGAN + cycle + identity loss, one Adam update of both, then both discriminators'
+LSGAN loss on the detached fakes, one Adam update.  The radiomic and Dice terms are left out
+(PyTorch has no soft radiomics to compare with).  Default sizes: the method's defaults
+(configs/cyclegan_radiomics.py: ngf 16, 4 blocks, ndf 16) on the default data's 2 mm axial
+slices (91 x 109 padded to 92 x 112), batch 4.
+
+Timed: the median over ``--steps`` steps after ``--warmup`` steps (compilation excluded; its time
+is reported), in ``--rounds`` alternating rounds of flax then PyTorch, so that a shared machine's
+load moves both; the ratio is per round.  Also timed on each side: one generator forward +
+backward (``gen_fwd_bwd``) and, on the flax side, variants that isolate a suspected cause:
+
+* ``step_no_donate``: the step without ``donate_argnums`` (buffers copied, not reused);
+* ``gen_fwd_bwd_zero_pad``: zero ('SAME') padding instead of reflection padding;
+* ``gen_fwd_bwd_flax_instancenorm``: flax's ``nn.InstanceNorm`` instead of phyjax's;
+* ``gen_fwd_bwd_nchw``: convolutions in NCHW/OIHW layout (``lax.conv_general_dilated``);
+
+PyTorch is only a benchmark reference, never a phyjax dependency: the PyTorch half runs in
+``--torch-python`` (default: this interpreter if it imports torch, else ``/work/torchvenv/bin/python``;
+make one with ``python3 -m venv /work/torchvenv && /work/torchvenv/bin/pip install torch numpy``).
+
+Run (about 4 min on 2 CPU cores):
+    JAX_PLATFORMS=cpu python benchmarks/cyclegan_step.py [--batch 4 --height 92 --width 112]
+Writes benchmarks/results/cyclegan_step.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_TORCH = "/work/torchvenv/bin/python"
+
+
+def _median(xs):
+    xs = sorted(xs)
+    return xs[len(xs) // 2]
+
+
+# ---------------------------------------------------------------------------------------------
+# PyTorch (runs in the torch interpreter; imports nothing from phyjax or jax)
+
+
+def torch_side(args) -> dict:
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    torch.set_num_threads(args.threads or os.cpu_count())
+
+    def norm(c):
+        return nn.InstanceNorm2d(c, affine=False, eps=1e-5)
+
+    class Res(nn.Module):
+        def __init__(self, c):
+            super().__init__()
+            self.body = nn.Sequential(nn.ReflectionPad2d(1), nn.Conv2d(c, c, 3), norm(c),
+                                      nn.ReLU(True), nn.ReflectionPad2d(1), nn.Conv2d(c, c, 3),
+                                      norm(c))
+
+        def forward(self, x):
+            return x + self.body(x)
+
+    def generator(f, n_blocks, n_down=2):
+        layers = [nn.ReflectionPad2d(3), nn.Conv2d(1, f, 7), norm(f), nn.ReLU(True)]
+        for _ in range(n_down):
+            layers += [nn.Conv2d(f, 2 * f, 3, stride=2, padding=1), norm(2 * f), nn.ReLU(True)]
+            f *= 2
+        layers += [Res(f) for _ in range(n_blocks)]
+        for _ in range(n_down):
+            layers += [nn.ConvTranspose2d(f, f // 2, 3, stride=2, padding=1, output_padding=1),
+                       norm(f // 2), nn.ReLU(True)]
+            f //= 2
+        layers += [nn.ReflectionPad2d(3), nn.Conv2d(f, 1, 7), nn.Tanh()]
+        return nn.Sequential(*layers)
+
+    def discriminator(f, n_layers=3):
+        layers = [nn.Conv2d(1, f, 4, 2, 1), nn.LeakyReLU(0.2, True)]
+        for n in range(1, n_layers + 1):
+            c_in, c = f * min(2 ** (n - 1), 8), f * min(2 ** n, 8)
+            layers += [nn.Conv2d(c_in, c, 4, 2 if n < n_layers else 1, 1, bias=False), norm(c),
+                       nn.LeakyReLU(0.2, True)]
+        layers += [nn.Conv2d(f * min(2 ** n_layers, 8), 1, 4, 1, 1)]
+        return nn.Sequential(*layers)
+
+    g_ab, g_ba = generator(args.features, args.blocks), generator(args.features, args.blocks)
+    d_a, d_b = discriminator(args.disc_features), discriminator(args.disc_features)
+    opt_g = torch.optim.Adam(list(g_ab.parameters()) + list(g_ba.parameters()), 2e-4,
+                             betas=(0.5, 0.999))
+    opt_d = torch.optim.Adam(list(d_a.parameters()) + list(d_b.parameters()), 2e-4,
+                             betas=(0.5, 0.999))
+    a = torch.rand(args.batch, 1, args.height, args.width) * 2 - 1
+    b = torch.rand(args.batch, 1, args.height, args.width) * 2 - 1
+    mse, l1 = nn.MSELoss(), nn.L1Loss()
+
+    def step():
+        opt_g.zero_grad(set_to_none=True)
+        fake_b, fake_a = g_ab(a), g_ba(b)
+        rec_a, rec_b = g_ba(fake_b), g_ab(fake_a)
+        pb, pa = d_b(fake_b), d_a(fake_a)
+        loss_g = (mse(pb, torch.ones_like(pb)) + mse(pa, torch.ones_like(pa))
+                  + 10 * (l1(rec_a, a) + l1(rec_b, b)) + 5 * (l1(g_ab(b), b) + l1(g_ba(a), a)))
+        loss_g.backward()
+        opt_g.step()
+        opt_d.zero_grad(set_to_none=True)
+        loss_d = 0.0
+        for d, real, fake in ((d_a, a, fake_a.detach()), (d_b, b, fake_b.detach())):
+            pr, pf = d(real), d(fake)
+            loss_d = loss_d + 0.5 * (mse(pr, torch.ones_like(pr)) + mse(pf, torch.zeros_like(pf)))
+        loss_d.backward()
+        opt_d.step()
+
+    def gen_fwd_bwd():
+        g_ab.zero_grad(set_to_none=True)
+        g_ab(a).square().mean().backward()
+
+    out = {"torch_version": torch.__version__, "threads": torch.get_num_threads()}
+    for name, fn in (("step", step), ("gen_fwd_bwd", gen_fwd_bwd)):
+        for _ in range(args.warmup):
+            fn()
+        times = []
+        for _ in range(args.steps):
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+        out[name] = _median(times)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# flax (phyjax's networks and step)
+
+
+def flax_side(args, variants: bool) -> dict:
+    import flax.linen as fnn
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from phyjax.methods import cyclegan
+    from phyjax.models import gan
+
+    cfg = {"features": args.features, "n_blocks": args.blocks, "n_down": 2,
+           "disc_features": args.disc_features, "disc_layers": 3, "intensity_max": 2.0,
+           "w_cycle": 10.0, "w_identity": 5.0, "steps": 1000, "learning_rate": 2e-4}
+    rng = np.random.default_rng(0)
+    shape = (args.batch, args.height, args.width, 1)
+    batch = {"a": rng.random(shape).astype(np.float32) * 2,
+             "b": rng.random(shape).astype(np.float32) * 2,
+             "mask_a": np.ones(shape, np.float32), "mask_b": np.ones(shape, np.float32)}
+    gen, disc = cyclegan.make_nets(cfg)
+    tx = cyclegan.gan_optimizer(cfg)
+    out = {"jax_version": jax.__version__, "xla_flags": os.environ.get("XLA_FLAGS", "")}
+
+    def time_step(step, donate=True):
+        state = cyclegan.init_state(cfg, gen, disc, shape[1:3], 0, tx)
+        t = time.perf_counter()
+        state, m = step(state, batch)
+        jax.block_until_ready(m)
+        compile_s = time.perf_counter() - t
+        for _ in range(args.warmup - 1):
+            state, m = step(state, batch)
+        jax.block_until_ready(m)
+        times = []
+        for _ in range(args.steps):
+            t = time.perf_counter()
+            state, m = step(state, batch)
+            jax.block_until_ready((state, m))
+            times.append(time.perf_counter() - t)
+        return _median(times), compile_s
+
+    out["step"], out["step_compile_s"] = time_step(cyclegan.make_cyclegan_step(cfg, gen, disc, tx))
+
+    def time_fn(fn, *xs):
+        jax.block_until_ready(fn(*xs))
+        for _ in range(args.warmup - 1):
+            jax.block_until_ready(fn(*xs))
+        times = []
+        for _ in range(args.steps):
+            t = time.perf_counter()
+            jax.block_until_ready(fn(*xs))
+            times.append(time.perf_counter() - t)
+        return _median(times)
+
+    x = jnp.asarray(batch["a"]) - 1.0
+
+    def gen_time(module):
+        params = gan.init_params(module, 0, x)
+        return time_fn(jax.jit(jax.grad(lambda p: jnp.mean(jnp.square(
+            module.apply({"params": p}, x))))), params)
+
+    out["gen_fwd_bwd"] = gen_time(gen)
+    if not variants:
+        return out
+
+    step_nd = cyclegan.make_cyclegan_step(cfg, gen, disc, tx)
+    step_nd = jax.jit(step_nd.__wrapped__) if hasattr(step_nd, "__wrapped__") else None
+    if step_nd is not None:
+        out["step_no_donate"], _ = time_step(step_nd)
+
+    orig_pad, orig_norm = gan.reflect_pad, gan.instance_norm
+    try:
+        gan.reflect_pad = lambda v, p: jnp.pad(v, ((0, 0), (p, p), (p, p), (0, 0)))
+        out["gen_fwd_bwd_zero_pad"] = gen_time(gen)
+        gan.reflect_pad = orig_pad
+        gan.instance_norm = lambda v, eps=1e-5: fnn.InstanceNorm(
+            epsilon=eps, use_bias=False, use_scale=False).apply({}, v)
+        out["gen_fwd_bwd_flax_instancenorm"] = gen_time(gen)
+    finally:
+        gan.reflect_pad, gan.instance_norm = orig_pad, orig_norm
+    out["gen_fwd_bwd_nchw"] = _nchw_generator_time(args, time_fn)
+    return out
+
+
+def _nchw_generator_time(args, time_fn) -> float:
+    """The generator written with ``lax.conv_general_dilated`` in NCHW/OIHW (PyTorch's layout)."""
+    import jax
+    import jax.numpy as jnp
+    from jax import lax
+
+    key = jax.random.key(0, impl="rbg")
+    f0 = args.features
+    specs = [("c", 1, f0, 7, 1)] + [("c", f0 * 2 ** i, f0 * 2 ** (i + 1), 3, 2) for i in range(2)]
+    specs += [("r", 4 * f0, 4 * f0, 3, 1)] * args.blocks
+    specs += [("t", f0 * 2 ** (2 - i), f0 * 2 ** (1 - i), 3, 2) for i in range(2)]
+    specs += [("o", f0, 1, 7, 1)]
+    params = []
+    for kind, ci, co, k, _ in specs:
+        n = 2 if kind == "r" else 1
+        key, *ks = jax.random.split(key, n + 1)
+        params.append([0.05 * jax.random.normal(kk, (co, ci, k, k)) for kk in ks])
+    dn = ("NCHW", "OIHW", "NCHW")
+
+    def norm(x):
+        m = jnp.mean(x, (2, 3), keepdims=True)
+        return (x - m) * lax.rsqrt(jnp.mean(jnp.square(x - m), (2, 3), keepdims=True) + 1e-5)
+
+    def rpad(x, p):
+        return jnp.pad(x, ((0, 0), (0, 0), (p, p), (p, p)), mode="reflect")
+
+    def conv(x, w, stride=1, pad=((0, 0), (0, 0))):
+        return lax.conv_general_dilated(x, w, (stride, stride), pad, dimension_numbers=dn)
+
+    def net(ps, x):
+        for (kind, _, _, k, s), w in zip(specs, ps):
+            if kind == "c" and k == 7:
+                x = jax.nn.relu(norm(conv(rpad(x, 3), w[0])))
+            elif kind == "c":
+                x = jax.nn.relu(norm(conv(x, w[0], 2, ((1, 1), (1, 1)))))
+            elif kind == "r":
+                y = jax.nn.relu(norm(conv(rpad(x, 1), w[0])))
+                x = x + norm(conv(rpad(y, 1), w[1]))
+            elif kind == "t":
+                # transposed conv = dilated input conv (PyTorch padding 1, output_padding 1)
+                x = jax.nn.relu(norm(lax.conv_general_dilated(
+                    x, w[0][:, :, ::-1, ::-1], (1, 1), ((1, 2), (1, 2)), lhs_dilation=(2, 2),
+                    dimension_numbers=dn)))
+            else:
+                x = jnp.tanh(conv(rpad(x, 3), w[0]))
+        return x
+
+    x = jnp.zeros((args.batch, 1, args.height, args.width))
+    fn = jax.jit(jax.grad(lambda ps: jnp.mean(jnp.square(net(ps, x)))))
+    return time_fn(fn, params)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _torch_python(arg: str | None) -> str:
+    if arg:
+        return arg
+    try:
+        import torch  # noqa: F401
+        return sys.executable
+    except ImportError:
+        return DEFAULT_TORCH
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--height", type=int, default=92)
+    p.add_argument("--width", type=int, default=112)
+    p.add_argument("--features", type=int, default=16)
+    p.add_argument("--blocks", type=int, default=4)
+    p.add_argument("--disc-features", type=int, default=16)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--threads", type=int, default=0,
+                   help="PyTorch threads (0: all cores); 1 also restricts XLA to one thread")
+    p.add_argument("--no-variants", action="store_true", help="only the step and the generator")
+    p.add_argument("--torch-python", default=None)
+    p.add_argument("--torch-only", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "cyclegan_step"))
+    args = p.parse_args(argv)
+    if args.torch_only:
+        print(json.dumps(torch_side(args)))
+        return
+    if args.threads == 1 and "jax" not in sys.modules:
+        # one thread on the XLA side too (Eigen's pool and the intra-op pool)
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen="
+                                   "false intra_op_parallelism_threads=1").strip()
+    torch_py = _torch_python(args.torch_python)
+    if not os.path.exists(torch_py):
+        sys.exit(f"{torch_py}: no Python with PyTorch; give --torch-python (see the docstring).")
+    passthrough = [f"--{k.replace('_', '-')}={getattr(args, k)}" for k in
+                   ("batch", "height", "width", "features", "blocks", "disc_features", "steps",
+                    "warmup", "threads")]
+    rounds = []
+    for r in range(args.rounds):
+        fx = flax_side(args, variants=(r == 0 and not args.no_variants))
+        done = subprocess.run([torch_py, __file__, "--torch-only", *passthrough],
+                              capture_output=True, text=True, check=False)
+        if done.returncode:
+            sys.exit(f"PyTorch side failed ({torch_py}):\n{done.stderr[-2000:]}")
+        tx = json.loads(done.stdout.strip().splitlines()[-1])
+        rounds.append({"flax": fx, "torch": tx, "load_avg": os.getloadavg(),
+                       "ratio_step": fx["step"] / tx["step"],
+                       "ratio_gen_fwd_bwd": fx["gen_fwd_bwd"] / tx["gen_fwd_bwd"]})
+        print(json.dumps(rounds[-1], indent=1), flush=True)
+    result = {"config": vars(args), "machine": platform.platform(), "cpus": os.cpu_count(),
+              "rounds": rounds,
+              "ratio_step_median": _median([r["ratio_step"] for r in rounds]),
+              "ratio_gen_fwd_bwd_median": _median([r["ratio_gen_fwd_bwd"] for r in rounds])}
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out + ".json", "w") as f:
+        json.dump(result, f, indent=2)
+    with open(args.out + ".md", "w") as f:
+        f.write(markdown(result))
+    print(markdown(result))
+
+
+def markdown(result) -> str:
+    c = result["config"]
+    lines = [f"# CycleGAN train step: flax vs PyTorch (CPU, {result['cpus']} cores)", "",
+             f"batch {c['batch']} x {c['height']} x {c['width']}, ngf {c['features']}, "
+             f"{c['blocks']} residual blocks, ndf {c['disc_features']}; median of {c['steps']} "
+             "steps after warm-up, per round (flax, then PyTorch).", "",
+             "| round | load avg (1 min) | flax step (s) | PyTorch step (s) | ratio | "
+             "flax G fwd+bwd (s) | PyTorch G fwd+bwd (s) | ratio |", "|---|---|---|---|---|---|---|---|"]
+    for i, r in enumerate(result["rounds"]):
+        lines.append(f"| {i + 1} | {r['load_avg'][0]:.1f} | {r['flax']['step']:.3f} | "
+                     f"{r['torch']['step']:.3f} | {r['ratio_step']:.2f} | "
+                     f"{r['flax']['gen_fwd_bwd']:.3f} | {r['torch']['gen_fwd_bwd']:.3f} | "
+                     f"{r['ratio_gen_fwd_bwd']:.2f} |")
+    variants = {k: v for k, v in result["rounds"][0]["flax"].items()
+                if k.startswith(("step_no", "gen_fwd_bwd_"))}
+    if variants:
+        lines += ["", "Flax variants (round 1; seconds): " + ", ".join(
+            f"{k} {v:.3f}" for k, v in variants.items())]
+    lines += ["", f"Median ratio flax / PyTorch: step {result['ratio_step_median']:.2f}, "
+              f"generator fwd+bwd {result['ratio_gen_fwd_bwd_median']:.2f}."]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
