@@ -1,11 +1,24 @@
 """Shared test fixtures and helpers."""
 
+import atexit
 import importlib.util
 import os
+import shutil
+import tempfile
 
-import jax
+# One persistent XLA compilation cache for the whole test session -- this process, the
+# `python -m phyjax.main` subprocesses and the notebook kernels (they inherit the variable): the
+# debug configuration's training step is compiled once instead of once per process (the debug
+# run: 52 -> 22 s CPU).  Keyed by JAX on the program and its options; removed at exit.
+if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="phyjax-xla-cache-")
+    atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], True)
+
+import jax  # after the cache variable
 import jax.numpy as jnp
 import pytest
+
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
 
 
 def _x64_context():
