@@ -93,8 +93,8 @@ def parse_flags(argv):
 
 
 def output_folders(config, workdir: str) -> list[str]:
-    """The folders a run writes into: harmonize mode's output folder, else ``workdir`` (and the
-    default dataset's cache when no BIDS folder is given)."""
+    """The folders a run writes into: harmonize (or segment) mode's output folder, else
+    ``workdir`` (and the default dataset's cache when no BIDS folder is given)."""
     if config.get("mode") == "harmonize":
         from phyjax.experiments.harmonize import output_path
 
@@ -104,6 +104,10 @@ def output_folders(config, workdir: str) -> list[str]:
         out = output_path(h.output, h.input or "input.nii.gz",
                           os.path.join(workdir, "harmonized"))
         return [os.path.dirname(os.path.abspath(out))]
+    if config.get("mode") == "segment":   # physics_seg: configs/physics_seg.py's defaults
+        s = config.segment
+        return [s.output or (os.path.join(s.bids_root, "derivatives", "phyjax-physics-seg")
+                             if s.get("bids_root") else os.path.join(workdir, "segment"))]
     folders = [workdir]
     if "data" in config and not config.data.get("bids_root") and "cache_dir" in config.data:
         from phyjax.data.dataset import cache_dir
