@@ -40,6 +40,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
     data.min_mask_fraction = 0.15
     data.families = ("mprage", "spgr")
     data.n_per_family = 12       # simulated protocols per training anatomy and family
+    data.reconstruction = "magnitude"  # or "signed" (phase-sensitive: the sign of the signal kept)
     # Parameter ranges (s, degrees, T): a pair is drawn uniformly, a number is fixed.
     data.mprage = ConfigDict({"tr": 2.4, "te": 0.003, "ti": (0.6, 1.2), "flip_angle": 0.0,
                               "field_strength": 3.0})

@@ -39,36 +39,46 @@ def test_physics_vector_holds_the_parameters_and_their_negative_exponentials():
 
 
 def test_branch_shapes_2d_and_3d():
+    # shapes only: jax.eval_shape traces init/apply without compiling or running them
     params = jnp.stack([physics_vector(MPRAGE_EARLY), physics_vector(MPRAGE_LATE)])
     model = SegmentationUNet(features=(4, 8, 16), branch_width=8)
     x = jnp.ones((2, 16, 20, 3))
-    variables = model.init(jax.random.key(0), x, params)
+    variables = jax.eval_shape(model.init, jax.random.key(0), x, params)
     p = variables["params"]
     assert p["branch_dense_0"]["kernel"].shape == (PHYSICS_SIZE, 8)
     assert p["branch_dense_1"]["kernel"].shape == (8, 8)
     # one projection per decoder level, to that level's width (deepest first)
     assert p["branch_to_decoder_0"]["kernel"].shape == (8, 8)
     assert p["branch_to_decoder_1"]["kernel"].shape == (8, 4)
-    assert model.apply(variables, x, params).shape == (2, 16, 20, 3)
+    assert jax.eval_shape(model.apply, variables, x, params).shape == (2, 16, 20, 3)
     plain = SegmentationUNet(features=(4, 8, 16), physics=False)
-    plain_vars = plain.init(jax.random.key(0), x)
+    plain_vars = jax.eval_shape(plain.init, jax.random.key(0), x)
     assert not any(k.startswith("branch") for k in plain_vars["params"])
     model3d = SegmentationUNet(features=(4, 8), branch_width=8, ndim=3)
     x3 = jnp.ones((2, 8, 8, 6, 1))
-    assert model3d.apply(model3d.init(jax.random.key(1), x3, params), x3,
-                         params).shape == (2, 8, 8, 6, 3)
+    v3 = jax.eval_shape(model3d.init, jax.random.key(1), x3, params)
+    assert v3["params"]["ConvBlock_0"]["Conv_0"]["kernel"].shape == (3, 3, 3, 1, 4)
+    assert jax.eval_shape(model3d.apply, v3, x3, params).shape == (2, 8, 8, 6, 3)
     with pytest.raises(ValueError, match="divisible"):
-        model.apply(variables, jnp.ones((2, 15, 20, 3)), params)
+        jax.eval_shape(model.apply, variables, jnp.ones((2, 15, 20, 3)), params)
     with pytest.raises(ValueError, match="acquisition parameters"):
-        model.apply(variables, x)
+        jax.eval_shape(model.apply, variables, x)
+
+
+def _numpy_init(model, *args):
+    """Variables of ``model`` drawn with NumPy (JAX's PRNG compiles per shape: slow on CPU)."""
+    rng = np.random.default_rng(0)
+    shapes = jax.eval_shape(model.init, jax.random.key(0), *args)
+    return jax.tree.map(lambda s: jnp.asarray(0.3 * rng.standard_normal(s.shape), s.dtype),
+                        shapes)
 
 
 def test_changing_the_parameters_changes_the_output_only_with_the_branch():
-    x = jax.random.uniform(jax.random.key(2), (1, 16, 16, 1))
+    x = jnp.asarray(np.random.default_rng(2).random((1, 16, 16, 1)), jnp.float32)
     early, late = (jnp.asarray(physics_vector(p))[None] for p in (MPRAGE_EARLY, MPRAGE_LATE))
     for physics in (True, False):
-        model = SegmentationUNet(features=(8, 16), branch_width=8, physics=physics)
-        variables = model.init(jax.random.key(0), x, early)
+        model = SegmentationUNet(features=(4, 8), branch_width=8, physics=physics)
+        variables = _numpy_init(model, x, early)
         diff = float(jnp.max(jnp.abs(model.apply(variables, x, early)
                                      - model.apply(variables, x, late))))
         assert (diff > 1e-3) if physics else (diff == 0.0), (physics, diff)

@@ -73,7 +73,7 @@ def train_models(config, workdir: str, heads) -> dict[str, Segmenter]:
     bank = simulate.SliceBank(heads, tuple(d.families), ranges_of(config), d.n_per_family,
                               _effect_ranges(d.effects), len(m.features), d.min_mask_fraction,
                               m.context, config.seed, _gold_kwargs(config),
-                              progress=config.progress)
+                              progress=config.progress, reconstruction=d.reconstruction)
     out = {}
     for key in config.eval.methods:
         if key not in MODELS:
@@ -82,7 +82,8 @@ def train_models(config, workdir: str, heads) -> dict[str, Segmenter]:
         settings = {"features": list(m.features), "physics": physics,
                     "branch_width": int(m.branch_width), "context": int(m.context),
                     "voxel_mm": float(d.voxel_size), "ranges": ranges_of(config),
-                    "families": list(d.families), "gold": _gold_kwargs(config)}
+                    "families": list(d.families), "gold": _gold_kwargs(config),
+                    "reconstruction": d.reconstruction}
         variables = train(make_model(settings), bank, config.train,
                           os.path.join(workdir, name), config.seed, config.progress,
                           desc=f"train {name}")
@@ -135,7 +136,8 @@ def evaluate_across_protocols(config, test_heads, methods) -> list[dict]:
         effects, k_acq = _subject_effects(config, i)
         for family, ps in protocols.items():
             for j, p in enumerate(ps):
-                img = simulate.image(head.maps(float(p.field_strength)), mask, p, effects, k_acq)
+                img = simulate.image(head.maps(float(p.field_strength)), mask, p, effects, k_acq,
+                                     config.data.reconstruction)
                 for method, fn in methods.items():
                     r = {"subject": subject, "family": family, "protocol": j,
                          "tr": float(p.tr), "te": float(p.te), "ti": float(p.ti),
@@ -180,7 +182,8 @@ def bridging(config, train_heads, test_heads, segmenters) -> list[dict]:
             for s in ("a", "b"):
                 key = jax.random.fold_in(jax.random.key(config.seed + 77), 2 * (offset + i)
                                          + (s == "b"))
-                img = simulate.image(head.maps(3.0), mask, sites[s], effects[s], key)
+                img = simulate.image(head.maps(3.0), mask, sites[s], effects[s], key,
+                                     config.data.reconstruction)
                 out["raw"].setdefault(s, []).append(vols(plain, img, mask, None))
                 out["true"].setdefault(s, []).append(vols(phys, img, mask, sites[s]))
                 out["grid"].setdefault(s, []).append([vols(phys, img, mask, g) for g in grid])
@@ -215,7 +218,7 @@ def write_report(workdir: str, config, rows, subject_rows, summary, bridge_rows,
     path = os.path.join(workdir, "report.md")
     d = config.data
     text = [f"# Physics-aware segmentation (Borges et al. 2019) -- {d.n_test} held-out "
-            f"anatomies, {d.voxel_size} mm", "",
+            f"anatomies, {d.voxel_size} mm, {d.reconstruction} images", "",
             f"Trained on {d.n_train} anatomies x {d.n_per_family} protocols per family "
             f"({', '.join(d.families)}), {config.train.steps} steps; evaluated on "
             f"{config.eval.n_mprage} MPRAGE TIs and {config.eval.n_spgr} SPGR protocols per "

@@ -129,7 +129,11 @@ def segment(config, workdir: str) -> str:
     ``<workdir>/physics_unet/model``); returns the derivatives folder.  Every input's protocol
     is read and checked before any compute; errors name the file (InputError)."""
     s = config.segment
-    segmenter = Segmenter.load(s.model or os.path.join(workdir, "physics_unet", "model"))
+    model_dir = s.model or os.path.join(workdir, "physics_unet", "model")
+    segmenter = Segmenter.load(model_dir)
+    if segmenter.settings.get("reconstruction", "magnitude") != "magnitude":
+        raise InputError(f"{model_dir}: trained on phase-sensitive (signed) images; T1w magnitude "
+                         "images need a segmenter trained with data.reconstruction=magnitude.")
     if s.bids_root:
         from phyjax.data import bids
         from phyjax.data.sidecar import read_site_table

@@ -18,7 +18,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -117,7 +116,8 @@ class SegmentationUNet(nn.Module):
             x = nn.max_pool(x, window, window)
         x = ConvBlock(self.features[-1], self.ndim)(x)
         for level, (f, skip) in enumerate(zip(reversed(self.features[:-1]), reversed(skips))):
-            x = jax.image.resize(x, skip.shape[:-1] + (x.shape[-1],), "nearest")
+            for axis in range(1, self.ndim + 1):   # nearest-neighbour x2 (sizes divisible)
+                x = jnp.repeat(x, 2, axis=axis)
             cond = None if h is None else nn.Dense(f, name=f"branch_to_decoder_{level}")(h)
             x = ConvBlock(f, self.ndim)(jnp.concatenate([x, skip], axis=-1), cond)
         return nn.Conv(self.n_classes, (1,) * self.ndim)(x)

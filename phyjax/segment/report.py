@@ -53,9 +53,11 @@ def bridging_table(rows: list[dict]) -> str:
 
 
 def volume_vs_ti_figure(rows: list[dict], path: str, methods) -> str:
-    """Volume deviation (%) from each subject's mean over the TI range, vs TI: mean over
-    held-out subjects (line) and their range (band), one panel per tissue (GM, WM), one line per
-    method.  ``rows``: MPRAGE evaluation rows with ``subject``, ``ti``, ``method``, ``vol_*``."""
+    """Volume deviation (%) from the subject's gold-standard volume (which does not depend on
+    the protocol), vs TI: mean over held-out subjects (line) and their range (band), one panel
+    per tissue (GM, WM), one line per method.  ``rows``: evaluation rows with ``subject``,
+    ``family``, ``ti``, ``method``, ``vol_*``, ``gold_vol_*`` (strings, as read from
+    ``evaluation.csv``, or numbers)."""
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharex=True)
@@ -65,19 +67,20 @@ def volume_vs_ti_figure(rows: list[dict], path: str, methods) -> str:
             if not rs:
                 continue
             subjects = sorted({r["subject"] for r in rs})
-            tis = sorted({r["ti"] for r in rs})
+            tis = sorted({float(r["ti"]) for r in rs})
             dev = []
             for s in subjects:
-                v = np.array([next(r[f"vol_{tissue}"] for r in rs
-                                   if r["subject"] == s and r["ti"] == ti) for ti in tis])
-                dev.append(100.0 * (v - v.mean()) / v.mean())
+                mine = {float(r["ti"]): r for r in rs if r["subject"] == s}
+                v = np.array([float(mine[ti][f"vol_{tissue}"]) for ti in tis])
+                g = np.array([float(mine[ti][f"gold_vol_{tissue}"]) for ti in tis])
+                dev.append(100.0 * (v - g) / g)
             dev = np.asarray(dev)
             line, = ax.plot(tis, dev.mean(0), marker="o", ms=3, label=LABELS.get(method, method))
             ax.fill_between(tis, dev.min(0), dev.max(0), color=line.get_color(), alpha=0.15)
         ax.axhline(0.0, color="k", lw=0.5)
         ax.set_title(f"{tissue.upper()} volume")
         ax.set_xlabel("TI (s)")
-        ax.set_ylabel("deviation from subject mean (%)")
+        ax.set_ylabel("volume vs gold standard (%)")
     axes[0].legend(fontsize=7)
     fig.suptitle("MPRAGE: volume vs inversion time, held-out subjects (band: min-max)",
                  fontsize=9)

@@ -21,8 +21,7 @@ from tqdm.auto import tqdm
 
 from phyjax.data import synthetic
 from phyjax.data.slices import brain_slices, grid, to_slices
-from phyjax.data.volumes import normalize
-from phyjax.physics import scanner
+from phyjax.physics import scanner, signal
 from phyjax.physics.sequences import Protocol
 from phyjax.segment.gold import gold_standard
 from phyjax.segment.model import physics_vector
@@ -80,10 +79,12 @@ def evaluation_protocols(family: str, ranges: dict, n: int, seed: int) -> list[P
 
 
 def in_range(protocol: Protocol, ranges: dict, rtol: float = 1e-3) -> list[str]:
-    """Why ``protocol`` lies outside ``ranges`` (empty list when inside)."""
+    """Why ``protocol`` lies outside ``ranges`` (empty list when inside); only the fields
+    ``ranges[protocol.sequence]`` names are checked."""
     if protocol.sequence not in ranges:
         return [f"family {protocol.sequence!r} (trained on {sorted(ranges)})"]
-    b = _bounds(ranges, protocol.sequence)
+    b = {k: v for k, v in _bounds(ranges, protocol.sequence).items()
+         if k in ranges[protocol.sequence]}
     out = []
     for k, (lo, hi) in b.items():
         v = float(getattr(protocol, k))
@@ -97,12 +98,34 @@ def in_range(protocol: Protocol, ranges: dict, rtol: float = 1e-3) -> list[str]:
     return out
 
 
+RECONSTRUCTIONS = ("magnitude", "signed")
+
+
 def image(maps: dict, mask: np.ndarray, protocol: Protocol, effects: scanner.ScannerEffects,
-          key) -> np.ndarray:
+          key, reconstruction: str = "magnitude") -> np.ndarray:
     """One normalized image ``(X, Y, Z)`` float32 of ``maps`` through ``protocol``, ``effects``
-    and noise drawn with ``key`` (:func:`phyjax.data.synthetic.acquire`, then divided by its
-    99th in-mask percentile)."""
-    return normalize(synthetic.acquire(maps, mask, protocol, effects, key), mask)
+    and noise drawn with ``key`` (:func:`phyjax.data.synthetic.acquire`), divided by the 99th
+    in-mask percentile of its magnitude.
+
+    ``reconstruction``: ``magnitude`` (what scanners write for MPRAGE/SPGR) or ``signed``: the
+    magnitude carrying the sign of the noise-free signed signal
+    (:func:`phyjax.physics.signal.signed_signal` with the same B1+ and slice profile) -- a
+    phase-sensitive (PSIR-like) real image, in which tissues on either side of an inversion
+    null stay apart.  Raises ValueError for another value.
+    """
+    if reconstruction not in RECONSTRUCTIONS:
+        raise ValueError(f"reconstruction {reconstruction!r}; expected one of {RECONSTRUCTIONS}.")
+    out = synthetic.acquire(maps, mask, protocol, effects, key)
+    if reconstruction == "signed":
+        b1 = scanner.b1_field(mask.shape, effects.b1_scale, effects.b1_curvature)
+        signed = signal.signed_signal(protocol, maps["t1"], maps["t2"], maps["t2star"],
+                                      maps["pd"], b1)
+        signed = scanner.slice_profile(signed, effects.slice_fwhm, axis=-1)
+        out = np.where(np.asarray(signed) < 0, -out, out)
+    ref = float(np.percentile(np.abs(out[mask]), 99.0))
+    if not ref > 0:
+        raise ValueError("simulated image is zero inside the mask.")
+    return (out / ref).astype(np.float32)
 
 
 class SliceBank:
@@ -110,7 +133,8 @@ class SliceBank:
 
     For anatomy ``a`` and each family, ``n_per_family`` protocols are drawn from ``ranges`` and
     imaged with scanner effects drawn from ``effect_ranges``
-    (:func:`phyjax.physics.scanner.sample_scanner_effects`).  Held in memory as float16.
+    (:func:`phyjax.physics.scanner.sample_scanner_effects`) and ``reconstruction`` (see
+    :func:`image`).  Held in memory as float16.
 
     Attributes:
       images: ``(V, Z, H, W)`` float16, one per simulated volume.
@@ -121,7 +145,8 @@ class SliceBank:
 
     def __init__(self, heads, families, ranges: dict, n_per_family: int, effect_ranges: dict,
                  depth: int, min_fraction: float, context: int, seed: int,
-                 gold_kwargs: dict | None = None, progress: bool = False):
+                 gold_kwargs: dict | None = None, progress: bool = False,
+                 reconstruction: str = "magnitude"):
         shape = heads[0].probs.shape[1:]
         self.pads, self.padded = grid(shape, depth)
         self.context = context
@@ -141,7 +166,8 @@ class SliceBank:
                 for p in sample_protocols(family, ranges, n_per_family, rng):
                     k_fx, k_acq = jax.random.split(jax.random.fold_in(key, len(images)))
                     effects = scanner.sample_scanner_effects(k_fx, **effect_ranges)
-                    vol = image(head.maps(float(p.field_strength)), mask, p, effects, k_acq)
+                    vol = image(head.maps(float(p.field_strength)), mask, p, effects, k_acq,
+                                reconstruction)
                     rows += [(len(images), z) for z in z_rows]
                     images.append(to_slices(np.where(mask, vol, 0.0), self.pads)
                                   .astype(np.float16))

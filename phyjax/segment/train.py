@@ -133,7 +133,10 @@ class Segmenter:
             settings = json.load(f)
         model = make_model(settings)
         factor = 2 ** (len(settings["features"]) - 1)
-        template = init_params(model, (factor, factor), 2 * settings["context"] + 1, 0)
+        x = jnp.zeros((1, factor, factor, 2 * settings["context"] + 1), jnp.float32)
+        # structure only (no PRNG work): from_bytes fills it with the saved arrays
+        template = jax.eval_shape(model.init, jax.random.key(0), x,
+                                  jnp.zeros((1, PHYSICS_SIZE), jnp.float32))
         with open(paths[1], "rb") as f:
             variables = flax.serialization.from_bytes(template, f.read())
         return cls(settings, variables)
