@@ -14,6 +14,7 @@ Usage::
 
     python benchmarks/real_philips.py --harmonizer runs/phycharm/harmonizer [--harmonizer ...]
         [--data ../shared/data/real_subject_philips] [--out benchmarks/results/real_philips.md]
+        [--figure docs/philips_t1w_harmonized.png]
 """
 
 from __future__ import annotations
@@ -59,6 +60,45 @@ def tissue_dice(labels: np.ndarray, fast: np.ndarray, mask: np.ndarray) -> dict[
             for t in ("gm", "wm")}
 
 
+def figure(path: str, source: np.ndarray, outputs: list[tuple[str, np.ndarray]], gm: np.ndarray,
+           mask: np.ndarray) -> None:
+    """One axial and one coronal slice of the input and each harmonized image, FAST's GM
+    boundary (partial volume 0.5) drawn on every panel, so that a reader sees whether the
+    cortex is still where FAST found it; plus a zoom on the cortex at the vertex."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    zs = np.flatnonzero(mask.any((0, 1)))
+    lo, hi = zs[0] + (zs[-1] - zs[0]) // 2, zs[0] + 4 * (zs[-1] - zs[0]) // 5
+    z = int(lo + np.argmax((gm[:, :, lo:hi] > 0.5).sum((0, 1))))   # upper brain, most cortex
+    y = int(np.argmax(mask.sum((0, 2))))                            # coronal: widest slice
+    top = int(np.flatnonzero(mask[:, y, :].any(0))[-1])
+    cx = mask.shape[0] // 2
+    zoom = (slice(max(cx - 24, 0), cx + 24), y, slice(max(top - 36, 0), top + 2))
+    panels = [("input (Philips T1w)", source)] + outputs
+    fig, axes = plt.subplots(3, len(panels), figsize=(3.2 * len(panels), 9.6), squeeze=False)
+    for j, (title, img) in enumerate(panels):
+        shown = np.where(mask, img, 0.0)
+        vmax = np.percentile(shown[mask], 99.5)
+        views = [(shown[:, :, z].T, gm[:, :, z].T, f"{title}\naxial z={z}"),
+                 (shown[:, y, :].T, gm[:, y, :].T, f"coronal y={y}"),
+                 (shown[zoom].T, gm[zoom].T, "vertex cortex, zoomed")]
+        for i, (a, g, t) in enumerate(views):
+            ax = axes[i, j]
+            ax.imshow(a, cmap="gray", origin="lower", vmin=0, vmax=vmax,
+                      interpolation="nearest")
+            ax.contour(g, levels=[0.5], colors="tab:orange", linewidths=0.6)
+            ax.set_title(t, fontsize=9)
+            ax.axis("off")
+    fig.suptitle("Real Philips T1w harmonized to the reference MPRAGE\norange: FSL FAST's GM "
+                 "boundary (GM partial volume 0.5)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv=None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--harmonizer", action="append", required=True)
@@ -68,6 +108,8 @@ def main(argv=None) -> list[dict]:
                                                    "shared", "data", "real_subject_philips"))
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results",
                                                   "real_philips.md"))
+    ap.add_argument("--figure", default="", help="PNG: input and each native-resolution output "
+                    "with FAST's GM boundary (e.g. docs/philips_t1w_harmonized.png)")
     args = ap.parse_args(argv)
     image, img = load_volume(os.path.join(args.data, "bet.nii.gz"))
     gm, _ = load_volume(os.path.join(args.data, "pve_1.nii.gz"))
@@ -78,6 +120,7 @@ def main(argv=None) -> list[dict]:
     source = normalize(image, mask)
     rows = [{"harmonizer": "input (no harmonization)", "resolution": "-", "detail_ssim": 1.0,
              **tissue_dice(segment(source, mask), fast, mask), "seconds": 0.0}]
+    shown = []
     for folder in args.harmonizer:
         h = methods.load(folder)
         for res in args.resolution or ("native", "training"):
@@ -85,6 +128,9 @@ def main(argv=None) -> list[dict]:
             out = harmonize_image(h, image, img, mask, PHILIPS_TFE, "bet.nii.gz", res)
             seconds = time.time() - t
             harmonized = out["harmonized"]
+            if res == "native":
+                shown.append((f"{h.name} ({os.path.basename(os.path.dirname(folder.rstrip('/')))})",
+                              harmonized))
             rows.append({"harmonizer": f"{h.name} ({folder})", "resolution": res,
                          "detail_ssim": detail_ssim(harmonized, source, mask),
                          **tissue_dice(segment(harmonized, mask), fast, mask),
@@ -99,6 +145,8 @@ def main(argv=None) -> list[dict]:
         f.write("Real Philips T1w (1 mm), harmonized; `python benchmarks/real_philips.py "
                 + " ".join(f"--harmonizer {x}" for x in args.harmonizer) + "`\n\n")
         f.write("\n".join(lines) + "\n")
+    if args.figure and shown:
+        figure(args.figure, source, shown, gm, mask)
     with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
         json.dump(rows, f, indent=2)
     print("\n".join(lines))
