@@ -106,6 +106,32 @@ def test_gold_standard_is_the_normalized_normal_likelihood():
         gold.r1_probabilities(r1, sds=(0.03, 0.0, 0.08))
 
 
+def test_signed_reconstruction_keeps_the_sign_of_the_static_mprage_signal():
+    from phyjax.physics.scanner import ScannerEffects
+    from phyjax.segment import simulate
+
+    # two uniform tissues (WM | GM) at TI 0.6 s: WM above its null, GM below (signed < 0)
+    shape = (4, 4, 2)
+    t1 = np.where(np.arange(4)[:, None, None] < 2, 0.81, 1.35) * np.ones(shape)
+    pd = np.where(t1 < 1.0, 0.77, 0.86)
+    maps = {"t1": t1.astype(np.float32), "t2": np.full(shape, 0.1, np.float32),
+            "t2star": np.full(shape, 0.06, np.float32), "pd": pd.astype(np.float32)}
+    mask = np.ones(shape, bool)
+    clean = ScannerEffects()
+    mag = simulate.image(maps, mask, MPRAGE_EARLY, clean, jax.random.key(0))
+    signed = simulate.image(maps, mask, MPRAGE_EARLY, clean, jax.random.key(0), "signed")
+    # closed form (static MPRAGE, Jog et al. 2015), written out here independently
+    def static(t1, m0):
+        return m0 * (1 - 2 * np.exp(-0.6 / t1) / (1 + np.exp(-2.4 / t1))) * np.exp(-0.003 / 0.06)
+
+    s_wm, s_gm = static(0.81, 0.77), static(1.35, 0.86)
+    assert s_wm > 0 > s_gm
+    np.testing.assert_allclose(signed[0, 0, 0] / signed[3, 0, 0], s_wm / s_gm, rtol=1e-4)
+    np.testing.assert_allclose(np.abs(signed), mag, rtol=1e-6)
+    with pytest.raises(ValueError, match="reconstruction"):
+        simulate.image(maps, mask, MPRAGE_EARLY, clean, jax.random.key(0), "complex")
+
+
 def test_soft_dice_loss_against_hand_computed_values():
     y = jnp.asarray([[1.0, 0.0], [0.0, 1.0]])[None]          # (1, 2 voxels, 2 classes)
     mask = jnp.ones((1, 2, 1))

@@ -147,6 +147,8 @@ def segment(config, workdir: str) -> str:
         out_root = s.output or os.path.join(s.bids_root, "derivatives", "phyjax-physics-seg")
         source = s.bids_root
     elif s.input:
+        if not os.path.exists(s.input):
+            raise InputError(f"{s.input}: file not found.")
         reading = input_reading(s)
         base = os.path.basename(s.input).split(".nii")[0].removesuffix("_T1w")
         jobs = [(s.input, s.mask, reading, base)]
