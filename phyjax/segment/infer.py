@@ -123,6 +123,56 @@ def _description(out_root: str, source: str, config) -> None:
         "SourceDatasets": [{"URL": "file://" + os.path.abspath(source)}]})
 
 
+def bids_jobs(root: str, mask_label: str = "brain", site_params: str = "") -> list[tuple]:
+    """Every ``sub-*/[ses-*/]anat/*_T1w.nii[.gz]`` of the BIDS folder ``root`` (derivatives
+    excluded) as ``(path, mask path or "", reading, output stem relative to the derivatives
+    root)``.  Unlike :func:`phyjax.data.bids.scan_bids` no site is needed (a segmentation does
+    not use one); a site table (``site_params``, keyed by the ``ses-`` label or the sidecar's
+    site name) fills sidecar gaps.  Masks: ``derivatives/*/sub-X/[ses-Y/]anat/*desc-<mask_label>
+    _mask.nii*`` (none: voxels > 0).  Raises InputError listing every unreadable sidecar."""
+    import glob
+
+    from phyjax.data.bids import entities
+    from phyjax.data.sidecar import (
+        read_protocol,
+        read_sidecar,
+        read_site_table,
+        sidecar_path,
+        site_label,
+    )
+
+    if not os.path.isdir(root):
+        raise InputError(f"{root}: BIDS folder not found.")
+    table = read_site_table(site_params) if site_params else {}
+    paths = sorted(p for p in glob.glob(os.path.join(root, "sub-*", "**", "*_T1w.nii*"),
+                                        recursive=True))
+    if not paths:
+        raise InputError(f"{root}: no sub-*/.../*_T1w.nii[.gz] files found.")
+    jobs, problems = [], []
+    for path in paths:
+        ent = entities(path)
+        try:
+            sidecar = read_sidecar(sidecar_path(path))
+        except InputError as exc:
+            problems.append(str(exc))
+            continue
+        site = ent.get("ses") or site_label(sidecar)
+        reading = read_protocol(sidecar, sidecar_path(path), site_values=table.get(site),
+                                site_origin=f"site table ({site})")
+        sub, ses = ent.get("sub", ""), ent.get("ses")
+        patterns = ([f"derivatives/*/sub-{sub}/ses-{ses}/anat/*desc-{mask_label}_mask.nii*"]
+                    if ses else [])
+        patterns.append(f"derivatives/*/sub-{sub}/anat/*desc-{mask_label}_mask.nii*")
+        masks = [m for pat in patterns for m in sorted(glob.glob(os.path.join(root, pat)))]
+        rel = os.path.join(os.path.relpath(os.path.dirname(path), root),
+                           os.path.basename(path).split(".nii")[0].removesuffix("_T1w"))
+        jobs.append((path, masks[0] if masks else "", reading, rel))
+    if problems:
+        raise InputError(f"{root}: {len(problems)} problem(s) before any work starts:\n  "
+                         + "\n  ".join(problems))
+    return jobs
+
+
 def segment(config, workdir: str) -> str:
     """``config.mode = "segment"``: segment ``config.segment.input`` (or every T1w of
     ``config.segment.bids_root``) with the saved segmenter (``config.segment.model``, default
@@ -135,15 +185,7 @@ def segment(config, workdir: str) -> str:
         raise InputError(f"{model_dir}: trained on phase-sensitive (signed) images; T1w magnitude "
                          "images need a segmenter trained with data.reconstruction=magnitude.")
     if s.bids_root:
-        from phyjax.data import bids
-        from phyjax.data.sidecar import read_site_table
-
-        table = read_site_table(s.site_params) if s.site_params else None
-        scans = bids.scan_bids(s.bids_root, site_table=table, mask_label=s.mask_label)
-        jobs = [(sc.path, sc.mask_path or "", sc.reading,
-                 os.path.join(os.path.relpath(os.path.dirname(sc.path), s.bids_root),
-                              os.path.basename(sc.path).split(".nii")[0].removesuffix("_T1w")))
-                for sc in scans]
+        jobs = bids_jobs(s.bids_root, s.mask_label, s.site_params)
         out_root = s.output or os.path.join(s.bids_root, "derivatives", "phyjax-physics-seg")
         source = s.bids_root
     elif s.input:
@@ -157,10 +199,17 @@ def segment(config, workdir: str) -> str:
     else:
         raise InputError("--config.segment.input (a T1w NIfTI) or --config.segment.bids_root is "
                          "required in segment mode.")
-    notes = {}
+    notes, problems = {}, []
     for path, _, reading, _ in jobs:   # every protocol checked before any compute
-        notes[path] = check_protocol(segmenter, reading.protocol(), reading.source,
-                                     s.allow_outside_range)
+        try:
+            notes[path] = check_protocol(segmenter, reading.protocol(), reading.source,
+                                         s.allow_outside_range)
+        except InputError as exc:
+            problems.append(str(exc))
+    if len(problems) == 1:
+        raise InputError(problems[0])
+    if problems:
+        raise InputError(f"{len(problems)} scans cannot be segmented:\n  " + "\n  ".join(problems))
     os.makedirs(out_root, exist_ok=True)
     _description(out_root, source, config)
     rows = []
