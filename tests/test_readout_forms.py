@@ -148,3 +148,18 @@ def test_model_readout_setting_selects_the_form_phycharm_resynthesizes_with():
     assert abs(full - static) > 0.01 * static
     with pytest.raises(InputError, match="readout"):
         phycharm.model_protocol(p, "full")
+
+
+def test_a_ge_site_without_readout_train_gets_a_generic_sidecar_that_reads_back():
+    """GE writes the readout TR as RepetitionTime: a configured GE MPRAGE site without a
+    readout train has none to write, so its sidecar is the generic BIDS one, which reads back
+    the (static) protocol completely."""
+    from phyjax.data import synthetic
+
+    cfg = {"sequence": "mprage", "tr": 2.0, "te": 0.003, "ti": 0.75, "flip_angle": 12,
+           "field_strength": 3.0, "manufacturer": "GE"}
+    p = synthetic.site_protocol(cfg)
+    sidecar, row = synthetic.vendor_sidecar(cfg, p)
+    assert row == {} and sidecar["RepetitionTimePreparation"] == pytest.approx(2.0)
+    got = read_protocol(sidecar, "ge.json").protocol()
+    assert float(got.tr) == pytest.approx(2.0) and not signal.has_readout(got)

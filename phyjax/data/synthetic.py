@@ -73,7 +73,8 @@ def vendor_sidecar(site_cfg, protocol: Protocol) -> tuple[dict, dict]:
     between inversions; echo spacing and readouts per inversion are not written.  GE IR-SPGR:
     ``RepetitionTime`` is the readout TR; the time between inversions and the readouts per
     inversion are not written.  Philips T1-FFE: everything an SPGR needs.  Other vendors or
-    families: the generic BIDS fields of :func:`~phyjax.data.sidecar.protocol_to_sidecar`."""
+    families, and a GE site without a readout train: the generic BIDS fields of
+    :func:`~phyjax.data.sidecar.protocol_to_sidecar`."""
     vendor = str(site_cfg.get("manufacturer", "")).lower()
     style = _VENDOR_STYLE.get((vendor, protocol.sequence))
     if style is None:
@@ -91,10 +92,9 @@ def vendor_sidecar(site_cfg, protocol: Protocol) -> tuple[dict, dict]:
             if has_train:
                 missing = {"tr_readout_s": float(protocol.tr_readout),
                            "n_readouts": float(protocol.n_readouts)}
+        elif not has_train:   # no readout TR to write as RepetitionTime: generic BIDS
+            return protocol_to_sidecar(protocol), {}
         else:
-            if not has_train:
-                raise ValueError(f"{vendor} {protocol.sequence} writes its readout TR as "
-                                 "RepetitionTime: give the site tr_readout and n_readouts.")
             out["RepetitionTime"] = float(protocol.tr_readout)
             missing = {"tr_prep_s": float(protocol.tr), "n_readouts": float(protocol.n_readouts)}
     else:
