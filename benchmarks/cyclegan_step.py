@@ -14,6 +14,9 @@ is reported), in ``--rounds`` alternating rounds of flax then PyTorch, so that a
 load moves both; the ratio is per round.  Also timed on each side: one generator forward +
 backward (``gen_fwd_bwd``) and, on the flax side, variants that isolate a suspected cause:
 
+* ``step_unfused``: each network called once per input (as the PyTorch reference and phyjax
+  before the fused step): six generator calls of ``batch`` slices instead of four, two of
+  them on ``2 batch``; four discriminator calls in the update instead of two;
 * ``step_no_donate``: the step without ``donate_argnums`` (buffers copied, not reused);
 * ``gen_fwd_bwd_zero_pad``: zero ('SAME') padding instead of reflection padding;
 * ``gen_fwd_bwd_flax_instancenorm``: flax's ``nn.InstanceNorm`` instead of phyjax's;
@@ -204,6 +207,8 @@ def flax_side(args, variants: bool) -> dict:
     if not variants:
         return out
 
+    out["step_unfused"], _ = time_step(cyclegan.make_cyclegan_step(cfg, gen, disc, tx,
+                                                                    fuse=False))
     step_nd = cyclegan.make_cyclegan_step(cfg, gen, disc, tx)
     step_nd = jax.jit(step_nd.__wrapped__) if hasattr(step_nd, "__wrapped__") else None
     if step_nd is not None:
@@ -357,7 +362,7 @@ def markdown(result) -> str:
                      f"{r['flax']['gen_fwd_bwd']:.3f} | {r['torch']['gen_fwd_bwd']:.3f} | "
                      f"{r['ratio_gen_fwd_bwd']:.2f} |")
     variants = {k: v for k, v in result["rounds"][0]["flax"].items()
-                if k.startswith(("step_no", "gen_fwd_bwd_"))}
+                if k.startswith(("step_", "gen_fwd_bwd_")) and k != "step_compile_s"}
     if variants:
         lines += ["", "Flax variants (round 1; seconds): " + ", ".join(
             f"{k} {v:.3f}" for k, v in variants.items())]

@@ -124,6 +124,31 @@ def test_rf_loss_gradient_reaches_generator_and_matches_finite_differences(x64):
         np.testing.assert_allclose(float(jnp.dot(gflat, v)), float(fd), rtol=1e-5, atol=1e-10)
 
 
+def test_fused_step_equals_unfused_step():
+    """Fusing the network calls (concatenated batches) changes no value: instance norm and
+    convolutions act per sample."""
+    cfg = dict(load_config("cyclegan_radiomics").cyclegan.to_dict(), features=2, n_blocks=1,
+               n_down=1, disc_features=2, disc_layers=1)
+    gen, disc = cyclegan.make_nets(cfg)
+    a, ma = _blobs(2, 8, 0.5, 0.1, seed=3)
+    b, mb = _blobs(2, 8, 0.9, 0.1, seed=4)
+    batch = {"a": a, "mask_a": ma, "b": b, "mask_b": mb}
+    tx = cyclegan.gan_optimizer(cfg)
+    out = []
+    for fuse in (True, False):
+        state = cyclegan.init_state(cfg, gen, disc, (8, 8), 0, tx)
+        out.append(cyclegan.make_cyclegan_step(cfg, gen, disc, tx, fuse=fuse)(state, batch))
+    (s1, m1), (s2, m2) = out
+    for k in m1:                                     # every loss term, to float32 rounding
+        np.testing.assert_allclose(float(m1[k]), float(m2[k]), rtol=1e-5)
+    # parameters after one Adam step (size <= lr = 2e-4 per entry): biases that precede an
+    # instance norm have a zero gradient up to rounding, which Adam's normalization turns into
+    # a step of another size, so parameters agree to half a step only (the loss terms above
+    # are what a wrong fusion would change)
+    for x, y in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s2.params)):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-4)
+
+
 # ---------------------------------------------------------------------------------------------
 # method: domains, fit, persistence
 

@@ -351,7 +351,7 @@ def gan_optimizer(cfg: dict) -> optax.GradientTransformation:
     return optax.adam(gan_schedule(cfg), b1=0.5, b2=0.999)
 
 
-def make_cyclegan_step(cfg: dict, gen, disc, tx, seg=None, rf=None):
+def make_cyclegan_step(cfg: dict, gen, disc, tx, seg=None, rf=None, fuse: bool = True):
     """Jit-compiled ``(state, batch) -> (state, metrics)``: one generator update (both
     generators, :func:`generator_loss`) then one discriminator update on the generators'
     outputs of that forward pass.  ``state.params``: ``{"g": {"ab", "ba"}, "d": {"a", "b"}}``,
@@ -359,8 +359,20 @@ def make_cyclegan_step(cfg: dict, gen, disc, tx, seg=None, rf=None):
 
     ``seg``: ``(model, params_a, params_b, kind)`` of the frozen segmenters or None;
     ``rf``: ``(names, target (K,), radiomics config)`` or None.
+    ``fuse``: run each network once per stage on the concatenated batches that go through it
+    (``G_ab`` on ``[a; b]`` gives the translation and the identity image, each discriminator
+    sees ``[real; fake]``) -- the same values (instance norm and convolutions act per sample),
+    fewer, larger convolutions (``benchmarks/cyclegan_step.py``).
     """
     imax = cfg["intensity_max"]
+    idt_on = cfg["w_identity"] > 0
+
+    def both(p, x, y):
+        """``(net(x), net(y))`` in one call when fusing."""
+        if not fuse:
+            return g_apply(p, x), g_apply(p, y)
+        out = g_apply(p, jnp.concatenate([x, y]))
+        return out[:x.shape[0]], out[x.shape[0]:]
 
     def g_apply(p, x):
         return gen.apply({"params": p}, x)
@@ -370,14 +382,17 @@ def make_cyclegan_step(cfg: dict, gen, disc, tx, seg=None, rf=None):
 
     def generator_loss(pg, pd, batch):
         a, b = to_net(batch["a"], imax), to_net(batch["b"], imax)
-        fake_b, fake_a = g_apply(pg["ab"], a), g_apply(pg["ba"], b)
+        if idt_on:
+            (fake_b, idt_b), (fake_a, idt_a) = both(pg["ab"], a, b), both(pg["ba"], b, a)
+        else:
+            fake_b, fake_a = g_apply(pg["ab"], a), g_apply(pg["ba"], b)
         rec_a, rec_b = g_apply(pg["ba"], fake_b), g_apply(pg["ab"], fake_a)
         adv = lsgan_generator(d_apply(pd["b"], fake_b)) + lsgan_generator(d_apply(pd["a"], fake_a))
         cyc = l1(rec_a, a) + l1(rec_b, b)
         loss = adv + cfg["w_cycle"] * cyc
         m = {"adv": adv, "cycle": cyc}
-        if cfg["w_identity"] > 0:
-            idt = l1(g_apply(pg["ab"], b), b) + l1(g_apply(pg["ba"], a), a)
+        if idt_on:
+            idt = l1(idt_b, b) + l1(idt_a, a)
             loss, m["identity"] = loss + cfg["w_identity"] * idt, idt
         if seg is not None:
             model, sa, sb, kind = seg
@@ -399,8 +414,14 @@ def make_cyclegan_step(cfg: dict, gen, disc, tx, seg=None, rf=None):
 
     def discriminator_loss(pd, batch, fake_a, fake_b):
         a, b = to_net(batch["a"], imax), to_net(batch["b"], imax)
-        loss = (lsgan_discriminator(d_apply(pd["a"], a), d_apply(pd["a"], fake_a))
-                + lsgan_discriminator(d_apply(pd["b"], b), d_apply(pd["b"], fake_b)))
+        loss = 0.0
+        for p, real, fake in ((pd["a"], a, fake_a), (pd["b"], b, fake_b)):
+            if fuse:
+                out = d_apply(p, jnp.concatenate([real, fake]))
+                d_real, d_fake = out[:real.shape[0]], out[real.shape[0]:]
+            else:
+                d_real, d_fake = d_apply(p, real), d_apply(p, fake)
+            loss = loss + lsgan_discriminator(d_real, d_fake)
         return loss
 
     def step(state, batch):
