@@ -238,3 +238,35 @@ def test_segment_mode_writes_probability_maps_and_volumes(debug_run, tmp_path):
     with pytest.raises(InputError, match=r"sub-01_T1w\.json.*ti 2"):
         registry.run(config, debug_run)
     assert not os.path.exists(tmp_path / "out2")
+
+
+def test_segment_mode_on_a_bids_folder_without_sites(debug_run, tmp_path):
+    from phyjax.experiments import registry
+
+    root = tmp_path / "bids"
+    protocols = {"01": Protocol.from_degrees("mprage", tr=2.4, te=0.003, ti=1.0),
+                 "02": Protocol.from_degrees("spgr", tr=0.03, te=0.005, flip_angle_deg=30)}
+    for sub, protocol in protocols.items():
+        folder = root / f"sub-{sub}" / "anat"
+        folder.mkdir(parents=True)
+        path, _ = _write_input(str(folder), protocol)
+        os.rename(path, str(folder / f"sub-{sub}_T1w.nii.gz"))
+        os.rename(str(folder / "sub-01_T1w.json"), str(folder / f"sub-{sub}_T1w.json"))
+        masks = root / "derivatives" / "masks" / f"sub-{sub}" / "anat"
+        masks.mkdir(parents=True)
+        os.rename(str(folder / "mask.nii.gz"), str(masks / f"sub-{sub}_desc-brain_mask.nii.gz"))
+    config = load_config("physics_seg")
+    with config.unlocked():
+        config.mode = "segment"
+        config.segment.bids_root = str(root)
+        config.progress = False
+    out = registry.run(config, debug_run)
+    assert out == str(root / "derivatives" / "phyjax-physics-seg")
+    with open(os.path.join(out, "tissue_volumes.tsv")) as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    assert [r["family"] for r in rows] == ["mprage", "spgr"]
+    for sub in protocols:
+        assert os.path.exists(os.path.join(out, f"sub-{sub}", "anat",
+                                           f"sub-{sub}_label-WM_probseg.nii.gz"))
+    with open(os.path.join(out, "dataset_description.json")) as f:
+        assert json.load(f)["DatasetType"] == "derivative"
