@@ -239,6 +239,24 @@ def write_report(workdir: str, config, rows, subject_rows, summary, bridge_rows,
     return path
 
 
+def check_config(config) -> None:
+    """Refuse, before any work, settings the run could only fail on later (InputError)."""
+    unknown = [m for m in config.eval.methods if m not in ("physics", "no_branch", "hmrf")]
+    if unknown:
+        raise InputError(f"config.eval.methods: unknown {unknown} (physics, no_branch, hmrf).")
+    if config.data.reconstruction not in simulate.RECONSTRUCTIONS:
+        raise InputError(f"config.data.reconstruction={config.data.reconstruction!r}; expected "
+                         f"one of {simulate.RECONSTRUCTIONS}.")
+    ranges = ranges_of(config)
+    for family in ranges:
+        try:
+            simulate.sample_protocols(family, ranges, 1, np.random.default_rng(0))
+        except ValueError as exc:
+            raise InputError(f"config.data.{family}: {exc}") from exc
+    if config.bridging.enabled and "mprage" not in ranges:
+        raise InputError("config.bridging needs the mprage family (or bridging.enabled=False).")
+
+
 def run(config, workdir: str):
     """Run ``config.mode`` (``train_eval`` or ``segment``); returns the report's path (or the
     derivatives folder)."""
@@ -247,6 +265,7 @@ def run(config, workdir: str):
     if config.mode != "train_eval":
         raise InputError(f"config.mode={config.mode!r}; expected 'train_eval' or 'segment'.")
     t0 = time.time()
+    check_config(config)
     prepare_workdir(config, workdir, resumable_keys=("model", "data", "gold", "seed"))
     heads = _heads(config)
     train_heads, test_heads = heads[:config.data.n_train], heads[config.data.n_train:]
