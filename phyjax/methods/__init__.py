@@ -17,7 +17,8 @@ from phyjax.methods.base import FIT, KINDS, Harmonizer, load, save
 
 #: every registered method, in the order reports list them
 AVAILABLE = ("none", "zscore", "histmatch", "nyul", "whitestripe", "combat", "unet", "phycharm",
-             "phycharm_unpaired", "pix2pix", "cyclegan_radiomics")
+             "phycharm_unpaired", "pix2pix", "cyclegan_radiomics", "cyclegan_radiomics_noseg",
+             "cyclegan_radiomics_norf")
 assert set(AVAILABLE) == set(FIT), (AVAILABLE, tuple(FIT))
 
 

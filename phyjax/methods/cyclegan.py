@@ -449,14 +449,23 @@ def init_state(cfg: dict, gen, disc, shape, seed: int, tx) -> TrainState:
                       opt_state={"g": tx.init(params["g"]), "d": tx.init(params["d"])})
 
 
-@register("cyclegan_radiomics", harmonizer=CycleGANHarmonizer)
+#: registered names -> the settings they force: the method, and the ablation of Kim et al.
+#: (their Tables 3-5) as methods of their own, so that one benchmark run shows all three
+VARIANTS = {"cyclegan_radiomics": {},
+            "cyclegan_radiomics_noseg": {"use_segmenters": False},
+            "cyclegan_radiomics_norf": {"use_rf_loss": False}}
+
+
+@register(*VARIANTS, harmonizer=CycleGANHarmonizer)
 def fit(config, train: TrainingSet, name: str = "cyclegan_radiomics", *, workdir: str,
         progress: bool = True, **_) -> CycleGANHarmonizer:
     """Train the radiomics-guided CycleGAN on ``train`` (module docstring); checkpoints and
     ``train_log.csv`` in ``workdir``, the selected features and their relative errors before
-    and after (training slices) in ``workdir/rf_selection.json``."""
+    and after (training slices) in ``workdir/rf_selection.json``.  ``name``: a key of
+    :data:`VARIANTS` (``config.cyclegan.use_segmenters`` / ``use_rf_loss`` apply to
+    ``cyclegan_radiomics``; the ablation names switch one term off)."""
     train = require_training_set(train)
-    cfg = cyclegan_config(config)
+    cfg = dict(cyclegan_config(config), **VARIANTS[name])
     seed, min_fraction = int(config.seed), float(config.data.min_mask_fraction)
     kind = seg_kind(cfg, config.data.get("mask_label", "brain"))
     a_vols, b_vols, notes = domains(train, cfg["disjoint"])
