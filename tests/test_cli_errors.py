@@ -11,11 +11,10 @@ import stat
 import subprocess
 import sys
 
+import conftest
 import nibabel as nib
 import numpy as np
 import pytest
-
-import conftest
 
 from phyjax.data.atomic import TMP_PREFIX, check_writable
 from phyjax.data.nifti import InputError
