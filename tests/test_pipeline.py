@@ -101,6 +101,11 @@ def test_harmonize_mode_on_a_user_file(debug_run, tmp_path):
         h_cfg.harmonize.input = str(user)
         h_cfg.harmonize.mask = str(tmp_path / "mask.nii.gz")
         h_cfg.harmonize.output = str(tmp_path / "out.nii.gz")
+        # what the vendor's sidecar leaves out (GE: the inversion TR), given on the command line
+        # from the dataset's site table, as a user copies it from the protocol printout
+        from phyjax.data.sidecar import read_site_table
+        row = read_site_table(os.path.join(split["dataset"], "code", "site_parameters.tsv"))
+        h_cfg.harmonize.tr = row.get(site, {}).get("tr_prep_s", -1.0)
     out_path = phycharm.run(h_cfg, workdir)
     out = nib.load(out_path)
     np.testing.assert_allclose(out.affine, affine)
