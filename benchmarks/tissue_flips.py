@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 
 import numpy as np
 from ml_collections import ConfigDict
@@ -46,7 +47,8 @@ def main(argv=None) -> None:
     t_lab = seg(t_img, mask)
     names = ("csf", "gm", "wm")
     lines = [f"Tissue classes of held-out subject {subject} ({args.run}): "
-             "`python benchmarks/tissue_flips.py " + " ".join(argv or []) + "`", "",
+             "`python benchmarks/tissue_flips.py " + " ".join(sys.argv[1:] if argv is None else argv)
+             + "`", "",
              "| site | image | V CSF | V GM | V WM | mean±sd in target's CSF | in GM | in WM | "
              "target-GM → CSF voxels | their target mean | their output mean |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
