@@ -96,15 +96,10 @@ def test_default_dataset_sidecars_read_like_the_vendors_real_ones(vendor):
     (the physicist's reading of tests/data/vendor_t1_sidecars is the oracle); with the
     dataset's site-table row the reading gives back the protocol the images were made with,
     readout train included."""
-    import importlib.util
-
+    import conftest
     from phyjax.data import synthetic
 
-    path = os.path.join(HERE, "..", "configs", "phycharm.py")
-    spec = importlib.util.spec_from_file_location("phycharm_cfg", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    sites = {k: v for k, v in module.get_config().data.sites.items()
+    sites = {k: v for k, v in conftest.load_config("phycharm", None).data.sites.items()
              if v.manufacturer == vendor}
     assert sites
     for site, cfg in sites.items():
