@@ -56,6 +56,11 @@ def get_config(arg: str | None = None) -> ConfigDict:
     data.deform_mm = 4.0
     data.tissue_jitter = 0.05
     data.t1_texture = 0.03
+    data.atrophy = 0.3       # per-subject atrophy level drawn from [0, atrophy] (cortical
+                             # thinning + ventricular enlargement; phyjax.data.synthetic.atrophy)
+    data.partial_volume = "signal"  # voxels mixing tissues: "signal" (each tissue's signal
+                                    # weighted by its fraction, as in a scanner) or "parameter"
+                                    # (the signal of the mean T1/PD; the pre-format-4 data)
     data.min_mask_fraction = 0.15  # axial slices with less brain than this are not trained on
     data.target_site = "reference"
     data.sites = ConfigDict(dict(
@@ -80,6 +85,10 @@ def get_config(arg: str | None = None) -> ConfigDict:
         mprage1p5T=_site("mprage", tr=2.4, te=0.0036, ti=1.0, flip_angle=8,
                          field_strength=1.5, tr_readout=0.0086, n_readouts=160,
                          bias_amplitude=0.15, noise_fraction=0.05, slice_fwhm=1.5, gain=0.8),
+        # 1.5 T 2-D spin-echo T1w with 5 mm axial slices (FWHM 2.5 voxels of 2 mm): the
+        # clinical T1w whose through-plane detail a 2-D method cannot restore.
+        se1p5T2D=_site("se", tr=0.55, te=0.014, flip_angle=90, field_strength=1.5,
+                       bias_amplitude=0.2, noise_fraction=0.03, slice_fwhm=2.5, gain=1.1),
         # Philips 3-D T1-FFE (RF-spoiled gradient echo) with B1+ inhomogeneity.
         spgr3T=_site("spgr", tr=0.02, te=0.0045, flip_angle=25, manufacturer="Philips",
                      b1_scale=0.85, b1_curvature=0.2, bias_amplitude=0.25,

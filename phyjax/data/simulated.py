@@ -148,11 +148,13 @@ def distinct(protocols) -> list[Protocol]:
 
 @dataclasses.dataclass
 class Anatomy:
-    """One simulated head: tissue probabilities ``(3, X, Y, Z)`` and its value jitter."""
+    """One simulated head: tissue probabilities ``(3, X, Y, Z)``, its value jitter, and how
+    partial-volume voxels are imaged (:data:`phyjax.data.synthetic.PARTIAL_VOLUME`)."""
 
     probs: np.ndarray
     factors: np.ndarray
     texture: np.ndarray
+    partial_volume: str = "parameter"
 
     @property
     def mask(self) -> np.ndarray:
@@ -160,15 +162,19 @@ class Anatomy:
 
     def maps(self, field_strength: float) -> dict[str, np.ndarray]:
         return synthetic.quantitative_maps(self.probs, self.factors, self.texture,
-                                           float(field_strength))
+                                           float(field_strength), self.partial_volume)
 
 
 def anatomies(n: int, seed: int, voxel_size: int, deform_mm: float, jitter: float,
-              texture: float) -> list[Anatomy]:
-    """``n`` heads at ``voxel_size`` mm, seeds ``ANATOMY_SEED + 1000 seed + k``."""
+              texture: float, atrophy_max: float = 0.0,
+              partial_volume: str = "parameter") -> list[Anatomy]:
+    """``n`` heads at ``voxel_size`` mm, seeds ``ANATOMY_SEED + 1000 seed + k``; atrophy and
+    partial volume as :func:`phyjax.data.synthetic.make_subject` and
+    :func:`~phyjax.data.synthetic.quantitative_maps`."""
     probs, _, _ = synthetic.load_anatomy(voxel_size)
     return [Anatomy(*synthetic.make_subject(probs, ANATOMY_SEED + 1000 * seed + k, deform_mm,
-                                            voxel_size, jitter, texture)) for k in range(n)]
+                                            voxel_size, jitter, texture, atrophy_max),
+                    partial_volume=partial_volume) for k in range(n)]
 
 
 class SimulatedPairs:

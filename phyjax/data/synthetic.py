@@ -33,7 +33,7 @@ from phyjax.physics import scanner, signal, tissues
 from phyjax.physics.sequences import Protocol
 
 DERIVATIVES = "derivatives/phyjax-sim"
-_FORMAT_VERSION = 3
+_FORMAT_VERSION = 4
 
 
 def site_protocol(site_cfg) -> Protocol:
@@ -60,6 +60,9 @@ _VENDOR_STYLE = {
     ("ge", "mprage"): dict(tr="readout", fields={   # IR-SPGR (BRAVO): no inversion TR written
         "ManufacturersModelName": "DISCOVERY MR750", "ScanningSequence": "GR",
         "SequenceVariant": "SS\\SP\\SK", "SequenceName": "efgre3d", "MRAcquisitionType": "3D"}),
+    ("siemens", "se"): dict(tr="prep", fields={      # 2-D spin-echo T1w, thick slices
+        "ManufacturersModelName": "Avanto", "ScanningSequence": "SE", "SequenceVariant": "SK\\SP",
+        "SequenceName": "*se2d1", "MRAcquisitionType": "2D"}),
     ("philips", "spgr"): dict(tr="readout", fields={  # 3-D T1-FFE
         "ManufacturersModelName": "Ingenia", "ScanningSequence": "GR", "SequenceVariant": "SP",
         "MRAcquisitionType": "3D"}),
@@ -144,13 +147,44 @@ def _smooth_field(rng, shape, sigma_vox):
     return field / (np.abs(field).max() + 1e-12)
 
 
+def atrophy(probs, level: float, voxel_size: float):
+    """Tissue probabilities ``(3, X, Y, Z)`` (csf, gm, wm) after a simple model of atrophy.
+
+    Two patterns of brain ageing and neurodegeneration, each scaled by ``level`` (0 = none, 1 =
+    all of the affected tissue lost): cortical thinning from the pial side -- a fraction
+    ``level * w`` of each voxel's GM becomes CSF, where ``w`` (0-1) is the share of CSF among
+    the CSF and WM around the voxel (2 mm Gaussian neighbourhood), so the outer cortex thins
+    first -- and ventricular enlargement: WM within ~6 mm of the ventricles (CSF deeper than
+    15 mm from the brain's edge) becomes CSF in proportion to ``level``.  The total tissue
+    fraction of every voxel is unchanged, so the brain region (and mask) stays the same.
+    At 2 mm, ``level`` 0.3 turns 13 % of the GM into CSF and enlarges the ventricles ~1.6x.
+    A morphological model for anatomical variety, not a biophysical one.
+    """
+    if level <= 0:
+        return probs
+    csf, gm, wm = (np.asarray(p, np.float64) for p in probs)
+    sigma = 2.0 / voxel_size
+    near_csf, near_wm = ndimage.gaussian_filter(csf, sigma), ndimage.gaussian_filter(wm, sigma)
+    pial = near_csf / np.maximum(near_csf + near_wm, 1e-6)
+    d_gm = level * gm * pial
+    region = probs.sum(0) > 0.5
+    depth_mm = ndimage.distance_transform_edt(region) * voxel_size
+    ventricles = ((csf > 0.5) & (depth_mm > 15.0)).astype(np.float64)
+    around = ndimage.gaussian_filter(ventricles, 3.0 / voxel_size)
+    around = np.clip(2.0 * around / max(around.max(), 1e-6), 0.0, 1.0)
+    d_wm = level * wm * around
+    return np.stack([csf + d_gm + d_wm, gm - d_gm, wm - d_wm]).astype(np.float32)
+
+
 def make_subject(probs, seed: int, deform_mm: float, voxel_size: float, jitter: float,
-                 texture: float):
+                 texture: float, atrophy_max: float = 0.0):
     """One synthetic subject: deformed tissue probabilities and per-tissue value factors.
 
     Returns ``(probs, factors, t1_texture)``: deformed ``(3, X, Y, Z)``
     probabilities, ``(3, 4)`` multiplicative jitter of (t1, t2, t2star, pd) per
-    tissue, and a smooth ``(X, Y, Z)`` T1 modulation around 1.
+    tissue, and a smooth ``(X, Y, Z)`` T1 modulation around 1.  With ``atrophy_max`` > 0 the
+    subject's :func:`atrophy` level is drawn uniformly from ``[0, atrophy_max]`` (from its own
+    stream of ``seed``, so the other draws do not depend on it).
     """
     rng = np.random.default_rng(seed)
     shape = probs.shape[1:]
@@ -163,16 +197,32 @@ def make_subject(probs, seed: int, deform_mm: float, voxel_size: float, jitter: 
     factors = np.clip(1.0 + jitter * rng.standard_normal((3, 4)), 0.7, 1.3)
     factors[:, 3] = np.minimum(factors[:, 3], 1.0 / tissues.tissue_array(3.0)[:, 3])  # PD <= 1
     t1_texture = 1.0 + texture * _smooth_field(rng, shape, 3.0 / voxel_size * 2)
+    if atrophy_max > 0:
+        level = float(np.random.default_rng([seed, 7]).uniform(0.0, atrophy_max))
+        warped = atrophy(warped, level, voxel_size)
     return warped, factors, t1_texture.astype(np.float32)
 
 
-def quantitative_maps(probs, factors, t1_texture, field_strength):
+#: How a voxel holding several tissues is imaged: ``signal`` -- each tissue's signed signal
+#: weighted by its volume fraction, then the magnitude (the voxel is a mixture of compartments,
+#: as in a real scanner); ``parameter`` -- one signal of the fraction-weighted T1/T2/T2*/PD
+#: (the effective-parameter voxel of a measured quantitative map).
+PARTIAL_VOLUME = ("signal", "parameter")
+
+
+def quantitative_maps(probs, factors, t1_texture, field_strength, partial_volume="parameter"):
     """Partial-volume maps ``{"t1","t2","t2star","pd"}`` (s, s, s, fraction), each ``(X, Y, Z)``.
 
     Relaxation times are probability-weighted means of the tissue values;
     PD is the probability-weighted sum (0 outside the brain, where T1/T2 are set
-    to the CSF value to keep the signal equations finite).
+    to the CSF value to keep the signal equations finite).  These are the ground-truth maps in
+    either mode.  ``partial_volume="signal"`` adds the compartments :func:`acquire` then images
+    one by one: ``fractions`` ``(3, X, Y, Z)`` (csf, gm, wm), ``tissue_table`` ``(3, 4)`` (t1,
+    t2, t2star, pd per tissue, jittered) and ``t1_texture`` ``(X, Y, Z)``.
+    Raises ValueError for another ``partial_volume``.
     """
+    if partial_volume not in PARTIAL_VOLUME:
+        raise ValueError(f"partial_volume {partial_volume!r}; expected one of {PARTIAL_VOLUME}.")
     table = tissues.tissue_array(field_strength) * factors  # (3 tissues, 4 params)
     total = probs.sum(0)
     weights = probs / np.maximum(total, 1e-6)
@@ -182,12 +232,40 @@ def quantitative_maps(probs, factors, t1_texture, field_strength):
         maps[name] = np.where(total > 1e-6, maps[name], table[0, j]).astype(np.float32)
     maps["t1"] = maps["t1"] * t1_texture
     maps["pd"] = np.einsum("t...,t->...", probs, table[:, 3]).astype(np.float32)
+    if partial_volume == "signal":
+        maps["fractions"] = np.asarray(probs, np.float32)
+        maps["tissue_table"] = table.astype(np.float32)
+        maps["t1_texture"] = np.asarray(t1_texture, np.float32)
     return maps
 
+
+def signed_image(maps, protocol: Protocol, b1=1.0):
+    """Noise-free signed signal ``(X, Y, Z)`` of ``maps`` (:func:`quantitative_maps`) through
+    ``protocol``.
+
+    With compartments (``partial_volume="signal"``) it is the volume-fraction-weighted sum of
+    each tissue's signed signal, ``sum_t f_t S(T1_t tex, T2_t, T2*_t, PD_t)`` -- the signal of a
+    voxel holding several tissues, whose magnitude is not the signal of the mean T1 (for MPRAGE a
+    GM/CSF voxel mixes a positive and a near-null signal); otherwise the signal of the
+    effective-parameter maps (:func:`phyjax.physics.signal.signed_signal`).
+    """
+    if "fractions" not in maps:
+        return signal.signed_signal(protocol, maps["t1"], maps["t2"], maps["t2star"],
+                                    maps["pd"], b1)
+    table, texture = maps["tissue_table"], maps["t1_texture"]
+    out = 0.0
+    for t, fraction in enumerate(maps["fractions"]):
+        t1, t2, t2star, pd = (float(v) for v in table[t])
+        out = out + fraction * signal.signed_signal(protocol, t1 * texture, t2, t2star, pd, b1)
+    return out
 
 
 def acquire(maps, mask, protocol: Protocol, effects: scanner.ScannerEffects, key):
     """Image a subject: signal equation, slice profile, B1+, bias, gain, Rician noise.
+
+    The slice profile integrates the signed signal across the slice before the magnitude is
+    taken, as reconstruction does; with compartments in ``maps`` (:func:`quantitative_maps`
+    ``partial_volume="signal"``) tissues are mixed at the signal level (:func:`signed_image`).
 
     Args:
       maps: dict of ``(X, Y, Z)`` maps at ``protocol.field_strength``.
@@ -198,8 +276,8 @@ def acquire(maps, mask, protocol: Protocol, effects: scanner.ScannerEffects, key
     shape = maps["t1"].shape
     k_bias, k_noise = jax.random.split(key)
     b1 = scanner.b1_field(shape, effects.b1_scale, effects.b1_curvature)
-    clean = signal.synthesize(protocol, maps["t1"], maps["t2"], maps["t2star"], maps["pd"], b1)
-    clean = scanner.slice_profile(clean, effects.slice_fwhm, axis=-1)
+    clean = jnp.abs(scanner.slice_profile(signed_image(maps, protocol, b1), effects.slice_fwhm,
+                                          axis=-1))
     coeffs = scanner.sample_bias_coefficients(k_bias, effects.bias_amplitude)
     clean = effects.gain * clean * scanner.bias_field(shape, coeffs)
     sigma = effects.noise_fraction * jnp.nanpercentile(jnp.where(mask, clean, jnp.nan), 99.0)
@@ -217,7 +295,11 @@ def _to_plain(cfg):
         cfg = cfg.to_dict()
     keys = ("seed", "n_subjects", "voxel_size", "deform_mm", "tissue_jitter", "t1_texture",
             "sites")
-    return {k: cfg[k] for k in keys}
+    out = {k: cfg[k] for k in keys}
+    # Added in format 4; configs written before it get the old behaviour.
+    out["atrophy"] = float(cfg.get("atrophy", 0.0))
+    out["partial_volume"] = str(cfg.get("partial_volume", "parameter"))
+    return out
 
 
 def _write_subject(root: str, i: int, cfg: dict, probs, affine, field_strengths, base_key):
@@ -226,14 +308,16 @@ def _write_subject(root: str, i: int, cfg: dict, probs, affine, field_strengths,
     subject = f"{i + 1:02d}"
     s_probs, factors, texture = make_subject(
         probs, seed=cfg["seed"] * 1000 + i, deform_mm=cfg["deform_mm"],
-        voxel_size=cfg["voxel_size"], jitter=cfg["tissue_jitter"], texture=cfg["t1_texture"])
+        voxel_size=cfg["voxel_size"], jitter=cfg["tissue_jitter"], texture=cfg["t1_texture"],
+        atrophy_max=cfg["atrophy"])
     s_mask = s_probs.sum(0) > 0.5  # the deformed brain region
     deriv = os.path.join(root, DERIVATIVES, f"sub-{subject}", "anat")
     save_volume(s_mask.astype(np.uint8), affine,
                 os.path.join(deriv, f"sub-{subject}_desc-brain_mask.nii.gz"), dtype=np.uint8)
     maps_by_b0 = {}
     for b0 in field_strengths:
-        maps = maps_by_b0[b0] = quantitative_maps(s_probs, factors, texture, b0)
+        maps = maps_by_b0[b0] = quantitative_maps(s_probs, factors, texture, b0,
+                                                   cfg["partial_volume"])
         tag = f"{b0:g}T".replace(".", "p")
         save_volume(maps["t1"] * s_mask, affine,
                     os.path.join(deriv, f"sub-{subject}_acq-{tag}_T1map.nii.gz"))
@@ -279,9 +363,14 @@ def build_default_dataset(data_cfg, cache_dir: str, progress: bool = True) -> st
     root = os.path.join(cache_dir, f"default-{dataset_fingerprint(data_cfg)}")
     if os.path.exists(os.path.join(root, "dataset_description.json")):
         return root
+    cfg = _to_plain(data_cfg)
+    if cfg["partial_volume"] not in PARTIAL_VOLUME:
+        raise ValueError(f"data.partial_volume={cfg['partial_volume']!r}; expected one of "
+                         f"{PARTIAL_VOLUME}.")
+    if not 0.0 <= cfg["atrophy"] < 1.0:
+        raise ValueError(f"data.atrophy={cfg['atrophy']} must be in [0, 1).")
     os.makedirs(cache_dir, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".building-", dir=cache_dir)
-    cfg = _to_plain(data_cfg)
     probs, mask, affine = load_anatomy(cfg["voxel_size"])
     sites = cfg["sites"]
     field_strengths = sorted({float(s["field_strength"]) for s in sites.values()})

@@ -226,8 +226,10 @@ def _simulated_data(config, train: TrainingSet, target: Protocol, depth: int, pr
     sources = simulated.distinct(own + [target] + simulated.sample_sources(
         own, int(t.random_sources), config.seed))
     voxel = 1 if min(train.grid_mm()) < 1.5 else 2   # the template's resolutions (nilearn)
+    # Anatomies as the default dataset makes them (a user's BIDS config may lack these keys).
     heads = simulated.anatomies(int(t.n_anatomies), config.seed, voxel, d.deform_mm,
-                                d.tissue_jitter, d.t1_texture)
+                                d.tissue_jitter, d.t1_texture, float(d.get("atrophy", 0.0)),
+                                str(d.get("partial_volume", "signal")))
     sim = simulated.SimulatedPairs(sources, targets, heads, depth, d.min_mask_fraction,
                                    config.model.context, config.seed, progress, workdir)
     real = (simulated.SourceSlices(train, sites, depth, d.min_mask_fraction, config.model.context,
