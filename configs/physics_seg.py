@@ -60,6 +60,9 @@ def get_config(arg: str | None = None) -> ConfigDict:
     model.features = (16, 32, 64)
     model.branch_width = 32
     model.context = 1            # neighbouring slices on each side as input channels
+    model.conditioning = "add"   # physics branch into the U-Net: "add" (paper) or "film"
+    model.condition_encoder = False  # also condition the encoder and bottleneck blocks
+    model.normalize_params = True    # standardize the physics vector (training statistics)
 
     train = config.train = ConfigDict()
     train.steps = 900
@@ -73,6 +76,8 @@ def get_config(arg: str | None = None) -> ConfigDict:
     ev.n_spgr = 8                # SPGR protocols drawn over the SPGR range
     ev.methods = ("physics", "no_branch", "hmrf")
     ev.effects_seed = 1          # scanner effects of each held-out subject (fixed across protocols)
+    ev.noise_draws = 1           # noise draws per protocol; CoV uses the volume averaged over them
+    ev.noise_fraction = -1.0     # >= 0 overrides every subject's noise level (0: noise-free)
 
     seg = config.segmentation = ConfigDict()   # the fixed classical segmenter (DIPY HMRF)
     seg.beta = 0.1

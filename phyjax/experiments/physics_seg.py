@@ -18,6 +18,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import os
 import time
 
@@ -33,8 +35,8 @@ from phyjax.experiments.common import prepare_workdir, tissue_segmenter
 from phyjax.physics import scanner
 from phyjax.segment import evaluate, infer, report, simulate
 from phyjax.segment.gold import CLASSES, gold_standard
-from phyjax.segment.model import physics_vector
-from phyjax.segment.train import Segmenter, make_model, train
+from phyjax.segment.model import CONDITIONINGS, physics_vector
+from phyjax.segment.train import Segmenter, make_model, parameter_statistics, train
 
 MODELS = {"physics": ("physics_unet", True), "no_branch": ("no_branch_unet", False)}
 
@@ -75,12 +77,17 @@ def train_models(config, workdir: str, heads) -> dict[str, Segmenter]:
                               m.context, config.seed, _gold_kwargs(config),
                               progress=config.progress, reconstruction=d.reconstruction)
     out = {}
+    mean, std = parameter_statistics(bank.params)
     for key in config.eval.methods:
         if key not in MODELS:
             continue
         name, physics = MODELS[key]
         settings = {"features": list(m.features), "physics": physics,
-                    "branch_width": int(m.branch_width), "context": int(m.context),
+                    "branch_width": int(m.branch_width), "conditioning": m.conditioning,
+                    "condition_encoder": bool(m.condition_encoder),
+                    "param_mean": mean if m.normalize_params else [],
+                    "param_std": std if m.normalize_params else [],
+                    "context": int(m.context),
                     "voxel_mm": float(d.voxel_size), "ranges": ranges_of(config),
                     "families": list(d.families), "gold": _gold_kwargs(config),
                     "reconstruction": d.reconstruction}
@@ -113,20 +120,28 @@ def _methods(config, segmenters):
 
 
 def _subject_effects(config, i: int):
+    """Held-out subject ``i``'s scanner effects (``config.eval.noise_fraction >= 0`` replaces
+    its noise level) and its acquisition key."""
     key = jax.random.fold_in(jax.random.key(config.eval.effects_seed), i)
     k_fx, k_acq = jax.random.split(key)
-    return scanner.sample_scanner_effects(k_fx, **_effect_ranges(config.data.effects)), k_acq
+    effects = scanner.sample_scanner_effects(k_fx, **_effect_ranges(config.data.effects))
+    if config.eval.noise_fraction >= 0:
+        effects = dataclasses.replace(effects, noise_fraction=float(config.eval.noise_fraction))
+    return effects, k_acq
 
 
 def evaluate_across_protocols(config, test_heads, methods) -> list[dict]:
-    """One row per held-out subject, evaluation protocol and method (Dice, volumes)."""
+    """One row per held-out subject, evaluation protocol, noise draw and method (Dice,
+    volumes).  Draw ``d`` of a protocol uses the subject's key folded with ``d`` (draw 0: the
+    key itself), so only the noise (and bias field) differ between draws."""
     ranges = ranges_of(config)
     counts = {"mprage": config.eval.n_mprage, "spgr": config.eval.n_spgr}
     protocols = {f: simulate.evaluation_protocols(f, ranges, counts[f], config.seed)
                  for f in config.data.families}
     voxel = float(config.data.voxel_size) ** 3
     rows = []
-    total = len(test_heads) * sum(len(p) for p in protocols.values())
+    draws = int(config.eval.noise_draws)
+    total = len(test_heads) * sum(len(p) for p in protocols.values()) * draws
     bar = tqdm(total=total, desc="evaluating", disable=not config.progress)
     for i, head in enumerate(test_heads):
         subject = f"test{i + 1:02d}"
@@ -135,11 +150,12 @@ def evaluate_across_protocols(config, test_heads, methods) -> list[dict]:
         gold_vol = evaluate.volumes_ml(gold, voxel)
         effects, k_acq = _subject_effects(config, i)
         for family, ps in protocols.items():
-            for j, p in enumerate(ps):
-                img = simulate.image(head.maps(float(p.field_strength)), mask, p, effects, k_acq,
+            for (j, p), d in itertools.product(enumerate(ps), range(draws)):
+                key = k_acq if d == 0 else jax.random.fold_in(k_acq, d)
+                img = simulate.image(head.maps(float(p.field_strength)), mask, p, effects, key,
                                      config.data.reconstruction)
                 for method, fn in methods.items():
-                    r = {"subject": subject, "family": family, "protocol": j,
+                    r = {"subject": subject, "family": family, "protocol": j, "draw": d,
                          "tr": float(p.tr), "te": float(p.te), "ti": float(p.ti),
                          "flip_angle_deg": float(np.rad2deg(float(p.flip_angle))),
                          "method": method}
@@ -247,6 +263,11 @@ def check_config(config) -> None:
     if config.data.reconstruction not in simulate.RECONSTRUCTIONS:
         raise InputError(f"config.data.reconstruction={config.data.reconstruction!r}; expected "
                          f"one of {simulate.RECONSTRUCTIONS}.")
+    if config.model.conditioning not in CONDITIONINGS:
+        raise InputError(f"config.model.conditioning={config.model.conditioning!r}; expected one "
+                         f"of {CONDITIONINGS}.")
+    if int(config.eval.noise_draws) < 1:
+        raise InputError(f"config.eval.noise_draws={config.eval.noise_draws}; needs >= 1.")
     ranges = ranges_of(config)
     for family in ranges:
         try:
@@ -273,6 +294,8 @@ def run(config, workdir: str):
     rows = evaluate_across_protocols(config, test_heads, _methods(config, segmenters))
     subject_rows = evaluate.cov_table(rows)
     keys = ["cov_gm", "cov_wm"] + [f"dice_{t}" for t in CLASSES]
+    if config.eval.noise_draws > 1:
+        keys += ["draw_sd_gm", "draw_sd_wm"]
     summary = evaluate.summarize(subject_rows, keys)
     bridge_rows = []
     if config.bridging.enabled and {"physics", "no_branch"} <= set(segmenters):

@@ -52,16 +52,31 @@ def score(probs: np.ndarray, gold: np.ndarray, mask: np.ndarray, voxel_mm3: floa
 
 def cov_table(rows: list[dict], tissues=("gm", "wm")) -> list[dict]:
     """Per (method, family, subject): the CoV of each tissue's volume over its protocols, and
-    the mean Dice.  ``rows``: one per (subject, family, protocol, method) with ``vol_*`` and
-    ``dice_*`` keys."""
+    the mean Dice.
+
+    ``rows``: one per (subject, family, protocol[, draw], method) with ``vol_*`` and ``dice_*``
+    keys.  Rows that share a ``protocol`` (noise draws of the same acquisition) are averaged
+    before the CoV, so that it measures the protocol's effect on the volume and not the noise;
+    ``draw_sd_<tissue>`` is the mean over protocols of the draws' relative sd (sample sd /
+    mean; NaN with one draw), the noise's own contribution.  Without a ``protocol`` key every
+    row is its own protocol.
+    """
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault((r["method"], r["family"], r["subject"]), []).append(r)
     out = []
     for (method, family, subject), rs in groups.items():
-        row = {"method": method, "family": family, "subject": subject, "n_protocols": len(rs)}
+        by_protocol: dict = {}
+        for k, r in enumerate(rs):
+            by_protocol.setdefault(r.get("protocol", k), []).append(r)
+        row = {"method": method, "family": family, "subject": subject,
+               "n_protocols": len(by_protocol),
+               "n_draws": max(len(v) for v in by_protocol.values())}
         for t in tissues:
-            row[f"cov_{t}"] = coefficient_of_variation([r[f"vol_{t}"] for r in rs])
+            vols = [[r[f"vol_{t}"] for r in v] for v in by_protocol.values()]
+            row[f"cov_{t}"] = coefficient_of_variation([np.mean(v) for v in vols])
+            row[f"draw_sd_{t}"] = (float(np.mean([np.std(v, ddof=1) / np.mean(v) for v in vols]))
+                                   if row["n_draws"] > 1 else float("nan"))
         for t in CLASSES:
             row[f"dice_{t}"] = float(np.nanmean([r[f"dice_{t}"] for r in rs]))
         out.append(row)

@@ -52,9 +52,14 @@ def physics_vector(protocol: Protocol) -> np.ndarray:
 
 
 class ConvBlock(nn.Module):
-    """Two (3x3[x3] conv, GroupNorm, ReLU); an optional per-channel shift ``cond``
-    (``(B, features)``, broadcast over space) is added after the first GroupNorm (before it, the
-    normalization would cancel a spatially constant shift)."""
+    """Two (3x3[x3] conv, GroupNorm, ReLU), optionally conditioned on the physics branch.
+
+    ``cond`` (``None`` without the branch) is ``(scale, shift)``, each ``(B, k, features)``
+    (k = 1: the first conv only; k = 2: both) or ``None``, broadcast over space and applied right
+    after GroupNorm ``i < k`` as ``x * (1 + scale[:, i]) + shift[:, i]`` -- after the norm, which would cancel a spatially
+    constant shift or scale.  ``shift`` alone on the first conv is the paper's additive
+    broadcast; ``scale`` and ``shift`` on both is FiLM (Perez et al., AAAI 2018, Eq. 1).
+    """
 
     features: int
     ndim: int = 2
@@ -62,12 +67,22 @@ class ConvBlock(nn.Module):
     @nn.compact
     def __call__(self, x, cond=None):
         groups = min(4, self.features)
+        scale, shift = cond if cond is not None else (None, None)
+        space = (1,) * self.ndim
         for i in range(2):
             x = nn.GroupNorm(num_groups=groups)(nn.Conv(self.features, (3,) * self.ndim)(x))
-            if i == 0 and cond is not None:  # after the norm, which would remove a constant
-                x = x + cond.reshape(cond.shape[:1] + (1,) * self.ndim + cond.shape[1:])
+            if scale is not None and i < scale.shape[1]:
+                s = scale[:, i]
+                x = x * (1.0 + s.reshape(s.shape[:1] + space + s.shape[1:]))
+            if shift is not None and i < shift.shape[1]:
+                b = shift[:, i]
+                x = x + b.reshape(b.shape[:1] + space + b.shape[1:])
             x = nn.relu(x)
         return x
+
+
+#: How the physics branch enters the U-Net (:class:`SegmentationUNet`).
+CONDITIONINGS = ("add", "film")
 
 
 class SegmentationUNet(nn.Module):
@@ -79,10 +94,19 @@ class SegmentationUNet(nn.Module):
       n_classes: output classes (CSF, GM, WM: 3).
       physics: whether the physics branch exists.  With it, ``__call__`` needs ``params``
         (``(B, P)``, :func:`physics_vector` rows): two dense layers of width ``branch_width``
-        (ReLU), then one dense projection per decoder level added to that level's features.
-        Without it, ``params`` is ignored (the "same U-Net without the branch").
+        (ReLU), then one dense projection per conditioned block.  Without it, ``params`` is
+        ignored (the "same U-Net without the branch").
       branch_width: width of the branch's two dense layers.
       ndim: 2 (slices) or 3 (volumes).
+      conditioning: ``"add"`` -- Borges et al.'s broadcast into the decoder: a per-channel shift
+        added after the first GroupNorm of each decoder block; ``"film"`` -- FiLM (Perez et
+        al., AAAI 2018): a per-channel scale ``1 + gamma`` and shift ``beta`` after both
+        GroupNorms of each conditioned block, projections initialised to zero (identity).
+      condition_encoder: also condition the encoder blocks and the bottleneck (default: the
+        decoder only, as in the paper).
+      param_mean, param_std: standardization ``(p - mean) / std`` of the physics vector before
+        the branch (``PHYSICS_SIZE`` floats each, e.g. the training protocols' statistics);
+        empty = none.
     """
 
     features: Sequence[int] = (16, 32, 64)
@@ -90,16 +114,36 @@ class SegmentationUNet(nn.Module):
     physics: bool = True
     branch_width: int = 32
     ndim: int = 2
+    conditioning: str = "add"
+    condition_encoder: bool = False
+    param_mean: Sequence[float] = ()
+    param_std: Sequence[float] = ()
 
     def branch(self, params):
+        if len(self.param_mean):
+            params = ((params - jnp.asarray(self.param_mean, params.dtype))
+                      / jnp.asarray(self.param_std, params.dtype))
         h = nn.relu(nn.Dense(self.branch_width, name="branch_dense_0")(params))
         return nn.relu(nn.Dense(self.branch_width, name="branch_dense_1")(h))
+
+    def _cond(self, h, features: int, name: str):
+        """``(scale, shift)`` for a :class:`ConvBlock` of ``features`` channels (or None)."""
+        if h is None:
+            return None
+        if self.conditioning == "add":
+            return None, nn.Dense(features, name=name)(h)[:, None]
+        out = nn.Dense(4 * features, name=name, kernel_init=nn.initializers.zeros)(h)
+        out = out.reshape(out.shape[0], 2, 2, features)
+        return out[:, 0], out[:, 1]
 
     @nn.compact
     def __call__(self, x, params=None):
         if x.ndim != self.ndim + 2:
             raise ValueError(f"expected input of rank {self.ndim + 2} (B, spatial..., C), got "
                              f"shape {x.shape}.")
+        if self.conditioning not in CONDITIONINGS:
+            raise ValueError(f"conditioning {self.conditioning!r}; expected one of "
+                             f"{CONDITIONINGS}.")
         factor = 2 ** (len(self.features) - 1)
         if any(n % factor for n in x.shape[1:-1]):
             raise ValueError(f"spatial shape {x.shape[1:-1]} not divisible by {factor}.")
@@ -108,16 +152,18 @@ class SegmentationUNet(nn.Module):
             if params is None:
                 raise ValueError("the physics U-Net needs the acquisition parameters.")
             h = self.branch(params)
+        enc = h if self.condition_encoder else None
         window = (2,) * self.ndim
         skips = []
-        for f in self.features[:-1]:
-            x = ConvBlock(f, self.ndim)(x)
+        for level, f in enumerate(self.features[:-1]):
+            x = ConvBlock(f, self.ndim)(x, self._cond(enc, f, f"branch_to_encoder_{level}"))
             skips.append(x)
             x = nn.max_pool(x, window, window)
-        x = ConvBlock(self.features[-1], self.ndim)(x)
+        x = ConvBlock(self.features[-1], self.ndim)(
+            x, self._cond(enc, self.features[-1], "branch_to_bottleneck"))
         for level, (f, skip) in enumerate(zip(reversed(self.features[:-1]), reversed(skips))):
             for axis in range(1, self.ndim + 1):   # nearest-neighbour x2 (sizes divisible)
                 x = jnp.repeat(x, 2, axis=axis)
-            cond = None if h is None else nn.Dense(f, name=f"branch_to_decoder_{level}")(h)
-            x = ConvBlock(f, self.ndim)(jnp.concatenate([x, skip], axis=-1), cond)
+            x = ConvBlock(f, self.ndim)(jnp.concatenate([x, skip], axis=-1),
+                                        self._cond(h, f, f"branch_to_decoder_{level}"))
         return nn.Conv(self.n_classes, (1,) * self.ndim)(x)

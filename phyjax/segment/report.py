@@ -57,7 +57,7 @@ def volume_vs_ti_figure(rows: list[dict], path: str, methods) -> str:
     the protocol), vs TI: mean over held-out subjects (line) and their range (band), one panel
     per tissue (GM, WM), one line per method.  ``rows``: evaluation rows with ``subject``,
     ``family``, ``ti``, ``method``, ``vol_*``, ``gold_vol_*`` (strings, as read from
-    ``evaluation.csv``, or numbers)."""
+    ``evaluation.csv``, or numbers); noise draws of one TI are averaged."""
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharex=True)
@@ -70,9 +70,13 @@ def volume_vs_ti_figure(rows: list[dict], path: str, methods) -> str:
             tis = sorted({float(r["ti"]) for r in rs})
             dev = []
             for s in subjects:
-                mine = {float(r["ti"]): r for r in rs if r["subject"] == s}
-                v = np.array([float(mine[ti][f"vol_{tissue}"]) for ti in tis])
-                g = np.array([float(mine[ti][f"gold_vol_{tissue}"]) for ti in tis])
+                mine: dict = {}   # TI -> rows (several with noise draws: averaged)
+                for r in rs:
+                    if r["subject"] == s:
+                        mine.setdefault(float(r["ti"]), []).append(r)
+                v = np.array([np.mean([float(r[f"vol_{tissue}"]) for r in mine[ti]])
+                              for ti in tis])
+                g = np.array([float(mine[ti][0][f"gold_vol_{tissue}"]) for ti in tis])
                 dev.append(100.0 * (v - g) / g)
             dev = np.asarray(dev)
             line, = ax.plot(tis, dev.mean(0), marker="o", ms=3, label=LABELS.get(method, method))

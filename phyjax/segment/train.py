@@ -34,10 +34,23 @@ def soft_dice_loss(probs, target, mask, eps: float = 1e-6):
 
 def make_model(settings: dict) -> SegmentationUNet:
     """The :class:`SegmentationUNet` of a settings dict (``features``, ``physics``,
-    ``branch_width``)."""
+    ``branch_width``; optional ``conditioning`` (default ``"add"``), ``condition_encoder``
+    (False) and ``param_mean`` / ``param_std`` (none) -- models saved before these existed load
+    as they were trained)."""
     return SegmentationUNet(features=tuple(settings["features"]), n_classes=3,
                             physics=bool(settings["physics"]),
-                            branch_width=int(settings["branch_width"]))
+                            branch_width=int(settings["branch_width"]),
+                            conditioning=str(settings.get("conditioning", "add")),
+                            condition_encoder=bool(settings.get("condition_encoder", False)),
+                            param_mean=tuple(float(v) for v in settings.get("param_mean", ())),
+                            param_std=tuple(float(v) for v in settings.get("param_std", ())))
+
+
+def parameter_statistics(params: np.ndarray, floor: float = 1e-3) -> tuple[list, list]:
+    """Mean and sd (floored at ``floor``, so constant entries pass through centred) of physics
+    vectors ``(N, PHYSICS_SIZE)`` -- the branch's input standardization."""
+    params = np.asarray(params, np.float64)
+    return params.mean(0).tolist(), np.maximum(params.std(0), floor).tolist()
 
 
 def init_params(model: SegmentationUNet, shape_hw, channels: int, seed: int):
