@@ -26,7 +26,7 @@ import os
 from ml_collections import ConfigDict
 
 METHODS = ("none", "zscore", "histmatch", "nyul", "whitestripe", "combat", "unet", "phycharm",
-           "phycharm_unpaired")
+           "phycharm_unpaired", "rescan")   # rescan: the ceiling (not a method; default data)
 
 
 def _phycharm_config(arg):

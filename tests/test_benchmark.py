@@ -15,6 +15,7 @@ from phyjax import methods
 from phyjax.data.nifti import InputError, save_volume
 from phyjax.data.split import LeakageError, Split, TrainingSet
 from phyjax.data.volumes import Volume
+from phyjax.evaluate import report
 from phyjax.experiments import benchmark as bm
 from phyjax.physics.sequences import Protocol
 
@@ -225,17 +226,51 @@ def test_debug_run_writes_every_table_and_figure(debug_run):
     desc = json.load(open(os.path.join(workdir, "dataset_description.json")))
     assert desc["DatasetType"] == "derivative" and desc["GeneratedBy"][0]["Name"] == "phyjax"
     for m in methods:
-        assert f"| {m} |" in md
+        assert (f"| *{m} (ceiling)* |" if m in report.CEILINGS else f"| {m} |") in md
+
+
+def test_debug_run_reports_the_rescan_ceiling_and_never_ranks_it(debug_run):
+    cfg, workdir = debug_run
+    assert "rescan" in cfg.methods
+    rows = {(r["method"], r["site"]): r for r in _csv(os.path.join(workdir, "benchmark.csv"))}
+    split = json.load(open(os.path.join(workdir, "split.json")))
+    ceiling = rows[("rescan", "overall")]
+    # An independent re-scan: close to the target scan, but a new noise draw, not a copy.
+    assert 0.98 < float(ceiling["ssim_mean"]) < 1.0
+    assert 25.0 < float(ceiling["psnr_mean"]) < 60.0
+    # The same image whatever the source site.
+    ssim = [float(rows[("rescan", s)]["ssim_mean"]) for s in split["source_sites"]]
+    assert max(ssim) - min(ssim) < 1e-9
+    assert split["fitted_on"]["rescan"] == []           # fitted on nobody
+    for line in open(os.path.join(workdir, "benchmark.md")):
+        if line.startswith("| *rescan (ceiling)* |"):
+            assert "**" not in line
+
+
+def test_rescan_needs_re_scans_and_says_so(tmp_path):
+    volumes = _volumes(tmp_path)
+    train = Split(train=("01", "02", "03"), test=("04",)).training_set(volumes, "ref")
+    with pytest.raises(InputError, match="re-scans"):
+        methods.fit("rescan", load_config(), train)
+
+
+def test_markdown_table_never_bolds_a_ceiling_row():
+    summary = [{"method": m, "site": report.OVERALL, "ssim_mean": v, "ssim_ci_low": v,
+                "ssim_ci_high": v, "ssim_n": 3} for m, v in (("a", 0.9), ("b", 0.95),
+                                                             ("rescan", 0.99))]
+    table = report.markdown_table(summary, ["ssim"])
+    assert "| b | **0.950" in table and "| *rescan (ceiling)* | 0.990" in table
 
 
 def test_debug_run_never_evaluates_a_training_subject(debug_run):
     cfg, workdir = debug_run
     split = json.load(open(os.path.join(workdir, "split.json")))
     assert len(split["test"]) == cfg.data.n_test and not set(split["train"]) & set(split["test"])
-    for method in cfg.methods:   # every method was fitted on exactly the training subjects
+    fitted = [m for m in cfg.methods if m not in report.CEILINGS]
+    for method in fitted:   # every method was fitted on exactly the training subjects
         assert split["fitted_on"][method] == split["train"], method
     # Every fitted method was saved with the subjects it saw.
-    for method in cfg.methods:
+    for method in fitted:
         meta = json.load(open(os.path.join(workdir, method, "harmonizer", "harmonizer.json")))
         assert meta["fitted_on"] == split["train"] and meta["method"] == method
     for name in ("benchmark_per_subject.csv", "benchmark_subject_level.csv"):

@@ -9,7 +9,11 @@ result is written as a BIDS-like folder and read back through
 :func:`phyjax.data.bids.scan_bids`, the loader a user's data goes through.
 
 Ground truth (noise-free quantitative maps per field strength and the brain
-mask) goes to ``derivatives/phyjax-sim``.
+mask) and an independent re-scan of every subject with the target site's protocol (the ceiling
+of any harmonization) go to ``derivatives/phyjax-sim``.
+
+Partial volume is imaged at the signal level (:func:`signed_image`), subjects carry random
+atrophy (:func:`atrophy`), and the sites include a thick-slice 2-D spin echo (format 4).
 """
 
 from __future__ import annotations
@@ -33,7 +37,8 @@ from phyjax.physics import scanner, signal, tissues
 from phyjax.physics.sequences import Protocol
 
 DERIVATIVES = "derivatives/phyjax-sim"
-_FORMAT_VERSION = 4
+_FORMAT_VERSION = 5
+RESCAN_KEY = 7919   # fold_in of a subject's target-site key that draws its re-scan
 
 
 def site_protocol(site_cfg) -> Protocol:
@@ -299,6 +304,7 @@ def _to_plain(cfg):
     # Added in format 4; configs written before it get the old behaviour.
     out["atrophy"] = float(cfg.get("atrophy", 0.0))
     out["partial_volume"] = str(cfg.get("partial_volume", "parameter"))
+    out["target_site"] = str(cfg.get("target_site", "reference"))   # whose re-scan is written
     return out
 
 
@@ -336,6 +342,12 @@ def _write_subject(root: str, i: int, cfg: dict, probs, affine, field_strengths,
         sidecar["InstitutionName"] = site
         with open(stem + ".json", "w") as f:
             json.dump(sidecar, f, indent=2)
+        if site == cfg["target_site"]:
+            # An independent re-scan with the target protocol (same anatomy and scanner, a new
+            # noise and bias-field draw): the ceiling a harmonized image is measured against.
+            rescan = acquire(maps_by_b0[float(site_cfg["field_strength"])], s_mask, protocol,
+                             site_effects(site_cfg), jax.random.fold_in(key, RESCAN_KEY))
+            save_volume(rescan, affine, rescan_path(root, subject))
 
 
 def write_site_table(path: str, sites) -> None:
@@ -396,6 +408,13 @@ def build_default_dataset(data_cfg, cache_dir: str, progress: bool = True) -> st
     else:
         os.replace(tmp, root)
     return root
+
+
+def rescan_path(root: str, subject: str) -> str:
+    """Path of ``subject``'s independent re-scan with the target site's protocol (derivatives;
+    written for the target site of the config the dataset was built with)."""
+    return os.path.join(root, DERIVATIVES, f"sub-{subject}", "anat",
+                        f"sub-{subject}_desc-rescan_T1w.nii.gz")
 
 
 def ground_truth_paths(root: str, subject: str, field_strength: float) -> dict[str, str]:

@@ -30,6 +30,8 @@ from phyjax.evaluate.overlap import TISSUES
 from phyjax.evaluate.site_difference import t_interval
 
 OVERALL = "overall"
+#: Rows that are references, not methods (:mod:`phyjax.methods.rescan`): shown, never "best".
+CEILINGS = ("rescan",)
 
 # (key, label, higher is better, format)
 METRICS: list[tuple[str, str, bool, str]] = [
@@ -155,7 +157,8 @@ def markdown_table(summary: list[dict], keys: list[str], site: str | None = OVER
     """Markdown table of :func:`aggregate` rows (``site`` filter; None = every site).
 
     Cells are ``mean ± spread`` (:func:`format_cell`); the best mean per column (per site) is
-    bold where "better" is defined.
+    bold where "better" is defined, among methods (a :data:`CEILINGS` row is marked as such and
+    never bold).
     """
     rows = [r for r in summary if site is None or r["site"] == site]
     best = {}
@@ -165,7 +168,7 @@ def markdown_table(summary: list[dict], keys: list[str], site: str | None = OVER
             continue
         for s in {r["site"] for r in rows}:
             vals = [r[f"{key}_mean"] for r in rows if r["site"] == s
-                    and np.isfinite(r[f"{key}_mean"])]
+                    and r.get("method") not in CEILINGS and np.isfinite(r[f"{key}_mean"])]
             if len(vals) > 1:
                 best[(s, key)] = max(vals) if hi else min(vals)
     arrows = {True: " ↑", False: " ↓", None: ""}
@@ -173,9 +176,10 @@ def markdown_table(summary: list[dict], keys: list[str], site: str | None = OVER
     header += [_INFO[k][0] + arrows[_INFO[k][1]] for k in keys]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
-        cells = [str(r[c]) for c in first]
+        ceiling = r.get("method") in CEILINGS
+        cells = [f"*{r[c]} (ceiling)*" if c == "method" and ceiling else str(r[c]) for c in first]
         for key in keys:
-            b = (r["site"], key) in best and np.isfinite(r[f"{key}_mean"]) and math.isclose(
+            b = not ceiling and (r["site"], key) in best and np.isfinite(r[f"{key}_mean"]) and math.isclose(
                 r[f"{key}_mean"], best[(r["site"], key)], rel_tol=1e-9, abs_tol=1e-12)
             cells.append(format_cell(r, key, bold=b, spread=spread))
         lines.append("| " + " | ".join(cells) + " |")

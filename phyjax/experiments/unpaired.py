@@ -50,6 +50,7 @@ from phyjax.evaluate.measures import TissueMeasure
 from phyjax.evaluate.site_difference import (kruskal_wallis, n_significant,
                                              radiomic_relative_error, site_classifier)
 from phyjax.experiments.common import fit_methods, log, tissue_segmenter, write_split
+from phyjax.methods.rescan import has_rescans
 
 PAIRED_ONLY = ("unet",)
 PHYSICS = ("phycharm", "phycharm_unpaired")  # unpaired data: trained on physics-made pairs
@@ -63,6 +64,9 @@ def runnable(names, data: Dataset) -> tuple[list[str], list[str]]:
         if name in PAIRED_ONLY and not data.paired:
             notes.append(f"{name} not run: it trains on paired scans (the same subject at the "
                          f"target site), which this folder does not have.")
+        elif name == "rescan" and not (data.paired and has_rescans(data.volumes)):
+            notes.append("rescan (the ceiling: an independent re-scan with the target protocol) "
+                         "not run: only the embedded default dataset has re-scans.")
         elif name in PHYSICS and lacking:
             notes.append(f"{name} not run: it needs acquisition parameters, which {len(lacking)} "
                          "scan(s) lack (see protocols.tsv).")

@@ -6,19 +6,21 @@
 
 Registered: intensity baselines (none, zscore, histmatch, nyul, whitestripe), ComBat (features),
 the supervised U-Net and PhyCHarm (``phycharm``: pairs as configured; ``phycharm_unpaired``:
-physics-made pairs only).  A new method is a module with a ``fit`` function decorated by
+physics-made pairs only), and ``rescan``: not a method but the ceiling -- an independent re-scan
+with the target protocol, where the data has one (the default dataset).  A new method is a module with a ``fit`` function decorated by
 :func:`~phyjax.methods.base.register` and a :class:`~phyjax.methods.base.Harmonizer` subclass.
 """
 
 from __future__ import annotations
 
-from phyjax.methods import combat, cyclegan, intensity, phycharm, pix2pix, unet  # noqa: F401
+from phyjax.methods import (combat, cyclegan, intensity, phycharm, pix2pix,  # noqa: F401
+                            rescan, unet)
 from phyjax.methods.base import FIT, KINDS, Harmonizer, load, save
 
 #: every registered method, in the order reports list them
 AVAILABLE = ("none", "zscore", "histmatch", "nyul", "whitestripe", "combat", "unet", "phycharm",
              "phycharm_unpaired", "pix2pix", "cyclegan_radiomics", "cyclegan_radiomics_noseg",
-             "cyclegan_radiomics_norf")
+             "cyclegan_radiomics_norf", "rescan")
 assert set(AVAILABLE) == set(FIT), (AVAILABLE, tuple(FIT))
 
 
