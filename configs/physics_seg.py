@@ -66,6 +66,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
 
     train = config.train = ConfigDict()
     train.steps = 900
+    train.loss = "dice"          # "dice" (paper), "ce" (soft cross-entropy) or "dice_ce"
     train.batch_size = 8
     train.learning_rate = 2e-3
     train.checkpoint_every = 300

@@ -65,6 +65,44 @@ def test_branch_shapes_2d_and_3d():
         jax.eval_shape(model.apply, variables, x)
 
 
+def test_film_branch_shapes_and_standardization():
+    params = jnp.stack([physics_vector(MPRAGE_EARLY), physics_vector(MPRAGE_LATE)])
+    x = jnp.ones((2, 16, 20, 3))
+    model = SegmentationUNet(features=(4, 8, 16), branch_width=8, conditioning="film",
+                             condition_encoder=True)
+    p = jax.eval_shape(model.init, jax.random.key(0), x, params)["params"]
+    # FiLM: scale and shift for both convs of a block -> 4 x its width; encoder levels, the
+    # bottleneck and the decoder levels are all conditioned
+    assert p["branch_to_encoder_0"]["kernel"].shape == (8, 16)
+    assert p["branch_to_encoder_1"]["kernel"].shape == (8, 32)
+    assert p["branch_to_bottleneck"]["kernel"].shape == (8, 64)
+    assert p["branch_to_decoder_0"]["kernel"].shape == (8, 32)
+    assert p["branch_to_decoder_1"]["kernel"].shape == (8, 16)
+    dec_only = SegmentationUNet(features=(4, 8, 16), branch_width=8, conditioning="film")
+    assert not any(k.startswith(("branch_to_encoder", "branch_to_bottleneck"))
+                   for k in jax.eval_shape(dec_only.init, jax.random.key(0), x, params)["params"])
+    # FiLM projections start at zero: the conditioned network is the plain one at init
+    x1 = jnp.asarray(np.random.default_rng(3).random((1, 8, 8, 1)), jnp.float32)
+    small = SegmentationUNet(features=(4, 8), branch_width=8, conditioning="film",
+                             condition_encoder=True)
+    v = small.init(jax.random.key(1), x1, params[:1])
+    np.testing.assert_array_equal(small.apply(v, x1, params[:1]), small.apply(v, x1, params[1:]))
+    # standardization: the branch sees (p - mean) / std, so adding std to both the mean and
+    # the input leaves the output unchanged
+    mean, std = np.linspace(0.0, 1.0, PHYSICS_SIZE), np.linspace(0.5, 2.0, PHYSICS_SIZE)
+    a = SegmentationUNet(features=(4, 8), branch_width=8, param_mean=tuple(mean),
+                         param_std=tuple(std))
+    b = SegmentationUNet(features=(4, 8), branch_width=8, param_mean=tuple(mean + std),
+                         param_std=tuple(std))
+    va = _numpy_init(a, x1, params[:1])
+    np.testing.assert_allclose(a.apply(va, x1, params[:1]),
+                               b.apply(va, x1, params[:1] + jnp.asarray(std, jnp.float32)),
+                               rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="conditioning"):
+        jax.eval_shape(SegmentationUNet(conditioning="concat").init, jax.random.key(0), x,
+                       params)
+
+
 def _numpy_init(model, *args):
     """Variables of ``model`` drawn with NumPy (JAX's PRNG compiles per shape: slow on CPU)."""
     rng = np.random.default_rng(0)
@@ -76,12 +114,13 @@ def _numpy_init(model, *args):
 def test_changing_the_parameters_changes_the_output_only_with_the_branch():
     x = jnp.asarray(np.random.default_rng(2).random((1, 16, 16, 1)), jnp.float32)
     early, late = (jnp.asarray(physics_vector(p))[None] for p in (MPRAGE_EARLY, MPRAGE_LATE))
-    for physics in (True, False):
-        model = SegmentationUNet(features=(4, 8), branch_width=8, physics=physics)
+    for physics, conditioning in ((True, "add"), (True, "film"), (False, "add")):
+        model = SegmentationUNet(features=(4, 8), branch_width=8, physics=physics,
+                                 conditioning=conditioning)
         variables = _numpy_init(model, x, early)
         diff = float(jnp.max(jnp.abs(model.apply(variables, x, early)
                                      - model.apply(variables, x, late))))
-        assert (diff > 1e-3) if physics else (diff == 0.0), (physics, diff)
+        assert (diff > 1e-3) if physics else (diff == 0.0), (physics, conditioning, diff)
 
 
 def test_gold_standard_is_the_normalized_normal_likelihood():
@@ -154,6 +193,16 @@ def test_volume_cov_and_bridging_helpers():
     vol_b = np.repeat(base, 4, axis=1).repeat(2, axis=2)
     vol_a = base * (1.0 + 0.05 * (np.arange(4) - 2.0))[None, :, None].repeat(2, axis=2)
     assert evaluate.bridge_parameters(vol_a, vol_b)[:2] == (2, 0)
+    # CoV across protocols of the draw-averaged volume: protocol 0 draws 9, 11 (mean 10),
+    # protocol 1 draws 12, 12 -> CoV = sd(10, 12) / 11; draw sd = mean(sd(9, 11)/10, 0)
+    rows = [{"method": "m", "family": "f", "subject": "s", "protocol": j, "draw": d,
+             "vol_gm": v, "vol_wm": 1.0, "dice_csf": 1.0, "dice_gm": 1.0, "dice_wm": 1.0}
+            for (j, d), v in zip([(0, 0), (0, 1), (1, 0), (1, 1)], [9.0, 11.0, 12.0, 12.0])]
+    (row,) = evaluate.cov_table(rows)
+    assert (row["n_protocols"], row["n_draws"]) == (2, 2)
+    assert row["cov_gm"] == pytest.approx(np.sqrt(2.0) / 11.0)
+    assert row["draw_sd_gm"] == pytest.approx(np.sqrt(2.0) / 10.0 / 2.0)
+    assert row["cov_wm"] == 0.0
     slope, intercept = evaluate.fit_linear([1.0, 2.0, 4.0], [3.0, 5.0, 9.0])
     assert (slope, intercept) == (pytest.approx(2.0), pytest.approx(1.0))
 

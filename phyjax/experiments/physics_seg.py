@@ -36,7 +36,8 @@ from phyjax.physics import scanner
 from phyjax.segment import evaluate, infer, report, simulate
 from phyjax.segment.gold import CLASSES, gold_standard
 from phyjax.segment.model import CONDITIONINGS, physics_vector
-from phyjax.segment.train import Segmenter, make_model, parameter_statistics, train
+from phyjax.segment.train import (LOSSES, Segmenter, make_model, parameter_statistics,
+                                  train)
 
 MODELS = {"physics": ("physics_unet", True), "no_branch": ("no_branch_unet", False)}
 
@@ -266,6 +267,8 @@ def check_config(config) -> None:
     if config.model.conditioning not in CONDITIONINGS:
         raise InputError(f"config.model.conditioning={config.model.conditioning!r}; expected one "
                          f"of {CONDITIONINGS}.")
+    if config.train.loss not in LOSSES:
+        raise InputError(f"config.train.loss={config.train.loss!r}; expected one of {LOSSES}.")
     if int(config.eval.noise_draws) < 1:
         raise InputError(f"config.eval.noise_draws={config.eval.noise_draws}; needs >= 1.")
     ranges = ranges_of(config)

@@ -32,6 +32,37 @@ def soft_dice_loss(probs, target, mask, eps: float = 1e-6):
     return 1.0 - jnp.mean(dice)
 
 
+def soft_cross_entropy(logits, target, mask):
+    """Mean over voxels inside ``mask`` of ``-sum_c y_c log softmax(logits)_c`` (soft targets).
+
+    Unlike the soft Dice, whose optimal prediction for a partial-volume voxel depends on how well
+    the rest of the batch is segmented (including a voxel raises a class's Dice iff its target
+    exceeds Dice / 2), cross-entropy is minimised by the posterior itself, so the soft volume
+    ``sum p`` of a well-trained network is unbiased whatever the contrast of the protocol.
+
+    Args: ``logits``, ``target`` ``(B, ..., C)``; ``mask`` ``(B, ..., 1)``.  Returns a scalar.
+    """
+    ce = -jnp.sum(target * jax.nn.log_softmax(logits), axis=-1, keepdims=True)
+    return jnp.sum(ce * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+#: Training losses of :func:`train` (``config.train.loss``).
+LOSSES = ("dice", "ce", "dice_ce")
+
+
+def segmentation_loss(name: str, logits, target, mask):
+    """``dice`` (Borges et al.: soft Dice), ``ce`` (soft cross-entropy) or ``dice_ce`` (their
+    sum).  Raises ValueError for another name."""
+    if name not in LOSSES:
+        raise ValueError(f"loss {name!r}; expected one of {LOSSES}.")
+    loss = 0.0
+    if name in ("dice", "dice_ce"):
+        loss = loss + soft_dice_loss(jax.nn.softmax(logits), target, mask)
+    if name in ("ce", "dice_ce"):
+        loss = loss + soft_cross_entropy(logits, target, mask)
+    return loss
+
+
 def make_model(settings: dict) -> SegmentationUNet:
     """The :class:`SegmentationUNet` of a settings dict (``features``, ``physics``,
     ``branch_width``; optional ``conditioning`` (default ``"add"``), ``condition_encoder``
@@ -60,8 +91,8 @@ def init_params(model: SegmentationUNet, shape_hw, channels: int, seed: int):
 
 def train(model: SegmentationUNet, bank, t, workdir: str, seed: int, progress: bool = True,
           desc: str = "train"):
-    """Train ``model`` on ``bank`` (:class:`phyjax.segment.simulate.SliceBank`) with the soft
-    Dice loss and Adam (cosine-decayed learning rate ``t.learning_rate`` over ``t.steps``);
+    """Train ``model`` on ``bank`` (:class:`phyjax.segment.simulate.SliceBank`) with the loss
+    ``t.loss`` (:func:`segmentation_loss`; default soft Dice) and Adam (cosine-decayed learning rate ``t.learning_rate`` over ``t.steps``);
     resumable (:func:`phyjax.train.loop.fit`: Orbax checkpoints, ``train_log.csv`` in
     ``workdir``).  Returns the trained variables."""
     variables = init_params(model, bank.padded, 2 * bank.context + 1, seed)
@@ -70,7 +101,7 @@ def train(model: SegmentationUNet, bank, t, workdir: str, seed: int, progress: b
 
     def loss_fn(params, batch):
         logits = model.apply(params, batch["x"], batch["params"])
-        loss = soft_dice_loss(jax.nn.softmax(logits), batch["y"], batch["mask"])
+        loss = segmentation_loss(t.get("loss", "dice"), logits, batch["y"], batch["mask"])
         return loss, {"loss": loss}
 
     step = loop.make_train_step(loss_fn, tx)
