@@ -117,6 +117,9 @@ def unpaired_model(tmp_path_factory):
         cfg.train.steps = 200         # enough for the generator to order T1 (T1 NRMSE ~0.37)
         cfg.train.n_anatomies = 2
         cfg.target.randomize = True
+        # The oracle below images the effective T1/M0 maps, which is the data only when partial
+        # volume is imaged at the parameter level (at 4 mm most voxels mix tissues).
+        cfg.data.partial_volume = "parameter"
     data = load_dataset(cfg.data, progress=False)
     split = data.split(cfg.data.n_test, cfg.data.seed)
     unpaired = {s: {site: v for site, v in sites.items() if site != data.target_site}
