@@ -39,8 +39,9 @@ def get_config(arg: str | None = None) -> ConfigDict:
     data.t1_texture = 0.03
     data.min_mask_fraction = 0.15
     data.families = ("mprage", "spgr")
-    data.n_per_family = 12       # simulated protocols per training anatomy and family
-    data.reconstruction = "magnitude"  # or "signed" (phase-sensitive: the sign of the signal kept)
+    data.n_per_family = 36       # simulated protocols per training anatomy and family
+    data.reconstruction = "signed"  # phase-sensitive (the sign of the signal kept) or
+                                    # "magnitude" (MPRAGE at TI 0.6-0.7 s: WM ~ GM, see README)
     # Parameter ranges (s, degrees, T): a pair is drawn uniformly, a number is fixed.
     data.mprage = ConfigDict({"tr": 2.4, "te": 0.003, "ti": (0.6, 1.2), "flip_angle": 0.0,
                               "field_strength": 3.0})
@@ -62,11 +63,12 @@ def get_config(arg: str | None = None) -> ConfigDict:
     model.context = 1            # neighbouring slices on each side as input channels
     model.conditioning = "add"   # physics branch into the U-Net: "add" (paper) or "film"
     model.condition_encoder = False  # also condition the encoder and bottleneck blocks
-    model.normalize_params = True    # standardize the physics vector (training statistics)
+    model.normalize_params = "family"  # physics-vector standardization: "family" (training
+                                       # statistics per family), "global" or "none"
 
     train = config.train = ConfigDict()
-    train.steps = 900
-    train.loss = "dice"          # "dice" (paper), "ce" (soft cross-entropy) or "dice_ce"
+    train.steps = 1200
+    train.loss = "ce"            # "ce" (soft cross-entropy), "dice" (paper) or "dice_ce"
     train.batch_size = 8
     train.learning_rate = 2e-3
     train.checkpoint_every = 300

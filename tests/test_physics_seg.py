@@ -103,6 +103,36 @@ def test_film_branch_shapes_and_standardization():
                        params)
 
 
+def test_per_family_standardization():
+    from phyjax.physics.sequences import SEQUENCES
+    from phyjax.segment.simulate import PAPER_RANGES, sample_protocols
+    from phyjax.segment.train import parameter_statistics
+
+    rng = np.random.default_rng(0)
+    protocols = [p for f in ("mprage", "spgr") for p in sample_protocols(f, PAPER_RANGES, 30, rng)]
+    raw = np.stack([physics_vector(p) for p in protocols])
+    mean, std = (np.asarray(v).reshape(len(SEQUENCES), PHYSICS_SIZE)
+                 for v in parameter_statistics(raw))
+    spgr = SEQUENCES.index("spgr")
+    z = (raw[30:] - mean[spgr]) / std[spgr]
+    # every SPGR parameter that varies reaches the branch at unit sd (TR: 15-100 ms)
+    varying = raw[30:].std(0) > 1e-3
+    np.testing.assert_allclose(z[:, varying & (np.arange(PHYSICS_SIZE) >= 10)].std(0), 1.0,
+                               rtol=1e-5)
+    np.testing.assert_allclose(z[:, 0].std(), 1.0, rtol=1e-5)        # TR
+    np.testing.assert_array_equal(z[:, 5:5 + len(SEQUENCES)], raw[30:, 5:5 + len(SEQUENCES)])
+    # the model picks its family's row: same output as a model given that row alone
+    x = jnp.asarray(np.random.default_rng(4).random((2, 8, 8, 1)), jnp.float32)
+    p = jnp.asarray(raw[[30, 31]])
+    per_family = SegmentationUNet(features=(4, 8), branch_width=8,
+                                  param_mean=tuple(mean.ravel()), param_std=tuple(std.ravel()))
+    one_row = SegmentationUNet(features=(4, 8), branch_width=8, param_mean=tuple(mean[spgr]),
+                               param_std=tuple(std[spgr]))
+    v = _numpy_init(per_family, x, p)
+    np.testing.assert_allclose(per_family.apply(v, x, p), one_row.apply(v, x, p), rtol=1e-5,
+                               atol=1e-6)
+
+
 def _numpy_init(model, *args):
     """Variables of ``model`` drawn with NumPy (JAX's PRNG compiles per shape: slow on CPU)."""
     rng = np.random.default_rng(0)
@@ -182,6 +212,35 @@ def test_soft_dice_loss_against_hand_computed_values():
     half = jnp.asarray([[1.0], [0.0]])[None]
     assert float(soft_dice_loss(jnp.asarray([[1.0, 0.0], [1.0, 0.0]])[None], y, half)) == \
         pytest.approx(0.0, abs=1e-5)
+
+
+def test_cross_entropy_by_hand_and_the_dice_volume_bias_it_avoids():
+    from phyjax.segment.train import segmentation_loss, soft_cross_entropy
+
+    logits = jnp.log(jnp.asarray([[0.25, 0.75], [0.5, 0.5]]))[None]   # softmax = these rows
+    y = jnp.asarray([[0.5, 0.5], [1.0, 0.0]])[None]
+    mask = jnp.asarray([[1.0], [1.0]])[None]
+    expected = (-(0.5 * np.log(0.25) + 0.5 * np.log(0.75)) - np.log(0.5)) / 2
+    assert float(soft_cross_entropy(logits, y, mask)) == pytest.approx(expected, rel=1e-5)
+    assert float(soft_cross_entropy(logits, y, mask.at[0, 1].set(0.0))) == \
+        pytest.approx(-(0.5 * np.log(0.25) + 0.5 * np.log(0.75)), rel=1e-5)
+    assert float(segmentation_loss("dice_ce", logits, y, mask)) == pytest.approx(
+        float(soft_dice_loss(jax.nn.softmax(logits), y, mask))
+        + float(soft_cross_entropy(logits, y, mask)), rel=1e-6)
+    with pytest.raises(ValueError, match="loss"):
+        segmentation_loss("focal", logits, y, mask)
+
+    # Why the soft Dice biases volumes: a partial-volume voxel of target 0.45 is better left
+    # out (p = 0) when the rest of the class is segmented perfectly (Dice 1: threshold 0.5),
+    # but better put in (p = 1) when the rest has Dice 0.8 (threshold 0.4) -- the decision
+    # moves with how hard the image is, i.e. with the protocol.
+    def dice_with(p, n_fp):
+        target = jnp.asarray([1.0] * 8 + [0.0] * n_fp + [0.45])[None, :, None]
+        probs = jnp.asarray([1.0] * 8 + [1.0] * n_fp + [p])[None, :, None]
+        return float(soft_dice_loss(probs, target, jnp.ones_like(target)))
+
+    assert dice_with(0.0, 0) < dice_with(1.0, 0)      # easy image: leave it out
+    assert dice_with(1.0, 4) < dice_with(0.0, 4)      # hard image (4 false positives): put it in
 
 
 def test_volume_cov_and_bridging_helpers():

@@ -78,7 +78,9 @@ def train_models(config, workdir: str, heads) -> dict[str, Segmenter]:
                               m.context, config.seed, _gold_kwargs(config),
                               progress=config.progress, reconstruction=d.reconstruction)
     out = {}
-    mean, std = parameter_statistics(bank.params)
+    norm = m.normalize_params
+    mean, std = ([], []) if norm == "none" else parameter_statistics(bank.params,
+                                                                     norm == "family")
     for key in config.eval.methods:
         if key not in MODELS:
             continue
@@ -86,8 +88,7 @@ def train_models(config, workdir: str, heads) -> dict[str, Segmenter]:
         settings = {"features": list(m.features), "physics": physics,
                     "branch_width": int(m.branch_width), "conditioning": m.conditioning,
                     "condition_encoder": bool(m.condition_encoder),
-                    "param_mean": mean if m.normalize_params else [],
-                    "param_std": std if m.normalize_params else [],
+                    "param_mean": mean, "param_std": std,
                     "context": int(m.context),
                     "voxel_mm": float(d.voxel_size), "ranges": ranges_of(config),
                     "families": list(d.families), "gold": _gold_kwargs(config),
@@ -267,6 +268,9 @@ def check_config(config) -> None:
     if config.model.conditioning not in CONDITIONINGS:
         raise InputError(f"config.model.conditioning={config.model.conditioning!r}; expected one "
                          f"of {CONDITIONINGS}.")
+    if config.model.normalize_params not in ("family", "global", "none"):
+        raise InputError(f"config.model.normalize_params={config.model.normalize_params!r}; "
+                         "expected 'family', 'global' or 'none'.")
     if config.train.loss not in LOSSES:
         raise InputError(f"config.train.loss={config.train.loss!r}; expected one of {LOSSES}.")
     if int(config.eval.noise_draws) < 1:

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from phyjax.physics import tissues
-from phyjax.physics.sequences import Protocol, encode
+from phyjax.physics.sequences import SEQUENCES, Protocol, encode
 
 #: Tissue T1 (s) at 3 T (WM, GM, CSF; :mod:`phyjax.physics.tissues`) whose ``exp(-TR/T1)`` and
 #: ``exp(-TI/T1)`` the physics branch is given, and T2* (WM, GM) for ``exp(-TE/T2*)``.
@@ -31,6 +31,8 @@ _T2S_REF = tuple(tissues.tissue_parameters(3.0)[t].t2star for t in ("wm", "gm"))
 
 #: Length of :func:`physics_vector`.
 PHYSICS_SIZE = 10 + 2 * len(_T1_REF) + len(_T2S_REF) + 2
+#: Where :func:`physics_vector` holds the one-hot family (:data:`SEQUENCES` order).
+FAMILY_SLICE = slice(5, 5 + len(SEQUENCES))
 
 
 def physics_vector(protocol: Protocol) -> np.ndarray:
@@ -105,8 +107,9 @@ class SegmentationUNet(nn.Module):
       condition_encoder: also condition the encoder blocks and the bottleneck (default: the
         decoder only, as in the paper).
       param_mean, param_std: standardization ``(p - mean) / std`` of the physics vector before
-        the branch (``PHYSICS_SIZE`` floats each, e.g. the training protocols' statistics);
-        empty = none.
+        the branch, flattened ``(K, PHYSICS_SIZE)``: K = 1, one row for every protocol, or
+        K = ``len(SEQUENCES)``, one row per family, chosen by the vector's one-hot family
+        (:func:`phyjax.segment.train.parameter_statistics`); empty = none.
     """
 
     features: Sequence[int] = (16, 32, 64)
@@ -121,8 +124,12 @@ class SegmentationUNet(nn.Module):
 
     def branch(self, params):
         if len(self.param_mean):
-            params = ((params - jnp.asarray(self.param_mean, params.dtype))
-                      / jnp.asarray(self.param_std, params.dtype))
+            mean = jnp.asarray(self.param_mean, params.dtype).reshape(-1, params.shape[-1])
+            std = jnp.asarray(self.param_std, params.dtype).reshape(-1, params.shape[-1])
+            if mean.shape[0] > 1:   # one row per family: picked by the raw one-hot
+                onehot = params[:, FAMILY_SLICE]
+                mean, std = onehot @ mean, onehot @ std
+            params = (params - mean) / std
         h = nn.relu(nn.Dense(self.branch_width, name="branch_dense_0")(params))
         return nn.relu(nn.Dense(self.branch_width, name="branch_dense_1")(h))
 

@@ -13,7 +13,7 @@ import optax
 
 from phyjax.data.nifti import InputError
 from phyjax.data.slices import from_slices, grid, to_slices, with_context
-from phyjax.segment.model import PHYSICS_SIZE, SegmentationUNet
+from phyjax.segment.model import FAMILY_SLICE, PHYSICS_SIZE, SegmentationUNet
 from phyjax.train import loop
 
 
@@ -77,11 +77,28 @@ def make_model(settings: dict) -> SegmentationUNet:
                             param_std=tuple(float(v) for v in settings.get("param_std", ())))
 
 
-def parameter_statistics(params: np.ndarray, floor: float = 1e-3) -> tuple[list, list]:
-    """Mean and sd (floored at ``floor``, so constant entries pass through centred) of physics
-    vectors ``(N, PHYSICS_SIZE)`` -- the branch's input standardization."""
+def parameter_statistics(params: np.ndarray, by_family: bool = True, floor: float = 1e-3
+                         ) -> tuple[list, list]:
+    """Standardization of physics vectors ``(N, PHYSICS_SIZE)`` for the branch: flattened
+    mean and sd (floored at ``floor``, so constant entries pass through centred).
+
+    ``by_family``: one row per family of :data:`~phyjax.physics.sequences.SEQUENCES` (the
+    statistics of that family's rows; the global ones for a family absent from ``params``),
+    so that a parameter's spread *within* a family reaches the branch at unit scale (pooled
+    over MPRAGE and SPGR, the SPGR TR span of 15-100 ms is 0.07 sd of a TR that also holds
+    MPRAGE's 2.4 s).  The one-hot family itself is left as it is (mean 0, sd 1).
+    """
     params = np.asarray(params, np.float64)
-    return params.mean(0).tolist(), np.maximum(params.std(0), floor).tolist()
+    onehot = params[:, FAMILY_SLICE]
+    glob = params.mean(0), np.maximum(params.std(0), floor)
+    rows = []
+    for k in range(onehot.shape[1] if by_family else 0):
+        mine = params[onehot[:, k] > 0.5]
+        rows.append((mine.mean(0), np.maximum(mine.std(0), floor)) if len(mine) else glob)
+    rows = rows or [glob]
+    mean, std = np.stack([r[0] for r in rows]), np.stack([r[1] for r in rows])
+    mean[:, FAMILY_SLICE], std[:, FAMILY_SLICE] = 0.0, 1.0
+    return mean.ravel().tolist(), std.ravel().tolist()
 
 
 def init_params(model: SegmentationUNet, shape_hw, channels: int, seed: int):
