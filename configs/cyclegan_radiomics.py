@@ -15,8 +15,8 @@ Real, unpaired data (tumour ROIs; the unpaired benchmark; Pix2Pix needs pairs, l
     "--config.methods=('none','histmatch','cyclegan_radiomics')" --config.data.n_test=20 \
     --config.data.grid_mm=2.0
 
-Expected runtime on 2 shared CPU cores: default ~10 min per CycleGAN variant (README section
-"Radiomics-guided CycleGAN and Pix2Pix"); debug ~2 min.  Every field can be overridden with
+Expected runtime: README section "Radiomics-guided CycleGAN and Pix2Pix" (one CycleGAN per
+source site: the default data's 5 source sites x `cyclegan.steps`); debug ~2 min.  Every field can be overridden with
 --config.<path>=<value>; an unknown key is an error.
 """
 
@@ -43,9 +43,16 @@ def add_sections(config: ConfigDict, arg: str | None = None) -> ConfigDict:
     cg.use_rf_loss = True        # radiomic-feature loss (soft, differentiable features)
     cg.disjoint = True           # different training subjects in the two domains (unpaired)
     cg.seg_labels = "auto"       # "tissue" (HMRF CSF/GM/WM), "roi" (the mask), "auto"
-    cg.steps = 300
+    cg.per_site = True           # one CycleGAN per source site (Kim et al.: one vendor pair);
+                                 # False: one generator for every source site
+    cg.residual = True           # generators output input + correction (last layer zero-init):
+                                 # an untrained one is the identity (models/gan.residual_output)
+    cg.conv_impl = "stride1"     # stride-2 / transposed convs as stride-1 ones (fast on XLA:CPU;
+                                 # "lax": flax's Conv/ConvTranspose, same values)
+    cg.steps = 100               # per source site (README: 100 measured on the default data)
     cg.batch_size = 4
-    cg.learning_rate = 2e-4      # Adam, beta1 0.5; linear decay over the second half
+    cg.learning_rate = 1e-3      # Adam, beta1 0.5; linear decay over the second half (Zhu et
+                                 # al.: 2e-4 over 200 epochs; 1e-3 for a CPU budget of ~100 steps)
     cg.features = 16             # generator's first-layer channels (ngf)
     cg.n_blocks = 4              # residual blocks
     cg.n_down = 2                # down-samplings
@@ -53,9 +60,10 @@ def add_sections(config: ConfigDict, arg: str | None = None) -> ConfigDict:
     cg.disc_layers = 3           # 70x70 PatchGAN
     cg.intensity_max = 2.0       # normalized intensities [0, this] <-> the networks' [-1, 1]
     cg.w_cycle = 10.0
-    cg.w_identity = 5.0          # 0.5 w_cycle as in the CycleGAN code; 0 = off (saves 2 passes)
+    cg.w_identity = 1.0          # the CycleGAN code's 0.5 w_cycle (5) held the residual generator
+                                 # at the identity; 0 = off (saves 2 passes)
     cg.w_dice = 1.0
-    cg.w_rf = 1.0
+    cg.w_rf = 10.0               # relative L1 of ~0.05 per feature: 10 weighs it like the LSGAN term
     cg.seg_features = (8, 16)
     cg.seg_steps = 150
     cg.seg_learning_rate = 2e-3
@@ -72,6 +80,8 @@ def add_sections(config: ConfigDict, arg: str | None = None) -> ConfigDict:
     p2p.steps = config.train.get_ref("steps")      # the U-Net's and PhyCHarm's budget
     p2p.batch_size = config.train.get_ref("batch_size")
     p2p.learning_rate = 2e-4     # Adam, beta1 0.5; linear decay over the second half
+    p2p.residual = True          # U-Net outputs input + correction (last layer zero-init)
+    p2p.conv_impl = "stride1"
     p2p.features = 16
     p2p.depth = 4                # U-Net levels (slices padded to a multiple of 2^depth)
     p2p.disc_features = 16

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from phyjax import methods
+from phyjax.data.nifti import InputError
 from phyjax.data.split import Split
 from phyjax.data.volumes import Volume
 from phyjax.physics.sequences import Protocol
@@ -69,6 +70,67 @@ def test_network_shapes_and_size_errors():
         _shape(ResnetGenerator(n_down=2), jnp.zeros((1, 26, 32, 1)))
     with pytest.raises(ValueError, match="multiples of 8"):
         _shape(UNetGenerator(depth=3), jnp.zeros((1, 24, 36, 1)))
+
+
+@pytest.mark.parametrize("net", [ResnetGenerator(features=4, n_blocks=1, n_down=2),
+                                 ResnetGenerator(features=4, n_blocks=1, n_down=2, residual=True),
+                                 PatchDiscriminator(features=4, n_layers=3),
+                                 UNetGenerator(features=4, depth=3, residual=True)],
+                         ids=["resnet", "resnet-residual", "patchgan", "unet-residual"])
+def test_stride1_convolutions_equal_flax_layers(net):
+    """The stride-1 formulation of the stride-2 and transposed convolutions (the default,
+    ``conv_impl="stride1"``) against flax's own ``Conv(strides=2)`` / ``ConvTranspose`` (the
+    oracle, ``conv_impl="lax"``): the same parameter tree and initial values, the same outputs
+    and the same parameter gradients, to float32 rounding; odd sizes included (zero padding of
+    the space-to-depth input)."""
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 40, 48, 1)), jnp.float32)
+    oracle = net.clone(conv_impl="lax")
+    p_fast = net.init(jax.random.key(1), x)
+    p_lax = oracle.init(jax.random.key(1), x)
+    assert jax.tree.structure(p_fast) == jax.tree.structure(p_lax)
+    for u, v in zip(jax.tree.leaves(p_fast), jax.tree.leaves(p_lax)):
+        np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
+    if getattr(net, "residual", False):   # move the zero-initialized last layer off zero
+        p_fast = jax.tree.map(lambda u: u + 0.05, p_fast)
+    y_fast, y_lax = net.apply(p_fast, x), oracle.apply(p_fast, x)
+    np.testing.assert_allclose(np.asarray(y_fast), np.asarray(y_lax), rtol=1e-4, atol=1e-5)
+
+    def grads(m):
+        g = jax.grad(lambda p: jnp.mean(jnp.square(m.apply(p, x) - 0.3)))(p_fast)
+        return jax.flatten_util.ravel_pytree(g)[0]
+
+    g_fast, g_lax = grads(net), grads(oracle)
+    assert float(jnp.linalg.norm(g_lax)) > 0
+    assert float(jnp.linalg.norm(g_fast - g_lax) / jnp.linalg.norm(g_lax)) < 1e-4
+    # strided input sizes that are odd after padding, against lax directly
+    from phyjax.models.gan import strided_conv, upsample_conv
+    rng = np.random.default_rng(2)
+    for h, w, k in ((11, 13, 3), (9, 10, 4), (12, 16, 4)):
+        xx = jnp.asarray(rng.normal(size=(2, h, w, 3)), jnp.float32)
+        kk = jnp.asarray(rng.normal(size=(k, k, 3, 5)), jnp.float32)
+        ref = jax.lax.conv_general_dilated(xx, kk, (2, 2), ((1, 1), (1, 1)),
+                                           dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        np.testing.assert_allclose(np.asarray(strided_conv(xx, kk, 2, ((1, 1), (1, 1)))),
+                                   np.asarray(ref), rtol=1e-5, atol=1e-5)
+        ref = jax.lax.conv_transpose(xx, kk, (2, 2), "SAME",
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        np.testing.assert_allclose(np.asarray(upsample_conv(xx, kk)), np.asarray(ref),
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_residual_generators_start_at_the_identity_and_can_leave_it():
+    """``residual=True``: an untrained generator returns its input (the centre channel of a
+    2.5-D stack) exactly, and the loss gradient reaches the zero-initialized last layer."""
+    x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (2, 16, 24, 3)), jnp.float32)
+    for net, last in ((ResnetGenerator(features=4, n_blocks=1, residual=True), "Conv_3"),
+                      (UNetGenerator(features=4, depth=3, residual=True), "ConvTranspose_2")):
+        params = init_params(net, 0, x)
+        np.testing.assert_array_equal(np.asarray(net.apply({"params": params}, x)),
+                                      np.asarray(x[..., 1:2]))
+        g = jax.grad(lambda p: jnp.mean(jnp.square(
+            net.apply({"params": p}, x) - 0.5)))(params)
+        assert not np.any(np.asarray(params[last]["kernel"]))
+        assert float(jnp.max(jnp.abs(g[last]["kernel"]))) > 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -153,16 +215,20 @@ def test_fused_step_equals_unfused_step():
 # method: domains, fit, persistence
 
 
-def _training_set(n_subjects=4, shape=(16, 16, 6)):
-    """Source site ``src`` darker and smoother than the target site ``tgt`` (textured disc)."""
+def _training_set(n_subjects=4, shape=(16, 16, 6), second_source=False):
+    """Source site ``src`` darker and smoother than the target site ``tgt`` (textured disc);
+    ``second_source``: also ``src2``, brighter than the target and smoother still."""
     rng = np.random.default_rng(0)
     mask = np.zeros(shape, bool)
     mask[3:13, 2:14, 1:5] = True
     vols = {}
+    sites = [("src", 0.45, 0.05), ("tgt", 0.9, 0.15)]
+    if second_source:
+        sites.append(("src2", 1.3, 0.03))
     for i in range(n_subjects):
         s = f"{i:02d}"
         vols[s] = {}
-        for k, (site, scale, texture) in enumerate((("src", 0.45, 0.05), ("tgt", 0.9, 0.15))):
+        for k, (site, scale, texture) in enumerate(sites):
             image = scale * (1 + texture * rng.standard_normal(shape)) * mask
             vols[s][site] = Volume(s, site, Protocol(0.02 * (k + 1), 0.004, sequence="spgr"),
                                    image.astype(np.float32), mask, f"/data/sub-{s}_{site}.nii.gz",
@@ -208,18 +274,31 @@ def _round_trip(h, volume, folder):
 
 
 def test_cyclegan_fit_moves_selected_features_toward_target_and_round_trips(tmp_path):
-    """30 steps of the whole method (frozen segmenters with Dice, RF loss, LSGAN, cycle): the
-    relative errors of the selected features on the source slices drop by more than half;
-    the saved harmonizer harmonizes identically."""
-    train, vols = _training_set()
+    """30 steps of the whole method (frozen segmenters with Dice, RF loss, LSGAN, cycle) per
+    source site, one darker and one brighter than the target: the relative errors of the
+    selected features on each site's source slices drop by more than half; each site has its
+    own generator, a scan of a site without one is refused; the saved harmonizer harmonizes
+    identically."""
+    train, vols = _training_set(second_source=True)
     h = methods.fit("cyclegan_radiomics", _config(), train, workdir=str(tmp_path / "cg"),
                     progress=False)
     rf = h.rf
-    before, after = np.mean(rf["relerr_before"]), np.mean(rf["relerr_after"])
-    print(f"selected {rf['features']}: relative error before {before:.3f}, after {after:.3f}")
-    assert 1 <= len(rf["features"]) <= 5 and before > 0.1
-    assert after < 0.5 * before
-    again = _round_trip(h, vols[max(vols)]["src"], str(tmp_path / "cg" / "harmonizer"))
+    assert set(h.params) == {"src", "src2"} == set(rf["relerr_per_site"])
+    assert 1 <= len(rf["features"]) <= 5
+    for site, e in rf["relerr_per_site"].items():
+        before, after = np.mean(e["before"]), np.mean(e["after"])
+        print(f"{site}: selected {rf['features']}: relative error {before:.3f} -> {after:.3f}")
+        assert before > 0.1 and after < 0.5 * before
+    test = vols[max(vols)]
+    # the two generators differ: the darker site is brightened, the brighter one darkened
+    gain = {site: np.mean(h.harmonize(test[site])[test[site].mask])
+            / np.mean(test[site].image[test[site].mask]) for site in ("src", "src2")}
+    assert gain["src"] > 1.0 > gain["src2"]
+    other = Volume(test["src"].subject, "elsewhere", test["src"].protocol, test["src"].image,
+                   test["src"].mask, "/data/other.nii.gz", affine=np.eye(4), resampled=True)
+    with pytest.raises(InputError, match="elsewhere"):
+        h.harmonize(other)
+    again = _round_trip(h, test["src2"], str(tmp_path / "cg" / "harmonizer"))
     assert again.rf["features"] == rf["features"]
 
 

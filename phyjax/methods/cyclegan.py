@@ -21,7 +21,16 @@ the LSGAN loss on real slices and the generators' current outputs (no image pool
 
 Unpaired by construction: domain A is the non-target scans of one half of the training subjects,
 domain B the target scans of the other half (``cyclegan.disjoint``; on data without traveling
-subjects the subjects differ anyway).  Segmenter labels: ``seg_labels = "tissue"`` -- the fixed
+subjects the subjects differ anyway).  With ``cyclegan.per_site`` (default) each source site is
+a domain A of its own with its own generators, discriminators and source-side segmenter (Kim et
+al. harmonize one vendor pair); the target segmenter and the feature selection are shared.  A
+generator whose convolutions see instance-normalized features cannot tell sites apart by their
+intensity level (it is invariant to an affine change of its input), so one generator for
+several source sites can only learn their average correction.
+
+Generators: ``cyclegan.residual`` (default) makes them ``input + correction`` with the
+correction's last layer zero-initialized (:func:`phyjax.models.gan.residual_output`): training
+starts at the unharmonized image instead of a random one.  Segmenter labels: ``seg_labels = "tissue"`` -- the fixed
 HMRF tissue segmenter's CSF/GM/WM labels inside the brain mask
 (:class:`phyjax.evaluate.segmentation.TissueSegmenter`, the paper's frozen site segmenters trained
 on it); ``"roi"`` -- the ROI mask itself (e.g. the tumour on real data); ``"auto"``: tissue for a
@@ -86,9 +95,12 @@ def cyclegan_config(config) -> dict:
 
 def make_nets(cfg: dict):
     """``(generator, discriminator, segmenter factory)`` of the settings."""
+    impl = cfg.get("conv_impl", "stride1")
     gen = ResnetGenerator(features=cfg["features"], n_blocks=cfg["n_blocks"],
-                          n_down=cfg["n_down"])
-    disc = PatchDiscriminator(features=cfg["disc_features"], n_layers=cfg["disc_layers"])
+                          n_down=cfg["n_down"], residual=bool(cfg.get("residual", False)),
+                          conv_impl=impl)
+    disc = PatchDiscriminator(features=cfg["disc_features"], n_layers=cfg["disc_layers"],
+                              conv_impl=impl)
     return gen, disc
 
 
@@ -309,18 +321,35 @@ def generator_fn(cfg: dict):
     return _GENERATOR_FNS[key]
 
 
+#: key of the one generator trained on every source site (``cyclegan.per_site = False``)
+ALL_SITES = "*"
+
+
 class CycleGANHarmonizer(Harmonizer):
-    """Trained ``G_ab`` (source -> target) with its settings; ``rf`` holds the selected features,
-    their target values and the training relative errors before/after."""
+    """Trained ``G_ab`` (source -> target) per source site (``params``: ``{site: generator
+    parameters}``; the key :data:`ALL_SITES` for one generator of every site) with its settings;
+    ``rf`` holds the selected features, their target values and the training relative errors
+    before/after.  Harmonizing a scan from a site without its own generator raises InputError."""
 
     def __init__(self, params, cfg: dict, rf: dict, batch_size: int, **base):
         super().__init__(**base)
+        if "Conv_0" in params:            # saved before per-site generators: one for all
+            params = {ALL_SITES: params}
         self.params, self.cfg, self.rf, self.batch_size = params, dict(cfg), rf, int(batch_size)
         self._fn = generator_fn(self.cfg)
 
+    def generator_params(self, site: str):
+        """The generator of ``site`` (or the one of every site)."""
+        if site in self.params:
+            return self.params[site]
+        if ALL_SITES in self.params:
+            return self.params[ALL_SITES]
+        raise InputError(f"the radiomics CycleGAN has generators for sites "
+                         f"{sorted(self.params)}, not for {site!r} (cyclegan.per_site).")
+
     def harmonize(self, volume) -> np.ndarray:
-        return predict_slices(self._fn, self.params, volume.image, volume.mask,
-                              slice_multiple(self.cfg), self.batch_size)
+        return predict_slices(self._fn, self.generator_params(volume.site), volume.image,
+                              volume.mask, slice_multiple(self.cfg), self.batch_size)
 
     def save_state(self, directory: str) -> dict:
         networks.save_params(self.params, directory)
@@ -357,7 +386,8 @@ def make_cyclegan_step(cfg: dict, gen, disc, tx, seg=None, rf=None, fuse: bool =
     outputs of that forward pass.  ``state.params``: ``{"g": {"ab", "ba"}, "d": {"a", "b"}}``,
     ``state.opt_state``: ``{"g", "d"}``; the state is donated.
 
-    ``seg``: ``(model, params_a, params_b, kind)`` of the frozen segmenters or None;
+    ``seg``: ``(model, kind)`` of the frozen segmenters or None; their parameters come in the
+    batch (``batch["seg_a"]``, ``batch["seg_b"]``), so one compilation serves every source site;
     ``rf``: ``(names, target (K,), radiomics config)`` or None.
     ``fuse``: run each network once per stage on the concatenated batches that go through it
     (``G_ab`` on ``[a; b]`` gives the translation and the identity image, each discriminator
@@ -395,7 +425,8 @@ def make_cyclegan_step(cfg: dict, gen, disc, tx, seg=None, rf=None, fuse: bool =
             idt = l1(idt_b, b) + l1(idt_a, a)
             loss, m["identity"] = loss + cfg["w_identity"] * idt, idt
         if seg is not None:
-            model, sa, sb, kind = seg
+            model, kind = seg
+            sa, sb = batch["seg_a"], batch["seg_b"]
             prob = lambda p, x: jax.nn.softmax(model.apply({"params": p}, x))
             ref_a = jax.lax.stop_gradient(prob(sa, a))
             ref_b = jax.lax.stop_gradient(prob(sb, b))
@@ -460,10 +491,11 @@ VARIANTS = {"cyclegan_radiomics": {},
 def fit(config, train: TrainingSet, name: str = "cyclegan_radiomics", *, workdir: str,
         progress: bool = True, **_) -> CycleGANHarmonizer:
     """Train the radiomics-guided CycleGAN on ``train`` (module docstring); checkpoints and
-    ``train_log.csv`` in ``workdir``, the selected features and their relative errors before
-    and after (training slices) in ``workdir/rf_selection.json``.  ``name``: a key of
-    :data:`VARIANTS` (``config.cyclegan.use_segmenters`` / ``use_rf_loss`` apply to
-    ``cyclegan_radiomics``; the ablation names switch one term off)."""
+    ``train_log.csv`` in ``workdir`` (``workdir/site-<site>`` per source site with
+    ``cyclegan.per_site``), the selected features and their relative errors before and after
+    (training slices) in ``workdir/rf_selection.json``.  ``name``: a key of :data:`VARIANTS`
+    (``config.cyclegan.use_segmenters`` / ``use_rf_loss`` apply to ``cyclegan_radiomics``; the
+    ablation names switch one term off)."""
     train = require_training_set(train)
     cfg = dict(cyclegan_config(config), **VARIANTS[name])
     seed, min_fraction = int(config.seed), float(config.data.min_mask_fraction)
@@ -478,52 +510,72 @@ def fit(config, train: TrainingSet, name: str = "cyclegan_radiomics", *, workdir
                 else TissueSegmenter())
         labels = label_maker(kind, hmrf)
     mult = slice_multiple(cfg)
-    data_a = DomainSlices(a_vols, mult, min_fraction, labels, workdir)
     data_b = DomainSlices(b_vols, mult, min_fraction, labels, workdir)
     gen, disc = make_nets(cfg)
-
-    seg = None
-    if cfg["use_segmenters"]:
-        trainer = segmenter_trainer(cfg, kind)
-        sa = train_segmenter(cfg, trainer, data_a, seed, 11, os.path.join(workdir, "seg_a"),
-                             progress, "segmenter A")
-        sb = train_segmenter(cfg, trainer, data_b, seed, 12, os.path.join(workdir, "seg_b"),
-                             progress, "segmenter B")
-        seg = (trainer[0], sa, sb, kind)
-
+    trainer = segmenter_trainer(cfg, kind) if cfg["use_segmenters"] else None
+    sb = (train_segmenter(cfg, trainer, data_b, seed, 12, os.path.join(workdir, "seg_b"),
+                          progress, "segmenter B") if trainer else None)
     names, target, cv, rcfg = select_rf(cfg, data_b)
     rf = (names, jnp.asarray(target), rcfg) if cfg["use_rf_loss"] else None
     tx = gan_optimizer(cfg)
-    state = init_state(cfg, gen, disc, data_a.padded, seed, tx)
-    step = make_cyclegan_step(cfg, gen, disc, tx, seg, rf)
+    step = make_cyclegan_step(cfg, gen, disc, tx, (trainer[0], kind) if trainer else None, rf)
     bs = cfg["batch_size"]
 
-    def batch_fn(i):
-        a = data_a.batch(data_a.sample(i, bs, seed, 1))
-        b = data_b.batch(data_b.sample(i, bs, seed, 2))
-        return {"a": a["image"], "mask_a": a["mask"], "b": b["image"], "mask_b": b["mask"]}
+    # one CycleGAN per source site (Kim et al.'s vendor pair) or one for all of them
+    groups = ({v.site: [w for w in a_vols if w.site == v.site] for v in a_vols}
+              if cfg.get("per_site", False) else {ALL_SITES: a_vols})
+    params, per_site_rf, n_a = {}, {}, {}
+    for k, site in enumerate(sorted(groups)):
+        sub = workdir if site == ALL_SITES else os.path.join(workdir, f"site-{_safe(site)}")
+        data_a = DomainSlices(groups[site], mult, min_fraction, labels, workdir)
+        tag = "" if site == ALL_SITES else f" {site}"
+        sa = (train_segmenter(cfg, trainer, data_a, seed, 11 + 10 * k,
+                              os.path.join(sub, "seg_a"), progress, "segmenter A" + tag)
+              if trainer else None)
+        state = init_state(cfg, gen, disc, data_a.padded, seed, tx)
 
-    state = fit_loop(state, step, batch_fn, cfg["steps"], workdir,
-                     checkpoint_every=config.train.checkpoint_every,
-                     log_every=config.train.log_every, progress=progress, desc="CycleGAN")
-    harmonizer = CycleGANHarmonizer(jax.device_get(state.params["g"]["ab"]), cfg, {},
-                                    config.eval.batch_size,
+        def batch_fn(i, data_a=data_a, sa=sa, k=k):
+            a = data_a.batch(data_a.sample(i, bs, seed, 1 + 10 * k))
+            b = data_b.batch(data_b.sample(i, bs, seed, 2))
+            out = {"a": a["image"], "mask_a": a["mask"], "b": b["image"], "mask_b": b["mask"]}
+            if trainer:
+                out.update(seg_a=sa, seg_b=sb)
+            return out
+
+        state = fit_loop(state, step, batch_fn, cfg["steps"], sub,
+                         checkpoint_every=config.train.checkpoint_every,
+                         log_every=config.train.log_every, progress=progress,
+                         desc="CycleGAN" + tag)
+        params[site] = jax.device_get(state.params["g"]["ab"])
+        # relative errors of the selected features on this domain's training slices, before/after
+        idx = np.random.default_rng(1).choice(len(data_a.rows), min(len(data_a.rows), 32),
+                                              replace=False)
+        probe = data_a.batch(np.sort(idx))
+        harm = apply_batched(generator_fn(cfg), params[site], probe["image"],
+                             config.eval.batch_size)
+        per_site_rf[site] = [
+            rf_errors(names, target, rcfg, cfg["rf_temperature"], probe["image"], probe["mask"]),
+            rf_errors(names, target, rcfg, cfg["rf_temperature"], harm * probe["mask"],
+                      probe["mask"])]
+        n_a[site] = len(data_a.rows)
+    before = np.mean([v[0] for v in per_site_rf.values()], axis=0)
+    after = np.mean([v[1] for v in per_site_rf.values()], axis=0)
+    rf_info = {"features": names, "target": [float(x) for x in target],
+               "cv": {k: float(v) for k, v in cv.items()},
+               "relerr_before": [float(x) for x in before],
+               "relerr_after": [float(x) for x in after],
+               "relerr_per_site": {s_: {"before": [float(x) for x in v[0]],
+                                        "after": [float(x) for x in v[1]]}
+                                   for s_, v in per_site_rf.items()},
+               "segmenter_labels": kind if cfg["use_segmenters"] else None,
+               "n_slices": {"a": n_a, "b": len(data_b.rows)}, "notes": notes}
+    harmonizer = CycleGANHarmonizer(params, cfg, rf_info, config.eval.batch_size,
                                     **fitted_fields(train, name, needs_protocol=False))
-    # relative errors of the selected features on source-domain training slices, before/after
-    idx = np.random.default_rng(1).choice(len(data_a.rows), min(len(data_a.rows), 32),
-                                          replace=False)
-    probe = data_a.batch(np.sort(idx))
-    harm = apply_batched(harmonizer._fn, harmonizer.params, probe["image"],
-                         harmonizer.batch_size)
-    before = rf_errors(names, target, rcfg, cfg["rf_temperature"], probe["image"], probe["mask"])
-    after = rf_errors(names, target, rcfg, cfg["rf_temperature"], harm * probe["mask"],
-                      probe["mask"])
-    harmonizer.rf = {"features": names, "target": [float(x) for x in target],
-                     "cv": {k: float(v) for k, v in cv.items()},
-                     "relerr_before": [float(x) for x in before],
-                     "relerr_after": [float(x) for x in after],
-                     "segmenter_labels": kind if cfg["use_segmenters"] else None,
-                     "n_slices": {"a": len(data_a.rows), "b": len(data_b.rows)}, "notes": notes}
     with open(os.path.join(workdir, "rf_selection.json"), "w") as f:
-        json.dump(harmonizer.rf, f, indent=2)
+        json.dump(rf_info, f, indent=2)
     return harmonizer
+
+
+def _safe(site: str) -> str:
+    """A folder name for a site label."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in site)

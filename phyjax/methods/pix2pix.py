@@ -40,8 +40,11 @@ def pix2pix_config(config) -> dict:
 
 
 def make_nets(cfg: dict):
-    return (UNetGenerator(features=cfg["features"], depth=cfg["depth"]),
-            PatchDiscriminator(features=cfg["disc_features"], n_layers=cfg["disc_layers"]))
+    impl = cfg.get("conv_impl", "stride1")
+    return (UNetGenerator(features=cfg["features"], depth=cfg["depth"],
+                          residual=bool(cfg.get("residual", False)), conv_impl=impl),
+            PatchDiscriminator(features=cfg["disc_features"], n_layers=cfg["disc_layers"],
+                               conv_impl=impl))
 
 
 def make_apply(gen, cfg: dict):

@@ -6,12 +6,14 @@ small tissue/ROI segmenter (flax linen, NHWC).
   blocks (reflection padding, 3x3 conv, instance norm, ReLU), ``n_down`` transposed
   convolutions and a reflection-padded 7x7 output with ``tanh``.  The layout of the public
   PyTorch CycleGAN (``ResnetGenerator`` of junyanz/pytorch-CycleGAN-and-pix2pix) with instance
-  norm without affine parameters, as there.
+  norm without affine parameters, as there.  ``residual=True``: the output is the input plus a
+  correction whose last layer starts at zero, so an untrained generator is the identity
+  (:func:`residual_output`).
 * :class:`PatchDiscriminator` -- the 70x70 PatchGAN of Isola et al. (CVPR 2017): 4x4 convs,
   stride 2, LeakyReLU 0.2, instance norm from the second layer, one logit per patch.
 * :class:`UNetGenerator` -- Pix2Pix's U-Net generator (Isola et al. 2017: 4x4 stride-2 encoder
   with LeakyReLU, transposed-conv decoder with ReLU, skip connections, ``tanh`` output), with
-  ``depth`` levels so that it fits small slices.
+  ``depth`` levels so that it fits small slices; ``residual=True`` as for the ResNet generator.
 * :class:`Segmenter` -- a small U-Net giving per-pixel class logits; Kim et al. (IEEE Access
   12:19482, 2024) train one per site, freeze it and put a Dice loss through it.
 
@@ -54,6 +56,165 @@ def instance_norm(x, eps: float = 1e-5):
     return (x - mean) * (1.0 / jnp.sqrt(var + eps))
 
 
+def residual_output(x_in, correction):
+    """``x_in``'s centre channel (all channels when ``correction`` has as many) plus
+    ``correction (B, H, W, C_out)``, without ``tanh`` (the result may leave ``[-1, 1]``).
+
+    Why: a CycleGAN or Pix2Pix generator that must first learn the identity from a random
+    initialization spends its first hundreds of unpaired steps far from its input (on the
+    default benchmark 100 steps gave SSIM 0.61 where the unharmonized input has 0.97).  With
+    the correction's last convolution initialized to zero the untrained generator returns its
+    input exactly and training only has to learn the site difference -- the same choice as the
+    supervised U-Net's ``unet.residual`` (and the zero-initialized final layers of residual
+    networks, Goyal et al. 2017).
+    """
+    c_in, c_out = x_in.shape[-1], correction.shape[-1]
+    if c_out == c_in:
+        return x_in + correction
+    if c_out != 1:
+        raise ValueError(f"residual output: {c_out} output channels for {c_in} input channels; "
+                         "expected 1 or as many as the input.")
+    return x_in[..., c_in // 2:c_in // 2 + 1] + correction
+
+
+def _space_to_depth(x):
+    """``(B, 2H, 2W, C) -> (B, H, W, 4C)``, channel ``(2 p + q) C + c`` = pixel ``(2i+p, 2j+q)``."""
+    b, h, w, c = x.shape
+    x = x.reshape(b, h // 2, 2, w // 2, 2, c).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(b, h // 2, w // 2, 4 * c)
+
+
+def strided_conv(x, kernel, stride: int, padding):
+    """``lax.conv_general_dilated(x, kernel, (2, 2), padding)`` (NHWC, HWIO) computed with stride
+    1 only: the padded input goes to space-to-depth ``(B, H/2, W/2, 4 C)`` and meets the kernel
+    rearranged to ``(ceil(k/2), ceil(k/2), 4 C, O)`` (taps beyond ``k`` zero).
+
+    Why: XLA:CPU differentiates a stride-2 convolution into a convolution with ``lhs_dilation``
+    2 (input gradient), which it computes on the zero-inflated array -- 4x the multiply-adds --
+    and with ``rhs_dilation`` (kernel gradient); both are slow paths next to a stride-1
+    convolution (``benchmarks/cyclegan_layers.py``).  Here forward and backward are stride-1
+    convolutions, reshapes and transposes.  Same values to float rounding (tested against lax).
+
+    Args:
+      x: ``(B, H, W, C)``.
+      kernel: ``(k, k, C, O)``.
+      stride: must be 2.
+      padding: ``((top, bottom), (left, right))`` explicit zero padding.
+    """
+    if stride != 2:
+        raise ValueError(f"strided_conv: stride 2 only, got {stride}.")
+    k = kernel.shape[0]
+    (pt, pb), (pl, pr) = padding
+    hp, wp = x.shape[1] + pt + pb, x.shape[2] + pl + pr
+    ho, wo = (hp - k) // 2 + 1, (wp - k) // 2 + 1
+    x = jnp.pad(x, ((0, 0), (pt, pb + hp % 2), (pl, pr + wp % 2), (0, 0)))
+    k2 = -(-k // 2)
+    w = jnp.pad(kernel, ((0, 2 * k2 - k), (0, 2 * k2 - k), (0, 0), (0, 0)))
+    c, o = kernel.shape[2:]
+    w = w.reshape(k2, 2, k2, 2, c, o).transpose(0, 2, 1, 3, 4, 5).reshape(k2, k2, 4 * c, o)
+    y = jax.lax.conv_general_dilated(_space_to_depth(x), w, (1, 1), "VALID",
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return y[:, :ho, :wo]
+
+
+def upsample_conv(x, kernel):
+    """``lax.conv_transpose(x, kernel, (2, 2), "SAME")`` (NHWC, HWIO, kernel not flipped: what
+    ``flax.linen.ConvTranspose(strides=(2, 2), padding="SAME")`` computes), ``(B, H, W, C) ->
+    (B, 2H, 2W, O)``, with stride-1 convolutions only: one per output phase ``(r, s)`` (output
+    pixels ``(2i + r, 2j + s)``), each with the kernel taps that reach that phase, interleaved.
+
+    Why: XLA lowers a transposed convolution to a convolution with ``lhs_dilation`` 2 over the
+    zero-inflated input (4x the multiply-adds of the taps that are not zero, and a slow path on
+    CPU, also in the backward pass); the four phase convolutions do exactly the non-zero work.
+    Same values to float rounding (tested against lax).
+    """
+    k = kernel.shape[0]
+    pad_a = k - 1 if 2 > k - 1 else -(-k // 2)     # lax's 'SAME' transpose padding, stride 2
+
+    def phase(r):
+        taps = [t for t in range(k) if (r + t - pad_a) % 2 == 0]
+        offsets = [(r + t - pad_a) // 2 for t in taps]
+        return taps, offsets[0], offsets[-1]
+
+    h, w = x.shape[1:3]
+    rows = []
+    for r in range(2):
+        taps_r, lo_r, hi_r = phase(r)
+        cols = []
+        for s_ in range(2):
+            taps_s, lo_s, hi_s = phase(s_)
+            xp = jax.lax.pad(x, jnp.zeros((), x.dtype),
+                             ((0, 0, 0), (-lo_r, hi_r, 0), (-lo_s, hi_s, 0), (0, 0, 0)))
+            wk = kernel[jnp.asarray(taps_r)][:, jnp.asarray(taps_s)]
+            cols.append(jax.lax.conv_general_dilated(
+                xp, wk, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")))
+        rows.append(jnp.stack(cols, axis=3))          # (B, H, W, 2, O)
+    y = jnp.stack(rows, axis=2)                       # (B, H, 2, W, 2, O)
+    return y.reshape(x.shape[0], 2 * h, 2 * w, kernel.shape[-1])
+
+
+class StridedConv(nn.Module):
+    """``flax.linen.Conv(features, (k, k), strides=(2, 2), padding=((p, p), (p, p)))`` with the
+    same parameters (``kernel (k, k, C, O)``, ``bias``) and initializers, computed by
+    :func:`strided_conv`."""
+
+    features: int
+    kernel_size: int
+    padding: int = 1
+    use_bias: bool = True
+
+    @nn.compact
+    def __call__(self, x):
+        k = self.kernel_size
+        # float32 parameters whatever the input, as flax's Conv (param_dtype)
+        kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                            (k, k, x.shape[-1], self.features), jnp.float32)
+        kernel, x = kernel.astype(jnp.result_type(kernel, x)), x.astype(jnp.result_type(kernel, x))
+        y = strided_conv(x, kernel, 2, ((self.padding,) * 2,) * 2)
+        if self.use_bias:
+            y = y + self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+        return y
+
+
+class UpConv(nn.Module):
+    """``flax.linen.ConvTranspose(features, (k, k), strides=(2, 2), padding="SAME")`` with the
+    same parameters and initializers, computed by :func:`upsample_conv`."""
+
+    features: int
+    kernel_size: int
+    kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
+
+    @nn.compact
+    def __call__(self, x):
+        k = self.kernel_size
+        kernel = self.param("kernel", self.kernel_init, (k, k, x.shape[-1], self.features),
+                            jnp.float32)
+        kernel, x = kernel.astype(jnp.result_type(kernel, x)), x.astype(jnp.result_type(kernel, x))
+        return upsample_conv(x, kernel) + self.param("bias", nn.initializers.zeros,
+                                                     (self.features,), jnp.float32)
+
+
+def _down(impl: str, features: int, k: int, name: str, use_bias: bool = True):
+    """A stride-2 ``k x k`` convolution with padding 1 (``impl``: ``"stride1"`` or ``"lax"``)."""
+    if impl == "stride1":
+        return StridedConv(features, k, 1, use_bias, name=name)
+    if impl == "lax":
+        return nn.Conv(features, (k, k), strides=(2, 2), padding=((1, 1), (1, 1)),
+                       use_bias=use_bias, name=name)
+    raise ValueError(f"conv_impl must be 'stride1' or 'lax', got {impl!r}.")
+
+
+def _up(impl: str, features: int, k: int, name: str, kernel_init=None):
+    """A x2 transposed ``k x k`` convolution, padding 'SAME' (``impl`` as :func:`_down`)."""
+    init = kernel_init or nn.initializers.lecun_normal()
+    if impl == "stride1":
+        return UpConv(features, k, init, name=name)
+    if impl == "lax":
+        return nn.ConvTranspose(features, (k, k), strides=(2, 2), padding="SAME",
+                                kernel_init=init, name=name)
+    raise ValueError(f"conv_impl must be 'stride1' or 'lax', got {impl!r}.")
+
+
 def _check_multiple(x, multiple: int, name: str):
     h, w = x.shape[1:3]
     if h % multiple or w % multiple:
@@ -81,30 +242,43 @@ class ResnetGenerator(nn.Module):
       n_blocks: residual blocks at the lowest resolution (9 in the paper for 256^2 images).
       n_down: stride-2 down-samplings (2 in the paper).
       out_channels: output channels.
+      residual: output ``input + correction`` (last layer zero-initialized, no ``tanh``;
+        :func:`residual_output`) instead of ``tanh(last layer)``.
+      conv_impl: ``"stride1"`` -- the stride-2 and transposed convolutions as stride-1 ones
+        (:class:`StridedConv`, :class:`UpConv`; fast on XLA:CPU); ``"lax"`` -- flax's ``Conv`` /
+        ``ConvTranspose``.  Same parameters (names, shapes, initial values) and outputs.
     """
 
     features: int = 16
     n_blocks: int = 4
     n_down: int = 2
     out_channels: int = 1
+    residual: bool = False
+    conv_impl: str = "stride1"
 
     @nn.compact
     def __call__(self, x):
         _check_multiple(x, 2 ** self.n_down, "ResnetGenerator")
-        x = nn.Conv(self.features, (7, 7), padding="VALID")(reflect_pad(x, 3))
+        x_in = x
+        x = nn.Conv(self.features, (7, 7), padding="VALID", name="Conv_0")(reflect_pad(x, 3))
         x = nn.relu(instance_norm(x))
         f = self.features
-        for _ in range(self.n_down):
+        for i in range(self.n_down):
             f *= 2
-            x = nn.Conv(f, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))(x)
+            x = _down(self.conv_impl, f, 3, f"Conv_{i + 1}")(x)
             x = nn.relu(instance_norm(x))
         for _ in range(self.n_blocks):
             x = ResidualBlock(f)(x)
-        for _ in range(self.n_down):
+        for i in range(self.n_down):
             f //= 2
-            x = nn.ConvTranspose(f, (3, 3), strides=(2, 2), padding="SAME")(x)
+            x = _up(self.conv_impl, f, 3, f"ConvTranspose_{i}")(x)
             x = nn.relu(instance_norm(x))
-        x = nn.Conv(self.out_channels, (7, 7), padding="VALID")(reflect_pad(x, 3))
+        name = f"Conv_{self.n_down + 1}"
+        if self.residual:
+            x = nn.Conv(self.out_channels, (7, 7), padding="VALID", name=name,
+                        kernel_init=nn.initializers.zeros)(reflect_pad(x, 3))
+            return residual_output(x_in, x)
+        x = nn.Conv(self.out_channels, (7, 7), padding="VALID", name=name)(reflect_pad(x, 3))
         return jnp.tanh(x)
 
 
@@ -116,21 +290,25 @@ class PatchDiscriminator(nn.Module):
     Attributes:
       features: channels of the first layer (``ndf``), doubled per layer up to 8x.
       n_layers: stride-2 layers.
+      conv_impl: as for :class:`ResnetGenerator`.
     """
 
     features: int = 16
     n_layers: int = 3
+    conv_impl: str = "stride1"
 
     @nn.compact
     def __call__(self, x):
         pad = ((1, 1), (1, 1))
-        x = nn.leaky_relu(nn.Conv(self.features, (4, 4), strides=(2, 2), padding=pad)(x), 0.2)
+        x = nn.leaky_relu(_down(self.conv_impl, self.features, 4, "Conv_0")(x), 0.2)
         for n in range(1, self.n_layers + 1):
             f = self.features * min(2 ** n, 8)
-            stride = 2 if n < self.n_layers else 1
-            x = nn.Conv(f, (4, 4), strides=(stride, stride), padding=pad, use_bias=False)(x)
+            if n < self.n_layers:
+                x = _down(self.conv_impl, f, 4, f"Conv_{n}", use_bias=False)(x)
+            else:
+                x = nn.Conv(f, (4, 4), padding=pad, use_bias=False, name=f"Conv_{n}")(x)
             x = nn.leaky_relu(instance_norm(x), 0.2)
-        return nn.Conv(1, (4, 4), padding=pad)(x)
+        return nn.Conv(1, (4, 4), padding=pad, name=f"Conv_{self.n_layers + 1}")(x)
 
 
 class UNetGenerator(nn.Module):
@@ -145,31 +323,40 @@ class UNetGenerator(nn.Module):
       features: channels of the first level (doubled per level up to 8x).
       depth: down-samplings; H and W must be multiples of ``2 ** depth``.
       out_channels: output channels.
+      residual: output ``input + correction`` (:func:`residual_output`) instead of ``tanh``.
+      conv_impl: as for :class:`ResnetGenerator`.
     """
 
     features: int = 16
     depth: int = 4
     out_channels: int = 1
+    residual: bool = False
+    conv_impl: str = "stride1"
 
     @nn.compact
     def __call__(self, x):
         _check_multiple(x, 2 ** self.depth, "UNetGenerator")
-        pad = ((1, 1), (1, 1))
+        x_in = x
         skips = []
         for n in range(self.depth):
             f = self.features * min(2 ** n, 8)
             if n:
                 x = nn.leaky_relu(x, 0.2)
-            x = nn.Conv(f, (4, 4), strides=(2, 2), padding=pad)(x)
+            x = _down(self.conv_impl, f, 4, f"Conv_{n}")(x)
             if 0 < n < self.depth - 1:
                 x = instance_norm(x)
             skips.append(x)
         skips.pop()
         for n in reversed(range(self.depth - 1)):
             f = self.features * min(2 ** n, 8)
-            x = nn.ConvTranspose(f, (4, 4), strides=(2, 2), padding="SAME")(nn.relu(x))
+            x = _up(self.conv_impl, f, 4, f"ConvTranspose_{self.depth - 2 - n}")(nn.relu(x))
             x = jnp.concatenate([instance_norm(x), skips[n]], axis=-1)
-        x = nn.ConvTranspose(self.out_channels, (4, 4), strides=(2, 2), padding="SAME")(nn.relu(x))
+        last = f"ConvTranspose_{self.depth - 1}"
+        if self.residual:
+            x = _up(self.conv_impl, self.out_channels, 4, last,
+                    kernel_init=nn.initializers.zeros)(nn.relu(x))
+            return residual_output(x_in, x)
+        x = _up(self.conv_impl, self.out_channels, 4, last)(nn.relu(x))
         return jnp.tanh(x)
 
 
