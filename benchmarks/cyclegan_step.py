@@ -12,7 +12,8 @@ slices (91 x 109 padded to 92 x 112), batch 4.
 Timed: the median over ``--steps`` steps after ``--warmup`` steps (compilation excluded; its time
 is reported), in ``--rounds`` alternating rounds of flax then PyTorch, so that a shared machine's
 load moves both; the ratio is per round.  Also timed on each side: one generator forward +
-backward (``gen_fwd_bwd``) and, on the flax side, variants that isolate a suspected cause:
+backward (``gen_fwd_bwd``), the flax step and generator with flax's ``ConvTranspose``
+(``conv_impl="lax"``, ``step_lax``: before the fix) and, with ``--variants``, more variants:
 
 * ``step_unfused``: each network called once per input (as the PyTorch reference and phyjax
   before the fused step): six generator calls of ``batch`` slices instead of four, two of
@@ -26,8 +27,9 @@ PyTorch is only a benchmark reference, never a phyjax dependency: the PyTorch ha
 ``--torch-python`` (default: this interpreter if it imports torch, else ``/work/torchvenv/bin/python``;
 make one with ``python3 -m venv /work/torchvenv && /work/torchvenv/bin/pip install torch numpy``).
 
-Run (about 4 min on 2 CPU cores):
-    JAX_PLATFORMS=cpu python benchmarks/cyclegan_step.py [--batch 4 --height 92 --width 112]
+Run pinned to one core, so that both frameworks get the same single thread (PyTorch's thread
+count follows the affinity mask; about 4 min for 3 rounds):
+    taskset -c 1 python benchmarks/cyclegan_step.py --rounds 3 --steps 7 --warmup 2
 Writes benchmarks/results/cyclegan_step.{json,md}.
 """
 
@@ -60,7 +62,9 @@ def torch_side(args) -> dict:
     from torch import nn
 
     torch.manual_seed(0)
-    torch.set_num_threads(args.threads or os.cpu_count())
+    # the affinity mask, not os.cpu_count(): under `taskset -c 1` two OpenMP threads on one core
+    # stall each other (the erratic PyTorch rounds of the first measurements)
+    torch.set_num_threads(args.threads or len(os.sched_getaffinity(0)))
 
     def norm(c):
         return nn.InstanceNorm2d(c, affine=False, eps=1e-5)
@@ -156,7 +160,8 @@ def flax_side(args, variants: bool) -> dict:
 
     cfg = {"features": args.features, "n_blocks": args.blocks, "n_down": 2,
            "disc_features": args.disc_features, "disc_layers": 3, "intensity_max": 2.0,
-           "w_cycle": 10.0, "w_identity": 5.0, "steps": 1000, "learning_rate": 2e-4}
+           "w_cycle": 10.0, "w_identity": 5.0, "steps": 1000, "learning_rate": 2e-4,
+           "conv_impl": "phases"}
     rng = np.random.default_rng(0)
     shape = (args.batch, args.height, args.width, 1)
     batch = {"a": rng.random(shape).astype(np.float32) * 2,
@@ -184,6 +189,10 @@ def flax_side(args, variants: bool) -> dict:
         return _median(times), compile_s
 
     out["step"], out["step_compile_s"] = time_step(cyclegan.make_cyclegan_step(cfg, gen, disc, tx))
+    # before issue 15's fix: flax's ConvTranspose (XLA's lhs-dilated convolution)
+    cfg_lax = dict(cfg, conv_impl="lax")
+    gen_lax, disc_lax = cyclegan.make_nets(cfg_lax)
+    out["step_lax"], _ = time_step(cyclegan.make_cyclegan_step(cfg_lax, gen_lax, disc_lax, tx))
 
     def time_fn(fn, *xs):
         jax.block_until_ready(fn(*xs))
@@ -204,6 +213,7 @@ def flax_side(args, variants: bool) -> dict:
             module.apply({"params": p}, x))))), params)
 
     out["gen_fwd_bwd"] = gen_time(gen)
+    out["gen_fwd_bwd_lax"] = gen_time(gen_lax)
     if not variants:
         return out
 
@@ -306,7 +316,9 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--threads", type=int, default=0,
                    help="PyTorch threads (0: all cores); 1 also restricts XLA to one thread")
-    p.add_argument("--no-variants", action="store_true", help="only the step and the generator")
+    p.add_argument("--variants", action="store_true",
+                   help="also time the first round's variants (unfused, no donation, zero "
+                        "padding, flax's instance norm, NCHW)")
     p.add_argument("--torch-python", default=None)
     p.add_argument("--torch-only", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "cyclegan_step"))
@@ -326,7 +338,7 @@ def main(argv=None):
                     "warmup", "threads")]
     rounds = []
     for r in range(args.rounds):
-        fx = flax_side(args, variants=(r == 0 and not args.no_variants))
+        fx = flax_side(args, variants=(r == 0 and args.variants))
         done = subprocess.run([torch_py, __file__, "--torch-only", *passthrough],
                               capture_output=True, text=True, check=False)
         if done.returncode:
@@ -334,12 +346,16 @@ def main(argv=None):
         tx = json.loads(done.stdout.strip().splitlines()[-1])
         rounds.append({"flax": fx, "torch": tx, "load_avg": os.getloadavg(),
                        "ratio_step": fx["step"] / tx["step"],
-                       "ratio_gen_fwd_bwd": fx["gen_fwd_bwd"] / tx["gen_fwd_bwd"]})
+                       "ratio_step_lax": fx["step_lax"] / tx["step"],
+                       "ratio_gen_fwd_bwd": fx["gen_fwd_bwd"] / tx["gen_fwd_bwd"],
+                       "ratio_gen_fwd_bwd_lax": fx["gen_fwd_bwd_lax"] / tx["gen_fwd_bwd"]})
         print(json.dumps(rounds[-1], indent=1), flush=True)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True, check=False, cwd=ROOT).stdout.strip()
     result = {"config": vars(args), "machine": platform.platform(), "cpus": os.cpu_count(),
-              "rounds": rounds,
-              "ratio_step_median": _median([r["ratio_step"] for r in rounds]),
-              "ratio_gen_fwd_bwd_median": _median([r["ratio_gen_fwd_bwd"] for r in rounds])}
+              "affinity": sorted(os.sched_getaffinity(0)), "commit": commit, "rounds": rounds,
+              **{f"{k}_median": _median([r[k] for r in rounds]) for k in
+                 ("ratio_step", "ratio_step_lax", "ratio_gen_fwd_bwd", "ratio_gen_fwd_bwd_lax")}}
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out + ".json", "w") as f:
         json.dump(result, f, indent=2)
@@ -350,24 +366,34 @@ def main(argv=None):
 
 def markdown(result) -> str:
     c = result["config"]
-    lines = [f"# CycleGAN train step: flax vs PyTorch (CPU, {result['cpus']} cores)", "",
-             f"batch {c['batch']} x {c['height']} x {c['width']}, ngf {c['features']}, "
-             f"{c['blocks']} residual blocks, ndf {c['disc_features']}; median of {c['steps']} "
-             "steps after warm-up, per round (flax, then PyTorch).", "",
-             "| round | load avg (1 min) | flax step (s) | PyTorch step (s) | ratio | "
-             "flax G fwd+bwd (s) | PyTorch G fwd+bwd (s) | ratio |", "|---|---|---|---|---|---|---|---|"]
+    threads = result["rounds"][0]["torch"]["threads"]
+    lines = [(f"# CycleGAN train step: flax vs PyTorch (CPU affinity {result.get('affinity')}, "
+              f"{threads} thread(s) each)"), "",
+             (f"batch {c['batch']} x {c['height']} x {c['width']}, ngf {c['features']}, "
+              f"{c['blocks']} residual blocks, ndf {c['disc_features']}; median of {c['steps']} "
+              f"steps after warm-up, per round (flax, then PyTorch); commit "
+              f"{result.get('commit')}. `lax`: flax's `ConvTranspose` (before); `phases`: the "
+              "transposed convolutions as four stride-1 phase convolutions (`conv_impl`, after)."),
+             "",
+             ("| round | load avg (1 min) | flax step lax (s) | flax step phases (s) | "
+              "PyTorch step (s) | ratio lax | ratio phases | G fwd+bwd lax / phases / PyTorch "
+              "(s) |"), "|---|---|---|---|---|---|---|---|"]
     for i, r in enumerate(result["rounds"]):
-        lines.append(f"| {i + 1} | {r['load_avg'][0]:.1f} | {r['flax']['step']:.3f} | "
-                     f"{r['torch']['step']:.3f} | {r['ratio_step']:.2f} | "
-                     f"{r['flax']['gen_fwd_bwd']:.3f} | {r['torch']['gen_fwd_bwd']:.3f} | "
-                     f"{r['ratio_gen_fwd_bwd']:.2f} |")
+        f, t = r["flax"], r["torch"]
+        lines.append(f"| {i + 1} | {r['load_avg'][0]:.1f} | {f['step_lax']:.3f} | "
+                     f"{f['step']:.3f} | {t['step']:.3f} | {r['ratio_step_lax']:.2f} | "
+                     f"{r['ratio_step']:.2f} | {f['gen_fwd_bwd_lax']:.3f} / "
+                     f"{f['gen_fwd_bwd']:.3f} / {t['gen_fwd_bwd']:.3f} |")
     variants = {k: v for k, v in result["rounds"][0]["flax"].items()
-                if k.startswith(("step_", "gen_fwd_bwd_")) and k != "step_compile_s"}
+                if k.startswith(("step_", "gen_fwd_bwd_"))
+                and k not in ("step_compile_s", "step_lax", "gen_fwd_bwd_lax")}
     if variants:
         lines += ["", "Flax variants (round 1; seconds): " + ", ".join(
             f"{k} {v:.3f}" for k, v in variants.items())]
-    lines += ["", f"Median ratio flax / PyTorch: step {result['ratio_step_median']:.2f}, "
-              f"generator fwd+bwd {result['ratio_gen_fwd_bwd_median']:.2f}."]
+    lines += ["", (f"Median ratio flax / PyTorch: step {result['ratio_step_lax_median']:.2f} "
+                   f"(lax) -> {result['ratio_step_median']:.2f} (phases); generator fwd+bwd "
+                   f"{result['ratio_gen_fwd_bwd_lax_median']:.2f} -> "
+                   f"{result['ratio_gen_fwd_bwd_median']:.2f}.")]
     return "\n".join(lines) + "\n"
 
 

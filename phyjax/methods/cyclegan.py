@@ -55,14 +55,23 @@ from phyjax.data.nifti import InputError
 from phyjax.data.slices import brain_slices, from_slices, pad_to_multiple, to_slices, with_context
 from phyjax.data.split import TrainingSet, require_training_set
 from phyjax.data.store import SliceStore
-from phyjax.losses.radiomic import (l1, lsgan_discriminator, lsgan_generator, radiomics_config,
-                                    relative_errors, rf_loss, soft_dice_loss, soft_features)
+from phyjax.losses.radiomic import (
+    l1,
+    lsgan_discriminator,
+    lsgan_generator,
+    radiomics_config,
+    relative_errors,
+    rf_loss,
+    soft_dice_loss,
+    soft_features,
+)
 from phyjax.methods import networks
 from phyjax.methods.base import Harmonizer, base_fields, fitted_fields, register
 from phyjax.models.gan import PatchDiscriminator, ResnetGenerator, Segmenter, init_params
 from phyjax.radiomics.api import RadiomicsConfig, extract_batch, feature_names
 from phyjax.radiomics.selection import select_features
-from phyjax.train import TrainState, fit as fit_loop, make_train_step
+from phyjax.train import TrainState, make_train_step
+from phyjax.train import fit as fit_loop
 
 SEG_LABELS = ("auto", "tissue", "roi")
 #: classes of each segmenter label kind (tissue: CSF, GM, WM inside the mask; roi: out, in)
@@ -95,7 +104,10 @@ def cyclegan_config(config) -> dict:
 
 def make_nets(cfg: dict):
     """``(generator, discriminator, segmenter factory)`` of the settings."""
-    impl = cfg.get("conv_impl", "stride1")
+    # "stride1": this option's name for "phases" while it also rewrote stride-2 convolutions
+    # (same values; harmonizers saved then load)
+    impl = cfg.get("conv_impl", "phases")
+    impl = {"stride1": "phases"}.get(impl, impl)
     gen = ResnetGenerator(features=cfg["features"], n_blocks=cfg["n_blocks"],
                           n_down=cfg["n_down"], residual=bool(cfg.get("residual", False)),
                           conv_impl=impl)

@@ -27,7 +27,8 @@ from phyjax.methods import networks
 from phyjax.methods.base import Harmonizer, base_fields, fitted_fields, register
 from phyjax.methods.cyclegan import gan_optimizer, predict_slices, to_image, to_net
 from phyjax.models.gan import PatchDiscriminator, UNetGenerator, init_params
-from phyjax.train import TrainState, fit as fit_loop
+from phyjax.train import TrainState
+from phyjax.train import fit as fit_loop
 
 
 def pix2pix_config(config) -> dict:
@@ -40,7 +41,10 @@ def pix2pix_config(config) -> dict:
 
 
 def make_nets(cfg: dict):
-    impl = cfg.get("conv_impl", "stride1")
+    # "stride1": this option's name for "phases" while it also rewrote stride-2 convolutions
+    # (same values; harmonizers saved then load)
+    impl = cfg.get("conv_impl", "phases")
+    impl = {"stride1": "phases"}.get(impl, impl)
     return (UNetGenerator(features=cfg["features"], depth=cfg["depth"],
                           residual=bool(cfg.get("residual", False)), conv_impl=impl),
             PatchDiscriminator(features=cfg["disc_features"], n_layers=cfg["disc_layers"],

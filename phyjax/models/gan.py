@@ -77,46 +77,6 @@ def residual_output(x_in, correction):
     return x_in[..., c_in // 2:c_in // 2 + 1] + correction
 
 
-def _space_to_depth(x):
-    """``(B, 2H, 2W, C) -> (B, H, W, 4C)``, channel ``(2 p + q) C + c`` = pixel ``(2i+p, 2j+q)``."""
-    b, h, w, c = x.shape
-    x = x.reshape(b, h // 2, 2, w // 2, 2, c).transpose(0, 1, 3, 2, 4, 5)
-    return x.reshape(b, h // 2, w // 2, 4 * c)
-
-
-def strided_conv(x, kernel, stride: int, padding):
-    """``lax.conv_general_dilated(x, kernel, (2, 2), padding)`` (NHWC, HWIO) computed with stride
-    1 only: the padded input goes to space-to-depth ``(B, H/2, W/2, 4 C)`` and meets the kernel
-    rearranged to ``(ceil(k/2), ceil(k/2), 4 C, O)`` (taps beyond ``k`` zero).
-
-    Why: XLA:CPU differentiates a stride-2 convolution into a convolution with ``lhs_dilation``
-    2 (input gradient), which it computes on the zero-inflated array -- 4x the multiply-adds --
-    and with ``rhs_dilation`` (kernel gradient); both are slow paths next to a stride-1
-    convolution (``benchmarks/cyclegan_layers.py``).  Here forward and backward are stride-1
-    convolutions, reshapes and transposes.  Same values to float rounding (tested against lax).
-
-    Args:
-      x: ``(B, H, W, C)``.
-      kernel: ``(k, k, C, O)``.
-      stride: must be 2.
-      padding: ``((top, bottom), (left, right))`` explicit zero padding.
-    """
-    if stride != 2:
-        raise ValueError(f"strided_conv: stride 2 only, got {stride}.")
-    k = kernel.shape[0]
-    (pt, pb), (pl, pr) = padding
-    hp, wp = x.shape[1] + pt + pb, x.shape[2] + pl + pr
-    ho, wo = (hp - k) // 2 + 1, (wp - k) // 2 + 1
-    x = jnp.pad(x, ((0, 0), (pt, pb + hp % 2), (pl, pr + wp % 2), (0, 0)))
-    k2 = -(-k // 2)
-    w = jnp.pad(kernel, ((0, 2 * k2 - k), (0, 2 * k2 - k), (0, 0), (0, 0)))
-    c, o = kernel.shape[2:]
-    w = w.reshape(k2, 2, k2, 2, c, o).transpose(0, 2, 1, 3, 4, 5).reshape(k2, k2, 4 * c, o)
-    y = jax.lax.conv_general_dilated(_space_to_depth(x), w, (1, 1), "VALID",
-                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    return y[:, :ho, :wo]
-
-
 def upsample_conv(x, kernel):
     """``lax.conv_transpose(x, kernel, (2, 2), "SAME")`` (NHWC, HWIO, kernel not flipped: what
     ``flax.linen.ConvTranspose(strides=(2, 2), padding="SAME")`` computes), ``(B, H, W, C) ->
@@ -124,9 +84,13 @@ def upsample_conv(x, kernel):
     pixels ``(2i + r, 2j + s)``), each with the kernel taps that reach that phase, interleaved.
 
     Why: XLA lowers a transposed convolution to a convolution with ``lhs_dilation`` 2 over the
-    zero-inflated input (4x the multiply-adds of the taps that are not zero, and a slow path on
-    CPU, also in the backward pass); the four phase convolutions do exactly the non-zero work.
-    Same values to float rounding (tested against lax).
+    zero-inflated input, and its kernel gradient to a convolution XLA:CPU computes on a slow
+    path: forward + backward of the CycleGAN generator's two up-sampling layers took 228 and
+    248 ms on one core vs 30 and 62 ms in PyTorch, the whole gap between the two frameworks'
+    train steps (``benchmarks/cyclegan_layers.py``).  The four phase convolutions do exactly the
+    non-zero work, forward and backward (24 and 33 ms).  Same values to float rounding (tested
+    against lax).  Stride-2 convolutions need no such rewrite: XLA's are as fast as PyTorch's,
+    backward included (a space-to-depth formulation measured 1.5-3x slower).
     """
     k = kernel.shape[0]
     pad_a = k - 1 if 2 > k - 1 else -(-k // 2)     # lax's 'SAME' transpose padding, stride 2
@@ -153,29 +117,6 @@ def upsample_conv(x, kernel):
     return y.reshape(x.shape[0], 2 * h, 2 * w, kernel.shape[-1])
 
 
-class StridedConv(nn.Module):
-    """``flax.linen.Conv(features, (k, k), strides=(2, 2), padding=((p, p), (p, p)))`` with the
-    same parameters (``kernel (k, k, C, O)``, ``bias``) and initializers, computed by
-    :func:`strided_conv`."""
-
-    features: int
-    kernel_size: int
-    padding: int = 1
-    use_bias: bool = True
-
-    @nn.compact
-    def __call__(self, x):
-        k = self.kernel_size
-        # float32 parameters whatever the input, as flax's Conv (param_dtype)
-        kernel = self.param("kernel", nn.initializers.lecun_normal(),
-                            (k, k, x.shape[-1], self.features), jnp.float32)
-        kernel, x = kernel.astype(jnp.result_type(kernel, x)), x.astype(jnp.result_type(kernel, x))
-        y = strided_conv(x, kernel, 2, ((self.padding,) * 2,) * 2)
-        if self.use_bias:
-            y = y + self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
-        return y
-
-
 class UpConv(nn.Module):
     """``flax.linen.ConvTranspose(features, (k, k), strides=(2, 2), padding="SAME")`` with the
     same parameters and initializers, computed by :func:`upsample_conv`."""
@@ -194,25 +135,27 @@ class UpConv(nn.Module):
                                                      (self.features,), jnp.float32)
 
 
+CONV_IMPLS = ("phases", "lax")
+
+
 def _down(impl: str, features: int, k: int, name: str, use_bias: bool = True):
-    """A stride-2 ``k x k`` convolution with padding 1 (``impl``: ``"stride1"`` or ``"lax"``)."""
-    if impl == "stride1":
-        return StridedConv(features, k, 1, use_bias, name=name)
-    if impl == "lax":
-        return nn.Conv(features, (k, k), strides=(2, 2), padding=((1, 1), (1, 1)),
-                       use_bias=use_bias, name=name)
-    raise ValueError(f"conv_impl must be 'stride1' or 'lax', got {impl!r}.")
+    """A stride-2 ``k x k`` convolution with padding 1 (flax's ``Conv`` for every ``impl``)."""
+    if impl not in CONV_IMPLS:
+        raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {impl!r}.")
+    return nn.Conv(features, (k, k), strides=(2, 2), padding=((1, 1), (1, 1)),
+                   use_bias=use_bias, name=name)
 
 
 def _up(impl: str, features: int, k: int, name: str, kernel_init=None):
-    """A x2 transposed ``k x k`` convolution, padding 'SAME' (``impl`` as :func:`_down`)."""
+    """A x2 transposed ``k x k`` convolution, padding 'SAME': :class:`UpConv` (``impl="phases"``)
+    or flax's ``ConvTranspose`` (``"lax"``)."""
     init = kernel_init or nn.initializers.lecun_normal()
-    if impl == "stride1":
+    if impl == "phases":
         return UpConv(features, k, init, name=name)
     if impl == "lax":
         return nn.ConvTranspose(features, (k, k), strides=(2, 2), padding="SAME",
                                 kernel_init=init, name=name)
-    raise ValueError(f"conv_impl must be 'stride1' or 'lax', got {impl!r}.")
+    raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {impl!r}.")
 
 
 def _check_multiple(x, multiple: int, name: str):
@@ -244,9 +187,10 @@ class ResnetGenerator(nn.Module):
       out_channels: output channels.
       residual: output ``input + correction`` (last layer zero-initialized, no ``tanh``;
         :func:`residual_output`) instead of ``tanh(last layer)``.
-      conv_impl: ``"stride1"`` -- the stride-2 and transposed convolutions as stride-1 ones
-        (:class:`StridedConv`, :class:`UpConv`; fast on XLA:CPU); ``"lax"`` -- flax's ``Conv`` /
-        ``ConvTranspose``.  Same parameters (names, shapes, initial values) and outputs.
+      conv_impl: ``"phases"`` -- the transposed convolutions as four stride-1 phase
+        convolutions (:class:`UpConv`, :func:`upsample_conv`; 4-10x faster backward on
+        XLA:CPU); ``"lax"`` -- flax's ``ConvTranspose``.  Same parameters (names, shapes,
+        initial values) and outputs.
     """
 
     features: int = 16
@@ -254,7 +198,7 @@ class ResnetGenerator(nn.Module):
     n_down: int = 2
     out_channels: int = 1
     residual: bool = False
-    conv_impl: str = "stride1"
+    conv_impl: str = "phases"
 
     @nn.compact
     def __call__(self, x):
@@ -295,7 +239,7 @@ class PatchDiscriminator(nn.Module):
 
     features: int = 16
     n_layers: int = 3
-    conv_impl: str = "stride1"
+    conv_impl: str = "phases"
 
     @nn.compact
     def __call__(self, x):
@@ -331,7 +275,7 @@ class UNetGenerator(nn.Module):
     depth: int = 4
     out_channels: int = 1
     residual: bool = False
-    conv_impl: str = "stride1"
+    conv_impl: str = "phases"
 
     @nn.compact
     def __call__(self, x):
