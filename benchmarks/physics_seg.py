@@ -88,8 +88,9 @@ def branch_wins(per_seed: dict[int, dict]) -> dict[str, str]:
 
 
 def markdown(rows, wins, command: str, wall: float, cpu: float, overrides) -> str:
-    fmt = lambda r, k: (f"{r[k]:.4f}" + (f" ± {r[k + '_sd']:.4f}"
-                                          if np.isfinite(r[k + "_sd"]) else ""))
+    def fmt(r, k):
+        sd = r[k + "_sd"]
+        return f"{r[k]:.4f}" + (f" ± {sd:.4f}" if np.isfinite(sd) else "")
     lines = ["# Physics-aware segmentation: volume CoV across protocols", "",
              f"Command: `{command}`", "",
              f"Overrides: `{' '.join(overrides) or '(defaults)'}`. Wall {wall / 60:.1f} min, "

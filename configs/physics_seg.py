@@ -13,7 +13,8 @@ Trains the U-Net with the physics branch and the same U-Net without it on images
 the MPRAGE (TI 0.6-1.2 s) and SPGR (TR 15-100 ms, TE 4-10 ms, flip 15-75 deg) ranges with
 scanner effects, labelled by the R1 gold standard; evaluates Dice and the GM/WM volume CoV across
 protocols on held-out anatomies for both and for the fixed HMRF segmenter; bridges two MPRAGE
-sites of unknown TI.  Expected runtime on 2 idle CPU cores: default ~12 min, debug < 1 min.
+sites of unknown TI.  Runtime on one CPU core (pinned, shared machine): default ~12-18 min
+(~8 CPU-min), debug < 1 min.
 Every field can be overridden with --config.<path>=<value>; an unknown key is an error.
 """
 
@@ -40,8 +41,9 @@ def get_config(arg: str | None = None) -> ConfigDict:
     data.min_mask_fraction = 0.15
     data.families = ("mprage", "spgr")
     data.n_per_family = 36       # simulated protocols per training anatomy and family
-    data.reconstruction = "signed"  # phase-sensitive (the sign of the signal kept) or
-                                    # "magnitude" (MPRAGE at TI 0.6-0.7 s: WM ~ GM, see README)
+    data.reconstruction = "magnitude"  # what scanners write (segment mode needs it) or "signed"
+                                       # (phase-sensitive; the README table; at TI 0.6-0.7 s
+                                       # magnitude WM and GM differ by ~0.01 M0, see README)
     # Parameter ranges (s, degrees, T): a pair is drawn uniformly, a number is fixed.
     data.mprage = ConfigDict({"tr": 2.4, "te": 0.003, "ti": (0.6, 1.2), "flip_angle": 0.0,
                               "field_strength": 3.0})
@@ -68,6 +70,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
 
     train = config.train = ConfigDict()
     train.steps = 1200
+    train.param_noise = 0.0      # sd of the physics vector's training jitter (standardized units)
     train.loss = "ce"            # "ce" (soft cross-entropy), "dice" (paper) or "dice_ce"
     train.batch_size = 8
     train.learning_rate = 2e-3

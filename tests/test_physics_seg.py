@@ -151,6 +151,16 @@ def test_changing_the_parameters_changes_the_output_only_with_the_branch():
         diff = float(jnp.max(jnp.abs(model.apply(variables, x, early)
                                      - model.apply(variables, x, late))))
         assert (diff > 1e-3) if physics else (diff == 0.0), (physics, conditioning, diff)
+        # training jitter of the standardized vector: zero jitter is no jitter; jitter of the
+        # one-hot family alone changes nothing
+        zero, onehot_only = (jnp.zeros_like(early),
+                             jnp.zeros_like(early).at[:, 5:10].set(1.0))
+        base = model.apply(variables, x, early)
+        np.testing.assert_array_equal(model.apply(variables, x, early, zero), base)
+        np.testing.assert_array_equal(model.apply(variables, x, early, onehot_only), base)
+        jittered = model.apply(variables, x, early, jnp.ones_like(early))
+        assert (float(jnp.max(jnp.abs(jittered - base))) > 1e-3) if physics else \
+            np.array_equal(jittered, base)
 
 
 def test_gold_standard_is_the_normalized_normal_likelihood():

@@ -36,8 +36,7 @@ from phyjax.physics import scanner
 from phyjax.segment import evaluate, infer, report, simulate
 from phyjax.segment.gold import CLASSES, gold_standard
 from phyjax.segment.model import CONDITIONINGS, physics_vector
-from phyjax.segment.train import (LOSSES, Segmenter, make_model, parameter_statistics,
-                                  train)
+from phyjax.segment.train import LOSSES, Segmenter, make_model, parameter_statistics, train
 
 MODELS = {"physics": ("physics_unet", True), "no_branch": ("no_branch_unet", False)}
 

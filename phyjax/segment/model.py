@@ -1,11 +1,11 @@
 """Segmentation U-Net with an optional physics branch (Borges et al. 2019).
 
-Borges, Sudre, Varsavsky, Thomas, Drobnjak, Ourselin, Cardoso, "Physics-informed brain
-MRI segmentation", SASHIMI 2019 (arXiv:2001.10767), their network figure: the acquisition parameters of the
-input image, together with their negative exponentials (the signal equations depend on the
+Borges, Sudre, Varsavsky, Thomas, Drobnjak, Ourselin, Cardoso, "Physics-informed brain MRI
+segmentation", SASHIMI 2019 (arXiv:2001.10767), their network figure: the acquisition parameters of
+the input image, together with their negative exponentials (the signal equations depend on the
 parameters through ``exp(-TI/T1)``, ``exp(-TR/T1)``, ``exp(-TE/T2*)``), go through two fully
 connected layers; the result is broadcast over space and joins the decoder's feature maps, so the
-network can undo the protocol's effect on contrast.  Here it is *added* (a per-channel bias, one
+network can undo the protocol's effect on contrast. Here it is *added* (a per-channel bias, one
 dense projection per decoder level) -- the same information as concatenation of a tiled vector
 followed by a convolution, with fewer parameters.
 
@@ -56,11 +56,11 @@ def physics_vector(protocol: Protocol) -> np.ndarray:
 class ConvBlock(nn.Module):
     """Two (3x3[x3] conv, GroupNorm, ReLU), optionally conditioned on the physics branch.
 
-    ``cond`` (``None`` without the branch) is ``(scale, shift)``, each ``(B, k, features)``
-    (k = 1: the first conv only; k = 2: both) or ``None``, broadcast over space and applied right
-    after GroupNorm ``i < k`` as ``x * (1 + scale[:, i]) + shift[:, i]`` -- after the norm, which would cancel a spatially
-    constant shift or scale.  ``shift`` alone on the first conv is the paper's additive
-    broadcast; ``scale`` and ``shift`` on both is FiLM (Perez et al., AAAI 2018, Eq. 1).
+    ``cond`` (``None`` without the branch) is ``(scale, shift)``, each ``(B, k, features)`` (k = 1:
+    the first conv only; k = 2: both) or ``None``, broadcast over space and applied right after
+    GroupNorm ``i < k`` as ``x * (1 + scale[:, i]) + shift[:, i]`` -- after the norm, which would
+    cancel a spatially constant shift or scale. ``shift`` alone on the first conv is the paper's
+    additive broadcast; ``scale`` and ``shift`` on both is FiLM (Perez et al., AAAI 2018, Eq. 1).
     """
 
     features: int
@@ -122,7 +122,7 @@ class SegmentationUNet(nn.Module):
     param_mean: Sequence[float] = ()
     param_std: Sequence[float] = ()
 
-    def branch(self, params):
+    def branch(self, params, param_noise=None):
         if len(self.param_mean):
             mean = jnp.asarray(self.param_mean, params.dtype).reshape(-1, params.shape[-1])
             std = jnp.asarray(self.param_std, params.dtype).reshape(-1, params.shape[-1])
@@ -130,6 +130,9 @@ class SegmentationUNet(nn.Module):
                 onehot = params[:, FAMILY_SLICE]
                 mean, std = onehot @ mean, onehot @ std
             params = (params - mean) / std
+        if param_noise is not None:   # training-time jitter, in standardized units
+            keep = jnp.ones(params.shape[-1], params.dtype).at[FAMILY_SLICE].set(0.0)
+            params = params + param_noise * keep
         h = nn.relu(nn.Dense(self.branch_width, name="branch_dense_0")(params))
         return nn.relu(nn.Dense(self.branch_width, name="branch_dense_1")(h))
 
@@ -144,7 +147,10 @@ class SegmentationUNet(nn.Module):
         return out[:, 0], out[:, 1]
 
     @nn.compact
-    def __call__(self, x, params=None):
+    def __call__(self, x, params=None, param_noise=None):
+        """Logits of ``x`` given ``params``; ``param_noise`` (``(B, PHYSICS_SIZE)``, optional)
+        is added to the standardized physics vector (not its one-hot family) -- training-time
+        jitter that keeps the branch from resolving single training protocols."""
         if x.ndim != self.ndim + 2:
             raise ValueError(f"expected input of rank {self.ndim + 2} (B, spatial..., C), got "
                              f"shape {x.shape}.")
@@ -158,7 +164,7 @@ class SegmentationUNet(nn.Module):
         if self.physics:
             if params is None:
                 raise ValueError("the physics U-Net needs the acquisition parameters.")
-            h = self.branch(params)
+            h = self.branch(params, param_noise)
         enc = h if self.condition_encoder else None
         window = (2,) * self.ndim
         skips = []

@@ -189,7 +189,8 @@ class SliceBank:
 
     def batch(self, i: int, batch_size: int, seed: int) -> dict:
         """Batch ``i`` (a pure function of ``i`` and ``seed``): ``x (B, H, W, 2 context + 1)``,
-        ``y (B, H, W, 3)`` gold probabilities, ``mask (B, H, W, 1)``, ``params (B, P)``."""
+        ``y (B, H, W, 3)`` gold probabilities, ``mask (B, H, W, 1)``, ``params (B, P)``, ``noise
+        (B, P)`` standard normal (the physics vector's training jitter)."""
         rng = np.random.default_rng([seed, i, 16])
         rows = self.rows[rng.choice(len(self.rows), size=batch_size,
                                     replace=len(self.rows) < batch_size)]
@@ -201,4 +202,5 @@ class SliceBank:
         return {"x": np.moveaxis(x, 1, -1).astype(np.float32),
                 "y": self.gold[a, z].astype(np.float32),
                 "mask": self.masks[a, z][..., None].astype(np.float32),
-                "params": self.params[v]}
+                "params": self.params[v],
+                "noise": rng.standard_normal(self.params[v].shape).astype(np.float32)}

@@ -109,15 +109,19 @@ def init_params(model: SegmentationUNet, shape_hw, channels: int, seed: int):
 def train(model: SegmentationUNet, bank, t, workdir: str, seed: int, progress: bool = True,
           desc: str = "train"):
     """Train ``model`` on ``bank`` (:class:`phyjax.segment.simulate.SliceBank`) with the loss
-    ``t.loss`` (:func:`segmentation_loss`; default soft Dice) and Adam (cosine-decayed learning rate ``t.learning_rate`` over ``t.steps``);
-    resumable (:func:`phyjax.train.loop.fit`: Orbax checkpoints, ``train_log.csv`` in
-    ``workdir``).  Returns the trained variables."""
+    ``t.loss`` (:func:`segmentation_loss`; default soft Dice) and Adam (cosine-decayed learning rate
+    ``t.learning_rate`` over ``t.steps``), the standardized physics vector jittered by
+    ``t.param_noise`` times a standard normal (0: none); resumable (:func:`phyjax.train.loop.fit`:
+    Orbax checkpoints, ``train_log.csv`` in ``workdir``).  Returns the trained variables."""
     variables = init_params(model, bank.padded, 2 * bank.context + 1, seed)
     schedule = optax.cosine_decay_schedule(t.learning_rate, max(int(t.steps), 1), alpha=0.05)
     tx = optax.adam(schedule)
 
+    sigma = float(t.get("param_noise", 0.0))
+
     def loss_fn(params, batch):
-        logits = model.apply(params, batch["x"], batch["params"])
+        noise = sigma * batch["noise"] if sigma > 0 else None
+        logits = model.apply(params, batch["x"], batch["params"], noise)
         loss = segmentation_loss(t.get("loss", "dice"), logits, batch["y"], batch["mask"])
         return loss, {"loss": loss}
 
