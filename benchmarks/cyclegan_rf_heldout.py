@@ -45,6 +45,8 @@ def heldout_errors(run: str, method: str = "cyclegan_radiomics") -> dict:
         for site, v in sorted(data.volumes[s].items()):
             if site == split["target_site"]:
                 continue
+            if site not in h.params and cyclegan.ALL_SITES not in h.params:
+                continue      # a source site without training scans has no generator
             z = brain_slices(v.mask, config.data.min_mask_fraction)
             raw, msk = _slices(v.image, v.mask, z, mult)
             harm, _ = _slices(h.harmonize(v), v.mask, z, mult)

@@ -88,7 +88,8 @@ def test_phase_transposed_convolutions_equal_flax_layers(net):
     ``conv_impl="phases"``) against flax's own ``ConvTranspose`` (the oracle,
     ``conv_impl="lax"``): the same parameter tree and initial values, the same outputs and the
     same parameter gradients, to float32 rounding; 3x3 and 4x4 kernels on odd sizes against
-    ``lax.conv_transpose`` directly."""
+    ``lax.conv_transpose`` directly.  (The PatchGAN has no transposed convolution: its case
+    checks that the explicitly named layers keep flax's parameter tree.)"""
     x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 40, 48, 1)), jnp.float32)
     oracle = net.clone(conv_impl="lax")
     p_fast = net.init(jax.random.key(1), x)
@@ -279,8 +280,8 @@ def test_cyclegan_fit_moves_selected_features_toward_target_and_round_trips(tmp_
     """30 steps of the whole method (frozen segmenters with Dice, RF loss, LSGAN, cycle) per
     source site, one darker and one brighter than the target: the relative errors of the
     selected features on each site's source slices drop by more than half; each site has its
-    own generator, a scan of a site without one is refused; the saved harmonizer harmonizes
-    identically."""
+    own generator, a scan of a site without one is refused, a target-site scan is returned as it
+    is; the saved harmonizer harmonizes identically."""
     train, vols = _training_set(second_source=True)
     h = methods.fit("cyclegan_radiomics", _config(), train, workdir=str(tmp_path / "cg"),
                     progress=False)
@@ -300,6 +301,9 @@ def test_cyclegan_fit_moves_selected_features_toward_target_and_round_trips(tmp_
                    test["src"].mask, "/data/other.nii.gz", affine=np.eye(4), resampled=True)
     with pytest.raises(InputError, match="elsewhere"):
         h.harmonize(other)
+    target = test["tgt"]                       # already at the target site: unchanged
+    np.testing.assert_array_equal(h.harmonize(target),
+                                  np.where(target.mask, target.image, 0).astype(np.float32))
     again = _round_trip(h, test["src2"], str(tmp_path / "cg" / "harmonizer"))
     assert again.rf["features"] == rf["features"]
 

@@ -341,7 +341,8 @@ class CycleGANHarmonizer(Harmonizer):
     """Trained ``G_ab`` (source -> target) per source site (``params``: ``{site: generator
     parameters}``; the key :data:`ALL_SITES` for one generator of every site) with its settings;
     ``rf`` holds the selected features, their target values and the training relative errors
-    before/after.  Harmonizing a scan from a site without its own generator raises InputError."""
+    before/after.  Harmonizing a scan from a source site without its own generator raises
+    InputError; a target-site scan is returned unchanged (:meth:`harmonize`)."""
 
     def __init__(self, params, cfg: dict, rf: dict, batch_size: int, **base):
         super().__init__(**base)
@@ -360,6 +361,12 @@ class CycleGANHarmonizer(Harmonizer):
                          f"{sorted(self.params)}, not for {site!r} (cyclegan.per_site).")
 
     def harmonize(self, volume) -> np.ndarray:
+        """``volume`` mapped to the target site (0 outside its mask).  A scan from the target
+        site itself is returned unchanged when every source site has its own generator (none
+        was trained on target -> target); with one generator for all sites it goes through it,
+        as every scan does."""
+        if volume.site == self.target_site and ALL_SITES not in self.params:
+            return np.where(volume.mask, volume.image, 0.0).astype(np.float32)
         return predict_slices(self._fn, self.generator_params(volume.site), volume.image,
                               volume.mask, slice_multiple(self.cfg), self.batch_size)
 
