@@ -13,8 +13,8 @@ Trains the U-Net with the physics branch and the same U-Net without it on images
 the MPRAGE (TI 0.6-1.2 s) and SPGR (TR 15-100 ms, TE 4-10 ms, flip 15-75 deg) ranges with
 scanner effects, labelled by the R1 gold standard; evaluates Dice and the GM/WM volume CoV across
 protocols on held-out anatomies for both and for the fixed HMRF segmenter; bridges two MPRAGE
-sites of unknown TI.  Runtime on one CPU core (pinned, shared machine): default ~12-18 min
-(~8 CPU-min), debug < 1 min.
+sites of unknown TI.  Runtime on one CPU core (pinned, shared machine): default ~15-18 min
+(~10 CPU-min), debug < 1 min.
 Every field can be overridden with --config.<path>=<value>; an unknown key is an error.
 """
 
