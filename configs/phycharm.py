@@ -97,7 +97,9 @@ def get_config(arg: str | None = None) -> ConfigDict:
 
     model = config.model = ConfigDict()
     model.features = (16, 32, 64)
-    model.context = 1        # neighbouring slices on each side as input channels (2.5-D)
+    model.context = 2        # neighbouring slices on each side as input channels (2.5-D): 2
+                             # (5 slices, 10 mm at 2 mm) sees across a 5 mm slice profile;
+                             # +1.1 dB PSNR overall over 1 (README, "What issue 14 changed")
     model.cond_features = 32
     model.t1_max = 5.0       # s, upper bound of predicted T1
     model.m0_max = 1.5       # upper bound of predicted M0 (PD fraction)
