@@ -332,8 +332,8 @@ def _write_subject(root: str, i: int, cfg: dict, probs, affine, field_strengths,
     for j, (site, site_cfg) in enumerate(sorted(cfg["sites"].items())):
         protocol = site_protocol(site_cfg)
         key = jax.random.fold_in(jax.random.fold_in(base_key, i), j)
-        image = acquire(maps_by_b0[float(site_cfg["field_strength"])], s_mask, protocol,
-                        site_effects(site_cfg), key)
+        maps, effects = maps_by_b0[float(site_cfg["field_strength"])], site_effects(site_cfg)
+        image = acquire(maps, s_mask, protocol, effects, key)
         stem = os.path.join(root, f"sub-{subject}", f"ses-{site}", "anat",
                             f"sub-{subject}_ses-{site}_T1w")
         save_volume(image, affine, stem + ".nii.gz")
@@ -345,8 +345,7 @@ def _write_subject(root: str, i: int, cfg: dict, probs, affine, field_strengths,
         if site == cfg["target_site"]:
             # An independent re-scan with the target protocol (same anatomy and scanner, a new
             # noise and bias-field draw): the ceiling a harmonized image is measured against.
-            rescan = acquire(maps_by_b0[float(site_cfg["field_strength"])], s_mask, protocol,
-                             site_effects(site_cfg), jax.random.fold_in(key, RESCAN_KEY))
+            rescan = acquire(maps, s_mask, protocol, effects, jax.random.fold_in(key, RESCAN_KEY))
             save_volume(rescan, affine, rescan_path(root, subject))
 
 

@@ -149,7 +149,7 @@ def benchmark(config, workdir: str, progress: bool = True) -> dict:
                                f"(chance {clf['chance']:.2f})")
     fitted = fit_methods(config, names, data, split,
                          lambda s, site: tissue.feature_row(raw_feat[(s, site)], s, site),
-                         workdir, progress, notes, skippable=("combat", "rescan"), timings=timings)
+                         workdir, progress, notes, skippable=("combat",), timings=timings)
     write_split(os.path.join(workdir, "split.json"), data, split, fitted)
     t = time.time()
     test = split.held_out_subjects(fitted)

@@ -78,7 +78,7 @@ def fit(config, train: TrainingSet, name: str = NAME, **_) -> RescanHarmonizer:
     Raises InputError when the training subjects have no re-scans (data other than the
     default dataset)."""
     train = require_training_set(train)
-    if not has_rescans({s: train.volumes[s] for s in train.subjects}):
+    if not has_rescans(train.volumes):   # the training subjects' volumes
         raise InputError("rescan: this dataset has no re-scans with the target protocol "
                          "(derivatives/phyjax-sim/sub-*/anat/*_desc-rescan_T1w.nii.gz); only "
                          "the embedded default dataset has them.")
