@@ -26,17 +26,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_TORCH = "/work/torchvenv/bin/python"
-
-
-def _median(xs):
-    xs = sorted(xs)
-    return xs[len(xs) // 2]
+from _torch_reference import DEFAULT_TORCH, ROOT, head_commit, median, write_results
+from _torch_reference import torch_side as run_torch_side
 
 
 def _space_to_depth(x):
@@ -108,7 +101,7 @@ def _time(fn, steps, warmup):
         t = time.perf_counter()
         fn()
         ts.append(time.perf_counter() - t)
-    return _median(ts)
+    return median(ts)
 
 
 def torch_side(args) -> dict:
@@ -240,21 +233,12 @@ def main(argv=None):
         return
     passthrough = [f"--{k}={getattr(args, k)}" for k in
                    ("batch", "height", "width", "steps", "warmup", "threads")]
-    done = subprocess.run([args.torch_python, __file__, "--torch-only", *passthrough],
-                          capture_output=True, text=True, check=True)
-    tr = json.loads(done.stdout.strip().splitlines()[-1])
+    tr = run_torch_side(args.torch_python, __file__, passthrough)
     jr = jax_side(args)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True, check=False, cwd=ROOT).stdout.strip()
     res = {"config": vars(args), "threads": tr["threads"],
-           "affinity": sorted(os.sched_getaffinity(0)), "commit": commit,
+           "affinity": sorted(os.sched_getaffinity(0)), "commit": head_commit(),
            "torch": tr, "jax": jr}
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out + ".json", "w") as f:
-        json.dump(res, f, indent=1)
-    with open(args.out + ".md", "w") as f:
-        f.write(markdown(res))
-    print(markdown(res))
+    write_results(args.out, res, markdown(res))
 
 
 if __name__ == "__main__":

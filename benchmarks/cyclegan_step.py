@@ -39,19 +39,11 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_TORCH = "/work/torchvenv/bin/python"
-
-
-def _median(xs):
-    xs = sorted(xs)
-    return xs[len(xs) // 2]
-
+from _torch_reference import DEFAULT_TORCH, ROOT, head_commit, median, write_results
+from _torch_reference import torch_side as run_torch_side
 
 # ---------------------------------------------------------------------------------------------
 # PyTorch (runs in the torch interpreter; imports nothing from phyjax or jax)
@@ -141,7 +133,7 @@ def torch_side(args) -> dict:
             t = time.perf_counter()
             fn()
             times.append(time.perf_counter() - t)
-        out[name] = _median(times)
+        out[name] = median(times)
     return out
 
 
@@ -186,7 +178,7 @@ def flax_side(args, variants: bool) -> dict:
             state, m = step(state, batch)
             jax.block_until_ready((state, m))
             times.append(time.perf_counter() - t)
-        return _median(times), compile_s
+        return median(times), compile_s
 
     out["step"], out["step_compile_s"] = time_step(cyclegan.make_cyclegan_step(cfg, gen, disc, tx))
     # before issue 15's fix: flax's ConvTranspose (XLA's lhs-dilated convolution)
@@ -203,7 +195,7 @@ def flax_side(args, variants: bool) -> dict:
             t = time.perf_counter()
             jax.block_until_ready(fn(*xs))
             times.append(time.perf_counter() - t)
-        return _median(times)
+        return median(times)
 
     x = jnp.asarray(batch["a"]) - 1.0
 
@@ -339,29 +331,19 @@ def main(argv=None):
     rounds = []
     for r in range(args.rounds):
         fx = flax_side(args, variants=(r == 0 and args.variants))
-        done = subprocess.run([torch_py, __file__, "--torch-only", *passthrough],
-                              capture_output=True, text=True, check=False)
-        if done.returncode:
-            sys.exit(f"PyTorch side failed ({torch_py}):\n{done.stderr[-2000:]}")
-        tx = json.loads(done.stdout.strip().splitlines()[-1])
+        tx = run_torch_side(torch_py, __file__, passthrough)
         rounds.append({"flax": fx, "torch": tx, "load_avg": os.getloadavg(),
                        "ratio_step": fx["step"] / tx["step"],
                        "ratio_step_lax": fx["step_lax"] / tx["step"],
                        "ratio_gen_fwd_bwd": fx["gen_fwd_bwd"] / tx["gen_fwd_bwd"],
                        "ratio_gen_fwd_bwd_lax": fx["gen_fwd_bwd_lax"] / tx["gen_fwd_bwd"]})
         print(json.dumps(rounds[-1], indent=1), flush=True)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True, check=False, cwd=ROOT).stdout.strip()
     result = {"config": vars(args), "machine": platform.platform(), "cpus": os.cpu_count(),
-              "affinity": sorted(os.sched_getaffinity(0)), "commit": commit, "rounds": rounds,
-              **{f"{k}_median": _median([r[k] for r in rounds]) for k in
+              "affinity": sorted(os.sched_getaffinity(0)), "commit": head_commit(),
+              "rounds": rounds,
+              **{f"{k}_median": median([r[k] for r in rounds]) for k in
                  ("ratio_step", "ratio_step_lax", "ratio_gen_fwd_bwd", "ratio_gen_fwd_bwd_lax")}}
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out + ".json", "w") as f:
-        json.dump(result, f, indent=2)
-    with open(args.out + ".md", "w") as f:
-        f.write(markdown(result))
-    print(markdown(result))
+    write_results(args.out, result, markdown(result))
 
 
 def markdown(result) -> str:
