@@ -1,5 +1,5 @@
 """The anatomy-keeping loss terms of PhyCHarm (issue 14): gradient difference, normalized
-gradient fields, soft tissue classes -- against NumPy transcriptions of the published
+gradient fields, soft tissue classes, intensity distribution -- against NumPy transcriptions of the published
 formulas and properties that would fail if they were wrong."""
 
 import jax
@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from phyjax.losses import edge_agreement, gradient_difference, tissue_consistency
+from phyjax.losses import (edge_agreement, gradient_difference, intensity_distribution,
+                           tissue_consistency)
 from phyjax.methods import phycharm
 from phyjax.models.phycharm import reference_signal
 from phyjax.physics.sequences import Protocol
@@ -93,6 +94,41 @@ def test_tissue_consistency_charges_boundary_crossings_most():
         w = np.exp(-(v - np.array([0.2, 0.6, 1.0])) ** 2 / (2 * 0.1 ** 2))
         return w / w.sum()
     assert across == pytest.approx(np.abs(p(0.7) - p(0.8)).sum(), rel=1e-5)
+
+
+def test_intensity_distribution_is_scipys_wasserstein_per_slice():
+    """Oracle: SciPy's 1-D Wasserstein-1 distance of each slice's in-mask values, averaged over
+    the slices that have any; voxels outside the mask and empty slices count for nothing."""
+    from scipy.stats import wasserstein_distance
+    rng = np.random.default_rng(5)
+    x = rng.uniform(0, 1, (4, 12, 10, 1)).astype(np.float32)
+    y = (rng.uniform(0, 1, x.shape) ** 2).astype(np.float32)
+    mask = (rng.uniform(size=x.shape) > 0.3).astype(np.float32)
+    mask[3] = 0                                          # an empty slice
+    got = float(intensity_distribution(x, y, mask))
+    want = np.mean([wasserstein_distance(x[i][mask[i] > 0], y[i][mask[i] > 0]) for i in range(3)])
+    assert got == pytest.approx(want, rel=1e-5)
+    # outside the mask nothing counts, in value or gradient
+    far = np.where(mask > 0, x, 50.0).astype(np.float32)
+    assert float(intensity_distribution(far, y, mask)) == pytest.approx(got, rel=1e-6)
+    g = np.asarray(jax.grad(intensity_distribution)(jnp.asarray(x), jnp.asarray(y),
+                                                    jnp.asarray(mask)))
+    assert np.isfinite(g).all() and np.abs(g[mask == 0]).max() == 0 and np.abs(g).max() > 0
+
+
+def test_intensity_distribution_sees_a_narrowed_histogram_that_l1_forgives():
+    """Blind to where a voxel is (a permutation inside the mask costs nothing), but not to an
+    output shrunk toward the mean: the regression to the mean that moves the class boundaries
+    a histogram-fitting segmenter draws."""
+    rng = np.random.default_rng(6)
+    y = rng.uniform(0.1, 1.0, (1, 16, 16, 1)).astype(np.float32)
+    mask = np.ones_like(y)
+    shuffled = rng.permutation(y.ravel()).reshape(y.shape)
+    assert float(intensity_distribution(shuffled, y, mask)) == pytest.approx(0.0, abs=1e-7)
+    shrunk = (y.mean() + 0.8 * (y - y.mean())).astype(np.float32)
+    # the sorted differences of an affine shrink are 0.2 |y - mean| exactly
+    want = float(np.mean(0.2 * np.abs(y - y.mean())))
+    assert float(intensity_distribution(shrunk, y, mask)) == pytest.approx(want, rel=1e-4)
 
 
 @pytest.mark.parametrize("b0", [1.5, 3.0])

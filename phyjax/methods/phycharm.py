@@ -8,7 +8,8 @@ protocol, re-synthesizes the target protocol's image from them and refines it.  
     + w_harm * L1(harmonized, target) + w_ssim * (1 - SSIM(harmonized, target))
     + w_grad * gradient difference(harmonized, target)
     + w_tissue * tissue-class consistency(harmonized, target)
-    + w_edge * edge disagreement(harmonized, source),
+    + w_edge * edge disagreement(harmonized, source)
+    + w_hist * intensity-distribution distance(harmonized, target),
 
 the physics term re-synthesizing the *source* from the predicted maps through the source
 protocol's signal equation (scale-free, :func:`phyjax.losses.physics_consistency`).  The last
@@ -18,7 +19,12 @@ target protocol's tissue signal levels (from its signal equation), so errors tha
 across a tissue boundary -- what segmentations and volumes see -- cost most; the
 normalized-gradient-field term (Haber & Modersitzki 2006) asks every edge of the output to lie
 where the *source* has one, whatever the contrast -- the only image term that also applies to a
-real scan without a target (the unpaired adaptation batches).
+real scan without a target (the unpaired adaptation batches).  The distribution term (the
+Wasserstein-1 distance of each slice's in-mask intensities, :func:`phyjax.losses.
+intensity_distribution`) asks the output's histogram to keep the target's spread: voxel-wise
+losses let the output regress to the mean where the source cannot tell (dark CSF texture,
+partial volume), which narrows the histogram and shifts the class boundaries a
+histogram-fitting segmenter draws.
 
 Where the pairs come from (``config.train.pairs``): traveling subjects (``paired``), or the
 physics (``simulated``): the training set's own source protocols, ``random_sources`` more per
@@ -42,8 +48,8 @@ import numpy as np
 from phyjax.data import simulated
 from phyjax.data.nifti import InputError
 from phyjax.data.split import TrainingSet, require_training_set
-from phyjax.losses import (edge_agreement, gradient_difference, masked_l1, physics_consistency,
-                           r1_m0_map_loss, ssim_loss, tissue_consistency)
+from phyjax.losses import (edge_agreement, gradient_difference, intensity_distribution, masked_l1,
+                           physics_consistency, r1_m0_map_loss, ssim_loss, tissue_consistency)
 from phyjax.methods import networks
 from phyjax.methods.base import fitted_fields, register
 from phyjax.models.phycharm import PhyCHarm, reference_signal
@@ -57,9 +63,9 @@ MODEL_KEYS = ("features", "cond_features", "t1_max", "m0_max", "context", "reado
 READOUT = ("sidecar", "static")
 PAIRS = ("auto", "paired", "simulated")
 #: loss weights of ``config.train`` (traced inputs of the training step)
-WEIGHTS = ("w_map", "w_physics", "w_harm", "w_ssim", "w_grad", "w_tissue", "w_edge")
+WEIGHTS = ("w_map", "w_physics", "w_harm", "w_ssim", "w_grad", "w_tissue", "w_edge", "w_hist")
 #: the terms that need a target image (0 on an unpaired scan's batch)
-PAIRED_TERMS = ("w_map", "w_harm", "w_ssim", "w_grad", "w_tissue")
+PAIRED_TERMS = ("w_map", "w_harm", "w_ssim", "w_grad", "w_tissue", "w_hist")
 
 
 def make_model(model_cfg) -> PhyCHarm:
@@ -121,11 +127,13 @@ def make_loss(model: PhyCHarm):
                  "w_grad": gradient_difference(harm, tgt, mask),
                  "w_tissue": tissue_consistency(harm, tgt, mask,
                                                 tissue_levels(target, target_ref)),
-                 "w_edge": edge_agreement(harm, b["source"][..., centre:centre + 1], mask)}
+                 "w_edge": edge_agreement(harm, b["source"][..., centre:centre + 1], mask),
+                 "w_hist": intensity_distribution(harm, tgt, mask)}
         loss = sum(weights[k] * terms[k] for k in WEIGHTS)
         return loss, {"loss": loss, "map": l_map, "physics": l_phys, "l1": terms["w_harm"],
                       "ssim": 1.0 - terms["w_ssim"], "grad": terms["w_grad"],
-                      "tissue": terms["w_tissue"], "edge": terms["w_edge"]}
+                      "tissue": terms["w_tissue"], "edge": terms["w_edge"],
+                      "hist": terms["w_hist"]}
 
     return loss_fn
 
