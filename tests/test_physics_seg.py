@@ -19,7 +19,13 @@ from phyjax.data.nifti import InputError
 from phyjax.data.sidecar import protocol_to_sidecar
 from phyjax.physics.sequences import Protocol
 from phyjax.segment import evaluate, gold
-from phyjax.segment.model import PHYSICS_SIZE, SegmentationUNet, physics_vector
+from phyjax.segment.model import (
+    EXTENDED_SIZE,
+    PHYSICS_SIZE,
+    SegmentationUNet,
+    extended_vector,
+    physics_vector,
+)
 from phyjax.segment.train import soft_dice_loss
 
 MPRAGE_EARLY = Protocol.from_degrees("mprage", tr=2.4, te=0.003, ti=0.6)
@@ -111,13 +117,16 @@ def test_per_family_standardization():
     rng = np.random.default_rng(0)
     protocols = [p for f in ("mprage", "spgr") for p in sample_protocols(f, PAPER_RANGES, 30, rng)]
     raw = np.stack([physics_vector(p) for p in protocols])
-    mean, std = (np.asarray(v).reshape(len(SEQUENCES), PHYSICS_SIZE)
+    mean, std = (np.asarray(v).reshape(len(SEQUENCES), EXTENDED_SIZE)
                  for v in parameter_statistics(raw))
     spgr = SEQUENCES.index("spgr")
-    z = (raw[30:] - mean[spgr]) / std[spgr]
-    # every SPGR parameter that varies reaches the branch at unit sd (TR: 15-100 ms)
-    varying = raw[30:].std(0) > 1e-3
-    np.testing.assert_allclose(z[:, varying & (np.arange(PHYSICS_SIZE) >= 10)].std(0), 1.0,
+    ext = np.asarray(extended_vector(raw))
+    z = (ext[30:] - mean[spgr]) / std[spgr]
+    # every SPGR parameter that varies reaches the branch at unit sd (TR: 15-100 ms), and so do
+    # the contrast features (GM/WM and CSF/WM signal ratios) that vary
+    varying = ext[30:].std(0) > 1e-3
+    assert varying[PHYSICS_SIZE + 1:].all() and not varying[PHYSICS_SIZE]   # WM is the 1
+    np.testing.assert_allclose(z[:, varying & (np.arange(EXTENDED_SIZE) >= 10)].std(0), 1.0,
                                rtol=1e-5)
     np.testing.assert_allclose(z[:, 0].std(), 1.0, rtol=1e-5)        # TR
     np.testing.assert_array_equal(z[:, 5:5 + len(SEQUENCES)], raw[30:, 5:5 + len(SEQUENCES)])
@@ -161,6 +170,49 @@ def test_changing_the_parameters_changes_the_output_only_with_the_branch():
         jittered = model.apply(variables, x, early, jnp.ones_like(early))
         assert (float(jnp.max(jnp.abs(jittered - base))) > 1e-3) if physics else \
             np.array_equal(jittered, base)
+
+
+def test_contrast_features_and_branch_options():
+    from phyjax.physics import signal, tissues
+    from phyjax.segment.model import (
+        CONTRAST_SIZE,
+        contrast_features,
+        parse_conditioning,
+    )
+
+    # oracle: phyjax's signed signal equations for WM, GM, CSF, divided by the largest magnitude
+    tp = tissues.tissue_parameters(3.0)
+    spgr = [Protocol.from_degrees("spgr", tr=tr, te=te, flip_angle_deg=fa)
+            for tr, te, fa in ((0.015, 0.004, 75.0), (0.087, 0.0071, 22.2), (0.05, 0.01, 15.0))]
+    for p in spgr + [MPRAGE_EARLY, MPRAGE_LATE]:
+        s = np.array([float(signal.signed_signal(p, tp[t].t1, tp[t].t2, tp[t].t2star, tp[t].pd))
+                      for t in ("wm", "gm", "csf")])
+        np.testing.assert_allclose(np.asarray(contrast_features(physics_vector(p))),
+                                   s / np.abs(s).max(), rtol=1e-5, atol=1e-6)
+    assert parse_conditioning("add") == ("add", "parameters", False)
+    assert parse_conditioning("add+contrast+zero") == ("add", "contrast", True)
+    assert parse_conditioning("film+both") == ("film", "both", True)
+    with pytest.raises(ValueError, match="conditioning"):
+        parse_conditioning("add+zero+contrast")
+    x = jnp.asarray(np.random.default_rng(5).random((1, 8, 8, 1)), jnp.float32)
+    a, b = (jnp.asarray(physics_vector(p))[None] for p in spgr[:2])
+    for cond, n_in in (("add", PHYSICS_SIZE), ("add+contrast", 5 + CONTRAST_SIZE),
+                       ("add+both", PHYSICS_SIZE + CONTRAST_SIZE)):
+        model = SegmentationUNet(features=(4, 8), branch_width=8, conditioning=cond)
+        v = model.init(jax.random.key(0), x, a)
+        assert v["params"]["branch_dense_0"]["kernel"].shape == (n_in, 8)
+        assert float(jnp.max(jnp.abs(model.apply(v, x, a) - model.apply(v, x, b)))) > 1e-4
+        # "+zero": the decoder projections start at zero, so the branch starts as a no-op ...
+        zero = SegmentationUNet(features=(4, 8), branch_width=8, conditioning=cond + "+zero")
+        vz = zero.init(jax.random.key(0), x, a)
+        np.testing.assert_array_equal(zero.apply(vz, x, a), zero.apply(vz, x, b))
+        # ... and is the same network once they are not
+        np.testing.assert_allclose(zero.apply(v, x, a), model.apply(v, x, a), rtol=1e-6)
+    # the contrast branch sees the protocol only through its contrast: B0 / 3 T (entry 4) and
+    # the raw parameters do not reach it
+    model = SegmentationUNet(features=(4, 8), branch_width=8, conditioning="add+contrast")
+    v = _numpy_init(model, x, a)
+    np.testing.assert_array_equal(model.apply(v, x, a), model.apply(v, x, a.at[:, 4].add(1.0)))
 
 
 def test_gold_standard_is_the_normalized_normal_likelihood():

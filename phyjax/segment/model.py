@@ -21,7 +21,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from phyjax.physics import tissues
+from phyjax.physics import signal, tissues
 from phyjax.physics.sequences import SEQUENCES, Protocol, encode
 
 #: Tissue T1 (s) at 3 T (WM, GM, CSF; :mod:`phyjax.physics.tissues`) whose ``exp(-TR/T1)`` and
@@ -33,6 +33,11 @@ _T2S_REF = tuple(tissues.tissue_parameters(3.0)[t].t2star for t in ("wm", "gm"))
 PHYSICS_SIZE = 10 + 2 * len(_T1_REF) + len(_T2S_REF) + 2
 #: Where :func:`physics_vector` holds the one-hot family (:data:`SEQUENCES` order).
 FAMILY_SLICE = slice(5, 5 + len(SEQUENCES))
+#: Reference tissues (WM, GM, CSF at 3 T) of :func:`contrast_features`.
+_TISSUES_REF = tuple(tissues.tissue_parameters(3.0)[t] for t in ("wm", "gm", "csf"))
+#: Length of :func:`contrast_features`; :func:`extended_vector` is ``PHYSICS_SIZE + CONTRAST_SIZE``.
+CONTRAST_SIZE = len(_TISSUES_REF)
+EXTENDED_SIZE = PHYSICS_SIZE + CONTRAST_SIZE
 
 
 def physics_vector(protocol: Protocol) -> np.ndarray:
@@ -51,6 +56,37 @@ def physics_vector(protocol: Protocol) -> np.ndarray:
             + [np.exp(-te / t) for t in _T2S_REF] + [np.sin(fa), np.cos(fa)])
     return np.concatenate([np.asarray(encode(p), np.float32),
                            np.asarray(exps, np.float32)]).astype(np.float32)
+
+
+def contrast_features(params):
+    """The contrast a protocol gives: the noise-free signed signal of WM, GM and CSF (3 T
+    reference T1, T2*, PD of :mod:`phyjax.physics.tissues`) divided by the largest magnitude of
+    the three, shape ``(..., CONTRAST_SIZE)``, from :func:`physics_vector` rows ``(...,
+    PHYSICS_SIZE)`` (jnp or numpy).
+
+    SPGR rows use :func:`phyjax.physics.signal.spgr` at their TR, TE and flip angle; MPRAGE rows
+    the static equation (:func:`phyjax.physics.signal.mprage`) at their TR, TI and TE; rows of
+    other families are zero.  The images are divided by their 99th percentile, so what the
+    protocol fixes in them is these ratios: protocols of equal contrast map to equal features,
+    whatever TR, TE and flip angle gave it (e.g. SPGR's GM/WM ratio spans 0.69-0.995 over the
+    3-D range of Borges et al., a 1-D manifold in place of a 3-D box).
+    """
+    p = jnp.asarray(params, jnp.float32)
+    tr, ti, te, fa = p[..., 0:1], p[..., 1:2], p[..., 2:3] / 10.0, p[..., 3:4]
+    t1, t2s, pd = (jnp.asarray([getattr(t, k) for t in _TISSUES_REF], jnp.float32)
+                   for k in ("t1", "t2star", "pd"))
+    onehot = p[..., FAMILY_SLICE]
+    spgr = signal.spgr(t1, t2s, pd, jnp.maximum(tr, 1e-4), te, fa)
+    mprage = signal.mprage(t1, t2s, pd, jnp.maximum(tr, 1e-4), ti, te)
+    s = (onehot[..., SEQUENCES.index("spgr"), None] * spgr
+         + onehot[..., SEQUENCES.index("mprage"), None] * mprage)
+    return s / jnp.maximum(jnp.max(jnp.abs(s), axis=-1, keepdims=True), 1e-6)
+
+
+def extended_vector(params):
+    """``[physics vector, contrast_features]``, shape ``(..., EXTENDED_SIZE)`` (jnp)."""
+    p = jnp.asarray(params, jnp.float32)
+    return jnp.concatenate([p, contrast_features(p)], axis=-1)
 
 
 class ConvBlock(nn.Module):
@@ -83,8 +119,29 @@ class ConvBlock(nn.Module):
         return x
 
 
-#: How the physics branch enters the U-Net (:class:`SegmentationUNet`).
-CONDITIONINGS = ("add", "film")
+#: How the physics branch enters the U-Net (:class:`SegmentationUNet`): a mode, ``add`` or
+#: ``film``, then optional ``+``-joined options: ``zero`` (``add``'s projections start at zero,
+#: so the branch starts as a no-op, as FiLM's always do), ``contrast`` (the branch reads
+#: :func:`contrast_features` and the one-hot family instead of the parameters and their
+#: exponentials) or ``both`` (the parameters, their exponentials and the contrast features).
+CONDITIONING_MODES = ("add", "film")
+CONDITIONING_OPTIONS = ("zero", "contrast", "both")
+CONDITIONINGS = tuple(
+    "+".join((mode,) + tuple(o for o in opts if o))
+    for mode in CONDITIONING_MODES for opts in
+    ((i, z) for i in ("", "contrast", "both") for z in ("", "zero"))
+    if not (mode == "film" and opts[1]))
+
+
+def parse_conditioning(conditioning: str) -> tuple[str, str, bool]:
+    """``(mode, inputs, zero_init)`` of a :data:`CONDITIONINGS` string; ``inputs`` is
+    ``"parameters"`` (Borges et al.), ``"contrast"`` or ``"both"``.  Raises ValueError for
+    another string."""
+    if conditioning not in CONDITIONINGS:
+        raise ValueError(f"conditioning {conditioning!r}; expected one of {CONDITIONINGS}.")
+    mode, *opts = conditioning.split("+")
+    inputs = next((o for o in opts if o in ("contrast", "both")), "parameters")
+    return mode, inputs, mode == "film" or "zero" in opts
 
 
 class SegmentationUNet(nn.Module):
@@ -123,16 +180,27 @@ class SegmentationUNet(nn.Module):
     param_std: Sequence[float] = ()
 
     def branch(self, params, param_noise=None):
-        if len(self.param_mean):
-            mean = jnp.asarray(self.param_mean, params.dtype).reshape(-1, params.shape[-1])
-            std = jnp.asarray(self.param_std, params.dtype).reshape(-1, params.shape[-1])
+        _, inputs, _ = parse_conditioning(self.conditioning)
+        n_stats, width = len(self.param_mean), PHYSICS_SIZE
+        if inputs != "parameters" or (n_stats and n_stats % EXTENDED_SIZE == 0):
+            params, width = extended_vector(params), EXTENDED_SIZE
+        if n_stats:
+            if n_stats % width:
+                raise ValueError(f"{n_stats} standardization values do not fit physics vectors "
+                                 f"of {width} (conditioning {self.conditioning!r}).")
+            mean = jnp.asarray(self.param_mean, params.dtype).reshape(-1, width)
+            std = jnp.asarray(self.param_std, params.dtype).reshape(-1, width)
             if mean.shape[0] > 1:   # one row per family: picked by the raw one-hot
                 onehot = params[:, FAMILY_SLICE]
                 mean, std = onehot @ mean, onehot @ std
             params = (params - mean) / std
         if param_noise is not None:   # training-time jitter, in standardized units
-            keep = jnp.ones(params.shape[-1], params.dtype).at[FAMILY_SLICE].set(0.0)
-            params = params + param_noise * keep
+            keep = jnp.ones(width, params.dtype).at[FAMILY_SLICE].set(0.0)
+            params = params + param_noise[:, :width] * keep
+        if inputs == "parameters":
+            params = params[:, :PHYSICS_SIZE]
+        elif inputs == "contrast":
+            params = jnp.concatenate([params[:, FAMILY_SLICE], params[:, PHYSICS_SIZE:]], -1)
         h = nn.relu(nn.Dense(self.branch_width, name="branch_dense_0")(params))
         return nn.relu(nn.Dense(self.branch_width, name="branch_dense_1")(h))
 
@@ -140,8 +208,10 @@ class SegmentationUNet(nn.Module):
         """``(scale, shift)`` for a :class:`ConvBlock` of ``features`` channels (or None)."""
         if h is None:
             return None
-        if self.conditioning == "add":
-            return None, nn.Dense(features, name=name)(h)[:, None]
+        mode, _, zero = parse_conditioning(self.conditioning)
+        if mode == "add":
+            init = nn.initializers.zeros if zero else nn.linear.default_kernel_init
+            return None, nn.Dense(features, name=name, kernel_init=init)(h)[:, None]
         out = nn.Dense(4 * features, name=name, kernel_init=nn.initializers.zeros)(h)
         out = out.reshape(out.shape[0], 2, 2, features)
         return out[:, 0], out[:, 1]
@@ -154,9 +224,7 @@ class SegmentationUNet(nn.Module):
         if x.ndim != self.ndim + 2:
             raise ValueError(f"expected input of rank {self.ndim + 2} (B, spatial..., C), got "
                              f"shape {x.shape}.")
-        if self.conditioning not in CONDITIONINGS:
-            raise ValueError(f"conditioning {self.conditioning!r}; expected one of "
-                             f"{CONDITIONINGS}.")
+        parse_conditioning(self.conditioning)   # ValueError for an unknown one
         factor = 2 ** (len(self.features) - 1)
         if any(n % factor for n in x.shape[1:-1]):
             raise ValueError(f"spatial shape {x.shape[1:-1]} not divisible by {factor}.")

@@ -24,7 +24,7 @@ from phyjax.data.slices import brain_slices, grid, to_slices
 from phyjax.physics import scanner, signal
 from phyjax.physics.sequences import Protocol
 from phyjax.segment.gold import gold_standard
-from phyjax.segment.model import physics_vector
+from phyjax.segment.model import CONTRAST_SIZE, physics_vector
 
 #: Borges et al. (2019) parameter ranges (s, degrees, T); TR/TE of MPRAGE fixed at an HCP-like
 #: 2.4 s / 3 ms (they vary TI only).
@@ -190,7 +190,8 @@ class SliceBank:
     def batch(self, i: int, batch_size: int, seed: int) -> dict:
         """Batch ``i`` (a pure function of ``i`` and ``seed``): ``x (B, H, W, 2 context + 1)``,
         ``y (B, H, W, 3)`` gold probabilities, ``mask (B, H, W, 1)``, ``params (B, P)``, ``noise
-        (B, P)`` standard normal (the physics vector's training jitter)."""
+        (B, P + CONTRAST_SIZE)`` standard normal (the training jitter of the physics vector and
+        its contrast features)."""
         rng = np.random.default_rng([seed, i, 16])
         rows = self.rows[rng.choice(len(self.rows), size=batch_size,
                                     replace=len(self.rows) < batch_size)]
@@ -203,4 +204,6 @@ class SliceBank:
                 "y": self.gold[a, z].astype(np.float32),
                 "mask": self.masks[a, z][..., None].astype(np.float32),
                 "params": self.params[v],
-                "noise": rng.standard_normal(self.params[v].shape).astype(np.float32)}
+                "noise": np.concatenate(
+                    [rng.standard_normal(self.params[v].shape),
+                     rng.standard_normal((batch_size, CONTRAST_SIZE))], -1).astype(np.float32)}

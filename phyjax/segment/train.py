@@ -13,7 +13,12 @@ import optax
 
 from phyjax.data.nifti import InputError
 from phyjax.data.slices import from_slices, grid, to_slices, with_context
-from phyjax.segment.model import FAMILY_SLICE, PHYSICS_SIZE, SegmentationUNet
+from phyjax.segment.model import (
+    FAMILY_SLICE,
+    PHYSICS_SIZE,
+    SegmentationUNet,
+    extended_vector,
+)
 from phyjax.train import loop
 
 
@@ -80,7 +85,9 @@ def make_model(settings: dict) -> SegmentationUNet:
 def parameter_statistics(params: np.ndarray, by_family: bool = True, floor: float = 1e-3
                          ) -> tuple[list, list]:
     """Standardization of physics vectors ``(N, PHYSICS_SIZE)`` for the branch: flattened
-    mean and sd (floored at ``floor``, so constant entries pass through centred).
+    mean and sd (floored at ``floor``, so constant entries pass through centred) of their
+    :func:`~phyjax.segment.model.extended_vector` (the vector and its contrast features), rows
+    of ``EXTENDED_SIZE``.
 
     ``by_family``: one row per family of :data:`~phyjax.physics.sequences.SEQUENCES` (the
     statistics of that family's rows; the global ones for a family absent from ``params``),
@@ -88,7 +95,7 @@ def parameter_statistics(params: np.ndarray, by_family: bool = True, floor: floa
     over MPRAGE and SPGR, the SPGR TR span of 15-100 ms is 0.07 sd of a TR that also holds
     MPRAGE's 2.4 s).  The one-hot family itself is left as it is (mean 0, sd 1).
     """
-    params = np.asarray(params, np.float64)
+    params = np.asarray(extended_vector(np.asarray(params, np.float32)), np.float64)
     onehot = params[:, FAMILY_SLICE]
     glob = params.mean(0), np.maximum(params.std(0), floor)
     rows = []
