@@ -11,9 +11,15 @@ slices (91 x 109 padded to 92 x 112), batch 4.
 
 Timed: the median over ``--steps`` steps after ``--warmup`` steps (compilation excluded; its time
 is reported), in ``--rounds`` alternating rounds of flax then PyTorch, so that a shared machine's
-load moves both; the ratio is per round.  Also timed on each side: one generator forward +
-backward (``gen_fwd_bwd``), the flax step and generator with flax's ``ConvTranspose``
-(``conv_impl="lax"``, ``step_lax``: before the fix) and, with ``--variants``, more variants:
+load moves both; the ratio is per round.  Each step is timed twice: **CPU time** (the process's,
+all threads: ``time.process_time``) -- the ratio reported -- and wall time.  On a core that
+another job time-shares, the wall time of either side doubles whenever the other job runs and
+the wall ratio swings with it (commit 82057c3's rounds: 1.09, 2.37, 1.19, PyTorch 1.75, 0.91,
+1.81 s); the CPU time does not (only cache sharing moves it, a few %).
+Also timed on each side: one generator forward + backward (``gen_fwd_bwd``), the flax step and
+generator as before this change (``step_before``: instance norm by autodiff, biases added
+before it), with flax's ``ConvTranspose`` (``conv_impl="lax"``, ``step_lax``: before 82057c3)
+and, with ``--variants``, more variants:
 
 * ``step_unfused``: each network called once per input (as the PyTorch reference and phyjax
   before the fused step): six generator calls of ``batch`` slices instead of four, two of
@@ -28,20 +34,25 @@ PyTorch is only a benchmark reference, never a phyjax dependency: the PyTorch ha
 make one with ``python3 -m venv /work/torchvenv && /work/torchvenv/bin/pip install torch numpy``).
 
 Run pinned to one core, so that both frameworks get the same single thread (PyTorch's thread
-count follows the affinity mask; about 4 min for 3 rounds):
+count follows the affinity mask; about 4 min for 3 rounds on an idle core):
     taskset -c 1 python benchmarks/cyclegan_step.py --rounds 3 --steps 7 --warmup 2
-Writes benchmarks/results/cyclegan_step.{json,md}.
+Writes benchmarks/results/cyclegan_step.{json,md}.  ``--profile`` instead: one profiled run
+per side, CPU time per kind of operation (``benchmarks/cyclegan_profile.py``), written to
+benchmarks/results/cyclegan_step_profile.{json,md}:
+    taskset -c 1 python benchmarks/cyclegan_step.py --profile --steps 3 --warmup 2
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
 import sys
 import time
 
+import cyclegan_profile as profile
 from _torch_reference import DEFAULT_TORCH, ROOT, head_commit, median, write_results
 from _torch_reference import torch_side as run_torch_side
 
@@ -49,7 +60,22 @@ from _torch_reference import torch_side as run_torch_side
 # PyTorch (runs in the torch interpreter; imports nothing from phyjax or jax)
 
 
-def torch_side(args) -> dict:
+def _time(fn, steps: int, warmup: int, sync=lambda r: r) -> dict:
+    """Medians over ``steps`` calls after ``warmup``: ``wall`` (perf_counter) and ``cpu``
+    (process CPU time, all threads: what the call costs the core, whatever else shares it)."""
+    for _ in range(warmup):
+        sync(fn())
+    wall, cpu = [], []
+    for _ in range(steps):
+        t, c = time.perf_counter(), time.process_time()
+        sync(fn())
+        wall.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - c)
+    return {"wall": median(wall), "cpu": median(cpu), "wall_all": wall, "cpu_all": cpu}
+
+
+def torch_nets(args):
+    """``{"step": ..., "gen_fwd_bwd": ...}``: the PyTorch reference's step and generator pass."""
     import torch
     from torch import nn
 
@@ -124,16 +150,21 @@ def torch_side(args) -> dict:
         g_ab.zero_grad(set_to_none=True)
         g_ab(a).square().mean().backward()
 
+    return {"step": step, "gen_fwd_bwd": gen_fwd_bwd}
+
+
+def torch_side(args) -> dict:
+    import torch
+
+    fns = torch_nets(args)
     out = {"torch_version": torch.__version__, "threads": torch.get_num_threads()}
-    for name, fn in (("step", step), ("gen_fwd_bwd", gen_fwd_bwd)):
-        for _ in range(args.warmup):
-            fn()
-        times = []
-        for _ in range(args.steps):
-            t = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t)
-        out[name] = median(times)
+    if args.profile:
+        out["profile"] = profile.torch_profile(fns["step"], args.warmup, args.steps)
+        return out
+    for name, fn in fns.items():
+        t = _time(fn, args.steps, args.warmup)
+        out[name], out[name + "_wall"] = t["cpu"], t["wall"]
+        out[name + "_cpu_all"], out[name + "_wall_all"] = t["cpu_all"], t["wall_all"]
     return out
 
 
@@ -163,39 +194,47 @@ def flax_side(args, variants: bool) -> dict:
     tx = cyclegan.gan_optimizer(cfg)
     out = {"jax_version": jax.__version__, "xla_flags": os.environ.get("XLA_FLAGS", "")}
 
-    def time_step(step, donate=True):
+    def time_step(step, key="step"):
         state = cyclegan.init_state(cfg, gen, disc, shape[1:3], 0, tx)
         t = time.perf_counter()
         state, m = step(state, batch)
         jax.block_until_ready(m)
-        compile_s = time.perf_counter() - t
-        for _ in range(args.warmup - 1):
-            state, m = step(state, batch)
-        jax.block_until_ready(m)
-        times = []
-        for _ in range(args.steps):
-            t = time.perf_counter()
-            state, m = step(state, batch)
-            jax.block_until_ready((state, m))
-            times.append(time.perf_counter() - t)
-        return median(times), compile_s
+        out[key + "_compile_s"] = time.perf_counter() - t
+        holder = [state]
 
-    out["step"], out["step_compile_s"] = time_step(cyclegan.make_cyclegan_step(cfg, gen, disc, tx))
+        def one():
+            holder[0], m = step(holder[0], batch)
+            return holder[0], m
+
+        t = _time(one, args.steps, max(args.warmup - 1, 0), jax.block_until_ready)
+        out[key], out[key + "_wall"] = t["cpu"], t["wall"]
+        out[key + "_cpu_all"], out[key + "_wall_all"] = t["cpu_all"], t["wall_all"]
+        return holder
+
+    step_fn = cyclegan.make_cyclegan_step(cfg, gen, disc, tx)
+    if args.profile:
+        state = cyclegan.init_state(cfg, gen, disc, shape[1:3], 0, tx)
+        hlo = step_fn.lower(state, batch).compile().as_text()
+        holder = [state]
+
+        def run():
+            holder[0], m = step_fn(holder[0], batch)
+            jax.block_until_ready((holder[0], m))
+
+        for _ in range(args.warmup):
+            run()
+        out["profile"] = profile.xla_profile(run, hlo, args.steps)
+        return out
+    time_step(step_fn)
+    with _before_norm_changes(gan, jnp):      # traced (compiled) inside: the earlier layers
+        time_step(cyclegan.make_cyclegan_step(cfg, gen, disc, tx), "step_before")
     # before issue 15's fix: flax's ConvTranspose (XLA's lhs-dilated convolution)
     cfg_lax = dict(cfg, conv_impl="lax")
     gen_lax, disc_lax = cyclegan.make_nets(cfg_lax)
-    out["step_lax"], _ = time_step(cyclegan.make_cyclegan_step(cfg_lax, gen_lax, disc_lax, tx))
+    time_step(cyclegan.make_cyclegan_step(cfg_lax, gen_lax, disc_lax, tx), "step_lax")
 
     def time_fn(fn, *xs):
-        jax.block_until_ready(fn(*xs))
-        for _ in range(args.warmup - 1):
-            jax.block_until_ready(fn(*xs))
-        times = []
-        for _ in range(args.steps):
-            t = time.perf_counter()
-            jax.block_until_ready(fn(*xs))
-            times.append(time.perf_counter() - t)
-        return median(times)
+        return _time(lambda: fn(*xs), args.steps, args.warmup, jax.block_until_ready)["cpu"]
 
     x = jnp.asarray(batch["a"]) - 1.0
 
@@ -205,16 +244,16 @@ def flax_side(args, variants: bool) -> dict:
             module.apply({"params": p}, x))))), params)
 
     out["gen_fwd_bwd"] = gen_time(gen)
+    with _before_norm_changes(gan, jnp):
+        out["gen_fwd_bwd_before"] = gen_time(gen)
     out["gen_fwd_bwd_lax"] = gen_time(gen_lax)
     if not variants:
         return out
 
-    out["step_unfused"], _ = time_step(cyclegan.make_cyclegan_step(cfg, gen, disc, tx,
-                                                                    fuse=False))
+    time_step(cyclegan.make_cyclegan_step(cfg, gen, disc, tx, fuse=False), "step_unfused")
     step_nd = cyclegan.make_cyclegan_step(cfg, gen, disc, tx)
-    step_nd = jax.jit(step_nd.__wrapped__) if hasattr(step_nd, "__wrapped__") else None
-    if step_nd is not None:
-        out["step_no_donate"], _ = time_step(step_nd)
+    if hasattr(step_nd, "__wrapped__"):
+        time_step(jax.jit(step_nd.__wrapped__), "step_no_donate")
 
     orig_pad, orig_norm = gan.reflect_pad, gan.instance_norm
     try:
@@ -228,6 +267,28 @@ def flax_side(args, variants: bool) -> dict:
         gan.reflect_pad, gan.instance_norm = orig_pad, orig_norm
     out["gen_fwd_bwd_nchw"] = _nchw_generator_time(args, time_fn)
     return out
+
+
+@contextlib.contextmanager
+def _before_norm_changes(gan, jnp):
+    """The generator's layers as before this change: instance norm differentiated by
+    autodiff of the two-pass formula, every convolution's bias added before the norm."""
+    saved = gan.instance_norm, gan._conv, gan._down, gan._up
+
+    def two_pass(x, eps=1e-5):
+        mean = jnp.mean(x, axis=(1, 2), keepdims=True)
+        var = jnp.mean(jnp.square(x - mean), axis=(1, 2), keepdims=True)
+        return (x - mean) * (1.0 / jnp.sqrt(var + eps))
+
+    def unnormed(fn):
+        return lambda *a, normed=False, **k: fn(*a, normed=False, **k)
+
+    gan.instance_norm = two_pass
+    gan._conv, gan._down, gan._up = (unnormed(f) for f in saved[1:])
+    try:
+        yield
+    finally:
+        gan.instance_norm, gan._conv, gan._down, gan._up = saved
 
 
 def _nchw_generator_time(args, time_fn) -> float:
@@ -311,6 +372,9 @@ def main(argv=None):
     p.add_argument("--variants", action="store_true",
                    help="also time the first round's variants (unfused, no donation, zero "
                         "padding, flax's instance norm, NCHW)")
+    p.add_argument("--profile", action="store_true",
+                   help="instead of timing: one profiled run per side, CPU time per kind of "
+                        "operation (benchmarks/cyclegan_profile.py) -> <out>_profile.{json,md}")
     p.add_argument("--torch-python", default=None)
     p.add_argument("--torch-only", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "cyclegan_step"))
@@ -327,23 +391,53 @@ def main(argv=None):
         sys.exit(f"{torch_py}: no Python with PyTorch; give --torch-python (see the docstring).")
     passthrough = [f"--{k.replace('_', '-')}={getattr(args, k)}" for k in
                    ("batch", "height", "width", "features", "blocks", "disc_features", "steps",
-                    "warmup", "threads")]
+                    "warmup", "threads")] + (["--profile"] if args.profile else [])
+    meta = {"config": vars(args), "machine": platform.platform(), "cpus": os.cpu_count(),
+            "affinity": sorted(os.sched_getaffinity(0)), "commit": head_commit()}
+    if args.profile:
+        fx = flax_side(args, variants=False)
+        tx = run_torch_side(torch_py, __file__, passthrough)
+        result = dict(meta, xla=fx["profile"], torch=tx["profile"], load_avg=os.getloadavg())
+        write_results(args.out + "_profile", result, profile_markdown(result))
+        return
     rounds = []
     for r in range(args.rounds):
         fx = flax_side(args, variants=(r == 0 and args.variants))
         tx = run_torch_side(torch_py, __file__, passthrough)
         rounds.append({"flax": fx, "torch": tx, "load_avg": os.getloadavg(),
                        "ratio_step": fx["step"] / tx["step"],
+                       "ratio_step_wall": fx["step_wall"] / tx["step_wall"],
                        "ratio_step_lax": fx["step_lax"] / tx["step"],
+                       "ratio_step_before": fx["step_before"] / tx["step"],
                        "ratio_gen_fwd_bwd": fx["gen_fwd_bwd"] / tx["gen_fwd_bwd"],
                        "ratio_gen_fwd_bwd_lax": fx["gen_fwd_bwd_lax"] / tx["gen_fwd_bwd"]})
-        print(json.dumps(rounds[-1], indent=1), flush=True)
-    result = {"config": vars(args), "machine": platform.platform(), "cpus": os.cpu_count(),
-              "affinity": sorted(os.sched_getaffinity(0)), "commit": head_commit(),
-              "rounds": rounds,
-              **{f"{k}_median": median([r[k] for r in rounds]) for k in
-                 ("ratio_step", "ratio_step_lax", "ratio_gen_fwd_bwd", "ratio_gen_fwd_bwd_lax")}}
+        print(json.dumps({k: v for k, v in rounds[-1].items() if k.startswith("ratio")}),
+              flush=True)
+    keys = ("ratio_step", "ratio_step_wall", "ratio_step_lax", "ratio_step_before",
+            "ratio_gen_fwd_bwd", "ratio_gen_fwd_bwd_lax")
+    result = dict(meta, rounds=rounds, **{f"{k}_median": median([r[k] for r in rounds])
+                                          for k in keys},
+                  **{f"{k}_range": [min(r[k] for r in rounds), max(r[k] for r in rounds)]
+                     for k in keys})
     write_results(args.out, result, markdown(result))
+
+
+def profile_markdown(result) -> str:
+    c = result["config"]
+    lines = [(f"# CycleGAN train step, CPU time per kind of operation: XLA vs PyTorch "
+             f"(affinity {result['affinity']}, one thread each)"), "",
+             (f"batch {c['batch']} x {c['height']} x {c['width']}, ngf {c['features']}, "
+              f"{c['blocks']} residual blocks, ndf {c['disc_features']}; {c['steps']} profiled "
+              f"steps after {c['warmup']} warm-up; commit {result['commit']}; load average "
+              f"{result['load_avg'][0]:.1f}.  XLA: thunk times from `jax.profiler`, fused "
+              "kernels counted under their root op; PyTorch: `torch.profiler` self CPU times "
+              "(`benchmarks/cyclegan_profile.py`).  Profiler overhead inflates PyTorch's many "
+              "small ops more than XLA's few large kernels."), ""]
+    lines += profile.markdown(result["xla"], result["torch"])
+    for side in ("xla", "torch"):
+        lines += ["", f"Largest {side} ops (ms per step): " + "; ".join(
+            f"{k} {v:.1f}" for k, v in list(result[side]["top_ops"].items())[:12])]
+    return "\n".join(lines) + "\n"
 
 
 def markdown(result) -> str:
@@ -354,28 +448,41 @@ def markdown(result) -> str:
              (f"batch {c['batch']} x {c['height']} x {c['width']}, ngf {c['features']}, "
               f"{c['blocks']} residual blocks, ndf {c['disc_features']}; median of {c['steps']} "
               f"steps after warm-up, per round (flax, then PyTorch); commit "
-              f"{result.get('commit')}. `lax`: flax's `ConvTranspose` (before); `phases`: the "
-              "transposed convolutions as four stride-1 phase convolutions (`conv_impl`, after)."),
+              f"{result.get('commit')}. **CPU**: the process's CPU time per step (all its "
+              "threads), which another job time-sharing the core does not inflate; **wall**: "
+              "elapsed time, which it does. `lax`: flax's `ConvTranspose` (before 82057c3); "
+              "`before`: the phase convolutions with the instance norm by autodiff and biases "
+              "added before it (82057c3 to this commit); `now`: this commit."),
              "",
-             ("| round | load avg (1 min) | flax step lax (s) | flax step phases (s) | "
-              "PyTorch step (s) | ratio lax | ratio phases | G fwd+bwd lax / phases / PyTorch "
-              "(s) |"), "|---|---|---|---|---|---|---|---|"]
+             ("| round | load avg (1 min) | flax step CPU (s): lax / before / now | "
+              "PyTorch step CPU (s) | ratio CPU: before / now | step wall (s): flax now / "
+              "PyTorch | ratio wall | G fwd+bwd CPU (s): flax before / now / PyTorch |"),
+             "|---|---|---|---|---|---|---|---|"]
     for i, r in enumerate(result["rounds"]):
         f, t = r["flax"], r["torch"]
-        lines.append(f"| {i + 1} | {r['load_avg'][0]:.1f} | {f['step_lax']:.3f} | "
-                     f"{f['step']:.3f} | {t['step']:.3f} | {r['ratio_step_lax']:.2f} | "
-                     f"{r['ratio_step']:.2f} | {f['gen_fwd_bwd_lax']:.3f} / "
+        lines.append(f"| {i + 1} | {r['load_avg'][0]:.1f} | {f['step_lax']:.3f} / "
+                     f"{f['step_before']:.3f} / {f['step']:.3f} | {t['step']:.3f} | "
+                     f"{r['ratio_step_before']:.3f} / {r['ratio_step']:.3f} | "
+                     f"{f['step_wall']:.3f} / {t['step_wall']:.3f} | "
+                     f"{r['ratio_step_wall']:.2f} | {f['gen_fwd_bwd_before']:.3f} / "
                      f"{f['gen_fwd_bwd']:.3f} / {t['gen_fwd_bwd']:.3f} |")
     variants = {k: v for k, v in result["rounds"][0]["flax"].items()
-                if k.startswith(("step_", "gen_fwd_bwd_"))
-                and k not in ("step_compile_s", "step_lax", "gen_fwd_bwd_lax")}
+                if k.startswith(("step_", "gen_fwd_bwd_")) and isinstance(v, float)
+                and not k.endswith(("_wall", "_compile_s"))
+                and k not in ("step_lax", "step_before", "gen_fwd_bwd_lax",
+                              "gen_fwd_bwd_before")}
     if variants:
-        lines += ["", "Flax variants (round 1; seconds): " + ", ".join(
+        lines += ["", "Flax variants (round 1; CPU seconds): " + ", ".join(
             f"{k} {v:.3f}" for k, v in variants.items())]
-    lines += ["", (f"Median ratio flax / PyTorch: step {result['ratio_step_lax_median']:.2f} "
-                   f"(lax) -> {result['ratio_step_median']:.2f} (phases); generator fwd+bwd "
-                   f"{result['ratio_gen_fwd_bwd_lax_median']:.2f} -> "
-                   f"{result['ratio_gen_fwd_bwd_median']:.2f}.")]
+    rs, rw = result["ratio_step_range"], result["ratio_step_wall_range"]
+    rb = result["ratio_step_before_range"]
+    lines += ["", (f"Median ratio flax / PyTorch, CPU time: step "
+                   f"{result['ratio_step_before_median']:.3f} before (rounds {rb[0]:.3f}-"
+                   f"{rb[1]:.3f}) -> {result['ratio_step_median']:.3f} now (rounds "
+                   f"{rs[0]:.3f}-{rs[1]:.3f}; with flax's ConvTranspose "
+                   f"{result['ratio_step_lax_median']:.2f}); generator fwd+bwd "
+                   f"{result['ratio_gen_fwd_bwd_median']:.3f}. Wall time: step "
+                   f"{result['ratio_step_wall_median']:.2f} (rounds {rw[0]:.2f}-{rw[1]:.2f}).")]
     return "\n".join(lines) + "\n"
 
 
