@@ -124,7 +124,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
                              # protocol's tissue signal levels (boundaries where they belong)
     train.w_edge = 0.1       # normalized-gradient-field distance harmonized vs source (edges
                              # where the input has them; also on unpaired real scans)
-    train.w_hist = 0.0       # Wasserstein-1 of each slice's in-mask intensities harmonized vs
+    train.w_hist = 2.0       # Wasserstein-1 of each slice's in-mask intensities harmonized vs
                              # target (keeps the histogram's spread, hence the tissue volumes
                              # a histogram-fitting segmenter measures)
     train.pairs = "auto"     # "paired" (traveling subjects), "simulated" (physics-made pairs on
