@@ -94,13 +94,15 @@ def layers(batch: int, h: int, w: int, ngf: int = 16, ndf: int = 16):
 
 
 def _time(fn, steps, warmup):
+    """Median process CPU time of ``fn()`` (all threads; what a job time-sharing the core does
+    not inflate, unlike the wall time the first version of this table used)."""
     for _ in range(warmup):
         fn()
     ts = []
     for _ in range(steps):
-        t = time.perf_counter()
+        t = time.process_time()
         fn()
-        ts.append(time.perf_counter() - t)
+        ts.append(time.process_time() - t)
     return median(ts)
 
 
@@ -194,7 +196,7 @@ def markdown(r) -> str:
     lines = [(f"# CycleGAN convolutions: XLA vs PyTorch ({r['threads']} thread(s), "
               f"affinity {r['affinity']})"), "",
              (f"batch {r['config']['batch']} (x2 fused), {r['config']['height']} x "
-              f"{r['config']['width']}; median ms of {r['config']['steps']} calls; "
+              f"{r['config']['width']}; median CPU ms of {r['config']['steps']} calls; "
               f"jax {r['jax']['version']}, torch {r['torch']['version']}, commit {r['commit']}."),
              "", ("| layer | torch fwd | XLA fwd | XLA s2d fwd | torch fwd+bwd | XLA fwd+bwd | "
                   "XLA s2d fwd+bwd |"), "|---|---|---|---|---|---|---|"]

@@ -124,12 +124,12 @@ def xla_category(opcode: str, op_name: str, thunk: str) -> str:
         return "instance norm"
     if prim in ("max", "select_n", "tanh", "ge", "gt") and in_net:
         return "activations"
-    if prim in ("add", "add_any"):
-        return "residual / grad adds" if in_net else "losses"
-    if prim in ("stack", "unstack", "reshape", "broadcast_in_dim", "squeeze", "expand_dims"):
-        return "phase interleave (transposed conv)" if in_net else "other"
     if not in_net:
         return "losses" if ("jvp(" in op_name or "transpose(" in op_name) else "optimizer (Adam)"
+    if prim in ("add", "add_any"):
+        return "residual / grad adds"
+    if prim in ("stack", "unstack", "reshape", "broadcast_in_dim", "squeeze", "expand_dims"):
+        return "phase interleave (transposed conv)"
     return "other"
 
 
@@ -170,7 +170,8 @@ def xla_profile(run, hlo_text: str, steps: int) -> dict:
 
 def markdown(xla: dict, torch: dict) -> list[str]:
     """Table lines: category, XLA ms, PyTorch ms, difference."""
-    lines = ["| per step (ms of one core) | XLA | PyTorch | XLA - PyTorch |", "|---|---|---|---|"]
+    lines = [("| per step: ms of kernel time (elapsed: inflated by a job time-sharing the core, as "
+             "the last row shows) | XLA | PyTorch | XLA - PyTorch |"), "|---|---|---|---|"]
     for cat in CATEGORIES:
         x, t = xla["categories"].get(cat, 0.0), torch["categories"].get(cat, 0.0)
         lines.append(f"| {cat} | {x:.1f} | {t:.1f} | {x - t:+.1f} |")

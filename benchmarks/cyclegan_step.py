@@ -424,7 +424,7 @@ def main(argv=None):
 
 def profile_markdown(result) -> str:
     c = result["config"]
-    lines = [(f"# CycleGAN train step, CPU time per kind of operation: XLA vs PyTorch "
+    lines = [(f"# CycleGAN train step, time per kind of operation: XLA vs PyTorch "
              f"(affinity {result['affinity']}, one thread each)"), "",
              (f"batch {c['batch']} x {c['height']} x {c['width']}, ngf {c['features']}, "
               f"{c['blocks']} residual blocks, ndf {c['disc_features']}; {c['steps']} profiled "
@@ -432,7 +432,9 @@ def profile_markdown(result) -> str:
               f"{result['load_avg'][0]:.1f}.  XLA: thunk times from `jax.profiler`, fused "
               "kernels counted under their root op; PyTorch: `torch.profiler` self CPU times "
               "(`benchmarks/cyclegan_profile.py`).  Profiler overhead inflates PyTorch's many "
-              "small ops more than XLA's few large kernels."), ""]
+              "small ops more than XLA's few large kernels.  The differences, not the absolute "
+              "values, are the result: both sides' kernels are inflated alike when the core is "
+              "shared (compare the last row's wall and CPU times)."), ""]
     lines += profile.markdown(result["xla"], result["torch"])
     for side in ("xla", "torch"):
         lines += ["", f"Largest {side} ops (ms per step): " + "; ".join(
