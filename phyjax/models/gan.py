@@ -59,8 +59,9 @@ def instance_norm(x, eps: float = 1e-5):
     With its gradient written out (``y = (x - mean) / sd``: ``dx = (g - mean(g) - y mean(g y))
     / sd``, what PyTorch's ``native_batch_norm_backward`` computes): two reductions and one
     element-wise pass over the saved output, where autodiff of the two-pass forward makes XLA
-    re-derive ``x - mean`` and reduce through the variance's chain rule (the step's CPU time
-    -3 % with this and :class:`Conv`'s cancelled bias, ``benchmarks/cyclegan_step.py``).
+    re-derive ``x - mean`` and reduce through the variance's chain rule.  With :class:`Conv`'s
+    cancelled bias: the CycleGAN step's CPU time -2 to -3 % (before/after steps interleaved in
+    one process; inside the round-to-round spread of ``benchmarks/cyclegan_step.py``).
     Same values and gradients as flax's ``nn.InstanceNorm`` to float rounding (tested)."""
     return _instance_norm_fwd(x, eps)[0]
 
