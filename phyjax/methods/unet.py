@@ -2,7 +2,9 @@
 
 :class:`phyjax.models.ConditionalUNet` on the same 2.5-D slice pairs, sites, batches, steps,
 optimizer and image losses as PhyCHarm (``w_harm * L1 + w_ssim * (1 - SSIM)``), predicting a
-residual on the centre slice when ``config.unet.residual``.  ``config.unet.condition``:
+residual on the centre slice when ``config.unet.residual``; ``config.unet.w_hist`` (0 by
+default: the plain supervised baseline) adds PhyCHarm's intensity-distribution term, to tell
+what that term buys apart from the physics.  ``config.unet.condition``:
 ``"none"`` gives it no acquisition information, ``"protocol"`` feeds the encoded source
 protocol through FiLM.
 """
@@ -14,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from phyjax.data.split import TrainingSet, require_training_set
-from phyjax.losses import masked_l1, ssim_loss
+from phyjax.losses import intensity_distribution, masked_l1, ssim_loss
 from phyjax.methods import networks
 from phyjax.methods.base import fitted_fields, register
 from phyjax.models.unet import ConditionalUNet
@@ -75,6 +77,7 @@ def fit(config, train: TrainingSet, name: str = "unet", *, workdir: str, progres
     """Train the U-Net on ``train`` with ``config.train`` (checkpoints in ``workdir``)."""
     train = require_training_set(train)
     cfg, t = unet_config(config), config.train
+    w_hist = float(config.unet.get("w_hist", 0.0))
     data = networks.SlicePairs(train, len(cfg["features"]), config.data.min_mask_fraction,
                                cfg["context"], method="The supervised U-Net", directory=workdir)
 
@@ -94,7 +97,11 @@ def fit(config, train: TrainingSet, name: str = "unet", *, workdir: str, progres
         l1 = masked_l1(out, batch["target"], batch["mask"])
         l_ssim = ssim_loss(out, batch["target"], batch["mask"])
         loss = t.w_harm * l1 + t.w_ssim * l_ssim
-        return loss, {"loss": loss, "l1": l1, "ssim": 1.0 - l_ssim}
+        metrics = {"l1": l1, "ssim": 1.0 - l_ssim}
+        if w_hist:
+            metrics["hist"] = intensity_distribution(out, batch["target"], batch["mask"])
+            loss = loss + w_hist * metrics["hist"]
+        return loss, {"loss": loss, **metrics}
 
     def batch_fn(i):
         site, idx = data.sample(i, t.batch_size, config.seed)
