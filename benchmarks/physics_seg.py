@@ -14,9 +14,10 @@ Usage::
         --root runs/physics_seg_bench --out benchmarks/results/physics_seg \\
         [--set train.steps=2400 --set data.reconstruction=signed ...] [--reuse]
 
-The README's two tables: ``--set data.reconstruction=signed`` (the paper's branch inputs) and
-``--set data.reconstruction=signed --set model.conditioning=add+contrast`` (the branch fed the
-protocol's tissue contrast; ``benchmarks/results/physics_seg_contrast``).
+The README's two tables: ``--set data.reconstruction=signed --set model.conditioning=add``
+(the paper's branch inputs) and ``--set data.reconstruction=signed --set
+model.conditioning=add+contrast`` (the branch fed the protocol's tissue contrast, the default;
+``benchmarks/results/physics_seg_contrast``).
 
 ``--reuse`` tabulates finished runs under ``--root`` (``seed<s>/summary.csv``) without
 rerunning them; a run is resumed (``phyjax.main``'s checkpoints) when its folder exists.

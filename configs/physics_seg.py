@@ -63,11 +63,12 @@ def get_config(arg: str | None = None) -> ConfigDict:
     model.features = (16, 32, 64)
     model.branch_width = 32
     model.context = 1            # neighbouring slices on each side as input channels
-    model.conditioning = "add"   # physics branch into the U-Net: "add" (paper) or "film", then
-                                 # options: "+contrast" (the branch reads the protocol's WM/GM/CSF
-                                 # signal ratios instead of the parameters: SPGR's CoV falls below
-                                 # the no-branch U-Net's, README), "+both" (parameters and ratios),
-                                 # "+zero" (add's projections start at zero); see
+    model.conditioning = "add+contrast"  # physics branch into the U-Net: "add" (paper) or
+                                 # "film", then options: "+contrast" (default: the branch reads the
+                                 # protocol's WM/GM/CSF signal ratios instead of the parameters;
+                                 # SPGR's CoV falls below the no-branch U-Net's, README), "+both"
+                                 # (parameters and ratios), "+zero" (add's projections start at
+                                 # zero); "add" alone is the paper's design; see
                                  # phyjax.segment.model.CONDITIONINGS
     model.condition_encoder = False  # also condition the encoder and bottleneck blocks
     model.normalize_params = "family"  # physics-vector standardization: "family" (training
