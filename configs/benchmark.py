@@ -14,9 +14,10 @@ subjects), per-subject CSVs, site-difference CSVs and figures into --workdir (se
 phyjax/experiments/benchmark.py).  Data, model and training sections are PhyCHarm's
 (configs/phycharm.py), so PhyCHarm and the supervised U-Net get the same data and training budget.
 
-Expected runtime on 2 CPU cores: default 47 min measured with another job on the cores (PhyCHarm
-paired and unpaired ~10 min each, U-Net ~5 min, ~200 DIPY segmentations ~15 min, radiomics ~3 min;
-29 min idle before phycharm_unpaired was added); debug ~2 min.
+Expected runtime: about an hour on 2 CPU cores.  Measured on one core while another engineer
+used the other (runs/benchmark_v6, 5-slice context): PhyCHarm paired ~12 min and unpaired ~22
+min, U-Net ~12 min, ComBat ~6 min, evaluation (~250 DIPY segmentations, radiomics) ~29 min;
+debug ~2 min.
 Every field below can be overridden with --config.<path>=<value>; an unknown key is an error.
 """
 
