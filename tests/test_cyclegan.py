@@ -170,6 +170,9 @@ def test_phase_transposed_convolutions_equal_flax_layers(net):
                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
         np.testing.assert_allclose(np.asarray(upsample_conv(xx, kk)), np.asarray(ref),
                                    rtol=1e-5, atol=1e-5)
+    # an unknown implementation is refused by every layer, not replaced by flax's
+    with pytest.raises(ValueError, match="conv_impl"):
+        net.clone(conv_impl="bogus").init(jax.random.key(1), x)
 
 
 def test_residual_generators_start_at_the_identity_and_can_leave_it():

@@ -198,13 +198,17 @@ class Conv(nn.Module):
 CONV_IMPLS = ("phases", "lax")
 
 
+def _check_impl(impl: str) -> None:
+    if impl not in CONV_IMPLS:
+        raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {impl!r}.")
+
+
 def _down(impl: str, features: int, k: int, name: str, use_bias: bool = True,
           normed: bool = False):
     """A stride-2 ``k x k`` convolution with padding 1: flax's ``Conv`` (``impl="lax"``, or an
     un-normalized output) or :class:`Conv` with the bias left out before an instance norm
     (``normed``)."""
-    if impl not in CONV_IMPLS:
-        raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {impl!r}.")
+    _check_impl(impl)
     if impl == "phases" and normed:
         return Conv(features, k, 2, ((1, 1), (1, 1)), use_bias, bias_cancelled=True, name=name)
     return nn.Conv(features, (k, k), strides=(2, 2), padding=((1, 1), (1, 1)),
@@ -214,6 +218,7 @@ def _down(impl: str, features: int, k: int, name: str, use_bias: bool = True,
 def _conv(impl: str, features: int, k: int, name: str | None = None, normed: bool = False):
     """A stride-1 ``k x k`` 'VALID' convolution (the input is reflection-padded): flax's
     ``Conv`` (``impl="lax"``) or :class:`Conv` (bias left out before an instance norm)."""
+    _check_impl(impl)
     if impl == "phases":
         return Conv(features, k, bias_cancelled=normed, name=name)
     return nn.Conv(features, (k, k), padding="VALID", name=name)
@@ -222,13 +227,12 @@ def _conv(impl: str, features: int, k: int, name: str | None = None, normed: boo
 def _up(impl: str, features: int, k: int, name: str, kernel_init=None, normed: bool = False):
     """A x2 transposed ``k x k`` convolution, padding 'SAME': :class:`UpConv` (``impl="phases"``)
     or flax's ``ConvTranspose`` (``"lax"``)."""
+    _check_impl(impl)
     init = kernel_init or nn.initializers.lecun_normal()
     if impl == "phases":
         return UpConv(features, k, init, bias_cancelled=normed, name=name)
-    if impl == "lax":
-        return nn.ConvTranspose(features, (k, k), strides=(2, 2), padding="SAME",
-                                kernel_init=init, name=name)
-    raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {impl!r}.")
+    return nn.ConvTranspose(features, (k, k), strides=(2, 2), padding="SAME",
+                            kernel_init=init, name=name)
 
 
 def _check_multiple(x, multiple: int, name: str):
