@@ -61,6 +61,9 @@ def get_config(arg: str | None = None) -> ConfigDict:
     data.partial_volume = "signal"  # voxels mixing tissues: "signal" (each tissue's signal
                                     # weighted by its fraction, as in a scanner) or "parameter"
                                     # (the signal of the mean T1/PD; the pre-format-4 data)
+    data.test_anatomy = "mni152"  # held-out subjects made from the training template, or from
+                                  # "real_philips": one real head (FAST maps of a Philips T1w)
+                                  # that no method trains on (phyjax.data.synthetic)
     data.min_mask_fraction = 0.15  # axial slices with less brain than this are not trained on
     data.target_site = "reference"
     data.sites = ConfigDict(dict(

@@ -14,6 +14,8 @@ of any harmonization) go to ``derivatives/phyjax-sim``.
 
 Partial volume is imaged at the signal level (:func:`signed_image`), subjects carry random
 atrophy (:func:`atrophy`), and the sites include a thick-slice 2-D spin echo (format 4).
+With ``data.test_anatomy="real_philips"`` the held-out subjects are made from a second, real
+anatomy instead (:func:`load_real_anatomy`): heads no method was trained on.
 """
 
 from __future__ import annotations
@@ -128,14 +130,7 @@ def load_anatomy(voxel_size: int = 2):
     gm = np.asarray(gm_img.get_fdata(), np.float32).clip(0, 1)
     wm = np.asarray(datasets.load_mni152_wm_template(resolution=int(voxel_size)).get_fdata(),
                     np.float32).clip(0, 1)
-    # Brain region: parenchyma closed and hole-filled (ventricles), plus a thin rim of
-    # sulcal/extra-axial CSF.
-    parenchyma = (gm + wm) > 0.5
-    region = ndimage.binary_closing(parenchyma, iterations=2)
-    region = ndimage.binary_fill_holes(region)
-    region = ndimage.binary_dilation(region, iterations=1)
-    csf = np.clip(1.0 - gm - wm, 0.0, 1.0) * region
-    gm, wm = gm * region, wm * region
+    probs, region = _tissue_region(gm, wm)
     # Crop to the region's bounding box plus a margin, keeping the affine exact.
     idx = np.argwhere(region)
     lo = np.maximum(idx.min(0) - 3, 0)
@@ -143,8 +138,74 @@ def load_anatomy(voxel_size: int = 2):
     sl = tuple(slice(a, b) for a, b in zip(lo, hi))
     affine = gm_img.affine.copy()
     affine[:3, 3] = affine[:3, :3] @ lo + affine[:3, 3]
-    probs = np.stack([csf[sl], gm[sl], wm[sl]]).astype(np.float32)
-    return probs, region[sl], affine
+    return probs[(slice(None),) + sl], region[sl], affine
+
+
+def _tissue_region(gm, wm):
+    """``(probs (3, X, Y, Z) csf/gm/wm, region)`` from GM and WM probabilities: the brain region
+    is the parenchyma closed and hole-filled (ventricles) plus a thin rim of sulcal/extra-axial
+    CSF; CSF fills the region's remainder."""
+    parenchyma = (gm + wm) > 0.5
+    region = ndimage.binary_closing(parenchyma, iterations=2)
+    region = ndimage.binary_fill_holes(region)
+    region = ndimage.binary_dilation(region, iterations=1)
+    csf = np.clip(1.0 - gm - wm, 0.0, 1.0) * region
+    return np.stack([csf, gm * region, wm * region]).astype(np.float32), region
+
+
+#: Anatomies the held-out subjects of the default dataset can be made from
+#: (``data.test_anatomy``): ``mni152`` -- the training template (the default);
+#: ``real_philips`` -- one real adult head, the FSL FAST GM/WM partial-volume maps of a 1 mm
+#: Philips 3D T1w shipped in ``phyjax/data/anatomy`` (see its README: BSD-2-Clause).
+TEST_ANATOMIES = ("mni152", "real_philips")
+_ANATOMY_DIR = os.path.join(os.path.dirname(__file__), "anatomy")
+
+
+def load_real_anatomy(voxel_size: int, shape, name: str = "real_philips"):
+    """A real subject's tissue probabilities ``(3, *shape)`` (csf, gm, wm) at ``voxel_size`` mm.
+
+    The 1 mm FAST GM/WM maps are cut to their largest connected component (the shipped scan has
+    two synthetic spheres beside the left hemisphere), averaged over ``voxel_size``^3 blocks
+    (exact partial volumes at an integer voxel size), given the brain region and CSF of
+    :func:`load_anatomy`'s recipe, and centred (by the region's bounding box) in an array of
+    ``shape`` -- the template crop's grid, so held-out and training subjects share one grid
+    and affine.  The head is not registered to MNI space: it keeps its own size, shape and
+    folding (RAS axes as the template's).
+
+    Raises ValueError for an unknown ``name`` or a head larger than ``shape``.
+    """
+    if name != "real_philips":
+        raise ValueError(f"data.test_anatomy={name!r}; expected one of {TEST_ANATOMIES}.")
+    import nibabel as nib
+
+    maps = []
+    for tissue in ("gm", "wm"):
+        img = nib.load(os.path.join(_ANATOMY_DIR, f"philips_t1w_fast_pve_{tissue}.nii.gz"))
+        if nib.aff2axcodes(img.affine) != ("R", "A", "S"):
+            raise ValueError(f"{img.get_filename()}: expected RAS axes, got "
+                             f"{nib.aff2axcodes(img.affine)}.")
+        maps.append(np.asarray(img.get_fdata(), np.float32).clip(0, 1))
+    gm, wm = maps
+    labels, _ = ndimage.label((gm + wm) > 0.5)
+    head = labels == np.argmax(np.bincount(labels.ravel())[1:]) + 1
+    head = ndimage.binary_dilation(head, iterations=3)   # keep the partial-volume rim
+    gm, wm = gm * head, wm * head
+    v = int(voxel_size)
+    crop = tuple(slice(0, (n // v) * v) for n in gm.shape)
+    gm, wm = (m[crop].reshape(m[crop].shape[0] // v, v, m[crop].shape[1] // v, v,
+                              m[crop].shape[2] // v, v).mean((1, 3, 5)) for m in (gm, wm))
+    probs, region = _tissue_region(gm, wm)
+    idx = np.argwhere(region)
+    lo, hi = idx.min(0), idx.max(0) + 1
+    size = hi - lo
+    if np.any(size > np.asarray(shape)):
+        raise ValueError(f"the {name} head ({tuple(size)} voxels) does not fit the template "
+                         f"grid {tuple(shape)} at {voxel_size} mm.")
+    out = np.zeros((3,) + tuple(shape), np.float32)
+    start = (np.asarray(shape) - size) // 2
+    dst = tuple(slice(a, a + n) for a, n in zip(start, size))
+    out[(slice(None),) + dst] = probs[(slice(None),) + tuple(slice(a, b) for a, b in zip(lo, hi))]
+    return out
 
 
 def _smooth_field(rng, shape, sigma_vox):
@@ -305,7 +366,20 @@ def _to_plain(cfg):
     out["atrophy"] = float(cfg.get("atrophy", 0.0))
     out["partial_volume"] = str(cfg.get("partial_volume", "parameter"))
     out["target_site"] = str(cfg.get("target_site", "reference"))   # whose re-scan is written
+    test_anatomy = str(cfg.get("test_anatomy", "mni152"))
+    if test_anatomy != "mni152":   # only then: the default dataset's fingerprint is unchanged
+        out["test_anatomy"] = test_anatomy
+        out["n_test"] = int(cfg["n_test"])   # with "seed", which subjects are held out
     return out
+
+
+def held_out_labels(cfg) -> tuple[str, ...]:
+    """Subject labels the experiments' split (``data.n_test``, ``data.seed``;
+    :func:`phyjax.data.split.split_subjects`) holds out of the default dataset."""
+    from phyjax.data.split import split_subjects
+
+    labels = [f"{i + 1:02d}" for i in range(int(cfg["n_subjects"]))]
+    return tuple(split_subjects(labels, int(cfg["n_test"]), int(cfg["seed"]))[1])
 
 
 def _write_subject(root: str, i: int, cfg: dict, probs, affine, field_strengths, base_key):
@@ -381,8 +455,16 @@ def build_default_dataset(data_cfg, cache_dir: str, progress: bool = True) -> st
     if not 0.0 <= cfg["atrophy"] < 1.0:
         raise ValueError(f"data.atrophy={cfg['atrophy']} must be in [0, 1).")
     os.makedirs(cache_dir, exist_ok=True)
+    test_anatomy = cfg.get("test_anatomy", "mni152")
+    if test_anatomy not in TEST_ANATOMIES:
+        raise ValueError(f"data.test_anatomy={test_anatomy!r}; expected one of "
+                         f"{TEST_ANATOMIES}.")
     tmp = tempfile.mkdtemp(prefix=".building-", dir=cache_dir)
-    probs, mask, affine = load_anatomy(cfg["voxel_size"])
+    probs, _, affine = load_anatomy(cfg["voxel_size"])
+    anatomy_of = {}   # subject label -> tissue probabilities it is made from (default: template)
+    if test_anatomy != "mni152":
+        real = load_real_anatomy(cfg["voxel_size"], probs.shape[1:], test_anatomy)
+        anatomy_of = {label: real for label in held_out_labels(cfg)}
     sites = cfg["sites"]
     field_strengths = sorted({float(s["field_strength"]) for s in sites.values()})
     base_key = jax.random.key(cfg["seed"])
@@ -391,14 +473,17 @@ def build_default_dataset(data_cfg, cache_dir: str, progress: bool = True) -> st
     bar = tqdm(total=n * len(sites), desc="building default dataset", disable=not progress)
     for i in range(n):
         participants.append(f"sub-{i + 1:02d}")
-        _write_subject(tmp, i, cfg, probs, affine, field_strengths, base_key)
+        _write_subject(tmp, i, cfg, anatomy_of.get(f"{i + 1:02d}", probs), affine,
+                       field_strengths, base_key)
         bar.update(len(sites))
     bar.close()
     write_site_table(os.path.join(tmp, bids.SITE_TABLE), sites)
     with open(os.path.join(tmp, "participants.tsv"), "w") as f:
         f.write("\n".join(participants) + "\n")
     with open(os.path.join(tmp, "dataset_description.json"), "w") as f:
-        json.dump({"Name": "phyjax default multi-site dataset (MNI152 2009a anatomy)",
+        json.dump({"Name": "phyjax default multi-site dataset (MNI152 2009a anatomy"
+                           + (f"; held-out subjects: {test_anatomy}" if anatomy_of else "")
+                           + ")",
                    "BIDSVersion": "1.9.0", "DatasetType": "raw",
                    "GeneratedBy": [{"Name": "phyjax", "Description": json.dumps(cfg)}]}, f,
                   indent=2)
