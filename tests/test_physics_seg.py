@@ -215,6 +215,47 @@ def test_contrast_features_and_branch_options():
     np.testing.assert_array_equal(model.apply(v, x, a), model.apply(v, x, a.at[:, 4].add(1.0)))
 
 
+def test_magnitude_contrast_features_are_what_a_magnitude_image_shows():
+    from phyjax.physics import tissues
+    from phyjax.segment.model import contrast_features
+    from phyjax.segment.train import make_model, parameter_statistics
+
+    # oracle: the static MPRAGE equation (Jog et al. 2015), |1 - 2 exp(-TI/T1) / (1 +
+    # exp(-TR/T1))| PD exp(-TE/T2*), written out here
+    tp = tissues.tissue_parameters(3.0)
+    for p in (MPRAGE_EARLY, MPRAGE_LATE):
+        s = np.array([tp[t].pd * np.exp(-p.te / tp[t].t2star)
+                      * (1 - 2 * np.exp(-p.ti / tp[t].t1) / (1 + np.exp(-p.tr / tp[t].t1)))
+                      for t in ("wm", "gm", "csf")])
+        np.testing.assert_allclose(np.asarray(contrast_features(physics_vector(p), True)),
+                                   np.abs(s) / np.abs(s).max(), rtol=1e-4, atol=1e-6)
+    # at TI 0.6 s GM and CSF are before their nulls (negative), WM after: the signed features
+    # keep that, the magnitude ones show CSF > GM > WM, as the magnitude image does
+    signed = np.asarray(contrast_features(physics_vector(MPRAGE_EARLY)))
+    mag = np.asarray(contrast_features(physics_vector(MPRAGE_EARLY), True))
+    assert signed[0] > 0 > signed[1] > signed[2] and mag[2] > mag[1] > mag[0] > 0
+    # SPGR signals are positive: both conventions agree
+    p = physics_vector(Protocol.from_degrees("spgr", tr=0.087, te=0.0071, flip_angle_deg=22.2))
+    np.testing.assert_array_equal(contrast_features(p), contrast_features(p, True))
+    # the setting travels with a saved model; models saved without it load signed (as trained)
+    raw = np.stack([physics_vector(MPRAGE_EARLY), physics_vector(MPRAGE_LATE)])
+    mean, std = parameter_statistics(raw, by_family=False, magnitude=True)
+    np.testing.assert_allclose(np.asarray(mean[PHYSICS_SIZE:EXTENDED_SIZE]),
+                               np.abs(np.asarray(extended_vector(raw))[:, PHYSICS_SIZE:]).mean(0),
+                               rtol=1e-5)
+    base = {"features": [4, 8], "physics": True, "branch_width": 8,
+            "conditioning": "add+contrast"}
+    assert make_model({**base, "contrast": "magnitude"}).contrast_magnitude
+    assert not make_model(base).contrast_magnitude
+    x = jnp.asarray(np.random.default_rng(5).random((1, 8, 8, 1)), jnp.float32)
+    a = jnp.asarray(physics_vector(MPRAGE_EARLY))[None]
+    m_signed, m_mag = make_model(base), make_model({**base, "contrast": "magnitude"})
+    v = _numpy_init(m_signed, x, a)
+    assert float(jnp.max(jnp.abs(m_signed.apply(v, x, a) - m_mag.apply(v, x, a)))) > 1e-4
+    b = jnp.asarray(p)[None]
+    np.testing.assert_array_equal(m_signed.apply(v, x, b), m_mag.apply(v, x, b))
+
+
 def test_gold_standard_is_the_normalized_normal_likelihood():
     r1 = np.array([0.1, 0.24, 0.45, 0.683, 0.8595, 1.036, 1.5])
     got = np.asarray(gold.r1_probabilities(r1))

@@ -53,6 +53,14 @@ def ranges_of(config) -> dict:
     return out
 
 
+def contrast_of(config) -> str:
+    """The sign convention of the branch's contrast features: ``config.model.contrast``, with
+    ``image`` resolved to the training images' (``data.reconstruction``: ``magnitude`` gives
+    absolute signals, as a magnitude image shows them)."""
+    c = config.model.contrast
+    return config.data.reconstruction if c == "image" else c
+
+
 def _effect_ranges(section) -> dict:
     return {k: tuple(float(x) for x in v) for k, v in section.items()}
 
@@ -78,8 +86,9 @@ def train_models(config, workdir: str, heads) -> dict[str, Segmenter]:
                               progress=config.progress, reconstruction=d.reconstruction)
     out = {}
     norm = m.normalize_params
-    mean, std = ([], []) if norm == "none" else parameter_statistics(bank.params,
-                                                                     norm == "family")
+    contrast = contrast_of(config)
+    mean, std = ([], []) if norm == "none" else parameter_statistics(
+        bank.params, norm == "family", magnitude=contrast == "magnitude")
     for key in config.eval.methods:
         if key not in MODELS:
             continue
@@ -87,7 +96,7 @@ def train_models(config, workdir: str, heads) -> dict[str, Segmenter]:
         settings = {"features": list(m.features), "physics": physics,
                     "branch_width": int(m.branch_width), "conditioning": m.conditioning,
                     "condition_encoder": bool(m.condition_encoder),
-                    "param_mean": mean, "param_std": std,
+                    "param_mean": mean, "param_std": std, "contrast": contrast,
                     "context": int(m.context),
                     "voxel_mm": float(d.voxel_size), "ranges": ranges_of(config),
                     "families": list(d.families), "gold": _gold_kwargs(config),
@@ -267,6 +276,9 @@ def check_config(config) -> None:
     if config.model.conditioning not in CONDITIONINGS:
         raise InputError(f"config.model.conditioning={config.model.conditioning!r}; expected one "
                          f"of {CONDITIONINGS}.")
+    if config.model.contrast not in ("image", "signed", "magnitude"):
+        raise InputError(f"config.model.contrast={config.model.contrast!r}; expected 'image', "
+                         "'signed' or 'magnitude'.")
     if config.model.normalize_params not in ("family", "global", "none"):
         raise InputError(f"config.model.normalize_params={config.model.normalize_params!r}; "
                          "expected 'family', 'global' or 'none'.")

@@ -58,11 +58,13 @@ def physics_vector(protocol: Protocol) -> np.ndarray:
                            np.asarray(exps, np.float32)]).astype(np.float32)
 
 
-def contrast_features(params):
+def contrast_features(params, magnitude: bool = False):
     """The contrast a protocol gives: the noise-free signed signal of WM, GM and CSF (3 T
     reference T1, T2*, PD of :mod:`phyjax.physics.tissues`) divided by the largest magnitude of
     the three, shape ``(..., CONTRAST_SIZE)``, from :func:`physics_vector` rows ``(...,
-    PHYSICS_SIZE)`` (jnp or numpy).
+    PHYSICS_SIZE)`` (jnp or numpy).  ``magnitude``: the absolute values instead -- the contrast
+    a magnitude image shows (they differ only where a tissue's MPRAGE signal is negative, i.e.
+    before its inversion null; SPGR signals are positive).
 
     SPGR rows use :func:`phyjax.physics.signal.spgr` at their TR, TE and flip angle; MPRAGE rows
     the static equation (:func:`phyjax.physics.signal.mprage`) at their TR, TI and TE; rows of
@@ -80,13 +82,15 @@ def contrast_features(params):
     mprage = signal.mprage(t1, t2s, pd, jnp.maximum(tr, 1e-4), ti, te)
     s = (onehot[..., SEQUENCES.index("spgr"), None] * spgr
          + onehot[..., SEQUENCES.index("mprage"), None] * mprage)
+    s = jnp.abs(s) if magnitude else s
     return s / jnp.maximum(jnp.max(jnp.abs(s), axis=-1, keepdims=True), 1e-6)
 
 
-def extended_vector(params):
-    """``[physics vector, contrast_features]``, shape ``(..., EXTENDED_SIZE)`` (jnp)."""
+def extended_vector(params, magnitude: bool = False):
+    """``[physics vector, contrast_features(magnitude)]``, shape ``(..., EXTENDED_SIZE)``
+    (jnp)."""
     p = jnp.asarray(params, jnp.float32)
-    return jnp.concatenate([p, contrast_features(p)], axis=-1)
+    return jnp.concatenate([p, contrast_features(p, magnitude)], axis=-1)
 
 
 class ConvBlock(nn.Module):
@@ -167,6 +171,8 @@ class SegmentationUNet(nn.Module):
         the branch, flattened ``(K, PHYSICS_SIZE)``: K = 1, one row for every protocol, or
         K = ``len(SEQUENCES)``, one row per family, chosen by the vector's one-hot family
         (:func:`phyjax.segment.train.parameter_statistics`); empty = none.
+      contrast_magnitude: the branch's :func:`contrast_features` are those of magnitude images
+        (absolute signals), as the images of a magnitude-trained model are; default signed.
     """
 
     features: Sequence[int] = (16, 32, 64)
@@ -178,12 +184,13 @@ class SegmentationUNet(nn.Module):
     condition_encoder: bool = False
     param_mean: Sequence[float] = ()
     param_std: Sequence[float] = ()
+    contrast_magnitude: bool = False
 
     def branch(self, params, param_noise=None):
         _, inputs, _ = parse_conditioning(self.conditioning)
         n_stats, width = len(self.param_mean), PHYSICS_SIZE
         if inputs != "parameters" or (n_stats and n_stats % EXTENDED_SIZE == 0):
-            params, width = extended_vector(params), EXTENDED_SIZE
+            params, width = extended_vector(params, self.contrast_magnitude), EXTENDED_SIZE
         if n_stats:
             if n_stats % width:
                 raise ValueError(f"{n_stats} standardization values do not fit physics vectors "

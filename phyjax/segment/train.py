@@ -71,23 +71,25 @@ def segmentation_loss(name: str, logits, target, mask):
 def make_model(settings: dict) -> SegmentationUNet:
     """The :class:`SegmentationUNet` of a settings dict (``features``, ``physics``,
     ``branch_width``; optional ``conditioning`` (default ``"add"``), ``condition_encoder``
-    (False) and ``param_mean`` / ``param_std`` (none) -- models saved before these existed load
-    as they were trained)."""
+    (False), ``param_mean`` / ``param_std`` (none) and ``contrast`` (``"signed"``; or
+    ``"magnitude"``: absolute contrast features) -- models saved before these existed load as
+    they were trained)."""
     return SegmentationUNet(features=tuple(settings["features"]), n_classes=3,
                             physics=bool(settings["physics"]),
                             branch_width=int(settings["branch_width"]),
                             conditioning=str(settings.get("conditioning", "add")),
                             condition_encoder=bool(settings.get("condition_encoder", False)),
                             param_mean=tuple(float(v) for v in settings.get("param_mean", ())),
-                            param_std=tuple(float(v) for v in settings.get("param_std", ())))
+                            param_std=tuple(float(v) for v in settings.get("param_std", ())),
+                            contrast_magnitude=settings.get("contrast", "signed") == "magnitude")
 
 
-def parameter_statistics(params: np.ndarray, by_family: bool = True, floor: float = 1e-3
-                         ) -> tuple[list, list]:
+def parameter_statistics(params: np.ndarray, by_family: bool = True, floor: float = 1e-3,
+                         magnitude: bool = False) -> tuple[list, list]:
     """Standardization of physics vectors ``(N, PHYSICS_SIZE)`` for the branch: flattened
     mean and sd (floored at ``floor``, so constant entries pass through centred) of their
-    :func:`~phyjax.segment.model.extended_vector` (the vector and its contrast features), rows
-    of ``EXTENDED_SIZE``.
+    :func:`~phyjax.segment.model.extended_vector` (the vector and its contrast features, of
+    magnitude images if ``magnitude``), rows of ``EXTENDED_SIZE``.
 
     ``by_family``: one row per family of :data:`~phyjax.physics.sequences.SEQUENCES` (the
     statistics of that family's rows; the global ones for a family absent from ``params``),
@@ -95,7 +97,7 @@ def parameter_statistics(params: np.ndarray, by_family: bool = True, floor: floa
     over MPRAGE and SPGR, the SPGR TR span of 15-100 ms is 0.07 sd of a TR that also holds
     MPRAGE's 2.4 s).  The one-hot family itself is left as it is (mean 0, sd 1).
     """
-    params = np.asarray(extended_vector(np.asarray(params, np.float32)), np.float64)
+    params = np.asarray(extended_vector(np.asarray(params, np.float32), magnitude), np.float64)
     onehot = params[:, FAMILY_SLICE]
     glob = params.mean(0), np.maximum(params.std(0), floor)
     rows = []
