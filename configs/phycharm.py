@@ -64,6 +64,9 @@ def get_config(arg: str | None = None) -> ConfigDict:
     data.test_anatomy = "mni152"  # held-out subjects made from the training template, or from
                                   # "real_philips": one real head (FAST maps of a Philips T1w)
                                   # that no method trains on (phyjax.data.synthetic)
+    data.anatomy_sharpness = 0.0  # > 0: each template subject's partial-volume band narrowed
+                                  # (tissue shares ^ gamma, gamma ~ U[1, 1 + this]; crisper, as
+                                  # one head is than the population template)
     data.min_mask_fraction = 0.15  # axial slices with less brain than this are not trained on
     data.target_site = "reference"
     data.sites = ConfigDict(dict(

@@ -104,3 +104,23 @@ def test_held_out_subjects_are_made_from_the_real_head(tmp_path):
         expected = real_ml if label in held_out else template_ml
         # Deformation (4 mm) and atrophy keep the region within a few % of its anatomy's.
         assert ml == pytest.approx(expected, rel=0.08), (label, ml, real_ml, template_ml)
+
+
+def test_sharpen_narrows_partial_volume_and_keeps_each_voxels_total():
+    rng = np.random.default_rng(0)
+    a = rng.uniform(0.0, 1.0, (4, 5, 6))
+    total = rng.uniform(0.2, 1.0, a.shape)
+    probs = np.stack([a * total, (1 - a) * total, np.zeros_like(a)]).astype(np.float32)
+    out = synthetic.sharpen(probs, 2.0)
+    # Two tissues with shares (a, 1 - a): a^2 / (a^2 + (1 - a)^2), written out.
+    expected = a ** 2 / (a ** 2 + (1 - a) ** 2) * total
+    np.testing.assert_allclose(out[0], expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out.sum(0), probs.sum(0), rtol=1e-5)
+    np.testing.assert_array_equal(np.argmax(out, 0), np.argmax(probs, 0))
+    assert synthetic.sharpen(probs, 1.0) is probs
+    # On the template: more voxels of one pure tissue, the region untouched.
+    template, region, _ = synthetic.load_anatomy(4)
+    crisp = synthetic.sharpen(template, 2.0)
+    purity = [(q.max(0)[region] / q.sum(0)[region] > 0.9).mean() for q in (template, crisp)]
+    assert purity[1] > purity[0] + 0.1
+    np.testing.assert_allclose(crisp.sum(0), template.sum(0), atol=1e-5)
