@@ -70,8 +70,11 @@ def get_config(arg: str | None = None) -> ConfigDict:
                                  # (parameters and ratios), "+zero" (add's projections start at
                                  # zero); "add" alone is the paper's design; see
                                  # phyjax.segment.model.CONDITIONINGS
-    model.contrast = "signed"    # contrast features' sign: "signed", "magnitude" (|signal|, as a
-                                 # magnitude image shows it) or "image" (data.reconstruction's)
+    model.contrast = "signed"    # contrast features' sign: "signed" (default: with magnitude
+                                 # images too, the sign tells the branch which tissues are before
+                                 # their inversion null), "magnitude" (|signal|, as the image
+                                 # shows it; seed 0: MPRAGE CoV 2.6x / 1.4x higher, README) or
+                                 # "image" (data.reconstruction's)
     model.condition_encoder = False  # also condition the encoder and bottleneck blocks
     model.normalize_params = "family"  # physics-vector standardization: "family" (training
                                        # statistics per family), "global" or "none"
