@@ -239,7 +239,7 @@ def test_magnitude_contrast_features_are_what_a_magnitude_image_shows():
     np.testing.assert_array_equal(contrast_features(p), contrast_features(p, True))
     # the setting travels with a saved model; models saved without it load signed (as trained)
     raw = np.stack([physics_vector(MPRAGE_EARLY), physics_vector(MPRAGE_LATE)])
-    mean, std = parameter_statistics(raw, by_family=False, magnitude=True)
+    mean, _ = parameter_statistics(raw, by_family=False, magnitude=True)
     np.testing.assert_allclose(np.asarray(mean[PHYSICS_SIZE:EXTENDED_SIZE]),
                                np.abs(np.asarray(extended_vector(raw))[:, PHYSICS_SIZE:]).mean(0),
                                rtol=1e-5)
@@ -254,6 +254,33 @@ def test_magnitude_contrast_features_are_what_a_magnitude_image_shows():
     assert float(jnp.max(jnp.abs(m_signed.apply(v, x, a) - m_mag.apply(v, x, a)))) > 1e-4
     b = jnp.asarray(p)[None]
     np.testing.assert_array_equal(m_signed.apply(v, x, b), m_mag.apply(v, x, b))
+
+
+def test_segment_mode_gives_the_branch_the_flip_angle_mprage_was_trained_with():
+    from phyjax.segment.infer import network_protocol
+    from phyjax.segment.simulate import PAPER_RANGES, sample_protocols
+    from phyjax.segment.train import Segmenter, make_model, parameter_statistics
+
+    rng = np.random.default_rng(1)
+    raw = np.stack([physics_vector(p) for f in ("mprage", "spgr")
+                    for p in sample_protocols(f, PAPER_RANGES, 20, rng)])
+    mean, std = parameter_statistics(raw)
+    settings = {"features": [4, 8], "physics": True, "branch_width": 8, "conditioning": "add",
+                "param_mean": mean, "param_std": std, "context": 0, "voxel_mm": 3.0,
+                "ranges": json.loads(json.dumps(PAPER_RANGES))}
+    real = Protocol.from_degrees("mprage", tr=2.4, te=0.003, ti=0.9, flip_angle_deg=9.0)
+    static = Protocol.from_degrees("mprage", tr=2.4, te=0.003, ti=0.9)   # trained: flip 0
+    seg = Segmenter(settings, _numpy_init(make_model(settings), jnp.zeros((1, 8, 8, 1)),
+                                          jnp.zeros((1, PHYSICS_SIZE))))
+    assert network_protocol(seg, real) == static
+    spgr = Protocol.from_degrees("spgr", tr=0.05, te=0.005, flip_angle_deg=30.0)
+    assert network_protocol(seg, spgr) == spgr          # SPGR's flip is a trained variable
+    image = np.random.default_rng(2).random((8, 8, 4)).astype(np.float32)
+    mask = np.ones(image.shape, bool)
+    told = seg.predict(image, mask, physics_vector(network_protocol(seg, real)))
+    np.testing.assert_array_equal(told, seg.predict(image, mask, physics_vector(static)))
+    # the readout flip as read would reach the paper-input branch far outside training
+    assert np.abs(told - seg.predict(image, mask, physics_vector(real))).max() > 1e-3
 
 
 def test_gold_standard_is_the_normalized_normal_likelihood():

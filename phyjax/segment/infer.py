@@ -28,7 +28,7 @@ from phyjax.data.sidecar import FIELDS, protocol_to_sidecar
 from phyjax.data.volumes import normalize
 from phyjax.evaluate import report
 from phyjax.experiments.harmonize import input_reading, load_mask, working_grid
-from phyjax.physics.sequences import Protocol
+from phyjax.physics.sequences import REQUIRED, Protocol
 from phyjax.segment import evaluate, simulate
 from phyjax.segment.gold import CLASSES
 from phyjax.segment.model import physics_vector
@@ -67,15 +67,28 @@ def check_protocol(segmenter: Segmenter, protocol: Protocol, source: str,
     return problems
 
 
+def network_protocol(segmenter: Segmenter, protocol: Protocol) -> Protocol:
+    """``protocol`` as the network was trained to read it: a field the family's training signal
+    equation does not use (:data:`phyjax.physics.sequences.REQUIRED`: the static MPRAGE
+    equation has no flip angle) but which was fixed in training takes its training value.  A
+    real MPRAGE's readout flip (8-9 deg) would otherwise reach the paper-input branch as ~150
+    standard deviations of a flip angle that was always 0 in training."""
+    fixed = segmenter.settings["ranges"].get(protocol.sequence, {}).get("flip_angle")
+    if ("flip_angle" in REQUIRED.get(protocol.sequence, ()) or fixed is None
+            or isinstance(fixed, (list, tuple))):
+        return protocol
+    return protocol.replace(flip_angle=float(np.deg2rad(float(fixed))))
+
+
 def segment_image(segmenter: Segmenter, image: np.ndarray, img, mask: np.ndarray,
                   protocol: Protocol) -> np.ndarray:
     """Probabilities ``(X, Y, Z, 3)`` (CSF, GM, WM) on the input's own grid, 0 outside
-    ``mask``."""
+    ``mask``; the branch reads :func:`network_protocol` of ``protocol``."""
     v = float(segmenter.settings["voxel_mm"])
     affine = np.asarray(img.affine, np.float64)
     grid, data, grid_mask, resampled = working_grid(image, affine, mask, (v, v, v))
-    probs = segmenter.predict(normalize(data, grid_mask), grid_mask,
-                              physics_vector(protocol) if segmenter.physics else None)
+    params = physics_vector(network_protocol(segmenter, protocol)) if segmenter.physics else None
+    probs = segmenter.predict(normalize(data, grid_mask), grid_mask, params)
     if resampled:
         probs = np.stack([geometry.resample(probs[..., c], grid, affine, image.shape)
                           for c in range(3)], -1)
