@@ -1,9 +1,14 @@
 """Harmonize the real Philips T1w and measure what a radiologist would look at.
 
 The scan (``../shared/data/real_subject_philips``: skull-stripped 1 mm T1w with FSL FAST GM/WM
-partial-volume maps) publishes no acquisition parameters; as in the README they are given as a
-typical Philips 3-D T1-TFE without inversion (RF-spoiled GRE, TR 8.1 ms, TE 3.7 ms, 8 deg, 3 T),
-an assumption.  For each harmonizer folder and each resolution mode it reports:
+partial-volume maps) is the one T1w of ``neurolabusc/dcm_qa_philips_enh``, the Philips ADNI
+Sag3D MPRAGE (3D T1-TFE *with* a 0.9 s inversion delay, 256 readouts of 6.5 ms, 9 deg, 3 T); its
+dcm2niix sidecar ships as ``tests/data/vendor_t1_sidecars/Philips_R571_T1TFE_mprage_classic.json``
+and is read here with phyjax's reader.  It does not carry the shot interval (the time between
+inversions), which is given as ADNI-3's 2.3 s (``--tr-prep``), an assumption.  (Before this, the
+README and this script assumed a 3D T1-TFE *without* inversion -- an RF-spoiled GRE, TR 8.1 ms,
+8 deg: wrong physics, see ``benchmarks/results/real_philips_v6.md`` for what it gave.)  For each
+harmonizer folder and each resolution mode it reports:
 
 * **detail kept**: SSIM of the high-pass (image minus its Gaussian blur, sigma 1 voxel) of the
   harmonized image against the input's, inside the GM+WM mask (1 = every edge where it was);
@@ -29,6 +34,7 @@ from scipy import ndimage
 
 from phyjax import methods
 from phyjax.data.nifti import load_volume
+from phyjax.data.sidecar import read_protocol
 from phyjax.data.volumes import normalize
 from phyjax.evaluate.metrics import ssim
 from phyjax.evaluate.overlap import TISSUE_LABELS, binary_overlap
@@ -36,9 +42,17 @@ from phyjax.evaluate.segmentation import TissueSegmenter
 from phyjax.experiments.harmonize import harmonize_image
 from phyjax.physics.sequences import Protocol
 
-#: the assumed protocol (README, "Shown on a real scan")
-PHILIPS_TFE = Protocol.from_degrees("spgr", tr=0.0081, te=0.0037, flip_angle_deg=8,
-                                    field_strength=3.0)
+#: the scan's own dcm2niix sidecar (same series of neurolabusc/dcm_qa_philips_enh)
+SIDECAR = os.path.join(os.path.dirname(__file__), "..", "tests", "data", "vendor_t1_sidecars",
+                       "Philips_R571_T1TFE_mprage_classic.json")
+
+
+def scan_protocol(sidecar: str = SIDECAR, tr_prep: float = 2.3) -> Protocol:
+    """The scan's protocol: its sidecar read by phyjax (family, readout train, TI, flip, TE, B0),
+    the shot interval ``tr_prep`` (s) filled in as a site table would."""
+    with open(sidecar) as f:
+        reading = read_protocol(json.load(f), sidecar, site_values={"tr_prep_s": tr_prep})
+    return reading.protocol()
 
 
 def high_pass(x: np.ndarray, sigma: float = 1.0) -> np.ndarray:
@@ -108,9 +122,14 @@ def main(argv=None) -> list[dict]:
                                                    "shared", "data", "real_subject_philips"))
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results",
                                                   "real_philips.md"))
+    ap.add_argument("--sidecar", default=SIDECAR, help="the scan's JSON sidecar")
+    ap.add_argument("--tr-prep", type=float, default=2.3,
+                    help="shot interval (s), not in Philips sidecars; ADNI-3's 2.3 s assumed")
     ap.add_argument("--figure", default="", help="PNG: input and each native-resolution output "
                     "with FAST's GM boundary (e.g. docs/philips_t1w_harmonized.png)")
     args = ap.parse_args(argv)
+    protocol = scan_protocol(args.sidecar, args.tr_prep)
+    print("protocol:", protocol, flush=True)
     image, img = load_volume(os.path.join(args.data, "bet.nii.gz"))
     gm, _ = load_volume(os.path.join(args.data, "pve_1.nii.gz"))
     wm, _ = load_volume(os.path.join(args.data, "pve_2.nii.gz"))
@@ -125,7 +144,7 @@ def main(argv=None) -> list[dict]:
         h = methods.load(folder)
         for res in args.resolution or ("native", "training"):
             t = time.time()
-            out = harmonize_image(h, image, img, mask, PHILIPS_TFE, "bet.nii.gz", res)
+            out = harmonize_image(h, image, img, mask, protocol, "bet.nii.gz", res)
             seconds = time.time() - t
             harmonized = out["harmonized"]
             if res == "native":
@@ -143,7 +162,8 @@ def main(argv=None) -> list[dict]:
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         f.write("Real Philips T1w (1 mm), harmonized; `python benchmarks/real_philips.py "
-                + " ".join(f"--harmonizer {x}" for x in args.harmonizer) + "`\n\n")
+                + " ".join(f"--harmonizer {x}" for x in args.harmonizer)
+                + f" --tr-prep {args.tr_prep:g}`; protocol {protocol}\n\n")
         f.write("\n".join(lines) + "\n")
     if args.figure and shown:
         figure(args.figure, source, shown, gm, mask)
