@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import types
 
 import jax
 import jax.numpy as jnp
@@ -281,6 +282,29 @@ def test_segment_mode_gives_the_branch_the_flip_angle_mprage_was_trained_with():
     np.testing.assert_array_equal(told, seg.predict(image, mask, physics_vector(static)))
     # the readout flip as read would reach the paper-input branch far outside training
     assert np.abs(told - seg.predict(image, mask, physics_vector(real))).max() > 1e-3
+
+
+def test_segment_mode_refuses_an_mprage_readout_train_it_was_not_trained_on():
+    from phyjax.physics import signal
+    from phyjax.segment.infer import check_protocol
+    from phyjax.segment.simulate import PAPER_RANGES
+
+    # what check_protocol reads of a segmenter: its training ranges
+    trained = types.SimpleNamespace(settings={"ranges": json.loads(json.dumps(PAPER_RANGES))})
+
+    static = Protocol.from_degrees("mprage", tr=2.4, te=0.003, ti=0.9)
+    train = static.replace(tr_readout=0.0065, n_readouts=256.0,
+                           flip_angle=float(np.deg2rad(9.0)))
+    # the static equation's contrast at TI 0.9 s is not the readout train's (why it matters)
+    wm, gm = (0.85, 0.07, 0.05, 0.69), (1.35, 0.08, 0.05, 0.8)   # T1, T2, T2* (s), PD at 3 T
+    ratio = [float(np.abs(signal.signed_signal(p, *gm)) / np.abs(signal.signed_signal(p, *wm)))
+             for p in (static, train)]
+    assert abs(ratio[0] - ratio[1]) > 0.1
+    assert check_protocol(trained, static, "t1w.json", allow_outside=False) is not None
+    with pytest.raises(InputError, match="readout train.*static MPRAGE equation"):
+        check_protocol(trained, train, "t1w.json", allow_outside=False)
+    notes = check_protocol(trained, train, "t1w.json", allow_outside=True)
+    assert any("readout train" in n for n in notes)
 
 
 def test_gold_standard_is_the_normalized_normal_likelihood():

@@ -44,7 +44,8 @@ def check_protocol(segmenter: Segmenter, protocol: Protocol, source: str,
     A family it was not trained on, or a varied parameter outside its range, raises InputError
     naming ``source`` (unless ``allow_outside``, then they are returned as notes).  Parameters
     that were *fixed* in training (e.g. the MPRAGE TR) are given to the branch as read and only
-    noted.
+    noted.  An MPRAGE with a readout train (``n_readouts`` > 0, as a sidecar with the readout TR
+    and the readouts per shot gives) is outside: training used the static equation.
     """
     ranges = segmenter.settings["ranges"]
     if protocol.sequence not in ranges:
@@ -54,6 +55,15 @@ def check_protocol(segmenter: Segmenter, protocol: Protocol, source: str,
                   if isinstance(v, (list, tuple)) and v[0] != v[1]}
         fixed = {k: v for k, v in ranges[protocol.sequence].items() if k not in varied}
         problems = simulate.in_range(protocol, {protocol.sequence: varied})
+        if protocol.sequence == "mprage" and float(protocol.n_readouts) > 0:
+            # Training images follow the static MPRAGE equation (simulate.py); a real readout
+            # train changes the contrast (the real Philips ADNI MPRAGE: GM/WM 0.67 where the
+            # static equation at its TI 0.9 s gives 0.37), which the branch would not be told.
+            problems.append(
+                f"MPRAGE with a readout train ({float(protocol.n_readouts):g} readouts of "
+                f"{1e3 * float(protocol.tr_readout):g} ms, flip "
+                f"{float(np.rad2deg(float(protocol.flip_angle))):g} deg): the model was trained "
+                "on the static MPRAGE equation, whose contrast at the same TI differs")
         notes = [f"{k} fixed at {v if not isinstance(v, (list, tuple)) else v[0]:g} in "
                  "training" for k, v in fixed.items()
                  if not (k == "flip_angle" and protocol.sequence == "mprage")]
