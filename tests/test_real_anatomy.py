@@ -68,6 +68,16 @@ def test_real_anatomy_refuses_a_grid_too_small_and_an_unknown_name():
         synthetic.load_real_anatomy(2, (90, 110, 90), name="colin27")
 
 
+def test_bad_anatomy_settings_are_refused_before_anything_is_written(tmp_path):
+    cfg = _config()
+    for key, value, match in (("test_anatomy", "colin27", "test_anatomy"),
+                              ("anatomy_sharpness", -1.0, "anatomy_sharpness")):
+        data = dict(cfg.data.to_dict(), **{key: value})
+        with pytest.raises(ValueError, match=match):
+            synthetic.build_default_dataset(data, str(tmp_path), progress=False)
+    assert os.listdir(tmp_path) == []
+
+
 def test_default_fingerprint_unchanged_by_the_new_key():
     cfg = _config()
     plain = cfg.data.to_dict()

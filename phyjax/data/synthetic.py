@@ -392,7 +392,7 @@ def _to_plain(cfg):
     if test_anatomy != "mni152":   # only then: the default dataset's fingerprint is unchanged
         out["test_anatomy"] = test_anatomy
         out["n_test"] = int(cfg["n_test"])   # with "seed", which subjects are held out
-    if float(cfg.get("anatomy_sharpness", 0.0)) > 0:   # likewise only when used
+    if float(cfg.get("anatomy_sharpness", 0.0)) != 0:   # likewise only when set
         out["anatomy_sharpness"] = float(cfg["anatomy_sharpness"])
     return out
 
@@ -485,12 +485,14 @@ def build_default_dataset(data_cfg, cache_dir: str, progress: bool = True) -> st
     if test_anatomy not in TEST_ANATOMIES:
         raise ValueError(f"data.test_anatomy={test_anatomy!r}; expected one of "
                          f"{TEST_ANATOMIES}.")
-    tmp = tempfile.mkdtemp(prefix=".building-", dir=cache_dir)
+    if not float(cfg.get("anatomy_sharpness", 0.0)) >= 0.0:
+        raise ValueError(f"data.anatomy_sharpness={cfg['anatomy_sharpness']} must be >= 0.")
     probs, _, affine = load_anatomy(cfg["voxel_size"])
     anatomy_of = {}   # subject label -> tissue probabilities it is made from (default: template)
     if test_anatomy != "mni152":
         real = load_real_anatomy(cfg["voxel_size"], probs.shape[1:], test_anatomy)
         anatomy_of = {label: real for label in held_out_labels(cfg)}
+    tmp = tempfile.mkdtemp(prefix=".building-", dir=cache_dir)   # after every check
     sites = cfg["sites"]
     field_strengths = sorted({float(s["field_strength"]) for s in sites.values()})
     base_key = jax.random.key(cfg["seed"])
