@@ -4,7 +4,7 @@ The benchmark scores every method by segmenting its output and the held-out subj
 with one fixed segmenter (DIPY's HMRF, ``phyjax.evaluate.segmentation``) and comparing the two.
 This script compares the segmenter's labels of the re-scan (the target protocol, the best image
 there is) with the ground truth the default dataset was built from: each voxel's tissue
-fractions (recomputed with :func:`phyjax.data.synthetic.make_subject`, the same seeds), as the
+fractions (recomputed with :func:`phyjax.data.synthetic.dataset_subject`, as the builder did), as the
 argmax label (Dice) and as soft volumes (mL).  It says how much of a Dice or volume error is the
 segmenter's own, per anatomy.  Beside the benchmark's segmenter (the run's ``segmentation``
 settings): the same HMRF with a stronger MRF prior (``--beta``), and an oracle -- thresholds
@@ -32,20 +32,14 @@ from phyjax.evaluate.segmentation import TissueSegmenter, rescale_for_segmentati
 TISSUES = ("CSF", "GM", "WM")
 
 
-def truth_fractions(data_cfg: dict, subject: str, held_out: bool) -> np.ndarray:
-    """Ground-truth tissue fractions ``(3, X, Y, Z)`` of ``subject`` in the dataset of
-    ``data_cfg`` (``held_out``: the subject is one of the split's held-out ones)."""
+def truth_fractions(data_cfg: dict, subject: str) -> np.ndarray:
+    """Ground-truth tissue fractions ``(3, X, Y, Z)`` of ``subject`` in the default dataset of
+    ``data_cfg`` (:func:`phyjax.data.synthetic.dataset_subject`, as the builder made them)."""
     vs = int(data_cfg["voxel_size"])
     template, _, _ = synthetic.load_anatomy(vs)
-    real = data_cfg.get("test_anatomy", "mni152") != "mni152" and held_out
-    anatomy = synthetic.load_real_anatomy(vs, template.shape[1:]) if real else template
-    i = int(subject) - 1
-    probs, _, _ = synthetic.make_subject(
-        anatomy, seed=int(data_cfg["seed"]) * 1000 + i, deform_mm=data_cfg["deform_mm"],
-        voxel_size=vs, jitter=data_cfg["tissue_jitter"], texture=data_cfg["t1_texture"],
-        atrophy_max=data_cfg["atrophy"],
-        sharpness_max=0.0 if real else float(data_cfg.get("anatomy_sharpness", 0.0)))
-    return probs
+    real = (synthetic.load_real_anatomy(vs, template.shape[1:], data_cfg["test_anatomy"])
+            if data_cfg.get("test_anatomy", "mni152") != "mni152" else None)
+    return synthetic.dataset_subject(data_cfg, int(subject) - 1, template, real)[0]
 
 
 def oracle_thresholds(image, mask, probs, truth) -> np.ndarray:
@@ -73,7 +67,7 @@ def score(run: str, beta: float) -> list[dict]:
         mask = nib.load(os.path.join(anat, f"sub-{subject}_desc-brain_mask.nii.gz")).get_fdata() > 0
         image = nib.load(synthetic.rescan_path(root, subject)).get_fdata()
         voxel_ml = float(data_cfg["voxel_size"]) ** 3 / 1000.0
-        probs = truth_fractions(data_cfg, subject, held_out=True) * mask
+        probs = truth_fractions(data_cfg, subject) * mask
         truth = np.where(mask, np.argmax(probs, 0) + 1, 0)
         results = {name: seg(image, mask) for name, seg in segmenters.items()}
         results["oracle: midpoint thresholds"] = oracle_thresholds(image, mask, probs, truth)

@@ -406,16 +406,30 @@ def held_out_labels(cfg) -> tuple[str, ...]:
     return tuple(split_subjects(labels, int(cfg["n_test"]), int(cfg["seed"]))[1])
 
 
-def _write_subject(root: str, i: int, cfg: dict, probs, affine, field_strengths, base_key,
-                   sharpness_max: float = 0.0):
-    """Subject ``i`` of the default dataset: brain mask and T1/M0 maps per B0 (derivatives), and
-    one T1w scan + sidecar per site, each with its own PRNG key ``fold_in(fold_in(key, i), j)``
-    (``sharpness_max``: :func:`make_subject`'s, for subjects made from the template)."""
+def dataset_subject(data_cfg, i: int, template, real=None):
+    """Subject ``i`` (0-based) of the default dataset of ``data_cfg``: :func:`make_subject`'s
+    ``(probs, factors, t1_texture)``, with the seeds and settings the dataset is built with.
+    ``template``: :func:`load_anatomy`'s probabilities; ``real``: :func:`load_real_anatomy`'s,
+    which a held-out subject (:func:`held_out_labels`) is made from when the config has a
+    ``test_anatomy`` (template subjects alone are sharpened).  The one place the ground truth of
+    a subject is made -- by the builder and by anything that recomputes it."""
+    cfg = _to_plain(data_cfg)
+    from_real = (real is not None and "test_anatomy" in cfg
+                 and f"{i + 1:02d}" in held_out_labels(cfg))
+    return make_subject(
+        real if from_real else template, seed=cfg["seed"] * 1000 + i,
+        deform_mm=cfg["deform_mm"], voxel_size=cfg["voxel_size"], jitter=cfg["tissue_jitter"],
+        texture=cfg["t1_texture"], atrophy_max=cfg["atrophy"],
+        sharpness_max=0.0 if from_real else float(cfg.get("anatomy_sharpness", 0.0)))
+
+
+def _write_subject(root: str, i: int, cfg: dict, template, real, affine, field_strengths,
+                   base_key):
+    """Subject ``i`` of the default dataset (:func:`dataset_subject`): brain mask and T1/M0 maps
+    per B0 (derivatives), and one T1w scan + sidecar per site, each with its own PRNG key
+    ``fold_in(fold_in(key, i), j)``."""
     subject = f"{i + 1:02d}"
-    s_probs, factors, texture = make_subject(
-        probs, seed=cfg["seed"] * 1000 + i, deform_mm=cfg["deform_mm"],
-        voxel_size=cfg["voxel_size"], jitter=cfg["tissue_jitter"], texture=cfg["t1_texture"],
-        atrophy_max=cfg["atrophy"], sharpness_max=sharpness_max)
+    s_probs, factors, texture = dataset_subject(cfg, i, template, real)
     s_mask = s_probs.sum(0) > 0.5  # the deformed brain region
     deriv = os.path.join(root, DERIVATIVES, f"sub-{subject}", "anat")
     save_volume(s_mask.astype(np.uint8), affine,
@@ -488,10 +502,8 @@ def build_default_dataset(data_cfg, cache_dir: str, progress: bool = True) -> st
     if not float(cfg.get("anatomy_sharpness", 0.0)) >= 0.0:
         raise ValueError(f"data.anatomy_sharpness={cfg['anatomy_sharpness']} must be >= 0.")
     probs, _, affine = load_anatomy(cfg["voxel_size"])
-    anatomy_of = {}   # subject label -> tissue probabilities it is made from (default: template)
-    if test_anatomy != "mni152":
-        real = load_real_anatomy(cfg["voxel_size"], probs.shape[1:], test_anatomy)
-        anatomy_of = {label: real for label in held_out_labels(cfg)}
+    real = (load_real_anatomy(cfg["voxel_size"], probs.shape[1:], test_anatomy)
+            if test_anatomy != "mni152" else None)
     tmp = tempfile.mkdtemp(prefix=".building-", dir=cache_dir)   # after every check
     sites = cfg["sites"]
     field_strengths = sorted({float(s["field_strength"]) for s in sites.values()})
@@ -501,10 +513,7 @@ def build_default_dataset(data_cfg, cache_dir: str, progress: bool = True) -> st
     bar = tqdm(total=n * len(sites), desc="building default dataset", disable=not progress)
     for i in range(n):
         participants.append(f"sub-{i + 1:02d}")
-        label = f"{i + 1:02d}"
-        _write_subject(tmp, i, cfg, anatomy_of.get(label, probs), affine, field_strengths,
-                       base_key, 0.0 if label in anatomy_of
-                       else float(cfg.get("anatomy_sharpness", 0.0)))
+        _write_subject(tmp, i, cfg, probs, real, affine, field_strengths, base_key)
         bar.update(len(sites))
     bar.close()
     write_site_table(os.path.join(tmp, bids.SITE_TABLE), sites)
@@ -512,7 +521,8 @@ def build_default_dataset(data_cfg, cache_dir: str, progress: bool = True) -> st
         f.write("\n".join(participants) + "\n")
     with open(os.path.join(tmp, "dataset_description.json"), "w") as f:
         json.dump({"Name": "phyjax default multi-site dataset (MNI152 2009a anatomy"
-                           + (f"; held-out subjects: {test_anatomy}" if anatomy_of else "")
+                           + (f"; held-out subjects: {test_anatomy}" if real is not None
+                              else "")
                            + ")",
                    "BIDSVersion": "1.9.0", "DatasetType": "raw",
                    "GeneratedBy": [{"Name": "phyjax", "Description": json.dumps(cfg)}]}, f,
