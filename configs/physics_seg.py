@@ -10,8 +10,9 @@ Segment a user's T1w (its protocol read from its sidecar) with the trained physi
   (or --config.segment.bids_root=/path/to/bids for every T1w of a BIDS folder)
 
 Trains the U-Net with the physics branch and the same U-Net without it on images simulated over
-the MPRAGE (TI 0.6-1.2 s) and SPGR (TR 15-100 ms, TE 4-10 ms, flip 15-75 deg) ranges with
-scanner effects, labelled by the R1 gold standard; evaluates Dice and the GM/WM volume CoV across
+the MPRAGE (readout-train form: TI 0.6-1.2 s, shot TR 1.9-3.0 s, readout flip 6-12 deg, readout
+TR 6-10 ms, 128-256 readouts per shot) and SPGR (TR 15-100 ms, TE 4-10 ms, flip 15-75 deg)
+ranges with scanner effects, labelled by the R1 gold standard; evaluates Dice and the GM/WM volume CoV across
 protocols on held-out anatomies for both and for the fixed HMRF segmenter; bridges two MPRAGE
 sites of unknown TI.  Runtime on one CPU core (pinned, shared machine): default ~15-18 min
 (~10 CPU-min), debug < 1 min.
@@ -45,8 +46,16 @@ def get_config(arg: str | None = None) -> ConfigDict:
                                        # (phase-sensitive; the README table; at TI 0.6-0.7 s
                                        # magnitude WM and GM differ by ~0.01 M0, see README)
     # Parameter ranges (s, degrees, T): a pair is drawn uniformly, a number is fixed.
-    data.mprage = ConfigDict({"tr": 2.4, "te": 0.003, "ti": (0.6, 1.2), "flip_angle": 0.0,
-                              "field_strength": 3.0})
+    # MPRAGE with its readout train (phyjax.physics.signal.mprage_readout, Deichmann et al.
+    # 2000; k-space centre in the middle of the train): tr = shot interval between inversions,
+    # ti = inversion -> k-space centre (the paper's 0.6-1.2 s), flip_angle = readout flip,
+    # tr_readout = readout TR (echo spacing), n_readouts = readouts per shot (integer).  Draws
+    # whose train does not fit TI and TR - TI get their tr_readout / n_readouts redrawn.
+    # Static equation of Borges et al. instead: tr=2.4, flip_angle=0.0, tr_readout=0.0,
+    # n_readouts=0.0 (e.g. --config.data.mprage.flip_angle=0.0 ...).
+    data.mprage = ConfigDict({"tr": (1.9, 3.0), "te": 0.003, "ti": (0.6, 1.2),
+                              "flip_angle": (6.0, 12.0), "tr_readout": (0.006, 0.010),
+                              "n_readouts": (128.0, 256.0), "field_strength": 3.0})
     data.spgr = ConfigDict({"tr": (0.015, 0.100), "te": (0.004, 0.010), "flip_angle": (15.0, 75.0),
                             "field_strength": 3.0})
     # Scanner effects drawn per simulated training image (phyjax.physics.scanner).
@@ -90,6 +99,12 @@ def get_config(arg: str | None = None) -> ConfigDict:
 
     ev = config.eval = ConfigDict()
     ev.n_mprage = 7              # TIs evenly spaced over the MPRAGE range
+    # The MPRAGE TI sweep (and bridging) holds the other fields here (s, degrees): an
+    # ADNI-like readout train, 160 readouts of 7 ms at 9 deg, shot TR 2.4 s (the static
+    # runs' TR); fits TI 0.6 s (half train 0.56 s).  Must lie inside data.mprage.
+    ev.mprage_fixed = ConfigDict({"tr": 2.4, "te": 0.003, "flip_angle": 9.0,
+                                  "tr_readout": 0.007, "n_readouts": 160.0,
+                                  "field_strength": 3.0})
     ev.n_spgr = 8                # SPGR protocols drawn over the SPGR range
     ev.methods = ("physics", "no_branch", "hmrf")
     ev.effects_seed = 1          # scanner effects of each held-out subject (fixed across protocols)
@@ -97,6 +112,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
     ev.noise_fraction = -1.0     # >= 0 overrides every subject's noise level (0: noise-free)
 
     seg = config.segmentation = ConfigDict()   # the fixed classical segmenter (DIPY HMRF)
+    seg.method = "hmrf"        # phyjax.evaluate.segmentation.make_segmenter
     seg.beta = 0.1
     seg.max_iter = 30
     seg.tolerance = 1e-5
@@ -125,6 +141,8 @@ def get_config(arg: str | None = None) -> ConfigDict:
     s.ti = -1.0
     s.flip_angle = -1.0
     s.field_strength = -1.0
+    s.tr_readout = -1.0          # MPRAGE readout TR / echo spacing (s) and readouts per shot:
+    s.n_readouts = -1.0          # override the sidecar's (Siemens/GE sidecars lack them)
     s.allow_outside_range = False
     s.site_params = ""           # BIDS: site table filling sidecar gaps
     s.mask_label = "brain"

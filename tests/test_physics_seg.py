@@ -23,6 +23,7 @@ from phyjax.segment import evaluate, gold
 from phyjax.segment.model import (
     EXTENDED_SIZE,
     PHYSICS_SIZE,
+    READOUT_SLICE,
     SegmentationUNet,
     extended_vector,
     physics_vector,
@@ -42,7 +43,11 @@ def test_physics_vector_holds_the_parameters_and_their_negative_exponentials():
     np.testing.assert_allclose(v[13:16], 0.0)
     np.testing.assert_allclose(physics_vector(MPRAGE_EARLY)[13:16],
                                np.exp(-0.6 / np.array([0.81, 1.35, 4.2])), rtol=1e-6)
-    np.testing.assert_allclose(v[-2:], [np.sin(np.pi / 6), np.cos(np.pi / 6)], rtol=1e-6)
+    np.testing.assert_allclose(v[18:20], [np.sin(np.pi / 6), np.cos(np.pi / 6)], rtol=1e-6)
+    # the MPRAGE readout train: 100 x readout TR (s), readouts per shot / 256; 0 for SPGR
+    np.testing.assert_array_equal(v[READOUT_SLICE], 0.0)
+    train = MPRAGE_EARLY.replace(tr_readout=0.0065, n_readouts=192.0)
+    np.testing.assert_allclose(physics_vector(train)[READOUT_SLICE], [0.65, 0.75], rtol=1e-6)
 
 
 def test_branch_shapes_2d_and_3d():
@@ -268,7 +273,7 @@ def test_segment_mode_gives_the_branch_the_flip_angle_mprage_was_trained_with():
     mean, std = parameter_statistics(raw)
     settings = {"features": [4, 8], "physics": True, "branch_width": 8, "conditioning": "add",
                 "param_mean": mean, "param_std": std, "context": 0, "voxel_mm": 3.0,
-                "ranges": json.loads(json.dumps(PAPER_RANGES))}
+                "ranges": json.loads(json.dumps(PAPER_RANGES)), "physics_size": PHYSICS_SIZE}
     real = Protocol.from_degrees("mprage", tr=2.4, te=0.003, ti=0.9, flip_angle_deg=9.0)
     static = Protocol.from_degrees("mprage", tr=2.4, te=0.003, ti=0.9)   # trained: flip 0
     seg = Segmenter(settings, _numpy_init(make_model(settings), jnp.zeros((1, 8, 8, 1)),
@@ -285,9 +290,12 @@ def test_segment_mode_gives_the_branch_the_flip_angle_mprage_was_trained_with():
 
 
 def test_segment_mode_refuses_an_mprage_readout_train_it_was_not_trained_on():
+    """A model trained on the static equation (the paper's ranges, flip 0) refuses a scan with
+    a readout train; a model trained on the readout train (the default ranges) accepts the
+    same scan and refuses the static one, whose contrast it was not trained on."""
     from phyjax.physics import signal
     from phyjax.segment.infer import check_protocol
-    from phyjax.segment.simulate import PAPER_RANGES
+    from phyjax.segment.simulate import PAPER_RANGES, READOUT_RANGES
 
     # what check_protocol reads of a segmenter: its training ranges
     trained = types.SimpleNamespace(settings={"ranges": json.loads(json.dumps(PAPER_RANGES))})
@@ -305,6 +313,128 @@ def test_segment_mode_refuses_an_mprage_readout_train_it_was_not_trained_on():
         check_protocol(trained, train, "t1w.json", allow_outside=False)
     notes = check_protocol(trained, train, "t1w.json", allow_outside=True)
     assert any("readout train" in n for n in notes)
+    # the readout-trained model: the train is in range, the static scan is outside
+    readout = types.SimpleNamespace(settings={"ranges": json.loads(json.dumps(READOUT_RANGES))})
+    assert not any("outside" in n for n in check_protocol(readout, train, "t1w.json", False))
+    with pytest.raises(InputError, match="without its readout train.*tr_readout"):
+        check_protocol(readout, static, "t1w.json", allow_outside=False)
+    # a train that does not fit TI (half of 256 x 9 ms = 1.15 s > TI 0.9 s) is refused too
+    with pytest.raises(InputError, match="does not fit TI 0.9 s"):
+        check_protocol(readout, train.replace(tr_readout=0.009), "t1w.json", False)
+
+
+def _readout_config_ranges():
+    """The default config's training ranges (``configs/physics_seg.py``), as saved."""
+    from phyjax.experiments.physics_seg import ranges_of
+
+    return json.loads(json.dumps(ranges_of(load_config("physics_seg"))))
+
+
+def test_training_mprage_images_are_the_full_form_readout_equation():
+    """Oracle: the training simulator's MPRAGE images (protocols drawn from the default config's
+    ranges, clean scanner effects) equal phyjax.physics.mp2rage.mprage_full voxel-wise for the
+    same T1, PD, T2* and parameters, and not the static equation."""
+    from phyjax.physics import mp2rage, signal
+    from phyjax.physics.scanner import ScannerEffects
+    from phyjax.segment import simulate
+
+    ranges = _readout_config_ranges()
+    assert ranges["mprage"]["flip_angle"] == [6.0, 12.0]   # the default trains with the train
+    protocols = simulate.sample_protocols("mprage", ranges, 3, np.random.default_rng(7))
+    rng = np.random.default_rng(0)
+    shape = (6, 5, 4)
+    maps = {"t1": rng.uniform(0.6, 4.5, shape).astype(np.float32),
+            "t2": np.full(shape, 0.08, np.float32),
+            "t2star": rng.uniform(0.03, 0.08, shape).astype(np.float32),
+            "pd": rng.uniform(0.6, 1.0, shape).astype(np.float32)}
+    mask = np.ones(shape, bool)
+    for p in protocols:
+        b = {k: v for k, v in ranges["mprage"].items() if isinstance(v, list)}
+        for k, (lo, hi) in b.items():       # drawn inside the ranges, the train fits
+            v = np.rad2deg(float(p.flip_angle)) if k == "flip_angle" else float(getattr(p, k))
+            assert lo <= v <= hi, (k, v)
+        assert float(p.n_readouts) == int(p.n_readouts) and not simulate.readout_problem(p)
+        img = simulate.image(maps, mask, p, ScannerEffects(), jax.random.key(0))
+        oracle = np.abs(np.asarray(mp2rage.mprage_full(
+            maps["t1"].astype(np.float64), maps["pd"], mp2rage.MPRAGEProtocol(
+                tr=float(p.tr), ti=float(p.ti), flip_angle=float(p.flip_angle),
+                readout_tr=float(p.tr_readout), n_readouts=int(p.n_readouts), te=float(p.te)),
+            t2star=maps["t2star"])))
+        oracle = oracle / np.percentile(oracle, 99.0)
+        np.testing.assert_allclose(img, oracle, rtol=2e-4, atol=2e-5)
+        static = np.abs(np.asarray(signal.mprage(maps["t1"], maps["t2star"], maps["pd"],
+                                                 float(p.tr), float(p.ti), float(p.te))))
+        assert np.abs(img - static / np.percentile(static, 99.0)).max() > 0.05
+
+
+def test_contrast_features_use_the_readout_train_and_the_branch_sees_it():
+    """The contrast features of a readout-train MPRAGE are mprage_full's WM/GM/CSF signals
+    (oracle), differ from the static equation's, and change the branch's output when only the
+    readout parameters change (paper inputs, contrast features and both)."""
+    from phyjax.physics import mp2rage, tissues
+    from phyjax.segment.model import contrast_features
+
+    tp = [tissues.tissue_parameters(3.0)[t] for t in ("wm", "gm", "csf")]
+    p = Protocol.from_degrees("mprage", tr=2.4, te=0.003, ti=0.9, flip_angle_deg=9.0).replace(
+        tr_readout=0.0065, n_readouts=256.0)
+    s = np.array([float(mp2rage.mprage_full(t.t1, t.pd, mp2rage.MPRAGEProtocol(
+        tr=2.4, ti=0.9, flip_angle=np.deg2rad(9.0), readout_tr=0.0065, n_readouts=256,
+        te=0.003), t2star=t.t2star)) for t in tp])
+    got = np.asarray(contrast_features(physics_vector(p)))
+    np.testing.assert_allclose(got, s / np.abs(s).max(), rtol=1e-4, atol=1e-6)
+    static = np.asarray(contrast_features(physics_vector(p.replace(n_readouts=0.0))))
+    assert abs(got[1] - static[1]) > 0.2      # GM/WM 0.69 vs 0.37 (README, the real scan)
+    # a legacy-width vector (models trained before the readout train) keeps the static form
+    np.testing.assert_allclose(np.asarray(contrast_features(physics_vector(p)[:READOUT_SLICE
+                                                                              .start])),
+                               static, rtol=1e-6)
+    x = jnp.asarray(np.random.default_rng(5).random((1, 8, 8, 1)), jnp.float32)
+    a = jnp.asarray(physics_vector(p))[None]
+    b = jnp.asarray(physics_vector(p.replace(tr_readout=0.009, n_readouts=128.0)))[None]
+    for cond in ("add", "add+contrast", "add+both"):
+        model = SegmentationUNet(features=(4, 8), branch_width=8, conditioning=cond)
+        v = _numpy_init(model, x, a)
+        assert float(jnp.max(jnp.abs(model.apply(v, x, a) - model.apply(v, x, b)))) > 1e-4, cond
+
+
+def test_real_philips_sidecar_is_in_the_trained_range_with_its_readout():
+    """The real Philips ADNI MPRAGE sidecar (T1-TFE: TI 0.9 s, 256 readouts of 6.5 ms, 9 deg)
+    with the shot interval given (2.4 s, not in the sidecar) is read with its readout train and
+    accepted by a model trained on the default ranges; the branch reads it as read."""
+    from phyjax.data.sidecar import read_given
+    from phyjax.segment.infer import check_protocol, network_protocol
+
+    path = os.path.join(ROOT, "tests", "data", "vendor_t1_sidecars",
+                        "Philips_R571_T1TFE_mprage_classic.json")
+    p = read_given(path, "", {"tr": 2.4}, require_file=True).protocol()
+    assert p.sequence == "mprage"
+    assert (float(p.tr_readout), float(p.n_readouts)) == (pytest.approx(0.006501), 256.0)
+    assert np.rad2deg(float(p.flip_angle)) == pytest.approx(9.0)
+    trained = types.SimpleNamespace(settings={"ranges": _readout_config_ranges()})
+    notes = check_protocol(trained, p, path, allow_outside=False)
+    assert not any("outside" in n for n in notes) and any("te fixed" in n for n in notes)
+    assert network_protocol(trained, p) == p
+    np.testing.assert_allclose(physics_vector(p)[READOUT_SLICE], [0.6501, 1.0], rtol=1e-5)
+
+
+def test_segment_mode_refuses_an_out_of_range_readout_flip_naming_it():
+    from phyjax.segment.infer import check_protocol
+
+    trained = types.SimpleNamespace(settings={"ranges": _readout_config_ranges()})
+    p = Protocol.from_degrees("mprage", tr=2.4, te=0.003, ti=0.9, flip_angle_deg=14.0).replace(
+        tr_readout=0.0065, n_readouts=256.0)
+    with pytest.raises(InputError, match=r"t1w\.json: outside the trained range: flip_angle 14 "
+                                         r"deg \(trained on 6-12 deg\)"):
+        check_protocol(trained, p, "t1w.json", allow_outside=False)
+    notes = check_protocol(trained, p, "t1w.json", allow_outside=True)
+    assert "outside the trained range: flip_angle 14 deg (trained on 6-12 deg)" in notes
+    # each other readout parameter is named the same way
+    with pytest.raises(InputError, match=r"n_readouts 64 \(trained on 128-256\)"):
+        check_protocol(trained, p.replace(flip_angle=float(np.deg2rad(9.0)), n_readouts=64.0),
+                       "t1w.json", allow_outside=False)
+    with pytest.raises(InputError, match=r"tr 1.7 s \(trained on 1.9-3 s\)"):
+        check_protocol(trained, p.replace(flip_angle=float(np.deg2rad(9.0)), tr=1.7),
+                       "t1w.json", allow_outside=False)
 
 
 def test_gold_standard_is_the_normalized_normal_likelihood():
@@ -467,14 +597,20 @@ def _write_input(folder, protocol, shape=(30, 36, 30)):
 def test_segment_mode_writes_probability_maps_and_volumes(debug_run, tmp_path):
     from phyjax.experiments import registry
 
-    path, mask = _write_input(str(tmp_path), Protocol.from_degrees("mprage", tr=2.3, te=0.003,
-                                                                    ti=0.9))
+    # the sidecar gives the readout TR (RepetitionTimeExcitation); the readouts per shot come
+    # from the command line (a BIDS sidecar has no field for them)
+    protocol = Protocol.from_degrees("mprage", tr=2.3, te=0.003, ti=0.9, flip_angle_deg=9.0)
+    path, mask = _write_input(str(tmp_path), protocol.replace(tr_readout=0.007))
     config = load_config("physics_seg")
     with config.unlocked():
         config.mode = "segment"
         config.segment.input = path
         config.segment.mask = str(tmp_path / "mask.nii.gz")
         config.segment.output = str(tmp_path / "out")
+    with pytest.raises(InputError, match="without its readout train"):   # n_readouts unknown
+        registry.run(config, debug_run)
+    with config.unlocked():
+        config.segment.n_readouts = 160.0
     out = registry.run(config, debug_run)
     maps = [nib.load(os.path.join(out, f"sub-01_label-{t}_probseg.nii.gz"))
             for t in ("CSF", "GM", "WM")]
@@ -489,12 +625,13 @@ def test_segment_mode_writes_probability_maps_and_volumes(debug_run, tmp_path):
     with open(os.path.join(out, "sub-01_label-GM_probseg.json")) as f:
         meta = json.load(f)
     assert meta["AcquisitionProtocol"]["InversionTime"] == pytest.approx(0.9)
-    assert any("tr fixed at 2.4" in n for n in meta["Notes"])
+    assert meta["AcquisitionProtocol"]["RepetitionTimeExcitation"] == pytest.approx(0.007)
+    assert meta["AcquisitionProtocolOrigin"]["n_readouts"] == "command line"
+    assert any("te fixed at 0.003" in n for n in meta["Notes"])
 
     # A TI outside the trained range is refused before any compute, naming the sidecar.
     with open(os.path.join(str(tmp_path), "sub-01_T1w.json"), "w") as f:
-        json.dump(protocol_to_sidecar(Protocol.from_degrees("mprage", tr=2.4, te=0.003, ti=2.0)),
-                  f)
+        json.dump(protocol_to_sidecar(protocol.replace(tr=2.8, ti=2.0, tr_readout=0.007)), f)
     with config.unlocked():
         config.segment.output = str(tmp_path / "out2")
     with pytest.raises(InputError, match=r"sub-01_T1w\.json.*ti 2"):
@@ -506,7 +643,8 @@ def test_segment_mode_on_a_bids_folder_without_sites(debug_run, tmp_path):
     from phyjax.experiments import registry
 
     root = tmp_path / "bids"
-    protocols = {"01": Protocol.from_degrees("mprage", tr=2.4, te=0.003, ti=1.0),
+    protocols = {"01": Protocol.from_degrees("mprage", tr=2.4, te=0.003, ti=1.0,
+                                             flip_angle_deg=8.0).replace(tr_readout=0.0075),
                  "02": Protocol.from_degrees("spgr", tr=0.03, te=0.005, flip_angle_deg=30)}
     for sub, protocol in protocols.items():
         folder = root / f"sub-{sub}" / "anat"
@@ -521,12 +659,15 @@ def test_segment_mode_on_a_bids_folder_without_sites(debug_run, tmp_path):
     with config.unlocked():
         config.mode = "segment"
         config.segment.bids_root = str(root)
+        config.segment.n_readouts = 176.0        # the MPRAGE's; the SPGR is left alone
         config.progress = False
     out = registry.run(config, debug_run)
     assert out == str(root / "derivatives" / "phyjax-physics-seg")
     with open(os.path.join(out, "tissue_volumes.tsv")) as f:
         rows = list(csv.DictReader(f, delimiter="\t"))
     assert [r["family"] for r in rows] == ["mprage", "spgr"]
+    assert float(rows[0]["n_readouts"]) == 176.0 and rows[1]["n_readouts"] == ""
+    assert float(rows[1]["tr_readout_s"]) == pytest.approx(0.03)
     for sub in protocols:
         assert os.path.exists(os.path.join(out, f"sub-{sub}", "anat",
                                            f"sub-{sub}_label-WM_probseg.nii.gz"))

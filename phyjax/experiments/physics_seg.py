@@ -35,8 +35,14 @@ from phyjax.experiments.common import prepare_workdir, tissue_segmenter
 from phyjax.physics import scanner
 from phyjax.segment import evaluate, infer, report, simulate
 from phyjax.segment.gold import CLASSES, gold_standard
-from phyjax.segment.model import CONDITIONINGS, physics_vector
-from phyjax.segment.train import LOSSES, Segmenter, make_model, parameter_statistics, train
+from phyjax.segment.model import CONDITIONINGS, PHYSICS_SIZE, physics_vector
+from phyjax.segment.train import (
+    LOSSES,
+    Segmenter,
+    make_model,
+    parameter_statistics,
+    train,
+)
 
 MODELS = {"physics": ("physics_unet", True), "no_branch": ("no_branch_unet", False)}
 
@@ -51,6 +57,13 @@ def ranges_of(config) -> dict:
         out[family] = {k: (tuple(v) if isinstance(v, (tuple, list)) else float(v))
                        for k, v in config.data[family].items()}
     return out
+
+
+def mprage_fixed(config) -> dict:
+    """The MPRAGE fields the TI sweep and bridging hold fixed (``config.eval.mprage_fixed``,
+    config units; used for the fields training varies, see
+    :func:`phyjax.segment.simulate.evaluation_protocols`)."""
+    return {k: float(v) for k, v in config.eval.get("mprage_fixed", {}).items()}
 
 
 def contrast_of(config) -> str:
@@ -100,7 +113,7 @@ def train_models(config, workdir: str, heads) -> dict[str, Segmenter]:
                     "context": int(m.context),
                     "voxel_mm": float(d.voxel_size), "ranges": ranges_of(config),
                     "families": list(d.families), "gold": _gold_kwargs(config),
-                    "reconstruction": d.reconstruction}
+                    "reconstruction": d.reconstruction, "physics_size": PHYSICS_SIZE}
         variables = train(make_model(settings), bank, config.train,
                           os.path.join(workdir, name), config.seed, config.progress,
                           desc=f"train {name}")
@@ -146,7 +159,8 @@ def evaluate_across_protocols(config, test_heads, methods) -> list[dict]:
     key itself), so only the noise (and bias field) differ between draws."""
     ranges = ranges_of(config)
     counts = {"mprage": config.eval.n_mprage, "spgr": config.eval.n_spgr}
-    protocols = {f: simulate.evaluation_protocols(f, ranges, counts[f], config.seed)
+    protocols = {f: simulate.evaluation_protocols(f, ranges, counts[f], config.seed,
+                                                  mprage_fixed(config))
                  for f in config.data.families}
     voxel = float(config.data.voxel_size) ** 3
     rows = []
@@ -168,6 +182,7 @@ def evaluate_across_protocols(config, test_heads, methods) -> list[dict]:
                     r = {"subject": subject, "family": family, "protocol": j, "draw": d,
                          "tr": float(p.tr), "te": float(p.te), "ti": float(p.ti),
                          "flip_angle_deg": float(np.rad2deg(float(p.flip_angle))),
+                         "tr_readout": float(p.tr_readout), "n_readouts": float(p.n_readouts),
                          "method": method}
                     r.update(evaluate.score(fn(img, mask, p), gold, mask, voxel))
                     r.update({f"gold_vol_{t}": gold_vol[t] for t in CLASSES})
@@ -185,14 +200,12 @@ def bridging(config, train_heads, test_heads, segmenters) -> list[dict]:
     reference, the physics U-Net told the true TIs.  Rows: mean ± sd over held-out subjects of
     ``100 |V_A - V_B| / mean`` for GM and WM."""
     b, ranges = config.bridging, ranges_of(config)
-    mid = {k: (0.5 * (v[0] + v[1]) if isinstance(v, tuple) else v)
-           for k, v in ranges["mprage"].items()}
-    sites = {"a": simulate.make_protocol("mprage", {**mid, "ti": b.ti_a}),
-             "b": simulate.make_protocol("mprage", {**mid, "ti": b.ti_b})}
+    # the evaluation's fixed MPRAGE (readout train, TR) with the TI replaced
+    ref = simulate.evaluation_protocols("mprage", ranges, 1, config.seed, mprage_fixed(config))[0]
+    sites = {s: ref.replace(ti=float(ti)) for s, ti in (("a", b.ti_a), ("b", b.ti_b))}
     effects = {"a": scanner.ScannerEffects(**dict(b.effects_a)),
                "b": scanner.ScannerEffects(**dict(b.effects_b))}
-    grid = [simulate.make_protocol("mprage", {**mid, "ti": float(t)})
-            for t in np.linspace(*ranges["mprage"]["ti"], b.n_grid)]
+    grid = [ref.replace(ti=float(t)) for t in np.linspace(*ranges["mprage"]["ti"], b.n_grid)]
     phys, plain = segmenters["physics"], segmenters["no_branch"]
     voxel = float(config.data.voxel_size) ** 3
     tissues = ("gm", "wm")
@@ -243,21 +256,21 @@ def bridging(config, train_heads, test_heads, segmenters) -> list[dict]:
 def write_report(workdir: str, config, rows, subject_rows, summary, bridge_rows, seconds) -> str:
     path = os.path.join(workdir, "report.md")
     d = config.data
-    text = [f"# Physics-aware segmentation (Borges et al. 2019) -- {d.n_test} held-out "
-            f"anatomies, {d.voxel_size} mm, {d.reconstruction} images", "",
-            f"Trained on {d.n_train} anatomies x {d.n_per_family} protocols per family "
+    text = [(f"# Physics-aware segmentation (Borges et al. 2019) -- {d.n_test} held-out "
+            f"anatomies, {d.voxel_size} mm, {d.reconstruction} images"), "",
+            (f"Trained on {d.n_train} anatomies x {d.n_per_family} protocols per family "
             f"({', '.join(d.families)}), {config.train.steps} steps; evaluated on "
             f"{config.eval.n_mprage} MPRAGE TIs and {config.eval.n_spgr} SPGR protocols per "
             "held-out anatomy (one scanner-effect draw per subject, fixed across its protocols). "
             "CoV: sample sd / mean of a subject's volume across the family's protocols, then "
             "mean ± sd over subjects; Dice of hard labels vs the R1 gold standard's, mean over "
-            "protocols.", "", report.summary_table(summary), ""]
+            "protocols."), "", report.summary_table(summary), ""]
     if bridge_rows:
         text += ["## Bridging two MPRAGE sites of unknown TI", "",
-                 f"Site A TI {config.bridging.ti_a} s, site B TI {config.bridging.ti_b} s "
+                 (f"Site A TI {config.bridging.ti_a} s, site B TI {config.bridging.ti_b} s "
                  "(different scanner effects); methods are not told the TIs. Mean relative "
                  "volume difference between the sites over held-out subjects (paper: 5 % raw, "
-                 "3 % linear, 2 % physics).", "", report.bridging_table(bridge_rows), ""]
+                 "3 % linear, 2 % physics)."), "", report.bridging_table(bridge_rows), ""]
     text += ["![volume deviation vs TI](volume_vs_ti.png)", "",
              f"Total wall time {seconds:.0f} s."]
     with atomic_open(path) as f:
@@ -292,6 +305,18 @@ def check_config(config) -> None:
             simulate.sample_protocols(family, ranges, 1, np.random.default_rng(0))
         except ValueError as exc:
             raise InputError(f"config.data.{family}: {exc}") from exc
+    if "mprage" in ranges:
+        try:
+            simulate.evaluation_protocols("mprage", ranges, int(config.eval.n_mprage),
+                                          config.seed, mprage_fixed(config))
+            for ti in ((config.bridging.ti_a, config.bridging.ti_b)
+                       if config.bridging.enabled else ()):
+                p = simulate.evaluation_protocols("mprage", ranges, 1, config.seed,
+                                                  mprage_fixed(config))[0].replace(ti=float(ti))
+                if simulate.readout_problem(p):
+                    raise ValueError(f"bridging TI {ti:g} s: {simulate.readout_problem(p)}")
+        except ValueError as exc:
+            raise InputError(f"config.eval.mprage_fixed / config.bridging: {exc}") from exc
     if config.bridging.enabled and "mprage" not in ranges:
         raise InputError("config.bridging needs the mprage family (or bridging.enabled=False).")
 

@@ -37,57 +37,106 @@ from phyjax.segment.train import Segmenter
 _LABEL = {"csf": "CSF", "gm": "GM", "wm": "WM"}
 
 
+def _trained_readout(ranges: dict) -> bool:
+    """Whether the MPRAGE training images had a readout train (readout TR, readouts per shot
+    and flip angle all > 0 in the ranges)."""
+    r = ranges.get("mprage", {})
+    return all(np.max(np.atleast_1d(np.asarray(r.get(k, 0.0), float))) > 0
+               for k in ("tr_readout", "n_readouts", "flip_angle"))
+
+
 def check_protocol(segmenter: Segmenter, protocol: Protocol, source: str,
                    allow_outside: bool) -> list[str]:
     """Problems of ``protocol`` against what ``segmenter`` was trained on.
 
     A family it was not trained on, or a varied parameter outside its range, raises InputError
-    naming ``source`` (unless ``allow_outside``, then they are returned as notes).  Parameters
-    that were *fixed* in training (e.g. the MPRAGE TR) are given to the branch as read and only
-    noted.  An MPRAGE with a readout train (``n_readouts`` > 0, as a sidecar with the readout TR
-    and the readouts per shot gives) is outside: training used the static equation.
+    naming ``source`` and, for each such parameter, its value and the trained range (unless
+    ``allow_outside``, then they are returned as notes).  Parameters that were *fixed* in
+    training (e.g. the MPRAGE TE) are given to the branch as read and only noted.
+
+    MPRAGE: a model trained on the readout-train MPRAGE (``data.mprage`` with ``tr_readout``,
+    ``n_readouts`` and a flip angle, the default) needs the scan's readout TR, readouts per shot
+    and readout flip inside its ranges, and a train that fits TI and TR - TI
+    (:func:`phyjax.segment.simulate.readout_problem`); a scan whose sidecar gives no train is
+    outside (its contrast is not known).  A model trained on the static equation (flip 0, the
+    paper's and this project's before issue 16) is outside for any scan *with* a train.
     """
     ranges = segmenter.settings["ranges"]
     if protocol.sequence not in ranges:
         problems = [f"family {protocol.sequence!r} (trained on {sorted(ranges)})"]
-    else:
-        varied = {k: v for k, v in ranges[protocol.sequence].items()
-                  if isinstance(v, (list, tuple)) and v[0] != v[1]}
-        fixed = {k: v for k, v in ranges[protocol.sequence].items() if k not in varied}
-        problems = simulate.in_range(protocol, {protocol.sequence: varied})
-        if protocol.sequence == "mprage" and float(protocol.n_readouts) > 0:
-            # Training images follow the static MPRAGE equation (simulate.py); a real readout
-            # train changes the contrast (the real Philips ADNI MPRAGE: GM/WM 0.67 where the
-            # static equation at its TI 0.9 s gives 0.37), which the branch would not be told.
+        if not allow_outside:
+            raise InputError(f"{source}: {problems[0]}; --config.segment.allow_outside_range=True "
+                             "to segment anyway.")
+        return problems
+    varied = {k: v for k, v in ranges[protocol.sequence].items()
+              if isinstance(v, (list, tuple)) and v[0] != v[1]}
+    fixed = {k: v for k, v in ranges[protocol.sequence].items() if k not in varied}
+    problems = []
+    if protocol.sequence == "mprage":
+        has_train = float(protocol.n_readouts) > 0 and float(protocol.tr_readout) > 0
+        if _trained_readout(ranges):
+            if not has_train:
+                problems.append(
+                    "MPRAGE without its readout train (readout TR "
+                    f"{1e3 * float(protocol.tr_readout):g} ms, {float(protocol.n_readouts):g} "
+                    "readouts per shot read): the model was trained on readout-train MPRAGE "
+                    "(tr_readout, n_readouts: give --config.segment.tr_readout / "
+                    "--config.segment.n_readouts, or a site table's tr_readout_s / n_readouts)")
+                varied = {k: v for k, v in varied.items() if k not in ("tr_readout",
+                                                                       "n_readouts")}
+            elif readout := simulate.readout_problem(protocol):
+                problems.append(readout)
+        elif has_train:
+            # Static-equation training (simulate.PAPER_RANGES); a real readout train changes the
+            # contrast (the real Philips ADNI MPRAGE: GM/WM 0.67 where the static equation at
+            # its TI 0.9 s gives 0.37), which the branch would not be told.
             problems.append(
                 f"MPRAGE with a readout train ({float(protocol.n_readouts):g} readouts of "
                 f"{1e3 * float(protocol.tr_readout):g} ms, flip "
                 f"{float(np.rad2deg(float(protocol.flip_angle))):g} deg): the model was trained "
                 "on the static MPRAGE equation, whose contrast at the same TI differs")
-        notes = [f"{k} fixed at {v if not isinstance(v, (list, tuple)) else v[0]:g} in "
-                 "training" for k, v in fixed.items()
-                 if not (k == "flip_angle" and protocol.sequence == "mprage")]
-        if problems and not allow_outside:
-            raise InputError(f"{source}: outside the trained range: {'; '.join(problems)} "
-                             "(--config.segment.allow_outside_range=True to segment anyway).")
-        return [f"outside the trained range: {p}" for p in problems] + notes
-    if not allow_outside:
-        raise InputError(f"{source}: {problems[0]}; --config.segment.allow_outside_range=True "
-                         "to segment anyway.")
-    return problems
+    problems = simulate.in_range(protocol, {protocol.sequence: varied}) + problems
+    notes = [f"{k} fixed at {v if not isinstance(v, (list, tuple)) else v[0]:g} in "
+             "training" for k, v in fixed.items()
+             if not (k == "flip_angle" and protocol.sequence == "mprage")]
+    if problems and not allow_outside:
+        raise InputError(f"{source}: outside the trained range: {'; '.join(problems)} "
+                         "(--config.segment.allow_outside_range=True to segment anyway).")
+    return [f"outside the trained range: {p}" for p in problems] + notes
 
 
 def network_protocol(segmenter: Segmenter, protocol: Protocol) -> Protocol:
     """``protocol`` as the network was trained to read it: a field the family's training signal
-    equation does not use (:data:`phyjax.physics.sequences.REQUIRED`: the static MPRAGE
-    equation has no flip angle) but which was fixed in training takes its training value.  A
-    real MPRAGE's readout flip (8-9 deg) would otherwise reach the paper-input branch as ~150
-    standard deviations of a flip angle that was always 0 in training."""
+    equation does not use but which was fixed in training takes its training value -- for a
+    model trained on the static MPRAGE equation (flip fixed at 0), an MPRAGE's readout flip
+    (8-9 deg) would otherwise reach the paper-input branch as ~150 standard deviations of a flip
+    angle that was always 0 in training.  A readout-train model (flip varied) reads the
+    protocol as it is."""
     fixed = segmenter.settings["ranges"].get(protocol.sequence, {}).get("flip_angle")
     if ("flip_angle" in REQUIRED.get(protocol.sequence, ()) or fixed is None
             or isinstance(fixed, (list, tuple))):
         return protocol
     return protocol.replace(flip_angle=float(np.deg2rad(float(fixed))))
+
+
+#: Segment-mode knobs for an MPRAGE's readout train (config units) and the sidecar reader's
+#: field each sets.
+READOUT_KNOBS = {"tr_readout": "tr_readout_s", "n_readouts": "n_readouts"}
+
+
+def given_readout(reading, section):
+    """``reading`` with the readout TR (s) and readouts per shot given in ``section``
+    (``config.segment.tr_readout`` / ``n_readouts``; negative = not given) replacing the
+    sidecar's when it is an MPRAGE (other families untouched: an SPGR's ``tr_readout_s`` is its
+    TR); returns it (changed in place)."""
+    if reading.family != "mprage":
+        return reading
+    for knob, field in READOUT_KNOBS.items():
+        value = float(section.get(knob, -1.0))
+        if value >= 0:
+            reading.values[field] = value
+            reading.origin[field] = "command line"
+    return reading
 
 
 def segment_image(segmenter: Segmenter, image: np.ndarray, img, mask: np.ndarray,
@@ -126,7 +175,7 @@ def _write_tables(out_root: str, rows: list[dict]) -> None:
     with atomic_open(os.path.join(out_root, "dseg.tsv")) as f:
         f.write("index\tname\tabbreviation\n1\tCerebrospinal fluid\tCSF\n"
                 "2\tGray matter\tGM\n3\tWhite matter\tWM\n")
-    fields = ["path"] + [f"{t}_ml" for t in CLASSES] + ["family", *FIELDS[:6]]
+    fields = ["path"] + [f"{t}_ml" for t in CLASSES] + ["family", *FIELDS[:7]]
     with atomic_open(os.path.join(out_root, "tissue_volumes.tsv"), newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields, delimiter="\t", extrasaction="ignore",
                            restval="")
@@ -208,13 +257,14 @@ def segment(config, workdir: str) -> str:
         raise InputError(f"{model_dir}: trained on phase-sensitive (signed) images; T1w magnitude "
                          "images need a segmenter trained with data.reconstruction=magnitude.")
     if s.bids_root:
-        jobs = bids_jobs(s.bids_root, s.mask_label, s.site_params)
+        jobs = [(path, m, given_readout(reading, s), rel)
+                for path, m, reading, rel in bids_jobs(s.bids_root, s.mask_label, s.site_params)]
         out_root = s.output or os.path.join(s.bids_root, "derivatives", "phyjax-physics-seg")
         source = s.bids_root
     elif s.input:
         if not os.path.exists(s.input):
             raise InputError(f"{s.input}: file not found.")
-        reading = input_reading(s)
+        reading = given_readout(input_reading(s), s)
         base = os.path.basename(s.input).split(".nii")[0].removesuffix("_T1w")
         jobs = [(s.input, s.mask, reading, base)]
         out_root = s.output or os.path.join(workdir, "segment")
@@ -243,6 +293,6 @@ def segment(config, workdir: str) -> str:
         vols = _write_scan(os.path.join(out_root, rel), probs, mask, img, reading, path,
                            segmenter, notes[path])
         rows.append({"path": os.path.abspath(path), **vols, "family": reading.family,
-                     **{k: reading.values.get(k, "") for k in FIELDS[:6]}})
+                     **{k: reading.values.get(k, "") for k in FIELDS[:7]}})
     _write_tables(out_root, rows)
     return out_root

@@ -29,8 +29,14 @@ from phyjax.physics.sequences import SEQUENCES, Protocol, encode
 _T1_REF = tuple(tissues.tissue_parameters(3.0)[t].t1 for t in ("wm", "gm", "csf"))
 _T2S_REF = tuple(tissues.tissue_parameters(3.0)[t].t2star for t in ("wm", "gm"))
 
+#: Length of :func:`physics_vector` before it carried the MPRAGE readout train (models saved
+#: then have no ``physics_size`` setting and read only these entries).
+LEGACY_PHYSICS_SIZE = 10 + 2 * len(_T1_REF) + len(_T2S_REF) + 2
+#: Where :func:`physics_vector` holds the MPRAGE readout train: ``100 tr_readout`` (s) and
+#: ``n_readouts / 256`` (0 for other families or when unknown).
+READOUT_SLICE = slice(LEGACY_PHYSICS_SIZE, LEGACY_PHYSICS_SIZE + 2)
 #: Length of :func:`physics_vector`.
-PHYSICS_SIZE = 10 + 2 * len(_T1_REF) + len(_T2S_REF) + 2
+PHYSICS_SIZE = READOUT_SLICE.stop
 #: Where :func:`physics_vector` holds the one-hot family (:data:`SEQUENCES` order).
 FAMILY_SLICE = slice(5, 5 + len(SEQUENCES))
 #: Reference tissues (WM, GM, CSF at 3 T) of :func:`contrast_features`.
@@ -45,15 +51,21 @@ def physics_vector(protocol: Protocol) -> np.ndarray:
 
     ``[encode(protocol) (10: tr, ti, 10 te, flip angle (rad), B0 / 3 T, one-hot family),
     exp(-TR/T1_k) (k = WM, GM, CSF at 3 T), exp(-TI/T1_k) (0 without inversion),
-    exp(-TE/T2*_k) (k = WM, GM), sin(flip), cos(flip)]``; times in s.  The exponentials are
-    Borges et al. (2019)'s "negative exponentials" of the parameters, taken at the
-    tissue relaxation times so that they span (0, 1) over the protocol ranges.
+    exp(-TE/T2*_k) (k = WM, GM), sin(flip), cos(flip), 100 tr_readout, n_readouts / 256]``;
+    times in s.  The exponentials are Borges et al. (2019)'s "negative exponentials" of the
+    parameters, taken at the tissue relaxation times so that they span (0, 1) over the protocol
+    ranges.  The last two (:data:`READOUT_SLICE`) are an MPRAGE's readout train (readout TR, i.e.
+    echo spacing, and readouts per shot; 0 for other families and when unknown); for an MPRAGE
+    the flip angle is the readout flip.
     """
     p = protocol
     tr, ti, te, fa = (float(p.tr), float(p.ti), float(p.te), float(p.flip_angle))
+    mprage = p.sequence == "mprage"
     exps = ([np.exp(-tr / t) for t in _T1_REF]
             + [np.exp(-ti / t) if ti > 0 else 0.0 for t in _T1_REF]
-            + [np.exp(-te / t) for t in _T2S_REF] + [np.sin(fa), np.cos(fa)])
+            + [np.exp(-te / t) for t in _T2S_REF] + [np.sin(fa), np.cos(fa)]
+            + [100.0 * float(p.tr_readout) if mprage else 0.0,
+               float(p.n_readouts) / 256.0 if mprage else 0.0])
     return np.concatenate([np.asarray(encode(p), np.float32),
                            np.asarray(exps, np.float32)]).astype(np.float32)
 
@@ -66,9 +78,14 @@ def contrast_features(params, magnitude: bool = False):
     a magnitude image shows (they differ only where a tissue's MPRAGE signal is negative, i.e.
     before its inversion null; SPGR signals are positive).
 
-    SPGR rows use :func:`phyjax.physics.signal.spgr` at their TR, TE and flip angle; MPRAGE rows
-    the static equation (:func:`phyjax.physics.signal.mprage`) at their TR, TI and TE; rows of
-    other families are zero.  The images are divided by their 99th percentile, so what the
+    SPGR rows use :func:`phyjax.physics.signal.spgr` at their TR, TE and flip angle.  MPRAGE rows
+    with a readout train (readout TR, readouts per shot and flip > 0,
+    :func:`phyjax.physics.signal.has_readout`) use its full form
+    (:func:`phyjax.physics.signal.mprage_readout`, Deichmann et al. 2000: the k-space centre in
+    the middle of the train, inversion efficiency 0.96), the equation the training images are
+    simulated with; those without one (and legacy-width rows) the static equation
+    (:func:`phyjax.physics.signal.mprage`) at their TR, TI and TE -- as
+    :func:`phyjax.physics.signal.signed_signal` chooses.  Rows of other families are zero.  The images are divided by their 99th percentile, so what the
     protocol fixes in them is these ratios: protocols of equal contrast map to equal features,
     whatever TR, TE and flip angle gave it (e.g. SPGR's GM/WM ratio spans 0.69-0.995 over the
     3-D range of Borges et al., a 1-D manifold in place of a 3-D box).
@@ -80,6 +97,15 @@ def contrast_features(params, magnitude: bool = False):
     onehot = p[..., FAMILY_SLICE]
     spgr = signal.spgr(t1, t2s, pd, jnp.maximum(tr, 1e-4), te, fa)
     mprage = signal.mprage(t1, t2s, pd, jnp.maximum(tr, 1e-4), ti, te)
+    if p.shape[-1] >= PHYSICS_SIZE:
+        tr_ro = p[..., READOUT_SLICE.start:READOUT_SLICE.start + 1] / 100.0
+        n_ro = p[..., READOUT_SLICE.start + 1:READOUT_SLICE.stop] * 256.0
+        known = signal.has_readout(Protocol(tr=tr, te=te, ti=ti, flip_angle=fa,
+                                            tr_readout=tr_ro, n_readouts=n_ro))
+        safe = lambda v, d: jnp.where(known, v, d)
+        full = signal.mprage_readout(t1, t2s, pd, jnp.maximum(tr, 1e-4), ti, te,
+                                     safe(fa, 0.1), safe(tr_ro, 1e-3), safe(n_ro, 2.0))
+        mprage = jnp.where(known, full, mprage)
     s = (onehot[..., SEQUENCES.index("spgr"), None] * spgr
          + onehot[..., SEQUENCES.index("mprage"), None] * mprage)
     s = jnp.abs(s) if magnitude else s
@@ -173,6 +199,9 @@ class SegmentationUNet(nn.Module):
         (:func:`phyjax.segment.train.parameter_statistics`); empty = none.
       contrast_magnitude: the branch's :func:`contrast_features` are those of magnitude images
         (absolute signals), as the images of a magnitude-trained model are; default signed.
+      physics_size: how many leading entries of the physics vector the branch reads:
+        :data:`PHYSICS_SIZE` (with the MPRAGE readout train) or :data:`LEGACY_PHYSICS_SIZE`
+        (models trained on the static MPRAGE equation; their contrast features are static too).
     """
 
     features: Sequence[int] = (16, 32, 64)
@@ -185,12 +214,15 @@ class SegmentationUNet(nn.Module):
     param_mean: Sequence[float] = ()
     param_std: Sequence[float] = ()
     contrast_magnitude: bool = False
+    physics_size: int = PHYSICS_SIZE
 
     def branch(self, params, param_noise=None):
         _, inputs, _ = parse_conditioning(self.conditioning)
-        n_stats, width = len(self.param_mean), PHYSICS_SIZE
-        if inputs != "parameters" or (n_stats and n_stats % EXTENDED_SIZE == 0):
-            params, width = extended_vector(params, self.contrast_magnitude), EXTENDED_SIZE
+        size = self.physics_size
+        params = params[:, :size]
+        n_stats, width = len(self.param_mean), size
+        if inputs != "parameters" or (n_stats and n_stats % (size + CONTRAST_SIZE) == 0):
+            params, width = extended_vector(params, self.contrast_magnitude), size + CONTRAST_SIZE
         if n_stats:
             if n_stats % width:
                 raise ValueError(f"{n_stats} standardization values do not fit physics vectors "
@@ -205,9 +237,9 @@ class SegmentationUNet(nn.Module):
             keep = jnp.ones(width, params.dtype).at[FAMILY_SLICE].set(0.0)
             params = params + param_noise[:, :width] * keep
         if inputs == "parameters":
-            params = params[:, :PHYSICS_SIZE]
+            params = params[:, :size]
         elif inputs == "contrast":
-            params = jnp.concatenate([params[:, FAMILY_SLICE], params[:, PHYSICS_SIZE:]], -1)
+            params = jnp.concatenate([params[:, FAMILY_SLICE], params[:, size:]], -1)
         h = nn.relu(nn.Dense(self.branch_width, name="branch_dense_0")(params))
         return nn.relu(nn.Dense(self.branch_width, name="branch_dense_1")(h))
 

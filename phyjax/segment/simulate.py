@@ -9,8 +9,15 @@ maps with jittered relaxation values and T1 texture), every image goes through
 Rician noise) and is normalized like a real scan (:func:`phyjax.data.volumes.normalize`).
 
 Ranges are ``{family: {field: value or (low, high)}}`` with times in s and flip angles in
-degrees (config units); a scalar is fixed, a pair is drawn uniformly.  The MPRAGE images use the
-static equation (the readout train is not modelled: flip angle 0, as in Borges et al.).
+degrees (config units); a scalar is fixed, a pair is drawn uniformly.  Fields: ``tr``, ``te``,
+``ti``, ``flip_angle``, ``field_strength`` and, for MPRAGE, ``tr_readout`` (the readout TR,
+i.e. echo spacing) and ``n_readouts`` (readouts per shot, drawn as an integer).  An MPRAGE
+whose ``tr_readout``, ``n_readouts`` and ``flip_angle`` are all > 0 is imaged with its readout
+train (:func:`phyjax.physics.signal.signed_signal` then uses
+:func:`phyjax.physics.signal.mprage_readout`, the full form of Deichmann et al. 2000 that is
+:func:`phyjax.physics.mp2rage.mprage_full`: k-space centre in the middle of the train, ``tr``
+the shot interval between inversions, ``ti`` from the inversion to the k-space-centre pulse);
+otherwise with the static equation (flip 0, as in Borges et al.: :data:`PAPER_RANGES`).
 """
 
 from __future__ import annotations
@@ -35,7 +42,22 @@ PAPER_RANGES = {
              "field_strength": 3.0},
 }
 
-_FIELDS = ("tr", "te", "ti", "flip_angle", "field_strength")
+#: Readout-train MPRAGE ranges of the default config (``configs/physics_seg.py``): shot
+#: interval TR 1.9-3.0 s, TI 0.6-1.2 s (the paper's), readout flip 6-12 deg, readout TR (echo
+#: spacing) 6-10 ms, 128-256 readouts per shot; TE fixed at 3 ms.
+READOUT_RANGES = {
+    "mprage": {"tr": (1.9, 3.0), "te": 0.003, "ti": (0.6, 1.2), "flip_angle": (6.0, 12.0),
+               "tr_readout": (0.006, 0.010), "n_readouts": (128.0, 256.0),
+               "field_strength": 3.0},
+    "spgr": PAPER_RANGES["spgr"],
+}
+
+_FIELDS = ("tr", "te", "ti", "flip_angle", "field_strength", "tr_readout", "n_readouts")
+#: Units of the fields in messages (config units).
+UNITS = {"tr": "s", "te": "s", "ti": "s", "flip_angle": "deg", "field_strength": "T",
+         "tr_readout": "s", "n_readouts": ""}
+#: MPRAGE fields redrawn until the readout train fits TI and TR - TI.
+_READOUT_FIELDS = ("tr_readout", "n_readouts")
 
 
 def _bounds(ranges: dict, family: str) -> dict:
@@ -52,35 +74,111 @@ def _bounds(ranges: dict, family: str) -> dict:
 
 
 def make_protocol(family: str, values: dict) -> Protocol:
-    """A :class:`Protocol` from config-unit ``values`` (s, degrees, T)."""
-    return Protocol.from_degrees(family, tr=values["tr"], te=values["te"],
-                                 ti=values.get("ti", 0.0),
-                                 flip_angle_deg=values.get("flip_angle", 0.0),
-                                 field_strength=values.get("field_strength", 3.0))
+    """A :class:`Protocol` from config-unit ``values`` (s, degrees, T; ``tr_readout`` s and
+    ``n_readouts`` for an MPRAGE's readout train, ignored for other families)."""
+    p = Protocol.from_degrees(family, tr=values["tr"], te=values["te"],
+                              ti=values.get("ti", 0.0),
+                              flip_angle_deg=values.get("flip_angle", 0.0),
+                              field_strength=values.get("field_strength", 3.0))
+    if family == "mprage":
+        p = p.replace(tr_readout=float(values.get("tr_readout", 0.0)),
+                      n_readouts=float(values.get("n_readouts", 0.0)))
+    return p
 
 
-def sample_protocols(family: str, ranges: dict, n: int, rng: np.random.Generator
-                     ) -> list[Protocol]:
-    """``n`` protocols of ``family`` drawn uniformly from ``ranges`` with ``rng``."""
-    b = _bounds(ranges, family)
-    return [make_protocol(family, {k: float(rng.uniform(*b[k])) for k in b}) for _ in range(n)]
+def readout_problem(protocol: Protocol) -> str:
+    """Why an MPRAGE's readout train does not fit its timing ("" when it fits, or when there is
+    no train): with the k-space centre in the middle of the train (the convention of
+    :func:`phyjax.physics.signal.mprage_readout`), half the train, ``n_readouts tr_readout /
+    2``, must fit both TI (before the centre) and TR - TI (after it)."""
+    p = protocol
+    if p.sequence != "mprage" or not (float(p.n_readouts) > 0 and float(p.tr_readout) > 0):
+        return ""
+    half = 0.5 * float(p.n_readouts) * float(p.tr_readout)
+    if half <= float(p.ti) + 1e-9 and half <= float(p.tr) - float(p.ti) + 1e-9:
+        return ""
+    return (f"readout train of {float(p.n_readouts):g} x {1e3 * float(p.tr_readout):g} ms (half "
+            f"{half:g} s around the k-space centre) does not fit TI {float(p.ti):g} s and TR - "
+            f"TI {float(p.tr) - float(p.ti):g} s")
 
 
-def evaluation_protocols(family: str, ranges: dict, n: int, seed: int) -> list[Protocol]:
+def _draw(b: dict, given: dict, rng: np.random.Generator) -> dict:
+    """One uniform draw of every field of ``b`` (bounds); the readout fields only when the
+    family's ranges ``given`` name them (so that families without them consume the same random
+    numbers as before they existed); ``n_readouts`` an integer."""
+    out = {k: float(rng.uniform(*b[k])) for k in _FIELDS[:5]}
+    if "tr_readout" in given:
+        out["tr_readout"] = float(rng.uniform(*b["tr_readout"]))
+    if "n_readouts" in given:
+        lo, hi = b["n_readouts"]
+        out["n_readouts"] = (float(rng.integers(int(np.ceil(lo)), int(np.floor(hi)) + 1))
+                             if hi > lo else float(lo))
+    return out
+
+
+def sample_protocols(family: str, ranges: dict, n: int, rng: np.random.Generator,
+                     max_tries: int = 1000) -> list[Protocol]:
+    """``n`` protocols of ``family`` drawn uniformly from ``ranges`` with ``rng`` (``n_readouts``
+    an integer).  An MPRAGE whose readout train does not fit its TI and TR - TI
+    (:func:`readout_problem`) has its readout TR and readouts per shot redrawn (TI, TR and flip
+    kept, so their marginals stay uniform).  Raises ValueError when ``max_tries`` redraws find
+    no train that fits."""
+    b, given = _bounds(ranges, family), ranges[family]
+    out = []
+    for _ in range(n):
+        values = _draw(b, given, rng)
+        p = make_protocol(family, values)
+        for _ in range(max_tries):
+            if not readout_problem(p):
+                break
+            redraw = _draw(b, given, rng)
+            p = make_protocol(family, {**values, **{k: redraw[k] for k in _READOUT_FIELDS
+                                                    if k in redraw}})
+        else:
+            raise ValueError(f"{family}: no readout train in the ranges fits "
+                             f"({readout_problem(p)}).")
+        out.append(p)
+    return out
+
+
+def evaluation_protocols(family: str, ranges: dict, n: int, seed: int,
+                         fixed: dict | None = None) -> list[Protocol]:
     """The protocols a held-out subject is imaged with: for ``mprage``, ``n`` TIs evenly spaced
-    over the range (the x axis of the volume-vs-TI figure; other fields at their range's
-    centre); for other families a seeded uniform draw of ``n`` (every field varied)."""
+    over the range (the x axis of the volume-vs-TI figure), every other field that training
+    varied at its value in ``fixed`` (config units; a field ``fixed`` lacks: its range's centre)
+    and every field training fixed at its training value; for other families a seeded uniform
+    draw of ``n`` (every field varied).  Raises ValueError when a ``fixed`` value lies outside
+    its range or an MPRAGE's readout train does not fit one of the TIs."""
     b = _bounds(ranges, family)
     if family == "mprage":
-        mid = {k: 0.5 * (lo + hi) for k, (lo, hi) in b.items()}
-        return [make_protocol(family, {**mid, "ti": float(ti)})
-                for ti in np.linspace(*b["ti"], n)]
+        base = {k: 0.5 * (lo + hi) for k, (lo, hi) in b.items()}
+        for k, v in (fixed or {}).items():
+            lo, hi = b[k]
+            if hi > lo and k != "ti":
+                if not lo <= float(v) <= hi:
+                    raise ValueError(f"evaluation MPRAGE: {k} {float(v):g} outside the training "
+                                     f"range {lo:g}-{hi:g}.")
+                base[k] = float(v)
+        out = [make_protocol(family, {**base, "ti": float(ti)})
+               for ti in np.linspace(*b["ti"], n)]
+        bad = [readout_problem(p) for p in out if readout_problem(p)]
+        if bad:
+            raise ValueError(f"evaluation MPRAGE: {bad[0]}.")
+        return out
     return sample_protocols(family, ranges, n, np.random.default_rng([seed, 16, 2]))
 
 
+def _static_flip(ranges: dict, family: str) -> bool:
+    """Whether ``family``'s training had no readout train (MPRAGE flip fixed at 0)."""
+    fa = ranges.get(family, {}).get("flip_angle", 0.0)
+    return family == "mprage" and not isinstance(fa, (list, tuple)) and float(fa) == 0.0
+
+
 def in_range(protocol: Protocol, ranges: dict, rtol: float = 1e-3) -> list[str]:
-    """Why ``protocol`` lies outside ``ranges`` (empty list when inside); only the fields
-    ``ranges[protocol.sequence]`` names are checked."""
+    """Why ``protocol`` lies outside ``ranges`` (empty list when inside): one string per field,
+    naming it, its value and the range, e.g. ``"flip_angle 14 deg (trained on 6-12 deg)"``.
+    Only the fields ``ranges[protocol.sequence]`` names are checked; an MPRAGE's flip angle is
+    not checked against a static (flip 0) training, whose equation does not use it."""
     if protocol.sequence not in ranges:
         return [f"family {protocol.sequence!r} (trained on {sorted(ranges)})"]
     b = {k: v for k, v in _bounds(ranges, protocol.sequence).items()
@@ -90,11 +188,12 @@ def in_range(protocol: Protocol, ranges: dict, rtol: float = 1e-3) -> list[str]:
         v = float(getattr(protocol, k))
         if k == "flip_angle":
             v = float(np.rad2deg(v))
-        if k == "flip_angle" and protocol.sequence == "mprage":
-            continue  # the static MPRAGE equation does not use it
+            if _static_flip(ranges, protocol.sequence):
+                continue  # the static MPRAGE equation does not use it
         tol = rtol * max(abs(lo), abs(hi), 1e-9)
         if not lo - tol <= v <= hi + tol:
-            out.append(f"{k} {v:g} (trained on {lo:g}-{hi:g})")
+            u = f" {UNITS[k]}" if UNITS.get(k) else ""
+            out.append(f"{k} {v:g}{u} (trained on {lo:g}-{hi:g}{u})")
     return out
 
 

@@ -15,6 +15,7 @@ from phyjax.data.nifti import InputError
 from phyjax.data.slices import from_slices, grid, to_slices, with_context
 from phyjax.segment.model import (
     FAMILY_SLICE,
+    LEGACY_PHYSICS_SIZE,
     PHYSICS_SIZE,
     SegmentationUNet,
     extended_vector,
@@ -71,9 +72,10 @@ def segmentation_loss(name: str, logits, target, mask):
 def make_model(settings: dict) -> SegmentationUNet:
     """The :class:`SegmentationUNet` of a settings dict (``features``, ``physics``,
     ``branch_width``; optional ``conditioning`` (default ``"add"``), ``condition_encoder``
-    (False), ``param_mean`` / ``param_std`` (none) and ``contrast`` (``"signed"``; or
-    ``"magnitude"``: absolute contrast features) -- models saved before these existed load as
-    they were trained)."""
+    (False), ``param_mean`` / ``param_std`` (none), ``contrast`` (``"signed"``; or
+    ``"magnitude"``: absolute contrast features) and ``physics_size`` (the physics-vector entries
+    the branch reads; :data:`~phyjax.segment.model.LEGACY_PHYSICS_SIZE`, no readout train, when
+    absent) -- models saved before these existed load as they were trained)."""
     return SegmentationUNet(features=tuple(settings["features"]), n_classes=3,
                             physics=bool(settings["physics"]),
                             branch_width=int(settings["branch_width"]),
@@ -81,7 +83,8 @@ def make_model(settings: dict) -> SegmentationUNet:
                             condition_encoder=bool(settings.get("condition_encoder", False)),
                             param_mean=tuple(float(v) for v in settings.get("param_mean", ())),
                             param_std=tuple(float(v) for v in settings.get("param_std", ())),
-                            contrast_magnitude=settings.get("contrast", "signed") == "magnitude")
+                            contrast_magnitude=settings.get("contrast", "signed") == "magnitude",
+                            physics_size=int(settings.get("physics_size", LEGACY_PHYSICS_SIZE)))
 
 
 def parameter_statistics(params: np.ndarray, by_family: bool = True, floor: float = 1e-3,
