@@ -39,7 +39,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from phyjax.segment.report import LABELS, PAPER_COV  # noqa: E402
+from phyjax.segment.report import LABELS, PAPER_COV
 
 FAMILIES = ("mprage", "spgr")
 METHODS = ("physics", "no_branch", "hmrf")
@@ -98,13 +98,14 @@ def markdown(rows, wins, command: str, wall: float, cpu: float, overrides) -> st
         return f"{r[k]:.4f}" + (f" ± {sd:.4f}" if np.isfinite(sd) else "")
     lines = ["# Physics-aware segmentation: volume CoV across protocols", "",
              f"Command: `{command}`", "",
-             f"Overrides: `{' '.join(overrides) or '(defaults)'}`. Wall {wall / 60:.1f} min, "
-             f"CPU (user + system of the runs) {cpu / 60:.1f} min.", "",
-             "CoV per seed = mean over held-out subjects of sample sd / mean of the subject's "
+             (f"Overrides: `{' '.join(overrides) or '(defaults)'}`. Wall {wall / 60:.1f} min, "
+             f"CPU (user + system of the runs) {cpu / 60:.1f} min."), "",
+             ("CoV per seed = mean over held-out subjects of sample sd / mean of the subject's "
              "volume across the family's protocols; table: mean ± sd over seeds (per-seed "
-             "values in brackets).", "",
-             "| family | method | CoV GM | CoV WM | per seed GM | per seed WM | Dice GM | Dice WM |"
-             " paper CoV GM / WM |", "|---|---|---|---|---|---|---|---|---|"]
+             "values in brackets)."), "",
+             ("| family | method | CoV GM | CoV WM | per seed GM | per seed WM | Dice GM | "
+              "Dice WM |"
+             " paper CoV GM / WM |"), "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         paper = PAPER_COV.get(r["family"], {}).get(r["method"])
         lines.append(f"| {r['family']} | {LABELS.get(r['method'], r['method'])} | "

@@ -12,9 +12,10 @@ Segment a user's T1w (its protocol read from its sidecar) with the trained physi
 Trains the U-Net with the physics branch and the same U-Net without it on images simulated over
 the MPRAGE (readout-train form: TI 0.6-1.2 s, shot TR 1.9-3.0 s, readout flip 6-12 deg, readout
 TR 6-10 ms, 128-256 readouts per shot) and SPGR (TR 15-100 ms, TE 4-10 ms, flip 15-75 deg)
-ranges with scanner effects, labelled by the R1 gold standard; evaluates Dice and the GM/WM volume CoV across
-protocols on held-out anatomies for both and for the fixed HMRF segmenter; bridges two MPRAGE
-sites of unknown TI.  Runtime on one CPU core (pinned, shared machine): default ~15-18 min
+ranges with scanner effects, labelled by the R1 gold standard; evaluates Dice and the GM/WM
+volume CoV across protocols on held-out anatomies for both and for the fixed HMRF segmenter
+(the MPRAGE TI sweep at eval.mprage_fixed's readout train); bridges two MPRAGE sites of unknown
+TI.  Runtime on one CPU core (pinned, shared machine): default ~15-18 min
 (~10 CPU-min), debug < 1 min.
 Every field can be overridden with --config.<path>=<value>; an unknown key is an error.
 """

@@ -85,8 +85,9 @@ def contrast_features(params, magnitude: bool = False):
     the middle of the train, inversion efficiency 0.96), the equation the training images are
     simulated with; those without one (and legacy-width rows) the static equation
     (:func:`phyjax.physics.signal.mprage`) at their TR, TI and TE -- as
-    :func:`phyjax.physics.signal.signed_signal` chooses.  Rows of other families are zero.  The images are divided by their 99th percentile, so what the
-    protocol fixes in them is these ratios: protocols of equal contrast map to equal features,
+    :func:`phyjax.physics.signal.signed_signal` chooses.  Rows of other families are zero.  The
+    images are divided by their 99th percentile, so what the protocol fixes in them is these
+    ratios: protocols of equal contrast map to equal features,
     whatever TR, TE and flip angle gave it (e.g. SPGR's GM/WM ratio spans 0.69-0.995 over the
     3-D range of Borges et al., a 1-D manifold in place of a 3-D box).
     """

@@ -27,8 +27,8 @@ def _cell(row, key, fmt):
 def summary_table(summary: list[dict]) -> str:
     """Markdown: per family and method, CoV GM / WM (mean ± sd over subjects), Dice, and the
     paper's CoV where it reports one."""
-    lines = [("| family | method | CoV GM ↓ | CoV WM ↓ | Dice CSF | Dice GM | Dice WM | paper CoV "
-             "GM / WM |"), "|---|---|---|---|---|---|---|---|"]
+    lines = [("| family | method | CoV GM ↓ | CoV WM ↓ | Dice CSF | Dice GM | Dice WM | "
+              "paper CoV GM / WM |"), "|---|---|---|---|---|---|---|---|"]
     for r in sorted(summary, key=lambda r: (r["family"], list(LABELS).index(r["method"])
                                             if r["method"] in LABELS else 99)):
         paper = PAPER_COV.get(r["family"], {}).get(r["method"])
