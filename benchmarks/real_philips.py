@@ -12,12 +12,20 @@ harmonizer folder and each resolution mode it reports:
 
 * **detail kept**: SSIM of the high-pass (image minus its Gaussian blur, sigma 1 voxel) of the
   harmonized image against the input's, inside the GM+WM mask (1 = every edge where it was);
-* **anatomy kept**: Dice of the fixed segmenter's (DIPY HMRF, the benchmark's) GM and WM on the
-  harmonized image against FAST's (argmax of its GM/WM maps), next to the same on the input.
+* **anatomy kept**: Dice of the fixed segmenter's (``--segmenter``: the benchmark config's
+  ANTs Atropos by default, or DIPY's HMRF, the benchmark's before 2026-11-30) CSF, GM and WM on
+  the harmonized image against FAST's, next to the same on the input.
+
+The mask (``--mask``): ``brain`` (default), the largest connected component of ``bet > 0`` (what
+BET gives a user, CSF included; drops the two spheres added to the scan), FAST's labels the argmax
+of (1 - GM - WM, GM, WM); or ``gmwm``, FAST's GM + WM > 0.5 with FAST's labels GM or WM -- the
+tables up to 2026-11-29, in which a three-class segmenter has no CSF to find, so its darkest class
+eats into GM (the HMRF's input GM Dice 0.41 there).  The harmonizers get the same mask.
 
 Usage::
 
     python benchmarks/real_philips.py --harmonizer runs/phycharm/harmonizer [--harmonizer ...]
+        [--segmenter atropos|hmrf] [--mask brain|gmwm]
         [--data ../shared/data/real_subject_philips] [--out benchmarks/results/real_philips.md]
         [--figure docs/philips_t1w_harmonized.png]
 """
@@ -38,7 +46,7 @@ from phyjax.data.sidecar import read_protocol
 from phyjax.data.volumes import normalize
 from phyjax.evaluate.metrics import ssim
 from phyjax.evaluate.overlap import TISSUE_LABELS, binary_overlap
-from phyjax.evaluate.segmentation import TissueSegmenter
+from phyjax.evaluate.segmentation import make_segmenter
 from phyjax.experiments.harmonize import harmonize_image
 from phyjax.physics.sequences import Protocol
 
@@ -68,10 +76,41 @@ def detail_ssim(out: np.ndarray, image: np.ndarray, mask: np.ndarray) -> float:
 
 
 def tissue_dice(labels: np.ndarray, fast: np.ndarray, mask: np.ndarray) -> dict[str, float]:
-    """Dice of GM and WM against FAST's labels inside ``mask``."""
-    return {f"dice_{t}": binary_overlap(labels[mask] == TISSUE_LABELS[t],
-                                        fast[mask] == TISSUE_LABELS[t])["dice"]
-            for t in ("gm", "wm")}
+    """Dice of CSF, GM and WM against FAST's labels inside ``mask`` (CSF: NaN when FAST has none
+    there, the ``gmwm`` mask)."""
+    out = {}
+    for t in ("csf", "gm", "wm"):
+        a, b = labels[mask] == TISSUE_LABELS[t], fast[mask] == TISSUE_LABELS[t]
+        out[f"dice_{t}"] = binary_overlap(a, b)["dice"] if b.any() else float("nan")
+    return out
+
+
+def benchmark_segmenter(method: str):
+    """The benchmark config's fixed segmenter (``configs/benchmark.py``) with ``method``."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(__file__), "..", "configs", "benchmark.py")
+    spec = importlib.util.spec_from_file_location("_benchmark_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    seg = module.get_config().segmentation
+    seg.method = method
+    return make_segmenter(seg)
+
+
+def masks_and_labels(image: np.ndarray, gm: np.ndarray, wm: np.ndarray, which: str):
+    """The mask (``brain`` or ``gmwm``, see the module docstring) and FAST's labels in it."""
+    if which == "gmwm":
+        mask = (gm + wm) > 0.5
+        fast = np.where(wm > gm, TISSUE_LABELS["wm"], TISSUE_LABELS["gm"]).astype(np.int8)
+    elif which == "brain":
+        lab, _ = ndimage.label(image > 0)
+        mask = lab == np.argmax(np.bincount(lab.ravel())[1:]) + 1
+        fast = (np.argmax(np.stack([np.clip(1.0 - gm - wm, 0, 1), gm, wm]), 0) + 1).astype(
+            np.int8)
+    else:
+        raise ValueError(f"--mask must be brain or gmwm, got {which!r}.")
+    return mask, np.where(mask, fast, 0).astype(np.int8)
 
 
 def figure(path: str, source: np.ndarray, outputs: list[tuple[str, np.ndarray]], gm: np.ndarray,
@@ -125,6 +164,10 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--sidecar", default=SIDECAR, help="the scan's JSON sidecar")
     ap.add_argument("--tr-prep", type=float, default=2.3,
                     help="shot interval (s), not in Philips sidecars; ADNI-3's 2.3 s assumed")
+    ap.add_argument("--segmenter", default="atropos", choices=("atropos", "hmrf"),
+                    help="the fixed segmenter (benchmark config's settings)")
+    ap.add_argument("--mask", default="brain", choices=("brain", "gmwm"),
+                    help="brain: bet > 0 (CSF included); gmwm: FAST GM + WM > 0.5 (old tables)")
     ap.add_argument("--figure", default="", help="PNG: input and each native-resolution output "
                     "with FAST's GM boundary (e.g. docs/philips_t1w_harmonized.png)")
     args = ap.parse_args(argv)
@@ -133,9 +176,8 @@ def main(argv=None) -> list[dict]:
     image, img = load_volume(os.path.join(args.data, "bet.nii.gz"))
     gm, _ = load_volume(os.path.join(args.data, "pve_1.nii.gz"))
     wm, _ = load_volume(os.path.join(args.data, "pve_2.nii.gz"))
-    mask = (gm + wm) > 0.5
-    fast = np.where(wm > gm, TISSUE_LABELS["wm"], TISSUE_LABELS["gm"]).astype(np.int8)
-    segment = TissueSegmenter(beta=0.1, max_iter=100, tolerance=1e-5)
+    mask, fast = masks_and_labels(image, gm, wm, args.mask)
+    segment = benchmark_segmenter(args.segmenter)
     source = normalize(image, mask)
     rows = [{"harmonizer": "input (no harmonization)", "resolution": "-", "detail_ssim": 1.0,
              **tissue_dice(segment(source, mask), fast, mask), "seconds": 0.0}]
@@ -155,15 +197,18 @@ def main(argv=None) -> list[dict]:
                          **tissue_dice(segment(harmonized, mask), fast, mask),
                          "seconds": seconds})
             print(rows[-1], flush=True)
-    lines = ["| harmonizer | resolution | high-pass SSIM vs input | Dice GM vs FAST | "
-             "Dice WM vs FAST | seconds |", "|---|---|---|---|---|---|"]
+    lines = [("| harmonizer | resolution | high-pass SSIM vs input | Dice CSF vs FAST | "
+              "Dice GM vs FAST | Dice WM vs FAST | seconds |"), "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['harmonizer']} | {r['resolution']} | {r['detail_ssim']:.3f} | "
-              f"{r['dice_gm']:.3f} | {r['dice_wm']:.3f} | {r['seconds']:.1f} |" for r in rows]
+              f"{r['dice_csf']:.3f} | {r['dice_gm']:.3f} | {r['dice_wm']:.3f} | "
+              f"{r['seconds']:.1f} |" for r in rows]
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         f.write("Real Philips T1w (1 mm), harmonized; `python benchmarks/real_philips.py "
                 + " ".join(f"--harmonizer {x}" for x in args.harmonizer)
-                + f" --tr-prep {args.tr_prep:g}`; protocol {protocol}\n\n")
+                + f" --tr-prep {args.tr_prep:g} --segmenter {args.segmenter} --mask {args.mask}`"
+                f"; segmenter {segment}; mask {args.mask} ({int(mask.sum())} voxels); "
+                f"protocol {protocol}\n\n")
         f.write("\n".join(lines) + "\n")
     if args.figure and shown:
         figure(args.figure, source, shown, gm, mask)

@@ -60,9 +60,13 @@ def get_config(arg: str | None = None) -> ConfigDict:
                                           # their prediction across sites)
     ev.rim_mm = 4.0                       # unpaired downstream task: ROI rim width (mm)
 
-    seg = config.segmentation = ConfigDict()   # DIPY HMRF, one fixed segmenter for every image
-    seg.beta = 0.1
-    seg.max_iter = 100                          # converges (tolerance) in ~60 on the default data
+    seg = config.segmentation = ConfigDict()   # one fixed segmenter for every image
+    seg.method = "atropos"     # "atropos" (ANTs) | "hmrf" (DIPY; the benchmark's up to 2026-11)
+    seg.mrf_smoothing = 0.1    # atropos: MRF smoothing, radius (voxels), EM iterations: the
+    seg.mrf_radius = 1         # settings of ANTs' antsAtroposN4.sh
+    seg.iterations = 5
+    seg.beta = 0.1             # hmrf: MRF beta, iterations, tolerance
+    seg.max_iter = 100         # converges (tolerance) in ~60 on the default data
     seg.tolerance = 1e-5
 
     rad = config.radiomics = ConfigDict()

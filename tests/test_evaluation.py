@@ -6,19 +6,34 @@ three-tissue phantom with known volumes (segmenter), PyRadiomics (radiomic featu
 """
 
 import math
+import os
 
 import numpy as np
 import pytest
 from scipy import stats
 
 from phyjax.evaluate import report
-from phyjax.evaluate.overlap import (binary_overlap, coefficient_of_variation, tissue_overlap,
-                                     tissue_volumes, volume_differences)
-from phyjax.evaluate.segmentation import TissueSegmenter, rescale_for_segmentation
-from phyjax.evaluate.site_difference import (FeatureExtractor, radiomic_relative_error,
-                                             site_classifier, site_difference, site_features,
-                                             t_interval)
-
+from phyjax.evaluate.overlap import (
+    binary_overlap,
+    coefficient_of_variation,
+    tissue_overlap,
+    tissue_volumes,
+    volume_differences,
+)
+from phyjax.evaluate.segmentation import (
+    AtroposSegmenter,
+    TissueSegmenter,
+    make_segmenter,
+    rescale_for_segmentation,
+)
+from phyjax.evaluate.site_difference import (
+    FeatureExtractor,
+    radiomic_relative_error,
+    site_classifier,
+    site_difference,
+    site_features,
+    t_interval,
+)
 
 # ----------------------------------------------------------------------------- overlap
 
@@ -119,10 +134,13 @@ def _phantom(n=28, noise=0.04, seed=0):
     return image + noise * rng.standard_normal(truth.shape), truth
 
 
-@pytest.fixture(scope="module")
-def phantom_segmentation():
+SEGMENTERS = {"hmrf": lambda: TissueSegmenter(max_iter=30), "atropos": AtroposSegmenter}
+
+
+@pytest.fixture(scope="module", params=sorted(SEGMENTERS))
+def phantom_segmentation(request):
     image, truth = _phantom()
-    seg = TissueSegmenter(max_iter=30)
+    seg = SEGMENTERS[request.param]()
     return image, truth, seg, seg(image, truth > 0)
 
 
@@ -145,18 +163,71 @@ def test_segmenter_is_deterministic_and_intensity_scale_invariant(phantom_segmen
 
 def test_segmenter_does_not_use_dipys_unseeded_jitter(monkeypatch, phantom_segmentation):
     """DIPY replaces exact zeros by unseeded noise; the wrapper never hands it a zero."""
-    import dipy.segment.tissue as tissue
+    from dipy.segment import tissue
 
     image, truth, seg, labels = phantom_segmentation
+    if not isinstance(seg, TissueSegmenter):
+        pytest.skip("DIPY only")
     seeds = iter(range(1000))
     monkeypatch.setattr(tissue, "add_noise", lambda sig, *a, **k: sig + 0.5 * np.random.default_rng(
         next(seeds)).random(np.shape(sig)))
     np.testing.assert_array_equal(seg(image, truth > 0), labels)
 
 
-def test_segmenter_bad_input():
+def test_atropos_orders_classes_by_intensity_and_leaves_no_files(tmp_path, monkeypatch):
+    """Inverted (T2-like) contrast: label 1 is still the darkest class (here the truth's WM);
+    antspyx's posterior files (named by tempfile.mktemp, never deleted upstream) are removed."""
+    import tempfile
+
+    image, truth = _phantom(n=20)
+    inverted = 1.2 - image
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    labels = AtroposSegmenter()(inverted, truth > 0)
+    assert tempfile.tempdir == str(tmp_path)
+    assert list(tmp_path.iterdir()) == []
+    expected = np.select([truth == 3, truth == 2, truth == 1], [1, 2, 3], 0)
+    m = tissue_overlap(labels, expected, truth > 0)
+    assert min(m["dice_csf"], m["dice_gm"], m["dice_wm"]) > 0.95
+
+
+def test_atropos_labels_do_not_depend_on_the_thread_count():
+    """ITK runs Atropos on all cores; the constant seed makes the labels the same on one."""
+    import subprocess
+    import sys
+
+    code = ("import numpy as np, sys; sys.path.insert(0, 'tests');"
+            "from test_evaluation import _phantom;"
+            "from phyjax.evaluate.segmentation import AtroposSegmenter;"
+            "i, t = _phantom(n=20, noise=0.15, seed=3);"
+            "sys.stdout.write(AtroposSegmenter()(i, t > 0).tobytes().hex())")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = [subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
+                          check=True, env={**os.environ,
+                                           "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS": n}).stdout
+           for n in ("1", "2", "2")]
+    assert out[0] == out[1] == out[2]
+    image, truth = _phantom(n=20, noise=0.15, seed=3)
+    labels = np.frombuffer(bytes.fromhex(out[0]), np.int8).reshape(truth.shape)
+    assert 0.5 < np.mean(labels[truth > 0] == truth[truth > 0]) < 1.0   # noisy: not trivial
+
+
+def test_make_segmenter_from_config():
+    import conftest
+
+    seg = conftest.load_config("benchmark").segmentation
+    made = make_segmenter(seg)
+    assert made == AtroposSegmenter(seg.mrf_smoothing, seg.mrf_radius, seg.iterations)
+    seg.method = "hmrf"
+    assert make_segmenter(seg) == TissueSegmenter(seg.beta, seg.max_iter, seg.tolerance)
+    seg.method = "fast"
+    with pytest.raises(ValueError, match="segmentation.method"):
+        make_segmenter(seg)
+
+
+@pytest.mark.parametrize("name", sorted(SEGMENTERS))
+def test_segmenter_bad_input(name):
     image, truth = _phantom(n=12)
-    seg = TissueSegmenter(max_iter=2)
+    seg = SEGMENTERS[name]()
     with pytest.raises(ValueError, match="shape mismatch"):
         seg(image, truth[:-1] > 0)
     with pytest.raises(ValueError, match="empty brain mask"):

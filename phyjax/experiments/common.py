@@ -14,7 +14,7 @@ from phyjax.data.dataset import Dataset
 from phyjax.data.nifti import InputError
 from phyjax.data.sidecar import target_from_config
 from phyjax.data.split import LeakageError, Split
-from phyjax.evaluate.segmentation import TissueSegmenter
+from phyjax.evaluate.segmentation import make_segmenter
 from phyjax.evaluate.site_difference import FeatureExtractor
 
 
@@ -121,6 +121,7 @@ def feature_extractor(r) -> FeatureExtractor:
                             classes=tuple(r.classes), batch_size=r.batch_size)
 
 
-def tissue_segmenter(s) -> TissueSegmenter:
-    """The fixed tissue segmenter of a config's ``segmentation`` section."""
-    return TissueSegmenter(beta=s.beta, max_iter=s.max_iter, tolerance=s.tolerance)
+def tissue_segmenter(s):
+    """The fixed tissue segmenter of a config's ``segmentation`` section
+    (:func:`phyjax.evaluate.segmentation.make_segmenter`)."""
+    return make_segmenter(s)
