@@ -145,7 +145,7 @@ def phantom_segmentation(request):
 
 
 def test_segmenter_recovers_known_tissue_volumes(phantom_segmentation):
-    image, truth, _, labels = phantom_segmentation
+    _, truth, _, labels = phantom_segmentation
     known = tissue_volumes(truth, 1.0)
     found = tissue_volumes(labels, 1.0)
     for t in known:
@@ -206,7 +206,7 @@ def test_atropos_labels_do_not_depend_on_the_thread_count():
                                            "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS": n}).stdout
            for n in ("1", "2", "2")]
     assert out[0] == out[1] == out[2]
-    image, truth = _phantom(n=20, noise=0.15, seed=3)
+    _, truth = _phantom(n=20, noise=0.15, seed=3)
     labels = np.frombuffer(bytes.fromhex(out[0]), np.int8).reshape(truth.shape)
     assert 0.5 < np.mean(labels[truth > 0] == truth[truth > 0]) < 1.0   # noisy: not trivial
 
