@@ -417,6 +417,26 @@ def test_real_philips_sidecar_is_in_the_trained_range_with_its_readout():
     np.testing.assert_allclose(physics_vector(p)[READOUT_SLICE], [0.6501, 1.0], rtol=1e-5)
 
 
+def test_static_mprage_training_is_reachable_from_the_command_line():
+    """``--config.data.mprage.tr=2.4 --config.data.mprage.flip_angle=0 ...tr_readout=0
+    ...n_readouts=0`` (numbers on pair fields arrive as 1-tuples) gives the static MPRAGE
+    ranges, drawing the same protocols as the paper's ranges and no readout train."""
+    from phyjax.experiments.physics_seg import ranges_of
+    from phyjax.segment import simulate
+
+    config = load_config("physics_seg")
+    with config.unlocked():
+        for k, v in (("tr", (2.4,)), ("flip_angle", (0,)), ("tr_readout", (0,)),
+                     ("n_readouts", (0,))):
+            config.data.mprage[k] = v
+    ranges = ranges_of(config)
+    assert ranges["mprage"]["tr"] == 2.4 and ranges["mprage"]["n_readouts"] == 0.0
+    static = simulate.sample_protocols("mprage", ranges, 4, np.random.default_rng(3))
+    paper = simulate.sample_protocols("mprage", simulate.PAPER_RANGES, 4,
+                                      np.random.default_rng(3))
+    assert static == paper and not any(float(p.n_readouts) for p in static)
+
+
 def test_segment_mode_refuses_an_out_of_range_readout_flip_naming_it():
     from phyjax.segment.infer import check_protocol
 

@@ -47,6 +47,15 @@ from phyjax.segment.train import (
 MODELS = {"physics": ("physics_unet", True), "no_branch": ("no_branch_unet", False)}
 
 
+def _range_value(v):
+    """A config range value: a pair as a tuple of floats, a number as a float.  A number given
+    on the command line for a pair field (``--config.data.mprage.tr=2.4``) arrives as a 1-tuple
+    and is a fixed value."""
+    if isinstance(v, (tuple, list)):
+        return float(v[0]) if len(v) == 1 else tuple(float(x) for x in v)
+    return float(v)
+
+
 def ranges_of(config) -> dict:
     """``{family: {field: value or (low, high)}}`` of ``config.data`` (s, degrees, T)."""
     out = {}
@@ -54,8 +63,7 @@ def ranges_of(config) -> dict:
         if family not in ("mprage", "spgr"):
             raise InputError(f"config.data.families: {family!r} has no range section "
                              "(mprage, spgr).")
-        out[family] = {k: (tuple(v) if isinstance(v, (tuple, list)) else float(v))
-                       for k, v in config.data[family].items()}
+        out[family] = {k: _range_value(v) for k, v in config.data[family].items()}
     return out
 
 

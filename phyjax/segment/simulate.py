@@ -66,6 +66,8 @@ def _bounds(ranges: dict, family: str) -> dict:
     out = {}
     for k in _FIELDS:
         v = ranges[family].get(k, 0.0)
+        if isinstance(v, (tuple, list)) and len(v) == 1:   # "--config...=2.4" on a pair field
+            v = v[0]
         lo, hi = (float(v[0]), float(v[1])) if isinstance(v, (tuple, list)) else (float(v),) * 2
         if hi < lo:
             raise ValueError(f"{family}.{k}: range ({lo}, {hi}) is reversed.")
@@ -104,11 +106,13 @@ def readout_problem(protocol: Protocol) -> str:
 
 def _draw(b: dict, given: dict, rng: np.random.Generator) -> dict:
     """One uniform draw of every field of ``b`` (bounds); the readout fields only when the
-    family's ranges ``given`` name them (so that families without them consume the same random
-    numbers as before they existed); ``n_readouts`` an integer."""
+    family's ranges ``given`` name them, and drawn only when varied (so that families without
+    them, and the static MPRAGE, consume the same random numbers as before they existed);
+    ``n_readouts`` an integer."""
     out = {k: float(rng.uniform(*b[k])) for k in _FIELDS[:5]}
     if "tr_readout" in given:
-        out["tr_readout"] = float(rng.uniform(*b["tr_readout"]))
+        lo, hi = b["tr_readout"]
+        out["tr_readout"] = float(rng.uniform(lo, hi)) if hi > lo else lo
     if "n_readouts" in given:
         lo, hi = b["n_readouts"]
         out["n_readouts"] = (float(rng.integers(int(np.ceil(lo)), int(np.floor(hi)) + 1))
