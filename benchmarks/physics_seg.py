@@ -14,10 +14,13 @@ Usage::
         --root runs/physics_seg_bench --out benchmarks/results/physics_seg \\
         [--set train.steps=2400 --set data.reconstruction=signed ...] [--reuse]
 
-The README's two tables: ``--set data.reconstruction=signed --set model.conditioning=add``
+The README's tables: ``--set data.reconstruction=signed --set model.conditioning=add``
 (the paper's branch inputs) and ``--set data.reconstruction=signed --set
-model.conditioning=add+contrast`` (the branch fed the protocol's tissue contrast, the default;
-``benchmarks/results/physics_seg_contrast``).
+model.conditioning=add+contrast`` (the branch fed the protocol's tissue contrast;
+``benchmarks/results/physics_seg_contrast``), both with the static MPRAGE of the code before
+issue 16, and ``--set model.conditioning=add+contrast`` (the defaults: magnitude images;
+``physics_seg_magnitude`` before issue 16, ``physics_seg_readout`` with the readout-train MPRAGE
+training since).
 
 ``--reuse`` tabulates finished runs under ``--root`` (``seed<s>/summary.csv``) without
 rerunning them; a run is resumed (``phyjax.main``'s checkpoints) when its folder exists.
