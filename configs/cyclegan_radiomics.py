@@ -38,6 +38,10 @@ def _benchmark_config(arg):
 
 def add_sections(config: ConfigDict, arg: str | None = None) -> ConfigDict:
     """Add the ``cyclegan`` and ``pix2pix`` sections to an (unlocked) config."""
+    # The CycleGAN's tissue labels and its README figures were made with DIPY's HMRF; the
+    # benchmark's default fixed segmenter became ANTs Atropos afterwards (README issue 14 item
+    # 10). Kept here so those figures reproduce; --config.segmentation.method=atropos to switch.
+    config.segmentation.method = "hmrf"
     cg = config.cyclegan = ConfigDict()
     cg.use_segmenters = True     # Dice losses through frozen per-domain segmenters
     cg.use_rf_loss = True        # radiomic-feature loss (soft, differentiable features)

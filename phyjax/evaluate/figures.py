@@ -93,7 +93,7 @@ def volume_boxplots(rows: list[dict], truth_volumes: dict[str, dict[str, float]]
                 ax.set_title(m, fontsize=8)
             if j == 0:
                 ax.set_ylabel(f"{t.upper()} volume (mL)", fontsize=8)
-    fig.suptitle("Tissue volumes of held-out subjects per source site (DIPY HMRF)", fontsize=9)
+    fig.suptitle("Tissue volumes of held-out subjects per source site (fixed segmenter)", fontsize=9)
     fig.tight_layout()
     return _save(fig, path)
 

@@ -1,6 +1,6 @@
 """Benchmark measures beyond image similarity: tissue segmentation, volumes, subject-level metrics.
 
-* :class:`TissueMeasure` -- one fixed DIPY HMRF segmenter for every image (raw images'
+* :class:`TissueMeasure` -- one fixed tissue segmenter (Atropos or HMRF) for every image (raw images'
   segmentations cached): Dice/IoU/F1/precision/recall against the segmentation of the same
   subject's target-protocol image, tissue volumes and their differences; a measure for
   :func:`phyjax.evaluate.loop.evaluate_images`.
@@ -20,7 +20,6 @@ from phyjax.data.volumes import Volume
 from phyjax.evaluate.metrics import nrmse
 from phyjax.evaluate.overlap import (TISSUES, coefficient_of_variation, tissue_overlap,
                                      tissue_volumes, volume_differences)
-from phyjax.evaluate.segmentation import TissueSegmenter
 from phyjax.evaluate.site_difference import site_classifier
 from phyjax.evaluate.unpaired import icc
 
@@ -28,7 +27,7 @@ from phyjax.evaluate.unpaired import icc
 class TissueMeasure:
     """Segmentation overlap and tissue volumes of an output vs its subject's target image."""
 
-    def __init__(self, volumes, segment: TissueSegmenter):
+    def __init__(self, volumes, segment):
         self.volumes, self.segment = volumes, segment
         self.voxel_mm3 = {s: next(iter(v.values())).voxel_mm3 for s, v in volumes.items()}
         self._labels: dict[tuple[str, str], np.ndarray] = {}

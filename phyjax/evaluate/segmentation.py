@@ -94,6 +94,10 @@ class TissueSegmenter:
     max_iter: int = 30
     tolerance: float = 1e-5
 
+    def describe(self) -> str:
+        """One line for reports."""
+        return f"DIPY HMRF (beta {self.beta:g}, at most {self.max_iter} iterations)"
+
     def __call__(self, image, mask) -> np.ndarray:
         from dipy.segment.tissue import TissueClassifierHMRF  # heavy import
 
@@ -161,6 +165,11 @@ class AtroposSegmenter:
     mrf_radius: int = 1
     iterations: int = 5
     convergence: float = 0.0
+
+    def describe(self) -> str:
+        """One line for reports."""
+        return (f"ANTs Atropos (k-means initialised, MRF smoothing {self.mrf_smoothing:g}, radius "
+                f"{self.mrf_radius}, {self.iterations} iterations, constant seed)")
 
     def __call__(self, image, mask) -> np.ndarray:
         import tempfile

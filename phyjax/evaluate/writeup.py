@@ -10,6 +10,7 @@ import numpy as np
 
 from phyjax.evaluate import report
 from phyjax.evaluate.overlap import TISSUES
+from phyjax.evaluate.segmentation import make_segmenter
 
 
 @dataclasses.dataclass
@@ -177,8 +178,8 @@ def _notes(r: BenchmarkResult) -> str:
            "methods (z-score, WhiteStripe) cannot change segmentations or volumes.",
            "* ComBat (neuroCombat; no covariates) is fitted on radiomic features + tissue volumes "
            "of all training images and maps held-out features into the target site's space.",
-           f"* Segmentation: DIPY HMRF (beta {cfg.segmentation.beta:g}, at most "
-           f"{cfg.segmentation.max_iter} iterations), the same for every image; |ΔV| and Dice "
+           f"* Segmentation: {make_segmenter(cfg.segmentation).describe()}, the same for every "
+           "image; |ΔV| and Dice "
            "are against the segmentation of the same subject's target-protocol image; CoV = "
            "sample SD / mean of a tissue's volume over the source sites of one subject.",
            "* Radiomic rel. error: median over features of |f - f_target| / |f_target|.",
