@@ -43,6 +43,10 @@ def get_config(arg: str | None = None) -> ConfigDict:
     data.min_mask_fraction = 0.15
     data.families = ("mprage", "spgr")
     data.n_per_family = 36       # simulated protocols per training anatomy and family
+    data.range_margin = 0.0      # training draws from the ranges below widened to
+                                 # (lo / (1 + m), hi * (1 + m)) (flip <= 90 deg); evaluation and
+                                 # segment mode's range check keep the ranges as given
+                                 # (phyjax.segment.simulate.widen)
     data.reconstruction = "magnitude"  # what scanners write (segment mode needs it) or "signed"
                                        # (phase-sensitive; the README table; at TI 0.6-0.7 s
                                        # magnitude WM and GM differ by ~0.01 M0, see README)

@@ -437,6 +437,40 @@ def test_static_mprage_training_is_reachable_from_the_command_line():
     assert static == paper and not any(float(p.n_readouts) for p in static)
 
 
+def test_range_margin_widens_training_draws_only():
+    """``data.range_margin``: training protocols are drawn from ``(lo / (1 + m), hi (1 + m))``
+    (flip capped at 90 deg, fixed fields kept), so some fall outside the configured range;
+    the evaluation protocols and the model's recorded (supported) ranges stay inside it; a
+    negative margin is refused before any work."""
+    from phyjax.experiments.physics_seg import check_config, ranges_of, training_ranges
+    from phyjax.segment import simulate
+
+    config = load_config("physics_seg")
+    with config.unlocked():
+        config.data.range_margin = 0.25
+    ranges, wide = ranges_of(config), training_ranges(config)
+    assert wide["mprage"]["ti"] == pytest.approx((0.6 / 1.25, 1.2 * 1.25))
+    assert wide["spgr"]["tr"] == pytest.approx((0.015 / 1.25, 0.100 * 1.25))
+    assert wide["spgr"]["flip_angle"] == pytest.approx((15.0 / 1.25, 90.0))   # 93.75 capped
+    assert wide["mprage"]["te"] == ranges["mprage"]["te"] == 0.003
+    assert wide["spgr"]["field_strength"] == 3.0
+    drawn = simulate.sample_protocols("spgr", wide, 200, np.random.default_rng(0))
+    outside = [p for p in drawn if simulate.in_range(p, ranges)]
+    assert outside and not [p for p in drawn if simulate.in_range(p, wide)]
+    mprage = simulate.sample_protocols("mprage", wide, 200, np.random.default_rng(0))
+    assert min(float(p.ti) for p in mprage) < 0.6 < 1.2 < max(float(p.ti) for p in mprage)
+    assert not [p for p in mprage if simulate.readout_problem(p)]
+    for family, n in (("mprage", 7), ("spgr", 8)):
+        ev = simulate.evaluation_protocols(family, ranges, n, 0, {"tr": 2.4, "te": 0.003,
+                                           "flip_angle": 9.0, "tr_readout": 0.007,
+                                           "n_readouts": 160.0})
+        assert not [p for p in ev if simulate.in_range(p, ranges)]
+    with config.unlocked():
+        config.data.range_margin = -0.1
+    with pytest.raises(InputError, match="range_margin"):
+        check_config(config)
+
+
 def test_segment_mode_refuses_an_out_of_range_readout_flip_naming_it():
     from phyjax.segment.infer import check_protocol
 

@@ -67,6 +67,13 @@ def ranges_of(config) -> dict:
     return out
 
 
+def training_ranges(config) -> dict:
+    """The ranges the training images are drawn from: :func:`ranges_of` widened by
+    ``config.data.range_margin`` (:func:`phyjax.segment.simulate.widen`).  The evaluation and
+    segment mode's range check keep :func:`ranges_of`."""
+    return simulate.widen(ranges_of(config), float(config.data.get("range_margin", 0.0)))
+
+
 def mprage_fixed(config) -> dict:
     """The MPRAGE fields the TI sweep and bridging hold fixed (``config.eval.mprage_fixed``,
     config units; used for the fields training varies, see
@@ -101,7 +108,7 @@ def train_models(config, workdir: str, heads) -> dict[str, Segmenter]:
     """Train (or resume) both U-Nets on the training anatomies; save each under
     ``<workdir>/<name>/model``."""
     d, m = config.data, config.model
-    bank = simulate.SliceBank(heads, tuple(d.families), ranges_of(config), d.n_per_family,
+    bank = simulate.SliceBank(heads, tuple(d.families), training_ranges(config), d.n_per_family,
                               _effect_ranges(d.effects), len(m.features), d.min_mask_fraction,
                               m.context, config.seed, _gold_kwargs(config),
                               progress=config.progress, reconstruction=d.reconstruction)
@@ -120,6 +127,7 @@ def train_models(config, workdir: str, heads) -> dict[str, Segmenter]:
                     "param_mean": mean, "param_std": std, "contrast": contrast,
                     "context": int(m.context),
                     "voxel_mm": float(d.voxel_size), "ranges": ranges_of(config),
+                    "training_ranges": training_ranges(config),
                     "families": list(d.families), "gold": _gold_kwargs(config),
                     "reconstruction": d.reconstruction, "physics_size": PHYSICS_SIZE}
         variables = train(make_model(settings), bank, config.train,
@@ -308,9 +316,14 @@ def check_config(config) -> None:
     if int(config.eval.noise_draws) < 1:
         raise InputError(f"config.eval.noise_draws={config.eval.noise_draws}; needs >= 1.")
     ranges = ranges_of(config)
+    try:
+        wide = training_ranges(config)
+    except ValueError as exc:
+        raise InputError(f"config.data.range_margin: {exc}") from exc
     for family in ranges:
         try:
             simulate.sample_protocols(family, ranges, 1, np.random.default_rng(0))
+            simulate.sample_protocols(family, wide, 1, np.random.default_rng(0))
         except ValueError as exc:
             raise InputError(f"config.data.{family}: {exc}") from exc
     if "mprage" in ranges:

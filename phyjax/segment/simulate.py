@@ -125,23 +125,55 @@ def sample_protocols(family: str, ranges: dict, n: int, rng: np.random.Generator
     """``n`` protocols of ``family`` drawn uniformly from ``ranges`` with ``rng`` (``n_readouts``
     an integer).  An MPRAGE whose readout train does not fit its TI and TR - TI
     (:func:`readout_problem`) has its readout TR and readouts per shot redrawn (TI, TR and flip
-    kept, so their marginals stay uniform).  Raises ValueError when ``max_tries`` redraws find
-    no train that fits."""
+    kept, so their marginals stay uniform); where no train in the ranges fits a draw's TI and TR
+    (possible only with ranges whose TI reaches close to TR, e.g. widened by :func:`widen`) the
+    whole protocol is drawn again.  Raises ValueError when ``max_tries`` whole draws find no
+    train that fits."""
     b, given = _bounds(ranges, family), ranges[family]
     out = []
     for _ in range(n):
-        values = _draw(b, given, rng)
-        p = make_protocol(family, values)
-        for _ in range(max_tries):
+        for _ in range(max_tries):      # a whole new draw only where no train fits TI and TR
+            values = _draw(b, given, rng)
+            p = make_protocol(family, values)
+            for _ in range(max_tries):
+                if not readout_problem(p):
+                    break
+                redraw = _draw(b, given, rng)
+                p = make_protocol(family, {**values, **{k: redraw[k] for k in _READOUT_FIELDS
+                                                        if k in redraw}})
             if not readout_problem(p):
                 break
-            redraw = _draw(b, given, rng)
-            p = make_protocol(family, {**values, **{k: redraw[k] for k in _READOUT_FIELDS
-                                                    if k in redraw}})
         else:
             raise ValueError(f"{family}: no readout train in the ranges fits "
                              f"({readout_problem(p)}).")
         out.append(p)
+    return out
+
+
+def widen(ranges: dict, margin: float) -> dict:
+    """``ranges`` with every varied field widened by the factor ``1 + margin`` on each side,
+    multiplicatively: ``(lo, hi) -> (lo / (1 + margin), hi * (1 + margin))``, so that every
+    field stays positive (flip angles capped at 90 deg); fixed fields are kept.
+
+    Why: a network is least reliable at the edges of what it was trained on, and the edges of
+    Borges et al.'s ranges are where the contrast is hardest (MPRAGE TI 0.6 s near the GM/WM
+    inversion nulls of a magnitude image, SPGR at low flip angles and long TR, nearly
+    PD-weighted).  Training over a margin puts the supported range (the configured one, which
+    the evaluation and segment mode's range check keep) inside the training distribution.
+
+    Raises ValueError for a negative ``margin``."""
+    if not margin >= 0:
+        raise ValueError(f"range margin {margin} must be >= 0.")
+    out = {}
+    for family, fields in ranges.items():
+        out[family] = {}
+        for k, v in fields.items():
+            if isinstance(v, (tuple, list)) and len(v) == 2 and float(v[1]) > float(v[0]):
+                lo, hi = float(v[0]) / (1.0 + margin), float(v[1]) * (1.0 + margin)
+                if k == "flip_angle":
+                    hi = min(hi, 90.0)
+                v = (lo, hi)
+            out[family][k] = v
     return out
 
 
