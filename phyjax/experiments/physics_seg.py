@@ -71,7 +71,7 @@ def training_ranges(config) -> dict:
     """The ranges the training images are drawn from: :func:`ranges_of` widened by
     ``config.data.range_margin`` (:func:`phyjax.segment.simulate.widen`).  The evaluation and
     segment mode's range check keep :func:`ranges_of`."""
-    return simulate.widen(ranges_of(config), float(config.data.get("range_margin", 0.0)))
+    return simulate.widen(ranges_of(config), float(config.data.range_margin))
 
 
 def mprage_fixed(config) -> dict:
@@ -108,7 +108,8 @@ def train_models(config, workdir: str, heads) -> dict[str, Segmenter]:
     """Train (or resume) both U-Nets on the training anatomies; save each under
     ``<workdir>/<name>/model``."""
     d, m = config.data, config.model
-    bank = simulate.SliceBank(heads, tuple(d.families), training_ranges(config), d.n_per_family,
+    wide = training_ranges(config)
+    bank = simulate.SliceBank(heads, tuple(d.families), wide, d.n_per_family,
                               _effect_ranges(d.effects), len(m.features), d.min_mask_fraction,
                               m.context, config.seed, _gold_kwargs(config),
                               progress=config.progress, reconstruction=d.reconstruction)
@@ -127,7 +128,7 @@ def train_models(config, workdir: str, heads) -> dict[str, Segmenter]:
                     "param_mean": mean, "param_std": std, "contrast": contrast,
                     "context": int(m.context),
                     "voxel_mm": float(d.voxel_size), "ranges": ranges_of(config),
-                    "training_ranges": training_ranges(config),
+                    "training_ranges": wide,
                     "families": list(d.families), "gold": _gold_kwargs(config),
                     "reconstruction": d.reconstruction, "physics_size": PHYSICS_SIZE}
         variables = train(make_model(settings), bank, config.train,

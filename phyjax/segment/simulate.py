@@ -121,18 +121,18 @@ def _draw(b: dict, given: dict, rng: np.random.Generator) -> dict:
 
 
 def sample_protocols(family: str, ranges: dict, n: int, rng: np.random.Generator,
-                     max_tries: int = 1000) -> list[Protocol]:
+                     max_tries: int = 1000, max_draws: int = 20) -> list[Protocol]:
     """``n`` protocols of ``family`` drawn uniformly from ``ranges`` with ``rng`` (``n_readouts``
     an integer).  An MPRAGE whose readout train does not fit its TI and TR - TI
     (:func:`readout_problem`) has its readout TR and readouts per shot redrawn (TI, TR and flip
     kept, so their marginals stay uniform); where no train in the ranges fits a draw's TI and TR
     (possible only with ranges whose TI reaches close to TR, e.g. widened by :func:`widen`) the
-    whole protocol is drawn again.  Raises ValueError when ``max_tries`` whole draws find no
-    train that fits."""
+    whole protocol is drawn again.  Raises ValueError when ``max_draws`` whole draws, each with
+    ``max_tries`` readout redraws, find no train that fits."""
     b, given = _bounds(ranges, family), ranges[family]
     out = []
     for _ in range(n):
-        for _ in range(max_tries):      # a whole new draw only where no train fits TI and TR
+        for _ in range(max_draws):      # a whole new draw only where no train fits TI and TR
             values = _draw(b, given, rng)
             p = make_protocol(family, values)
             for _ in range(max_tries):
