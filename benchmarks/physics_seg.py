@@ -95,7 +95,54 @@ def branch_wins(per_seed: dict[int, dict]) -> dict[str, str]:
     return out
 
 
-def markdown(rows, wins, command: str, wall: float, cpu: float, overrides) -> str:
+def read_subjects(workdir: str) -> dict:
+    """``{(family, method, subject): row}`` of a run's ``cov_per_subject.csv``."""
+    with open(os.path.join(workdir, "cov_per_subject.csv")) as f:
+        return {(r["family"], r["method"], r["subject"]): r for r in csv.DictReader(f)}
+
+
+def paired(per_subject: dict[int, dict]) -> list[dict]:
+    """Per family and tissue, the physics U-Net against the no-branch U-Net on the same held-out
+    subjects (every seed x subject pair): how many pairs the physics CoV is the lower, the
+    median CoV ratio physics / no branch, and the two-sided Wilcoxon signed-rank p-value of the
+    paired differences (SciPy).  Seeds share nothing but the code, so the pairs are
+    independent across seeds; within a seed the subjects share the two trained models."""
+    from scipy.stats import wilcoxon
+
+    out = []
+    for family in FAMILIES:
+        for t in ("gm", "wm"):
+            a, b = [], []
+            for s, rows in sorted(per_subject.items()):
+                for (f, m, subj), r in rows.items():
+                    if f == family and m == "physics" and (f, "no_branch", subj) in rows:
+                        a.append(float(r[f"cov_{t}"]))
+                        b.append(float(rows[(f, "no_branch", subj)][f"cov_{t}"]))
+            if not a:
+                continue
+            a, b = np.array(a), np.array(b)
+            out.append({"family": family, "tissue": t.upper(), "pairs": len(a),
+                        "physics_lower": int((a < b).sum()),
+                        "median_ratio": float(np.median(a / b)),
+                        "wilcoxon_p": float(wilcoxon(a, b).pvalue) if len(a) > 1 else
+                        float("nan")})
+    return out
+
+
+def volume_error(workdir: str) -> dict:
+    """``{(family, method): (|dV| GM, |dV| WM)}``: the mean over a run's held-out subjects and
+    protocols (and noise draws) of |volume / gold-standard volume - 1|, in %."""
+    acc: dict = {}
+    with open(os.path.join(workdir, "evaluation.csv")) as f:
+        for r in csv.DictReader(f):
+            e = [abs(float(r[f"vol_{t}"]) / float(r[f"gold_vol_{t}"]) - 1.0) * 100
+                 for t in ("gm", "wm")]
+            acc.setdefault((r["family"], r["method"]), []).append(e)
+    return {k: tuple(np.mean(v, axis=0)) for k, v in acc.items()}
+
+
+def markdown(rows, wins, command: str, wall: float, cpu: float, overrides,
+             pairs=(), errors=None) -> str:
     def fmt(r, k):
         sd = r[k + "_sd"]
         return f"{r[k]:.4f}" + (f" ± {sd:.4f}" if np.isfinite(sd) else "")
@@ -117,6 +164,19 @@ def markdown(rows, wins, command: str, wall: float, cpu: float, overrides) -> st
                      + (f"{paper[0]:.5f} / {paper[1]:.5f}" if paper else "–") + " |")
     lines += ["", "Seeds in which the physics U-Net's CoV is lower than the no-branch U-Net's: "
               + ", ".join(f"{k} {v}" for k, v in wins.items()) + "."]
+    if pairs:
+        lines += ["", "Paired by held-out subject (every seed x subject; the CoV of one subject "
+                  "across the family's protocols, physics U-Net vs no-branch U-Net):", "",
+                  "| family | tissue | pairs | physics lower | median CoV ratio physics / no "
+                  "branch | Wilcoxon signed-rank p (two-sided) |", "|---|---|---|---|---|---|"]
+        lines += [f"| {p['family']} | {p['tissue']} | {p['pairs']} | {p['physics_lower']} | "
+                  f"{p['median_ratio']:.2f} | {p['wilcoxon_p']:.3f} |" for p in pairs]
+    if errors:
+        lines += ["", "Volume error against the physics gold standard, mean over seeds, held-out "
+                  "subjects and protocols of |V / V_gold - 1| (%):", "",
+                  "| family | method | GM | WM |", "|---|---|---|---|"]
+        for (family, method), (gm, wm) in sorted(errors.items()):
+            lines.append(f"| {family} | {LABELS.get(method, method)} | {gm:.2f} | {wm:.2f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -141,9 +201,13 @@ def main(argv=None) -> None:
     cpu = usage.ru_utime + usage.ru_stime
     per_seed = {s: read_summary(os.path.join(args.root, f"seed{s}")) for s in seeds}
     rows, wins = tabulate(per_seed), branch_wins(per_seed)
+    pairs = paired({s: read_subjects(os.path.join(args.root, f"seed{s}")) for s in seeds})
+    per_seed_err = [volume_error(os.path.join(args.root, f"seed{s}")) for s in seeds]
+    errors = {k: tuple(np.mean([e[k] for e in per_seed_err], axis=0))
+              for k in per_seed_err[0] if all(k in e for e in per_seed_err)}
     command = "python benchmarks/physics_seg.py " + " ".join(sys.argv[1:] if argv is None
                                                              else argv)
-    text = markdown(rows, wins, command, wall, cpu, args.set)
+    text = markdown(rows, wins, command, wall, cpu, args.set, pairs, errors)
     if args.reuse:
         text += "\n(Tabulated from existing runs: the times above are not the runs' own.)\n"
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
@@ -155,7 +219,10 @@ def main(argv=None) -> None:
         w.writerows(rows)
     with open(args.out + ".json", "w") as f:
         json.dump({"command": command, "overrides": args.set, "seeds": seeds, "wall_s": wall,
-                   "cpu_s": cpu, "reuse": args.reuse, "branch_wins": wins}, f, indent=2)
+                   "cpu_s": cpu, "reuse": args.reuse, "branch_wins": wins,
+                   "paired_by_subject": pairs,
+                   "volume_error_pct": {f"{f} {m}": list(v) for (f, m), v in errors.items()}},
+                  f, indent=2)
     print(text)
 
 
