@@ -165,15 +165,15 @@ def markdown(rows, wins, command: str, wall: float, cpu: float, overrides,
     lines += ["", "Seeds in which the physics U-Net's CoV is lower than the no-branch U-Net's: "
               + ", ".join(f"{k} {v}" for k, v in wins.items()) + "."]
     if pairs:
-        lines += ["", "Paired by held-out subject (every seed x subject; the CoV of one subject "
-                  "across the family's protocols, physics U-Net vs no-branch U-Net):", "",
-                  "| family | tissue | pairs | physics lower | median CoV ratio physics / no "
-                  "branch | Wilcoxon signed-rank p (two-sided) |", "|---|---|---|---|---|---|"]
+        lines += ["", ("Paired by held-out subject (every seed x subject; the CoV of one subject "
+                       "across the family's protocols, physics U-Net vs no-branch U-Net):"), "",
+                  ("| family | tissue | pairs | physics lower | median CoV ratio physics / no "
+                   "branch | Wilcoxon signed-rank p (two-sided) |"), "|---|---|---|---|---|---|"]
         lines += [f"| {p['family']} | {p['tissue']} | {p['pairs']} | {p['physics_lower']} | "
                   f"{p['median_ratio']:.2f} | {p['wilcoxon_p']:.3f} |" for p in pairs]
     if errors:
-        lines += ["", "Volume error against the physics gold standard, mean over seeds, held-out "
-                  "subjects and protocols of |V / V_gold - 1| (%):", "",
+        lines += ["", ("Volume error against the physics gold standard, mean over seeds, held-out "
+                       "subjects and protocols of |V / V_gold - 1| (%):"), "",
                   "| family | method | GM | WM |", "|---|---|---|---|"]
         for (family, method), (gm, wm) in sorted(errors.items()):
             lines.append(f"| {family} | {LABELS.get(method, method)} | {gm:.2f} | {wm:.2f} |")
