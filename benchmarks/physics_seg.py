@@ -59,9 +59,11 @@ def run_seed(seed: int, workdir: str, overrides: list[str]) -> float:
     return time.time() - t0
 
 
-def read_summary(workdir: str) -> dict:
-    with open(os.path.join(workdir, "summary.csv")) as f:
-        return {(r["family"], r["method"]): r for r in csv.DictReader(f)}
+def read_rows(workdir: str, name: str, key: tuple[str, ...]) -> dict:
+    """``{tuple of the key columns: row}`` of the run's CSV ``name`` (``summary.csv``:
+    family, method; ``cov_per_subject.csv``: family, method, subject)."""
+    with open(os.path.join(workdir, name)) as f:
+        return {tuple(r[k] for k in key): r for r in csv.DictReader(f)}
 
 
 def tabulate(per_seed: dict[int, dict]) -> list[dict]:
@@ -95,12 +97,6 @@ def branch_wins(per_seed: dict[int, dict]) -> dict[str, str]:
     return out
 
 
-def read_subjects(workdir: str) -> dict:
-    """``{(family, method, subject): row}`` of a run's ``cov_per_subject.csv``."""
-    with open(os.path.join(workdir, "cov_per_subject.csv")) as f:
-        return {(r["family"], r["method"], r["subject"]): r for r in csv.DictReader(f)}
-
-
 def paired(per_subject: dict[int, dict]) -> list[dict]:
     """Per family and tissue, the physics U-Net against the no-branch U-Net on the same held-out
     subjects (every seed x subject pair): how many pairs the physics CoV is the lower, the
@@ -113,7 +109,7 @@ def paired(per_subject: dict[int, dict]) -> list[dict]:
     for family in FAMILIES:
         for t in ("gm", "wm"):
             a, b = [], []
-            for s, rows in sorted(per_subject.items()):
+            for _, rows in sorted(per_subject.items()):
                 for (f, m, subj), r in rows.items():
                     if f == family and m == "physics" and (f, "no_branch", subj) in rows:
                         a.append(float(r[f"cov_{t}"]))
@@ -190,19 +186,20 @@ def main(argv=None) -> None:
     ap.add_argument("--reuse", action="store_true", help="tabulate existing runs only")
     args = ap.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
+    runs = {s: os.path.join(args.root, f"seed{s}") for s in seeds}
     os.makedirs(args.root, exist_ok=True)
     t0 = time.time()
     for s in seeds:
-        workdir = os.path.join(args.root, f"seed{s}")
         if not args.reuse:
-            print(f"seed {s}: {run_seed(s, workdir, args.set):.0f} s", flush=True)
+            print(f"seed {s}: {run_seed(s, runs[s], args.set):.0f} s", flush=True)
     wall = time.time() - t0
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = usage.ru_utime + usage.ru_stime
-    per_seed = {s: read_summary(os.path.join(args.root, f"seed{s}")) for s in seeds}
+    per_seed = {s: read_rows(runs[s], "summary.csv", ("family", "method")) for s in seeds}
     rows, wins = tabulate(per_seed), branch_wins(per_seed)
-    pairs = paired({s: read_subjects(os.path.join(args.root, f"seed{s}")) for s in seeds})
-    per_seed_err = [volume_error(os.path.join(args.root, f"seed{s}")) for s in seeds]
+    pairs = paired({s: read_rows(runs[s], "cov_per_subject.csv", ("family", "method", "subject"))
+                    for s in seeds})
+    per_seed_err = [volume_error(runs[s]) for s in seeds]
     errors = {k: tuple(np.mean([e[k] for e in per_seed_err], axis=0))
               for k in per_seed_err[0] if all(k in e for e in per_seed_err)}
     command = "python benchmarks/physics_seg.py " + " ".join(sys.argv[1:] if argv is None
