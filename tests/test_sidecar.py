@@ -14,8 +14,10 @@ from pathlib import Path
 import pytest
 
 from phyjax.data.nifti import InputError
-from phyjax.data.sidecar import (FIELDS, mp2rage_protocol_from_sidecars, read_protocol,
-                                 read_site_table)
+from phyjax.data.sidecar import (FIELDS, READOUTS_KEY, mp2rage_protocol_from_sidecars,
+                                 protocol_to_sidecar, read_protocol, read_site_table)
+from phyjax.physics import signal, tissues
+from phyjax.physics.sequences import Protocol
 
 DATA = Path(__file__).parent / "data"
 VENDOR = DATA / "vendor_t1_sidecars"
@@ -72,6 +74,31 @@ def test_readout_parameters_are_carried_into_the_protocol():
     p = r.protocol()
     assert (p.tr, p.ti, p.tr_readout, p.n_readouts) == (2.3, 0.9, 0.006501, 256.0)
     assert p.flip_angle == pytest.approx(math.radians(9))
+
+
+def test_a_sidecar_phyjax_writes_carries_the_whole_readout_train():
+    """BIDS has no field for readouts per shot: phyjax's own key carries it, so an MPRAGE written
+    by :func:`protocol_to_sidecar` reads back with its full readout train and gives the same
+    signal (the full-form equation depends on the readout count: a different count would not)."""
+    p = Protocol.from_degrees("mprage", tr=2.4, te=0.003, ti=0.9, flip_angle_deg=9.0).replace(
+        tr_readout=0.007, n_readouts=176.0)
+    sidecar = json.loads(json.dumps(protocol_to_sidecar(p)))        # through a JSON file
+    assert sidecar[READOUTS_KEY] == 176.0
+    r = read_protocol(sidecar, "phyjax.json")
+    assert r.status == "ok" and r.origin["n_readouts"].startswith(f"sidecar {READOUTS_KEY}")
+    q = r.protocol()
+    assert (q.tr, q.ti, q.tr_readout, q.n_readouts) == (2.4, 0.9, 0.007, 176.0)
+    gm = tissues.tissue_parameters(3.0)["gm"]
+
+    def s(x):
+        return float(signal.mprage_readout(gm.t1, gm.t2star, gm.pd, x.tr, x.ti, x.te,
+                                           x.flip_angle, x.tr_readout, x.n_readouts))
+    assert s(q) == pytest.approx(s(p), rel=1e-6)
+    assert abs(s(p.replace(n_readouts=128.0)) - s(p)) > 1e-3 * abs(s(p))
+    # a protocol without a train writes no count; an other vendor's sidecar is unaffected
+    assert READOUTS_KEY not in protocol_to_sidecar(p.replace(n_readouts=0.0))
+    assert READOUTS_KEY not in protocol_to_sidecar(Protocol.from_degrees(
+        "spgr", tr=0.02, te=0.004, flip_angle_deg=20.0))
 
 
 def test_mp2rage_is_its_own_family_and_uni_is_read():

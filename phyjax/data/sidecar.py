@@ -39,11 +39,19 @@ def read_sidecar(path: str) -> dict:
     return data
 
 
+#: Sidecar key of an MPRAGE's readouts per shot (inversion) in sidecars phyjax writes: BIDS has
+#: no field for it, dcm2niix writes it only for Philips (``EchoTrainLength``, the TFE factor), so
+#: the key is phyjax's own and is read for any manufacturer.
+READOUTS_KEY = "PhyjaxReadoutsPerShot"
+
+
 def protocol_to_sidecar(p: Protocol) -> dict:
     """BIDS sidecar fields of a protocol (times in s, FlipAngle in degrees) plus the family name
     (``PulseSequenceType``).  Inversion-prepared families write ``RepetitionTimePreparation``
     (and ``RepetitionTimeExcitation`` when the readout TR is known), so no reader has to guess
-    what ``RepetitionTime`` means."""
+    what ``RepetitionTime`` means.  An MPRAGE's readouts per shot, for which BIDS has no field,
+    go in :data:`READOUTS_KEY` when known (> 0), so :func:`read_protocol` gets back the whole
+    readout train of a sidecar phyjax wrote."""
     out = {"PulseSequenceType": p.sequence.upper(), "RepetitionTime": float(p.tr),
            "EchoTime": float(p.te), "FlipAngle": float(units.rad2deg(p.flip_angle)),
            "MagneticFieldStrength": float(p.field_strength)}
@@ -53,6 +61,8 @@ def protocol_to_sidecar(p: Protocol) -> dict:
         out["RepetitionTimePreparation"] = float(p.tr)
         if float(p.tr_readout) > 0:
             out["RepetitionTimeExcitation"] = float(p.tr_readout)
+        if float(p.n_readouts) > 0:
+            out[READOUTS_KEY] = float(p.n_readouts)
     return out
 
 
@@ -359,7 +369,11 @@ def _from_sidecar(sidecar, reading: Reading, family: str):
         if sidecar.get(k) is not None:
             _set(reading, field, _value(sidecar[k], k, reading), f"sidecar {k}")
     _inversions_and_flips(sidecar, reading, family)
-    if family == "mprage" and "philips" in reading.manufacturer and sidecar.get("EchoTrainLength"):
+    if family == "mprage" and sidecar.get(READOUTS_KEY) is not None:
+        _set(reading, "n_readouts", _value(sidecar[READOUTS_KEY], READOUTS_KEY, reading),
+             f"sidecar {READOUTS_KEY} (written by phyjax)")
+    elif family == "mprage" and "philips" in reading.manufacturer and \
+            sidecar.get("EchoTrainLength"):
         _set(reading, "n_readouts", _value(sidecar["EchoTrainLength"], "EchoTrainLength",
                                             reading), "sidecar EchoTrainLength (Philips TFE factor)")
 
