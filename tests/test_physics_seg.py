@@ -468,6 +468,22 @@ def test_range_margin_widens_training_draws_only():
         check_config(config)
 
 
+def test_one_evaluation_protocol_is_refused_before_training():
+    """A family's CoV across protocols needs two of them: one is refused by the config check,
+    naming the key, and not after the models have trained."""
+    from phyjax.experiments.physics_seg import check_config
+
+    config = load_config("physics_seg")
+    check_config(config)
+    with config.unlocked():
+        config.eval.n_spgr = 1
+    with pytest.raises(InputError, match=r"config\.eval\.n_spgr=1.*at least 2"):
+        check_config(config)
+    with config.unlocked():
+        config.data.families = ("mprage",)            # SPGR not evaluated: no objection
+    check_config(config)
+
+
 def test_segment_mode_refuses_an_out_of_range_readout_flip_naming_it():
     from phyjax.segment.infer import check_protocol
 

@@ -314,6 +314,11 @@ def check_config(config) -> None:
                          "expected 'family', 'global' or 'none'.")
     if config.train.loss not in LOSSES:
         raise InputError(f"config.train.loss={config.train.loss!r}; expected one of {LOSSES}.")
+    for family in config.data.families:
+        n = {"mprage": config.eval.n_mprage, "spgr": config.eval.n_spgr}.get(family, 2)
+        if int(n) < 2:
+            raise InputError(f"config.eval.n_{family}={n}: the volume CoV across protocols "
+                             "needs at least 2 evaluation protocols.")
     if int(config.eval.noise_draws) < 1:
         raise InputError(f"config.eval.noise_draws={config.eval.noise_draws}; needs >= 1.")
     ranges = ranges_of(config)
