@@ -22,6 +22,10 @@ issue 16, and ``--set model.conditioning=add+contrast`` (the defaults: magnitude
 ``physics_seg_magnitude`` before issue 16, ``physics_seg_readout`` with the readout-train MPRAGE
 training since).
 
+``--models-from ROOT`` evaluates the U-Nets trained under ``ROOT`` (each seed's run resumes
+from their final checkpoints, so nothing trains): the README's decomposition with ``--set
+eval.b1_plus=nominal``.
+
 ``--reuse`` tabulates finished runs under ``--root`` (``seed<s>/summary.csv``) without
 rerunning them; a run is resumed (``phyjax.main``'s checkpoints) when its folder exists.
 """
@@ -33,6 +37,7 @@ import csv
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -184,12 +189,21 @@ def main(argv=None) -> None:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="config override without the --config. prefix (repeatable)")
     ap.add_argument("--reuse", action="store_true", help="tabulate existing runs only")
+    ap.add_argument("--models-from", default="", metavar="ROOT",
+                    help="evaluate the trained U-Nets of ROOT/seed<s> instead of training: their "
+                         "folders are copied into a run folder that does not exist yet (e.g. "
+                         "with --set eval.b1_plus=nominal)")
     args = ap.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
     runs = {s: os.path.join(args.root, f"seed{s}") for s in seeds}
     os.makedirs(args.root, exist_ok=True)
     t0 = time.time()
     for s in seeds:
+        if args.models_from and not args.reuse and not os.path.exists(runs[s]):
+            for model in ("physics_unet", "no_branch_unet"):
+                src = os.path.join(args.models_from, f"seed{s}", model)
+                if os.path.isdir(src):
+                    shutil.copytree(src, os.path.join(runs[s], model))
         if not args.reuse:
             print(f"seed {s}: {run_seed(s, runs[s], args.set):.0f} s", flush=True)
     wall = time.time() - t0

@@ -119,6 +119,9 @@ def get_config(arg: str | None = None) -> ConfigDict:
     ev.effects_seed = 1          # scanner effects of each held-out subject (fixed across protocols)
     ev.noise_draws = 1           # noise draws per protocol; CoV uses the volume averaged over them
     ev.noise_fraction = -1.0     # >= 0 overrides every subject's noise level (0: noise-free)
+    ev.b1_plus = "subject"       # held-out subjects' B1+: "subject" (each its own draw of
+                                 # data.effects) or "nominal" (none: the tissue sees the flip
+                                 # the protocol names, as the branch is told; README)
 
     seg = config.segmentation = ConfigDict()   # the fixed classical segmenter (DIPY HMRF)
     seg.method = "hmrf"        # phyjax.evaluate.segmentation.make_segmenter

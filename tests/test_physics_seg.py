@@ -2,6 +2,7 @@
 debug-size run through ``phyjax.main`` followed by segment mode on a NIfTI + sidecar."""
 
 import csv
+import dataclasses
 import json
 import os
 import subprocess
@@ -740,3 +741,26 @@ def test_segment_mode_on_a_bids_folder_without_sites(debug_run, tmp_path):
                                            f"sub-{sub}_label-WM_probseg.nii.gz"))
     with open(os.path.join(out, "dataset_description.json")) as f:
         assert json.load(f)["DatasetType"] == "derivative"
+
+
+def test_nominal_b1_plus_changes_only_the_held_out_subjects_transmit_field():
+    """``eval.b1_plus = "nominal"`` evaluates each held-out subject with B1+ = 1 and the rest of
+    its scanner effects (the same draw, the same noise key) unchanged; another value is
+    refused by the config check."""
+    from phyjax.experiments.physics_seg import _subject_effects, check_config
+
+    config = load_config("physics_seg")
+    drawn, key = _subject_effects(config, 2)
+    assert drawn.b1_scale != 1.0 and drawn.b1_curvature > 0.0
+    with config.unlocked():
+        config.eval.b1_plus = "nominal"
+    check_config(config)
+    nominal, key2 = _subject_effects(config, 2)
+    assert (nominal.b1_scale, nominal.b1_curvature) == (1.0, 0.0)
+    assert dataclasses.replace(nominal, b1_scale=drawn.b1_scale,
+                               b1_curvature=drawn.b1_curvature) == drawn
+    assert np.array_equal(jax.random.key_data(key), jax.random.key_data(key2))
+    with config.unlocked():
+        config.eval.b1_plus = "measured"
+    with pytest.raises(InputError, match=r"config\.eval\.b1_plus='measured'"):
+        check_config(config)

@@ -159,14 +159,22 @@ def _methods(config, segmenters):
     return methods
 
 
+#: ``config.eval.b1_plus``: each held-out subject's drawn B1+ (``subject``) or none
+#: (``nominal``: B1+ = 1 everywhere, so every tissue sees the flip angle the protocol names).
+B1_PLUS = ("subject", "nominal")
+
+
 def _subject_effects(config, i: int):
-    """Held-out subject ``i``'s scanner effects (``config.eval.noise_fraction >= 0`` replaces
-    its noise level) and its acquisition key."""
+    """Held-out subject ``i``'s scanner effects and its acquisition key.
+    ``config.eval.noise_fraction >= 0`` replaces its noise level; ``config.eval.b1_plus =
+    "nominal"`` its B1+ by 1 (the other effects, drawn from the same key, are unchanged)."""
     key = jax.random.fold_in(jax.random.key(config.eval.effects_seed), i)
     k_fx, k_acq = jax.random.split(key)
     effects = scanner.sample_scanner_effects(k_fx, **_effect_ranges(config.data.effects))
     if config.eval.noise_fraction >= 0:
         effects = dataclasses.replace(effects, noise_fraction=float(config.eval.noise_fraction))
+    if config.eval.get("b1_plus", "subject") == "nominal":
+        effects = dataclasses.replace(effects, b1_scale=1.0, b1_curvature=0.0)
     return effects, k_acq
 
 
@@ -278,7 +286,9 @@ def write_report(workdir: str, config, rows, subject_rows, summary, bridge_rows,
             (f"Trained on {d.n_train} anatomies x {d.n_per_family} protocols per family "
             f"({', '.join(d.families)}), {config.train.steps} steps; evaluated on "
             f"{config.eval.n_mprage} MPRAGE TIs and {config.eval.n_spgr} SPGR protocols per "
-            "held-out anatomy (one scanner-effect draw per subject, fixed across its protocols). "
+            "held-out anatomy (one scanner-effect draw per subject, fixed across its protocols"
+            + ("; B1+ nominal: no transmit inhomogeneity" if config.eval.b1_plus == "nominal"
+               else "") + "). "
             "CoV: sample sd / mean of a subject's volume across the family's protocols, then "
             "mean ± sd over subjects; Dice of hard labels vs the R1 gold standard's, mean over "
             "protocols."), "", report.summary_table(summary), ""]
@@ -319,6 +329,9 @@ def check_config(config) -> None:
         if int(n) < 2:
             raise InputError(f"config.eval.n_{family}={n}: the volume CoV across protocols "
                              "needs at least 2 evaluation protocols.")
+    if config.eval.b1_plus not in B1_PLUS:
+        raise InputError(f"config.eval.b1_plus={config.eval.b1_plus!r}; expected one of "
+                         f"{B1_PLUS}.")
     if int(config.eval.noise_draws) < 1:
         raise InputError(f"config.eval.noise_draws={config.eval.noise_draws}; needs >= 1.")
     ranges = ranges_of(config)
