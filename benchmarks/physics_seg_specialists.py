@@ -20,7 +20,7 @@ held-out subjects, scanner effects and noise keys).  Resumable: a finished run i
 Usage::
 
     taskset -c 1 python benchmarks/physics_seg_specialists.py --family mprage \\
-        --root runs/ps_specialists --reference runs/ps_margin_bench/seed0 \\
+        --root runs/spec --reference runs/ps_margin_bench/seed0 \\
         --out benchmarks/results/physics_seg_specialists_mprage_seed0
 """
 
