@@ -20,7 +20,7 @@ held-out subjects, scanner effects and noise keys).  Resumable: a finished run i
 Usage::
 
     taskset -c 1 python benchmarks/physics_seg_specialists.py --family mprage \\
-        --root runs/spec --reference runs/ps_margin_bench/seed0 \\
+        --root runs/spec --reference runs/ps_bench/seed0 \\
         --out benchmarks/results/physics_seg_specialists_mprage_seed0
 """
 
@@ -39,10 +39,10 @@ from ml_collections import ConfigDict
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from benchmarks.physics_seg import run_seed  # noqa: E402
-from phyjax.experiments.physics_seg import mprage_fixed, ranges_of  # noqa: E402
-from phyjax.segment import evaluate, simulate  # noqa: E402
-from phyjax.segment.report import LABELS  # noqa: E402
+from benchmarks.physics_seg import run_seed
+from phyjax.experiments.physics_seg import mprage_fixed, ranges_of
+from phyjax.segment import evaluate, simulate
+from phyjax.segment.report import LABELS
 
 #: The protocol fields a specialist's family is fixed at (config units: s, degrees, T).
 FIELDS = {"mprage": ("tr", "te", "ti", "flip_angle", "tr_readout", "n_readouts",
@@ -92,7 +92,7 @@ def numeric(r: dict) -> dict:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--family", choices=tuple(FIELDS), default="mprage")
-    ap.add_argument("--root", default="runs/ps_specialists")
+    ap.add_argument("--root", default="runs/spec")
     ap.add_argument("--reference", required=True,
                     help="a finished physics_seg run: its seed, evaluation protocols (config.json) "
                          "and its methods' volumes (evaluation.csv)")
@@ -149,15 +149,15 @@ def main(argv=None) -> None:
     labels = {"specialist": "specialist U-Nets (one per protocol, no branch)", **LABELS}
     lines = [f"# Per-protocol specialists: the CoV floor ({args.family}, seed {seed})", "",
              f"Command: `{command}`", "",
-             f"Reference run: `{args.reference}`. Specialists' wall {wall / 60:.1f} min "
-             f"(0 when reused).", "",
-             "| method | CoV GM | CoV WM | per subject GM | per subject WM | \\|ΔV\\| GM (%) | "
-             "\\|ΔV\\| WM (%) |", "|---|---|---|---|---|---|---|"]
+             (f"Reference run: `{args.reference}`. Specialists' wall {wall / 60:.1f} min "
+             f"(0 when reused)."), "",
+             ("| method | CoV GM | CoV WM | per subject GM | per subject WM | \\|ΔV\\| GM (%) | "
+             "\\|ΔV\\| WM (%) |"), "|---|---|---|---|---|---|---|"]
     lines += [f"| {labels.get(r['method'], r['method'])} | {r['cov_gm']:.4f} | "
               f"{r['cov_wm']:.4f} | [{r['cov_gm_per_subject']}] | [{r['cov_wm_per_subject']}] "
               f"| {r['abs_dv_gm']:.2f} | {r['abs_dv_wm']:.2f} |" for r in summary]
-    lines += ["", "Volume deviation from the subject's own mean over the protocols (%, mean over "
-              "subjects), GM / WM:", "",
+    lines += ["", ("Volume deviation from the subject's own mean over the protocols (%, mean over "
+              "subjects), GM / WM:"), "",
               "| protocol | " + " | ".join(labels.get(m, m) for m in methods) + " |",
               "|---|" + "---|" * len(methods)]
     for j, values in enumerate(ps):
