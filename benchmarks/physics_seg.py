@@ -142,8 +142,35 @@ def volume_error(workdir: str) -> dict:
     return {k: tuple(np.mean(v, axis=0)) for k, v in acc.items()}
 
 
+def decomposition(workdir: str) -> dict:
+    """``{(family, method, tissue): (pattern, remainder)}`` of one run, in %: each held-out
+    subject's volume deviation from its own mean over the family's protocols (noise draws
+    averaged first, as for the CoV), split into the **protocol pattern** (its mean over subjects
+    at each protocol: a protocol-dependent bias, what knowing the parameters can remove) and the
+    **subject x protocol remainder**; each reported as its root mean square over protocols (and
+    subjects)."""
+    vols: dict = {}
+    with open(os.path.join(workdir, "evaluation.csv")) as f:
+        for r in csv.DictReader(f):
+            for t in ("gm", "wm"):
+                key = (r["family"], r["method"], t.upper())
+                vols.setdefault(key, {}).setdefault(r["subject"], {}).setdefault(
+                    int(r["protocol"]), []).append(float(r[f"vol_{t}"]))
+    out = {}
+    for key, subjects in vols.items():
+        dev = []
+        for by_protocol in subjects.values():
+            v = np.array([np.mean(by_protocol[j]) for j in sorted(by_protocol)])
+            dev.append(100.0 * (v / v.mean() - 1.0))
+        dev = np.array(dev)                                  # (subjects, protocols)
+        pattern = dev.mean(0)
+        out[key] = (float(np.sqrt(np.mean(pattern ** 2))),
+                    float(np.sqrt(np.mean((dev - pattern) ** 2))))
+    return out
+
+
 def markdown(rows, wins, command: str, wall: float, cpu: float, overrides,
-             pairs=(), errors=None) -> str:
+             pairs=(), errors=None, parts=None) -> str:
     def fmt(r, k):
         sd = r[k + "_sd"]
         return f"{r[k]:.4f}" + (f" ± {sd:.4f}" if np.isfinite(sd) else "")
@@ -178,6 +205,16 @@ def markdown(rows, wins, command: str, wall: float, cpu: float, overrides,
                   "| family | method | GM | WM |", "|---|---|---|---|"]
         for (family, method), (gm, wm) in sorted(errors.items()):
             lines.append(f"| {family} | {LABELS.get(method, method)} | {gm:.2f} | {wm:.2f} |")
+    if parts:
+        lines += ["", ("Each subject's volume deviation from its own mean over the protocols, "
+                       "split into the protocol pattern (mean over subjects per protocol) and "
+                       "the subject x protocol remainder; root mean square (%), mean over seeds:"),
+                  "", "| family | method | pattern GM / WM | remainder GM / WM |",
+                  "|---|---|---|---|"]
+        for family, method in sorted({k[:2] for k in parts}):
+            gm, wm = parts[(family, method, "GM")], parts[(family, method, "WM")]
+            lines.append(f"| {family} | {LABELS.get(method, method)} | {gm[0]:.2f} / "
+                         f"{wm[0]:.2f} | {gm[1]:.2f} / {wm[1]:.2f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -218,7 +255,10 @@ def main(argv=None) -> None:
               for k in per_seed_err[0] if all(k in e for e in per_seed_err)}
     command = "python benchmarks/physics_seg.py " + " ".join(sys.argv[1:] if argv is None
                                                              else argv)
-    text = markdown(rows, wins, command, wall, cpu, args.set, pairs, errors)
+    per_seed_parts = [decomposition(runs[s]) for s in seeds]
+    parts = {k: tuple(np.mean([p[k] for p in per_seed_parts], axis=0))
+             for k in per_seed_parts[0] if all(k in p for p in per_seed_parts)}
+    text = markdown(rows, wins, command, wall, cpu, args.set, pairs, errors, parts)
     if args.reuse:
         text += "\n(Tabulated from existing runs: the times above are not the runs' own.)\n"
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
@@ -232,7 +272,8 @@ def main(argv=None) -> None:
         json.dump({"command": command, "overrides": args.set, "seeds": seeds, "wall_s": wall,
                    "cpu_s": cpu, "reuse": args.reuse, "branch_wins": wins,
                    "paired_by_subject": pairs,
-                   "volume_error_pct": {f"{f} {m}": list(v) for (f, m), v in errors.items()}},
+                   "volume_error_pct": {f"{f} {m}": list(v) for (f, m), v in errors.items()},
+                   "pattern_remainder_pct": {" ".join(k): list(v) for k, v in parts.items()}},
                   f, indent=2)
     print(text)
 

@@ -121,7 +121,8 @@ def get_config(arg: str | None = None) -> ConfigDict:
     ev.noise_fraction = -1.0     # >= 0 overrides every subject's noise level (0: noise-free)
     ev.b1_plus = "subject"       # held-out subjects' B1+: "subject" (each its own draw of
                                  # data.effects) or "nominal" (none: the tissue sees the flip
-                                 # the protocol names, as the branch is told; README)
+                                 # the protocol names, as the branch is told; README);
+                                 # bridging's two sites keep bridging.effects_*
 
     seg = config.segmentation = ConfigDict()   # the fixed classical segmenter (DIPY HMRF)
     seg.method = "hmrf"        # phyjax.evaluate.segmentation.make_segmenter

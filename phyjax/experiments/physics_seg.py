@@ -173,7 +173,7 @@ def _subject_effects(config, i: int):
     effects = scanner.sample_scanner_effects(k_fx, **_effect_ranges(config.data.effects))
     if config.eval.noise_fraction >= 0:
         effects = dataclasses.replace(effects, noise_fraction=float(config.eval.noise_fraction))
-    if config.eval.get("b1_plus", "subject") == "nominal":
+    if config.eval.b1_plus == "nominal":
         effects = dataclasses.replace(effects, b1_scale=1.0, b1_curvature=0.0)
     return effects, k_acq
 
