@@ -130,39 +130,52 @@ def paired(per_subject: dict[int, dict]) -> list[dict]:
     return out
 
 
-def volume_error(workdir: str) -> dict:
-    """``{(family, method): (|dV| GM, |dV| WM)}``: the mean over a run's held-out subjects and
-    protocols (and noise draws) of |volume / gold-standard volume - 1|, in %."""
-    acc: dict = {}
+def evaluation_rows(workdir: str) -> list[dict]:
+    """The rows of a run's ``evaluation.csv`` (one per subject x protocol x noise draw x
+    method), as read (strings)."""
     with open(os.path.join(workdir, "evaluation.csv")) as f:
-        for r in csv.DictReader(f):
-            e = [abs(float(r[f"vol_{t}"]) / float(r[f"gold_vol_{t}"]) - 1.0) * 100
-                 for t in ("gm", "wm")]
-            acc.setdefault((r["family"], r["method"]), []).append(e)
+        return list(csv.DictReader(f))
+
+
+def volume_error(rows: list[dict]) -> dict:
+    """``{(family, method): (|dV| GM, |dV| WM)}``: the mean over ``rows`` (:func:`evaluation_rows`;
+    held-out subjects, protocols and noise draws) of |volume / gold-standard volume - 1|, in %."""
+    acc: dict = {}
+    for r in rows:
+        e = [abs(float(r[f"vol_{t}"]) / float(r[f"gold_vol_{t}"]) - 1.0) * 100
+             for t in ("gm", "wm")]
+        acc.setdefault((r["family"], r["method"]), []).append(e)
     return {k: tuple(np.mean(v, axis=0)) for k, v in acc.items()}
 
 
-def decomposition(workdir: str) -> dict:
-    """``{(family, method, tissue): (pattern, remainder)}`` of one run, in %: each held-out
-    subject's volume deviation from its own mean over the family's protocols (noise draws
-    averaged first, as for the CoV), split into the **protocol pattern** (its mean over subjects
-    at each protocol: a protocol-dependent bias, what knowing the parameters can remove) and the
-    **subject x protocol remainder**; each reported as its root mean square over protocols (and
-    subjects)."""
+def deviations(rows: list[dict]) -> dict:
+    """``{(family, method, tissue): array (subjects, protocols)}``: each held-out subject's
+    volume deviation from its own mean over the family's protocols, in %, the noise draws of a
+    protocol averaged first (as for the CoV); subjects and protocols in sorted order."""
     vols: dict = {}
-    with open(os.path.join(workdir, "evaluation.csv")) as f:
-        for r in csv.DictReader(f):
-            for t in ("gm", "wm"):
-                key = (r["family"], r["method"], t.upper())
-                vols.setdefault(key, {}).setdefault(r["subject"], {}).setdefault(
-                    int(r["protocol"]), []).append(float(r[f"vol_{t}"]))
+    for r in rows:
+        for t in ("gm", "wm"):
+            key = (r["family"], r["method"], t.upper())
+            vols.setdefault(key, {}).setdefault(r["subject"], {}).setdefault(
+                int(r["protocol"]), []).append(float(r[f"vol_{t}"]))
     out = {}
     for key, subjects in vols.items():
         dev = []
-        for by_protocol in subjects.values():
+        for _, by_protocol in sorted(subjects.items()):
             v = np.array([np.mean(by_protocol[j]) for j in sorted(by_protocol)])
             dev.append(100.0 * (v / v.mean() - 1.0))
-        dev = np.array(dev)                                  # (subjects, protocols)
+        out[key] = np.array(dev)
+    return out
+
+
+def decomposition(rows: list[dict]) -> dict:
+    """``{(family, method, tissue): (pattern, remainder)}``, in %: the :func:`deviations` split
+    into the **protocol pattern** (their mean over subjects at each protocol: a
+    protocol-dependent bias, what knowing the parameters can remove) and the **subject x
+    protocol remainder**; each reported as its root mean square over protocols (and
+    subjects)."""
+    out = {}
+    for key, dev in deviations(rows).items():
         pattern = dev.mean(0)
         out[key] = (float(np.sqrt(np.mean(pattern ** 2))),
                     float(np.sqrt(np.mean((dev - pattern) ** 2))))
@@ -250,12 +263,13 @@ def main(argv=None) -> None:
     rows, wins = tabulate(per_seed), branch_wins(per_seed)
     pairs = paired({s: read_rows(runs[s], "cov_per_subject.csv", ("family", "method", "subject"))
                     for s in seeds})
-    per_seed_err = [volume_error(runs[s]) for s in seeds]
+    evaluations = [evaluation_rows(runs[s]) for s in seeds]
+    per_seed_err = [volume_error(rows) for rows in evaluations]
     errors = {k: tuple(np.mean([e[k] for e in per_seed_err], axis=0))
               for k in per_seed_err[0] if all(k in e for e in per_seed_err)}
     command = "python benchmarks/physics_seg.py " + " ".join(sys.argv[1:] if argv is None
                                                              else argv)
-    per_seed_parts = [decomposition(runs[s]) for s in seeds]
+    per_seed_parts = [decomposition(rows) for rows in evaluations]
     parts = {k: tuple(np.mean([p[k] for p in per_seed_parts], axis=0))
              for k in per_seed_parts[0] if all(k in p for p in per_seed_parts)}
     text = markdown(rows, wins, command, wall, cpu, args.set, pairs, errors, parts)

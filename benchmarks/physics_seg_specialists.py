@@ -27,7 +27,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import sys
@@ -39,8 +38,8 @@ from ml_collections import ConfigDict
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from benchmarks.physics_seg import run_seed
-from phyjax.experiments.physics_seg import mprage_fixed, ranges_of
+from benchmarks.physics_seg import deviations, evaluation_rows, run_seed, volume_error
+from phyjax.experiments.physics_seg import evaluation_counts, mprage_fixed, ranges_of
 from phyjax.segment import evaluate, simulate
 from phyjax.segment.report import LABELS
 
@@ -55,7 +54,7 @@ def protocols(reference: str, family: str) -> tuple[int, list[dict]]:
     reference run, from its ``config.json``."""
     with open(os.path.join(reference, "config.json")) as f:
         config = ConfigDict(json.load(f))
-    n = {"mprage": config.eval.n_mprage, "spgr": config.eval.n_spgr}[family]
+    n = evaluation_counts(config)[family]
     out = []
     for p in simulate.evaluation_protocols(family, ranges_of(config), n, config.seed,
                                            mprage_fixed(config)):
@@ -74,11 +73,6 @@ def specialist_overrides(family: str, values: dict) -> list[str]:
     return ([f"data.{family}.{k}={v!r}" for k, v in values.items()]
             + [f"data.families=('{family}',)", "data.range_margin=0.0", count,
                "eval.methods=('no_branch',)", "bridging.enabled=False"])
-
-
-def read_csv(path: str) -> list[dict]:
-    with open(path) as f:
-        return list(csv.DictReader(f))
 
 
 def numeric(r: dict) -> dict:
@@ -111,20 +105,16 @@ def main(argv=None) -> None:
             seconds = run_seed(seed, workdir,
                                specialist_overrides(args.family, values) + args.set)
             print(f"{args.family} protocol {j} {values}: {seconds:.0f} s", flush=True)
-        for r in read_csv(os.path.join(workdir, "evaluation.csv")):
+        for r in evaluation_rows(workdir):
             if int(r["protocol"]) == 0:
                 rows.append({**numeric(r), "protocol": j, "method": "specialist"})
     wall = time.time() - t0
-    ref = [numeric(r) for r in read_csv(os.path.join(args.reference, "evaluation.csv"))
-           if r["family"] == args.family]
+    ref = [numeric(r) for r in evaluation_rows(args.reference) if r["family"] == args.family]
     table = evaluate.cov_table(rows + ref)
     methods = ["specialist"] + sorted({r["method"] for r in ref})
     subjects = sorted({r["subject"] for r in table})
     by = {(r["method"], r["subject"]): r for r in table}
-    err = {}
-    for r in rows + ref:
-        err.setdefault(r["method"], []).append(
-            [abs(r[f"vol_{t}"] / r[f"gold_vol_{t}"] - 1) * 100 for t in ("gm", "wm")])
+    err = volume_error(rows + ref)
     summary = []
     for m in methods:
         cov = np.array([[by[(m, s)]["cov_gm"], by[(m, s)]["cov_wm"]] for s in subjects])
@@ -132,18 +122,10 @@ def main(argv=None) -> None:
                         "cov_wm": float(cov[:, 1].mean()),
                         "cov_gm_per_subject": " ".join(f"{x:.4f}" for x in cov[:, 0]),
                         "cov_wm_per_subject": " ".join(f"{x:.4f}" for x in cov[:, 1]),
-                        "abs_dv_gm": float(np.mean(err[m], 0)[0]),
-                        "abs_dv_wm": float(np.mean(err[m], 0)[1])})
+                        "abs_dv_gm": float(err[(args.family, m)][0]),
+                        "abs_dv_wm": float(err[(args.family, m)][1])})
     # per protocol: mean over subjects of the volume's deviation from the subject's own mean
-    dev = {}
-    for m in methods:
-        for s in subjects:
-            mine = sorted((r for r in rows + ref if r["method"] == m and r["subject"] == s),
-                          key=lambda r: int(r["protocol"]))
-            for t in ("gm", "wm"):
-                v = np.array([r[f"vol_{t}"] for r in mine])
-                for j, x in enumerate(v / v.mean() - 1):
-                    dev.setdefault((m, t, j), []).append(100 * x)
+    pattern = {(m, t): d.mean(0) for (_, m, t), d in deviations(rows + ref).items()}
     command = "python benchmarks/physics_seg_specialists.py " + " ".join(
         a if " " not in a else repr(a) for a in (argv if argv is not None else sys.argv[1:]))
     labels = {"specialist": "specialist U-Nets (one per protocol, no branch)", **LABELS}
@@ -164,7 +146,7 @@ def main(argv=None) -> None:
         name = ", ".join(f"{k} {v:.4g}" for k, v in values.items()
                          if k in ("tr", "te", "ti", "flip_angle"))
         lines.append(f"| {j}: {name} | " + " | ".join(
-            f"{np.mean(dev[(m, 'gm', j)]):+.1f} / {np.mean(dev[(m, 'wm', j)]):+.1f}"
+            f"{pattern[(m, 'GM')][j]:+.1f} / {pattern[(m, 'WM')][j]:+.1f}"
             for m in methods) + " |")
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out + ".md", "w") as f:

@@ -74,6 +74,11 @@ def training_ranges(config) -> dict:
     return simulate.widen(ranges_of(config), float(config.data.range_margin))
 
 
+def evaluation_counts(config) -> dict[str, int]:
+    """``{family: number of evaluation protocols}`` (``config.eval.n_mprage``, ``n_spgr``)."""
+    return {"mprage": int(config.eval.n_mprage), "spgr": int(config.eval.n_spgr)}
+
+
 def mprage_fixed(config) -> dict:
     """The MPRAGE fields the TI sweep and bridging hold fixed (``config.eval.mprage_fixed``,
     config units; used for the fields training varies, see
@@ -183,7 +188,7 @@ def evaluate_across_protocols(config, test_heads, methods) -> list[dict]:
     volumes).  Draw ``d`` of a protocol uses the subject's key folded with ``d`` (draw 0: the
     key itself), so only the noise (and bias field) differ between draws."""
     ranges = ranges_of(config)
-    counts = {"mprage": config.eval.n_mprage, "spgr": config.eval.n_spgr}
+    counts = evaluation_counts(config)
     protocols = {f: simulate.evaluation_protocols(f, ranges, counts[f], config.seed,
                                                   mprage_fixed(config))
                  for f in config.data.families}
@@ -325,8 +330,8 @@ def check_config(config) -> None:
     if config.train.loss not in LOSSES:
         raise InputError(f"config.train.loss={config.train.loss!r}; expected one of {LOSSES}.")
     for family in config.data.families:
-        n = {"mprage": config.eval.n_mprage, "spgr": config.eval.n_spgr}.get(family, 2)
-        if int(n) < 2:
+        n = evaluation_counts(config).get(family, 2)
+        if n < 2:
             raise InputError(f"config.eval.n_{family}={n}: the volume CoV across protocols "
                              "needs at least 2 evaluation protocols.")
     if config.eval.b1_plus not in B1_PLUS:
