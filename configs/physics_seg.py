@@ -94,12 +94,18 @@ def get_config(arg: str | None = None) -> ConfigDict:
                                  # shows it; seed 0: MPRAGE CoV 2.6x / 1.4x higher, README) or
                                  # "image" (data.reconstruction's)
     model.condition_encoder = False  # also condition the encoder and bottleneck blocks
+    model.b1_input = False       # the branch is also told the transmit field B1+ per voxel
+                                 # (phyjax.segment.model.SegmentationUNet.b1_input): trained
+                                 # with the slice's B1+ map for train.b1_known of the samples,
+                                 # "unknown" for the rest; eval method "physics_b1map" tells it
+                                 # each held-out subject's map, "physics" nothing (README)
     model.normalize_params = "family"  # physics-vector standardization: "family" (training
                                        # statistics per family), "global" or "none"
 
     train = config.train = ConfigDict()
     train.steps = 1200
     train.param_noise = 0.0      # sd of the physics vector's training jitter (standardized units)
+    train.b1_known = 0.5         # with model.b1_input: fraction of samples told their B1+ map
     train.loss = "ce"            # "ce" (soft cross-entropy), "dice" (paper) or "dice_ce"
     train.batch_size = 8
     train.learning_rate = 2e-3
@@ -115,7 +121,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
                                   "tr_readout": 0.007, "n_readouts": 160.0,
                                   "field_strength": 3.0})
     ev.n_spgr = 8                # SPGR protocols drawn over the SPGR range
-    ev.methods = ("physics", "no_branch", "hmrf")
+    ev.methods = ("physics", "no_branch", "hmrf")   # and "physics_b1map" (model.b1_input)
     ev.effects_seed = 1          # scanner effects of each held-out subject (fixed across protocols)
     ev.noise_draws = 1           # noise draws per protocol; CoV uses the volume averaged over them
     ev.noise_fraction = -1.0     # >= 0 overrides every subject's noise level (0: noise-free)

@@ -45,6 +45,10 @@ from phyjax.segment.train import (
 )
 
 MODELS = {"physics": ("physics_unet", True), "no_branch": ("no_branch_unet", False)}
+#: Evaluation methods (``config.eval.methods``): the two U-Nets, ``physics_b1map`` (the physics
+#: U-Net told each subject's B1+ map; needs ``model.b1_input``, and shares the physics U-Net's
+#: training) and the fixed HMRF segmenter.
+METHOD_NAMES = ("physics", "physics_b1map", "no_branch", "hmrf")
 
 
 def _range_value(v):
@@ -123,7 +127,10 @@ def train_models(config, workdir: str, heads) -> dict[str, Segmenter]:
     contrast = contrast_of(config)
     mean, std = ([], []) if norm == "none" else parameter_statistics(
         bank.params, norm == "family", magnitude=contrast == "magnitude")
-    for key in config.eval.methods:
+    keys = list(config.eval.methods)
+    if "physics_b1map" in keys and "physics" not in keys:
+        keys.append("physics")
+    for key in keys:
         if key not in MODELS:
             continue
         name, physics = MODELS[key]
@@ -135,7 +142,8 @@ def train_models(config, workdir: str, heads) -> dict[str, Segmenter]:
                     "voxel_mm": float(d.voxel_size), "ranges": ranges_of(config),
                     "training_ranges": wide,
                     "families": list(d.families), "gold": _gold_kwargs(config),
-                    "reconstruction": d.reconstruction, "physics_size": PHYSICS_SIZE}
+                    "reconstruction": d.reconstruction, "physics_size": PHYSICS_SIZE,
+                    "b1_input": bool(physics and m.b1_input)}
         variables = train(make_model(settings), bank, config.train,
                           os.path.join(workdir, name), config.seed, config.progress,
                           desc=f"train {name}")
@@ -144,23 +152,30 @@ def train_models(config, workdir: str, heads) -> dict[str, Segmenter]:
     return out
 
 
-def _network_method(seg: Segmenter):
-    def segment(img, mask, p):
-        return seg.predict(img, mask, physics_vector(p) if seg.physics else None)
+def _network_method(seg: Segmenter, told_b1: bool = False):
+    """``(img, mask, protocol, b1) -> probabilities`` of a U-Net; ``b1`` (the subject's B1+
+    field) is passed on only when ``told_b1`` (else the branch is told it is unknown)."""
+    def segment(img, mask, p, b1):
+        return seg.predict(img, mask, physics_vector(p) if seg.physics else None,
+                           b1=b1 if told_b1 else None)
     return segment
 
 
 def _methods(config, segmenters):
+    """``{name: (img, mask, protocol, b1) -> (X, Y, Z, 3) probabilities}`` of
+    ``config.eval.methods``."""
     hmrf = tissue_segmenter(config.segmentation)
     methods = {}
     for key in config.eval.methods:
         if key == "hmrf":
-            methods[key] = lambda img, mask, p: evaluate.one_hot(hmrf(img, mask))
+            methods[key] = lambda img, mask, p, b1: evaluate.one_hot(hmrf(img, mask))
+        elif key == "physics_b1map" and "physics" in segmenters:
+            methods[key] = _network_method(segmenters["physics"], told_b1=True)
         elif key in segmenters:
             methods[key] = _network_method(segmenters[key])
         else:
             raise InputError(f"config.eval.methods: unknown method {key!r} "
-                             f"(physics, no_branch, hmrf).")
+                             f"{METHOD_NAMES}.")
     return methods
 
 
@@ -203,6 +218,8 @@ def evaluate_across_protocols(config, test_heads, methods) -> list[dict]:
         gold = gold_standard(head.maps(3.0)["t1"], mask, **_gold_kwargs(config))
         gold_vol = evaluate.volumes_ml(gold, voxel)
         effects, k_acq = _subject_effects(config, i)
+        b1 = np.asarray(scanner.b1_field(mask.shape, effects.b1_scale, effects.b1_curvature),
+                        np.float32)
         for family, ps in protocols.items():
             for (j, p), d in itertools.product(enumerate(ps), range(draws)):
                 key = k_acq if d == 0 else jax.random.fold_in(k_acq, d)
@@ -214,7 +231,7 @@ def evaluate_across_protocols(config, test_heads, methods) -> list[dict]:
                          "flip_angle_deg": float(np.rad2deg(float(p.flip_angle))),
                          "tr_readout": float(p.tr_readout), "n_readouts": float(p.n_readouts),
                          "method": method}
-                    r.update(evaluate.score(fn(img, mask, p), gold, mask, voxel))
+                    r.update(evaluate.score(fn(img, mask, p, b1), gold, mask, voxel))
                     r.update({f"gold_vol_{t}": gold_vol[t] for t in CLASSES})
                     rows.append(r)
                 bar.update()
@@ -312,9 +329,14 @@ def write_report(workdir: str, config, rows, subject_rows, summary, bridge_rows,
 
 def check_config(config) -> None:
     """Refuse, before any work, settings the run could only fail on later (InputError)."""
-    unknown = [m for m in config.eval.methods if m not in ("physics", "no_branch", "hmrf")]
+    unknown = [m for m in config.eval.methods if m not in METHOD_NAMES]
     if unknown:
-        raise InputError(f"config.eval.methods: unknown {unknown} (physics, no_branch, hmrf).")
+        raise InputError(f"config.eval.methods: unknown {unknown} {METHOD_NAMES}.")
+    if "physics_b1map" in config.eval.methods and not config.model.b1_input:
+        raise InputError("config.eval.methods: 'physics_b1map' needs a branch told B1+ "
+                         "(config.model.b1_input=True).")
+    if not 0.0 <= float(config.train.b1_known) <= 1.0:
+        raise InputError(f"config.train.b1_known={config.train.b1_known}: a fraction in [0, 1].")
     if config.data.reconstruction not in simulate.RECONSTRUCTIONS:
         raise InputError(f"config.data.reconstruction={config.data.reconstruction!r}; expected "
                          f"one of {simulate.RECONSTRUCTIONS}.")

@@ -39,6 +39,10 @@ READOUT_SLICE = slice(LEGACY_PHYSICS_SIZE, LEGACY_PHYSICS_SIZE + 2)
 PHYSICS_SIZE = READOUT_SLICE.stop
 #: Where :func:`physics_vector` holds the one-hot family (:data:`SEQUENCES` order).
 FAMILY_SLICE = slice(5, 5 + len(SEQUENCES))
+#: Where :func:`physics_vector` holds the flip angle (rad; an MPRAGE's readout flip), and its
+#: sine and cosine: the entries a transmit field B1+ changes (:func:`scale_flip`).
+FLIP_INDEX = 3
+SINCOS_SLICE = slice(LEGACY_PHYSICS_SIZE - 2, LEGACY_PHYSICS_SIZE)
 #: Reference tissues (WM, GM, CSF at 3 T) of :func:`contrast_features`.
 _TISSUES_REF = tuple(tissues.tissue_parameters(3.0)[t] for t in ("wm", "gm", "csf"))
 #: Length of :func:`contrast_features`; :func:`extended_vector` is ``PHYSICS_SIZE + CONTRAST_SIZE``.
@@ -113,6 +117,31 @@ def contrast_features(params, magnitude: bool = False):
     return s / jnp.maximum(jnp.max(jnp.abs(s), axis=-1, keepdims=True), 1e-6)
 
 
+def scale_flip(params, b1):
+    """Physics vectors whose flip angle is the one the tissue sees under the transmit field
+    ``b1``: the flip (:data:`FLIP_INDEX`) times ``b1``, its sine and cosine
+    (:data:`SINCOS_SLICE`) recomputed; every other entry unchanged.
+
+    The signal equations take B1+ as a scale of the (readout) flip angle, ``alpha = b1 a``
+    (:func:`phyjax.physics.signal.spgr`, :func:`phyjax.physics.signal.mprage_readout`; the
+    MPRAGE inversion is left as is, as in the simulator), so a protocol seen through B1+ is the
+    same protocol with that flip, and :func:`contrast_features` of the result is the contrast
+    the tissue under that B1+ shows.
+
+    Args:
+      params: ``(B, P)`` :func:`physics_vector` rows (P >= :data:`LEGACY_PHYSICS_SIZE`).
+      b1: ``(B, *spatial)`` relative B1+ (1 = nominal), finite.
+    Returns ``(B, *spatial, P)`` (jnp).
+    """
+    p = jnp.asarray(params, jnp.float32)
+    b1 = jnp.asarray(b1, jnp.float32)
+    p = jnp.broadcast_to(p.reshape(p.shape[:1] + (1,) * (b1.ndim - 1) + p.shape[1:]),
+                         b1.shape + p.shape[-1:])
+    fa = p[..., FLIP_INDEX] * b1
+    return (p.at[..., FLIP_INDEX].set(fa).at[..., SINCOS_SLICE.start].set(jnp.sin(fa))
+            .at[..., SINCOS_SLICE.start + 1].set(jnp.cos(fa)))
+
+
 def extended_vector(params, magnitude: bool = False):
     """``[physics vector, contrast_features(magnitude)]``, shape ``(..., EXTENDED_SIZE)``
     (jnp)."""
@@ -124,7 +153,8 @@ class ConvBlock(nn.Module):
     """Two (3x3[x3] conv, GroupNorm, ReLU), optionally conditioned on the physics branch.
 
     ``cond`` (``None`` without the branch) is ``(scale, shift)``, each ``(B, k, features)`` (k = 1:
-    the first conv only; k = 2: both) or ``None``, broadcast over space and applied right after
+    the first conv only; k = 2: both), ``(B, k, *spatial, features)`` (a branch that varies over
+    space: one told a B1+ map) or ``None``, broadcast over space and applied right after
     GroupNorm ``i < k`` as ``x * (1 + scale[:, i]) + shift[:, i]`` -- after the norm, which would
     cancel a spatially constant shift or scale. ``shift`` alone on the first conv is the paper's
     additive broadcast; ``scale`` and ``shift`` on both is FiLM (Perez et al., AAAI 2018, Eq. 1).
@@ -142,10 +172,11 @@ class ConvBlock(nn.Module):
             x = nn.GroupNorm(num_groups=groups)(nn.Conv(self.features, (3,) * self.ndim)(x))
             if scale is not None and i < scale.shape[1]:
                 s = scale[:, i]
-                x = x * (1.0 + s.reshape(s.shape[:1] + space + s.shape[1:]))
+                x = x * (1.0 + (s.reshape(s.shape[:1] + space + s.shape[1:]) if s.ndim == 2
+                                else s))
             if shift is not None and i < shift.shape[1]:
                 b = shift[:, i]
-                x = x + b.reshape(b.shape[:1] + space + b.shape[1:])
+                x = x + (b.reshape(b.shape[:1] + space + b.shape[1:]) if b.ndim == 2 else b)
             x = nn.relu(x)
         return x
 
@@ -203,6 +234,13 @@ class SegmentationUNet(nn.Module):
       physics_size: how many leading entries of the physics vector the branch reads:
         :data:`PHYSICS_SIZE` (with the MPRAGE readout train) or :data:`LEGACY_PHYSICS_SIZE`
         (models trained on the static MPRAGE equation; their contrast features are static too).
+      b1_input: the branch is also told the transmit field B1+ (``b1`` of :meth:`__call__`):
+        per voxel, the physics vector with the flip angle the tissue sees there
+        (:func:`scale_flip`) and a 0/1 entry saying whether the map gave it (else B1+ = 1 is
+        assumed).  The branch then runs per voxel (its dense layers are 1x1 convolutions) and
+        its projection is average-pooled to each conditioned block's resolution: a spatially
+        varying bias instead of a per-image one.  With ``b1`` unknown everywhere it is the
+        per-image branch, told so.
     """
 
     features: Sequence[int] = (16, 32, 64)
@@ -216,11 +254,20 @@ class SegmentationUNet(nn.Module):
     param_std: Sequence[float] = ()
     contrast_magnitude: bool = False
     physics_size: int = PHYSICS_SIZE
+    b1_input: bool = False
 
-    def branch(self, params, param_noise=None):
+    def branch(self, params, param_noise=None, b1=None):
+        """The branch's features: ``(B, branch_width)``, or ``(B, *spatial, branch_width)``
+        with :attr:`b1_input` (see :meth:`__call__`)."""
         _, inputs, _ = parse_conditioning(self.conditioning)
         size = self.physics_size
         params = params[:, :size]
+        known = None
+        if self.b1_input:
+            if b1 is None:
+                raise ValueError("a B1+-input branch needs the b1 map (NaN where unknown).")
+            known = jnp.isfinite(b1)
+            params = scale_flip(params, jnp.where(known, b1, 1.0))
         n_stats, width = len(self.param_mean), size
         if inputs != "parameters" or (n_stats and n_stats % (size + CONTRAST_SIZE) == 0):
             params, width = extended_vector(params, self.contrast_magnitude), size + CONTRAST_SIZE
@@ -231,36 +278,47 @@ class SegmentationUNet(nn.Module):
             mean = jnp.asarray(self.param_mean, params.dtype).reshape(-1, width)
             std = jnp.asarray(self.param_std, params.dtype).reshape(-1, width)
             if mean.shape[0] > 1:   # one row per family: picked by the raw one-hot
-                onehot = params[:, FAMILY_SLICE]
+                onehot = params[..., FAMILY_SLICE]
                 mean, std = onehot @ mean, onehot @ std
             params = (params - mean) / std
         if param_noise is not None:   # training-time jitter, in standardized units
             keep = jnp.ones(width, params.dtype).at[FAMILY_SLICE].set(0.0)
-            params = params + param_noise[:, :width] * keep
+            noise = param_noise[:, :width]
+            noise = noise.reshape(noise.shape[:1] + (1,) * (params.ndim - 2) + noise.shape[1:])
+            params = params + noise * keep
         if inputs == "parameters":
-            params = params[:, :size]
+            params = params[..., :size]
         elif inputs == "contrast":
-            params = jnp.concatenate([params[:, FAMILY_SLICE], params[:, size:]], -1)
+            params = jnp.concatenate([params[..., FAMILY_SLICE], params[..., size:]], -1)
+        if known is not None:   # whether the map gave this voxel's B1+ (else nominal assumed)
+            params = jnp.concatenate([params, known[..., None].astype(params.dtype)], -1)
         h = nn.relu(nn.Dense(self.branch_width, name="branch_dense_0")(params))
         return nn.relu(nn.Dense(self.branch_width, name="branch_dense_1")(h))
 
-    def _cond(self, h, features: int, name: str):
-        """``(scale, shift)`` for a :class:`ConvBlock` of ``features`` channels (or None)."""
+    def _cond(self, h, features: int, name: str, level: int = 0):
+        """``(scale, shift)`` for a :class:`ConvBlock` of ``features`` channels at resolution
+        ``2 ** -level`` (or None).  A spatial ``h`` (:attr:`b1_input`) is average-pooled to that
+        resolution first (the projection is linear, so this is the projection's average)."""
         if h is None:
             return None
         mode, _, zero = parse_conditioning(self.conditioning)
+        if h.ndim > 2 and level:
+            h = nn.avg_pool(h, (2 ** level,) * self.ndim, (2 ** level,) * self.ndim)
         if mode == "add":
             init = nn.initializers.zeros if zero else nn.linear.default_kernel_init
             return None, nn.Dense(features, name=name, kernel_init=init)(h)[:, None]
         out = nn.Dense(4 * features, name=name, kernel_init=nn.initializers.zeros)(h)
-        out = out.reshape(out.shape[0], 2, 2, features)
-        return out[:, 0], out[:, 1]
+        out = out.reshape(out.shape[:-1] + (2, 2, features))   # (..., scale/shift, k, F)
+        return jnp.moveaxis(out[..., 0, :, :], -2, 1), jnp.moveaxis(out[..., 1, :, :], -2, 1)
 
     @nn.compact
-    def __call__(self, x, params=None, param_noise=None):
+    def __call__(self, x, params=None, param_noise=None, b1=None):
         """Logits of ``x`` given ``params``; ``param_noise`` (``(B, PHYSICS_SIZE)``, optional)
         is added to the standardized physics vector (not its one-hot family) -- training-time
-        jitter that keeps the branch from resolving single training protocols."""
+        jitter that keeps the branch from resolving single training protocols.
+
+        ``b1`` (``(B, *spatial)``, relative B1+, 1 = nominal; NaN where unknown): read only
+        with :attr:`b1_input`, where ``None`` means unknown everywhere."""
         if x.ndim != self.ndim + 2:
             raise ValueError(f"expected input of rank {self.ndim + 2} (B, spatial..., C), got "
                              f"shape {x.shape}.")
@@ -272,19 +330,27 @@ class SegmentationUNet(nn.Module):
         if self.physics:
             if params is None:
                 raise ValueError("the physics U-Net needs the acquisition parameters.")
-            h = self.branch(params, param_noise)
+            if self.b1_input and b1 is None:
+                b1 = jnp.full(x.shape[:-1], jnp.nan, jnp.float32)
+            elif self.b1_input and tuple(b1.shape) != tuple(x.shape[:-1]):
+                raise ValueError(f"b1 map of shape {tuple(b1.shape)}; expected "
+                                 f"{tuple(x.shape[:-1])} (the input's batch and spatial shape).")
+            h = self.branch(params, param_noise, b1)
         enc = h if self.condition_encoder else None
         window = (2,) * self.ndim
         skips = []
+        depth = len(self.features) - 1
         for level, f in enumerate(self.features[:-1]):
-            x = ConvBlock(f, self.ndim)(x, self._cond(enc, f, f"branch_to_encoder_{level}"))
+            x = ConvBlock(f, self.ndim)(x, self._cond(enc, f, f"branch_to_encoder_{level}",
+                                                      level))
             skips.append(x)
             x = nn.max_pool(x, window, window)
         x = ConvBlock(self.features[-1], self.ndim)(
-            x, self._cond(enc, self.features[-1], "branch_to_bottleneck"))
+            x, self._cond(enc, self.features[-1], "branch_to_bottleneck", depth))
         for level, (f, skip) in enumerate(zip(reversed(self.features[:-1]), reversed(skips))):
             for axis in range(1, self.ndim + 1):   # nearest-neighbour x2 (sizes divisible)
                 x = jnp.repeat(x, 2, axis=axis)
             x = ConvBlock(f, self.ndim)(jnp.concatenate([x, skip], axis=-1),
-                                        self._cond(h, f, f"branch_to_decoder_{level}"))
+                                        self._cond(h, f, f"branch_to_decoder_{level}",
+                                                   depth - 1 - level))
         return nn.Conv(self.n_classes, (1,) * self.ndim)(x)

@@ -14,7 +14,8 @@ matplotlib.use("Agg")
 PAPER_COV = {"mprage": {"physics": (0.00244, 0.00405), "no_branch": (0.00332, 0.01491)},
              "spgr": {"physics": (0.00425, 0.00083), "no_branch": (0.00531, 0.00160)}}
 
-LABELS = {"physics": "U-Net + physics branch", "no_branch": "U-Net, no branch",
+LABELS = {"physics": "U-Net + physics branch", "physics_b1map": "U-Net + physics branch, told B1+",
+          "no_branch": "U-Net, no branch",
           "hmrf": "HMRF (DIPY, fixed)"}
 
 

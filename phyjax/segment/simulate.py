@@ -273,6 +273,8 @@ class SliceBank:
 
     Attributes:
       images: ``(V, Z, H, W)`` float16, one per simulated volume.
+      b1: ``(V, Z, H, W)`` float16, the relative B1+ field each volume was imaged with
+        (:func:`phyjax.physics.scanner.b1_field`; NaN in the slices' padding).
       volume_anatomy: ``(V,)`` the anatomy of each volume; ``params``: ``(V, PHYSICS_SIZE)``.
       gold: ``(A, Z, H, W, 3)`` float16 gold-standard probabilities; ``masks``: ``(A, Z, H, W)``.
       rows: ``(N, 2)`` ``(volume, slice)`` of every brain slice.
@@ -288,6 +290,8 @@ class SliceBank:
         rng = np.random.default_rng([seed, 16, 1])
         key = jax.random.key(seed)
         images, anat, params, golds, masks, rows, protocols = [], [], [], [], [], [], []
+        b1s = []
+        outside = to_slices(np.ones(shape, bool), self.pads) == 0
         bar = tqdm(total=len(heads) * len(families) * n_per_family, disable=not progress,
                    desc="simulating training images")
         for a, head in enumerate(heads):
@@ -306,12 +310,17 @@ class SliceBank:
                     rows += [(len(images), z) for z in z_rows]
                     images.append(to_slices(np.where(mask, vol, 0.0), self.pads)
                                   .astype(np.float16))
+                    b1 = np.asarray(scanner.b1_field(shape, effects.b1_scale,
+                                                     effects.b1_curvature), np.float32)
+                    b1s.append(np.where(outside, np.nan, to_slices(b1, self.pads))
+                               .astype(np.float16))
                     anat.append(a)
                     params.append(physics_vector(p))
                     protocols.append(p)
                     bar.update()
         bar.close()
         self.images = np.stack(images)
+        self.b1 = np.stack(b1s)
         self.volume_anatomy = np.asarray(anat)
         self.params = np.stack(params)
         self.gold = np.stack(golds)
@@ -322,11 +331,14 @@ class SliceBank:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def batch(self, i: int, batch_size: int, seed: int) -> dict:
+    def batch(self, i: int, batch_size: int, seed: int, b1_known: float = 0.0) -> dict:
         """Batch ``i`` (a pure function of ``i`` and ``seed``): ``x (B, H, W, 2 context + 1)``,
         ``y (B, H, W, 3)`` gold probabilities, ``mask (B, H, W, 1)``, ``params (B, P)``, ``noise
         (B, P + CONTRAST_SIZE)`` standard normal (the training jitter of the physics vector and
-        its contrast features)."""
+        its contrast features), ``b1 (B, H, W)`` float32: each slice's B1+ field for a
+        random fraction ``b1_known`` of the batch, NaN (unknown) for the rest -- so that a
+        branch told B1+ learns with and without a map.  The draws before ``b1``'s are those of
+        batches without it (models that ignore it train as before)."""
         rng = np.random.default_rng([seed, i, 16])
         rows = self.rows[rng.choice(len(self.rows), size=batch_size,
                                     replace=len(self.rows) < batch_size)]
@@ -341,4 +353,6 @@ class SliceBank:
                 "params": self.params[v],
                 "noise": np.concatenate(
                     [rng.standard_normal(self.params[v].shape),
-                     rng.standard_normal((batch_size, CONTRAST_SIZE))], -1).astype(np.float32)}
+                     rng.standard_normal((batch_size, CONTRAST_SIZE))], -1).astype(np.float32),
+                "b1": np.where((rng.uniform(size=batch_size) < b1_known)[:, None, None],
+                               self.b1[v, z].astype(np.float32), np.nan)}

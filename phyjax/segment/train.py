@@ -73,9 +73,10 @@ def make_model(settings: dict) -> SegmentationUNet:
     """The :class:`SegmentationUNet` of a settings dict (``features``, ``physics``,
     ``branch_width``; optional ``conditioning`` (default ``"add"``), ``condition_encoder``
     (False), ``param_mean`` / ``param_std`` (none), ``contrast`` (``"signed"``; or
-    ``"magnitude"``: absolute contrast features) and ``physics_size`` (the physics-vector entries
+    ``"magnitude"``: absolute contrast features), ``physics_size`` (the physics-vector entries
     the branch reads; :data:`~phyjax.segment.model.LEGACY_PHYSICS_SIZE`, no readout train, when
-    absent) -- models saved before these existed load as they were trained)."""
+    absent) and ``b1_input`` (False: the branch is not told B1+) -- models saved before these
+    existed load as they were trained)."""
     return SegmentationUNet(features=tuple(settings["features"]), n_classes=3,
                             physics=bool(settings["physics"]),
                             branch_width=int(settings["branch_width"]),
@@ -84,7 +85,8 @@ def make_model(settings: dict) -> SegmentationUNet:
                             param_mean=tuple(float(v) for v in settings.get("param_mean", ())),
                             param_std=tuple(float(v) for v in settings.get("param_std", ())),
                             contrast_magnitude=settings.get("contrast", "signed") == "magnitude",
-                            physics_size=int(settings.get("physics_size", LEGACY_PHYSICS_SIZE)))
+                            physics_size=int(settings.get("physics_size", LEGACY_PHYSICS_SIZE)),
+                            b1_input=bool(settings.get("b1_input", False)))
 
 
 def parameter_statistics(params: np.ndarray, by_family: bool = True, floor: float = 1e-3,
@@ -123,23 +125,34 @@ def train(model: SegmentationUNet, bank, t, workdir: str, seed: int, progress: b
     """Train ``model`` on ``bank`` (:class:`phyjax.segment.simulate.SliceBank`) with the loss
     ``t.loss`` (:func:`segmentation_loss`; default soft Dice) and Adam (cosine-decayed learning rate
     ``t.learning_rate`` over ``t.steps``), the standardized physics vector jittered by
-    ``t.param_noise`` times a standard normal (0: none); resumable (:func:`phyjax.train.loop.fit`:
-    Orbax checkpoints, ``train_log.csv`` in ``workdir``).  Returns the trained variables."""
+    ``t.param_noise`` times a standard normal (0: none); a branch told B1+
+    (``model.b1_input``) gets each slice's B1+ map for a fraction ``t.b1_known`` of the
+    samples and "unknown" for the rest (:meth:`~phyjax.segment.simulate.SliceBank.batch`);
+    resumable (:func:`phyjax.train.loop.fit`: Orbax checkpoints, ``train_log.csv`` in
+    ``workdir``).  Returns the trained variables."""
     variables = init_params(model, bank.padded, 2 * bank.context + 1, seed)
     schedule = optax.cosine_decay_schedule(t.learning_rate, max(int(t.steps), 1), alpha=0.05)
     tx = optax.adam(schedule)
 
     sigma = float(t.get("param_noise", 0.0))
+    b1_known = float(t.get("b1_known", 0.5)) if model.b1_input else 0.0
 
     def loss_fn(params, batch):
         noise = sigma * batch["noise"] if sigma > 0 else None
-        logits = model.apply(params, batch["x"], batch["params"], noise)
+        b1 = batch["b1"] if model.b1_input else None
+        logits = model.apply(params, batch["x"], batch["params"], noise, b1)
         loss = segmentation_loss(t.get("loss", "dice"), logits, batch["y"], batch["mask"])
         return loss, {"loss": loss}
 
     step = loop.make_train_step(loss_fn, tx)
     state = loop.TrainState.create(variables, tx)
-    state = loop.fit(state, step, lambda i: (bank.batch(i, t.batch_size, seed),), t.steps,
+    def batch(i):
+        b = bank.batch(i, t.batch_size, seed, b1_known)
+        if not model.b1_input:
+            del b["b1"]
+        return (b,)
+
+    state = loop.fit(state, step, batch, t.steps,
                      workdir,
                      checkpoint_every=t.checkpoint_every, log_every=t.log_every,
                      progress=progress, desc=desc)
@@ -153,22 +166,39 @@ class Segmenter:
     def __init__(self, settings: dict, variables):
         self.settings, self.variables = settings, variables
         self.model = make_model(settings)
-        self._apply = jax.jit(lambda v, x, p: jax.nn.softmax(self.model.apply(v, x, p)))
+        self._apply = jax.jit(
+            lambda v, x, p, b1: jax.nn.softmax(self.model.apply(v, x, p, None, b1)))
 
     @property
     def physics(self) -> bool:
         return bool(self.settings["physics"])
 
+    @property
+    def b1_input(self) -> bool:
+        """Whether the branch reads a B1+ map (:attr:`SegmentationUNet.b1_input`)."""
+        return self.physics and bool(self.settings.get("b1_input", False))
+
     def predict(self, image: np.ndarray, mask: np.ndarray, params: np.ndarray | None,
-                batch_size: int = 32) -> np.ndarray:
+                batch_size: int = 32, b1: np.ndarray | None = None) -> np.ndarray:
         """Tissue probabilities ``(X, Y, Z, 3)`` (CSF, GM, WM; 0 outside ``mask``) of a
         normalized image ``(X, Y, Z)``, slice by slice; ``params``: the physics vector
-        ``(PHYSICS_SIZE,)`` of its protocol (ignored without the branch; required with it)."""
+        ``(PHYSICS_SIZE,)`` of its protocol (ignored without the branch; required with it);
+        ``b1``: the relative B1+ map ``(X, Y, Z)`` on the image's grid (1 = nominal; NaN where
+        unknown), read only by a branch told B1+ (:attr:`b1_input`; ``None``: unknown).
+        Raises InputError for a missing ``params`` or a ``b1`` of another shape."""
         if self.physics and params is None:
             raise InputError("the physics U-Net needs the image's acquisition parameters.")
+        if b1 is not None and np.shape(b1) != np.shape(image):
+            raise InputError(f"B1+ map of shape {np.shape(b1)}; the image has "
+                             f"{np.shape(image)} (resample it to the image first).")
         mask = np.asarray(mask, bool)
         pads, _ = grid(image.shape, len(self.settings["features"]))
         x = with_context(to_slices(np.where(mask, image, 0.0), pads), self.settings["context"])
+        b1_slices = None
+        if self.b1_input:
+            vol = np.full(image.shape, np.nan, np.float32) if b1 is None else b1
+            b1_slices = np.where(to_slices(np.ones(image.shape, bool), pads) == 0, np.nan,
+                                 to_slices(np.asarray(vol, np.float32), pads))
         p = np.zeros((batch_size, PHYSICS_SIZE), np.float32)
         if params is not None:
             p[:] = np.asarray(params, np.float32)
@@ -176,11 +206,15 @@ class Segmenter:
         for i in range(0, len(x), batch_size):
             chunk = x[i:i + batch_size]
             n = len(chunk)
+            b = None if b1_slices is None else b1_slices[i:i + batch_size]
             if n < batch_size:  # one compiled shape
                 chunk = np.concatenate([chunk, np.zeros((batch_size - n, *chunk.shape[1:]),
                                                         chunk.dtype)])
+                if b is not None:
+                    b = np.concatenate([b, np.full((batch_size - n, *b.shape[1:]), np.nan,
+                                                   b.dtype)])
             out.append(np.asarray(self._apply(self.variables, jnp.asarray(chunk, jnp.float32),
-                                              p))[:n])
+                                              p, None if b is None else jnp.asarray(b)))[:n])
         probs = np.concatenate(out)                         # (Z, H', W', 3)
         vol = np.stack([from_slices(probs[..., c], pads) for c in range(3)], -1)
         return np.where(mask[..., None], vol, 0.0).astype(np.float32)
