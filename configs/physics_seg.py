@@ -162,6 +162,10 @@ def get_config(arg: str | None = None) -> ConfigDict:
     s.field_strength = -1.0
     s.tr_readout = -1.0          # MPRAGE readout TR / echo spacing (s) and readouts per shot:
     s.n_readouts = -1.0          # override the sidecar's (Siemens/GE sidecars lack them)
+    s.b1_map = ""                # a transmit-field map (BIDS TB1map) of the input, any grid
+                                 # (BIDS: sub-X/[ses-Y/]fmap/*_TB1map.nii* found by itself);
+                                 # read by a model trained with model.b1_input=True
+    s.b1_units = "auto"          # "ratio" (1 = nominal), "percent" (100) or "auto"
     s.allow_outside_range = False
     s.site_params = ""           # BIDS: site table filling sidecar gaps
     s.mask_label = "brain"

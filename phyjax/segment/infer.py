@@ -139,15 +139,74 @@ def given_readout(reading, section):
     return reading
 
 
+#: ``config.segment.b1_units``: how a B1+ map's values read.  ``ratio``: 1 = nominal flip;
+#: ``percent``: 100 = nominal (e.g. the hMRI toolbox's maps); ``auto``: percent when the median
+#: inside the brain exceeds 10, else ratio.
+B1_UNITS = ("auto", "ratio", "percent")
+#: Plausible median relative B1+ inside the brain (body-coil transmit at 1.5-7 T stays well
+#: inside this); a median outside it means the wrong units or not a B1+ map.
+B1_PLAUSIBLE = (0.4, 1.6)
+
+
+def b1_on_grid(path: str, units: str, affine, shape,
+               mask: np.ndarray) -> tuple[np.ndarray, float]:
+    """A transmit-field map (BIDS ``TB1map``) as relative B1+ (1 = nominal) on the grid
+    ``affine`` / ``shape``, with its median inside ``mask``: ``(map, median)``.  Voxels outside
+    the map's field of view, and voxels <= 0 (the background of most maps), are NaN: the branch
+    is told B1+ is unknown there.
+
+    Raises InputError naming ``path`` for an unreadable or non-3-D file, unknown ``units``
+    (:data:`B1_UNITS`), a map that covers no brain voxel, or a median outside
+    :data:`B1_PLAUSIBLE` (wrong units, or not a B1+ map)."""
+    if units not in B1_UNITS:
+        raise InputError(f"config.segment.b1_units={units!r}; expected one of {B1_UNITS}.")
+    data, img = load_volume(path)
+    src = np.asarray(img.affine, np.float64)
+    valid = (data > 0).astype(np.float32)
+    if geometry.same_grid(data.shape, src, shape, affine):
+        on, cover = data, valid
+    else:
+        on = geometry.resample(np.where(valid > 0, data, 0.0), src, affine, shape)
+        cover = geometry.resample(valid, src, affine, shape)
+    # trilinear weights of valid voxels: divide by them so the edge is not pulled towards 0
+    b1 = np.where(cover > 0.5, on / np.maximum(cover, 1e-6), np.nan).astype(np.float32)
+    inside = b1[np.asarray(mask, bool) & np.isfinite(b1)]
+    if inside.size == 0:
+        raise InputError(f"{path}: the B1+ map covers no brain voxel of the image.")
+    median = float(np.median(inside))
+    if units == "percent" or (units == "auto" and median > 10.0):
+        b1, median = b1 / 100.0, median / 100.0
+    lo, hi = B1_PLAUSIBLE
+    if not lo <= median <= hi:
+        raise InputError(f"{path}: median relative B1+ inside the brain is {median:g} "
+                         f"(expected {lo:g}-{hi:g}); wrong units (--config.segment.b1_units="
+                         "ratio or percent) or not a transmit-field map.")
+    return b1, median
+
+
 def segment_image(segmenter: Segmenter, image: np.ndarray, img, mask: np.ndarray,
-                  protocol: Protocol) -> np.ndarray:
+                  protocol: Protocol, b1_path: str = "", b1_units: str = "auto",
+                  info: dict | None = None) -> np.ndarray:
     """Probabilities ``(X, Y, Z, 3)`` (CSF, GM, WM) on the input's own grid, 0 outside
-    ``mask``; the branch reads :func:`network_protocol` of ``protocol``."""
+    ``mask``; the branch reads :func:`network_protocol` of ``protocol`` and, when
+    ``b1_path`` names a transmit-field map (:func:`b1_on_grid`; the segmenter must read one,
+    ``model.b1_input``), the B1+ of every voxel.  ``info`` (a dict) receives the map's median
+    (``B1plusMedian``).  Raises InputError for a map given to a segmenter that does not read
+    one."""
     v = float(segmenter.settings["voxel_mm"])
     affine = np.asarray(img.affine, np.float64)
     grid, data, grid_mask, resampled = working_grid(image, affine, mask, (v, v, v))
     params = physics_vector(network_protocol(segmenter, protocol)) if segmenter.physics else None
-    probs = segmenter.predict(normalize(data, grid_mask), grid_mask, params)
+    b1 = None
+    if b1_path:
+        if not segmenter.b1_input:
+            raise InputError(f"{b1_path}: this segmenter does not read a B1+ map (trained "
+                             "without --config.model.b1_input=True); leave "
+                             "config.segment.b1_map empty.")
+        b1, median = b1_on_grid(b1_path, b1_units, grid, data.shape, grid_mask)
+        if info is not None:
+            info["B1plusMedian"] = round(median, 4)
+    probs = segmenter.predict(normalize(data, grid_mask), grid_mask, params, b1=b1)
     if resampled:
         probs = np.stack([geometry.resample(probs[..., c], grid, affine, image.shape)
                           for c in range(3)], -1)
@@ -156,13 +215,18 @@ def segment_image(segmenter: Segmenter, image: np.ndarray, img, mask: np.ndarray
     return np.where(mask[..., None], probs, 0.0).astype(np.float32)
 
 
-def _write_scan(stem: str, probs, mask, img, reading, source: str, segmenter, notes) -> dict:
-    meta = {"Sources": [os.path.abspath(source)],
+def _write_scan(stem: str, probs, mask, img, reading, source: str, segmenter, notes,
+                b1_path: str = "", b1_info: dict | None = None) -> dict:
+    meta = {"Sources": [os.path.abspath(source)] + ([os.path.abspath(b1_path)] if b1_path
+                                                     else []),
             "Method": "physics-aware U-Net (Borges et al. 2019, arXiv:2001.10767), phyjax",
             "PhysicsBranch": segmenter.physics,
             "AcquisitionProtocol": protocol_to_sidecar(reading.protocol()),
             "AcquisitionProtocolOrigin": dict(reading.origin),
             "Notes": list(notes) + list(reading.assumed) + list(reading.notes)}
+    if segmenter.b1_input:
+        meta["B1plusMap"] = os.path.abspath(b1_path) if b1_path else None
+        meta.update(b1_info or {})
     for c, t in enumerate(CLASSES):
         save_like(probs[..., c], img, f"{stem}_label-{_LABEL[t]}_probseg.nii.gz")
         report.write_json(f"{stem}_label-{_LABEL[t]}_probseg.json", meta)
@@ -245,6 +309,19 @@ def bids_jobs(root: str, mask_label: str = "brain", site_params: str = "") -> li
     return jobs
 
 
+def bids_b1_map(root: str, t1w_path: str) -> str:
+    """The transmit-field map of a BIDS T1w: ``sub-X/[ses-Y/]fmap/*_TB1map.nii[.gz]`` of its
+    subject (and session), the first in sorted order; "" when there is none."""
+    import glob
+
+    from phyjax.data.bids import entities
+
+    ent = entities(t1w_path)
+    parts = [f"sub-{ent.get('sub', '')}"] + ([f"ses-{ent['ses']}"] if ent.get("ses") else [])
+    found = sorted(glob.glob(os.path.join(root, *parts, "fmap", "*_TB1map.nii*")))
+    return found[0] if found else ""
+
+
 def segment(config, workdir: str) -> str:
     """``config.mode = "segment"``: segment ``config.segment.input`` (or every T1w of
     ``config.segment.bids_root``) with the saved segmenter (``config.segment.model``, default
@@ -266,12 +343,20 @@ def segment(config, workdir: str) -> str:
             raise InputError(f"{s.input}: file not found.")
         reading = given_readout(input_reading(s), s)
         base = os.path.basename(s.input).split(".nii")[0].removesuffix("_T1w")
+        if s.b1_map and not os.path.exists(s.b1_map):
+            raise InputError(f"{s.b1_map}: B1+ map not found (config.segment.b1_map).")
         jobs = [(s.input, s.mask, reading, base)]
         out_root = s.output or os.path.join(workdir, "segment")
         source = s.input
     else:
         raise InputError("--config.segment.input (a T1w NIfTI) or --config.segment.bids_root is "
                          "required in segment mode.")
+    if s.b1_units not in B1_UNITS:
+        raise InputError(f"config.segment.b1_units={s.b1_units!r}; expected one of {B1_UNITS}.")
+    if s.b1_map and not segmenter.b1_input:
+        raise InputError(f"{s.b1_map}: the segmenter in {model_dir} does not read a B1+ map "
+                         "(trained without --config.model.b1_input=True); leave "
+                         "config.segment.b1_map empty.")
     notes, problems = {}, []
     for path, _, reading, _ in jobs:   # every protocol checked before any compute
         try:
@@ -285,13 +370,17 @@ def segment(config, workdir: str) -> str:
         raise InputError(f"{len(problems)} scans cannot be segmented:\n  " + "\n  ".join(problems))
     os.makedirs(out_root, exist_ok=True)
     _description(out_root, source, config)
+    b1_maps = {path: (s.b1_map if s.input else bids_b1_map(s.bids_root, path))
+               for path, *_ in jobs} if segmenter.b1_input or s.b1_map else {}
     rows = []
     for path, mask_spec, reading, rel in tqdm(jobs, desc="segmenting", disable=len(jobs) < 2):
         image, img = load_volume(path)
         mask = load_mask(mask_spec, path, img)
-        probs = segment_image(segmenter, image, img, mask, reading.protocol())
+        b1_path, b1_info = b1_maps.get(path, ""), {}
+        probs = segment_image(segmenter, image, img, mask, reading.protocol(), b1_path,
+                              s.b1_units, b1_info)
         vols = _write_scan(os.path.join(out_root, rel), probs, mask, img, reading, path,
-                           segmenter, notes[path])
+                           segmenter, notes[path], b1_path, b1_info)
         rows.append({"path": os.path.abspath(path), **vols, "family": reading.family,
                      **{k: reading.values.get(k, "") for k in FIELDS[:7]}})
     _write_tables(out_root, rows)

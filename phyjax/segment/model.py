@@ -336,6 +336,7 @@ class SegmentationUNet(nn.Module):
                 raise ValueError(f"b1 map of shape {tuple(b1.shape)}; expected "
                                  f"{tuple(x.shape[:-1])} (the input's batch and spatial shape).")
             h = self.branch(params, param_noise, b1)
+            self.sow("intermediates", "branch", h)   # kept only with mutable=["intermediates"]
         enc = h if self.condition_encoder else None
         window = (2,) * self.ndim
         skips = []
