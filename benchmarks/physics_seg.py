@@ -26,6 +26,11 @@ training since).
 from their final checkpoints, so nothing trains): the README's decomposition with ``--set
 eval.b1_plus=nominal``.
 
+``--baseline ROOT`` takes the methods a run did not evaluate (e.g. the no-branch U-Net, when
+only a variant of the physics U-Net was trained: ``--set 'eval.methods=("physics",
+"physics_b1map","hmrf")'``) from ``ROOT/seed<s>`` -- after checking that both runs' HMRF rows,
+which train nothing, agree to the digit, i.e. that the held-out images are the same.
+
 ``--reuse`` tabulates finished runs under ``--root`` (``seed<s>/summary.csv``) without
 rerunning them; a run is resumed (``phyjax.main``'s checkpoints) when its folder exists.
 """
@@ -50,7 +55,9 @@ sys.path.insert(0, ROOT)
 from phyjax.segment.report import LABELS, PAPER_COV
 
 FAMILIES = ("mprage", "spgr")
-METHODS = ("physics", "no_branch", "hmrf")
+METHODS = ("physics", "physics_b1map", "no_branch", "hmrf")
+#: The methods compared with the no-branch U-Net (those a run has).
+BRANCHES = ("physics", "physics_b1map")
 
 
 def run_seed(seed: int, workdir: str, overrides: list[str]) -> float:
@@ -90,44 +97,78 @@ def tabulate(per_seed: dict[int, dict]) -> list[dict]:
 
 
 def branch_wins(per_seed: dict[int, dict]) -> dict[str, str]:
-    """Per family and tissue: in how many seeds the physics U-Net's CoV is below the
+    """Per family and tissue: in how many seeds the physics U-Net's CoV (and that of the
+    physics U-Net told B1+, where a run has it: keys ending in "told B1+") is below the
     no-branch U-Net's."""
     out = {}
-    for family in FAMILIES:
-        for t in ("gm", "wm"):
-            wins = [float(per_seed[s][(family, "physics")][f"cov_{t}"])
-                    < float(per_seed[s][(family, "no_branch")][f"cov_{t}"])
-                    for s in sorted(per_seed) if (family, "physics") in per_seed[s]]
-            out[f"{family} {t.upper()}"] = f"{sum(wins)}/{len(wins)}"
+    for method in BRANCHES:
+        for family in FAMILIES:
+            for t in ("gm", "wm"):
+                wins = [float(per_seed[s][(family, method)][f"cov_{t}"])
+                        < float(per_seed[s][(family, "no_branch")][f"cov_{t}"])
+                        for s in sorted(per_seed) if (family, method) in per_seed[s]
+                        and (family, "no_branch") in per_seed[s]]
+                if wins:
+                    key = f"{family} {t.upper()}" + (", told B1+" if method != "physics" else "")
+                    out[key] = f"{sum(wins)}/{len(wins)}"
     return out
 
 
 def paired(per_subject: dict[int, dict]) -> list[dict]:
-    """Per family and tissue, the physics U-Net against the no-branch U-Net on the same held-out
-    subjects (every seed x subject pair): how many pairs the physics CoV is the lower, the
-    median CoV ratio physics / no branch, and the two-sided Wilcoxon signed-rank p-value of the
-    paired differences (SciPy).  Seeds share nothing but the code, so the pairs are
-    independent across seeds; within a seed the subjects share the two trained models."""
+    """Per branch method (:data:`BRANCHES`), family and tissue, that U-Net against the no-branch
+    U-Net on the same held-out subjects (every seed x subject pair): how many pairs its CoV is
+    the lower, the median CoV ratio (method / no branch), and the two-sided Wilcoxon
+    signed-rank p-value of the paired differences (SciPy).  Seeds share nothing but the code, so
+    the pairs are independent across seeds; within a seed the subjects share the trained
+    models."""
     from scipy.stats import wilcoxon
 
     out = []
-    for family in FAMILIES:
-        for t in ("gm", "wm"):
-            a, b = [], []
-            for _, rows in sorted(per_subject.items()):
-                for (f, m, subj), r in rows.items():
-                    if f == family and m == "physics" and (f, "no_branch", subj) in rows:
-                        a.append(float(r[f"cov_{t}"]))
-                        b.append(float(rows[(f, "no_branch", subj)][f"cov_{t}"]))
-            if not a:
-                continue
-            a, b = np.array(a), np.array(b)
-            out.append({"family": family, "tissue": t.upper(), "pairs": len(a),
-                        "physics_lower": int((a < b).sum()),
-                        "median_ratio": float(np.median(a / b)),
-                        "wilcoxon_p": float(wilcoxon(a, b).pvalue) if len(a) > 1 else
-                        float("nan")})
+    for method, family, t in ((m, f, t) for m in BRANCHES for f in FAMILIES
+                              for t in ("gm", "wm")):
+        a, b = [], []
+        for _, rows in sorted(per_subject.items()):
+            for (f, m, subj), r in rows.items():
+                if f == family and m == method and (f, "no_branch", subj) in rows:
+                    a.append(float(r[f"cov_{t}"]))
+                    b.append(float(rows[(f, "no_branch", subj)][f"cov_{t}"]))
+        if not a:
+            continue
+        a, b = np.array(a), np.array(b)
+        out.append({"method": method, "family": family, "tissue": t.upper(), "pairs": len(a),
+                    "physics_lower": int((a < b).sum()),
+                    "median_ratio": float(np.median(a / b)),
+                    "wilcoxon_p": float(wilcoxon(a, b).pvalue) if len(a) > 1 else
+                    float("nan")})
     return out
+
+
+def borrow(run: str, baseline: str) -> tuple[dict, dict, list[dict]]:
+    """``(summary, per-subject CoV, evaluation rows)`` of ``run`` (:func:`read_rows`,
+    :func:`evaluation_rows`) completed with the methods only ``baseline`` (another run of the
+    same seed) evaluated.  Raises SystemExit unless both runs' HMRF rows agree to the digit
+    (the HMRF trains nothing: equal rows mean the same held-out images)."""
+    summary = read_rows(run, "summary.csv", ("family", "method"))
+    subjects = read_rows(run, "cov_per_subject.csv", ("family", "method", "subject"))
+    rows = evaluation_rows(run)
+    if not baseline:
+        return summary, subjects, rows
+    base_rows = evaluation_rows(baseline)
+    key = lambda r: (r["subject"], r["family"], r["protocol"], r["draw"])
+    hmrf = lambda rs: {key(r): {k: v for k, v in r.items() if k.startswith(("vol_", "dice_"))}
+                       for r in rs if r["method"] == "hmrf"}
+    mine, theirs = hmrf(rows), hmrf(base_rows)
+    if not mine or mine != theirs:
+        raise SystemExit(f"{run} and {baseline}: the HMRF rows differ or are missing, so the "
+                         "held-out images cannot be shown to be the same; not combining them.")
+    have = {r["method"] for r in rows}
+    rows = rows + [r for r in base_rows if r["method"] not in have]
+    for k, r in read_rows(baseline, "summary.csv", ("family", "method")).items():
+        summary.setdefault(k, r)
+    for k, r in read_rows(baseline, "cov_per_subject.csv", ("family", "method", "subject")
+                          ).items():
+        subjects.setdefault(k, r)
+    return summary, subjects, rows
 
 
 def evaluation_rows(workdir: str) -> list[dict]:
@@ -208,10 +249,12 @@ def markdown(rows, wins, command: str, wall: float, cpu: float, overrides,
     if pairs:
         lines += ["", ("Paired by held-out subject (every seed x subject; the CoV of one subject "
                        "across the family's protocols, physics U-Net vs no-branch U-Net):"), "",
-                  ("| family | tissue | pairs | physics lower | median CoV ratio physics / no "
-                   "branch | Wilcoxon signed-rank p (two-sided) |"), "|---|---|---|---|---|---|"]
-        lines += [f"| {p['family']} | {p['tissue']} | {p['pairs']} | {p['physics_lower']} | "
-                  f"{p['median_ratio']:.2f} | {p['wilcoxon_p']:.3f} |" for p in pairs]
+                  ("| method | family | tissue | pairs | lower than no branch | median CoV ratio "
+                   "method / no branch | Wilcoxon signed-rank p (two-sided) |"),
+                  "|---|---|---|---|---|---|---|"]
+        lines += [f"| {LABELS.get(p['method'], p['method'])} | {p['family']} | {p['tissue']} | "
+                  f"{p['pairs']} | {p['physics_lower']} | {p['median_ratio']:.2f} | "
+                  f"{p['wilcoxon_p']:.3f} |" for p in pairs]
     if errors:
         lines += ["", ("Volume error against the physics gold standard, mean over seeds, held-out "
                        "subjects and protocols of |V / V_gold - 1| (%):"), "",
@@ -243,6 +286,9 @@ def main(argv=None) -> None:
                     help="evaluate the trained U-Nets of ROOT/seed<s> instead of training: their "
                          "folders are copied into a run folder that does not exist yet (e.g. "
                          "with --set eval.b1_plus=nominal)")
+    ap.add_argument("--baseline", default="", metavar="ROOT",
+                    help="take the methods a run lacks from ROOT/seed<s> (same seed, checked "
+                         "to have the same held-out images)")
     args = ap.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
     runs = {s: os.path.join(args.root, f"seed{s}") for s in seeds}
@@ -259,11 +305,12 @@ def main(argv=None) -> None:
     wall = time.time() - t0
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = usage.ru_utime + usage.ru_stime
-    per_seed = {s: read_rows(runs[s], "summary.csv", ("family", "method")) for s in seeds}
+    loaded = {s: borrow(runs[s], os.path.join(args.baseline, f"seed{s}") if args.baseline
+                        else "") for s in seeds}
+    per_seed = {s: loaded[s][0] for s in seeds}
     rows, wins = tabulate(per_seed), branch_wins(per_seed)
-    pairs = paired({s: read_rows(runs[s], "cov_per_subject.csv", ("family", "method", "subject"))
-                    for s in seeds})
-    evaluations = [evaluation_rows(runs[s]) for s in seeds]
+    pairs = paired({s: loaded[s][1] for s in seeds})
+    evaluations = [loaded[s][2] for s in seeds]
     per_seed_err = [volume_error(rows) for rows in evaluations]
     errors = {k: tuple(np.mean([e[k] for e in per_seed_err], axis=0))
               for k in per_seed_err[0] if all(k in e for e in per_seed_err)}
