@@ -171,6 +171,41 @@ def borrow(run: str, baseline: str) -> tuple[dict, dict, list[dict]]:
     return summary, subjects, rows
 
 
+def cov_figure(per_subject: dict[int, dict], path: str) -> str:
+    """Per family and tissue, the per-subject volume CoV of each U-Net (every seed x held-out
+    subject; box: quartiles, whiskers 1.5 IQR, points: the subjects), log scale; writes
+    ``path`` (PNG) and returns it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = [m for m in ("no_branch", *BRANCHES)
+               if any(k[1] == m for rows in per_subject.values() for k in rows)]
+    fig, axes = plt.subplots(1, 4, figsize=(12, 3.6), sharey=True)
+    rng = np.random.default_rng(0)
+    cells = [(f, t) for f in FAMILIES for t in ("gm", "wm")]
+    for ax, (family, t) in zip(axes, cells):
+        data = [[float(r[f"cov_{t}"]) for rows in per_subject.values()
+                 for (f, m, _), r in sorted(rows.items()) if f == family and m == method]
+                for method in methods]
+        ax.boxplot(data, showfliers=False, widths=0.5)
+        for i, d in enumerate(data, start=1):
+            ax.scatter(i + rng.uniform(-0.15, 0.15, len(d)), d, s=6, alpha=0.5)
+        ax.set_yscale("log")
+        ax.set_xticks(range(1, len(methods) + 1),
+                      [LABELS.get(m, m).replace("U-Net + physics branch", "branch")
+                       .replace("U-Net, ", "") for m in methods], rotation=20, fontsize=7)
+        ax.set_title(f"{family.upper()} {t.upper()}: CoV per subject", fontsize=9)
+    axes[0].set_ylabel("volume CoV across protocols")
+    n = len(next(iter(data)))
+    fig.suptitle(f"Held-out subjects ({n} per method: seeds x subjects)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def evaluation_rows(workdir: str) -> list[dict]:
     """The rows of a run's ``evaluation.csv`` (one per subject x protocol x noise draw x
     method), as read (strings)."""
@@ -286,6 +321,8 @@ def main(argv=None) -> None:
                     help="evaluate the trained U-Nets of ROOT/seed<s> instead of training: their "
                          "folders are copied into a run folder that does not exist yet (e.g. "
                          "with --set eval.b1_plus=nominal)")
+    ap.add_argument("--figure", action="store_true",
+                    help="also write <out>.png: the per-subject CoV of each U-Net")
     ap.add_argument("--baseline", default="", metavar="ROOT",
                     help="take the methods a run lacks from ROOT/seed<s> (same seed, checked "
                          "to have the same held-out images)")
@@ -336,6 +373,8 @@ def main(argv=None) -> None:
                    "volume_error_pct": {f"{f} {m}": list(v) for (f, m), v in errors.items()},
                    "pattern_remainder_pct": {" ".join(k): list(v) for k, v in parts.items()}},
                   f, indent=2)
+    if args.figure:
+        cov_figure({s: loaded[s][1] for s in seeds}, args.out + ".png")
     print(text)
 
 
