@@ -24,9 +24,10 @@ def pad_to_multiple(shape2d, multiple: int) -> tuple[tuple[int, int], tuple[int,
     return tuple(pads)
 
 
-def to_slices(volume: np.ndarray, pads) -> np.ndarray:
-    """``(X, Y, Z)`` -> ``(Z, X', Y')`` padded axial slices."""
-    padded = np.pad(volume, (pads[0], pads[1], (0, 0)))
+def to_slices(volume: np.ndarray, pads, fill=0) -> np.ndarray:
+    """``(X, Y, Z)`` -> ``(Z, X', Y')`` padded axial slices; the padding holds ``fill`` (e.g.
+    NaN for a map that is unknown there)."""
+    padded = np.pad(volume, (pads[0], pads[1], (0, 0)), constant_values=fill)
     return np.moveaxis(padded, -1, 0)
 
 

@@ -291,7 +291,6 @@ class SliceBank:
         key = jax.random.key(seed)
         images, anat, params, golds, masks, rows, protocols = [], [], [], [], [], [], []
         b1s = []
-        outside = to_slices(np.ones(shape, bool), self.pads) == 0
         bar = tqdm(total=len(heads) * len(families) * n_per_family, disable=not progress,
                    desc="simulating training images")
         for a, head in enumerate(heads):
@@ -312,8 +311,7 @@ class SliceBank:
                                   .astype(np.float16))
                     b1 = np.asarray(scanner.b1_field(shape, effects.b1_scale,
                                                      effects.b1_curvature), np.float32)
-                    b1s.append(np.where(outside, np.nan, to_slices(b1, self.pads))
-                               .astype(np.float16))
+                    b1s.append(to_slices(b1, self.pads, np.nan).astype(np.float16))
                     anat.append(a)
                     params.append(physics_vector(p))
                     protocols.append(p)

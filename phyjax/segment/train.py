@@ -197,8 +197,7 @@ class Segmenter:
         b1_slices = None
         if self.b1_input:
             vol = np.full(image.shape, np.nan, np.float32) if b1 is None else b1
-            b1_slices = np.where(to_slices(np.ones(image.shape, bool), pads) == 0, np.nan,
-                                 to_slices(np.asarray(vol, np.float32), pads))
+            b1_slices = to_slices(np.asarray(vol, np.float32), pads, np.nan)
         p = np.zeros((batch_size, PHYSICS_SIZE), np.float32)
         if params is not None:
             p[:] = np.asarray(params, np.float32)
