@@ -112,6 +112,18 @@ def get_config(arg: str | None = None) -> ConfigDict:
     model.readout = "sidecar"  # MPRAGE/IR-SPGR signal with the readout train the protocol
                                # carries (sidecar + site table), or "static" (the static
                                # equation for all: the pre-issue-14 model, for the ablation)
+    # Data consistency at inference (phyjax.physics.consistency): the network's T1/M0 are the
+    # prior of a per-voxel MAP estimate given the source image through its own signal equation,
+    # and the harmonized image moves by what that changes in the target's signal equation, so
+    # detail the network smoothed away comes back with the target's contrast.
+    model.refine = ConfigDict(dict(
+        enabled=False,
+        t1_sd=0.15,          # relative prior sd of the network's T1 (its T1 NRMSE ~0.12-0.18)
+        m0_sd=0.08,          # relative prior sd of its M0 (M0 NRMSE ~0.08)
+        noise=0.03,          # noise sd of the normalized source (99th in-brain percentile = 1)
+        bias_fwhm_mm=40.0,   # FWHM of the smooth receive gain (bias field) fitted beside
+        iterations=3,        # Gauss-Newton steps
+    ))
 
     train = config.train = ConfigDict()
     train.steps = 400

@@ -40,6 +40,7 @@ protocol.
 
 from __future__ import annotations
 
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -53,9 +54,10 @@ from phyjax.losses import (edge_agreement, gradient_difference, intensity_distri
 from phyjax.methods import networks
 from phyjax.methods.base import fitted_fields, register
 from phyjax.models.phycharm import PhyCHarm, reference_signal
-from phyjax.physics import signal
+from phyjax.physics import consistency, signal
 from phyjax.physics.sequences import Protocol, encode
-from phyjax.physics.tissues import FIELD_STRENGTHS, TISSUES, tissue_array, tissue_parameters
+from phyjax.physics.tissues import (FIELD_STRENGTHS, TISSUES, convert_t1, tissue_array,
+                                    tissue_parameters)
 from phyjax.train import TrainState, fit as fit_loop, make_train_step
 
 MODEL_KEYS = ("features", "cond_features", "t1_max", "m0_max", "context", "readout")
@@ -66,6 +68,9 @@ PAIRS = ("auto", "paired", "simulated")
 WEIGHTS = ("w_map", "w_physics", "w_harm", "w_ssim", "w_grad", "w_tissue", "w_edge", "w_hist")
 #: the terms that need a target image (0 on an unpaired scan's batch)
 PAIRED_TERMS = ("w_map", "w_harm", "w_ssim", "w_grad", "w_tissue", "w_hist")
+#: ``config.model.refine``: the data-consistency step at inference (:func:`refine_maps`)
+REFINE_DEFAULTS = {"enabled": False, "t1_sd": 0.15, "m0_sd": 0.08, "noise": 0.03,
+                   "bias_fwhm_mm": 40.0, "iterations": 3}
 
 
 def make_model(model_cfg) -> PhyCHarm:
@@ -177,13 +182,87 @@ class PhyCHarmHarmonizer(networks.SliceNetworkHarmonizer):
         def run(params, source, mask, code, b0):
             return self._predict(params, source, mask, code, b0, target, ref)
 
-        return networks.predict_volume(run, self.params, volume.image, volume.mask,
-                                       volume.protocol, len(self.cfg["features"]),
-                                       self.batch_size, self.cfg["context"])
+        out = networks.predict_volume(run, self.params, volume.image, volume.mask,
+                                      volume.protocol, len(self.cfg["features"]),
+                                      self.batch_size, self.cfg["context"])
+        settings = refine_settings(self.cfg.get("refine"))
+        if not settings["enabled"]:
+            return out
+        return refine_outputs(out, volume, target, ref, settings, self.cfg)
 
     def harmonize(self, volume, target: Protocol | None = None) -> np.ndarray:
         out = self.predict(volume, target)["harmonized"]
         return np.where(volume.mask, out, 0.0).astype(np.float32)
+
+
+def refine_settings(cfg) -> dict:
+    """``config.model.refine`` (or a saved harmonizer's) completed with :data:`REFINE_DEFAULTS`
+    (a model saved before the setting existed: off).  InputError for an unknown key or a
+    value out of range."""
+    cfg = dict(cfg or {})
+    unknown = sorted(set(cfg) - set(REFINE_DEFAULTS))
+    if unknown:
+        raise InputError(f"config.model.refine: unknown setting(s) {unknown}; expected "
+                         f"{sorted(REFINE_DEFAULTS)}.")
+    out = dict(REFINE_DEFAULTS, **cfg)
+    for key in ("t1_sd", "m0_sd", "noise", "bias_fwhm_mm"):
+        if not float(out[key]) > 0:
+            raise InputError(f"config.model.refine.{key}={out[key]!r}; must be > 0.")
+    if int(out["iterations"]) < 1:
+        raise InputError(f"config.model.refine.iterations={out['iterations']!r}; must be >= 1.")
+    return out
+
+
+@functools.partial(jax.jit, static_argnames="iterations")
+def _refine_volume(source_protocol, target, ref, image, t1, m0, gain, b0_source, settings,
+                   iterations):
+    t1r, m0r = consistency.map_update(
+        source_protocol, image, t1, m0, gain, t1_sd=settings["t1_sd"], m0_sd=settings["m0_sd"],
+        noise=settings["noise"], iterations=iterations, t1_max=settings["t1_max"],
+        m0_max=settings["m0_max"])
+
+    def target_image(t1_, m0_):
+        return signal.synthesize(target, convert_t1(t1_, b0_source, target.field_strength),
+                                 jnp.inf, jnp.inf, m0_) / ref
+
+    return t1r, m0r, target_image(t1r, m0r) - target_image(t1, m0)
+
+
+def refine_outputs(out: dict, volume, target: Protocol, ref: float, settings: dict,
+                   cfg: dict) -> dict:
+    """PhyCHarm's outputs on ``volume`` after the data-consistency step.
+
+    The network's maps ``out["t1"]``, ``out["m0"]`` (``(X, Y, Z)``, at the source B0) are the
+    prior of a per-voxel MAP estimate given the source image itself
+    (:func:`phyjax.physics.consistency.map_update`; receive gain by
+    :func:`~phyjax.physics.consistency.local_gain` with a Gaussian of ``bias_fwhm_mm`` FWHM on
+    the volume's grid), and the target image moves by what the refined maps change in the
+    target protocol's signal equation: ``harmonized + S_t(T1', M0') - S_t(T1, M0)`` (same
+    units as the re-synthesis).  So detail the network smoothed away but the source shows
+    comes back with the target's contrast, and nothing changes where the source cannot tell.
+    Returns the dict with ``t1``, ``m0``, ``resynth`` and ``harmonized`` refined and the
+    network's maps kept as ``t1_network``, ``m0_network``.
+    """
+    readout = cfg.get("readout", "sidecar")
+    src = _f32(volume.protocol, readout)
+    mask = np.asarray(volume.mask, bool)
+    image = np.asarray(volume.image, np.float32)
+    t1, m0 = out["t1"].astype(np.float32), out["m0"].astype(np.float32)
+    s = np.asarray(signal.synthesize(src, jnp.asarray(t1), jnp.inf, jnp.inf, jnp.asarray(m0)))
+    voxel = np.linalg.norm(np.asarray(volume.grid_affine())[:3, :3], axis=0)
+    sigma = float(settings["bias_fwhm_mm"]) / (2.0 * np.sqrt(2.0 * np.log(2.0))) / voxel
+    gain = consistency.local_gain(image, s, mask, sigma) * mask
+    numeric = {k: np.float32(settings[k]) for k in ("t1_sd", "m0_sd", "noise")}
+    numeric.update(t1_max=np.float32(cfg["t1_max"]), m0_max=np.float32(cfg["m0_max"]))
+    t1r, m0r, delta = jax.device_get(_refine_volume(
+        src, target, np.float32(ref), image, t1, m0, gain,
+        np.float32(volume.protocol.field_strength), numeric, int(settings["iterations"])))
+    result = dict(out, t1_network=t1, m0_network=m0)
+    result["t1"] = np.where(mask, t1r, t1)
+    result["m0"] = np.where(mask, m0r, m0)
+    result["resynth"] = np.where(mask, out["resynth"] + delta, 0.0)
+    result["harmonized"] = np.where(mask, out["harmonized"] + delta, 0.0)
+    return result
 
 
 def model_protocol(p: Protocol, readout: str = "sidecar") -> Protocol:
@@ -260,6 +339,7 @@ def fit(config, train: TrainingSet, name: str = "phycharm", *, workdir: str,
     train = require_training_set(train)
     model_cfg = {k: config.model[k] for k in MODEL_KEYS}
     model_cfg["features"] = tuple(model_cfg["features"])
+    model_cfg["refine"] = refine_settings(config.model.get("refine"))
     ro = model_cfg["readout"]
     t = config.train
     depth = len(model_cfg["features"])
