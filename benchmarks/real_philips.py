@@ -168,6 +168,10 @@ def main(argv=None) -> list[dict]:
                     help="the fixed segmenter (benchmark config's settings)")
     ap.add_argument("--mask", default="brain", choices=("brain", "gmwm"),
                     help="brain: bet > 0 (CSF included); gmwm: FAST GM + WM > 0.5 (old tables)")
+    ap.add_argument("--refine", action="append", default=None,
+                    help="PhyCHarm's data-consistency step: name:key=value,... of "
+                         "config.model.refine (e.g. on:enabled=True); one run per value; "
+                         "default: as the harmonizer was saved")
     ap.add_argument("--figure", default="", help="PNG: input and each native-resolution output "
                     "with FAST's GM boundary (e.g. docs/philips_t1w_harmonized.png)")
     args = ap.parse_args(argv)
@@ -182,17 +186,27 @@ def main(argv=None) -> list[dict]:
     rows = [{"harmonizer": "input (no harmonization)", "resolution": "-", "detail_ssim": 1.0,
              **tissue_dice(segment(source, mask), fast, mask), "seconds": 0.0}]
     shown = []
-    for folder in args.harmonizer:
+    from refine_sweep import parse_setting
+
+    from phyjax.methods.phycharm import refine_settings
+
+    runs = [(folder, parse_setting(r) if r else None)
+            for folder in args.harmonizer for r in (args.refine or [""])]
+    for folder, refine in runs:
         h = methods.load(folder)
+        tag = ""
+        if refine is not None and hasattr(h, "check_target"):
+            h.cfg["refine"] = refine_settings(dict(h.cfg.get("refine") or {}, **refine[1]))
+            tag = f", refine {refine[0]}"
         for res in args.resolution or ("native", "training"):
             t = time.time()
             out = harmonize_image(h, image, img, mask, protocol, "bet.nii.gz", res)
             seconds = time.time() - t
             harmonized = out["harmonized"]
             if res == "native":
-                shown.append((f"{h.name} ({os.path.basename(os.path.dirname(folder.rstrip('/')))})",
-                              harmonized))
-            rows.append({"harmonizer": f"{h.name} ({folder})", "resolution": res,
+                shown.append((f"{h.name} ({os.path.basename(os.path.dirname(folder.rstrip('/')))}"
+                              f"{tag})", harmonized))
+            rows.append({"harmonizer": f"{h.name} ({folder}{tag})", "resolution": res,
                          "detail_ssim": detail_ssim(harmonized, source, mask),
                          **tissue_dice(segment(harmonized, mask), fast, mask),
                          "seconds": seconds})
@@ -206,6 +220,7 @@ def main(argv=None) -> list[dict]:
     with open(args.out, "w") as f:
         f.write("Real Philips T1w (1 mm), harmonized; `python benchmarks/real_philips.py "
                 + " ".join(f"--harmonizer {x}" for x in args.harmonizer)
+                + "".join(f" --refine {x}" for x in args.refine or [])
                 + f" --tr-prep {args.tr_prep:g} --segmenter {args.segmenter} --mask {args.mask}`"
                 f"; segmenter {segment}; mask {args.mask} ({int(mask.sum())} voxels); "
                 f"protocol {protocol}\n\n")

@@ -114,7 +114,9 @@ def output_sidecar(harmonizer, reading: Reading, input_path: str,
                                      "target_site": harmonizer.target_site,
                                      "target_given_as_protocol": target is not
                                      harmonizer.target_protocol,
-                                     "fitted_on": sorted(harmonizer.fitted_on)},
+                                     "fitted_on": sorted(harmonizer.fitted_on),
+                                     "data_consistency": getattr(harmonizer, "cfg", {}).get(
+                                         "refine")},
                 "PhyjaxSourceProtocol": {k: reading.values[k] for k in FIELDS
                                          if k in reading.values},
                 "PhyjaxSourceProtocolOrigin": dict(reading.origin),
@@ -141,10 +143,18 @@ def load_target(harmonizer, target_cfg) -> Protocol | None:
     return target
 
 
-def _load_harmonizer(path: str):
+def _load_harmonizer(path: str, config=None):
+    """The saved harmonizer in ``path``; PhyCHarm's data-consistency step is set from the
+    command's ``config.model.refine`` (an inference setting: the saved one is replaced)."""
     harmonizer = methods.load(path)
     if harmonizer.kind != "image":
         raise InputError(f"{path}: method {harmonizer.name!r} does not harmonize images.")
+    model = config.get("model") if config is not None and hasattr(config, "get") else None
+    if hasattr(harmonizer, "check_target") and model is not None and "refine" in model:
+        from phyjax.methods.phycharm import refine_settings
+
+        refine = model.refine.to_dict() if hasattr(model.refine, "to_dict") else model.refine
+        harmonizer.cfg["refine"] = refine_settings(refine)
     return harmonizer
 
 
@@ -189,7 +199,7 @@ def harmonize(h, harmonizer_dir: str, default_output_dir: str, target_cfg=None,
                          "is required in harmonize mode.")
     out = output_path(h.output, h.input, default_output_dir)   # before any work
     image, img = load_volume(h.input)  # the user's file first: its errors matter most
-    harmonizer = _load_harmonizer(h.harmonizer or harmonizer_dir)
+    harmonizer = _load_harmonizer(h.harmonizer or harmonizer_dir, config)
     target = load_target(harmonizer, target_cfg)
     mask = load_mask(h.mask, h.input, img)
     reading = input_reading(h)
@@ -231,7 +241,7 @@ def harmonize_bids(h, harmonizer_dir: str, target_cfg, data_cfg, config) -> str:
     from phyjax.data.sidecar import read_site_table
 
     root = h.bids_root
-    harmonizer = _load_harmonizer(h.harmonizer or harmonizer_dir)
+    harmonizer = _load_harmonizer(h.harmonizer or harmonizer_dir, config)
     target = load_target(harmonizer, target_cfg)
     d = data_cfg or {}
     table = read_site_table(d["site_params"]) if d.get("site_params") else None

@@ -1,0 +1,150 @@
+"""PhyCHarm's data-consistency step (``config.model.refine``): what each setting buys.
+
+Loads a trained PhyCHarm (a ``phycharm`` run folder, or a benchmark run's ``phycharm`` /
+``phycharm_unpaired``), runs the network once per scan of the chosen subjects and applies the
+data-consistency step with each setting to the same network outputs.  Per source site and
+overall it reports SSIM / PSNR against the subject's target-protocol scan, Dice and volume
+error of the run's fixed segmenter (``segmentation`` of the run's config; Atropos by default)
+against the same segmenter on the target scan, and the T1 / M0 NRMSE of the (refined) maps
+against the ground-truth maps.  Choose settings on ``--subjects train`` (the training
+subjects; the network has seen them) and report them on ``--subjects test`` once.
+
+Usage::
+
+    python benchmarks/refine_sweep.py --run runs/phycharm --subjects train \
+        --setting off:enabled=False --setting default:enabled=True \
+        --setting noise015:enabled=True,noise=0.015 --out benchmarks/results/refine_train.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+
+import numpy as np
+from ml_collections import ConfigDict
+
+from phyjax import methods
+from phyjax.data.dataset import load_dataset
+from phyjax.evaluate.metrics import image_metrics
+from phyjax.evaluate.overlap import TISSUE_LABELS, tissue_overlap
+from phyjax.evaluate.segmentation import make_segmenter
+from phyjax.methods import phycharm
+from phyjax.physics.sequences import Protocol
+
+TISSUES = ("csf", "gm", "wm")
+
+
+def parse_setting(text: str) -> tuple[str, dict]:
+    """``name:key=value,key=value`` -> (name, settings) with numbers and booleans parsed."""
+    name, _, body = text.partition(":")
+    out = {}
+    for item in filter(None, body.split(",")):
+        key, _, value = item.partition("=")
+        out[key] = value == "True" if value in ("True", "False") else float(value)
+    return name, out
+
+
+def nrmse(x, truth, mask) -> float:
+    t = truth[mask]
+    return float(np.sqrt(np.mean((x[mask] - t) ** 2)) / np.sqrt(np.mean(t ** 2)))
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--run", required=True, help="phycharm or benchmark run folder")
+    ap.add_argument("--method", default="", help="benchmark run: phycharm | phycharm_unpaired")
+    ap.add_argument("--subjects", choices=("train", "test"), default="train")
+    ap.add_argument("--setting", action="append", required=True,
+                    help="name:key=value,... (config.model.refine keys); the name 'none' "
+                         "scores the source image itself")
+    ap.add_argument("--max-subjects", type=int, default=0)
+    ap.add_argument("--out", required=True, help="markdown report (a .csv is written beside)")
+    args = ap.parse_args(argv)
+    cfg = ConfigDict(json.load(open(os.path.join(args.run, "config.json"))))
+    split = json.load(open(os.path.join(args.run, "split.json")))
+    folder = os.path.join(args.run, args.method, "harmonizer") if args.method else \
+        os.path.join(args.run, "harmonizer")
+    harm = methods.load(folder)
+    net_cfg = dict(harm.cfg, refine=dict(harm.cfg.get("refine") or {}, enabled=False))
+    harm.cfg = net_cfg
+    target = phycharm._f32(harm.target_protocol, net_cfg.get("readout", "sidecar"))
+    ref = phycharm.reference_level(target)
+    settings = [parse_setting(s) for s in args.setting]
+    data = load_dataset(cfg.data, progress=False, paired=True)
+    seg = make_segmenter(cfg.segmentation)
+    subjects = split["train" if args.subjects == "train" else "test"]
+    if args.max_subjects:
+        subjects = subjects[:args.max_subjects]
+    rows = []
+    for subject in subjects:
+        tgt = data.volumes[subject][data.target_site]
+        t_lab = seg(tgt.image, tgt.mask)
+        t_vol = {t: float((t_lab[tgt.mask] == TISSUE_LABELS[t]).sum()) for t in TISSUES}
+        for site, vol in sorted(data.volumes[subject].items()):
+            if site == data.target_site or not isinstance(vol.protocol, Protocol):
+                continue
+            raw = harm.predict(vol)
+            for name, s in settings:
+                if name == "none":     # the source image itself (the "no harmonization" row)
+                    out = {"harmonized": vol.image, "t1": raw["t1"], "m0": raw["m0"]}
+                else:
+                    st = phycharm.refine_settings(dict(net_cfg["refine"], **s))
+                    out = phycharm.refine_outputs(raw, vol, target, ref, st, net_cfg) \
+                        if st["enabled"] else raw
+                img = np.where(tgt.mask, out["harmonized"], 0.0)
+                lab = seg(img, tgt.mask)
+                row = {"subject": subject, "site": site, "setting": name,
+                       **image_metrics(img, tgt.image, tgt.mask),
+                       **{k: v for k, v in tissue_overlap(lab, t_lab, tgt.mask).items()
+                          if k.startswith("dice")}}
+                for t in TISSUES:
+                    v = float((lab[tgt.mask] == TISSUE_LABELS[t]).sum())
+                    row[f"dv_{t}"] = 100.0 * (v - t_vol[t]) / t_vol[t]
+                if vol.t1 is not None:
+                    m = vol.mask.astype(bool)
+                    row["t1_nrmse"] = nrmse(out["t1"], vol.t1, m)
+                    row["m0_nrmse"] = nrmse(out["m0"], vol.m0, m)
+                rows.append(row)
+                print(f"{subject} {site} {name}: SSIM {row['ssim']:.4f} PSNR {row['psnr']:.2f} "
+                      f"Dice {row['dice_csf']:.3f}/{row['dice_gm']:.3f}/{row['dice_wm']:.3f} "
+                      f"dV {row['dv_csf']:+.1f}/{row['dv_gm']:+.1f}/{row['dv_wm']:+.1f}",
+                      flush=True)
+    keys = [k for k in rows[0] if k not in ("subject", "site", "setting")]
+    with open(os.path.splitext(args.out)[0] + ".csv", "w", newline="") as f:
+        w = csv.DictWriter(f, ["subject", "site", "setting"] + keys)
+        w.writeheader()
+        w.writerows(rows)
+    cols = ["ssim", "psnr", "dice_csf", "dice_gm", "dice_wm", "dv_csf", "dv_gm", "dv_wm",
+            "t1_nrmse", "m0_nrmse"]
+    lines = [f"Data-consistency settings on the {args.subjects} subjects of `{args.run}` "
+             f"({len(subjects)} subjects): `python benchmarks/refine_sweep.py "
+             + " ".join(sys.argv[1:] if argv is None else argv) + "`", "",
+             "dV: signed volume error (%) against the target scan's segmentation; "
+             "|dV|: its absolute mean.", "",
+             "| site | setting | SSIM | PSNR | Dice CSF | Dice GM | Dice WM | |dV| CSF | "
+             "|dV| GM | |dV| WM | dV CSF | dV GM | dV WM | T1 NRMSE | M0 NRMSE |",
+             "|---|" * 1 + "---|" * 14]
+    sites = sorted({r["site"] for r in rows}) + ["overall"]
+    for site in sites:
+        for name, _ in settings:
+            sel = [r for r in rows if r["setting"] == name and site in (r["site"], "overall")]
+            mean = {c: np.mean([r[c] for r in sel if c in r]) if any(c in r for r in sel)
+                    else np.nan for c in cols}
+            absdv = {t: np.mean([abs(r[f"dv_{t}"]) for r in sel]) for t in TISSUES}
+            lines.append(f"| {site} | {name} | {mean['ssim']:.4f} | {mean['psnr']:.2f} | "
+                         f"{mean['dice_csf']:.3f} | {mean['dice_gm']:.3f} | "
+                         f"{mean['dice_wm']:.3f} | {absdv['csf']:.1f} | {absdv['gm']:.1f} | "
+                         f"{absdv['wm']:.1f} | {mean['dv_csf']:+.1f} | {mean['dv_gm']:+.1f} | "
+                         f"{mean['dv_wm']:+.1f} | {mean['t1_nrmse']:.3f} | "
+                         f"{mean['m0_nrmse']:.3f} |")
+    with open(args.out, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
