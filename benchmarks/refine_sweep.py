@@ -48,6 +48,18 @@ def parse_setting(text: str) -> tuple[str, dict]:
     return name, out
 
 
+def benchmark_segmentation():
+    """The benchmark config's ``segmentation`` section (a phycharm run's config has none)."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs",
+                        "benchmark.py")
+    spec = importlib.util.spec_from_file_location("_benchmark_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config().segmentation
+
+
 def nrmse(x, truth, mask) -> float:
     t = truth[mask]
     return float(np.sqrt(np.mean((x[mask] - t) ** 2)) / np.sqrt(np.mean(t ** 2)))
@@ -62,10 +74,16 @@ def main(argv=None) -> None:
                     help="name:key=value,... (config.model.refine keys); the name 'none' "
                          "scores the source image itself")
     ap.add_argument("--max-subjects", type=int, default=0)
+    ap.add_argument("--test-anatomy", default="",
+                    help="data.test_anatomy of the held-out subjects (e.g. real_philips: the "
+                         "README's real head; the training subjects are unchanged)")
     ap.add_argument("--out", required=True, help="markdown report (a .csv is written beside)")
     args = ap.parse_args(argv)
     cfg = ConfigDict(json.load(open(os.path.join(args.run, "config.json"))))
     split = json.load(open(os.path.join(args.run, "split.json")))
+    if args.test_anatomy:
+        with cfg.unlocked():
+            cfg.data.test_anatomy = args.test_anatomy
     folder = os.path.join(args.run, args.method, "harmonizer") if args.method else \
         os.path.join(args.run, "harmonizer")
     harm = methods.load(folder)
@@ -75,7 +93,7 @@ def main(argv=None) -> None:
     ref = phycharm.reference_level(target)
     settings = [parse_setting(s) for s in args.setting]
     data = load_dataset(cfg.data, progress=False, paired=True)
-    seg = make_segmenter(cfg.segmentation)
+    seg = make_segmenter(cfg.segmentation if "segmentation" in cfg else benchmark_segmentation())
     subjects = split["train" if args.subjects == "train" else "test"]
     if args.max_subjects:
         subjects = subjects[:args.max_subjects]

@@ -304,6 +304,25 @@ def test_resuming_with_a_different_model_is_refused(debug_run):
         phycharm.train_and_evaluate(other, workdir, progress=False)
 
 
+def test_resuming_with_another_inference_setting_is_allowed(tmp_path):
+    # model.refine acts at inference only: a trained run may be re-evaluated with it changed,
+    # while any other model setting still refuses to resume.
+    from phyjax.experiments.common import prepare_workdir
+
+    cfg = load_config()
+    (tmp_path / "checkpoints").mkdir()
+    prepare_workdir(cfg, str(tmp_path))
+    other = cfg.copy_and_resolve_references()
+    with other.unlocked():
+        other.model.refine.enabled = not cfg.model.refine.enabled
+        other.model.refine.noise = 0.02
+    prepare_workdir(other, str(tmp_path))
+    with other.unlocked():
+        other.model.t1_max = cfg.model.t1_max + 1.0
+    with pytest.raises(InputError, match="different 'model' config"):
+        prepare_workdir(other, str(tmp_path))
+
+
 def _renamed_bids(src_root, dst, old, new):
     """Copy of a BIDS folder with session ``old`` renamed ``new`` (folders and file names)."""
     import shutil

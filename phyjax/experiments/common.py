@@ -18,11 +18,23 @@ from phyjax.evaluate.segmentation import make_segmenter
 from phyjax.evaluate.site_difference import FeatureExtractor
 
 
+#: settings inside a resumable section that act at inference only (a trained network is the
+#: same whatever they are): ``model.refine``, PhyCHarm's data-consistency step
+INFERENCE_ONLY = {"model": ("refine",)}
+
+
+def _training_part(section, key: str):
+    if not isinstance(section, dict):
+        return section
+    return {k: v for k, v in section.items() if k not in INFERENCE_ONLY.get(key, ())}
+
+
 def prepare_workdir(config, workdir: str, resumable_keys=("model", "data", "seed")) -> None:
     """Create ``workdir`` and write ``config.json``.
 
     Raises InputError when ``workdir`` holds checkpoints of a run whose ``resumable_keys``
-    sections differ (resuming them would mix two experiments).
+    sections differ (resuming them would mix two experiments); the settings of
+    :data:`INFERENCE_ONLY` may differ.
     """
     os.makedirs(workdir, exist_ok=True)
     path = os.path.join(workdir, "config.json")
@@ -31,7 +43,7 @@ def prepare_workdir(config, workdir: str, resumable_keys=("model", "data", "seed
             previous = json.load(f)
         current = json.loads(config.to_json())
         for key in resumable_keys:
-            if previous.get(key) != current.get(key):
+            if _training_part(previous.get(key), key) != _training_part(current.get(key), key):
                 raise InputError(f"{workdir}: holds checkpoints of a run with a different "
                                  f"'{key}' config; use a new --workdir (or delete it) to start over.")
     with atomic_open(path) as f:

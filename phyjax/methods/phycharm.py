@@ -68,8 +68,8 @@ PAIRS = ("auto", "paired", "simulated")
 WEIGHTS = ("w_map", "w_physics", "w_harm", "w_ssim", "w_grad", "w_tissue", "w_edge", "w_hist")
 #: the terms that need a target image (0 on an unpaired scan's batch)
 PAIRED_TERMS = ("w_map", "w_harm", "w_ssim", "w_grad", "w_tissue", "w_hist")
-#: ``config.model.refine``: the data-consistency step at inference (:func:`refine_maps`)
-REFINE_DEFAULTS = {"enabled": False, "t1_sd": 0.15, "m0_sd": 0.08, "noise": 0.03,
+#: ``config.model.refine``: the data-consistency step at inference (:func:`refine_outputs`)
+REFINE_DEFAULTS = {"enabled": False, "t1_sd": 0.15, "m0_sd": 0.08, "noise": 0.06,
                    "bias_fwhm_mm": 40.0, "iterations": 3}
 
 

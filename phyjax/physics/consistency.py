@@ -67,7 +67,7 @@ def _signal_and_jacobian(protocol: Protocol, t1, m0):
 
 
 def map_update(protocol: Protocol, image, t1_prior, m0_prior, gain, *, t1_sd=0.15, m0_sd=0.08,
-               noise=0.03, iterations=3, t1_max=5.0, m0_max=1.5):
+               noise=0.06, iterations=3, t1_max=5.0, m0_max=1.5):
     """Maximum a posteriori (T1, M0) of each voxel given its measured ``image`` value.
 
     Minimises ``(image - gain S(T1, M0))^2 / noise^2 + (T1 - T1p)^2 / (t1_sd T1p)^2 +
