@@ -85,8 +85,9 @@ def tissue_dice(labels: np.ndarray, fast: np.ndarray, mask: np.ndarray) -> dict[
     return out
 
 
-def benchmark_segmenter(method: str):
-    """The benchmark config's fixed segmenter (``configs/benchmark.py``) with ``method``."""
+def benchmark_segmenter(method: str = ""):
+    """The benchmark config's fixed segmenter (``configs/benchmark.py``) with ``method`` (empty:
+    the config's own)."""
     import importlib.util
 
     path = os.path.join(os.path.dirname(__file__), "..", "configs", "benchmark.py")
@@ -94,7 +95,7 @@ def benchmark_segmenter(method: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     seg = module.get_config().segmentation
-    seg.method = method
+    seg.method = method or seg.method
     return make_segmenter(seg)
 
 

@@ -29,13 +29,11 @@ from ml_collections import ConfigDict
 
 from phyjax import methods
 from phyjax.data.dataset import load_dataset
-from phyjax.evaluate.metrics import image_metrics
-from phyjax.evaluate.overlap import TISSUE_LABELS, tissue_overlap
+from phyjax.evaluate.metrics import image_metrics, nrmse
+from phyjax.evaluate.overlap import TISSUES, tissue_overlap, tissue_volumes
 from phyjax.evaluate.segmentation import make_segmenter
 from phyjax.methods import phycharm
 from phyjax.physics.sequences import Protocol
-
-TISSUES = ("csf", "gm", "wm")
 
 
 def parse_setting(text: str) -> tuple[str, dict]:
@@ -46,23 +44,6 @@ def parse_setting(text: str) -> tuple[str, dict]:
         key, _, value = item.partition("=")
         out[key] = value == "True" if value in ("True", "False") else float(value)
     return name, out
-
-
-def benchmark_segmentation():
-    """The benchmark config's ``segmentation`` section (a phycharm run's config has none)."""
-    import importlib.util
-
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs",
-                        "benchmark.py")
-    spec = importlib.util.spec_from_file_location("_benchmark_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config().segmentation
-
-
-def nrmse(x, truth, mask) -> float:
-    t = truth[mask]
-    return float(np.sqrt(np.mean((x[mask] - t) ** 2)) / np.sqrt(np.mean(t ** 2)))
 
 
 def main(argv=None) -> None:
@@ -93,7 +74,12 @@ def main(argv=None) -> None:
     ref = phycharm.reference_level(target)
     settings = [parse_setting(s) for s in args.setting]
     data = load_dataset(cfg.data, progress=False, paired=True)
-    seg = make_segmenter(cfg.segmentation if "segmentation" in cfg else benchmark_segmentation())
+    if "segmentation" in cfg:
+        seg = make_segmenter(cfg.segmentation)
+    else:                   # a phycharm run's config has none: the benchmark config's
+        from real_philips import benchmark_segmenter
+
+        seg = benchmark_segmenter()
     subjects = split["train" if args.subjects == "train" else "test"]
     if args.max_subjects:
         subjects = subjects[:args.max_subjects]
@@ -101,7 +87,7 @@ def main(argv=None) -> None:
     for subject in subjects:
         tgt = data.volumes[subject][data.target_site]
         t_lab = seg(tgt.image, tgt.mask)
-        t_vol = {t: float((t_lab[tgt.mask] == TISSUE_LABELS[t]).sum()) for t in TISSUES}
+        t_vol = tissue_volumes(t_lab[tgt.mask], 1.0)
         for site, vol in sorted(data.volumes[subject].items()):
             if site == data.target_site or not isinstance(vol.protocol, Protocol):
                 continue
@@ -119,13 +105,13 @@ def main(argv=None) -> None:
                        **image_metrics(img, tgt.image, tgt.mask),
                        **{k: v for k, v in tissue_overlap(lab, t_lab, tgt.mask).items()
                           if k.startswith("dice")}}
+                v = tissue_volumes(lab[tgt.mask], 1.0)
                 for t in TISSUES:
-                    v = float((lab[tgt.mask] == TISSUE_LABELS[t]).sum())
-                    row[f"dv_{t}"] = 100.0 * (v - t_vol[t]) / t_vol[t]
+                    row[f"dv_{t}"] = 100.0 * (v[t] - t_vol[t]) / t_vol[t]
                 if vol.t1 is not None:
                     m = vol.mask.astype(bool)
-                    row["t1_nrmse"] = nrmse(out["t1"], vol.t1, m)
-                    row["m0_nrmse"] = nrmse(out["m0"], vol.m0, m)
+                    row["t1_nrmse"] = float(nrmse(out["t1"], vol.t1, m))
+                    row["m0_nrmse"] = float(nrmse(out["m0"], vol.m0, m))
                 rows.append(row)
                 print(f"{subject} {site} {name}: SSIM {row['ssim']:.4f} PSNR {row['psnr']:.2f} "
                       f"Dice {row['dice_csf']:.3f}/{row['dice_gm']:.3f}/{row['dice_wm']:.3f} "
