@@ -39,7 +39,10 @@ def get_config(arg: str | None = None) -> ConfigDict:
     data.n_test = 4              # held-out anatomies (split by anatomy)
     data.voxel_size = 3          # mm (integer; nilearn resamples the MNI template)
     data.deform_mm = 4.0
-    data.tissue_jitter = 0.05
+    data.tissue_jitter = 0.05    # each anatomy's tissue values: x (1 + sd x normal), clipped 0.7-1.3
+    data.value_jitter = 0.0      # > 0: every simulated training volume draws its own tissue
+                                 # values around its anatomy's the same way, its gold standard
+                                 # from its own R1 (phyjax.segment.simulate.SliceBank)
     data.t1_texture = 0.03
     data.min_mask_fraction = 0.15
     data.families = ("mprage", "spgr")

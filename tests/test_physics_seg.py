@@ -764,3 +764,46 @@ def test_nominal_b1_plus_changes_only_the_held_out_subjects_transmit_field():
         config.eval.b1_plus = "measured"
     with pytest.raises(InputError, match=r"config\.eval\.b1_plus='measured'"):
         check_config(config)
+
+
+def test_slice_bank_value_jitter_gives_each_volume_its_own_tissues_and_gold():
+    """``value_jitter``: every volume is imaged from its anatomy with its own tissue values and
+    labelled from its own R1 (oracle: the image and the gold standard recomputed from the maps
+    with the volume's factors, scanner effects off); the protocols are those drawn without it,
+    and batches carry each volume's own labels."""
+    from phyjax.data import simulated, synthetic
+    from phyjax.data.slices import to_slices
+    from phyjax.segment import simulate
+    from phyjax.segment.gold import gold_standard
+
+    heads = simulated.anatomies(1, 0, 6, 4.0, 0.05, 0.03)
+    effects = {"b1_scale": (1.0, 1.0), "b1_curvature": (0.0, 0.0), "bias_amplitude": (0.0, 0.0),
+               "noise_fraction": (0.0, 0.0), "slice_fwhm": (0.0, 0.0), "gain": (1.0, 1.0)}
+    args = (heads, ("spgr",), simulate.PAPER_RANGES, 3, effects, 2, 0.15, 1, 3)
+    plain = simulate.SliceBank(*args)
+    jit = simulate.SliceBank(*args, value_jitter=0.05)
+    np.testing.assert_array_equal(plain.params, jit.params)            # same protocols
+    assert plain.gold.shape[0] == 1 and jit.gold.shape[0] == 3
+    np.testing.assert_array_equal(plain.volume_gold, [0, 0, 0])
+    np.testing.assert_array_equal(jit.volume_gold, [0, 1, 2])
+    # the tissue values of each volume: the bank's own stream, replayed
+    rng = np.random.default_rng([3, 16, 3])
+    head, mask = heads[0], heads[0].mask
+    for v, p in enumerate(jit.protocols):
+        f = np.clip(head.factors * (1.0 + 0.05 * rng.standard_normal((3, 4))), 0.7, 1.3)
+        assert not np.allclose(f, head.factors)
+        maps = synthetic.quantitative_maps(head.probs, f, head.texture, 3.0, head.partial_volume)
+        gold = gold_standard(maps["t1"], mask)
+        want = to_slices(gold[..., 1], jit.pads)
+        np.testing.assert_allclose(jit.gold[v, ..., 1].astype(np.float32), want, atol=2e-3)
+        clean = np.abs(np.asarray(synthetic.signed_image(maps, p)))
+        ref = np.percentile(clean[mask], 99.0)
+        img = to_slices(np.where(mask, clean / ref, 0.0), jit.pads)
+        np.testing.assert_allclose(jit.images[v].astype(np.float32), img, atol=5e-3)
+    # the gold standard moves with the values: a volume's GM differs from the anatomy's
+    assert np.abs(jit.gold[1].astype(np.float32) - plain.gold[0].astype(np.float32)).max() > 0.05
+    b = jit.batch(0, 16, 0)
+    rows = jit.rows[np.random.default_rng([0, 0, 16]).choice(len(jit.rows), 16, replace=False)]
+    np.testing.assert_array_equal(b["y"], jit.gold[rows[:, 0], rows[:, 1]].astype(np.float32))
+    with pytest.raises(ValueError, match="value_jitter"):
+        simulate.SliceBank(*args, value_jitter=-0.1)

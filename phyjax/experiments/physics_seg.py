@@ -121,7 +121,8 @@ def train_models(config, workdir: str, heads) -> dict[str, Segmenter]:
     bank = simulate.SliceBank(heads, tuple(d.families), wide, d.n_per_family,
                               _effect_ranges(d.effects), len(m.features), d.min_mask_fraction,
                               m.context, config.seed, _gold_kwargs(config),
-                              progress=config.progress, reconstruction=d.reconstruction)
+                              progress=config.progress, reconstruction=d.reconstruction,
+                              value_jitter=float(d.value_jitter))
     out = {}
     norm = m.normalize_params
     contrast = contrast_of(config)

@@ -22,6 +22,8 @@ otherwise with the static equation (flip 0, as in Borges et al.: :data:`PAPER_RA
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import numpy as np
 from tqdm.auto import tqdm
@@ -263,6 +265,13 @@ def image(maps: dict, mask: np.ndarray, protocol: Protocol, effects: scanner.Sca
     return (out / ref).astype(np.float32)
 
 
+def _gold_slices(head, pads, gold_kwargs) -> np.ndarray:
+    """``(Z, H, W, 3)`` float16 gold standard of ``head`` (a
+    :class:`~phyjax.data.simulated.Anatomy`) from its 3 T R1 map, as padded axial slices."""
+    gold = gold_standard(head.maps(3.0)["t1"], head.mask, **(gold_kwargs or {}))
+    return np.stack([to_slices(gold[..., c], pads) for c in range(3)], -1).astype(np.float16)
+
+
 class SliceBank:
     """Padded axial slices of simulated images of several anatomies, with their gold standard.
 
@@ -271,40 +280,60 @@ class SliceBank:
     (:func:`phyjax.physics.scanner.sample_scanner_effects`) and ``reconstruction`` (see
     :func:`image`).  Held in memory as float16.
 
+    ``value_jitter`` > 0 gives every simulated volume its own tissue values: the anatomy's
+    (T1, T2, T2*, PD) of each tissue times ``1 + value_jitter`` x a standard normal (clipped to
+    0.7-1.3; the spread :func:`phyjax.data.synthetic.make_subject` gives a subject), drawn from a
+    stream of its own so that protocols, scanner effects and noise are those of ``0``; its gold
+    standard is computed from its own R1 map.  With ``0`` (the default) the volumes of an anatomy
+    share its values and gold standard, and a network can learn each anatomy's contrast under
+    each protocol; with it, the contrast it is told (the branch's reference tissues) and the
+    contrast the image shows differ from volume to volume, as they do between subjects.
+
     Attributes:
       images: ``(V, Z, H, W)`` float16, one per simulated volume.
       b1: ``(V, Z, H, W)`` float16, the relative B1+ field each volume was imaged with
         (:func:`phyjax.physics.scanner.b1_field`; NaN in the slices' padding).
       volume_anatomy: ``(V,)`` the anatomy of each volume; ``params``: ``(V, PHYSICS_SIZE)``.
-      gold: ``(A, Z, H, W, 3)`` float16 gold-standard probabilities; ``masks``: ``(A, Z, H, W)``.
+      gold: ``(G, Z, H, W, 3)`` float16 gold-standard probabilities, ``volume_gold`` ``(V,)``
+        the row of each volume's (one per anatomy, ``G = A``, or with ``value_jitter`` one per
+        volume); ``masks``: ``(A, Z, H, W)``.
       rows: ``(N, 2)`` ``(volume, slice)`` of every brain slice.
     """
 
     def __init__(self, heads, families, ranges: dict, n_per_family: int, effect_ranges: dict,
                  depth: int, min_fraction: float, context: int, seed: int,
                  gold_kwargs: dict | None = None, progress: bool = False,
-                 reconstruction: str = "magnitude"):
+                 reconstruction: str = "magnitude", value_jitter: float = 0.0):
+        if not value_jitter >= 0:
+            raise ValueError(f"value_jitter {value_jitter} must be >= 0.")
         shape = heads[0].probs.shape[1:]
         self.pads, self.padded = grid(shape, depth)
         self.context = context
         rng = np.random.default_rng([seed, 16, 1])
         key = jax.random.key(seed)
         images, anat, params, golds, masks, rows, protocols = [], [], [], [], [], [], []
-        b1s = []
+        b1s, volume_gold = [], []
+        value_rng = np.random.default_rng([seed, 16, 3])
         bar = tqdm(total=len(heads) * len(families) * n_per_family, disable=not progress,
                    desc="simulating training images")
         for a, head in enumerate(heads):
-            maps, mask = head.maps(3.0), head.mask
-            gold = gold_standard(maps["t1"], mask, **(gold_kwargs or {}))
-            golds.append(np.stack([to_slices(gold[..., c], self.pads) for c in range(3)], -1)
-                         .astype(np.float16))
+            mask = head.mask
+            if not value_jitter:
+                golds.append(_gold_slices(head, self.pads, gold_kwargs))
             masks.append(to_slices(mask, self.pads))
             z_rows = brain_slices(mask, min_fraction)
             for family in families:
                 for p in sample_protocols(family, ranges, n_per_family, rng):
                     k_fx, k_acq = jax.random.split(jax.random.fold_in(key, len(images)))
                     effects = scanner.sample_scanner_effects(k_fx, **effect_ranges)
-                    vol = image(head.maps(float(p.field_strength)), mask, p, effects, k_acq,
+                    tissue = head
+                    if value_jitter:
+                        tissue = dataclasses.replace(head, factors=np.clip(
+                            head.factors * (1.0 + value_jitter * value_rng.standard_normal(
+                                (3, 4))), 0.7, 1.3))
+                        golds.append(_gold_slices(tissue, self.pads, gold_kwargs))
+                    volume_gold.append(len(golds) - 1)
+                    vol = image(tissue.maps(float(p.field_strength)), mask, p, effects, k_acq,
                                 reconstruction)
                     rows += [(len(images), z) for z in z_rows]
                     images.append(to_slices(np.where(mask, vol, 0.0), self.pads)
@@ -322,6 +351,7 @@ class SliceBank:
         self.volume_anatomy = np.asarray(anat)
         self.params = np.stack(params)
         self.gold = np.stack(golds)
+        self.volume_gold = np.asarray(volume_gold, int)
         self.masks = np.stack(masks)
         self.rows = np.asarray(rows, int).reshape(-1, 2)
         self.protocols = protocols
@@ -346,7 +376,7 @@ class SliceBank:
         x = self.images[v[:, None], zz]                      # (B, C, H, W)
         a = self.volume_anatomy[v]
         return {"x": np.moveaxis(x, 1, -1).astype(np.float32),
-                "y": self.gold[a, z].astype(np.float32),
+                "y": self.gold[self.volume_gold[v], z].astype(np.float32),
                 "mask": self.masks[a, z][..., None].astype(np.float32),
                 "params": self.params[v],
                 "noise": np.concatenate(
