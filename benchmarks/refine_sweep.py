@@ -7,7 +7,10 @@ overall it reports SSIM / PSNR against the subject's target-protocol scan, Dice 
 error of the run's fixed segmenter (``segmentation`` of the run's config; Atropos by default)
 against the same segmenter on the target scan, and the T1 / M0 NRMSE of the (refined) maps
 against the ground-truth maps.  Choose settings on ``--subjects train`` (the training
-subjects; the network has seen them) and report them on ``--subjects test`` once.
+subjects; the network has seen them), or on a validation split -- ``--data-seed N`` images
+other heads (the run's dataset built with ``data.seed = N``; checked to share no image with the
+run's own), whose subjects the network has never seen -- and report them on ``--subjects test``
+once.
 
 Usage::
 
@@ -55,16 +58,29 @@ def main(argv=None) -> None:
                     help="name:key=value,... (config.model.refine keys); the name 'none' "
                          "scores the source image itself")
     ap.add_argument("--max-subjects", type=int, default=0)
+    ap.add_argument("--data-seed", type=int, default=-1,
+                    help="validation: the subjects (--subjects) of the dataset built with this "
+                         "data.seed instead of the run's (they must differ from every training "
+                         "subject's images)")
     ap.add_argument("--test-anatomy", default="",
                     help="data.test_anatomy of the held-out subjects (e.g. real_philips: the "
                          "README's real head; the training subjects are unchanged)")
     ap.add_argument("--out", required=True, help="markdown report (a .csv is written beside)")
     args = ap.parse_args(argv)
-    cfg = ConfigDict(json.load(open(os.path.join(args.run, "config.json"))))
-    split = json.load(open(os.path.join(args.run, "split.json")))
+    with open(os.path.join(args.run, "config.json")) as f:
+        cfg = ConfigDict(json.load(f))
+    with open(os.path.join(args.run, "split.json")) as f:
+        split = json.load(f)
     if args.test_anatomy:
         with cfg.unlocked():
             cfg.data.test_anatomy = args.test_anatomy
+    own = None
+    if args.data_seed >= 0:
+        if args.data_seed == int(cfg.data.seed):
+            raise SystemExit(f"--data-seed {args.data_seed} is the run's own data.seed.")
+        own = load_dataset(cfg.data, progress=False, paired=True)
+        cfg = ConfigDict(cfg.to_dict())
+        cfg.data.seed = args.data_seed
     folder = os.path.join(args.run, args.method, "harmonizer") if args.method else \
         os.path.join(args.run, "harmonizer")
     harm = methods.load(folder)
@@ -74,6 +90,13 @@ def main(argv=None) -> None:
     ref = phycharm.reference_level(target)
     settings = [parse_setting(s) for s in args.setting]
     data = load_dataset(cfg.data, progress=False, paired=True)
+    if own is not None:     # a validation subject must not be a training subject's twin
+        for subject in split["train"]:
+            for other in data.volumes.values():
+                a, b = own.volumes[subject][own.target_site], other[data.target_site]
+                if a.image.shape == b.image.shape and np.allclose(a.image, b.image, atol=1e-3):
+                    raise SystemExit(f"data.seed {args.data_seed}: a subject repeats training "
+                                     f"subject {subject}'s target image.")
     if "segmentation" in cfg:
         seg = make_segmenter(cfg.segmentation)
     else:                   # a phycharm run's config has none: the benchmark config's
@@ -124,13 +147,15 @@ def main(argv=None) -> None:
         w.writerows(rows)
     cols = ["ssim", "psnr", "dice_csf", "dice_gm", "dice_wm", "dv_csf", "dv_gm", "dv_wm",
             "t1_nrmse", "m0_nrmse"]
-    lines = [f"Data-consistency settings on the {args.subjects} subjects of `{args.run}` "
+    which = f"{args.subjects} subjects" if own is None else \
+        f"{args.subjects} subjects of data.seed {args.data_seed} (a validation split)"
+    lines = [f"Data-consistency settings on the {which} of `{args.run}` "
              f"({len(subjects)} subjects): `python benchmarks/refine_sweep.py "
              + " ".join(sys.argv[1:] if argv is None else argv) + "`", "",
-             "dV: signed volume error (%) against the target scan's segmentation; "
-             "|dV|: its absolute mean.", "",
-             "| site | setting | SSIM | PSNR | Dice CSF | Dice GM | Dice WM | |dV| CSF | "
-             "|dV| GM | |dV| WM | dV CSF | dV GM | dV WM | T1 NRMSE | M0 NRMSE |",
+             ("dV: signed volume error (%) against the target scan's segmentation; "
+              "|dV|: its absolute mean."), "",
+             ("| site | setting | SSIM | PSNR | Dice CSF | Dice GM | Dice WM | |dV| CSF | "
+              "|dV| GM | |dV| WM | dV CSF | dV GM | dV WM | T1 NRMSE | M0 NRMSE |"),
              "|---|" * 1 + "---|" * 14]
     sites = sorted({r["site"] for r in rows}) + ["overall"]
     for site in sites:
