@@ -8,8 +8,8 @@ error of the run's fixed segmenter (``segmentation`` of the run's config; Atropo
 against the same segmenter on the target scan, and the T1 / M0 NRMSE of the (refined) maps
 against the ground-truth maps.  Choose settings on ``--subjects train`` (the training
 subjects; the network has seen them), or on a validation split -- ``--data-seed N`` images
-other heads (the run's dataset built with ``data.seed = N``; checked to share no image with the
-run's own), whose subjects the network has never seen -- and report them on ``--subjects test``
+other heads (the run's dataset built with ``data.seed = N``; checked to share no head -- T1
+map -- with the run's training subjects), whose subjects the network has never seen -- and report them on ``--subjects test``
 once.
 
 Usage::
@@ -90,13 +90,17 @@ def main(argv=None) -> None:
     ref = phycharm.reference_level(target)
     settings = [parse_setting(s) for s in args.setting]
     data = load_dataset(cfg.data, progress=False, paired=True)
-    if own is not None:     # a validation subject must not be a training subject's twin
+    if own is not None:     # a validation head must not be a training head (same T1 map)
+        def head(v):
+            return v.t1 if v.t1 is not None else v.image
+
         for subject in split["train"]:
             for other in data.volumes.values():
-                a, b = own.volumes[subject][own.target_site], other[data.target_site]
-                if a.image.shape == b.image.shape and np.allclose(a.image, b.image, atol=1e-3):
+                a, b = (head(v[d.target_site]) for v, d in ((own.volumes[subject], own),
+                                                             (other, data)))
+                if a.shape == b.shape and np.allclose(a, b, atol=1e-3):
                     raise SystemExit(f"data.seed {args.data_seed}: a subject repeats training "
-                                     f"subject {subject}'s target image.")
+                                     f"subject {subject}'s head (its T1 map).")
     if "segmentation" in cfg:
         seg = make_segmenter(cfg.segmentation)
     else:                   # a phycharm run's config has none: the benchmark config's
