@@ -109,6 +109,10 @@ def get_config(arg: str | None = None) -> ConfigDict:
     train.steps = 1200
     train.param_noise = 0.0      # sd of the physics vector's training jitter (standardized units)
     train.b1_known = 0.5         # with model.b1_input: fraction of samples told their B1+ map
+    train.consistency = 0.0      # > 0: paired batches (half the slices again under another
+                                 # protocol of their family) and this weight x the mean squared
+                                 # difference of the two segmentations (protocol consistency,
+                                 # phyjax.segment.train.protocol_consistency)
     train.loss = "ce"            # "ce" (soft cross-entropy), "dice" (paper) or "dice_ce"
     train.batch_size = 8
     train.learning_rate = 2e-3

@@ -807,3 +807,66 @@ def test_slice_bank_value_jitter_gives_each_volume_its_own_tissues_and_gold():
     np.testing.assert_array_equal(b["y"], jit.gold[rows[:, 0], rows[:, 1]].astype(np.float32))
     with pytest.raises(ValueError, match="value_jitter"):
         simulate.SliceBank(*args, value_jitter=-0.1)
+
+
+def test_paired_batches_show_one_anatomy_under_two_protocols_and_the_consistency_term(tmp_path):
+    """``train.consistency``: a paired batch's second half is the first half's slices of the
+    same heads under another protocol of their family (oracle: the bank's own arrays), and the
+    consistency term is the masked mean of the squared probability difference (by hand), zero
+    for protocol-invariant segmentations; a short training run logs it."""
+    from phyjax.data import simulated
+    from phyjax.segment import simulate
+    from phyjax.segment.train import make_model, protocol_consistency, train
+
+    heads = simulated.anatomies(2, 0, 6, 4.0, 0.05, 0.03)
+    effects = {"b1_scale": (0.9, 1.1), "b1_curvature": (0.0, 0.1), "bias_amplitude": (0.0, 0.1),
+               "noise_fraction": (0.01, 0.02), "slice_fwhm": (0.0, 0.0), "gain": (1.0, 1.0)}
+    bank = simulate.SliceBank(heads, ("mprage", "spgr"), simulate.READOUT_RANGES, 3, effects,
+                              2, 0.15, 1, 0)
+    np.testing.assert_array_equal(bank.volume_family, [0, 0, 0, 1, 1, 1] * 2)
+    b = bank.batch(5, 8, 0, paired=True)
+    rows = bank.rows[np.random.default_rng([0, 5, 16]).choice(len(bank.rows), 4, replace=False)]
+    v = rows[:, 0]
+    other = bank.partners(v, np.random.default_rng([0, 5, 16, 1]))
+    assert np.all(other != v)
+    np.testing.assert_array_equal(bank.volume_anatomy[other], bank.volume_anatomy[v])
+    np.testing.assert_array_equal(bank.volume_family[other], bank.volume_family[v])
+    z = rows[:, 1]
+    np.testing.assert_array_equal(b["x"][4:, ..., 1], bank.images[other, z].astype(np.float32))
+    np.testing.assert_array_equal(b["x"][:4, ..., 1], bank.images[v, z].astype(np.float32))
+    np.testing.assert_array_equal(b["y"][:4], b["y"][4:])       # one anatomy: one gold standard
+    np.testing.assert_array_equal(b["mask"][:4], b["mask"][4:])
+    np.testing.assert_array_equal(b["params"][4:], bank.params[other])
+    assert not np.allclose(b["x"][:4], b["x"][4:])               # but two images
+    # the unpaired batch is unchanged by the option's existence
+    rows8 = bank.rows[np.random.default_rng([0, 5, 16]).choice(len(bank.rows), 8, replace=False)]
+    np.testing.assert_array_equal(bank.batch(5, 8, 0)["x"][..., 1],
+                                  bank.images[rows8[:, 0], rows8[:, 1]].astype(np.float32))
+    with pytest.raises(ValueError, match="even"):
+        bank.batch(0, 7, 0, paired=True)
+    lone = simulate.SliceBank(heads[:1], ("spgr",), simulate.PAPER_RANGES, 1, effects, 2, 0.15,
+                              1, 0)
+    with pytest.raises(ValueError, match="n_per_family"):
+        lone.batch(0, 4, 0, paired=True)
+
+    rng = np.random.default_rng(0)
+    p = rng.dirichlet(np.ones(3), size=(4, 5, 6))                 # (B=4, 5, 6, 3)
+    mask = (rng.uniform(size=(4, 5, 6, 1)) > 0.3).astype(np.float32)
+    want = (((p[:2] - p[2:]) ** 2).sum(-1)[..., None] * mask[:2]).sum() / mask[:2].sum()
+    assert float(protocol_consistency(jnp.asarray(p), jnp.asarray(mask))) == \
+        pytest.approx(want, rel=1e-5)
+    same = np.concatenate([p[:2], p[:2]])
+    assert float(protocol_consistency(jnp.asarray(same), jnp.asarray(mask))) == 0.0
+
+    settings = {"features": [4, 8], "physics": True, "branch_width": 8,
+                "conditioning": "add+contrast", "physics_size": PHYSICS_SIZE}
+    t = types.SimpleNamespace(steps=2, batch_size=4, learning_rate=1e-3, checkpoint_every=2,
+                              log_every=1, get=lambda k, d=None: {"loss": "ce",
+                                                                  "consistency": 1.0}.get(k, d))
+    train(make_model(settings), bank, t, str(tmp_path), 0, progress=False)
+    with open(tmp_path / "train_log.csv") as f:
+        log = list(csv.DictReader(f))
+    assert len(log) == 2 and all(float(r["consistency"]) > 0 for r in log)
+    t.get = lambda k, d=None: {"loss": "ce", "consistency": -1.0}.get(k, d)
+    with pytest.raises(ValueError, match="consistency"):
+        train(make_model(settings), bank, t, str(tmp_path / "neg"), 0, progress=False)

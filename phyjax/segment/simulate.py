@@ -293,7 +293,8 @@ class SliceBank:
       images: ``(V, Z, H, W)`` float16, one per simulated volume.
       b1: ``(V, Z, H, W)`` float16, the relative B1+ field each volume was imaged with
         (:func:`phyjax.physics.scanner.b1_field`; NaN in the slices' padding).
-      volume_anatomy: ``(V,)`` the anatomy of each volume; ``params``: ``(V, PHYSICS_SIZE)``.
+      volume_anatomy: ``(V,)`` the anatomy of each volume; ``volume_family`` ``(V,)`` the index
+        of its family in ``families``; ``params``: ``(V, PHYSICS_SIZE)``.
       gold: ``(G, Z, H, W, 3)`` float16 gold-standard probabilities, ``volume_gold`` ``(V,)``
         the row of each volume's (one per anatomy, ``G = A``, or with ``value_jitter`` one per
         volume); ``masks``: ``(A, Z, H, W)``.
@@ -312,7 +313,7 @@ class SliceBank:
         rng = np.random.default_rng([seed, 16, 1])
         key = jax.random.key(seed)
         images, anat, params, golds, masks, rows, protocols = [], [], [], [], [], [], []
-        b1s, volume_gold = [], []
+        b1s, volume_gold, fams = [], [], []
         value_rng = np.random.default_rng([seed, 16, 3])
         bar = tqdm(total=len(heads) * len(families) * n_per_family, disable=not progress,
                    desc="simulating training images")
@@ -342,6 +343,7 @@ class SliceBank:
                                                      effects.b1_curvature), np.float32)
                     b1s.append(to_slices(b1, self.pads, np.nan).astype(np.float16))
                     anat.append(a)
+                    fams.append(families.index(family))
                     params.append(physics_vector(p))
                     protocols.append(p)
                     bar.update()
@@ -349,6 +351,7 @@ class SliceBank:
         self.images = np.stack(images)
         self.b1 = np.stack(b1s)
         self.volume_anatomy = np.asarray(anat)
+        self.volume_family = np.asarray(fams, int)
         self.params = np.stack(params)
         self.gold = np.stack(golds)
         self.volume_gold = np.asarray(volume_gold, int)
@@ -359,17 +362,44 @@ class SliceBank:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def batch(self, i: int, batch_size: int, seed: int, b1_known: float = 0.0) -> dict:
+    def partners(self, volumes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """For each volume index of ``volumes`` another volume of the same anatomy and family
+        (another protocol and scanner-effect draw of the same head), uniformly at random with
+        ``rng``.  Raises ValueError when a volume has no such partner (``n_per_family`` 1)."""
+        out = np.empty(len(volumes), int)
+        for j, v in enumerate(np.asarray(volumes, int)):
+            same = np.flatnonzero((self.volume_anatomy == self.volume_anatomy[v])
+                                  & (self.volume_family == self.volume_family[v]))
+            same = same[same != v]
+            if not len(same):
+                raise ValueError(f"volume {v} has no other protocol of its anatomy and family "
+                                 "to pair with (n_per_family must be >= 2).")
+            out[j] = rng.choice(same)
+        return out
+
+    def batch(self, i: int, batch_size: int, seed: int, b1_known: float = 0.0,
+              paired: bool = False) -> dict:
         """Batch ``i`` (a pure function of ``i`` and ``seed``): ``x (B, H, W, 2 context + 1)``,
         ``y (B, H, W, 3)`` gold probabilities, ``mask (B, H, W, 1)``, ``params (B, P)``, ``noise
         (B, P + CONTRAST_SIZE)`` standard normal (the training jitter of the physics vector and
         its contrast features), ``b1 (B, H, W)`` float32: each slice's B1+ field for a
         random fraction ``b1_known`` of the batch, NaN (unknown) for the rest -- so that a
         branch told B1+ learns with and without a map.  The draws before ``b1``'s are those of
-        batches without it (models that ignore it train as before)."""
+        batches without it (models that ignore it train as before).
+
+        ``paired``: the batch is ``batch_size // 2`` slices drawn as above followed by the same
+        slices of the same heads imaged with another protocol of their family
+        (:meth:`partners`; drawn from a stream of their own), so that sample ``j`` and ``j +
+        batch_size // 2`` show one anatomy under two protocols (the protocol-consistency term
+        of :func:`phyjax.segment.train.train`).  Raises ValueError for an odd ``batch_size``."""
         rng = np.random.default_rng([seed, i, 16])
-        rows = self.rows[rng.choice(len(self.rows), size=batch_size,
-                                    replace=len(self.rows) < batch_size)]
+        if paired and batch_size % 2:
+            raise ValueError(f"a paired batch needs an even batch size, not {batch_size}.")
+        n = batch_size // 2 if paired else batch_size
+        rows = self.rows[rng.choice(len(self.rows), size=n, replace=len(self.rows) < n)]
+        if paired:
+            other = self.partners(rows[:, 0], np.random.default_rng([seed, i, 16, 1]))
+            rows = np.concatenate([rows, np.stack([other, rows[:, 1]], -1)])
         v, z = rows[:, 0], rows[:, 1]
         n_z = self.images.shape[1]
         zz = np.clip(z[:, None] + np.arange(-self.context, self.context + 1)[None], 0, n_z - 1)

@@ -69,6 +69,26 @@ def segmentation_loss(name: str, logits, target, mask):
     return loss
 
 
+def protocol_consistency(probs, mask):
+    """Disagreement of the two halves of a paired batch: the mean over voxels inside ``mask``
+    (of the first half) of ``sum_c (p_c - p'_c)^2``, where sample ``j`` and ``j + B/2`` show
+    one anatomy under two protocols (:meth:`phyjax.segment.simulate.SliceBank.batch` with
+    ``paired``).  Zero iff the segmentation does not depend on the protocol there; it
+    penalises every protocol-dependent difference, the subject x protocol part that the
+    supervised loss leaves free (both halves' errors may be small yet different) included.
+    The per-voxel squared difference of probabilities is the consistency term of
+    semi-supervised learning (Laine & Aila, "Temporal ensembling", ICLR 2017, Eq. 1 with
+    two input perturbations; here the perturbation is the acquisition).
+
+    Args: ``probs`` ``(B, ..., C)`` with ``B`` even; ``mask`` ``(B, ..., 1)``.  Returns a
+    scalar in [0, 2].
+    """
+    h = probs.shape[0] // 2
+    d = jnp.sum((probs[:h] - probs[h:2 * h]) ** 2, axis=-1, keepdims=True)
+    m = mask[:h]
+    return jnp.sum(d * m) / jnp.maximum(jnp.sum(m), 1.0)
+
+
 def make_model(settings: dict) -> SegmentationUNet:
     """The :class:`SegmentationUNet` of a settings dict (``features``, ``physics``,
     ``branch_width``; optional ``conditioning`` (default ``"add"``), ``condition_encoder``
@@ -129,25 +149,33 @@ def train(model: SegmentationUNet, bank, t, workdir: str, seed: int, progress: b
     (``model.b1_input``) gets each slice's B1+ map for a fraction ``t.b1_known`` of the
     samples and "unknown" for the rest (:meth:`~phyjax.segment.simulate.SliceBank.batch`);
     resumable (:func:`phyjax.train.loop.fit`: Orbax checkpoints, ``train_log.csv`` in
-    ``workdir``).  Returns the trained variables."""
+    ``workdir``).  ``t.consistency`` > 0 (default 0) trains on paired batches, half the slices
+    under a second protocol of their family, and adds that weight times
+    :func:`protocol_consistency` to the loss.  Returns the trained variables."""
     variables = init_params(model, bank.padded, 2 * bank.context + 1, seed)
     schedule = optax.cosine_decay_schedule(t.learning_rate, max(int(t.steps), 1), alpha=0.05)
     tx = optax.adam(schedule)
 
     sigma = float(t.get("param_noise", 0.0))
     b1_known = float(t.get("b1_known", 0.5)) if model.b1_input else 0.0
+    consistency = float(t.get("consistency", 0.0))
+    if not consistency >= 0:
+        raise ValueError(f"train.consistency {consistency} must be >= 0.")
 
     def loss_fn(params, batch):
         noise = sigma * batch["noise"] if sigma > 0 else None
         b1 = batch["b1"] if model.b1_input else None
         logits = model.apply(params, batch["x"], batch["params"], noise, b1)
         loss = segmentation_loss(t.get("loss", "dice"), logits, batch["y"], batch["mask"])
-        return loss, {"loss": loss}
+        if not consistency:
+            return loss, {"loss": loss}
+        agree = protocol_consistency(jax.nn.softmax(logits), batch["mask"])
+        return loss + consistency * agree, {"loss": loss, "consistency": agree}
 
     step = loop.make_train_step(loss_fn, tx)
     state = loop.TrainState.create(variables, tx)
     def batch(i):
-        b = bank.batch(i, t.batch_size, seed, b1_known)
+        b = bank.batch(i, t.batch_size, seed, b1_known, paired=consistency > 0)
         if not model.b1_input:
             del b["b1"]
         return (b,)
