@@ -209,6 +209,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
         model.features = (8, 16)
         model.cond_features = 8
         train.steps = 6
+        train.n_anatomies = 2    # simulated pairs on 2 heads, not 8 (6 steps see few slices)
         train.batch_size = 4
         train.checkpoint_every = 3
         train.log_every = 2
