@@ -17,7 +17,8 @@ phyjax/experiments/benchmark.py).  Data, model and training sections are PhyCHar
 Expected runtime: about an hour on 2 CPU cores.  Measured on one core while another engineer
 used the other (runs/benchmark_v6, 5-slice context): PhyCHarm paired ~12 min and unpaired ~22
 min, U-Net ~12 min, ComBat ~6 min, evaluation (~250 DIPY segmentations, radiomics) ~29 min;
-debug ~2 min.
+debug ~9 min on one core (2026-12: 524 s, 4.3 min of it the two PhyCHarm
+trainings, most of each XLA compilation).
 Every field below can be overridden with --config.<path>=<value>; an unknown key is an error.
 """
 
@@ -39,7 +40,7 @@ def _phycharm_config(arg):
 
 
 def get_config(arg: str | None = None) -> ConfigDict:
-    """Default benchmark; ``arg="debug"`` is the tiny variant used by the tests (~2 min)."""
+    """Default benchmark; ``arg="debug"`` is the tiny variant used by the tests (~9 min on one core)."""
     if arg not in (None, "", "debug"):
         raise ValueError(f"Unknown config variant {arg!r}; expected '' or 'debug'.")
     base = _phycharm_config(arg)

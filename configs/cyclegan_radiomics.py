@@ -16,8 +16,9 @@ Real, unpaired data (tumour ROIs; the unpaired benchmark; Pix2Pix needs pairs, l
     --config.data.grid_mm=2.0
 
 Expected runtime: README section "Radiomics-guided CycleGAN and Pix2Pix" (one CycleGAN per
-source site: the default data's 5 source sites x `cyclegan.steps`); debug ~2 min.  Every field can be overridden with
---config.<path>=<value>; an unknown key is an error.
+source site: the default data's 5 source sites x `cyclegan.steps`); debug ~5 min (291 s on
+one core).  Every field can be overridden with --config.<path>=<value>; an unknown key is an
+error.
 """
 
 import importlib.util

@@ -17,7 +17,7 @@ labelled by the R1 gold standard; evaluates Dice and the GM/WM
 volume CoV across protocols on held-out anatomies for both and for the fixed HMRF segmenter
 (the MPRAGE TI sweep at eval.mprage_fixed's readout train); bridges two MPRAGE sites of unknown
 TI.  Runtime on one CPU core (pinned, the other core busy): default ~12-14 min,
-debug < 1 min.
+debug ~1.5 min (80 s).
 Every field can be overridden with --config.<path>=<value>; an unknown key is an error.
 """
 
