@@ -40,7 +40,8 @@ def _phycharm_config(arg):
 
 
 def get_config(arg: str | None = None) -> ConfigDict:
-    """Default benchmark; ``arg="debug"`` is the tiny variant used by the tests (~9 min on one core)."""
+    """Default benchmark; ``arg="debug"`` is the tiny variant used by the tests (~9 min on one
+    core)."""
     if arg not in (None, "", "debug"):
         raise ValueError(f"Unknown config variant {arg!r}; expected '' or 'debug'.")
     base = _phycharm_config(arg)

@@ -76,9 +76,10 @@ def protocol_consistency(probs, mask):
     ``paired``).  Zero iff the segmentation does not depend on the protocol there; it
     penalises every protocol-dependent difference, the subject x protocol part that the
     supervised loss leaves free (both halves' errors may be small yet different) included.
-    The per-voxel squared difference of probabilities is the consistency term of
-    semi-supervised learning (Laine & Aila, "Temporal ensembling", ICLR 2017, Eq. 1 with
-    two input perturbations; here the perturbation is the acquisition).
+    The per-voxel squared difference of two predictions of one input under two perturbations
+    is the Pi-model's consistency term (Laine & Aila, "Temporal ensembling for
+    semi-supervised learning", ICLR 2017, Algorithm 1); here the perturbation is the
+    acquisition.
 
     Args: ``probs`` ``(B, ..., C)`` with ``B`` even; ``mask`` ``(B, ..., 1)``.  Returns a
     scalar in [0, 2].
