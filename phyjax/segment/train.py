@@ -153,15 +153,15 @@ def train(model: SegmentationUNet, bank, t, workdir: str, seed: int, progress: b
     ``workdir``).  ``t.consistency`` > 0 (default 0) trains on paired batches, half the slices
     under a second protocol of their family, and adds that weight times
     :func:`protocol_consistency` to the loss.  Returns the trained variables."""
+    consistency = float(t.get("consistency", 0.0))
+    if not consistency >= 0:
+        raise ValueError(f"train.consistency {consistency} must be >= 0.")
     variables = init_params(model, bank.padded, 2 * bank.context + 1, seed)
     schedule = optax.cosine_decay_schedule(t.learning_rate, max(int(t.steps), 1), alpha=0.05)
     tx = optax.adam(schedule)
 
     sigma = float(t.get("param_noise", 0.0))
     b1_known = float(t.get("b1_known", 0.5)) if model.b1_input else 0.0
-    consistency = float(t.get("consistency", 0.0))
-    if not consistency >= 0:
-        raise ValueError(f"train.consistency {consistency} must be >= 0.")
 
     def loss_fn(params, batch):
         noise = sigma * batch["noise"] if sigma > 0 else None
