@@ -102,6 +102,11 @@ def get_config(arg: str | None = None) -> ConfigDict:
                                  # with the slice's B1+ map for train.b1_known of the samples,
                                  # "unknown" for the rest; eval method "physics_b1map" tells it
                                  # each held-out subject's map, "physics" nothing (README)
+    model.patch = 0              # > 0: both U-Nets train on patch x patch windows of the
+                                 # slices (centred on a random brain voxel) and segment window
+                                 # by window (half-window overlap, averaged), so that neither
+                                 # sees more of the image than a window; 0: whole slices
+                                 # (phyjax.segment.train.tiled)
     model.normalize_params = "family"  # physics-vector standardization: "family" (training
                                        # statistics per family), "global" or "none"
 

@@ -870,3 +870,123 @@ def test_paired_batches_show_one_anatomy_under_two_protocols_and_the_consistency
     t.get = lambda k, d=None: {"loss": "ce", "consistency": -1.0}.get(k, d)
     with pytest.raises(ValueError, match="consistency"):
         train(make_model(settings), bank, t, str(tmp_path / "neg"), 0, progress=False)
+
+
+def test_window_batches_are_crops_of_the_whole_slice_batch_centred_on_brain():
+    """``model.patch``: a window batch is the whole-slice batch of the same step cropped (oracle:
+    the uncropped batch, indexed by hand at the corners the bank's own stream gives), each
+    window centred on a brain voxel and inside the slice; paired halves share their windows;
+    a window larger than the slices is refused."""
+    from phyjax.data import simulated
+    from phyjax.segment import simulate
+
+    heads = simulated.anatomies(2, 0, 6, 4.0, 0.05, 0.03)
+    effects = {"b1_scale": (0.9, 1.1), "b1_curvature": (0.0, 0.1), "bias_amplitude": (0.0, 0.1),
+               "noise_fraction": (0.01, 0.02), "slice_fwhm": (0.0, 0.0), "gain": (1.0, 1.0)}
+    bank = simulate.SliceBank(heads, ("spgr",), simulate.PAPER_RANGES, 3, effects, 2, 0.15, 1, 0)
+    h, w = bank.padded
+    for paired in (False, True):
+        full = bank.batch(3, 8, 0, b1_known=0.5, paired=paired)
+        win = bank.batch(3, 8, 0, b1_known=0.5, paired=paired, patch=8)
+        n = 4 if paired else 8
+        corners = simulate.SliceBank.crop(full["mask"][:n, ..., 0], 8,
+                                          np.random.default_rng([0, 3, 16, 2]))
+        if paired:
+            corners = np.concatenate([corners, corners])
+        assert win["x"].shape == (8, 8, 8, 3) and win["y"].shape == (8, 8, 8, 3)
+        assert win["mask"].shape == (8, 8, 8, 1) and win["b1"].shape == (8, 8, 8)
+        for j, (r, c) in enumerate(corners):
+            assert 0 <= r <= h - 8 and 0 <= c <= w - 8
+            for k in ("x", "y", "mask"):
+                np.testing.assert_array_equal(win[k][j], full[k][j, r:r + 8, c:c + 8])
+            np.testing.assert_array_equal(win["b1"][j], full["b1"][j, r:r + 8, c:c + 8])
+            assert win["mask"][j].sum() > 0                     # brain in every window
+        np.testing.assert_array_equal(win["params"], full["params"])
+        np.testing.assert_array_equal(win["noise"], full["noise"])
+    # the window is centred on a drawn brain voxel unless the slice edge stops it
+    m = np.zeros((1, h, w))
+    m[0, h // 2, w - 1] = 1.0
+    np.testing.assert_array_equal(simulate.SliceBank.crop(m, 8, np.random.default_rng(0)),
+                                  [[h // 2 - 4, w - 8]])
+    with pytest.raises(ValueError, match="does not fit"):
+        bank.batch(0, 4, 0, patch=max(h, w) + 2)
+
+
+def test_tiled_inference_averages_overlapping_windows():
+    """:func:`phyjax.segment.train.tiled` against a direct loop over every window: the output
+    of a window-dependent function (each window's mean, broadcast) is the average over the
+    windows covering each voxel; a voxel-wise function comes back unchanged; slices smaller
+    than the window are padded and cropped back."""
+    from phyjax.segment.train import tile_starts, tiled
+
+    np.testing.assert_array_equal(tile_starts(20, 8), [0, 4, 8, 12])
+    np.testing.assert_array_equal(tile_starts(22, 8), [0, 4, 8, 12, 14])
+    np.testing.assert_array_equal(tile_starts(8, 8), [0])
+    with pytest.raises(ValueError, match="does not fit"):
+        tile_starts(6, 8)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3, 20, 22, 2)).astype(np.float32)
+    calls = []
+
+    def window_mean(tiles, b1):
+        calls.append(tiles.shape)
+        return np.broadcast_to(tiles.mean((1, 2, 3), keepdims=True), tiles.shape[:3] + (1,))
+
+    got = tiled(window_mean, x, None, 8)
+    acc, cnt = np.zeros((3, 20, 22, 1)), np.zeros((3, 20, 22, 1))
+    for r in (0, 4, 8, 12):
+        for c in (0, 4, 8, 12, 14):
+            acc[:, r:r + 8, c:c + 8] += x[:, r:r + 8, c:c + 8].mean((1, 2, 3))[:, None, None, None]
+            cnt[:, r:r + 8, c:c + 8] += 1
+    np.testing.assert_allclose(got, acc / cnt, rtol=1e-5, atol=1e-6)
+    assert calls == [(3 * 4 * 5, 8, 8, 2)]
+    np.testing.assert_allclose(tiled(lambda t, b: t * 2.0, x, None, 8), 2.0 * x, rtol=1e-6)
+    b1 = rng.uniform(0.8, 1.2, size=(3, 20, 22)).astype(np.float32)
+    np.testing.assert_allclose(tiled(lambda t, b: b[..., None], x, b1, 8)[..., 0], b1,
+                               rtol=1e-6)
+    small = x[:, :6, :5]
+    np.testing.assert_allclose(tiled(lambda t, b: t + 1.0, small, None, 8), small + 1.0,
+                               rtol=1e-6)
+
+
+def test_a_window_trained_segmenter_runs_window_by_window(tmp_path):
+    """A U-Net with ``patch`` in its settings is saved with it and segments a volume window by
+    window: its probabilities equal :func:`tiled` over the network applied to each window by
+    hand (and differ from whole-slice inference); a window the U-Net cannot take is refused
+    before training."""
+    from phyjax.data import simulated
+    from phyjax.data.slices import grid, to_slices, with_context
+    from phyjax.segment import simulate
+    from phyjax.segment.train import Segmenter, init_params, make_model, tiled, train
+
+    # the shapes of the other debug-size tests (features, context), so that their compiled
+    # initialisers are reused
+    heads = simulated.anatomies(1, 0, 6, 4.0, 0.05, 0.03)
+    effects = {"b1_scale": (1.0, 1.0), "b1_curvature": (0.0, 0.0), "bias_amplitude": (0.0, 0.0),
+               "noise_fraction": (0.01, 0.01), "slice_fwhm": (0.0, 0.0), "gain": (1.0, 1.0)}
+    bank = simulate.SliceBank(heads, ("spgr",), simulate.PAPER_RANGES, 2, effects, 2, 0.15, 1, 0)
+    settings = {"features": [4, 8], "physics": False, "branch_width": 8, "context": 1,
+                "conditioning": "add", "physics_size": PHYSICS_SIZE, "patch": 8}
+    t = types.SimpleNamespace(steps=2, batch_size=4, learning_rate=1e-3, checkpoint_every=2,
+                              log_every=1, get=lambda k, d=None: {"loss": "ce"}.get(k, d))
+    model = make_model(settings)
+    with pytest.raises(ValueError, match="model.patch 7"):
+        train(model, bank, t, str(tmp_path / "odd"), 0, progress=False, patch=7)
+    with pytest.raises(ValueError, match="model.patch 64"):
+        train(model, bank, t, str(tmp_path / "big"), 0, progress=False, patch=64)
+    variables = init_params(model, (8, 8), 3, 0)
+    seg = Segmenter.load(Segmenter(settings, variables).save(str(tmp_path / "model")))
+    image = bank.images[0].astype(np.float32)                     # (Z, H, W) padded slices
+    pads, _ = grid(heads[0].mask.shape, 2)
+    vol = np.moveaxis(image, 0, -1)[pads[0][0]:image.shape[1] - pads[0][1],
+                                    pads[1][0]:image.shape[2] - pads[1][1]]
+    mask = heads[0].mask
+    got = seg.predict(vol, mask, None)
+    x = with_context(to_slices(np.where(mask, vol, 0.0), pads), 1)
+    apply = jax.jit(lambda v, t: jax.nn.softmax(model.apply(v, t, None)))
+    want = tiled(lambda tiles, b: np.asarray(apply(variables, jnp.asarray(tiles))), x, None, 8)
+    want = np.moveaxis(want, 0, -2)[pads[0][0]:x.shape[1] - pads[0][1],
+                                    pads[1][0]:x.shape[2] - pads[1][1]]
+    np.testing.assert_allclose(got, np.where(mask[..., None], want, 0.0), atol=1e-5)
+    whole = Segmenter({**settings, "patch": 0}, variables).predict(vol, mask, None)
+    assert not np.allclose(got, whole, atol=1e-3)                # the window changes the output

@@ -378,7 +378,7 @@ class SliceBank:
         return out
 
     def batch(self, i: int, batch_size: int, seed: int, b1_known: float = 0.0,
-              paired: bool = False) -> dict:
+              paired: bool = False, patch: int = 0) -> dict:
         """Batch ``i`` (a pure function of ``i`` and ``seed``): ``x (B, H, W, 2 context + 1)``,
         ``y (B, H, W, 3)`` gold probabilities, ``mask (B, H, W, 1)``, ``params (B, P)``, ``noise
         (B, P + CONTRAST_SIZE)`` standard normal (the training jitter of the physics vector and
@@ -391,7 +391,12 @@ class SliceBank:
         slices of the same heads imaged with another protocol of their family
         (:meth:`partners`; drawn from a stream of their own), so that sample ``j`` and ``j +
         batch_size // 2`` show one anatomy under two protocols (the protocol-consistency term
-        of :func:`phyjax.segment.train.train`).  Raises ValueError for an odd ``batch_size``."""
+        of :func:`phyjax.segment.train.train`).  Raises ValueError for an odd ``batch_size``.
+
+        ``patch`` > 0: every sample is cropped to a ``patch`` x ``patch`` window of its slice
+        (:meth:`crop`; paired samples share their window), so that the network sees no more of
+        the slice than that.  The crops come from a stream of their own: the whole-slice batch
+        they are cut from is the batch without ``patch``."""
         rng = np.random.default_rng([seed, i, 16])
         if paired and batch_size % 2:
             raise ValueError(f"a paired batch needs an even batch size, not {batch_size}.")
@@ -405,12 +410,40 @@ class SliceBank:
         zz = np.clip(z[:, None] + np.arange(-self.context, self.context + 1)[None], 0, n_z - 1)
         x = self.images[v[:, None], zz]                      # (B, C, H, W)
         a = self.volume_anatomy[v]
-        return {"x": np.moveaxis(x, 1, -1).astype(np.float32),
-                "y": self.gold[self.volume_gold[v], z].astype(np.float32),
-                "mask": self.masks[a, z][..., None].astype(np.float32),
-                "params": self.params[v],
-                "noise": np.concatenate(
-                    [rng.standard_normal(self.params[v].shape),
-                     rng.standard_normal((batch_size, CONTRAST_SIZE))], -1).astype(np.float32),
-                "b1": np.where((rng.uniform(size=batch_size) < b1_known)[:, None, None],
-                               self.b1[v, z].astype(np.float32), np.nan)}
+        out = {"x": np.moveaxis(x, 1, -1).astype(np.float32),
+               "y": self.gold[self.volume_gold[v], z].astype(np.float32),
+               "mask": self.masks[a, z][..., None].astype(np.float32),
+               "params": self.params[v],
+               "noise": np.concatenate(
+                   [rng.standard_normal(self.params[v].shape),
+                    rng.standard_normal((batch_size, CONTRAST_SIZE))], -1).astype(np.float32),
+               "b1": np.where((rng.uniform(size=batch_size) < b1_known)[:, None, None],
+                              self.b1[v, z].astype(np.float32), np.nan)}
+        if patch:
+            corners = self.crop(out["mask"][:n, ..., 0], patch,
+                                np.random.default_rng([seed, i, 16, 2]))
+            if paired:
+                corners = np.concatenate([corners, corners])
+            rr = corners[:, :1, None] + np.arange(patch)[None, :, None]    # (B, P, 1)
+            cc = corners[:, 1:, None] + np.arange(patch)[None, None, :]    # (B, 1, P)
+            bb = np.arange(len(corners))[:, None, None]
+            out = {k: (val[bb, rr, cc] if k in ("x", "y", "mask", "b1") else val)
+                   for k, val in out.items()}
+        return out
+
+    @staticmethod
+    def crop(masks: np.ndarray, patch: int, rng: np.random.Generator) -> np.ndarray:
+        """Top-left corners ``(B, 2)`` of ``patch`` x ``patch`` windows of slices ``(B, H,
+        W)``: each centred on a voxel drawn uniformly from its slice's ``masks`` (so that
+        every window holds brain; the slice's centre if the mask is empty), shifted to lie
+        inside the slice.  Raises ValueError for a window larger than the slices."""
+        h, w = masks.shape[1:]
+        if not 0 < patch <= min(h, w):
+            raise ValueError(f"a {patch} x {patch} patch does not fit slices of {h} x {w}.")
+        out = np.empty((len(masks), 2), int)
+        for j, m in enumerate(masks):
+            idx = np.flatnonzero(m > 0.5)
+            centre = np.unravel_index(rng.choice(idx), m.shape) if len(idx) else (h // 2, w // 2)
+            out[j] = (np.clip(centre[0] - patch // 2, 0, h - patch),
+                      np.clip(centre[1] - patch // 2, 0, w - patch))
+        return out

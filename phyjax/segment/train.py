@@ -142,7 +142,7 @@ def init_params(model: SegmentationUNet, shape_hw, channels: int, seed: int):
 
 
 def train(model: SegmentationUNet, bank, t, workdir: str, seed: int, progress: bool = True,
-          desc: str = "train"):
+          desc: str = "train", patch: int = 0):
     """Train ``model`` on ``bank`` (:class:`phyjax.segment.simulate.SliceBank`) with the loss
     ``t.loss`` (:func:`segmentation_loss`; default soft Dice) and Adam (cosine-decayed learning rate
     ``t.learning_rate`` over ``t.steps``), the standardized physics vector jittered by
@@ -152,11 +152,21 @@ def train(model: SegmentationUNet, bank, t, workdir: str, seed: int, progress: b
     resumable (:func:`phyjax.train.loop.fit`: Orbax checkpoints, ``train_log.csv`` in
     ``workdir``).  ``t.consistency`` > 0 (default 0) trains on paired batches, half the slices
     under a second protocol of their family, and adds that weight times
-    :func:`protocol_consistency` to the loss.  Returns the trained variables."""
+    :func:`protocol_consistency` to the loss.  ``patch`` > 0 trains on ``patch`` x ``patch``
+    windows of the slices (:meth:`~phyjax.segment.simulate.SliceBank.batch`), for a
+    :class:`Segmenter` whose settings hold the same ``patch``.  Returns the trained
+    variables."""
     consistency = float(t.get("consistency", 0.0))
     if not consistency >= 0:
         raise ValueError(f"train.consistency {consistency} must be >= 0.")
-    variables = init_params(model, bank.padded, 2 * bank.context + 1, seed)
+    patch = int(patch)
+    factor = 2 ** (len(model.features) - 1)
+    if patch < 0 or patch % factor or patch > min(bank.padded):
+        raise ValueError(f"model.patch {patch}: must be 0 (whole slices) or a multiple of "
+                         f"{factor} no larger than the slices ({bank.padded[0]} x "
+                         f"{bank.padded[1]}).")
+    variables = init_params(model, (patch, patch) if patch else bank.padded,
+                            2 * bank.context + 1, seed)
     schedule = optax.cosine_decay_schedule(t.learning_rate, max(int(t.steps), 1), alpha=0.05)
     tx = optax.adam(schedule)
 
@@ -176,7 +186,7 @@ def train(model: SegmentationUNet, bank, t, workdir: str, seed: int, progress: b
     step = loop.make_train_step(loss_fn, tx)
     state = loop.TrainState.create(variables, tx)
     def batch(i):
-        b = bank.batch(i, t.batch_size, seed, b1_known, paired=consistency > 0)
+        b = bank.batch(i, t.batch_size, seed, b1_known, paired=consistency > 0, patch=patch)
         if not model.b1_input:
             del b["b1"]
         return (b,)
@@ -188,9 +198,48 @@ def train(model: SegmentationUNet, bank, t, workdir: str, seed: int, progress: b
     return state.params
 
 
+def tile_starts(size: int, patch: int) -> np.ndarray:
+    """Start indices of ``patch``-long windows covering ``range(size)`` with stride ``patch //
+    2`` (the last window ends at ``size``).  Raises ValueError when ``patch > size``."""
+    if not 0 < patch <= size:
+        raise ValueError(f"a window of {patch} does not fit {size}.")
+    starts = list(range(0, size - patch + 1, max(patch // 2, 1)))
+    if starts[-1] != size - patch:
+        starts.append(size - patch)
+    return np.asarray(starts, int)
+
+
+def tiled(run, x: np.ndarray, b1: np.ndarray | None, patch: int) -> np.ndarray:
+    """Sliding-window inference: ``run(tiles, b1_tiles)`` (``(N, P, P, C)`` -> ``(N, P, P,
+    K)``) over every ``patch`` x ``patch`` window of slices ``x`` ``(Z, H, W, C)``
+    (:func:`tile_starts`, half-window overlap), the windows' outputs averaged where they
+    overlap (uniform weights, as MONAI's ``sliding_window_inference`` with ``mode="constant"``).
+    Slices smaller than the window are zero-padded to it (``b1`` with NaN) and cropped back.
+    Returns ``(Z, H, W, K)``."""
+    z, h, w = x.shape[:3]
+    ph, pw = max(patch - h, 0), max(patch - w, 0)
+    if ph or pw:
+        x = np.pad(x, ((0, 0), (0, ph), (0, pw), (0, 0)))
+        if b1 is not None:
+            b1 = np.pad(b1, ((0, 0), (0, ph), (0, pw)), constant_values=np.nan)
+    corners = [(r, c) for r in tile_starts(x.shape[1], patch)
+               for c in tile_starts(x.shape[2], patch)]
+    tiles = np.concatenate([x[:, r:r + patch, c:c + patch] for r, c in corners])
+    b1_tiles = None if b1 is None else np.concatenate(
+        [b1[:, r:r + patch, c:c + patch] for r, c in corners])
+    out = np.asarray(run(tiles, b1_tiles))
+    acc = np.zeros(x.shape[:3] + out.shape[-1:], np.float32)
+    count = np.zeros(x.shape[:3] + (1,), np.float32)
+    for j, (r, c) in enumerate(corners):
+        acc[:, r:r + patch, c:c + patch] += out[j * z:(j + 1) * z]
+        count[:, r:r + patch, c:c + patch] += 1.0
+    return (acc / count)[:, :h, :w]
+
+
 class Segmenter:
     """A trained U-Net with what inference needs: ``settings`` (model, ``context``, ``depth``,
-    ``voxel_mm``, ``ranges`` trained on) and ``variables``."""
+    ``voxel_mm``, ``ranges`` trained on; ``patch`` > 0 for a U-Net trained on windows of that
+    size, run window by window: :func:`tiled`) and ``variables``."""
 
     def __init__(self, settings: dict, variables):
         self.settings, self.variables = settings, variables
@@ -214,7 +263,9 @@ class Segmenter:
         ``(PHYSICS_SIZE,)`` of its protocol (ignored without the branch; required with it);
         ``b1``: the relative B1+ map ``(X, Y, Z)`` on the image's grid (1 = nominal; NaN where
         unknown), read only by a branch told B1+ (:attr:`b1_input`; ``None``: unknown).
-        Raises InputError for a missing ``params`` or a ``b1`` of another shape."""
+        A U-Net trained on windows (``settings["patch"]`` > 0) runs window by window
+        (:func:`tiled`).  Raises InputError for a missing ``params`` or a ``b1`` of another
+        shape."""
         if self.physics and params is None:
             raise InputError("the physics U-Net needs the image's acquisition parameters.")
         if b1 is not None and np.shape(b1) != np.shape(image):
@@ -227,23 +278,32 @@ class Segmenter:
         if self.b1_input:
             vol = np.full(image.shape, np.nan, np.float32) if b1 is None else b1
             b1_slices = to_slices(np.asarray(vol, np.float32), pads, np.nan)
+        patch = int(self.settings.get("patch", 0))
+        if patch:   # as many voxels per call as whole slices would give
+            batch_size *= max(1, (x.shape[1] * x.shape[2]) // (patch * patch))
         p = np.zeros((batch_size, PHYSICS_SIZE), np.float32)
         if params is not None:
             p[:] = np.asarray(params, np.float32)
-        out = []
-        for i in range(0, len(x), batch_size):
-            chunk = x[i:i + batch_size]
-            n = len(chunk)
-            b = None if b1_slices is None else b1_slices[i:i + batch_size]
-            if n < batch_size:  # one compiled shape
-                chunk = np.concatenate([chunk, np.zeros((batch_size - n, *chunk.shape[1:]),
-                                                        chunk.dtype)])
-                if b is not None:
-                    b = np.concatenate([b, np.full((batch_size - n, *b.shape[1:]), np.nan,
-                                                   b.dtype)])
-            out.append(np.asarray(self._apply(self.variables, jnp.asarray(chunk, jnp.float32),
-                                              p, None if b is None else jnp.asarray(b)))[:n])
-        probs = np.concatenate(out)                         # (Z, H', W', 3)
+
+        def run(x, b1_slices):
+            out = []
+            for i in range(0, len(x), batch_size):
+                chunk = x[i:i + batch_size]
+                n = len(chunk)
+                b = None if b1_slices is None else b1_slices[i:i + batch_size]
+                if n < batch_size:  # one compiled shape
+                    chunk = np.concatenate([chunk, np.zeros((batch_size - n, *chunk.shape[1:]),
+                                                            chunk.dtype)])
+                    if b is not None:
+                        b = np.concatenate([b, np.full((batch_size - n, *b.shape[1:]), np.nan,
+                                                       b.dtype)])
+                out.append(np.asarray(self._apply(
+                    self.variables, jnp.asarray(chunk, jnp.float32), p,
+                    None if b is None else jnp.asarray(b)))[:n])
+            return np.concatenate(out)
+
+        probs = (tiled(run, x, b1_slices, patch) if patch
+                 else run(x, b1_slices))                    # (Z, H', W', 3)
         vol = np.stack([from_slices(probs[..., c], pads) for c in range(3)], -1)
         return np.where(mask[..., None], vol, 0.0).astype(np.float32)
 
