@@ -106,7 +106,10 @@ def get_config(arg: str | None = None) -> ConfigDict:
                                  # slices (centred on a random brain voxel) and segment window
                                  # by window (half-window overlap, averaged), so that neither
                                  # sees more of the image than a window; 0: whole slices
-                                 # (phyjax.segment.train.tiled)
+                                 # (phyjax.segment.train.tiled).  16 (6 seeds, batch 32): the
+                                 # branch's MPRAGE GM CoV significantly below the no-branch
+                                 # U-Net's, SPGR level, every CoV but that one higher than on
+                                 # whole slices, Dice lower (README)
     model.normalize_params = "family"  # physics-vector standardization: "family" (training
                                        # statistics per family), "global" or "none"
 
