@@ -956,6 +956,7 @@ def test_a_window_trained_segmenter_runs_window_by_window(tmp_path):
     before training."""
     from phyjax.data import simulated
     from phyjax.data.slices import grid, to_slices, with_context
+    from phyjax.experiments.physics_seg import check_config
     from phyjax.segment import simulate
     from phyjax.segment.train import Segmenter, init_params, make_model, tiled, train
 
@@ -974,6 +975,11 @@ def test_a_window_trained_segmenter_runs_window_by_window(tmp_path):
         train(model, bank, t, str(tmp_path / "odd"), 0, progress=False, patch=7)
     with pytest.raises(ValueError, match="model.patch 64"):
         train(model, bank, t, str(tmp_path / "big"), 0, progress=False, patch=64)
+    config = load_config("physics_seg")                        # and before any simulation
+    with config.unlocked():
+        config.model.patch = 7
+    with pytest.raises(InputError, match=r"config\.model\.patch=7"):
+        check_config(config)
     variables = init_params(model, (8, 8), 3, 0)
     seg = Segmenter.load(Segmenter(settings, variables).save(str(tmp_path / "model")))
     image = bank.images[0].astype(np.float32)                     # (Z, H, W) padded slices

@@ -362,6 +362,10 @@ def check_config(config) -> None:
                          f"{B1_PLUS}.")
     if int(config.eval.noise_draws) < 1:
         raise InputError(f"config.eval.noise_draws={config.eval.noise_draws}; needs >= 1.")
+    factor = 2 ** (len(config.model.features) - 1)
+    if int(config.model.patch) < 0 or int(config.model.patch) % factor:
+        raise InputError(f"config.model.patch={config.model.patch}: 0 (whole slices) or a "
+                         f"window size divisible by {factor} (the U-Net's down-sampling).")
     ranges = ranges_of(config)
     try:
         wide = training_ranges(config)
