@@ -24,44 +24,45 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import sys
 
 import numpy as np
 from scipy.stats import wilcoxon
 
-FAMILIES = ("mprage", "spgr")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from benchmarks.physics_seg import FAMILIES, paired, read_rows
+
 TISSUES = ("gm", "wm")
 METHODS = {"physics": "U-Net + physics branch", "no_branch": "U-Net, no branch"}
 
 
-def read_run(root: str, seeds: list[int]) -> dict:
-    """``{(seed, method, family, subject): row}`` of ``<root>/seed<s>/cov_per_subject.csv``
-    for the seeds that have one."""
-    out = {}
-    for s in seeds:
-        path = os.path.join(root, f"seed{s}", "cov_per_subject.csv")
-        if not os.path.exists(path):
-            continue
-        with open(path) as f:
-            for r in csv.DictReader(f):
-                out[(s, r["method"], r["family"], r["subject"])] = r
-    return out
+def read_run(root: str, seeds: list[int]) -> dict[int, dict]:
+    """``{seed: {(family, method, subject): row}}`` of ``<root>/seed<s>/cov_per_subject.csv``
+    (:func:`benchmarks.physics_seg.read_rows`) for the seeds that have one."""
+    return {s: read_rows(os.path.join(root, f"seed{s}"), "cov_per_subject.csv",
+                         ("family", "method", "subject"))
+            for s in seeds if os.path.exists(os.path.join(root, f"seed{s}",
+                                                          "cov_per_subject.csv"))}
 
 
-def paired(a: dict, b: dict, method_a: str, method_b: str, family: str, tissue: str):
-    """``(values a, values b)`` of the subjects both runs hold (same seed and subject).
-    Raises ValueError when a shared subject was imaged with another number of protocols."""
+def across_runs(a: dict, b: dict, method: str, family: str, tissue: str):
+    """``(values a, values b)``: the CoV of ``method`` in two runs (:func:`read_run`) on the
+    subjects both hold (same seed and subject).  Raises ValueError when a shared subject was
+    imaged with another number of protocols."""
     xa, xb = [], []
-    for (s, m, fam, subj), row in sorted(a.items()):
-        if m != method_a or fam != family:
-            continue
-        other = b.get((s, method_b, fam, subj))
-        if other is None:
-            continue
-        if row["n_protocols"] != other["n_protocols"]:
-            raise ValueError(f"seed {s} {subj} {fam}: {row['n_protocols']} vs "
-                             f"{other['n_protocols']} protocols -- not the same evaluation.")
-        xa.append(float(row[f"cov_{tissue}"]))
-        xb.append(float(other[f"cov_{tissue}"]))
+    for s, rows in sorted(a.items()):
+        for key, row in sorted(rows.items()):
+            other = b.get(s, {}).get(key)
+            if key[:2] != (family, method) or other is None:
+                continue
+            if row["n_protocols"] != other["n_protocols"]:
+                raise ValueError(f"seed {s} {key[2]} {family}: {row['n_protocols']} vs "
+                                 f"{other['n_protocols']} protocols -- not the same "
+                                 "evaluation.")
+            xa.append(float(row[f"cov_{tissue}"]))
+            xb.append(float(other[f"cov_{tissue}"]))
     return np.asarray(xa), np.asarray(xb)
 
 
@@ -79,23 +80,26 @@ def main(argv=None) -> None:
 
     rows = []
     for label in runs:
+        # branch vs no branch within the run: benchmarks/physics_seg.py's paired comparison
+        within = {(p["family"], p["tissue"].lower()): p for p in paired(data[label])
+                  if p["method"] == "physics"}
         for family in FAMILIES:
             for method in METHODS:
                 row = {"run": label, "family": family, "method": method}
+                mine = [r for rows_s in data[label].values()
+                        for (fam, m, _), r in rows_s.items() if m == method and fam == family]
                 for tissue in TISSUES:
-                    vals = [float(r[f"cov_{tissue}"]) for (s, m, fam, _), r in data[label].items()
-                            if m == method and fam == family]
+                    vals = [float(r[f"cov_{tissue}"]) for r in mine]
                     row[f"cov_{tissue}"] = float(np.mean(vals)) if vals else float("nan")
-                    dice = [float(r[f"dice_{tissue}"]) for (s, m, fam, _), r in
-                            data[label].items() if m == method and fam == family]
+                    dice = [float(r[f"dice_{tissue}"]) for r in mine]
                     row[f"dice_{tissue}"] = float(np.mean(dice)) if dice else float("nan")
                     row["n"] = len(vals)
-                    b, nb = paired(data[label], data[label], method, "no_branch", family, tissue)
-                    row[f"branch_lower_{tissue}"] = int(np.sum(b < nb))
-                    row[f"p_branch_{tissue}"] = (float(wilcoxon(b, nb).pvalue)
-                                                 if method == "physics" and len(b) > 1
-                                                 else float("nan"))
-                    w, whole = paired(data[label], data[ref], method, method, family, tissue)
+                    pair = within.get((family, tissue), {})
+                    row[f"branch_lower_{tissue}"] = (pair.get("physics_lower", 0)
+                                                     if method == "physics" else 0)
+                    row[f"p_branch_{tissue}"] = (pair.get("wilcoxon_p", float("nan"))
+                                                 if method == "physics" else float("nan"))
+                    w, whole = across_runs(data[label], data[ref], method, family, tissue)
                     row[f"ratio_to_{ref}_{tissue}"] = (float(np.median(w / whole)) if len(w)
                                                        else float("nan"))
                     row[f"p_vs_{ref}_{tissue}"] = (float(wilcoxon(w, whole).pvalue)
