@@ -229,10 +229,10 @@ def tiled(run, x: np.ndarray, b1: np.ndarray | None, patch: int) -> np.ndarray:
         [b1[:, r:r + patch, c:c + patch] for r, c in corners])
     out = np.asarray(run(tiles, b1_tiles))
     acc = np.zeros(x.shape[:3] + out.shape[-1:], np.float32)
-    count = np.zeros(x.shape[:3] + (1,), np.float32)
+    count = np.zeros(x.shape[1:3] + (1,), np.float32)     # windows per voxel: same every slice
     for j, (r, c) in enumerate(corners):
         acc[:, r:r + patch, c:c + patch] += out[j * z:(j + 1) * z]
-        count[:, r:r + patch, c:c + patch] += 1.0
+        count[r:r + patch, c:c + patch] += 1.0
     return (acc / count)[:, :h, :w]
 
 
