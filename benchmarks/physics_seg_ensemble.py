@@ -137,6 +137,8 @@ def evaluate_seed(runs: str, seed: int, seeds: list[int], sizes: list[int],
     worst = check_single(rows, run) if 1 in sizes else float("nan")
     os.makedirs(out_dir, exist_ok=True)
     tables.write_rows(rows, path)
+    with open(os.path.join(out_dir, "timing.json"), "w") as f:
+        json.dump({"seconds": time.time() - t0, "single_max_rel_diff": worst}, f)
     print(f"seed {seed}: {time.time() - t0:.0f} s; k = 1 against the run's evaluation.csv: "
           f"max relative volume difference {worst:.1e}", flush=True)
     return path
@@ -174,12 +176,23 @@ def main(argv=None) -> None:
                         args.runs, "ensemble"), f"seed{s}"))]
                 for s in eval_seeds}
     table, lines = summarize(per_seed, sizes)
+    timing = []
+    for s in eval_seeds:
+        path = os.path.join(args.root or os.path.join(args.runs, "ensemble"), f"seed{s}",
+                            "timing.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                t = json.load(f)
+            timing.append(f"seed {s} {t['seconds']:.0f} s (k = 1 vs the run: max relative "
+                          f"volume difference {t['single_max_rel_diff']:.1e})")
     command = "python benchmarks/physics_seg_ensemble.py " + " ".join(
         argv if argv is not None else sys.argv[1:])
     header = [f"# Ensembles of trained U-Nets: branch vs no branch ({args.runs})", "",
               f"Command: `{command}`", "",
               (f"Held-out subjects of seeds {eval_seeds}; members: the U-Nets of seeds {seeds}; "
-              f"wall {wall / 60:.1f} min (0 when every seed was reused)."), ""]
+               f"wall {wall / 60:.1f} min (0 when every seed was reused)."), "",
+              "Evaluation per seed (one core): " + ("; ".join(timing) or "not recorded") + ".",
+              ""]
     with open(args.out + ".md", "w") as f:
         f.write("\n".join(header + lines) + "\n")
     tables.write_rows(table, args.out + ".csv")
