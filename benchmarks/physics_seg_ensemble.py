@@ -25,9 +25,9 @@ and the branch-vs-no-branch paired Wilcoxon over all held-out subjects), and
 Usage::
 
     taskset -c 0 python benchmarks/physics_seg_ensemble.py --runs runs/ps_bench12 \\
-        --seeds 0,1,2,3,4,5 --eval-seeds 0,1,2 --sizes 1,3,6 --tabulate-none
+        --seeds 0,1,2,3,4,5 --eval-seeds 0,2,4 --sizes 1,3,6 --tabulate-none
     taskset -c 1 python benchmarks/physics_seg_ensemble.py --runs runs/ps_bench12 \\
-        --seeds 0,1,2,3,4,5 --eval-seeds 3,4,5 --sizes 1,3,6 --tabulate-none
+        --seeds 0,1,2,3,4,5 --eval-seeds 1,3,5 --sizes 1,3,6 --tabulate-none
     python benchmarks/physics_seg_ensemble.py --runs runs/ps_bench12 --seeds 0,1,2,3,4,5 \\
         --eval-seeds 0,1,2,3,4,5 --sizes 1,3,6 --out benchmarks/results/physics_seg_ensemble
 """
@@ -70,14 +70,14 @@ class Member:
     that contains it runs it once per image."""
 
     def __init__(self, seg: Segmenter):
-        self.seg, self._key, self._probs = seg, None, None
+        self.seg, self._last, self._probs = seg, (None, None), None
 
     def __call__(self, img, mask, p):
-        key = (id(img), id(p))
-        if key != self._key:
+        # the objects themselves are kept (not their ids, which Python reuses once freed)
+        if not (img is self._last[0] and p is self._last[1]):
             self._probs = self.seg.predict(img, mask, physics_vector(p) if self.seg.physics
                                            else None)
-            self._key = key
+            self._last = (img, p)
         return self._probs
 
 
@@ -175,6 +175,11 @@ def main(argv=None) -> None:
                     for r in evaluation_rows(os.path.join(args.root or os.path.join(
                         args.runs, "ensemble"), f"seed{s}"))]
                 for s in eval_seeds}
+    for s, rows in per_seed.items():
+        missing = {f"{a}_x{k}" for a in ARMS for k in sizes} - {r["method"] for r in rows}
+        if missing:
+            raise SystemExit(f"seed {s}: its saved ensembles lack {sorted(missing)}; evaluate "
+                             "it again with these --sizes (move its folder away first).")
     table, lines = summarize(per_seed, sizes)
     timing = []
     for s in eval_seeds:
