@@ -35,7 +35,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import sys
@@ -97,9 +96,8 @@ def ensemble_methods(members: dict[str, list[Member]], own: int, sizes) -> dict:
 def check_single(rows: list[dict], run: str) -> float:
     """Largest relative difference between the k = 1 rows and the run's own evaluation.csv;
     raises SystemExit beyond :data:`RTOL`."""
-    with open(os.path.join(run, "evaluation.csv")) as f:
-        own = {(r["subject"], r["family"], r["protocol"], r["method"]): r
-               for r in csv.DictReader(f)}
+    own = {(r["subject"], r["family"], r["protocol"], r["method"]): r
+           for r in evaluation_rows(run)}
     worst = 0.0
     for r in rows:
         arm, _, k = r["method"].rpartition("_x")
@@ -115,12 +113,12 @@ def check_single(rows: list[dict], run: str) -> float:
     return worst
 
 
-def evaluate_seed(runs: str, seed: int, seeds: list[int], sizes: list[int],
-                  subjects: int = 0, out_root: str = "") -> str:
+def evaluate_seed(runs: str, seed: int, seeds: list[int], sizes: list[int], out_root: str,
+                  subjects: int = 0) -> str:
     """Evaluate seed ``seed``'s held-out subjects (the first ``subjects`` when > 0) with the
-    ensembles; writes ``<out_root or runs/ensemble>/seed<seed>/evaluation.csv`` and returns its
-    path (an existing one is reused)."""
-    out_dir = os.path.join(out_root or os.path.join(runs, "ensemble"), f"seed{seed}")
+    ensembles; writes ``<out_root>/seed<seed>/evaluation.csv`` and returns its path (an
+    existing one is reused)."""
+    out_dir = os.path.join(out_root, f"seed{seed}")
     path = os.path.join(out_dir, "evaluation.csv")
     if os.path.exists(path):
         return path
@@ -164,16 +162,16 @@ def main(argv=None) -> None:
     sizes = [int(k) for k in args.sizes.split(",")]
     if max(sizes) > len(seeds):
         raise SystemExit(f"ensembles of up to {max(sizes)} need as many seeds; got {seeds}.")
+    root = args.root or os.path.join(args.runs, "ensemble")
     t0 = time.time()
     for s in eval_seeds:
-        evaluate_seed(args.runs, s, seeds, sizes, args.subjects, args.root)
+        evaluate_seed(args.runs, s, seeds, sizes, root, args.subjects)
     wall = time.time() - t0
     if args.tabulate_none:
         return
     per_seed = {s: [{**r, **{k: float(v) for k, v in r.items()
                              if k.startswith(("vol_", "dice_"))}}
-                    for r in evaluation_rows(os.path.join(args.root or os.path.join(
-                        args.runs, "ensemble"), f"seed{s}"))]
+                    for r in evaluation_rows(os.path.join(root, f"seed{s}"))]
                 for s in eval_seeds}
     for s, rows in per_seed.items():
         missing = {f"{a}_x{k}" for a in ARMS for k in sizes} - {r["method"] for r in rows}
@@ -183,8 +181,7 @@ def main(argv=None) -> None:
     table, lines = summarize(per_seed, sizes)
     timing = []
     for s in eval_seeds:
-        path = os.path.join(args.root or os.path.join(args.runs, "ensemble"), f"seed{s}",
-                            "timing.json")
+        path = os.path.join(root, f"seed{s}", "timing.json")
         if os.path.exists(path):
             with open(path) as f:
                 t = json.load(f)
