@@ -55,8 +55,9 @@ def main(argv=None) -> None:
     ap.add_argument("--method", default="", help="benchmark run: phycharm | phycharm_unpaired")
     ap.add_argument("--subjects", choices=("train", "test"), default="train")
     ap.add_argument("--setting", action="append", required=True,
-                    help="name:key=value,... (config.model.refine keys); the name 'none' "
-                         "scores the source image itself")
+                    help="name:key=value,... (config.model.refine keys, and calibrate=True: "
+                         "config.model.calibrate=p99 after them); the name 'none' scores the "
+                         "source image itself")
     ap.add_argument("--max-subjects", type=int, default=0)
     ap.add_argument("--data-seed", type=int, default=-1,
                     help="validation: the subjects (--subjects) of the dataset built with this "
@@ -83,7 +84,8 @@ def main(argv=None) -> None:
     folder = os.path.join(args.run, args.method, "harmonizer") if args.method else \
         os.path.join(args.run, "harmonizer")
     harm = methods.load(folder)
-    net_cfg = dict(harm.cfg, refine=dict(harm.cfg.get("refine") or {}, enabled=False))
+    net_cfg = dict(harm.cfg, refine=dict(harm.cfg.get("refine") or {}, enabled=False),
+                   calibrate="none")
     harm.cfg = net_cfg
     target = phycharm._f32(harm.target_protocol, net_cfg.get("readout", "sidecar"))
     ref = phycharm.reference_level(target)
@@ -122,9 +124,12 @@ def main(argv=None) -> None:
                 if name == "none":     # the source image itself (the "no harmonization" row)
                     out = {"harmonized": vol.image, "t1": raw["t1"], "m0": raw["m0"]}
                 else:
+                    s = dict(s)
+                    calibrate = "p99" if s.pop("calibrate", False) else "none"
                     st = phycharm.refine_settings(dict(net_cfg["refine"], **s))
                     out = phycharm.refine_outputs(raw, vol, target, ref, st, net_cfg) \
                         if st["enabled"] else raw
+                    out = phycharm.calibrate_output(out, vol.mask, calibrate)
                 img = np.where(tgt.mask, out["harmonized"], 0.0)
                 lab = seg(img, tgt.mask)
                 row = {"subject": subject, "site": site, "setting": name,

@@ -132,6 +132,11 @@ def get_config(arg: str | None = None) -> ConfigDict:
         iterations=3,        # Gauss-Newton steps
     ))
 
+    # The harmonized image on the data's intensity scale (an inference setting, like refine):
+    # "p99" divides it by its 99th in-brain percentile, the normalization every input and
+    # target image has (phyjax.methods.phycharm.calibrate_output); "none" keeps the network's.
+    model.calibrate = "none"
+
     train = config.train = ConfigDict()
     train.steps = 400
     train.batch_size = 16

@@ -210,6 +210,76 @@ def test_harmonize_mode_with_data_consistency(debug_run, tmp_path):
     assert corr(outs[True], src) > corr(outs[False], src) + 0.05
 
 
+def test_calibrate_puts_the_output_on_the_inputs_scale():
+    # config.model.calibrate=p99: the harmonized image divided by its 99th in-mask percentile,
+    # the normalization every input and target has (phyjax.data.volumes.normalize), so a global
+    # scale of the network's output does not survive; the maps are untouched.
+    from phyjax.methods.phycharm import calibrate_output
+
+    rng = np.random.default_rng(0)
+    mask = np.zeros((12, 10, 6), bool)
+    mask[2:10, 2:8, 1:5] = True
+    image = np.where(mask, rng.uniform(0.2, 1.3, mask.shape), 0.0).astype(np.float32)
+    out = {"harmonized": image, "t1": image + 1.0}
+    cal = calibrate_output(out, mask, "p99")
+    assert np.percentile(cal["harmonized"][mask], 99) == pytest.approx(1.0, rel=1e-6)
+    assert np.all(cal["harmonized"][~mask] == 0)
+    np.testing.assert_allclose(cal["harmonized"],
+                               image / np.percentile(image[mask], 99), rtol=1e-6)
+    brighter = calibrate_output(dict(out, harmonized=1.07 * image), mask, "p99")
+    np.testing.assert_allclose(brighter["harmonized"], cal["harmonized"], rtol=1e-5)
+    assert cal["t1"] is out["t1"]
+    assert calibrate_output(out, mask, "none") is out
+    with pytest.raises(InputError, match="calibrate"):
+        calibrate_output(out, mask, "p95")
+    with pytest.raises(InputError, match="empty brain mask"):
+        calibrate_output(out, np.zeros_like(mask), "p99")
+
+
+def test_calibrated_harmonizer_and_harmonize_mode(debug_run, tmp_path):
+    # The saved harmonizer with calibrate=p99 gives its uncalibrated output over that output's
+    # 99th in-mask percentile; in harmonize mode --config.model.calibrate=p99 (an inference
+    # setting) does the same to the written NIfTI and says so in its sidecar.
+    from phyjax import methods
+    from phyjax.data.dataset import load_dataset
+
+    cfg, workdir, _ = debug_run
+    split = json.load(open(os.path.join(workdir, "split.json")))
+    subject, site = split["test"][0], "spgr3T"
+    data = load_dataset(cfg.data, progress=False)
+    vol = data.volumes[subject][site]
+    harm = methods.load(os.path.join(workdir, "harmonizer"))
+    assert harm.cfg["calibrate"] == "none"
+    plain = harm.harmonize(vol)
+    harm.cfg["calibrate"] = "p99"
+    cal = harm.harmonize(vol)
+    mask = vol.mask.astype(bool)
+    np.testing.assert_allclose(cal, plain / np.percentile(plain[mask], 99), rtol=1e-5)
+    assert np.percentile(cal[mask], 99) == pytest.approx(1.0, rel=1e-5)
+
+    anat = os.path.join(split["dataset"], f"sub-{subject}", f"ses-{site}", "anat")
+    mask_path = os.path.join(split["dataset"], "derivatives", "phyjax-sim", f"sub-{subject}",
+                             "anat", f"sub-{subject}_desc-brain_mask.nii.gz")
+    written = {}
+    for calibrate in ("none", "p99"):
+        h_cfg = cfg.copy_and_resolve_references()
+        with h_cfg.unlocked():
+            h_cfg.mode = "harmonize"
+            h_cfg.harmonize.input = os.path.join(anat, f"sub-{subject}_ses-{site}_T1w.nii.gz")
+            h_cfg.harmonize.mask = mask_path
+            h_cfg.harmonize.output = str(tmp_path / f"{calibrate}.nii.gz")
+            h_cfg.harmonize.figure = False
+            h_cfg.model.calibrate = calibrate
+        written[calibrate] = nib.load(phycharm.run(h_cfg, workdir)).get_fdata()
+        meta = json.load(open(tmp_path / f"{calibrate}.json"))
+        assert meta["PhyjaxHarmonizer"]["calibrate"] == calibrate
+    m = nib.load(mask_path).get_fdata() > 0
+    assert np.percentile(written["p99"][m], 99) == pytest.approx(1.0, rel=1e-4)
+    assert not np.isclose(np.percentile(written["none"][m], 99), 1.0, rtol=1e-3)
+    np.testing.assert_allclose(written["p99"][m] * np.percentile(written["none"][m], 99),
+                               written["none"][m], rtol=1e-4, atol=1e-6)
+
+
 def test_saved_phycharm_harmonizes_identically_in_a_fresh_process(debug_run, tmp_path):
     """The run's harmonizer/ folder is all another process needs, and it gives the same image."""
     from phyjax import methods
@@ -305,7 +375,8 @@ def test_resuming_with_a_different_model_is_refused(debug_run):
 
 
 def test_resuming_with_another_inference_setting_is_allowed(tmp_path):
-    # model.refine acts at inference only: a trained run may be re-evaluated with it changed,
+    # model.refine and model.calibrate act at inference only: a trained run may be
+    # re-evaluated with them changed,
     # while any other model setting still refuses to resume.
     from phyjax.experiments.common import prepare_workdir
 
@@ -316,6 +387,7 @@ def test_resuming_with_another_inference_setting_is_allowed(tmp_path):
     with other.unlocked():
         other.model.refine.enabled = not cfg.model.refine.enabled
         other.model.refine.noise = 0.02
+        other.model.calibrate = "p99"
     prepare_workdir(other, str(tmp_path))
     with other.unlocked():
         other.model.t1_max = cfg.model.t1_max + 1.0

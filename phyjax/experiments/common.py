@@ -19,8 +19,9 @@ from phyjax.evaluate.site_difference import FeatureExtractor
 
 
 #: settings inside a resumable section that act at inference only (a trained network is the
-#: same whatever they are): ``model.refine``, PhyCHarm's data-consistency step
-INFERENCE_ONLY = {"model": ("refine",)}
+#: same whatever they are): ``model.refine``, PhyCHarm's data-consistency step, and
+#: ``model.calibrate``, its output's intensity scale
+INFERENCE_ONLY = {"model": ("refine", "calibrate")}
 
 
 def _training_part(section, key: str):

@@ -116,7 +116,9 @@ def output_sidecar(harmonizer, reading: Reading, input_path: str,
                                      harmonizer.target_protocol,
                                      "fitted_on": sorted(harmonizer.fitted_on),
                                      "data_consistency": getattr(harmonizer, "cfg", {}).get(
-                                         "refine")},
+                                         "refine"),
+                                     "calibrate": getattr(harmonizer, "cfg", {}).get(
+                                         "calibrate")},
                 "PhyjaxSourceProtocol": {k: reading.values[k] for k in FIELDS
                                          if k in reading.values},
                 "PhyjaxSourceProtocolOrigin": dict(reading.origin),
@@ -145,7 +147,8 @@ def load_target(harmonizer, target_cfg) -> Protocol | None:
 
 def _load_harmonizer(path: str, config=None):
     """The saved harmonizer in ``path``; PhyCHarm's data-consistency step is set from the
-    command's ``config.model.refine`` (an inference setting: the saved one is replaced)."""
+    command's ``config.model.refine`` and ``config.model.calibrate`` (inference settings: the
+    saved ones are replaced)."""
     harmonizer = methods.load(path)
     if harmonizer.kind != "image":
         raise InputError(f"{path}: method {harmonizer.name!r} does not harmonize images.")
@@ -155,6 +158,10 @@ def _load_harmonizer(path: str, config=None):
 
         refine = model.refine.to_dict() if hasattr(model.refine, "to_dict") else model.refine
         harmonizer.cfg["refine"] = refine_settings(refine)
+    if hasattr(harmonizer, "check_target") and model is not None and "calibrate" in model:
+        from phyjax.methods.phycharm import check_calibrate
+
+        harmonizer.cfg["calibrate"] = check_calibrate(model.calibrate)
     return harmonizer
 
 

@@ -49,6 +49,7 @@ import numpy as np
 from phyjax.data import simulated
 from phyjax.data.nifti import InputError
 from phyjax.data.split import TrainingSet, require_training_set
+from phyjax.data.volumes import normalize
 from phyjax.losses import (edge_agreement, gradient_difference, intensity_distribution, masked_l1,
                            physics_consistency, r1_m0_map_loss, ssim_loss, tissue_consistency)
 from phyjax.methods import networks
@@ -71,6 +72,11 @@ PAIRED_TERMS = ("w_map", "w_harm", "w_ssim", "w_grad", "w_tissue", "w_hist")
 #: ``config.model.refine``: the data-consistency step at inference (:func:`refine_outputs`)
 REFINE_DEFAULTS = {"enabled": False, "t1_sd": 0.15, "m0_sd": 0.08, "noise": 0.06,
                    "bias_fwhm_mm": 40.0, "iterations": 3}
+#: ``config.model.calibrate``: how the harmonized image is put on the data's intensity scale at
+#: inference (:func:`calibrate_output`): ``none`` (the network's own scale) or ``p99`` (divided
+#: by its 99th in-mask percentile, the convention every input and target image follows,
+#: :func:`phyjax.data.volumes.normalize`)
+CALIBRATE = ("none", "p99")
 
 
 def make_model(model_cfg) -> PhyCHarm:
@@ -186,13 +192,41 @@ class PhyCHarmHarmonizer(networks.SliceNetworkHarmonizer):
                                       volume.protocol, len(self.cfg["features"]),
                                       self.batch_size, self.cfg["context"])
         settings = refine_settings(self.cfg.get("refine"))
-        if not settings["enabled"]:
-            return out
-        return refine_outputs(out, volume, target, ref, settings, self.cfg)
+        if settings["enabled"]:
+            out = refine_outputs(out, volume, target, ref, settings, self.cfg)
+        return calibrate_output(out, volume.mask, self.cfg.get("calibrate", "none"))
 
     def harmonize(self, volume, target: Protocol | None = None) -> np.ndarray:
         out = self.predict(volume, target)["harmonized"]
         return np.where(volume.mask, out, 0.0).astype(np.float32)
+
+
+def check_calibrate(calibrate: str) -> str:
+    """``calibrate`` if it is one of :data:`CALIBRATE`, else InputError."""
+    if calibrate not in CALIBRATE:
+        raise InputError(f"config.model.calibrate={calibrate!r}; expected one of {CALIBRATE}.")
+    return calibrate
+
+
+def calibrate_output(out: dict, mask: np.ndarray, calibrate: str = "none") -> dict:
+    """``out`` with its ``harmonized`` image on the data's intensity scale (``calibrate``, one
+    of :data:`CALIBRATE`; ``config.model.calibrate``).
+
+    Every image phyjax reads is divided by its 99th in-mask percentile
+    (:func:`phyjax.data.volumes.normalize`), the targets the network was trained on included, so
+    a target-protocol scan has that percentile at 1.  ``p99`` divides the harmonized image by
+    its own (over ``mask``, ``(X, Y, Z)`` bool), so the output follows the same convention
+    whatever global scale the network gave it; ``none`` returns ``out`` unchanged.  Only
+    ``harmonized`` changes (the maps and the re-synthesis keep their scale).
+
+    Raises InputError for an unknown setting, or (``p99``) an empty mask or a non-positive
+    percentile.
+    """
+    if check_calibrate(calibrate) == "none":
+        return out
+    mask = np.asarray(mask, bool)
+    image = np.where(mask, np.asarray(out["harmonized"], np.float32), 0.0)
+    return dict(out, harmonized=normalize(image, mask))
 
 
 def refine_settings(cfg) -> dict:
@@ -340,6 +374,7 @@ def fit(config, train: TrainingSet, name: str = "phycharm", *, workdir: str,
     model_cfg = {k: config.model[k] for k in MODEL_KEYS}
     model_cfg["features"] = tuple(model_cfg["features"])
     model_cfg["refine"] = refine_settings(config.model.get("refine"))
+    model_cfg["calibrate"] = check_calibrate(config.model.get("calibrate", "none"))
     ro = model_cfg["readout"]
     t = config.train
     depth = len(model_cfg["features"])
