@@ -123,6 +123,11 @@ def get_config(arg: str | None = None) -> ConfigDict:
                                  # phyjax.segment.train.protocol_consistency).  1 and 10 (2
                                  # seeds) lowered the no-branch U-Net's CoV at least as much as
                                  # the branch's; 10 cost 0.05-0.10 Dice (README)
+    train.branch_dropout = 0.0   # > 0: each training sample's branch features are zeroed with
+                                 # this probability (the U-Net learns to segment with and
+                                 # without the protocol), and the physics U-Net segments with
+                                 # the mean of its branch-on and branch-off probabilities
+                                 # (phyjax.segment.train.Segmenter.averaged; README)
     train.loss = "ce"            # "ce" (soft cross-entropy), "dice" (paper) or "dice_ce"
     train.batch_size = 8
     train.learning_rate = 2e-3

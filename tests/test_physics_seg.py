@@ -996,3 +996,87 @@ def test_a_window_trained_segmenter_runs_window_by_window(tmp_path):
     np.testing.assert_allclose(got, np.where(mask[..., None], want, 0.0), atol=1e-5)
     whole = Segmenter({**settings, "patch": 0}, variables).predict(vol, mask, None)
     assert not np.allclose(got, whole, atol=1e-3)                # the window changes the output
+
+
+def test_branch_dropout_trains_both_modes_and_averages_them_at_inference(tmp_path):
+    """``train.branch_dropout``: ``branch_keep`` = 0 makes the U-Net's output independent of the
+    protocol (the branch is off), 1 is the ordinary branch; training draws the keep mask per
+    sample from (seed, step) at the given rate; a Segmenter saved with ``branch_dropout`` > 0
+    segments with the mean of the branch-on and branch-off probabilities (oracle: the two
+    passes applied by hand), one without it with the branch on only."""
+    from phyjax.data import simulated
+    from phyjax.data.slices import grid, to_slices, with_context
+    from phyjax.segment import simulate
+    from phyjax.segment.train import Segmenter, make_model, train
+
+    x = jnp.asarray(np.random.default_rng(2).random((2, 16, 16, 1)), jnp.float32)
+    early, late = (jnp.asarray(np.repeat(physics_vector(p)[None], 2, 0))
+                   for p in (MPRAGE_EARLY, MPRAGE_LATE))
+    model = SegmentationUNet(features=(4, 8), branch_width=8, conditioning="add+contrast")
+    variables = _numpy_init(model, x, early)
+    off, on = jnp.zeros(2), jnp.ones(2)
+    np.testing.assert_array_equal(model.apply(variables, x, early, None, None, off),
+                                  model.apply(variables, x, late, None, None, off))
+    np.testing.assert_array_equal(model.apply(variables, x, early, None, None, on),
+                                  model.apply(variables, x, early))
+    mixed = model.apply(variables, x, early, None, None, jnp.asarray([1.0, 0.0]))
+    np.testing.assert_array_equal(mixed[0], model.apply(variables, x, early)[0])
+    np.testing.assert_array_equal(mixed[1], model.apply(variables, x, late, None, None, off)[1])
+    assert float(jnp.max(jnp.abs(model.apply(variables, x, early)
+                                 - model.apply(variables, x, late)))) > 1e-3
+
+    heads = simulated.anatomies(1, 0, 6, 4.0, 0.05, 0.03)
+    effects = {"b1_scale": (1.0, 1.0), "b1_curvature": (0.0, 0.0), "bias_amplitude": (0.0, 0.0),
+               "noise_fraction": (0.01, 0.01), "slice_fwhm": (0.0, 0.0), "gain": (1.0, 1.0)}
+    bank = simulate.SliceBank(heads, ("spgr",), simulate.PAPER_RANGES, 2, effects, 2, 0.15, 1, 0)
+    settings = {"features": [4, 8], "physics": True, "branch_width": 8, "context": 1,
+                "conditioning": "add+contrast", "physics_size": PHYSICS_SIZE,
+                "branch_dropout": 0.5}
+    seen = []
+
+    class Spy:
+        """The bank, recording the batches training draws."""
+
+        def __getattr__(self, name):
+            return getattr(bank, name)
+
+        def batch(self, *args, **kwargs):
+            b = bank.batch(*args, **kwargs)
+            seen.append(b)
+            return b
+
+    rates = {"loss": "ce", "branch_dropout": 0.5}
+    t = types.SimpleNamespace(steps=6, batch_size=8, learning_rate=1e-3, checkpoint_every=6,
+                              log_every=1, get=lambda k, d=None: rates.get(k, d))
+    net = make_model(settings)
+    trained = train(net, Spy(), t, str(tmp_path / "run"), 0, progress=False)
+    assert len(seen) == 6
+    draws = {i: (np.random.default_rng([0, i, 0xD0]).random(8) >= 0.5).astype(np.float32)
+             for i in range(8)}
+    for b in seen:   # each step's mask is the one (seed, step) gives
+        assert any(np.array_equal(b["keep"], k) for k in draws.values()), b["keep"]
+    assert 0.25 < np.mean([b["keep"] for b in seen]) < 0.75
+    rates["branch_dropout"] = 1.0
+    with pytest.raises(ValueError, match="branch_dropout"):
+        train(net, bank, t, str(tmp_path / "bad"), 0, progress=False)
+
+    seg = Segmenter.load(Segmenter(settings, trained).save(str(tmp_path / "model")))
+    assert seg.averaged
+    image = bank.images[0].astype(np.float32)
+    pads, _ = grid(heads[0].mask.shape, 2)
+    vol = np.moveaxis(image, 0, -1)[pads[0][0]:image.shape[1] - pads[0][1],
+                                    pads[1][0]:image.shape[2] - pads[1][1]]
+    mask = heads[0].mask
+    p = physics_vector(Protocol.from_degrees("spgr", tr=0.03, te=0.005, flip_angle_deg=30.0))
+    got = seg.predict(vol, mask, p)
+    xs = jnp.asarray(with_context(to_slices(np.where(mask, vol, 0.0), pads), 1))
+    ps = jnp.asarray(np.repeat(p[None], len(xs), 0))
+    keep = [jnp.full(len(xs), k, jnp.float32) for k in (1.0, 0.0)]
+    want = np.mean([np.asarray(jax.nn.softmax(net.apply(trained, xs, ps, None, None, k)))
+                    for k in keep], 0)
+    want = np.moveaxis(want, 0, -2)[pads[0][0]:xs.shape[1] - pads[0][1],
+                                    pads[1][0]:xs.shape[2] - pads[1][1]]
+    np.testing.assert_allclose(got, np.where(mask[..., None], want, 0.0), atol=1e-5)
+    plain = Segmenter({**settings, "branch_dropout": 0.0}, trained)
+    assert not plain.averaged
+    assert not np.allclose(plain.predict(vol, mask, p), got, atol=1e-4)

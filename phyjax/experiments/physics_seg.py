@@ -144,7 +144,8 @@ def train_models(config, workdir: str, heads) -> dict[str, Segmenter]:
                     "training_ranges": wide,
                     "families": list(d.families), "gold": _gold_kwargs(config),
                     "reconstruction": d.reconstruction, "physics_size": PHYSICS_SIZE,
-                    "b1_input": bool(physics and m.b1_input), "patch": int(m.patch)}
+                    "b1_input": bool(physics and m.b1_input), "patch": int(m.patch),
+                    "branch_dropout": float(config.train.branch_dropout) if physics else 0.0}
         variables = train(make_model(settings), bank, config.train,
                           os.path.join(workdir, name), config.seed, config.progress,
                           desc=f"train {name}", patch=int(m.patch))

@@ -312,13 +312,19 @@ class SegmentationUNet(nn.Module):
         return jnp.moveaxis(out[..., 0, :, :], -2, 1), jnp.moveaxis(out[..., 1, :, :], -2, 1)
 
     @nn.compact
-    def __call__(self, x, params=None, param_noise=None, b1=None):
+    def __call__(self, x, params=None, param_noise=None, b1=None, branch_keep=None):
         """Logits of ``x`` given ``params``; ``param_noise`` (``(B, PHYSICS_SIZE)``, optional)
         is added to the standardized physics vector (not its one-hot family) -- training-time
         jitter that keeps the branch from resolving single training protocols.
 
         ``b1`` (``(B, *spatial)``, relative B1+, 1 = nominal; NaN where unknown): read only
-        with :attr:`b1_input`, where ``None`` means unknown everywhere."""
+        with :attr:`b1_input`, where ``None`` means unknown everywhere.
+
+        ``branch_keep`` (``(B,)``, optional): multiplies each sample's branch features (0: the
+        branch is off for that sample -- its projections add only their constant biases, so
+        the U-Net segments without the protocol; 1: on).  Branch dropout in training
+        (``train.branch_dropout``) and the branch-off pass of averaged inference
+        (:class:`phyjax.segment.train.Segmenter`)."""
         if x.ndim != self.ndim + 2:
             raise ValueError(f"expected input of rank {self.ndim + 2} (B, spatial..., C), got "
                              f"shape {x.shape}.")
@@ -336,6 +342,9 @@ class SegmentationUNet(nn.Module):
                 raise ValueError(f"b1 map of shape {tuple(b1.shape)}; expected "
                                  f"{tuple(x.shape[:-1])} (the input's batch and spatial shape).")
             h = self.branch(params, param_noise, b1)
+            if branch_keep is not None:
+                keep = jnp.asarray(branch_keep, h.dtype)
+                h = h * keep.reshape(keep.shape[:1] + (1,) * (h.ndim - 1))
             self.sow("intermediates", "branch", h)   # kept only with mutable=["intermediates"]
         enc = h if self.condition_encoder else None
         window = (2,) * self.ndim

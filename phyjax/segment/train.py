@@ -172,11 +172,15 @@ def train(model: SegmentationUNet, bank, t, workdir: str, seed: int, progress: b
 
     sigma = float(t.get("param_noise", 0.0))
     b1_known = float(t.get("b1_known", 0.5)) if model.b1_input else 0.0
+    dropout = float(t.get("branch_dropout", 0.0)) if model.physics else 0.0
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"train.branch_dropout {dropout}: must be in [0, 1).")
 
     def loss_fn(params, batch):
         noise = sigma * batch["noise"] if sigma > 0 else None
         b1 = batch["b1"] if model.b1_input else None
-        logits = model.apply(params, batch["x"], batch["params"], noise, b1)
+        logits = model.apply(params, batch["x"], batch["params"], noise, b1,
+                             batch.get("keep"))
         loss = segmentation_loss(t.get("loss", "dice"), logits, batch["y"], batch["mask"])
         if not consistency:
             return loss, {"loss": loss}
@@ -189,6 +193,9 @@ def train(model: SegmentationUNet, bank, t, workdir: str, seed: int, progress: b
         b = bank.batch(i, t.batch_size, seed, b1_known, paired=consistency > 0, patch=patch)
         if not model.b1_input:
             del b["b1"]
+        if dropout:   # per sample, from (seed, step): a resumed run draws the same
+            rng = np.random.default_rng([seed, i, 0xD0])
+            b["keep"] = (rng.random(len(b["x"])) >= dropout).astype(np.float32)
         return (b,)
 
     state = loop.fit(state, step, batch, t.steps,
@@ -244,8 +251,22 @@ class Segmenter:
     def __init__(self, settings: dict, variables):
         self.settings, self.variables = settings, variables
         self.model = make_model(settings)
-        self._apply = jax.jit(
-            lambda v, x, p, b1: jax.nn.softmax(self.model.apply(v, x, p, None, b1)))
+        model = self.model
+
+        def apply(v, x, p, b1):
+            probs = jax.nn.softmax(model.apply(v, x, p, None, b1))
+            if not self.averaged:
+                return probs
+            off = jnp.zeros(x.shape[:1], jnp.float32)
+            return 0.5 * (probs + jax.nn.softmax(model.apply(v, x, p, None, b1, off)))
+
+        self._apply = jax.jit(apply)
+
+    @property
+    def averaged(self) -> bool:
+        """Whether the probabilities are the mean of the branch-on and branch-off passes (a
+        physics U-Net trained with branch dropout, ``settings["branch_dropout"]`` > 0)."""
+        return self.physics and float(self.settings.get("branch_dropout", 0.0)) > 0
 
     @property
     def physics(self) -> bool:
