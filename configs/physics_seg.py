@@ -127,7 +127,9 @@ def get_config(arg: str | None = None) -> ConfigDict:
                                  # this probability (the U-Net learns to segment with and
                                  # without the protocol), and the physics U-Net segments with
                                  # the mean of its branch-on and branch-off probabilities
-                                 # (phyjax.segment.train.Segmenter.averaged; README)
+                                 # (phyjax.segment.train.Segmenter.averaged).  0.5 (6
+                                 # seeds, 72 subjects): MPRAGE WM CoV lower than the
+                                 # no-branch U-Net's, MPRAGE GM higher, SPGR level (README)
     train.loss = "ce"            # "ce" (soft cross-entropy), "dice" (paper) or "dice_ce"
     train.batch_size = 8
     train.learning_rate = 2e-3
