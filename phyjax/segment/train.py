@@ -154,8 +154,11 @@ def train(model: SegmentationUNet, bank, t, workdir: str, seed: int, progress: b
     under a second protocol of their family, and adds that weight times
     :func:`protocol_consistency` to the loss.  ``patch`` > 0 trains on ``patch`` x ``patch``
     windows of the slices (:meth:`~phyjax.segment.simulate.SliceBank.batch`), for a
-    :class:`Segmenter` whose settings hold the same ``patch``.  Returns the trained
-    variables."""
+    :class:`Segmenter` whose settings hold the same ``patch``.  ``t.branch_dropout`` (default
+    0; must be in [0, 1)) zeroes the branch's features of each training sample with that
+    probability (``branch_keep`` of :class:`~phyjax.segment.model.SegmentationUNet`, drawn from
+    (seed, step)), for a :class:`Segmenter` whose settings hold it (:attr:`Segmenter.averaged`).
+    Returns the trained variables."""
     consistency = float(t.get("consistency", 0.0))
     if not consistency >= 0:
         raise ValueError(f"train.consistency {consistency} must be >= 0.")
