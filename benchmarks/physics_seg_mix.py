@@ -22,6 +22,7 @@ import argparse
 import glob
 import os
 import sys
+import warnings
 
 import numpy as np
 from scipy.stats import wilcoxon
@@ -29,33 +30,37 @@ from scipy.stats import wilcoxon
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from physics_seg import evaluation_rows
 
-from phyjax.segment.evaluate import coefficient_of_variation
+from phyjax.segment.evaluate import cov_table
+from phyjax.segment.gold import CLASSES
 
 ARMS = ("physics", "no_branch", "mix")
 
 
 def subject_covs(rows: list[dict]) -> dict:
     """``{(family, subject, arm): (CoV GM, CoV WM)}`` of one seed's evaluation rows, the arm
-    ``mix`` being the mean of the ``physics`` and ``no_branch`` volumes."""
-    vols: dict = {}
+    ``mix`` being the mean of the ``physics`` and ``no_branch`` volumes; the CoVs are
+    :func:`phyjax.segment.evaluate.cov_table`'s (noise draws of a protocol averaged first)."""
+    pairs: dict = {}
     for r in rows:
-        if r["method"] not in ARMS[:2]:
-            continue
-        key = (r["family"], r["subject"], r["protocol"], r["draw"])
-        vols.setdefault(key, {})[r["method"]] = np.array([float(r["vol_gm"]),
-                                                          float(r["vol_wm"])])
-    per: dict = {}
-    for (family, subject, protocol, _), arms in vols.items():
-        if set(arms) != set(ARMS[:2]):
+        if r["method"] in ARMS[:2]:
+            key = (r["family"], r["subject"], r["protocol"], r["draw"])
+            pairs.setdefault(key, {})[r["method"]] = r
+    table = []
+    for (family, subject, protocol, _), pair in pairs.items():
+        if set(pair) != set(ARMS[:2]):
             raise SystemExit(f"subject {subject}, {family} protocol {protocol}: needs both the "
                              "physics and the no-branch U-Net's rows.")
-        arms = dict(arms, mix=0.5 * (arms["physics"] + arms["no_branch"]))
-        for arm, v in arms.items():
-            per.setdefault((family, subject, arm), {}).setdefault(protocol, []).append(v)
-    return {k: tuple(coefficient_of_variation([np.mean([v[i] for v in draws])
-                                               for draws in by_protocol.values()])
-                     for i in range(2))
-            for k, by_protocol in per.items()}
+        for arm in ARMS:
+            src = [pair[m] for m in (ARMS[:2] if arm == "mix" else (arm,))]
+            table.append({"method": arm, "family": family, "subject": subject,
+                          "protocol": protocol,
+                          **{f"vol_{t}": float(np.mean([float(r[f"vol_{t}"]) for r in src]))
+                             for t in ("gm", "wm")},
+                          **{f"dice_{t}": np.nan for t in CLASSES}})   # Dice is not linear
+    with warnings.catch_warnings():   # the all-NaN Dice means, not used here
+        warnings.simplefilter("ignore", RuntimeWarning)
+        covs = cov_table(table)
+    return {(r["family"], r["subject"], r["method"]): (r["cov_gm"], r["cov_wm"]) for r in covs}
 
 
 def main(argv=None) -> None:
