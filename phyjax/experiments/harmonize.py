@@ -153,15 +153,14 @@ def _load_harmonizer(path: str, config=None):
     if harmonizer.kind != "image":
         raise InputError(f"{path}: method {harmonizer.name!r} does not harmonize images.")
     model = config.get("model") if config is not None and hasattr(config, "get") else None
-    if hasattr(harmonizer, "check_target") and model is not None and "refine" in model:
-        from phyjax.methods.phycharm import refine_settings
+    if hasattr(harmonizer, "check_target") and model is not None:   # PhyCHarm
+        from phyjax.methods.phycharm import check_calibrate, refine_settings
 
-        refine = model.refine.to_dict() if hasattr(model.refine, "to_dict") else model.refine
-        harmonizer.cfg["refine"] = refine_settings(refine)
-    if hasattr(harmonizer, "check_target") and model is not None and "calibrate" in model:
-        from phyjax.methods.phycharm import check_calibrate
-
-        harmonizer.cfg["calibrate"] = check_calibrate(model.calibrate)
+        if "refine" in model:
+            refine = model.refine.to_dict() if hasattr(model.refine, "to_dict") else model.refine
+            harmonizer.cfg["refine"] = refine_settings(refine)
+        if "calibrate" in model:
+            harmonizer.cfg["calibrate"] = check_calibrate(model.calibrate)
     return harmonizer
 
 
