@@ -45,7 +45,12 @@ def parse_setting(text: str) -> tuple[str, dict]:
     out = {}
     for item in filter(None, body.split(",")):
         key, _, value = item.partition("=")
-        out[key] = value == "True" if value in ("True", "False") else float(value)
+        if value in ("True", "False"):
+            out[key] = value == "True"
+        elif key == "calibrate":
+            out[key] = value            # p99 | match
+        else:
+            out[key] = float(value)
     return name, out
 
 
@@ -55,9 +60,9 @@ def main(argv=None) -> None:
     ap.add_argument("--method", default="", help="benchmark run: phycharm | phycharm_unpaired")
     ap.add_argument("--subjects", choices=("train", "test"), default="train")
     ap.add_argument("--setting", action="append", required=True,
-                    help="name:key=value,... (config.model.refine keys, and calibrate=True: "
-                         "config.model.calibrate=p99 after them); the name 'none' scores the "
-                         "source image itself")
+                    help="name:key=value,... (config.model.refine keys, and calibrate=True "
+                         "(config.model.calibrate=p99) or calibrate=p99|match after them); the "
+                         "name 'none' scores the source image itself")
     ap.add_argument("--max-subjects", type=int, default=0)
     ap.add_argument("--data-seed", type=int, default=-1,
                     help="validation: the subjects (--subjects) of the dataset built with this "
@@ -125,11 +130,12 @@ def main(argv=None) -> None:
                     out = {"harmonized": vol.image, "t1": raw["t1"], "m0": raw["m0"]}
                 else:
                     s = dict(s)
-                    calibrate = "p99" if s.pop("calibrate", False) else "none"
+                    calibrate = s.pop("calibrate", False)
+                    calibrate = {True: "p99", False: "none"}.get(calibrate, calibrate)
                     st = phycharm.refine_settings(dict(net_cfg["refine"], **s))
                     out = phycharm.refine_outputs(raw, vol, target, ref, st, net_cfg) \
                         if st["enabled"] else raw
-                    out = phycharm.calibrate_output(out, vol.mask, calibrate)
+                    out = phycharm.calibrate_output(out, vol.mask, calibrate, source=vol.image)
                 img = np.where(tgt.mask, out["harmonized"], 0.0)
                 lab = seg(img, tgt.mask)
                 row = {"subject": subject, "site": site, "setting": name,

@@ -236,6 +236,36 @@ def test_calibrate_puts_the_output_on_the_inputs_scale():
         calibrate_output(out, np.zeros_like(mask), "p99")
 
 
+def test_calibrate_match_is_a_monotone_map_of_the_source_with_the_outputs_histogram():
+    # config.model.calibrate=match: the source scan mapped by a monotone increasing function
+    # onto the network output's in-mask intensity distribution. Oracles: with as many voxels as
+    # the reference and no ties, quantile matching is a rank permutation, so the sorted output
+    # equals the sorted reference (np.sort); the order of the source is kept voxel by voxel; and
+    # a strictly increasing transform of the source cannot change the result.
+    from phyjax.methods.phycharm import calibrate_output
+
+    rng = np.random.default_rng(1)
+    mask = np.zeros((12, 10, 6), bool)
+    mask[2:10, 2:8, 1:5] = True
+    source = np.where(mask, rng.uniform(0.1, 1.0, mask.shape), 0.0).astype(np.float32)
+    network = np.where(mask, rng.gamma(3.0, 0.2, mask.shape), 0.0).astype(np.float32)
+    out = {"harmonized": network, "t1": network + 1.0}
+    got = calibrate_output(out, mask, "match", source=source)["harmonized"]
+    np.testing.assert_allclose(np.sort(got[mask]), np.sort(network[mask]), rtol=1e-6)
+    order = np.argsort(source[mask])
+    assert np.all(np.diff(got[mask][order]) >= 0)
+    assert np.all(got[~mask] == 0)
+    warped = np.where(mask, 3.0 + source ** 2, 0.0).astype(np.float32)
+    np.testing.assert_allclose(calibrate_output(out, mask, "match", source=warped)["harmonized"],
+                               got, rtol=1e-6)
+    with pytest.raises(InputError, match="source scan"):
+        calibrate_output(out, mask, "match")
+    with pytest.raises(InputError, match="source scan"):
+        calibrate_output(out, mask, "match", source=source[:, :, :3])
+    with pytest.raises(InputError, match="empty"):
+        calibrate_output(out, np.zeros_like(mask), "match", source=source)
+
+
 def test_calibrated_harmonizer_and_harmonize_mode(debug_run, tmp_path):
     # The saved harmonizer with calibrate=p99 gives its uncalibrated output over that output's
     # 99th in-mask percentile; in harmonize mode --config.model.calibrate=p99 (an inference

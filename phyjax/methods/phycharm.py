@@ -75,8 +75,9 @@ REFINE_DEFAULTS = {"enabled": False, "t1_sd": 0.15, "m0_sd": 0.08, "noise": 0.06
 #: ``config.model.calibrate``: how the harmonized image is put on the data's intensity scale at
 #: inference (:func:`calibrate_output`): ``none`` (the network's own scale) or ``p99`` (divided
 #: by its 99th in-mask percentile, the convention every input and target image follows,
-#: :func:`phyjax.data.volumes.normalize`)
-CALIBRATE = ("none", "p99")
+#: :func:`phyjax.data.volumes.normalize`) or ``match`` (the source scan histogram-matched to the
+#: network's output: a monotone map of the input that keeps its every edge)
+CALIBRATE = ("none", "p99", "match")
 
 
 def make_model(model_cfg) -> PhyCHarm:
@@ -194,7 +195,8 @@ class PhyCHarmHarmonizer(networks.SliceNetworkHarmonizer):
         settings = refine_settings(self.cfg.get("refine"))
         if settings["enabled"]:
             out = refine_outputs(out, volume, target, ref, settings, self.cfg)
-        return calibrate_output(out, volume.mask, self.cfg.get("calibrate", "none"))
+        return calibrate_output(out, volume.mask, self.cfg.get("calibrate", "none"),
+                                source=volume.image)
 
     def harmonize(self, volume, target: Protocol | None = None) -> np.ndarray:
         out = self.predict(volume, target)["harmonized"]
@@ -208,25 +210,45 @@ def check_calibrate(calibrate: str) -> str:
     return calibrate
 
 
-def calibrate_output(out: dict, mask: np.ndarray, calibrate: str = "none") -> dict:
-    """``out`` with its ``harmonized`` image on the data's intensity scale (``calibrate``, one
-    of :data:`CALIBRATE`; ``config.model.calibrate``).
+def calibrate_output(out: dict, mask: np.ndarray, calibrate: str = "none",
+                     source: np.ndarray | None = None) -> dict:
+    """``out`` with its ``harmonized`` image on the data's intensity scale, or replaced by a
+    monotone map of the source scan (``calibrate``, one of :data:`CALIBRATE`;
+    ``config.model.calibrate``).
 
     Every image phyjax reads is divided by its 99th in-mask percentile
     (:func:`phyjax.data.volumes.normalize`), the targets the network was trained on included, so
     a target-protocol scan has that percentile at 1.  ``p99`` divides the harmonized image by
     its own (over ``mask``, ``(X, Y, Z)`` bool), so the output follows the same convention
-    whatever global scale the network gave it; ``none`` returns ``out`` unchanged.  Only
+    whatever global scale the network gave it.  ``match`` returns the source scan (``source``,
+    ``(X, Y, Z)``, the network's input) histogram-matched inside ``mask`` to the network's
+    harmonized image (:func:`skimage.exposure.match_histograms`): the intensity distribution
+    of the subject's own physics-predicted target-protocol image, reached by a monotone
+    increasing map of the input, so no edge, tissue order or through-plane blur of the input
+    changes (classical histogram matching, Nyul et al. 1999, with the network's output as the
+    reference instead of a population template).  ``none`` returns ``out`` unchanged.  Only
     ``harmonized`` changes (the maps and the re-synthesis keep their scale).
 
-    Raises InputError for an unknown setting, or (``p99``) an empty mask or a non-positive
-    percentile.
+    Raises InputError for an unknown setting, an empty mask, a non-positive percentile
+    (``p99``) or a missing or differently shaped ``source`` (``match``).
     """
     if check_calibrate(calibrate) == "none":
         return out
     mask = np.asarray(mask, bool)
     image = np.where(mask, np.asarray(out["harmonized"], np.float32), 0.0)
-    return dict(out, harmonized=normalize(image, mask))
+    if calibrate == "p99":
+        return dict(out, harmonized=normalize(image, mask))
+    if source is None or np.shape(source) != image.shape:
+        raise InputError(f"config.model.calibrate=match needs the source scan of the output's "
+                         f"shape {image.shape}; got "
+                         f"{None if source is None else np.shape(source)}.")
+    if not mask.any():
+        raise InputError("config.model.calibrate=match: the brain mask is empty.")
+    from skimage.exposure import match_histograms
+
+    matched = np.zeros_like(image)
+    matched[mask] = match_histograms(np.asarray(source, np.float32)[mask], image[mask])
+    return dict(out, harmonized=matched)
 
 
 def refine_settings(cfg) -> dict:
