@@ -110,6 +110,11 @@ def get_config(arg: str | None = None) -> ConfigDict:
                                  # branch's MPRAGE GM CoV significantly below the no-branch
                                  # U-Net's, SPGR level, every CoV but that one higher than on
                                  # whole slices, Dice lower (README)
+    model.ndim = 2               # 2: U-Nets on axial slices (with data's slice context);
+                                 # 3: 3-D U-Nets on model.patch-voxel cubes of the volume
+                                 # (needs model.patch > 0; one input channel), segmenting
+                                 # cube by cube (phyjax.segment.train.tiled_volume), as the
+                                 # paper's 3-D patch U-Net; meant for a GPU
     model.normalize_params = "family"  # physics-vector standardization: "family" (training
                                        # statistics per family), "global" or "none"
 

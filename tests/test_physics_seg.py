@@ -998,6 +998,155 @@ def test_a_window_trained_segmenter_runs_window_by_window(tmp_path):
     assert not np.allclose(got, whole, atol=1e-3)                # the window changes the output
 
 
+def test_cube_batches_are_sub_volumes_centred_on_brain():
+    """``model.ndim=3``: a 3-D batch is, per sample, the ``P``-cube of that volume's images,
+    gold standard, mask and B1+ (oracle: the bank's arrays indexed by hand) whose in-plane
+    window is the 2-D window batch's and whose slices are centred on the sampled slice
+    (shifted inside the volume); unknown B1+ stays NaN; paired halves share their cubes; a
+    cube deeper than the volume, or 3-D without a cube size, is refused."""
+    from phyjax.data import simulated
+    from phyjax.segment import simulate
+
+    heads = simulated.anatomies(2, 0, 6, 4.0, 0.05, 0.03)
+    effects = {"b1_scale": (0.9, 1.1), "b1_curvature": (0.0, 0.1), "bias_amplitude": (0.0, 0.1),
+               "noise_fraction": (0.01, 0.02), "slice_fwhm": (0.0, 0.0), "gain": (1.0, 1.0)}
+    bank = simulate.SliceBank(heads, ("spgr",), simulate.PAPER_RANGES, 3, effects, 2, 0.15, 1, 0)
+    n_z = bank.images.shape[1]
+    for paired in (False, True):
+        win = bank.batch(5, 8, 0, b1_known=0.5, paired=paired, patch=8)
+        cube = bank.batch(5, 8, 0, b1_known=0.5, paired=paired, patch=8, ndim=3)
+        rng = np.random.default_rng([0, 5, 16])   # the rows the batch samples, as it draws them
+        n = 4 if paired else 8
+        rows = bank.rows[rng.choice(len(bank.rows), size=n, replace=len(bank.rows) < n)]
+        if paired:
+            other = bank.partners(rows[:, 0], np.random.default_rng([0, 5, 16, 1]))
+            rows = np.concatenate([rows, np.stack([other, rows[:, 1]], -1)])
+        assert cube["x"].shape == (8, 8, 8, 8, 1) and cube["y"].shape == (8, 8, 8, 8, 3)
+        assert cube["mask"].shape == (8, 8, 8, 8, 1) and cube["b1"].shape == (8, 8, 8, 8)
+        for j, (v, z) in enumerate(rows):
+            z0 = int(np.clip(z - 4, 0, n_z - 8))
+            # the in-plane window: where the 2-D window batch's slice sits in the bank
+            hits = [(r, c) for r in range(bank.padded[0] - 7) for c in range(bank.padded[1] - 7)
+                    if np.array_equal(bank.images[v, z, r:r + 8, c:c + 8].astype(np.float32),
+                                      win["x"][j, ..., 1])
+                    and np.array_equal(bank.masks[bank.volume_anatomy[v], z, r:r + 8, c:c + 8],
+                                       win["mask"][j, ..., 0])]
+            assert hits
+            r, c = hits[0]
+            sl = (slice(z0, z0 + 8), slice(r, r + 8), slice(c, c + 8))
+            np.testing.assert_array_equal(cube["x"][j, ..., 0], bank.images[v][sl])
+            np.testing.assert_array_equal(cube["y"][j], bank.gold[bank.volume_gold[v]][sl])
+            np.testing.assert_array_equal(cube["mask"][j, ..., 0],
+                                          bank.masks[bank.volume_anatomy[v]][sl])
+            if np.isnan(win["b1"][j]).all():
+                assert np.isnan(cube["b1"][j]).all()
+            else:
+                np.testing.assert_array_equal(cube["b1"][j], bank.b1[v][sl])
+            assert cube["mask"][j].sum() > 0
+        if paired:
+            np.testing.assert_array_equal(cube["mask"][:4], cube["mask"][4:])
+        np.testing.assert_array_equal(cube["params"], win["params"])
+    assert np.isnan(cube["b1"]).all(axis=(1, 2, 3)).any()      # some samples told nothing
+    with pytest.raises(ValueError, match="does not fit volumes"):
+        bank.batch(0, 4, 0, patch=(n_z // 2 + 1) * 2, ndim=3)
+    with pytest.raises(ValueError, match="cube size"):
+        bank.batch(0, 4, 0, ndim=3)
+
+
+def test_tiled_volume_averages_overlapping_cubes():
+    """:func:`phyjax.segment.train.tiled_volume` against a direct loop over every cube: a
+    cube-dependent function (each cube's mean) is averaged over the cubes covering each voxel;
+    a voxel-wise one comes back unchanged (B1+ included); a volume smaller than the cube is
+    padded and cropped back."""
+    from phyjax.segment.train import tile_starts, tiled_volume
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(12, 10, 9, 1)).astype(np.float32)
+    calls = []
+
+    def cube_mean(cubes, b1):
+        calls.append(cubes.shape)
+        return np.broadcast_to(cubes.mean((1, 2, 3, 4), keepdims=True), cubes.shape)
+
+    got = tiled_volume(cube_mean, x, None, 8)
+    acc, cnt = np.zeros(x.shape), np.zeros(x.shape)
+    for a in tile_starts(12, 8):
+        for b in tile_starts(10, 8):
+            for c in tile_starts(9, 8):
+                acc[a:a + 8, b:b + 8, c:c + 8] += x[a:a + 8, b:b + 8, c:c + 8].mean()
+                cnt[a:a + 8, b:b + 8, c:c + 8] += 1
+    np.testing.assert_allclose(got, acc / cnt, rtol=1e-5, atol=1e-6)
+    assert calls == [(2 * 2 * 2, 8, 8, 8, 1)]      # starts (0, 4), (0, 2), (0, 1)
+    b1 = rng.uniform(0.8, 1.2, size=x.shape[:3]).astype(np.float32)
+    np.testing.assert_allclose(tiled_volume(lambda t, b: b[..., None], x, b1, 8)[..., 0], b1,
+                               rtol=1e-6)
+    small = x[:6, :5, :7]
+    np.testing.assert_allclose(tiled_volume(lambda t, b: t * 3.0, small, None, 8), 3 * small,
+                               rtol=1e-6)
+
+
+def test_a_3d_segmenter_trains_on_cubes_and_segments_cube_by_cube(tmp_path):
+    """``model.ndim=3``: a 3-D physics U-Net trains on cubes (two steps, loss finite), is saved
+    and reloaded with its ``ndim``, and segments a volume cube by cube: its probabilities equal
+    :func:`tiled_volume` over the 3-D network applied by hand; changing the protocol changes
+    them; the config refuses 3-D without a cube size and an ndim other than 2 or 3."""
+    from phyjax.data import simulated
+    from phyjax.data.slices import grid, to_slices
+    from phyjax.experiments.physics_seg import check_config
+    from phyjax.segment import simulate
+    from phyjax.segment.model import physics_vector
+    from phyjax.segment.train import Segmenter, make_model, tiled_volume, train
+
+    heads = simulated.anatomies(1, 0, 6, 4.0, 0.05, 0.03)
+    effects = {"b1_scale": (1.0, 1.0), "b1_curvature": (0.0, 0.0), "bias_amplitude": (0.0, 0.0),
+               "noise_fraction": (0.01, 0.01), "slice_fwhm": (0.0, 0.0), "gain": (1.0, 1.0)}
+    bank = simulate.SliceBank(heads, ("spgr",), simulate.PAPER_RANGES, 2, effects, 2, 0.15, 1, 0)
+    settings = {"features": [4, 8], "physics": True, "branch_width": 8, "context": 1,
+                "conditioning": "add+contrast", "physics_size": PHYSICS_SIZE, "patch": 8,
+                "ndim": 3}
+    t = types.SimpleNamespace(steps=2, batch_size=2, learning_rate=1e-3, checkpoint_every=2,
+                              log_every=1, get=lambda k, d=None: {"loss": "ce"}.get(k, d))
+    model = make_model(settings)
+    assert model.ndim == 3
+    with pytest.raises(ValueError, match="cubes"):
+        train(model, bank, t, str(tmp_path / "none"), 0, progress=False, patch=0)
+    variables = train(model, bank, t, str(tmp_path / "train"), 0, progress=False, patch=8)
+    with open(tmp_path / "train" / "train_log.csv") as f:
+        log = list(csv.DictReader(f))
+    assert len(log) == 2 and all(np.isfinite(float(r["loss"])) for r in log)
+    seg = Segmenter.load(Segmenter(settings, variables).save(str(tmp_path / "model")))
+    assert seg.ndim == 3
+    image = bank.images[0].astype(np.float32)
+    pads, _ = grid(heads[0].mask.shape, 2)
+    vol = np.moveaxis(image, 0, -1)[pads[0][0]:image.shape[1] - pads[0][1],
+                                    pads[1][0]:image.shape[2] - pads[1][1]]
+    mask = heads[0].mask
+    params = bank.params[0]
+    got = seg.predict(vol, mask, params)
+    x = to_slices(np.where(mask, vol, 0.0), pads)[..., None]
+    apply = jax.jit(lambda v, t, p: jax.nn.softmax(model.apply(v, t, p)))
+
+    def by_hand(cubes, b1):
+        p = np.broadcast_to(params, (len(cubes), len(params)))
+        return np.asarray(apply(variables, jnp.asarray(cubes), jnp.asarray(p)))
+
+    want = np.moveaxis(tiled_volume(by_hand, x, None, 8), 0, -2)
+    want = want[pads[0][0]:x.shape[1] - pads[0][1], pads[1][0]:x.shape[2] - pads[1][1]]
+    np.testing.assert_allclose(got, np.where(mask[..., None], want, 0.0), atol=1e-5)
+    assert got.shape == mask.shape + (3,)
+    other = physics_vector(bank.protocols[1])
+    assert not np.allclose(seg.predict(vol, mask, other), got, atol=1e-4)
+    config = load_config("physics_seg")
+    with config.unlocked():
+        config.model.ndim = 3
+    with pytest.raises(InputError, match=r"config\.model\.ndim=3"):
+        check_config(config)
+    with config.unlocked():
+        config.model.ndim, config.model.patch = 4, 8
+    with pytest.raises(InputError, match=r"config\.model\.ndim=4"):
+        check_config(config)
+
+
 def test_branch_dropout_trains_both_modes_and_averages_them_at_inference(tmp_path):
     """``train.branch_dropout``: ``branch_keep`` = 0 makes the U-Net's output independent of the
     protocol (the branch is off), 1 is the ordinary branch; training draws the keep mask per

@@ -145,6 +145,7 @@ def train_models(config, workdir: str, heads) -> dict[str, Segmenter]:
                     "families": list(d.families), "gold": _gold_kwargs(config),
                     "reconstruction": d.reconstruction, "physics_size": PHYSICS_SIZE,
                     "b1_input": bool(physics and m.b1_input), "patch": int(m.patch),
+                    "ndim": int(m.ndim),
                     "branch_dropout": float(config.train.branch_dropout) if physics else 0.0}
         variables = train(make_model(settings), bank, config.train,
                           os.path.join(workdir, name), config.seed, config.progress,
@@ -367,6 +368,12 @@ def check_config(config) -> None:
     if int(config.model.patch) < 0 or int(config.model.patch) % factor:
         raise InputError(f"config.model.patch={config.model.patch}: 0 (whole slices) or a "
                          f"window size divisible by {factor} (the U-Net's down-sampling).")
+    if int(config.model.ndim) not in (2, 3):
+        raise InputError(f"config.model.ndim={config.model.ndim}: 2 (slices) or 3 (cubes).")
+    if int(config.model.ndim) == 3 and int(config.model.patch) <= 0:
+        raise InputError("config.model.ndim=3 trains on cubes: give their size, "
+                         "config.model.patch (e.g. 32), a multiple of "
+                         f"{factor}.")
     ranges = ranges_of(config)
     try:
         wide = training_ranges(config)

@@ -378,7 +378,7 @@ class SliceBank:
         return out
 
     def batch(self, i: int, batch_size: int, seed: int, b1_known: float = 0.0,
-              paired: bool = False, patch: int = 0) -> dict:
+              paired: bool = False, patch: int = 0, ndim: int = 2) -> dict:
         """Batch ``i`` (a pure function of ``i`` and ``seed``): ``x (B, H, W, 2 context + 1)``,
         ``y (B, H, W, 3)`` gold probabilities, ``mask (B, H, W, 1)``, ``params (B, P)``, ``noise
         (B, P + CONTRAST_SIZE)`` standard normal (the training jitter of the physics vector and
@@ -396,7 +396,14 @@ class SliceBank:
         ``patch`` > 0: every sample is cropped to a ``patch`` x ``patch`` window of its slice
         (:meth:`crop`; paired samples share their window), so that the network sees no more of
         the slice than that.  The crops come from a stream of their own: the whole-slice batch
-        they are cut from is the batch without ``patch``."""
+        they are cut from is the batch without ``patch``.
+
+        ``ndim`` 3 (with ``patch`` > 0): every sample is a ``patch``-voxel cube ``x (B, P, P, P,
+        1)`` (``y``, ``mask``, ``b1`` likewise, axes (Z, H, W) of the slices) centred, in
+        plane, on a voxel of the sampled slice's mask as above and through-plane on that slice
+        (shifted to lie inside the volume), for a 3-D U-Net; ``context`` does not apply.
+        Raises ValueError for a cube that does not fit the volume or ``ndim`` 3 without
+        ``patch``."""
         rng = np.random.default_rng([seed, i, 16])
         if paired and batch_size % 2:
             raise ValueError(f"a paired batch needs an even batch size, not {batch_size}.")
@@ -417,8 +424,12 @@ class SliceBank:
                "noise": np.concatenate(
                    [rng.standard_normal(self.params[v].shape),
                     rng.standard_normal((batch_size, CONTRAST_SIZE))], -1).astype(np.float32),
-               "b1": np.where((rng.uniform(size=batch_size) < b1_known)[:, None, None],
+               "b1": np.where((known := rng.uniform(size=batch_size) < b1_known)[:, None, None],
                               self.b1[v, z].astype(np.float32), np.nan)}
+        if ndim not in (2, 3):
+            raise ValueError(f"ndim {ndim}: 2 (slices) or 3 (cubes).")
+        if ndim == 3 and not patch:
+            raise ValueError("a 3-D batch needs a cube size (patch > 0).")
         if patch:
             corners = self.crop(out["mask"][:n, ..., 0], patch,
                                 np.random.default_rng([seed, i, 16, 2]))
@@ -427,9 +438,32 @@ class SliceBank:
             rr = corners[:, :1, None] + np.arange(patch)[None, :, None]    # (B, P, 1)
             cc = corners[:, 1:, None] + np.arange(patch)[None, None, :]    # (B, 1, P)
             bb = np.arange(len(corners))[:, None, None]
+            if ndim == 3:
+                return self._cubes(v, a, z, rr, cc, known, patch, out)
             out = {k: (val[bb, rr, cc] if k in ("x", "y", "mask", "b1") else val)
                    for k, val in out.items()}
         return out
+
+    def _cubes(self, v, a, z, rr, cc, known, patch: int, out: dict) -> dict:
+        """``out`` (a slice batch of volumes ``v``, anatomies ``a``, slices ``z``) with its
+        images, gold standard, masks and B1+ (where ``known``, ``(B,)`` bool; else NaN)
+        replaced by the ``patch``-cubes whose in-plane windows are rows ``rr`` ``(B, P, 1)`` x
+        columns ``cc`` ``(B, 1, P)`` and whose slices are centred on ``z`` (see
+        :meth:`batch`)."""
+        n_z = self.images.shape[1]
+        if patch > n_z:
+            raise ValueError(f"a {patch}-voxel cube does not fit volumes of {n_z} slices.")
+        z0 = np.clip(z - patch // 2, 0, n_z - patch)
+        zz = (z0[:, None] + np.arange(patch)[None])[:, :, None, None]    # (B, P, 1, 1)
+        rr, cc = rr[:, None], cc[:, None]                                 # (B, 1, P, 1/P)
+        vv = v[:, None, None, None]
+        known = np.asarray(known, bool)[:, None, None, None]
+        return dict(out,
+                    x=self.images[vv, zz, rr, cc][..., None].astype(np.float32),
+                    y=self.gold[self.volume_gold[vv], zz, rr, cc].astype(np.float32),
+                    mask=self.masks[a[:, None, None, None], zz, rr, cc][..., None]
+                    .astype(np.float32),
+                    b1=np.where(known, self.b1[vv, zz, rr, cc].astype(np.float32), np.nan))
 
     @staticmethod
     def crop(masks: np.ndarray, patch: int, rng: np.random.Generator) -> np.ndarray:

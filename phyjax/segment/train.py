@@ -96,8 +96,8 @@ def make_model(settings: dict) -> SegmentationUNet:
     (False), ``param_mean`` / ``param_std`` (none), ``contrast`` (``"signed"``; or
     ``"magnitude"``: absolute contrast features), ``physics_size`` (the physics-vector entries
     the branch reads; :data:`~phyjax.segment.model.LEGACY_PHYSICS_SIZE`, no readout train, when
-    absent) and ``b1_input`` (False: the branch is not told B1+) -- models saved before these
-    existed load as they were trained)."""
+    absent), ``b1_input`` (False: the branch is not told B1+) and ``ndim`` (2: slices; 3: a
+    3-D U-Net on cubes) -- models saved before these existed load as they were trained)."""
     return SegmentationUNet(features=tuple(settings["features"]), n_classes=3,
                             physics=bool(settings["physics"]),
                             branch_width=int(settings["branch_width"]),
@@ -107,7 +107,8 @@ def make_model(settings: dict) -> SegmentationUNet:
                             param_std=tuple(float(v) for v in settings.get("param_std", ())),
                             contrast_magnitude=settings.get("contrast", "signed") == "magnitude",
                             physics_size=int(settings.get("physics_size", LEGACY_PHYSICS_SIZE)),
-                            b1_input=bool(settings.get("b1_input", False)))
+                            b1_input=bool(settings.get("b1_input", False)),
+                            ndim=int(settings.get("ndim", 2)))
 
 
 def parameter_statistics(params: np.ndarray, by_family: bool = True, floor: float = 1e-3,
@@ -154,7 +155,9 @@ def train(model: SegmentationUNet, bank, t, workdir: str, seed: int, progress: b
     under a second protocol of their family, and adds that weight times
     :func:`protocol_consistency` to the loss.  ``patch`` > 0 trains on ``patch`` x ``patch``
     windows of the slices (:meth:`~phyjax.segment.simulate.SliceBank.batch`), for a
-    :class:`Segmenter` whose settings hold the same ``patch``.  ``t.branch_dropout`` (default
+    :class:`Segmenter` whose settings hold the same ``patch``; a 3-D ``model`` (``ndim`` 3)
+    trains on ``patch``-voxel cubes of the volumes instead (one input channel: no slice
+    context), for a :class:`Segmenter` with ``ndim`` 3.  ``t.branch_dropout`` (default
     0; must be in [0, 1)) zeroes the branch's features of each training sample with that
     probability (``branch_keep`` of :class:`~phyjax.segment.model.SegmentationUNet`, drawn from
     (seed, step)), for a :class:`Segmenter` whose settings hold it (:attr:`Segmenter.averaged`).
@@ -162,14 +165,21 @@ def train(model: SegmentationUNet, bank, t, workdir: str, seed: int, progress: b
     consistency = float(t.get("consistency", 0.0))
     if not consistency >= 0:
         raise ValueError(f"train.consistency {consistency} must be >= 0.")
-    patch = int(patch)
+    patch, ndim = int(patch), int(model.ndim)
     factor = 2 ** (len(model.features) - 1)
     if patch < 0 or patch % factor or patch > min(bank.padded):
         raise ValueError(f"model.patch {patch}: must be 0 (whole slices) or a multiple of "
                          f"{factor} no larger than the slices ({bank.padded[0]} x "
                          f"{bank.padded[1]}).")
-    variables = init_params(model, (patch, patch) if patch else bank.padded,
-                            2 * bank.context + 1, seed)
+    if ndim == 3 and not 0 < patch <= bank.images.shape[1]:
+        raise ValueError(f"model.patch {patch}: a 3-D U-Net trains on cubes, so the patch must "
+                         f"be > 0 and no larger than the volumes' {bank.images.shape[1]} "
+                         "slices.")
+    if ndim == 3:
+        variables = init_params(model, (patch,) * 3, 1, seed)
+    else:
+        variables = init_params(model, (patch, patch) if patch else bank.padded,
+                                2 * bank.context + 1, seed)
     schedule = optax.cosine_decay_schedule(t.learning_rate, max(int(t.steps), 1), alpha=0.05)
     tx = optax.adam(schedule)
 
@@ -193,7 +203,8 @@ def train(model: SegmentationUNet, bank, t, workdir: str, seed: int, progress: b
     step = loop.make_train_step(loss_fn, tx)
     state = loop.TrainState.create(variables, tx)
     def batch(i):
-        b = bank.batch(i, t.batch_size, seed, b1_known, paired=consistency > 0, patch=patch)
+        b = bank.batch(i, t.batch_size, seed, b1_known, paired=consistency > 0, patch=patch,
+                       ndim=ndim)
         if not model.b1_input:
             del b["b1"]
         if dropout:   # per sample, from (seed, step): a resumed run draws the same
@@ -246,6 +257,37 @@ def tiled(run, x: np.ndarray, b1: np.ndarray | None, patch: int) -> np.ndarray:
     return (acc / count)[:, :h, :w]
 
 
+def tiled_volume(run, x: np.ndarray, b1: np.ndarray | None, patch: int) -> np.ndarray:
+    """Sliding-window inference in 3-D: ``run(cubes, b1_cubes)`` (``(N, P, P, P, C)`` ->
+    ``(N, P, P, P, K)``) over every ``patch``-voxel cube of a volume ``x`` ``(Z, H, W, C)``
+    (:func:`tile_starts` along each axis, half-window overlap), the cubes' outputs averaged
+    where they overlap (uniform weights, as MONAI's ``sliding_window_inference`` with
+    ``mode="constant"``).  Axes shorter than the cube are zero-padded to it (``b1``, ``(Z, H,
+    W)``, with NaN) and cropped back.  Returns ``(Z, H, W, K)``."""
+    shape = x.shape[:3]
+    pad = [(0, max(patch - n, 0)) for n in shape]
+    if any(p for _, p in pad):
+        x = np.pad(x, pad + [(0, 0)])
+        if b1 is not None:
+            b1 = np.pad(b1, pad, constant_values=np.nan)
+    corners = [(a, b, c) for a in tile_starts(x.shape[0], patch)
+               for b in tile_starts(x.shape[1], patch) for c in tile_starts(x.shape[2], patch)]
+
+    def cut(arr, k):
+        a, b, c = corners[k]
+        return arr[a:a + patch, b:b + patch, c:c + patch]
+
+    out = np.asarray(run(np.stack([cut(x, k) for k in range(len(corners))]),
+                         None if b1 is None else
+                         np.stack([cut(b1, k) for k in range(len(corners))])))
+    acc = np.zeros(x.shape[:3] + out.shape[-1:], np.float32)
+    count = np.zeros(x.shape[:3] + (1,), np.float32)
+    for k, (a, b, c) in enumerate(corners):
+        acc[a:a + patch, b:b + patch, c:c + patch] += out[k]
+        count[a:a + patch, b:b + patch, c:c + patch] += 1.0
+    return (acc / count)[:shape[0], :shape[1], :shape[2]]
+
+
 class Segmenter:
     """A trained U-Net with what inference needs: ``settings`` (model, ``context``, ``depth``,
     ``voxel_mm``, ``ranges`` trained on; ``patch`` > 0 for a U-Net trained on windows of that
@@ -272,6 +314,11 @@ class Segmenter:
         return self.physics and float(self.settings.get("branch_dropout", 0.0)) > 0
 
     @property
+    def ndim(self) -> int:
+        """2: a U-Net on (windows of) slices; 3: on cubes of the volume (``settings["ndim"]``)."""
+        return int(self.settings.get("ndim", 2))
+
+    @property
     def physics(self) -> bool:
         return bool(self.settings["physics"])
 
@@ -288,7 +335,8 @@ class Segmenter:
         ``b1``: the relative B1+ map ``(X, Y, Z)`` on the image's grid (1 = nominal; NaN where
         unknown), read only by a branch told B1+ (:attr:`b1_input`; ``None``: unknown).
         A U-Net trained on windows (``settings["patch"]`` > 0) runs window by window
-        (:func:`tiled`).  Raises InputError for a missing ``params`` or a ``b1`` of another
+        (:func:`tiled`), a 3-D one (``settings["ndim"]`` 3) cube by cube
+        (:func:`tiled_volume`).  Raises InputError for a missing ``params`` or a ``b1`` of another
         shape."""
         if self.physics and params is None:
             raise InputError("the physics U-Net needs the image's acquisition parameters.")
@@ -297,14 +345,18 @@ class Segmenter:
                              f"{np.shape(image)} (resample it to the image first).")
         mask = np.asarray(mask, bool)
         pads, _ = grid(image.shape, len(self.settings["features"]))
-        x = with_context(to_slices(np.where(mask, image, 0.0), pads), self.settings["context"])
+        slices = to_slices(np.where(mask, image, 0.0), pads)
+        x = slices[..., None] if self.ndim == 3 else with_context(slices,
+                                                                  self.settings["context"])
         b1_slices = None
         if self.b1_input:
             vol = np.full(image.shape, np.nan, np.float32) if b1 is None else b1
             b1_slices = to_slices(np.asarray(vol, np.float32), pads, np.nan)
         patch = int(self.settings.get("patch", 0))
         if patch:   # as many voxels per call as whole slices would give
-            batch_size *= max(1, (x.shape[1] * x.shape[2]) // (patch * patch))
+            batch_size = (max(1, batch_size * x.shape[1] * x.shape[2] // patch ** 3)
+                          if self.ndim == 3 else
+                          batch_size * max(1, (x.shape[1] * x.shape[2]) // (patch * patch)))
         p = np.zeros((batch_size, PHYSICS_SIZE), np.float32)
         if params is not None:
             p[:] = np.asarray(params, np.float32)
@@ -326,8 +378,11 @@ class Segmenter:
                     None if b is None else jnp.asarray(b)))[:n])
             return np.concatenate(out)
 
-        probs = (tiled(run, x, b1_slices, patch) if patch
-                 else run(x, b1_slices))                    # (Z, H', W', 3)
+        if self.ndim == 3:
+            probs = tiled_volume(run, x, b1_slices, patch)
+        else:
+            probs = (tiled(run, x, b1_slices, patch) if patch
+                     else run(x, b1_slices))                # (Z, H', W', 3)
         vol = np.stack([from_slices(probs[..., c], pads) for c in range(3)], -1)
         return np.where(mask[..., None], vol, 0.0).astype(np.float32)
 
@@ -356,7 +411,10 @@ class Segmenter:
             settings = json.load(f)
         model = make_model(settings)
         factor = 2 ** (len(settings["features"]) - 1)
-        x = jnp.zeros((1, factor, factor, 2 * settings["context"] + 1), jnp.float32)
+        if int(settings.get("ndim", 2)) == 3:
+            x = jnp.zeros((1, factor, factor, factor, 1), jnp.float32)
+        else:
+            x = jnp.zeros((1, factor, factor, 2 * settings["context"] + 1), jnp.float32)
         # structure only (no PRNG work): from_bytes fills it with the saved arrays
         template = jax.eval_shape(model.init, jax.random.key(0), x,
                                   jnp.zeros((1, PHYSICS_SIZE), jnp.float32))
