@@ -111,7 +111,10 @@ def main(argv=None) -> None:
             seconds[name] = run_variant(folder, overrides, args.methods)
         variants.append((name, read_rows(folder)))
     reference = variants[0][1]
-    sites = sorted({s for (m, s) in reference if m == "phycharm" and s != "overall"}) + ["overall"]
+    # the source sites: every site a method of the reference run was scored on
+    sites = sorted({s for (m, s) in reference if s != "overall"}) + ["overall"]
+    if not any(m == "phycharm" for m, _ in reference):   # a reference of baselines only
+        variants = variants[1:]
     lines = ["PhyCHarm ablation on the embedded benchmark (held-out subjects, mean over subjects; "
              "|ΔV| = absolute relative tissue-volume error vs the ground-truth target image's "
              "segmentation). Bold: better than every baseline of the reference run "
