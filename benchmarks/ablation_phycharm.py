@@ -98,9 +98,20 @@ def main(argv=None) -> None:
                     help="'name=folder:overrides' (overrides: --config.* flags)")
     ap.add_argument("--methods", default="('phycharm',)")
     ap.add_argument("--collect", action="store_true", help="only collect existing runs")
+    ap.add_argument("--replace", action="append", default=[], metavar="METHOD=FOLDER",
+                    help="take the reference's METHOD rows from FOLDER's benchmark.csv (e.g. "
+                         "unet=runs/b800c4_base: a baseline retrained with a variant's setting)")
     ap.add_argument("--out", default="benchmarks/results/ablation_phycharm.md")
     args = ap.parse_args(argv)
-    variants, seconds = [("full (default config)", read_rows(args.reference))], {}
+    reference = read_rows(args.reference)
+    for spec in args.replace:
+        method, _, folder = spec.partition("=")
+        other = read_rows(folder)
+        if not any(m == method for m, _ in other):
+            raise SystemExit(f"--replace {spec}: {folder}/benchmark.csv has no {method!r} rows.")
+        reference = {k: v for k, v in reference.items() if k[0] != method}
+        reference.update({k: v for k, v in other.items() if k[0] == method})
+    variants, seconds = [("full (default config)", reference)], {}
     for spec in args.variant:
         name, _, rest = spec.partition("=")
         folder, _, overrides = rest.partition(":")
