@@ -1013,27 +1013,26 @@ def test_cube_batches_are_sub_volumes_centred_on_brain():
     bank = simulate.SliceBank(heads, ("spgr",), simulate.PAPER_RANGES, 3, effects, 2, 0.15, 1, 0)
     n_z = bank.images.shape[1]
     for paired in (False, True):
+        full = bank.batch(5, 8, 0, b1_known=0.5, paired=paired)
         win = bank.batch(5, 8, 0, b1_known=0.5, paired=paired, patch=8)
         cube = bank.batch(5, 8, 0, b1_known=0.5, paired=paired, patch=8, ndim=3)
         rng = np.random.default_rng([0, 5, 16])   # the rows the batch samples, as it draws them
         n = 4 if paired else 8
         rows = bank.rows[rng.choice(len(bank.rows), size=n, replace=len(bank.rows) < n)]
+        # the in-plane windows, from the crop stream as in the 2-D window test
+        corners = simulate.SliceBank.crop(full["mask"][:n, ..., 0], 8,
+                                          np.random.default_rng([0, 5, 16, 2]))
         if paired:
             other = bank.partners(rows[:, 0], np.random.default_rng([0, 5, 16, 1]))
             rows = np.concatenate([rows, np.stack([other, rows[:, 1]], -1)])
+            corners = np.concatenate([corners, corners])
         assert cube["x"].shape == (8, 8, 8, 8, 1) and cube["y"].shape == (8, 8, 8, 8, 3)
         assert cube["mask"].shape == (8, 8, 8, 8, 1) and cube["b1"].shape == (8, 8, 8, 8)
-        for j, (v, z) in enumerate(rows):
+        for j, ((v, z), (r, c)) in enumerate(zip(rows, corners)):
             z0 = int(np.clip(z - 4, 0, n_z - 8))
-            # the in-plane window: where the 2-D window batch's slice sits in the bank
-            hits = [(r, c) for r in range(bank.padded[0] - 7) for c in range(bank.padded[1] - 7)
-                    if np.array_equal(bank.images[v, z, r:r + 8, c:c + 8].astype(np.float32),
-                                      win["x"][j, ..., 1])
-                    and np.array_equal(bank.masks[bank.volume_anatomy[v], z, r:r + 8, c:c + 8],
-                                       win["mask"][j, ..., 0])]
-            assert hits
-            r, c = hits[0]
             sl = (slice(z0, z0 + 8), slice(r, r + 8), slice(c, c + 8))
+            np.testing.assert_array_equal(win["x"][j, ..., 1],          # the same window in 2-D
+                                          bank.images[v, z, r:r + 8, c:c + 8])
             np.testing.assert_array_equal(cube["x"][j, ..., 0], bank.images[v][sl])
             np.testing.assert_array_equal(cube["y"][j], bank.gold[bank.volume_gold[v]][sl])
             np.testing.assert_array_equal(cube["mask"][j, ..., 0],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 
@@ -230,6 +231,41 @@ def tile_starts(size: int, patch: int) -> np.ndarray:
     return np.asarray(starts, int)
 
 
+def _sliding_windows(run, x: np.ndarray, b1: np.ndarray | None, patch: int,
+                     lead: int) -> np.ndarray:
+    """The sliding-window average behind :func:`tiled` and :func:`tiled_volume`: ``x`` ``(Z,
+    H, W, C)`` has ``lead`` leading batch axes (1: slices, windowed in plane; 0: one volume,
+    windowed in 3-D) and ``3 - lead`` spatial ones, each covered by ``patch``-long windows
+    (:func:`tile_starts`, half-window overlap; axes shorter than the window zero-padded, ``b1``
+    ``(Z, H, W)`` with NaN, and cropped back).  ``run`` gets every window of every batch entry
+    at once, ``(N, P, ..., C)``, corner by corner, and the outputs ``(N, P, ..., K)`` are
+    averaged where windows overlap (uniform weights, as MONAI's ``sliding_window_inference``
+    with ``mode="constant"``).  Returns ``(Z, H, W, K)``."""
+    shape = x.shape[:3]
+    pad = [(0, 0)] * lead + [(0, max(patch - n, 0)) for n in shape[lead:]]
+    if any(p for _, p in pad):
+        x = np.pad(x, pad + [(0, 0)])
+        if b1 is not None:
+            b1 = np.pad(b1, pad, constant_values=np.nan)
+    batch = x.shape[:lead]
+    n = int(np.prod(batch))
+    corners = list(itertools.product(*(tile_starts(m, patch) for m in x.shape[lead:3])))
+
+    def cut(arr, corner):   # (n, P, ..., [C]): this window of every batch entry
+        window = arr[(slice(None),) * lead + tuple(slice(c, c + patch) for c in corner)]
+        return window.reshape((n,) + window.shape[lead:])
+
+    out = np.asarray(run(np.concatenate([cut(x, c) for c in corners]),
+                         None if b1 is None else np.concatenate([cut(b1, c) for c in corners])))
+    acc = np.zeros(x.shape[:3] + out.shape[-1:], np.float32)
+    count = np.zeros(x.shape[lead:3] + (1,), np.float32)   # windows per voxel: same per entry
+    for j, corner in enumerate(corners):
+        window = (slice(None),) * lead + tuple(slice(c, c + patch) for c in corner)
+        acc[window] += out[j * n:(j + 1) * n].reshape(batch + out.shape[1:])
+        count[window[lead:]] += 1.0
+    return (acc / count)[:shape[0], :shape[1], :shape[2]]
+
+
 def tiled(run, x: np.ndarray, b1: np.ndarray | None, patch: int) -> np.ndarray:
     """Sliding-window inference: ``run(tiles, b1_tiles)`` (``(N, P, P, C)`` -> ``(N, P, P,
     K)``) over every ``patch`` x ``patch`` window of slices ``x`` ``(Z, H, W, C)``
@@ -237,24 +273,7 @@ def tiled(run, x: np.ndarray, b1: np.ndarray | None, patch: int) -> np.ndarray:
     overlap (uniform weights, as MONAI's ``sliding_window_inference`` with ``mode="constant"``).
     Slices smaller than the window are zero-padded to it (``b1`` with NaN) and cropped back.
     Returns ``(Z, H, W, K)``."""
-    z, h, w = x.shape[:3]
-    ph, pw = max(patch - h, 0), max(patch - w, 0)
-    if ph or pw:
-        x = np.pad(x, ((0, 0), (0, ph), (0, pw), (0, 0)))
-        if b1 is not None:
-            b1 = np.pad(b1, ((0, 0), (0, ph), (0, pw)), constant_values=np.nan)
-    corners = [(r, c) for r in tile_starts(x.shape[1], patch)
-               for c in tile_starts(x.shape[2], patch)]
-    tiles = np.concatenate([x[:, r:r + patch, c:c + patch] for r, c in corners])
-    b1_tiles = None if b1 is None else np.concatenate(
-        [b1[:, r:r + patch, c:c + patch] for r, c in corners])
-    out = np.asarray(run(tiles, b1_tiles))
-    acc = np.zeros(x.shape[:3] + out.shape[-1:], np.float32)
-    count = np.zeros(x.shape[1:3] + (1,), np.float32)     # windows per voxel: same every slice
-    for j, (r, c) in enumerate(corners):
-        acc[:, r:r + patch, c:c + patch] += out[j * z:(j + 1) * z]
-        count[r:r + patch, c:c + patch] += 1.0
-    return (acc / count)[:, :h, :w]
+    return _sliding_windows(run, x, b1, patch, lead=1)
 
 
 def tiled_volume(run, x: np.ndarray, b1: np.ndarray | None, patch: int) -> np.ndarray:
@@ -264,28 +283,7 @@ def tiled_volume(run, x: np.ndarray, b1: np.ndarray | None, patch: int) -> np.nd
     where they overlap (uniform weights, as MONAI's ``sliding_window_inference`` with
     ``mode="constant"``).  Axes shorter than the cube are zero-padded to it (``b1``, ``(Z, H,
     W)``, with NaN) and cropped back.  Returns ``(Z, H, W, K)``."""
-    shape = x.shape[:3]
-    pad = [(0, max(patch - n, 0)) for n in shape]
-    if any(p for _, p in pad):
-        x = np.pad(x, pad + [(0, 0)])
-        if b1 is not None:
-            b1 = np.pad(b1, pad, constant_values=np.nan)
-    corners = [(a, b, c) for a in tile_starts(x.shape[0], patch)
-               for b in tile_starts(x.shape[1], patch) for c in tile_starts(x.shape[2], patch)]
-
-    def cut(arr, k):
-        a, b, c = corners[k]
-        return arr[a:a + patch, b:b + patch, c:c + patch]
-
-    out = np.asarray(run(np.stack([cut(x, k) for k in range(len(corners))]),
-                         None if b1 is None else
-                         np.stack([cut(b1, k) for k in range(len(corners))])))
-    acc = np.zeros(x.shape[:3] + out.shape[-1:], np.float32)
-    count = np.zeros(x.shape[:3] + (1,), np.float32)
-    for k, (a, b, c) in enumerate(corners):
-        acc[a:a + patch, b:b + patch, c:c + patch] += out[k]
-        count[a:a + patch, b:b + patch, c:c + patch] += 1.0
-    return (acc / count)[:shape[0], :shape[1], :shape[2]]
+    return _sliding_windows(run, x, b1, patch, lead=0)
 
 
 class Segmenter:
