@@ -33,7 +33,12 @@ from ml_collections import ConfigDict
 from phyjax import methods
 from phyjax.data.dataset import load_dataset
 from phyjax.evaluate.metrics import image_metrics, nrmse
-from phyjax.evaluate.overlap import TISSUES, tissue_overlap, tissue_volumes
+from phyjax.evaluate.overlap import (
+    TISSUES,
+    tissue_intensity_ratios,
+    tissue_overlap,
+    tissue_volumes,
+)
 from phyjax.evaluate.segmentation import make_segmenter
 from phyjax.methods import phycharm
 from phyjax.physics.sequences import Protocol
@@ -145,6 +150,7 @@ def main(argv=None) -> None:
                 v = tissue_volumes(lab[tgt.mask], 1.0)
                 for t in TISSUES:
                     row[f"dv_{t}"] = 100.0 * (v[t] - t_vol[t]) / t_vol[t]
+                row.update(tissue_intensity_ratios(img, tgt.image, t_lab, tgt.mask))
                 if vol.t1 is not None:
                     m = vol.mask.astype(bool)
                     row["t1_nrmse"] = float(nrmse(out["t1"], vol.t1, m))
@@ -160,17 +166,19 @@ def main(argv=None) -> None:
         w.writeheader()
         w.writerows(rows)
     cols = ["ssim", "psnr", "dice_csf", "dice_gm", "dice_wm", "dv_csf", "dv_gm", "dv_wm",
-            "t1_nrmse", "m0_nrmse"]
+            "t1_nrmse", "m0_nrmse", "ratio_csf", "ratio_gm", "ratio_wm"]
     which = f"{args.subjects} subjects" if own is None else \
         f"{args.subjects} subjects of data.seed {args.data_seed} (a validation split)"
     lines = [f"Data-consistency settings on the {which} of `{args.run}` "
              f"({len(subjects)} subjects): `python benchmarks/refine_sweep.py "
              + " ".join(sys.argv[1:] if argv is None else argv) + "`", "",
              ("dV: signed volume error (%) against the target scan's segmentation; "
-              "|dV|: its absolute mean."), "",
+              "|dV|: its absolute mean; GM/WM: the output's GM over WM median intensity "
+              "relative to the target's, in the target's segmentation (1: the target's "
+              "contrast; > 1: GM too bright against WM)."), "",
              ("| site | setting | SSIM | PSNR | Dice CSF | Dice GM | Dice WM | |dV| CSF | "
-              "|dV| GM | |dV| WM | dV CSF | dV GM | dV WM | T1 NRMSE | M0 NRMSE |"),
-             "|---|" * 1 + "---|" * 14]
+              "|dV| GM | |dV| WM | dV CSF | dV GM | dV WM | T1 NRMSE | M0 NRMSE | GM/WM |"),
+             "|---|" * 1 + "---|" * 15]
     sites = sorted({r["site"] for r in rows}) + ["overall"]
     for site in sites:
         for name, _ in settings:
@@ -183,7 +191,8 @@ def main(argv=None) -> None:
                          f"{mean['dice_wm']:.3f} | {absdv['csf']:.1f} | {absdv['gm']:.1f} | "
                          f"{absdv['wm']:.1f} | {mean['dv_csf']:+.1f} | {mean['dv_gm']:+.1f} | "
                          f"{mean['dv_wm']:+.1f} | {mean['t1_nrmse']:.3f} | "
-                         f"{mean['m0_nrmse']:.3f} |")
+                         f"{mean['m0_nrmse']:.3f} | "
+                         f"{np.mean([r['ratio_gm'] / r['ratio_wm'] for r in sel]):.3f} |")
     with open(args.out, "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))

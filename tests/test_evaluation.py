@@ -16,6 +16,7 @@ from phyjax.evaluate import report
 from phyjax.evaluate.overlap import (
     binary_overlap,
     coefficient_of_variation,
+    tissue_intensity_ratios,
     tissue_overlap,
     tissue_volumes,
     volume_differences,
@@ -117,6 +118,33 @@ def test_volumes_differences_and_cov_known_numbers():
         coefficient_of_variation([0.0, 0.0])
     with pytest.raises(ValueError, match="positive"):
         tissue_volumes(labels, 0.0)
+
+
+def test_tissue_intensity_ratios_are_per_tissue_median_ratios():
+    rng = np.random.default_rng(3)
+    labels = np.zeros((12, 10, 8), np.int8)
+    labels[:3], labels[3:7], labels[7:11] = 1, 2, 3
+    ref = rng.uniform(0.2, 1.0, labels.shape)
+    # GM 6 % too bright, WM unchanged, CSF halved: the medians' ratios, whatever the values
+    img = ref * np.select([labels == 1, labels == 2], [0.5, 1.06], 1.0)
+    r = tissue_intensity_ratios(img, ref, labels)
+    assert r["ratio_csf"] == pytest.approx(0.5)
+    assert r["ratio_gm"] == pytest.approx(1.06)
+    assert r["ratio_wm"] == pytest.approx(1.0)
+    # the mask restricts the voxels: a GM median computed by hand on the masked voxels only
+    mask = np.zeros(labels.shape, bool)
+    mask[:, :5] = True
+    img2 = img.copy()
+    img2[:, 5:] = 100.0                      # outside the mask: must not count
+    r2 = tissue_intensity_ratios(img2, ref, labels, mask)
+    sel = mask & (labels == 2)
+    assert r2["ratio_gm"] == pytest.approx(np.median(img2[sel]) / np.median(ref[sel]))
+    assert r2["ratio_gm"] == pytest.approx(1.06)
+    assert math.isnan(tissue_intensity_ratios(img, ref, np.minimum(labels, 2))["ratio_wm"])
+    with pytest.raises(ValueError, match="shape mismatch"):
+        tissue_intensity_ratios(img[:-1], ref, labels)
+    with pytest.raises(ValueError, match="mask"):
+        tissue_intensity_ratios(img, ref, labels, mask[:-1])
 
 
 # ----------------------------------------------------------------------------- segmenter

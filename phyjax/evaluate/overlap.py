@@ -26,7 +26,7 @@ from phyjax.physics.tissues import TISSUES
 TISSUE_LABELS = {t: i + 1 for i, t in enumerate(TISSUES)}
 
 __all__ = ["TISSUES", "TISSUE_LABELS", "binary_overlap", "coefficient_of_variation",
-           "tissue_overlap", "tissue_volumes", "volume_differences"]
+           "tissue_intensity_ratios", "tissue_overlap", "tissue_volumes", "volume_differences"]
 
 
 def _check_same_shape(a, b, what=("prediction", "reference")):
@@ -98,6 +98,31 @@ def volume_differences(volumes: dict[str, float], reference: dict[str, float]) -
         diff = abs(float(volumes[t]) - float(reference[t]))
         out[f"vol_absdiff_{t}"] = diff
         out[f"vol_reldiff_{t}"] = 100.0 * _ratio(diff, float(reference[t]))
+    return out
+
+
+def tissue_intensity_ratios(image, reference, ref_labels, mask=None,
+                            labels: dict[str, int] = TISSUE_LABELS) -> dict[str, float]:
+    """``{"ratio_<tissue>": median(image) / median(reference)}`` in each tissue of the
+    reference's label map ``ref_labels`` (inside ``mask`` if given; arrays of one shape).
+
+    A harmonized image can match its target in SSIM and PSNR yet carry a tissue-contrast error
+    -- grey matter a few per cent too bright against white matter -- that moves a
+    histogram-fitting segmenter's GM/WM boundary and so its volumes; ``ratio_gm / ratio_wm``
+    is that error (1: the reference's contrast).  A tissue without voxels (or with a zero
+    reference median) gives ``nan``.  Raises ValueError for arrays of different shapes.
+    """
+    image, reference = np.asarray(image), np.asarray(reference)
+    ref_labels = np.asarray(ref_labels)
+    _check_same_shape(image, reference, ("image", "reference"))
+    _check_same_shape(ref_labels, reference, ("labels", "reference"))
+    inside = np.ones(reference.shape, bool) if mask is None else np.asarray(mask, bool)
+    _check_same_shape(inside, reference, ("mask", "reference"))
+    out = {}
+    for t, lab in labels.items():
+        sel = inside & (ref_labels == lab)
+        out[f"ratio_{t}"] = _ratio(float(np.median(image[sel])),
+                                   float(np.median(reference[sel]))) if sel.any() else float("nan")
     return out
 
 
