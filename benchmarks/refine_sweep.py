@@ -166,7 +166,7 @@ def main(argv=None) -> None:
         w.writeheader()
         w.writerows(rows)
     cols = ["ssim", "psnr", "dice_csf", "dice_gm", "dice_wm", "dv_csf", "dv_gm", "dv_wm",
-            "t1_nrmse", "m0_nrmse", "ratio_csf", "ratio_gm", "ratio_wm"]
+            "t1_nrmse", "m0_nrmse"]
     which = f"{args.subjects} subjects" if own is None else \
         f"{args.subjects} subjects of data.seed {args.data_seed} (a validation split)"
     lines = [f"Data-consistency settings on the {which} of `{args.run}` "
