@@ -163,6 +163,9 @@ def get_config(arg: str | None = None) -> ConfigDict:
     train.w_hist = 2.0       # Wasserstein-1 of each slice's in-mask intensities harmonized vs
                              # target (keeps the histogram's spread, hence the tissue volumes
                              # a histogram-fitting segmenter measures)
+    train.w_tissue_hist = 0.0  # the same inside each of the target's CSF/GM/WM classes (at the
+                               # target protocol's tissue levels): no trading one tissue's
+                               # brightness against another's (phyjax.losses.tissue_distribution)
     train.pairs = "auto"     # "paired" (traveling subjects), "simulated" (physics-made pairs on
                              # shipped anatomies + self-supervised adaptation to the real scans;
                              # target-site images unused), "auto" (paired if every training

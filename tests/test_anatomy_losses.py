@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from phyjax.losses import (edge_agreement, gradient_difference, intensity_distribution,
-                           tissue_consistency)
+                           tissue_consistency, tissue_distribution)
 from phyjax.methods import phycharm
 from phyjax.models.phycharm import reference_signal
 from phyjax.physics.sequences import Protocol
@@ -129,6 +129,63 @@ def test_intensity_distribution_sees_a_narrowed_histogram_that_l1_forgives():
     # the sorted differences of an affine shrink are 0.2 |y - mean| exactly
     want = float(np.mean(0.2 * np.abs(y - y.mean())))
     assert float(intensity_distribution(shrunk, y, mask)) == pytest.approx(want, rel=1e-4)
+
+
+def test_tissue_distribution_is_scipys_wasserstein_per_target_tissue():
+    """Oracle: per slice, SciPy's 1-D Wasserstein-1 distance inside each class of the target
+    (nearest tissue level), weighted by the class's share of the slice's mask; outside the mask
+    nothing counts, in value or gradient."""
+    from scipy.stats import wasserstein_distance
+    rng = np.random.default_rng(8)
+    levels = np.array([0.15, 0.55, 0.85], np.float32)
+    y = rng.uniform(0, 1, (3, 14, 12, 1)).astype(np.float32)
+    x = np.clip(y + 0.1 * rng.standard_normal(y.shape), 0, 1).astype(np.float32)
+    mask = (rng.uniform(size=y.shape) > 0.25).astype(np.float32)
+    mask[2] = 0                                          # an empty slice
+    cls = np.argmin(np.abs(y[..., None] - levels), -1)
+    want = []
+    for i in range(2):
+        inside = mask[i] > 0
+        total = 0.0
+        for k in range(3):
+            sel = inside & (cls[i] == k)
+            if sel.any():
+                total += sel.sum() * wasserstein_distance(x[i][sel], y[i][sel])
+        want.append(total / inside.sum())
+    got = float(tissue_distribution(x, y, mask, jnp.asarray(levels)))
+    assert got == pytest.approx(np.mean(want), rel=1e-5)
+    far = np.where(mask > 0, x, 50.0).astype(np.float32)
+    assert float(tissue_distribution(far, y, mask, levels)) == pytest.approx(got, rel=1e-6)
+    g = np.asarray(jax.grad(tissue_distribution)(jnp.asarray(x), jnp.asarray(y),
+                                                 jnp.asarray(mask), jnp.asarray(levels)))
+    assert np.isfinite(g).all() and np.abs(g[mask == 0]).max() == 0 and np.abs(g).max() > 0
+    # never below the whole-slice distance (fewer couplings allowed)
+    assert got >= float(intensity_distribution(x, y, mask)) - 1e-6
+
+
+def test_tissue_distribution_sees_brightness_traded_between_tissues():
+    """An output whose grey matter is as bright as the target's white matter and vice versa has
+    the target's whole histogram (the whole-slice distance is 0) but not its tissues';
+    shuffling values within each tissue costs nothing."""
+    rng = np.random.default_rng(9)
+    levels = np.array([0.1, 0.5, 0.9], np.float32)
+    labels = rng.integers(0, 3, (1, 16, 16, 1))
+    y = (levels[labels] + 0.02 * rng.standard_normal(labels.shape)).astype(np.float32)
+    mask = np.ones_like(y)
+    swapped = y.copy()
+    gm, wm = labels == 1, labels == 2
+    n = min(gm.sum(), wm.sum())
+    gi, wi = np.flatnonzero(gm)[:n], np.flatnonzero(wm)[:n]
+    flat = swapped.reshape(-1)
+    flat[gi], flat[wi] = y.reshape(-1)[wi], y.reshape(-1)[gi]
+    assert float(intensity_distribution(swapped, y, mask)) == pytest.approx(0.0, abs=1e-7)
+    assert float(tissue_distribution(swapped, y, mask, levels)) > 0.1
+    shuffled = y.copy().reshape(-1)
+    for k in range(3):
+        idx = np.flatnonzero(labels == k)
+        shuffled[idx] = rng.permutation(shuffled[idx])
+    assert float(tissue_distribution(shuffled.reshape(y.shape), y, mask, levels)) == \
+        pytest.approx(0.0, abs=1e-7)
 
 
 @pytest.mark.parametrize("b0", [1.5, 3.0])

@@ -2,8 +2,9 @@
 
 from phyjax.losses.losses import (edge_agreement, gradient_difference, intensity_distribution,
                                   masked_l1, physics_consistency, r1_m0_map_loss,
-                                  soft_tissue_classes, ssim_loss, tissue_consistency)
+                                  soft_tissue_classes, ssim_loss, tissue_consistency,
+                                  tissue_distribution)
 
 __all__ = ["edge_agreement", "gradient_difference", "intensity_distribution", "masked_l1",
            "physics_consistency", "r1_m0_map_loss", "soft_tissue_classes", "ssim_loss",
-           "tissue_consistency"]
+           "tissue_consistency", "tissue_distribution"]

@@ -9,7 +9,8 @@ protocol, re-synthesizes the target protocol's image from them and refines it.  
     + w_grad * gradient difference(harmonized, target)
     + w_tissue * tissue-class consistency(harmonized, target)
     + w_edge * edge disagreement(harmonized, source)
-    + w_hist * intensity-distribution distance(harmonized, target),
+    + w_hist * intensity-distribution distance(harmonized, target)
+    + w_tissue_hist * per-tissue intensity-distribution distance(harmonized, target),
 
 the physics term re-synthesizing the *source* from the predicted maps through the source
 protocol's signal equation (scale-free, :func:`phyjax.losses.physics_consistency`).  The last
@@ -24,7 +25,9 @@ Wasserstein-1 distance of each slice's in-mask intensities, :func:`phyjax.losses
 intensity_distribution`) asks the output's histogram to keep the target's spread: voxel-wise
 losses let the output regress to the mean where the source cannot tell (dark CSF texture,
 partial volume), which narrows the histogram and shifts the class boundaries a
-histogram-fitting segmenter draws.
+histogram-fitting segmenter draws.  The per-tissue form (:func:`phyjax.losses.
+tissue_distribution`; off by default) compares the distributions inside each of the target's
+tissue classes, so a too-bright grey matter cannot be traded against a too-dark white matter.
 
 Where the pairs come from (``config.train.pairs``): traveling subjects (``paired``), or the
 physics (``simulated``): the training set's own source protocols, ``random_sources`` more per
@@ -51,7 +54,8 @@ from phyjax.data.nifti import InputError
 from phyjax.data.split import TrainingSet, require_training_set
 from phyjax.data.volumes import normalize
 from phyjax.losses import (edge_agreement, gradient_difference, intensity_distribution, masked_l1,
-                           physics_consistency, r1_m0_map_loss, ssim_loss, tissue_consistency)
+                           physics_consistency, r1_m0_map_loss, ssim_loss, tissue_consistency,
+                           tissue_distribution)
 from phyjax.methods import networks
 from phyjax.methods.base import fitted_fields, register
 from phyjax.models.phycharm import PhyCHarm, reference_signal
@@ -66,9 +70,10 @@ MODEL_KEYS = ("features", "cond_features", "t1_max", "m0_max", "context", "reado
 READOUT = ("sidecar", "static")
 PAIRS = ("auto", "paired", "simulated")
 #: loss weights of ``config.train`` (traced inputs of the training step)
-WEIGHTS = ("w_map", "w_physics", "w_harm", "w_ssim", "w_grad", "w_tissue", "w_edge", "w_hist")
+WEIGHTS = ("w_map", "w_physics", "w_harm", "w_ssim", "w_grad", "w_tissue", "w_edge", "w_hist",
+           "w_tissue_hist")
 #: the terms that need a target image (0 on an unpaired scan's batch)
-PAIRED_TERMS = ("w_map", "w_harm", "w_ssim", "w_grad", "w_tissue", "w_hist")
+PAIRED_TERMS = ("w_map", "w_harm", "w_ssim", "w_grad", "w_tissue", "w_hist", "w_tissue_hist")
 #: ``config.model.refine``: the data-consistency step at inference (:func:`refine_outputs`)
 REFINE_DEFAULTS = {"enabled": False, "t1_sd": 0.15, "m0_sd": 0.08, "noise": 0.06,
                    "bias_fwhm_mm": 40.0, "iterations": 3}
@@ -133,19 +138,20 @@ def make_loss(model: PhyCHarm):
         centre = b["source"].shape[-1] // 2
         l_phys = physics_consistency(b["source"][..., centre:centre + 1], r_src, b["mask"])
         harm, tgt, mask = out["harmonized"], b["target"], b["mask"]
+        levels = tissue_levels(target, target_ref)
         terms = {"w_map": l_map, "w_physics": l_phys,
                  "w_harm": masked_l1(harm, tgt, mask),
                  "w_ssim": ssim_loss(harm, tgt, mask),
                  "w_grad": gradient_difference(harm, tgt, mask),
-                 "w_tissue": tissue_consistency(harm, tgt, mask,
-                                                tissue_levels(target, target_ref)),
+                 "w_tissue": tissue_consistency(harm, tgt, mask, levels),
                  "w_edge": edge_agreement(harm, b["source"][..., centre:centre + 1], mask),
-                 "w_hist": intensity_distribution(harm, tgt, mask)}
+                 "w_hist": intensity_distribution(harm, tgt, mask),
+                 "w_tissue_hist": tissue_distribution(harm, tgt, mask, levels)}
         loss = sum(weights[k] * terms[k] for k in WEIGHTS)
         return loss, {"loss": loss, "map": l_map, "physics": l_phys, "l1": terms["w_harm"],
                       "ssim": 1.0 - terms["w_ssim"], "grad": terms["w_grad"],
                       "tissue": terms["w_tissue"], "edge": terms["w_edge"],
-                      "hist": terms["w_hist"]}
+                      "hist": terms["w_hist"], "tissue_hist": terms["w_tissue_hist"]}
 
     return loss_fn
 
