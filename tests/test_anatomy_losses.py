@@ -7,8 +7,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from phyjax.losses import (edge_agreement, gradient_difference, intensity_distribution,
-                           tissue_consistency, tissue_distribution)
+from phyjax.losses import (
+    edge_agreement,
+    gradient_difference,
+    intensity_distribution,
+    tissue_consistency,
+    tissue_distribution,
+)
 from phyjax.methods import phycharm
 from phyjax.models.phycharm import reference_signal
 from phyjax.physics.sequences import Protocol
