@@ -165,7 +165,9 @@ def get_config(arg: str | None = None) -> ConfigDict:
                              # a histogram-fitting segmenter measures)
     train.w_tissue_hist = 0.0  # the same inside each of the target's CSF/GM/WM classes (at the
                                # target protocol's tissue levels): no trading one tissue's
-                               # brightness against another's (phyjax.losses.tissue_distribution)
+                               # brightness against another's (phyjax.losses.tissue_distribution).
+                               # Off: at 800 steps neither 2.0 beside w_hist nor 2.0 instead of
+                               # it passed the validation rule (README, issue 14 item 18)
     train.pairs = "auto"     # "paired" (traveling subjects), "simulated" (physics-made pairs on
                              # shipped anatomies + self-supervised adaptation to the real scans;
                              # target-site images unused), "auto" (paired if every training
