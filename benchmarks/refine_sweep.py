@@ -52,8 +52,8 @@ def parse_setting(text: str) -> tuple[str, dict]:
         key, _, value = item.partition("=")
         if value in ("True", "False"):
             out[key] = value == "True"
-        elif key == "calibrate":
-            out[key] = value            # p99 | match
+        elif key in ("calibrate", "tta"):
+            out[key] = value            # p99 | match; none | flip
         else:
             out[key] = float(value)
     return name, out
@@ -66,8 +66,9 @@ def main(argv=None) -> None:
     ap.add_argument("--subjects", choices=("train", "test"), default="train")
     ap.add_argument("--setting", action="append", required=True,
                     help="name:key=value,... (config.model.refine keys, and calibrate=True "
-                         "(config.model.calibrate=p99) or calibrate=p99|match after them); the "
-                         "name 'none' scores the source image itself")
+                         "(config.model.calibrate=p99) or calibrate=p99|match after them, and "
+                         "tta=none|flip (config.model.tta) before them); the name 'none' scores "
+                         "the source image itself")
     ap.add_argument("--max-subjects", type=int, default=0)
     ap.add_argument("--data-seed", type=int, default=-1,
                     help="validation: the subjects (--subjects) of the dataset built with this "
@@ -129,12 +130,20 @@ def main(argv=None) -> None:
         for site, vol in sorted(data.volumes[subject].items()):
             if site == data.target_site or not isinstance(vol.protocol, Protocol):
                 continue
-            raw = harm.predict(vol)
+            raws = {}               # the network's outputs, once per test-time augmentation
+
+            def network(tta, raws=raws, vol=vol):
+                if tta not in raws:
+                    harm.cfg = dict(net_cfg, tta=tta)
+                    raws[tta] = harm.predict(vol)
+                return raws[tta]
+
             for name, s in settings:
+                s = dict(s)
+                raw = network(s.pop("tta", "none"))
                 if name == "none":     # the source image itself (the "no harmonization" row)
                     out = {"harmonized": vol.image, "t1": raw["t1"], "m0": raw["m0"]}
                 else:
-                    s = dict(s)
                     calibrate = s.pop("calibrate", False)
                     calibrate = {True: "p99", False: "none"}.get(calibrate, calibrate)
                     st = phycharm.refine_settings(dict(net_cfg["refine"], **s))

@@ -142,6 +142,10 @@ def get_config(arg: str | None = None) -> ConfigDict:
     # map that keeps every edge of the input): on the validation split it lowered SSIM in
     # every image and Dice and PSNR on average (item 14).
     model.calibrate = "none"
+    # Test-time augmentation (inference only): "flip" averages the outputs on the scan and on
+    # its left-right mirror (the axis its affine names L/R), mirrored back; twice the
+    # inference time (phyjax.methods.networks.predict_volume).
+    model.tta = "none"
 
     train = config.train = ConfigDict()
     train.steps = 400

@@ -303,11 +303,42 @@ def test_calibrated_harmonizer_and_harmonize_mode(debug_run, tmp_path):
         written[calibrate] = nib.load(phycharm.run(h_cfg, workdir)).get_fdata()
         meta = json.load(open(tmp_path / f"{calibrate}.json"))
         assert meta["PhyjaxHarmonizer"]["calibrate"] == calibrate
+        assert meta["PhyjaxHarmonizer"]["tta"] == "none"
     m = nib.load(mask_path).get_fdata() > 0
     assert np.percentile(written["p99"][m], 99) == pytest.approx(1.0, rel=1e-4)
     assert not np.isclose(np.percentile(written["none"][m], 99), 1.0, rtol=1e-3)
     np.testing.assert_allclose(written["p99"][m] * np.percentile(written["none"][m], 99),
                                written["none"][m], rtol=1e-4, atol=1e-6)
+
+
+def test_mirror_tta_of_the_saved_harmonizer(debug_run):
+    # model.tta=flip on a trained PhyCHarm: the mean of its maps and image on the scan and on
+    # the scan mirrored along the axis its affine names left-right (x for this RAS data),
+    # mirrored back; a volume with no affine to read is refused by name.
+    from phyjax import methods
+    from phyjax.data.dataset import load_dataset
+    from phyjax.data.volumes import Volume
+
+    cfg, workdir, _ = debug_run
+    with open(os.path.join(workdir, "split.json")) as f:
+        split = json.load(f)
+    vol = load_dataset(cfg.data, progress=False).volumes[split["test"][0]]["spgr3T"]
+    harm = methods.load(os.path.join(workdir, "harmonizer"))
+    assert harm.cfg["tta"] == "none"
+    plain = harm.predict(vol)
+    mirrored = Volume(vol.subject, vol.site, vol.protocol, np.flip(vol.image, 0).copy(),
+                      np.flip(vol.mask, 0).copy(), vol.path, affine=vol.grid_affine())
+    other = harm.predict(mirrored)
+    harm.cfg["tta"] = "flip"
+    both = harm.predict(vol)
+    for k in ("t1", "m0", "harmonized"):
+        np.testing.assert_allclose(both[k], 0.5 * (plain[k] + np.flip(other[k], 0)),
+                                   rtol=1e-5, atol=1e-6)
+    assert not np.allclose(both["harmonized"], plain["harmonized"], atol=1e-4)
+    lost = Volume(vol.subject, vol.site, vol.protocol, vol.image, vol.mask,
+                  "/nowhere/scan.nii.gz")
+    with pytest.raises(InputError, match="/nowhere/scan.nii.gz.*affine"):
+        harm.predict(lost)
 
 
 def test_saved_phycharm_harmonizes_identically_in_a_fresh_process(debug_run, tmp_path):
@@ -405,7 +436,7 @@ def test_resuming_with_a_different_model_is_refused(debug_run):
 
 
 def test_resuming_with_another_inference_setting_is_allowed(tmp_path):
-    # model.refine and model.calibrate act at inference only: a trained run may be
+    # model.refine, model.calibrate and model.tta act at inference only: a trained run may be
     # re-evaluated with them changed,
     # while any other model setting still refuses to resume.
     from phyjax.experiments.common import prepare_workdir
@@ -418,6 +449,7 @@ def test_resuming_with_another_inference_setting_is_allowed(tmp_path):
         other.model.refine.enabled = not cfg.model.refine.enabled
         other.model.refine.noise = 0.02
         other.model.calibrate = "p99"
+        other.model.tta = "flip"
     prepare_workdir(other, str(tmp_path))
     with other.unlocked():
         other.model.t1_max = cfg.model.t1_max + 1.0

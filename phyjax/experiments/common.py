@@ -19,9 +19,10 @@ from phyjax.evaluate.site_difference import FeatureExtractor
 
 
 #: settings inside a resumable section that act at inference only (a trained network is the
-#: same whatever they are): ``model.refine``, PhyCHarm's data-consistency step, and
-#: ``model.calibrate``, its output's intensity scale
-INFERENCE_ONLY = {"model": ("refine", "calibrate")}
+#: same whatever they are): ``model.refine``, PhyCHarm's data-consistency step,
+#: ``model.calibrate``, its output's intensity scale, and ``model.tta``, its test-time
+#: augmentation
+INFERENCE_ONLY = {"model": ("refine", "calibrate", "tta")}
 
 
 def _training_part(section, key: str):

@@ -118,7 +118,8 @@ def output_sidecar(harmonizer, reading: Reading, input_path: str,
                                      "data_consistency": getattr(harmonizer, "cfg", {}).get(
                                          "refine"),
                                      "calibrate": getattr(harmonizer, "cfg", {}).get(
-                                         "calibrate")},
+                                         "calibrate"),
+                                     "tta": getattr(harmonizer, "cfg", {}).get("tta")},
                 "PhyjaxSourceProtocol": {k: reading.values[k] for k in FIELDS
                                          if k in reading.values},
                 "PhyjaxSourceProtocolOrigin": dict(reading.origin),
@@ -147,8 +148,8 @@ def load_target(harmonizer, target_cfg) -> Protocol | None:
 
 def _load_harmonizer(path: str, config=None):
     """The saved harmonizer in ``path``; PhyCHarm's data-consistency step is set from the
-    command's ``config.model.refine`` and ``config.model.calibrate`` (inference settings: the
-    saved ones are replaced)."""
+    command's ``config.model.refine``, ``config.model.calibrate`` and ``config.model.tta``
+    (inference settings: the saved ones are replaced)."""
     harmonizer = methods.load(path)
     if harmonizer.kind != "image":
         raise InputError(f"{path}: method {harmonizer.name!r} does not harmonize images.")
@@ -161,6 +162,10 @@ def _load_harmonizer(path: str, config=None):
             harmonizer.cfg["refine"] = refine_settings(refine)
         if "calibrate" in model:
             harmonizer.cfg["calibrate"] = check_calibrate(model.calibrate)
+        if "tta" in model:
+            from phyjax.methods.networks import check_tta
+
+            harmonizer.cfg["tta"] = check_tta(model.tta)
     return harmonizer
 
 

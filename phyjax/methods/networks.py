@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 import flax.serialization
 import jax
+import nibabel as nib
 import numpy as np
 import optax
 
@@ -101,12 +102,52 @@ class SlicePairs:
         return out
 
 
+#: Test-time augmentation of the slice networks (``tta`` of their settings): ``none``, or
+#: ``flip`` -- the mean of the outputs on the scan and on its left-right mirror, mirrored back.
+TTA = ("none", "flip")
+
+
+def check_tta(tta: str, key: str = "config.model.tta") -> str:
+    """``tta`` if it is one of :data:`TTA`, else InputError naming ``key``."""
+    if tta not in TTA:
+        raise InputError(f"{key}={tta!r}; expected one of {TTA}.")
+    return tta
+
+
+def mirror_axis(affine: np.ndarray) -> int:
+    """The voxel axis (0, 1 or 2) along which ``affine`` (``(4, 4)``, voxel -> world mm)
+    runs left-right, from :func:`nibabel.aff2axcodes` -- so a mirror flips the head's
+    hemispheres whatever the storage order (RAS, LPS, a sagittal stack, ...).
+
+    Raises InputError for an affine whose orientation names no left-right axis (degenerate).
+    """
+    codes = nib.aff2axcodes(np.asarray(affine, np.float64))
+    for axis, code in enumerate(codes):
+        if code in ("L", "R"):
+            return axis
+    raise InputError(f"the image's affine has no left-right axis (orientation {codes}); "
+                     "cannot mirror it for test-time augmentation (tta=flip).")
+
+
 def predict_volume(predict: Callable, params: Any, image: np.ndarray, mask: np.ndarray,
-                   protocol: Protocol, depth: int, batch_size: int, context: int) -> dict:
+                   protocol: Protocol, depth: int, batch_size: int, context: int,
+                   tta: str = "none", mirror: int = 0) -> dict:
     """Run ``predict(params, source, mask, code, B0)`` on every axial slice of a volume.
 
-    Returns a dict of ``(X, Y, Z)`` arrays, one per output of ``predict``.
+    ``tta="flip"``: also on the volume mirrored along voxel axis ``mirror`` (see
+    :func:`mirror_axis`), that output mirrored back and averaged with the first (mirroring
+    test-time augmentation, as nnU-Net's; Isensee et al., Nat. Methods 2021) -- the result is
+    exactly mirror-equivariant and costs two passes.
+
+    Returns a dict of ``(X, Y, Z)`` arrays, one per output of ``predict``.  Raises InputError
+    for an unknown ``tta``.
     """
+    if check_tta(tta, "tta") == "flip":
+        args = (predict, params)
+        rest = (protocol, depth, batch_size, context)
+        a = predict_volume(*args, image, mask, *rest)
+        b = predict_volume(*args, np.flip(image, mirror), np.flip(mask, mirror), *rest)
+        return {k: 0.5 * (a[k] + np.flip(b[k], mirror)) for k in a}
     pads, _ = grid(image.shape, depth)
     src = with_context(to_slices(image, pads), context).astype(np.float32)
     msk = to_slices(mask.astype(np.float32), pads)[..., None]
@@ -161,7 +202,21 @@ class SliceNetworkHarmonizer(Harmonizer):
         """Every output of the network on ``volume``, as ``(X, Y, Z)`` arrays."""
         return predict_volume(self._predict, self.params, volume.image, volume.mask,
                               volume.protocol, len(self.cfg["features"]), self.batch_size,
-                              self.cfg["context"])
+                              self.cfg["context"], *self.tta(volume))
+
+    def tta(self, volume) -> tuple[str, int]:
+        """``(tta, mirror axis)`` for ``volume``: the settings' ``tta`` (:data:`TTA`; ``none``
+        for a network saved before it existed) and, for ``flip``, the voxel axis its affine
+        names left-right.  Raises InputError when that affine cannot be had."""
+        tta = check_tta(self.cfg.get("tta", "none"), f"{self.config_key}.tta")
+        if tta == "none":
+            return tta, 0
+        try:
+            affine = volume.grid_affine()
+        except Exception as e:          # no affine given and no readable file behind it
+            raise InputError(f"{volume.path}: tta=flip needs the scan's affine to find its "
+                             f"left-right axis; none could be read ({e}).") from e
+        return tta, mirror_axis(affine)
 
     def harmonize(self, volume) -> np.ndarray:
         return np.where(volume.mask, self.predict(volume)["harmonized"], 0.0).astype(np.float32)

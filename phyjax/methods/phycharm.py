@@ -197,7 +197,7 @@ class PhyCHarmHarmonizer(networks.SliceNetworkHarmonizer):
 
         out = networks.predict_volume(run, self.params, volume.image, volume.mask,
                                       volume.protocol, len(self.cfg["features"]),
-                                      self.batch_size, self.cfg["context"])
+                                      self.batch_size, self.cfg["context"], *self.tta(volume))
         settings = refine_settings(self.cfg.get("refine"))
         if settings["enabled"]:
             out = refine_outputs(out, volume, target, ref, settings, self.cfg)
@@ -403,6 +403,7 @@ def fit(config, train: TrainingSet, name: str = "phycharm", *, workdir: str,
     model_cfg["features"] = tuple(model_cfg["features"])
     model_cfg["refine"] = refine_settings(config.model.get("refine"))
     model_cfg["calibrate"] = check_calibrate(config.model.get("calibrate", "none"))
+    model_cfg["tta"] = networks.check_tta(config.model.get("tta", "none"))
     ro = model_cfg["readout"]
     t = config.train
     depth = len(model_cfg["features"])

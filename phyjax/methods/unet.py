@@ -68,7 +68,8 @@ def unet_config(config) -> dict:
         raise ValueError(f"unet.condition must be one of {CONDITIONS}, got {u.condition!r}.")
     return {"features": tuple(u.features), "cond_features": u.cond_features,
             "condition": u.condition, "residual": bool(u.residual),
-            "context": config.model.context}
+            "context": config.model.context,
+            "tta": networks.check_tta(u.get("tta", "none"), "config.unet.tta")}
 
 
 @register("unet", harmonizer=UNetHarmonizer)

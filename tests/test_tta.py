@@ -1,0 +1,75 @@
+"""Mirror test-time augmentation of the slice networks (``tta``; phyjax.methods.networks)."""
+
+import numpy as np
+import pytest
+
+from phyjax.data.nifti import InputError
+from phyjax.methods.networks import check_tta, mirror_axis, predict_volume
+from phyjax.physics.sequences import Protocol
+
+PROTOCOL = Protocol.from_degrees("spgr", tr=0.02, te=0.004, flip_angle_deg=20.0,
+                                 field_strength=3.0)
+
+
+def _ramp_predict(params, source, mask, code, b0):
+    """A slice 'network' that is not mirror-equivariant: the centre channel times a ramp
+    along the slice's first axis (the volume's X), plus the mean of the context channels."""
+    ramp = 1.0 + 0.1 * np.arange(source.shape[1])[None, :, None, None]
+    c = source.shape[-1] // 2
+    return {"harmonized": source[..., c:c + 1] * ramp + source.mean(-1, keepdims=True),
+            "other": 2.0 * source[..., c:c + 1]}
+
+
+def _run(image, tta="none", mirror=0, predict=_ramp_predict):
+    mask = np.ones(image.shape, bool)
+    return predict_volume(predict, None, image, mask, PROTOCOL, depth=2, batch_size=4,
+                          context=1, tta=tta, mirror=mirror)
+
+
+@pytest.mark.parametrize("mirror", [0, 1, 2])
+def test_flip_is_the_mean_of_both_views_and_exactly_mirror_equivariant(mirror):
+    image = np.random.default_rng(0).random((9, 6, 7)).astype(np.float32)
+    plain = _run(image)
+    tta = _run(image, "flip", mirror)
+    # a second computation: two plain passes, the mirrored one mirrored back
+    other = _run(np.flip(image, mirror))
+    for k in plain:
+        np.testing.assert_allclose(tta[k], 0.5 * (plain[k] + np.flip(other[k], mirror)),
+                                   rtol=1e-6)
+    if mirror == 0:     # the ramp runs along X: the augmentation changes the output there
+        assert np.abs(tta["harmonized"] - plain["harmonized"]).max() > 0.05
+    mirrored = _run(np.flip(image, mirror), "flip", mirror)
+    for k in plain:
+        np.testing.assert_allclose(mirrored[k], np.flip(tta[k], mirror), rtol=1e-6, atol=1e-7)
+
+
+def test_flip_leaves_a_pointwise_network_unchanged():
+    def pointwise(params, source, mask, code, b0):
+        c = source.shape[-1] // 2
+        return {"harmonized": 2.0 * source[..., c:c + 1] ** 2}
+
+    image = np.random.default_rng(1).random((8, 5, 4)).astype(np.float32)
+    got = _run(image, "flip", 0, pointwise)["harmonized"]
+    np.testing.assert_allclose(got, 2.0 * image ** 2, rtol=1e-6)
+
+
+def test_mirror_axis_is_the_affines_left_right_axis():
+    assert mirror_axis(np.eye(4)) == 0                                  # RAS
+    assert mirror_axis(np.diag([-1.0, -1.0, 1.0, 1.0])) == 0            # LPS (DICOM)
+    sagittal = np.array([[0, 0, 1.2, 0], [1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0, 1.0]])
+    assert mirror_axis(sagittal) == 2                                   # A, S, R stored
+    coronal = np.array([[-1, 0, 0, 0], [0, 0, 1, 0], [0, -1, 0, 0], [0, 0, 0, 1.0]])
+    assert mirror_axis(coronal) == 0                                    # L, I, A stored
+    c, s = np.cos(0.3), np.sin(0.3)                                     # oblique: 17 deg
+    oblique = np.array([[0, c, -s, 0], [0, s, c, 0], [1, 0, 0, 0], [0, 0, 0, 1.0]])  # axial tilt
+    assert mirror_axis(oblique) == 1                                    # S, R, A stored
+    with pytest.raises(InputError, match="left-right"):
+        mirror_axis(np.zeros((4, 4)))
+
+
+def test_unknown_tta_is_refused():
+    assert check_tta("flip") == "flip"
+    with pytest.raises(InputError, match="config.model.tta='mirror'"):
+        check_tta("mirror")
+    with pytest.raises(InputError, match="tta"):
+        _run(np.ones((4, 4, 3), np.float32), "rotate")
