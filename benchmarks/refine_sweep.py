@@ -67,8 +67,8 @@ def main(argv=None) -> None:
     ap.add_argument("--setting", action="append", required=True,
                     help="name:key=value,... (config.model.refine keys, and calibrate=True "
                          "(config.model.calibrate=p99) or calibrate=p99|match after them, and "
-                         "tta=none|flip (config.model.tta) before them); the name 'none' scores "
-                         "the source image itself")
+                         "tta=none|flip (config.model.tta; default: the saved network's) "
+                         "before them); the name 'none' scores the source image itself")
     ap.add_argument("--max-subjects", type=int, default=0)
     ap.add_argument("--data-seed", type=int, default=-1,
                     help="validation: the subjects (--subjects) of the dataset built with this "
@@ -140,7 +140,7 @@ def main(argv=None) -> None:
 
             for name, s in settings:
                 s = dict(s)
-                raw = network(s.pop("tta", "none"))
+                raw = network(s.pop("tta", net_cfg.get("tta", "none")))   # default: saved
                 if name == "none":     # the source image itself (the "no harmonization" row)
                     out = {"harmonized": vol.image, "t1": raw["t1"], "m0": raw["m0"]}
                 else:

@@ -103,7 +103,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
     unet.condition = "none"  # or "protocol" (encoded acquisition parameters through FiLM)
     unet.residual = True     # predict a correction of the centre slice
     unet.w_hist = 0.0        # PhyCHarm's intensity-distribution term (0: the plain baseline)
-    unet.tta = "none"        # or "flip": as config.model.tta (left-right mirror averaging)
+    unet.tta = config.model.get_ref("tta")  # the same test-time augmentation as PhyCHarm
 
     rep = config.report = ConfigDict()
     rep.features = ("firstorder_Median", "firstorder_Entropy", "glcm_Contrast",

@@ -303,7 +303,7 @@ def test_calibrated_harmonizer_and_harmonize_mode(debug_run, tmp_path):
         written[calibrate] = nib.load(phycharm.run(h_cfg, workdir)).get_fdata()
         meta = json.load(open(tmp_path / f"{calibrate}.json"))
         assert meta["PhyjaxHarmonizer"]["calibrate"] == calibrate
-        assert meta["PhyjaxHarmonizer"]["tta"] == "none"
+        assert meta["PhyjaxHarmonizer"]["tta"] == cfg.model.tta
     m = nib.load(mask_path).get_fdata() > 0
     assert np.percentile(written["p99"][m], 99) == pytest.approx(1.0, rel=1e-4)
     assert not np.isclose(np.percentile(written["none"][m], 99), 1.0, rtol=1e-3)
@@ -324,7 +324,8 @@ def test_mirror_tta_of_the_saved_harmonizer(debug_run):
         split = json.load(f)
     vol = load_dataset(cfg.data, progress=False).volumes[split["test"][0]]["spgr3T"]
     harm = methods.load(os.path.join(workdir, "harmonizer"))
-    assert harm.cfg["tta"] == "none"
+    assert harm.cfg["tta"] == cfg.model.tta          # the trained run's setting, saved
+    harm.cfg["tta"] = "none"
     plain = harm.predict(vol)
     mirrored = Volume(vol.subject, vol.site, vol.protocol, np.flip(vol.image, 0).copy(),
                       np.flip(vol.mask, 0).copy(), vol.path, affine=vol.grid_affine())
@@ -449,7 +450,7 @@ def test_resuming_with_another_inference_setting_is_allowed(tmp_path):
         other.model.refine.enabled = not cfg.model.refine.enabled
         other.model.refine.noise = 0.02
         other.model.calibrate = "p99"
-        other.model.tta = "flip"
+        other.model.tta = "none" if cfg.model.tta == "flip" else "flip"
     prepare_workdir(other, str(tmp_path))
     with other.unlocked():
         other.model.t1_max = cfg.model.t1_max + 1.0
