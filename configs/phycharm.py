@@ -154,6 +154,10 @@ def get_config(arg: str | None = None) -> ConfigDict:
     train = config.train = ConfigDict()
     train.steps = 400
     train.batch_size = 16
+    # Mirror augmentation: each training slice (source, target, mask, maps together) flipped
+    # left-right with this probability (phyjax.methods.networks.mirror_batch; the benchmark's
+    # U-Net trains with the same). Off by default until a validation rule passes.
+    train.mirror = 0.0
     train.learning_rate = 2e-3
     train.warmup_steps = 20
     train.checkpoint_every = 100

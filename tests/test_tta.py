@@ -1,4 +1,4 @@
-"""Mirror test-time augmentation of the slice networks (``tta``; phyjax.methods.networks)."""
+"""Mirror test-time and training augmentation of the slice networks (``tta``, ``train.mirror``)."""
 
 import numpy as np
 import pytest
@@ -73,3 +73,33 @@ def test_unknown_tta_is_refused():
         check_tta("mirror")
     with pytest.raises(InputError, match="tta"):
         _run(np.ones((4, 4, 3), np.float32), "rotate")
+
+
+def test_mirror_batch_flips_whole_samples_by_a_pure_draw():
+    from phyjax.methods.networks import check_mirror, mirror_batch, mirrored
+
+    rng = np.random.default_rng(2)
+    arrays = {"source": rng.random((64, 6, 5, 3)), "target": rng.random((64, 6, 5, 1)),
+              "mask": rng.random((64, 6, 5, 1)) > 0.5, "code": rng.random((64, 4))}
+    out = mirror_batch(arrays, 7, 0, 0.5)
+    flipped = np.array([np.array_equal(out["source"][j], arrays["source"][j, ::-1])
+                        for j in range(64)])
+    kept = np.array([np.array_equal(out["source"][j], arrays["source"][j]) for j in range(64)])
+    assert np.all(flipped ^ kept) and 16 < flipped.sum() < 48     # about half, each one way
+    for key in ("target", "mask"):                                # the same samples, together
+        np.testing.assert_array_equal(out[key][flipped], arrays[key][flipped][:, ::-1])
+        np.testing.assert_array_equal(out[key][~flipped], arrays[key][~flipped])
+    np.testing.assert_array_equal(out["code"], arrays["code"])    # not image-shaped
+    again = mirror_batch(arrays, 7, 0, 0.5)                       # a pure function of the step
+    np.testing.assert_array_equal(again["source"], out["source"])
+    other = mirror_batch(arrays, 8, 0, 0.5)["source"]
+    assert not np.array_equal(other, out["source"])
+    assert mirror_batch(arrays, 7, 0, 0.0) is arrays
+    assert all(np.array_equal(mirror_batch(arrays, 7, 0, 1.0)["source"][j],
+                              arrays["source"][j, ::-1]) for j in range(64))
+    wrapped = mirrored(lambda i: (arrays, "protocol", 3), 0, 0.5)(7)
+    assert wrapped[1:] == ("protocol", 3)
+    np.testing.assert_array_equal(wrapped[0]["source"], out["source"])
+    for bad in (-0.1, 1.5, "half"):
+        with pytest.raises(InputError, match="config.train.mirror"):
+            check_mirror(bad)

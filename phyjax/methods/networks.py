@@ -102,6 +102,53 @@ class SlicePairs:
         return out
 
 
+def check_mirror(p: float, key: str = "config.train.mirror") -> float:
+    """``p`` as a float if it is a probability in [0, 1], else InputError naming ``key``."""
+    try:
+        p = float(p)
+    except (TypeError, ValueError):
+        raise InputError(f"{key}={p!r}; expected a probability in [0, 1].") from None
+    if not 0.0 <= p <= 1.0:
+        raise InputError(f"{key}={p!r}; expected a probability in [0, 1].")
+    return p
+
+
+def mirror_batch(arrays: dict, i: int, seed: int, p: float) -> dict:
+    """Training batch ``arrays`` with each sample mirrored along the slices' first axis (the
+    volume's x: left-right for RAS or LPS storage) with probability ``p``, every image-shaped
+    array (``(B, H, W, ...)``: source, target, mask, maps) of a sample together; per-sample
+    vectors (``(B, K)``, e.g. protocol codes) are left as they are.
+
+    The draw is ``numpy.random.default_rng([seed, i, 29])``: a pure function of the step, so a
+    resumed run sees the batches an uninterrupted one would.  ``p = 0`` returns ``arrays``.
+    """
+    if check_mirror(p, "mirror") == 0.0:
+        return arrays
+    n = len(next(iter(arrays.values())))
+    flip = np.random.default_rng([seed, i, 29]).random(n) < p
+    out = {}
+    for key, value in arrays.items():
+        value = np.asarray(value)
+        if value.ndim >= 3 and flip.any():
+            value = value.copy()
+            value[flip] = value[flip][:, ::-1]
+        out[key] = value
+    return out
+
+
+def mirrored(batch_fn: Callable, seed: int, p: float) -> Callable:
+    """``batch_fn(i) -> (arrays, *rest)`` with ``arrays`` passed through :func:`mirror_batch`."""
+    p = check_mirror(p)
+    if p == 0.0:
+        return batch_fn
+
+    def fn(i):
+        arrays, *rest = batch_fn(i)
+        return (mirror_batch(arrays, i, seed, p), *rest)
+
+    return fn
+
+
 #: Test-time augmentation of the slice networks (``tta`` of their settings): ``none``, or
 #: ``flip`` -- the mean of the outputs on the scan and on its left-right mirror, mirrored back.
 TTA = ("none", "flip")

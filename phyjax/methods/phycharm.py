@@ -441,6 +441,7 @@ def fit(config, train: TrainingSet, name: str = "phycharm", *, workdir: str,
             arrays, p, q = sim.batch(i, t.batch_size, config.seed)
             return arrays, _f32(sim.sources[p], ro), _f32(sim.targets[q], ro), refs[q], full
 
+    batch_fn = networks.mirrored(batch_fn, config.seed, t.get("mirror", 0.0))
     model, tx = make_model(model_cfg), networks.make_optimizer(t)
     state = TrainState.create(init_params(model, padded, model_cfg["context"], config.seed), tx)
     step = make_train_step(make_loss(model), tx)

@@ -111,6 +111,7 @@ def fit(config, train: TrainingSet, name: str = "unet", *, workdir: str, progres
         batch["code"] = np.broadcast_to(codes[site], (t.batch_size,) + codes[site].shape)
         return (batch,)
 
+    batch_fn = networks.mirrored(batch_fn, config.seed, t.get("mirror", 0.0))
     state = fit_loop(TrainState.create(params, tx), make_train_step(loss_fn, tx), batch_fn,
                      t.steps, workdir, checkpoint_every=t.checkpoint_every,
                      log_every=t.log_every, progress=progress, desc="U-Net")
