@@ -52,7 +52,7 @@ def parse_setting(text: str) -> tuple[str, dict]:
         key, _, value = item.partition("=")
         if value in ("True", "False"):
             out[key] = value == "True"
-        elif key in ("calibrate", "tta"):
+        elif key in ("calibrate", "tta", "network"):
             out[key] = value            # p99 | match; none | flip
         else:
             out[key] = float(value)
@@ -69,6 +69,10 @@ def main(argv=None) -> None:
                          "(config.model.calibrate=p99) or calibrate=p99|match after them, and "
                          "tta=none|flip (config.model.tta; default: the saved network's) "
                          "before them); the name 'none' scores the source image itself")
+    ap.add_argument("--ensemble-run", action="append", default=[],
+                    help="further run folder(s) of the same method (e.g. other seeds): the "
+                         "setting key network=all averages the outputs of --run and these "
+                         "(model averaging), network=K uses run K alone (0: --run)")
     ap.add_argument("--max-subjects", type=int, default=0)
     ap.add_argument("--data-seed", type=int, default=-1,
                     help="validation: the subjects (--subjects) of the dataset built with this "
@@ -95,9 +99,14 @@ def main(argv=None) -> None:
     folder = os.path.join(args.run, args.method, "harmonizer") if args.method else \
         os.path.join(args.run, "harmonizer")
     harm = methods.load(folder)
+    others = [methods.load(os.path.join(r, args.method, "harmonizer") if args.method else
+                           os.path.join(r, "harmonizer")) for r in args.ensemble_run]
     net_cfg = dict(harm.cfg, refine=dict(harm.cfg.get("refine") or {}, enabled=False),
                    calibrate="none")
     harm.cfg = net_cfg
+    for o in others:
+        if o.target_protocol != harm.target_protocol:
+            raise SystemExit("--ensemble-run: the runs harmonize to different targets.")
     target = phycharm._f32(harm.target_protocol, net_cfg.get("readout", "sidecar"))
     ref = phycharm.reference_level(target)
     settings = [parse_setting(s) for s in args.setting]
@@ -132,15 +141,20 @@ def main(argv=None) -> None:
                 continue
             raws = {}               # the network's outputs, once per test-time augmentation
 
-            def network(tta, raws=raws, vol=vol):
-                if tta not in raws:
-                    harm.cfg = dict(net_cfg, tta=tta)
-                    raws[tta] = harm.predict(vol)
-                return raws[tta]
+            def network(tta, which="0", raws=raws, vol=vol):
+                if which == "all":
+                    outs = [network(tta, str(k)) for k in range(1 + len(others))]
+                    return {k: np.mean([o[k] for o in outs], axis=0) for k in outs[0]}
+                if (tta, which) not in raws:
+                    h = ([harm] + others)[int(which)]
+                    h.cfg = dict(h.cfg, tta=tta, refine=net_cfg["refine"], calibrate="none")
+                    raws[tta, which] = h.predict(vol)
+                return raws[tta, which]
 
             for name, s in settings:
                 s = dict(s)
-                raw = network(s.pop("tta", net_cfg.get("tta", "none")))   # default: saved
+                raw = network(s.pop("tta", net_cfg.get("tta", "none")),   # default: saved
+                              str(s.pop("network", "0")))
                 if name == "none":     # the source image itself (the "no harmonization" row)
                     out = {"harmonized": vol.image, "t1": raw["t1"], "m0": raw["m0"]}
                 else:

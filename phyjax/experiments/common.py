@@ -23,12 +23,16 @@ from phyjax.evaluate.site_difference import FeatureExtractor
 #: ``model.calibrate``, its output's intensity scale, and ``model.tta``, its test-time
 #: augmentation
 INFERENCE_ONLY = {"model": ("refine", "calibrate", "tta")}
+#: training settings added after runs were made: a run whose config.json lacks one was trained
+#: with this value (``model.ensemble``: one network)
+ADDED_LATER = {"model": {"ensemble": 1}}
 
 
 def _training_part(section, key: str):
     if not isinstance(section, dict):
         return section
-    return {k: v for k, v in section.items() if k not in INFERENCE_ONLY.get(key, ())}
+    return {**ADDED_LATER.get(key, {}),
+            **{k: v for k, v in section.items() if k not in INFERENCE_ONLY.get(key, ())}}
 
 
 def prepare_workdir(config, workdir: str, resumable_keys=("model", "data", "seed")) -> None:

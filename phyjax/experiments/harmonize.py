@@ -119,7 +119,9 @@ def output_sidecar(harmonizer, reading: Reading, input_path: str,
                                          "refine"),
                                      "calibrate": getattr(harmonizer, "cfg", {}).get(
                                          "calibrate"),
-                                     "tta": getattr(harmonizer, "cfg", {}).get("tta")},
+                                     "tta": getattr(harmonizer, "cfg", {}).get("tta"),
+                                     "ensemble": getattr(harmonizer, "cfg", {}).get(
+                                         "ensemble", 1)},
                 "PhyjaxSourceProtocol": {k: reading.values[k] for k in FIELDS
                                          if k in reading.values},
                 "PhyjaxSourceProtocolOrigin": dict(reading.origin),

@@ -176,11 +176,59 @@ def mirror_axis(affine: np.ndarray) -> int:
                      "cannot mirror it for test-time augmentation (tta=flip).")
 
 
+def check_ensemble(n, key: str = "config.model.ensemble") -> int:
+    """``n`` (networks trained and averaged, :func:`fit_ensemble`) as an int >= 1, else
+    InputError naming ``key``."""
+    if isinstance(n, bool) or not float(n).is_integer() or int(n) < 1:
+        raise InputError(f"{key}={n!r}; expected a whole number of networks >= 1.")
+    return int(n)
+
+
+def member_config(config, k: int, section: str):
+    """The config of ensemble member ``k``: ``config`` with ``seed + k`` (every random draw of
+    training: initialization, batch order, simulated heads and protocols) and
+    ``config.<section>.ensemble = 1``."""
+    c = config.copy_and_resolve_references()
+    with c.unlocked():
+        c.seed = int(config.seed) + k
+        c[section].ensemble = 1
+    return c
+
+
+def fit_ensemble(fit_one: Callable, config, section: str, train, *, workdir: str,
+                 **context) -> SliceNetworkHarmonizer | None:
+    """Deep ensemble of a slice network (Lakshminarayanan et al., NeurIPS 2017; the model
+    averaging of nnU-Net, Isensee et al., Nat. Methods 2021): ``config.<section>.ensemble``
+    networks, member ``k`` trained by ``fit_one(member_config(config, k), train, ...)`` with
+    seed ``config.seed + k`` (checkpoints: ``workdir`` for the first, ``workdir/member<k>``
+    for the others, so each resumes on its own), returned as one harmonizer whose ``params`` is
+    the list of members' and whose outputs are their mean (:func:`predict_volume`).
+
+    Returns None when the setting is 1 (the caller trains its one network).  Raises InputError
+    for a setting that is not a whole number >= 1.
+    """
+    n = check_ensemble(config[section].get("ensemble", 1), f"config.{section}.ensemble")
+    if n == 1:
+        return None
+    members = []
+    for k in range(n):
+        print(f"[ensemble] network {k + 1} of {n} (seed {int(config.seed) + k})", flush=True)
+        members.append(fit_one(member_config(config, k, section), train,
+                               workdir=workdir if k == 0 else os.path.join(workdir, f"member{k}"),
+                               **context))
+    first = members[0]
+    first.params = [m.params for m in members]
+    first.cfg["ensemble"] = n
+    return first
+
+
 def predict_volume(predict: Callable, params: Any, image: np.ndarray, mask: np.ndarray,
                    protocol: Protocol, depth: int, batch_size: int, context: int,
                    tta: str = "none", mirror: int = 0) -> dict:
     """Run ``predict(params, source, mask, code, B0)`` on every axial slice of a volume.
 
+    ``params`` a list (an ensemble, :func:`fit_ensemble`): the mean of every member's outputs
+    (each with the same test-time augmentation).
     ``tta="flip"``: also on the volume mirrored along voxel axis ``mirror`` (see
     :func:`mirror_axis`), that output mirrored back and averaged with the first (mirroring
     test-time augmentation, as nnU-Net's; Isensee et al., Nat. Methods 2021) -- the result is
@@ -189,6 +237,10 @@ def predict_volume(predict: Callable, params: Any, image: np.ndarray, mask: np.n
     Returns a dict of ``(X, Y, Z)`` arrays, one per output of ``predict``.  Raises InputError
     for an unknown ``tta``.
     """
+    if isinstance(params, (list, tuple)):
+        outs = [predict_volume(predict, p, image, mask, protocol, depth, batch_size, context,
+                               tta, mirror) for p in params]
+        return {k: np.mean([o[k] for o in outs], axis=0) for k in outs[0]}
     if check_tta(tta, "tta") == "flip":
         args = (predict, params)
         rest = (protocol, depth, batch_size, context)
@@ -213,7 +265,8 @@ def predict_volume(predict: Callable, params: Any, image: np.ndarray, mask: np.n
 
 
 def save_params(params: Any, directory: str) -> str:
-    """Network parameters as one msgpack file (flax.serialization) in ``directory``."""
+    """Network parameters as one msgpack file (flax.serialization) in ``directory`` (an
+    ensemble's list as ``{"0": ..., "1": ...}``)."""
     path = os.path.join(directory, "params.msgpack")
     with open(path, "wb") as f:
         f.write(flax.serialization.to_bytes(params))
@@ -274,5 +327,8 @@ class SliceNetworkHarmonizer(Harmonizer):
 
     @classmethod
     def load_state(cls, directory: str, meta: dict) -> "SliceNetworkHarmonizer":
-        return cls(load_params(directory), meta["state"][cls.config_key],
-                   meta["state"]["batch_size"], **base_fields(meta))
+        cfg, params = meta["state"][cls.config_key], load_params(directory)
+        n = check_ensemble(cfg.get("ensemble", 1), f"{cls.config_key}.ensemble")
+        if n > 1:
+            params = [params[str(k)] for k in range(n)]
+        return cls(params, cfg, meta["state"]["batch_size"], **base_fields(meta))

@@ -397,7 +397,13 @@ def fit(config, train: TrainingSet, name: str = "phycharm", *, workdir: str,
 
     ``has_maps``: ground-truth T1/M0 exist for the real scans (the default dataset); otherwise
     ``w_map`` is 0 on real pairs (simulated pairs always have their maps).
+    ``config.model.ensemble`` > 1: that many networks, seeds ``config.seed + k``, averaged at
+    inference (:func:`phyjax.methods.networks.fit_ensemble`).
     """
+    ensemble = networks.fit_ensemble(fit, config, "model", train, name=name, workdir=workdir,
+                                     progress=progress, has_maps=has_maps)
+    if ensemble is not None:
+        return ensemble
     train = require_training_set(train)
     model_cfg = {k: config.model[k] for k in MODEL_KEYS}
     model_cfg["features"] = tuple(model_cfg["features"])

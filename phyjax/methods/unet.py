@@ -75,7 +75,12 @@ def unet_config(config) -> dict:
 @register("unet", harmonizer=UNetHarmonizer)
 def fit(config, train: TrainingSet, name: str = "unet", *, workdir: str, progress: bool = True,
         **_) -> UNetHarmonizer:
-    """Train the U-Net on ``train`` with ``config.train`` (checkpoints in ``workdir``)."""
+    """Train the U-Net on ``train`` with ``config.train`` (checkpoints in ``workdir``);
+    ``config.unet.ensemble`` > 1: that many, averaged (:func:`networks.fit_ensemble`)."""
+    ensemble = networks.fit_ensemble(fit, config, "unet", train, name=name, workdir=workdir,
+                                     progress=progress)
+    if ensemble is not None:
+        return ensemble
     train = require_training_set(train)
     cfg, t = unet_config(config), config.train
     w_hist = float(config.unet.get("w_hist", 0.0))
