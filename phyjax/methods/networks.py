@@ -179,7 +179,11 @@ def mirror_axis(affine: np.ndarray) -> int:
 def check_ensemble(n, key: str = "config.model.ensemble") -> int:
     """``n`` (networks trained and averaged, :func:`fit_ensemble`) as an int >= 1, else
     InputError naming ``key``."""
-    if isinstance(n, bool) or not float(n).is_integer() or int(n) < 1:
+    try:
+        whole = not isinstance(n, bool) and float(n).is_integer() and int(n) >= 1
+    except (TypeError, ValueError):
+        whole = False
+    if not whole:
         raise InputError(f"{key}={n!r}; expected a whole number of networks >= 1.")
     return int(n)
 
