@@ -72,7 +72,8 @@ def main(argv=None) -> None:
     ap.add_argument("--ensemble-run", action="append", default=[],
                     help="further run folder(s) of the same method (e.g. other seeds): the "
                          "setting key network=all averages the outputs of --run and these "
-                         "(model averaging), network=K uses run K alone (0: --run)")
+                         "(model averaging), network=0+2 those of runs 0 and 2, network=K "
+                         "uses run K alone (0: --run)")
     ap.add_argument("--max-subjects", type=int, default=0)
     ap.add_argument("--data-seed", type=int, default=-1,
                     help="validation: the subjects (--subjects) of the dataset built with this "
@@ -142,8 +143,9 @@ def main(argv=None) -> None:
             raws = {}               # the network's outputs, once per test-time augmentation
 
             def network(tta, which="0", raws=raws, vol=vol):
-                if which == "all":
-                    outs = [network(tta, str(k)) for k in range(1 + len(others))]
+                if which == "all" or "+" in which:
+                    members = range(1 + len(others)) if which == "all" else which.split("+")
+                    outs = [network(tta, str(k)) for k in members]
                     return {k: np.mean([o[k] for o in outs], axis=0) for k in outs[0]}
                 if (tta, which) not in raws:
                     h = ([harm] + others)[int(which)]
