@@ -53,7 +53,7 @@ def parse_setting(text: str) -> tuple[str, dict]:
         if value in ("True", "False"):
             out[key] = value == "True"
         elif key in ("calibrate", "tta", "network"):
-            out[key] = value            # p99 | match; none | flip
+            out[key] = value            # p99 | match; none | flip; K | all | 0+2
         else:
             out[key] = float(value)
     return name, out
@@ -97,11 +97,11 @@ def main(argv=None) -> None:
             raise SystemExit(f"--data-seed {args.data_seed} is the run's own data.seed.")
         own = load_dataset(cfg.data, progress=False, paired=True)
         cfg.data.seed = args.data_seed
-    folder = os.path.join(args.run, args.method, "harmonizer") if args.method else \
-        os.path.join(args.run, "harmonizer")
-    harm = methods.load(folder)
-    others = [methods.load(os.path.join(r, args.method, "harmonizer") if args.method else
-                           os.path.join(r, "harmonizer")) for r in args.ensemble_run]
+    def load(run):          # a phycharm run's harmonizer/, or a benchmark run's <method>/
+        return methods.load(os.path.join(run, args.method, "harmonizer"))
+
+    harm = load(args.run)
+    others = [load(r) for r in args.ensemble_run]
     net_cfg = dict(harm.cfg, refine=dict(harm.cfg.get("refine") or {}, enabled=False),
                    calibrate="none")
     harm.cfg = net_cfg
@@ -140,7 +140,7 @@ def main(argv=None) -> None:
         for site, vol in sorted(data.volumes[subject].items()):
             if site == data.target_site or not isinstance(vol.protocol, Protocol):
                 continue
-            raws = {}               # the network's outputs, once per test-time augmentation
+            raws = {}               # each network's outputs, once per test-time augmentation
 
             def network(tta, which="0", raws=raws, vol=vol):
                 if which == "all" or "+" in which:

@@ -47,3 +47,28 @@ def load_config(name: str, variant: str = "debug"):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.get_config(variant)
+
+
+def tiny_volumes(tmp_path, subjects=("01", "02", "03", "04"), sites=("ref", "x"),
+                 shape=(6, 6, 4)):
+    """Tiny real NIfTI volumes ``{subject: {site: Volume}}`` of random images, written into
+    ``tmp_path`` (site ``ref`` an MPRAGE, every other site an SPGR: another protocol)."""
+    import numpy as np
+
+    from phyjax.data.nifti import save_volume
+    from phyjax.data.volumes import Volume
+    from phyjax.physics.sequences import Protocol
+
+    out = {}
+    for i, s in enumerate(subjects):
+        for j, site in enumerate(sites):
+            rng = np.random.default_rng(i * 10 + j)
+            image = rng.random(shape).astype(np.float32) + 0.1 + 0.5 * j
+            path = str(tmp_path / f"sub-{s}_ses-{site}_T1w.nii.gz")
+            save_volume(image, np.diag([2.0, 2.0, 2.0, 1.0]), path)
+            protocol = Protocol.from_degrees("mprage" if site == "ref" else "spgr", tr=2.0 if
+                                             site == "ref" else 0.02, te=0.003,
+                                             ti=1.0 if site == "ref" else 0.0, flip_angle_deg=9)
+            out.setdefault(s, {})[site] = Volume(s, site, protocol, image,
+                                                 np.ones(shape, bool), path)
+    return out

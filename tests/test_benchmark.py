@@ -12,7 +12,7 @@ import pytest
 import conftest
 
 from phyjax import methods
-from phyjax.data.nifti import InputError, save_volume
+from phyjax.data.nifti import InputError
 from phyjax.data.split import LeakageError, Split, TrainingSet
 from phyjax.data.volumes import Volume
 from phyjax.evaluate import report
@@ -28,21 +28,7 @@ def load_config(variant="debug"):
 
 # ----------------------------------------------------------------------------- held out
 
-def _volumes(tmp_path, subjects=("01", "02", "03", "04"), sites=("ref", "x")):
-    """Tiny real NIfTI volumes ``{subject: {site: Volume}}`` (site ``x`` has another protocol)."""
-    out = {}
-    for i, s in enumerate(subjects):
-        for j, site in enumerate(sites):
-            rng = np.random.default_rng(i * 10 + j)
-            image = rng.random((6, 6, 4)).astype(np.float32) + 0.1 + 0.5 * j
-            path = str(tmp_path / f"sub-{s}_ses-{site}_T1w.nii.gz")
-            save_volume(image, np.diag([2.0, 2.0, 2.0, 1.0]), path)
-            protocol = Protocol.from_degrees("mprage" if site == "ref" else "spgr", tr=2.0 if
-                                             site == "ref" else 0.02, te=0.003,
-                                             ti=1.0 if site == "ref" else 0.0, flip_angle_deg=9)
-            out.setdefault(s, {})[site] = Volume(s, site, protocol, image,
-                                                 np.ones((6, 6, 4), bool), path)
-    return out
+_volumes = conftest.tiny_volumes
 
 
 def test_split_is_disjoint_and_training_set_hides_test_subjects(tmp_path):

@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 
 from phyjax import methods
-from phyjax.data.nifti import InputError, save_volume
+from phyjax.data.nifti import InputError
 from phyjax.data.split import Split
-from phyjax.data.volumes import Volume
 from phyjax.experiments.common import prepare_workdir
 from phyjax.methods.networks import check_ensemble, member_config, predict_volume
 from phyjax.methods.unet import UNetHarmonizer
@@ -67,19 +66,7 @@ def test_member_config_shifts_the_seed_and_leaves_the_config_alone():
 
 
 def _volumes(tmp_path):
-    out = {}
-    for i, s in enumerate(("01", "02", "03", "04")):
-        for j, site in enumerate(("ref", "x")):
-            rng = np.random.default_rng(i * 10 + j)
-            image = rng.random((8, 8, 5)).astype(np.float32) + 0.1 + 0.5 * j
-            path = str(tmp_path / f"sub-{s}_ses-{site}_T1w.nii.gz")
-            save_volume(image, np.diag([2.0, 2.0, 2.0, 1.0]), path)
-            protocol = Protocol.from_degrees("mprage" if site == "ref" else "spgr",
-                                             tr=2.0 if site == "ref" else 0.02, te=0.003,
-                                             ti=1.0 if site == "ref" else 0.0, flip_angle_deg=9)
-            out.setdefault(s, {})[site] = Volume(s, site, protocol, image,
-                                                 np.ones((8, 8, 5), bool), path)
-    return out
+    return conftest.tiny_volumes(tmp_path, shape=(8, 8, 5))
 
 
 def _leaves_equal(a, b):

@@ -108,6 +108,7 @@ def output_sidecar(harmonizer, reading: Reading, input_path: str,
                    target: Protocol | None = None, config=None) -> dict:
     """The output's sidecar: the target protocol (BIDS units) and every assumption made."""
     target = target if target is not None else harmonizer.target_protocol
+    settings = getattr(harmonizer, "cfg", {})      # a network's inference settings
     out = protocol_to_sidecar(target)
     out.update({"Sources": [os.path.abspath(input_path)],
                 "PhyjaxHarmonizer": {"method": harmonizer.name,
@@ -115,13 +116,10 @@ def output_sidecar(harmonizer, reading: Reading, input_path: str,
                                      "target_given_as_protocol": target is not
                                      harmonizer.target_protocol,
                                      "fitted_on": sorted(harmonizer.fitted_on),
-                                     "data_consistency": getattr(harmonizer, "cfg", {}).get(
-                                         "refine"),
-                                     "calibrate": getattr(harmonizer, "cfg", {}).get(
-                                         "calibrate"),
-                                     "tta": getattr(harmonizer, "cfg", {}).get("tta"),
-                                     "ensemble": getattr(harmonizer, "cfg", {}).get(
-                                         "ensemble", 1)},
+                                     "data_consistency": settings.get("refine"),
+                                     "calibrate": settings.get("calibrate"),
+                                     "tta": settings.get("tta"),
+                                     "ensemble": settings.get("ensemble", 1)},
                 "PhyjaxSourceProtocol": {k: reading.values[k] for k in FIELDS
                                          if k in reading.values},
                 "PhyjaxSourceProtocolOrigin": dict(reading.origin),
