@@ -52,8 +52,8 @@ def parse_setting(text: str) -> tuple[str, dict]:
         key, _, value = item.partition("=")
         if value in ("True", "False"):
             out[key] = value == "True"
-        elif key in ("calibrate", "tta", "network"):
-            out[key] = value            # p99 | match; none | flip; K | all | 0+2
+        elif key in ("calibrate", "tta", "network", "views"):
+            out[key] = value            # p99 | match; none | flip; K | all | 0+2; axial+coronal
         else:
             out[key] = float(value)
     return name, out
@@ -67,8 +67,10 @@ def main(argv=None) -> None:
     ap.add_argument("--setting", action="append", required=True,
                     help="name:key=value,... (config.model.refine keys, and calibrate=True "
                          "(config.model.calibrate=p99) or calibrate=p99|match after them, and "
-                         "tta=none|flip (config.model.tta; default: the saved network's) "
-                         "before them); the name 'none' scores the source image itself")
+                         "tta=none|flip (config.model.tta; default: the saved network's) and "
+                         "views=axial+coronal+... (config.model.views: the planes it infers "
+                         "in; default: the saved network's) before them); the name 'none' "
+                         "scores the source image itself")
     ap.add_argument("--ensemble-run", action="append", default=[],
                     help="further run folder(s) of the same method (e.g. other seeds): the "
                          "setting key network=all averages the outputs of --run and these "
@@ -111,6 +113,8 @@ def main(argv=None) -> None:
     target = phycharm._f32(harm.target_protocol, net_cfg.get("readout", "sidecar"))
     ref = phycharm.reference_level(target)
     settings = [parse_setting(s) for s in args.setting]
+    # each network's own planes (a setting's views= overrides them)
+    own_views = [h.cfg.get("views", ["axial"]) for h in [harm] + others]
     data = load_dataset(cfg.data, progress=False, paired=True)
     if own is not None:     # a validation head must not be a training head (same T1 map)
         def head(volumes, site):
@@ -142,21 +146,22 @@ def main(argv=None) -> None:
                 continue
             raws = {}               # each network's outputs, once per test-time augmentation
 
-            def network(tta, which="0", raws=raws, vol=vol):
+            def network(tta, which="0", views=None, raws=raws, vol=vol):
                 if which == "all" or "+" in which:
                     members = range(1 + len(others)) if which == "all" else which.split("+")
-                    outs = [network(tta, str(k)) for k in members]
+                    outs = [network(tta, str(k), views) for k in members]
                     return {k: np.mean([o[k] for o in outs], axis=0) for k in outs[0]}
-                if (tta, which) not in raws:
+                if (tta, which, views) not in raws:
                     h = ([harm] + others)[int(which)]
                     h.cfg = dict(h.cfg, tta=tta, refine=net_cfg["refine"], calibrate="none")
-                    raws[tta, which] = h.predict(vol)
-                return raws[tta, which]
+                    h.cfg["views"] = views.split("+") if views else own_views[int(which)]
+                    raws[tta, which, views] = h.predict(vol)
+                return raws[tta, which, views]
 
             for name, s in settings:
                 s = dict(s)
                 raw = network(s.pop("tta", net_cfg.get("tta", "none")),   # default: saved
-                              str(s.pop("network", "0")))
+                              str(s.pop("network", "0")), s.pop("views", None))
                 if name == "none":     # the source image itself (the "no harmonization" row)
                     out = {"harmonized": vol.image, "t1": raw["t1"], "m0": raw["m0"]}
                 else:

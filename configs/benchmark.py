@@ -105,6 +105,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
     unet.w_hist = 0.0        # PhyCHarm's intensity-distribution term (0: the plain baseline)
     unet.tta = config.model.get_ref("tta")  # the same test-time augmentation as PhyCHarm
     unet.ensemble = config.model.get_ref("ensemble")  # and as many networks averaged
+    unet.views = config.model.get_ref("views")  # and the same slicing planes
 
     rep = config.report = ConfigDict()
     rep.features = ("firstorder_Median", "firstorder_Entropy", "glcm_Contrast",

@@ -155,6 +155,12 @@ def get_config(arg: str | None = None) -> ConfigDict:
     # network -- 2 would double the training time and take the main command past 15 minutes
     # on 2 CPU cores; for the larger variant (README, "What issue 14 changed", item 22).
     model.ensemble = 1
+    # Slicing planes (a training and inference setting): ("axial",) trains and infers on axial
+    # slices; more, e.g. ("axial", "coronal", "sagittal"), trains one network on batches of
+    # every plane in turn and averages its outputs over them (multi-view aggregation; thick
+    # slices in any orientation are then seen as in-plane blur by two of the planes;
+    # phyjax.methods.networks.predict_volume). Each plane costs one inference pass.
+    model.views = ("axial",)
 
     train = config.train = ConfigDict()
     train.steps = 400

@@ -24,7 +24,8 @@ from tqdm.auto import tqdm
 
 from phyjax.data import synthetic
 from phyjax.data.nifti import InputError
-from phyjax.data.slices import brain_slices, grid
+from phyjax.data.slices import (brain_slices, check_views, view_cycle, view_grids, view_key,
+                                view_volume)
 from phyjax.data.split import protocols_match
 from phyjax.data.store import SliceStore
 from phyjax.data.volumes import normalize
@@ -185,23 +186,29 @@ class SimulatedPairs:
     Attributes:
       sources, targets: the simulated protocols; a batch pairs ``sources[p]`` with
         ``targets[q]`` on the same slices.
-      rows: ``(N, 2)`` ``(anatomy, axial slice)`` of every brain slice.
-      pads, padded: as :func:`phyjax.data.slices.grid`.
+      views: slicing planes (:data:`phyjax.data.slices.VIEWS`); batch ``i`` is sliced in
+        ``views[i % len(views)]``.
+      rows: ``(N, 2)`` ``(anatomy, slice)`` of every brain slice of the first view;
+        ``view_rows[view]`` those of every view.
+      pads, padded: as :func:`phyjax.data.slices.grid` (the first view's); ``grids[view]``
+        every view's.
     Images are normalized like real scans (:func:`phyjax.data.volumes.normalize`); ``t1`` is in
     s at the source's B0, ``m0`` the PD fraction.
     """
 
     def __init__(self, sources, targets, heads: list[Anatomy], depth: int, min_fraction: float,
-                 context: int, seed: int, progress: bool = False, directory: str | None = None):
+                 context: int, seed: int, progress: bool = False, directory: str | None = None,
+                 views=("axial",)):
         self.sources, self.targets, self.context = list(sources), list(targets), context
-        shape = heads[0].probs.shape[1:]
-        self.pads, self.padded = grid(shape, depth)
+        self.views = check_views(views)
+        self.grids = view_grids(heads[0].probs.shape[1:], depth, self.views)
+        self.pads, self.padded = self.grids[self.views[0]]
         self.store = SliceStore.temporary(directory, self.pads, prefix=".simulated-")
         key = jax.random.key(ANATOMY_SEED + seed)
         clean = scanner.ScannerEffects()
         bar = tqdm(total=len(heads) * (len(self.sources) + len(self.targets)), disable=not progress,
                    desc="simulating training pairs")
-        rows = []
+        rows = {view: [] for view in self.views}
         for a, head in enumerate(heads):
             mask = head.mask
             maps = {b0: head.maps(b0) for b0 in sorted({float(p.field_strength)
@@ -211,40 +218,57 @@ class SimulatedPairs:
                 k_fx, k_acq = jax.random.split(k)
                 effects = scanner.sample_scanner_effects(k_fx, **EFFECT_RANGES)
                 image = synthetic.acquire(maps[float(p.field_strength)], mask, p, effects, k_acq)
-                self.store.add(f"{a}/source{p_i}", normalize(image, mask))
-                self.store.add(f"{a}/t1_{p_i}", maps[float(p.field_strength)]["t1"])
+                self._add(f"{a}/source{p_i}", normalize(image, mask))
+                self._add(f"{a}/t1_{p_i}", maps[float(p.field_strength)]["t1"])
                 bar.update()
             for q_i, q in enumerate(self.targets):
                 image = synthetic.acquire(maps[float(q.field_strength)], mask, q, clean,
                                           jax.random.fold_in(key, 10_000 + a))
-                self.store.add(f"{a}/target{q_i}", normalize(image, mask))
+                self._add(f"{a}/target{q_i}", normalize(image, mask))
                 bar.update()
-            self.store.add(f"{a}/mask", mask)
-            self.store.add(f"{a}/m0", maps[min(maps)]["pd"] * mask)
-            rows += [(a, z) for z in brain_slices(mask, min_fraction)]
+            self._add(f"{a}/mask", mask)
+            self._add(f"{a}/m0", maps[min(maps)]["pd"] * mask)
+            for view in self.views:
+                rows[view] += [(a, z) for z in brain_slices(view_volume(mask, view),
+                                                           min_fraction)]
         bar.close()
-        self.rows = np.asarray(rows, int).reshape(-1, 2)
+        self.view_rows = {v: np.asarray(r, int).reshape(-1, 2) for v, r in rows.items()}
+        self.rows = self.view_rows[self.views[0]]
+
+    def _add(self, key: str, volume: np.ndarray) -> None:
+        for view in self.views:
+            self.store.add(view_key(key, view), view_volume(volume, view),
+                           pads=self.grids[view][0])
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def slices(self, idx, p: int, q: int) -> dict[str, np.ndarray]:
-        """Rows ``idx``: ``source (n, H, W, 2 context + 1)`` of ``sources[p]``, its ``t1``,
-        ``target`` of ``targets[q]``, ``mask``, ``m0`` ``(n, H, W, 1)``."""
-        rows = self.rows[np.asarray(idx)]
+    def view_of(self, i: int) -> str:
+        """The slicing plane of batch ``i``."""
+        return view_cycle(i, 1, self.views)
+
+    def slices(self, idx, p: int, q: int, view: str = "axial") -> dict[str, np.ndarray]:
+        """Rows ``idx`` of ``view``: ``source (n, H, W, 2 context + 1)`` of ``sources[p]``,
+        its ``t1``, ``target`` of ``targets[q]``, ``mask``, ``m0`` ``(n, H, W, 1)``."""
+        rows = self.view_rows[view][np.asarray(idx)]
         g = self.store.gather
-        return {"source": g(rows, lambda a: f"{a}/source{p}", self.context),
-                "target": g(rows, lambda a: f"{a}/target{q}"),
-                "mask": g(rows, lambda a: f"{a}/mask"), "t1": g(rows, lambda a: f"{a}/t1_{p}"),
-                "m0": g(rows, lambda a: f"{a}/m0")}
+
+        def key(name):
+            return lambda a: view_key(f"{a}/{name}", view)
+
+        return {"source": g(rows, key(f"source{p}"), self.context),
+                "target": g(rows, key(f"target{q}")), "mask": g(rows, key("mask")),
+                "t1": g(rows, key(f"t1_{p}")), "m0": g(rows, key("m0"))}
 
     def batch(self, i: int, batch_size: int, seed: int) -> tuple[dict, int, int]:
         """Batch ``i`` (a pure function of ``i`` and ``seed``): ``(arrays, p, q)``."""
         rng = np.random.default_rng([seed, i, 1])
         p = int(rng.integers(len(self.sources)))
         q = int(rng.integers(len(self.targets)))
-        idx = rng.choice(len(self), size=batch_size, replace=len(self) < batch_size)
-        return self.slices(idx, p, q), p, q
+        view = self.view_of(i)
+        n = len(self.view_rows[view])
+        idx = rng.choice(n, size=batch_size, replace=n < batch_size)
+        return self.slices(idx, p, q, view), p, q
 
 
 class SourceSlices:
@@ -254,31 +278,43 @@ class SourceSlices:
     ``directory``), so memory holds one batch whatever the number of subjects."""
 
     def __init__(self, train, sites, depth: int, min_fraction: float, context: int,
-                 directory: str | None = None):
+                 directory: str | None = None, views=("axial",)):
         scans = [train.volumes[s][site] for s in train.subjects for site in sites
                  if site in train.volumes[s]]
         if not scans:
             raise InputError(f"no training scan from the sites {list(sites)} to adapt to.")
-        self.pads, self.padded = grid(scans[0].image.shape, depth)
+        self.views = check_views(views)
+        self.grids = view_grids(scans[0].image.shape, depth, self.views)
+        self.pads, self.padded = self.grids[self.views[0]]
         self.context = context
         self.protocols = distinct(v.protocol for v in scans)
         self.store = SliceStore.temporary(directory, self.pads, prefix=".slices-")
-        rows = [[] for _ in self.protocols]
+        rows = {(g, view): [] for g in range(len(self.protocols)) for view in self.views}
         for k, v in enumerate(scans):
             g = next(i for i, p in enumerate(self.protocols) if protocols_match(v.protocol, p))
-            self.store.add(f"{k}/image", v.image)
-            self.store.add(f"{k}/mask", v.mask)
-            rows[g] += [(k, z) for z in brain_slices(v.mask, min_fraction)]
-        self.rows = [np.asarray(r, int).reshape(-1, 2) for r in rows]
+            for view in self.views:
+                pads = self.grids[view][0]
+                self.store.add(view_key(f"{k}/image", view), view_volume(v.image, view),
+                               pads=pads)
+                self.store.add(view_key(f"{k}/mask", view), view_volume(v.mask, view),
+                               pads=pads)
+                rows[(g, view)] += [(k, z) for z in brain_slices(view_volume(v.mask, view),
+                                                                 min_fraction)]
+        self.view_rows = {key: np.asarray(r, int).reshape(-1, 2) for key, r in rows.items()}
+        self.rows = [self.view_rows[(g, self.views[0])] for g in range(len(self.protocols))]
+
+    def view_of(self, i: int) -> str:
+        """The slicing plane of batch ``i`` (cycling after the protocol groups)."""
+        return view_cycle(i, len(self.protocols), self.views)
 
     def batch(self, i: int, batch_size: int, seed: int) -> tuple[dict, int]:
         """Batch ``i`` of one protocol group (cycling through them): ``(arrays, group)``."""
-        g = i % len(self.protocols)
-        n = len(self.rows[g])
+        g, view = i % len(self.protocols), self.view_of(i)
+        n = len(self.view_rows[(g, view)])
         idx = np.random.default_rng([seed, i, 2]).choice(n, size=batch_size,
                                                          replace=n < batch_size)
-        rows = self.rows[g][idx]
-        x = self.store.gather(rows, lambda k: f"{k}/image", self.context)
-        mask = self.store.gather(rows, lambda k: f"{k}/mask")
+        rows = self.view_rows[(g, view)][idx]
+        x = self.store.gather(rows, lambda k: view_key(f"{k}/image", view), self.context)
+        mask = self.store.gather(rows, lambda k: view_key(f"{k}/mask", view))
         zeros = np.zeros(mask.shape, np.float32)
         return ({"source": x, "target": zeros, "mask": mask, "t1": zeros + 1.0, "m0": zeros}, g)

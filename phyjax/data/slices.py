@@ -1,12 +1,62 @@
-"""Volumes as 2.5-D axial slices: padding and neighbour context.
+"""Volumes as 2.5-D slices: padding, neighbour context and the slicing plane (view).
 
-The networks (U-Net, PhyCHarm) work on axial slices (last array axis) padded to a multiple of their
-down-sampling factor, each with its ``context`` neighbours on each side as channels.
+The networks (U-Net, PhyCHarm) work on axial slices (last array axis of the RAS grids they are
+given) padded to a multiple of their down-sampling factor, each with its ``context`` neighbours
+on each side as channels.  With more than one :data:`VIEWS` they also work on coronal and
+sagittal slices: :func:`view_volume` moves the view's slicing axis last, so every function
+below serves every view.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+#: Slicing planes of an axis-aligned RAS grid and the voxel axis each one slices along.
+VIEWS = {"sagittal": 0, "coronal": 1, "axial": 2}
+
+
+def check_views(views, key: str = "config.model.views") -> tuple[str, ...]:
+    """``views`` (names of :data:`VIEWS`, e.g. ``("axial", "coronal", "sagittal")``) as a tuple
+    of distinct names; InputError naming ``key`` for an empty, repeated or unknown one."""
+    from phyjax.data.nifti import InputError
+
+    views = (views,) if isinstance(views, str) else tuple(views)
+    unknown = [v for v in views if v not in VIEWS]
+    if not views or unknown or len(set(views)) != len(views):
+        raise InputError(f"{key}={views!r}; expected distinct names from {tuple(VIEWS)} "
+                         "(at least one).")
+    return views
+
+
+def view_volume(volume: np.ndarray, view: str) -> np.ndarray:
+    """``(X, Y, Z)`` RAS volume with ``view``'s slicing axis moved last (axial: unchanged;
+    coronal: ``(X, Z, Y)``; sagittal: ``(Y, Z, X)``); :func:`unview_volume` inverts it."""
+    return np.moveaxis(volume, VIEWS[view], -1)
+
+
+def unview_volume(volume: np.ndarray, view: str) -> np.ndarray:
+    """Inverse of :func:`view_volume`."""
+    return np.moveaxis(volume, -1, VIEWS[view])
+
+
+def view_key(key: str, view: str) -> str:
+    """Name of ``view``'s slices of the stored volume ``key`` (axial: ``key`` itself, so a
+    one-view store is what it was before views existed)."""
+    return key if view == "axial" else f"{key}@{view}"
+
+
+def view_grids(shape, depth: int, views) -> dict:
+    """``{view: (pads, padded shape)}`` (:func:`grid`) of the slices of a ``shape`` volume in
+    every one of ``views``."""
+    shape = tuple(shape)
+    return {v: grid(shape[:VIEWS[v]] + shape[VIEWS[v] + 1:] + shape[VIEWS[v]:VIEWS[v] + 1],
+                    depth) for v in views}
+
+
+def view_cycle(i: int, groups: int, views) -> str:
+    """The view of batch ``i`` when batches cycle through ``groups`` (sites, protocols) first
+    and then through ``views``: with one view, every batch is what it was before views."""
+    return views[(i // max(groups, 1)) % len(views)]
 
 
 def brain_slices(mask: np.ndarray, min_fraction: float) -> np.ndarray:

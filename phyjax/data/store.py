@@ -62,9 +62,11 @@ class SliceStore:
         store._tmp = tmp           # owned: the folder lives as long as the store
         return store
 
-    def add(self, key: str, volume: np.ndarray, dtype=np.float32) -> None:
-        """Store ``volume`` ``(X, Y, Z)`` as its padded axial slices."""
-        slices = to_slices(np.asarray(volume, dtype), self.pads)
+    def add(self, key: str, volume: np.ndarray, dtype=np.float32, pads=None) -> None:
+        """Store ``volume`` ``(X, Y, Z)`` as its padded axial slices (``pads``: this volume's
+        in-plane padding, default the store's -- another view's slices have other sizes,
+        :func:`phyjax.data.slices.view_volume`)."""
+        slices = to_slices(np.asarray(volume, dtype), self.pads if pads is None else pads)
         save_array(self.directory, key, slices)
         self.shapes[key] = slices.shape
 

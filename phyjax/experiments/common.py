@@ -24,8 +24,8 @@ from phyjax.evaluate.site_difference import FeatureExtractor
 #: augmentation
 INFERENCE_ONLY = {"model": ("refine", "calibrate", "tta")}
 #: training settings added after runs were made: a run whose config.json lacks one was trained
-#: with this value (``model.ensemble``: one network)
-ADDED_LATER = {"model": {"ensemble": 1}}
+#: with this value (``model.ensemble``: one network; ``model.views``: axial slices)
+ADDED_LATER = {"model": {"ensemble": 1, "views": ["axial"]}}
 
 
 def _training_part(section, key: str):

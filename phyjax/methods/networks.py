@@ -20,7 +20,9 @@ import numpy as np
 import optax
 
 from phyjax.data.nifti import InputError
-from phyjax.data.slices import brain_slices, from_slices, grid, to_slices, with_context
+from phyjax.data.slices import (brain_slices, check_views, from_slices, grid, to_slices,
+                                unview_volume, view_cycle, view_grids, view_key, view_volume,
+                                with_context)
 from phyjax.data.store import SliceStore
 from phyjax.data.split import TrainingSet
 from phyjax.methods.base import Harmonizer, base_fields
@@ -44,14 +46,19 @@ class SlicePairs:
 
     Attributes:
       sites: sorted sites (the target included); batch ``i`` comes from ``sites[i % n]``.
-      rows: ``{site: (N, 2) int array}`` of ``(subject index, axial slice)``: the brain slices
-        (:func:`phyjax.data.slices.brain_slices` of the source mask) of every training subject.
+      views: slicing planes (:data:`phyjax.data.slices.VIEWS`); batch ``i`` is sliced in
+        :meth:`view_of` ``(i)`` (cycling after the sites).
+      rows: ``{(site, view): (N, 2) int array}`` of ``(subject index, slice)``: the brain
+        slices (:func:`phyjax.data.slices.brain_slices` of the source mask) of every training
+        subject in that view.
       protocols: ``{site: Protocol}`` (of the first training subject's scan).
-      pads, padded: in-plane padding and padded slice shape for a U-Net of ``depth`` levels.
+      grids: ``{view: (pads, padded)}``; pads, padded: the first view's in-plane padding and
+        padded slice shape for a U-Net of ``depth`` levels.
     """
 
     def __init__(self, train: TrainingSet, depth: int, min_fraction: float, context: int,
-                 method: str = "a slice network", directory: str | None = None):
+                 method: str = "a slice network", directory: str | None = None,
+                 views=("axial",)):
         train.require_protocols(method)
         subjects, target = list(train.subjects), train.target_site
         unpaired = [s for s in subjects if target not in train.volumes[s]]
@@ -59,46 +66,62 @@ class SlicePairs:
             raise InputError(f"{method} trains on paired scans (traveling subjects), but training "
                              f"subject(s) {unpaired} have no scan from the target site {target!r}.")
         self.sites, self.subjects, self.target = train.sites, subjects, target
-        self.context = context
-        self.pads, self.padded = grid(train.volumes[subjects[0]][target].image.shape, depth)
+        self.context, self.views = context, check_views(views)
+        self.grids = view_grids(train.volumes[subjects[0]][target].image.shape, depth,
+                                self.views)
+        self.pads, self.padded = self.grids[self.views[0]]
         self.store = SliceStore.temporary(directory, self.pads, prefix=".slices-")
         self.rows, self.has_maps = {}, {}
         for site in self.sites:
-            rows = []
+            rows = {view: [] for view in self.views}
             for i, s in enumerate(subjects):
                 v = train.volumes[s][site]
-                self.store.add(f"{s}/{site}/image", v.image)
-                self.store.add(f"{s}/{site}/mask", v.mask)
                 self.has_maps[(s, site)] = v.t1 is not None and v.m0 is not None
-                if self.has_maps[(s, site)]:
-                    self.store.add(f"{s}/{site}/t1", v.t1)
-                    self.store.add(f"{s}/{site}/m0", v.m0)
-                rows += [(i, z) for z in brain_slices(v.mask, min_fraction)]
-            self.rows[site] = np.asarray(rows, int).reshape(-1, 2)
+                for view in self.views:
+                    pads = self.grids[view][0]
+                    arrays = {"image": v.image, "mask": v.mask}
+                    if self.has_maps[(s, site)]:
+                        arrays.update(t1=v.t1, m0=v.m0)
+                    for name, a in arrays.items():
+                        self.store.add(view_key(f"{s}/{site}/{name}", view),
+                                       view_volume(a, view), pads=pads)
+                    rows[view] += [(i, z) for z in brain_slices(view_volume(v.mask, view),
+                                                                min_fraction)]
+            for view in self.views:
+                self.rows[(site, view)] = np.asarray(rows[view], int).reshape(-1, 2)
         self.protocols = {s: train.volumes[subjects[0]][s].protocol for s in self.sites}
 
+    def view_of(self, i: int) -> str:
+        """The slicing plane of batch ``i`` (:func:`phyjax.data.slices.view_cycle`)."""
+        return view_cycle(i, len(self.sites), self.views)
+
     def sample(self, i: int, batch_size: int, seed: int) -> tuple[str, np.ndarray]:
-        """``(site, row indices)`` of batch ``i``."""
+        """``(site, row indices)`` of batch ``i`` (rows of :meth:`view_of` ``(i)``)."""
         site = self.sites[i % len(self.sites)]
-        n = len(self.rows[site])
+        n = len(self.rows[(site, self.view_of(i))])
         idx = np.random.default_rng([seed, i]).choice(n, size=batch_size, replace=n < batch_size)
         return site, idx
 
-    def batch(self, site: str, idx: np.ndarray) -> dict[str, np.ndarray]:
+    def batch(self, site: str, idx: np.ndarray, view: str = "axial") -> dict[str, np.ndarray]:
         """``source (B, H, W, 2 context + 1)``, ``target``, ``mask``, ``t1``, ``m0``
-        ``(B, H, W, 1)`` of rows ``idx`` (maps are ones/zeros where no ground truth exists)."""
-        rows = self.rows[site][idx]
+        ``(B, H, W, 1)`` of rows ``idx`` of ``view`` (maps are ones/zeros where no ground truth
+        exists)."""
+        rows = self.rows[(site, view)][idx]
         subj = self.subjects
-        out = {"source": self.store.gather(rows, lambda i: f"{subj[i]}/{site}/image", self.context),
-               "target": self.store.gather(rows, lambda i: f"{subj[i]}/{self.target}/image"),
-               "mask": self.store.gather(rows, lambda i: f"{subj[i]}/{site}/mask")}
+
+        def key(s_site, name):
+            return lambda i: view_key(f"{subj[i]}/{s_site}/{name}", view)
+
+        out = {"source": self.store.gather(rows, key(site, "image"), self.context),
+               "target": self.store.gather(rows, key(self.target, "image")),
+               "mask": self.store.gather(rows, key(site, "mask"))}
         shape = out["mask"].shape
         out["t1"], out["m0"] = np.ones(shape, np.float32), np.zeros(shape, np.float32)
         with_maps = np.array([self.has_maps[(subj[i], site)] for i in rows[:, 0]])
         if with_maps.any():
             sel = rows[with_maps]
-            out["t1"][with_maps] = self.store.gather(sel, lambda i: f"{subj[i]}/{site}/t1")
-            out["m0"][with_maps] = self.store.gather(sel, lambda i: f"{subj[i]}/{site}/m0")
+            out["t1"][with_maps] = self.store.gather(sel, key(site, "t1"))
+            out["m0"][with_maps] = self.store.gather(sel, key(site, "m0"))
         return out
 
 
@@ -113,38 +136,43 @@ def check_mirror(p: float, key: str = "config.train.mirror") -> float:
     return p
 
 
-def mirror_batch(arrays: dict, i: int, seed: int, p: float) -> dict:
-    """Training batch ``arrays`` with each sample mirrored along the slices' first axis (the
-    volume's x: left-right for RAS or LPS storage) with probability ``p``, every image-shaped
-    array (``(B, H, W, ...)``: source, target, mask, maps) of a sample together; per-sample
-    vectors (``(B, K)``, e.g. protocol codes) are left as they are.
+def mirror_batch(arrays: dict, i: int, seed: int, p: float, view: str = "axial") -> dict:
+    """Training batch ``arrays`` with each sample mirrored left-right with probability ``p``,
+    every image-shaped array (``(B, H, W, ...)``: source, target, mask, maps) of a sample
+    together; per-sample vectors (``(B, K)``, e.g. protocol codes) are left as they are.
+    Axial and coronal slices (``view``) of a RAS grid have left-right as their first axis,
+    which is flipped; a sagittal slice *is* its own mirror image (of the slice at the mirrored
+    position), so there the neighbour channels (last axis) reverse their order.
 
     The draw is ``numpy.random.default_rng([seed, i, 29])``: a pure function of the step, so a
     resumed run sees the batches an uninterrupted one would.  ``p = 0`` returns ``arrays``.
     """
     if check_mirror(p, "mirror") == 0.0:
         return arrays
+    sagittal = check_views((view,), "view") == ("sagittal",)
     n = len(next(iter(arrays.values())))
     flip = np.random.default_rng([seed, i, 29]).random(n) < p
     out = {}
     for key, value in arrays.items():
         value = np.asarray(value)
-        if value.ndim >= 3 and flip.any():
+        if value.ndim >= (4 if sagittal else 3) and flip.any():
             value = value.copy()
-            value[flip] = value[flip][:, ::-1]
+            value[flip] = value[flip][..., ::-1] if sagittal else value[flip][:, ::-1]
         out[key] = value
     return out
 
 
-def mirrored(batch_fn: Callable, seed: int, p: float) -> Callable:
-    """``batch_fn(i) -> (arrays, *rest)`` with ``arrays`` passed through :func:`mirror_batch`."""
+def mirrored(batch_fn: Callable, seed: int, p: float,
+             view_of: Callable[[int], str] | None = None) -> Callable:
+    """``batch_fn(i) -> (arrays, *rest)`` with ``arrays`` passed through :func:`mirror_batch`
+    (``view_of(i)``: the slicing plane of batch ``i``; None: axial)."""
     p = check_mirror(p)
     if p == 0.0:
         return batch_fn
 
     def fn(i):
         arrays, *rest = batch_fn(i)
-        return (mirror_batch(arrays, i, seed, p), *rest)
+        return (mirror_batch(arrays, i, seed, p, view_of(i) if view_of else "axial"), *rest)
 
     return fn
 
@@ -228,8 +256,11 @@ def fit_ensemble(fit_one: Callable, config, section: str, train, *, workdir: str
 
 def predict_volume(predict: Callable, params: Any, image: np.ndarray, mask: np.ndarray,
                    protocol: Protocol, depth: int, batch_size: int, context: int,
-                   tta: str = "none", mirror: int = 0) -> dict:
-    """Run ``predict(params, source, mask, code, B0)`` on every axial slice of a volume.
+                   tta: str = "none", mirror: int = 0, views=("axial",)) -> dict:
+    """Run ``predict(params, source, mask, code, B0)`` on every slice of a volume (an
+    axis-aligned RAS grid) in every one of ``views`` (:data:`phyjax.data.slices.VIEWS`); more
+    than one: the mean of the views' outputs, each put back on the volume's axes (multi-view
+    aggregation, as FastSurfer's; Henschel et al., NeuroImage 2020).
 
     ``params`` a list (an ensemble, :func:`fit_ensemble`): the mean of every member's outputs
     (each with the same test-time augmentation).
@@ -239,18 +270,26 @@ def predict_volume(predict: Callable, params: Any, image: np.ndarray, mask: np.n
     exactly mirror-equivariant and costs two passes.
 
     Returns a dict of ``(X, Y, Z)`` arrays, one per output of ``predict``.  Raises InputError
-    for an unknown ``tta``.
+    for an unknown ``tta`` or view.
     """
     if isinstance(params, (list, tuple)):
         outs = [predict_volume(predict, p, image, mask, protocol, depth, batch_size, context,
-                               tta, mirror) for p in params]
+                               tta, mirror, views) for p in params]
         return {k: np.mean([o[k] for o in outs], axis=0) for k in outs[0]}
     if check_tta(tta, "tta") == "flip":
         args = (predict, params)
-        rest = (protocol, depth, batch_size, context)
+        rest = (protocol, depth, batch_size, context, "none", 0, views)
         a = predict_volume(*args, image, mask, *rest)
         b = predict_volume(*args, np.flip(image, mirror), np.flip(mask, mirror), *rest)
         return {k: 0.5 * (a[k] + np.flip(b[k], mirror)) for k in a}
+    views = check_views(views, "views")
+    if views != ("axial",):
+        outs = []
+        for view in views:
+            out = predict_volume(predict, params, view_volume(image, view),
+                                 view_volume(mask, view), protocol, depth, batch_size, context)
+            outs.append({k: unview_volume(v, view) for k, v in out.items()})
+        return {k: np.mean([o[k] for o in outs], axis=0) for k in outs[0]}
     pads, _ = grid(image.shape, depth)
     src = with_context(to_slices(image, pads), context).astype(np.float32)
     msk = to_slices(mask.astype(np.float32), pads)[..., None]
@@ -306,7 +345,12 @@ class SliceNetworkHarmonizer(Harmonizer):
         """Every output of the network on ``volume``, as ``(X, Y, Z)`` arrays."""
         return predict_volume(self._predict, self.params, volume.image, volume.mask,
                               volume.protocol, len(self.cfg["features"]), self.batch_size,
-                              self.cfg["context"], *self.tta(volume))
+                              self.cfg["context"], *self.tta(volume), self.views())
+
+    def views(self) -> tuple[str, ...]:
+        """The slicing planes the network was trained on and infers in (``views`` of its
+        settings; axial for a network saved before they existed)."""
+        return check_views(self.cfg.get("views", ("axial",)), f"{self.config_key}.views")
 
     def tta(self, volume) -> tuple[str, int]:
         """``(tta, mirror axis)`` for ``volume``: the settings' ``tta`` (:data:`TTA`; ``none``

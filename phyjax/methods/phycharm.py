@@ -51,6 +51,7 @@ import numpy as np
 
 from phyjax.data import simulated
 from phyjax.data.nifti import InputError
+from phyjax.data.slices import check_views
 from phyjax.data.split import TrainingSet, require_training_set
 from phyjax.data.volumes import normalize
 from phyjax.losses import (edge_agreement, gradient_difference, intensity_distribution, masked_l1,
@@ -197,7 +198,8 @@ class PhyCHarmHarmonizer(networks.SliceNetworkHarmonizer):
 
         out = networks.predict_volume(run, self.params, volume.image, volume.mask,
                                       volume.protocol, len(self.cfg["features"]),
-                                      self.batch_size, self.cfg["context"], *self.tta(volume))
+                                      self.batch_size, self.cfg["context"], *self.tta(volume),
+                                      self.views())
         settings = refine_settings(self.cfg.get("refine"))
         if settings["enabled"]:
             out = refine_outputs(out, volume, target, ref, settings, self.cfg)
@@ -357,7 +359,7 @@ def resolve_pairs(mode: str, train: TrainingSet) -> str:
 
 
 def _simulated_data(config, train: TrainingSet, target: Protocol, depth: int, progress: bool,
-                    workdir: str):
+                    workdir: str, views=("axial",)):
     """Physics-made pairs (the training set's source protocols and the target protocol(s) on
     shipped anatomies) and the real source scans to adapt to."""
     t, d = config.train, config.data
@@ -380,9 +382,10 @@ def _simulated_data(config, train: TrainingSet, target: Protocol, depth: int, pr
                                 d.tissue_jitter, d.t1_texture, float(d.get("atrophy", 0.0)),
                                 str(d.get("partial_volume", "signal")))
     sim = simulated.SimulatedPairs(sources, targets, heads, depth, d.min_mask_fraction,
-                                   config.model.context, config.seed, progress, workdir)
+                                   config.model.context, config.seed, progress, workdir, views)
     real = (simulated.SourceSlices(train, sites, depth, d.min_mask_fraction, config.model.context,
-                                   directory=workdir) if t.adapt_every > 0 else None)
+                                   directory=workdir, views=views)
+            if t.adapt_every > 0 else None)
     return sim, real
 
 
@@ -410,6 +413,7 @@ def fit(config, train: TrainingSet, name: str = "phycharm", *, workdir: str,
     model_cfg["refine"] = refine_settings(config.model.get("refine"))
     model_cfg["calibrate"] = check_calibrate(config.model.get("calibrate", "none"))
     model_cfg["tta"] = networks.check_tta(config.model.get("tta", "none"))
+    views = model_cfg["views"] = check_views(config.model.get("views", ("axial",)))
     ro = model_cfg["readout"]
     t = config.train
     depth = len(model_cfg["features"])
@@ -425,29 +429,36 @@ def fit(config, train: TrainingSet, name: str = "phycharm", *, workdir: str,
     ref = reference_level(model_protocol(target, ro))
     if pairs == "paired":
         data = networks.SlicePairs(train, depth, config.data.min_mask_fraction,
-                                   model_cfg["context"], method="PhyCHarm", directory=workdir)
-        padded = data.padded
+                                   model_cfg["context"], method="PhyCHarm", directory=workdir,
+                                   views=views)
+        padded, view_of = data.padded, data.view_of
         weights = dict(full, w_map=full["w_map"] if has_maps else np.float32(0.0))
 
         def batch_fn(i):
             site, idx = data.sample(i, t.batch_size, config.seed)
-            return (data.batch(site, idx),
+            return (data.batch(site, idx, data.view_of(i)),
                     _f32(data.protocols[site], ro), _f32(target, ro), np.float32(ref), weights)
     else:
-        sim, real = _simulated_data(config, train, target, depth, progress, workdir)
+        sim, real = _simulated_data(config, train, target, depth, progress, workdir, views)
         padded = sim.padded
         refs = [np.float32(reference_level(model_protocol(q, ro))) for q in sim.targets]
         adapt = dict(full, **{k: np.float32(0.0) for k in PAIRED_TERMS})
 
+        def is_real(i):
+            return real is not None and (i + 1) % t.adapt_every == 0
+
+        def view_of(i):
+            return real.view_of(i // t.adapt_every) if is_real(i) else sim.view_of(i)
+
         def batch_fn(i):
-            if real is not None and (i + 1) % t.adapt_every == 0:
+            if is_real(i):
                 arrays, g = real.batch(i // t.adapt_every, t.batch_size, config.seed)
                 return (arrays, _f32(real.protocols[g], ro), _f32(target, ro), np.float32(ref),
                         adapt)
             arrays, p, q = sim.batch(i, t.batch_size, config.seed)
             return arrays, _f32(sim.sources[p], ro), _f32(sim.targets[q], ro), refs[q], full
 
-    batch_fn = networks.mirrored(batch_fn, config.seed, t.get("mirror", 0.0))
+    batch_fn = networks.mirrored(batch_fn, config.seed, t.get("mirror", 0.0), view_of)
     model, tx = make_model(model_cfg), networks.make_optimizer(t)
     state = TrainState.create(init_params(model, padded, model_cfg["context"], config.seed), tx)
     step = make_train_step(make_loss(model), tx)

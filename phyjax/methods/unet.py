@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from phyjax.data.slices import check_views
 from phyjax.data.split import TrainingSet, require_training_set
 from phyjax.losses import intensity_distribution, masked_l1, ssim_loss
 from phyjax.methods import networks
@@ -69,7 +70,8 @@ def unet_config(config) -> dict:
     return {"features": tuple(u.features), "cond_features": u.cond_features,
             "condition": u.condition, "residual": bool(u.residual),
             "context": config.model.context,
-            "tta": networks.check_tta(u.get("tta", "none"), "config.unet.tta")}
+            "tta": networks.check_tta(u.get("tta", "none"), "config.unet.tta"),
+            "views": check_views(u.get("views", ("axial",)), "config.unet.views")}
 
 
 @register("unet", harmonizer=UNetHarmonizer)
@@ -85,7 +87,8 @@ def fit(config, train: TrainingSet, name: str = "unet", *, workdir: str, progres
     cfg, t = unet_config(config), config.train
     w_hist = float(config.unet.get("w_hist", 0.0))
     data = networks.SlicePairs(train, len(cfg["features"]), config.data.min_mask_fraction,
-                               cfg["context"], method="The supervised U-Net", directory=workdir)
+                               cfg["context"], method="The supervised U-Net", directory=workdir,
+                               views=cfg["views"])
 
     def code_of(protocol):
         return (np.asarray(encode(protocol), np.float32) if cfg["condition"] == "protocol"
@@ -111,12 +114,12 @@ def fit(config, train: TrainingSet, name: str = "unet", *, workdir: str, progres
 
     def batch_fn(i):
         site, idx = data.sample(i, t.batch_size, config.seed)
-        batch = {k: v for k, v in data.batch(site, idx).items()
+        batch = {k: v for k, v in data.batch(site, idx, data.view_of(i)).items()
                  if k in ("source", "target", "mask")}
         batch["code"] = np.broadcast_to(codes[site], (t.batch_size,) + codes[site].shape)
         return (batch,)
 
-    batch_fn = networks.mirrored(batch_fn, config.seed, t.get("mirror", 0.0))
+    batch_fn = networks.mirrored(batch_fn, config.seed, t.get("mirror", 0.0), data.view_of)
     state = fit_loop(TrainState.create(params, tx), make_train_step(loss_fn, tx), batch_fn,
                      t.steps, workdir, checkpoint_every=t.checkpoint_every,
                      log_every=t.log_every, progress=progress, desc="U-Net")
