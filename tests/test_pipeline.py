@@ -305,6 +305,7 @@ def test_calibrated_harmonizer_and_harmonize_mode(debug_run, tmp_path):
         assert meta["PhyjaxHarmonizer"]["calibrate"] == calibrate
         assert meta["PhyjaxHarmonizer"]["tta"] == cfg.model.tta
         assert meta["PhyjaxHarmonizer"]["ensemble"] == cfg.model.ensemble == 1
+        assert meta["PhyjaxHarmonizer"]["views"] == list(cfg.model.views) == ["axial"]
     m = nib.load(mask_path).get_fdata() > 0
     assert np.percentile(written["p99"][m], 99) == pytest.approx(1.0, rel=1e-4)
     assert not np.isclose(np.percentile(written["none"][m], 99), 1.0, rtol=1e-3)

@@ -119,7 +119,9 @@ def output_sidecar(harmonizer, reading: Reading, input_path: str,
                                      "data_consistency": settings.get("refine"),
                                      "calibrate": settings.get("calibrate"),
                                      "tta": settings.get("tta"),
-                                     "ensemble": settings.get("ensemble", 1)},
+                                     "ensemble": settings.get("ensemble", 1),
+                                     "views": (list(settings.get("views", ["axial"]))
+                                               if settings else None)},
                 "PhyjaxSourceProtocol": {k: reading.values[k] for k in FIELDS
                                          if k in reading.values},
                 "PhyjaxSourceProtocolOrigin": dict(reading.origin),
