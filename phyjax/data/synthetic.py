@@ -348,7 +348,8 @@ def signed_image(maps, protocol: Protocol, b1=1.0):
     return out
 
 
-def acquire(maps, mask, protocol: Protocol, effects: scanner.ScannerEffects, key):
+def acquire(maps, mask, protocol: Protocol, effects: scanner.ScannerEffects, key,
+            slice_axis: int = -1):
     """Image a subject: signal equation, slice profile, B1+, bias, gain, Rician noise.
 
     The slice profile integrates the signed signal across the slice before the magnitude is
@@ -359,13 +360,16 @@ def acquire(maps, mask, protocol: Protocol, effects: scanner.ScannerEffects, key
       maps: dict of ``(X, Y, Z)`` maps at ``protocol.field_strength``.
       mask: brain mask ``(X, Y, Z)`` (for the noise reference level).
       key: PRNG key for the bias field and noise.
+      slice_axis: the voxel axis the slice profile (``effects.slice_fwhm``) blurs: the last
+        (axial slices of a RAS grid, as every site of the default dataset), 1 coronal, 0
+        sagittal.
     Returns: float32 magnitude image ``(X, Y, Z)``.
     """
     shape = maps["t1"].shape
     k_bias, k_noise = jax.random.split(key)
     b1 = scanner.b1_field(shape, effects.b1_scale, effects.b1_curvature)
     clean = jnp.abs(scanner.slice_profile(signed_image(maps, protocol, b1), effects.slice_fwhm,
-                                          axis=-1))
+                                          axis=slice_axis))
     coeffs = scanner.sample_bias_coefficients(k_bias, effects.bias_amplitude)
     clean = effects.gain * clean * scanner.bias_field(shape, coeffs)
     sigma = effects.noise_fraction * jnp.nanpercentile(jnp.where(mask, clean, jnp.nan), 99.0)
