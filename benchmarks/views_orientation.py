@@ -41,7 +41,7 @@ from phyjax.evaluate.metrics import image_metrics
 from phyjax.evaluate.overlap import TISSUES, tissue_overlap, tissue_volumes
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from real_philips import benchmark_segmenter  # noqa: E402
+from real_philips import benchmark_segmenter
 
 
 @functools.lru_cache(maxsize=2)
@@ -113,6 +113,9 @@ def main(argv=None) -> None:
             for orientation in orientations:
                 raw, mask = reacquire(cfg.data, subject, site, VIEWS[orientation])
                 image = normalize(raw, vol.mask)
+                if not np.array_equal(mask, vol.mask):
+                    raise SystemExit(f"sub-{subject}: the re-made brain mask differs from the "
+                                     "dataset's.")
                 if orientation == "axial" and not np.allclose(image, vol.image, atol=1e-4):
                     raise SystemExit(f"sub-{subject} {site}: the re-acquired axial scan differs "
                                      "from the dataset's (max |diff| "
@@ -141,8 +144,8 @@ def main(argv=None) -> None:
              f"({len(subjects)} subjects): `python benchmarks/views_orientation.py "
              + " ".join(sys.argv[1:] if argv is None else argv) + "`", "",
              "|dV|: absolute volume error (%) against the target scan's segmentation.", "",
-             "| site | slices | network | SSIM | PSNR | Dice CSF | Dice GM | Dice WM | "
-             "|dV| CSF | |dV| GM | |dV| WM |", "|---" * 11 + "|"]
+             ("| site | slices | network | SSIM | PSNR | Dice CSF | Dice GM | Dice WM | "
+              "|dV| CSF | |dV| GM | |dV| WM |"), "|---" * 11 + "|"]
     for site in sites:
         for orientation in orientations:
             for label in harms:
