@@ -11,7 +11,6 @@ import pytest
 from phyjax import methods
 from phyjax.data.nifti import InputError
 from phyjax.data.split import Split
-from phyjax.experiments.common import prepare_workdir
 from phyjax.methods.networks import check_ensemble, member_config, predict_volume
 from phyjax.methods.unet import UNetHarmonizer
 from phyjax.physics.sequences import Protocol
@@ -113,17 +112,3 @@ def test_a_bad_ensemble_setting_fails_before_training(tmp_path):
     with pytest.raises(InputError, match="config.model.ensemble=0"):
         methods.fit("phycharm", cfg, train, workdir=str(tmp_path / "p"), progress=False)
     assert not os.path.exists(tmp_path / "p" / "checkpoints")
-
-
-def test_a_run_saved_before_the_ensemble_setting_resumes_as_one_network(tmp_path):
-    cfg = conftest.load_config("phycharm", "debug")
-    (tmp_path / "checkpoints").mkdir()
-    old = json.loads(cfg.to_json())
-    del old["model"]["ensemble"]                     # a config.json written before it existed
-    (tmp_path / "config.json").write_text(json.dumps(old))
-    prepare_workdir(cfg, str(tmp_path))              # ensemble = 1: the same training
-    (tmp_path / "config.json").write_text(json.dumps(old))
-    with cfg.unlocked():
-        cfg.model.ensemble = 2
-    with pytest.raises(InputError, match="different 'model' config"):
-        prepare_workdir(cfg, str(tmp_path))

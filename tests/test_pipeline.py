@@ -460,6 +460,27 @@ def test_resuming_with_another_inference_setting_is_allowed(tmp_path):
         prepare_workdir(other, str(tmp_path))
 
 
+@pytest.mark.parametrize("key,changed", [("ensemble", 2),
+                                         ("views", ("axial", "coronal", "sagittal"))])
+def test_a_run_saved_before_a_training_setting_existed_resumes_with_its_old_value(
+        tmp_path, key, changed):
+    """``experiments.common.ADDED_LATER``: a config.json without ``model.<key>`` was trained with the value it
+    lists (one network; axial slices), so it resumes; any other value is another training."""
+    from phyjax.experiments.common import prepare_workdir
+
+    cfg = load_config()
+    (tmp_path / "checkpoints").mkdir()
+    old = json.loads(cfg.to_json())
+    del old["model"][key]                           # a config.json written before it existed
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    prepare_workdir(cfg, str(tmp_path))             # the listed value: the same training
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    with cfg.unlocked():
+        cfg.model[key] = changed
+    with pytest.raises(InputError, match="different 'model' config"):
+        prepare_workdir(cfg, str(tmp_path))
+
+
 def _renamed_bids(src_root, dst, old, new):
     """Copy of a BIDS folder with session ``old`` renamed ``new`` (folders and file names)."""
     import shutil

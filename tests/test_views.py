@@ -15,7 +15,6 @@ from phyjax.data.slices import (VIEWS, check_views, unview_volume, view_cycle, v
                                 view_volume)
 from phyjax.data.split import Split
 from phyjax.data.store import SliceStore
-from phyjax.experiments.common import prepare_workdir
 from phyjax.methods.networks import SlicePairs, mirror_batch, predict_volume
 from phyjax.physics.sequences import Protocol
 
@@ -167,20 +166,6 @@ def test_a_bad_views_setting_fails_before_training(tmp_path):
         cfg.model.views = ("axial", "axial")
     with pytest.raises(InputError, match="config.model.views"):
         methods.fit("phycharm", cfg, train, workdir=str(tmp_path / "p"), progress=False)
-
-
-def test_a_run_saved_before_the_views_setting_resumes_as_axial(tmp_path):
-    cfg = conftest.load_config("phycharm", "debug")
-    (tmp_path / "checkpoints").mkdir()
-    old = json.loads(cfg.to_json())
-    del old["model"]["views"]                       # a config.json written before it existed
-    (tmp_path / "config.json").write_text(json.dumps(old))
-    prepare_workdir(cfg, str(tmp_path))             # views = axial: the same training
-    (tmp_path / "config.json").write_text(json.dumps(old))
-    with cfg.unlocked():
-        cfg.model.views = ALL
-    with pytest.raises(InputError, match="different 'model' config"):
-        prepare_workdir(cfg, str(tmp_path))
 
 
 def test_simulated_pairs_slice_the_same_heads_in_every_plane():
