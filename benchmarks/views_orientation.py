@@ -52,10 +52,11 @@ def _anatomies(voxel_size: int, test_anatomy: str):
     return probs, real
 
 
-def reacquire(data_cfg, subject: str, site: str, axis: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(image, mask)`` of ``subject``'s scan at ``site`` as the default dataset of
+def reacquire(data_cfg, subject: str, site: str, axes) -> tuple[dict, np.ndarray]:
+    """``({axis: image}, mask)``: ``subject``'s scan at ``site`` as the default dataset of
     ``data_cfg`` makes it (:func:`phyjax.data.synthetic._write_subject`: same anatomy, maps,
-    effects and key), its slice profile along voxel ``axis``; image not normalized."""
+    effects and key), its slice profile along each voxel axis of ``axes`` (the maps made once);
+    images not normalized."""
     cfg = synthetic._to_plain(data_cfg)
     probs, real = _anatomies(int(cfg["voxel_size"]), cfg.get("test_anatomy", "mni152"))
     i = int(subject) - 1
@@ -66,9 +67,9 @@ def reacquire(data_cfg, subject: str, site: str, axis: int) -> tuple[np.ndarray,
     maps = synthetic.quantitative_maps(s_probs, factors, texture,
                                        float(site_cfg["field_strength"]), cfg["partial_volume"])
     key = jax.random.fold_in(jax.random.fold_in(jax.random.key(cfg["seed"]), i), j)
-    image = synthetic.acquire(maps, mask, synthetic.site_protocol(site_cfg),
-                              synthetic.site_effects(site_cfg), key, slice_axis=axis)
-    return image, mask
+    protocol, effects = synthetic.site_protocol(site_cfg), synthetic.site_effects(site_cfg)
+    return {axis: synthetic.acquire(maps, mask, protocol, effects, key, slice_axis=axis)
+            for axis in axes}, mask
 
 
 def main(argv=None) -> None:
@@ -110,12 +111,12 @@ def main(argv=None) -> None:
         t_vol = tissue_volumes(t_lab[tgt.mask], 1.0)
         for site in sites:
             vol = data.volumes[subject][site]
+            raws, mask = reacquire(cfg.data, subject, site, [VIEWS[o] for o in orientations])
+            if not np.array_equal(mask, vol.mask):
+                raise SystemExit(f"sub-{subject}: the re-made brain mask differs from the "
+                                 "dataset's.")
             for orientation in orientations:
-                raw, mask = reacquire(cfg.data, subject, site, VIEWS[orientation])
-                image = normalize(raw, vol.mask)
-                if not np.array_equal(mask, vol.mask):
-                    raise SystemExit(f"sub-{subject}: the re-made brain mask differs from the "
-                                     "dataset's.")
+                image = normalize(raws[VIEWS[orientation]], vol.mask)
                 if orientation == "axial" and not np.allclose(image, vol.image, atol=1e-4):
                     raise SystemExit(f"sub-{subject} {site}: the re-acquired axial scan differs "
                                      "from the dataset's (max |diff| "

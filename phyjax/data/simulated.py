@@ -24,8 +24,8 @@ from tqdm.auto import tqdm
 
 from phyjax.data import synthetic
 from phyjax.data.nifti import InputError
-from phyjax.data.slices import (brain_slices, check_views, view_cycle, view_grids, view_key,
-                                view_volume)
+from phyjax.data.slices import (check_views, view_brain_slices, view_cycle, view_grids,
+                                view_key)
 from phyjax.data.split import protocols_match
 from phyjax.data.store import SliceStore
 from phyjax.data.volumes import normalize
@@ -218,27 +218,22 @@ class SimulatedPairs:
                 k_fx, k_acq = jax.random.split(k)
                 effects = scanner.sample_scanner_effects(k_fx, **EFFECT_RANGES)
                 image = synthetic.acquire(maps[float(p.field_strength)], mask, p, effects, k_acq)
-                self._add(f"{a}/source{p_i}", normalize(image, mask))
-                self._add(f"{a}/t1_{p_i}", maps[float(p.field_strength)]["t1"])
+                self.store.add_views(f"{a}/source{p_i}", normalize(image, mask), self.grids)
+                self.store.add_views(f"{a}/t1_{p_i}", maps[float(p.field_strength)]["t1"],
+                                     self.grids)
                 bar.update()
             for q_i, q in enumerate(self.targets):
                 image = synthetic.acquire(maps[float(q.field_strength)], mask, q, clean,
                                           jax.random.fold_in(key, 10_000 + a))
-                self._add(f"{a}/target{q_i}", normalize(image, mask))
+                self.store.add_views(f"{a}/target{q_i}", normalize(image, mask), self.grids)
                 bar.update()
-            self._add(f"{a}/mask", mask)
-            self._add(f"{a}/m0", maps[min(maps)]["pd"] * mask)
-            for view in self.views:
-                rows[view] += [(a, z) for z in brain_slices(view_volume(mask, view),
-                                                           min_fraction)]
+            self.store.add_views(f"{a}/mask", mask, self.grids)
+            self.store.add_views(f"{a}/m0", maps[min(maps)]["pd"] * mask, self.grids)
+            for view, zs in view_brain_slices(mask, min_fraction, self.views).items():
+                rows[view] += [(a, z) for z in zs]
         bar.close()
         self.view_rows = {v: np.asarray(r, int).reshape(-1, 2) for v, r in rows.items()}
         self.rows = self.view_rows[self.views[0]]
-
-    def _add(self, key: str, volume: np.ndarray) -> None:
-        for view in self.views:
-            self.store.add(view_key(key, view), view_volume(volume, view),
-                           pads=self.grids[view][0])
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -292,14 +287,10 @@ class SourceSlices:
         rows = {(g, view): [] for g in range(len(self.protocols)) for view in self.views}
         for k, v in enumerate(scans):
             g = next(i for i, p in enumerate(self.protocols) if protocols_match(v.protocol, p))
-            for view in self.views:
-                pads = self.grids[view][0]
-                self.store.add(view_key(f"{k}/image", view), view_volume(v.image, view),
-                               pads=pads)
-                self.store.add(view_key(f"{k}/mask", view), view_volume(v.mask, view),
-                               pads=pads)
-                rows[(g, view)] += [(k, z) for z in brain_slices(view_volume(v.mask, view),
-                                                                 min_fraction)]
+            self.store.add_views(f"{k}/image", v.image, self.grids)
+            self.store.add_views(f"{k}/mask", v.mask, self.grids)
+            for view, zs in view_brain_slices(v.mask, min_fraction, self.views).items():
+                rows[(g, view)] += [(k, z) for z in zs]
         self.view_rows = {key: np.asarray(r, int).reshape(-1, 2) for key, r in rows.items()}
         self.rows = [self.view_rows[(g, self.views[0])] for g in range(len(self.protocols))]
 

@@ -53,6 +53,11 @@ def view_grids(shape, depth: int, views) -> dict:
                     depth) for v in views}
 
 
+def view_brain_slices(mask: np.ndarray, min_fraction: float, views) -> dict:
+    """``{view: brain_slices of mask in that view}`` (:func:`brain_slices`)."""
+    return {v: brain_slices(view_volume(mask, v), min_fraction) for v in views}
+
+
 def view_cycle(i: int, groups: int, views) -> str:
     """The view of batch ``i`` when batches cycle through ``groups`` (sites, protocols) first
     and then through ``views``: with one view, every batch is what it was before views."""

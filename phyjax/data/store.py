@@ -18,7 +18,7 @@ import tempfile
 
 import numpy as np
 
-from phyjax.data.slices import to_slices
+from phyjax.data.slices import to_slices, view_key, view_volume
 
 
 def safe_name(key: str) -> str:
@@ -69,6 +69,13 @@ class SliceStore:
         slices = to_slices(np.asarray(volume, dtype), self.pads if pads is None else pads)
         save_array(self.directory, key, slices)
         self.shapes[key] = slices.shape
+
+    def add_views(self, key: str, volume: np.ndarray, grids: dict, dtype=np.float32) -> None:
+        """Store ``volume`` ``(X, Y, Z)`` (a RAS grid) in every view of ``grids``
+        (``{view: (pads, padded)}``, :func:`phyjax.data.slices.view_grids`), each as
+        :func:`phyjax.data.slices.view_key` ``(key, view)``."""
+        for view, (pads, _) in grids.items():
+            self.add(view_key(key, view), view_volume(volume, view), dtype, pads)
 
     def read(self, key: str, z: np.ndarray, context: int | None = None) -> np.ndarray:
         """Slices ``z`` of ``key`` as float32: ``(n, H, W, 1)``, or with ``context`` neighbours

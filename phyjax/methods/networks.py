@@ -20,9 +20,9 @@ import numpy as np
 import optax
 
 from phyjax.data.nifti import InputError
-from phyjax.data.slices import (brain_slices, check_views, from_slices, grid, to_slices,
-                                unview_volume, view_cycle, view_grids, view_key, view_volume,
-                                with_context)
+from phyjax.data.slices import (check_views, from_slices, grid, to_slices, unview_volume,
+                                view_brain_slices, view_cycle, view_grids, view_key,
+                                view_volume, with_context)
 from phyjax.data.store import SliceStore
 from phyjax.data.split import TrainingSet
 from phyjax.methods.base import Harmonizer, base_fields
@@ -77,16 +77,13 @@ class SlicePairs:
             for i, s in enumerate(subjects):
                 v = train.volumes[s][site]
                 self.has_maps[(s, site)] = v.t1 is not None and v.m0 is not None
-                for view in self.views:
-                    pads = self.grids[view][0]
-                    arrays = {"image": v.image, "mask": v.mask}
-                    if self.has_maps[(s, site)]:
-                        arrays.update(t1=v.t1, m0=v.m0)
-                    for name, a in arrays.items():
-                        self.store.add(view_key(f"{s}/{site}/{name}", view),
-                                       view_volume(a, view), pads=pads)
-                    rows[view] += [(i, z) for z in brain_slices(view_volume(v.mask, view),
-                                                                min_fraction)]
+                arrays = {"image": v.image, "mask": v.mask}
+                if self.has_maps[(s, site)]:
+                    arrays.update(t1=v.t1, m0=v.m0)
+                for name, a in arrays.items():
+                    self.store.add_views(f"{s}/{site}/{name}", a, self.grids)
+                for view, zs in view_brain_slices(v.mask, min_fraction, self.views).items():
+                    rows[view] += [(i, z) for z in zs]
             for view in self.views:
                 self.rows[(site, view)] = np.asarray(rows[view], int).reshape(-1, 2)
         self.protocols = {s: train.volumes[subjects[0]][s].protocol for s in self.sites}
@@ -149,7 +146,7 @@ def mirror_batch(arrays: dict, i: int, seed: int, p: float, view: str = "axial")
     """
     if check_mirror(p, "mirror") == 0.0:
         return arrays
-    sagittal = check_views((view,), "view") == ("sagittal",)
+    sagittal = check_views(view, "view") == ("sagittal",)
     n = len(next(iter(arrays.values())))
     flip = np.random.default_rng([seed, i, 29]).random(n) < p
     out = {}
@@ -273,9 +270,9 @@ def predict_volume(predict: Callable, params: Any, image: np.ndarray, mask: np.n
     for an unknown ``tta`` or view.
     """
     if isinstance(params, (list, tuple)):
-        outs = [predict_volume(predict, p, image, mask, protocol, depth, batch_size, context,
-                               tta, mirror, views) for p in params]
-        return {k: np.mean([o[k] for o in outs], axis=0) for k in outs[0]}
+        return _mean_outputs([predict_volume(predict, p, image, mask, protocol, depth,
+                                             batch_size, context, tta, mirror, views)
+                              for p in params])
     if check_tta(tta, "tta") == "flip":
         args = (predict, params)
         rest = (protocol, depth, batch_size, context, "none", 0, views)
@@ -289,7 +286,7 @@ def predict_volume(predict: Callable, params: Any, image: np.ndarray, mask: np.n
             out = predict_volume(predict, params, view_volume(image, view),
                                  view_volume(mask, view), protocol, depth, batch_size, context)
             outs.append({k: unview_volume(v, view) for k, v in out.items()})
-        return {k: np.mean([o[k] for o in outs], axis=0) for k in outs[0]}
+        return _mean_outputs(outs)
     pads, _ = grid(image.shape, depth)
     src = with_context(to_slices(image, pads), context).astype(np.float32)
     msk = to_slices(mask.astype(np.float32), pads)[..., None]
@@ -305,6 +302,11 @@ def predict_volume(predict: Callable, params: Any, image: np.ndarray, mask: np.n
                                            code, float(protocol.field_strength))))
     return {k: from_slices(np.concatenate([o[k] for o in outs])[:n, ..., 0], pads)
             for k in outs[0]}
+
+
+def _mean_outputs(outs: list[dict]) -> dict:
+    """Output-by-output mean of several ``predict_volume`` results (ensemble members, views)."""
+    return {k: np.mean([o[k] for o in outs], axis=0) for k in outs[0]}
 
 
 def save_params(params: Any, directory: str) -> str:
