@@ -179,8 +179,8 @@ def get_config(arg: str | None = None) -> ConfigDict:
     train.checkpoint_every = 100
     train.log_every = 10
     train.w_map = 1.0        # L1 on T1/M0 maps (where ground truth exists)
-    train.w_physics = 0.5    # source re-synthesis consistency (self-supervised); 0 and 1.5 both
-                             # lowered GM Dice on the validation split (README, issue 14 item 25)
+    train.w_physics = 0.5    # source re-synthesis consistency (self-supervised); 0, 1.0 and 1.5
+                             # all lowered GM Dice on the validation split (README, item 25)
     train.w_harm = 1.0       # L1 of harmonized vs target image
     train.w_ssim = 0.5       # 1 - SSIM of harmonized vs target image
     # Anatomy-keeping terms (phyjax.losses; 0 switches one off):
