@@ -25,8 +25,9 @@ import csv
 
 import numpy as np
 
+from phyjax.evaluate.overlap import TISSUES
+
 COLUMNS = ("ssim", "psnr", "dice_csf", "dice_gm", "dice_wm")
-TISSUES = ("csf", "gm", "wm")
 
 
 def read(spec: str) -> dict[tuple[str, str], dict[str, float]]:

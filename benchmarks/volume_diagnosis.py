@@ -9,8 +9,9 @@ labels, for
 * ``resynth``: its physics-only path (the target's signal equation on the predicted T1 / M0);
 * ``oracle tissue levels``: the output mapped piecewise-linearly so that its median in each of
   the target's CSF / GM / WM labels equals the target's (a perfect per-tissue contrast fix);
-* ``oracle bias``: the output divided by the smooth part (Gaussian, sigma ``--bias-sigma-mm``)
-  of its log ratio to the target (a perfect smooth-gain fix);
+* ``oracle bias``: the output divided by its smooth gain against the target
+  (:func:`phyjax.physics.consistency.local_gain`, Gaussian sigma ``--bias-sigma-mm``; a perfect
+  smooth-gain fix);
 
 the CSF / GM / WM volume error (%), Dice, and each tissue's coefficient of variation (sd /
 median of the image inside the target's label).  If the oracles leave the volume errors in
@@ -32,22 +33,21 @@ import sys
 
 import numpy as np
 from ml_collections import ConfigDict
-from scipy import ndimage
 
 from phyjax import methods
 from phyjax.data.dataset import load_dataset
+from phyjax.evaluate.overlap import TISSUE_LABELS, tissue_overlap, tissue_volumes
+from phyjax.physics.consistency import local_gain
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from real_philips import benchmark_segmenter
-
-LABELS = {"csf": 1, "gm": 2, "wm": 3}
 
 
 def oracle_levels(image, target, labels, mask):
     """``image`` mapped piecewise-linearly (through 0 and the per-label medians, extrapolated
     above WM with the GM-WM slope) onto ``target``'s per-label medians."""
-    xo = [0.0] + [float(np.median(image[(labels == k) & mask])) for k in LABELS.values()]
-    xt = [0.0] + [float(np.median(target[(labels == k) & mask])) for k in LABELS.values()]
+    xo = [0.0] + [float(np.median(image[(labels == k) & mask])) for k in TISSUE_LABELS.values()]
+    xt = [0.0] + [float(np.median(target[(labels == k) & mask])) for k in TISSUE_LABELS.values()]
     if not np.all(np.diff(xo) > 0):
         raise ValueError(f"tissue medians of the image are not increasing: {xo}")
     slope = (xt[-1] - xt[-2]) / (xo[-1] - xo[-2])
@@ -56,21 +56,21 @@ def oracle_levels(image, target, labels, mask):
 
 
 def oracle_bias(image, target, mask, sigma_vox):
-    """``image`` divided by the in-mask Gaussian smoothing of ``log(image / target)``."""
-    ratio = np.log(np.clip(np.where(mask, image / np.maximum(target, 1e-3), 1.0), 0.2, 5.0))
-    num = ndimage.gaussian_filter(np.where(mask, ratio, 0.0), sigma_vox)
-    den = ndimage.gaussian_filter(mask.astype(float), sigma_vox)
-    return np.where(mask, image / np.exp(num / np.maximum(den, 1e-6)), 0.0)
+    """``image`` divided by its smooth gain against ``target`` (:func:`local_gain`)."""
+    gain = local_gain(image, target, mask, sigma_vox)
+    return np.where(mask & (gain > 0), image / np.where(gain > 0, gain, 1.0), 0.0)
 
 
 def measure(image, labels_ref, mask, seg) -> dict[str, float]:
     lab = seg(image, mask)
+    got, ref = tissue_volumes(lab[mask], 1.0), tissue_volumes(labels_ref[mask], 1.0)
+    overlap = tissue_overlap(lab, labels_ref, mask)
     row = {}
-    for t, k in LABELS.items():
-        ref, got = (labels_ref == k) & mask, (lab == k) & mask
-        row[f"dv_{t}"] = 100.0 * (got.sum() - ref.sum()) / ref.sum()
-        row[f"dice_{t}"] = 2.0 * (ref & got).sum() / (ref.sum() + got.sum())
-        row[f"cv_{t}"] = float(np.std(image[ref]) / np.median(image[ref]))
+    for t, k in TISSUE_LABELS.items():
+        row[f"dv_{t}"] = 100.0 * (got[t] - ref[t]) / ref[t]
+        row[f"dice_{t}"] = overlap[f"dice_{t}"]
+        inside = image[(labels_ref == k) & mask]
+        row[f"cv_{t}"] = float(np.std(inside) / np.median(inside))
     return row
 
 
@@ -100,8 +100,8 @@ def main(argv=None) -> None:
 
     def add(subject, site, name, row):
         lines.append(f"| {subject} | {site} | {name} | " + " | ".join(
-            [f"{row[f'dv_{t}']:+.1f}" for t in LABELS] + [f"{row[f'dice_{t}']:.3f}" for t in LABELS]
-            + [f"{row[f'cv_{t}']:.3f}" for t in LABELS]) + " |")
+            [f"{row[f'dv_{t}']:+.1f}" for t in TISSUE_LABELS] + [f"{row[f'dice_{t}']:.3f}" for t in TISSUE_LABELS]
+            + [f"{row[f'cv_{t}']:.3f}" for t in TISSUE_LABELS]) + " |")
         print(lines[-1], flush=True)
 
     for subject in args.subjects.split(","):
