@@ -15,7 +15,9 @@ Usage::
         --variant "static MPRAGE=runs/abl/static:--config.model.readout=static" \\
         [--collect] [--out benchmarks/results/ablation_phycharm.md]
 
-``--reference``: a full benchmark run (every baseline and PhyCHarm with the default config).
+``--reference``: a full benchmark run (every baseline and PhyCHarm with the default config), or
+a table this script wrote (``.md``): its "best baseline" and re-scan rows stand in for the
+reference run's baselines when that run's folder is gone (they are all ``table`` compares with).
 """
 
 from __future__ import annotations
@@ -47,6 +49,30 @@ def read_rows(run: str) -> dict[tuple[str, str], dict[str, float]]:
                 if v not in ("", "nan", None):
                     values[key] = float(v)   # vol_reldiff: already |V - V_ref| / V_ref in %
             out[(row["method"], row["site"])] = values
+    return out
+
+
+def read_table(path: str) -> dict[tuple[str, str], dict[str, float]]:
+    """The reference rows a table of this script holds: ``{(method, site): {metric: mean}}`` with,
+    per site and metric, the best baseline (the method named beside its value) and ``rescan``.
+
+    Raises ValueError if ``path`` has no "best baseline" row (not a table of this script)."""
+    out: dict[tuple[str, str], dict[str, float]] = {}
+    with open(path) as f:
+        for line in f:
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if len(cells) != 2 + len(METRICS) or cells[1] not in ("best baseline",
+                                                                 "*re-scan (ceiling)*"):
+                continue
+            site = cells[0]
+            for (key, _, _), cell in zip(METRICS, cells[2:]):
+                if cell == "–":
+                    continue
+                value, _, method = cell.partition(" (")
+                method = method.rstrip(")") if cells[1] == "best baseline" else "rescan"
+                out.setdefault((method, site), {})[key] = float(value)
+    if not any(m != "rescan" for m, _ in out):
+        raise ValueError(f"{path}: no 'best baseline' rows (not a table of ablation_phycharm.py)")
     return out
 
 
@@ -93,7 +119,8 @@ def table(reference, variants, sites) -> list[str]:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--reference", required=True, help="full benchmark run folder")
+    ap.add_argument("--reference", required=True, help="full benchmark run folder, or a "
+                    "table this script wrote (.md) whose baseline rows stand in for it")
     ap.add_argument("--variant", action="append", default=[],
                     help="'name=folder:overrides' (overrides: --config.* flags)")
     ap.add_argument("--methods", default="('phycharm',)")
@@ -103,7 +130,8 @@ def main(argv=None) -> None:
                          "unet=runs/b800c4_base: a baseline retrained with a variant's setting)")
     ap.add_argument("--out", default="benchmarks/results/ablation_phycharm.md")
     args = ap.parse_args(argv)
-    reference = read_rows(args.reference)
+    reference = (read_table(args.reference) if args.reference.endswith(".md")
+                 else read_rows(args.reference))
     for spec in args.replace:
         method, _, folder = spec.partition("=")
         other = read_rows(folder)
@@ -126,10 +154,10 @@ def main(argv=None) -> None:
     sites = sorted({s for (m, s) in reference if s != "overall"}) + ["overall"]
     if not any(m == "phycharm" for m, _ in reference):   # a reference of baselines only
         variants = variants[1:]
-    lines = ["PhyCHarm ablation on the embedded benchmark (held-out subjects, mean over subjects; "
-             "|ΔV| = absolute relative tissue-volume error vs the ground-truth target image's "
-             "segmentation). Bold: better than every baseline of the reference run "
-             f"({', '.join(BASELINES)}) on that metric and site.", "",
+    lines = [("PhyCHarm ablation on the embedded benchmark (held-out subjects, mean over subjects; "
+              "|ΔV| = absolute relative tissue-volume error vs the ground-truth target image's "
+              "segmentation). Bold: better than every baseline of the reference run "
+              f"({', '.join(BASELINES)}) on that metric and site."), "",
              "`python benchmarks/ablation_phycharm.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])) + "`", ""]
     lines += table(reference, variants, sites)
     if seconds:

@@ -1,0 +1,107 @@
+"""The benchmark scripts' own bookkeeping: a per-site table written by ``ablation_phycharm.py``
+can stand in for its reference run (the baselines it compares against), and
+``validation_rule.py`` decides from paired rows as its rule says."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import os
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "benchmarks", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _reference(rng, ablation):
+    sites = ("siteA", "siteB", "overall")
+    methods = ablation.BASELINES + ("rescan", "phycharm")
+    return {(m, s): {k: float(rng.uniform(0.5, 30.0)) for k, _, _ in ablation.METRICS}
+            for m in methods for s in sites}
+
+
+def test_table_round_trips_the_best_baselines(tmp_path):
+    ablation = _load("ablation_phycharm")
+    reference = _reference(np.random.default_rng(0), ablation)
+    sites = ["siteA", "siteB", "overall"]
+    path = tmp_path / "t.md"
+    path.write_text("\n".join(ablation.table(reference, [("v", reference)], sites)) + "\n")
+    stand_in = ablation.read_table(str(path))
+    for site in sites:
+        for key, _, higher in ablation.METRICS:
+            vals = [reference[(m, site)][key] for m in ablation.BASELINES]
+            best = max(vals) if higher else min(vals)
+            got = [v[key] for (m, s), v in stand_in.items()
+                   if s == site and m != "rescan" and key in v]
+            assert got == [pytest.approx(best, abs=5e-4)]      # written with 3 decimals
+            assert stand_in[("rescan", site)][key] == pytest.approx(
+                reference[("rescan", site)][key], abs=5e-4)
+    # the stand-in gives the same table, so the same cells are bold
+    again = ablation.table(stand_in, [("v", reference)], sites)
+    assert again == ablation.table(reference, [("v", reference)], sites)
+
+
+def test_read_table_refuses_another_file(tmp_path):
+    ablation = _load("ablation_phycharm")
+    path = tmp_path / "notes.md"
+    path.write_text("| a | b |\n|---|---|\n| 1 | 2 |\n")
+    with pytest.raises(ValueError, match="no 'best baseline' rows"):
+        ablation.read_table(str(path))
+
+
+def _write_rows(path, setting, rows):
+    fields = ["subject", "site", "setting", "ssim", "psnr", "dice_csf", "dice_gm", "dice_wm",
+              "dv_csf", "dv_gm", "dv_wm"]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        for (subject, site), values in rows.items():
+            writer.writerow({"subject": subject, "site": site, "setting": setting, **values})
+
+
+@pytest.mark.parametrize("psnr_shift, dv_shift, dice_shift, verdict", [
+    (-0.2, 0.1, 0.01, "passes"),    # inside both tolerances, GM Dice up
+    (-0.5, 0.0, 0.01, "fails"),     # PSNR falls by more than 0.3 dB
+    (0.0, 0.5, 0.01, "fails"),      # mean |dV| rises by more than 0.2 points
+    (0.5, -1.0, -0.001, "fails"),   # everything better but GM Dice
+])
+def test_validation_rule_decides_as_declared(tmp_path, capsys, psnr_shift, dv_shift, dice_shift,
+                                             verdict):
+    rule = _load("validation_rule")
+    rng = np.random.default_rng(1)
+    base = {(f"sub-{i:02d}", site): {"ssim": rng.uniform(0.9, 1), "psnr": rng.uniform(20, 30),
+                                     "dice_csf": rng.uniform(0.8, 0.95),
+                                     "dice_gm": rng.uniform(0.8, 0.95),
+                                     "dice_wm": rng.uniform(0.8, 0.95),
+                                     "dv_csf": rng.uniform(-9, 9), "dv_gm": rng.uniform(2, 9),
+                                     "dv_wm": rng.uniform(-9, 9)}
+            for i in range(4) for site in ("a", "b")}
+    # |dv_gm| moves by exactly dv_shift * 3 points, so the mean over tissues moves by dv_shift
+    cand = {k: {**v, "psnr": v["psnr"] + psnr_shift, "dice_gm": v["dice_gm"] + dice_shift,
+                "dv_gm": v["dv_gm"] + 3 * dv_shift} for k, v in base.items()}
+    _write_rows(tmp_path / "b.csv", "s0", base)
+    _write_rows(tmp_path / "c.csv", "new", cand)
+    rule.main(["--baseline", f"{tmp_path / 'b.csv'}:s0", "--candidate", f"{tmp_path / 'c.csv'}:new"])
+    out = capsys.readouterr().out
+    assert out.splitlines()[-1] == f"rule: {verdict}"
+    assert out.startswith("8 images")
+
+
+def test_validation_rule_refuses_unpaired_images(tmp_path):
+    rule = _load("validation_rule")
+    row = {"ssim": 0.9, "psnr": 25, "dice_csf": 0.9, "dice_gm": 0.9, "dice_wm": 0.9,
+           "dv_csf": 1, "dv_gm": 1, "dv_wm": 1}
+    _write_rows(tmp_path / "b.csv", "s0", {("sub-01", "a"): row, ("sub-02", "a"): row})
+    _write_rows(tmp_path / "c.csv", "new", {("sub-01", "a"): row, ("sub-03", "a"): row})
+    with pytest.raises(ValueError, match="different images"):
+        rule.paired([f"{tmp_path / 'b.csv'}:s0"], [f"{tmp_path / 'c.csv'}:new"])
+    with pytest.raises(ValueError, match="no rows of setting"):
+        rule.read(f"{tmp_path / 'b.csv'}:other")
