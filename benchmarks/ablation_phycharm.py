@@ -86,13 +86,13 @@ def run_variant(folder: str, overrides: str, methods: str) -> float:
     return time.time() - t0
 
 
-def table(reference, variants, sites) -> list[str]:
+def table(reference, variants, sites, baselines=BASELINES) -> list[str]:
     lines = ["| site | variant | " + " | ".join(label for _, label, _ in METRICS) + " |",
              "|---|---|" + "---|" * len(METRICS)]
     for site in sites:
         best = {}
         for key, _, higher in METRICS:
-            vals = [(reference[(m, site)][key], m) for m in BASELINES
+            vals = [(reference[(m, site)][key], m) for m in baselines
                     if key in reference.get((m, site), {})]
             if vals:
                 best[key] = (max if higher else min)(vals)
@@ -128,6 +128,11 @@ def main(argv=None) -> None:
     ap.add_argument("--replace", action="append", default=[], metavar="METHOD=FOLDER",
                     help="take the reference's METHOD rows from FOLDER's benchmark.csv (e.g. "
                          "unet=runs/b800c4_base: a baseline retrained with a variant's setting)")
+    ap.add_argument("--add", action="append", default=[], metavar="NAME=FOLDER:METHOD",
+                    help="one more baseline: FOLDER's METHOD rows under NAME (e.g. "
+                         "unet_wide=runs/wide_unet:unet, a baseline retrained with a variant's "
+                         "setting, when the reference's own rows must stay: a table reference "
+                         "keeps only each cell's best, so --replace cannot take them out)")
     ap.add_argument("--out", default="benchmarks/results/ablation_phycharm.md")
     args = ap.parse_args(argv)
     reference = (read_table(args.reference) if args.reference.endswith(".md")
@@ -139,6 +144,16 @@ def main(argv=None) -> None:
             raise SystemExit(f"--replace {spec}: {folder}/benchmark.csv has no {method!r} rows.")
         reference = {k: v for k, v in reference.items() if k[0] != method}
         reference.update({k: v for k, v in other.items() if k[0] == method})
+    baselines = BASELINES
+    for spec in args.add:
+        name, _, rest = spec.partition("=")
+        folder, _, method = rest.rpartition(":")
+        other = read_rows(folder)
+        if not name or not any(m == method for m, _ in other):
+            raise SystemExit(f"--add {spec}: expected NAME=FOLDER:METHOD with METHOD rows in "
+                             f"{folder}/benchmark.csv.")
+        reference.update({(name, site): v for (m, site), v in other.items() if m == method})
+        baselines += (name,)
     variants, seconds = [("full (default config)", reference)], {}
     for spec in args.variant:
         name, _, rest = spec.partition("=")
@@ -157,9 +172,9 @@ def main(argv=None) -> None:
     lines = [("PhyCHarm ablation on the embedded benchmark (held-out subjects, mean over subjects; "
               "|ΔV| = absolute relative tissue-volume error vs the ground-truth target image's "
               "segmentation). Bold: better than every baseline of the reference run "
-              f"({', '.join(BASELINES)}) on that metric and site."), "",
+              f"({', '.join(baselines)}) on that metric and site."), "",
              "`python benchmarks/ablation_phycharm.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])) + "`", ""]
-    lines += table(reference, variants, sites)
+    lines += table(reference, variants, sites, baselines)
     if seconds:
         lines += ["", "Wall time per variant run: " + ", ".join(
             f"{k} {v / 60:.1f} min" for k, v in seconds.items())]

@@ -105,3 +105,40 @@ def test_validation_rule_refuses_unpaired_images(tmp_path):
         rule.paired([f"{tmp_path / 'b.csv'}:s0"], [f"{tmp_path / 'c.csv'}:new"])
     with pytest.raises(ValueError, match="no rows of setting"):
         rule.read(f"{tmp_path / 'b.csv'}:other")
+
+
+def _write_benchmark_csv(folder, rows, metrics):
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "benchmark.csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["method", "site"] + [f"{k}_mean" for k, _, _ in metrics])
+        writer.writeheader()
+        for (method, site), values in rows.items():
+            writer.writerow({"method": method, "site": site,
+                             **{f"{k}_mean": v for k, v in values.items()}})
+
+
+def test_added_baseline_can_only_take_cells_away(tmp_path):
+    """``--add``: a cell PhyCHarm wins against a table's baselines is lost when the added
+    baseline is better there, and kept where it is worse."""
+    ablation = _load("ablation_phycharm")
+    keys = [k for k, _, _ in ablation.METRICS]
+    higher = {k: h for k, _, h in ablation.METRICS}
+    base = {(m, s): {k: (0.5 if higher[k] else 10.0) for k in keys}
+            for m in ablation.BASELINES + ("rescan",) for s in ("siteA", "overall")}
+    table = tmp_path / "t.md"
+    table.write_text("\n".join(ablation.table(base, [], ["siteA", "overall"])) + "\n")
+    better = {k: (0.6 if higher[k] else 9.0) for k in keys}         # beats every baseline
+    _write_benchmark_csv(tmp_path / "cand", {("phycharm", s): better for s in ("siteA", "overall")},
+                         ablation.METRICS)
+    strong = {k: (0.7 if higher[k] else 8.0) for k in keys[:2]}      # better than PhyCHarm
+    strong.update({k: (0.55 if higher[k] else 9.5) for k in keys[2:]})  # worse than PhyCHarm
+    _write_benchmark_csv(tmp_path / "wide", {("unet", s): strong for s in ("siteA", "overall")},
+                         ablation.METRICS)
+    out = tmp_path / "out.md"
+    ablation.main(["--reference", str(table), "--collect", "--out", str(out),
+                   "--variant", f"cand={tmp_path / 'cand'}:", "--add", f"unet_wide={tmp_path / 'wide'}:unet"])
+    row = next(line for line in out.read_text().splitlines() if line.startswith("| siteA | cand |"))
+    cells = [c.strip() for c in row.strip("|").split("|")][2:]
+    assert [c.startswith("**") for c in cells] == [False, False] + [True] * (len(keys) - 2)
+    best = next(line for line in out.read_text().splitlines() if line.startswith("| siteA | best"))
+    assert best.count("(unet_wide)") == len(keys)   # better than the table's best everywhere
