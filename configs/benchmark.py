@@ -41,9 +41,10 @@ def _phycharm_config(arg):
 
 def get_config(arg: str | None = None) -> ConfigDict:
     """Default benchmark; ``arg="debug"`` is the tiny variant used by the tests (~9 min on one
-    core)."""
-    if arg not in (None, "", "debug"):
-        raise ValueError(f"Unknown config variant {arg!r}; expected '' or 'debug'.")
+    core); ``arg="large"`` PhyCHarm's larger variant (configs/phycharm.py), which the U-Net
+    shares (same channels and steps)."""
+    if arg not in (None, "", "debug", "large"):
+        raise ValueError(f"Unknown config variant {arg!r}; expected '', 'debug' or 'large'.")
     base = _phycharm_config(arg)
     config = ConfigDict()
     config.method = "benchmark"

@@ -1,0 +1,34 @@
+"""Config variants: ``large`` changes what the README says it changes and nothing else, and the
+benchmark's U-Net follows PhyCHarm's networks and budget."""
+
+import conftest
+import pytest
+
+
+def _flat(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+@pytest.mark.parametrize("name", ["phycharm", "benchmark"])
+def test_large_variant_changes_steps_and_channels_only(name):
+    default = _flat(conftest.load_config(name, "").to_dict())
+    large = _flat(conftest.load_config(name, "large").to_dict())
+    assert default.keys() == large.keys()
+    changed = {k for k in default if default[k] != large[k]}
+    expected = {"train.steps", "model.features"}
+    if name == "benchmark":
+        expected |= {"unet.features"}        # the U-Net shares PhyCHarm's channels
+    assert changed == expected
+    assert large["train.steps"] == 2 * default["train.steps"]
+    assert [int(1.5 * f) for f in default["model.features"]] == list(large["model.features"])
+
+
+def test_unknown_variant_names_the_known_ones():
+    with pytest.raises(ValueError, match="'huge'.*'large'"):
+        conftest.load_config("phycharm", "huge")
