@@ -40,13 +40,19 @@ def x64():
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def load_config(name: str, variant: str = "debug"):
-    """``configs/<name>.py``'s ``get_config(variant)``, loaded by path as ml_collections does."""
-    spec = importlib.util.spec_from_file_location(f"{name}_cfg",
-                                                  os.path.join(ROOT, "configs", f"{name}.py"))
+def load_module(folder: str, name: str):
+    """The project's ``<folder>/<name>.py`` (a config or a benchmark script: not packages),
+    loaded by path as ml_collections loads a config."""
+    spec = importlib.util.spec_from_file_location(f"_{folder}_{name}",
+                                                  os.path.join(ROOT, folder, f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.get_config(variant)
+    return module
+
+
+def load_config(name: str, variant: str = "debug"):
+    """``configs/<name>.py``'s ``get_config(variant)``, loaded by path as ml_collections does."""
+    return load_module("configs", name).get_config(variant)
 
 
 def tiny_volumes(tmp_path, subjects=("01", "02", "03", "04"), sites=("ref", "x"),

@@ -5,20 +5,15 @@ can stand in for its reference run (the baselines it compares against), and
 from __future__ import annotations
 
 import csv
-import importlib.util
 import os
 
+import conftest
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 def _load(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "benchmarks", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return conftest.load_module("benchmarks", name)
 
 
 def _reference(rng, ablation):

@@ -29,6 +29,7 @@ def test_large_variant_changes_steps_and_channels_only(name):
     assert [int(1.5 * f) for f in default["model.features"]] == list(large["model.features"])
 
 
-def test_unknown_variant_names_the_known_ones():
+@pytest.mark.parametrize("name", ["phycharm", "benchmark"])
+def test_unknown_variant_names_the_known_ones(name):
     with pytest.raises(ValueError, match="'huge'.*'large'"):
-        conftest.load_config("phycharm", "huge")
+        conftest.load_config(name, "huge")

@@ -8,12 +8,12 @@ than CSF) and the published tissue table for picking tissue-like voxels.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
 import pathlib
 
+import conftest
 import nibabel as nib
 import numpy as np
 import pytest
@@ -23,15 +23,9 @@ from phyjax.data import bids, nifti, synthetic
 from phyjax.data.nifti import InputError
 from phyjax.physics import tissues
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-
 
 def _load_config(variant="debug"):
-    spec = importlib.util.spec_from_file_location("_phycharm_config_for_tests",
-                                                  ROOT / "configs" / "phycharm.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(variant)
+    return conftest.load_config("phycharm", variant)
 
 
 def _write_nifti(path, data, affine=None):

@@ -3,10 +3,10 @@ the held-out subjects of the default dataset, with volumes kept and the template
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import pathlib
 
+import conftest
 import nibabel as nib
 import numpy as np
 import pytest
@@ -20,11 +20,7 @@ ANATOMY = ROOT / "phyjax" / "data" / "anatomy"
 
 
 def _config():
-    spec = importlib.util.spec_from_file_location("_phycharm_cfg_real_anatomy",
-                                                  ROOT / "configs" / "phycharm.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config("debug")
+    return conftest.load_config("phycharm", "debug")
 
 
 def _fast_head_volumes():
