@@ -19,7 +19,7 @@ used the other (runs/benchmark_v6, 5-slice context): PhyCHarm paired ~12 min and
 min, U-Net ~12 min, ComBat ~6 min, evaluation (~250 DIPY segmentations, radiomics) ~29 min;
 debug ~9 min on one core (2026-12: 524 s, 4.3 min of it the two PhyCHarm
 trainings, most of each XLA compilation).  ``:large`` (800 steps, 1.5x the channels): PhyCHarm paired
-50.8 min and the U-Net 28.2 min of training on one core each, both cores busy (README, item 26);
+50.8 min and the U-Net 28.2 min of training on one core each, both cores busy (docs/phycharm_ablation.md, item 26);
 the whole variant not yet timed.
 Every field below can be overridden with --config.<path>=<value>; an unknown key is an error.
 """

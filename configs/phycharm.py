@@ -35,7 +35,7 @@ def _site(sequence, tr, te, ti=0.0, flip_angle=0.0, field_strength=3.0, manufact
 def get_config(arg: str | None = None) -> ConfigDict:
     """Default config; ``arg="debug"`` shrinks everything for tests (< 1 min); ``arg="large"`` is
     the recommended larger variant: 800 training steps and 1.5x the channels of both networks,
-    each adopted by a validation rule declared before its runs (README, "What issue 14 changed",
+    each adopted by a validation rule declared before its runs (docs/phycharm_ablation.md,
     items 13 and 26; ~50 min of training on one CPU core instead of ~11)."""
     config = ConfigDict()
     config.method = "phycharm"
@@ -108,10 +108,10 @@ def get_config(arg: str | None = None) -> ConfigDict:
     model.features = (16, 32, 64)   # channels per U-Net level, both networks; (24, 48, 96) in
                                     # the "large" variant: +0.84 dB, GM Dice +0.001 and |dV| -0.16
                                     # points on the validation heads at 800 steps, ~1.8x the time
-                                    # per step (README, "What issue 14 changed", item 26)
+                                    # per step (docs/phycharm_ablation.md, item 26)
     model.context = 2        # neighbouring slices on each side as input channels (2.5-D): 2
                              # (5 slices, 10 mm at 2 mm) sees across a 5 mm slice profile;
-                             # +1.1 dB PSNR overall over 1 (README, "What issue 14 changed")
+                             # +1.1 dB PSNR overall over 1 (docs/phycharm_ablation.md, item 5)
     model.cond_features = 32
     model.t1_max = 5.0       # s, upper bound of predicted T1
     model.m0_max = 1.5       # upper bound of predicted M0 (PD fraction)
@@ -125,7 +125,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
     # Off by default: on a validation split (12 unseen heads of data.seed 1, 5 sites) it
     # lowered the GM volume error (7.8 -> 6.0 %) but also GM Dice (0.890 -> 0.884), failing the
     # rule declared before the run; on the test heads and the real Philips scan it gives higher
-    # Dice and PSNR, lower SSIM (README, "What issue 14 changed", item 11).
+    # Dice and PSNR, lower SSIM (docs/phycharm_ablation.md, item 11).
     model.refine = ConfigDict(dict(
         enabled=False,
         t1_sd=0.15,          # relative prior sd of the network's T1 (its T1 NRMSE ~0.12-0.18)
@@ -143,7 +143,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
     # target image has (phyjax.methods.phycharm.calibrate_output); "none" keeps the network's.
     # Off by default: on the validation split (12 unseen heads of data.seed 1, 5 sites) it
     # lowered PSNR 25.46 -> 25.20 dB (+0.85 at the 1.5 T MPRAGE, -1.37 at the GE IR-SPGR),
-    # failing the rule declared before the run (README, "What issue 14 changed", item 12).
+    # failing the rule declared before the run (docs/phycharm_ablation.md, item 12).
     # "match" returns the source scan histogram-matched to the network's output (a monotone
     # map that keeps every edge of the input): on the validation split it lowered SSIM in
     # every image and Dice and PSNR on average (item 14).
@@ -153,13 +153,13 @@ def get_config(arg: str | None = None) -> ConfigDict:
     # inference time (phyjax.methods.networks.predict_volume); "none": one pass. On by
     # default: on the validation split (60 images per network, rule written before the runs)
     # it raised PSNR by 0.20 dB and GM Dice by 0.0017 (in 117 of 120 images) on two 800-step
-    # networks, +0.30 dB / +0.0030 on the 400-step default, volumes unchanged (README,
-    # "What issue 14 changed", item 20).
+    # networks, +0.30 dB / +0.0030 on the 400-step default, volumes unchanged
+    # (docs/phycharm_ablation.md, item 20).
     model.tta = "flip"
     # Deep ensemble (a training setting): this many networks, seeds seed, seed + 1, ...,
     # their outputs averaged at inference (phyjax.methods.networks.fit_ensemble). 1: one
     # network -- 2 would double the training time and take the main command past 15 minutes
-    # on 2 CPU cores; for the larger variant (README, "What issue 14 changed", item 22).
+    # on 2 CPU cores; for the larger variant (docs/phycharm_ablation.md, item 22).
     model.ensemble = 1
     # Slicing planes (a training and inference setting): ("axial",) trains and infers on axial
     # slices; more, e.g. ("axial", "coronal", "sagittal"), trains one network on batches of
@@ -169,7 +169,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
     # default: on the validation split (two 800-step networks, 120 images, rule written before
     # the runs) three planes raised PSNR by 1.4 dB and SSIM at every site but left GM Dice
     # unchanged (0.9085 -> 0.9086) and raised the volume errors (mean 5.72 -> 6.12 points),
-    # failing the rule (README, "What issue 14 changed", item 24).
+    # failing the rule (docs/phycharm_ablation.md, item 24).
     model.views = ("axial",)
 
     train = config.train = ConfigDict()
@@ -178,7 +178,8 @@ def get_config(arg: str | None = None) -> ConfigDict:
     # Mirror augmentation: each training slice (source, target, mask, maps together) flipped
     # left-right with this probability (phyjax.methods.networks.mirror_batch; the benchmark's
     # U-Net trains with the same). Off: on the validation split it lowered GM Dice on both
-    # of two seeds (pooled 0.9085 -> 0.9046) and raised the volume errors (README item 21).
+    # of two seeds (pooled 0.9085 -> 0.9046) and raised the volume errors
+    # (docs/phycharm_ablation.md, item 21).
     train.mirror = 0.0
     train.learning_rate = 2e-3
     train.warmup_steps = 20
@@ -186,7 +187,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
     train.log_every = 10
     train.w_map = 1.0        # L1 on T1/M0 maps (where ground truth exists)
     train.w_physics = 0.5    # source re-synthesis consistency (self-supervised); 0, 1.0 and 1.5
-                             # all lowered GM Dice on the validation split (README, item 25)
+                             # all lowered GM Dice on the validation split (docs/phycharm_ablation.md, item 25)
     train.w_harm = 1.0       # L1 of harmonized vs target image
     train.w_ssim = 0.5       # 1 - SSIM of harmonized vs target image
     # Anatomy-keeping terms (phyjax.losses; 0 switches one off):
@@ -202,7 +203,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
                                # target protocol's tissue levels): no trading one tissue's
                                # brightness against another's (phyjax.losses.tissue_distribution).
                                # Off: at 800 steps neither 2.0 beside w_hist nor 2.0 instead of
-                               # it passed the validation rule (README, issue 14 item 18)
+                               # it passed the validation rule (docs/phycharm_ablation.md, item 18)
     train.pairs = "auto"     # "paired" (traveling subjects), "simulated" (physics-made pairs on
                              # shipped anatomies + self-supervised adaptation to the real scans;
                              # target-site images unused), "auto" (paired if every training
