@@ -1,5 +1,5 @@
-"""The README's physics-aware segmentation table: GM/WM volume CoV across protocols, physics
-U-Net vs the same U-Net without the branch, over several seeds.
+"""The physics-aware segmentation tables (docs/physics_seg_experiments.md): GM/WM volume CoV
+across protocols, physics U-Net vs the same U-Net without the branch, over several seeds.
 
 Runs ``python -m phyjax.main --config=configs/physics_seg.py`` once per seed (each seed draws
 other anatomies, protocols and initialisations; ``--config.seed=<s>``) with the given overrides,
@@ -14,7 +14,7 @@ Usage::
         --root runs/physics_seg_bench --out benchmarks/results/physics_seg \\
         [--set train.steps=2400 --set data.reconstruction=signed ...] [--reuse]
 
-The README's tables: ``--set data.reconstruction=signed --set model.conditioning=add``
+Its tables: ``--set data.reconstruction=signed --set model.conditioning=add``
 (the paper's branch inputs) and ``--set data.reconstruction=signed --set
 model.conditioning=add+contrast`` (the branch fed the protocol's tissue contrast;
 ``benchmarks/results/physics_seg_contrast``), both with the static MPRAGE of the code before
@@ -23,8 +23,8 @@ issue 16, and ``--set model.conditioning=add+contrast`` (the defaults: magnitude
 training since).
 
 ``--models-from ROOT`` evaluates the U-Nets trained under ``ROOT`` (each seed's run resumes
-from their final checkpoints, so nothing trains): the README's decomposition with ``--set
-eval.b1_plus=nominal``.
+from their final checkpoints, so nothing trains): the decomposition of
+docs/physics_seg_experiments.md with ``--set eval.b1_plus=nominal``.
 
 ``--baseline ROOT`` takes the methods a run did not evaluate (e.g. the no-branch U-Net, when
 only a variant of the physics U-Net was trained: ``--set 'eval.methods=("physics",
@@ -259,7 +259,7 @@ def decomposition(rows: list[dict]) -> dict:
 
 
 #: SPGR's weak-contrast corner (nearly PD-weighted: flip <= 25 deg with TR >= 60 ms), where
-#: the GM/WM signal ratio is 0.85-0.90 instead of ~0.75 (README).
+#: the GM/WM signal ratio is 0.85-0.90 instead of ~0.75 (docs/physics_seg_experiments.md).
 WEAK_SPGR = {"max_flip_deg": 25.0, "min_tr_s": 0.060}
 
 

@@ -8,7 +8,8 @@ multi-seed ``benchmarks/physics_seg.py`` root with ``seed<s>/evaluation.csv`` ho
 GM / WM volume, its per-subject CoV across each family's protocols (the noise draws of a
 protocol averaged first, as ``phyjax.segment.evaluate`` does), and compares it, paired by
 subject, with each single U-Net (how many subjects lower, two-sided Wilcoxon signed-rank p).
-It is what motivated ``train.branch_dropout`` (one U-Net that is both; README).
+It is what motivated ``train.branch_dropout`` (one U-Net that is both;
+docs/physics_seg_experiments.md).
 
 Usage::
 

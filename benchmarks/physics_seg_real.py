@@ -202,7 +202,8 @@ def main(argv=None) -> None:
                           ("U-Net, no branch", "no_branch_unet")):
         out = os.path.join(args.workdir, model)
         # A model trained on the static equation refuses the scan's readout train:
-        # --allow-outside measures what segmenting anyway gives (the README's earlier table).
+        # --allow-outside measures what segmenting anyway gives (the earlier table of
+        # docs/physics_seg_experiments.md).
         extra = side + [f"--config.segment.tr={args.tr}",
                         f"--config.segment.model={os.path.join(args.run, model, 'model')}"]
         if args.allow_outside:

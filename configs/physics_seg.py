@@ -9,6 +9,9 @@ Segment a user's T1w (its protocol read from its sidecar) with the trained physi
       --config.segment.mask=brain_mask.nii.gz [--config.segment.output=derivatives/physics_seg]
   (or --config.segment.bids_root=/path/to/bids for every T1w of a BIDS folder)
 
+"The experiments" in the comments below: docs/physics_seg_experiments.md, every table
+and the command that gives it.
+
 Trains the U-Net with the physics branch and the same U-Net without it on images simulated over
 the MPRAGE (readout-train form: TI 0.6-1.2 s, shot TR 1.9-3.0 s, readout flip 6-12 deg, readout
 TR 6-10 ms, 128-256 readouts per shot) and SPGR (TR 15-100 ms, TE 4-10 ms, flip 15-75 deg)
@@ -52,11 +55,11 @@ def get_config(arg: str | None = None) -> ConfigDict:
                                  # segment mode's range check keep the ranges as given
                                  # (phyjax.segment.simulate.widen).  0.15 lowered the physics
                                  # U-Net's MPRAGE CoV in 11 of 12 seed x tissue cells against 0,
-                                 # SPGR's in 6 of 12 (6 seeds; README,
+                                 # SPGR's in 6 of 12 (6 seeds; the experiments,
                                  # benchmarks/results/physics_seg_margin.md)
     data.reconstruction = "magnitude"  # what scanners write (segment mode needs it) or "signed"
-                                       # (phase-sensitive; the README table; at TI 0.6-0.7 s
-                                       # magnitude WM and GM differ by ~0.01 M0, see README)
+                                       # (phase-sensitive; the experiments; at TI 0.6-0.7 s
+                                       # magnitude WM and GM differ by ~0.01 M0; ibid.)
     # Parameter ranges (s, degrees, T): a pair is drawn uniformly, a number is fixed.
     # MPRAGE with its readout train (phyjax.physics.signal.mprage_readout, Deichmann et al.
     # 2000; k-space centre in the middle of the train): tr = shot interval between inversions,
@@ -87,21 +90,23 @@ def get_config(arg: str | None = None) -> ConfigDict:
     model.conditioning = "add+contrast"  # physics branch into the U-Net: "add" (paper) or
                                  # "film", then options: "+contrast" (default: the branch reads the
                                  # protocol's WM/GM/CSF signal ratios instead of the parameters;
-                                 # SPGR's CoV falls below the no-branch U-Net's, README), "+both"
-                                 # (parameters and ratios), "+zero" (add's projections start at
-                                 # zero); "add" alone is the paper's design; see
+                                 # SPGR's CoV falls below the no-branch U-Net's, the
+                                 # experiments), "+both" (parameters and ratios), "+zero"
+                                 # (add's projections start at zero); "add" alone is the
+                                 # paper's design; see
                                  # phyjax.segment.model.CONDITIONINGS
     model.contrast = "signed"    # contrast features' sign: "signed" (default: with magnitude
                                  # images too, the sign tells the branch which tissues are before
                                  # their inversion null), "magnitude" (|signal|, as the image
-                                 # shows it; seed 0: MPRAGE CoV 2.6x / 1.4x higher, README) or
+                                 # shows it; seed 0: MPRAGE CoV 2.6x / 1.4x higher, the
+                                 # experiments) or
                                  # "image" (data.reconstruction's)
     model.condition_encoder = False  # also condition the encoder and bottleneck blocks
     model.b1_input = False       # the branch is also told the transmit field B1+ per voxel
                                  # (phyjax.segment.model.SegmentationUNet.b1_input): trained
                                  # with the slice's B1+ map for train.b1_known of the samples,
                                  # "unknown" for the rest; eval method "physics_b1map" tells it
-                                 # each held-out subject's map, "physics" nothing (README)
+                                 # each held-out subject's map, "physics" nothing (the experiments)
     model.patch = 0              # > 0: both U-Nets train on patch x patch windows of the
                                  # slices (centred on a random brain voxel) and segment window
                                  # by window (half-window overlap, averaged), so that neither
@@ -109,7 +114,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
                                  # (phyjax.segment.train.tiled).  16 (6 seeds, batch 32): the
                                  # branch's MPRAGE GM CoV significantly below the no-branch
                                  # U-Net's, SPGR level, every CoV but that one higher than on
-                                 # whole slices, Dice lower (README)
+                                 # whole slices, Dice lower (the experiments)
     model.ndim = 2               # 2: U-Nets on axial slices (with data's slice context);
                                  # 3: 3-D U-Nets on model.patch-voxel cubes of the volume
                                  # (needs model.patch > 0; one input channel), segmenting
@@ -127,14 +132,14 @@ def get_config(arg: str | None = None) -> ConfigDict:
                                  # difference of the two segmentations (protocol consistency,
                                  # phyjax.segment.train.protocol_consistency).  1 and 10 (2
                                  # seeds) lowered the no-branch U-Net's CoV at least as much as
-                                 # the branch's; 10 cost 0.05-0.10 Dice (README)
+                                 # the branch's; 10 cost 0.05-0.10 Dice (the experiments)
     train.branch_dropout = 0.0   # > 0: each training sample's branch features are zeroed with
                                  # this probability (the U-Net learns to segment with and
                                  # without the protocol), and the physics U-Net segments with
                                  # the mean of its branch-on and branch-off probabilities
                                  # (phyjax.segment.train.Segmenter.averaged).  0.5 (6
                                  # seeds, 72 subjects): MPRAGE WM CoV lower than the
-                                 # no-branch U-Net's, MPRAGE GM higher, SPGR level (README)
+                                 # no-branch U-Net's, MPRAGE GM higher, SPGR level (the experiments)
     train.loss = "ce"            # "ce" (soft cross-entropy), "dice" (paper) or "dice_ce"
     train.batch_size = 8
     train.learning_rate = 2e-3
@@ -156,7 +161,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
     ev.noise_fraction = -1.0     # >= 0 overrides every subject's noise level (0: noise-free)
     ev.b1_plus = "subject"       # held-out subjects' B1+: "subject" (each its own draw of
                                  # data.effects) or "nominal" (none: the tissue sees the flip
-                                 # the protocol names, as the branch is told; README);
+                                 # the protocol names, as the branch is told; the experiments);
                                  # bridging's two sites keep bridging.effects_*
 
     seg = config.segmentation = ConfigDict()   # the fixed classical segmenter (DIPY HMRF)

@@ -384,7 +384,7 @@ def test_contrast_features_use_the_readout_train_and_the_branch_sees_it():
     got = np.asarray(contrast_features(physics_vector(p)))
     np.testing.assert_allclose(got, s / np.abs(s).max(), rtol=1e-4, atol=1e-6)
     static = np.asarray(contrast_features(physics_vector(p.replace(n_readouts=0.0))))
-    assert abs(got[1] - static[1]) > 0.2      # GM/WM 0.69 vs 0.37 (README, the real scan)
+    assert abs(got[1] - static[1]) > 0.2      # GM/WM 0.69 vs 0.37 (docs/physics_seg_experiments.md)
     # a legacy-width vector (models trained before the readout train) keeps the static form
     np.testing.assert_allclose(np.asarray(contrast_features(physics_vector(p)[:READOUT_SLICE
                                                                               .start])),
