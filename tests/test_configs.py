@@ -16,17 +16,20 @@ def _flat(d, prefix=""):
 
 
 @pytest.mark.parametrize("name", ["phycharm", "benchmark"])
-def test_large_variant_changes_steps_and_channels_only(name):
+def test_large_variant_changes_steps_channels_and_ensemble_only(name):
     default = _flat(conftest.load_config(name, "").to_dict())
     large = _flat(conftest.load_config(name, "large").to_dict())
     assert default.keys() == large.keys()
     changed = {k for k in default if default[k] != large[k]}
-    expected = {"train.steps", "model.features"}
+    expected = {"train.steps", "model.features", "model.ensemble"}
     if name == "benchmark":
-        expected |= {"unet.features"}        # the U-Net shares PhyCHarm's channels
+        expected |= {"unet.features", "unet.ensemble"}   # the U-Net shares PhyCHarm's networks
     assert changed == expected
     assert large["train.steps"] == 2 * default["train.steps"]
     assert [int(1.5 * f) for f in default["model.features"]] == list(large["model.features"])
+    assert (default["model.ensemble"], large["model.ensemble"]) == (1, 2)
+    if name == "benchmark":
+        assert large["unet.ensemble"] == large["model.ensemble"]
 
 
 @pytest.mark.parametrize("name", ["phycharm", "benchmark"])
