@@ -18,10 +18,10 @@ Expected runtime: about an hour on 2 CPU cores.  Measured on one core while anot
 used the other (runs/benchmark_v6, 5-slice context): PhyCHarm paired ~12 min and unpaired ~22
 min, U-Net ~12 min, ComBat ~6 min, evaluation (~250 DIPY segmentations, radiomics) ~29 min;
 debug ~9 min on one core (2026-12: 524 s, 4.3 min of it the two PhyCHarm
-trainings, most of each XLA compilation).  ``:large`` (800 steps, 1.5x the channels, an ensemble of two
-networks): per network PhyCHarm paired 50.8 min and the U-Net 28.2 min of training on one core
-each, both cores busy (docs/phycharm_ablation.md, items 26 and 28), twice that for the two
-members; the whole variant not yet timed.
+trainings, most of each XLA compilation).  ``:large`` (800 steps, 1.5x the channels, an
+ensemble of two networks): per network PhyCHarm paired 50.8 min and the U-Net 28.2 min of
+training on one core each, both cores busy (docs/phycharm_ablation.md, items 26 and 28), twice
+that for the two members; the whole variant not yet timed.
 Every field below can be overridden with --config.<path>=<value>; an unknown key is an error.
 """
 
