@@ -153,9 +153,24 @@ def figure(path: str, source: np.ndarray, outputs: list[tuple[str, np.ndarray]],
     plt.close(fig)
 
 
+def split_label(spec: str) -> tuple[str, str]:
+    """``"LABEL=FOLDER"`` -> (LABEL, FOLDER); a bare FOLDER is labelled by the folder holding it
+    (``runs/wens/phycharm/harmonizer`` -> ``phycharm``). Raises ValueError for an empty label or
+    folder."""
+    label, sep, folder = spec.partition("=")
+    if not sep:
+        folder = spec
+        label = os.path.basename(os.path.dirname(os.path.abspath(folder)))
+    if not label or not folder:
+        raise ValueError(f"--harmonizer {spec!r}: expected [LABEL=]FOLDER")
+    return label, folder
+
+
 def main(argv=None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--harmonizer", action="append", required=True)
+    ap.add_argument("--harmonizer", action="append", required=True,
+                    help="[LABEL=]FOLDER of a saved harmonizer; repeatable. LABEL names it in the "
+                         "figure (default: the folder above it, e.g. the run's name)")
     ap.add_argument("--resolution", action="append", default=None,
                     help="native and/or training (default both)")
     ap.add_argument("--data", default=os.path.join(os.path.dirname(__file__), "..", "..",
@@ -191,9 +206,9 @@ def main(argv=None) -> list[dict]:
 
     from phyjax.methods.phycharm import refine_settings
 
-    runs = [(folder, parse_setting(r) if r else None)
-            for folder in args.harmonizer for r in (args.refine or [""])]
-    for folder, refine in runs:
+    runs = [(*split_label(spec), parse_setting(r) if r else None)
+            for spec in args.harmonizer for r in (args.refine or [""])]
+    for label, folder, refine in runs:
         h = methods.load(folder)
         tag = ""
         if refine is not None and hasattr(h, "check_target"):
@@ -205,8 +220,7 @@ def main(argv=None) -> list[dict]:
             seconds = time.time() - t
             harmonized = out["harmonized"]
             if res == "native":
-                shown.append((f"{h.name} ({os.path.basename(os.path.dirname(folder.rstrip('/')))}"
-                              f"{tag})", harmonized))
+                shown.append((f"{h.name} ({label}{tag})", harmonized))
             rows.append({"harmonizer": f"{h.name} ({folder}{tag})", "resolution": res,
                          "detail_ssim": detail_ssim(harmonized, source, mask),
                          **tissue_dice(segment(harmonized, mask), fast, mask),
