@@ -307,12 +307,42 @@ def _run_unpaired(tmp_path, bids_root):
     return run
 
 
-def test_benchmark_runs_without_traveling_subjects(tmp_path):
-    """Different subjects at each site: the unpaired benchmark, the paired-only methods skipped."""
-    run = _run_unpaired(tmp_path, _unpaired_folder(tmp_path))
+def test_traveling_subjects_are_held_out_subjects_with_a_target_and_another_scan():
+    """Who gets the paired metrics in the unpaired benchmark: a held-out subject scanned at the
+    target site and at least one other; nobody in a folder without traveling subjects."""
+    from phyjax.data.dataset import Dataset
+    from phyjax.experiments.unpaired import traveling_subjects
+
+    def dataset(sites_of):
+        return Dataset(volumes={s: dict.fromkeys(sites) for s, sites in sites_of.items()},
+                       root="", target_site="ref", has_maps=False)
+
+    unpaired = dataset({"01": ["ref"], "02": ["ref"], "03": ["a"], "04": ["b"]})
+    scans = [(s, site) for s, v in unpaired.volumes.items() for site in v]
+    assert traveling_subjects(unpaired, scans) == []
+    partly = dataset({"01": ["ref", "a"], "02": ["ref"], "03": ["a", "b"], "04": ["ref", "b"]})
+    scans = [(s, site) for s, v in partly.volumes.items() for site in v]
+    assert traveling_subjects(partly, scans) == ["01", "04"]
+    # only the held-out scans count: 04's other-site scan is in the training set
+    assert traveling_subjects(partly, [k for k in scans if k != ("04", "b")]) == ["01"]
+
+
+@pytest.fixture(scope="module")
+def unpaired_run(tmp_path_factory):
+    """The unpaired benchmark on the debug data as a BIDS folder with two traveling subjects
+    (03, 05; everyone else scanned at one site only): ``(bids_root, run folder)``."""
+    tmp_path = tmp_path_factory.mktemp("unpaired")
+    bids_root = _unpaired_folder(tmp_path, travelers=("03", "05"))
+    return bids_root, _run_unpaired(tmp_path, bids_root)
+
+
+def test_benchmark_runs_without_traveling_subjects(unpaired_run):
+    """Different subjects at each site: the unpaired benchmark, the paired-only methods skipped
+    (two of eight subjects travel; they change who gets paired metrics, the next test)."""
+    _, run = unpaired_run
     rows = {r["method"]: r for r in _csv(run / "unpaired.csv")}
     everyone = rows.pop("none (all subjects)")            # every scan, before harmonization
-    assert int(everyone["n_images"]) == 8 and float(everyone["site_acc"]) == 1.0
+    assert int(everyone["n_images"]) == 10 and float(everyone["site_acc"]) == 1.0
     # PhyCHarm trains on physics-made pairs (the sidecars give the protocols); the U-Net cannot
     assert set(rows) == {"none", "zscore", "histmatch", "nyul", "whitestripe", "combat",
                          "phycharm", "phycharm_unpaired"}
@@ -347,16 +377,14 @@ def test_benchmark_runs_without_traveling_subjects(tmp_path):
     assert {r["method"] for r in per_site if r["task"] == "covariate:age"} == {
         *rows, "none (all subjects)"}
     assert all(np.isfinite(_num(rows[m]["cov_age_mae"])) for m in rows)
-    assert not (run / "unpaired_paired_metrics.csv").exists() and "Traveling subjects" not in md
 
 
-def test_unpaired_benchmark_adds_paired_metrics_for_traveling_subjects(tmp_path):
+def test_unpaired_benchmark_adds_paired_metrics_for_traveling_subjects(unpaired_run):
     """A partly paired folder: the held-out subjects that also have a target-site scan get the
     paired metrics (against that scan), the others only the unpaired ones."""
     from phyjax.data.dataset import load_dataset
 
-    bids_root = _unpaired_folder(tmp_path, travelers=("03", "05"))
-    run = _run_unpaired(tmp_path, bids_root)
+    bids_root, run = unpaired_run
     split = json.load(open(run / "split.json"))
     travelers = {"03", "05"} & set(split["test"])
     assert travelers and {"03", "05"} - travelers <= set(split["train"])
