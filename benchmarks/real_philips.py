@@ -170,7 +170,8 @@ def main(argv=None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--harmonizer", action="append", required=True,
                     help="[LABEL=]FOLDER of a saved harmonizer; repeatable. LABEL names it in the "
-                         "figure (default: the folder above it, e.g. the run's name)")
+                         "figure (default: the folder holding it, e.g. phycharm for "
+                         "runs/X/phycharm/harmonizer)")
     ap.add_argument("--resolution", action="append", default=None,
                     help="native and/or training (default both)")
     ap.add_argument("--data", default=os.path.join(os.path.dirname(__file__), "..", "..",
