@@ -311,7 +311,7 @@ def test_traveling_subjects_are_held_out_subjects_with_a_target_and_another_scan
     """Who gets the paired metrics in the unpaired benchmark: a held-out subject scanned at the
     target site and at least one other; nobody in a folder without traveling subjects."""
     from phyjax.data.dataset import Dataset
-    from phyjax.experiments.unpaired import traveling_subjects
+    from phyjax.experiments.unpaired import paired_metrics, traveling_subjects
 
     def dataset(sites_of):
         return Dataset(volumes={s: dict.fromkeys(sites) for s, sites in sites_of.items()},
@@ -320,6 +320,9 @@ def test_traveling_subjects_are_held_out_subjects_with_a_target_and_another_scan
     unpaired = dataset({"01": ["ref"], "02": ["ref"], "03": ["a"], "04": ["b"]})
     scans = [(s, site) for s, v in unpaired.volumes.items() for site in v]
     assert traveling_subjects(unpaired, scans) == []
+    # ... so the benchmark gets no paired rows, hence writes no paired-metrics CSV or section
+    notes = []
+    assert paired_metrics(None, {}, unpaired, scans, {}, {}, notes) == ([], []) and notes == []
     partly = dataset({"01": ["ref", "a"], "02": ["ref"], "03": ["a", "b"], "04": ["ref", "b"]})
     scans = [(s, site) for s, v in partly.volumes.items() for site in v]
     assert traveling_subjects(partly, scans) == ["01", "04"]
