@@ -193,6 +193,35 @@ def test_save_like_round_trip_preserves_geometry(tmp_path):
     np.testing.assert_array_equal(np.asarray(out.dataobj), data)
 
 
+def test_save_like_keeps_a_qform_that_differs_from_the_sform(tmp_path):
+    # After FSL processing the qform (scanner) and the sform (aligned) often differ; ITK/ANTs
+    # read the qform, nibabel/FSL the sform: the output must carry both as the input does.
+    qform = np.diag([2.0, 2.0, 2.0, 1.0])
+    qform[:3, 3] = [-10.0, -20.0, -30.0]
+    sform, _ = _oblique_affine()
+    ref = nib.Nifti1Image(np.zeros((6, 7, 8), np.int16), None)
+    ref.set_qform(qform, code=1)
+    ref.set_sform(sform, code=4)
+    nib.save(ref, tmp_path / "ref.nii.gz")
+    loaded = nib.load(tmp_path / "ref.nii.gz")
+    out = nib.load(nifti.save_like(np.ones((6, 7, 8), np.float32), loaded,
+                                   str(tmp_path / "out.nii.gz")))
+    np.testing.assert_allclose(out.header.get_qform(), loaded.header.get_qform(), atol=1e-5)
+    np.testing.assert_allclose(out.header.get_sform(), loaded.header.get_sform(), atol=1e-5)
+    assert (int(out.header["qform_code"]), int(out.header["sform_code"])) == (1, 4)
+    np.testing.assert_allclose(out.affine, loaded.affine, atol=1e-5)
+
+
+def test_save_like_of_an_in_memory_reference_writes_its_affine(tmp_path):
+    affine, _ = _oblique_affine()
+    ref = nib.Nifti1Image(np.zeros((6, 7, 8), np.float32), np.eye(4))
+    ref.affine[:] = affine            # changed after the header was made
+    out = nib.load(nifti.save_like(np.ones((6, 7, 8), np.float32), ref,
+                                   str(tmp_path / "out.nii.gz")))
+    np.testing.assert_allclose(out.affine, affine, atol=1e-4)
+    np.testing.assert_allclose(out.header.get_qform(), affine, atol=1e-4)
+
+
 def test_save_like_does_not_inherit_reference_scaling(tmp_path):
     # The reference stores int16 with a slope/intercept; the written float data must
     # read back unchanged (no stale scl_slope applied on top).

@@ -37,3 +37,22 @@ def test_differentiable_and_traced_field_strength():
     assert float(grad) == pytest.approx((gm3 - wm3) / (gm15 - wm15), rel=1e-5)
     jitted = jax.jit(convert_t1)(np.float32(0.833), np.float32(1.5), np.float32(3.0))
     assert float(jitted) == pytest.approx(tissue_parameters(3.0)["gm"].t1, rel=1e-5)
+
+
+def test_a_scanner_reported_b0_uses_its_nominal_table():
+    # Siemens 3 T systems write MagneticFieldStrength 2.89362, 1.5 T ones 1.494.
+    assert tissue_parameters(2.89362) == tissue_parameters(3.0)
+    assert tissue_parameters(1.494) == tissue_parameters(1.5)
+    gm15, gm3 = tissue_parameters(1.5)["gm"].t1, tissue_parameters(3.0)["gm"].t1
+    assert float(convert_t1(gm15, 1.494, 2.89362)) == pytest.approx(gm3, rel=1e-6)
+
+
+@pytest.mark.parametrize("b0", [0.55, 1.0, 2.0, 4.7, 9.4])
+def test_a_b0_without_a_table_is_refused_not_snapped(b0):
+    # Before: convert_t1 snapped 0.55-2.0 T to the 1.5 T anchors, silently.
+    with pytest.raises(ValueError, match=f"B0 = {b0} T"):
+        tissue_parameters(b0)
+    with pytest.raises(ValueError, match="No tissue relaxation table"):
+        convert_t1(0.9, b0, 3.0)
+    with pytest.raises(ValueError, match="No tissue relaxation table"):
+        convert_t1(0.9, 3.0, b0)

@@ -307,6 +307,23 @@ def test_signed_inv1_restores_polarity(x64):
     assert np.any(np.asarray(inv1) < 0)          # the test exercises both signs
 
 
+def test_scanner_integers_are_refused_where_uni_is_expected(x64):
+    # Siemens stores UNI as 0-4095: given unconverted, every sign would read +1 and every T1
+    # clamp to the lookup's end.  Concrete values outside [-1/2, 1/2] are refused.
+    p = prisma_protocol()
+    inv1, inv2 = mp2rage_signals(jnp.asarray(T1S), 1.0, p)
+    stored = jnp.round(uni_to_siemens(mp2rage_uni(inv1, inv2)))
+    with pytest.raises(ValueError, match="uni_from_siemens"):
+        signed_inv1(stored, jnp.abs(inv1))
+    with pytest.raises(ValueError, match="uni_from_siemens"):
+        t1_from_uni(stored, p)
+    t1 = np.asarray(t1_from_uni(uni_from_siemens(stored), p))       # converted: fine
+    np.testing.assert_allclose(t1[np.asarray(T1S) >= 0.25], np.asarray(T1S)[np.asarray(T1S) >= 0.25],
+                               rtol=0.01)
+    # traced values are not checked (jit): the same call compiles
+    assert np.isfinite(np.asarray(jax.jit(lambda u: t1_from_uni(u, p))(stored / 4095.0 - 0.5))).all()
+
+
 # ---------------------------------------------------------------------------------------
 # 3. UNI -> T1, M0
 # ---------------------------------------------------------------------------------------

@@ -85,6 +85,43 @@ def test_a_readout_train_that_does_not_fit_is_refused():
         signal.synthesize(p, T1, jnp.inf, jnp.inf, 1.0)
 
 
+def test_a_readout_flip_of_90_degrees_or_more_is_refused_not_nan():
+    # The train multiplies Mz by cos(flip) per pulse; above 90 degrees the closed form took
+    # ln(cos) of a negative number (NaN).  Eager use and the oracle's own validation refuse it.
+    p = Protocol(tr=2.3, te=0.003, ti=0.9, flip_angle=float(np.deg2rad(100.0)),
+                 tr_readout=0.007, n_readouts=176.0)
+    assert "below 90" in signal.readout_problem(p)
+    with pytest.raises(ValueError, match="below 90"):
+        signal.synthesize(p, T1, jnp.inf, jnp.inf, 1.0)
+    with pytest.raises(ValueError, match="below 90"):
+        mp2rage.MPRAGEProtocol(tr=2.3, ti=0.9, flip_angle=float(np.deg2rad(100.0)),
+                               readout_tr=0.007, n_readouts=176).validate()
+    assert signal.readout_problem(p.replace(flip_angle=float(np.deg2rad(9.0)))) == ""
+
+
+def test_phycharm_refuses_protocols_it_cannot_model_naming_the_scan():
+    """Inside the jitted loss neither the B0 nor the readout train can be checked (a traced
+    train that does not fit gives a finite, wrong signal; a traced 1.0 T is snapped to the 1.5 T
+    table), so PhyCHarm checks every protocol where it enters."""
+    from phyjax.data.nifti import InputError
+    from phyjax.methods import phycharm
+
+    (p, _), *_ = _protocols()
+    phycharm.check_protocol(p, "ok.nii.gz")                         # fits, 3 T
+    phycharm.check_protocol(p.replace(field_strength=2.89362))      # a Siemens 3 T B0
+    with pytest.raises(InputError, match=r"sub-01_T1w\.nii\.gz: No tissue relaxation table for "
+                                         r"B0 = 1\.0 T"):
+        phycharm.check_protocol(p.replace(field_strength=1.0), "sub-01_T1w.nii.gz")
+    short = p.replace(ti=0.5)                 # half of 176 x 7.1 ms = 0.62 s > TI
+    with pytest.raises(InputError, match="scan.nii.gz: readout train .* does not fit"):
+        phycharm.check_protocol(short, "scan.nii.gz")
+    with pytest.raises(InputError, match="does not fit"):
+        phycharm.model_protocol(short, "sidecar")
+    # the traced equation gives a finite number for it: why the check must come first
+    jitted = jax.jit(lambda q: signal.signed_signal(q, jnp.float32(0.81), jnp.inf, jnp.inf, 1.0))
+    assert np.isfinite(float(jitted(jax.tree.map(np.float32, short))))
+
+
 REAL = {("Siemens", "mprage"): "Siemens_XA30_mprage_classic.json",
         ("GE", "mprage"): "GE_HD16_irspgr.json"}
 

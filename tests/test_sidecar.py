@@ -145,6 +145,49 @@ def test_unit_mistakes_are_caught_with_what_was_meant(key, value, expect):
         r.protocol()
 
 
+@pytest.mark.parametrize("name,tr,meant", [
+    ("Siemens_VE11_t1_fl2d_sag.json", 300.0, r"probably 0\.3 s \(given in ms\)"),
+    ("GE_HD16_irspgr.json", 6.964, r"probably 0\.006964 s \(given in ms\)"),
+])
+def test_a_gradient_echo_tr_in_ms_is_caught_even_with_te_in_seconds(name, tr, meant):
+    # TE in s alone does not prove the TR's unit: 300 (ms) for a 2-D FLASH would read as a
+    # 300 s TR (no T1 weighting), 6.964 for a GE IR-SPGR as a 7 s echo spacing.
+    sidecar = json.loads((VENDOR / name).read_text())
+    assert sidecar["EchoTime"] < 0.01 and sidecar["RepetitionTime"] == pytest.approx(tr / 1e3)
+    sidecar["RepetitionTime"] = tr
+    r = read_protocol(sidecar, name, site_values={"tr_prep_s": 2.0})
+    assert r.status == "error" and re.search(meant, r.message), r.message
+
+
+def test_a_readout_train_that_cannot_fit_its_timing_is_an_error_not_a_signal():
+    # The real GE IR-SPGR (TI 0.4 s, echo spacing 6.964 ms): 256 readouts per inversion put half
+    # the train, 0.89 s, before the k-space centre -- longer than TI.  Jitted, the readout-train
+    # equation would return a positive number for it; the reading must stop here instead.
+    r = _read(VENDOR / "GE_HD16_irspgr.json", site_values={"tr_prep_s": 2.0, "n_readouts": 256})
+    assert r.status == "error" and "does not fit" in r.message and "TI 0.4 s" in r.message
+    with pytest.raises(InputError, match="GE_HD16_irspgr.json"):
+        r.protocol()
+    # the same train fits a 1.2 s TI (half 0.89 s <= 1.2 and <= 2.5 - 1.2)
+    ok = _read(VENDOR / "GE_HD16_irspgr.json",
+               site_values={"tr_prep_s": 2.5, "n_readouts": 256, "ti_s": 1.2},
+               overrides={"ti_s": 1.2})
+    assert ok.status == "ok", ok.message
+    assert signal.readout_problem(ok.protocol()) == ""
+    # 64 readouts (half 0.22 s) fit the sidecar's own TI
+    assert _read(VENDOR / "GE_HD16_irspgr.json",
+                 site_values={"tr_prep_s": 2.0, "n_readouts": 64}).status == "ok"
+
+
+def test_a_readout_train_flip_of_90_degrees_or_more_is_an_error():
+    sidecar = json.loads((PRISMA / "Si_6_T1_mprage_ns_sag_p2.json").read_text())
+    sidecar["FlipAngle"] = 100
+    r = read_protocol(sidecar, "x.json")
+    assert r.status == "error" and "not a readout-train flip angle" in r.message, r.message
+    spgr = json.loads((VENDOR / "Siemens_VE11_t1_fl2d_sag.json").read_text())
+    spgr["FlipAngle"] = 100                     # a spoiled gradient echo may use it
+    assert read_protocol(spgr, "y.json").status == "ok"
+
+
 def test_command_line_overrides_beat_the_sidecar_and_site_table():
     r = _read(VENDOR / "GE_HD16_irspgr.json", site_values={"tr_prep_s": 2.0, "ti_s": 0.5},
               overrides={"tr_prep_s": 2.2})
@@ -249,3 +292,12 @@ def test_a_site_table_fills_the_gaps_and_is_recorded(tmp_path):
     # ... but never replaces what the sidecar says.
     ge = next(s for s in table if sites[s].startswith("GE_HD16"))
     assert by_site[ge].protocol.ti == 0.4
+
+
+def test_a_b0_without_a_tissue_table_reads_but_says_phycharm_refuses_it():
+    sidecar = json.loads((PRISMA / "Si_6_T1_mprage_ns_sag_p2.json").read_text())
+    sidecar["MagneticFieldStrength"] = 1.0
+    r = read_protocol(sidecar, "x.json")
+    assert r.status == "ok" and "no tissue relaxation table for B0 = 1 T" in r.message
+    sidecar["MagneticFieldStrength"] = 2.89362       # what Siemens 3 T systems write
+    assert "no tissue relaxation table" not in read_protocol(sidecar, "x.json").message

@@ -60,8 +60,11 @@ def save_like(data: np.ndarray, reference: nib.Nifti1Image, path: str | os.PathL
               dtype=np.float32) -> str:
     """Write ``data`` with the affine and header geometry of ``reference``.
 
-    ``data`` must have the spatial shape of ``reference``.  The qform/sform
-    codes and zooms are copied; the data type is ``dtype``.  Written under a temporary name and
+    ``data`` must have the spatial shape of ``reference``.  The qform and the sform are copied
+    each as it is, with its code (a reference whose qform differs from its sform -- common after
+    FSL processing -- keeps both, so readers that use the qform, such as ITK/ANTs, and readers
+    that use the sform, such as nibabel and FSL, place the output where they place the input),
+    and so are the zooms; the data type is ``dtype``.  Written under a temporary name and
     renamed when complete (:func:`phyjax.data.atomic.atomic_path`).  Returns the path.
     Raises ValueError on a shape mismatch.
     """
@@ -71,9 +74,14 @@ def save_like(data: np.ndarray, reference: nib.Nifti1Image, path: str | os.PathL
         return save_volume(data, np.asarray(reference.affine), path, dtype)
     header = reference.header.copy()
     header.set_data_dtype(dtype)
-    out = nib.Nifti1Image(np.asarray(data, dtype=dtype), reference.affine, header)
-    out.set_qform(reference.affine, code=int(reference.header["qform_code"]) or 1)
-    out.set_sform(reference.affine, code=int(reference.header["sform_code"]) or 1)
+    if not np.allclose(header.get_best_affine(), reference.affine, atol=1e-5):
+        # an in-memory reference whose affine was changed after its header was made: the
+        # affine is what nibabel would have written
+        header.set_sform(reference.affine, code=int(header["sform_code"]) or 1)
+        header.set_qform(reference.affine, code=int(header["qform_code"]) or 1)
+    # affine=None: the header's own qform and sform (and their codes) are written unchanged;
+    # passing an affine would make nibabel overwrite the qform with it.
+    out = nib.Nifti1Image(np.asarray(data, dtype=dtype), None, header)
     with atomic_path(path) as tmp:   # a killed run leaves no finished-looking file
         nib.save(out, tmp)
     return os.fspath(path)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from phyjax.data.nifti import InputError
+from phyjax.physics import tissues
 from phyjax.physics.mp2rage import (DEFAULT_INVERSION_EFFICIENCY, DEFAULT_READOUT_TR,
                                     MP2RAGEProtocol)
 from phyjax.physics import units
@@ -116,6 +117,17 @@ VENDOR_DEFAULTS = {
 _RANGES = {"tr_prep_s": (0.05, 30.0), "tr_readout_s": (1e-3, 30.0), "ti_s": (1e-3, 10.0),
            "ti2_s": (1e-3, 10.0), "te_s": (0.0, 1.0), "b0_t": (0.01, 20.0),
            "flip_angle_deg": (0.0, 180.0), "flip2_deg": (0.0, 180.0), "n_readouts": (1, 4096)}
+
+#: Tighter upper limits where a family's value cannot be long: the TR of a spoiled-gradient-echo
+#: or bSSFP scan (2-D multi-slice FLASH reaches ~1 s; a TR written in ms, e.g. 20 for 20 ms,
+#: would otherwise read as 20 s and remove all T1 weighting), and the echo spacing inside an
+#: MPRAGE / IR-SPGR / TFE / MP2RAGE readout train (5-12 ms).
+_FAMILY_MAX = {("spgr", "tr_readout_s"): 2.0, ("bssfp", "tr_readout_s"): 2.0,
+               ("mprage", "tr_readout_s"): 0.05, ("mp2rage", "tr_readout_s"): 0.05}
+
+#: Families whose flip angle is that of a readout train, where 90 degrees or more is not a
+#: protocol (the train multiplies Mz by cos(flip) per pulse; they use 4-15 degrees).
+_TRAIN_FAMILIES = ("mprage", "mp2rage")
 
 _SEQUENCE_NAMES = {  # lower-case fragments of SequenceName / PulseSequenceName / descriptions
     "mp2rage": ("mp2rage",),
@@ -420,12 +432,21 @@ def _plausibility(reading: Reading):
     for field, value in list(reading.values.items()):
         lo, hi = _RANGES[field]
         where = reading.origin.get(field, field)
+        hi = _FAMILY_MAX.get((reading.family, field), hi)
         if field.endswith("_s") and value > hi:
-            reading.errors.append(f"{field} = {value:g} s ({where}) is implausible; BIDS times are "
+            reading.errors.append(f"{field} = {value:g} s ({where}) is implausible for a "
+                                  f"{reading.family} scan (above {hi:g} s); BIDS times are "
                                   f"in seconds -- probably {value / 1000:g} s (given in ms)")
         elif field == "b0_t" and value > hi:
             guess = f" -- probably {value / 1e4:g} T (given in gauss)" if value / 1e4 <= hi else ""
             reading.errors.append(f"b0_t = {value:g} T ({where}) is implausible{guess}")
+        elif field == "b0_t" and value >= lo and not any(
+                abs(value - b) <= tissues.FIELD_TOLERANCE_T for b in tissues.FIELD_STRENGTHS):
+            # readable, and physics-free methods can use it; the physics cannot (no T1 table)
+            reading.notes.append(f"no tissue relaxation table for B0 = {value:g} T (tables: "
+                                 f"{', '.join(f'{b:g}' for b in tissues.FIELD_STRENGTHS)} T): "
+                                 "PhyCHarm refuses this scan (it converts T1 between field strengths "
+                                 "through these tables)")
         elif field in ("flip_angle_deg", "flip2_deg") and 0 < value < 1.0 and \
                 reading.family != "se":
             reading.errors.append(f"{field} = {value:g} degrees ({where}) is implausible for a "
@@ -433,6 +454,11 @@ def _plausibility(reading: Reading):
                                   f"({math.degrees(value):.3g} degrees)")
         elif field in ("flip_angle_deg", "flip2_deg") and value > hi:
             reading.errors.append(f"{field} = {value:g} degrees ({where}) exceeds 180")
+        elif field in ("flip_angle_deg", "flip2_deg") and value >= 90.0 and \
+                reading.family in _TRAIN_FAMILIES:
+            reading.errors.append(f"{field} = {value:g} degrees ({where}) is not a readout-train "
+                                  f"flip angle of a {reading.family} scan (below 90; typically "
+                                  "4-15 degrees)")
         elif field == "n_readouts" and not lo <= value <= hi:
             reading.errors.append(f"n_readouts = {value:g} ({where}) is implausible")
         elif value < lo and field in NEEDED.get(reading.family, ()):
@@ -453,6 +479,20 @@ def _consistency(reading: Reading):
             and v["te_s"] >= v["tr_readout_s"]:
         reading.errors.append(f"EchoTime {v['te_s']:g} s must be shorter than RepetitionTime "
                               f"{v['tr_readout_s']:g} s")
+    if f == "mprage" and all(k in v for k in ("tr_readout_s", "n_readouts", "ti_s", "tr_prep_s")):
+        # the full readout-train model puts the k-space centre mid-train (signal.readout_problem)
+        half = 0.5 * v["n_readouts"] * v["tr_readout_s"]
+        if half > v["ti_s"] + 1e-9 or half > v["tr_prep_s"] - v["ti_s"] + 1e-9:
+            reading.errors.append(
+                f"the readout train of {v['n_readouts']:g} x {1e3 * v['tr_readout_s']:g} ms "
+                f"({reading.origin['n_readouts']}; {reading.origin['tr_readout_s']}) does not fit "
+                f"its timing: half of it ({half:g} s) must fit both before the k-space centre, "
+                f"TI {v['ti_s']:g} s ({reading.origin['ti_s']}), and after it, TR - TI "
+                f"{v['tr_prep_s'] - v['ti_s']:g} s (inversion TR from "
+                f"{reading.origin['tr_prep_s']}) -- check the readouts per shot (those of "
+                "one inversion) and the two TRs; the readout-train model assumes linear "
+                "ordering (k-space centre mid-train): for a centric-ordered train leave "
+                "n_readouts out, and the static MPRAGE equation is used")
     if f == "mp2rage" and "ti_s" in v and "ti2_s" in v and v["ti_s"] >= v["ti2_s"]:
         reading.errors.append(f"MP2RAGE TI1 {v['ti_s']:g} s must be shorter than TI2 "
                               f"{v['ti2_s']:g} s")

@@ -60,7 +60,7 @@ from phyjax.losses import (edge_agreement, gradient_difference, intensity_distri
 from phyjax.methods import networks
 from phyjax.methods.base import fitted_fields, register
 from phyjax.models.phycharm import PhyCHarm, reference_signal
-from phyjax.physics import consistency, signal
+from phyjax.physics import consistency, signal, tissues
 from phyjax.physics.sequences import Protocol, encode
 from phyjax.physics.tissues import (FIELD_STRENGTHS, TISSUES, convert_t1, tissue_array,
                                     tissue_parameters)
@@ -101,7 +101,9 @@ def reference_level(target: Protocol) -> float:
 def tissue_levels(target: Protocol, target_ref):
     """``(3,)`` CSF, GM, WM signal of ``target`` in units of ``target_ref`` (T2/T2* folded into
     M0 as in :func:`phyjax.models.phycharm.resynthesize`), from the tissue table of the B0
-    nearest ``target.field_strength``; every input may be traced."""
+    nearest ``target.field_strength``; every input may be traced (a concrete B0 without a
+    table raises ValueError, :func:`phyjax.physics.tissues.check_field_strengths`)."""
+    tissues.check_field_strengths(target.field_strength)
     fields = jnp.asarray(FIELD_STRENGTHS)
     tables = jnp.asarray(np.stack([tissue_array(b) for b in FIELD_STRENGTHS]), jnp.float32)
     table = tables[jnp.argmin(jnp.abs(fields - target.field_strength))]   # (3, [t1,t2,t2*,pd])
@@ -191,6 +193,7 @@ class PhyCHarmHarmonizer(networks.SliceNetworkHarmonizer):
         target = self.target_protocol if target is None else target
         self.check_target(target)
         target = _f32(target, self.cfg.get("readout", "sidecar"))
+        check_protocol(volume.protocol, getattr(volume, "path", None) or "the source scan")
         ref = reference_level(target)
 
         def run(params, source, mask, code, b0):
@@ -337,7 +340,25 @@ def model_protocol(p: Protocol, readout: str = "sidecar") -> Protocol:
     ablation).  Raises InputError for another value."""
     if readout not in READOUT:
         raise InputError(f"config.model.readout={readout!r}; expected one of {READOUT}.")
+    check_protocol(p)
     return p.replace(tr_readout=0.0, n_readouts=0.0) if readout == "static" else p
+
+
+def check_protocol(p: Protocol, where: str = "") -> None:
+    """InputError for a protocol PhyCHarm cannot model: a B0 without a tissue table within
+    :data:`phyjax.physics.tissues.FIELD_TOLERANCE_T` (the maps are converted between field
+    strengths through the table, and the target's tissue levels come from it), or an MPRAGE
+    readout train that cannot be imaged (:func:`phyjax.physics.signal.readout_problem`).
+    Concrete protocols only (inside ``jit`` these values are not checked, so every protocol
+    is checked here, where it enters)."""
+    prefix = f"{where}: " if where else ""
+    try:
+        tissues.table_field(p.field_strength)
+    except ValueError as e:
+        raise InputError(f"{prefix}{e}") from None
+    problem = signal.readout_problem(p)
+    if problem:
+        raise InputError(f"{prefix}{problem}.")
 
 
 def _f32(p: Protocol, readout: str = "sidecar") -> Protocol:
@@ -408,6 +429,10 @@ def fit(config, train: TrainingSet, name: str = "phycharm", *, workdir: str,
     if ensemble is not None:
         return ensemble
     train = require_training_set(train)
+    for scans in train.volumes.values():      # a B0 or readout train it cannot model, by file
+        for v in scans.values():
+            if v.protocol is not None:
+                check_protocol(v.protocol, v.path)
     model_cfg = {k: config.model[k] for k in MODEL_KEYS}
     model_cfg["features"] = tuple(model_cfg["features"])
     model_cfg["refine"] = refine_settings(config.model.get("refine"))

@@ -97,8 +97,11 @@ def _check_common(name, values: Mapping[str, Any], delays: Mapping[str, Any], n_
         if key in v and np.any(v[key] <= 0):
             raise ValueError(f"{name}: {key} must be > 0 s, got {v[key]}.")
     for key in ("flip_angle", "flip1", "flip2"):
-        if key in v and np.any((v[key] < 0) | (v[key] > np.pi)):
-            raise ValueError(f"{name}: {key} must be in [0, pi] rad, got {v[key]}.")
+        # a readout train multiplies Mz by cos(flip) per pulse (ln cos in _train): 90 degrees
+        # or more is no MPRAGE/MP2RAGE protocol (they use 4-15 degrees) and gives NaN
+        if key in v and np.any((v[key] < 0) | (v[key] >= np.pi / 2)):
+            raise ValueError(f"{name}: {key} must be in [0, pi/2) rad (a readout-train flip "
+                             f"angle, below 90 degrees), got {v[key]}.")
     if np.any((v["partial_fourier"] < 0.5) | (v["partial_fourier"] > 1.0)):
         raise ValueError(f"{name}: partial_fourier must be in [0.5, 1], "
                          f"got {v['partial_fourier']}.")
@@ -151,7 +154,7 @@ class MPRAGEProtocol:
 
     def validate(self) -> "MPRAGEProtocol":
         """Return ``self``; raise ValueError if concrete values are non-physical
-        (non-positive times, flip outside [0, pi], pf outside [0.5, 1], eta outside
+        (non-positive times, flip outside [0, pi/2), pf outside [0.5, 1], eta outside
         [0, 1]) or the train does not fit (a negative delay).  Traced values are not
         checked."""
         values = dict(tr=self.tr, ti=self.ti, flip_angle=self.flip_angle,
@@ -382,10 +385,30 @@ def uni_from_siemens(value):
     return value / SIEMENS_UNI_SCALE - 0.5
 
 
+def _check_uni_range(uni, name: str) -> None:
+    """ValueError when concrete ``uni`` lies outside [-1/2, 1/2]: the scanner's integers
+    (Siemens 0-4095) not yet converted with :func:`uni_from_siemens`, whose signs would all be
+    +1 and whose T1 would clamp to the lookup's end.  Traced values are not checked."""
+    if not _is_concrete([uni]):
+        return
+    values = np.asarray(uni, np.float64)
+    finite = values[np.isfinite(values)]
+    if finite.size and np.abs(finite).max() > 0.5 + 1e-6:
+        raise ValueError(f"{name}: UNI must lie in [-1/2, 1/2], got values up to "
+                         f"{finite.max():g}; convert the scanner's integers first "
+                         f"(uni_from_siemens: value / {SIEMENS_UNI_SCALE:g} - 1/2).")
+
+
 def signed_inv1(uni, inv1_magnitude):
     """Signed INV1 from the scanner's magnitude INV1 and its (phase-sensitive) UNI:
     sign(UNI) |INV1| (INV2 > 0 in practice; first step of O'Brien's robust combination
-    in ``RobustCombination.m``).  Broadcastable arrays."""
+    in ``RobustCombination.m``).  Broadcastable arrays; ``uni`` in [-1/2, 1/2] (convert
+    Siemens integers with :func:`uni_from_siemens`).
+
+    Raises:
+      ValueError: for concrete ``uni`` outside [-1/2, 1/2].
+    """
+    _check_uni_range(uni, "signed_inv1")
     return jnp.sign(uni) * jnp.abs(inv1_magnitude)
 
 
@@ -430,9 +453,12 @@ def t1_from_uni(uni, protocol: MP2RAGEProtocol, b1=1.0, t1_grid=None):
     the branch's range returns the T1 at the branch end (clamped, like the padding in
     ``MP2RAGE_lookuptable.m``); convert Siemens integers first (:func:`uni_from_siemens`).
 
-    Args: uni any shape; b1 scalar (``vmap`` over voxels for a B1 map).
+    Args: uni any shape, in [-1/2, 1/2]; b1 scalar (``vmap`` over voxels for a B1 map).
     Returns: T1 of ``uni``'s shape.
+    Raises:
+      ValueError: for concrete ``uni`` outside [-1/2, 1/2] (scanner integers not converted).
     """
+    _check_uni_range(uni, "t1_from_uni")
     uni_values, t1_values = mp2rage_lookup_table(protocol, b1, t1_grid)
     return jnp.interp(uni, uni_values, t1_values)
 

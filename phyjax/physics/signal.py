@@ -10,6 +10,7 @@ magnitude reconstruction does.  Use ``jax.vmap`` or broadcasting for maps.
 from __future__ import annotations
 
 import jax.numpy as jnp
+import numpy as np
 
 from phyjax.physics.sequences import Protocol
 
@@ -90,11 +91,38 @@ def has_readout(protocol: Protocol):
             & (jnp.asarray(p.flip_angle) > 0))
 
 
+def readout_problem(protocol: Protocol) -> str:
+    """Why an ``mprage`` protocol's readout train cannot be imaged ("" when it can, or when the
+    protocol has no train, :func:`has_readout`); concrete fields.
+
+    With the k-space centre in the middle of the train (the convention of
+    :func:`mprage_readout`), half the train, ``n_readouts tr_readout / 2``, must fit both TI
+    (before the centre) and TR - TI (after it); and the readout flip angle must be below
+    90 degrees (the train's recursion multiplies Mz by cos(flip) per pulse, and an inversion-
+    prepared gradient-echo train uses 5-15 degrees).
+    """
+    p = protocol
+    if p.sequence != "mprage" or not bool(has_readout(p)):
+        return ""
+    problems = []
+    half = 0.5 * float(p.n_readouts) * float(p.tr_readout)
+    if not (half <= float(p.ti) + 1e-9 and half <= float(p.tr) - float(p.ti) + 1e-9):
+        problems.append(f"readout train of {float(p.n_readouts):g} x "
+                        f"{1e3 * float(p.tr_readout):g} ms (half {half:g} s around the k-space "
+                        f"centre) does not fit TI {float(p.ti):g} s and TR - TI "
+                        f"{float(p.tr) - float(p.ti):g} s")
+    if float(p.flip_angle) >= 0.5 * np.pi:
+        problems.append(f"readout flip angle {np.degrees(float(p.flip_angle)):g} degrees is not "
+                        "below 90 (an MPRAGE / IR-SPGR / TFE train uses 5-15 degrees)")
+    return "; ".join(problems)
+
+
 def _mprage_signal(p: Protocol, t1, t2star, m0, b1):
     """:func:`mprage_readout` where the protocol has its readout train, else :func:`mprage`.
 
-    Raises ValueError when concrete readout values do not fit (TI shorter than the first
-    half of the train, or TR - TI shorter than the second half)."""
+    Raises ValueError when concrete readout values cannot be imaged (:func:`readout_problem`:
+    TI shorter than the first half of the train, TR - TI shorter than the second half, or a
+    readout flip of 90 degrees or more)."""
     static = mprage(t1, t2star, m0, p.tr, p.ti, p.te)
     known = has_readout(p)
     try:
@@ -104,11 +132,9 @@ def _mprage_signal(p: Protocol, t1, t2star, m0, b1):
     if concrete is False:
         return static
     if concrete:
-        half = 0.5 * float(p.n_readouts) * float(p.tr_readout)
-        if float(p.ti) < half or float(p.tr) - float(p.ti) < half:
-            raise ValueError(f"MPRAGE readout train of {float(p.n_readouts):g} x "
-                             f"{float(p.tr_readout) * 1e3:g} ms does not fit TI "
-                             f"{float(p.ti):g} s / TR {float(p.tr):g} s.")
+        problem = readout_problem(p)
+        if problem:
+            raise ValueError(f"MPRAGE: {problem}.")
         return mprage_readout(t1, t2star, m0, p.tr, p.ti, p.te, p.flip_angle, p.tr_readout,
                               p.n_readouts, b1)
     # Traced: both forms, with safe stand-ins where unused (no NaN in either's gradient).

@@ -61,20 +61,57 @@ _TABLE: dict[float, dict[str, TissueParameters]] = {
 
 FIELD_STRENGTHS = tuple(sorted(_TABLE))
 
+#: How far a scanner's B0 may be from a tabulated one (T).  Nominal 3 T systems report 2.89 T
+#: (Siemens Trio/Verio/Skyra/Prisma write 2.89362 into MagneticFieldStrength) and 1.5 T ones
+#: 1.494 T; T1 changes by about 1 % over 0.15 T near 3 T (Rooney et al., MRM 57:308, 2007:
+#: T1 ~ B0^0.3-0.4), well inside the tissues' own spread.  A 1.0 T or 0.55 T scan is not within
+#: it of any table and is refused, not snapped to 1.5 T.
+FIELD_TOLERANCE_T = 0.15
+
+
+def table_field(field_strength: float) -> float:
+    """The tabulated B0 (an entry of :data:`FIELD_STRENGTHS`, T) within
+    :data:`FIELD_TOLERANCE_T` of ``field_strength`` (T, a concrete scalar).
+
+    Raises:
+      ValueError: when none is (or ``field_strength`` is not finite), naming the value and the
+        tables there are.
+    """
+    b0 = float(field_strength)
+    for table_b0 in FIELD_STRENGTHS:
+        if abs(table_b0 - b0) <= FIELD_TOLERANCE_T:
+            return table_b0
+    raise ValueError(
+        f"No tissue relaxation table for B0 = {field_strength} T (tables: {FIELD_STRENGTHS} T, "
+        f"each used within {FIELD_TOLERANCE_T} T); relaxation times change with B0, so a scan "
+        "at another field strength cannot be modelled with these tissue values.")
+
 
 def tissue_parameters(field_strength: float) -> dict[str, TissueParameters]:
     """Return ``{"csf"|"gm"|"wm": TissueParameters}`` at ``field_strength`` (T).
 
     Raises:
-      ValueError: if no table exists within 0.05 T of ``field_strength``.
+      ValueError: if no table exists within :data:`FIELD_TOLERANCE_T` of ``field_strength``
+        (:func:`table_field`).
     """
-    for b0, table in _TABLE.items():
-        if abs(b0 - float(field_strength)) < 0.05:
-            return dict(table)
-    raise ValueError(
-        f"No tissue relaxation table for B0 = {field_strength} T; "
-        f"available: {FIELD_STRENGTHS} T."
-    )
+    return dict(_TABLE[table_field(field_strength)])
+
+
+def check_field_strengths(*field_strengths) -> None:
+    """:func:`table_field` on each concrete value (ValueError for one without a table); traced
+    values (inside ``jit``) pass unchecked -- their callers check them at the boundary."""
+    for b0 in field_strengths:
+        value = _concrete(b0)
+        if value is not None:
+            table_field(value)
+
+
+def _concrete(x) -> float | None:
+    """``float(x)``, or None for a JAX tracer (a value not known until the compiled code runs)."""
+    try:
+        return float(x)
+    except Exception:  # noqa: BLE001 - tracers raise several error types
+        return None
 
 
 def tissue_array(field_strength: float) -> np.ndarray:
@@ -103,12 +140,17 @@ def convert_t1(t1, from_field_strength, to_field_strength):
 
     Args:
       t1: T1 values in s, any shape.
-      from_field_strength, to_field_strength: B0 in T, scalars (may be traced);
-        snapped to the nearest field strength of the table.
+      from_field_strength, to_field_strength: B0 in T, scalars (may be traced); each must be
+        within :data:`FIELD_TOLERANCE_T` of a field strength of the table, whose values are
+        used.  Concrete values are checked here; traced ones are snapped to the nearest
+        table, so a traced caller checks its inputs first (:func:`check_field_strengths`).
     Returns: converted T1, shape of ``t1``.  Differentiable in ``t1``.
+    Raises:
+      ValueError: for a concrete field strength without a table.
     """
     import jax.numpy as jnp
 
+    check_field_strengths(from_field_strength, to_field_strength)
     fields, table = _t1_anchor_table()
     src = jnp.asarray(table)[jnp.argmin(jnp.abs(fields - from_field_strength))]
     dst = jnp.asarray(table)[jnp.argmin(jnp.abs(fields - to_field_strength))]

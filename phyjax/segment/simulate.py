@@ -32,6 +32,7 @@ from phyjax.data import synthetic
 from phyjax.data.slices import brain_slices, grid, to_slices
 from phyjax.physics import scanner, signal
 from phyjax.physics.sequences import Protocol
+from phyjax.physics.signal import readout_problem
 from phyjax.segment.gold import gold_standard
 from phyjax.segment.model import CONTRAST_SIZE, physics_vector
 
@@ -88,22 +89,6 @@ def make_protocol(family: str, values: dict) -> Protocol:
         p = p.replace(tr_readout=float(values.get("tr_readout", 0.0)),
                       n_readouts=float(values.get("n_readouts", 0.0)))
     return p
-
-
-def readout_problem(protocol: Protocol) -> str:
-    """Why an MPRAGE's readout train does not fit its timing ("" when it fits, or when there is
-    no train): with the k-space centre in the middle of the train (the convention of
-    :func:`phyjax.physics.signal.mprage_readout`), half the train, ``n_readouts tr_readout /
-    2``, must fit both TI (before the centre) and TR - TI (after it)."""
-    p = protocol
-    if p.sequence != "mprage" or not (float(p.n_readouts) > 0 and float(p.tr_readout) > 0):
-        return ""
-    half = 0.5 * float(p.n_readouts) * float(p.tr_readout)
-    if half <= float(p.ti) + 1e-9 and half <= float(p.tr) - float(p.ti) + 1e-9:
-        return ""
-    return (f"readout train of {float(p.n_readouts):g} x {1e3 * float(p.tr_readout):g} ms (half "
-            f"{half:g} s around the k-space centre) does not fit TI {float(p.ti):g} s and TR - "
-            f"TI {float(p.tr) - float(p.ti):g} s")
 
 
 def _draw(b: dict, given: dict, rng: np.random.Generator) -> dict:
