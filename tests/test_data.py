@@ -638,3 +638,19 @@ def test_load_anatomy_probabilities():
     # The crop keeps world coordinates: the MNI origin (0, 0, 0) lies inside the volume.
     origin_vox = np.linalg.solve(affine, [0.0, 0.0, 0.0, 1.0])[:3]
     assert (origin_vox >= 0).all() and (origin_vox < np.array(mask.shape)).all()
+
+
+def test_voxel_volume_follows_the_affine_the_geometry_uses(tmp_path):
+    # qform 1 mm, sform 1.2 mm (qform != sform, as after FSL): nibabel's affine, and so every
+    # world-unit measure, is the sform's; the header's zooms follow the qform.
+    from phyjax.data.volumes import Volume
+
+    qform, sform = np.eye(4), np.diag([1.2, 1.2, 1.2, 1.0])
+    img = nib.Nifti1Image(np.zeros((4, 5, 6), np.float32), None)
+    img.set_qform(qform, code=1)
+    img.set_sform(sform, code=2)
+    path = str(tmp_path / "scan.nii.gz")
+    nib.save(img, path)
+    assert np.allclose(nib.load(path).header.get_zooms()[:3], 1.0)
+    v = Volume("01", "a", None, np.zeros((4, 5, 6), np.float32), np.ones((4, 5, 6), bool), path)
+    assert v.voxel_mm3 == pytest.approx(1.2 ** 3)

@@ -70,9 +70,9 @@ class Volume:
 
     @property
     def voxel_mm3(self) -> float:
-        """Volume of one voxel of ``image`` (mm^3): the file's zooms, or the common grid's."""
-        if not self.resampled:
-            return float(np.prod(nib.load(self.path).header.get_zooms()[:3]))
+        """Volume of one voxel of ``image`` (mm^3): |det| of the affine its geometry uses
+        (:meth:`grid_affine`; the file's sform where it has one, not the header's zooms, which
+        follow the qform and differ from it after e.g. FSL processing)."""
         return float(abs(np.linalg.det(self.grid_affine()[:3, :3])))
 
 
