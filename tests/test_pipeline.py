@@ -460,6 +460,31 @@ def test_resuming_with_another_inference_setting_is_allowed(tmp_path):
         prepare_workdir(other, str(tmp_path))
 
 
+@pytest.mark.parametrize("section,key,value", [
+    ("train", "steps", 3), ("train", "pairs", "simulated"), ("train", "w_tissue", 1.0),
+    ("target", "randomize", True)])
+def test_resuming_with_other_training_or_target_settings_is_refused(tmp_path, section, key,
+                                                                    value):
+    # Before, only model/data/seed were compared: a run with other steps, pairs or target
+    # range resumed the old network and saved it under the new settings' labels.
+    from phyjax.experiments.common import prepare_workdir
+
+    cfg = load_config()
+    (tmp_path / "checkpoints").mkdir()
+    prepare_workdir(cfg, str(tmp_path))
+    other = cfg.copy_and_resolve_references()
+    with other.unlocked():
+        other[section][key] = value
+    assert other[section][key] != cfg[section][key]
+    with pytest.raises(InputError, match=f"different '{section}' config"):
+        prepare_workdir(other, str(tmp_path))
+    with other.unlocked():                       # how often it logs and saves: same network
+        other[section][key] = cfg[section][key]
+        other.train.log_every = cfg.train.log_every + 1
+        other.train.checkpoint_every = cfg.train.checkpoint_every + 1
+    prepare_workdir(other, str(tmp_path))
+
+
 @pytest.mark.parametrize("key,changed", [("ensemble", 2),
                                          ("views", ("axial", "coronal", "sagittal"))])
 def test_a_run_saved_before_a_training_setting_existed_resumes_with_its_old_value(

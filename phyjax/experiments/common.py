@@ -22,10 +22,17 @@ from phyjax.evaluate.site_difference import FeatureExtractor
 #: same whatever they are): ``model.refine``, PhyCHarm's data-consistency step,
 #: ``model.calibrate``, its output's intensity scale, and ``model.tta``, its test-time
 #: augmentation
-INFERENCE_ONLY = {"model": ("refine", "calibrate", "tta")}
+INFERENCE_ONLY = {"model": ("refine", "calibrate", "tta"), "unet": ("tta",),
+                  # how often a run logs and saves: the same network either way
+                  "train": ("log_every", "checkpoint_every")}
 #: training settings added after runs were made: a run whose config.json lacks one was trained
 #: with this value (``model.ensemble``: one network; ``model.views``: axial slices)
 ADDED_LATER = {"model": {"ensemble": 1, "views": ["axial"]}}
+
+
+#: sections compared since the resume check covered only model/data/seed: a setting one of
+#: them gained later (absent from an older run's config.json) is not compared
+COMPARED_LATER = ("train", "target", "unet", "cyclegan")
 
 
 def _training_part(section, key: str):
@@ -35,12 +42,22 @@ def _training_part(section, key: str):
             **{k: v for k, v in section.items() if k not in INFERENCE_ONLY.get(key, ())}}
 
 
-def prepare_workdir(config, workdir: str, resumable_keys=("model", "data", "seed")) -> None:
+def _differs(previous, current, key: str) -> bool:
+    old, new = _training_part(previous, key), _training_part(current, key)
+    if key in COMPARED_LATER and isinstance(old, dict) and isinstance(new, dict):
+        shared = old.keys() & new.keys()
+        return {k: old[k] for k in shared} != {k: new[k] for k in shared}
+    return old != new
+
+
+def prepare_workdir(config, workdir: str,
+                    resumable_keys=("model", "data", "seed") + COMPARED_LATER) -> None:
     """Create ``workdir`` and write ``config.json``.
 
     Raises InputError when ``workdir`` holds checkpoints of a run whose ``resumable_keys``
-    sections differ (resuming them would mix two experiments); the settings of
-    :data:`INFERENCE_ONLY` may differ.
+    sections differ (resuming them would mix two experiments: the network of one run saved
+    under the other's settings -- its training steps, losses, pairs and target range); the
+    settings of :data:`INFERENCE_ONLY` may differ.
     """
     os.makedirs(workdir, exist_ok=True)
     path = os.path.join(workdir, "config.json")
@@ -49,7 +66,7 @@ def prepare_workdir(config, workdir: str, resumable_keys=("model", "data", "seed
             previous = json.load(f)
         current = json.loads(config.to_json())
         for key in resumable_keys:
-            if _training_part(previous.get(key), key) != _training_part(current.get(key), key):
+            if _differs(previous.get(key), current.get(key), key):
                 raise InputError(f"{workdir}: holds checkpoints of a run with a different "
                                  f"'{key}' config; use a new --workdir (or delete it) to start over.")
     with atomic_open(path) as f:
