@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from phyjax.data.nifti import InputError
-from phyjax.physics import tissues
+from phyjax.physics import signal, tissues
 from phyjax.physics.mp2rage import (DEFAULT_INVERSION_EFFICIENCY, DEFAULT_READOUT_TR,
                                     MP2RAGEProtocol)
 from phyjax.physics import units
@@ -440,8 +440,7 @@ def _plausibility(reading: Reading):
         elif field == "b0_t" and value > hi:
             guess = f" -- probably {value / 1e4:g} T (given in gauss)" if value / 1e4 <= hi else ""
             reading.errors.append(f"b0_t = {value:g} T ({where}) is implausible{guess}")
-        elif field == "b0_t" and value >= lo and not any(
-                abs(value - b) <= tissues.FIELD_TOLERANCE_T for b in tissues.FIELD_STRENGTHS):
+        elif field == "b0_t" and value >= lo and not _has_tissue_table(value):
             # readable, and physics-free methods can use it; the physics cannot (no T1 table)
             reading.notes.append(f"no tissue relaxation table for B0 = {value:g} T (tables: "
                                  f"{', '.join(f'{b:g}' for b in tissues.FIELD_STRENGTHS)} T): "
@@ -468,6 +467,14 @@ def _plausibility(reading: Reading):
                                   f"{reading.family} scan (below {lo:g})")
 
 
+def _has_tissue_table(b0: float) -> bool:
+    try:
+        tissues.table_field(b0)
+    except ValueError:
+        return False
+    return True
+
+
 def _consistency(reading: Reading):
     v, f = reading.values, reading.family
     if f in ("mprage", "ir", "mp2rage") and "ti_s" in v and "tr_prep_s" in v \
@@ -479,20 +486,20 @@ def _consistency(reading: Reading):
             and v["te_s"] >= v["tr_readout_s"]:
         reading.errors.append(f"EchoTime {v['te_s']:g} s must be shorter than RepetitionTime "
                               f"{v['tr_readout_s']:g} s")
-    if f == "mprage" and all(k in v for k in ("tr_readout_s", "n_readouts", "ti_s", "tr_prep_s")):
-        # the full readout-train model puts the k-space centre mid-train (signal.readout_problem)
+    # the full readout-train model puts the k-space centre mid-train (signal.train_fits)
+    if f == "mprage" and all(k in v for k in ("tr_readout_s", "n_readouts", "ti_s", "tr_prep_s")) \
+            and not signal.train_fits(v["n_readouts"], v["tr_readout_s"], v["ti_s"], v["tr_prep_s"]):
         half = 0.5 * v["n_readouts"] * v["tr_readout_s"]
-        if half > v["ti_s"] + 1e-9 or half > v["tr_prep_s"] - v["ti_s"] + 1e-9:
-            reading.errors.append(
-                f"the readout train of {v['n_readouts']:g} x {1e3 * v['tr_readout_s']:g} ms "
-                f"({reading.origin['n_readouts']}; {reading.origin['tr_readout_s']}) does not fit "
-                f"its timing: half of it ({half:g} s) must fit both before the k-space centre, "
-                f"TI {v['ti_s']:g} s ({reading.origin['ti_s']}), and after it, TR - TI "
-                f"{v['tr_prep_s'] - v['ti_s']:g} s (inversion TR from "
-                f"{reading.origin['tr_prep_s']}) -- check the readouts per shot (those of "
-                "one inversion) and the two TRs; the readout-train model assumes linear "
-                "ordering (k-space centre mid-train): for a centric-ordered train leave "
-                "n_readouts out, and the static MPRAGE equation is used")
+        reading.errors.append(
+            f"the readout train of {v['n_readouts']:g} x {1e3 * v['tr_readout_s']:g} ms "
+            f"({reading.origin['n_readouts']}; {reading.origin['tr_readout_s']}) does not fit "
+            f"its timing: half of it ({half:g} s) must fit both before the k-space centre, "
+            f"TI {v['ti_s']:g} s ({reading.origin['ti_s']}), and after it, TR - TI "
+            f"{v['tr_prep_s'] - v['ti_s']:g} s (inversion TR from "
+            f"{reading.origin['tr_prep_s']}) -- check the readouts per shot (those of "
+            "one inversion) and the two TRs; the readout-train model assumes linear "
+            "ordering (k-space centre mid-train): for a centric-ordered train leave "
+            "n_readouts out, and the static MPRAGE equation is used")
     if f == "mp2rage" and "ti_s" in v and "ti2_s" in v and v["ti_s"] >= v["ti2_s"]:
         reading.errors.append(f"MP2RAGE TI1 {v['ti_s']:g} s must be shorter than TI2 "
                               f"{v['ti2_s']:g} s")

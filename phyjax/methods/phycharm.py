@@ -459,14 +459,22 @@ def fit(config, train: TrainingSet, name: str = "phycharm", *, workdir: str,
         padded, view_of = data.padded, data.view_of
         weights = dict(full, w_map=full["w_map"] if has_maps else np.float32(0.0))
 
+        # converted (and checked, model_protocol) once, not at every step
+        sources32 = {site: _f32(q, ro) for site, q in data.protocols.items()}
+        target32 = _f32(target, ro)
+
         def batch_fn(i):
             site, idx = data.sample(i, t.batch_size, config.seed)
             return (data.batch(site, idx, data.view_of(i)),
-                    _f32(data.protocols[site], ro), _f32(target, ro), np.float32(ref), weights)
+                    sources32[site], target32, np.float32(ref), weights)
     else:
         sim, real = _simulated_data(config, train, target, depth, progress, workdir, views)
         padded = sim.padded
         refs = [np.float32(reference_level(model_protocol(q, ro))) for q in sim.targets]
+        # converted (and checked, model_protocol) once, not at every step
+        sources32, targets32 = ([_f32(q, ro) for q in qs] for qs in (sim.sources, sim.targets))
+        real32 = [] if real is None else [_f32(q, ro) for q in real.protocols]
+        target32 = _f32(target, ro)
         adapt = dict(full, **{k: np.float32(0.0) for k in PAIRED_TERMS})
 
         def is_real(i):
@@ -478,10 +486,9 @@ def fit(config, train: TrainingSet, name: str = "phycharm", *, workdir: str,
         def batch_fn(i):
             if is_real(i):
                 arrays, g = real.batch(i // t.adapt_every, t.batch_size, config.seed)
-                return (arrays, _f32(real.protocols[g], ro), _f32(target, ro), np.float32(ref),
-                        adapt)
+                return arrays, real32[g], target32, np.float32(ref), adapt
             arrays, p, q = sim.batch(i, t.batch_size, config.seed)
-            return arrays, _f32(sim.sources[p], ro), _f32(sim.targets[q], ro), refs[q], full
+            return arrays, sources32[p], targets32[q], refs[q], full
 
     batch_fn = networks.mirrored(batch_fn, config.seed, t.get("mirror", 0.0), view_of)
     model, tx = make_model(model_cfg), networks.make_optimizer(t)

@@ -91,13 +91,21 @@ def has_readout(protocol: Protocol):
             & (jnp.asarray(p.flip_angle) > 0))
 
 
+def train_fits(n_readouts: float, tr_readout: float, ti: float, tr: float) -> bool:
+    """Whether a readout train of ``n_readouts`` pulses spaced ``tr_readout`` (s), its k-space
+    centre in the middle (the convention of :func:`mprage_readout`), fits between the
+    inversions: half of it, ``n_readouts tr_readout / 2``, within both TI (before the centre)
+    and TR - TI (after it).  Concrete scalars; times in s."""
+    half = 0.5 * n_readouts * tr_readout
+    return half <= ti + 1e-9 and half <= tr - ti + 1e-9
+
+
 def readout_problem(protocol: Protocol) -> str:
     """Why an ``mprage`` protocol's readout train cannot be imaged ("" when it can, or when the
     protocol has no train, :func:`has_readout`); concrete fields.
 
-    With the k-space centre in the middle of the train (the convention of
-    :func:`mprage_readout`), half the train, ``n_readouts tr_readout / 2``, must fit both TI
-    (before the centre) and TR - TI (after it); and the readout flip angle must be below
+    The train must fit between the inversions (:func:`train_fits`), and the readout flip
+    angle must be below
     90 degrees (the train's recursion multiplies Mz by cos(flip) per pulse, and an inversion-
     prepared gradient-echo train uses 5-15 degrees).
     """
@@ -105,8 +113,8 @@ def readout_problem(protocol: Protocol) -> str:
     if p.sequence != "mprage" or not bool(has_readout(p)):
         return ""
     problems = []
-    half = 0.5 * float(p.n_readouts) * float(p.tr_readout)
-    if not (half <= float(p.ti) + 1e-9 and half <= float(p.tr) - float(p.ti) + 1e-9):
+    if not train_fits(float(p.n_readouts), float(p.tr_readout), float(p.ti), float(p.tr)):
+        half = 0.5 * float(p.n_readouts) * float(p.tr_readout)
         problems.append(f"readout train of {float(p.n_readouts):g} x "
                         f"{1e3 * float(p.tr_readout):g} ms (half {half:g} s around the k-space "
                         f"centre) does not fit TI {float(p.ti):g} s and TR - TI "
