@@ -254,6 +254,11 @@ def get_config(arg: str | None = None) -> ConfigDict:
     h.flip_angle = -1.0
     h.field_strength = -1.0
     h.figure = True
+    # Which of config.model's inference settings (refine, calibrate, tta) replace the saved
+    # harmonizer's: phyjax.main fills it with those given on the command line, so a harmonizer
+    # trained with, e.g., tta=none keeps it unless --config.model.tta=... is given.  None (a
+    # config built in Python, not by phyjax.main): every one of them applies.
+    h.model_overrides = None
     # The target: config.target (a sidecar and/or values) when given, else the fitted one.
 
     if arg == "debug":

@@ -138,6 +138,11 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
 
     config = FLAGS.config
+    if config.get("mode") == "harmonize" and "model_overrides" in config.get("harmonize", {}):
+        # Harmonize mode keeps the saved harmonizer's inference settings but those named here.
+        given = config_flags.get_override_values(FLAGS["config"])
+        config.harmonize.model_overrides = tuple(sorted(
+            {k.split(".")[1] for k in given if k.startswith("model.")}))
     try:
         check_config(config, FLAGS.workdir, FLAGS.min_free_mb)
         result = registry.run(config, FLAGS.workdir)

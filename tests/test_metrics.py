@@ -40,8 +40,20 @@ def test_masked_metrics_match_skimage_on_mask_voxels(pair):
     assert ours["psnr"] == pytest.approx(
         peak_signal_noise_ratio(ref[mask], x[mask], data_range=rng_), rel=1e-4)
     assert ours["nrmse"] == pytest.approx(normalized_root_mse(ref[mask], x[mask]), rel=1e-4)
-    _, full = structural_similarity(x, ref, data_range=rng_, full=True)
+    # SSIM compares the images with everything outside the mask set to zero.
+    _, full = structural_similarity(np.where(mask, x, 0), np.where(mask, ref, 0),
+                                    data_range=rng_, full=True)
     assert ours["ssim"] == pytest.approx(full[mask].mean(), abs=2e-4)
+
+
+def test_output_equal_to_reference_in_mask_is_perfect(pair):
+    """Harmonizers zero the background; an output equal to the truth in the brain scores 1."""
+    _, ref = pair
+    mask = np.zeros(ref.shape, bool)
+    mask[4:15, 3:20, 2:16] = True
+    m = metrics.image_metrics(np.where(mask, ref, 0), ref + 5.0 * ~mask, mask)
+    assert m["ssim"] == pytest.approx(1.0, abs=1e-5)
+    assert m["nrmse"] == pytest.approx(0.0, abs=1e-6)
 
 
 def test_identical_images_are_perfect(pair):

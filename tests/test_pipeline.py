@@ -306,6 +306,18 @@ def test_calibrated_harmonizer_and_harmonize_mode(debug_run, tmp_path):
         assert meta["PhyjaxHarmonizer"]["tta"] == cfg.model.tta
         assert meta["PhyjaxHarmonizer"]["ensemble"] == cfg.model.ensemble == 1
         assert meta["PhyjaxHarmonizer"]["views"] == list(cfg.model.views) == ["axial"]
+    # From the command line only the model settings given there replace the saved ones.
+    from phyjax.experiments.harmonize import _load_harmonizer
+
+    with h_cfg.unlocked():
+        h_cfg.model.tta = "none" if cfg.model.tta == "flip" else "flip"
+        h_cfg.harmonize.model_overrides = ()
+    kept = _load_harmonizer(os.path.join(workdir, "harmonizer"), h_cfg).cfg
+    assert (kept["calibrate"], kept["tta"]) == ("none", cfg.model.tta)
+    with h_cfg.unlocked():
+        h_cfg.harmonize.model_overrides = ("calibrate",)
+    named = _load_harmonizer(os.path.join(workdir, "harmonizer"), h_cfg).cfg
+    assert (named["calibrate"], named["tta"]) == ("p99", cfg.model.tta)
     m = nib.load(mask_path).get_fdata() > 0
     assert np.percentile(written["p99"][m], 99) == pytest.approx(1.0, rel=1e-4)
     assert not np.isclose(np.percentile(written["none"][m], 99), 1.0, rtol=1e-3)
@@ -528,7 +540,8 @@ def test_train_on_a_user_bids_folder_then_harmonize_in_a_fresh_process(debug_run
     root = _renamed_bids(dataset, str(tmp_path / "bids"), "reference", "prismaHCP")
     run = str(tmp_path / "run")
     res = _cli("--config=configs/phycharm.py:debug", f"--workdir={run}",
-               f"--config.data.bids_root={root}", "--config.data.target_site=prismaHCP")
+               f"--config.data.bids_root={root}", "--config.data.target_site=prismaHCP",
+               "--config.model.tta=none")
     assert res.returncode == 0, res.stderr[-3000:]
     meta = json.load(open(os.path.join(run, "harmonizer", "harmonizer.json")))
     assert meta["target_site"] == "prismaHCP"
@@ -545,6 +558,17 @@ def test_train_on_a_user_bids_folder_then_harmonize_in_a_fresh_process(debug_run
     img, src = nib.load(out), nib.load(f"{anat}/sub-01_ses-spgr3T_T1w.nii.gz")
     assert img.shape == src.shape and np.allclose(img.affine, src.affine)
     assert np.isfinite(img.get_fdata()).all() and img.get_fdata().max() > 0
+    # The harmonizer was trained and evaluated without test-time augmentation: harmonize mode
+    # keeps that (the config file's default, flip, is not a request), and applies it only
+    # when the command names it.
+    assert json.load(open(str(tmp_path / "h.json")))["PhyjaxHarmonizer"]["tta"] == "none"
+    res = _cli("--config=configs/phycharm.py", f"--workdir={run}", "--config.mode=harmonize",
+               f"--config.harmonize.input={anat}/sub-01_ses-spgr3T_T1w.nii.gz",
+               f"--config.harmonize.output={tmp_path}/flip.nii.gz",
+               "--config.harmonize.figure=False", "--config.model.tta=flip")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert json.load(open(str(tmp_path / "flip.json")))["PhyjaxHarmonizer"]["tta"] == "flip"
+    assert not np.allclose(nib.load(str(tmp_path / "flip.nii.gz")).get_fdata(), img.get_fdata())
 
 
 def _regrid(path, zoom_mm, flip_x=False, order=1):

@@ -58,6 +58,15 @@ def _range(reference, mask):
 def image_metrics(x, reference, mask) -> dict[str, float]:
     """``{"ssim", "psnr", "nrmse"}`` of ``x`` vs ``reference`` in ``mask`` as Python floats.
 
+    Both images are set to zero outside ``mask`` before SSIM is computed, so that the 7-voxel
+    windows at the brain's edge compare brain with brain: harmonizers output zero outside the
+    mask, and comparing that with the reference's skull and background would score an output
+    that equals the reference in every brain voxel below 1.  PSNR and NRMSE use only mask voxels.
+
+    Args:
+      x, reference: images of one shape (2-D or 3-D).
+      mask: boolean array of that shape.
+
     Raises ValueError on shape mismatch or an empty mask.
     """
     x, reference, mask = np.asarray(x), np.asarray(reference), np.asarray(mask, bool)
@@ -66,5 +75,6 @@ def image_metrics(x, reference, mask) -> dict[str, float]:
                          f"mask {mask.shape}.")
     if not mask.any():
         raise ValueError("empty mask: no voxels to evaluate.")
-    return {"ssim": float(ssim(x, reference, mask)), "psnr": float(psnr(x, reference, mask)),
+    x_in, ref_in = np.where(mask, x, 0), np.where(mask, reference, 0)
+    return {"ssim": float(ssim(x_in, ref_in, mask)), "psnr": float(psnr(x, reference, mask)),
             "nrmse": float(nrmse(x, reference, mask))}

@@ -149,25 +149,27 @@ def load_target(harmonizer, target_cfg) -> Protocol | None:
 
 
 def _load_harmonizer(path: str, config=None):
-    """The saved harmonizer in ``path``; PhyCHarm's data-consistency step is set from the
-    command's ``config.model.refine``, ``config.model.calibrate`` and ``config.model.tta``
-    (inference settings: the saved ones are replaced)."""
+    """The saved harmonizer in ``path``, with PhyCHarm's inference settings (``refine``,
+    ``calibrate``, ``tta``) kept as saved -- what its evaluation measured -- except those the
+    command names: ``config.harmonize.model_overrides`` (filled by :mod:`phyjax.main` with the
+    ``model.*`` fields given on the command line; None, for a config built in Python, means
+    every one of ``config.model``'s applies)."""
     harmonizer = methods.load(path)
     if harmonizer.kind != "image":
         raise InputError(f"{path}: method {harmonizer.name!r} does not harmonize images.")
     model = config.get("model") if config is not None and hasattr(config, "get") else None
     if hasattr(harmonizer, "check_target") and model is not None:   # PhyCHarm
+        from phyjax.methods.networks import check_tta
         from phyjax.methods.phycharm import check_calibrate, refine_settings
 
-        if "refine" in model:
-            refine = model.refine.to_dict() if hasattr(model.refine, "to_dict") else model.refine
-            harmonizer.cfg["refine"] = refine_settings(refine)
-        if "calibrate" in model:
-            harmonizer.cfg["calibrate"] = check_calibrate(model.calibrate)
-        if "tta" in model:
-            from phyjax.methods.networks import check_tta
-
-            harmonizer.cfg["tta"] = check_tta(model.tta)
+        h = config.get("harmonize") or {}
+        given = h.get("model_overrides") if hasattr(h, "get") else None
+        settings = {"refine": lambda v: refine_settings(v.to_dict() if hasattr(v, "to_dict")
+                                                        else v),
+                    "calibrate": check_calibrate, "tta": check_tta}
+        for key, check in settings.items():
+            if key in model and (given is None or key in given):
+                harmonizer.cfg[key] = check(model[key])
     return harmonizer
 
 
