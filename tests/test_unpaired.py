@@ -3,7 +3,7 @@ independent implementations."""
 
 import numpy as np
 import pytest
-from scipy import ndimage
+from scipy import ndimage, stats
 
 from phyjax.evaluate import downstream, unpaired
 
@@ -14,12 +14,30 @@ def test_identical_sites_are_zero_apart_and_shifted_ones_are_not():
     assert unpaired.site_distance({"x": a, "y": a.copy()})["mean"] == 0.0
     # Equal-size samples: W1 is the mean absolute difference of the sorted values.
     b = a + 1.0
-    pooled_sd = np.concatenate([a, b]).std()
-    expected = np.mean(np.abs(np.sort(a) - np.sort(b))) / pooled_sd
+    within_sd = np.sqrt((np.var(a, ddof=1) + np.var(b, ddof=1)) / 2)   # equal sizes
+    expected = np.mean(np.abs(np.sort(a) - np.sort(b))) / within_sd
     d = unpaired.site_distance({"x": a, "y": b})
     assert d["mean"] == pytest.approx(expected, rel=1e-12) and d["pairs"]["x|y"] == d["mean"]
     # ... and it does not depend on the units of the method's output.
     assert unpaired.site_distance({"x": 7 * a, "y": 7 * b})["mean"] == pytest.approx(d["mean"])
+    # A shift of 6 within-site SDs scores 6 (the SD of the pooled sample, which grows with the
+    # shift itself, would give 6 / sqrt(1 + 9) = 1.9) and halving it halves the distance.
+    far = unpaired.site_distance({"x": a, "y": a + 6 * a.std(ddof=1)})["mean"]
+    assert far == pytest.approx(6.0, rel=1e-9)
+    half = unpaired.site_distance({"x": a, "y": a + 3 * a.std(ddof=1)})["mean"]
+    assert half == pytest.approx(far / 2, rel=1e-9)
+    # Unequal sizes and three sites: the (n_i - 1)-weighted within-site variance.
+    c = 2.0 * rng.normal(size=50) - 1.0
+    groups = [a, b, c]
+    dof = sum(len(g) - 1 for g in groups)
+    sd = np.sqrt(sum(np.var(g, ddof=1) * (len(g) - 1) for g in groups) / dof)
+    assert unpaired.within_site_sd(groups) == pytest.approx(sd, rel=1e-12)
+    three = unpaired.site_distance({"x": a, "y": b, "z": c})
+    assert three["pairs"]["x|z"] == pytest.approx(stats.wasserstein_distance(a, c) / sd)
+    # No spread within any site: sites that differ are infinitely far apart, equal ones 0.
+    assert unpaired.site_distance({"x": np.ones(3), "y": 2 * np.ones(3)})["mean"] == np.inf
+    assert unpaired.site_distance({"x": np.ones(3), "y": np.ones(3)})["mean"] == 0.0
+    assert np.isnan(unpaired.site_distance({"x": np.ones(1), "y": np.zeros(1)})["mean"])
 
 
 def test_feature_distance_and_effect_sizes():
@@ -37,6 +55,9 @@ def test_feature_distance_and_effect_sizes():
     h = 12 / (n * (n + 1)) * sum(20 * (np.mean(np.arange(1, 61)[i * 20:(i + 1) * 20])) ** 2
                                  for i in range(k)) - 3 * (n + 1)
     assert h_max == pytest.approx(h / (n - 1), rel=1e-12)
+    # ... which is the closed-form maximum (N^3 - sum n_i^3) / (N^3 - N), about 1 - 1/k^2.
+    assert h_max == pytest.approx((n ** 3 - k * 20 ** 3) / (n ** 3 - n), rel=1e-12)
+    assert h_max < 1 - 1 / k ** 2 + 0.01
     assert unpaired.feature_distance(x, sites) > unpaired.feature_distance(x_same, sites)
 
 
@@ -114,6 +135,12 @@ def test_location_scale_measures_what_combat_removes():
     # the 8 (feature, site) values lies between.
     per_b = unpaired.location_scale(shifted[sites != "c"], sites[sites != "c"], "ref")
     assert per_b["log_scale"] == pytest.approx(np.log(3.0), abs=0.35)
+    # The location is in within-site SDs (Cohen's d): a shift of 5 SDs reads about 5, where
+    # SDs of the pooled sample (grown by the shift) would read about 2.
+    moved = base.copy()
+    moved[sites == "b"] += 5.0
+    d = unpaired.location_scale(moved[sites != "c"], sites[sites != "c"], "ref")["location"]
+    assert d == pytest.approx(5.0, abs=0.5)
 
 
 def test_biology_kept_when_a_method_keeps_the_covariate_and_lost_when_it_erases_it():

@@ -2,11 +2,12 @@
 method keep each image's own anatomy?
 
 * :func:`site_distance` -- mean pairwise 1-Wasserstein distance between sites' distributions
-  (of pooled in-ROI intensities, or of each radiomic feature), divided by the pooled standard
-  deviation so that methods whose outputs have other units compare fairly.  Two identical sites
-  give 0.
+  (of pooled in-ROI intensities, or of each radiomic feature), divided by the pooled
+  within-site standard deviation so that methods whose outputs have other units compare
+  fairly.  Two identical sites give 0; a shift by d within-site SDs gives d.
 * :func:`effect_sizes` -- Kruskal-Wallis epsilon squared per feature (``H / (n - 1)``; Tomczak &
-  Tomczak 2014), the share of the rank variance explained by the site.
+  Tomczak 2014), the share of the rank variance explained by the site (its maximum is below 1:
+  about ``1 - 1/k^2`` for k equal sites).
 * :func:`anatomy_preservation` -- an output against *its own* source: Spearman correlation of the
   in-ROI intensities (1 for any monotone intensity mapping) and Pearson correlation of the
   gradient magnitudes (edges).  A method that erases anatomy to make sites look alike (e.g. a
@@ -24,20 +25,40 @@ from sklearn.decomposition import PCA
 from sklearn.preprocessing import StandardScaler
 
 
+def within_site_sd(groups) -> float:
+    """Pooled within-site standard deviation ``sqrt(sum_i (n_i - 1) s_i^2 / (N - k))`` of ``k``
+    samples (the denominator of Cohen's d, generalized to k groups); ``nan`` when no site has
+    two values.  Unlike the SD of all values pooled together it does not grow with the
+    differences *between* sites, so a distance divided by it does not saturate (divided by the
+    SD of the pooled sample, two sites apart by a pure shift never score above 2)."""
+    groups = [np.asarray(g, np.float64).ravel() for g in groups]
+    dof = sum(len(g) - 1 for g in groups if len(g) > 1)
+    if dof <= 0:
+        return float("nan")
+    return float(np.sqrt(sum(((g - g.mean()) ** 2).sum() for g in groups if len(g) > 1) / dof))
+
+
 def _scaled_w1(a: np.ndarray, b: np.ndarray, scale: float) -> float:
-    return float(stats.wasserstein_distance(a, b) / scale) if scale > 0 else 0.0
+    w1 = float(stats.wasserstein_distance(a, b))
+    if not np.isfinite(scale):
+        return float("nan")
+    if scale > 0:
+        return w1 / scale
+    return 0.0 if w1 == 0 else float("inf")   # no spread within sites, yet they differ
 
 
 def site_distance(values_by_site: dict[str, np.ndarray]) -> dict:
-    """Mean pairwise 1-Wasserstein distance between sites' samples, in pooled-sd units.
+    """Mean pairwise 1-Wasserstein distance between sites' samples, in units of the pooled
+    within-site standard deviation (:func:`within_site_sd`), so that methods whose outputs have
+    other units compare fairly and a shift of d within-site SDs scores d.
 
     Args:
       values_by_site: ``{site: 1-D array}`` (e.g. the in-ROI intensities of all its images).
-    Returns ``{"mean": float, "pairs": {"a|b": float}}`` (``nan`` mean with fewer than 2 sites).
+    Returns ``{"mean": float, "pairs": {"a|b": float}}`` (``nan`` mean with fewer than 2 sites or
+    no site with two values; ``inf`` for sites that differ while every one is constant).
     """
     sites = sorted(values_by_site)
-    pooled = np.concatenate([np.asarray(values_by_site[s], np.float64).ravel() for s in sites])
-    scale = float(pooled.std())
+    scale = within_site_sd([values_by_site[s] for s in sites])
     pairs = {f"{a}|{b}": _scaled_w1(np.ravel(values_by_site[a]), np.ravel(values_by_site[b]),
                                     scale) for a, b in itertools.combinations(sites, 2)}
     return {"mean": float(np.mean(list(pairs.values()))) if pairs else float("nan"),
@@ -54,8 +75,13 @@ def feature_distance(x: np.ndarray, sites) -> float:
 
 
 def effect_sizes(names, x: np.ndarray, sites) -> dict[str, float]:
-    """Kruskal-Wallis epsilon squared ``H / (n - 1)`` per feature (0: no site effect, 1: the
-    site orders the values completely); ``nan`` when undefined (constant feature)."""
+    """Kruskal-Wallis epsilon squared ``H / (n - 1)`` per feature (Tomczak & Tomczak 2014);
+    ``nan`` when undefined (constant feature).
+
+    0 means no site effect.  When the site orders the values completely (no ties) it reaches
+    its maximum ``(N^3 - sum_i n_i^3) / (N^3 - N)`` for sites of ``n_i`` values, ``N`` in all
+    -- about ``1 - 1/k^2`` for ``k`` sites of equal size (0.75 for two), not 1 -- so compare
+    values between tables with the same sites and sizes only."""
     x, sites = np.asarray(x, np.float64), np.asarray(sites, str)
     labels = sorted(set(sites.tolist()))
     out = {}
@@ -137,18 +163,27 @@ def icc(x: np.ndarray) -> dict[str, float]:
 def location_scale(x: np.ndarray, sites, reference: str) -> dict[str, float]:
     """ComBat-style site effects left in a feature table, relative to ``reference``'s site.
 
-    Each feature is standardized over all rows; per other site, the location difference is
-    ``|mean_site - mean_reference|`` (in pooled sd) and the scale ratio ``sd_site / sd_reference``.
+    Each feature is divided by its pooled within-site SD (:func:`within_site_sd`, so the
+    differences between sites do not shrink their own unit); per other site, the location
+    difference is ``|mean_site - mean_reference|`` (in those SDs, Cohen's d) and the scale ratio
+    ``sd_site / sd_reference``.
     Returns the medians over features and sites: ``location`` (0 = no shift) and
     ``log_scale`` = median ``|log(ratio)|`` (0 = equal spread); ``nan`` when undefined.
     """
     x, sites = np.asarray(x, np.float64), np.asarray(sites, str)
+    labels = sorted(set(sites.tolist()))
     x = x[:, np.all(np.isfinite(x), axis=0) & (np.ptp(x, axis=0) > 0)]
-    others = [s for s in sorted(set(sites.tolist())) if s != reference]
+    others = [s for s in labels if s != reference]
     ref = x[sites == reference]
     if x.shape[1] == 0 or len(ref) < 2 or not others:
         return {"location": float("nan"), "log_scale": float("nan")}
-    z = (x - x.mean(0)) / x.std(0)
+    sd = np.array([within_site_sd([x[sites == s, j] for s in labels])
+                   for j in range(x.shape[1])])
+    keep = sd > 0          # constant within every site: no unit to measure a shift in
+    if not keep.any():
+        return {"location": float("nan"), "log_scale": float("nan")}
+    x = x[:, keep]
+    z = (x - x.mean(0)) / sd[keep]
     ref = z[sites == reference]
     loc, scale = [], []
     for s in others:

@@ -8,7 +8,7 @@ held-out subjects (methods are fitted on the training subjects only, as in the p
   by subject, chance level, permutation p-value), Kruskal-Wallis per feature (Bonferroni) and its
   effect size (epsilon squared);
 * **distribution distances** between sites -- of the in-ROI intensities and of the features
-  (1-Wasserstein in pooled-sd units, :mod:`phyjax.evaluate.unpaired`), and the ComBat-style
+  (1-Wasserstein in units of the pooled within-site SD, :mod:`phyjax.evaluate.unpaired`), and the ComBat-style
   location/scale differences of the features to the target site;
 * **anatomy preservation** -- every output against its own source (rank and edge correlation),
   so that a method cannot win by erasing anatomy;
@@ -352,9 +352,11 @@ def markdown(rows, data: Dataset, split, notes, seconds, rim_mm=4.0, pair_summar
         cells = ["–" if not isinstance(r.get(k, float("nan")), (int, str)) and
                  not np.isfinite(r.get(k, float("nan"))) else f.format(r[k]) for k, _, f in cols]
         out.append(f"| {r['method']} | " + " | ".join(cells) + " |")
-    out += ["", "Distances: mean pairwise 1-Wasserstein distance between sites in pooled-sd units "
-            "(0 = identical distributions).  Anatomy: each output against its own source inside "
-            "the ROI (1 = structure kept; ComBat changes features, not images).", "",
+    out += ["", "Distances: mean pairwise 1-Wasserstein distance between sites in units of the "
+            "pooled within-site SD (0 = identical distributions; a shift by d SDs reads d); "
+            "location Δ: median |mean difference| to the target site in the same SDs.  "
+            "Anatomy: each output against its own source inside the ROI (1 = structure kept; "
+            "ComBat changes features, not images).", "",
             "Downstream task across sites (`unpaired_downstream.csv`, per test site): each ROI "
             f"is split into its rim (the voxels within {rim_mm:g} mm of its boundary) and its "
             "core; a standardized logistic regression on the regions' first-order radiomic "
