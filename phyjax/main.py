@@ -34,7 +34,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 MODES = {"phycharm": ("train_eval", "harmonize")}
 
 #: OSError numbers that mean "the output cannot be written", reported as one line.
-_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
+                 errno.EISDIR, errno.ENOTDIR}
 
 
 def _fail(message: str) -> None:

@@ -1227,3 +1227,18 @@ def test_branch_dropout_trains_both_modes_and_averages_them_at_inference(tmp_pat
     plain = Segmenter({**settings, "branch_dropout": 0.0}, trained)
     assert not plain.averaged
     assert not np.allclose(plain.predict(vol, mask, p), got, atol=1e-4)
+
+
+def test_a_workdir_trained_with_other_training_settings_is_not_resumed(tmp_path):
+    """The resume check covers the train section: a run with other steps, loss or protocol
+    jitter would otherwise pick up the old segmenters and report them under the new settings."""
+    from phyjax.experiments import registry
+
+    config = load_config("physics_seg")
+    workdir = tmp_path / "run"
+    os.makedirs(workdir / "physics" / "checkpoints")
+    old = json.loads(config.to_json())
+    old["train"]["steps"] = config.train.steps + 100
+    (workdir / "config.json").write_text(json.dumps(old))
+    with pytest.raises(InputError, match="different 'train' config"):
+        registry.run(config, str(workdir))

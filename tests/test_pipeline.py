@@ -420,6 +420,10 @@ def test_fit_resumes_to_the_same_state(tmp_path):
         steps = [int(r["step"]) for r in csv.DictReader(f)]
     assert steps == list(range(1, 9))
 
+    # A checkpoint past the steps asked for is refused, not returned as a shorter run's result.
+    with pytest.raises(InputError, match="step 8, past the 5 steps"):
+        fit(fresh(), step, batch_fn, 5, str(tmp_path / "a"), progress=False)
+
 
 def _cli(*args, cwd=ROOT):
     env = dict(os.environ, JAX_PLATFORMS="cpu")

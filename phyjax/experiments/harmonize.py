@@ -139,6 +139,30 @@ def map_sidecar(kind: str, reading: Reading, input_path: str) -> dict:
                            "acquisition parameters (T2/T2* weighting folded into M0)"}
 
 
+MAPS = (("t1", "_T1map"), ("m0", "_M0map"))
+
+
+def write_outputs(outs: dict, img, image_path: str, sidecar_path: str, map_stem: str,
+                  sidecar: dict, reading: Reading, input_path: str) -> None:
+    """Write one harmonization: the sidecar, PhyCHarm's maps (``<map_stem>_T1map.nii.gz``,
+    ``_M0map``, each with its sidecar) and, last, the image -- so that a failure part-way
+    (a full disk, a folder in the way) never leaves a harmonized image without its sidecar.
+    Maps of a previous run under the same names that this method does not make (another
+    method harmonizing to the same output) are removed, so none is left beside an image it
+    does not belong to.  Every file is written atomically (:mod:`phyjax.data.atomic`)."""
+    report.write_json(sidecar_path, sidecar)
+    for kind, suffix in MAPS:
+        path = map_stem + suffix
+        if kind in outs:
+            save_like(outs[kind], img, path + ".nii.gz")
+            report.write_json(path + ".json", map_sidecar(kind, reading, input_path))
+        else:
+            for stale in (path + ".nii.gz", path + ".json"):
+                if os.path.isfile(stale):
+                    os.remove(stale)
+    save_like(outs["harmonized"], img, image_path)
+
+
 def load_target(harmonizer, target_cfg) -> Protocol | None:
     """The target of ``config.target`` (None: the harmonizer's fitted one), checked against
     what the harmonizer was trained for before any work."""
@@ -222,12 +246,8 @@ def harmonize(h, harmonizer_dir: str, default_output_dir: str, target_cfg=None,
     outs = harmonize_image(harmonizer, image, img, mask, protocol, h.input,
                            h.get("resolution", "native"), target)
     stem = out.split(".nii")[0]
-    save_like(outs["harmonized"], img, out)
-    report.write_json(stem + ".json", output_sidecar(harmonizer, reading, h.input, target))
-    for kind, suffix in (("t1", "_T1map"), ("m0", "_M0map")):
-        if kind in outs:
-            save_like(outs[kind], img, stem + suffix + ".nii.gz")
-            report.write_json(stem + suffix + ".json", map_sidecar(kind, reading, h.input))
+    write_outputs(outs, img, out, stem + ".json", stem,
+                  output_sidecar(harmonizer, reading, h.input, target), reading, h.input)
     if h.figure:
         shown = target if target is not None else harmonizer.target_protocol
         figures.input_output_figure(np.where(mask, normalize(image, mask), 0.0),
@@ -283,13 +303,9 @@ def harmonize_bids(h, harmonizer_dir: str, target_cfg, data_cfg, config) -> str:
         base = os.path.basename(scan.path).split(".nii")[0]
         base = base[:-len("_T1w")] if base.endswith("_T1w") else base
         stem = os.path.join(out_root, rel, base)
-        save_like(outs["harmonized"], img, stem + "_desc-harmonized_T1w.nii.gz")
-        report.write_json(stem + "_desc-harmonized_T1w.json",
-                          output_sidecar(harmonizer, scan.reading, scan.path, target))
-        for kind, suffix in (("t1", "_T1map"), ("m0", "_M0map")):
-            if kind in outs:
-                save_like(outs[kind], img, stem + suffix + ".nii.gz")
-                report.write_json(stem + suffix + ".json",
-                                  map_sidecar(kind, scan.reading, scan.path))
+        write_outputs(outs, img, stem + "_desc-harmonized_T1w.nii.gz",
+                      stem + "_desc-harmonized_T1w.json", stem,
+                      output_sidecar(harmonizer, scan.reading, scan.path, target),
+                      scan.reading, scan.path)
         written.append(stem)
     return out_root

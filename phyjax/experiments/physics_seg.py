@@ -410,7 +410,7 @@ def run(config, workdir: str):
         raise InputError(f"config.mode={config.mode!r}; expected 'train_eval' or 'segment'.")
     t0 = time.time()
     check_config(config)
-    prepare_workdir(config, workdir, resumable_keys=("model", "data", "gold", "seed"))
+    prepare_workdir(config, workdir, resumable_keys=("model", "data", "gold", "seed", "train"))
     heads = _heads(config)
     train_heads, test_heads = heads[:config.data.n_train], heads[config.data.n_train:]
     segmenters = train_models(config, workdir, train_heads)

@@ -24,6 +24,7 @@ from flax import struct
 from tqdm.auto import tqdm
 
 from phyjax.data.atomic import atomic_open
+from phyjax.data.nifti import InputError
 
 
 @struct.dataclass
@@ -112,12 +113,18 @@ def fit(state: TrainState, step_fn: Callable, batch_fn: Callable[[int], Any], st
         ``workdir/train_log.csv`` (with ``seconds_per_step``, wall time since the previous row;
         the first row includes compilation; rows after the restored step are dropped on resume).
     Returns: the final state (also saved as a checkpoint).
+    Raises InputError when the latest checkpoint is past ``steps`` (a run that trained longer:
+    returning it would pass a longer-trained network off as this one).
     """
     ckpt_dir = os.path.join(workdir, "checkpoints")
     restored = restore_latest(ckpt_dir, state)
     if restored is not None:
         state = restored
     start = int(state.step)
+    if start > steps:
+        raise InputError(f"{ckpt_dir}: its latest checkpoint is at step {start}, past the "
+                         f"{steps} steps asked for; train in another workdir, or give "
+                         f"{start} steps to use it.")
     manager = checkpoint_manager(ckpt_dir)
     log_path = os.path.join(workdir, "train_log.csv")
     _truncate_log(log_path, start)
