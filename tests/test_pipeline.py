@@ -565,13 +565,13 @@ def test_train_on_a_user_bids_folder_then_harmonize_in_a_fresh_process(debug_run
     # The harmonizer was trained and evaluated without test-time augmentation: harmonize mode
     # keeps that (the config file's default, flip, is not a request), and applies it only
     # when the command names it.
-    assert json.load(open(str(tmp_path / "h.json")))["PhyjaxHarmonizer"]["tta"] == "none"
+    assert json.loads((tmp_path / "h.json").read_text())["PhyjaxHarmonizer"]["tta"] == "none"
     res = _cli("--config=configs/phycharm.py", f"--workdir={run}", "--config.mode=harmonize",
                f"--config.harmonize.input={anat}/sub-01_ses-spgr3T_T1w.nii.gz",
                f"--config.harmonize.output={tmp_path}/flip.nii.gz",
                "--config.harmonize.figure=False", "--config.model.tta=flip")
     assert res.returncode == 0, res.stderr[-3000:]
-    assert json.load(open(str(tmp_path / "flip.json")))["PhyjaxHarmonizer"]["tta"] == "flip"
+    assert json.loads((tmp_path / "flip.json").read_text())["PhyjaxHarmonizer"]["tta"] == "flip"
     assert not np.allclose(nib.load(str(tmp_path / "flip.nii.gz")).get_fdata(), img.get_fdata())
 
 
