@@ -31,6 +31,17 @@ def test_ssim_map_matches_skimage(pair, ndim):
     assert abs(ours[crop].mean() - mssim) < 1e-4
 
 
+@pytest.mark.parametrize("offset", [100.0, 1000.0])
+def test_float32_ssim_keeps_its_accuracy_far_from_zero(pair, offset):
+    """Images in raw units: float32 local variances must not cancel away (skimage in float64
+    is the oracle; a running-sum filter of E[x^2] - E[x]^2 missed by up to 10^3 here)."""
+    x, ref = pair
+    x, ref = x + offset, ref + offset
+    _, full = structural_similarity(x, ref, data_range=1.0, full=True)
+    ours = np.asarray(metrics.ssim_map(x.astype(np.float32), ref.astype(np.float32), 1.0))
+    np.testing.assert_allclose(ours, full, atol=2e-5 * offset / 100)
+
+
 def test_masked_metrics_match_skimage_on_mask_voxels(pair):
     x, ref = pair
     mask = np.zeros(ref.shape, bool)
