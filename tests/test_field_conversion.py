@@ -56,3 +56,24 @@ def test_a_b0_without_a_table_is_refused_not_snapped(b0):
         convert_t1(0.9, b0, 3.0)
     with pytest.raises(ValueError, match="No tissue relaxation table"):
         convert_t1(0.9, 3.0, b0)
+
+
+def test_field_strength_arrays_are_checked_element_by_element_and_traced_ones_pass():
+    """A batch of protocols' B0 values is checked as a whole (before, an array could not be read
+    as one float and went unchecked); a traced value beside a concrete one leaves the concrete
+    one checked."""
+    from phyjax.physics.tissues import check_field_strengths
+    from phyjax.physics.tracing import concrete
+
+    check_field_strengths(np.array([1.494, 2.89362, 3.0]), 7.0)
+    with pytest.raises(ValueError, match="B0 = 1.0 T"):
+        check_field_strengths(np.array([1.5, 1.0, 3.0]))
+    with pytest.raises(ValueError, match="B0 = 2.0 T"):
+        jax.jit(lambda b: convert_t1(0.9, b, 2.0))(np.float32(1.5))
+    assert float(jax.jit(lambda b: convert_t1(0.9, b, 3.0))(np.float32(3.0))) == pytest.approx(
+        0.9, rel=1e-6)
+    seen = []
+    jax.jit(lambda b: seen.append(concrete(b, 3.0)) or b)(1.5)
+    assert seen == [None]
+    with pytest.raises((TypeError, ValueError)):
+        concrete("3T")                      # not a number: an error, not a skipped check

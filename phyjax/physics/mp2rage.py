@@ -47,6 +47,7 @@ import numpy as np
 from flax import struct
 
 from phyjax.physics import units
+from phyjax.physics.tracing import concrete
 
 #: Inversion efficiency of the adiabatic inversion measured by Marques et al. (2010),
 #: and the default of ``MPRAGEfunc``.
@@ -73,21 +74,11 @@ SIEMENS_UNI_SCALE = 4095.0
 # Protocols
 # ---------------------------------------------------------------------------------------
 
-def _is_concrete(values) -> bool:
-    """True when every value can be read as a NumPy array (not a JAX tracer)."""
-    try:
-        for v in values:
-            np.asarray(v, dtype=np.float64)
-    except Exception:  # noqa: BLE001 - tracers raise several error types
-        return False
-    return True
-
-
 def _check_common(name, values: Mapping[str, Any], delays: Mapping[str, Any], n_readouts):
     """Raise ValueError for non-physical concrete protocol values (see ``validate``)."""
     if int(n_readouts) != n_readouts or n_readouts < 1:
         raise ValueError(f"{name}: n_readouts must be a positive integer, got {n_readouts!r}.")
-    if not _is_concrete(list(values.values()) + list(delays.values())):
+    if concrete(*values.values(), *delays.values()) is None:
         return
     v = {k: np.asarray(x, np.float64) for k, x in values.items()}
     for key, x in v.items():
@@ -389,7 +380,7 @@ def _check_uni_range(uni, name: str) -> None:
     """ValueError when concrete ``uni`` lies outside [-1/2, 1/2]: the scanner's integers
     (Siemens 0-4095) not yet converted with :func:`uni_from_siemens`, whose signs would all be
     +1 and whose T1 would clamp to the lookup's end.  Traced values are not checked."""
-    if not _is_concrete([uni]):
+    if concrete(uni) is None:
         return
     values = np.asarray(uni, np.float64)
     finite = values[np.isfinite(values)]

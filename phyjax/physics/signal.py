@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from phyjax.physics.sequences import Protocol
+from phyjax.physics.tracing import concrete
 
 
 def spgr(t1, t2star, m0, tr, te, flip_angle, b1=1.0):
@@ -133,19 +134,17 @@ def _mprage_signal(p: Protocol, t1, t2star, m0, b1):
     readout flip of 90 degrees or more)."""
     static = mprage(t1, t2star, m0, p.tr, p.ti, p.te)
     known = has_readout(p)
-    try:
-        concrete = bool(known)
-    except Exception:  # traced: decided per call by jnp.where
-        concrete = None
-    if concrete is False:
-        return static
-    if concrete:
+    given = concrete(known)   # None when traced
+    if given is not None and given[0].size == 1:
+        if not given[0]:
+            return static
         problem = readout_problem(p)
         if problem:
             raise ValueError(f"MPRAGE: {problem}.")
         return mprage_readout(t1, t2star, m0, p.tr, p.ti, p.te, p.flip_angle, p.tr_readout,
                               p.n_readouts, b1)
-    # Traced: both forms, with safe stand-ins where unused (no NaN in either's gradient).
+    # Traced, or protocols of both kinds: both forms, decided per element by jnp.where, with
+    # safe stand-ins where unused (no NaN in either's gradient).
     safe = lambda v, d: jnp.where(known, v, d)  # noqa: E731
     full = mprage_readout(t1, t2star, m0, p.tr, p.ti, p.te, safe(p.flip_angle, 0.1),
                           safe(p.tr_readout, 1e-3), safe(p.n_readouts, 2.0), b1)

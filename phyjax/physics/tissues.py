@@ -29,6 +29,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from phyjax.physics.tracing import concrete
+
 TISSUES = ("csf", "gm", "wm")
 
 
@@ -98,20 +100,13 @@ def tissue_parameters(field_strength: float) -> dict[str, TissueParameters]:
 
 
 def check_field_strengths(*field_strengths) -> None:
-    """:func:`table_field` on each concrete value (ValueError for one without a table); traced
-    values (inside ``jit``) pass unchecked -- their callers check them at the boundary."""
+    """:func:`table_field` on every concrete value (scalars or arrays; ValueError for one
+    without a table); traced values (inside ``jit``) pass unchecked -- their callers check
+    them at the boundary."""
     for b0 in field_strengths:
-        value = _concrete(b0)
-        if value is not None:
-            table_field(value)
-
-
-def _concrete(x) -> float | None:
-    """``float(x)``, or None for a JAX tracer (a value not known until the compiled code runs)."""
-    try:
-        return float(x)
-    except Exception:  # noqa: BLE001 - tracers raise several error types
-        return None
+        value = concrete(b0)
+        for v in (np.unique(value[0]) if value is not None else ()):
+            table_field(float(v))
 
 
 def tissue_array(field_strength: float) -> np.ndarray:
