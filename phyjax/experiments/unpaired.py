@@ -8,8 +8,8 @@ held-out subjects (methods are fitted on the training subjects only, as in the p
   by subject, chance level, permutation p-value), Kruskal-Wallis per feature (Bonferroni) and its
   effect size (epsilon squared);
 * **distribution distances** between sites -- of the in-ROI intensities and of the features
-  (1-Wasserstein in units of the pooled within-site SD, :mod:`phyjax.evaluate.unpaired`), and the ComBat-style
-  location/scale differences of the features to the target site;
+  (1-Wasserstein in units of the pooled within-site SD, :mod:`phyjax.evaluate.unpaired`), and
+  the ComBat-style location/scale differences of the features to the target site;
 * **anatomy preservation** -- every output against its own source (rank and edge correlation),
   so that a method cannot win by erasing anatomy;
 * **biology preservation** -- for each ``config.eval.covariates`` column of ``participants.tsv``,
