@@ -404,3 +404,44 @@ def test_aggregate_averages_sites_within_subject_first():
     assert f"0.833 ± {overall['ssim_sd']:.3f}" in sd and half != pytest.approx(overall["ssim_sd"])
     with pytest.raises(ValueError, match="spread"):
         report.markdown_table([overall], ["ssim"], spread="iqr")
+
+
+def test_tissue_labelled_outside_the_target_scans_mask_counts_against_dice():
+    """Per-session masks differ on real data: an output whose white matter spills past the
+    target scan's mask has that spill counted as false positive (as its volume counts it)."""
+    from phyjax.data.volumes import Volume
+    from phyjax.evaluate.measures import TissueMeasure
+
+    shape = (10, 8, 8)
+    truth_mask = np.zeros(shape, bool)
+    truth_mask[2:8, 2:8, 2:8] = True
+    source_mask = np.zeros(shape, bool)
+    source_mask[0:10, 2:8, 2:8] = True
+
+    def segment(image, mask):                       # WM (label 3) everywhere in the mask
+        return np.where(mask, 3, 0).astype(np.int32)
+
+    def vol(site, mask):
+        return Volume(subject="01", site=site, protocol=None, image=mask.astype(np.float32),
+                      mask=mask, path="", affine=np.eye(4))
+
+    volumes = {"01": {"target": vol("target", truth_mask), "source": vol("source", source_mask)}}
+    measure = TissueMeasure(volumes, segment)
+    row = measure("histmatch", np.ones(shape, np.float32), volumes["01"]["source"],
+                  volumes["01"]["target"])
+    # 216 true voxels, 360 labelled: Dice 2*216/(216+360) = 0.75, precision 0.6
+    assert row["dice_wm"] == pytest.approx(0.75)
+    assert row["precision_wm"] == pytest.approx(0.6)
+
+
+def test_zscore_reads_an_integer_mask_as_a_mask():
+    from phyjax.baselines import ZScore
+
+    rng = np.random.default_rng(0)
+    image = rng.random((6, 5, 4)).astype(np.float32)
+    mask = np.zeros(image.shape, bool)
+    mask[1:5, 1:4, 1:3] = True
+    z = ZScore()
+    z.mean_, z.std_ = 0.0, 1.0
+    np.testing.assert_array_equal(z(image, mask.astype(np.uint8)), z(image, mask))
+    assert z(image, mask)[mask].mean() == pytest.approx(0.0, abs=1e-6)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from phyjax.data.nifti import InputError, load_volume, save_like
-from phyjax.experiments.harmonize import output_path
+from phyjax.experiments.harmonize import output_path, output_stem
 
 
 def test_output_names(tmp_path):
@@ -73,3 +73,77 @@ def test_maps_of_an_earlier_harmonization_are_not_left_beside_a_new_image(tmp_pa
     plain, _ = _harmonization(with_maps=False)
     write_outputs(plain, img, stem + ".nii.gz", stem + ".json", stem, {}, reading, "in.nii.gz")
     assert sorted(os.listdir(tmp_path)) == ["h.json", "h.nii.gz"]
+
+
+class _Identity:
+    """A harmonizer that returns its (normalized) input: what comes back must be that input."""
+    name, grid_mm, target_protocol = "identity", (1.0, 1.0, 1.0), None
+
+    def harmonize(self, volume):
+        return np.where(volume.mask, volume.image, 0.0)
+
+
+def _ellipsoid_scan(shape=(40, 44, 36)):
+    x, y, z = np.meshgrid(*[np.arange(n) for n in shape], indexing="ij")
+    mask = ((x - 20) ** 2 / 15 ** 2 + (y - 22) ** 2 / 17 ** 2 + (z - 18) ** 2 / 13 ** 2) < 1
+    return x, y, mask
+
+
+@pytest.mark.parametrize("resolution", ["native", "training"])
+@pytest.mark.parametrize("degrees", [0.5, 20.0])
+def test_an_oblique_scan_keeps_its_brain_edge(resolution, degrees):
+    """An oblique scan (a 0.5 degree tilt is ordinary) goes to an axis-aligned grid and back:
+    the brain's edge voxels must not be blended with the zeros outside the mask (before, an
+    identity harmonizer returned a constant brain as low as 0.34 at its edge)."""
+    from phyjax.experiments.harmonize import harmonize_image
+
+    _, _, mask = _ellipsoid_scan()
+    data = np.where(mask, 100.0, 40.0).astype(np.float32)      # constant brain, bright skull
+    t = np.deg2rad(degrees)
+    affine = np.eye(4)
+    affine[:2, :2] = [[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]]
+    img = nib.Nifti1Image(data, affine)
+    out = harmonize_image(_Identity(), data, img, mask, None, "x.nii.gz", resolution)
+    np.testing.assert_allclose(out["harmonized"][mask], 1.0, atol=2e-3)
+    assert np.all(out["harmonized"][~mask] == 0)
+
+
+def test_a_permuted_anisotropic_scan_keeps_its_resolution_on_each_world_axis():
+    """Array axes (A, S, R) with 1.2 mm along R: the working grid has 1.2 mm along R (before,
+    the array-order zooms (1, 1, 1.2) put it on S), and an identity harmonization returns the
+    scan's own intensities."""
+    from phyjax.data import geometry
+    from phyjax.data.volumes import normalize
+    from phyjax.experiments.harmonize import harmonize_image, working_grid
+
+    x, y, mask = _ellipsoid_scan()
+    data = ((100 + 20 * np.sin(x / 3.0) + 10 * np.cos(y / 4.0)) * mask + 5 * ~mask
+            ).astype(np.float32)
+    affine = np.array([[0, 0, 1.2, 0], [1.0, 0, 0, 0], [0, 1.0, 0, 0], [0, 0, 0, 1]])
+    assert geometry.world_zooms(affine) == (1.2, 1.0, 1.0)
+    assert geometry.zooms(affine) == (1.0, 1.0, 1.2)
+    grid, *_ = working_grid(data, affine, mask, None)
+    assert geometry.zooms(grid) == (1.2, 1.0, 1.0)
+    out = harmonize_image(_Identity(), data, nib.Nifti1Image(data, affine), mask, None,
+                          "x.nii.gz", "native")["harmonized"]
+    np.testing.assert_allclose(out[mask], normalize(data, mask)[mask], rtol=1e-4)
+
+
+def test_a_0_255_mask_on_another_grid_keeps_its_size():
+    """A mask stored as 0/255 is binarized before it is interpolated onto the image's grid
+    (before, its interpolated values > 0.5 grew it by ~60 % on a 2x finer grid)."""
+    from phyjax.data.geometry import mask_on_grid
+
+    _, _, mask = _ellipsoid_scan()
+    coarse = np.diag([2.0, 2.0, 2.0, 1.0])
+    fine = np.diag([1.0, 1.0, 1.0, 1.0])
+    shape = tuple(2 * n for n in mask.shape)
+    as01 = mask_on_grid(mask.astype(np.float32), coarse, shape, fine)
+    as255 = mask_on_grid(255 * mask.astype(np.uint8), coarse, shape, fine)
+    np.testing.assert_array_equal(as255, as01)
+    assert abs(as01.sum() / (8 * mask.sum()) - 1) < 0.1      # 2x finer in each axis
+
+
+def test_the_sidecar_stem_cuts_only_the_suffix():
+    assert output_stem("/data/T1.nii_results/sub-01_harm.nii.gz") == "/data/T1.nii_results/sub-01_harm"
+    assert output_stem("out/x.nii") == "out/x"

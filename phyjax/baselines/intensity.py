@@ -45,6 +45,7 @@ class ZScore(Persistent):
         return self
 
     def __call__(self, image, mask):
+        image, mask = np.asarray(image), np.asarray(mask, bool)   # a 0/1 integer mask indexes rows
         v = image[mask]
         z = (image - v.mean()) / max(float(v.std()), 1e-8)
         return np.where(mask, z * self.std_ + self.mean_, 0.0).astype(np.float32)

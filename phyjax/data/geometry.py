@@ -10,12 +10,14 @@ Resampling is nilearn's (:func:`nilearn.image.resample_img`, trilinear; masks th
 
 from __future__ import annotations
 
+import itertools
 import warnings
 
 import nibabel as nib
 import numpy as np
 from nilearn.image import resample_img
 from nilearn.image.resampling import BoundingBoxError
+from scipy import ndimage
 
 from phyjax.data.nifti import InputError
 
@@ -39,6 +41,39 @@ def zooms(affine) -> tuple[float, float, float]:
     return tuple(round(float(z), 6) for z in np.linalg.norm(np.asarray(affine)[:3, :3], axis=0))
 
 
+def world_zooms(affine) -> tuple[float, float, float]:
+    """Voxel edge lengths (mm) along the world axes R, A, S: each world axis takes the size of
+    the array axis most aligned with it (the assignment of array to world axes that maximizes
+    the product of the direction cosines), so a sagittal or permuted, anisotropic grid keeps
+    its resolution on the right axes.  :func:`zooms` gives them in array-axis order."""
+    m = np.asarray(affine, np.float64)[:3, :3]
+    norms = np.linalg.norm(m, axis=0)
+    cosines = np.abs(m) / norms          # [world axis, array axis]
+    best = max(itertools.permutations(range(3)),
+               key=lambda p: np.prod([cosines[i, p[i]] for i in range(3)]))
+    return tuple(round(float(norms[best[i]]), 6) for i in range(3))
+
+
+def fill_outside(data: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``data`` with every voxel outside ``mask`` given the value of its nearest mask voxel
+    (Euclidean distance transform), so that interpolation at the mask's edge blends brain with
+    brain instead of with the background or zeros.  Returns ``data`` unchanged when the mask is
+    empty or full."""
+    mask = np.asarray(mask, bool)
+    if mask.all() or not mask.any():
+        return np.asarray(data)
+    index = ndimage.distance_transform_edt(~mask, return_distances=False, return_indices=True)
+    return np.asarray(data)[tuple(index)]
+
+
+def resample_inside(data: np.ndarray, mask: np.ndarray, affine, target_affine, target_shape
+                    ) -> np.ndarray:
+    """:func:`resample` of the values inside ``mask`` only (:func:`fill_outside` first): a
+    voxel of the target grid near the mask's edge gets brain values, not a blend with the
+    zeros or skull around it."""
+    return resample(fill_outside(data, mask), affine, target_affine, target_shape)
+
+
 def resample(data: np.ndarray, affine, target_affine, target_shape) -> np.ndarray:
     """``data`` (on ``affine``) resampled trilinearly onto ``target_affine``/``target_shape``
     (0 outside the source's field of view)."""
@@ -58,12 +93,20 @@ def resample(data: np.ndarray, affine, target_affine, target_shape) -> np.ndarra
 def mask_on_grid(mask: np.ndarray, mask_affine, shape, affine, source: str = "mask") -> np.ndarray:
     """A mask matched to an image grid by world coordinates (resampled if its grid differs).
 
+    Values in [0, 1] (a binary mask, a probability map or a sum of them) are kept where > 0.5;
+    a mask with larger values (0/255, percentages, label images) is binarized (> 0) first.
+
     Raises InputError naming ``source`` when no mask voxel falls inside the image.
     """
+    mask = np.asarray(mask, np.float32)
+    if mask.size and np.nanmax(mask) > 1.0 + 1e-3:
+        # a 0/255 (or percent, or label) mask: interpolating its raw values and keeping > 0.5
+        # would grow it by up to a voxel on every side
+        mask = (mask > 0).astype(np.float32)
     if same_grid(mask.shape, mask_affine, shape, affine):
-        out = np.asarray(mask) > 0.5
+        out = mask > 0.5
     else:
-        out = resample(np.asarray(mask, np.float32), mask_affine, affine, shape) > 0.5
+        out = resample(mask, mask_affine, affine, shape) > 0.5
     if not out.any():
         raise InputError(f"{source}: the brain mask does not overlap its image in world "
                          "coordinates (empty after matching the grids).")

@@ -174,11 +174,14 @@ def _voxel_size(affine) -> float:
 
 
 def native_image(volume: Volume, data: np.ndarray):
-    """``(data on the volume's own input grid, the input's nibabel image)``: resampled back
-    (and masked by the resampled brain mask) when the volume was resampled, else as is."""
+    """``(data on the volume's own input grid, the input's nibabel image)``: its values inside
+    the brain mask resampled back (:func:`~phyjax.data.geometry.resample_inside`: no blending
+    with the zeros outside at the brain's edge) and masked by the resampled brain mask when the
+    volume was resampled, else as is."""
     native = nib.load(volume.path)
     if not volume.resampled:
         return data, native
-    back = geometry.to_native(data, volume.affine, native)
+    back = geometry.resample_inside(data, volume.mask, volume.affine, native.affine,
+                                    native.shape[:3])
     inside = geometry.to_native(volume.mask.astype(np.float32), volume.affine, native) > 0.5
     return np.where(inside, back, 0.0).astype(np.float32), native

@@ -52,7 +52,11 @@ class TissueMeasure:
         labels = (self.labels(s, source.site) if method == "none"
                   else self.segment(output, source.mask))
         vols = tissue_volumes(labels, self.voxel_mm3[s])
-        return {**tissue_overlap(labels, self.labels(s, truth.site), truth.mask),
+        # Over both brains: tissue labelled outside the target scan's mask is a false
+        # positive too (restricted to the truth's mask it would not count, while the volumes
+        # below count it).
+        region = np.asarray(truth.mask, bool) | np.asarray(source.mask, bool)
+        return {**tissue_overlap(labels, self.labels(s, truth.site), region),
                 **{f"volume_{k}": x for k, x in vols.items()},
                 **volume_differences(vols, self.tissue_volumes(s, truth.site))}
 

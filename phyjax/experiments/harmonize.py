@@ -53,15 +53,16 @@ def input_reading(h) -> Reading:
 def working_grid(image: np.ndarray, affine, mask: np.ndarray, voxel_mm):
     """``(grid affine, image, mask, resampled)`` the network runs on: the input itself when it is
     an axis-aligned RAS grid (axial slices = last axis, as in training) and ``voxel_mm`` is None;
-    else an axis-aligned RAS grid of voxel ``voxel_mm`` (None: the input's own voxel size) around
-    the mask, the image and mask resampled onto it."""
+    else an axis-aligned RAS grid of voxel ``voxel_mm`` (None: the input's own voxel size along
+    each world axis, :func:`~phyjax.data.geometry.world_zooms`) around the mask, the image's
+    brain (:func:`~phyjax.data.geometry.resample_inside`) and the mask resampled onto it."""
     affine = np.asarray(affine, np.float64)
     if voxel_mm is None and geometry.is_ras(affine):
         return affine, image, mask, False
-    zooms = voxel_mm if voxel_mm is not None else geometry.zooms(affine)
+    zooms = voxel_mm if voxel_mm is not None else geometry.world_zooms(affine)
     lo, hi = geometry.world_box(mask, affine)
     n, grid = geometry.box_grid(lo, hi, zooms, hi - lo)
-    data = geometry.resample(np.where(mask, image, 0), affine, grid, n)
+    data = geometry.resample_inside(image, mask, affine, grid, n)
     return grid, data, geometry.resample(mask, affine, grid, n) > 0.5, True
 
 
@@ -93,7 +94,7 @@ def harmonize_image(harmonizer, image: np.ndarray, img, mask: np.ndarray, protoc
     else:
         outs = {"harmonized": harmonizer.harmonize(volume)}
     if resampled:
-        outs = {k: geometry.resample(np.where(grid_mask, v, 0), grid, affine, image.shape)
+        outs = {k: geometry.resample_inside(v, grid_mask, grid, affine, image.shape)
                 for k, v in outs.items()}
     return {k: np.where(mask, np.asarray(v, np.float32), 0.0) for k, v in outs.items()}
 
@@ -197,6 +198,16 @@ def _load_harmonizer(path: str, config=None):
     return harmonizer
 
 
+def output_stem(output: str) -> str:
+    """``output`` without its ``.nii``/``.nii.gz`` suffix: where its sidecar (``.json``), maps
+    and figure go (only the suffix is cut: ``/data/T1.nii_results/h.nii.gz`` -> ``/data/
+    T1.nii_results/h``)."""
+    for ext in (".nii.gz", ".nii"):
+        if output.endswith(ext):
+            return output[:-len(ext)]
+    return output
+
+
 def output_path(output: str, input_path: str, default_dir: str) -> str:
     """Where single-file harmonize mode writes: ``output`` (must end in ``.nii`` or
     ``.nii.gz``), or ``<folder>/<input>_harmonized.nii.gz`` when ``output`` is empty (the
@@ -245,7 +256,7 @@ def harmonize(h, harmonizer_dir: str, default_output_dir: str, target_cfg=None,
     protocol = reading.protocol()  # every missing or implausible value, named, before any work
     outs = harmonize_image(harmonizer, image, img, mask, protocol, h.input,
                            h.get("resolution", "native"), target)
-    stem = out.split(".nii")[0]
+    stem = output_stem(out)
     write_outputs(outs, img, out, stem + ".json", stem,
                   output_sidecar(harmonizer, reading, h.input, target), reading, h.input)
     if h.figure:
