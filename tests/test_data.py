@@ -654,3 +654,37 @@ def test_voxel_volume_follows_the_affine_the_geometry_uses(tmp_path):
     assert np.allclose(nib.load(path).header.get_zooms()[:3], 1.0)
     v = Volume("01", "a", None, np.zeros((4, 5, 6), np.float32), np.ones((4, 5, 6), bool), path)
     assert v.voxel_mm3 == pytest.approx(1.2 ** 3)
+
+
+def test_each_scan_gets_its_own_acquisitions_mask_in_native_space(tmp_path):
+    """Masks are matched by their entities: an ``acq-slow`` scan gets the ``acq-slow`` mask,
+    a ``run-2`` scan the ``run-2`` one, and a template-space mask is never used as a native
+    one (before, the first file by name was taken: the acq-fast, run-1 or MNI mask)."""
+    root = tmp_path
+
+    def write(rel, sidecar=True):
+        path = root / rel
+        os.makedirs(path.parent, exist_ok=True)
+        nib.save(nib.Nifti1Image(np.ones((4, 4, 4), np.float32), np.eye(4)), str(path))
+        if sidecar:
+            (root / rel.replace(".nii.gz", ".json")).write_text(json.dumps({"InstitutionName": "X"}))
+
+    write("sub-01/ses-A/anat/sub-01_ses-A_T1w.nii.gz")
+    write("derivatives/p/sub-01/anat/sub-01_desc-brain_mask.nii.gz", sidecar=False)
+    write("sub-02/anat/sub-02_T1w.nii.gz")
+    write("derivatives/p/sub-02/anat/sub-02_space-MNI152NLin2009cAsym_desc-brain_mask.nii.gz",
+          sidecar=False)
+    write("sub-03/anat/sub-03_acq-slow_T1w.nii.gz")
+    for acq in ("fast", "slow"):
+        write(f"derivatives/p/sub-03/anat/sub-03_acq-{acq}_desc-brain_mask.nii.gz", sidecar=False)
+    write("sub-04/anat/sub-04_run-2_T1w.nii.gz")
+    for run in (1, 2):
+        write(f"derivatives/p/sub-04/anat/sub-04_run-{run}_desc-brain_mask.nii.gz", sidecar=False)
+    write("sub-05/anat/sub-05_run-1_T1w.nii.gz")
+    write("derivatives/p/sub-05/anat/sub-05_space-T1w_desc-brain_mask.nii.gz", sidecar=False)
+    found = {s.subject: s.mask_path and os.path.basename(s.mask_path)
+             for s in bids.scan_bids(str(root), strict=False, require_protocols=False)}
+    assert found == {"01": "sub-01_desc-brain_mask.nii.gz", "02": None,
+                     "03": "sub-03_acq-slow_desc-brain_mask.nii.gz",
+                     "04": "sub-04_run-2_desc-brain_mask.nii.gz",
+                     "05": "sub-05_space-T1w_desc-brain_mask.nii.gz"}

@@ -57,15 +57,42 @@ def entities(filename: str) -> dict[str, str]:
     return dict(_ENTITY.findall(os.path.basename(filename)))
 
 
-def _find_mask(root: str, subject: str, site: str | None, label: str = "brain") -> str | None:
+#: ``space-`` labels of a mask on the scan's own grid (no entity: the usual native-space mask)
+NATIVE_SPACES = ("", "orig", "T1w", "native", "individual")
+#: entities that tell acquisitions of one session apart: a mask that names one must name the
+#: scan's own (a ``run-1`` mask is not the ``run-2`` scan's)
+MATCHED_ENTITIES = ("acq", "ce", "rec", "run", "echo", "part", "inv")
+
+
+def name_entities(filename: str) -> dict[str, str]:
+    """Every ``key-value`` entity of a BIDS file name (any key), e.g. ``space``, ``desc``."""
+    stem = os.path.basename(filename).split(".")[0]
+    return dict(part.split("-", 1) for part in stem.split("_") if "-" in part)
+
+
+def _find_mask(root: str, scan_path: str, label: str = "brain") -> str | None:
+    """The ``desc-<label>`` mask of the scan at ``scan_path``: in its session's folder, else its
+    subject's; on the scan's own grid (no ``space-`` other than :data:`NATIVE_SPACES`); naming
+    no other acquisition, run, ... than the scan's (:data:`MATCHED_ENTITIES`); of those, the one
+    that names most of the scan's entities."""
+    scan = name_entities(scan_path)
+    subject, site = scan.get("sub"), scan.get("ses")
     patterns = []
     if site:
         patterns.append(f"derivatives/*/sub-{subject}/ses-{site}/anat/*desc-{label}_mask.nii*")
     patterns.append(f"derivatives/*/sub-{subject}/anat/*desc-{label}_mask.nii*")
     for pattern in patterns:
-        hits = sorted(glob.glob(os.path.join(root, pattern)))
-        if hits:
-            return hits[0]
+        candidates = []
+        for hit in sorted(glob.glob(os.path.join(root, pattern))):
+            mask = name_entities(hit)
+            if mask.get("space", "") not in NATIVE_SPACES or mask.get("sub") != subject:
+                continue
+            if mask.get("ses", site) != site or any(
+                    k in mask and mask[k] != scan.get(k) for k in MATCHED_ENTITIES):
+                continue
+            candidates.append((sum(k in mask for k in MATCHED_ENTITIES), hit))
+        if candidates:
+            return max(candidates, key=lambda c: c[0])[1]   # ties: the first by name
     return None
 
 
@@ -93,7 +120,7 @@ def _read_scan(root: str, path: str, site_table, mask_label: str = "brain",
     reading = read_protocol(sidecar, json_path, site_values=(site_table or {}).get(site),
                             site_origin=f"site table ({site})")
     return Scan(subject=ent["sub"], site=site, path=path, reading=reading,
-                mask_path=_find_mask(root, ent["sub"], ent.get("ses"), mask_label),
+                mask_path=_find_mask(root, path, mask_label),
                 session=ent.get("ses", "")), None
 
 
