@@ -688,3 +688,15 @@ def test_each_scan_gets_its_own_acquisitions_mask_in_native_space(tmp_path):
                      "03": "sub-03_acq-slow_desc-brain_mask.nii.gz",
                      "04": "sub-04_run-2_desc-brain_mask.nii.gz",
                      "05": "sub-05_space-T1w_desc-brain_mask.nii.gz"}
+
+
+def test_streamed_volumes_of_sites_differing_in_punctuation_keep_their_own_files(tmp_path):
+    """Site labels come from sidecars ("Prisma fit"); a file-name-safe key must still be
+    unique (before, "Prisma fit" and "Prisma_fit" wrote the same .npy)."""
+    from phyjax.data.store import load_array, safe_name, save_array
+
+    a = save_array(str(tmp_path), "01_Prisma fit_image", np.zeros((2, 2, 2), np.float32))
+    b = save_array(str(tmp_path), "01_Prisma_fit_image", np.ones((2, 2, 2), np.float32))
+    assert a != b
+    assert load_array(a).max() == 0 and load_array(b).min() == 1
+    assert safe_name("01_siteA_image") == "01_siteA_image"     # plain keys are unchanged

@@ -147,3 +147,16 @@ def test_a_0_255_mask_on_another_grid_keeps_its_size():
 def test_the_sidecar_stem_cuts_only_the_suffix():
     assert output_stem("/data/T1.nii_results/sub-01_harm.nii.gz") == "/data/T1.nii_results/sub-01_harm"
     assert output_stem("out/x.nii") == "out/x"
+
+
+def test_a_4d_singleton_scan_without_a_mask_gets_a_3d_mask(tmp_path):
+    from phyjax.experiments.harmonize import load_mask
+
+    x, _, mask = _ellipsoid_scan()
+    path = str(tmp_path / "t1w.nii.gz")
+    nib.save(nib.Nifti1Image(np.where(mask, 100.0, 0.0).astype(np.float32)[..., None],
+                             np.eye(4)), path)
+    image, img = load_volume(path)
+    got = load_mask("", path, img)
+    assert got.shape == image.shape == mask.shape
+    np.testing.assert_array_equal(got, mask)

@@ -12,6 +12,7 @@ Two layouts, both plain ``.npy`` files (``numpy.save``) under one folder:
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import tempfile
@@ -22,8 +23,13 @@ from phyjax.data.slices import to_slices, view_key, view_volume
 
 
 def safe_name(key: str) -> str:
-    """``key`` as a file name (anything but letters, digits, ``.``, ``-`` and ``_`` -> ``_``)."""
-    return re.sub(r"[^A-Za-z0-9._-]", "_", key)
+    """``key`` as a file name: anything but letters, digits, ``.``, ``-`` and ``_`` -> ``_``,
+    and then, when something was replaced, ``-`` and 8 hex digits of the key's SHA-1, so that
+    keys differing only there (sites "Prisma fit" and "Prisma_fit") never share a file."""
+    clean = re.sub(r"[^A-Za-z0-9._-]", "_", key)
+    if clean == key:
+        return key
+    return f"{clean}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
 
 
 def save_array(directory: str, key: str, array: np.ndarray) -> str:

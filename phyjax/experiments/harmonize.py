@@ -30,7 +30,7 @@ def load_mask(spec: str, image_path: str, image: nib.Nifti1Image) -> np.ndarray:
     (:func:`phyjax.data.geometry.mask_on_grid`); ``image > 0`` when ``spec`` is empty.
     Raises InputError naming the file if a mask is unreadable or misses the image."""
     if not spec:
-        mask = np.asarray(image.dataobj) > 0
+        mask = np.asarray(image.dataobj).reshape(image.shape[:3]) > 0   # a 4-D singleton too
         if not mask.any():
             raise InputError(f"{image_path}: no voxel > 0 to use as a brain mask.")
         return mask
