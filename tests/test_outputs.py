@@ -152,7 +152,7 @@ def test_the_sidecar_stem_cuts_only_the_suffix():
 def test_a_4d_singleton_scan_without_a_mask_gets_a_3d_mask(tmp_path):
     from phyjax.experiments.harmonize import load_mask
 
-    x, _, mask = _ellipsoid_scan()
+    _, _, mask = _ellipsoid_scan()
     path = str(tmp_path / "t1w.nii.gz")
     nib.save(nib.Nifti1Image(np.where(mask, 100.0, 0.0).astype(np.float32)[..., None],
                              np.eye(4)), path)
