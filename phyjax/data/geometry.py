@@ -5,7 +5,9 @@ on another grid than its image.  Everything here goes through the affines (voxel
 array indices: a mask is resampled onto its image's grid, and scans of mixed grids are resampled onto
 axis-aligned RAS grids of one voxel size and one shape (each centred on its own brain), so that their
 axial slices (last axis) stack; results go back onto each input's own grid and affine.
-Resampling is nilearn's (:func:`nilearn.image.resample_img`, trilinear; masks thresholded at 0.5).
+Resampling is nilearn's (:func:`nilearn.image.resample_img`, ``interpolation="continuous"``: a
+third-order spline, which can over- and undershoot by a few percent at a step; masks thresholded
+at 0.5).
 """
 
 from __future__ import annotations
@@ -75,7 +77,7 @@ def resample_inside(data: np.ndarray, mask: np.ndarray, affine, target_affine, t
 
 
 def resample(data: np.ndarray, affine, target_affine, target_shape) -> np.ndarray:
-    """``data`` (on ``affine``) resampled trilinearly onto ``target_affine``/``target_shape``
+    """``data`` (on ``affine``) resampled (cubic spline) onto ``target_affine``/``target_shape``
     (0 outside the source's field of view)."""
     img = nib.Nifti1Image(np.asarray(data, np.float32), np.asarray(affine, np.float64))
     with warnings.catch_warnings():  # binary masks are resampled smoothly, then thresholded
