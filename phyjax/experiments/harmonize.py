@@ -62,8 +62,9 @@ def working_grid(image: np.ndarray, affine, mask: np.ndarray, voxel_mm):
     zooms = voxel_mm if voxel_mm is not None else geometry.world_zooms(affine)
     lo, hi = geometry.world_box(mask, affine)
     n, grid = geometry.box_grid(lo, hi, zooms, hi - lo)
-    data = geometry.resample_inside(image, mask, affine, grid, n)
-    return grid, data, geometry.resample(mask, affine, grid, n) > 0.5, True
+    grid_mask = geometry.resample(mask, affine, grid, n) > 0.5
+    data = np.where(grid_mask, geometry.resample_inside(image, mask, affine, grid, n), 0.0)
+    return grid, data, grid_mask, True
 
 
 def harmonize_image(harmonizer, image: np.ndarray, img, mask: np.ndarray, protocol: Protocol,
