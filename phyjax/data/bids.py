@@ -85,7 +85,7 @@ def _find_mask(root: str, scan_path: str, label: str = "brain") -> str | None:
         candidates = []
         for hit in sorted(glob.glob(os.path.join(root, pattern))):
             mask = name_entities(hit)
-            if mask.get("space", "") not in NATIVE_SPACES or mask.get("sub") != subject:
+            if mask.get("space", "") not in NATIVE_SPACES or mask.get("sub", subject) != subject:
                 continue
             if mask.get("ses", site) != site or any(
                     k in mask and mask[k] != scan.get(k) for k in MATCHED_ENTITIES):
