@@ -700,3 +700,33 @@ def test_streamed_volumes_of_sites_differing_in_punctuation_keep_their_own_files
     assert a != b
     assert load_array(a).max() == 0 and load_array(b).min() == 1
     assert safe_name("01_siteA_image") == "01_siteA_image"     # plain keys are unchanged
+
+
+def test_a_subjects_scans_on_different_grids_share_one_working_grid(tmp_path):
+    """Two co-registered sessions of one head on other matrices and voxel sizes: both land on
+    one grid (before, each was centred on its own mask's box, a fraction of a voxel apart, so
+    every voxel-wise comparison between them was shifted)."""
+    from phyjax.data.bids import Scan
+    from phyjax.data.sidecar import read_protocol
+    from phyjax.data.volumes import load_scans
+
+    sidecar = {"ScanningSequence": "GR", "SequenceVariant": "SP", "RepetitionTime": 0.02,
+               "EchoTime": 0.004, "FlipAngle": 25, "MagneticFieldStrength": 3}
+    scans = []
+    for site, zoom, origin in (("a", 1.0, 0.0), ("b", 1.3, 0.5)):
+        n = round(40 / zoom)
+        centre = origin + zoom * (np.arange(n) - n / 2)
+        x, y, z = np.meshgrid(centre, centre, centre, indexing="ij")
+        brain = (x ** 2 / 14 ** 2 + y ** 2 / 16 ** 2 + z ** 2 / 12 ** 2) < 1
+        affine = np.diag([zoom, zoom, zoom, 1.0])
+        affine[:3, 3] = centre[0]
+        path, mask_path = str(tmp_path / f"{site}.nii.gz"), str(tmp_path / f"{site}_mask.nii.gz")
+        nib.save(nib.Nifti1Image((100 * brain + 10).astype(np.float32), affine), path)
+        nib.save(nib.Nifti1Image(brain.astype(np.uint8), affine), mask_path)
+        scans.append(Scan(subject="01", site=site, path=path, mask_path=mask_path,
+                          reading=read_protocol(sidecar, f"{site}.json")))
+    vols = load_scans(scans)["01"]
+    np.testing.assert_array_equal(vols["a"].affine, vols["b"].affine)
+    assert vols["a"].image.shape == vols["b"].image.shape
+    a, b = vols["a"].mask, vols["b"].mask
+    assert 2 * (a & b).sum() / (a.sum() + b.sum()) > 0.9            # the same head, aligned

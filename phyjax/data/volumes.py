@@ -100,7 +100,8 @@ def load_scans(scans: list[Scan], maps_for=None, voxel_mm: float = 0.0,
     volumes stay on it; otherwise (mixed matrix sizes, voxel sizes or orientations, a non-RAS
     grid, or a requested ``voxel_mm``) each is resampled onto an axis-aligned RAS grid
     of voxel ``voxel_mm`` (0: the median voxel size of the scans) and one common shape, centred
-    on its brain (``Volume.resampled``; :func:`native_image` brings results back).
+    on its subject's brain -- one grid for all of a subject's scans, so that its sessions compare
+    voxel by voxel (``Volume.resampled``; :func:`native_image` brings results back).
 
     Two passes, one scan in memory at a time: headers and masks decide the grid, then each scan
     is loaded, resampled and normalized -- and, with ``store`` (a folder), written there
@@ -120,8 +121,16 @@ def load_scans(scans: list[Scan], maps_for=None, voxel_mm: float = 0.0,
     else:
         voxel_mm = voxel_mm or float(np.median([_voxel_size(h[1]) for h in headers]))
         boxes = [geometry.world_box(_mask(scan, *h), h[1]) for scan, h in zip(scans, headers)]
-        shape, affines = geometry.common_grid_of_boxes(boxes, voxel_mm)
-        grids = [(shape, a) for a in affines]
+        # One grid per subject, around the union of its scans' brains: its sessions (assumed
+        # co-registered in world space) then compare voxel by voxel, with no sub-voxel shift
+        # from boxes that differ by a fraction of a voxel.
+        subjects = list(dict.fromkeys(scan.subject for scan in scans))
+        union = {s: (np.min([b[0] for b, sc in zip(boxes, scans) if sc.subject == s], axis=0),
+                     np.max([b[1] for b, sc in zip(boxes, scans) if sc.subject == s], axis=0))
+                 for s in subjects}
+        shape, affines = geometry.common_grid_of_boxes([union[s] for s in subjects], voxel_mm)
+        grid_of = dict(zip(subjects, affines))
+        grids = [(shape, grid_of[scan.subject]) for scan in scans]
     out: dict[str, dict[str, Volume]] = {}
     for scan, (_, affine), grid in zip(scans, headers, grids):
         image, _ = load_volume(scan.path)
