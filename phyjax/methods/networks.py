@@ -86,7 +86,6 @@ class SlicePairs:
                     rows[view] += [(i, z) for z in zs]
             for view in self.views:
                 self.rows[(site, view)] = np.asarray(rows[view], int).reshape(-1, 2)
-        self.protocols = {s: train.volumes[subjects[0]][s].protocol for s in self.sites}
 
     def view_of(self, i: int) -> str:
         """The slicing plane of batch ``i`` (:func:`phyjax.data.slices.view_cycle`)."""

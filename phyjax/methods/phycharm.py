@@ -367,6 +367,45 @@ def _f32(p: Protocol, readout: str = "sidecar") -> Protocol:
     return jax.tree.map(np.float32, model_protocol(p, readout))
 
 
+def paired_sampler(data: networks.SlicePairs, train: TrainingSet, batch_size: int, seed: int):
+    """``sample(i) -> (site, row indices, protocol index)`` for paired batch ``i``, every row of
+    a batch from scans of one protocol, ``sample.protocols`` the list the index points into.
+
+    A site's subjects may have been scanned with different protocols (a protocol changed during
+    a study); PhyCHarm's step takes one source protocol per batch, so such a site's batches take
+    turns over its protocol groups, each drawn from that group's scans only.  Where a site has
+    one protocol (the usual case) the draw is :meth:`SlicePairs.sample`'s."""
+    from phyjax.data.split import protocols_match
+
+    protocols, groups = [], {}          # groups[site] = [(protocol index, subject indices)]
+    for site in data.sites:
+        groups[site] = []
+        for k, subject in enumerate(data.subjects):
+            p = train.volumes[subject][site].protocol
+            for g, members in groups[site]:
+                if protocols_match(protocols[g], p):
+                    members.append(k)
+                    break
+            else:
+                protocols.append(p)
+                groups[site].append((len(protocols) - 1, [k]))
+
+    def sample(i: int):
+        site = data.sites[i % len(data.sites)]
+        if len(groups[site]) == 1:
+            site, idx = data.sample(i, batch_size, seed)
+            return site, idx, groups[site][0][0]
+        g, members = groups[site][(i // len(data.sites)) % len(groups[site])]
+        rows = data.rows[(site, data.view_of(i))]
+        candidates = np.flatnonzero(np.isin(rows[:, 0], members))
+        idx = np.random.default_rng([seed, i]).choice(
+            candidates, size=batch_size, replace=len(candidates) < batch_size)
+        return site, idx, g
+
+    sample.protocols = protocols
+    return sample
+
+
 def resolve_pairs(mode: str, train: TrainingSet) -> str:
     """``config.train.pairs``: ``paired`` (traveling subjects), ``simulated`` (physics-made pairs
     + self-supervised adaptation to the real scans; target-site scans unused) or ``auto``
@@ -459,14 +498,15 @@ def fit(config, train: TrainingSet, name: str = "phycharm", *, workdir: str,
         padded, view_of = data.padded, data.view_of
         weights = dict(full, w_map=full["w_map"] if has_maps else np.float32(0.0))
 
+        sample = paired_sampler(data, train, t.batch_size, config.seed)
         # converted (and checked, model_protocol) once, not at every step
-        sources32 = {site: _f32(q, ro) for site, q in data.protocols.items()}
+        sources32 = [_f32(q, ro) for q in sample.protocols]
         target32 = _f32(target, ro)
 
         def batch_fn(i):
-            site, idx = data.sample(i, t.batch_size, config.seed)
+            site, idx, g = sample(i)
             return (data.batch(site, idx, data.view_of(i)),
-                    sources32[site], target32, np.float32(ref), weights)
+                    sources32[g], target32, np.float32(ref), weights)
     else:
         sim, real = _simulated_data(config, train, target, depth, progress, workdir, views)
         padded = sim.padded

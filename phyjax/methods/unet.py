@@ -94,11 +94,13 @@ def fit(config, train: TrainingSet, name: str = "unet", *, workdir: str, progres
         return (np.asarray(encode(protocol), np.float32) if cfg["condition"] == "protocol"
                 else np.zeros(1, np.float32))
 
-    codes = {s: code_of(p) for s, p in data.protocols.items()}
+    # each scan's own protocol (a site's subjects may have been scanned with different ones)
+    codes = {(k, site): code_of(train.volumes[subject][site].protocol)
+             for k, subject in enumerate(data.subjects) for site in data.sites}
     model, tx = make_model(cfg), networks.make_optimizer(t)
     x0 = jnp.zeros((1,) + data.padded + (2 * cfg["context"] + 1,))
     params = model.init(jax.random.key(config.seed), x0,
-                        jnp.zeros((1,) + codes[data.sites[0]].shape))["params"]
+                        jnp.zeros((1,) + codes[(0, data.sites[0])].shape))["params"]
     apply = make_apply(model, cfg)
 
     def loss_fn(params, batch):
@@ -114,9 +116,10 @@ def fit(config, train: TrainingSet, name: str = "unet", *, workdir: str, progres
 
     def batch_fn(i):
         site, idx = data.sample(i, t.batch_size, config.seed)
-        batch = {k: v for k, v in data.batch(site, idx, data.view_of(i)).items()
+        view = data.view_of(i)
+        batch = {k: v for k, v in data.batch(site, idx, view).items()
                  if k in ("source", "target", "mask")}
-        batch["code"] = np.broadcast_to(codes[site], (t.batch_size,) + codes[site].shape)
+        batch["code"] = np.stack([codes[(k, site)] for k in data.rows[(site, view)][idx][:, 0]])
         return (batch,)
 
     batch_fn = networks.mirrored(batch_fn, config.seed, t.get("mirror", 0.0), data.view_of)

@@ -1,0 +1,58 @@
+"""PhyCHarm's paired batches carry the source protocol of the scans they hold."""
+
+import types
+
+import numpy as np
+
+from phyjax.methods.phycharm import paired_sampler
+from phyjax.physics.sequences import Protocol
+
+
+def _data(protocol_of):
+    """A SlicePairs-like stand-in: 4 subjects x 10 slices at sites 'src' and 'ref'."""
+    subjects, sites = ["01", "02", "03", "04"], ["ref", "src"]
+    rows = np.array([(k, z) for k in range(4) for z in range(10)])
+
+    def sample(i, batch_size, seed):
+        site = sites[i % 2]
+        return site, np.random.default_rng([seed, i]).choice(len(rows), size=batch_size)
+
+    data = types.SimpleNamespace(subjects=subjects, sites=sites, sample=sample,
+                                 rows={(s, "axial"): rows for s in sites},
+                                 view_of=lambda i: "axial")
+    volumes = {s: {site: types.SimpleNamespace(protocol=protocol_of(s, site)) for site in sites}
+               for s in subjects}
+    return data, types.SimpleNamespace(volumes=volumes)
+
+
+def test_a_site_whose_protocol_changed_gets_each_scans_own_protocol():
+    ref = Protocol.from_degrees("mprage", tr=2.3, te=0.003, ti=0.9, flip_angle_deg=9.0)
+    old = Protocol.from_degrees("spgr", tr=0.02, te=0.004, flip_angle_deg=25.0)
+    new = Protocol.from_degrees("spgr", tr=0.025, te=0.004, flip_angle_deg=20.0)
+
+    def protocol_of(subject, site):       # src changed protocol after subject 02
+        return ref if site == "ref" else (old if subject in ("01", "02") else new)
+
+    data, train = _data(protocol_of)
+    sample = paired_sampler(data, train, batch_size=6, seed=0)
+    seen = set()
+    for i in range(40):
+        site, idx, g = sample(i)
+        subjects = {data.subjects[k] for k in data.rows[(site, "axial")][idx][:, 0]}
+        for s in subjects:        # every row of the batch was scanned with the batch's protocol
+            assert sample.protocols[g] == protocol_of(s, site)
+        seen.add((site, sample.protocols[g].tr))
+    assert seen == {("ref", 2.3), ("src", 0.02), ("src", 0.025)}
+
+
+def test_one_protocol_per_site_draws_exactly_as_before():
+    ref = Protocol.from_degrees("mprage", tr=2.3, te=0.003, ti=0.9, flip_angle_deg=9.0)
+    src = Protocol.from_degrees("spgr", tr=0.02, te=0.004, flip_angle_deg=25.0)
+    data, train = _data(lambda s, site: ref if site == "ref" else src)
+    sample = paired_sampler(data, train, batch_size=6, seed=3)
+    assert len(sample.protocols) == 2
+    for i in range(10):
+        site, idx, g = sample(i)
+        want_site, want_idx = data.sample(i, 6, 3)
+        assert site == want_site and np.array_equal(idx, want_idx)
+        assert sample.protocols[g] == (ref if site == "ref" else src)
