@@ -1242,3 +1242,32 @@ def test_a_workdir_trained_with_other_training_settings_is_not_resumed(tmp_path)
     (workdir / "config.json").write_text(json.dumps(old))
     with pytest.raises(InputError, match="different 'train' config"):
         registry.run(config, str(workdir))
+
+
+def test_every_native_mask_voxel_gets_probabilities_after_resampling_back():
+    """A segmenter run on a coarser grid: native mask voxels beyond the coarse mask's edge (a
+    1-voxel strand) take their nearest tissue probabilities, summing to 1 -- before, they got
+    (0, 0, 0), were dropped from the volumes and labelled CSF."""
+    from phyjax.segment.infer import segment_image
+
+    class AllWhiteMatter:
+        physics, b1_input = False, False
+
+        def __init__(self):
+            self.settings = {"voxel_mm": 2.0, "ranges": {}}
+
+        def predict(self, image, mask, params, b1=None):
+            p = np.zeros(image.shape + (3,), np.float32)
+            p[..., 2] = 1.0
+            return np.where(mask[..., None], p, 0.0)
+
+    shape = (40, 40, 40)
+    mask = np.zeros(shape, bool)
+    mask[10:30, 10:30, 10:30] = True
+    mask[20, 20, 30:36] = True
+    img = types.SimpleNamespace(affine=np.eye(4))
+    image = np.random.default_rng(0).random(shape).astype(np.float32) + 1
+    probs = segment_image(AllWhiteMatter(), image, img, mask, None)
+    np.testing.assert_allclose(probs.sum(-1)[mask], 1.0, atol=1e-5)
+    assert np.all(evaluate.labels(probs, mask)[mask] == 3)
+    assert evaluate.volumes_ml(probs, 1.0)["wm"] == pytest.approx(mask.sum() / 1000, rel=1e-5)

@@ -208,8 +208,11 @@ def segment_image(segmenter: Segmenter, image: np.ndarray, img, mask: np.ndarray
             info["B1plusMedian"] = round(median, 4)
     probs = segmenter.predict(normalize(data, grid_mask), grid_mask, params, b1=b1)
     if resampled:
-        probs = np.stack([geometry.resample(probs[..., c], grid, affine, image.shape)
-                          for c in range(3)], -1)
+        # values inside the grid's mask only (nearest fill outside), so that a native mask
+        # voxel beyond the coarse mask's edge gets its nearest tissue probabilities, not 0
+        # (which summed to nothing and was labelled CSF)
+        probs = np.stack([geometry.resample_inside(probs[..., c], grid_mask, grid, affine,
+                                                   image.shape) for c in range(3)], -1)
         total = probs.sum(-1, keepdims=True)
         probs = np.where(total > 1e-6, probs / np.maximum(total, 1e-6), 0.0)
     return np.where(mask[..., None], probs, 0.0).astype(np.float32)
@@ -231,7 +234,7 @@ def _write_scan(stem: str, probs, mask, img, reading, source: str, segmenter, no
         save_like(probs[..., c], img, f"{stem}_label-{_LABEL[t]}_probseg.nii.gz")
         report.write_json(f"{stem}_label-{_LABEL[t]}_probseg.json", meta)
     save_like(evaluate.labels(probs, mask), img, f"{stem}_dseg.nii.gz", dtype=np.int16)
-    voxel = float(np.prod(img.header.get_zooms()[:3]))
+    voxel = abs(float(np.linalg.det(np.asarray(img.affine)[:3, :3])))   # the sform's, as saved
     return {f"{t}_ml": round(v, 3) for t, v in evaluate.volumes_ml(probs, voxel).items()}
 
 
