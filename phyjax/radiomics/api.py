@@ -105,6 +105,10 @@ def extract_features(image, mask, config: RadiomicsConfig, spacing=(1.0, 1.0, 1.
     if not jnp.issubdtype(image.dtype, jnp.floating):
         image = image.astype(jnp.result_type(float))
     mask = jnp.asarray(mask).astype(bool)
+    if image.shape == mask.shape:
+        # ignored means ignored: soft memberships are computed everywhere and then masked, so a
+        # NaN outside the ROI (a padded or cropped scan) would reach every feature as NaN * 0
+        image = jnp.where(mask, image, jnp.zeros((), image.dtype))
     if image.ndim == 2:
         image, mask = image[None], mask[None]
     if image.ndim != 3:
