@@ -56,3 +56,22 @@ def test_one_protocol_per_site_draws_exactly_as_before():
         want_site, want_idx = data.sample(i, 6, 3)
         assert site == want_site and np.array_equal(idx, want_idx)
         assert sample.protocols[g] == (ref if site == "ref" else src)
+
+
+def test_every_plane_gets_simulated_batches_whatever_adapt_every():
+    """Simulated-pairs training with several planes: the planes cycle over the simulated
+    batches, so each gets its share (before, indexed by the step, 3 planes at adapt_every=3
+    gave the sagittal plane no simulated batch, 2 planes at 2 none to the coronal)."""
+    from collections import Counter
+
+    from phyjax.data.slices import view_cycle
+    from phyjax.methods.phycharm import batch_kind
+
+    for views, adapt_every in ((("axial", "coronal", "sagittal"), 3), (("axial", "coronal"), 2),
+                               (("axial", "coronal"), 4)):
+        kinds = [batch_kind(i, adapt_every, True) for i in range(1200)]
+        sim = Counter(view_cycle(k, 1, views) for kind, k in kinds if kind == "simulated")
+        assert set(sim) == set(views) and max(sim.values()) - min(sim.values()) <= 1
+        real = [k for kind, k in kinds if kind == "real"]
+        assert real == list(range(1200 // adapt_every))     # the k-th real batch, in order
+    assert [batch_kind(i, 4, False) for i in range(5)] == [("simulated", i) for i in range(5)]

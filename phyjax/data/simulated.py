@@ -255,12 +255,14 @@ class SimulatedPairs:
                 "target": g(rows, key(f"target{q}")), "mask": g(rows, key("mask")),
                 "t1": g(rows, key(f"t1_{p}")), "m0": g(rows, key("m0"))}
 
-    def batch(self, i: int, batch_size: int, seed: int) -> tuple[dict, int, int]:
-        """Batch ``i`` (a pure function of ``i`` and ``seed``): ``(arrays, p, q)``."""
+    def batch(self, i: int, batch_size: int, seed: int, view: str | None = None
+              ) -> tuple[dict, int, int]:
+        """Batch ``i`` (a pure function of ``i``, ``seed`` and ``view``, default
+        :meth:`view_of` ``(i)``): ``(arrays, p, q)``."""
         rng = np.random.default_rng([seed, i, 1])
         p = int(rng.integers(len(self.sources)))
         q = int(rng.integers(len(self.targets)))
-        view = self.view_of(i)
+        view = view or self.view_of(i)
         n = len(self.view_rows[view])
         idx = rng.choice(n, size=batch_size, replace=n < batch_size)
         return self.slices(idx, p, q, view), p, q

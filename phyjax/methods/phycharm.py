@@ -406,6 +406,17 @@ def paired_sampler(data: networks.SlicePairs, train: TrainingSet, batch_size: in
     return sample
 
 
+def batch_kind(i: int, adapt_every: int, has_real: bool) -> tuple[str, int]:
+    """``("real", k)`` when step ``i`` of simulated-pairs training is the ``k``-th batch of real
+    scans (every ``adapt_every``-th step, when there are real scans to adapt to), else
+    ``("simulated", j)``, the ``j``-th simulated batch.  Slicing planes cycle over ``k`` and
+    ``j``, not over ``i``: over the step, a number of planes sharing a factor with
+    ``adapt_every`` would give some planes no simulated batch at all."""
+    if has_real and (i + 1) % adapt_every == 0:
+        return "real", i // adapt_every
+    return "simulated", i - ((i + 1) // adapt_every if has_real else 0)
+
+
 def resolve_pairs(mode: str, train: TrainingSet) -> str:
     """``config.train.pairs``: ``paired`` (traveling subjects), ``simulated`` (physics-made pairs
     + self-supervised adaptation to the real scans; target-site scans unused) or ``auto``
@@ -521,13 +532,14 @@ def fit(config, train: TrainingSet, name: str = "phycharm", *, workdir: str,
             return real is not None and (i + 1) % t.adapt_every == 0
 
         def view_of(i):
-            return real.view_of(i // t.adapt_every) if is_real(i) else sim.view_of(i)
+            kind, k = batch_kind(i, t.adapt_every, real is not None)
+            return real.view_of(k) if kind == "real" else sim.view_of(k)
 
         def batch_fn(i):
             if is_real(i):
                 arrays, g = real.batch(i // t.adapt_every, t.batch_size, config.seed)
                 return arrays, real32[g], target32, np.float32(ref), adapt
-            arrays, p, q = sim.batch(i, t.batch_size, config.seed)
+            arrays, p, q = sim.batch(i, t.batch_size, config.seed, view_of(i))
             return arrays, sources32[p], targets32[q], refs[q], full
 
     batch_fn = networks.mirrored(batch_fn, config.seed, t.get("mirror", 0.0), view_of)
