@@ -52,7 +52,7 @@ import numpy as np
 from phyjax.data import simulated
 from phyjax.data.nifti import InputError
 from phyjax.data.slices import check_views
-from phyjax.data.split import TrainingSet, require_training_set
+from phyjax.data.split import TrainingSet, protocols_match, require_training_set
 from phyjax.data.volumes import normalize
 from phyjax.losses import (edge_agreement, gradient_difference, intensity_distribution, masked_l1,
                            physics_consistency, r1_m0_map_loss, ssim_loss, tissue_consistency,
@@ -375,20 +375,14 @@ def paired_sampler(data: networks.SlicePairs, train: TrainingSet, batch_size: in
     a study); PhyCHarm's step takes one source protocol per batch, so such a site's batches take
     turns over its protocol groups, each drawn from that group's scans only.  Where a site has
     one protocol (the usual case) the draw is :meth:`SlicePairs.sample`'s."""
-    from phyjax.data.split import protocols_match
-
     protocols, groups = [], {}          # groups[site] = [(protocol index, subject indices)]
     for site in data.sites:
-        groups[site] = []
-        for k, subject in enumerate(data.subjects):
-            p = train.volumes[subject][site].protocol
-            for g, members in groups[site]:
-                if protocols_match(protocols[g], p):
-                    members.append(k)
-                    break
-            else:
-                protocols.append(p)
-                groups[site].append((len(protocols) - 1, [k]))
+        own = [train.volumes[subject][site].protocol for subject in data.subjects]
+        kinds = simulated.distinct(own)
+        of = [next(g for g, p in enumerate(kinds) if protocols_match(q, p)) for q in own]
+        groups[site] = [(len(protocols) + g, [k for k, h in enumerate(of) if h == g])
+                        for g in range(len(kinds))]
+        protocols += kinds
 
     def sample(i: int):
         site = data.sites[i % len(data.sites)]
@@ -528,18 +522,16 @@ def fit(config, train: TrainingSet, name: str = "phycharm", *, workdir: str,
         target32 = _f32(target, ro)
         adapt = dict(full, **{k: np.float32(0.0) for k in PAIRED_TERMS})
 
-        def is_real(i):
-            return real is not None and (i + 1) % t.adapt_every == 0
-
         def view_of(i):
             kind, k = batch_kind(i, t.adapt_every, real is not None)
             return real.view_of(k) if kind == "real" else sim.view_of(k)
 
         def batch_fn(i):
-            if is_real(i):
-                arrays, g = real.batch(i // t.adapt_every, t.batch_size, config.seed)
+            kind, k = batch_kind(i, t.adapt_every, real is not None)
+            if kind == "real":
+                arrays, g = real.batch(k, t.batch_size, config.seed)
                 return arrays, real32[g], target32, np.float32(ref), adapt
-            arrays, p, q = sim.batch(i, t.batch_size, config.seed, view_of(i))
+            arrays, p, q = sim.batch(i, t.batch_size, config.seed, sim.view_of(k))
             return arrays, sources32[p], targets32[q], refs[q], full
 
     batch_fn = networks.mirrored(batch_fn, config.seed, t.get("mirror", 0.0), view_of)
