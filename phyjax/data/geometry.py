@@ -59,8 +59,9 @@ def world_zooms(affine) -> tuple[float, float, float]:
 def fill_outside(data: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """``data`` with every voxel outside ``mask`` given the value of its nearest mask voxel
     (Euclidean distance transform), so that interpolation at the mask's edge blends brain with
-    brain instead of with the background or zeros.  Returns ``data`` unchanged when the mask is
-    empty or full."""
+    brain instead of with the background or zeros.  ``data``: the mask's shape, optionally with
+    trailing channel axes (one distance transform fills them all).  Returns ``data`` unchanged
+    when the mask is empty or full."""
     mask = np.asarray(mask, bool)
     if mask.all() or not mask.any():
         return np.asarray(data)
@@ -72,8 +73,13 @@ def resample_inside(data: np.ndarray, mask: np.ndarray, affine, target_affine, t
                     ) -> np.ndarray:
     """:func:`resample` of the values inside ``mask`` only (:func:`fill_outside` first): a
     voxel of the target grid near the mask's edge gets brain values, not a blend with the
-    zeros or skull around it."""
-    return resample(fill_outside(data, mask), affine, target_affine, target_shape)
+    zeros or skull around it.  ``data`` may have one trailing channel axis (e.g. tissue
+    probabilities), each channel resampled after one shared fill."""
+    filled = fill_outside(data, mask)
+    if filled.ndim == 3:
+        return resample(filled, affine, target_affine, target_shape)
+    return np.stack([resample(filled[..., c], affine, target_affine, target_shape)
+                     for c in range(filled.shape[-1])], -1)
 
 
 def resample(data: np.ndarray, affine, target_affine, target_shape) -> np.ndarray:

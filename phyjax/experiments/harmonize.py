@@ -95,8 +95,9 @@ def harmonize_image(harmonizer, image: np.ndarray, img, mask: np.ndarray, protoc
     else:
         outs = {"harmonized": harmonizer.harmonize(volume)}
     if resampled:
-        outs = {k: geometry.resample_inside(v, grid_mask, grid, affine, image.shape)
-                for k, v in outs.items()}
+        back = geometry.resample_inside(np.stack(list(outs.values()), -1), grid_mask, grid,
+                                        affine, image.shape)   # one fill for all outputs
+        outs = {k: back[..., c] for c, k in enumerate(outs)}
     return {k: np.where(mask, np.asarray(v, np.float32), 0.0) for k, v in outs.items()}
 
 

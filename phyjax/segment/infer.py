@@ -211,8 +211,7 @@ def segment_image(segmenter: Segmenter, image: np.ndarray, img, mask: np.ndarray
         # values inside the grid's mask only (nearest fill outside), so that a native mask
         # voxel beyond the coarse mask's edge gets its nearest tissue probabilities, not 0
         # (which summed to nothing and was labelled CSF)
-        probs = np.stack([geometry.resample_inside(probs[..., c], grid_mask, grid, affine,
-                                                   image.shape) for c in range(3)], -1)
+        probs = geometry.resample_inside(probs, grid_mask, grid, affine, image.shape)
         total = probs.sum(-1, keepdims=True)
         probs = np.where(total > 1e-6, probs / np.maximum(total, 1e-6), 0.0)
     return np.where(mask[..., None], probs, 0.0).astype(np.float32)
