@@ -119,6 +119,13 @@ def get_config(arg: str | None = None) -> ConfigDict:
     model.readout = "sidecar"  # MPRAGE/IR-SPGR signal with the readout train the protocol
                                # carries (sidecar + site table), or "static" (the static
                                # equation for all: the pre-issue-14 model, for the ablation)
+    # How a voxel's predicted T1/M0 become a signal (the target re-synthesis and the source
+    # physics-consistency term; phyjax.physics.partial_volume): "two_tissue" reads each voxel's
+    # mean T1 as the two adjacent tissues it mixes (WM/GM or GM/CSF) and sums their signals, as
+    # a scanner does; "single" takes the signal equation of the mean T1 (the published model),
+    # which re-synthesizes even the exact maps of a head with 40-50 % too much CSF under the
+    # target MPRAGE (benchmarks/partial_volume.py).
+    model.partial_volume = "single"
     # Data consistency at inference (phyjax.physics.consistency): the network's T1/M0 are the
     # prior of a per-voxel MAP estimate given the source image through its own signal equation,
     # and the harmonized image moves by what that changes in the target's signal equation, so

@@ -59,14 +59,15 @@ from phyjax.losses import (edge_agreement, gradient_difference, intensity_distri
                            tissue_distribution)
 from phyjax.methods import networks
 from phyjax.methods.base import fitted_fields, register
-from phyjax.models.phycharm import PhyCHarm, reference_signal
+from phyjax.models.phycharm import PARTIAL_VOLUME, PhyCHarm, reference_signal, synthesize_maps
 from phyjax.physics import consistency, signal, tissues
 from phyjax.physics.sequences import Protocol, encode
 from phyjax.physics.tissues import (FIELD_STRENGTHS, TISSUES, convert_t1, tissue_array,
                                     tissue_parameters)
 from phyjax.train import TrainState, fit as fit_loop, make_train_step
 
-MODEL_KEYS = ("features", "cond_features", "t1_max", "m0_max", "context", "readout")
+MODEL_KEYS = ("features", "cond_features", "t1_max", "m0_max", "context", "readout",
+              "partial_volume")
 #: ``config.model.readout``: how the model's signal equations treat an MPRAGE readout train
 READOUT = ("sidecar", "static")
 PAIRS = ("auto", "paired", "simulated")
@@ -90,7 +91,18 @@ def make_model(model_cfg) -> PhyCHarm:
     """The flax module of ``model_cfg`` (a config section or a dict with :data:`MODEL_KEYS`)."""
     m = dict(model_cfg)
     return PhyCHarm(features=tuple(m["features"]), cond_features=m["cond_features"],
-                    t1_max=m["t1_max"], m0_max=m["m0_max"])
+                    t1_max=m["t1_max"], m0_max=m["m0_max"],
+                    partial_volume=check_partial_volume(m.get("partial_volume", "single")))
+
+
+def check_partial_volume(value: str) -> str:
+    """``value`` if it is one of :data:`phyjax.models.phycharm.PARTIAL_VOLUME`
+    (``config.model.partial_volume``; a model saved before the setting existed is ``single``),
+    else InputError."""
+    if value not in PARTIAL_VOLUME:
+        raise InputError(f"config.model.partial_volume={value!r}; expected one of "
+                         f"{PARTIAL_VOLUME}.")
+    return value
 
 
 def reference_level(target: Protocol) -> float:
@@ -137,7 +149,11 @@ def make_loss(model: PhyCHarm):
         out = model.apply({"params": params}, b["source"], b["mask"], code_src, code_tgt,
                           target, target_ref, source_protocol.field_strength)
         l_map = r1_m0_map_loss(out["t1"], out["m0"], b["t1"], b["m0"], b["mask"])
-        r_src = signal.synthesize(source_protocol, out["t1"], jnp.inf, jnp.inf, out["m0"])
+        if model.partial_volume == "single":
+            r_src = signal.synthesize(source_protocol, out["t1"], jnp.inf, jnp.inf, out["m0"])
+        else:   # the source through the same voxel model as the target re-synthesis
+            r_src = synthesize_maps(source_protocol, out["t1"], out["m0"],
+                                    source_protocol.field_strength, model.partial_volume)
         centre = b["source"].shape[-1] // 2
         l_phys = physics_consistency(b["source"][..., centre:centre + 1], r_src, b["mask"])
         harm, tgt, mask = out["harmonized"], b["target"], b["mask"]
@@ -280,6 +296,17 @@ def refine_settings(cfg) -> dict:
     return out
 
 
+def check_refine_model(cfg: dict) -> None:
+    """InputError when data consistency (``cfg["refine"]`` enabled) meets a model whose voxels
+    are not single-tissue: :func:`phyjax.physics.consistency.map_update` fits one T1 per voxel
+    through the signal equation, which a ``two_tissue`` model's maps do not follow."""
+    pv = cfg.get("partial_volume", "single")
+    if dict(cfg.get("refine") or {}).get("enabled") and pv != "single":
+        raise InputError(f"config.model.refine.enabled=True needs config.model.partial_volume="
+                         f"'single' (its per-voxel fit is the one-tissue signal equation); "
+                         f"this model has {pv!r}.")
+
+
 @functools.partial(jax.jit, static_argnames="iterations")
 def _refine_volume(source_protocol, target, ref, image, t1, m0, gain, b0_source, settings,
                    iterations):
@@ -310,6 +337,7 @@ def refine_outputs(out: dict, volume, target: Protocol, ref: float, settings: di
     Returns the dict with ``t1``, ``m0``, ``resynth`` and ``harmonized`` refined and the
     network's maps kept as ``t1_network``, ``m0_network``.
     """
+    check_refine_model(dict(cfg, refine=settings))
     readout = cfg.get("readout", "sidecar")
     src = _f32(volume.protocol, readout)
     mask = np.asarray(volume.mask, bool)
@@ -480,6 +508,7 @@ def fit(config, train: TrainingSet, name: str = "phycharm", *, workdir: str,
     model_cfg = {k: config.model[k] for k in MODEL_KEYS}
     model_cfg["features"] = tuple(model_cfg["features"])
     model_cfg["refine"] = refine_settings(config.model.get("refine"))
+    check_refine_model(model_cfg)
     model_cfg["calibrate"] = check_calibrate(config.model.get("calibrate", "none"))
     model_cfg["tta"] = networks.check_tta(config.model.get("tta", "none"))
     views = model_cfg["views"] = check_views(config.model.get("views", ("axial",)))

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from phyjax.models.unet import ConditionalUNet
-from phyjax.physics import signal
+from phyjax.physics import partial_volume as partial_volume_module, signal
 from phyjax.physics.sequences import Protocol
 from phyjax.physics.tissues import convert_t1
 
@@ -34,6 +34,31 @@ def resynthesize(protocol: Protocol, t1, m0, reference):
     return signal.synthesize(protocol, t1, jnp.inf, jnp.inf, m0) / reference
 
 
+#: ``PhyCHarm.partial_volume``: how a voxel's T1/M0 become a signal -- ``single`` (one tissue of
+#: that T1: the signal equation of the map) or ``two_tissue`` (the two adjacent tissues whose
+#: mean T1 it is, their signals summed: :mod:`phyjax.physics.partial_volume`)
+PARTIAL_VOLUME = ("single", "two_tissue")
+
+
+def synthesize_maps(protocol: Protocol, t1, m0, maps_field_strength, partial_volume="single"):
+    """Magnitude image of ``protocol`` from a batch of maps ``t1`` (s), ``m0``, each
+    ``(B, ...)``, predicted at ``maps_field_strength`` (T, scalar or ``(B,)``), with
+    ``partial_volume`` (:data:`PARTIAL_VOLUME`): ``single`` converts T1 to ``protocol``'s B0
+    (:func:`phyjax.physics.tissues.convert_t1`) and takes its signal equation
+    (:func:`phyjax.physics.signal.synthesize`); ``two_tissue`` sums the signals of the two
+    tissues each voxel's mean T1 stands for
+    (:func:`phyjax.physics.partial_volume.mixture_synthesize`).  T2/T2* folded into M0.
+    Raises ValueError for another ``partial_volume``."""
+    b0 = jnp.broadcast_to(maps_field_strength, jnp.shape(t1)[:1])
+    if partial_volume == "single":
+        t1_there = jax.vmap(convert_t1, in_axes=(0, 0, None))(t1, b0, protocol.field_strength)
+        return signal.synthesize(protocol, t1_there, jnp.inf, jnp.inf, m0)
+    if partial_volume == "two_tissue":
+        return jax.vmap(partial_volume_module.mixture_synthesize, in_axes=(None, 0, 0, 0))(
+            protocol, t1, m0, b0)
+    raise ValueError(f"partial_volume={partial_volume!r}; expected one of {PARTIAL_VOLUME}.")
+
+
 def reference_signal(protocol: Protocol, tissue) -> jnp.ndarray:
     """``synthesize`` of ``protocol`` for one tissue (``TissueParameters``, T2* folded into M0)."""
     return signal.synthesize(protocol, tissue.t1, jnp.inf, jnp.inf, tissue.pd)
@@ -46,8 +71,10 @@ class PhyCHarm(nn.Module):
     channel ``C // 2``), ``mask (B, H, W, 1)``, ``source_code (B, P)``,
     ``target_code (B, P)`` (from :func:`phyjax.physics.encode`), the target
     :class:`Protocol`, its reference signal and the source B0 (T, ``(B,)`` or
-    scalar).  The predicted T1 is at the source B0 and is converted to the
-    target B0 (:func:`phyjax.physics.tissues.convert_t1`) before re-synthesis.  Returns a dict of
+    scalar).  The predicted T1 is at the source B0; the target image is re-synthesized from
+    the maps by :func:`synthesize_maps` with ``partial_volume`` (``single``: T1 converted to the
+    target B0 and one signal per voxel, the published model; ``two_tissue``: each voxel the
+    sum of its two tissues' signals, :mod:`phyjax.physics.partial_volume`).  Returns a dict of
     ``(B, H, W, 1)`` arrays: ``t1`` (s), ``m0``, ``resynth`` (target contrast
     from the maps) and ``harmonized``; all zero outside ``mask`` except ``t1``
     which is set there to ``t1_max / 2`` to keep signal equations finite.
@@ -57,6 +84,7 @@ class PhyCHarm(nn.Module):
     cond_features: int = 32
     t1_max: float = 5.0
     m0_max: float = 1.5
+    partial_volume: str = "single"
 
     def setup(self):
         self.generator = ConditionalUNet(self.features, 2, self.cond_features)
@@ -74,9 +102,8 @@ class PhyCHarm(nn.Module):
         t1, m0 = self.maps(source, mask, source_code)
         # Maps are predicted at the source's B0 (so re-synthesizing the source is
         # consistent); the target image needs T1 at the target's B0.
-        t1_target = jax.vmap(convert_t1, in_axes=(0, 0, None))(
-            t1, jnp.broadcast_to(source_field_strength, t1.shape[:1]), target.field_strength)
-        resynth = resynthesize(target, t1_target, m0, target_reference) * mask
+        resynth = synthesize_maps(target, t1, m0, source_field_strength,
+                                  self.partial_volume) / target_reference * mask
         code = jnp.concatenate([source_code, target_code], axis=-1)
         residual = self.harmonizer(jnp.concatenate([source, resynth], axis=-1), code)
         harmonized = (resynth + residual) * mask
