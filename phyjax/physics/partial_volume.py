@@ -4,12 +4,14 @@ A voxel of a T1w scan that holds grey matter and CSF gives the *sum* of both tis
 ``f S(T1_gm) + (1 - f) S(T1_csf)``, and its quantitative T1 map (a fit, or the ground truth of a
 simulation) holds one value between the two -- here the volume-fraction-weighted mean T1, as
 :func:`phyjax.data.synthetic.quantitative_maps` defines it.  Because every T1w signal equation
-is curved in T1, the signal of that mean T1 is not the mean signal: under the default 3 T MPRAGE,
-re-synthesizing a simulated head from its *exact* mean-T1 and M0 maps with the single-T1
-equation over-counts CSF by 40-50 % and under-counts WM by ~20 % (ANTs Atropos on both;
-``benchmarks/partial_volume.py``), while the two-tissue model below brings the same maps to
--7 to -22 % CSF and Dice 0.87-0.95 instead of 0.80-0.83 (documented in
-``benchmarks/results/partial_volume.md``).
+is curved in T1, the signal of that mean T1 is not the mean signal.  Re-synthesizing the
+held-out heads of the embedded benchmark from their *exact* mean-T1 and M0 maps with the
+single-T1 equation over-counts CSF by 39-52 % and under-counts WM by 12-19 % under every site's
+protocol (ANTs Atropos against the signal-mixed image; CSF and GM Dice 0.79-0.84); the two-tissue
+model below gives CSF -2 to -22 %, GM +9 to +17 %, WM -1 to -10 % and Dice 0.86-0.98, and
+halves the NRMSE (``benchmarks/partial_volume.py``, ``benchmarks/results/partial_volume.md``).
+What it still misses is a subject's own relaxation times: a pure voxel whose T1 is off the
+table's reads as a little of the neighbouring tissue.
 
 :func:`two_tissue_fractions` reads a mean-T1 map as a mixture of the two adjacent tissues of
 the tissue table (WM/GM below the GM value, GM/CSF above it) whose volume-weighted mean is that
