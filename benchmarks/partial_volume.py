@@ -89,13 +89,14 @@ def main(argv=None) -> None:
                 totals.setdefault((site, model), []).append((s, nrmse))
                 print(label, site, model, [f"{v:+.1f}/{dc:.3f}" for v, dc in s],
                       f"NRMSE {nrmse:.3f}", flush=True)
+    command = "python benchmarks/partial_volume.py" + (f" --subjects {args.subjects}"
+                                                       if args.subjects else "")
     lines = [
-        "Re-synthesis of exact maps, single-tissue vs two-tissue voxels "
-        f"(`python benchmarks/partial_volume.py{' --subjects ' + args.subjects if args.subjects else ''}`, "
-        f"{time.time() - t0:.0f} s): each held-out head's ground-truth mean-T1 and M0 maps through "
-        "each site's protocol, segmented by the benchmark's fixed segmenter "
-        f"({segment.describe()}) against the noise-free signal-mixed image of that protocol. "
-        "dV: volume error (%), NRMSE: RMS difference / SD of the image, in the brain mask.",
+        ("Re-synthesis of exact maps, single-tissue vs two-tissue voxels "
+         f"(`{command}`, {time.time() - t0:.0f} s): each held-out head's ground-truth mean-T1 "
+         "and M0 maps through each site's protocol, segmented by the benchmark's fixed segmenter "
+         f"({segment.describe()}) against the noise-free signal-mixed image of that protocol. "
+         "dV: volume error (%), NRMSE: RMS difference / SD of the image, in the brain mask."),
         "",
         "| site | voxel model | dV CSF | dV GM | dV WM | Dice CSF | Dice GM | Dice WM | NRMSE |",
         "|---|---|---|---|---|---|---|---|---|"]

@@ -155,3 +155,44 @@ def test_config_checks():
                                      "refine": {"enabled": True}})
     phycharm.check_refine_model({"partial_volume": "single", "refine": {"enabled": True}})
     phycharm.check_refine_model({"partial_volume": "two_tissue", "refine": {"enabled": False}})
+
+
+@pytest.mark.parametrize("partial_volume", ["single", "two_tissue"])
+def test_training_loss_physics_terms_use_the_models_voxel_model(partial_volume):
+    """The source term re-synthesizes the source through the model's own voxel model
+    (mixture_synthesize for two_tissue, the signal equation for single); the target term
+    compares the network's re-synthesis with the target scan -- each the scale-free
+    physics_consistency, recomputed here from the network's outputs."""
+    from phyjax.losses import physics_consistency
+    from phyjax.methods import phycharm
+
+    model = phycharm.make_model(dict(features=(4, 8), cond_features=4, t1_max=5.0, m0_max=1.5,
+                                     partial_volume=partial_volume))
+    params = phycharm.init_params(model, (16, 16), 1, 0)
+    rng = np.random.default_rng(0)
+    mask = np.zeros((2, 16, 16, 1), np.float32)
+    mask[:, 3:13, 3:13] = 1
+    b = {"source": rng.uniform(0.2, 1, (2, 16, 16, 3)).astype(np.float32) * mask,
+         "mask": mask, "t1": np.ones_like(mask), "m0": np.zeros_like(mask),
+         "target": rng.uniform(0.1, 1, mask.shape).astype(np.float32) * mask}
+    src = PROTOCOLS["spgr"]
+    tgt = PROTOCOLS["mprage_readout"]
+    loss = phycharm.make_loss(model)
+    only = {k: {w: np.float32(w == k) for w in phycharm.WEIGHTS}
+            for k in ("w_physics", "w_target_physics")}
+    from phyjax.physics.sequences import encode
+    code = np.broadcast_to(np.asarray(encode(src)), (2, len(encode(src))))
+    code_t = np.broadcast_to(np.asarray(encode(tgt)), code.shape)
+    out = model.apply({"params": params}, b["source"], mask, code, code_t, tgt, 0.5,
+                      src.field_strength)
+    if partial_volume == "two_tissue":
+        r_src = mixture_synthesize(src, out["t1"], out["m0"], src.field_strength)
+    else:
+        r_src = signal.synthesize(src, out["t1"], jnp.inf, jnp.inf, out["m0"])
+    want = physics_consistency(b["source"][..., 1:2], r_src, mask)
+    got = loss(params, b, src, tgt, 0.5, only["w_physics"])[0]
+    assert float(got) == pytest.approx(float(want), rel=1e-5)
+    want = physics_consistency(b["target"], out["resynth"], mask)
+    got = loss(params, b, src, tgt, 0.5, only["w_target_physics"])[0]
+    assert float(got) == pytest.approx(float(want), rel=1e-5)
+    assert float(want) > 0.01

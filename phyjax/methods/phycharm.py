@@ -5,6 +5,7 @@ protocol, re-synthesizes the target protocol's image from them and refines it.  
 (:func:`fit`) minimises, per batch of one source site's slices,
 
     w_map * L1(R1, M0 vs ground truth, where known) + w_physics * physics consistency
+    + w_target_physics * target physics consistency
     + w_harm * L1(harmonized, target) + w_ssim * (1 - SSIM(harmonized, target))
     + w_grad * gradient difference(harmonized, target)
     + w_tissue * tissue-class consistency(harmonized, target)
@@ -13,8 +14,11 @@ protocol, re-synthesizes the target protocol's image from them and refines it.  
     + w_tissue_hist * per-tissue intensity-distribution distance(harmonized, target),
 
 the physics term re-synthesizing the *source* from the predicted maps through the source
-protocol's signal equation (scale-free, :func:`phyjax.losses.physics_consistency`).  The last
-three keep anatomy, not just intensities: the gradient-difference loss (Mathieu et al. 2016)
+protocol's signal equation (scale-free, :func:`phyjax.losses.physics_consistency`), and the
+target physics term the target scan from the same maps through the target protocol's (the
+re-synthesis the harmonizer starts from; off by default): one head seen with two contrasts
+pins its T1 and M0 down better than either scan alone, as variable-flip-angle mapping does.
+The gradient, tissue and edge terms keep anatomy, not just intensities: the gradient-difference loss (Mathieu et al. 2016)
 punishes blurred edges; the tissue-class term compares soft CSF/GM/WM memberships at the
 target protocol's tissue signal levels (from its signal equation), so errors that move a voxel
 across a tissue boundary -- what segmentations and volumes see -- cost most; the
@@ -73,9 +77,10 @@ READOUT = ("sidecar", "static")
 PAIRS = ("auto", "paired", "simulated")
 #: loss weights of ``config.train`` (traced inputs of the training step)
 WEIGHTS = ("w_map", "w_physics", "w_harm", "w_ssim", "w_grad", "w_tissue", "w_edge", "w_hist",
-           "w_tissue_hist")
+           "w_tissue_hist", "w_target_physics")
 #: the terms that need a target image (0 on an unpaired scan's batch)
-PAIRED_TERMS = ("w_map", "w_harm", "w_ssim", "w_grad", "w_tissue", "w_hist", "w_tissue_hist")
+PAIRED_TERMS = ("w_map", "w_harm", "w_ssim", "w_grad", "w_tissue", "w_hist", "w_tissue_hist",
+                "w_target_physics")
 #: ``config.model.refine``: the data-consistency step at inference (:func:`refine_outputs`)
 REFINE_DEFAULTS = {"enabled": False, "t1_sd": 0.15, "m0_sd": 0.08, "noise": 0.06,
                    "bias_fwhm_mm": 40.0, "iterations": 3}
@@ -165,12 +170,15 @@ def make_loss(model: PhyCHarm):
                  "w_tissue": tissue_consistency(harm, tgt, mask, levels),
                  "w_edge": edge_agreement(harm, b["source"][..., centre:centre + 1], mask),
                  "w_hist": intensity_distribution(harm, tgt, mask),
-                 "w_tissue_hist": tissue_distribution(harm, tgt, mask, levels)}
+                 "w_tissue_hist": tissue_distribution(harm, tgt, mask, levels),
+                 # the same maps must explain the target scan too (two contrasts of one head)
+                 "w_target_physics": physics_consistency(tgt, out["resynth"], mask)}
         loss = sum(weights[k] * terms[k] for k in WEIGHTS)
         return loss, {"loss": loss, "map": l_map, "physics": l_phys, "l1": terms["w_harm"],
                       "ssim": 1.0 - terms["w_ssim"], "grad": terms["w_grad"],
                       "tissue": terms["w_tissue"], "edge": terms["w_edge"],
-                      "hist": terms["w_hist"], "tissue_hist": terms["w_tissue_hist"]}
+                      "hist": terms["w_hist"], "tissue_hist": terms["w_tissue_hist"],
+                      "target_physics": terms["w_target_physics"]}
 
     return loss_fn
 
