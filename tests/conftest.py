@@ -50,6 +50,19 @@ def load_module(folder: str, name: str):
     return module
 
 
+def tiny_slice_batch(seed: int = 0, channels: int = 3) -> dict:
+    """A PhyCHarm training batch of two 16x16 slices (``channels`` source slices of context, a
+    10x10 brain mask, unit T1 / zero M0 maps, a random target zero outside the mask)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    mask = np.zeros((2, 16, 16, 1), np.float32)
+    mask[:, 3:13, 3:13] = 1
+    return {"source": rng.uniform(0.2, 1, (2, 16, 16, channels)).astype(np.float32) * mask,
+            "mask": mask, "t1": np.ones_like(mask), "m0": np.zeros_like(mask),
+            "target": rng.uniform(0.1, 1, mask.shape).astype(np.float32) * mask}
+
+
 def load_config(name: str, variant: str = "debug"):
     """``configs/<name>.py``'s ``get_config(variant)``, loaded by path as ml_collections does."""
     return load_module("configs", name).get_config(variant)

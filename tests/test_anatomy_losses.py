@@ -2,6 +2,7 @@
 gradient fields, soft tissue classes, intensity distribution -- against NumPy transcriptions of the published
 formulas and properties that would fail if they were wrong."""
 
+import conftest
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -210,12 +211,7 @@ def test_an_unpaired_batch_does_not_see_the_target_image():
     gradient do not depend on what the batch's target holds."""
     model = phycharm.make_model(dict(features=(4, 8), cond_features=4, t1_max=5.0, m0_max=1.5))
     params = phycharm.init_params(model, (16, 16), 1, 0)
-    rng = np.random.default_rng(0)
-    mask = np.zeros((2, 16, 16, 1), np.float32)
-    mask[:, 3:13, 3:13] = 1
-    b = {"source": rng.uniform(0.2, 1, (2, 16, 16, 3)).astype(np.float32) * mask,
-         "mask": mask, "t1": np.ones_like(mask), "m0": np.zeros_like(mask),
-         "target": rng.uniform(0, 1, mask.shape).astype(np.float32)}
+    b = conftest.tiny_slice_batch()
     src = Protocol(tr=0.02, te=0.004, flip_angle=0.4, sequence="spgr")
     tgt = Protocol(tr=2.4, te=0.002, ti=1.0, flip_angle=0.14, sequence="mprage")
     w = {k: np.float32(1.0) for k in phycharm.WEIGHTS}

@@ -2,6 +2,7 @@
 generator's own signal-level mixing (phyjax.data.synthetic.signed_image, an independent code
 path), the single-tissue signal equation for pure voxels, and PhyCHarm's wiring of it."""
 
+import conftest
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -169,12 +170,8 @@ def test_training_loss_physics_terms_use_the_models_voxel_model(partial_volume):
     model = phycharm.make_model(dict(features=(4, 8), cond_features=4, t1_max=5.0, m0_max=1.5,
                                      partial_volume=partial_volume))
     params = phycharm.init_params(model, (16, 16), 1, 0)
-    rng = np.random.default_rng(0)
-    mask = np.zeros((2, 16, 16, 1), np.float32)
-    mask[:, 3:13, 3:13] = 1
-    b = {"source": rng.uniform(0.2, 1, (2, 16, 16, 3)).astype(np.float32) * mask,
-         "mask": mask, "t1": np.ones_like(mask), "m0": np.zeros_like(mask),
-         "target": rng.uniform(0.1, 1, mask.shape).astype(np.float32) * mask}
+    b = conftest.tiny_slice_batch()
+    mask = b["mask"]
     src = PROTOCOLS["spgr"]
     tgt = PROTOCOLS["mprage_readout"]
     loss = phycharm.make_loss(model)
