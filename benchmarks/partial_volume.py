@@ -11,7 +11,8 @@ floor the re-synthesis itself puts under the harmonizer.
 
 Usage::
 
-    python benchmarks/partial_volume.py [--subjects 03,05] [--out benchmarks/results/partial_volume.md]
+    python benchmarks/partial_volume.py [--subjects 03,05] \
+        [--out benchmarks/results/partial_volume.md]
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ def scores(labels, reference):
     out = []
     for c in (1, 2, 3):
         a, b = labels == c, reference == c
-        out.append((100.0 * (a.sum() - b.sum()) / b.sum(), 2.0 * (a & b).sum() / (a.sum() + b.sum())))
+        out.append((100.0 * (a.sum() - b.sum()) / b.sum(),
+                    2.0 * (a & b).sum() / (a.sum() + b.sum())))
     return out
 
 
@@ -107,7 +109,8 @@ def main(argv=None) -> None:
         lines.append(f"| {site} | {model} | " + " | ".join(f"{v:+.1f}" for v in s) + " | "
                      + " | ".join(f"{v:.3f}" for v in dc) + f" | {nr:.3f} |")
     lines += ["", f"Per subject ({', '.join(subjects)}):", "",
-              "| subject | site | voxel model | dV CSF | dV GM | dV WM | Dice CSF | Dice GM | Dice WM |",
+              ("| subject | site | voxel model | dV CSF | dV GM | dV WM "
+               "| Dice CSF | Dice GM | Dice WM |"),
               "|---|---|---|---|---|---|---|---|---|"]
     for label, site, model, s, _ in rows:
         lines.append(f"| {label} | {site} | {model} | "

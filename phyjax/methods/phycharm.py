@@ -18,10 +18,11 @@ protocol's signal equation (scale-free, :func:`phyjax.losses.physics_consistency
 target physics term the target scan from the same maps through the target protocol's (the
 re-synthesis the harmonizer starts from; off by default): one head seen with two contrasts
 pins its T1 and M0 down better than either scan alone, as variable-flip-angle mapping does.
-The gradient, tissue and edge terms keep anatomy, not just intensities: the gradient-difference loss (Mathieu et al. 2016)
-punishes blurred edges; the tissue-class term compares soft CSF/GM/WM memberships at the
-target protocol's tissue signal levels (from its signal equation), so errors that move a voxel
-across a tissue boundary -- what segmentations and volumes see -- cost most; the
+The gradient, tissue and edge terms keep anatomy, not just intensities: the
+gradient-difference loss (Mathieu et al. 2016) punishes blurred edges; the tissue-class term
+compares soft CSF/GM/WM memberships at the target protocol's tissue signal levels (from its
+signal equation), so errors that move a voxel across a tissue boundary -- what segmentations
+and volumes see -- cost most; the
 normalized-gradient-field term (Haber & Modersitzki 2006) asks every edge of the output to lie
 where the *source* has one, whatever the contrast -- the only image term that also applies to a
 real scan without a target (the unpaired adaptation batches).  The distribution term (the

@@ -77,9 +77,9 @@ def mixture_signed_signal(protocol: Protocol, t1, m0, maps_field_strength, b1=1.
     between field strengths tissue by tissue, as :func:`phyjax.physics.tissues.convert_t1`
     does for a mean T1) and M0 ``m0 * PD_k / sum_j f_j PD_j`` (the voxel's M0 shared by the
     tissues' proton densities), and the signal is ``sum_k f_k S_protocol(T1_k, M0_k)``
-    (:func:`phyjax.physics.signal.signed_signal`, T2/T2* folded into M0 as PhyCHarm does).  For a voxel of one tissue it is the single-T1 signal of
-    ``convert_t1(t1)``.  Scalars may be traced.  Raises ValueError for a concrete B0 without a
-    tissue table.
+    (:func:`phyjax.physics.signal.signed_signal`, T2/T2* folded into M0 as PhyCHarm does).
+    For a voxel of one tissue it is the single-T1 signal of ``convert_t1(t1)``.  Scalars may
+    be traced.  Raises ValueError for a concrete B0 without a tissue table.
     """
     fractions, scale = two_tissue_fractions(t1, maps_field_strength)
     table = _table(protocol.field_strength)
