@@ -14,8 +14,7 @@ from scipy import optimize
 
 from phyjax.data.nifti import InputError
 from phyjax.methods import phycharm
-from phyjax.models.phycharm import resynthesize
-from phyjax.physics import consistency, convert_t1
+from phyjax.physics import consistency, convert_t1, signal
 from phyjax.physics.sequences import Protocol
 
 SPGR = Protocol(tr=0.02, te=0.0045, flip_angle=float(np.deg2rad(25.0)), field_strength=3.0,
@@ -137,12 +136,14 @@ def test_refine_outputs_puts_the_detail_back_with_the_target_contrast():
                       sequence="mprage")
     source = SPGR
     gain = 2.0
-    image = gain * np.asarray(resynthesize(source, jnp.asarray(t1), jnp.asarray(m0), 1.0))
+    image = gain * np.asarray(signal.synthesize(source, jnp.asarray(t1), jnp.inf, jnp.inf,
+                                                  jnp.asarray(m0)))
     ref = phycharm.reference_level(target)
 
     def target_of(t1_, m0_):
         t = convert_t1(jnp.asarray(t1_), 3.0, 1.5)
-        return np.asarray(resynthesize(target, t, jnp.asarray(m0_), ref)) * mask
+        return np.asarray(signal.synthesize(target, t, jnp.inf, jnp.inf,
+                                            jnp.asarray(m0_))) / ref * mask
 
     net = {"t1": t1_net, "m0": m0, "resynth": target_of(t1_net, m0)}
     net["harmonized"] = net["resynth"] + 0.01 * mask           # the harmonizer's own residual

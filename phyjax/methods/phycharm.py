@@ -67,8 +67,7 @@ from phyjax.methods.base import fitted_fields, register
 from phyjax.models.phycharm import PARTIAL_VOLUME, PhyCHarm, reference_signal, synthesize_maps
 from phyjax.physics import consistency, signal, tissues
 from phyjax.physics.sequences import Protocol, encode
-from phyjax.physics.tissues import (FIELD_STRENGTHS, TISSUES, convert_t1, tissue_array,
-                                    tissue_parameters)
+from phyjax.physics.tissues import TISSUES, convert_t1, tissue_parameters
 from phyjax.train import TrainState, fit as fit_loop, make_train_step
 
 MODEL_KEYS = ("features", "cond_features", "t1_max", "m0_max", "context", "readout",
@@ -118,13 +117,10 @@ def reference_level(target: Protocol) -> float:
 
 def tissue_levels(target: Protocol, target_ref):
     """``(3,)`` CSF, GM, WM signal of ``target`` in units of ``target_ref`` (T2/T2* folded into
-    M0 as in :func:`phyjax.models.phycharm.resynthesize`), from the tissue table of the B0
+    M0 as in :func:`phyjax.models.phycharm.synthesize_maps`), from the tissue table of the B0
     nearest ``target.field_strength``; every input may be traced (a concrete B0 without a
     table raises ValueError, :func:`phyjax.physics.tissues.check_field_strengths`)."""
-    tissues.check_field_strengths(target.field_strength)
-    fields = jnp.asarray(FIELD_STRENGTHS)
-    tables = jnp.asarray(np.stack([tissue_array(b) for b in FIELD_STRENGTHS]), jnp.float32)
-    table = tables[jnp.argmin(jnp.abs(fields - target.field_strength))]   # (3, [t1,t2,t2*,pd])
+    table = tissues.nearest_table(target.field_strength)   # (3, [t1, t2, t2*, pd])
     assert TISSUES == ("csf", "gm", "wm")
     return signal.synthesize(target, table[:, 0], jnp.inf, jnp.inf, table[:, 3]) / target_ref
 

@@ -23,17 +23,6 @@ from phyjax.physics.sequences import Protocol
 from phyjax.physics.tissues import convert_t1
 
 
-def resynthesize(protocol: Protocol, t1, m0, reference):
-    """Image of ``protocol`` from predicted maps, in units of ``reference``.
-
-    T2/T2* weighting is folded into ``m0`` (t2 = t2star = inf), as PhyCHarm's
-    generator predicts only T1 and M0.  ``reference`` is a scalar (the
-    protocol's white-matter signal, see :func:`reference_signal`) that puts the
-    result on the scale of images normalized by their 99th in-brain percentile.
-    """
-    return signal.synthesize(protocol, t1, jnp.inf, jnp.inf, m0) / reference
-
-
 #: ``PhyCHarm.partial_volume``: how a voxel's T1/M0 become a signal -- ``single`` (one tissue of
 #: that T1: the signal equation of the map) or ``two_tissue`` (the two adjacent tissues whose
 #: mean T1 it is, their signals summed: :mod:`phyjax.physics.partial_volume`)

@@ -25,23 +25,12 @@ is that tissue alone, its T1 scaled (texture, a subject's own relaxation times).
 from __future__ import annotations
 
 import jax.numpy as jnp
-import numpy as np
 
 from phyjax.physics import signal
 from phyjax.physics.sequences import Protocol
-from phyjax.physics.tissues import FIELD_STRENGTHS, TISSUES, check_field_strengths, tissue_array
+from phyjax.physics.tissues import TISSUES, nearest_table
 
 assert TISSUES == ("csf", "gm", "wm")
-
-
-def _table(field_strength):
-    """``(3, 4)`` tissue table (rows csf, gm, wm; columns T1, T2, T2*, PD) of the tabulated B0
-    nearest ``field_strength`` (T, may be traced; concrete values without a table raise
-    ValueError, :func:`phyjax.physics.tissues.check_field_strengths`)."""
-    check_field_strengths(field_strength)
-    fields = jnp.asarray(FIELD_STRENGTHS)
-    tables = jnp.asarray(np.stack([tissue_array(b) for b in FIELD_STRENGTHS]), jnp.float32)
-    return tables[jnp.argmin(jnp.abs(fields - field_strength))]
 
 
 def two_tissue_fractions(t1, field_strength):
@@ -54,7 +43,7 @@ def two_tissue_fractions(t1, field_strength):
     (the inverse of :func:`phyjax.data.synthetic.quantitative_maps`' mean for two tissues).
     Differentiable in ``t1``.  Raises ValueError for a concrete B0 without a table.
     """
-    table = _table(field_strength)
+    table = nearest_table(field_strength)
     t1_csf, t1_gm, t1_wm = table[0, 0], table[1, 0], table[2, 0]
     t = jnp.clip(t1, t1_wm, t1_csf)
     low = t <= t1_gm
@@ -82,7 +71,7 @@ def mixture_signed_signal(protocol: Protocol, t1, m0, maps_field_strength, b1=1.
     be traced.  Raises ValueError for a concrete B0 without a tissue table.
     """
     fractions, scale = two_tissue_fractions(t1, maps_field_strength)
-    table = _table(protocol.field_strength)
+    table = nearest_table(protocol.field_strength)
     pd = table[:, 3].reshape((3,) + (1,) * jnp.ndim(fractions[0]))
     m0_k = m0 * pd / jnp.sum(fractions * pd, axis=0)          # (3, ...)
     total = 0.0

@@ -115,6 +115,19 @@ def tissue_array(field_strength: float) -> np.ndarray:
     return np.array([table[name] for name in TISSUES], dtype=np.float64)
 
 
+def nearest_table(field_strength):
+    """:func:`tissue_array` of the tabulated B0 nearest ``field_strength`` (T, a scalar that may
+    be traced), as a float32 JAX array ``(3, 4)`` (rows csf, gm, wm; columns t1, t2, t2star,
+    pd).  Raises ValueError for a concrete B0 without a table (:func:`check_field_strengths`);
+    a traced one is snapped to the nearest, so its caller checks it at the boundary."""
+    import jax.numpy as jnp
+
+    check_field_strengths(field_strength)
+    fields = jnp.asarray(FIELD_STRENGTHS)
+    tables = jnp.asarray(np.stack([tissue_array(b) for b in FIELD_STRENGTHS]), jnp.float32)
+    return tables[jnp.argmin(jnp.abs(fields - field_strength))]
+
+
 def _t1_anchor_table() -> tuple[np.ndarray, np.ndarray]:
     fields = np.array(FIELD_STRENGTHS, dtype=np.float64)
     rows = [[tissue_parameters(b)[name].t1 for name in ("wm", "gm", "csf")] for b in fields]
