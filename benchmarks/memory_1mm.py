@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import importlib.util
 import itertools
 import json
 import os
@@ -30,11 +29,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def _config():
-    spec = importlib.util.spec_from_file_location(
-        "phycharm_cfg", os.path.join(HERE, "..", "configs", "phycharm.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    from phyjax.config_files import load_config
+
+    return load_config("phycharm")
 
 
 def peak_rss_gib() -> float:

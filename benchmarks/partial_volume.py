@@ -18,13 +18,13 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import time
 
 import jax.numpy as jnp
 import numpy as np
 
+from phyjax.config_files import load_config
 from phyjax.data import synthetic
 from phyjax.evaluate.overlap import TISSUES, tissue_overlap, tissue_volumes
 from phyjax.evaluate.segmentation import make_segmenter
@@ -32,14 +32,6 @@ from phyjax.physics import signal
 from phyjax.physics.partial_volume import mixture_synthesize
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _benchmark_config():
-    spec = importlib.util.spec_from_file_location("_bench", os.path.join(ROOT, "configs",
-                                                                        "benchmark.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
 
 
 def scores(labels, reference):
@@ -57,7 +49,7 @@ def main(argv=None) -> None:
     ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results",
                                                   "partial_volume.md"))
     args = ap.parse_args(argv)
-    config = _benchmark_config()
+    config = load_config("benchmark")
     d = config.data
     subjects = (args.subjects.split(",") if args.subjects
                 else list(synthetic.held_out_labels(d)))

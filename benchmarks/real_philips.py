@@ -88,13 +88,9 @@ def tissue_dice(labels: np.ndarray, fast: np.ndarray, mask: np.ndarray) -> dict[
 def benchmark_segmenter(method: str = ""):
     """The benchmark config's fixed segmenter (``configs/benchmark.py``) with ``method`` (empty:
     the config's own)."""
-    import importlib.util
+    from phyjax.config_files import load_config
 
-    path = os.path.join(os.path.dirname(__file__), "..", "configs", "benchmark.py")
-    spec = importlib.util.spec_from_file_location("_benchmark_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    seg = module.get_config().segmentation
+    seg = load_config("benchmark").segmentation
     seg.method = method or seg.method
     return make_segmenter(seg)
 

@@ -26,7 +26,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 
@@ -34,6 +33,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from phyjax.config_files import load_config
 from phyjax.data import synthetic
 from phyjax.evaluate.segmentation import (
     AtroposSegmenter,
@@ -68,11 +68,7 @@ def oracle_thresholds(image, mask, probs, truth) -> np.ndarray:
 
 def segmenters(beta: float) -> dict:
     """The segmenters compared: the default config's HMRF and Atropos, and HMRF at ``beta``."""
-    spec = importlib.util.spec_from_file_location(
-        "_benchmark_config", os.path.join(ROOT, "configs", "benchmark.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    seg = module.get_config().segmentation
+    seg = load_config("benchmark").segmentation
     hmrf = TissueSegmenter(beta=seg.beta, max_iter=seg.max_iter, tolerance=seg.tolerance)
     seg.method = "atropos"
     atropos = make_segmenter(seg)

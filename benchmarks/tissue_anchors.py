@@ -16,11 +16,11 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 
 import numpy as np
 
+from phyjax.config_files import load_config
 from phyjax.data import synthetic
 from phyjax.physics.tissues import TISSUES, tissue_array
 
@@ -44,11 +44,7 @@ def main(argv=None) -> None:
     ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results",
                                                   "tissue_anchors.md"))
     args = ap.parse_args(argv)
-    spec = importlib.util.spec_from_file_location("_bench", os.path.join(ROOT, "configs",
-                                                                        "benchmark.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    d = module.get_config().data
+    d = load_config("benchmark").data
     template = synthetic.load_anatomy(int(d.voxel_size))[0]
     lines = ["Own tissue T1s estimated from each held-out head's exact mean-T1 map at 3 T "
              "(`python benchmarks/tissue_anchors.py`), as a ratio to the head's true value "

@@ -25,21 +25,16 @@ that for the two members; the whole variant not yet timed.
 Every field below can be overridden with --config.<path>=<value>; an unknown key is an error.
 """
 
-import importlib.util
-import os
-
 from ml_collections import ConfigDict
+
+from phyjax.config_files import load_config
 
 METHODS = ("none", "zscore", "histmatch", "nyul", "whitestripe", "combat", "unet", "phycharm",
            "phycharm_unpaired", "rescan")   # rescan: the ceiling (not a method; default data)
 
 
 def _phycharm_config(arg):
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "phycharm.py")
-    spec = importlib.util.spec_from_file_location("_phycharm_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
+    return load_config("phycharm", arg)
 
 
 def get_config(arg: str | None = None) -> ConfigDict:

@@ -21,20 +21,15 @@ one core).  Every field can be overridden with --config.<path>=<value>; an unkno
 error.
 """
 
-import importlib.util
-import os
-
 from ml_collections import ConfigDict
+
+from phyjax.config_files import load_config
 
 METHODS = ("none", "histmatch", "pix2pix", "cyclegan_radiomics")
 
 
 def _benchmark_config(arg):
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "benchmark.py")
-    spec = importlib.util.spec_from_file_location("_benchmark_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
+    return load_config("benchmark", arg)
 
 
 def add_sections(config: ConfigDict, arg: str | None = None) -> ConfigDict:

@@ -266,6 +266,13 @@ def test_inspect_writes_every_scan_and_training_refuses_listing_each(tmp_path):
                                            "Philips_R571_T1TFE_mprage_classic.json",
                                            "UIH_R002_gre_fsp_IR.json"}
     assert any(r["status"] == "error" and "has 2 scans" in r["message"] for r in rows)
+    # --config.method=inspect on the main config (no data.suffix there: T1w) lists the same
+    from phyjax.config_files import load_config
+
+    main_cfg = load_config("phycharm")
+    main_cfg.data.bids_root = str(tmp_path / "bids")
+    with open(inspect.run(main_cfg, str(tmp_path / "run_main"))) as f:
+        assert [line.rstrip("\n").split("\t") for line in f] == [header, *lines]
     # Training refuses before any work, naming every incomplete sidecar and the repeated runs.
     with pytest.raises(InputError) as info:
         bids.scan_bids(str(tmp_path / "bids"))

@@ -73,16 +73,12 @@ def write_example_bids(out: str, data_cfg) -> str:
 
 
 def main(argv=None) -> None:
-    import importlib.util
+    from phyjax.config_files import load_config
 
     ap = argparse.ArgumentParser(description="Write phyjax's example unpaired BIDS folder.")
     ap.add_argument("out", help="folder to write (replaced if it exists)")
     args = ap.parse_args(argv)
-    path = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "phycharm.py")
-    spec = importlib.util.spec_from_file_location("phycharm_cfg", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    print(write_example_bids(args.out, module.get_config().data))
+    print(write_example_bids(args.out, load_config("phycharm").data))
 
 
 if __name__ == "__main__":

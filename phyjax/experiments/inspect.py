@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 
+from phyjax.config_files import load_config
 from phyjax.data import bids, synthetic
 from phyjax.data.dataset import cache_dir
 from phyjax.data.sidecar import read_site_table
 
 def _default_root(data_cfg) -> str:
     """The embedded default dataset of configs/phycharm.py (built if needed)."""
-    path = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "phycharm.py")
-    spec = importlib.util.spec_from_file_location("_phycharm_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    default = module.get_config().data
+    default = load_config("phycharm").data
     with default.unlocked():
         default.cache_dir = data_cfg.cache_dir
     return synthetic.build_default_dataset(default, cache_dir(default))
@@ -39,7 +35,7 @@ def run(config, workdir: str) -> str:
     d = config.data
     root = d.bids_root or _default_root(d)
     site_table = read_site_table(d.site_params) if d.site_params else None
-    rows = bids.inspect(root, d.suffix, site_table, d.get("mask_label", "brain"),
+    rows = bids.inspect(root, d.get("suffix", "T1w"), site_table, d.get("mask_label", "brain"),
                         d.get("site_field", ""))
     path = bids.write_protocols(rows, os.path.join(workdir, "protocols.tsv"))
     print(table(rows))
