@@ -420,6 +420,26 @@ def test_fit_resumes_to_the_same_state(tmp_path):
         steps = [int(r["step"]) for r in csv.DictReader(f)]
     assert steps == list(range(1, 9))
 
+    # Resumed by code that logs one metric more (and one fewer): every row keeps its columns.
+    def step_plus(state, batch):
+        state, metrics = step(state, batch)
+        return state, {"extra": jnp.float32(7.0), **{k: v for k, v in metrics.items()
+                                                      if k != "loss"}}
+
+    fit(fresh(), step, batch_fn, 4, str(tmp_path / "d"), checkpoint_every=4, log_every=2,
+        progress=False)
+    fit(fresh(), step_plus, batch_fn, 8, str(tmp_path / "d"), checkpoint_every=4, log_every=2,
+        progress=False)
+    with open(tmp_path / "d" / "train_log.csv") as f:
+        rows = list(csv.reader(f))
+    header = rows[0]
+    assert all(len(r) == len(header) for r in rows)
+    logged = [dict(zip(header, r)) for r in rows[1:]]
+    assert [r["step"] for r in logged] == ["2", "4", "6", "8"]
+    assert [r["extra"] for r in logged] == ["", "", "7.0", "7.0"]
+    assert all(r["loss"] != "" for r in logged[:2]) and all(r["loss"] == "" for r in logged[2:])
+    assert all(float(r["seconds_per_step"]) > 0 for r in logged)
+
     # A checkpoint past the steps asked for is refused, not returned as a shorter run's result.
     with pytest.raises(InputError, match="step 8, past the 5 steps"):
         fit(fresh(), step, batch_fn, 5, str(tmp_path / "a"), progress=False)

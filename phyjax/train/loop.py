@@ -99,6 +99,25 @@ def _truncate_log(path: str, step: int) -> None:
         csv.writer(f).writerows(kept)
 
 
+def _align_log(path: str, fields: list[str]) -> list[str]:
+    """The columns to append rows to ``path`` with: ``fields`` for a new or empty log; else the
+    log's own header, with any of ``fields`` it lacks added after it (the earlier rows left
+    empty there, the file replaced atomically) -- a run resumed by a version of the code that
+    logs another metric keeps every row under its own column names."""
+    if not os.path.exists(path) or os.path.getsize(path) == 0:
+        return fields
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    header = rows[0]
+    merged = header + [k for k in fields if k not in header]
+    if merged != header:
+        with atomic_open(path, "w", newline="") as f:
+            out = csv.writer(f)
+            out.writerow(merged)
+            out.writerows(r + [""] * (len(merged) - len(r)) for r in rows[1:])
+    return merged
+
+
 def fit(state: TrainState, step_fn: Callable, batch_fn: Callable[[int], Any], steps: int,
         workdir: str, checkpoint_every: int = 100, log_every: int = 10,
         progress: bool = True, desc: str = "train") -> TrainState:
@@ -143,7 +162,10 @@ def fit(state: TrainState, step_fn: Callable, batch_fn: Callable[[int], Any], st
                 last_time, last_step = now, i + 1
                 bar.set_postfix(loss=f"{values.get('loss', float('nan')):.4f}")
                 if writer is None:
-                    writer = csv.DictWriter(writer_file, fieldnames=["step", *values])
+                    writer_file.close()
+                    fields = _align_log(log_path, ["step", *values])
+                    writer_file = open(log_path, "a", newline="")
+                    writer = csv.DictWriter(writer_file, fieldnames=fields, restval="")
                     if writer_file.tell() == 0:
                         writer.writeheader()
                 writer.writerow({"step": i + 1, **values})
