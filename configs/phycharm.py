@@ -201,8 +201,9 @@ def get_config(arg: str | None = None) -> ConfigDict:
                              # all lowered GM Dice on the validation split (docs/phycharm_ablation.md, item 25)
     train.w_target_physics = 0.0  # target re-synthesis consistency: the maps through the target
                                   # protocol must explain the target scan (scale-free, as
-                                  # w_physics for the source; paired batches only). Off: not
-                                  # yet measured on the benchmark
+                                  # w_physics for the source; paired batches only). Off:
+                                  # -0.35 dB on the validation split over two seeds, GM Dice
+                                  # +0.002 (docs/phycharm_ablation.md, item 32)
     train.w_harm = 1.0       # L1 of harmonized vs target image
     train.w_ssim = 0.5       # 1 - SSIM of harmonized vs target image
     # Anatomy-keeping terms (phyjax.losses; 0 switches one off):
