@@ -42,6 +42,20 @@ def test_views_move_their_slicing_axis_last_and_back():
     assert [view_cycle(i, 3, ("axial",)) for i in range(4)] == ["axial"] * 4
 
 
+def test_brain_slices_keep_the_slices_with_enough_brain():
+    """``min_fraction`` of the largest slice's brain area selects slices; 0 keeps every slice
+    with any brain and never an empty one (counted by hand on a mask of known areas)."""
+    from phyjax.data.slices import brain_slices
+
+    mask = np.zeros((4, 5, 6), bool)
+    for z, area in enumerate((0, 1, 4, 20, 10, 0)):
+        mask.reshape(-1, 6)[:area, z] = True
+    assert brain_slices(mask, 0.0).tolist() == [1, 2, 3, 4]
+    assert brain_slices(mask, 0.15).tolist() == [2, 3, 4]        # 3 voxels and more
+    assert brain_slices(mask, 0.5).tolist() == [3, 4]
+    assert brain_slices(mask, 1.0).tolist() == [3]
+
+
 @pytest.mark.parametrize("bad", [(), ("axial", "axial"), ("oblique",), ("axial", "Coronal")])
 def test_check_views_refuses_unknown_repeated_or_no_planes(bad):
     with pytest.raises(InputError, match="config.model.views"):

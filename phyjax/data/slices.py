@@ -65,9 +65,10 @@ def view_cycle(i: int, groups: int, views) -> str:
 
 
 def brain_slices(mask: np.ndarray, min_fraction: float) -> np.ndarray:
-    """Indices of axial slices (last axis) whose brain area is >= ``min_fraction`` of the largest."""
+    """Indices of axial slices (last axis) with brain whose brain area is >= ``min_fraction`` of
+    the largest (``0``: every slice with any brain)."""
     area = mask.reshape(-1, mask.shape[-1]).sum(0)
-    return np.flatnonzero(area >= min_fraction * area.max())
+    return np.flatnonzero((area > 0) & (area >= min_fraction * area.max()))
 
 
 def pad_to_multiple(shape2d, multiple: int) -> tuple[tuple[int, int], tuple[int, int]]:
