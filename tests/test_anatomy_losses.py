@@ -85,6 +85,23 @@ def test_edge_agreement_is_haber_modersitzki_and_contrast_free(images):
     assert same < got - 0.1
 
 
+def test_edge_agreement_has_a_finite_gradient_on_a_slice_without_interior_pixels(images):
+    """A batch holding a slice whose mask is a thin line (no pixel with 4 in-mask neighbours: the
+    top of a brain) next to a full slice: the value is the full slice's (NumPy oracle) and the
+    gradient is finite (it was NaN: 0 * inf where zeroed pixels' normalisers underflow)."""
+    x, mask, _ = images
+    thin = np.zeros_like(mask[:1])
+    thin[0, 6:9, 7, 0] = 1
+    batch_mask = np.concatenate([thin, mask[:1]])
+    other = np.roll(x, 3, axis=2)
+    a = jnp.asarray(np.concatenate([x[:1] * thin, x[:1]]))
+    b = jnp.asarray(np.concatenate([other[:1] * thin, other[:1]]))
+    value, grad = jax.value_and_grad(edge_agreement)(a, b, batch_mask)
+    assert float(value) == pytest.approx(
+        _ngf_numpy(x[0, ..., 0], other[0, ..., 0], mask[0, ..., 0], 0.5), abs=1e-5)
+    assert bool(jnp.all(jnp.isfinite(grad)))
+
+
 def test_tissue_consistency_charges_boundary_crossings_most():
     levels = jnp.array([0.2, 0.6, 1.0])       # CSF, GM, WM of some protocol
     mask = jnp.ones((1, 1, 2, 1))

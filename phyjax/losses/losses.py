@@ -96,7 +96,9 @@ def edge_agreement(x, reference, mask, eta: float = 0.5):
 
     ax, ay, na = normed(x)
     bx, by, nb = normed(reference)
-    align = (ax * bx + ay * by) ** 2 / (na * nb)
+    # outside ``inner`` the quotient is not used; dividing by 1 there keeps its gradient finite
+    # (a flat zeroed pixel's ``na * nb`` ~ 1e-24, whose square underflows in float32)
+    align = (ax * bx + ay * by) ** 2 / jnp.where(inner > 0, na * nb, 1.0)
     return 1.0 - jnp.sum(align * inner) / jnp.maximum(jnp.sum(inner), 1.0)
 
 
