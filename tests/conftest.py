@@ -64,8 +64,11 @@ def tiny_slice_batch(seed: int = 0, channels: int = 3) -> dict:
 
 
 def load_config(name: str, variant: str = "debug"):
-    """``configs/<name>.py``'s ``get_config(variant)``, loaded by path as ml_collections does."""
-    return load_module("configs", name).get_config(variant)
+    """``configs/<name>.py``'s ``get_config(variant)`` (:func:`phyjax.config_files.load_config`;
+    the tests' default variant is the tiny ``debug`` one)."""
+    from phyjax.config_files import load_config as load
+
+    return load(name, variant)
 
 
 def tiny_volumes(tmp_path, subjects=("01", "02", "03", "04"), sites=("ref", "x"),
