@@ -418,6 +418,9 @@ def test_scan_bids_finds_brain_masks(tmp_path):
 def test_entities_and_sidecar_path():
     assert bids.entities("/a/sub-01/ses-x/anat/sub-01_ses-siteA_acq-mp2_run-2_T1w.nii.gz") == {
         "sub": "01", "ses": "siteA", "acq": "mp2", "run": "2"}
+    # whole underscore-separated entities only: a key's text inside another entity's label is
+    # not an entity (a regex search for "sub-" read this file as subject 02)
+    assert bids.entities("sub-01_desc-presub-02_T1w.nii.gz") == {"sub": "01"}
     assert bids.sidecar_path("/a/b/sub-01_T1w.nii.gz") == "/a/b/sub-01_T1w.json"
     assert bids.sidecar_path("/a/b.c/sub-01_T1w.nii") == "/a/b.c/sub-01_T1w.json"
 

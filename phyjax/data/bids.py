@@ -20,16 +20,12 @@ import csv
 import dataclasses
 import glob
 import os
-import re
 
 from phyjax.data.atomic import atomic_open
 from phyjax.data.nifti import InputError
 from phyjax.data.sidecar import (Reading, read_protocol, read_sidecar, read_site_table,
                                  sidecar_path, site_label)
 from phyjax.physics.sequences import Protocol
-
-_ENTITY = re.compile(r"(sub|ses|acq|run)-([a-zA-Z0-9]+)")
-
 
 @dataclasses.dataclass(frozen=True)
 class Scan:
@@ -53,8 +49,9 @@ class Scan:
 
 
 def entities(filename: str) -> dict[str, str]:
-    """BIDS entities of a file name, e.g. ``{"sub": "01", "ses": "siteA"}``."""
-    return dict(_ENTITY.findall(os.path.basename(filename)))
+    """The ``sub``, ``ses``, ``acq`` and ``run`` entities of a BIDS file name, e.g.
+    ``{"sub": "01", "ses": "siteA"}`` (those it names; :func:`name_entities` gives every one)."""
+    return {k: v for k, v in name_entities(filename).items() if k in ("sub", "ses", "acq", "run")}
 
 
 #: ``space-`` labels of a mask on the scan's own grid (no entity: the usual native-space mask)
