@@ -246,3 +246,36 @@ def test_an_unpaired_batch_does_not_see_the_target_image():
     # and the edge term alone reaches the parameters on an unpaired batch
     edge_only = {k: np.float32(k == "w_edge") for k in phycharm.WEIGHTS}
     assert any(np.abs(np.asarray(a)).max() > 0 for a in jax.tree.leaves(grad(params, b, edge_only)))
+
+
+def test_terms_switched_off_in_the_config_are_not_computed(monkeypatch):
+    """``make_loss(model, active)`` computes only the config's non-zero terms: the same loss and
+    gradient as every term at weight 0 where those are finite, only the active terms' metrics,
+    and a non-finite term that is off cannot reach the parameters (``0 * nan`` is nan)."""
+    model = phycharm.make_model(dict(features=(4, 8), cond_features=4, t1_max=5.0, m0_max=1.5))
+    params = phycharm.init_params(model, (16, 16), 1, 0)
+    b = conftest.tiny_slice_batch()
+    src = Protocol(tr=0.02, te=0.004, flip_angle=0.4, sequence="spgr")
+    tgt = Protocol(tr=2.4, te=0.002, ti=1.0, flip_angle=0.14, sequence="mprage")
+    train = conftest.load_config("phycharm").train
+    active = phycharm.active_terms(train)
+    assert "w_tissue_hist" not in active and "w_harm" in active     # the default's zeros
+    w = {k: np.float32(train[k]) for k in phycharm.WEIGHTS}
+
+    def value_and_grad(loss):
+        return jax.jit(jax.value_and_grad(lambda p: loss(p, b, src, tgt, 1.0, w), has_aux=True))(params)
+
+    (full, _), g_full = value_and_grad(phycharm.make_loss(model))
+    (part, metrics), g_part = value_and_grad(phycharm.make_loss(model, active))
+    np.testing.assert_allclose(float(part), float(full), rtol=1e-6)
+    for a, c in zip(jax.tree.leaves(g_part), jax.tree.leaves(g_full)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(c), rtol=1e-5, atol=1e-7)
+    assert set(metrics) == {"loss"} | {phycharm.METRIC_NAMES[k] for k in active}
+    # a term that is off and not finite: poisons the all-terms loss, not the active one
+    monkeypatch.setattr(phycharm, "tissue_distribution", lambda x, *a: jnp.sum(x) * jnp.nan)
+    assert not np.isfinite(float(value_and_grad(phycharm.make_loss(model))[0][0]))
+    (part, _), g_part = value_and_grad(phycharm.make_loss(model, active))
+    assert np.isfinite(float(part))
+    assert all(np.isfinite(np.asarray(a)).all() for a in jax.tree.leaves(g_part))
+    with pytest.raises(ValueError, match="w_typo"):
+        phycharm.make_loss(model, ("w_harm", "w_typo"))

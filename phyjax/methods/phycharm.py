@@ -135,14 +135,34 @@ def init_params(model: PhyCHarm, padded, context: int, seed: int):
     return model.init(jax.random.key(seed), x, mask, code, code, tgt, 1.0, 3.0)["params"]
 
 
-def make_loss(model: PhyCHarm):
+#: the training metric each loss term is logged as (``ssim`` logged as SSIM, not 1 - SSIM)
+METRIC_NAMES = {"w_map": "map", "w_physics": "physics", "w_harm": "l1", "w_ssim": "ssim",
+                "w_grad": "grad", "w_tissue": "tissue", "w_edge": "edge", "w_hist": "hist",
+                "w_tissue_hist": "tissue_hist", "w_target_physics": "target_physics"}
+
+
+def active_terms(train_cfg) -> tuple[str, ...]:
+    """The loss terms of :data:`WEIGHTS` whose ``config.train`` weight is not 0, in that order."""
+    return tuple(k for k in WEIGHTS if float(train_cfg[k]) != 0.0)
+
+
+def make_loss(model: PhyCHarm, active=WEIGHTS):
     """``loss_fn(params, batch, source, target, target_ref, weights) -> (loss, metrics)``.
 
     ``source``/``target``: :class:`Protocol` (traced numeric fields, so one compilation serves
     every protocol of a family); ``target_ref``: :func:`reference_level` of ``target``;
     ``weights``: :data:`WEIGHTS` (traced scalars: a batch without a target image -- a real,
-    unpaired scan -- sets :data:`PAIRED_TERMS` to 0).
+    unpaired scan -- sets :data:`PAIRED_TERMS` to 0).  ``active``: the terms computed at all
+    (static; :func:`active_terms` of the config): a term switched off in the config costs no
+    compute, and a non-finite gradient of a term that is off cannot reach the parameters
+    (``0 * nan`` is nan).  The metrics are ``loss`` and the active terms' :data:`METRIC_NAMES`.
+
+    Raises ValueError for a name in ``active`` that is not in :data:`WEIGHTS`.
     """
+    active = tuple(active)
+    unknown = sorted(set(active) - set(WEIGHTS))
+    if unknown:
+        raise ValueError(f"unknown loss terms {unknown}; expected some of {WEIGHTS}")
 
     def loss_fn(params, b, source_protocol, target, target_ref, weights):
         code = encode(source_protocol)
@@ -150,32 +170,36 @@ def make_loss(model: PhyCHarm):
         code_tgt = jnp.broadcast_to(encode(target), code_src.shape)
         out = model.apply({"params": params}, b["source"], b["mask"], code_src, code_tgt,
                           target, target_ref, source_protocol.field_strength)
-        l_map = r1_m0_map_loss(out["t1"], out["m0"], b["t1"], b["m0"], b["mask"])
-        if model.partial_volume == "single":
-            r_src = signal.synthesize(source_protocol, out["t1"], jnp.inf, jnp.inf, out["m0"])
-        else:   # the source through the same voxel model as the target re-synthesis
-            r_src = synthesize_maps(source_protocol, out["t1"], out["m0"],
-                                    source_protocol.field_strength, model.partial_volume)
-        centre = b["source"].shape[-1] // 2
-        l_phys = physics_consistency(b["source"][..., centre:centre + 1], r_src, b["mask"])
         harm, tgt, mask = out["harmonized"], b["target"], b["mask"]
-        levels = tissue_levels(target, target_ref)
-        terms = {"w_map": l_map, "w_physics": l_phys,
-                 "w_harm": masked_l1(harm, tgt, mask),
-                 "w_ssim": ssim_loss(harm, tgt, mask),
-                 "w_grad": gradient_difference(harm, tgt, mask),
-                 "w_tissue": tissue_consistency(harm, tgt, mask, levels),
-                 "w_edge": edge_agreement(harm, b["source"][..., centre:centre + 1], mask),
-                 "w_hist": intensity_distribution(harm, tgt, mask),
-                 "w_tissue_hist": tissue_distribution(harm, tgt, mask, levels),
+        centre = b["source"].shape[-1] // 2
+        source = b["source"][..., centre:centre + 1]
+
+        def physics():
+            if model.partial_volume == "single":
+                r_src = signal.synthesize(source_protocol, out["t1"], jnp.inf, jnp.inf, out["m0"])
+            else:   # the source through the same voxel model as the target re-synthesis
+                r_src = synthesize_maps(source_protocol, out["t1"], out["m0"],
+                                        source_protocol.field_strength, model.partial_volume)
+            return physics_consistency(source, r_src, mask)
+
+        levels = lambda: tissue_levels(target, target_ref)  # noqa: E731
+        terms = {"w_map": lambda: r1_m0_map_loss(out["t1"], out["m0"], b["t1"], b["m0"], mask),
+                 "w_physics": physics,
+                 "w_harm": lambda: masked_l1(harm, tgt, mask),
+                 "w_ssim": lambda: ssim_loss(harm, tgt, mask),
+                 "w_grad": lambda: gradient_difference(harm, tgt, mask),
+                 "w_tissue": lambda: tissue_consistency(harm, tgt, mask, levels()),
+                 "w_edge": lambda: edge_agreement(harm, source, mask),
+                 "w_hist": lambda: intensity_distribution(harm, tgt, mask),
+                 "w_tissue_hist": lambda: tissue_distribution(harm, tgt, mask, levels()),
                  # the same maps must explain the target scan too (two contrasts of one head)
-                 "w_target_physics": physics_consistency(tgt, out["resynth"], mask)}
-        loss = sum(weights[k] * terms[k] for k in WEIGHTS)
-        return loss, {"loss": loss, "map": l_map, "physics": l_phys, "l1": terms["w_harm"],
-                      "ssim": 1.0 - terms["w_ssim"], "grad": terms["w_grad"],
-                      "tissue": terms["w_tissue"], "edge": terms["w_edge"],
-                      "hist": terms["w_hist"], "tissue_hist": terms["w_tissue_hist"],
-                      "target_physics": terms["w_target_physics"]}
+                 "w_target_physics": lambda: physics_consistency(tgt, out["resynth"], mask)}
+        values = {k: terms[k]() for k in active}
+        loss = sum((weights[k] * values[k] for k in active), jnp.zeros((), harm.dtype))
+        metrics = {METRIC_NAMES[k]: values[k] for k in active}
+        if "ssim" in metrics:
+            metrics["ssim"] = 1.0 - metrics["ssim"]
+        return loss, {"loss": loss, **metrics}
 
     return loss_fn
 
@@ -571,7 +595,7 @@ def fit(config, train: TrainingSet, name: str = "phycharm", *, workdir: str,
     batch_fn = networks.mirrored(batch_fn, config.seed, t.get("mirror", 0.0), view_of)
     model, tx = make_model(model_cfg), networks.make_optimizer(t)
     state = TrainState.create(init_params(model, padded, model_cfg["context"], config.seed), tx)
-    step = make_train_step(make_loss(model), tx)
+    step = make_train_step(make_loss(model, active_terms(t)), tx)
     state = fit_loop(state, step, batch_fn, t.steps, workdir, checkpoint_every=t.checkpoint_every,
                      log_every=t.log_every, progress=progress, desc=f"PhyCHarm ({pairs})")
     return PhyCHarmHarmonizer(state.params, model_cfg, config.eval.batch_size,
