@@ -15,6 +15,11 @@ Usage::
         --variant "static MPRAGE=runs/abl/static:--config.model.readout=static" \\
         [--collect] [--out benchmarks/results/ablation_phycharm.md]
 
+Below the table: how many site cells each variant wins; ``--agree "NAME,NAME"`` (e.g. two
+training seeds of one configuration; the reference's own row is ``full (default config)``) adds
+the cells every one of them wins, some and none -- a cell only some seeds win is within seed
+noise.
+
 ``--reference``: a full benchmark run (every baseline and PhyCHarm with the default config), or
 a table this script wrote (``.md``): its "best baseline" and re-scan rows stand in for the
 reference run's baselines when that run's folder is gone (they are all ``table`` compares with).
@@ -86,16 +91,36 @@ def run_variant(folder: str, overrides: str, methods: str) -> float:
     return time.time() - t0
 
 
+def best_baselines(reference, site, baselines=BASELINES) -> dict[str, tuple[float, str]]:
+    """``{metric: (value, method)}``: the best baseline of ``reference`` per metric at ``site``."""
+    best = {}
+    for key, _, higher in METRICS:
+        vals = [(reference[(m, site)][key], m) for m in baselines
+                if key in reference.get((m, site), {})]
+        if vals:
+            best[key] = (max if higher else min)(vals)
+    return best
+
+
+def wins(reference, rows, sites, baselines=BASELINES) -> set[tuple[str, str]]:
+    """The ``(site, metric)`` cells where ``rows``' PhyCHarm beats every baseline of
+    ``reference`` (strictly; a tie is not a win)."""
+    won = set()
+    for site in sites:
+        best, row = best_baselines(reference, site, baselines), rows.get(("phycharm", site), {})
+        for key, _, higher in METRICS:
+            if key in row and key in best and (
+                    row[key] > best[key][0] if higher else row[key] < best[key][0]):
+                won.add((site, key))
+    return won
+
+
 def table(reference, variants, sites, baselines=BASELINES) -> list[str]:
     lines = ["| site | variant | " + " | ".join(label for _, label, _ in METRICS) + " |",
              "|---|---|" + "---|" * len(METRICS)]
+    won = {name: wins(reference, rows, sites, baselines) for name, rows in variants}
     for site in sites:
-        best = {}
-        for key, _, higher in METRICS:
-            vals = [(reference[(m, site)][key], m) for m in baselines
-                    if key in reference.get((m, site), {})]
-            if vals:
-                best[key] = (max if higher else min)(vals)
+        best = best_baselines(reference, site, baselines)
         lines.append(f"| {site} | best baseline | " + " | ".join(
             f"{best[k][0]:.3f} ({best[k][1]})" if k in best else "–" for k, _, _ in METRICS)
             + " |")
@@ -105,15 +130,32 @@ def table(reference, variants, sites, baselines=BASELINES) -> list[str]:
                 f"{ceiling[k]:.3f}" if k in ceiling else "–" for k, _, _ in METRICS) + " |")
         for name, rows in variants:
             row = rows.get(("phycharm", site), {})
-            cells = []
-            for key, _, higher in METRICS:
-                if key not in row:
-                    cells.append("–")
-                    continue
-                v = row[key]
-                wins = key in best and (v > best[key][0] if higher else v < best[key][0])
-                cells.append(f"**{v:.3f}**" if wins else f"{v:.3f}")
-            lines.append(f"| {site} | {name} | " + " | ".join(cells) + " |")
+            lines.append(f"| {site} | {name} | " + " | ".join(
+                "–" if key not in row else
+                f"**{row[key]:.3f}**" if (site, key) in won[name] else f"{row[key]:.3f}"
+                for key, _, _ in METRICS) + " |")
+    return lines
+
+
+def summary(reference, variants, sites, baselines=BASELINES, agree=()) -> list[str]:
+    """Cells won per variant over the source sites (the overall row excluded), and with
+    ``agree`` (variant names, e.g. training seeds of one configuration) the cells every one of
+    them wins, some of them, and none."""
+    per_site = [s for s in sites if s != "overall"]
+    n = len(per_site) * len(METRICS)
+    won = {name: wins(reference, rows, per_site, baselines) for name, rows in variants}
+    lines = [f"Site cells won (of {n}; bold above, overall row excluded): " + ", ".join(
+        f"{name} {len(cells)}" for name, cells in won.items())]
+    if agree:
+        missing = [a for a in agree if a not in won]
+        if missing:
+            raise SystemExit(f"--agree: no variant named {missing}; have {list(won)}")
+        sets = [won[a] for a in agree]
+        every, some = set.intersection(*sets), set.union(*sets)
+        labels = {key: label for key, label, _ in METRICS}
+        lines.append(f"Won by every one of {', '.join(agree)}: {len(every)}; by some: "
+                     f"{len(some - every)}; by none: {n - len(some)}. Split: " + (", ".join(
+                         f"{site} {labels[key]}" for site, key in sorted(some - every)) or "none"))
     return lines
 
 
@@ -133,6 +175,10 @@ def main(argv=None) -> None:
                          "unet_wide=runs/wide_unet:unet, a baseline retrained with a variant's "
                          "setting, when the reference's own rows must stay: a table reference "
                          "keeps only each cell's best, so --replace cannot take them out)")
+    ap.add_argument("--agree", default="", metavar="NAME,NAME",
+                    help="variant names (e.g. two training seeds of one configuration; the "
+                         "reference's own row is 'full (default config)'): report the cells "
+                         "every one of them wins, some and none")
     ap.add_argument("--out", default="benchmarks/results/ablation_phycharm.md")
     args = ap.parse_args(argv)
     reference = (read_table(args.reference) if args.reference.endswith(".md")
@@ -175,6 +221,8 @@ def main(argv=None) -> None:
               f"({', '.join(baselines)}) on that metric and site."), "",
              "`python benchmarks/ablation_phycharm.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])) + "`", ""]
     lines += table(reference, variants, sites, baselines)
+    agree = tuple(a.strip() for a in args.agree.split(",") if a.strip())
+    lines += [""] + summary(reference, variants, sites, baselines, agree)
     if seconds:
         lines += ["", "Wall time per variant run: " + ", ".join(
             f"{k} {v / 60:.1f} min" for k, v in seconds.items())]

@@ -44,6 +44,30 @@ def test_table_round_trips_the_best_baselines(tmp_path):
     assert again == ablation.table(reference, [("v", reference)], sites)
 
 
+
+def test_summary_counts_the_bold_cells_and_the_seeds_agreement():
+    """The cell counts equal the bold cells of the table (the overall row excluded), and the
+    agreement of two variants equals a cell-by-cell comparison of their bold marks."""
+    ablation = _load("ablation_phycharm")
+    rng = np.random.default_rng(1)
+    reference = _reference(rng, ablation)
+    variants = [(name, {("phycharm", s): {k: float(rng.uniform(0.5, 30.0))
+                                         for k, _, _ in ablation.METRICS}
+                        for s in ("siteA", "siteB", "overall")}) for name in ("s0", "s1")]
+    sites = ["siteA", "siteB", "overall"]
+    rows = [line.split("|") for line in ablation.table(reference, variants, sites)[2:]]
+    bold = {name: {(r[1].strip(), i) for r in rows if r[2].strip() == name
+                   and r[1].strip() != "overall" for i, c in enumerate(r[3:-1]) if "**" in c}
+            for name, _ in variants}
+    lines = ablation.summary(reference, variants, sites, agree=("s0", "s1"))
+    assert lines[0].endswith(f"s0 {len(bold['s0'])}, s1 {len(bold['s1'])}")
+    every, some = bold["s0"] & bold["s1"], bold["s0"] | bold["s1"]
+    n = 2 * len(ablation.METRICS)
+    assert f": {len(every)}; by some: {len(some - every)}; by none: {n - len(some)}." in lines[1]
+    assert 0 < len(some) < n          # random values: the check is not vacuous
+    with pytest.raises(SystemExit, match="s2"):
+        ablation.summary(reference, variants, sites, agree=("s0", "s2"))
+
 def test_read_table_refuses_another_file(tmp_path):
     ablation = _load("ablation_phycharm")
     path = tmp_path / "notes.md"
