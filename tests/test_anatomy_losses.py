@@ -263,7 +263,8 @@ def test_terms_switched_off_in_the_config_are_not_computed(monkeypatch):
     w = {k: np.float32(train[k]) for k in phycharm.WEIGHTS}
 
     def value_and_grad(loss):
-        return jax.jit(jax.value_and_grad(lambda p: loss(p, b, src, tgt, 1.0, w), has_aux=True))(params)
+        fn = jax.value_and_grad(lambda p: loss(p, b, src, tgt, 1.0, w), has_aux=True)
+        return jax.jit(fn)(params)
 
     (full, _), g_full = value_and_grad(phycharm.make_loss(model))
     (part, metrics), g_part = value_and_grad(phycharm.make_loss(model, active))

@@ -44,7 +44,6 @@ def test_table_round_trips_the_best_baselines(tmp_path):
     assert again == ablation.table(reference, [("v", reference)], sites)
 
 
-
 def test_summary_counts_the_bold_cells_and_the_seeds_agreement():
     """The cell counts equal the bold cells of the table (the overall row excluded), and the
     agreement of two variants equals a cell-by-cell comparison of their bold marks."""
@@ -67,6 +66,7 @@ def test_summary_counts_the_bold_cells_and_the_seeds_agreement():
     assert 0 < len(some) < n          # random values: the check is not vacuous
     with pytest.raises(SystemExit, match="s2"):
         ablation.summary(reference, variants, sites, agree=("s0", "s2"))
+
 
 def test_read_table_refuses_another_file(tmp_path):
     ablation = _load("ablation_phycharm")
