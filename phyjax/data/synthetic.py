@@ -260,8 +260,54 @@ def sharpen(probs, gamma: float):
     return out.astype(np.float32)
 
 
+#: Per-head relaxation of white-matter lesions relative to the head's own WM: T1, T2 and T2*
+#: lengthened and PD raised by factors drawn uniformly from these ranges (:func:`make_subject`).
+#: T1-hypointense MS lesions have T1 and T2 well above normal-appearing WM, up to near CSF's
+#: T1 in "black holes" (e.g. Magn. Reson. Imaging 12:33, 1994, pixel-wise relaxation mapping in
+#: MS; Riva et al., AJNR 30:1394, 2009, black holes separated by their T1); the ranges span lesions from slightly hypointense to
+#: darker than GM on a 3 T MPRAGE (WM T1 0.81 s -> 1.13-1.78 s, GM 1.35 s).  A relaxometric
+#: model for variety, not a fit to one study.
+LESION_FACTORS = {"t1": (1.4, 2.2), "t2": (1.5, 3.0), "t2star": (1.3, 2.5), "pd": (1.0, 1.2)}
+LESION_RADIUS_MM = (3.0, 6.0)   # lesion radii (6-12 mm diameter)
+LESION_MARGIN_MM = 4.0          # deep WM (>= 90 %) this far around every lesion
+
+
+def wm_lesions(probs, n: int, voxel_size: float, rng, radius_mm=LESION_RADIUS_MM,
+               margin_mm: float = LESION_MARGIN_MM) -> np.ndarray:
+    """Fractions ``(X, Y, Z)`` of white matter turned into lesion tissue: up to ``n`` round
+    lesions of radii drawn from ``radius_mm`` (mm), each centred in deep white matter --
+    every voxel within ``radius + margin_mm`` of its centre holds >= 90 % WM in ``probs``
+    ``(3, X, Y, Z)`` (csf, gm, wm) -- and not overlapping another lesion's margin, so a ring of
+    normal-appearing WM surrounds each lesion (:class:`phyjax.evaluate.measures.LesionMeasure`
+    measures contrast against it).  Each lesion is a ball whose edge is smoothed over one voxel;
+    its fraction never exceeds the voxel's WM.  Fewer than ``n`` are placed where the head has
+    too little deep WM (the default data's 2 mm heads hold 3-6 when asked for 4-8).  ``rng``: a
+    NumPy Generator.  Raises ValueError for ``n < 0``.
+    """
+    if n < 0:
+        raise ValueError(f"n={n} lesions; expected >= 0.")
+    wm = np.asarray(probs[2], np.float64)
+    shape = wm.shape
+    lesion = np.zeros(shape, np.float64)
+    free = ndimage.distance_transform_edt(wm >= 0.9) * voxel_size   # mm to the nearest non-deep-WM
+    grid = np.indices(shape, dtype=np.float64)
+    for _ in range(int(n)):
+        r = float(rng.uniform(*radius_mm))
+        candidates = np.argwhere(free >= r + margin_mm)
+        if len(candidates) == 0:
+            break
+        centre = candidates[rng.integers(len(candidates))]
+        dist = np.sqrt(sum((g - c) ** 2 for g, c in zip(grid, centre))) * voxel_size
+        ball = np.clip((r - dist) / voxel_size + 0.5, 0.0, 1.0)    # 1 inside, 1-voxel ramp
+        lesion = np.maximum(lesion, ball)
+        # keep the next lesions (and their margins) off this one's margin
+        free = np.minimum(free, np.maximum(dist - r - 2 * margin_mm, 0.0))
+    return np.minimum(lesion, wm).astype(np.float32)
+
+
 def make_subject(probs, seed: int, deform_mm: float, voxel_size: float, jitter: float,
-                 texture: float, atrophy_max: float = 0.0, sharpness_max: float = 0.0):
+                 texture: float, atrophy_max: float = 0.0, sharpness_max: float = 0.0,
+                 lesions_max: int = 0):
     """One synthetic subject: deformed tissue probabilities and per-tissue value factors.
 
     Returns ``(probs, factors, t1_texture)``: deformed ``(3, X, Y, Z)``
@@ -269,7 +315,12 @@ def make_subject(probs, seed: int, deform_mm: float, voxel_size: float, jitter: 
     tissue, and a smooth ``(X, Y, Z)`` T1 modulation around 1.  With ``atrophy_max`` > 0 the
     subject's :func:`atrophy` level is drawn uniformly from ``[0, atrophy_max]``, with
     ``sharpness_max`` > 0 its :func:`sharpen` exponent from ``[1, 1 + sharpness_max]`` (each from
-    its own stream of ``seed``, so the other draws do not depend on them).
+    its own stream of ``seed``, so the other draws do not depend on them).  With
+    ``lesions_max`` > 0 the head gets between ``ceil(lesions_max / 2)`` and ``lesions_max``
+    white-matter lesions (:func:`wm_lesions`, placed after atrophy) as a fourth compartment:
+    ``probs`` is then ``(4, X, Y, Z)`` (csf, gm, wm, lesion; the lesion fraction taken from the
+    WM) and ``factors`` ``(4, 4)``, its last row the lesion's (t1, t2, t2star, pd) relative to
+    the head's WM (:data:`LESION_FACTORS`), all from a third stream of ``seed``.
     """
     rng = np.random.default_rng(seed)
     shape = probs.shape[1:]
@@ -288,6 +339,14 @@ def make_subject(probs, seed: int, deform_mm: float, voxel_size: float, jitter: 
     if atrophy_max > 0:
         level = float(np.random.default_rng([seed, 7]).uniform(0.0, atrophy_max))
         warped = atrophy(warped, level, voxel_size)
+    if lesions_max > 0:
+        lrng = np.random.default_rng([seed, 13])
+        n = int(lrng.integers((lesions_max + 1) // 2, lesions_max + 1))
+        lesion = wm_lesions(warped, n, voxel_size, lrng)
+        warped = np.concatenate([warped[:2], (warped[2] - lesion)[None], lesion[None]])
+        rel = np.array([lrng.uniform(*LESION_FACTORS[k]) for k in ("t1", "t2", "t2star", "pd")])
+        factors = np.concatenate([factors, (factors[2] * rel)[None]])
+        factors[3, 3] = min(factors[3, 3], 1.0 / tissues.tissue_array(3.0)[2, 3])   # PD <= 1
     return warped, factors, t1_texture.astype(np.float32)
 
 
@@ -306,12 +365,17 @@ def quantitative_maps(probs, factors, t1_texture, field_strength, partial_volume
     to the CSF value to keep the signal equations finite).  These are the ground-truth maps in
     either mode.  ``partial_volume="signal"`` adds the compartments :func:`acquire` then images
     one by one: ``fractions`` ``(3, X, Y, Z)`` (csf, gm, wm), ``tissue_table`` ``(3, 4)`` (t1,
-    t2, t2star, pd per tissue, jittered) and ``t1_texture`` ``(X, Y, Z)``.
+    t2, t2star, pd per tissue, jittered) and ``t1_texture`` ``(X, Y, Z)``.  A head with lesions
+    (:func:`make_subject` ``lesions_max``) has 4 compartments: ``probs`` ``(4, X, Y, Z)`` and
+    ``factors`` ``(4, 4)``, whose last row scales the WM row of the table.
     Raises ValueError for another ``partial_volume``.
     """
     if partial_volume not in PARTIAL_VOLUME:
         raise ValueError(f"partial_volume {partial_volume!r}; expected one of {PARTIAL_VOLUME}.")
-    table = tissues.tissue_array(field_strength) * factors  # (3 tissues, 4 params)
+    table = tissues.tissue_array(field_strength)  # (3 tissues, 4 params)
+    if len(factors) == 4:   # a lesion compartment (make_subject): its factors are WM-relative
+        table = np.concatenate([table, table[2:3]])
+    table = table * factors
     total = probs.sum(0)
     weights = probs / np.maximum(total, 1e-6)
     maps = {}
@@ -398,6 +462,8 @@ def _to_plain(cfg):
         out["n_test"] = int(cfg["n_test"])   # with "seed", which subjects are held out
     if float(cfg.get("anatomy_sharpness", 0.0)) != 0:   # likewise only when set
         out["anatomy_sharpness"] = float(cfg["anatomy_sharpness"])
+    if int(cfg.get("lesions", 0)) != 0:   # likewise
+        out["lesions"] = int(cfg["lesions"])
     return out
 
 
@@ -424,7 +490,8 @@ def dataset_subject(data_cfg, i: int, template, real=None):
         real if from_real else template, seed=cfg["seed"] * 1000 + i,
         deform_mm=cfg["deform_mm"], voxel_size=cfg["voxel_size"], jitter=cfg["tissue_jitter"],
         texture=cfg["t1_texture"], atrophy_max=cfg["atrophy"],
-        sharpness_max=0.0 if from_real else float(cfg.get("anatomy_sharpness", 0.0)))
+        sharpness_max=0.0 if from_real else float(cfg.get("anatomy_sharpness", 0.0)),
+        lesions_max=int(cfg.get("lesions", 0)))
 
 
 def _write_subject(root: str, i: int, cfg: dict, template, real, affine, field_strengths,
@@ -438,6 +505,9 @@ def _write_subject(root: str, i: int, cfg: dict, template, real, affine, field_s
     deriv = os.path.join(root, DERIVATIVES, f"sub-{subject}", "anat")
     save_volume(s_mask.astype(np.uint8), affine,
                 os.path.join(deriv, f"sub-{subject}_desc-brain_mask.nii.gz"), dtype=np.uint8)
+    if len(s_probs) == 4:   # white-matter lesions (data.lesions): fraction and the WM around them
+        save_volume(s_probs[3], affine, lesion_paths(root, subject)["lesion"])
+        save_volume(s_probs[2], affine, lesion_paths(root, subject)["wm"])
     maps_by_b0 = {}
     for b0 in field_strengths:
         maps = maps_by_b0[b0] = quantitative_maps(s_probs, factors, texture, b0,
@@ -503,6 +573,8 @@ def build_default_dataset(data_cfg, cache_dir: str, progress: bool = True) -> st
     if test_anatomy not in TEST_ANATOMIES:
         raise ValueError(f"data.test_anatomy={test_anatomy!r}; expected one of "
                          f"{TEST_ANATOMIES}.")
+    if not 0 <= int(cfg.get("lesions", 0)) <= 50:
+        raise ValueError(f"data.lesions={cfg['lesions']} must be in [0, 50].")
     if not float(cfg.get("anatomy_sharpness", 0.0)) >= 0.0:
         raise ValueError(f"data.anatomy_sharpness={cfg['anatomy_sharpness']} must be >= 0.")
     probs, _, affine = load_anatomy(cfg["voxel_size"])
@@ -543,6 +615,15 @@ def rescan_path(root: str, subject: str) -> str:
     written for the target site of the config the dataset was built with)."""
     return os.path.join(root, DERIVATIVES, f"sub-{subject}", "anat",
                         f"sub-{subject}_desc-rescan_T1w.nii.gz")
+
+
+def lesion_paths(root: str, subject: str) -> dict[str, str]:
+    """Paths of ``subject``'s white-matter lesion fraction and (lesion-free) WM fraction
+    (BIDS derivative ``label-<tissue>_probseg``; written only when the dataset has lesions,
+    ``data.lesions`` > 0)."""
+    deriv = os.path.join(root, DERIVATIVES, f"sub-{subject}", "anat")
+    return {t: os.path.join(deriv, f"sub-{subject}_label-{label}_probseg.nii.gz")
+            for t, label in (("lesion", "lesion"), ("wm", "WM"))}
 
 
 def ground_truth_paths(root: str, subject: str, field_strength: float) -> dict[str, str]:

@@ -7,6 +7,8 @@
 * :func:`evaluate_features` -- the rows of a feature-level method (ComBat): held-out features and
   volumes mapped into the target site.
 * :func:`generator_maps` -- T1/M0 NRMSE of PhyCHarm's quantitative maps.
+* :class:`LesionMeasure` -- white-matter lesions' contrast against the WM around them, against the
+  same lesions in the target image (default data with ``data.lesions`` > 0).
 * :func:`reproducibility` -- ICC of every radiomic feature across sites (traveling subjects).
 * :func:`subject_level` -- per (method, subject): coefficient of variation of tissue volumes
   across source sites, and a leave-one-subject-out site classifier on each method's outputs.
@@ -14,8 +16,12 @@
 
 from __future__ import annotations
 
-import numpy as np
+import os
 
+import numpy as np
+from scipy import ndimage
+
+from phyjax.data.nifti import load_volume
 from phyjax.data.volumes import Volume
 from phyjax.evaluate.metrics import nrmse
 from phyjax.evaluate.overlap import (TISSUES, coefficient_of_variation, tissue_overlap,
@@ -59,6 +65,89 @@ class TissueMeasure:
         return {**tissue_overlap(labels, self.labels(s, truth.site), region),
                 **{f"volume_{k}": x for k, x in vols.items()},
                 **volume_differences(vols, self.tissue_volumes(s, truth.site))}
+
+
+def lesion_contrasts(image, lesion, wm, mask, ring_mm: float = 4.0, voxel_mm: float = 1.0):
+    """Contrast of each white-matter lesion against the WM around it, ``1 - mean(core) /
+    mean(ring)`` (0: invisible, 1: black; negative: brighter than its surroundings).
+
+    ``image``, ``lesion`` (lesion fraction), ``wm`` (WM fraction), ``mask``: ``(X, Y, Z)`` on
+    one grid.  A lesion is a connected component of ``lesion >= 0.5`` inside ``mask`` (its core);
+    its ring is every voxel within ``ring_mm`` (mm; ``voxel_mm`` the voxel edge) of the lesion's
+    extent (``lesion > 0.01``) that holds no lesion, >= 90 % WM and lies in ``mask``.  Returns a
+    ``(n_lesions,)`` array (NaN for a lesion whose ring is empty or whose ring mean is not
+    positive).  Raises ValueError when the shapes differ.
+    """
+    arrays = [np.asarray(a) for a in (image, lesion, wm, mask)]
+    if len({a.shape for a in arrays}) != 1:
+        raise ValueError(f"image, lesion, wm and mask shapes differ: "
+                         f"{[a.shape for a in arrays]}")
+    image, lesion, wm, mask = arrays
+    image, mask = image.astype(np.float64), mask.astype(bool)
+    cores, n = ndimage.label((lesion >= 0.5) & mask)
+    extent = lesion > 0.01
+    iterations = max(1, int(round(ring_mm / voxel_mm)))
+    out = np.full(n, np.nan)
+    for i in range(n):
+        core = cores == i + 1
+        own = ndimage.binary_propagation(core, mask=extent)      # this lesion's whole extent
+        ring = (ndimage.binary_dilation(own, iterations=iterations) & ~extent & (wm >= 0.9)
+                & mask)
+        if ring.any():
+            ref = image[ring].mean()
+            if ref > 0:
+                out[i] = 1.0 - image[core].mean() / ref
+    return out
+
+
+class LesionMeasure:
+    """How a method keeps white-matter lesions: per lesion, its contrast against the WM around
+    it (:func:`lesion_contrasts`) in the output and in the subject's target image; a measure for
+    :func:`phyjax.evaluate.loop.evaluate_images`.
+
+    ``maps(subject) -> (lesion, wm)`` gives the subject's lesion and WM fractions on the
+    scans' grid (:meth:`from_dataset` reads the default dataset's derivatives).  Keys:
+    ``lesion_contrast`` (mean over the subject's lesions) and ``lesion_contrast_err`` (mean
+    absolute difference from the target image's contrast of the same lesion), NaN for a
+    subject without lesions.  An intensity remap that is not the target's own can flatten or
+    deepen lesions; re-synthesis from T1 predicts them from their physics.
+    """
+
+    def __init__(self, maps):
+        self.maps, self._cache = maps, {}
+
+    @classmethod
+    def from_dataset(cls, root: str, subjects) -> "LesionMeasure | None":
+        """The measure on the default dataset at ``root``, or None when some of ``subjects``
+        has no lesion maps (a dataset built without ``data.lesions``, or a user's folder)."""
+        from phyjax.data.synthetic import lesion_paths
+
+        paths = {s: lesion_paths(root, s) for s in subjects}
+        if not paths or not all(os.path.exists(p) for d in paths.values() for p in d.values()):
+            return None
+        return cls(lambda s: (load_volume(paths[s]["lesion"])[0], load_volume(paths[s]["wm"])[0]))
+
+    def _truth(self, subject: str, truth: Volume):
+        if subject not in self._cache:
+            lesion, wm = self.maps(subject)
+            for name, a in (("lesion", lesion), ("wm", wm)):
+                if np.shape(a) != np.shape(truth.image):
+                    raise ValueError(f"subject {subject}: {name} map {np.shape(a)} is not on the "
+                                     f"grid of {truth.path} {np.shape(truth.image)}.")
+            voxel = float(truth.voxel_mm3) ** (1.0 / 3.0)
+            contrast = lesion_contrasts(truth.image, lesion, wm, truth.mask, voxel_mm=voxel)
+            self._cache[subject] = (lesion, wm, voxel, contrast)
+        return self._cache[subject]
+
+    def __call__(self, method: str, output, source: Volume, truth: Volume) -> dict:
+        lesion, wm, voxel, c_truth = self._truth(source.subject, truth)
+        # the truth's lesion cores and rings, within the truth's mask (as the truth's contrasts)
+        c_out = lesion_contrasts(output, lesion, wm, truth.mask, voxel_mm=voxel)
+        ok = np.isfinite(c_out) & np.isfinite(c_truth)
+        if not ok.any():
+            return {"lesion_contrast": float("nan"), "lesion_contrast_err": float("nan")}
+        return {"lesion_contrast": float(c_out[ok].mean()),
+                "lesion_contrast_err": float(np.abs(c_out[ok] - c_truth[ok]).mean())}
 
 
 def evaluate_features(harmonizer, subjects, source_sites, target_site: str,

@@ -47,7 +47,9 @@ METRICS += [(f"vol_absdiff_{t}", f"\\|ΔV\\| {t.upper()} (mL)", False, "{:.2f}")
 METRICS += [(f"vol_reldiff_{t}", f"\\|ΔV\\| {t.upper()} (%)", False, "{:.1f}") for t in TISSUES]
 METRICS += [("radiomic_relerr", "radiomic rel. error", False, "{:.3f}"),
             ("rank_corr", "anatomy: rank corr", True, "{:.3f}"),
-            ("edge_corr", "anatomy: edge corr", True, "{:.3f}")]
+            ("edge_corr", "anatomy: edge corr", True, "{:.3f}"),
+            ("lesion_contrast", "lesion contrast", None, "{:.3f}"),
+            ("lesion_contrast_err", "lesion contrast error", False, "{:.3f}")]
 SUBJECT_METRICS: list[tuple[str, str, bool, str]] = (
     [(f"cov_{t}", f"CoV {t.upper()}", False, "{:.4f}") for t in TISSUES]
     + [("site_acc", "site-classifier acc. (→ chance)", None, "{:.2f}")])

@@ -11,7 +11,9 @@
 3. **Evaluate on held-out subjects** with the one loop (:func:`phyjax.evaluate.loop.evaluate_images`):
    SSIM/PSNR/NRMSE, DIPY HMRF segmentation overlap and tissue volumes
    (:class:`~phyjax.evaluate.measures.TissueMeasure`), radiomic relative error, volume CoV across
-   sites and the site classifier after harmonization; ComBat on feature tables.
+   sites and the site classifier after harmonization; ComBat on feature tables; on default data
+   built with ``data.lesions`` > 0, each white-matter lesion's contrast against the WM around it
+   (:class:`~phyjax.evaluate.measures.LesionMeasure`).
 4. **Report**: ``benchmark.md`` (:mod:`phyjax.evaluate.writeup`), ``benchmark.csv`` (mean, sd and
    95 % CI over subjects), per-subject CSVs, ``site_features.csv``, ``site_distributions.csv``,
    ``examples.png``, ``volumes.png``, ``radiomics.png``, ``split.json`` (with ``fitted_on``).
@@ -27,8 +29,8 @@ from phyjax.data.atomic import atomic_open
 from phyjax.data.dataset import Dataset, load_dataset
 from phyjax.evaluate import figures, report, writeup
 from phyjax.evaluate.loop import evaluate_images, image_similarity
-from phyjax.evaluate.measures import (TissueMeasure, evaluate_features, generator_maps,
-                                      reproducibility, subject_level)
+from phyjax.evaluate.measures import (LesionMeasure, TissueMeasure, evaluate_features,
+                                      generator_maps, reproducibility, subject_level)
 from phyjax.evaluate.site_difference import radiomic_relative_error, site_difference, t_interval
 from phyjax.evaluate.unpaired import anatomy_measure
 from phyjax.experiments import unpaired
@@ -99,8 +101,10 @@ class _Radiomics:
 def evaluate(config, fitted, data: Dataset, test, tissue, radiomics: _Radiomics, raw_feat,
              n_features, progress):
     """Per-image rows (image methods through the one loop, then feature-level methods)."""
+    lesions = LesionMeasure.from_dataset(data.root, test)   # default data with data.lesions
     rows = evaluate_images(fitted, data.volumes, test, data.source_sites, data.target_site,
-                           measures=(image_similarity, tissue, anatomy_measure),
+                           measures=(image_similarity, tissue, anatomy_measure)
+                           + ((lesions,) if lesions is not None else ()),
                            on_subject=radiomics,
                            log=lambda m: log(progress, "benchmark", m))
     for h in fitted.values():
