@@ -149,3 +149,19 @@ def test_lesions_change_the_dataset_fingerprint_only_when_set(tmp_path):
     config.data.lesions = 60
     with pytest.raises(ValueError, match="data.lesions"):
         synthetic.build_default_dataset(config.data, str(tmp_path), progress=False)
+
+
+def test_benchmark_writeup_has_a_lesion_table_only_on_data_with_lesions():
+    from types import SimpleNamespace
+
+    from phyjax.evaluate import report, writeup
+
+    rows = [{"method": m, "site": "siteA", "subject": s, "ssim": 0.9,
+             "lesion_contrast": c, "lesion_contrast_err": abs(c - 0.2)}
+            for m, c in (("none", 0.05), ("phycharm", 0.18)) for s in ("01", "02")]
+    text = "\n".join(writeup._lesions(SimpleNamespace(summary=report.aggregate(rows))))
+    assert "White-matter lesions" in text
+    line = next(x for x in text.splitlines() if x.startswith("| siteA | phycharm"))
+    assert "**0.020" in line            # the smaller error is the best, in bold
+    plain = [{k: v for k, v in r.items() if not k.startswith("lesion")} for r in rows]
+    assert writeup._lesions(SimpleNamespace(summary=report.aggregate(plain))) == []

@@ -146,7 +146,21 @@ def _anatomy(r: BenchmarkResult) -> str:
         "scores low here even where it scores high above.", "",
         report.markdown_table(r.summary, ["rank_corr", "edge_corr"], site=None,
                               first=("site", "method")).replace(
-            f"| {report.OVERALL} |", "| *overall* |")])
+            f"| {report.OVERALL} |", "| *overall* |")] + _lesions(r))
+
+
+def _lesions(r: BenchmarkResult) -> list[str]:
+    """The lesion table, on data with white-matter lesions (``data.lesions``), else nothing."""
+    if not any(np.isfinite(row.get("lesion_contrast_mean", np.nan)) for row in r.summary):
+        return []
+    return ["", "### White-matter lesions", "",
+            "Each lesion's contrast against the WM around it, `1 - mean(lesion) / mean(ring)` "
+            "(`phyjax.evaluate.measures.LesionMeasure`), in the output; its error is the mean "
+            "absolute difference from the same lesion's contrast in the target image.  A remap "
+            "of intensities that is not the target's own flattens or deepens lesions.", "",
+            report.markdown_table(r.summary, ["lesion_contrast", "lesion_contrast_err"],
+                                  site=None, first=("site", "method")).replace(
+                f"| {report.OVERALL} |", "| *overall* |")]
 
 
 def _reproducibility(r: BenchmarkResult) -> str:

@@ -19,8 +19,8 @@ from phyjax.data.dataset import Dataset, load_dataset
 from phyjax.data.nifti import save_like
 from phyjax.data.volumes import native_image
 from phyjax.evaluate import figures, report
-from phyjax.evaluate.loop import evaluate_images
-from phyjax.evaluate.measures import generator_maps
+from phyjax.evaluate.loop import evaluate_images, image_similarity
+from phyjax.evaluate.measures import LesionMeasure, generator_maps
 from phyjax.experiments import harmonize as harmonize_mode
 from phyjax.experiments.common import (prepare_workdir, target_protocol, write_protocols,
                                        write_split)
@@ -71,7 +71,9 @@ def train_and_evaluate(config, workdir: str, progress: bool = True) -> dict:
     test = split.held_out_subjects(fitted)
     paired = [s for s in test if data.target_site in data.volumes[s]]
     outputs = _Outputs(config, workdir, data, paired[0] if paired else None)
+    lesions = LesionMeasure.from_dataset(data.root, paired)   # default data with data.lesions
     rows = evaluate_images(fitted, data.volumes, paired, data.source_sites, data.target_site,
+                           measures=(image_similarity,) + ((lesions,) if lesions else ()),
                            on_subject=outputs)
     for s in (s for s in test if s not in paired):  # no ground truth: harmonize and save
         outputs(s, {(METHOD, site): fitted[METHOD].harmonize(v)
@@ -130,8 +132,10 @@ def write_reports(workdir: str, rows: list[dict], map_rows: list[dict],
         if summary:
             f.write("Held-out subjects, metrics inside the brain mask against the ground-truth "
                     "target-protocol image (mean ± sd over subjects).\n\n")
-            f.write(report.markdown_table(summary, ["ssim", "psnr", "nrmse"], site=None,
-                                          first=("site", "method"), spread="sd"))
+            lesions = ["lesion_contrast", "lesion_contrast_err"] if any(
+                "lesion_contrast" in r for r in rows) else []
+            f.write(report.markdown_table(summary, ["ssim", "psnr", "nrmse"] + lesions,
+                                          site=None, first=("site", "method"), spread="sd"))
         for note in notes:
             f.write(f"\n{note}\n")
         if map_rows:
