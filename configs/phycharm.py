@@ -71,6 +71,8 @@ def get_config(arg: str | None = None) -> ConfigDict:
     data.lesions = 0         # > 0: each subject gets ceil(n/2)..n white-matter lesions (T1/T2
                              # lengthened, phyjax.data.synthetic.wm_lesions) and the benchmark
                              # measures how each method keeps their contrast (LesionMeasure)
+    data.lesion_subjects = "all"  # "held_out": lesions only in held-out subjects (trained on
+                                  # healthy heads, applied to patients)
     data.anatomy_sharpness = 0.0  # > 0: each template subject's partial-volume band narrowed
                                   # (tissue shares ^ gamma, gamma ~ U[1, 1 + this]; crisper, as
                                   # one head is than the population template)

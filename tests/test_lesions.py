@@ -165,3 +165,21 @@ def test_benchmark_writeup_has_a_lesion_table_only_on_data_with_lesions():
     assert "**0.020" in line            # the smaller error is the best, in bold
     plain = [{k: v for k, v in r.items() if not k.startswith("lesion")} for r in rows]
     assert writeup._lesions(SimpleNamespace(summary=report.aggregate(plain))) == []
+
+
+def test_lesions_only_in_held_out_subjects_when_asked(tmp_path):
+    config = conftest.load_config("phycharm", "")
+    config.data.lesions, config.data.lesion_subjects = 6, "held_out"
+    held_out = synthetic.held_out_labels(synthetic._to_plain(config.data))
+    assert len(held_out) == config.data.n_test
+    template, _, _ = synthetic.load_anatomy(2)
+    for i in (int(held_out[0]) - 1, next(i for i in range(12) if f"{i + 1:02d}" not in held_out)):
+        probs = synthetic.dataset_subject(config.data, i, template)[0]
+        assert len(probs) == (4 if f"{i + 1:02d}" in held_out else 3)
+    fingerprint = synthetic.dataset_fingerprint(config.data)
+    config.data.lesion_subjects = "all"
+    assert synthetic.dataset_fingerprint(config.data) != fingerprint
+    config.data.lesion_subjects = "train"
+    with pytest.raises(ValueError, match="data.lesion_subjects"):
+        synthetic.build_default_dataset(config.data, str(tmp_path), progress=False)
+    assert not any(p.name.startswith("default-") for p in tmp_path.iterdir())

@@ -268,6 +268,9 @@ def sharpen(probs, gamma: float):
 #: darker than GM on a 3 T MPRAGE (WM T1 0.81 s -> 1.13-1.78 s, GM 1.35 s).  A relaxometric
 #: model for variety, not a fit to one study.
 LESION_FACTORS = {"t1": (1.4, 2.2), "t2": (1.5, 3.0), "t2star": (1.3, 2.5), "pd": (1.0, 1.2)}
+#: ``data.lesion_subjects``: every subject has lesions, or only the held-out ones (no method
+#: sees a lesion in training: a harmonizer fitted on healthy heads, applied to patients)
+LESION_SUBJECTS = ("all", "held_out")
 LESION_RADIUS_MM = (3.0, 6.0)   # lesion radii (6-12 mm diameter)
 LESION_MARGIN_MM = 4.0          # deep WM (>= 90 %) this far around every lesion
 
@@ -464,6 +467,9 @@ def _to_plain(cfg):
         out["anatomy_sharpness"] = float(cfg["anatomy_sharpness"])
     if int(cfg.get("lesions", 0)) != 0:   # likewise
         out["lesions"] = int(cfg["lesions"])
+        out["lesion_subjects"] = str(cfg.get("lesion_subjects", "all"))
+        if out["lesion_subjects"] != "all":   # which subjects are held out
+            out["n_test"] = int(cfg["n_test"])
     return out
 
 
@@ -486,12 +492,16 @@ def dataset_subject(data_cfg, i: int, template, real=None):
     cfg = _to_plain(data_cfg)
     from_real = (real is not None and "test_anatomy" in cfg
                  and f"{i + 1:02d}" in held_out_labels(cfg))
+    lesions = int(cfg.get("lesions", 0))
+    if cfg.get("lesion_subjects", "all") == "held_out" and f"{i + 1:02d}" not in held_out_labels(
+            cfg):
+        lesions = 0   # patients only among the held-out subjects: no method trains on lesions
     return make_subject(
         real if from_real else template, seed=cfg["seed"] * 1000 + i,
         deform_mm=cfg["deform_mm"], voxel_size=cfg["voxel_size"], jitter=cfg["tissue_jitter"],
         texture=cfg["t1_texture"], atrophy_max=cfg["atrophy"],
         sharpness_max=0.0 if from_real else float(cfg.get("anatomy_sharpness", 0.0)),
-        lesions_max=int(cfg.get("lesions", 0)))
+        lesions_max=lesions)
 
 
 def _write_subject(root: str, i: int, cfg: dict, template, real, affine, field_strengths,
@@ -575,6 +585,9 @@ def build_default_dataset(data_cfg, cache_dir: str, progress: bool = True) -> st
                          f"{TEST_ANATOMIES}.")
     if not 0 <= int(cfg.get("lesions", 0)) <= 50:
         raise ValueError(f"data.lesions={cfg['lesions']} must be in [0, 50].")
+    if cfg.get("lesion_subjects", "all") not in LESION_SUBJECTS:
+        raise ValueError(f"data.lesion_subjects={cfg['lesion_subjects']!r}; expected one of "
+                         f"{LESION_SUBJECTS}.")
     if not float(cfg.get("anatomy_sharpness", 0.0)) >= 0.0:
         raise ValueError(f"data.anatomy_sharpness={cfg['anatomy_sharpness']} must be >= 0.")
     probs, _, affine = load_anatomy(cfg["voxel_size"])
