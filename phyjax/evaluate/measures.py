@@ -67,37 +67,49 @@ class TissueMeasure:
                 **volume_differences(vols, self.tissue_volumes(s, truth.site))}
 
 
-def lesion_contrasts(image, lesion, wm, mask, ring_mm: float = 4.0, voxel_mm: float = 1.0):
-    """Contrast of each white-matter lesion against the WM around it, ``1 - mean(core) /
-    mean(ring)`` (0: invisible, 1: black; negative: brighter than its surroundings).
+def lesion_regions(lesion, wm, mask, ring_mm: float = 4.0, voxel_mm: float = 1.0):
+    """``[(core, ring)]``, boolean ``(X, Y, Z)`` pairs, one per white-matter lesion.
 
-    ``image``, ``lesion`` (lesion fraction), ``wm`` (WM fraction), ``mask``: ``(X, Y, Z)`` on
-    one grid.  A lesion is a connected component of ``lesion >= 0.5`` inside ``mask`` (its core);
-    its ring is every voxel within ``ring_mm`` (mm; ``voxel_mm`` the voxel edge) of the lesion's
-    extent (``lesion > 0.01``) that holds no lesion, >= 90 % WM and lies in ``mask``.  Returns a
-    ``(n_lesions,)`` array (NaN for a lesion whose ring is empty or whose ring mean is not
-    positive).  Raises ValueError when the shapes differ.
+    ``lesion`` (lesion fraction), ``wm`` (WM fraction), ``mask``: ``(X, Y, Z)``.  A lesion is a
+    connected component of ``lesion >= 0.5`` inside ``mask`` (its core); its ring is every voxel
+    within ``ring_mm`` (mm; ``voxel_mm`` the voxel edge) of the lesion's extent
+    (``lesion > 0.01``) that holds no lesion, >= 90 % WM and lies in ``mask``.  Lesions with an
+    empty ring are left out.  Raises ValueError when the shapes differ.
     """
-    arrays = [np.asarray(a) for a in (image, lesion, wm, mask)]
+    arrays = [np.asarray(a) for a in (lesion, wm, mask)]
     if len({a.shape for a in arrays}) != 1:
-        raise ValueError(f"image, lesion, wm and mask shapes differ: "
-                         f"{[a.shape for a in arrays]}")
-    image, lesion, wm, mask = arrays
-    image, mask = image.astype(np.float64), mask.astype(bool)
+        raise ValueError(f"lesion, wm and mask shapes differ: {[a.shape for a in arrays]}")
+    lesion, wm, mask = arrays[0], arrays[1], arrays[2].astype(bool)
     cores, n = ndimage.label((lesion >= 0.5) & mask)
     extent = lesion > 0.01
     iterations = max(1, int(round(ring_mm / voxel_mm)))
-    out = np.full(n, np.nan)
+    out = []
     for i in range(n):
         core = cores == i + 1
         own = ndimage.binary_propagation(core, mask=extent)      # this lesion's whole extent
         ring = (ndimage.binary_dilation(own, iterations=iterations) & ~extent & (wm >= 0.9)
                 & mask)
         if ring.any():
-            ref = image[ring].mean()
-            if ref > 0:
-                out[i] = 1.0 - image[core].mean() / ref
+            out.append((core, ring))
     return out
+
+
+def lesion_contrasts(image, lesion, wm, mask, ring_mm: float = 4.0, voxel_mm: float = 1.0):
+    """Contrast of each white-matter lesion against the WM around it, ``1 - mean(core) /
+    mean(ring)`` (0: invisible, 1: black; negative: brighter than its surroundings), over
+    :func:`lesion_regions` (same arguments; ``image`` ``(X, Y, Z)`` on their grid).
+
+    Returns a ``(n_lesions,)`` array (NaN for a lesion whose ring mean is not positive).
+    Raises ValueError when the shapes differ.
+    """
+    image = np.asarray(image, np.float64)
+    if image.shape != np.shape(lesion):
+        raise ValueError(f"image shapes differ: {image.shape} vs {np.shape(lesion)}")
+    out = []
+    for core, ring in lesion_regions(lesion, wm, mask, ring_mm, voxel_mm):
+        ref = image[ring].mean()
+        out.append(1.0 - image[core].mean() / ref if ref > 0 else np.nan)
+    return np.asarray(out, np.float64)
 
 
 class LesionMeasure:
