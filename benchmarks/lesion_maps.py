@@ -31,6 +31,30 @@ from phyjax.data.nifti import load_volume
 from phyjax.evaluate.measures import lesion_regions
 
 
+def lesion_figure(panels, path: str) -> str:
+    """One row per source site: source | harmonized | target | T1 predicted | T1 true, on the
+    axial slice through the largest lesion, lesion cores outlined in red."""
+    from phyjax.evaluate.figures import _plt, _save, _show
+
+    plt = _plt()
+    lesion = panels[0]["lesion"]
+    z = int(np.argmax((lesion >= 0.5).sum((0, 1))))
+    fig, axes = plt.subplots(len(panels), 5, figsize=(10, 2.2 * len(panels)), squeeze=False)
+    names = ("source", "harmonized", "target", "T1 predicted (s)", "T1 true (s)")
+    for i, p in enumerate(panels):
+        m = p["mask"]
+        for j, key in enumerate(("source", "harmonized", "truth", "t1", "t1_true")):
+            img = p[key]
+            vmax = 2.5 if j >= 3 else float(np.percentile(img[m], 99.5))
+            _show(axes[i, j], img[..., z] * m[..., z], vmax, names[j] if i == 0 else None)
+            axes[i, j].contour((lesion[..., z] >= 0.5).T, levels=[0.5], colors="r",
+                               linewidths=0.6, origin="lower")
+        axes[i, 0].set_ylabel(p["site"], fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path, f"held-out subject {panels[0]['subject']}, white-matter lesions "
+                            "(red)", dpi=110)
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--run", required=True)
@@ -38,6 +62,9 @@ def main(argv=None) -> None:
                     help="benchmark run: the method folder (phycharm | phycharm_unpaired); "
                          "'' for a phycharm run's harmonizer/")
     ap.add_argument("--out", required=True, help="markdown report")
+    ap.add_argument("--figure", default="",
+                    help="PNG: the first held-out subject's slice through its largest lesion, "
+                         "per source site: source, harmonized, target, predicted and true T1")
     args = ap.parse_args(argv)
     with open(os.path.join(args.run, "config.json")) as f:
         cfg = ConfigDict(json.load(f))
@@ -46,6 +73,7 @@ def main(argv=None) -> None:
     harm = methods.load(os.path.join(args.run, args.method, "harmonizer"))
     data = load_dataset(cfg.data, progress=False, paired=True)
     per_site = defaultdict(lambda: defaultdict(list))
+    panels = []
     for subject in test:
         paths = synthetic.lesion_paths(data.root, subject)
         if not os.path.exists(paths["lesion"]):
@@ -54,7 +82,13 @@ def main(argv=None) -> None:
         for site in data.source_sites:
             v = data.volumes[subject][site]
             voxel = float(v.voxel_mm3) ** (1.0 / 3.0)
-            t1 = harm.predict(v)["t1"]
+            out = harm.predict(v)
+            t1 = out["t1"]
+            if args.figure and (not panels or panels[0]["subject"] == subject):
+                panels.append({"subject": subject, "site": site, "source": v.image,
+                               "harmonized": out["harmonized"], "lesion": lesion,
+                               "truth": data.volumes[subject][data.target_site].image,
+                               "t1": t1, "t1_true": v.t1, "mask": v.mask})
             for core, ring in lesion_regions(lesion, wm, v.mask, 4.0, voxel):
                 true_l, true_r = v.t1[core].mean(), v.t1[ring].mean()
                 pred_l, pred_r = t1[core].mean(), t1[ring].mean()
@@ -85,6 +119,9 @@ def main(argv=None) -> None:
     lines.append(f"| overall | {len(r['ratio_true'])} | {np.mean(r['ratio_true']):.3f} | "
                  f"{np.mean(r['ratio_pred']):.3f} | {100 * np.mean(r['err_core']):.1f} % | "
                  f"{100 * np.mean(r['err_ring']):.1f} % |")
+    if panels:
+        lesion_figure(panels, args.figure)
+        lines += ["", f"Figure: `{args.figure}`."]
     text = "\n".join(lines) + "\n"
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as f:

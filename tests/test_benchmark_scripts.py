@@ -161,3 +161,32 @@ def test_added_baseline_can_only_take_cells_away(tmp_path):
     assert [c.startswith("**") for c in cells] == [False, False] + [True] * (len(keys) - 2)
     best = next(line for line in out.read_text().splitlines() if line.startswith("| siteA | best"))
     assert best.count("(unet_wide)") == len(keys)   # better than the table's best everywhere
+
+
+def test_metric_table_joins_runs_and_bolds_the_best_method(tmp_path):
+    table = _load("metric_table")
+    rows = {"a": [("none", "siteA", 0.30), ("histmatch", "siteA", 0.10), ("rescan", "siteA", 0.0),
+                  ("none", "overall", 0.30), ("histmatch", "overall", 0.12)],
+            "b": [("phycharm", "siteA", 0.05), ("phycharm", "overall", 0.20)]}
+    for run, values in rows.items():
+        os.makedirs(tmp_path / run)
+        with open(tmp_path / run / "benchmark.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, ["method", "site", "lesion_contrast_err_mean",
+                                   "lesion_contrast_err_sd"])
+            w.writeheader()
+            for m, s, v in values:
+                w.writerow({"method": m, "site": s, "lesion_contrast_err_mean": v,
+                            "lesion_contrast_err_sd": 0.01})
+    summary = table.read_summary([str(tmp_path / "a"), str(tmp_path / "b")])
+    lines = table.table(summary, "lesion_contrast_err")
+    site_a = next(x for x in lines if x.startswith("| siteA"))
+    overall = next(x for x in lines if x.startswith("| overall"))
+    # lower is better; the re-scan (a ceiling) at 0 is never the best
+    assert site_a == "| siteA | 0.300 | 0.100 | 0.000 | **0.050** |"
+    assert "**0.120**" in overall and "–" in overall          # no rescan row there
+    import shutil
+    shutil.copytree(tmp_path / "b", tmp_path / "c")
+    with pytest.raises(SystemExit, match="both"):
+        table.read_summary([str(tmp_path / r) for r in "abc"])
+    with pytest.raises(SystemExit, match="unknown metric"):
+        table.table(summary, "lesion_volume")
