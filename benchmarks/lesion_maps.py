@@ -33,7 +33,7 @@ from phyjax.evaluate.measures import lesion_regions
 
 def lesion_figure(panels, path: str) -> str:
     """One row per source site: source | harmonized | target | T1 predicted | T1 true, on the
-    axial slice through the largest lesion, lesion cores outlined in red."""
+    axial slice through the largest lesion, lesion cores outlined in red on the true T1."""
     from phyjax.evaluate.figures import _plt, _save, _show
 
     plt = _plt()
@@ -47,12 +47,13 @@ def lesion_figure(panels, path: str) -> str:
             img = p[key]
             vmax = 2.5 if j >= 3 else float(np.percentile(img[m], 99.5))
             _show(axes[i, j], img[..., z] * m[..., z], vmax, names[j] if i == 0 else None)
-            axes[i, j].contour((lesion[..., z] >= 0.5).T, levels=[0.5], colors="r",
-                               linewidths=0.6, origin="lower")
+            if j == 4:   # outlined in one panel only, so the others show the lesion itself
+                axes[i, j].contour((lesion[..., z] >= 0.5).T, levels=[0.5], colors="r",
+                                   linewidths=0.6, origin="lower")
         axes[i, 0].set_ylabel(p["site"], fontsize=8)
     fig.tight_layout()
     return _save(fig, path, f"held-out subject {panels[0]['subject']}, white-matter lesions "
-                            "(red)", dpi=110)
+                            "(outlined in red on the true T1)", dpi=110)
 
 
 def main(argv=None) -> None:
@@ -104,7 +105,8 @@ def main(argv=None) -> None:
              "over lesions): lesion / surrounding-WM T1 ratio, true and predicted, and the "
              "relative T1 error in the lesion cores and the rings.", "",
              f"`python benchmarks/lesion_maps.py --run {args.run} --method {args.method} "
-             f"--out {args.out}`", "",
+             f"--out {args.out}" + (f" --figure {args.figure}" if args.figure else "") + "`",
+             "",
              "| source site | lesions | T1 ratio true | T1 ratio predicted | "
              "T1 error lesion | T1 error ring |", "|---|---|---|---|---|---|"]
     everything = defaultdict(list)
