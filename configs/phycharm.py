@@ -68,8 +68,8 @@ def get_config(arg: str | None = None) -> ConfigDict:
     data.test_anatomy = "mni152"  # held-out subjects made from the training template, or from
                                   # "real_philips": one real head (FAST maps of a Philips T1w)
                                   # that no method trains on (phyjax.data.synthetic)
-    data.lesions = 0         # > 0: each subject gets ceil(n/2)..n white-matter lesions (T1/T2
-                             # lengthened, phyjax.data.synthetic.wm_lesions) and the benchmark
+    data.lesions = 0         # > 0 (default data): each subject gets ceil(n/2)..n white-matter
+                             # lesions (T1/T2 lengthened; synthetic.wm_lesions), and the benchmark
                              # measures how each method keeps their contrast (LesionMeasure)
     data.lesion_subjects = "all"  # "held_out": lesions only in held-out subjects (trained on
                                   # healthy heads, applied to patients)

@@ -264,9 +264,9 @@ def sharpen(probs, gamma: float):
 #: lengthened and PD raised by factors drawn uniformly from these ranges (:func:`make_subject`).
 #: T1-hypointense MS lesions have T1 and T2 well above normal-appearing WM, up to near CSF's
 #: T1 in "black holes" (e.g. Magn. Reson. Imaging 12:33, 1994, pixel-wise relaxation mapping in
-#: MS; Riva et al., AJNR 30:1394, 2009, black holes separated by their T1); the ranges span lesions from slightly hypointense to
-#: darker than GM on a 3 T MPRAGE (WM T1 0.81 s -> 1.13-1.78 s, GM 1.35 s).  A relaxometric
-#: model for variety, not a fit to one study.
+#: MS; Riva et al., AJNR 30:1394, 2009, black holes separated by their T1); the ranges span
+#: lesions from slightly hypointense to darker than GM on a 3 T MPRAGE (WM T1 0.81 s -> 1.13-1.78
+#: s, GM 1.35 s).  A relaxometric model for variety, not a fit to one study.
 LESION_FACTORS = {"t1": (1.4, 2.2), "t2": (1.5, 3.0), "t2star": (1.3, 2.5), "pd": (1.0, 1.2)}
 #: ``data.lesion_subjects``: every subject has lesions, or only the held-out ones (no method
 #: sees a lesion in training: a harmonizer fitted on healthy heads, applied to patients)
