@@ -56,6 +56,13 @@ def lesion_figure(panels, path: str) -> str:
                             "(outlined in red on the true T1)", dpi=110)
 
 
+def _row(name: str, r) -> str:
+    """A table row: lesion count, mean true / predicted T1 ratio, mean relative errors."""
+    return (f"| {name} | {len(r['ratio_true'])} | {np.mean(r['ratio_true']):.3f} | "
+            f"{np.mean(r['ratio_pred']):.3f} | {100 * np.mean(r['err_core']):.1f} % | "
+            f"{100 * np.mean(r['err_ring']):.1f} % |")
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--run", required=True)
@@ -80,17 +87,20 @@ def main(argv=None) -> None:
         if not os.path.exists(paths["lesion"]):
             continue
         lesion, wm = load_volume(paths["lesion"])[0], load_volume(paths["wm"])[0]
+        target = data.volumes[subject][data.target_site]
+        # the regions LesionMeasure scores, once per subject (within the target scan's mask)
+        regions = lesion_regions(lesion, wm, target.mask,
+                                 voxel_mm=float(target.voxel_mm3) ** (1.0 / 3.0))
         for site in data.source_sites:
             v = data.volumes[subject][site]
-            voxel = float(v.voxel_mm3) ** (1.0 / 3.0)
             out = harm.predict(v)
             t1 = out["t1"]
             if args.figure and (not panels or panels[0]["subject"] == subject):
                 panels.append({"subject": subject, "site": site, "source": v.image,
                                "harmonized": out["harmonized"], "lesion": lesion,
-                               "truth": data.volumes[subject][data.target_site].image,
+                               "truth": target.image,
                                "t1": t1, "t1_true": v.t1, "mask": v.mask})
-            for core, ring in lesion_regions(lesion, wm, v.mask, 4.0, voxel):
+            for core, ring in regions:
                 true_l, true_r = v.t1[core].mean(), v.t1[ring].mean()
                 pred_l, pred_r = t1[core].mean(), t1[ring].mean()
                 r = per_site[site]
@@ -111,16 +121,10 @@ def main(argv=None) -> None:
              "T1 error lesion | T1 error ring |", "|---|---|---|---|---|---|"]
     everything = defaultdict(list)
     for site in sorted(per_site):
-        r = per_site[site]
-        for k, v in r.items():
+        for k, v in per_site[site].items():
             everything[k] += v
-        lines.append(f"| {site} | {len(r['ratio_true'])} | {np.mean(r['ratio_true']):.3f} | "
-                     f"{np.mean(r['ratio_pred']):.3f} | {100 * np.mean(r['err_core']):.1f} % | "
-                     f"{100 * np.mean(r['err_ring']):.1f} % |")
-    r = everything
-    lines.append(f"| overall | {len(r['ratio_true'])} | {np.mean(r['ratio_true']):.3f} | "
-                 f"{np.mean(r['ratio_pred']):.3f} | {100 * np.mean(r['err_core']):.1f} % | "
-                 f"{100 * np.mean(r['err_ring']):.1f} % |")
+        lines.append(_row(site, per_site[site]))
+    lines.append(_row("overall", everything))
     if panels:
         lesion_figure(panels, args.figure)
         lines += ["", f"Figure: `{args.figure}`."]

@@ -516,8 +516,9 @@ def _write_subject(root: str, i: int, cfg: dict, template, real, affine, field_s
     save_volume(s_mask.astype(np.uint8), affine,
                 os.path.join(deriv, f"sub-{subject}_desc-brain_mask.nii.gz"), dtype=np.uint8)
     if len(s_probs) == 4:   # white-matter lesions (data.lesions): fraction and the WM around them
-        save_volume(s_probs[3], affine, lesion_paths(root, subject)["lesion"])
-        save_volume(s_probs[2], affine, lesion_paths(root, subject)["wm"])
+        paths = lesion_paths(root, subject)
+        save_volume(s_probs[3], affine, paths["lesion"])
+        save_volume(s_probs[2], affine, paths["wm"])
     maps_by_b0 = {}
     for b0 in field_strengths:
         maps = maps_by_b0[b0] = quantitative_maps(s_probs, factors, texture, b0,

@@ -94,6 +94,18 @@ def lesion_regions(lesion, wm, mask, ring_mm: float = 4.0, voxel_mm: float = 1.0
     return out
 
 
+def region_contrasts(image, regions) -> np.ndarray:
+    """``1 - mean(core) / mean(ring)`` of ``image`` ``(X, Y, Z)`` for each ``(core, ring)`` of
+    :func:`lesion_regions` (on the image's grid), a ``(n_lesions,)`` array; NaN for a lesion
+    whose ring mean is not positive."""
+    image = np.asarray(image, np.float64)
+    out = []
+    for core, ring in regions:
+        ref = image[ring].mean()
+        out.append(1.0 - image[core].mean() / ref if ref > 0 else np.nan)
+    return np.asarray(out, np.float64)
+
+
 def lesion_contrasts(image, lesion, wm, mask, ring_mm: float = 4.0, voxel_mm: float = 1.0):
     """Contrast of each white-matter lesion against the WM around it, ``1 - mean(core) /
     mean(ring)`` (0: invisible, 1: black; negative: brighter than its surroundings), over
@@ -102,14 +114,9 @@ def lesion_contrasts(image, lesion, wm, mask, ring_mm: float = 4.0, voxel_mm: fl
     Returns a ``(n_lesions,)`` array (NaN for a lesion whose ring mean is not positive).
     Raises ValueError when the shapes differ.
     """
-    image = np.asarray(image, np.float64)
-    if image.shape != np.shape(lesion):
-        raise ValueError(f"image shapes differ: {image.shape} vs {np.shape(lesion)}")
-    out = []
-    for core, ring in lesion_regions(lesion, wm, mask, ring_mm, voxel_mm):
-        ref = image[ring].mean()
-        out.append(1.0 - image[core].mean() / ref if ref > 0 else np.nan)
-    return np.asarray(out, np.float64)
+    if np.shape(image) != np.shape(lesion):
+        raise ValueError(f"image shapes differ: {np.shape(image)} vs {np.shape(lesion)}")
+    return region_contrasts(image, lesion_regions(lesion, wm, mask, ring_mm, voxel_mm))
 
 
 class LesionMeasure:
@@ -147,14 +154,17 @@ class LesionMeasure:
                     raise ValueError(f"subject {subject}: {name} map {np.shape(a)} is not on the "
                                      f"grid of {truth.path} {np.shape(truth.image)}.")
             voxel = float(truth.voxel_mm3) ** (1.0 / 3.0)
-            contrast = lesion_contrasts(truth.image, lesion, wm, truth.mask, voxel_mm=voxel)
-            self._cache[subject] = (lesion, wm, voxel, contrast)
+            # the lesion cores and rings within the truth's mask, once per subject
+            regions = lesion_regions(lesion, wm, truth.mask, voxel_mm=voxel)
+            self._cache[subject] = (regions, region_contrasts(truth.image, regions))
         return self._cache[subject]
 
     def __call__(self, method: str, output, source: Volume, truth: Volume) -> dict:
-        lesion, wm, voxel, c_truth = self._truth(source.subject, truth)
-        # the truth's lesion cores and rings, within the truth's mask (as the truth's contrasts)
-        c_out = lesion_contrasts(output, lesion, wm, truth.mask, voxel_mm=voxel)
+        regions, c_truth = self._truth(source.subject, truth)
+        if np.shape(output) != np.shape(truth.image):
+            raise ValueError(f"{method}: output {np.shape(output)} is not on the grid of "
+                             f"{truth.path} {np.shape(truth.image)}.")
+        c_out = region_contrasts(output, regions)
         ok = np.isfinite(c_out) & np.isfinite(c_truth)
         if not ok.any():
             return {"lesion_contrast": float("nan"), "lesion_contrast_err": float("nan")}
