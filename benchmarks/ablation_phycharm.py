@@ -28,12 +28,14 @@ reference run's baselines when that run's folder is gone (they are all ``table``
 from __future__ import annotations
 
 import argparse
-import csv
+import math
 import os
 import shlex
 import subprocess
 import sys
 import time
+
+from phyjax.evaluate import report
 
 #: (column of benchmark.csv, label, higher is better)
 METRICS = (("ssim", "SSIM", True), ("psnr", "PSNR (dB)", True),
@@ -44,17 +46,11 @@ BASELINES = ("none", "zscore", "histmatch", "nyul", "whitestripe", "combat", "un
 
 
 def read_rows(run: str) -> dict[tuple[str, str], dict[str, float]]:
-    """``{(method, site): {metric: mean}}`` of a benchmark run folder's ``benchmark.csv``."""
-    out = {}
-    with open(os.path.join(run, "benchmark.csv"), newline="") as f:
-        for row in csv.DictReader(f):
-            values = {}
-            for key, _, _ in METRICS:
-                v = row.get(f"{key}_mean", "")
-                if v not in ("", "nan", None):
-                    values[key] = float(v)   # vol_reldiff: already |V - V_ref| / V_ref in %
-            out[(row["method"], row["site"])] = values
-    return out
+    """``{(method, site): {metric: mean}}`` of a benchmark run folder's ``benchmark.csv``
+    (:func:`phyjax.evaluate.report.read_summary`), the :data:`METRICS` that apply."""
+    return {key: {k: row[f"{k}_mean"] for k, _, _ in METRICS
+                  if math.isfinite(row.get(f"{k}_mean", math.nan))}   # vol_reldiff: already %
+            for key, row in report.read_summary(os.path.join(run, "benchmark.csv")).items()}
 
 
 def read_table(path: str) -> dict[tuple[str, str], dict[str, float]]:

@@ -15,27 +15,25 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import os
 
 from phyjax.evaluate import report
 
 
-def read_summary(runs) -> dict[tuple[str, str], dict[str, str]]:
-    """``{(method, site): row}`` of every run's ``benchmark.csv``; raises SystemExit when a
-    method appears in two runs or a run has no ``benchmark.csv``."""
+def read_summary(runs) -> dict[tuple[str, str], dict[str, float]]:
+    """``{(method, site): row}`` of every run's ``benchmark.csv``
+    (:func:`phyjax.evaluate.report.read_summary`); raises SystemExit when a method appears in
+    two runs or a run has no ``benchmark.csv``."""
     out, where = {}, {}
     for run in runs:
         path = os.path.join(run, "benchmark.csv")
         if not os.path.exists(path):
             raise SystemExit(f"{run}: no benchmark.csv (not a finished benchmark run).")
-        with open(path) as f:
-            for row in csv.DictReader(f):
-                m = row["method"]
-                if where.setdefault(m, run) != run:
-                    raise SystemExit(f"method {m!r} is in both {where[m]} and {run}.")
-                out[(m, row["site"])] = row
+        for (m, site), row in report.read_summary(path).items():
+            if where.setdefault(m, run) != run:
+                raise SystemExit(f"method {m!r} is in both {where[m]} and {run}.")
+            out[(m, site)] = row
     return out
 
 
@@ -50,10 +48,7 @@ def table(summary, metric: str, sd: bool = False) -> list[str]:
 
     def value(m, s):
         row = summary.get((m, s), {})
-        try:
-            return float(row.get(f"{metric}_mean", "nan")), float(row.get(f"{metric}_sd", "nan"))
-        except ValueError:
-            return math.nan, math.nan
+        return row.get(f"{metric}_mean", math.nan), row.get(f"{metric}_sd", math.nan)
 
     lines = [f"{label}" + (" (higher is better)" if higher else " (lower is better)"
                            if higher is False else ""), "",

@@ -406,6 +406,35 @@ def test_aggregate_averages_sites_within_subject_first():
         report.markdown_table([overall], ["ssim"], spread="iqr")
 
 
+def test_read_summary_returns_what_aggregate_wrote(tmp_path):
+    rows = [{"method": m, "site": s, "subject": u, "ssim": v, "psnr": np.nan}
+            for (m, s, u, v) in [("a", "s1", "u1", 0.8), ("a", "s1", "u2", 0.9),
+                                 ("b", "s1", "u1", 0.5), ("b", "s2", "u1", 0.25)]]
+    summary = report.aggregate(rows)
+    path = report.write_rows(summary, str(tmp_path / "benchmark.csv"))
+    back = report.read_summary(path)
+    assert set(back) == {(r["method"], r["site"]) for r in summary}
+    for r in summary:
+        got = back[(r["method"], r["site"])]
+        for k, v in r.items():
+            if k not in ("method", "site"):
+                assert got[k] == pytest.approx(v, nan_ok=True), k
+    assert back[("b", report.OVERALL)]["ssim_mean"] == pytest.approx(0.375)
+    assert math.isnan(back[("a", "s1")]["psnr_mean"])
+    twice = tmp_path / "twice.csv"
+    twice.write_text("method,site,ssim_mean\na,s1,0.5\na,s1,0.6\n")
+    with pytest.raises(ValueError, match=r"twice.csv, line 3"):
+        report.read_summary(str(twice))
+    words = tmp_path / "words.csv"
+    words.write_text("method,site,ssim_mean\na,s1,high\n")
+    with pytest.raises(ValueError, match=r"words.csv, line 2"):
+        report.read_summary(str(words))
+    other = tmp_path / "other.csv"
+    other.write_text("a,b\n1,2\n")
+    with pytest.raises(ValueError, match="other.csv: no 'method' and 'site'"):
+        report.read_summary(str(other))
+
+
 def test_tissue_labelled_outside_the_target_scans_mask_counts_against_dice():
     """Per-session masks differ on real data: an output whose white matter spills past the
     target scan's mask has that spill counted as false positive (as its volume counts it)."""

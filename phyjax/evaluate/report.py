@@ -135,6 +135,30 @@ def aggregate(rows: list[dict], subject_rows: list[dict] = (), methods=None) -> 
     return out
 
 
+def read_summary(path: str) -> dict[tuple[str, str], dict[str, float]]:
+    """Read back a ``benchmark.csv`` that :func:`write_rows` wrote from :func:`aggregate`.
+
+    Returns ``{(method, site): {column: value}}`` with every column but ``method`` and ``site``
+    as a float (``nan`` where empty: a metric that does not apply).  Raises FileNotFoundError if
+    ``path`` does not exist and ValueError naming ``path`` if it has no ``method``/``site``
+    columns, a non-numeric value or a ``(method, site)`` twice."""
+    out: dict[tuple[str, str], dict[str, float]] = {}
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        if not {"method", "site"} <= set(reader.fieldnames or ()):
+            raise ValueError(f"{path}: no 'method' and 'site' columns (not a benchmark summary).")
+        for line, row in enumerate(reader, start=2):
+            key = (row.pop("method"), row.pop("site"))
+            if key in out:
+                raise ValueError(f"{path}, line {line}: {key} appears twice.")
+            try:
+                out[key] = {k: float(v) if v not in ("", None) else math.nan
+                            for k, v in row.items()}
+            except ValueError as err:
+                raise ValueError(f"{path}, line {line}: {err}") from None
+    return out
+
+
 def format_cell(row: dict, key: str, bold: bool = False, spread: str = "ci") -> str:
     """``mean ± spread`` (``spread``: ``"ci"`` = half-width of the 95 % CI, ``"sd"`` = sample SD);
     ``mean (n=1)`` for one subject; ``–`` where the metric does not apply."""
