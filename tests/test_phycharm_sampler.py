@@ -75,3 +75,25 @@ def test_every_plane_gets_simulated_batches_whatever_adapt_every():
         real = [k for kind, k in kinds if kind == "real"]
         assert real == list(range(1200 // adapt_every))     # the k-th real batch, in order
     assert [batch_kind(i, 4, False) for i in range(5)] == [("simulated", i) for i in range(5)]
+
+
+def test_physics_off_sites_zero_only_that_sites_physics_weight():
+    import pytest
+    from ml_collections import ConfigDict
+
+    from phyjax.data.nifti import InputError
+    from phyjax.methods.phycharm import WEIGHTS, weights_by_site
+
+    weights = {k: np.float32(0.5 + i) for i, k in enumerate(WEIGHTS)}
+    sites = ("geIRSPGR3T", "reference", "se1p5T2D")
+    cfg = ConfigDict({"physics_off_sites": ("se1p5T2D",)})
+    got = weights_by_site(weights, cfg, sites)
+    assert set(got) == set(sites)
+    assert got["se1p5T2D"]["w_physics"] == 0.0
+    assert {k: v for k, v in got["se1p5T2D"].items() if k != "w_physics"} == {
+        k: v for k, v in weights.items() if k != "w_physics"}
+    assert got["geIRSPGR3T"] == weights and got["reference"] == weights
+    assert weights["w_physics"] != 0.0                   # the caller's dict is not changed
+    assert weights_by_site(weights, ConfigDict({}), sites)["se1p5T2D"] == weights
+    with pytest.raises(InputError, match=r"\['se1p5T2d'\] are not training sites"):
+        weights_by_site(weights, ConfigDict({"physics_off_sites": ("se1p5T2d",)}), sites)

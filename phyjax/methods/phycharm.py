@@ -468,6 +468,23 @@ def batch_kind(i: int, adapt_every: int, has_real: bool) -> tuple[str, int]:
     return "simulated", i - ((i + 1) // adapt_every if has_real else 0)
 
 
+def weights_by_site(weights: dict, train_cfg, sites) -> dict[str, dict]:
+    """The loss weights of each source site's paired batches: ``weights``, with ``w_physics`` 0
+    for the sites in ``config.train.physics_off_sites``.
+
+    The source physics-consistency term compares one re-synthesized slice with the measured one
+    and models no slice profile, so where a site's slices are thicker than the grid (a 2-D spin
+    echo) it asks the predicted maps to carry the measured through-plane blur.  Raises
+    InputError naming a site of ``physics_off_sites`` that is not in ``sites``."""
+    off = {str(s) for s in train_cfg.get("physics_off_sites", ())}
+    unknown = sorted(off - set(sites))
+    if unknown:
+        raise InputError(f"config.train.physics_off_sites: {unknown} are not training sites; "
+                         f"expected some of {sorted(sites)}.")
+    return {site: dict(weights, w_physics=np.float32(0.0)) if site in off else weights
+            for site in sites}
+
+
 def resolve_pairs(mode: str, train: TrainingSet) -> str:
     """``config.train.pairs``: ``paired`` (traveling subjects), ``simulated`` (physics-made pairs
     + self-supervised adaptation to the real scans; target-site scans unused) or ``auto``
@@ -560,6 +577,7 @@ def fit(config, train: TrainingSet, name: str = "phycharm", *, workdir: str,
                                    views=views)
         padded, view_of = data.padded, data.view_of
         weights = dict(full, w_map=full["w_map"] if has_maps else np.float32(0.0))
+        site_weights = weights_by_site(weights, t, data.sites)
 
         sample = paired_sampler(data, train, t.batch_size, config.seed)
         # converted (and checked, model_protocol) once, not at every step
@@ -569,7 +587,7 @@ def fit(config, train: TrainingSet, name: str = "phycharm", *, workdir: str,
         def batch_fn(i):
             site, idx, g = sample(i)
             return (data.batch(site, idx, data.view_of(i)),
-                    sources32[g], target32, np.float32(ref), weights)
+                    sources32[g], target32, np.float32(ref), site_weights[site])
     else:
         sim, real = _simulated_data(config, train, target, depth, progress, workdir, views)
         padded = sim.padded
