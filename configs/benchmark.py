@@ -21,7 +21,8 @@ debug ~9 min on one core (2026-12: 524 s, 4.3 min of it the two PhyCHarm
 trainings, most of each XLA compilation).  ``:large`` (800 steps, 1.5x the channels, an
 ensemble of two networks): per network PhyCHarm paired 50.8 min and the U-Net 28.2 min of
 training on one core each, both cores busy (docs/phycharm_ablation.md, items 26 and 28), twice
-that for the two members; the whole variant not yet timed.
+that for the two members; whole runs split by method (item 38, one core each, both busy):
+PhyCHarm 97 min (2 x ~40 min of training), the U-Net ensemble 45 min.
 Every field below can be overridden with --config.<path>=<value>; an unknown key is an error.
 """
 

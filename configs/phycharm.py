@@ -210,7 +210,9 @@ def get_config(arg: str | None = None) -> ConfigDict:
     train.w_physics = 0.5    # source re-synthesis consistency (self-supervised); 0, 1.0 and 1.5
                              # all lowered GM Dice on the validation split (docs/phycharm_ablation.md, item 25)
     train.physics_off_sites = ()  # source sites whose paired batches get no w_physics term
-                                  # (thick slices: the term models no slice profile)
+                                  # (thick slices: the term models no slice profile). Empty:
+                                  # off on the 5 mm spin echo it failed the validation rule,
+                                  # -0.48 dB (docs/phycharm_ablation.md, item 39)
     train.w_target_physics = 0.0  # target re-synthesis consistency: the maps through the target
                                   # protocol must explain the target scan (scale-free, as
                                   # w_physics for the source; paired batches only). Off:
