@@ -97,3 +97,25 @@ def test_physics_off_sites_zero_only_that_sites_physics_weight():
     assert weights_by_site(weights, ConfigDict({}), sites)["se1p5T2D"] == weights
     with pytest.raises(InputError, match=r"\['se1p5T2d'\] are not training sites"):
         weights_by_site(weights, ConfigDict({"physics_off_sites": ("se1p5T2d",)}), sites)
+
+
+def test_physics_off_sites_is_refused_before_training_where_it_cannot_apply(tmp_path):
+    import pytest
+
+    import conftest
+    from phyjax import methods
+    from phyjax.data.nifti import InputError
+    from phyjax.data.split import Split
+
+    volumes = conftest.tiny_volumes(tmp_path, shape=(8, 8, 5))
+    train = Split(train=("01", "02", "03"), test=("04",)).training_set(volumes, "ref")
+    cfg = conftest.load_config("phycharm", "debug")
+    with cfg.unlocked():
+        cfg.train.physics_off_sites = ("se1p5T2D",)          # not a site of this data
+    with pytest.raises(InputError, match=r"\['se1p5T2D'\] are not training sites"):
+        methods.fit("phycharm", cfg, train, workdir=str(tmp_path / "a"), progress=False)
+    with cfg.unlocked():
+        cfg.train.physics_off_sites = ("x",)
+        cfg.train.pairs = "simulated"                         # no site batches to switch off
+    with pytest.raises(InputError, match="traveling-subject pairs only"):
+        methods.fit("phycharm", cfg, train, workdir=str(tmp_path / "b"), progress=False)

@@ -589,6 +589,9 @@ def fit(config, train: TrainingSet, name: str = "phycharm", *, workdir: str,
             return (data.batch(site, idx, data.view_of(i)),
                     sources32[g], target32, np.float32(ref), site_weights[site])
     else:
+        if tuple(t.get("physics_off_sites", ())):
+            raise InputError("config.train.physics_off_sites applies to traveling-subject pairs "
+                             f"only; this run trains on physics-made pairs (pairs={pairs!r}).")
         sim, real = _simulated_data(config, train, target, depth, progress, workdir, views)
         padded = sim.padded
         refs = [np.float32(reference_level(model_protocol(q, ro))) for q in sim.targets]
