@@ -190,3 +190,21 @@ def test_metric_table_joins_runs_and_bolds_the_best_method(tmp_path):
         table.read_summary([str(tmp_path / r) for r in "abc"])
     with pytest.raises(SystemExit, match="unknown metric"):
         table.table(summary, "lesion_volume")
+
+
+def test_denoised_target_variants_keep_the_scan_and_lower_its_noise():
+    mod = conftest.load_module("benchmarks", "denoised_target")
+    rng = np.random.default_rng(0)
+    clean = np.zeros((24, 24, 12), np.float32)
+    clean[4:20, 4:20, 2:10] = 0.5
+    clean[8:16, 8:16, 4:8] = 1.0
+    noisy = clean + rng.normal(0, 0.05, clean.shape).astype(np.float32)
+    mask = np.ones(clean.shape, bool)
+    got = mod.denoised(noisy, mask, 0.5)
+    assert list(got) == ["as scanned", "Gaussian 0.5 voxel", "non-local means"]
+    np.testing.assert_array_equal(got["as scanned"], noisy)
+    from scipy import ndimage
+    np.testing.assert_allclose(got["Gaussian 0.5 voxel"], ndimage.gaussian_filter(noisy, 0.5))
+    flat = (slice(10, 14), slice(10, 14), slice(5, 7))      # inside the bright block
+    for name in ("Gaussian 0.5 voxel", "non-local means"):
+        assert got[name][flat].std() < 0.8 * noisy[flat].std(), name
