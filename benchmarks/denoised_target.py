@@ -26,7 +26,7 @@ from scipy import ndimage
 from skimage.restoration import denoise_nl_means, estimate_sigma
 
 from phyjax.data.dataset import load_dataset
-from phyjax.evaluate.overlap import TISSUE_LABELS
+from phyjax.evaluate.overlap import TISSUE_LABELS, tissue_volumes
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from real_philips import benchmark_segmenter
@@ -62,11 +62,11 @@ def main(argv=None) -> None:
     for subject in subjects:
         tgt = data.volumes[subject][data.target_site]
         mask = tgt.mask
-        ref = None
-        for name, image in denoised(np.where(mask, tgt.image, 0), mask, args.sigma_vox).items():
-            lab = seg(image, mask)
-            vol = {t: int(((lab == k) & mask).sum()) for t, k in TISSUE_LABELS.items()}
-            ref = ref or vol
+        vols = {name: tissue_volumes(seg(image, mask)[mask], tgt.voxel_mm3)
+                for name, image in denoised(np.where(mask, tgt.image, 0), mask,
+                                            args.sigma_vox).items()}
+        ref = vols["as scanned"]
+        for name, vol in vols.items():
             lines.append(f"| {subject} | {name} | " + " | ".join(
                 f"{100 * (vol[t] - ref[t]) / ref[t]:+.1f}" for t in TISSUE_LABELS) + " |")
             print(lines[-1], flush=True)
