@@ -1,5 +1,5 @@
 """The anatomy-keeping loss terms of PhyCHarm (issue 14): gradient difference, normalized
-gradient fields, soft tissue classes, intensity distribution -- against NumPy transcriptions of the published
+gradient fields, soft tissue classes, intensity distribution, the segmenter's Gaussian mixture -- against NumPy transcriptions of the published
 formulas and properties that would fail if they were wrong."""
 
 import conftest
@@ -12,6 +12,8 @@ from phyjax.losses import (
     edge_agreement,
     gradient_difference,
     intensity_distribution,
+    mixture_consistency,
+    mixture_posteriors,
     tissue_consistency,
     tissue_distribution,
 )
@@ -117,6 +119,70 @@ def test_tissue_consistency_charges_boundary_crossings_most():
         w = np.exp(-(v - np.array([0.2, 0.6, 1.0])) ** 2 / (2 * 0.1 ** 2))
         return w / w.sum()
     assert across == pytest.approx(np.abs(p(0.7) - p(0.8)).sum(), rel=1e-5)
+
+
+def _three_tissues(seed=0, shape=(3, 40, 50, 1)):
+    """CSF/GM/WM-like values (means 0.2/0.55/0.8, proportions 1/4, 5/12, 1/3) shuffled."""
+    rng = np.random.default_rng(seed)
+    n = int(np.prod(shape))
+    counts = [n // 4, 5 * n // 12]
+    counts.append(n - sum(counts))
+    labels = np.repeat([0, 1, 2], counts)
+    rng.shuffle(labels)
+    values = np.array([0.2, 0.55, 0.8])[labels] + np.array([0.05, 0.06, 0.04])[labels] * \
+        rng.standard_normal(n)
+    return values.reshape(shape).astype(np.float32), labels.reshape(shape)
+
+
+def test_mixture_posteriors_are_sklearns_em_on_the_masked_voxels():
+    """The EM fit is scikit-learn's GaussianMixture (1-D, one variance per class) started from
+    the same means, priors and spreads, with as many iterations: parameters fitted on the
+    in-mask voxels only, posteriors for every voxel."""
+    sklearn_mixture = pytest.importorskip("sklearn.mixture")
+    x, _ = _three_tissues()
+    mask = np.ones_like(x)
+    mask[:, :6] = 0                                  # voxels that must not enter the fit
+    x[:, :6] = 5.0                                   # (an outlier class if they did)
+    init = np.array([0.25, 0.5, 0.75], np.float32)
+    post, mu, sd, pi = mixture_posteriors(jnp.asarray(x), jnp.asarray(mask), init, iterations=5)
+    gm = sklearn_mixture.GaussianMixture(
+        3, covariance_type="spherical", max_iter=5, tol=0.0, reg_covar=0.0,
+        means_init=init[:, None], weights_init=np.full(3, 1 / 3),
+        precisions_init=np.full(3, 1 / (0.5 * 0.25) ** 2))
+    with pytest.warns(Warning):                      # 5 iterations: "did not converge"
+        gm.fit(x[mask > 0].astype(np.float64)[:, None])
+    np.testing.assert_allclose(np.asarray(mu), gm.means_[:, 0], atol=1e-5)
+    np.testing.assert_allclose(np.asarray(sd), np.sqrt(gm.covariances_), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(pi), gm.weights_, atol=1e-5)
+    inside = mask[..., 0] > 0
+    np.testing.assert_allclose(np.asarray(post)[..., 0, :][inside],
+                               gm.predict_proba(x[mask > 0][:, None]), atol=1e-4)
+    assert np.asarray(post).shape == x.shape + (3,)
+
+
+def test_mixture_consistency_sees_tissue_moved_not_contrast_rescaled():
+    """Zero for the target itself and (up to EM's convergence) for an affine contrast change,
+    which the segmenter re-estimates away and the fixed-level tissue term charges; about
+    2 x the fraction of voxels moved when grey-matter voxels take white-matter values
+    (each moved voxel's posteriors change from GM to WM: |dp| summed = 2)."""
+    y, labels = _three_tissues(1)
+    mask = np.ones_like(y)
+    levels = jnp.asarray([0.2, 0.55, 0.8], jnp.float32)
+    yj, mj = jnp.asarray(y), jnp.asarray(mask)
+    assert float(mixture_consistency(yj, yj, mj, levels)) == 0.0
+    rescaled = jnp.asarray(0.85 * y + 0.05)
+    assert float(mixture_consistency(rescaled, yj, mj, levels, iterations=30)) < 0.01
+    assert float(tissue_consistency(rescaled, yj, mj, levels)) > 0.05
+    rng = np.random.default_rng(2)
+    gm = np.flatnonzero(labels.ravel() == 1)
+    moved = rng.choice(gm, size=gm.size // 5, replace=False)
+    x = y.copy().ravel()
+    x[moved] = 0.8 + 0.04 * rng.standard_normal(moved.size)
+    got = float(mixture_consistency(jnp.asarray(x.reshape(y.shape)), yj, mj, levels))
+    expected = 2 * moved.size / y.size
+    assert abs(got - expected) < 0.25 * expected, (got, expected)
+    g = jax.grad(lambda a: mixture_consistency(a, yj, mj, levels))(jnp.asarray(x.reshape(y.shape)))
+    assert np.isfinite(np.asarray(g)).all() and np.abs(np.asarray(g)).max() > 0
 
 
 def test_intensity_distribution_is_scipys_wasserstein_per_slice():

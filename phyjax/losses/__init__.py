@@ -5,6 +5,8 @@ from phyjax.losses.losses import (
     gradient_difference,
     intensity_distribution,
     masked_l1,
+    mixture_consistency,
+    mixture_posteriors,
     physics_consistency,
     r1_m0_map_loss,
     soft_tissue_classes,
@@ -14,5 +16,6 @@ from phyjax.losses.losses import (
 )
 
 __all__ = ["edge_agreement", "gradient_difference", "intensity_distribution", "masked_l1",
+           "mixture_consistency", "mixture_posteriors",
            "physics_consistency", "r1_m0_map_loss", "soft_tissue_classes", "ssim_loss",
            "tissue_consistency", "tissue_distribution"]

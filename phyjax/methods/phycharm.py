@@ -11,7 +11,8 @@ protocol, re-synthesizes the target protocol's image from them and refines it.  
     + w_tissue * tissue-class consistency(harmonized, target)
     + w_edge * edge disagreement(harmonized, source)
     + w_hist * intensity-distribution distance(harmonized, target)
-    + w_tissue_hist * per-tissue intensity-distribution distance(harmonized, target),
+    + w_tissue_hist * per-tissue intensity-distribution distance(harmonized, target)
+    + w_mixture * segmentation consistency(harmonized, target),
 
 the physics term re-synthesizing the *source* from the predicted maps through the source
 protocol's signal equation (scale-free, :func:`phyjax.losses.physics_consistency`), and the
@@ -33,6 +34,11 @@ partial volume), which narrows the histogram and shifts the class boundaries a
 histogram-fitting segmenter draws.  The per-tissue form (:func:`phyjax.losses.
 tissue_distribution`; off by default) compares the distributions inside each of the target's
 tissue classes, so a too-bright grey matter cannot be traded against a too-dark white matter.
+The segmentation-consistency term (:func:`phyjax.losses.mixture_consistency`; off by default)
+segments the output and the target each with a Gaussian mixture fitted to that image by EM --
+the fixed segmenter's model without its MRF prior -- and compares the posteriors: the tissue
+levels, spreads and proportions are the image's own, as the segmenter that measures the
+volumes re-estimates them, where the tissue-class term holds them at the protocol's levels.
 
 Where the pairs come from (``config.train.pairs``): traveling subjects (``paired``), or the
 physics (``simulated``): the training set's own source protocols, ``random_sources`` more per
@@ -60,8 +66,8 @@ from phyjax.data.slices import check_views
 from phyjax.data.split import TrainingSet, protocols_match, require_training_set
 from phyjax.data.volumes import normalize
 from phyjax.losses import (edge_agreement, gradient_difference, intensity_distribution, masked_l1,
-                           physics_consistency, r1_m0_map_loss, ssim_loss, tissue_consistency,
-                           tissue_distribution)
+                           mixture_consistency, physics_consistency, r1_m0_map_loss, ssim_loss,
+                           tissue_consistency, tissue_distribution)
 from phyjax.methods import networks
 from phyjax.methods.base import fitted_fields, register
 from phyjax.models.phycharm import PARTIAL_VOLUME, PhyCHarm, reference_signal, synthesize_maps
@@ -77,10 +83,10 @@ READOUT = ("sidecar", "static")
 PAIRS = ("auto", "paired", "simulated")
 #: loss weights of ``config.train`` (traced inputs of the training step)
 WEIGHTS = ("w_map", "w_physics", "w_harm", "w_ssim", "w_grad", "w_tissue", "w_edge", "w_hist",
-           "w_tissue_hist", "w_target_physics")
+           "w_tissue_hist", "w_target_physics", "w_mixture")
 #: the terms that need a target image (0 on an unpaired scan's batch)
 PAIRED_TERMS = ("w_map", "w_harm", "w_ssim", "w_grad", "w_tissue", "w_hist", "w_tissue_hist",
-                "w_target_physics")
+                "w_target_physics", "w_mixture")
 #: ``config.model.refine``: the data-consistency step at inference (:func:`refine_outputs`)
 REFINE_DEFAULTS = {"enabled": False, "t1_sd": 0.15, "m0_sd": 0.08, "noise": 0.06,
                    "bias_fwhm_mm": 40.0, "iterations": 3}
@@ -138,7 +144,8 @@ def init_params(model: PhyCHarm, padded, context: int, seed: int):
 #: the training metric each loss term is logged as (``ssim`` logged as SSIM, not 1 - SSIM)
 METRIC_NAMES = {"w_map": "map", "w_physics": "physics", "w_harm": "l1", "w_ssim": "ssim",
                 "w_grad": "grad", "w_tissue": "tissue", "w_edge": "edge", "w_hist": "hist",
-                "w_tissue_hist": "tissue_hist", "w_target_physics": "target_physics"}
+                "w_tissue_hist": "tissue_hist", "w_target_physics": "target_physics",
+                "w_mixture": "mixture"}
 
 
 def active_terms(train_cfg) -> tuple[str, ...]:
@@ -192,6 +199,7 @@ def make_loss(model: PhyCHarm, active=WEIGHTS):
                  "w_edge": lambda: edge_agreement(harm, source, mask),
                  "w_hist": lambda: intensity_distribution(harm, tgt, mask),
                  "w_tissue_hist": lambda: tissue_distribution(harm, tgt, mask, levels()),
+                 "w_mixture": lambda: mixture_consistency(harm, tgt, mask, levels()),
                  # the same maps must explain the target scan too (two contrasts of one head)
                  "w_target_physics": lambda: physics_consistency(tgt, out["resynth"], mask)}
         values = {k: terms[k]() for k in active}
