@@ -20,20 +20,17 @@ import json
 import os
 
 import numpy as np
-from ml_collections import ConfigDict
 
 from phyjax import methods
 from phyjax.data.dataset import load_dataset
 from phyjax.data.slices import brain_slices
+from phyjax.experiments.common import read_run
 from phyjax.losses.radiomic import radiomics_config
 from phyjax.methods import cyclegan
 
 
 def heldout_errors(run: str, method: str = "cyclegan_radiomics") -> dict:
-    with open(os.path.join(run, "config.json")) as f:
-        config = ConfigDict(json.load(f))
-    with open(os.path.join(run, "split.json")) as f:
-        split = json.load(f)
+    config, split = read_run(run)
     h = methods.load(os.path.join(run, method, "harmonizer"))
     cfg, rf = h.cfg, h.rf
     names, target = rf["features"], np.asarray(rf["target"], np.float32)

@@ -16,17 +16,16 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
 import numpy as np
-from ml_collections import ConfigDict
 from scipy import ndimage
 from skimage.restoration import denoise_nl_means, estimate_sigma
 
 from phyjax.data.dataset import load_dataset
 from phyjax.evaluate.overlap import TISSUE_LABELS, tissue_volumes
+from phyjax.experiments.common import read_run
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from real_philips import benchmark_segmenter
@@ -49,10 +48,8 @@ def main(argv=None) -> None:
     ap.add_argument("--sigma-vox", type=float, default=0.5)
     ap.add_argument("--out", required=True, help="markdown report")
     args = ap.parse_args(argv)
-    with open(os.path.join(args.run, "config.json")) as f:
-        cfg = ConfigDict(json.load(f))
-    with open(os.path.join(args.run, "split.json")) as f:
-        subjects = json.load(f)["test"]
+    cfg, split = read_run(args.run)
+    subjects = split["test"]
     data = load_dataset(cfg.data, progress=False, paired=True)
     seg = benchmark_segmenter()
     lines = ["Fixed segmenter on denoised target scans: `python benchmarks/denoised_target.py "

@@ -17,18 +17,17 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from collections import defaultdict
 
 import numpy as np
-from ml_collections import ConfigDict
 
 from phyjax import methods
 from phyjax.data import synthetic
 from phyjax.data.dataset import load_dataset
 from phyjax.data.nifti import load_volume
 from phyjax.evaluate.measures import lesion_regions
+from phyjax.experiments.common import read_run
 
 
 def lesion_figure(panels, path: str) -> str:
@@ -74,10 +73,8 @@ def main(argv=None) -> None:
                     help="PNG: the first held-out subject's slice through its largest lesion, "
                          "per source site: source, harmonized, target, predicted and true T1")
     args = ap.parse_args(argv)
-    with open(os.path.join(args.run, "config.json")) as f:
-        cfg = ConfigDict(json.load(f))
-    with open(os.path.join(args.run, "split.json")) as f:
-        test = json.load(f)["test"]
+    cfg, split = read_run(args.run)
+    test = split["test"]
     harm = methods.load(os.path.join(args.run, args.method, "harmonizer"))
     data = load_dataset(cfg.data, progress=False, paired=True)
     per_site = defaultdict(lambda: defaultdict(list))

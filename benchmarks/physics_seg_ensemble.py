@@ -48,6 +48,7 @@ sys.path.insert(0, ROOT)
 
 from benchmarks.physics_seg import decomposition, evaluation_rows, paired
 from phyjax.evaluate import report as tables
+from phyjax.experiments.common import read_run
 from phyjax.experiments.physics_seg import _heads, evaluate_across_protocols
 from phyjax.segment import evaluate
 from phyjax.segment.model import physics_vector
@@ -60,8 +61,7 @@ RTOL = 1e-4
 
 
 def load_config(run: str) -> ConfigDict:
-    with open(os.path.join(run, "config.json")) as f:
-        return ConfigDict(json.load(f))
+    return read_run(run, split=False)[0]
 
 
 class Member:

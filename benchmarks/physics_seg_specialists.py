@@ -33,12 +33,12 @@ import sys
 import time
 
 import numpy as np
-from ml_collections import ConfigDict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from benchmarks.physics_seg import deviations, evaluation_rows, run_seed, volume_error
+from phyjax.experiments.common import read_run
 from phyjax.experiments.physics_seg import evaluation_counts, mprage_fixed, ranges_of
 from phyjax.segment import evaluate, simulate
 from phyjax.segment.report import LABELS
@@ -52,8 +52,7 @@ FIELDS = {"mprage": ("tr", "te", "ti", "flip_angle", "tr_readout", "n_readouts",
 def protocols(reference: str, family: str) -> tuple[int, list[dict]]:
     """The seed and the evaluation protocols of ``family`` (config units, in its order) of the
     reference run, from its ``config.json``."""
-    with open(os.path.join(reference, "config.json")) as f:
-        config = ConfigDict(json.load(f))
+    config, _ = read_run(reference, split=False)
     n = evaluation_counts(config)[family]
     out = []
     for p in simulate.evaluation_protocols(family, ranges_of(config), n, config.seed,

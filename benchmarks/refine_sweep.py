@@ -23,12 +23,10 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 import sys
 
 import numpy as np
-from ml_collections import ConfigDict
 
 from phyjax import methods
 from phyjax.data.dataset import load_dataset
@@ -40,6 +38,7 @@ from phyjax.evaluate.overlap import (
     tissue_volumes,
 )
 from phyjax.evaluate.segmentation import make_segmenter
+from phyjax.experiments.common import read_run
 from phyjax.methods import phycharm
 from phyjax.physics.sequences import Protocol
 
@@ -86,10 +85,7 @@ def main(argv=None) -> None:
                          "README's real head; the training subjects are unchanged)")
     ap.add_argument("--out", required=True, help="markdown report (a .csv is written beside)")
     args = ap.parse_args(argv)
-    with open(os.path.join(args.run, "config.json")) as f:
-        cfg = ConfigDict(json.load(f))
-    with open(os.path.join(args.run, "split.json")) as f:
-        split = json.load(f)
+    cfg, split = read_run(args.run)
     if args.test_anatomy:
         with cfg.unlocked():
             cfg.data.test_anatomy = args.test_anatomy

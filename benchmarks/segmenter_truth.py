@@ -26,7 +26,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 
 import nibabel as nib
@@ -41,6 +40,7 @@ from phyjax.evaluate.segmentation import (
     make_segmenter,
     rescale_for_segmentation,
 )
+from phyjax.experiments.common import read_run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -81,11 +81,9 @@ def segmenters(beta: float) -> dict:
 
 
 def score(run: str, beta: float) -> list[dict]:
-    with open(os.path.join(run, "config.json")) as f:
-        config = json.load(f)
+    config, split = read_run(run)
+    config = config.to_dict()
     data_cfg = config["data"]
-    with open(os.path.join(run, "split.json")) as f:
-        split = json.load(f)
     root = split["dataset"]
     rows = []
     for subject in split["test"]:

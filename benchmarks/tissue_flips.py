@@ -20,17 +20,16 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
 import numpy as np
-from ml_collections import ConfigDict
 
 from phyjax import methods
 from phyjax.data.dataset import load_dataset
 from phyjax.evaluate.overlap import TISSUE_LABELS
 from phyjax.evaluate.segmentation import TissueSegmenter
+from phyjax.experiments.common import read_run
 
 
 def main(argv=None) -> None:
@@ -40,8 +39,7 @@ def main(argv=None) -> None:
     ap.add_argument("--methods", default="phycharm,histmatch,nyul")
     ap.add_argument("--out", default="benchmarks/results/tissue_flips.md")
     args = ap.parse_args(argv)
-    cfg = ConfigDict(json.load(open(os.path.join(args.run, "config.json"))))
-    split = json.load(open(os.path.join(args.run, "split.json")))
+    cfg, split = read_run(args.run)
     subject = args.subject or split["test"][0]
     data = load_dataset(cfg.data, progress=False, paired=True)
     seg = TissueSegmenter(cfg.segmentation.beta, cfg.segmentation.max_iter,

@@ -24,13 +24,11 @@ from __future__ import annotations
 import argparse
 import csv
 import functools
-import json
 import os
 import sys
 
 import jax
 import numpy as np
-from ml_collections import ConfigDict
 
 from phyjax import methods
 from phyjax.data import synthetic
@@ -39,6 +37,7 @@ from phyjax.data.slices import VIEWS
 from phyjax.data.volumes import Volume, normalize
 from phyjax.evaluate.metrics import image_metrics
 from phyjax.evaluate.overlap import TISSUES, tissue_overlap, tissue_volumes
+from phyjax.experiments.common import read_run
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from real_philips import benchmark_segmenter
@@ -87,8 +86,7 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     runs = dict(r.split("=", 1) for r in args.run)
     first = next(iter(runs.values()))
-    with open(os.path.join(first, "config.json")) as f:
-        cfg = ConfigDict(json.load(f))
+    cfg, _ = read_run(first, split=False)
     if args.data_seed == int(cfg.data.seed):
         raise SystemExit(f"--data-seed {args.data_seed} is the run's own data.seed.")
     cfg.data.seed = args.data_seed

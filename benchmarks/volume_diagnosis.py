@@ -27,16 +27,15 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
 import numpy as np
-from ml_collections import ConfigDict
 
 from phyjax import methods
 from phyjax.data.dataset import load_dataset
 from phyjax.evaluate.overlap import TISSUE_LABELS, tissue_overlap, tissue_volumes
+from phyjax.experiments.common import read_run
 from phyjax.physics.consistency import local_gain
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -83,8 +82,7 @@ def main(argv=None) -> None:
     ap.add_argument("--bias-sigma-mm", type=float, default=10.0)
     ap.add_argument("--out", required=True, help="markdown report")
     args = ap.parse_args(argv)
-    with open(os.path.join(args.run, "config.json")) as f:
-        cfg = ConfigDict(json.load(f))
+    cfg, _ = read_run(args.run, split=False)
     h = methods.load(os.path.join(args.run, args.method, "harmonizer"))
     h.cfg = dict(h.cfg, tta="flip", refine=dict(h.cfg.get("refine") or {}, enabled=False),
                  calibrate="none")

@@ -496,6 +496,27 @@ def test_resuming_with_another_inference_setting_is_allowed(tmp_path):
         prepare_workdir(other, str(tmp_path))
 
 
+def test_read_run_returns_what_the_run_wrote_and_names_what_is_missing(tmp_path):
+    # the benchmark scripts reload a run's data through read_run: the config prepare_workdir
+    # wrote, the split write_split wrote, and an error naming the folder and file otherwise
+    from phyjax.experiments.common import prepare_workdir, read_run
+
+    cfg = load_config()
+    run = str(tmp_path / "run")
+    with pytest.raises(InputError, match=r"run: no config.json"):
+        read_run(run)
+    prepare_workdir(cfg, run)
+    with pytest.raises(InputError, match=r"run: no split.json"):
+        read_run(run)
+    got, split = read_run(run, split=False)
+    assert split is None and got.to_dict() == json.loads(cfg.to_json())
+    (tmp_path / "run" / "split.json").write_text('{"test": ["03"]')
+    with pytest.raises(InputError, match=r"split.json: not JSON"):
+        read_run(run)
+    (tmp_path / "run" / "split.json").write_text('{"test": ["03"]}')
+    assert read_run(run)[1] == {"test": ["03"]}
+
+
 @pytest.mark.parametrize("section,key,value", [
     ("train", "steps", 3), ("train", "pairs", "simulated"), ("train", "w_tissue", 1.0),
     ("target", "randomize", True)])

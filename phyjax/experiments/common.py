@@ -106,6 +106,27 @@ def write_split(path: str, data: Dataset, split: Split, fitted=None) -> None:
         json.dump(out, f, indent=2)
 
 
+def read_run(workdir: str, split: bool = True):
+    """A run folder's ``config.json`` (as a ConfigDict) and, with ``split``, its ``split.json``
+    (the dict :func:`write_split` wrote; else None): what a script needs to reload the run's
+    data and its held-out subjects.  Raises InputError naming the file when ``workdir`` has
+    none (not a run folder, or a run that stopped before writing it) or it is not JSON."""
+    from ml_collections import ConfigDict
+
+    def read(name):
+        path = os.path.join(workdir, name)
+        if not os.path.isfile(path):
+            raise InputError(f"{workdir}: no {name} -- not a phyjax run folder, or a run that "
+                             "stopped before writing it")
+        try:
+            with open(path) as f:
+                return json.load(f)
+        except json.JSONDecodeError as e:
+            raise InputError(f"{path}: not JSON ({e})") from None
+
+    return ConfigDict(read("config.json")), (read("split.json") if split else None)
+
+
 def target_protocol(config):
     """The target given as a protocol in ``config.target`` (None: read from the target site)."""
     return target_from_config(config.target) if "target" in config else None
