@@ -34,7 +34,7 @@ partial volume), which narrows the histogram and shifts the class boundaries a
 histogram-fitting segmenter draws.  The per-tissue form (:func:`phyjax.losses.
 tissue_distribution`; off by default) compares the distributions inside each of the target's
 tissue classes, so a too-bright grey matter cannot be traded against a too-dark white matter.
-The segmentation-consistency term (:func:`phyjax.losses.mixture_consistency`; off by default)
+The segmentation-consistency term (:func:`phyjax.losses.mixture_consistency`; on by default)
 segments the output and the target each with a Gaussian mixture fitted to that image by EM --
 the fixed segmenter's model without its MRF prior -- and compares the posteriors: the tissue
 levels, spreads and proportions are the image's own, as the segmenter that measures the
