@@ -6,6 +6,8 @@ import json
 import os
 import time
 
+from ml_collections import ConfigDict
+
 from phyjax import __version__
 from phyjax import methods as method_registry
 from phyjax.data import bids
@@ -111,7 +113,6 @@ def read_run(workdir: str, split: bool = True):
     (the dict :func:`write_split` wrote; else None): what a script needs to reload the run's
     data and its held-out subjects.  Raises InputError naming the file when ``workdir`` has
     none (not a run folder, or a run that stopped before writing it) or it is not JSON."""
-    from ml_collections import ConfigDict
 
     def read(name):
         path = os.path.join(workdir, name)
