@@ -102,6 +102,13 @@ def edge_agreement(x, reference, mask, eta: float = 0.5):
     return 1.0 - jnp.sum(align * inner) / jnp.maximum(jnp.sum(inner), 1.0)
 
 
+def smallest_gap(levels):
+    """The smallest distance between two of the tissue signal levels ``levels`` ``(K,)``, K >= 2
+    (sorted or not): the scale of the soft tissue classes and of the mixture's initial spread."""
+    gaps = jnp.abs(levels[:, None] - levels[None, :]) + jnp.eye(levels.shape[0]) * 1e9
+    return jnp.min(gaps)
+
+
 def soft_tissue_classes(x, levels, width):
     """Soft tissue classification of an image by the tissues' signal levels under its protocol.
 
@@ -121,8 +128,7 @@ def tissue_consistency(x, y, mask, levels):
     memberships of a tissue's own level are then > 0.99): an error that moves a voxel across a
     tissue boundary -- what a segmentation and a tissue volume see -- costs far more than one
     of the same size inside a tissue.  ``(B, H, W, 1)`` arrays."""
-    gaps = jnp.abs(levels[:, None] - levels[None, :]) + jnp.eye(levels.shape[0]) * 1e9
-    width = 0.25 * jnp.min(gaps)
+    width = 0.25 * smallest_gap(levels)
     px = soft_tissue_classes(x[..., 0], levels, width)
     py = soft_tissue_classes(y[..., 0], levels, width)
     m = mask[..., 0]
@@ -218,8 +224,7 @@ def mixture_posteriors(x, mask, init_means, iterations: int = 5, min_sd: float =
     v = x.reshape(-1)
     mu = jnp.asarray(init_means, x.dtype)
     k = mu.shape[0]
-    gaps = jnp.abs(mu[:, None] - mu[None, :]) + jnp.eye(k, dtype=x.dtype) * 1e9
-    var = jnp.full((k,), (0.5 * jnp.min(gaps)) ** 2, x.dtype)
+    var = jnp.full((k,), (0.5 * smallest_gap(mu)) ** 2, x.dtype)
     log_pi = jnp.full((k,), -jnp.log(float(k)), x.dtype)
 
     def e_step(mu, var, log_pi):
