@@ -39,6 +39,7 @@ from phyjax.evaluate.overlap import (
 )
 from phyjax.evaluate.segmentation import make_segmenter
 from phyjax.experiments.common import read_run
+from phyjax.data.split import Split
 from phyjax.methods import phycharm
 from phyjax.physics.sequences import Protocol
 
@@ -65,7 +66,9 @@ def main(argv=None) -> None:
     ap.add_argument("--subjects", choices=("train", "test"), default="train")
     ap.add_argument("--setting", action="append", required=True,
                     help="name:key=value,... (config.model.refine keys, and calibrate=True "
-                         "(config.model.calibrate=p99) or calibrate=p99|match after them, and "
+                         "(config.model.calibrate=p99) or calibrate=p99|match|sites after "
+                         "them (sites: the run's maps, or learned here on its training "
+                         "subjects as training would), and "
                          "tta=none|flip (config.model.tta; default: the saved network's) and "
                          "views=axial+coronal+... (config.model.views: the planes it infers "
                          "in; default: the saved network's) before them); the name 'none' "
@@ -112,6 +115,14 @@ def main(argv=None) -> None:
     # each network's own planes (a setting's views= overrides them)
     own_views = [h.cfg.get("views", ["axial"]) for h in [harm] + others]
     data = load_dataset(cfg.data, progress=False, paired=True)
+    site_maps = harm.cfg.get("site_maps")
+    if any(s.get("calibrate") == "sites" for _, s in settings) and not site_maps:
+        # a harmonizer saved without maps: learn them as training does (config.model.
+        # calibrate=sites), on the run's own training subjects with this network
+        run_data = own if own is not None else data
+        split_ = Split(train=tuple(split["train"]), test=tuple(split["test"]))
+        site_maps = phycharm.fit_site_maps(
+            harm, run_data.training_set(split_), int(cfg.model.get("calibrate_knots", 256)))
     if own is not None:     # a validation head must not be a training head (same T1 map)
         def head(volumes, site):
             v = volumes[site]
@@ -166,7 +177,8 @@ def main(argv=None) -> None:
                     st = phycharm.refine_settings(dict(net_cfg["refine"], **s))
                     out = phycharm.refine_outputs(raw, vol, target, ref, st, net_cfg) \
                         if st["enabled"] else raw
-                    out = phycharm.calibrate_output(out, vol.mask, calibrate, source=vol.image)
+                    out = phycharm.calibrate_output(out, vol.mask, calibrate, source=vol.image,
+                                                    site_maps=site_maps, protocol=vol.protocol)
                 img = np.where(tgt.mask, out["harmonized"], 0.0)
                 lab = seg(img, tgt.mask)
                 row = {"subject": subject, "site": site, "setting": name,

@@ -167,7 +167,14 @@ def get_config(arg: str | None = None) -> ConfigDict:
     # "match" returns the source scan histogram-matched to the network's output (a monotone
     # map that keeps every edge of the input): on the validation split it lowered SSIM in
     # every image and Dice and PSNR on average (item 14).
+    # "sites": the network's output through a monotone map per source protocol, learned at the
+    # end of training on the traveling-subject pairs (the pooled outputs on the training scans
+    # quantile-matched to the same subjects' target scans, calibrate_knots quantiles;
+    # phyjax.methods.phycharm.fit_site_maps): the network's systematic residual at each site,
+    # not anatomy. Needs pairs (phycharm_unpaired keeps "none"); a protocol without a map keeps
+    # the network's output, with a warning (docs/phycharm_ablation.md, item 41).
     model.calibrate = "none"
+    model.calibrate_knots = 256
     # Test-time augmentation (inference only): "flip" averages the outputs on the scan and on
     # its left-right mirror (the axis its affine names L/R), mirrored back; twice the
     # inference time (phyjax.methods.networks.predict_volume); "none": one pass. On by

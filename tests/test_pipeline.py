@@ -266,6 +266,70 @@ def test_calibrate_match_is_a_monotone_map_of_the_source_with_the_outputs_histog
         calibrate_output(out, np.zeros_like(mask), "match", source=source)
 
 
+def test_site_maps_undo_a_sites_monotone_distortion_on_unseen_heads():
+    # config.model.calibrate=sites: a stand-in network whose output at site "a" is its
+    # subject's target scan through a known increasing distortion g, at site "b" the target
+    # itself. Oracle: the map learned on the training pairs is g's inverse, so on a head it
+    # never saw (another tissue mix) it gives back the target scan; at "b" it is the identity;
+    # a protocol with no map keeps the output (a warning); no maps at all is an error.
+    from phyjax.data.split import Split
+    from phyjax.data.volumes import Volume
+    from phyjax.methods.phycharm import calibrate_output, fit_site_maps
+    from phyjax.physics.sequences import Protocol
+
+    rng = np.random.default_rng(3)
+    mask = np.zeros((10, 10, 8), bool)
+    mask[1:9, 1:9, 1:7] = True
+    pref = Protocol.from_degrees("mprage", 2.3, 0.003, 0.9, 9.0, 3.0)
+    pa = Protocol.from_degrees("mprage", 2.0, 0.003, 0.9, 8.0, 1.5)
+    pb = Protocol.from_degrees("spgr", 0.02, 0.004, 0.0, 20.0, 3.0)
+    g = lambda x: 0.2 + 0.5 * x ** 2     # noqa: E731  increasing on x > 0
+
+    def head(subject, wm_fraction):
+        p = [0.2, 0.8 - wm_fraction, wm_fraction]
+        levels = rng.choice([0.3, 0.7, 1.0], mask.shape, p=p)
+        target = np.where(mask, levels + rng.normal(0, 0.03, mask.shape), 0).astype(np.float32)
+        return {site: Volume(subject, site, q, target, mask, f"{subject}_{site}.nii.gz")
+                for site, q in (("ref", pref), ("a", pa), ("b", pb))}
+
+    volumes = {f"{k:02d}": head(f"{k:02d}", 0.3 + 0.02 * k) for k in range(4)}
+    volumes["99"] = head("99", 0.15)                 # held out: less WM than any training head
+
+    def raw(v):                          # the stand-in network's output
+        t = volumes[v.subject]["ref"].image
+        return np.where(mask, g(t) if v.site == "a" else t, 0).astype(np.float32)
+
+    class StandIn:                       # harmonize(volume) as a trained PhyCHarm would
+        cfg = {"calibrate": "sites"}
+
+        def harmonize(self, v):
+            assert self.cfg["calibrate"] == "none"     # maps are learned on the raw output
+            return raw(v)
+
+    net = StandIn()
+    train = Split(train=("00", "01", "02", "03"), test=("99",)).training_set(volumes, "ref")
+    maps = fit_site_maps(net, train, knots=256, progress=False)
+    assert net.cfg["calibrate"] == "sites"
+    assert sorted(m["sites"][0] for m in maps) == ["a", "b"]
+    assert all(m["subjects"] == 4 for m in maps)
+    target = volumes["99"]["ref"].image
+    for site, err_before in (("a", 0.1), ("b", 0.0)):
+        out = {"harmonized": raw(volumes["99"][site])}
+        got = calibrate_output(out, mask, "sites", site_maps=maps,
+                               protocol=volumes["99"][site].protocol)["harmonized"]
+        assert np.abs(out["harmonized"] - target)[mask].mean() >= err_before
+        assert np.abs(got - target)[mask].mean() < 0.01
+        assert np.all(got[~mask] == 0)
+    other = Protocol.from_degrees("spgr", 0.03, 0.004, 0.0, 20.0, 1.5)
+    with pytest.warns(UserWarning, match="no site map"):
+        same = calibrate_output(out, mask, "sites", site_maps=maps, protocol=other)
+    assert same is out
+    with pytest.raises(InputError, match="no site maps"):
+        calibrate_output(out, mask, "sites", site_maps=[], protocol=pb)
+    with pytest.raises(InputError, match="at least 2"):
+        fit_site_maps(net, train, knots=1, progress=False)
+
+
 def test_calibrated_harmonizer_and_harmonize_mode(debug_run, tmp_path):
     # The saved harmonizer with calibrate=p99 gives its uncalibrated output over that output's
     # 99th in-mask percentile; in harmonize mode --config.model.calibrate=p99 (an inference

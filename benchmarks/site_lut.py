@@ -1,0 +1,120 @@
+"""A per-site intensity map learned on the training pairs, after PhyCHarm: what it buys.
+
+Runs a trained PhyCHarm (a benchmark run's ``phycharm``) on its training subjects' scans, fits
+for each source site the monotone map that carries the pooled in-brain distribution of the
+network's outputs onto that of the same subjects' target scans (quantile matching, ``--knots``
+quantiles), then scores the held-out subjects with and without it: SSIM / PSNR against the
+target scan and the run's fixed segmenter's Dice and signed volume error against the same
+segmenter on the target scan.
+
+Usage::
+
+    python benchmarks/site_lut.py --run runs/abl/mix800_s0 --out benchmarks/results/site_lut.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import numpy as np
+
+from phyjax import methods
+from phyjax.data.dataset import load_dataset
+from phyjax.evaluate.metrics import image_metrics
+from phyjax.evaluate.overlap import TISSUES, tissue_overlap, tissue_volumes
+from phyjax.evaluate.segmentation import make_segmenter
+from phyjax.experiments.common import read_run
+from phyjax.physics.sequences import Protocol
+
+
+def quantile_map(outputs, targets, knots: int):
+    """(output quantiles, target quantiles) of pooled in-mask voxel values."""
+    q = np.linspace(0.0, 1.0, knots)
+    return np.quantile(np.concatenate(outputs), q), np.quantile(np.concatenate(targets), q)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--run", required=True)
+    ap.add_argument("--method", default="phycharm")
+    ap.add_argument("--knots", type=int, action="append", default=[])
+    ap.add_argument("--data-seed", type=int, default=-1,
+                    help="score the test subjects of the dataset built with this data.seed "
+                         "(a validation split) instead of the run's")
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args(argv)
+    knots = args.knots or [256]
+    cfg, split = read_run(args.run)
+    harm = methods.load(os.path.join(args.run, args.method, "harmonizer"))
+    seg = make_segmenter(cfg.segmentation)
+    data = load_dataset(cfg.data, progress=False, paired=True)
+    sites = split["source_sites"]
+
+    outs, tgts = {s: [] for s in sites}, {s: [] for s in sites}
+    for subject in split["train"]:
+        tgt = data.volumes[subject][data.target_site]
+        for site in sites:
+            vol = data.volumes[subject][site]
+            h = harm.harmonize(vol)
+            outs[site].append(h[tgt.mask])
+            tgts[site].append(tgt.image[tgt.mask])
+        print(f"train {subject}", flush=True)
+    maps = {(s, k): quantile_map(outs[s], tgts[s], k) for s in sites for k in knots}
+
+    test_data = data
+    if args.data_seed >= 0:
+        with cfg.unlocked():
+            cfg.data.seed = args.data_seed
+        test_data = load_dataset(cfg.data, progress=False, paired=True)
+    rows = []
+    for subject in split["test"]:
+        tgt = test_data.volumes[subject][test_data.target_site]
+        t_lab = seg(tgt.image, tgt.mask)
+        t_vol = tissue_volumes(t_lab[tgt.mask], 1.0)
+        for site in sites:
+            vol = test_data.volumes[subject][site]
+            if not isinstance(vol.protocol, Protocol):
+                continue
+            h = harm.harmonize(vol)
+            variants = {"network": h}
+            for k in knots:
+                x, y = maps[site, k]
+                m = np.zeros_like(h)
+                m[tgt.mask] = np.interp(h[tgt.mask], x, y)
+                variants[f"lut{k}"] = m
+            for name, img in variants.items():
+                lab = seg(img, tgt.mask)
+                row = {"subject": subject, "site": site, "setting": name,
+                       **image_metrics(img, tgt.image, tgt.mask),
+                       **{k: v for k, v in tissue_overlap(lab, t_lab, tgt.mask).items()
+                          if k.startswith("dice")}}
+                v = tissue_volumes(lab[tgt.mask], 1.0)
+                for t in TISSUES:
+                    row[f"dv_{t}"] = 100.0 * (v[t] - t_vol[t]) / t_vol[t]
+                rows.append(row)
+                print(f"{subject} {site} {name}: PSNR {row['psnr']:.2f} Dice "
+                      f"{row['dice_csf']:.3f}/{row['dice_gm']:.3f}/{row['dice_wm']:.3f} dV "
+                      f"{row['dv_csf']:+.1f}/{row['dv_gm']:+.1f}/{row['dv_wm']:+.1f}", flush=True)
+    names = ["network"] + [f"lut{k}" for k in knots]
+    lines = [f"`python benchmarks/site_lut.py {' '.join(sys.argv[1:] if argv is None else argv)}`",
+             "", "| site | setting | SSIM | PSNR | Dice CSF | Dice GM | Dice WM | |dV| CSF | "
+             "|dV| GM | |dV| WM | dV CSF | dV GM | dV WM |", "|---" * 13 + "|"]
+    for site in sites + ["overall"]:
+        for name in names:
+            sel = [r for r in rows if r["setting"] == name and site in (r["site"], "overall")]
+            m = {c: np.mean([r[c] for r in sel]) for c in sel[0] if c not in
+                 ("subject", "site", "setting")}
+            a = {t: np.mean([abs(r[f"dv_{t}"]) for r in sel]) for t in TISSUES}
+            lines.append(f"| {site} | {name} | {m['ssim']:.4f} | {m['psnr']:.2f} | "
+                         f"{m['dice_csf']:.3f} | {m['dice_gm']:.3f} | {m['dice_wm']:.3f} | "
+                         f"{a['csf']:.1f} | {a['gm']:.1f} | {a['wm']:.1f} | {m['dv_csf']:+.1f} | "
+                         f"{m['dv_gm']:+.1f} | {m['dv_wm']:+.1f} |")
+    with open(args.out, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
