@@ -1,15 +1,19 @@
-"""A per-site intensity map learned on the training pairs, after PhyCHarm: what it buys.
+"""A per-site intensity map learned on the training pairs (PhyCHarm's ``calibrate=sites``) after
+any slice network of a benchmark run: what it buys.
 
-Runs a trained PhyCHarm (a benchmark run's ``phycharm``) on its training subjects' scans, fits
-for each source site the monotone map that carries the pooled in-brain distribution of the
-network's outputs onto that of the same subjects' target scans (quantile matching, ``--knots``
-quantiles), then scores the held-out subjects with and without it: SSIM / PSNR against the
-target scan and the run's fixed segmenter's Dice and signed volume error against the same
-segmenter on the target scan.
+Runs a trained network (``--method``: a benchmark run's ``phycharm`` or ``unet``) on its
+training subjects' scans, learns for each source protocol the monotone map that carries the
+pooled in-brain outputs onto the same subjects' target scans
+(:func:`phyjax.methods.phycharm.fit_site_maps`, ``--knots`` quantiles each), then scores the
+held-out subjects with and without it: SSIM / PSNR against the target scan and the run's fixed
+segmenter's Dice and signed volume error against the same segmenter on the target scan.  (For
+PhyCHarm, ``refine_sweep.py --setting name:calibrate=sites`` does the same on validation
+heads; this script exists for the other networks, e.g. the U-Net baseline.)
 
 Usage::
 
-    python benchmarks/site_lut.py --run runs/abl/mix800_s0 --out benchmarks/results/site_lut.md
+    python benchmarks/site_lut.py --run runs/base34 --method unet --knots 256 \
+        --out benchmarks/results/site_maps_unet.md
 """
 
 from __future__ import annotations
@@ -25,20 +29,16 @@ from phyjax.data.dataset import load_dataset
 from phyjax.evaluate.metrics import image_metrics
 from phyjax.evaluate.overlap import TISSUES, tissue_overlap, tissue_volumes
 from phyjax.evaluate.segmentation import make_segmenter
+from phyjax.data.split import Split
 from phyjax.experiments.common import read_run
+from phyjax.methods.phycharm import calibrate_output, fit_site_maps
 from phyjax.physics.sequences import Protocol
-
-
-def quantile_map(outputs, targets, knots: int):
-    """(output quantiles, target quantiles) of pooled in-mask voxel values."""
-    q = np.linspace(0.0, 1.0, knots)
-    return np.quantile(np.concatenate(outputs), q), np.quantile(np.concatenate(targets), q)
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--run", required=True)
-    ap.add_argument("--method", default="phycharm")
+    ap.add_argument("--method", default="phycharm", help="phycharm | unet (a slice network)")
     ap.add_argument("--knots", type=int, action="append", default=[])
     ap.add_argument("--data-seed", type=int, default=-1,
                     help="score the test subjects of the dataset built with this data.seed "
@@ -48,21 +48,13 @@ def main(argv=None) -> None:
     knots = args.knots or [256]
     cfg, split = read_run(args.run)
     harm = methods.load(os.path.join(args.run, args.method, "harmonizer"))
+    harm.cfg["calibrate"] = "none"      # "network": the saved network's own output
     seg = make_segmenter(cfg.segmentation)
     data = load_dataset(cfg.data, progress=False, paired=True)
     sites = split["source_sites"]
 
-    outs, tgts = {s: [] for s in sites}, {s: [] for s in sites}
-    for subject in split["train"]:
-        tgt = data.volumes[subject][data.target_site]
-        for site in sites:
-            vol = data.volumes[subject][site]
-            h = harm.harmonize(vol)
-            outs[site].append(h[tgt.mask])
-            tgts[site].append(tgt.image[tgt.mask])
-        print(f"train {subject}", flush=True)
-    maps = {(s, k): quantile_map(outs[s], tgts[s], k) for s in sites for k in knots}
-
+    train = data.training_set(Split(train=tuple(split["train"]), test=tuple(split["test"])))
+    maps = {k: fit_site_maps(harm, train, k) for k in knots}
     test_data = data
     if args.data_seed >= 0:
         with cfg.unlocked():
@@ -80,10 +72,9 @@ def main(argv=None) -> None:
             h = harm.harmonize(vol)
             variants = {"network": h}
             for k in knots:
-                x, y = maps[site, k]
-                m = np.zeros_like(h)
-                m[tgt.mask] = np.interp(h[tgt.mask], x, y)
-                variants[f"lut{k}"] = m
+                variants[f"lut{k}"] = calibrate_output(
+                    {"harmonized": h}, tgt.mask, "sites", site_maps=maps[k],
+                    protocol=vol.protocol)["harmonized"]
             for name, img in variants.items():
                 lab = seg(img, tgt.mask)
                 row = {"subject": subject, "site": site, "setting": name,

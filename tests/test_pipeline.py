@@ -343,11 +343,22 @@ def test_calibrated_harmonizer_and_harmonize_mode(debug_run, tmp_path):
     data = load_dataset(cfg.data, progress=False)
     vol = data.volumes[subject][site]
     harm = methods.load(os.path.join(workdir, "harmonizer"))
-    assert harm.cfg["calibrate"] == "none"
+    # the default (calibrate=sites): one map per source site, learned on the training pairs,
+    # saved and read back with the harmonizer; the output is the plain one through its site's map
+    assert harm.cfg["calibrate"] == cfg.model.calibrate == "sites"
+    maps = harm.cfg["site_maps"]
+    assert sorted(s for m in maps for s in m["sites"]) == sorted(
+        s for s in split["source_sites"])
+    sited = harm.harmonize(vol)
+    harm.cfg["calibrate"] = "none"
     plain = harm.harmonize(vol)
+    mask = vol.mask.astype(bool)
+    (m,) = [m for m in maps if m["sites"] == [site]]
+    assert len(m["output"]) == cfg.model.calibrate_knots
+    np.testing.assert_allclose(sited[mask], np.interp(plain[mask], m["output"], m["target"]),
+                               rtol=1e-5, atol=1e-6)
     harm.cfg["calibrate"] = "p99"
     cal = harm.harmonize(vol)
-    mask = vol.mask.astype(bool)
     np.testing.assert_allclose(cal, plain / np.percentile(plain[mask], 99), rtol=1e-5)
     assert np.percentile(cal[mask], 99) == pytest.approx(1.0, rel=1e-5)
 
@@ -355,7 +366,7 @@ def test_calibrated_harmonizer_and_harmonize_mode(debug_run, tmp_path):
     mask_path = os.path.join(split["dataset"], "derivatives", "phyjax-sim", f"sub-{subject}",
                              "anat", f"sub-{subject}_desc-brain_mask.nii.gz")
     written = {}
-    for calibrate in ("none", "p99"):
+    for calibrate in ("sites", "none", "p99"):
         h_cfg = cfg.copy_and_resolve_references()
         with h_cfg.unlocked():
             h_cfg.mode = "harmonize"
@@ -367,6 +378,8 @@ def test_calibrated_harmonizer_and_harmonize_mode(debug_run, tmp_path):
         written[calibrate] = nib.load(phycharm.run(h_cfg, workdir)).get_fdata()
         meta = json.load(open(tmp_path / f"{calibrate}.json"))
         assert meta["PhyjaxHarmonizer"]["calibrate"] == calibrate
+        assert meta["PhyjaxHarmonizer"]["calibrate_site_map"] == (
+            [site] if calibrate == "sites" else None)
         assert meta["PhyjaxHarmonizer"]["tta"] == cfg.model.tta
         assert meta["PhyjaxHarmonizer"]["ensemble"] == cfg.model.ensemble == 1
         assert meta["PhyjaxHarmonizer"]["views"] == list(cfg.model.views) == ["axial"]
@@ -377,12 +390,13 @@ def test_calibrated_harmonizer_and_harmonize_mode(debug_run, tmp_path):
         h_cfg.model.tta = "none" if cfg.model.tta == "flip" else "flip"
         h_cfg.harmonize.model_overrides = ()
     kept = _load_harmonizer(os.path.join(workdir, "harmonizer"), h_cfg).cfg
-    assert (kept["calibrate"], kept["tta"]) == ("none", cfg.model.tta)
+    assert (kept["calibrate"], kept["tta"]) == ("sites", cfg.model.tta)
     with h_cfg.unlocked():
         h_cfg.harmonize.model_overrides = ("calibrate",)
     named = _load_harmonizer(os.path.join(workdir, "harmonizer"), h_cfg).cfg
     assert (named["calibrate"], named["tta"]) == ("p99", cfg.model.tta)
     m = nib.load(mask_path).get_fdata() > 0
+    assert np.abs(written["sites"][m] - written["none"][m]).max() > 1e-3
     assert np.percentile(written["p99"][m], 99) == pytest.approx(1.0, rel=1e-4)
     assert not np.isclose(np.percentile(written["none"][m], 99), 1.0, rtol=1e-3)
     np.testing.assert_allclose(written["p99"][m] * np.percentile(written["none"][m], 99),

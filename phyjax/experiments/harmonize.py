@@ -112,6 +112,12 @@ def output_sidecar(harmonizer, reading: Reading, input_path: str,
     """The output's sidecar: the target protocol (BIDS units) and every assumption made."""
     target = target if target is not None else harmonizer.target_protocol
     settings = getattr(harmonizer, "cfg", {})      # a network's inference settings
+    site_map = None     # calibrate=sites: the sites whose learned map this scan went through
+    if settings.get("calibrate") == "sites":
+        from phyjax.methods.phycharm import site_map_for
+
+        found = site_map_for(settings.get("site_maps") or [], reading.protocol())
+        site_map = found["sites"] if found else "none learned for this protocol: uncalibrated"
     out = protocol_to_sidecar(target)
     out.update({"Sources": [os.path.abspath(input_path)],
                 "PhyjaxHarmonizer": {"method": harmonizer.name,
@@ -121,6 +127,7 @@ def output_sidecar(harmonizer, reading: Reading, input_path: str,
                                      "fitted_on": sorted(harmonizer.fitted_on),
                                      "data_consistency": settings.get("refine"),
                                      "calibrate": settings.get("calibrate"),
+                                     "calibrate_site_map": site_map,
                                      "tta": settings.get("tta"),
                                      "ensemble": settings.get("ensemble", 1),
                                      "views": (list(settings.get("views", ["axial"]))

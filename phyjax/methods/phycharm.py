@@ -648,6 +648,9 @@ def fit(config, train: TrainingSet, name: str = "phycharm", *, workdir: str,
     ``w_map`` is 0 on real pairs (simulated pairs always have their maps).
     ``config.model.ensemble`` > 1: that many networks, seeds ``config.seed + k``, averaged at
     inference (:func:`phyjax.methods.networks.fit_ensemble`).
+    ``config.model.calibrate="sites"`` (the default): after training, the per-protocol output
+    maps of :func:`fit_site_maps` are learned on the training pairs and saved with the model
+    (paired mode only; with physics-made pairs the setting falls back to ``"none"``, printed).
     """
     context = dict(name=name, workdir=workdir, progress=progress, has_maps=has_maps)
     harm = (networks.fit_ensemble(_fit_network, config, "model", train, **context)
