@@ -4,7 +4,7 @@ any slice network of a benchmark run: what it buys.
 Runs a trained network (``--method``: a benchmark run's ``phycharm`` or ``unet``) on its
 training subjects' scans, learns for each source protocol the monotone map that carries the
 pooled in-brain outputs onto the same subjects' target scans
-(:func:`phyjax.methods.phycharm.fit_site_maps`, ``--knots`` quantiles each), then scores the
+(:func:`phyjax.methods.calibration.fit_site_maps`, ``--knots`` quantiles each), then scores the
 held-out subjects with and without it: SSIM / PSNR against the target scan and the run's fixed
 segmenter's Dice and signed volume error against the same segmenter on the target scan.  (For
 PhyCHarm, ``refine_sweep.py --setting name:calibrate=sites`` does the same on validation
@@ -31,7 +31,7 @@ from phyjax.evaluate.overlap import TISSUES, tissue_overlap, tissue_volumes
 from phyjax.evaluate.segmentation import make_segmenter
 from phyjax.data.split import Split
 from phyjax.experiments.common import read_run
-from phyjax.methods.phycharm import calibrate_output, fit_site_maps
+from phyjax.methods.calibration import calibrate_output, fit_site_maps
 from phyjax.physics.sequences import Protocol
 
 

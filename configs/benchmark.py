@@ -104,6 +104,9 @@ def get_config(arg: str | None = None) -> ConfigDict:
     unet.tta = config.model.get_ref("tta")  # the same test-time augmentation as PhyCHarm
     unet.ensemble = config.model.get_ref("ensemble")  # and as many networks averaged
     unet.views = config.model.get_ref("views")  # and the same slicing planes
+    unet.calibrate = config.model.get_ref("calibrate")  # and the same output calibration: with
+    unet.calibrate_knots = config.model.get_ref("calibrate_knots")  # "sites", per-site maps
+    # learned on the same training pairs (docs/phycharm_ablation.md, item 41)
 
     rep = config.report = ConfigDict()
     rep.features = ("firstorder_Median", "firstorder_Entropy", "glcm_Contrast",

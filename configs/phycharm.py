@@ -170,13 +170,14 @@ def get_config(arg: str | None = None) -> ConfigDict:
     # "sites" (**the default**): the network's output through a monotone map per source
     # protocol, learned at the end of training on the traveling-subject pairs (the pooled
     # outputs on the training scans quantile-matched to the same subjects' target scans,
-    # calibrate_knots quantiles; phyjax.methods.phycharm.fit_site_maps): the network's
+    # calibrate_knots quantiles; phyjax.methods.calibration.fit_site_maps): the network's
     # systematic residual at each site, not anatomy. On the validation split (120 images, two
     # seeds, rule written before the runs) +0.73 dB, GM Dice +0.0074 (up in 89 of 120), mean
     # |dV| 6.5 -> 4.6 %, on both seeds (docs/phycharm_ablation.md, item 41); ~2.5 min more
     # training time (the network harmonizes every training scan once). Needs pairs
     # (phycharm_unpaired and pairs=simulated keep "none", saying so); a protocol without a map
-    # keeps the network's output, with a warning.
+    # keeps the network's output, with a warning. Not physics: the benchmark gives its U-Net
+    # the same maps (config.unet.calibrate), and the U-Net gains more from them (+4.25 dB).
     model.calibrate = "sites"
     model.calibrate_knots = 256
     # Test-time augmentation (inference only): "flip" averages the outputs on the scan and on

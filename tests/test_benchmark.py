@@ -259,6 +259,15 @@ def test_debug_run_never_evaluates_a_training_subject(debug_run):
     for method in fitted:
         meta = json.load(open(os.path.join(workdir, method, "harmonizer", "harmonizer.json")))
         assert meta["fitted_on"] == split["train"] and meta["method"] == method
+    # Both learned methods got the same output calibration: per-site maps learned on the
+    # training pairs (the benchmark's U-Net shares PhyCHarm's config.model.calibrate)
+    assert cfg.unet.calibrate == cfg.model.calibrate == "sites"
+    for method, key in (("phycharm", "model"), ("unet", "unet")):
+        meta = json.load(open(os.path.join(workdir, method, "harmonizer", "harmonizer.json")))
+        state = meta["state"][key]
+        assert state["calibrate"] == "sites", method
+        assert sorted(s for m in state["site_maps"] for s in m["sites"]) == sorted(
+            split["source_sites"]), method
     for name in ("benchmark_per_subject.csv", "benchmark_subject_level.csv"):
         subjects = {r["subject"].zfill(2) for r in _csv(os.path.join(workdir, name))}
         assert subjects == set(split["test"]), name

@@ -401,6 +401,24 @@ def test_calibrated_harmonizer_and_harmonize_mode(debug_run, tmp_path):
     assert not np.isclose(np.percentile(written["none"][m], 99), 1.0, rtol=1e-3)
     np.testing.assert_allclose(written["p99"][m] * np.percentile(written["none"][m], 99),
                                written["none"][m], rtol=1e-4, atol=1e-6)
+    # A harmonizer saved without site maps (trained on physics-made pairs): the default
+    # calibrate=sites keeps its saved setting; asking for it by name is an error naming it.
+    import shutil
+
+    bare = tmp_path / "bare"
+    shutil.copytree(os.path.join(workdir, "harmonizer"), bare)
+    meta = json.load(open(bare / "harmonizer.json"))
+    meta["state"]["model"].pop("site_maps")
+    meta["state"]["model"]["calibrate"] = "none"
+    json.dump(meta, open(bare / "harmonizer.json", "w"))
+    with h_cfg.unlocked():
+        h_cfg.model.calibrate = "sites"
+        h_cfg.harmonize.model_overrides = None
+    assert _load_harmonizer(str(bare), h_cfg).cfg["calibrate"] == "none"
+    with h_cfg.unlocked():
+        h_cfg.harmonize.model_overrides = ("calibrate",)
+    with pytest.raises(InputError, match="no site maps"):
+        _load_harmonizer(str(bare), h_cfg)
 
 
 def test_mirror_tta_of_the_saved_harmonizer(debug_run):
@@ -417,6 +435,7 @@ def test_mirror_tta_of_the_saved_harmonizer(debug_run):
     vol = load_dataset(cfg.data, progress=False).volumes[split["test"][0]]["spgr3T"]
     harm = methods.load(os.path.join(workdir, "harmonizer"))
     assert harm.cfg["tta"] == cfg.model.tta          # the trained run's setting, saved
+    harm.cfg["calibrate"] = "none"   # the network's own outputs (the site map is not linear)
     harm.cfg["tta"] = "none"
     plain = harm.predict(vol)
     mirrored = Volume(vol.subject, vol.site, vol.protocol, np.flip(vol.image, 0).copy(),

@@ -114,7 +114,7 @@ def output_sidecar(harmonizer, reading: Reading, input_path: str,
     settings = getattr(harmonizer, "cfg", {})      # a network's inference settings
     site_map = None     # calibrate=sites: the sites whose learned map this scan went through
     if settings.get("calibrate") == "sites":
-        from phyjax.methods.phycharm import site_map_for
+        from phyjax.methods.calibration import site_map_for
 
         found = site_map_for(settings.get("site_maps") or [], reading.protocol())
         site_map = found["sites"] if found else "none learned for this protocol: uncalibrated"
@@ -194,7 +194,8 @@ def _load_harmonizer(path: str, config=None):
     model = config.get("model") if config is not None and hasattr(config, "get") else None
     if hasattr(harmonizer, "check_target") and model is not None:   # PhyCHarm
         from phyjax.methods.networks import check_tta
-        from phyjax.methods.phycharm import check_calibrate, refine_settings
+        from phyjax.methods.calibration import check_calibrate
+        from phyjax.methods.phycharm import refine_settings
 
         h = config.get("harmonize") or {}
         given = h.get("model_overrides") if hasattr(h, "get") else None
@@ -203,7 +204,16 @@ def _load_harmonizer(path: str, config=None):
                     "calibrate": check_calibrate, "tta": check_tta}
         for key, check in settings.items():
             if key in model and (given is None or key in given):
-                harmonizer.cfg[key] = check(model[key])
+                value = check(model[key])
+                if (key == "calibrate" and value == "sites"
+                        and not harmonizer.cfg.get("site_maps")):
+                    if given is not None:     # asked for by name on the command line
+                        raise InputError(f"{path}: --config.model.calibrate=sites, but this "
+                                         "harmonizer has no site maps (they are learned at "
+                                         "training, on traveling-subject pairs); it was saved "
+                                         f"with calibrate={harmonizer.cfg.get('calibrate')!r}.")
+                    continue                  # the default: keep what the model was saved with
+                harmonizer.cfg[key] = value
     return harmonizer
 
 

@@ -55,7 +55,6 @@ protocol.
 from __future__ import annotations
 
 import functools
-import warnings
 
 import jax
 import jax.numpy as jnp
@@ -65,12 +64,13 @@ from phyjax.data import simulated
 from phyjax.data.nifti import InputError
 from phyjax.data.slices import check_views
 from phyjax.data.split import TrainingSet, protocols_match, require_training_set
-from phyjax.data.volumes import normalize
 from phyjax.losses import (edge_agreement, gradient_difference, intensity_distribution, masked_l1,
                            mixture_consistency, physics_consistency, r1_m0_map_loss, ssim_loss,
                            tissue_consistency, tissue_distribution)
 from phyjax.methods import networks
-from phyjax.methods.base import fitted_fields, protocol_from_json, protocol_to_json, register
+from phyjax.methods.base import fitted_fields, register
+from phyjax.methods.calibration import (CALIBRATE, calibrate_output, check_calibrate,  # noqa: F401
+                                       fit_site_maps, learn_site_maps, site_map_for)
 from phyjax.models.phycharm import PARTIAL_VOLUME, PhyCHarm, reference_signal, synthesize_maps
 from phyjax.physics import consistency, signal, tissues
 from phyjax.physics.sequences import Protocol, encode
@@ -91,14 +91,6 @@ PAIRED_TERMS = ("w_map", "w_harm", "w_ssim", "w_grad", "w_tissue", "w_hist", "w_
 #: ``config.model.refine``: the data-consistency step at inference (:func:`refine_outputs`)
 REFINE_DEFAULTS = {"enabled": False, "t1_sd": 0.15, "m0_sd": 0.08, "noise": 0.06,
                    "bias_fwhm_mm": 40.0, "iterations": 3}
-#: ``config.model.calibrate``: how the harmonized image is put on the data's intensity scale at
-#: inference (:func:`calibrate_output`): ``none`` (the network's own scale) or ``p99`` (divided
-#: by its 99th in-mask percentile, the convention every input and target image follows,
-#: :func:`phyjax.data.volumes.normalize`) or ``match`` (the source scan histogram-matched to the
-#: network's output: a monotone map of the input that keeps its every edge) or ``sites`` (the
-#: network's output through the monotone map learned for the scan's protocol on the training
-#: pairs, :func:`fit_site_maps`)
-CALIBRATE = ("none", "p99", "match", "sites")
 
 
 def make_model(model_cfg) -> PhyCHarm:
@@ -270,148 +262,6 @@ class PhyCHarmHarmonizer(networks.SliceNetworkHarmonizer):
     def harmonize(self, volume, target: Protocol | None = None) -> np.ndarray:
         out = self.predict(volume, target)["harmonized"]
         return np.where(volume.mask, out, 0.0).astype(np.float32)
-
-
-def check_calibrate(calibrate: str) -> str:
-    """``calibrate`` if it is one of :data:`CALIBRATE`, else InputError."""
-    if calibrate not in CALIBRATE:
-        raise InputError(f"config.model.calibrate={calibrate!r}; expected one of {CALIBRATE}.")
-    return calibrate
-
-
-def calibrate_output(out: dict, mask: np.ndarray, calibrate: str = "none",
-                     source: np.ndarray | None = None, site_maps: list | None = None,
-                     protocol: Protocol | None = None, where: str = "the source scan") -> dict:
-    """``out`` with its ``harmonized`` image on the data's intensity scale, or replaced by a
-    monotone map of the source scan (``calibrate``, one of :data:`CALIBRATE`;
-    ``config.model.calibrate``).
-
-    Every image phyjax reads is divided by its 99th in-mask percentile
-    (:func:`phyjax.data.volumes.normalize`), the targets the network was trained on included, so
-    a target-protocol scan has that percentile at 1.  ``p99`` divides the harmonized image by
-    its own (over ``mask``, ``(X, Y, Z)`` bool), so the output follows the same convention
-    whatever global scale the network gave it.  ``match`` returns the source scan (``source``,
-    ``(X, Y, Z)``, the network's input) histogram-matched inside ``mask`` to the network's
-    harmonized image (:func:`skimage.exposure.match_histograms`): the intensity distribution
-    of the subject's own physics-predicted target-protocol image, reached by a monotone
-    increasing map of the input, so no edge, tissue order or through-plane blur of the input
-    changes (classical histogram matching, Nyul et al. 1999, with the network's output as the
-    reference instead of a population template).  ``sites`` passes the output through the
-    monotone map of ``site_maps`` (:func:`fit_site_maps`) whose protocol matches ``protocol``
-    (the source scan's; :func:`phyjax.data.split.protocols_match`); a protocol no map was
-    learned for keeps the network's output, with a warning naming ``where``.  ``none`` returns
-    ``out`` unchanged.  Only ``harmonized`` changes (the maps and the re-synthesis keep their
-    scale).
-
-    Raises InputError for an unknown setting, an empty mask, a non-positive percentile
-    (``p99``), a missing or differently shaped ``source`` (``match``), or no ``site_maps`` or
-    ``protocol`` (``sites``).
-    """
-    if check_calibrate(calibrate) == "none":
-        return out
-    mask = np.asarray(mask, bool)
-    image = np.where(mask, np.asarray(out["harmonized"], np.float32), 0.0)
-    if calibrate == "p99":
-        return dict(out, harmonized=normalize(image, mask))
-    if calibrate == "sites":
-        if not site_maps:
-            raise InputError("config.model.calibrate=sites: this harmonizer has no site maps "
-                             "(they are learned at training, on traveling-subject pairs, "
-                             "when it is trained with calibrate=sites).")
-        if protocol is None:
-            raise InputError(f"config.model.calibrate=sites: {where} has no acquisition "
-                             "protocol to choose a site map by.")
-        m = site_map_for(site_maps, protocol)
-        if m is None:
-            warnings.warn(f"config.model.calibrate=sites: no site map was learned for the "
-                          f"protocol of {where} ({protocol}); its harmonized image is the "
-                          "network's output, uncalibrated.", stacklevel=2)
-            return out
-        mapped = np.zeros_like(image)
-        mapped[mask] = np.interp(image[mask], m["output"], m["target"])
-        return dict(out, harmonized=mapped)
-    if source is None or np.shape(source) != image.shape:
-        raise InputError(f"config.model.calibrate=match needs the source scan of the output's "
-                         f"shape {image.shape}; got "
-                         f"{None if source is None else np.shape(source)}.")
-    if not mask.any():
-        raise InputError("config.model.calibrate=match: the brain mask is empty.")
-    from skimage.exposure import match_histograms
-
-    matched = np.zeros_like(image)
-    matched[mask] = match_histograms(np.asarray(source, np.float32)[mask], image[mask])
-    return dict(out, harmonized=matched)
-
-
-def site_map_for(site_maps: list, protocol: Protocol) -> dict | None:
-    """The entry of ``site_maps`` (:func:`fit_site_maps`) learned for ``protocol``, or None."""
-    for m in site_maps:
-        if protocols_match(protocol_from_json(m["protocol"]), protocol):
-            return m
-    return None
-
-
-def fit_site_maps(harmonizer, train: TrainingSet, knots: int = 256,
-                  progress: bool = True) -> list[dict]:
-    """The monotone intensity map, per source protocol, that carries the network's outputs on
-    the training scans onto the same subjects' target-site scans (``config.model.calibrate=
-    sites``).
-
-    For each protocol of the training set's source scans (:func:`phyjax.data.split.
-    protocols_match`; one per site in the default data), ``harmonizer`` (its calibration off)
-    harmonizes every training scan with it; the in-mask voxel values of those outputs, pooled,
-    and of the same subjects' target-site scans, pooled, give ``knots`` quantiles each, and the
-    map is the piecewise-linear function through the pairs of quantiles -- quantile matching
-    (the transport that maps one 1-D distribution onto another; the step of Nyul et al. 1999
-    with every quantile as a landmark), fitted on pairs so that what it corrects is the
-    network's systematic residual at that protocol, not anatomy: both distributions are of
-    the same heads.  Beyond the end knots the map is constant.
-
-    Returns a list of ``{"protocol", "sites", "subjects", "output", "target"}`` (JSON-ready;
-    ``output``/``target``: ``(knots,)`` nondecreasing intensities on the data's scale).
-    Raises InputError for ``knots`` < 2 or a training set with no subject scanned at both
-    a source site and the target site.
-    """
-    knots = int(knots)
-    if knots < 2:
-        raise InputError(f"config.model.calibrate_knots={knots}; expected at least 2.")
-    train = require_training_set(train)
-    groups: list[dict] = []
-    saved = harmonizer.cfg.get("calibrate", "none")
-    harmonizer.cfg["calibrate"] = "none"
-    try:
-        for subject in sorted(train.subjects):
-            scans = train.volumes[subject]
-            target = scans.get(train.target_site)
-            if target is None:
-                continue
-            t = np.asarray(target.image, np.float32)[np.asarray(target.mask, bool)]
-            for site, vol in sorted(scans.items()):
-                if site == train.target_site or vol.protocol is None:
-                    continue
-                g = next((g for g in groups if protocols_match(g["p"], vol.protocol)), None)
-                if g is None:
-                    g = {"p": vol.protocol, "sites": set(), "subjects": set(), "out": [],
-                         "tgt": []}
-                    groups.append(g)
-                out = harmonizer.harmonize(vol)
-                g["out"].append(out[np.asarray(vol.mask, bool)])
-                g["tgt"].append(t)
-                g["sites"].add(site)
-                g["subjects"].add(subject)
-            if progress:
-                print(f"[phycharm] site maps: subject {subject} harmonized", flush=True)
-    finally:
-        harmonizer.cfg["calibrate"] = saved
-    if not groups:
-        raise InputError("config.model.calibrate=sites: no training subject has a scan at a "
-                         f"source site and at the target site {train.target_site!r}.")
-    q = np.linspace(0.0, 1.0, knots)
-    return [{"protocol": protocol_to_json(g["p"]), "sites": sorted(g["sites"]),
-             "subjects": len(g["subjects"]),
-             "output": np.maximum.accumulate(np.quantile(np.concatenate(g["out"]), q)).tolist(),
-             "target": np.maximum.accumulate(np.quantile(np.concatenate(g["tgt"]), q)).tolist()}
-            for g in groups]
 
 
 def refine_settings(cfg) -> dict:
@@ -655,16 +505,8 @@ def fit(config, train: TrainingSet, name: str = "phycharm", *, workdir: str,
     context = dict(name=name, workdir=workdir, progress=progress, has_maps=has_maps)
     harm = (networks.fit_ensemble(_fit_network, config, "model", train, **context)
             or _fit_network(config, train, **context))
-    if harm.cfg["calibrate"] == "sites":
-        if harm.cfg["pairs"] != "paired":
-            print(f"[{name}] config.model.calibrate=sites learns its maps on traveling-subject "
-                  f"pairs; this model trains on pairs={harm.cfg['pairs']!r}, so its output "
-                  "stays the network's (calibrate=none)", flush=True)
-            harm.cfg["calibrate"] = "none"
-        else:
-            harm.cfg["site_maps"] = fit_site_maps(
-                harm, train, config.model.get("calibrate_knots", 256), progress)
-    return harm
+    return learn_site_maps(harm, train, config.model.get("calibrate_knots", 256),
+                           harm.cfg["pairs"] == "paired", progress)
 
 
 def _fit_network(config, train: TrainingSet, name: str = "phycharm", *, workdir: str,

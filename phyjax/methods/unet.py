@@ -6,7 +6,9 @@ residual on the centre slice when ``config.unet.residual``; ``config.unet.w_hist
 default: the plain supervised baseline) adds PhyCHarm's intensity-distribution term, to tell
 what that term buys apart from the physics.  ``config.unet.condition``:
 ``"none"`` gives it no acquisition information, ``"protocol"`` feeds the encoded source
-protocol through FiLM.
+protocol through FiLM.  ``config.unet.calibrate`` (the benchmark shares PhyCHarm's
+``config.model.calibrate``): the same output calibration, e.g. ``"sites"``, per-protocol maps
+learned on its training pairs (:mod:`phyjax.methods.calibration`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from phyjax.data.split import TrainingSet, require_training_set
 from phyjax.losses import intensity_distribution, masked_l1, ssim_loss
 from phyjax.methods import networks
 from phyjax.methods.base import fitted_fields, register
+from phyjax.methods.calibration import calibrate_output, check_calibrate, learn_site_maps
 from phyjax.models.unet import ConditionalUNet
 from phyjax.physics.sequences import encode
 from phyjax.train import TrainState, fit as fit_loop, make_train_step
@@ -61,6 +64,15 @@ class UNetHarmonizer(networks.SliceNetworkHarmonizer):
 
         return predict
 
+    def predict(self, volume) -> dict[str, np.ndarray]:
+        """The network's output on ``volume``, through its calibration (``cfg["calibrate"]``,
+        :func:`phyjax.methods.calibration.calibrate_output`; none for a model saved before
+        the setting existed)."""
+        return calibrate_output(super().predict(volume), volume.mask,
+                                self.cfg.get("calibrate", "none"), source=volume.image,
+                                site_maps=self.cfg.get("site_maps"), protocol=volume.protocol,
+                                where=getattr(volume, "path", None) or "the source scan")
+
 
 def unet_config(config) -> dict:
     """The U-Net's settings: ``config.unet`` plus the 2.5-D context of ``config.model``."""
@@ -71,6 +83,7 @@ def unet_config(config) -> dict:
             "condition": u.condition, "residual": bool(u.residual),
             "context": config.model.context,
             "tta": networks.check_tta(u.get("tta", "none"), "config.unet.tta"),
+            "calibrate": check_calibrate(u.get("calibrate", "none"), "config.unet.calibrate"),
             "views": check_views(u.get("views", ("axial",)), "config.unet.views")}
 
 
@@ -78,11 +91,18 @@ def unet_config(config) -> dict:
 def fit(config, train: TrainingSet, name: str = "unet", *, workdir: str, progress: bool = True,
         **_) -> UNetHarmonizer:
     """Train the U-Net on ``train`` with ``config.train`` (checkpoints in ``workdir``);
-    ``config.unet.ensemble`` > 1: that many, averaged (:func:`networks.fit_ensemble`)."""
-    ensemble = networks.fit_ensemble(fit, config, "unet", train, name=name, workdir=workdir,
-                                     progress=progress)
-    if ensemble is not None:
-        return ensemble
+    ``config.unet.ensemble`` > 1: that many, averaged (:func:`networks.fit_ensemble`);
+    ``config.unet.calibrate="sites"``: then its per-protocol output maps learned on the same
+    training pairs, as PhyCHarm's (:func:`phyjax.methods.calibration.learn_site_maps`)."""
+    harm = (networks.fit_ensemble(_fit_network, config, "unet", train, name=name,
+                                  workdir=workdir, progress=progress)
+            or _fit_network(config, train, name, workdir=workdir, progress=progress))
+    return learn_site_maps(harm, train, config.unet.get("calibrate_knots", 256), True, progress)
+
+
+def _fit_network(config, train: TrainingSet, name: str = "unet", *, workdir: str,
+                 progress: bool = True, **_) -> UNetHarmonizer:
+    """One U-Net (or ensemble member), its calibration maps not yet learned."""
     train = require_training_set(train)
     cfg, t = unet_config(config), config.train
     w_hist = float(config.unet.get("w_hist", 0.0))
