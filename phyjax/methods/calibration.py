@@ -16,8 +16,9 @@ from phyjax.data.volumes import normalize
 from phyjax.methods.base import protocol_from_json, protocol_to_json
 from phyjax.physics.sequences import Protocol
 
-#: ``config.model.calibrate`` / ``config.unet.calibrate``: how the harmonized image is put on the data's intensity scale at
-#: inference (:func:`calibrate_output`): ``none`` (the network's own scale) or ``p99`` (divided
+#: ``config.model.calibrate`` / ``config.unet.calibrate``: how the harmonized image is put on
+#: the data's intensity scale at inference (:func:`calibrate_output`): ``none`` (the network's
+#: own scale) or ``p99`` (divided
 #: by its 99th in-mask percentile, the convention every input and target image follows,
 #: :func:`phyjax.data.volumes.normalize`) or ``match`` (the source scan histogram-matched to the
 #: network's output: a monotone map of the input that keeps its every edge) or ``sites`` (the
