@@ -59,6 +59,20 @@ def parse_setting(text: str) -> tuple[str, dict]:
     return name, out
 
 
+def score(img, tgt, t_lab, t_vol, seg) -> dict:
+    """SSIM / PSNR / NRMSE of ``img`` against the target scan ``tgt`` (a Volume) in its mask,
+    the Dice of ``seg``'s CSF / GM / WM on ``img`` against its labels of the target (``t_lab``),
+    and the signed volume errors ``dv_<tissue>`` (%) against the target's volumes ``t_vol``."""
+    lab = seg(img, tgt.mask)
+    row = {**image_metrics(img, tgt.image, tgt.mask),
+           **{k: v for k, v in tissue_overlap(lab, t_lab, tgt.mask).items()
+              if k.startswith("dice")}}
+    v = tissue_volumes(lab[tgt.mask], 1.0)
+    for t in TISSUES:
+        row[f"dv_{t}"] = 100.0 * (v[t] - t_vol[t]) / t_vol[t]
+    return row
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--run", required=True, help="phycharm or benchmark run folder")
@@ -180,14 +194,8 @@ def main(argv=None) -> None:
                     out = phycharm.calibrate_output(out, vol.mask, calibrate, source=vol.image,
                                                     site_maps=site_maps, protocol=vol.protocol)
                 img = np.where(tgt.mask, out["harmonized"], 0.0)
-                lab = seg(img, tgt.mask)
                 row = {"subject": subject, "site": site, "setting": name,
-                       **image_metrics(img, tgt.image, tgt.mask),
-                       **{k: v for k, v in tissue_overlap(lab, t_lab, tgt.mask).items()
-                          if k.startswith("dice")}}
-                v = tissue_volumes(lab[tgt.mask], 1.0)
-                for t in TISSUES:
-                    row[f"dv_{t}"] = 100.0 * (v[t] - t_vol[t]) / t_vol[t]
+                       **score(img, tgt, t_lab, t_vol, seg)}
                 row.update(tissue_intensity_ratios(img, tgt.image, t_lab, tgt.mask))
                 if vol.t1 is not None:
                     m = vol.mask.astype(bool)

@@ -26,13 +26,14 @@ import numpy as np
 
 from phyjax import methods
 from phyjax.data.dataset import load_dataset
-from phyjax.evaluate.metrics import image_metrics
-from phyjax.evaluate.overlap import TISSUES, tissue_overlap, tissue_volumes
-from phyjax.evaluate.segmentation import make_segmenter
 from phyjax.data.split import Split
+from phyjax.evaluate.overlap import TISSUES, tissue_volumes
+from phyjax.evaluate.segmentation import make_segmenter
 from phyjax.experiments.common import read_run
 from phyjax.methods.calibration import calibrate_output, fit_site_maps
 from phyjax.physics.sequences import Protocol
+
+from refine_sweep import score   # a sibling script: run as python benchmarks/site_lut.py
 
 
 def main(argv=None) -> None:
@@ -76,14 +77,8 @@ def main(argv=None) -> None:
                     {"harmonized": h}, tgt.mask, "sites", site_maps=maps[k],
                     protocol=vol.protocol)["harmonized"]
             for name, img in variants.items():
-                lab = seg(img, tgt.mask)
                 row = {"subject": subject, "site": site, "setting": name,
-                       **image_metrics(img, tgt.image, tgt.mask),
-                       **{k: v for k, v in tissue_overlap(lab, t_lab, tgt.mask).items()
-                          if k.startswith("dice")}}
-                v = tissue_volumes(lab[tgt.mask], 1.0)
-                for t in TISSUES:
-                    row[f"dv_{t}"] = 100.0 * (v[t] - t_vol[t]) / t_vol[t]
+                       **score(img, tgt, t_lab, t_vol, seg)}
                 rows.append(row)
                 print(f"{subject} {site} {name}: PSNR {row['psnr']:.2f} Dice "
                       f"{row['dice_csf']:.3f}/{row['dice_gm']:.3f}/{row['dice_wm']:.3f} dV "
