@@ -146,6 +146,7 @@ def test_a_multi_view_network_averages_its_planes_and_saves_them(tmp_path):
     with cfg.unlocked():
         cfg.model.views = ALL              # the benchmark's U-Net follows PhyCHarm's setting
         cfg.model.tta = "none"
+        cfg.model.calibrate = "none"       # the networks' own outputs (a site map is not linear)
         cfg.train.mirror = 0.5
     assert cfg.unet.views == ALL
     h = methods.fit("unet", cfg, train, workdir=str(tmp_path / "u"), progress=False)
