@@ -26,6 +26,7 @@ from phyjax.data.slices import (check_views, from_slices, grid, to_slices, unvie
 from phyjax.data.store import SliceStore
 from phyjax.data.split import TrainingSet
 from phyjax.methods.base import Harmonizer, base_fields
+from phyjax.methods.calibration import calibrate_output
 from phyjax.physics.sequences import Protocol, encode
 
 
@@ -366,6 +367,15 @@ class SliceNetworkHarmonizer(Harmonizer):
             raise InputError(f"{volume.path}: tta=flip needs the scan's affine to find its "
                              f"left-right axis; none could be read ({e}).") from e
         return tta, mirror_axis(affine)
+
+    def calibrate(self, out: dict, volume) -> dict:
+        """``out`` (this network's outputs on ``volume``) through its settings' ``calibrate``
+        (:func:`phyjax.methods.calibration.calibrate_output`; ``none`` for a network saved
+        before it existed), with its site maps, if any, chosen by ``volume``'s protocol."""
+        return calibrate_output(out, volume.mask, self.cfg.get("calibrate", "none"),
+                                source=volume.image, site_maps=self.cfg.get("site_maps"),
+                                protocol=volume.protocol,
+                                where=getattr(volume, "path", None) or "the source scan")
 
     def harmonize(self, volume) -> np.ndarray:
         return np.where(volume.mask, self.predict(volume)["harmonized"], 0.0).astype(np.float32)

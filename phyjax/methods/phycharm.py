@@ -254,10 +254,7 @@ class PhyCHarmHarmonizer(networks.SliceNetworkHarmonizer):
         settings = refine_settings(self.cfg.get("refine"))
         if settings["enabled"]:
             out = refine_outputs(out, volume, target, ref, settings, self.cfg)
-        return calibrate_output(out, volume.mask, self.cfg.get("calibrate", "none"),
-                                source=volume.image, site_maps=self.cfg.get("site_maps"),
-                                protocol=volume.protocol,
-                                where=getattr(volume, "path", None) or "the source scan")
+        return self.calibrate(out, volume)
 
     def harmonize(self, volume, target: Protocol | None = None) -> np.ndarray:
         out = self.predict(volume, target)["harmonized"]

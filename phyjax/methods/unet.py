@@ -22,7 +22,7 @@ from phyjax.data.split import TrainingSet, require_training_set
 from phyjax.losses import intensity_distribution, masked_l1, ssim_loss
 from phyjax.methods import networks
 from phyjax.methods.base import fitted_fields, register
-from phyjax.methods.calibration import calibrate_output, check_calibrate, learn_site_maps
+from phyjax.methods.calibration import check_calibrate, learn_site_maps
 from phyjax.models.unet import ConditionalUNet
 from phyjax.physics.sequences import encode
 from phyjax.train import TrainState, fit as fit_loop, make_train_step
@@ -68,10 +68,7 @@ class UNetHarmonizer(networks.SliceNetworkHarmonizer):
         """The network's output on ``volume``, through its calibration (``cfg["calibrate"]``,
         :func:`phyjax.methods.calibration.calibrate_output`; none for a model saved before
         the setting existed)."""
-        return calibrate_output(super().predict(volume), volume.mask,
-                                self.cfg.get("calibrate", "none"), source=volume.image,
-                                site_maps=self.cfg.get("site_maps"), protocol=volume.protocol,
-                                where=getattr(volume, "path", None) or "the source scan")
+        return self.calibrate(super().predict(volume), volume)
 
 
 def unet_config(config) -> dict:
