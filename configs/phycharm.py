@@ -138,6 +138,12 @@ def get_config(arg: str | None = None) -> ConfigDict:
     # validation heads two_tissue raised GM Dice by 0.012 and cut the mean volume error 7.4 ->
     # 5.3 % but lost 0.37 dB, past the rule's 0.3 (docs/phycharm_ablation.md, item 30).
     model.partial_volume = "single"
+    # What the harmonizer's residual is added to: "resynth" (the target re-synthesized from the
+    # predicted maps, the published model) or "gated" (a per-voxel blend of that re-synthesis and
+    # the source's own centre slice, the weight a second output of the harmonizer: the
+    # supervised U-Net's identity prior where the source already has the target's contrast, the
+    # physics where it has not; docs/phycharm_ablation.md, item 42).
+    model.base = "resynth"
     # Data consistency at inference (phyjax.physics.consistency): the network's T1/M0 are the
     # prior of a per-voxel MAP estimate given the source image through its own signal equation,
     # and the harmonized image moves by what that changes in the target's signal equation, so

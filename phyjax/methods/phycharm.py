@@ -71,14 +71,14 @@ from phyjax.methods import networks
 from phyjax.methods.base import fitted_fields, register
 from phyjax.methods.calibration import (CALIBRATE, calibrate_output, check_calibrate,  # noqa: F401
                                        fit_site_maps, learn_site_maps, site_map_for)
-from phyjax.models.phycharm import PARTIAL_VOLUME, PhyCHarm, reference_signal, synthesize_maps
+from phyjax.models.phycharm import BASES, PARTIAL_VOLUME, PhyCHarm, reference_signal, synthesize_maps
 from phyjax.physics import consistency, signal, tissues
 from phyjax.physics.sequences import Protocol, encode
 from phyjax.physics.tissues import TISSUES, convert_t1, tissue_parameters
 from phyjax.train import TrainState, fit as fit_loop, make_train_step
 
 MODEL_KEYS = ("features", "cond_features", "t1_max", "m0_max", "context", "readout",
-              "partial_volume")
+              "partial_volume", "base")
 #: ``config.model.readout``: how the model's signal equations treat an MPRAGE readout train
 READOUT = ("sidecar", "static")
 PAIRS = ("auto", "paired", "simulated")
@@ -98,7 +98,16 @@ def make_model(model_cfg) -> PhyCHarm:
     m = dict(model_cfg)
     return PhyCHarm(features=tuple(m["features"]), cond_features=m["cond_features"],
                     t1_max=m["t1_max"], m0_max=m["m0_max"],
-                    partial_volume=check_partial_volume(m.get("partial_volume", "single")))
+                    partial_volume=check_partial_volume(m.get("partial_volume", "single")),
+                    base=check_base(m.get("base", "resynth")))
+
+
+def check_base(value: str) -> str:
+    """``value`` if it is one of :data:`phyjax.models.phycharm.BASES` (``config.model.base``; a
+    model saved before the setting existed is ``resynth``), else InputError."""
+    if value not in BASES:
+        raise InputError(f"config.model.base={value!r}; expected one of {BASES}.")
+    return value
 
 
 def check_partial_volume(value: str) -> str:

@@ -27,6 +27,10 @@ from phyjax.physics.tissues import convert_t1
 #: that T1: the signal equation of the map) or ``two_tissue`` (the two adjacent tissues whose
 #: mean T1 it is, their signals summed: :mod:`phyjax.physics.partial_volume`)
 PARTIAL_VOLUME = ("single", "two_tissue")
+#: ``PhyCHarm.base``: what the harmonizer's residual is added to -- ``resynth`` (the target
+#: re-synthesized from the maps, the published model) or ``gated`` (a per-voxel blend, weight
+#: from the harmonizer, of the re-synthesis and the source's own centre slice)
+BASES = ("resynth", "gated")
 
 
 def synthesize_maps(protocol: Protocol, t1, m0, maps_field_strength, partial_volume="single"):
@@ -63,7 +67,12 @@ class PhyCHarm(nn.Module):
     scalar).  The predicted T1 is at the source B0; the target image is re-synthesized from
     the maps by :func:`synthesize_maps` with ``partial_volume`` (``single``: T1 converted to the
     target B0 and one signal per voxel, the published model; ``two_tissue``: each voxel the
-    sum of its two tissues' signals, :mod:`phyjax.physics.partial_volume`).  Returns a dict of
+    sum of its two tissues' signals, :mod:`phyjax.physics.partial_volume`).  ``base``
+    (:data:`BASES`): the harmonizer's output is a residual on the re-synthesis (``resynth``, the
+    published model), or on ``g * resynth + (1 - g) * source centre slice`` with a per-voxel
+    gate ``g`` in (0, 1) that the harmonizer predicts as a second channel (``gated``: the
+    supervised U-Net's residual-on-the-source prior where the source's contrast is already the
+    target's, the physics where it is not).  Returns a dict of
     ``(B, H, W, 1)`` arrays: ``t1`` (s), ``m0``, ``resynth`` (target contrast
     from the maps) and ``harmonized``; all zero outside ``mask`` except ``t1``
     which is set there to ``t1_max / 2`` to keep signal equations finite.
@@ -74,10 +83,14 @@ class PhyCHarm(nn.Module):
     t1_max: float = 5.0
     m0_max: float = 1.5
     partial_volume: str = "single"
+    base: str = "resynth"
 
     def setup(self):
+        if self.base not in BASES:
+            raise ValueError(f"base={self.base!r}; expected one of {BASES}.")
         self.generator = ConditionalUNet(self.features, 2, self.cond_features)
-        self.harmonizer = ConditionalUNet(self.features, 1, self.cond_features)
+        self.harmonizer = ConditionalUNet(self.features, 1 if self.base == "resynth" else 2,
+                                          self.cond_features)
 
     def maps(self, source, mask, source_code):
         raw = self.generator(source, source_code)
@@ -94,6 +107,11 @@ class PhyCHarm(nn.Module):
         resynth = synthesize_maps(target, t1, m0, source_field_strength,
                                   self.partial_volume) / target_reference * mask
         code = jnp.concatenate([source_code, target_code], axis=-1)
-        residual = self.harmonizer(jnp.concatenate([source, resynth], axis=-1), code)
-        harmonized = (resynth + residual) * mask
+        out = self.harmonizer(jnp.concatenate([source, resynth], axis=-1), code)
+        residual, base = out[..., :1], resynth
+        if self.base == "gated":    # where the source already has the target's contrast, its
+            gate = jax.nn.sigmoid(out[..., 1:])     # own detail; elsewhere the re-synthesis
+            centre = source.shape[-1] // 2
+            base = gate * resynth + (1.0 - gate) * source[..., centre:centre + 1]
+        harmonized = (base + residual) * mask
         return {"t1": t1, "m0": m0, "resynth": resynth, "harmonized": harmonized}
