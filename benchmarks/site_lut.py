@@ -44,6 +44,11 @@ def main(argv=None) -> None:
     ap.add_argument("--data-seed", type=int, default=-1,
                     help="score the test subjects of the dataset built with this data.seed "
                          "(a validation split) instead of the run's")
+    ap.add_argument("--test-anatomy", default="",
+                    help="data.test_anatomy of the scored subjects (e.g. real_philips: the "
+                         "README's real head; the maps are learned on the run's own training "
+                         "subjects)")
+    ap.add_argument("--max-subjects", type=int, default=0)
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     knots = args.knots or [256]
@@ -57,12 +62,15 @@ def main(argv=None) -> None:
     train = data.training_set(Split(train=tuple(split["train"]), test=tuple(split["test"])))
     maps = {k: fit_site_maps(harm, train, k) for k in knots}
     test_data = data
-    if args.data_seed >= 0:
+    if args.data_seed >= 0 or args.test_anatomy:
         with cfg.unlocked():
-            cfg.data.seed = args.data_seed
+            if args.data_seed >= 0:
+                cfg.data.seed = args.data_seed
+            if args.test_anatomy:
+                cfg.data.test_anatomy = args.test_anatomy
         test_data = load_dataset(cfg.data, progress=False, paired=True)
     rows = []
-    for subject in split["test"]:
+    for subject in split["test"][:args.max_subjects or None]:
         tgt = test_data.volumes[subject][test_data.target_site]
         t_lab = seg(tgt.image, tgt.mask)
         t_vol = tissue_volumes(t_lab[tgt.mask], 1.0)

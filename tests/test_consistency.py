@@ -166,3 +166,11 @@ def test_refine_outputs_puts_the_detail_back_with_the_target_contrast():
     centre, flank = out["resynth"][10:12, 8:16].mean(), out["resynth"][8, 8:16].mean()
     assert centre - flank > 0.5 * (truth[10:12, 8:16].mean() - truth[8, 8:16].mean())
     assert np.all(out["harmonized"][~mask] == 0)
+    # a gated model (config.model.base=gated) holds the re-synthesis with weight g: its output
+    # moves by g times the re-synthesis' change, the source's share stays
+    g = np.where(mask, np.linspace(0.2, 0.9, mask.shape[0])[:, None, None], 0.0)
+    gated = phycharm.refine_outputs(dict(net, gate=g), volume, target, ref, settings, cfg)
+    np.testing.assert_allclose(gated["resynth"], out["resynth"], atol=1e-6)
+    np.testing.assert_allclose(gated["harmonized"] - net["harmonized"],
+                               g * (out["resynth"] - net["resynth"]), atol=1e-6)
+    assert float(np.max(np.abs(out["resynth"] - net["resynth"]))) > 0.05

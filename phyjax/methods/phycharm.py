@@ -323,8 +323,9 @@ def refine_outputs(out: dict, volume, target: Protocol, ref: float, settings: di
     (:func:`phyjax.physics.consistency.map_update`; receive gain by
     :func:`~phyjax.physics.consistency.local_gain` with a Gaussian of ``bias_fwhm_mm`` FWHM on
     the volume's grid), and the target image moves by what the refined maps change in the
-    target protocol's signal equation: ``harmonized + S_t(T1', M0') - S_t(T1, M0)`` (same
-    units as the re-synthesis).  So detail the network smoothed away but the source shows
+    target protocol's signal equation: ``harmonized + g * (S_t(T1', M0') - S_t(T1, M0))`` (same
+    units as the re-synthesis; ``g`` the gated model's ``out["gate"]``, 1 for ``base=resynth``:
+    the weight the re-synthesis has in the output).  So detail the network smoothed away but the source shows
     comes back with the target's contrast, and nothing changes where the source cannot tell.
     Returns the dict with ``t1``, ``m0``, ``resynth`` and ``harmonized`` refined and the
     network's maps kept as ``t1_network``, ``m0_network``.
@@ -348,7 +349,8 @@ def refine_outputs(out: dict, volume, target: Protocol, ref: float, settings: di
     result["t1"] = np.where(mask, t1r, t1)
     result["m0"] = np.where(mask, m0r, m0)
     result["resynth"] = np.where(mask, out["resynth"] + delta, 0.0)
-    result["harmonized"] = np.where(mask, out["harmonized"] + delta, 0.0)
+    # a gated model's output holds the re-synthesis with its gate's weight (config.model.base)
+    result["harmonized"] = np.where(mask, out["harmonized"] + out.get("gate", 1.0) * delta, 0.0)
     return result
 
 

@@ -72,7 +72,7 @@ class PhyCHarm(nn.Module):
     published model), or on ``g * resynth + (1 - g) * source centre slice`` with a per-voxel
     gate ``g`` in (0, 1) that the harmonizer predicts as a second channel (``gated``: the
     supervised U-Net's residual-on-the-source prior where the source's contrast is already the
-    target's, the physics where it is not).  Returns a dict of
+    target's, the physics where it is not; the gate is returned as ``gate``).  Returns a dict of
     ``(B, H, W, 1)`` arrays: ``t1`` (s), ``m0``, ``resynth`` (target contrast
     from the maps) and ``harmonized``; all zero outside ``mask`` except ``t1``
     which is set there to ``t1_max / 2`` to keep signal equations finite.
@@ -114,4 +114,7 @@ class PhyCHarm(nn.Module):
             centre = source.shape[-1] // 2
             base = gate * resynth + (1.0 - gate) * source[..., centre:centre + 1]
         harmonized = (base + residual) * mask
-        return {"t1": t1, "m0": m0, "resynth": resynth, "harmonized": harmonized}
+        out = {"t1": t1, "m0": m0, "resynth": resynth, "harmonized": harmonized}
+        if self.base == "gated":
+            out["gate"] = gate * mask
+        return out
