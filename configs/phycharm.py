@@ -147,6 +147,8 @@ def get_config(arg: str | None = None) -> ConfigDict:
     # 3.6 %, on both seeds; it costs the 1.5 T MPRAGE 0.4-1.3 dB (docs/phycharm_ablation.md,
     # item 42). Models saved before the setting existed are "resynth".
     model.base = "gated"
+    model.gate_prior = 0.5   # gated base: where the gate starts (its logit offset by logit(this);
+                             # 0.5: no offset, the untrained gate near an even blend)
     # Data consistency at inference (phyjax.physics.consistency): the network's T1/M0 are the
     # prior of a per-voxel MAP estimate given the source image through its own signal equation,
     # and the harmonized image moves by what that changes in the target's signal equation, so

@@ -31,9 +31,9 @@ def _constant_head(params, residual, gate_logit=None):
     return dict(params, harmonizer=harm)
 
 
-def _run(base, residual, gate_logit=None):
+def _run(base, residual, gate_logit=None, gate_prior=0.5):
     model = phycharm.make_model(dict(features=(4, 8), cond_features=4, t1_max=5.0, m0_max=1.5,
-                                     base=base))
+                                     base=base, gate_prior=gate_prior))
     params = phycharm.init_params(model, (16, 16), 1, 0)
     params = _constant_head(params, residual, gate_logit)
     x = jax.random.uniform(jax.random.key(0), (2, 16, 16, 3), minval=0.1, maxval=1.0)
@@ -62,8 +62,19 @@ def test_gated_base_blends_resynthesis_and_source_centre(logit):
     assert float(jnp.max(jnp.abs(out["harmonized"] - (out["resynth"] - 0.05) * mask))) > 1e-3
 
 
+def test_gate_prior_offsets_the_gate():
+    """With the harmonizer's gate channel at 0 the gate equals gate_prior."""
+    for prior in (0.5, 0.88):
+        out, x, mask = _run("gated", 0.0, 0.0, prior)
+        np.testing.assert_allclose(out["gate"], prior * mask, rtol=1e-5)
+
+
 def test_base_setting_checked_and_old_models_keep_resynth():
     cfg = dict(features=(4, 8), cond_features=4, t1_max=5.0, m0_max=1.5)
     assert phycharm.make_model(cfg).base == "resynth"   # a model saved before the setting
     with pytest.raises(InputError, match="config.model.base"):
         phycharm.make_model(dict(cfg, base="source"))
+    assert phycharm.make_model(cfg).gate_prior == 0.5
+    for bad in (0.0, 1.0, 1.5):
+        with pytest.raises(InputError, match="config.model.gate_prior"):
+            phycharm.make_model(dict(cfg, base="gated", gate_prior=bad))

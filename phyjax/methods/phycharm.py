@@ -1,7 +1,9 @@
 """PhyCHarm as a method (Lee, Ye & Oh, NeuroImage 2025): fit, harmonize, save, load.
 
 The network (:class:`phyjax.models.PhyCHarm`) predicts T1 and M0 from a source slice and its
-protocol, re-synthesizes the target protocol's image from them and refines it.  Training
+protocol, re-synthesizes the target protocol's image from them and refines it (``config.model.
+base``: a residual on the re-synthesis, or -- ``gated``, the default -- on a per-voxel blend of
+the re-synthesis and the source slice, the blend's weight predicted too).  Training
 (:func:`fit`) minimises, per batch of one source site's slices,
 
     w_map * L1(R1, M0 vs ground truth, where known) + w_physics * physics consistency
@@ -78,7 +80,7 @@ from phyjax.physics.tissues import TISSUES, convert_t1, tissue_parameters
 from phyjax.train import TrainState, fit as fit_loop, make_train_step
 
 MODEL_KEYS = ("features", "cond_features", "t1_max", "m0_max", "context", "readout",
-              "partial_volume", "base")
+              "partial_volume", "base", "gate_prior")
 #: ``config.model.readout``: how the model's signal equations treat an MPRAGE readout train
 READOUT = ("sidecar", "static")
 PAIRS = ("auto", "paired", "simulated")
@@ -99,7 +101,16 @@ def make_model(model_cfg) -> PhyCHarm:
     return PhyCHarm(features=tuple(m["features"]), cond_features=m["cond_features"],
                     t1_max=m["t1_max"], m0_max=m["m0_max"],
                     partial_volume=check_partial_volume(m.get("partial_volume", "single")),
-                    base=check_base(m.get("base", "resynth")))
+                    base=check_base(m.get("base", "resynth")),
+                    gate_prior=check_gate_prior(m.get("gate_prior", 0.5)))
+
+
+def check_gate_prior(value) -> float:
+    """``value`` as a float if it is in (0, 1) (``config.model.gate_prior``; a model saved
+    before the setting existed has 0.5, no offset), else InputError."""
+    if not 0.0 < float(value) < 1.0:
+        raise InputError(f"config.model.gate_prior={value!r}; must be in (0, 1).")
+    return float(value)
 
 
 def check_base(value: str) -> str:

@@ -6,11 +6,14 @@ parameters to T1 and M0; the target protocol's signal equation
 (:func:`phyjax.physics.signal.synthesize`) re-synthesizes the target-contrast
 image from those maps; the harmonizer takes the source and the re-synthesized
 image and predicts the target-protocol T1w as a residual on the
-re-synthesis.  Everything is differentiable end to end.
+re-synthesis (the published model, ``base="resynth"``) or on a per-voxel blend of the
+re-synthesis and the source slice whose weight it also predicts (``base="gated"``, phyjax's
+default; docs/phycharm_ablation.md, item 42).  Everything is differentiable end to end.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import flax.linen as nn
@@ -72,7 +75,8 @@ class PhyCHarm(nn.Module):
     published model), or on ``g * resynth + (1 - g) * source centre slice`` with a per-voxel
     gate ``g`` in (0, 1) that the harmonizer predicts as a second channel (``gated``: the
     supervised U-Net's residual-on-the-source prior where the source's contrast is already the
-    target's, the physics where it is not; the gate is returned as ``gate``).  Returns a dict of
+    target's, the physics where it is not; the gate is returned as ``gate``; ``gate_prior`` in
+    (0, 1) offsets its logit, so that an untrained network's gate is near it: 0.5 no offset).  Returns a dict of
     ``(B, H, W, 1)`` arrays: ``t1`` (s), ``m0``, ``resynth`` (target contrast
     from the maps) and ``harmonized``; all zero outside ``mask`` except ``t1``
     which is set there to ``t1_max / 2`` to keep signal equations finite.
@@ -84,6 +88,7 @@ class PhyCHarm(nn.Module):
     m0_max: float = 1.5
     partial_volume: str = "single"
     base: str = "resynth"
+    gate_prior: float = 0.5
 
     def setup(self):
         if self.base not in BASES:
@@ -110,7 +115,9 @@ class PhyCHarm(nn.Module):
         out = self.harmonizer(jnp.concatenate([source, resynth], axis=-1), code)
         residual, base = out[..., :1], resynth
         if self.base == "gated":    # where the source already has the target's contrast, its
-            gate = jax.nn.sigmoid(out[..., 1:])     # own detail; elsewhere the re-synthesis
+            # own detail; elsewhere the re-synthesis (an untrained gate starts near gate_prior)
+            offset = math.log(self.gate_prior / (1.0 - self.gate_prior))
+            gate = jax.nn.sigmoid(out[..., 1:] + offset)
             centre = source.shape[-1] // 2
             base = gate * resynth + (1.0 - gate) * source[..., centre:centre + 1]
         harmonized = (base + residual) * mask
