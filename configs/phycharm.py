@@ -9,8 +9,9 @@ Harmonize a user's T1w with the trained checkpoint in --workdir:
       --config.harmonize.mask=mask.nii.gz --config.harmonize.sidecar=t1w.json \
       --config.harmonize.output=t1w_harmonized.nii.gz
 
-Expected runtime on 2 idle CPU cores: default ~14 min (13 min 49 s at 408720a: dataset build
-40 s once, training 9.6 min at 1.3 s/step, evaluation ~3.5 min); debug about 1 min.
+Expected runtime on 2 idle CPU cores: default ~12 min (11 min 53 s at 9ccd3c2 with the dataset
+cached: training 7.3 min at 1.0 s/step, the per-site maps ~1.3 min, evaluation ~2 min; building
+the dataset adds ~40 s once); debug about 1 min.
 Every field below can be overridden with --config.<path>=<value>; an unknown
 key is an error.
 """
