@@ -78,3 +78,51 @@ def test_base_setting_checked_and_old_models_keep_resynth():
     for bad in (0.0, 1.0, 1.5):
         with pytest.raises(InputError, match="config.model.gate_prior"):
             phycharm.make_model(dict(cfg, base="gated", gate_prior=bad))
+
+
+def test_a_run_trained_before_the_gated_base_is_not_resumed_as_gated(tmp_path):
+    """A run folder whose config.json predates ``model.base`` was trained with the published
+    base: resuming it under the gated default is refused (another network), under
+    ``base=resynth`` it is the same training."""
+    import json
+
+    from phyjax.config_files import load_config
+    from phyjax.experiments.common import prepare_workdir
+
+    cfg = load_config("phycharm")
+    assert cfg.model.base == "gated"
+    (tmp_path / "checkpoints").mkdir()
+    old = json.loads(cfg.to_json())
+    del old["model"]["base"], old["model"]["gate_prior"]
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    with pytest.raises(InputError, match="different 'model' config"):
+        prepare_workdir(cfg, str(tmp_path))
+    with cfg.unlocked():
+        cfg.model.base = "resynth"
+    prepare_workdir(cfg, str(tmp_path))
+
+
+def test_a_checkpoint_of_another_network_shape_is_a_clear_error(tmp_path):
+    """Checkpoints copied into a run of another base: InputError naming the folder, not
+    orbax's shape message alone."""
+    import jax.numpy as jnp
+    import optax
+    import orbax.checkpoint as ocp
+
+    from phyjax.train import TrainState, restore_latest
+    from phyjax.train.loop import checkpoint_manager
+
+    def state(base):
+        model = phycharm.make_model(dict(features=(4, 8), cond_features=4, t1_max=5.0,
+                                         m0_max=1.5, base=base))
+        params = phycharm.init_params(model, (16, 16), 1, 0)
+        return TrainState.create(jax.tree.map(jnp.asarray, params), optax.adam(1e-3))
+
+    directory = str(tmp_path / "checkpoints")
+    manager = checkpoint_manager(directory)
+    manager.save(3, args=ocp.args.StandardSave(state("resynth")))
+    manager.wait_until_finished()
+    manager.close()
+    assert restore_latest(directory, state("resynth")) is not None
+    with pytest.raises(InputError, match="checkpoints.*step 3.*model.base=resynth"):
+        restore_latest(directory, state("gated"))

@@ -66,7 +66,11 @@ def checkpoint_manager(directory: str, max_to_keep: int = 2) -> ocp.CheckpointMa
 
 
 def restore_latest(directory: str, like: TrainState) -> TrainState | None:
-    """Latest checkpoint in ``directory`` restored into the structure of ``like``, or None."""
+    """Latest checkpoint in ``directory`` restored into the structure of ``like``, or None.
+
+    Raises InputError naming ``directory`` when the checkpoint's arrays do not fit ``like`` (a
+    run folder resumed with other network settings, e.g. one trained before
+    ``config.model.base=gated`` became the default)."""
     if not os.path.isdir(directory):
         return None
     manager = checkpoint_manager(directory)
@@ -75,8 +79,16 @@ def restore_latest(directory: str, like: TrainState) -> TrainState | None:
         manager.close()
         return None
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
-    restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
-    manager.close()
+    try:
+        restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    except (ValueError, KeyError) as e:
+        raise InputError(
+            f"the checkpoint in {directory} (step {step}) does not fit the network these settings "
+            f"build ({e}). Resume it with the settings it was trained with (its run folder's "
+            "config.json; e.g. --config.model.base=resynth for a PhyCHarm trained before the "
+            "gated base became the default), or train into a new --workdir.") from e
+    finally:
+        manager.close()
     return restored
 
 
