@@ -126,6 +126,9 @@ def output_sidecar(harmonizer, reading: Reading, input_path: str,
                                      harmonizer.target_protocol,
                                      "fitted_on": sorted(harmonizer.fitted_on),
                                      "data_consistency": settings.get("refine"),
+                                     # PhyCHarm: what its harmonizer's residual is added to
+                                     "base": (settings.get("base", "resynth")
+                                              if hasattr(harmonizer, "check_target") else None),
                                      "calibrate": settings.get("calibrate"),
                                      "calibrate_site_map": site_map,
                                      "tta": settings.get("tta"),
