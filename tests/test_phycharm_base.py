@@ -95,7 +95,8 @@ def test_a_run_trained_before_the_gated_base_is_not_resumed_as_gated(tmp_path):
     old = json.loads(cfg.to_json())
     del old["model"]["base"], old["model"]["gate_prior"]
     (tmp_path / "config.json").write_text(json.dumps(old))
-    with pytest.raises(InputError, match="different 'model' config"):
+    with pytest.raises(InputError, match="different 'model' config .model.base: saved "
+                                         "'resynth', now 'gated'.;"):
         prepare_workdir(cfg, str(tmp_path))
     with cfg.unlocked():
         cfg.model.base = "resynth"

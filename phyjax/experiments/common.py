@@ -53,6 +53,17 @@ def _differs(previous, current, key: str) -> bool:
     return old != new
 
 
+def _which(previous, current, key: str) -> str:
+    """`` (<key>.<field>: saved <a>, now <b>; ...)`` for the fields that differ, or ''."""
+    old, new = _training_part(previous, key), _training_part(current, key)
+    if not (isinstance(old, dict) and isinstance(new, dict)):
+        return ""
+    fields = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k)
+                    and (key not in COMPARED_LATER or (k in old and k in new)))
+    return " (" + "; ".join(f"{key}.{k}: saved {old.get(k)!r}, now {new.get(k)!r}"
+                            for k in fields) + ")" if fields else ""
+
+
 def prepare_workdir(config, workdir: str,
                     resumable_keys=("model", "data", "seed") + COMPARED_LATER) -> None:
     """Create ``workdir`` and write ``config.json``.
@@ -71,7 +82,9 @@ def prepare_workdir(config, workdir: str,
         for key in resumable_keys:
             if _differs(previous.get(key), current.get(key), key):
                 raise InputError(f"{workdir}: holds checkpoints of a run with a different "
-                                 f"'{key}' config; use a new --workdir (or delete it) to start over.")
+                                 f"'{key}' config{_which(previous.get(key), current.get(key), key)}"
+                                 "; use a new --workdir (or delete it) to start over, or give "
+                                 "the run's own settings to resume it.")
     with atomic_open(path) as f:
         f.write(config.to_json(indent=2))
 

@@ -73,7 +73,8 @@ from phyjax.methods import networks
 from phyjax.methods.base import fitted_fields, register
 from phyjax.methods.calibration import (CALIBRATE, calibrate_output, check_calibrate,  # noqa: F401
                                        fit_site_maps, learn_site_maps, site_map_for)
-from phyjax.models.phycharm import BASES, PARTIAL_VOLUME, PhyCHarm, reference_signal, synthesize_maps
+from phyjax.models.phycharm import (BASES, PARTIAL_VOLUME, PhyCHarm, reference_signal,
+                                    synthesize_maps)
 from phyjax.physics import consistency, signal, tissues
 from phyjax.physics.sequences import Protocol, encode
 from phyjax.physics.tissues import TISSUES, convert_t1, tissue_parameters
@@ -336,8 +337,9 @@ def refine_outputs(out: dict, volume, target: Protocol, ref: float, settings: di
     the volume's grid), and the target image moves by what the refined maps change in the
     target protocol's signal equation: ``harmonized + g * (S_t(T1', M0') - S_t(T1, M0))`` (same
     units as the re-synthesis; ``g`` the gated model's ``out["gate"]``, 1 for ``base=resynth``:
-    the weight the re-synthesis has in the output).  So detail the network smoothed away but the source shows
-    comes back with the target's contrast, and nothing changes where the source cannot tell.
+    the weight the re-synthesis has in the output).  So detail the network smoothed away but
+    the source shows comes back with the target's contrast, and nothing changes where the
+    source cannot tell.
     Returns the dict with ``t1``, ``m0``, ``resynth`` and ``harmonized`` refined and the
     network's maps kept as ``t1_network``, ``m0_network``.
     """

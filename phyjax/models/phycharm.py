@@ -76,7 +76,8 @@ class PhyCHarm(nn.Module):
     gate ``g`` in (0, 1) that the harmonizer predicts as a second channel (``gated``: the
     supervised U-Net's residual-on-the-source prior where the source's contrast is already the
     target's, the physics where it is not; the gate is returned as ``gate``; ``gate_prior`` in
-    (0, 1) offsets its logit, so that an untrained network's gate is near it: 0.5 no offset).  Returns a dict of
+    (0, 1) offsets its logit, so that an untrained network's gate is near it: 0.5 no offset).
+    Returns a dict of
     ``(B, H, W, 1)`` arrays: ``t1`` (s), ``m0``, ``resynth`` (target contrast
     from the maps) and ``harmonized``; all zero outside ``mask`` except ``t1``
     which is set there to ``t1_max / 2`` to keep signal equations finite.
@@ -112,12 +113,12 @@ class PhyCHarm(nn.Module):
         resynth = synthesize_maps(target, t1, m0, source_field_strength,
                                   self.partial_volume) / target_reference * mask
         code = jnp.concatenate([source_code, target_code], axis=-1)
-        out = self.harmonizer(jnp.concatenate([source, resynth], axis=-1), code)
-        residual, base = out[..., :1], resynth
+        head = self.harmonizer(jnp.concatenate([source, resynth], axis=-1), code)
+        residual, base = head[..., :1], resynth
         if self.base == "gated":    # where the source already has the target's contrast, its
             # own detail; elsewhere the re-synthesis (an untrained gate starts near gate_prior)
             offset = math.log(self.gate_prior / (1.0 - self.gate_prior))
-            gate = jax.nn.sigmoid(out[..., 1:] + offset)
+            gate = jax.nn.sigmoid(head[..., 1:] + offset)
             centre = source.shape[-1] // 2
             base = gate * resynth + (1.0 - gate) * source[..., centre:centre + 1]
         harmonized = (base + residual) * mask
