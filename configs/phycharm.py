@@ -146,8 +146,10 @@ def get_config(arg: str | None = None) -> ConfigDict:
     # physics where it has not). "gated": on the validation heads (two seeds, 120 images, rule
     # written before the runs) +0.44 dB, GM Dice +0.0075 (up in 103 of 120), mean |dV| 4.6 ->
     # 3.6 %, on both seeds; it costs the 1.5 T MPRAGE 0.4-1.3 dB (docs/phycharm_ablation.md,
-    # item 42). Models saved before the setting existed are "resynth".
-    model.base = "gated"
+    # item 42). "auto" (default): "gated" for a model of one target, "resynth" for one trained
+    # for a range of targets (target.randomize: the source's own slice is the wrong start for
+    # a target far from its contrast). Models saved before the setting existed are "resynth".
+    model.base = "auto"
     model.gate_prior = 0.5   # gated base: where the gate starts (its logit offset by logit(this);
                              # 0.5: no offset, the untrained gate near an even blend)
     # Data consistency at inference (phyjax.physics.consistency): the network's T1/M0 are the

@@ -62,6 +62,17 @@ def test_gated_base_blends_resynthesis_and_source_centre(logit):
     assert float(jnp.max(jnp.abs(out["harmonized"] - (out["resynth"] - 0.05) * mask))) > 1e-3
 
 
+def test_auto_base_is_gated_for_one_target_and_resynth_for_a_range():
+    assert phycharm.resolve_base("auto", many_targets=False) == "gated"
+    assert phycharm.resolve_base("auto", many_targets=True) == "resynth"
+    assert phycharm.resolve_base("gated", many_targets=True) == "gated"   # named: kept
+    with pytest.raises(InputError, match="resolve 'auto'"):
+        phycharm.make_model(dict(features=(4, 8), cond_features=4, t1_max=5.0, m0_max=1.5,
+                                 base="auto"))
+    with pytest.raises(InputError, match="config.model.base"):
+        phycharm.resolve_base("source", many_targets=False)
+
+
 def test_gate_prior_offsets_the_gate():
     """With the harmonizer's gate channel at 0 the gate equals gate_prior."""
     for prior in (0.5, 0.88):
@@ -90,13 +101,13 @@ def test_a_run_trained_before_the_gated_base_is_not_resumed_as_gated(tmp_path):
     from phyjax.experiments.common import prepare_workdir
 
     cfg = load_config("phycharm")
-    assert cfg.model.base == "gated"
+    assert cfg.model.base == "auto"
     (tmp_path / "checkpoints").mkdir()
     old = json.loads(cfg.to_json())
     del old["model"]["base"], old["model"]["gate_prior"]
     (tmp_path / "config.json").write_text(json.dumps(old))
     with pytest.raises(InputError, match="different 'model' config .model.base: saved "
-                                         "'resynth', now 'gated'.;"):
+                                         "'resynth', now 'auto'.;"):
         prepare_workdir(cfg, str(tmp_path))
     with cfg.unlocked():
         cfg.model.base = "resynth"

@@ -381,7 +381,7 @@ def test_calibrated_harmonizer_and_harmonize_mode(debug_run, tmp_path):
         assert meta["PhyjaxHarmonizer"]["calibrate_site_map"] == (
             [site] if calibrate == "sites" else None)
         assert meta["PhyjaxHarmonizer"]["tta"] == cfg.model.tta
-        assert meta["PhyjaxHarmonizer"]["base"] == cfg.model.base == "gated"
+        assert meta["PhyjaxHarmonizer"]["base"] == "gated"    # auto, one target
         assert meta["PhyjaxHarmonizer"]["ensemble"] == cfg.model.ensemble == 1
         assert meta["PhyjaxHarmonizer"]["views"] == list(cfg.model.views) == ["axial"]
     # From the command line only the model settings given there replace the saved ones.

@@ -140,6 +140,7 @@ def _truth(volume, protocol):
 def test_one_model_harmonizes_to_two_targets_each_closer_to_its_own(unpaired_model):
     _, data, split, fitted, _ = unpaired_model
     assert fitted.cfg["pairs"] == "simulated"
+    assert fitted.cfg["base"] == "resynth"      # config.model.base=auto for a range of targets
     volume = data.volumes[split.test[0]]["siemensMPRAGE3T"]       # 3 T: maps at the target B0
     truth = {"ref": _truth(volume, REFERENCE), "short": _truth(volume, SHORT_TI)}
     out = {"ref": fitted.harmonize(volume, REFERENCE), "short": fitted.harmonize(volume, SHORT_TI)}

@@ -115,11 +115,26 @@ def check_gate_prior(value) -> float:
 
 
 def check_base(value: str) -> str:
-    """``value`` if it is one of :data:`phyjax.models.phycharm.BASES` (``config.model.base``; a
-    model saved before the setting existed is ``resynth``), else InputError."""
+    """``value`` if it is one of :data:`phyjax.models.phycharm.BASES` (a model's resolved
+    ``base``; one saved before the setting existed is ``resynth``), else InputError (``auto``
+    too: :func:`resolve_base` first)."""
     if value not in BASES:
-        raise InputError(f"config.model.base={value!r}; expected one of {BASES}.")
+        raise InputError(f"config.model.base={value!r}; expected one of {BASES}"
+                         + (" (resolve 'auto' with resolve_base first)" if value == "auto"
+                            else "") + ".")
     return value
+
+
+def resolve_base(value: str, many_targets: bool) -> str:
+    """``config.model.base`` for one training: ``auto`` is ``gated`` for a model of one target
+    and ``resynth`` for one trained for a range of targets (``config.target.randomize``): the
+    source's own slice is the wrong start for a target far from its contrast, and in a
+    300-step test a gated model asked for a short-TI target kept the source's contrast
+    (tests/test_unpaired_training.py; docs/phycharm_ablation.md, item 42).  A named base is
+    kept.  InputError for another value."""
+    if value == "auto":
+        return "resynth" if many_targets else "gated"
+    return check_base(value)
 
 
 def check_partial_volume(value: str) -> str:
@@ -555,8 +570,9 @@ def _fit_network(config, train: TrainingSet, name: str = "phycharm", *, workdir:
     mode = "simulated" if name == "phycharm_unpaired" else t.get("pairs", "auto")
     pairs = model_cfg["pairs"] = resolve_pairs(mode, train)
     # a range of targets only where training saw one (simulated pairs); paired: its target
-    model_cfg["target_range"] = simulated.target_range(
-        target, bool(tc and tc.randomize) and pairs == "simulated")
+    many_targets = bool(tc and tc.randomize) and pairs == "simulated"
+    model_cfg["target_range"] = simulated.target_range(target, many_targets)
+    model_cfg["base"] = resolve_base(model_cfg["base"], many_targets)
     full = {k: np.float32(t[k]) for k in WEIGHTS}
     ref = reference_level(model_protocol(target, ro))
     if pairs == "paired":
