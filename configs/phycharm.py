@@ -151,7 +151,9 @@ def get_config(arg: str | None = None) -> ConfigDict:
     # a target far from its contrast). Models saved before the setting existed are "resynth".
     model.base = "auto"
     model.gate_prior = 0.5   # gated base: where the gate starts (its logit offset by logit(this);
-                             # 0.5: no offset, the untrained gate near an even blend)
+                             # 0.5: no offset, the untrained gate near an even blend). 0.88
+                             # (start near the re-synthesis) failed the validation rule on both
+                             # seeds, -0.30 dB, GM Dice -0.0024 (docs/phycharm_ablation.md, item 43)
     # Data consistency at inference (phyjax.physics.consistency): the network's T1/M0 are the
     # prior of a per-voxel MAP estimate given the source image through its own signal equation,
     # and the harmonized image moves by what that changes in the target's signal equation, so
