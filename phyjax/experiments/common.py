@@ -45,23 +45,27 @@ def _training_part(section, key: str):
             **{k: v for k, v in section.items() if k not in INFERENCE_ONLY.get(key, ())}}
 
 
-def _differs(previous, current, key: str) -> bool:
-    old, new = _training_part(previous, key), _training_part(current, key)
-    if key in COMPARED_LATER and isinstance(old, dict) and isinstance(new, dict):
-        shared = old.keys() & new.keys()
-        return {k: old[k] for k in shared} != {k: new[k] for k in shared}
-    return old != new
+_MISSING = object()
 
 
-def _which(previous, current, key: str) -> str:
-    """`` (<key>.<field>: saved <a>, now <b>; ...)`` for the fields that differ, or ''."""
+def _changed_fields(previous, current, key: str) -> list[str] | bool:
+    """The training settings of section ``key`` that differ between a saved run and now: the
+    field names for dict sections (only the fields both have for :data:`COMPARED_LATER`),
+    else whether the values differ."""
     old, new = _training_part(previous, key), _training_part(current, key)
     if not (isinstance(old, dict) and isinstance(new, dict)):
+        return old != new
+    fields = old.keys() & new.keys() if key in COMPARED_LATER else old.keys() | new.keys()
+    return sorted(k for k in fields if old.get(k, _MISSING) != new.get(k, _MISSING))
+
+
+def _which(previous, current, key: str, fields) -> str:
+    """`` (<key>.<field>: saved <a>, now <b>; ...)`` for ``fields``, or ''."""
+    if not isinstance(fields, list):
         return ""
-    fields = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k)
-                    and (key not in COMPARED_LATER or (k in old and k in new)))
+    old, new = _training_part(previous, key), _training_part(current, key)
     return " (" + "; ".join(f"{key}.{k}: saved {old.get(k)!r}, now {new.get(k)!r}"
-                            for k in fields) + ")" if fields else ""
+                            for k in fields) + ")"
 
 
 def prepare_workdir(config, workdir: str,
@@ -80,9 +84,11 @@ def prepare_workdir(config, workdir: str,
             previous = json.load(f)
         current = json.loads(config.to_json())
         for key in resumable_keys:
-            if _differs(previous.get(key), current.get(key), key):
+            fields = _changed_fields(previous.get(key), current.get(key), key)
+            if fields:
+                which = _which(previous.get(key), current.get(key), key, fields)
                 raise InputError(f"{workdir}: holds checkpoints of a run with a different "
-                                 f"'{key}' config{_which(previous.get(key), current.get(key), key)}"
+                                 f"'{key}' config{which}"
                                  "; use a new --workdir (or delete it) to start over, or give "
                                  "the run's own settings to resume it.")
     with atomic_open(path) as f:
