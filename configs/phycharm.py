@@ -154,6 +154,11 @@ def get_config(arg: str | None = None) -> ConfigDict:
                              # 0.5: no offset, the untrained gate near an even blend). 0.88
                              # (start near the re-synthesis) failed the validation rule on both
                              # seeds, -0.30 dB, GM Dice -0.0024 (docs/phycharm_ablation.md, item 43)
+    # Gated base: the source slice in the blend smoothed in-plane by a Gaussian of this sd
+    # (voxels, inside the brain mask; 0 = unsmoothed), so the source's noise is not passed on
+    # where the gate opens to it (the network still sees the raw source). Off until item 44's
+    # validation rule decides (docs/phycharm_ablation.md, item 44).
+    model.source_smoothing = 0.0
     # Data consistency at inference (phyjax.physics.consistency): the network's T1/M0 are the
     # prior of a per-voxel MAP estimate given the source image through its own signal equation,
     # and the harmonized image moves by what that changes in the target's signal equation, so

@@ -138,3 +138,72 @@ def test_a_checkpoint_of_another_network_shape_is_a_clear_error(tmp_path):
     assert restore_latest(directory, state("resynth")) is not None
     with pytest.raises(InputError, match="checkpoints.*step 3.*model.base=resynth"):
         restore_latest(directory, state("gated"))
+
+
+def test_masked_gaussian_is_scipys_normalized_convolution():
+    """Oracle: scipy's Gaussian filter (truncated at 3 sd, zero padding) of image * mask over
+    that of the mask, inside the mask."""
+    from scipy.ndimage import gaussian_filter
+
+    from phyjax.models.phycharm import masked_gaussian
+
+    rng = np.random.default_rng(0)
+    image = rng.uniform(0.2, 1.0, (2, 20, 24, 1)).astype(np.float32)
+    mask = np.zeros_like(image)
+    mask[:, 3:17, 4:21] = 1.0
+    for sigma in (0.6, 1.3):
+        got = np.asarray(masked_gaussian(jnp.asarray(image), jnp.asarray(mask), sigma))
+
+        def g(x):
+            return gaussian_filter(x, (0, sigma, sigma, 0), mode="constant", truncate=3.0)
+
+        want = np.where(mask > 0, g(image * mask) / np.maximum(g(mask), 1e-6), 0.0)
+        np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6)
+
+
+def test_masked_gaussian_lowers_white_noise_variance_as_its_taps_say():
+    """Closed form: white noise through a separable filter with taps w has variance
+    sigma_n^2 (sum w^2)^2 away from the edges; a constant image inside the mask is unchanged
+    up to its edge (normalized convolution)."""
+    from phyjax.models.phycharm import masked_gaussian
+
+    sigma = 0.8
+    noise = jax.random.normal(jax.random.key(1), (4, 96, 96, 1))
+    mask = jnp.ones_like(noise)
+    out = np.asarray(masked_gaussian(noise, mask, sigma))[:, 8:-8, 8:-8]
+    r = np.arange(-3, 4)
+    w = np.exp(-0.5 * (r / sigma) ** 2)
+    w /= w.sum()
+    assert abs(out.var() / (np.sum(w ** 2) ** 2) - 1.0) < 0.05
+    flat = jnp.full((1, 12, 12, 1), 0.7)
+    edge = jnp.zeros_like(flat).at[:, 2:10, 2:10].set(1.0)
+    np.testing.assert_allclose(np.asarray(masked_gaussian(flat, edge, 1.0))[:, 2:10, 2:10],
+                               0.7, rtol=1e-5)
+
+
+def test_gated_base_with_source_smoothing_blends_the_smoothed_source():
+    from phyjax.models.phycharm import masked_gaussian
+
+    logit = 0.4
+    model = phycharm.make_model(dict(features=(4, 8), cond_features=4, t1_max=5.0, m0_max=1.5,
+                                     base="gated", source_smoothing=0.7))
+    params = _constant_head(phycharm.init_params(model, (16, 16), 1, 0), 0.02, logit)
+    x = jax.random.uniform(jax.random.key(0), (2, 16, 16, 3), minval=0.1, maxval=1.0)
+    mask = jnp.ones((2, 16, 16, 1)).at[:, :2].set(0.0)
+    code_s = jnp.broadcast_to(encode(SOURCE), (2, encode(SOURCE).shape[-1]))
+    code_t = jnp.broadcast_to(encode(TARGET), code_s.shape)
+    out = model.apply({"params": params}, x, mask, code_s, code_t, TARGET, 0.5, 3.0)
+    g = 1.0 / (1.0 + np.exp(-logit))
+    smooth = masked_gaussian(x[..., 1:2], mask, 0.7)
+    want = (g * out["resynth"] + (1 - g) * smooth + 0.02) * mask
+    np.testing.assert_allclose(out["harmonized"], want, rtol=1e-5, atol=1e-6)
+    raw = (g * out["resynth"] + (1 - g) * x[..., 1:2] + 0.02) * mask
+    assert float(jnp.max(jnp.abs(out["harmonized"] - raw))) > 1e-2
+
+
+def test_source_smoothing_checked_and_old_models_unsmoothed():
+    cfg = dict(features=(4, 8), cond_features=4, t1_max=5.0, m0_max=1.5, base="gated")
+    assert phycharm.make_model(cfg).source_smoothing == 0.0
+    for bad in (-0.5, float("nan"), "wide"):
+        with pytest.raises(InputError, match="config.model.source_smoothing"):
+            phycharm.make_model(dict(cfg, source_smoothing=bad))

@@ -29,8 +29,10 @@ INFERENCE_ONLY = {"model": ("refine", "calibrate", "tta"), "unet": ("tta",),
                   "train": ("log_every", "checkpoint_every")}
 #: training settings added after runs were made: a run whose config.json lacks one was trained
 #: with this value (``model.ensemble``: one network; ``model.views``: axial slices;
-#: ``model.base``: PhyCHarm's published residual on the re-synthesis, ``gate_prior`` unused)
-ADDED_LATER = {"model": {"ensemble": 1, "views": ["axial"], "base": "resynth", "gate_prior": 0.5}}
+#: ``model.base``: PhyCHarm's published residual on the re-synthesis, ``gate_prior`` unused;
+#: ``model.source_smoothing``: the gated base's source slice unsmoothed)
+ADDED_LATER = {"model": {"ensemble": 1, "views": ["axial"], "base": "resynth", "gate_prior": 0.5,
+                         "source_smoothing": 0.0}}
 
 
 #: sections compared since the resume check covered only model/data/seed: a setting one of

@@ -81,7 +81,7 @@ from phyjax.physics.tissues import TISSUES, convert_t1, tissue_parameters
 from phyjax.train import TrainState, fit as fit_loop, make_train_step
 
 MODEL_KEYS = ("features", "cond_features", "t1_max", "m0_max", "context", "readout",
-              "partial_volume", "base", "gate_prior")
+              "partial_volume", "base", "gate_prior", "source_smoothing")
 #: ``config.model.readout``: how the model's signal equations treat an MPRAGE readout train
 READOUT = ("sidecar", "static")
 PAIRS = ("auto", "paired", "simulated")
@@ -103,7 +103,22 @@ def make_model(model_cfg) -> PhyCHarm:
                     t1_max=m["t1_max"], m0_max=m["m0_max"],
                     partial_volume=check_partial_volume(m.get("partial_volume", "single")),
                     base=check_base(m.get("base", "resynth")),
-                    gate_prior=check_gate_prior(m.get("gate_prior", 0.5)))
+                    gate_prior=check_gate_prior(m.get("gate_prior", 0.5)),
+                    source_smoothing=check_source_smoothing(m.get("source_smoothing", 0.0)))
+
+
+def check_source_smoothing(value) -> float:
+    """``value`` as a float if it is finite and >= 0 (``config.model.source_smoothing``, voxels;
+    a model saved before the setting existed has 0: the source slice unsmoothed), else
+    InputError."""
+    try:
+        sigma = float(value)
+    except (TypeError, ValueError):
+        sigma = float("nan")
+    if not (np.isfinite(sigma) and sigma >= 0.0):
+        raise InputError(f"config.model.source_smoothing={value!r}; must be a number >= 0 "
+                         "(voxels; 0 = off).")
+    return sigma
 
 
 def check_gate_prior(value) -> float:
@@ -572,7 +587,14 @@ def _fit_network(config, train: TrainingSet, name: str = "phycharm", *, workdir:
     # a range of targets only where training saw one (simulated pairs); paired: its target
     many_targets = bool(tc and tc.randomize) and pairs == "simulated"
     model_cfg["target_range"] = simulated.target_range(target, many_targets)
-    model_cfg["base"] = resolve_base(model_cfg["base"], many_targets)
+    named = model_cfg["base"]
+    model_cfg["base"] = resolve_base(named, many_targets)
+    model_cfg["source_smoothing"] = check_source_smoothing(model_cfg["source_smoothing"])
+    if model_cfg["base"] == "resynth" and model_cfg["source_smoothing"] > 0:
+        if named != "auto":     # a setting that would do nothing, asked for by name
+            raise InputError("config.model.source_smoothing smooths the gated base's source "
+                             "slice; config.model.base=resynth has none (set it to 0).")
+        model_cfg["source_smoothing"] = 0.0     # auto resolved to resynth: nothing to smooth
     full = {k: np.float32(t[k]) for k in WEIGHTS}
     ref = reference_level(model_protocol(target, ro))
     if pairs == "paired":

@@ -55,6 +55,27 @@ def synthesize_maps(protocol: Protocol, t1, m0, maps_field_strength, partial_vol
     raise ValueError(f"partial_volume={partial_volume!r}; expected one of {PARTIAL_VOLUME}.")
 
 
+def masked_gaussian(image, mask, sigma: float):
+    """In-plane Gaussian smoothing of ``image`` ``(B, H, W, 1)`` inside ``mask`` (same shape):
+    normalized convolution, ``G * (image mask) / G * mask`` on the mask and 0 outside it, so the
+    background's zeros do not darken the brain's edge. ``sigma``: the Gaussian's standard
+    deviation in voxels (> 0; the kernel is truncated at 3 sigma, at least 1 voxel each side).
+    Differentiable; a fixed filter, no parameters."""
+    radius = max(1, math.ceil(3.0 * sigma))
+    taps = jnp.exp(-0.5 * (jnp.arange(-radius, radius + 1, dtype=image.dtype) / sigma) ** 2)
+    taps = taps / jnp.sum(taps)
+
+    def blur(x):
+        dn = ("NHWC", "HWIO", "NHWC")
+        x = jax.lax.conv_general_dilated(x, taps.reshape(-1, 1, 1, 1), (1, 1), "SAME",
+                                         dimension_numbers=dn)
+        return jax.lax.conv_general_dilated(x, taps.reshape(1, -1, 1, 1), (1, 1), "SAME",
+                                            dimension_numbers=dn)
+
+    weight = blur(mask)
+    return jnp.where(mask > 0, blur(image * mask) / jnp.maximum(weight, 1e-6), 0.0)
+
+
 def reference_signal(protocol: Protocol, tissue) -> jnp.ndarray:
     """``synthesize`` of ``protocol`` for one tissue (``TissueParameters``, T2* folded into M0)."""
     return signal.synthesize(protocol, tissue.t1, jnp.inf, jnp.inf, tissue.pd)
@@ -76,7 +97,11 @@ class PhyCHarm(nn.Module):
     gate ``g`` in (0, 1) that the harmonizer predicts as a second channel (``gated``: the
     supervised U-Net's residual-on-the-source prior where the source's contrast is already the
     target's, the physics where it is not; the gate is returned as ``gate``; ``gate_prior`` in
-    (0, 1) offsets its logit, so that an untrained network's gate is near it: 0.5 no offset).
+    (0, 1) offsets its logit, so that an untrained network's gate is near it: 0.5 no offset;
+    ``source_smoothing`` > 0: the source slice in that blend is first smoothed in-plane by a
+    Gaussian of that standard deviation in voxels inside the mask, :func:`masked_gaussian`, so
+    the source's noise is not passed on where the gate opens to it -- the network still sees
+    the unsmoothed source and its residual can put detail back).
     Returns a dict of
     ``(B, H, W, 1)`` arrays: ``t1`` (s), ``m0``, ``resynth`` (target contrast
     from the maps) and ``harmonized``; all zero outside ``mask`` except ``t1``
@@ -90,6 +115,7 @@ class PhyCHarm(nn.Module):
     partial_volume: str = "single"
     base: str = "resynth"
     gate_prior: float = 0.5
+    source_smoothing: float = 0.0
 
     def setup(self):
         if self.base not in BASES:
@@ -120,7 +146,10 @@ class PhyCHarm(nn.Module):
             offset = math.log(self.gate_prior / (1.0 - self.gate_prior))
             gate = jax.nn.sigmoid(head[..., 1:] + offset)
             centre = source.shape[-1] // 2
-            base = gate * resynth + (1.0 - gate) * source[..., centre:centre + 1]
+            own = source[..., centre:centre + 1]
+            if self.source_smoothing > 0:
+                own = masked_gaussian(own, mask, self.source_smoothing)
+            base = gate * resynth + (1.0 - gate) * own
         harmonized = (base + residual) * mask
         out = {"t1": t1, "m0": m0, "resynth": resynth, "harmonized": harmonized}
         if self.base == "gated":
