@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 
+import jax.numpy as jnp
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
@@ -27,7 +28,23 @@ from phyjax.data.dataset import load_dataset
 from phyjax.evaluate.metrics import image_metrics
 from phyjax.experiments.common import read_run
 from phyjax.methods import phycharm
+from phyjax.models.phycharm import masked_bilateral
 from phyjax.physics.sequences import Protocol
+
+
+def name(s) -> str:
+    return f"{s:g}" if not isinstance(s, tuple) else f"bilateral {s[0]:g}:{s[1]:g}"
+
+
+def smooth(image, mask, s):
+    """``image`` (X, Y, Z) smoothed within each axial slice: a Gaussian of sd ``s`` voxels, or
+    for ``s = (sigma, range_sd)`` the bilateral filter inside ``mask``."""
+    if not isinstance(s, tuple):
+        return gaussian_filter(image, (s, s, 0))
+    slices = jnp.asarray(np.moveaxis(image, -1, 0)[..., None], jnp.float32)
+    inside = jnp.asarray(np.moveaxis(mask, -1, 0)[..., None], jnp.float32)
+    out = np.asarray(masked_bilateral(slices, inside, *s))[..., 0]
+    return np.where(mask, np.moveaxis(out, 0, -1), image)
 
 
 def main(argv=None) -> None:
@@ -36,10 +53,14 @@ def main(argv=None) -> None:
     ap.add_argument("--method", default="phycharm")
     ap.add_argument("--subjects", choices=("train", "test"), default="train")
     ap.add_argument("--max-subjects", type=int, default=2)
-    ap.add_argument("--sigmas", default="0.3,0.5,0.7,1.0", help="in-plane sd (voxels)")
+    ap.add_argument("--sigmas", default="0.3,0.5,0.7,1.0",
+                    help="in-plane sd (voxels) of a Gaussian; 'S:R' a bilateral filter of "
+                         "spatial sd S and intensity sd R (phyjax.models.phycharm."
+                         "masked_bilateral, on the brain mask)")
     ap.add_argument("--out", required=True, help="markdown report")
     args = ap.parse_args(argv)
-    sigmas = [0.0] + [float(s) for s in args.sigmas.split(",")]
+    sigmas = [0.0] + [tuple(map(float, s.split(":"))) if ":" in s else float(s)
+                      for s in args.sigmas.split(",")]
     cfg, split = read_run(args.run)
     harm = methods.load(os.path.join(args.run, args.method, "harmonizer"))
     site_maps, calibrate = harm.cfg.get("site_maps"), harm.cfg.get("calibrate", "none")
@@ -57,15 +78,14 @@ def main(argv=None) -> None:
             row = rows.setdefault(site, {"psnr": [], "ssim": [], "gate": []})
             scores = []
             for s in sigmas:    # axial slices: smooth within each (the volume's last axis)
-                img = out["harmonized"] if s == 0 else gaussian_filter(out["harmonized"],
-                                                                       (s, s, 0))
+                img = out["harmonized"] if s == 0 else smooth(out["harmonized"], vol.mask, s)
                 scores.append(image_metrics(np.where(tgt.mask, img, 0.0), tgt.image, tgt.mask))
             row["psnr"].append([m["psnr"] for m in scores])
             row["ssim"].append([m["ssim"] for m in scores])
             gate = raw.get("gate")
             row["gate"].append(float(gate[tgt.mask].mean()) if gate is not None else np.nan)
             print(subject, site, " ".join(f"{m['psnr']:.2f}" for m in scores), flush=True)
-    head = " | ".join(["output"] + [f"smoothed {s:g}" for s in sigmas[1:]])
+    head = " | ".join(["output"] + [f"smoothed {name(s)}" for s in sigmas[1:]])
     lines = [f"Output noise of `{args.run}` ({args.method}, {args.subjects} subjects "
              f"{split[args.subjects][:args.max_subjects]}): PSNR (dB) / SSIM against the target "
              "scan of the calibrated output and of it smoothed in-plane by a Gaussian of sd "

@@ -159,6 +159,10 @@ def get_config(arg: str | None = None) -> ConfigDict:
     # where the gate opens to it (the network still sees the raw source). Off until item 44's
     # validation rule decides (docs/phycharm_ablation.md, item 44).
     model.source_smoothing = 0.0
+    # ... and with this > 0 the smoothing is edge-preserving: a bilateral filter whose
+    # intensity sd this is (the source is normalized, 99th in-brain percentile = 1), so
+    # neighbours across a tissue boundary barely count (docs/phycharm_ablation.md, item 45).
+    model.source_range = 0.0
     # Data consistency at inference (phyjax.physics.consistency): the network's T1/M0 are the
     # prior of a per-voxel MAP estimate given the source image through its own signal equation,
     # and the harmonized image moves by what that changes in the target's signal equation, so

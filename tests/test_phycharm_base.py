@@ -181,12 +181,13 @@ def test_masked_gaussian_lowers_white_noise_variance_as_its_taps_say():
                                0.7, rtol=1e-5)
 
 
-def test_gated_base_with_source_smoothing_blends_the_smoothed_source():
-    from phyjax.models.phycharm import masked_gaussian
+@pytest.mark.parametrize("range_sd", [0.0, 0.1])
+def test_gated_base_with_source_smoothing_blends_the_smoothed_source(range_sd):
+    from phyjax.models.phycharm import masked_bilateral, masked_gaussian
 
     logit = 0.4
     model = phycharm.make_model(dict(features=(4, 8), cond_features=4, t1_max=5.0, m0_max=1.5,
-                                     base="gated", source_smoothing=0.7))
+                                     base="gated", source_smoothing=0.7, source_range=range_sd))
     params = _constant_head(phycharm.init_params(model, (16, 16), 1, 0), 0.02, logit)
     x = jax.random.uniform(jax.random.key(0), (2, 16, 16, 3), minval=0.1, maxval=1.0)
     mask = jnp.ones((2, 16, 16, 1)).at[:, :2].set(0.0)
@@ -194,7 +195,8 @@ def test_gated_base_with_source_smoothing_blends_the_smoothed_source():
     code_t = jnp.broadcast_to(encode(TARGET), code_s.shape)
     out = model.apply({"params": params}, x, mask, code_s, code_t, TARGET, 0.5, 3.0)
     g = 1.0 / (1.0 + np.exp(-logit))
-    smooth = masked_gaussian(x[..., 1:2], mask, 0.7)
+    smooth = (masked_bilateral(x[..., 1:2], mask, 0.7, range_sd) if range_sd else
+              masked_gaussian(x[..., 1:2], mask, 0.7))
     want = (g * out["resynth"] + (1 - g) * smooth + 0.02) * mask
     np.testing.assert_allclose(out["harmonized"], want, rtol=1e-5, atol=1e-6)
     raw = (g * out["resynth"] + (1 - g) * x[..., 1:2] + 0.02) * mask
@@ -204,6 +206,59 @@ def test_gated_base_with_source_smoothing_blends_the_smoothed_source():
 def test_source_smoothing_checked_and_old_models_unsmoothed():
     cfg = dict(features=(4, 8), cond_features=4, t1_max=5.0, m0_max=1.5, base="gated")
     assert phycharm.make_model(cfg).source_smoothing == 0.0
+    assert phycharm.make_model(cfg).source_range == 0.0
     for bad in (-0.5, float("nan"), "wide"):
         with pytest.raises(InputError, match="config.model.source_smoothing"):
             phycharm.make_model(dict(cfg, source_smoothing=bad))
+        with pytest.raises(InputError, match="config.model.source_range"):
+            phycharm.make_model(dict(cfg, source_range=bad))
+
+
+def _bilateral_loop(image, mask, sigma, range_sd):
+    """Second method: the bilateral filter voxel by voxel (numpy loops)."""
+    r = max(1, int(np.ceil(3 * sigma)))
+    out = np.zeros_like(image)
+    _, h, w, _ = image.shape
+    for b in range(image.shape[0]):
+        for i in range(h):
+            for j in range(w):
+                if mask[b, i, j, 0] == 0:
+                    continue
+                num = den = 0.0
+                for y in range(max(0, i - r), min(h, i + r + 1)):
+                    for x in range(max(0, j - r), min(w, j + r + 1)):
+                        if mask[b, y, x, 0] == 0:
+                            continue
+                        d = image[b, y, x, 0] - image[b, i, j, 0]
+                        wt = np.exp(-0.5 * ((y - i) ** 2 + (x - j) ** 2) / sigma ** 2
+                                    - 0.5 * (d / range_sd) ** 2)
+                        num, den = num + wt * image[b, y, x, 0], den + wt
+                out[b, i, j, 0] = num / den
+    return out
+
+
+def test_masked_bilateral_matches_a_voxel_loop_and_keeps_an_edge_a_gaussian_blurs():
+    from phyjax.models.phycharm import masked_bilateral, masked_gaussian
+
+    rng = np.random.default_rng(2)
+    image = rng.uniform(0.2, 1.0, (1, 12, 14, 1))
+    mask = np.zeros_like(image)
+    mask[:, 2:11, 1:13] = 1.0
+    got = np.asarray(masked_bilateral(jnp.asarray(image, jnp.float32),
+                                      jnp.asarray(mask, jnp.float32), 0.8, 0.2))
+    np.testing.assert_allclose(got, _bilateral_loop(image, mask, 0.8, 0.2), rtol=2e-5,
+                               atol=2e-6)
+    # a GM/WM-like step (0.55 | 0.85) with noise of sd 0.03: the bilateral filter (range sd 0.1)
+    # lowers the noise and keeps the step; the Gaussian of the same width blurs it
+    step = np.where(np.arange(32) < 16, 0.55, 0.85)[None, None, :, None] * np.ones((4, 32, 1, 1))
+    noisy = jnp.asarray(step + 0.03 * rng.standard_normal(step.shape), jnp.float32)
+    ones = jnp.ones_like(noisy)
+    bil = np.asarray(masked_bilateral(noisy, ones, 1.0, 0.1))
+    gau = np.asarray(masked_gaussian(noisy, ones, 1.0))
+    inner = (slice(None), slice(4, -4))
+    assert np.std((bil - step)[inner][..., 4:12, :]) < 0.6 * 0.03     # denoised
+    edge = (slice(None), slice(4, -4), slice(15, 17))                  # the two edge columns
+    assert np.abs(bil - step)[edge].mean() < 0.5 * np.abs(gau - step)[edge].mean()
+    # range sd -> infinity: the Gaussian
+    np.testing.assert_allclose(np.asarray(masked_bilateral(noisy, ones, 1.0, 1e4)), gau,
+                               rtol=1e-5, atol=1e-6)

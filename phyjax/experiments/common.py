@@ -32,7 +32,7 @@ INFERENCE_ONLY = {"model": ("refine", "calibrate", "tta"), "unet": ("tta",),
 #: ``model.base``: PhyCHarm's published residual on the re-synthesis, ``gate_prior`` unused;
 #: ``model.source_smoothing``: the gated base's source slice unsmoothed)
 ADDED_LATER = {"model": {"ensemble": 1, "views": ["axial"], "base": "resynth", "gate_prior": 0.5,
-                         "source_smoothing": 0.0}}
+                         "source_smoothing": 0.0, "source_range": 0.0}}
 
 
 #: sections compared since the resume check covered only model/data/seed: a setting one of

@@ -81,7 +81,7 @@ from phyjax.physics.tissues import TISSUES, convert_t1, tissue_parameters
 from phyjax.train import TrainState, fit as fit_loop, make_train_step
 
 MODEL_KEYS = ("features", "cond_features", "t1_max", "m0_max", "context", "readout",
-              "partial_volume", "base", "gate_prior", "source_smoothing")
+              "partial_volume", "base", "gate_prior", "source_smoothing", "source_range")
 #: ``config.model.readout``: how the model's signal equations treat an MPRAGE readout train
 READOUT = ("sidecar", "static")
 PAIRS = ("auto", "paired", "simulated")
@@ -104,20 +104,22 @@ def make_model(model_cfg) -> PhyCHarm:
                     partial_volume=check_partial_volume(m.get("partial_volume", "single")),
                     base=check_base(m.get("base", "resynth")),
                     gate_prior=check_gate_prior(m.get("gate_prior", 0.5)),
-                    source_smoothing=check_source_smoothing(m.get("source_smoothing", 0.0)))
+                    source_smoothing=check_source_smoothing(m.get("source_smoothing", 0.0)),
+                    source_range=check_source_smoothing(m.get("source_range", 0.0),
+                                                        "source_range", "intensity sd"))
 
 
-def check_source_smoothing(value) -> float:
-    """``value`` as a float if it is finite and >= 0 (``config.model.source_smoothing``, voxels;
-    a model saved before the setting existed has 0: the source slice unsmoothed), else
-    InputError."""
+def check_source_smoothing(value, key: str = "source_smoothing", unit: str = "voxels") -> float:
+    """``value`` as a float if it is finite and >= 0 (``config.model.source_smoothing``, voxels,
+    or ``source_range``, an intensity sd; a model saved before the settings existed has 0: the
+    source slice unsmoothed), else InputError naming ``config.model.<key>``."""
     try:
         sigma = float(value)
     except (TypeError, ValueError):
         sigma = float("nan")
     if not (np.isfinite(sigma) and sigma >= 0.0):
-        raise InputError(f"config.model.source_smoothing={value!r}; must be a number >= 0 "
-                         "(voxels; 0 = off).")
+        raise InputError(f"config.model.{key}={value!r}; must be a number >= 0 "
+                         f"({unit}; 0 = off).")
     return sigma
 
 
