@@ -156,8 +156,9 @@ def get_config(arg: str | None = None) -> ConfigDict:
                              # seeds, -0.30 dB, GM Dice -0.0024 (docs/phycharm_ablation.md, item 43)
     # Gated base: the source slice in the blend smoothed in-plane by a Gaussian of this sd
     # (voxels, inside the brain mask; 0 = unsmoothed), so the source's noise is not passed on
-    # where the gate opens to it (the network still sees the raw source). Off until item 44's
-    # validation rule decides (docs/phycharm_ablation.md, item 44).
+    # where the gate opens to it (the network still sees the raw source). Off: 0.5 raised PSNR
+    # by 0.30 dB and SSIM by 0.0024 on the validation heads (two seeds) but also the mean
+    # volume error, +0.12 points (GM +0.26), failing the rule (docs/phycharm_ablation.md, item 44).
     model.source_smoothing = 0.0
     # ... and with this > 0 the smoothing is edge-preserving: a bilateral filter whose
     # intensity sd this is (the source is normalized, 99th in-brain percentile = 1), so
