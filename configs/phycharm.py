@@ -162,7 +162,9 @@ def get_config(arg: str | None = None) -> ConfigDict:
     model.source_smoothing = 0.0
     # ... and with this > 0 the smoothing is edge-preserving: a bilateral filter whose
     # intensity sd this is (the source is normalized, 99th in-brain percentile = 1), so
-    # neighbours across a tissue boundary barely count (docs/phycharm_ablation.md, item 45).
+    # neighbours across a tissue boundary barely count. Off: 0.1 with source_smoothing=0.5
+    # kept item 44's GM/WM volumes (GM |dV| -0.12 against no smoothing) but raised the CSF one
+    # by 0.40 points and gained 0.15 dB only (docs/phycharm_ablation.md, item 45).
     model.source_range = 0.0
     # Data consistency at inference (phyjax.physics.consistency): the network's T1/M0 are the
     # prior of a per-voxel MAP estimate given the source image through its own signal equation,
