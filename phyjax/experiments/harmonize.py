@@ -129,6 +129,14 @@ def output_sidecar(harmonizer, reading: Reading, input_path: str,
                                      # PhyCHarm: what its harmonizer's residual is added to
                                      "base": (settings.get("base", "resynth")
                                               if hasattr(harmonizer, "check_target") else None),
+                                     # ... and how its gated base's source share was
+                                     # smoothed (voxels; intensity sd; 0: not)
+                                     "source_smoothing": (settings.get("source_smoothing", 0.0)
+                                                          if hasattr(harmonizer, "check_target")
+                                                          else None),
+                                     "source_range": (settings.get("source_range", 0.0)
+                                                      if hasattr(harmonizer, "check_target")
+                                                      else None),
                                      "calibrate": settings.get("calibrate"),
                                      "calibrate_site_map": site_map,
                                      "tta": settings.get("tta"),
