@@ -14,6 +14,7 @@ import csv
 import functools
 import os
 import time
+from collections import Counter
 from typing import Any, Callable
 
 import jax
@@ -73,20 +74,37 @@ def restore_latest(directory: str, like: TrainState) -> TrainState | None:
     ``config.model.base=gated`` became the default)."""
     if not os.path.isdir(directory):
         return None
-    manager = checkpoint_manager(directory)
+    manager = ocp.CheckpointManager(os.path.abspath(directory),
+                                    item_handlers=ocp.StandardCheckpointHandler())
     step = manager.latest_step()
     if step is None:
         manager.close()
         return None
+
+    def unfit(why):
+        return InputError(
+            f"the checkpoint in {directory} (step {step}) does not fit the network these settings "
+            f"build ({why}). Resume it with the settings it was trained with (its run folder's "
+            "config.json; e.g. --config.model.base=resynth for a PhyCHarm trained before the "
+            "gated base became the default), or train into a new --workdir.")
+
+    # shapes compared before reading any array: a restore that fails half-way leaves orbax's
+    # asynchronous reads behind (unraisable "Event loop is closed" warnings later)
+    # (as multisets: the saved tree's leaves come in another order than the dataclass's)
+    saved = Counter(tuple(m.shape) for m in jax.tree_util.tree_leaves(manager.item_metadata(step)))
+    wanted = Counter(tuple(jnp.shape(x)) for x in jax.tree_util.tree_leaves(like))
+    if saved != wanted:
+        manager.close()
+        only_saved, only_wanted = sorted((saved - wanted).elements()), sorted(
+            (wanted - saved).elements())
+        raise unfit(f"{sum(saved.values())} arrays saved, {sum(wanted.values())} expected; "
+                    f"shapes only in the checkpoint {only_saved[:6]}, only in the network "
+                    f"{only_wanted[:6]}")
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
     try:
         restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
     except (ValueError, KeyError) as e:
-        raise InputError(
-            f"the checkpoint in {directory} (step {step}) does not fit the network these settings "
-            f"build ({e}). Resume it with the settings it was trained with (its run folder's "
-            "config.json; e.g. --config.model.base=resynth for a PhyCHarm trained before the "
-            "gated base became the default), or train into a new --workdir.") from e
+        raise unfit(e) from e
     finally:
         manager.close()
     return restored
