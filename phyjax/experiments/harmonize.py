@@ -107,11 +107,17 @@ def _same(a: Protocol, b: Protocol | None) -> bool:
     return b is not None and protocols_match(a, b)
 
 
+#: PhyCHarm's base settings the output sidecar records, with the value of a model saved before
+#: each existed (:data:`phyjax.experiments.common.ADDED_LATER`)
+PHYCHARM_BASE = {"base": "resynth", "source_smoothing": 0.0, "source_range": 0.0}
+
+
 def output_sidecar(harmonizer, reading: Reading, input_path: str,
                    target: Protocol | None = None, config=None) -> dict:
     """The output's sidecar: the target protocol (BIDS units) and every assumption made."""
     target = target if target is not None else harmonizer.target_protocol
     settings = getattr(harmonizer, "cfg", {})      # a network's inference settings
+    phycharm = hasattr(harmonizer, "check_target")
     site_map = None     # calibrate=sites: the sites whose learned map this scan went through
     if settings.get("calibrate") == "sites":
         from phyjax.methods.calibration import site_map_for
@@ -126,17 +132,11 @@ def output_sidecar(harmonizer, reading: Reading, input_path: str,
                                      harmonizer.target_protocol,
                                      "fitted_on": sorted(harmonizer.fitted_on),
                                      "data_consistency": settings.get("refine"),
-                                     # PhyCHarm: what its harmonizer's residual is added to
-                                     "base": (settings.get("base", "resynth")
-                                              if hasattr(harmonizer, "check_target") else None),
-                                     # ... and how its gated base's source share was
-                                     # smoothed (voxels; intensity sd; 0: not)
-                                     "source_smoothing": (settings.get("source_smoothing", 0.0)
-                                                          if hasattr(harmonizer, "check_target")
-                                                          else None),
-                                     "source_range": (settings.get("source_range", 0.0)
-                                                      if hasattr(harmonizer, "check_target")
-                                                      else None),
+                                     # PhyCHarm: what its harmonizer's residual is added
+                                     # to, and how that base's source share was smoothed
+                                     # (voxels; intensity sd; 0: not); None for other methods
+                                     **{k: settings.get(k, default) if phycharm else None
+                                        for k, default in PHYCHARM_BASE.items()},
                                      "calibrate": settings.get("calibrate"),
                                      "calibrate_site_map": site_map,
                                      "tta": settings.get("tta"),
