@@ -166,6 +166,10 @@ def get_config(arg: str | None = None) -> ConfigDict:
     # kept item 44's GM/WM volumes (GM |dV| -0.12 against no smoothing) but raised the CSF one
     # by 0.40 points and gained 0.15 dB only (docs/phycharm_ablation.md, item 45).
     model.source_range = 0.0
+    # ... and with this True (source_smoothing > 0) a third output of the harmonizer chooses
+    # per voxel between the raw and the smoothed source slice, so edges (the cortex) can keep
+    # the raw slice and flat tissue take the smoothed one (docs/phycharm_ablation.md, item 48).
+    model.detail_gate = False
     # Data consistency at inference (phyjax.physics.consistency): the network's T1/M0 are the
     # prior of a per-voxel MAP estimate given the source image through its own signal equation,
     # and the harmonized image moves by what that changes in the target's signal equation, so

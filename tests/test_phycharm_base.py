@@ -19,13 +19,15 @@ SOURCE = Protocol(tr=0.02, te=0.0045, flip_angle=np.deg2rad(25.0), field_strengt
                   sequence="spgr")
 
 
-def _constant_head(params, residual, gate_logit=None):
+def _constant_head(params, residual, gate_logit=None, detail_logit=None):
     """``params`` with the harmonizer's output layer (the last 1x1 convolution) giving
-    ``residual`` (and ``gate_logit`` in a second channel) everywhere."""
+    ``residual`` (and ``gate_logit`` in a second channel, ``detail_logit`` in a third)
+    everywhere."""
     harm = dict(params["harmonizer"])
     last = max((k for k in harm if k.startswith("Conv_") and harm[k]["kernel"].shape[:2] == (1, 1)),
                key=lambda k: int(k.split("_")[1]))
-    bias = [residual] + ([] if gate_logit is None else [gate_logit])
+    bias = [residual] + ([] if gate_logit is None else [gate_logit]) + (
+        [] if detail_logit is None else [detail_logit])
     harm[last] = {"kernel": jnp.zeros_like(harm[last]["kernel"]),
                   "bias": jnp.asarray(bias, harm[last]["bias"].dtype)}
     return dict(params, harmonizer=harm)
@@ -205,6 +207,45 @@ def test_gated_base_with_source_smoothing_blends_the_smoothed_source(range_sd):
     np.testing.assert_allclose(out["harmonized"], want, rtol=1e-5, atol=1e-6)
     raw = (g * out["resynth"] + (1 - g) * x[..., 1:2] + 0.02) * mask
     assert float(jnp.max(jnp.abs(out["harmonized"] - raw))) > 1e-2
+
+
+@pytest.mark.parametrize("detail_logit", [-0.6, 25.0, -25.0])
+def test_detail_gate_chooses_between_raw_and_smoothed_source(detail_logit):
+    from phyjax.models.phycharm import masked_gaussian
+
+    logit = 0.4
+    model = phycharm.make_model(dict(features=(4, 8), cond_features=4, t1_max=5.0, m0_max=1.5,
+                                     base="gated", source_smoothing=0.7, detail_gate=True))
+    params = _constant_head(phycharm.init_params(model, (16, 16), 1, 0), 0.02, logit,
+                            detail_logit)
+    x = jax.random.uniform(jax.random.key(0), (2, 16, 16, 3), minval=0.1, maxval=1.0)
+    mask = jnp.ones((2, 16, 16, 1)).at[:, :2].set(0.0)
+    code_s = jnp.broadcast_to(encode(SOURCE), (2, encode(SOURCE).shape[-1]))
+    code_t = jnp.broadcast_to(encode(TARGET), code_s.shape)
+    out = model.apply({"params": params}, x, mask, code_s, code_t, TARGET, 0.5, 3.0)
+    g, d = (1.0 / (1.0 + np.exp(-v)) for v in (logit, detail_logit))
+    raw, smooth = x[..., 1:2], masked_gaussian(x[..., 1:2], mask, 0.7)
+    own = d * raw + (1 - d) * smooth
+    np.testing.assert_allclose(out["harmonized"], (g * out["resynth"] + (1 - g) * own + 0.02)
+                               * mask, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out["detail"], d * mask, rtol=1e-6)
+    # the limits: a detail weight of 1 is the unsmoothed blend, of 0 item 44's smoothed one
+    limit = raw if detail_logit > 10 else smooth if detail_logit < -10 else None
+    if limit is not None:
+        np.testing.assert_allclose(out["harmonized"], (g * out["resynth"] + (1 - g) * limit
+                                                       + 0.02) * mask, rtol=1e-5, atol=1e-6)
+
+
+def test_detail_gate_checked_and_old_models_without_it():
+    cfg = dict(features=(4, 8), cond_features=4, t1_max=5.0, m0_max=1.5, base="gated",
+               source_smoothing=0.5)
+    assert phycharm.make_model(cfg).detail_gate is False      # a model saved before it
+    assert phycharm.make_model(dict(cfg, detail_gate=True)).detail_gate is True
+    with pytest.raises(InputError, match="config.model.detail_gate='yes'"):
+        phycharm.make_model(dict(cfg, detail_gate="yes"))
+    for bad in (dict(cfg, source_smoothing=0.0), dict(cfg, base="resynth")):
+        with pytest.raises(InputError, match="detail_gate=True .*source_smoothing > 0"):
+            phycharm.make_model(dict(bad, detail_gate=True))
 
 
 def test_source_smoothing_checked_and_old_models_unsmoothed():

@@ -385,6 +385,7 @@ def test_calibrated_harmonizer_and_harmonize_mode(debug_run, tmp_path):
         assert harm.cfg["source_smoothing"] == 0.0 and harm.cfg["source_range"] == 0.0  # saved
         assert meta["PhyjaxHarmonizer"]["source_smoothing"] == cfg.model.source_smoothing == 0.0
         assert meta["PhyjaxHarmonizer"]["source_range"] == cfg.model.source_range == 0.0
+        assert meta["PhyjaxHarmonizer"]["detail_gate"] is cfg.model.detail_gate is False
         assert meta["PhyjaxHarmonizer"]["ensemble"] == cfg.model.ensemble == 1
         assert meta["PhyjaxHarmonizer"]["views"] == list(cfg.model.views) == ["axial"]
     # From the command line only the model settings given there replace the saved ones.

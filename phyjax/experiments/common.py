@@ -30,9 +30,10 @@ INFERENCE_ONLY = {"model": ("refine", "calibrate", "tta"), "unet": ("tta",),
 #: training settings added after runs were made: a run whose config.json lacks one was trained
 #: with this value (``model.ensemble``: one network; ``model.views``: axial slices;
 #: ``model.base``: PhyCHarm's published residual on the re-synthesis, ``gate_prior`` unused;
-#: ``model.source_smoothing``: the gated base's source slice unsmoothed)
+#: ``model.source_smoothing``: the gated base's source slice unsmoothed; ``model.detail_gate``:
+#: no choice between raw and smoothed)
 ADDED_LATER = {"model": {"ensemble": 1, "views": ["axial"], "base": "resynth", "gate_prior": 0.5,
-                         "source_smoothing": 0.0, "source_range": 0.0}}
+                         "source_smoothing": 0.0, "source_range": 0.0, "detail_gate": False}}
 
 
 #: sections compared since the resume check covered only model/data/seed: a setting one of

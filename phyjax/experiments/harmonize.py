@@ -109,7 +109,8 @@ def _same(a: Protocol, b: Protocol | None) -> bool:
 
 #: PhyCHarm's base settings the output sidecar records, with the value of a model saved before
 #: each existed (:data:`phyjax.experiments.common.ADDED_LATER`)
-PHYCHARM_BASE = {"base": "resynth", "source_smoothing": 0.0, "source_range": 0.0}
+PHYCHARM_BASE = {"base": "resynth", "source_smoothing": 0.0, "source_range": 0.0,
+                 "detail_gate": False}
 
 
 def output_sidecar(harmonizer, reading: Reading, input_path: str,

@@ -81,7 +81,8 @@ from phyjax.physics.tissues import TISSUES, convert_t1, tissue_parameters
 from phyjax.train import TrainState, fit as fit_loop, make_train_step
 
 MODEL_KEYS = ("features", "cond_features", "t1_max", "m0_max", "context", "readout",
-              "partial_volume", "base", "gate_prior", "source_smoothing", "source_range")
+              "partial_volume", "base", "gate_prior", "source_smoothing", "source_range",
+              "detail_gate")
 #: ``config.model.readout``: how the model's signal equations treat an MPRAGE readout train
 READOUT = ("sidecar", "static")
 PAIRS = ("auto", "paired", "simulated")
@@ -106,7 +107,25 @@ def make_model(model_cfg) -> PhyCHarm:
                     gate_prior=check_gate_prior(m.get("gate_prior", 0.5)),
                     source_smoothing=check_source_smoothing(m.get("source_smoothing", 0.0)),
                     source_range=check_source_smoothing(m.get("source_range", 0.0),
-                                                        "source_range", "intensity sd"))
+                                                        "source_range", "intensity sd"),
+                    detail_gate=check_detail_gate(m.get("detail_gate", False),
+                                                  m.get("base", "resynth"),
+                                                  m.get("source_smoothing", 0.0)))
+
+
+def check_detail_gate(value, base: str, source_smoothing) -> bool:
+    """``config.model.detail_gate`` as a bool (a model saved before the setting existed has
+    False); InputError if it is not a bool, or if it is True without something to choose
+    between: the gated ``base`` and ``source_smoothing`` > 0."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise InputError(f"config.model.detail_gate={value!r}; must be True or False.")
+    if value and not (base == "gated" and float(source_smoothing) > 0):
+        raise InputError("config.model.detail_gate=True chooses per voxel between the gated "
+                         "base's raw and smoothed source slice: it needs config.model.base="
+                         "gated (or auto, for a model of one target) and "
+                         f"config.model.source_smoothing > 0 (here base={base!r}, "
+                         f"source_smoothing={source_smoothing!r}).")
+    return bool(value)
 
 
 def check_source_smoothing(value, key: str = "source_smoothing", unit: str = "voxels") -> float:
@@ -597,6 +616,9 @@ def _fit_network(config, train: TrainingSet, name: str = "phycharm", *, workdir:
             raise InputError("config.model.source_smoothing smooths the gated base's source "
                              "slice; config.model.base=resynth has none (set it to 0).")
         model_cfg["source_smoothing"] = 0.0     # auto resolved to resynth: nothing to smooth
+        model_cfg["detail_gate"] = False        # ... nor to choose between
+    model_cfg["detail_gate"] = check_detail_gate(model_cfg.get("detail_gate", False),
+                                                 model_cfg["base"], model_cfg["source_smoothing"])
     full = {k: np.float32(t[k]) for k in WEIGHTS}
     ref = reference_level(model_protocol(target, ro))
     if pairs == "paired":

@@ -127,7 +127,11 @@ class PhyCHarm(nn.Module):
     Gaussian of that standard deviation in voxels inside the mask, :func:`masked_gaussian`, so
     the source's noise is not passed on where the gate opens to it -- the network still sees
     the unsmoothed source and its residual can put detail back); ``source_range`` > 0 with it:
-    edge-preserving instead, :func:`masked_bilateral` with that intensity sd).
+    edge-preserving instead, :func:`masked_bilateral` with that intensity sd; ``detail_gate``
+    with ``source_smoothing`` > 0: a third harmonizer channel ``d`` in (0, 1) chooses per voxel
+    between the raw and the smoothed source slice, ``own = d * raw + (1 - d) * smoothed``,
+    returned as ``detail``, so the network can keep the raw slice's edges (the cortex) and take
+    the smoothed one in flat tissue; an untrained ``d`` is near 0.5).
     Returns a dict of
     ``(B, H, W, 1)`` arrays: ``t1`` (s), ``m0``, ``resynth`` (target contrast
     from the maps) and ``harmonized``; all zero outside ``mask`` except ``t1``
@@ -143,13 +147,17 @@ class PhyCHarm(nn.Module):
     gate_prior: float = 0.5
     source_smoothing: float = 0.0
     source_range: float = 0.0
+    detail_gate: bool = False
 
     def setup(self):
         if self.base not in BASES:
             raise ValueError(f"base={self.base!r}; expected one of {BASES}.")
+        if self.detail_gate and not (self.base == "gated" and self.source_smoothing > 0):
+            raise ValueError("detail_gate chooses between the raw and the smoothed source slice "
+                             "of the gated base: it needs base='gated' and source_smoothing > 0.")
         self.generator = ConditionalUNet(self.features, 2, self.cond_features)
-        self.harmonizer = ConditionalUNet(self.features, 1 if self.base == "resynth" else 2,
-                                          self.cond_features)
+        channels = 1 if self.base == "resynth" else 3 if self.detail_gate else 2
+        self.harmonizer = ConditionalUNet(self.features, channels, self.cond_features)
 
     def maps(self, source, mask, source_code):
         raw = self.generator(source, source_code)
@@ -171,16 +179,21 @@ class PhyCHarm(nn.Module):
         if self.base == "gated":    # where the source already has the target's contrast, its
             # own detail; elsewhere the re-synthesis (an untrained gate starts near gate_prior)
             offset = math.log(self.gate_prior / (1.0 - self.gate_prior))
-            gate = jax.nn.sigmoid(head[..., 1:] + offset)
+            gate = jax.nn.sigmoid(head[..., 1:2] + offset)
             centre = source.shape[-1] // 2
-            own = source[..., centre:centre + 1]
+            raw = own = source[..., centre:centre + 1]
             if self.source_smoothing > 0 and self.source_range > 0:
-                own = masked_bilateral(own, mask, self.source_smoothing, self.source_range)
+                own = masked_bilateral(raw, mask, self.source_smoothing, self.source_range)
             elif self.source_smoothing > 0:
-                own = masked_gaussian(own, mask, self.source_smoothing)
+                own = masked_gaussian(raw, mask, self.source_smoothing)
+            if self.detail_gate:    # the raw slice where its edges matter, smoothed elsewhere
+                detail = jax.nn.sigmoid(head[..., 2:3])
+                own = detail * raw + (1.0 - detail) * own
             base = gate * resynth + (1.0 - gate) * own
         harmonized = (base + residual) * mask
         out = {"t1": t1, "m0": m0, "resynth": resynth, "harmonized": harmonized}
         if self.base == "gated":
             out["gate"] = gate * mask
+        if self.detail_gate:
+            out["detail"] = detail * mask
         return out
