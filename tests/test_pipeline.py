@@ -382,10 +382,10 @@ def test_calibrated_harmonizer_and_harmonize_mode(debug_run, tmp_path):
             [site] if calibrate == "sites" else None)
         assert meta["PhyjaxHarmonizer"]["tta"] == cfg.model.tta
         assert meta["PhyjaxHarmonizer"]["base"] == "gated"    # auto, one target
-        assert harm.cfg["source_smoothing"] == 0.0 and harm.cfg["source_range"] == 0.0  # saved
-        assert meta["PhyjaxHarmonizer"]["source_smoothing"] == cfg.model.source_smoothing == 0.0
+        assert harm.cfg["source_smoothing"] == 0.5 and harm.cfg["source_range"] == 0.0  # saved
+        assert meta["PhyjaxHarmonizer"]["source_smoothing"] == cfg.model.source_smoothing == 0.5
         assert meta["PhyjaxHarmonizer"]["source_range"] == cfg.model.source_range == 0.0
-        assert meta["PhyjaxHarmonizer"]["detail_gate"] is cfg.model.detail_gate is False
+        assert meta["PhyjaxHarmonizer"]["detail_gate"] is cfg.model.detail_gate is True
         assert meta["PhyjaxHarmonizer"]["ensemble"] == cfg.model.ensemble == 1
         assert meta["PhyjaxHarmonizer"]["views"] == list(cfg.model.views) == ["axial"]
     # From the command line only the model settings given there replace the saved ones.
