@@ -207,7 +207,11 @@ def test_harmonize_mode_with_data_consistency(debug_run, tmp_path):
     def corr(a, b):
         return float(np.corrcoef(highpass(a), highpass(b))[0, 1])
 
-    assert corr(outs[True], src) > corr(outs[False], src) + 0.05
+    # The gated base (the default) passes the refinement on only in the re-synthesis's share
+    # (``out["gate"] * delta``) and its source share is already the input's own slice (smoothed
+    # where the detail gate says, item 48), so the gain is smaller than the published base's:
+    # 0.17 -> 0.21 for this 6-step model, against > 0.05 before item 48's smoothing.
+    assert corr(outs[True], src) > corr(outs[False], src) + 0.02
 
 
 def test_calibrate_puts_the_output_on_the_inputs_scale():
