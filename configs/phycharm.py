@@ -173,8 +173,9 @@ def get_config(arg: str | None = None) -> ConfigDict:
     # the raw slice and flat tissue take the smoothed one. On, with 800 steps of 8 slices: on
     # the validation heads (two seeds, 120 images, rule written before the runs) +0.55 dB, GM
     # Dice +0.0048 (up in 110 of 120), mean |dV| -0.15 points against 400 steps of 16 without
-    # it (docs/phycharm_ablation.md, item 48). Both are dropped for a model of a range of targets
-    # (model.base auto -> resynth: no source slice in the base).
+    # it (docs/phycharm_ablation.md, item 48). Both are dropped for a resynth base, named or
+    # auto for a range of targets (no source slice in the base), and the detail gate where
+    # source_smoothing is 0 (phyjax.methods.phycharm.resolve_base_settings).
     model.detail_gate = True
     # Data consistency at inference (phyjax.physics.consistency): the network's T1/M0 are the
     # prior of a per-voxel MAP estimate given the source image through its own signal equation,

@@ -307,3 +307,26 @@ def test_masked_bilateral_matches_a_voxel_loop_and_keeps_an_edge_a_gaussian_blur
     # range sd -> infinity: the Gaussian
     np.testing.assert_allclose(np.asarray(masked_bilateral(noisy, ones, 1.0, 1e4)), gau,
                                rtol=1e-5, atol=1e-6)
+
+
+def test_base_settings_of_a_training_resolved_and_off_where_they_cannot_act():
+    """The default's smoothing and detail gate do not stop ``--config.model.base=resynth``
+    (the published base: no source slice to smooth), nor ``source_smoothing=0`` (item 42's
+    setting: nothing for the detail gate to choose between); bad values still fail."""
+    from phyjax.methods.phycharm import resolve_base_settings
+
+    default = dict(base="auto", source_smoothing=0.5, source_range=0.0, detail_gate=True)
+    assert resolve_base_settings(default, many_targets=False) == default | {"base": "gated"}
+    off = {"base": "resynth", "source_smoothing": 0.0, "source_range": 0.0, "detail_gate": False}
+    assert resolve_base_settings(default | {"base": "resynth"}, False) == off
+    assert resolve_base_settings(default | {"source_range": 0.1}, many_targets=True) == off
+    assert resolve_base_settings(default | {"source_smoothing": 0.0}, False) == (
+        default | {"base": "gated", "source_smoothing": 0.0, "detail_gate": False})
+    for key, bad in (("detail_gate", "yes"), ("source_smoothing", -1.0), ("source_range", "x"),
+                     ("base", "both")):
+        with pytest.raises(InputError, match=f"config.model.{key}"):
+            resolve_base_settings(default | {"base": "resynth", key: bad}, False)
+    # what it returns builds a model (make_model's stricter check agrees)
+    cfg = dict(features=(4, 8), cond_features=4, t1_max=5.0, m0_max=1.5)
+    for settings in (default | {"base": "resynth"}, default | {"source_smoothing": 0.0}):
+        assert phycharm.make_model(cfg | resolve_base_settings(settings, False)) is not None

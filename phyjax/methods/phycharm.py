@@ -173,6 +173,26 @@ def resolve_base(value: str, many_targets: bool) -> str:
     return check_base(value)
 
 
+def resolve_base_settings(model_cfg, many_targets: bool) -> dict:
+    """``base``, ``source_smoothing``, ``source_range`` and ``detail_gate`` of ``model_cfg`` for
+    one training: ``base`` resolved (:func:`resolve_base`), every value checked (InputError
+    naming the bad one), and the gated base's own settings off where they cannot act, as
+    ``gate_prior`` is unused there: all three for a ``resynth`` base (no source slice to smooth;
+    named or resolved from ``auto``, so ``--config.model.base=resynth`` needs no other flag
+    beside the default's smoothing), ``detail_gate`` where nothing is smoothed (as
+    ``source_range`` is then inert). What is returned is what the model is built and saved
+    with, so the harmonize sidecar records what was used."""
+    base = resolve_base(model_cfg["base"], many_targets)
+    smoothing = check_source_smoothing(model_cfg.get("source_smoothing", 0.0))
+    range_sd = check_source_smoothing(model_cfg.get("source_range", 0.0), "source_range",
+                                      "intensity sd")
+    detail = check_detail_gate(model_cfg.get("detail_gate", False), "gated", 1.0)  # its type
+    if base == "resynth":
+        smoothing, range_sd = 0.0, 0.0
+    return {"base": base, "source_smoothing": smoothing, "source_range": range_sd,
+            "detail_gate": detail and smoothing > 0}
+
+
 def check_partial_volume(value: str) -> str:
     """``value`` if it is one of :data:`phyjax.models.phycharm.PARTIAL_VOLUME`
     (``config.model.partial_volume``; a model saved before the setting existed is ``single``),
@@ -608,17 +628,7 @@ def _fit_network(config, train: TrainingSet, name: str = "phycharm", *, workdir:
     # a range of targets only where training saw one (simulated pairs); paired: its target
     many_targets = bool(tc and tc.randomize) and pairs == "simulated"
     model_cfg["target_range"] = simulated.target_range(target, many_targets)
-    named = model_cfg["base"]
-    model_cfg["base"] = resolve_base(named, many_targets)
-    model_cfg["source_smoothing"] = check_source_smoothing(model_cfg["source_smoothing"])
-    if model_cfg["base"] == "resynth" and model_cfg["source_smoothing"] > 0:
-        if named != "auto":     # a setting that would do nothing, asked for by name
-            raise InputError("config.model.source_smoothing smooths the gated base's source "
-                             "slice; config.model.base=resynth has none (set it to 0).")
-        model_cfg["source_smoothing"] = 0.0     # auto resolved to resynth: nothing to smooth
-        model_cfg["detail_gate"] = False        # ... nor to choose between
-    model_cfg["detail_gate"] = check_detail_gate(model_cfg.get("detail_gate", False),
-                                                 model_cfg["base"], model_cfg["source_smoothing"])
+    model_cfg.update(resolve_base_settings(model_cfg, many_targets))
     full = {k: np.float32(t[k]) for k in WEIGHTS}
     ref = reference_level(model_protocol(target, ro))
     if pairs == "paired":
