@@ -22,6 +22,7 @@ from phyjax.data.sidecar import (FIELDS, Reading, given_values, protocol_to_side
                                  sidecar_path, target_from_config)
 from phyjax.data.volumes import Volume, normalize
 from phyjax.evaluate import figures, report
+from phyjax.experiments.common import ADDED_LATER
 from phyjax.physics.sequences import Protocol
 
 def load_mask(spec: str, image_path: str, image: nib.Nifti1Image) -> np.ndarray:
@@ -108,9 +109,9 @@ def _same(a: Protocol, b: Protocol | None) -> bool:
 
 
 #: PhyCHarm's base settings the output sidecar records, with the value of a model saved before
-#: each existed (:data:`phyjax.experiments.common.ADDED_LATER`)
-PHYCHARM_BASE = {"base": "resynth", "source_smoothing": 0.0, "source_range": 0.0,
-                 "detail_gate": False}
+#: each existed
+PHYCHARM_BASE = {k: ADDED_LATER["model"][k]
+                 for k in ("base", "source_smoothing", "source_range", "detail_gate")}
 
 
 def output_sidecar(harmonizer, reading: Reading, input_path: str,
