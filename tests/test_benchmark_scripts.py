@@ -208,3 +208,38 @@ def test_denoised_target_variants_keep_the_scan_and_lower_its_noise():
     flat = (slice(10, 14), slice(10, 14), slice(5, 7))      # inside the bright block
     for name in ("Gaussian 0.5 voxel", "non-local means"):
         assert got[name][flat].std() < 0.8 * noisy[flat].std(), name
+
+
+def test_cell_robustness_agrees_with_the_mean_cells_and_counts_heads():
+    """cell_robustness.py: its mean-won flag is ablation_phycharm.py's cell on the same means;
+    its head count is a per-head comparison redone here; a variant better (worse) than every
+    baseline in every head wins every (no) bootstrap resample."""
+    ablation, robust = _load("ablation_phycharm"), _load("cell_robustness")
+    rng = np.random.default_rng(2)
+    heads = ("01", "02", "03", "04")
+    methods = ablation.BASELINES + ("v",)
+    rows = {(m, s): {h: {k: float(rng.uniform(0.5, 30.0)) for k, _, _ in ablation.METRICS}
+                     for h in heads} for m in methods for s in ("siteA", "siteB")}
+    res = robust.robustness(rows, "v", ablation.BASELINES, ["siteA", "siteB"], n_boot=500)
+    means = {("phycharm" if m == "v" else m, s): {k: np.mean([v[h][k] for h in heads])
+                                                  for k, _, _ in ablation.METRICS}
+             for (m, s), v in rows.items()}
+    won = ablation.wins(means, means, ["siteA", "siteB"])
+    for (site, key), (mean_won, n_heads, n, p) in res.items():
+        higher = dict((k, h) for k, _, h in ablation.METRICS)[key]
+        assert mean_won == ((site, key) in won)
+        per_head = sum(all((rows[("v", site)][h][key] > rows[(b, site)][h][key]) == higher
+                           for b in ablation.BASELINES) for h in heads)
+        assert (n_heads, n) == (per_head, len(heads))
+        assert 0.0 <= p <= 1.0
+    assert len(res) == 2 * len(ablation.METRICS)
+    # dominance in every head: P(win) exactly 1 (or 0 when dominated)
+    for sign, expected in ((+1, 1.0), (-1, 0.0)):
+        for h in heads:
+            for k, _, higher in ablation.METRICS:
+                best = [rows[(b, "siteA")][h][k] for b in ablation.BASELINES]
+                edge = max(best) if (higher == (sign > 0)) else min(best)
+                rows[("v", "siteA")][h][k] = edge + (sign if higher else -sign)
+        res = robust.robustness(rows, "v", ablation.BASELINES, ["siteA"], n_boot=200)
+        assert {r[3] for r in res.values()} == {expected}
+        assert {r[1] for r in res.values()} == {4 if expected else 0}
