@@ -155,6 +155,32 @@ def summary(reference, variants, sites, baselines=BASELINES, agree=()) -> list[s
     return lines
 
 
+def merge_baselines(reference: dict, replace=(), add=(), read=read_rows,
+                    baselines=BASELINES) -> tuple[dict, tuple[str, ...]]:
+    """``reference`` rows (``{(method, site): ...}``) with ``--replace METHOD=FOLDER`` (that
+    method's rows taken from FOLDER instead) and ``--add NAME=FOLDER:METHOD`` (FOLDER's METHOD
+    rows as one more baseline, NAME) applied, each FOLDER read by ``read``; returns the rows and
+    the baselines' names.  Raises SystemExit naming the spec when FOLDER lacks the rows."""
+    reference = dict(reference)
+    for spec in replace:
+        method, _, folder = spec.partition("=")
+        other = read(folder)
+        if not any(m == method for m, _ in other):
+            raise SystemExit(f"--replace {spec}: {folder} has no {method!r} rows.")
+        reference = {k: v for k, v in reference.items() if k[0] != method}
+        reference.update({k: v for k, v in other.items() if k[0] == method})
+    for spec in add:
+        name, _, rest = spec.partition("=")
+        folder, _, method = rest.rpartition(":")
+        other = read(folder)
+        if not name or not any(m == method for m, _ in other):
+            raise SystemExit(f"--add {spec}: expected NAME=FOLDER:METHOD with METHOD rows in "
+                             f"{folder}.")
+        reference.update({(name, site): v for (m, site), v in other.items() if m == method})
+        baselines += (name,)
+    return reference, tuple(baselines)
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--reference", required=True, help="full benchmark run folder, or a "
@@ -179,23 +205,7 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     reference = (read_table(args.reference) if args.reference.endswith(".md")
                  else read_rows(args.reference))
-    for spec in args.replace:
-        method, _, folder = spec.partition("=")
-        other = read_rows(folder)
-        if not any(m == method for m, _ in other):
-            raise SystemExit(f"--replace {spec}: {folder}/benchmark.csv has no {method!r} rows.")
-        reference = {k: v for k, v in reference.items() if k[0] != method}
-        reference.update({k: v for k, v in other.items() if k[0] == method})
-    baselines = BASELINES
-    for spec in args.add:
-        name, _, rest = spec.partition("=")
-        folder, _, method = rest.rpartition(":")
-        other = read_rows(folder)
-        if not name or not any(m == method for m, _ in other):
-            raise SystemExit(f"--add {spec}: expected NAME=FOLDER:METHOD with METHOD rows in "
-                             f"{folder}/benchmark.csv.")
-        reference.update({(name, site): v for (m, site), v in other.items() if m == method})
-        baselines += (name,)
+    reference, baselines = merge_baselines(reference, args.replace, args.add, read_rows)
     variants, seconds = [("full (default config)", reference)], {}
     for spec in args.variant:
         name, _, rest = spec.partition("=")

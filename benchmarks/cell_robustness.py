@@ -31,7 +31,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from ablation_phycharm import BASELINES, METRICS  # noqa: E402
+from ablation_phycharm import BASELINES, METRICS, merge_baselines  # noqa: E402
 
 
 def read_subjects(run: str) -> dict[tuple[str, str], dict[str, dict[str, float]]]:
@@ -93,22 +93,8 @@ def main(argv=None) -> None:
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     rows = {k: v for k, v in read_subjects(args.reference).items() if k[0] in BASELINES}
-    for spec in args.replace:
-        method, _, folder = spec.partition("=")
-        other = read_subjects(folder)
-        if not any(m == method for m, _ in other):
-            raise SystemExit(f"--replace {spec}: {folder} has no {method!r} rows.")
-        rows = {k: v for k, v in rows.items() if k[0] != method}
-        rows.update({k: v for k, v in other.items() if k[0] == method})
-    baselines = tuple(m for m in BASELINES if any(k[0] == m for k in rows))
-    for spec in args.add:
-        name, _, rest = spec.partition("=")
-        folder, _, method = rest.rpartition(":")
-        other = read_subjects(folder)
-        if not name or not any(m == method for m, _ in other):
-            raise SystemExit(f"--add {spec}: expected NAME=FOLDER:METHOD with METHOD rows.")
-        rows.update({(name, s): v for (m, s), v in other.items() if m == method})
-        baselines += (name,)
+    rows, baselines = merge_baselines(rows, args.replace, args.add, read_subjects,
+                                      tuple(m for m in BASELINES if any(k[0] == m for k in rows)))
     if not args.variant:
         raise SystemExit("give at least one --variant NAME=FOLDER")
     sites = sorted({s for (_, s) in rows if s != "overall"})
