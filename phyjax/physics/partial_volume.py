@@ -74,11 +74,37 @@ def mixture_signed_signal(protocol: Protocol, t1, m0, maps_field_strength, b1=1.
     table = nearest_table(protocol.field_strength)
     pd = table[:, 3].reshape((3,) + (1,) * jnp.ndim(fractions[0]))
     m0_k = m0 * pd / jnp.sum(fractions * pd, axis=0)          # (3, ...)
+    if jnp.ndim(b1) == 0:
+        return _mixture_one_evaluation(protocol, t1, fractions, scale, m0_k, maps_field_strength,
+                                       table, b1)
     total = 0.0
     for k in range(3):
         total = total + fractions[k] * signal.signed_signal(
             protocol, scale * table[k, 0], jnp.inf, jnp.inf, m0_k[k], b1)
     return total
+
+
+def _mixture_one_evaluation(protocol, t1, fractions, scale, m0_k, maps_field_strength, table,
+                            b1):
+    """:func:`mixture_signed_signal` for a scalar ``b1`` with one per-voxel evaluation of the
+    signal equation instead of three (the cost of the single-T1 model; for MPRAGE the readout
+    train is most of a training step).  Between WM's and CSF's T1 the scale is exactly 1 -- the
+    fractions interpolate the table linearly, so ``sum_k f_k T1_k`` is ``t1`` -- and each
+    tissue's signal is that of its table T1: three scalars per protocol, per unit M0 (every
+    signal equation is proportional to M0).  Beyond, the voxel is one tissue (WM below, CSF
+    above) at ``scale`` times its T1: one evaluation.  Same values and gradients (the scale is
+    flat inside)."""
+    pure = jnp.stack([signal.signed_signal(protocol, table[k, 0], jnp.inf, jnp.inf, 1.0, b1)
+                      for k in range(3)])
+    inside = sum(fractions[k] * m0_k[k] * pure[k] for k in range(3))
+    maps_table = nearest_table(maps_field_strength)
+    below = t1 < maps_table[2, 0]                     # shorter than WM's: WM alone
+    above = t1 > maps_table[0, 0]                     # longer than CSF's: CSF alone
+    alone_t1 = scale * jnp.where(below, table[2, 0], table[0, 0])
+    alone_m0 = jnp.where(below, m0_k[2], m0_k[0])
+    alone = signal.signed_signal(protocol, jnp.where(below | above, alone_t1, table[1, 0]),
+                                 jnp.inf, jnp.inf, alone_m0, b1)
+    return jnp.where(below | above, alone, inside)
 
 
 def mixture_synthesize(protocol: Protocol, t1, m0, maps_field_strength, b1=1.0):
