@@ -46,7 +46,7 @@ from phyjax.data.split import Split, protocols_match
 from phyjax.evaluate.overlap import TISSUES, tissue_volumes
 from phyjax.evaluate.segmentation import make_segmenter
 from phyjax.experiments.common import read_run
-from phyjax.methods.calibration import calibrate_output, fit_site_maps
+from phyjax.methods.calibration import calibrate_output, fit_site_maps, pooled_outputs
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from refine_sweep import score  # noqa: E402
@@ -54,34 +54,13 @@ from refine_sweep import score  # noqa: E402
 BINS, QUANTILES = 64, 65
 
 
-def pooled_pairs(harm, data, subjects):
-    """Per source protocol: the network's in-mask outputs and the target scans' voxels,
-    pooled over ``subjects`` (``[(protocol, outputs, targets)]``)."""
-    groups = []
-    for subject in subjects:
-        scans = data.volumes[subject]
-        tgt = scans[data.target_site]
-        t = np.asarray(tgt.image, np.float32)[np.asarray(tgt.mask, bool)]
-        for site, vol in sorted(scans.items()):
-            if site == data.target_site or vol.protocol is None:
-                continue
-            o = np.asarray(harm.predict(vol)["harmonized"], np.float32)
-            o = o[np.asarray(vol.mask, bool)]
-            g = next((g for g in groups if protocols_match(g[0], vol.protocol)), None)
-            if g is None:
-                g = (vol.protocol, [], [])
-                groups.append(g)
-            g[1].append(o)
-            g[2].append(t)
-        print(f"training pairs: subject {subject} harmonized", flush=True)
-    return [(p, np.concatenate(o), np.concatenate(t)) for p, o, t in groups]
-
-
-def fit_isotonic(pairs):
-    """Per protocol: the isotonic map (on a 512-point grid) and the residual quantiles per
-    output bin (for ``renoise``)."""
+def fit_isotonic(groups):
+    """Per protocol of ``groups`` (:func:`phyjax.methods.calibration.pooled_outputs`): the
+    isotonic map (on a 512-point grid) and the residual quantiles per output bin (for
+    ``renoise``)."""
     fits = []
-    for protocol, o, t in pairs:
+    for g in groups:
+        protocol, o, t = g["p"], g["out"], g["tgt"]
         iso = IsotonicRegression(out_of_bounds="clip").fit(o, t)
         grid = np.linspace(o.min(), o.max(), 512)
         edges = np.quantile(o, np.linspace(0.0, 1.0, BINS + 1))
@@ -130,7 +109,8 @@ def main(argv=None) -> None:
         raise SystemExit(f"{args.run}: its PhyCHarm has no site maps (calibrate=sites).")
     harm.cfg = dict(harm.cfg, refine=dict(harm.cfg.get("refine") or {}, enabled=False),
                     calibrate="none")
-    iso = fit_isotonic(pooled_pairs(harm, data, split["train"]))
+    iso = fit_isotonic(pooled_outputs(
+        harm, data.training_set(Split(train=tuple(split["train"]), test=tuple(split["test"])))))
     held = {}
     if args.held:
         other = copy.deepcopy(cfg)

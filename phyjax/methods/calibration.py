@@ -106,30 +106,13 @@ def site_map_for(site_maps: list, protocol: Protocol) -> dict | None:
     return None
 
 
-def fit_site_maps(harmonizer, train: TrainingSet, knots: int = 256,
-                  progress: bool = True) -> list[dict]:
-    """The monotone intensity map, per source protocol, that carries the network's outputs on
-    the training scans onto the same subjects' target-site scans (``config.model.calibrate=
-    sites``).
-
-    For each protocol of the training set's source scans (:func:`phyjax.data.split.
-    protocols_match`; one per site in the default data), ``harmonizer`` (its calibration off)
-    harmonizes every training scan with it; the in-mask voxel values of those outputs, pooled,
-    and of the same subjects' target-site scans, pooled, give ``knots`` quantiles each, and the
-    map is the piecewise-linear function through the pairs of quantiles -- quantile matching
-    (the transport that maps one 1-D distribution onto another; the step of Nyul et al. 1999
-    with every quantile as a landmark), fitted on pairs so that what it corrects is the
-    network's systematic residual at that protocol, not anatomy: both distributions are of
-    the same heads.  Beyond the end knots the map is constant.
-
-    Returns a list of ``{"protocol", "sites", "subjects", "output", "target"}`` (JSON-ready;
-    ``output``/``target``: ``(knots,)`` nondecreasing intensities on the data's scale).
-    Raises InputError for ``knots`` < 2 or a training set with no subject scanned at both
-    a source site and the target site.
+def pooled_outputs(harmonizer, train: TrainingSet, progress: bool = True) -> list[dict]:
+    """Per source protocol of ``train`` (:func:`phyjax.data.split.protocols_match`), the
+    in-mask voxels of ``harmonizer``'s outputs (its calibration off) on the training scans,
+    pooled, and of the same subjects' target-site scans, pooled: a list of ``{"p": protocol,
+    "sites", "subjects": sets, "out", "tgt": 1-D arrays}`` -- what :func:`fit_site_maps` fits.
+    Raises InputError when no training subject has a scan at a source site and the target site.
     """
-    knots = int(knots)
-    if knots < 2:
-        raise InputError(f"config.model.calibrate_knots={knots}; expected at least 2.")
     train = require_training_set(train)
     groups: list[dict] = []
     saved = harmonizer.cfg.get("calibrate", "none")
@@ -162,11 +145,39 @@ def fit_site_maps(harmonizer, train: TrainingSet, knots: int = 256,
     if not groups:
         raise InputError("config.model.calibrate=sites: no training subject has a scan at a "
                          f"source site and at the target site {train.target_site!r}.")
+    return [dict(g, out=np.concatenate(g["out"]), tgt=np.concatenate(g["tgt"])) for g in groups]
+
+
+def fit_site_maps(harmonizer, train: TrainingSet, knots: int = 256,
+                  progress: bool = True) -> list[dict]:
+    """The monotone intensity map, per source protocol, that carries the network's outputs on
+    the training scans onto the same subjects' target-site scans (``config.model.calibrate=
+    sites``).
+
+    For each protocol of the training set's source scans (:func:`phyjax.data.split.
+    protocols_match`; one per site in the default data), ``harmonizer`` (its calibration off)
+    harmonizes every training scan with it; the in-mask voxel values of those outputs, pooled,
+    and of the same subjects' target-site scans, pooled, give ``knots`` quantiles each, and the
+    map is the piecewise-linear function through the pairs of quantiles -- quantile matching
+    (the transport that maps one 1-D distribution onto another; the step of Nyul et al. 1999
+    with every quantile as a landmark), fitted on pairs so that what it corrects is the
+    network's systematic residual at that protocol, not anatomy: both distributions are of
+    the same heads.  Beyond the end knots the map is constant.
+
+    Returns a list of ``{"protocol", "sites", "subjects", "output", "target"}`` (JSON-ready;
+    ``output``/``target``: ``(knots,)`` nondecreasing intensities on the data's scale).
+    Raises InputError for ``knots`` < 2 or a training set with no subject scanned at both
+    a source site and the target site.
+    """
+    knots = int(knots)
+    if knots < 2:
+        raise InputError(f"config.model.calibrate_knots={knots}; expected at least 2.")
+    groups = pooled_outputs(harmonizer, train, progress)
     q = np.linspace(0.0, 1.0, knots)
     return [{"protocol": protocol_to_json(g["p"]), "sites": sorted(g["sites"]),
              "subjects": len(g["subjects"]),
-             "output": np.maximum.accumulate(np.quantile(np.concatenate(g["out"]), q)).tolist(),
-             "target": np.maximum.accumulate(np.quantile(np.concatenate(g["tgt"]), q)).tolist()}
+             "output": np.maximum.accumulate(np.quantile(g["out"], q)).tolist(),
+             "target": np.maximum.accumulate(np.quantile(g["tgt"], q)).tolist()}
             for g in groups]
 
 
