@@ -14,6 +14,8 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import time
 
 import jax
@@ -25,6 +27,9 @@ from phyjax.methods import networks, phycharm as P
 from phyjax.models.phycharm import synthesize_maps
 from phyjax.physics.sequences import Protocol
 from phyjax.train import TrainState, make_train_step
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from phycharm_step import random_batch, seconds_per_step  # noqa: E402
 
 
 def timed(fn, *args, repeats):
@@ -60,24 +65,14 @@ def main(argv=None) -> None:
         m["base"] = P.resolve_base(m["base"], False)
         m["partial_volume"] = pv
         model, tx = P.make_model(m), networks.make_optimizer(cfg.train)
-        c = 2 * m["context"] + 1
-        batch = {"source": rng.random((b, h, w, c), np.float32),
-                 "target": rng.random((b, h, w, 1), np.float32),
-                 "mask": (rng.random((b, h, w, 1)) > 0.3).astype(np.float32),
-                 "t1": 3 * rng.random((b, h, w, 1), np.float32),
-                 "m0": rng.random((b, h, w, 1), np.float32)}
+        batch = random_batch(b, h, w, 2 * m["context"] + 1, rng)
         ref = np.float32(P.reference_level(P.model_protocol(protocol)))
         weights = {k: np.float32(cfg.train[k]) for k in P.WEIGHTS}
         step = make_train_step(P.make_loss(model, P.active_terms(cfg.train)), tx)
         state = TrainState.create(P.init_params(model, (h, w), m["context"], 0), tx)
         inputs = (batch, protocol, protocol, ref, weights)
-        state, metrics = step(state, inputs)
-        jax.block_until_ready(metrics)
-        t = time.perf_counter()
-        for _ in range(args.steps):
-            state, metrics = step(state, inputs)
-        jax.block_until_ready(metrics)
-        print(f"{pv}: training step {(time.perf_counter() - t) / args.steps:.3f} s", flush=True)
+        print(f"{pv}: training step {seconds_per_step(step, state, inputs, args.steps):.3f} s",
+              flush=True)
 
 
 if __name__ == "__main__":

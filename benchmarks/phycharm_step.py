@@ -25,6 +25,28 @@ from phyjax.physics.sequences import Protocol
 from phyjax.train import TrainState, make_train_step
 
 
+def random_batch(b: int, h: int, w: int, c: int, rng) -> dict:
+    """A training batch of ``b`` slices of ``h`` x ``w`` with ``c`` context channels, random
+    values (a step's cost does not depend on them)."""
+    return {"source": rng.random((b, h, w, c), np.float32),
+            "target": rng.random((b, h, w, 1), np.float32),
+            "mask": (rng.random((b, h, w, 1)) > 0.3).astype(np.float32),
+            "t1": 3 * rng.random((b, h, w, 1), np.float32),
+            "m0": rng.random((b, h, w, 1), np.float32)}
+
+
+def seconds_per_step(step, state, inputs, steps: int) -> float:
+    """Mean seconds of ``steps`` calls of the jit-compiled ``step``, after one untimed call
+    (its compilation)."""
+    state, metrics = step(state, inputs)
+    jax.block_until_ready(metrics)
+    t = time.perf_counter()
+    for _ in range(steps):
+        state, metrics = step(state, inputs)
+    jax.block_until_ready(metrics)
+    return (time.perf_counter() - t) / steps
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=8)
@@ -34,12 +56,7 @@ def main(argv=None) -> None:
     m["base"] = P.resolve_base(m["base"], bool(cfg.target.randomize))
     model, tx = P.make_model(m), networks.make_optimizer(cfg.train)
     b, h, w, c = cfg.train.batch_size, 96, 112, 2 * m["context"] + 1
-    rng = np.random.default_rng(0)
-    batch = {"source": rng.random((b, h, w, c), np.float32),
-             "target": rng.random((b, h, w, 1), np.float32),
-             "mask": (rng.random((b, h, w, 1)) > 0.3).astype(np.float32),
-             "t1": 3 * rng.random((b, h, w, 1), np.float32),
-             "m0": rng.random((b, h, w, 1), np.float32)}
+    batch = random_batch(b, h, w, c, np.random.default_rng(0))
     protocol = P._f32(Protocol(tr=2.3, te=0.003, ti=0.9, flip_angle=0.15, field_strength=3.0,
                                tr_readout=0.0065, n_readouts=176.0, sequence="mprage"))
     ref = np.float32(P.reference_level(P.model_protocol(protocol)))
@@ -52,13 +69,7 @@ def main(argv=None) -> None:
         step = make_train_step(P.make_loss(model, terms), tx)
         state = TrainState.create(jax.tree.map(jnp.array, params), tx)
         inputs = (batch, protocol, protocol, ref, weights)
-        state, metrics = step(state, inputs)
-        jax.block_until_ready(metrics)
-        t = time.perf_counter()
-        for _ in range(args.steps):
-            state, metrics = step(state, inputs)
-        jax.block_until_ready(metrics)
-        print(f"{label:13s} {(time.perf_counter() - t) / args.steps:.3f} s/step")
+        print(f"{label:13s} {seconds_per_step(step, state, inputs, args.steps):.3f} s/step")
 
 
 if __name__ == "__main__":
