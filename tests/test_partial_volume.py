@@ -151,11 +151,6 @@ def test_config_checks():
     with pytest.raises(InputError, match="partial_volume"):
         phycharm.make_model({"features": (4, 8), "cond_features": 4, "t1_max": 5.0,
                              "m0_max": 1.5, "partial_volume": "mixed"})
-    with pytest.raises(InputError, match="refine"):
-        phycharm.check_refine_model({"partial_volume": "two_tissue",
-                                     "refine": {"enabled": True}})
-    phycharm.check_refine_model({"partial_volume": "single", "refine": {"enabled": True}})
-    phycharm.check_refine_model({"partial_volume": "two_tissue", "refine": {"enabled": False}})
 
 
 @pytest.mark.parametrize("partial_volume", ["single", "two_tissue"])

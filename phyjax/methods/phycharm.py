@@ -75,7 +75,7 @@ from phyjax.methods.calibration import (CALIBRATE, calibrate_output, check_calib
                                        fit_site_maps, learn_site_maps, site_map_for)
 from phyjax.models.phycharm import (BASES, PARTIAL_VOLUME, PhyCHarm, reference_signal,
                                     synthesize_maps)
-from phyjax.physics import consistency, signal, tissues
+from phyjax.physics import consistency, partial_volume as partial_volume_module, signal, tissues
 from phyjax.physics.sequences import Protocol, encode
 from phyjax.physics.tissues import TISSUES, convert_t1, tissue_parameters
 from phyjax.train import TrainState, fit as fit_loop, make_train_step
@@ -371,28 +371,32 @@ def refine_settings(cfg) -> dict:
     return out
 
 
-def check_refine_model(cfg: dict) -> None:
-    """InputError when data consistency (``cfg["refine"]`` enabled) meets a model whose voxels
-    are not single-tissue: :func:`phyjax.physics.consistency.map_update` fits one T1 per voxel
-    through the signal equation, which a ``two_tissue`` model's maps do not follow."""
-    pv = cfg.get("partial_volume", "single")
-    if dict(cfg.get("refine") or {}).get("enabled") and pv != "single":
-        raise InputError(f"config.model.refine.enabled=True needs config.model.partial_volume="
-                         f"'single' (its per-voxel fit is the one-tissue signal equation); "
-                         f"this model has {pv!r}.")
+def _voxel_signal(protocol: Protocol, t1, m0, maps_field_strength, partial_volume: str):
+    """Signal of ``protocol`` from maps of any shape (no batch axis) under the model's voxel
+    model, as :func:`phyjax.models.phycharm.synthesize_maps`: ``single`` one tissue of the T1
+    converted to ``protocol``'s B0, ``two_tissue`` the two tissues each mean T1 stands for.
+    ``maps_field_strength``: the maps' B0 (T); ``None``: ``protocol``'s own (the source)."""
+    if partial_volume == "two_tissue":
+        b0 = protocol.field_strength if maps_field_strength is None else maps_field_strength
+        return partial_volume_module.mixture_synthesize(protocol, t1, m0, b0)
+    if maps_field_strength is not None:
+        t1 = convert_t1(t1, maps_field_strength, protocol.field_strength)
+    return signal.synthesize(protocol, t1, jnp.inf, jnp.inf, m0)
 
 
-@functools.partial(jax.jit, static_argnames="iterations")
+@functools.partial(jax.jit, static_argnames=("iterations", "partial_volume"))
 def _refine_volume(source_protocol, target, ref, image, t1, m0, gain, b0_source, settings,
-                   iterations):
+                   iterations, partial_volume="single"):
+    def forward(t1_, m0_):      # the source through the voxel model the maps were made under
+        return _voxel_signal(source_protocol, t1_, m0_, None, partial_volume)
+
     t1r, m0r = consistency.map_update(
         source_protocol, image, t1, m0, gain, t1_sd=settings["t1_sd"], m0_sd=settings["m0_sd"],
         noise=settings["noise"], iterations=iterations, t1_max=settings["t1_max"],
-        m0_max=settings["m0_max"])
+        m0_max=settings["m0_max"], forward=forward)
 
     def target_image(t1_, m0_):
-        return signal.synthesize(target, convert_t1(t1_, b0_source, target.field_strength),
-                                 jnp.inf, jnp.inf, m0_) / ref
+        return _voxel_signal(target, t1_, m0_, b0_source, partial_volume) / ref
 
     return t1r, m0r, target_image(t1r, m0r) - target_image(t1, m0)
 
@@ -411,16 +415,20 @@ def refine_outputs(out: dict, volume, target: Protocol, ref: float, settings: di
     the weight the re-synthesis has in the output).  So detail the network smoothed away but
     the source shows comes back with the target's contrast, and nothing changes where the
     source cannot tell.
+    Both signal equations take the model's voxel model (``cfg["partial_volume"]``: one tissue
+    per voxel, or the two tissues each mean T1 stands for, :func:`_voxel_signal`), so the fit
+    explains the source the way the network's physics term did.
     Returns the dict with ``t1``, ``m0``, ``resynth`` and ``harmonized`` refined and the
     network's maps kept as ``t1_network``, ``m0_network``.
     """
-    check_refine_model(dict(cfg, refine=settings))
     readout = cfg.get("readout", "sidecar")
+    pv = check_partial_volume(cfg.get("partial_volume", "single"))
     src = _f32(volume.protocol, readout)
     mask = np.asarray(volume.mask, bool)
     image = np.asarray(volume.image, np.float32)
     t1, m0 = out["t1"].astype(np.float32), out["m0"].astype(np.float32)
-    s = np.asarray(signal.synthesize(src, jnp.asarray(t1), jnp.inf, jnp.inf, jnp.asarray(m0)))
+    b0 = np.float32(volume.protocol.field_strength)
+    s = np.asarray(_voxel_signal(src, jnp.asarray(t1), jnp.asarray(m0), None, pv))
     voxel = np.linalg.norm(np.asarray(volume.grid_affine())[:3, :3], axis=0)
     sigma = float(settings["bias_fwhm_mm"]) / (2.0 * np.sqrt(2.0 * np.log(2.0))) / voxel
     gain = consistency.local_gain(image, s, mask, sigma) * mask
@@ -428,7 +436,7 @@ def refine_outputs(out: dict, volume, target: Protocol, ref: float, settings: di
     numeric.update(t1_max=np.float32(cfg["t1_max"]), m0_max=np.float32(cfg["m0_max"]))
     t1r, m0r, delta = jax.device_get(_refine_volume(
         src, target, np.float32(ref), image, t1, m0, gain,
-        np.float32(volume.protocol.field_strength), numeric, int(settings["iterations"])))
+        b0, numeric, int(settings["iterations"]), pv))
     result = dict(out, t1_network=t1, m0_network=m0)
     result["t1"] = np.where(mask, t1r, t1)
     result["m0"] = np.where(mask, m0r, m0)
@@ -613,7 +621,6 @@ def _fit_network(config, train: TrainingSet, name: str = "phycharm", *, workdir:
     model_cfg = {k: config.model[k] for k in MODEL_KEYS}
     model_cfg["features"] = tuple(model_cfg["features"])
     model_cfg["refine"] = refine_settings(config.model.get("refine"))
-    check_refine_model(model_cfg)
     model_cfg["calibrate"] = check_calibrate(config.model.get("calibrate", "none"))
     model_cfg["tta"] = networks.check_tta(config.model.get("tta", "none"))
     views = model_cfg["views"] = check_views(config.model.get("views", ("axial",)))

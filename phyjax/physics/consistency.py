@@ -10,7 +10,8 @@ is moved to the maximum a posteriori estimate under
     T1 ~ N(T1_net, (a T1_net)^2),   M0 ~ N(M0_net, (b M0_net)^2),
 
 with ``S`` the source protocol's signal equation (:func:`phyjax.physics.signal.synthesize`,
-T2/T2* folded into M0 as PhyCHarm's generator does), ``g`` the smooth receive gain (bias field
+T2/T2* folded into M0 as PhyCHarm's generator does; for a model of two-tissue voxels the
+signal of the two tissues each mean T1 stands for, :mod:`phyjax.physics.partial_volume`), ``g`` the smooth receive gain (bias field
 times the image's normalisation, :func:`local_gain`), the network's maps as the prior mean and
 its relative errors ``a``, ``b`` as the prior widths.  The posterior mode is found by
 Gauss-Newton on the linearised signal equation -- for one measurement and a diagonal prior
@@ -56,18 +57,20 @@ def local_gain(image, synthesized, mask, sigma_voxels) -> np.ndarray:
     return np.where(den > tiny, num / np.maximum(den, tiny), 0.0).astype(np.float32)
 
 
-def _signal_and_jacobian(protocol: Protocol, t1, m0):
-    """``S``, ``dS/dT1``, ``dS/dM0`` of :func:`signal.synthesize` (T2/T2* folded), voxelwise."""
-    def f(t1_, m0_):
-        return signal.synthesize(protocol, t1_, jnp.inf, jnp.inf, m0_)
+def _signal_and_jacobian(protocol: Protocol, t1, m0, forward=None):
+    """``S``, ``dS/dT1``, ``dS/dM0`` voxelwise of ``forward(t1, m0)``, by default
+    :func:`signal.synthesize` of ``protocol`` (T2/T2* folded)."""
+    if forward is None:
+        def forward(t1_, m0_):
+            return signal.synthesize(protocol, t1_, jnp.inf, jnp.inf, m0_)
 
-    s, d_t1 = jax.jvp(lambda x: f(x, m0), (t1,), (jnp.ones_like(t1),))
-    _, d_m0 = jax.jvp(lambda x: f(t1, x), (m0,), (jnp.ones_like(m0),))
+    s, d_t1 = jax.jvp(lambda x: forward(x, m0), (t1,), (jnp.ones_like(t1),))
+    _, d_m0 = jax.jvp(lambda x: forward(t1, x), (m0,), (jnp.ones_like(m0),))
     return s, d_t1, d_m0
 
 
 def map_update(protocol: Protocol, image, t1_prior, m0_prior, gain, *, t1_sd=0.15, m0_sd=0.08,
-               noise=0.06, iterations=3, t1_max=5.0, m0_max=1.5):
+               noise=0.06, iterations=3, t1_max=5.0, m0_max=1.5, forward=None):
     """Maximum a posteriori (T1, M0) of each voxel given its measured ``image`` value.
 
     Minimises ``(image - gain S(T1, M0))^2 / noise^2 + (T1 - T1p)^2 / (t1_sd T1p)^2 +
@@ -85,6 +88,12 @@ def map_update(protocol: Protocol, image, t1_prior, m0_prior, gain, *, t1_sd=0.1
       iterations: Gauss-Newton steps (>= 1).
       t1_max, m0_max: the model's map bounds; the result is clipped to
         ``[T1_MIN, t1_max]`` and ``[0, m0_max]``.
+      forward: the voxelwise signal model ``S(t1, m0)`` (arrays of one shape, differentiable);
+        ``None``: one tissue of that T1 through ``protocol``'s signal equation
+        (:func:`signal.synthesize`).  A model of two-tissue voxels passes
+        ``lambda t1, m0: mixture_synthesize(protocol, t1, m0, protocol.field_strength)``
+        (:mod:`phyjax.physics.partial_volume`), so the fit explains the image with the voxel
+        model the maps were predicted under.
 
     Returns ``(t1, m0)`` of the input shape.  Pure and differentiable (jit-able); raises
     ValueError for ``iterations < 1`` or a non-positive Python ``noise``.
@@ -100,7 +109,7 @@ def map_update(protocol: Protocol, image, t1_prior, m0_prior, gain, *, t1_sd=0.1
     v1, v0 = (t1_sd * t1p) ** 2, (m0_sd * m0p) ** 2
     t1, m0 = t1p, m0p
     for _ in range(int(iterations)):
-        s, ds1, ds0 = _signal_and_jacobian(protocol, t1, m0)
+        s, ds1, ds0 = _signal_and_jacobian(protocol, t1, m0, forward)
         g1, g0 = g * ds1, g * ds0
         # innovation of the linearisation at (t1, m0), referred to the prior mean
         r = y - g * s + g1 * (t1 - t1p) + g0 * (m0 - m0p)
