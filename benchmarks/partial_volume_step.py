@@ -1,10 +1,13 @@
 """Seconds per PhyCHarm training step with one T1 per voxel against two-tissue voxels
 (``config.model.partial_volume``; docs/phycharm_ablation.md, item 50).
 
-One batch of the benchmark's shape (8 slices of 96 x 112, random values: the cost does not
-depend on them), one MPRAGE protocol with its readout train as source and target, the default
-``configs/benchmark.py`` model and active loss terms; each variant compiled once, then
-``--steps`` steps timed.  Also the re-synthesis alone (``synthesize_maps``), forward and gradient.
+The re-synthesis alone (``synthesize_maps``, 8 slices of 96 x 112, one MPRAGE protocol with
+its readout train), forward and gradient; then a whole training step (the default
+``configs/phycharm.py`` model and active loss terms, a batch of the main command's shape: 8
+slices of 80 x 104, random values -- the cost does not depend on them) with each default site's
+protocol as the source and the reference MPRAGE as the target, the two voxel models in one
+process one after the other: each protocol's first call (its compilation; one per sequence
+family, the others reuse it) and then ``--steps`` steps.
 
 Usage::
 
@@ -29,7 +32,7 @@ from phyjax.physics.sequences import Protocol
 from phyjax.train import TrainState, make_train_step
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from phycharm_step import random_batch, seconds_per_step  # noqa: E402
+from phycharm_step import random_batch  # noqa: E402
 
 
 def timed(fn, *args, repeats):
@@ -45,7 +48,6 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=6)
     args = ap.parse_args(argv)
-    cfg = load_config("benchmark")
     rng = np.random.default_rng(0)
     b, h, w = 8, 96, 112
     protocol = P._f32(Protocol(tr=2.3, te=0.003, ti=0.9, flip_angle=0.15, field_strength=3.0,
@@ -60,20 +62,41 @@ def main(argv=None) -> None:
         grad = timed(jax.jit(jax.grad(energy, argnums=(0, 1))), t1, m0, repeats=10)
         print(f"{pv}: re-synthesis {1e3 * fwd:.1f} ms, its gradient {1e3 * grad:.1f} ms",
               flush=True)
+    cfg = load_config("phycharm")
+    sites = {name: site_protocol(site) for name, site in cfg.data.sites.items()}
+    target = sites.pop(cfg.data.target_site)
+    ref = np.float32(P.reference_level(P.model_protocol(target)))
+    weights = {k: np.float32(cfg.train[k]) for k in P.WEIGHTS}
+    b, h, w = cfg.train.batch_size, 80, 104
     for pv in ("single", "two_tissue"):
         m = {k: cfg.model[k] for k in P.MODEL_KEYS}
-        m["base"] = P.resolve_base(m["base"], False)
+        m.update(P.resolve_base_settings(m, False))
         m["partial_volume"] = pv
         model, tx = P.make_model(m), networks.make_optimizer(cfg.train)
         batch = random_batch(b, h, w, 2 * m["context"] + 1, rng)
-        ref = np.float32(P.reference_level(P.model_protocol(protocol)))
-        weights = {k: np.float32(cfg.train[k]) for k in P.WEIGHTS}
         step = make_train_step(P.make_loss(model, P.active_terms(cfg.train)), tx)
         state = TrainState.create(P.init_params(model, (h, w), m["context"], 0), tx)
-        inputs = (batch, protocol, protocol, ref, weights)
-        print(f"{pv}: training step {seconds_per_step(step, state, inputs, args.steps):.3f} s",
-              flush=True)
+        for name, source in sites.items():
+            inputs = (batch, source, target, ref, weights)
+            t = time.perf_counter()
+            state, metrics = step(state, inputs)
+            jax.block_until_ready(metrics)
+            first = time.perf_counter() - t
+            t = time.perf_counter()
+            for _ in range(args.steps):
+                state, metrics = step(state, inputs)
+            jax.block_until_ready(metrics)
+            print(f"{pv:10s} source {name:16s} first call {first:5.1f} s, then "
+                  f"{(time.perf_counter() - t) / args.steps:.3f} s/step", flush=True)
 
+
+def site_protocol(site) -> Protocol:
+    """The :class:`Protocol` of a ``config.data.sites`` entry (flip angle degrees -> rad), in
+    float32 as training passes it."""
+    return P._f32(Protocol(tr=site.tr, te=site.te, ti=site.ti,
+                           flip_angle=float(np.deg2rad(site.flip_angle)),
+                           field_strength=site.field_strength, tr_readout=site.tr_readout,
+                           n_readouts=float(site.n_readouts), sequence=site.sequence))
 
 if __name__ == "__main__":
     main()

@@ -9,9 +9,10 @@ Harmonize a user's T1w with the trained checkpoint in --workdir:
       --config.harmonize.mask=mask.nii.gz --config.harmonize.sidecar=t1w.json \
       --config.harmonize.output=t1w_harmonized.nii.gz
 
-Expected runtime on 2 idle CPU cores: default ~12 min (11 min 53 s at 9ccd3c2 with the dataset
-cached: training 7.3 min at 1.0 s/step, the per-site maps ~1.3 min, evaluation ~2 min; building
-the dataset adds ~40 s once); debug about 1 min.
+Expected runtime on 2 idle CPU cores: default 12-15 min with the dataset cached (14 min 55 s on
+2026-12-06, a slow day of this machine on which item 48's single-T1 default took 14:28 against
+11:53 the day before: training 8.7 min at 0.62 s/step, the per-site maps and evaluation ~6 min;
+building the dataset adds ~40 s once); debug about 1 min.
 Every field below can be overridden with --config.<path>=<value>; an unknown
 key is an error.
 """
@@ -131,15 +132,18 @@ def get_config(arg: str | None = None) -> ConfigDict:
     model.readout = "sidecar"  # MPRAGE/IR-SPGR signal with the readout train the protocol
                                # carries (sidecar + site table), or "static" (the static
                                # equation for all: the pre-issue-14 model, for the ablation)
-    # How a voxel's predicted T1/M0 become a signal (the target re-synthesis and the source
-    # physics-consistency term; phyjax.physics.partial_volume): "two_tissue" reads each voxel's
-    # mean T1 as the two adjacent tissues it mixes (WM/GM or GM/CSF) and sums their signals, as
-    # a scanner does; "single" takes the signal equation of the mean T1 (the published model),
-    # which re-synthesizes even the exact maps of a head with 40-50 % too much CSF under the
-    # target MPRAGE (benchmarks/partial_volume.py). "single" by default: over two seeds on the
-    # validation heads two_tissue raised GM Dice by 0.012 and cut the mean volume error 7.4 ->
-    # 5.3 % but lost 0.37 dB, past the rule's 0.3 (docs/phycharm_ablation.md, item 30).
-    model.partial_volume = "single"
+    # How a voxel's predicted T1/M0 become a signal (the target re-synthesis, the source
+    # physics-consistency term and data consistency; phyjax.physics.partial_volume):
+    # "two_tissue" reads each voxel's mean T1 as the two adjacent tissues it mixes (WM/GM or
+    # GM/CSF) and sums their signals, as a scanner does; "single" takes the signal equation of
+    # the mean T1 (the published model), which re-synthesizes even the exact maps of a head
+    # with 40-50 % too much CSF under the target MPRAGE (benchmarks/partial_volume.py).
+    # "auto" (default): "two_tissue" on the gated base -- over two seeds on the validation
+    # heads (rule written before the runs) +0.03 dB, GM Dice +0.0027, mean |dV| -0.56 points,
+    # T1 NRMSE 0.138 -> 0.114, the main command 27 s longer (docs/phycharm_ablation.md, item
+    # 50) -- and "single" on the re-synthesis base (a model for a range of targets), where
+    # two_tissue lost 0.37 dB, past the rule's 0.3 (items 30, 35).
+    model.partial_volume = "auto"
     # What the harmonizer's residual is added to: "resynth" (the target re-synthesized from the
     # predicted maps, the published model) or "gated" (a per-voxel blend of that re-synthesis and
     # the source's own centre slice, the weight a second output of the harmonizer: the

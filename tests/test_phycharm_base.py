@@ -315,15 +315,28 @@ def test_base_settings_of_a_training_resolved_and_off_where_they_cannot_act():
     setting: nothing for the detail gate to choose between); bad values still fail."""
     from phyjax.methods.phycharm import resolve_base_settings
 
-    default = dict(base="auto", source_smoothing=0.5, source_range=0.0, detail_gate=True)
-    assert resolve_base_settings(default, many_targets=False) == default | {"base": "gated"}
-    off = {"base": "resynth", "source_smoothing": 0.0, "source_range": 0.0, "detail_gate": False}
+    default = dict(base="auto", partial_volume="auto", source_smoothing=0.5, source_range=0.0,
+                   detail_gate=True)
+    gated = {"base": "gated", "partial_volume": "two_tissue"}
+    assert resolve_base_settings(default, many_targets=False) == default | gated
+    off = {"base": "resynth", "partial_volume": "single", "source_smoothing": 0.0,
+           "source_range": 0.0, "detail_gate": False}
     assert resolve_base_settings(default | {"base": "resynth"}, False) == off
     assert resolve_base_settings(default | {"source_range": 0.1}, many_targets=True) == off
     assert resolve_base_settings(default | {"source_smoothing": 0.0}, False) == (
-        default | {"base": "gated", "source_smoothing": 0.0, "detail_gate": False})
+        default | gated | {"source_smoothing": 0.0, "detail_gate": False})
+    # partial_volume: auto follows the base (two-tissue voxels passed their rule on the gated
+    # base only, items 30 / 35 / 50); a named value is kept on either base
+    for base in ("gated", "resynth"):
+        for pv in ("single", "two_tissue"):
+            got = resolve_base_settings(default | {"base": base, "partial_volume": pv}, False)
+            assert got["partial_volume"] == pv
+    assert resolve_base_settings({"base": "gated"}, False)["partial_volume"] == "single"
+    with pytest.raises(InputError, match="resolve_partial_volume"):
+        phycharm.make_model(dict(features=(4, 8), cond_features=4, t1_max=5.0, m0_max=1.5,
+                                 partial_volume="auto"))
     for key, bad in (("detail_gate", "yes"), ("source_smoothing", -1.0), ("source_range", "x"),
-                     ("base", "both")):
+                     ("base", "both"), ("partial_volume", "three_tissue")):
         with pytest.raises(InputError, match=f"config.model.{key}"):
             resolve_base_settings(default | {"base": "resynth", key: bad}, False)
     # what it returns builds a model (make_model's stricter check agrees)
