@@ -53,7 +53,7 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     cfg = load_config("benchmark")
     m = {k: cfg.model[k] for k in P.MODEL_KEYS}
-    m["base"] = P.resolve_base(m["base"], bool(cfg.target.randomize))
+    m.update(P.resolve_base_settings(m, bool(cfg.target.randomize)))
     model, tx = P.make_model(m), networks.make_optimizer(cfg.train)
     b, h, w, c = cfg.train.batch_size, 96, 112, 2 * m["context"] + 1
     batch = random_batch(b, h, w, c, np.random.default_rng(0))
