@@ -180,11 +180,12 @@ def resolve_base_settings(model_cfg, many_targets: bool) -> dict:
     ``gate_prior`` is unused there: all three for a ``resynth`` base (no source slice to smooth;
     named or resolved from ``auto``, so ``--config.model.base=resynth`` needs no other flag
     beside the default's smoothing), ``detail_gate`` where nothing is smoothed (as
-    ``source_range`` is then inert); ``partial_volume`` resolved for that base
-    (:func:`resolve_partial_volume`). What is returned is what the model is built and saved
+    ``source_range`` is then inert); ``partial_volume`` resolved for that base and
+    ``model_cfg["pairs"]`` (:func:`resolve_partial_volume`; ``paired`` if absent). What is returned is what the model is built and saved
     with, so the harmonize sidecar records what was used."""
     base = resolve_base(model_cfg["base"], many_targets)
-    partial_volume = resolve_partial_volume(model_cfg.get("partial_volume", "single"), base)
+    partial_volume = resolve_partial_volume(model_cfg.get("partial_volume", "single"), base,
+                                            model_cfg.get("pairs", "paired"))
     smoothing = check_source_smoothing(model_cfg.get("source_smoothing", 0.0))
     range_sd = check_source_smoothing(model_cfg.get("source_range", 0.0), "source_range",
                                       "intensity sd")
@@ -195,14 +196,16 @@ def resolve_base_settings(model_cfg, many_targets: bool) -> dict:
             "source_range": range_sd, "detail_gate": detail and smoothing > 0}
 
 
-def resolve_partial_volume(value: str, base: str) -> str:
-    """``config.model.partial_volume`` for one training with the resolved ``base``: ``auto`` is
-    ``two_tissue`` on the gated base, where it passed its validation rule (two seeds, 12 unseen
-    heads: +0.03 dB, GM Dice +0.0027, mean |dV| -0.56 points; docs/phycharm_ablation.md, item
-    50), and ``single`` on the re-synthesis base, where it failed its rule twice (-0.37 dB;
-    items 30 and 35).  A named value is kept.  InputError for another value."""
+def resolve_partial_volume(value: str, base: str, pairs: str = "paired") -> str:
+    """``config.model.partial_volume`` for one training with the resolved ``base`` and ``pairs``
+    (:func:`resolve_pairs`): ``auto`` is ``two_tissue`` on the gated base trained on
+    traveling-subject pairs, where it passed its validation rule (two seeds, 12 unseen heads:
+    +0.03 dB, GM Dice +0.0027, mean |dV| -0.56 points; docs/phycharm_ablation.md, item 50), and
+    ``single`` elsewhere: on the re-synthesis base it failed its rule twice (-0.37 dB; items 30
+    and 35), and with physics-made pairs (``phycharm_unpaired``) it has not been measured.  A
+    named value is kept.  InputError for another value."""
     if value == "auto":
-        return "two_tissue" if base == "gated" else "single"
+        return "two_tissue" if base == "gated" and pairs == "paired" else "single"
     return check_partial_volume(value)
 
 
