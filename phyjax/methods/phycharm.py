@@ -75,9 +75,9 @@ from phyjax.methods.calibration import (CALIBRATE, calibrate_output, check_calib
                                        fit_site_maps, learn_site_maps, site_map_for)
 from phyjax.models.phycharm import (BASES, PARTIAL_VOLUME, PhyCHarm, reference_signal,
                                     synthesize_maps)
-from phyjax.physics import consistency, partial_volume as partial_volume_module, signal, tissues
+from phyjax.physics import consistency, signal, tissues
 from phyjax.physics.sequences import Protocol, encode
-from phyjax.physics.tissues import TISSUES, convert_t1, tissue_parameters
+from phyjax.physics.tissues import TISSUES, tissue_parameters
 from phyjax.train import TrainState, fit as fit_loop, make_train_step
 
 MODEL_KEYS = ("features", "cond_features", "t1_max", "m0_max", "context", "readout",
@@ -175,14 +175,16 @@ def resolve_base(value: str, many_targets: bool) -> str:
 
 def resolve_base_settings(model_cfg, many_targets: bool) -> dict:
     """``base``, ``partial_volume``, ``source_smoothing``, ``source_range`` and ``detail_gate``
-    of ``model_cfg`` for one training: ``base`` resolved (:func:`resolve_base`), every value checked (InputError
-    naming the bad one), and the gated base's own settings off where they cannot act, as
+    of ``model_cfg`` for one training: ``base`` resolved (:func:`resolve_base`), every value
+    checked (InputError naming the bad one), and the gated base's own settings off where they
+    cannot act, as
     ``gate_prior`` is unused there: all three for a ``resynth`` base (no source slice to smooth;
     named or resolved from ``auto``, so ``--config.model.base=resynth`` needs no other flag
     beside the default's smoothing), ``detail_gate`` where nothing is smoothed (as
     ``source_range`` is then inert); ``partial_volume`` resolved for that base and
-    ``model_cfg["pairs"]`` (:func:`resolve_partial_volume`; ``paired`` if absent). What is returned is what the model is built and saved
-    with, so the harmonize sidecar records what was used."""
+    ``model_cfg["pairs"]`` (:func:`resolve_partial_volume`; ``paired`` if absent). What is
+    returned is what the model is built and saved with, so the harmonize sidecar records what
+    was used."""
     base = resolve_base(model_cfg["base"], many_targets)
     partial_volume = resolve_partial_volume(model_cfg.get("partial_volume", "single"), base,
                                             model_cfg.get("pairs", "paired"))
@@ -390,23 +392,17 @@ def refine_settings(cfg) -> dict:
 
 
 def _voxel_signal(protocol: Protocol, t1, m0, maps_field_strength, partial_volume: str):
-    """Signal of ``protocol`` from maps of any shape (no batch axis) under the model's voxel
-    model, as :func:`phyjax.models.phycharm.synthesize_maps`: ``single`` one tissue of the T1
-    converted to ``protocol``'s B0, ``two_tissue`` the two tissues each mean T1 stands for.
-    ``maps_field_strength``: the maps' B0 (T); ``None``: ``protocol``'s own (the source)."""
-    if partial_volume == "two_tissue":
-        b0 = protocol.field_strength if maps_field_strength is None else maps_field_strength
-        return partial_volume_module.mixture_synthesize(protocol, t1, m0, b0)
-    if maps_field_strength is not None:
-        t1 = convert_t1(t1, maps_field_strength, protocol.field_strength)
-    return signal.synthesize(protocol, t1, jnp.inf, jnp.inf, m0)
+    """:func:`phyjax.models.phycharm.synthesize_maps` (the network's own voxel model) for maps
+    of any shape without a batch axis, at ``maps_field_strength`` (T, scalar)."""
+    return synthesize_maps(protocol, t1[None], m0[None], maps_field_strength,
+                           partial_volume)[0]
 
 
 @functools.partial(jax.jit, static_argnames=("iterations", "partial_volume"))
 def _refine_volume(source_protocol, target, ref, image, t1, m0, gain, b0_source, settings,
                    iterations, partial_volume="single"):
     def forward(t1_, m0_):      # the source through the voxel model the maps were made under
-        return _voxel_signal(source_protocol, t1_, m0_, None, partial_volume)
+        return _voxel_signal(source_protocol, t1_, m0_, b0_source, partial_volume)
 
     t1r, m0r = consistency.map_update(
         source_protocol, image, t1, m0, gain, t1_sd=settings["t1_sd"], m0_sd=settings["m0_sd"],
@@ -434,8 +430,9 @@ def refine_outputs(out: dict, volume, target: Protocol, ref: float, settings: di
     the source shows comes back with the target's contrast, and nothing changes where the
     source cannot tell.
     Both signal equations take the model's voxel model (``cfg["partial_volume"]``: one tissue
-    per voxel, or the two tissues each mean T1 stands for, :func:`_voxel_signal`), so the fit
-    explains the source the way the network's physics term did.
+    per voxel, or the two tissues each mean T1 stands for;
+    :func:`phyjax.models.phycharm.synthesize_maps`), so the fit explains the source the way
+    the network's physics term did.
     Returns the dict with ``t1``, ``m0``, ``resynth`` and ``harmonized`` refined and the
     network's maps kept as ``t1_network``, ``m0_network``.
     """
@@ -446,7 +443,7 @@ def refine_outputs(out: dict, volume, target: Protocol, ref: float, settings: di
     image = np.asarray(volume.image, np.float32)
     t1, m0 = out["t1"].astype(np.float32), out["m0"].astype(np.float32)
     b0 = np.float32(volume.protocol.field_strength)
-    s = np.asarray(_voxel_signal(src, jnp.asarray(t1), jnp.asarray(m0), None, pv))
+    s = np.asarray(_voxel_signal(src, jnp.asarray(t1), jnp.asarray(m0), b0, pv))
     voxel = np.linalg.norm(np.asarray(volume.grid_affine())[:3, :3], axis=0)
     sigma = float(settings["bias_fwhm_mm"]) / (2.0 * np.sqrt(2.0 * np.log(2.0))) / voxel
     gain = consistency.local_gain(image, s, mask, sigma) * mask

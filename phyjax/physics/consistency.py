@@ -11,15 +11,16 @@ is moved to the maximum a posteriori estimate under
 
 with ``S`` the source protocol's signal equation (:func:`phyjax.physics.signal.synthesize`,
 T2/T2* folded into M0 as PhyCHarm's generator does; for a model of two-tissue voxels the
-signal of the two tissues each mean T1 stands for, :mod:`phyjax.physics.partial_volume`), ``g`` the smooth receive gain (bias field
-times the image's normalisation, :func:`local_gain`), the network's maps as the prior mean and
-its relative errors ``a``, ``b`` as the prior widths.  The posterior mode is found by
-Gauss-Newton on the linearised signal equation -- for one measurement and a diagonal prior
-the update has the closed form of a Kalman gain (iterated extended Kalman filter; Bell &
-Cathey, IEEE TAC 38:294, 1993; the data-consistency step of model-based reconstruction, e.g.
-Schlemper et al., IEEE TMI 37:491, 2018, in its Bayesian form).  Where the image is noisy or
-insensitive to T1 (``|dS/dT1|`` small against ``sigma``) the prior wins and the maps stay the
-network's; where it is informative the residual detail moves into the maps.
+signal of the two tissues each mean T1 stands for, :mod:`phyjax.physics.partial_volume`),
+``g`` the smooth receive gain (bias field times the image's normalisation, :func:`local_gain`),
+the network's maps as the prior mean and its relative errors ``a``, ``b`` as the prior widths.
+The posterior mode is found by Gauss-Newton on the linearised signal equation -- for one
+measurement and a diagonal prior the update has the closed form of a Kalman gain (iterated
+extended Kalman filter; Bell & Cathey, IEEE TAC 38:294, 1993; the data-consistency step of
+model-based reconstruction, e.g. Schlemper et al., IEEE TMI 37:491, 2018, in its Bayesian form).
+Where the image is noisy or insensitive to T1 (``|dS/dT1|`` small against ``sigma``) the prior
+wins and the maps stay the network's; where it is informative the residual detail moves into the
+maps.
 """
 
 from __future__ import annotations
