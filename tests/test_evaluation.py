@@ -474,3 +474,55 @@ def test_zscore_reads_an_integer_mask_as_a_mask():
     z.mean_, z.std_ = 0.0, 1.0
     np.testing.assert_array_equal(z(image, mask.astype(np.uint8)), z(image, mask))
     assert z(image, mask)[mask].mean() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_maps_alongside_scores_the_maps_of_one_pass_as_generator_maps_does():
+    # MapsAlongside (the main command's evaluation): the network runs once per scan, the maps
+    # rows equal generator_maps' (which predicts again), harmonize equals the harmonizer's own,
+    # and a scan the evaluation never harmonized is predicted when its row is asked for.
+    from phyjax.data.volumes import Volume
+    from phyjax.evaluate.measures import MapsAlongside, generator_maps
+    from phyjax.methods.networks import SliceNetworkHarmonizer
+
+    rng = np.random.default_rng(0)
+
+    class Fake:
+        kind = "image"
+        image_of = staticmethod(SliceNetworkHarmonizer.image_of)
+
+        def __init__(self):
+            self.calls = 0
+
+        def predict(self, v):
+            self.calls += 1
+            known = v.t1 is not None
+            return {"t1": v.t1 * 1.1 if known else np.ones_like(v.image),
+                    "m0": v.m0 + 0.05 if known else np.ones_like(v.image),
+                    "harmonized": v.image * 2.0}
+
+        def harmonize(self, v):
+            return self.image_of(v, self.predict(v))
+
+    def scan(subject, site, maps=True):
+        mask = rng.random((6, 5, 4)) > 0.3
+        t1 = rng.uniform(0.8, 4.0, mask.shape) if maps else None
+        m0 = rng.uniform(0.6, 1.0, mask.shape) if maps else None
+        return Volume(subject, site, None, rng.random(mask.shape).astype(np.float32), mask,
+                      f"{subject}_{site}.nii.gz", t1=t1, m0=m0)
+
+    volumes = {s: {"a": scan(s, "a"), "b": scan(s, "b"), "c": scan(s, "c", maps=False)}
+               for s in ("01", "02")}
+    fake = Fake()
+    wrapped = MapsAlongside(fake)
+    assert wrapped.kind == "image"
+    for s in ("01", "02"):
+        for site in ("a", "c"):                          # site "b" is never harmonized
+            np.testing.assert_array_equal(wrapped.harmonize(volumes[s][site]),
+                                          fake.harmonize(volumes[s][site]))
+    calls = fake.calls
+    rows = wrapped.rows(volumes, ["01", "02"], ["a", "b", "c"])
+    assert fake.calls - calls == 2                       # only the two "b" scans
+    assert rows == generator_maps(Fake(), volumes, ["01", "02"], ["a", "b", "c"])
+    assert [(r["subject"], r["site"]) for r in rows] == [("01", "a"), ("01", "b"),
+                                                          ("02", "a"), ("02", "b")]
+    assert all(r["t1_nrmse"] > 0.05 for r in rows)

@@ -6,7 +6,8 @@
   :func:`phyjax.evaluate.loop.evaluate_images`.
 * :func:`evaluate_features` -- the rows of a feature-level method (ComBat): held-out features and
   volumes mapped into the target site.
-* :func:`generator_maps` -- T1/M0 NRMSE of PhyCHarm's quantitative maps.
+* :func:`generator_maps` -- T1/M0 NRMSE of PhyCHarm's quantitative maps (:class:`MapsAlongside`:
+  the same, scored while the evaluation harmonizes).
 * :class:`LesionMeasure` -- white-matter lesions' contrast against the WM around them, against the
   same lesions in the target image (default data with ``data.lesions`` > 0).
 * :func:`reproducibility` -- ICC of every radiomic feature across sites (traveling subjects).
@@ -233,11 +234,48 @@ def generator_maps(harmonizer, volumes, subjects, source_sites) -> list[dict]:
             v = volumes[subject].get(site)
             if v is None or v.t1 is None:
                 continue
-            pred = harmonizer.predict(v)
-            rows.append({"site": site, "subject": subject,
-                         "t1_nrmse": float(nrmse(pred["t1"], v.t1, v.mask)),
-                         "m0_nrmse": float(nrmse(pred["m0"], v.m0, v.mask))})
+            rows.append({"site": site, "subject": subject, **_map_errors(harmonizer.predict(v), v)})
     return rows
+
+
+def _map_errors(pred: dict, v) -> dict:
+    return {"t1_nrmse": float(nrmse(pred["t1"], v.t1, v.mask)),
+            "m0_nrmse": float(nrmse(pred["m0"], v.m0, v.mask))}
+
+
+class MapsAlongside:
+    """A maps-predicting harmonizer (PhyCHarm) for one evaluation pass that scores its maps on
+    the way: :meth:`harmonize` runs the network once per scan (``predict``), keeps the T1/M0
+    NRMSE of scans with ground-truth maps and returns the harmonized image, so :meth:`rows`
+    gives :func:`generator_maps`' rows without a second pass over the held-out scans (a scan not
+    harmonized through it is predicted then).  Everything else is the wrapped harmonizer's.
+    Scans are matched by object identity: the evaluation's volumes must be the ones passed to
+    :meth:`rows`."""
+
+    def __init__(self, harmonizer):
+        self.harmonizer = harmonizer
+        self._errors: dict[int, dict] = {}
+
+    def __getattr__(self, name):
+        return getattr(self.harmonizer, name)
+
+    def harmonize(self, volume):
+        pred = self.harmonizer.predict(volume)
+        if volume.t1 is not None:
+            self._errors[id(volume)] = _map_errors(pred, volume)
+        return self.harmonizer.image_of(volume, pred)
+
+    def rows(self, volumes, subjects, source_sites) -> list[dict]:
+        """:func:`generator_maps` of the wrapped harmonizer, from the scans already harmonized."""
+        rows = []
+        for subject in subjects:
+            for site in source_sites:
+                v = volumes[subject].get(site)
+                if v is None or v.t1 is None:
+                    continue
+                errors = self._errors.get(id(v)) or _map_errors(self.harmonizer.predict(v), v)
+                rows.append({"site": site, "subject": subject, **errors})
+        return rows
 
 
 def reproducibility(methods, feats, subjects, sites) -> list[dict]:

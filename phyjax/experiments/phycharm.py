@@ -20,7 +20,7 @@ from phyjax.data.nifti import save_like
 from phyjax.data.volumes import native_image
 from phyjax.evaluate import figures, report
 from phyjax.evaluate.loop import evaluate_images, image_similarity
-from phyjax.evaluate.measures import LesionMeasure, generator_maps
+from phyjax.evaluate.measures import LesionMeasure, MapsAlongside
 from phyjax.experiments import harmonize as harmonize_mode
 from phyjax.experiments.common import (prepare_workdir, target_protocol, write_protocols,
                                        write_split)
@@ -72,7 +72,9 @@ def train_and_evaluate(config, workdir: str, progress: bool = True) -> dict:
     paired = [s for s in test if data.target_site in data.volumes[s]]
     outputs = _Outputs(config, workdir, data, paired[0] if paired else None)
     lesions = LesionMeasure.from_dataset(data.root, paired)   # default data with data.lesions
-    rows = evaluate_images(fitted, data.volumes, paired, data.source_sites, data.target_site,
+    # PhyCHarm's maps scored as it harmonizes (one network pass per scan, not two)
+    scored = dict(fitted, **{METHOD: MapsAlongside(fitted[METHOD])})
+    rows = evaluate_images(scored, data.volumes, paired, data.source_sites, data.target_site,
                            measures=(image_similarity,) + ((lesions,) if lesions else ()),
                            on_subject=outputs)
     for s in (s for s in test if s not in paired):  # no ground truth: harmonize and save
@@ -83,7 +85,7 @@ def train_and_evaluate(config, workdir: str, progress: bool = True) -> dict:
                      "harmonized and saved, not scored (the unpaired evaluation is "
                      "configs/benchmark.py's).")
     split.check_rows(rows, fitted)
-    map_rows = (generator_maps(fitted[METHOD], data.volumes, paired, data.source_sites)
+    map_rows = (scored[METHOD].rows(data.volumes, paired, data.source_sites)
                 if data.has_maps else [])
     write_reports(workdir, rows, map_rows, notes)
     if outputs.figure_rows:

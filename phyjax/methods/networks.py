@@ -378,7 +378,13 @@ class SliceNetworkHarmonizer(Harmonizer):
                                 where=getattr(volume, "path", None) or "the source scan")
 
     def harmonize(self, volume) -> np.ndarray:
-        return np.where(volume.mask, self.predict(volume)["harmonized"], 0.0).astype(np.float32)
+        return self.image_of(volume, self.predict(volume))
+
+    @staticmethod
+    def image_of(volume, outputs: dict) -> np.ndarray:
+        """The harmonized image of :meth:`predict`'s ``outputs`` on ``volume``: float32, 0
+        outside its mask (what :meth:`harmonize` returns)."""
+        return np.where(volume.mask, outputs["harmonized"], 0.0).astype(np.float32)
 
     def save_state(self, directory: str) -> dict:
         save_params(self.params, directory)

@@ -369,8 +369,7 @@ class PhyCHarmHarmonizer(networks.SliceNetworkHarmonizer):
         return self.calibrate(out, volume)
 
     def harmonize(self, volume, target: Protocol | None = None) -> np.ndarray:
-        out = self.predict(volume, target)["harmonized"]
-        return np.where(volume.mask, out, 0.0).astype(np.float32)
+        return self.image_of(volume, self.predict(volume, target))
 
 
 def refine_settings(cfg) -> dict:
