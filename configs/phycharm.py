@@ -9,10 +9,10 @@ Harmonize a user's T1w with the trained checkpoint in --workdir:
       --config.harmonize.mask=mask.nii.gz --config.harmonize.sidecar=t1w.json \
       --config.harmonize.output=t1w_harmonized.nii.gz
 
-Expected runtime on 2 idle CPU cores: default 12-15 min with the dataset cached (14 min 55 s on
-2026-12-06, a slow day of this machine on which item 48's single-T1 default took 14:28 against
-11:53 the day before: training 8.7 min at 0.62 s/step, the per-site maps and evaluation ~6 min;
-building the dataset adds ~40 s once); debug about 1 min.
+Expected runtime on 2 idle CPU cores: default 12-14 min with the dataset cached (12 min 14 s at
+f5e6c5f: training 7.9 min at 0.59 s/step, the per-site maps ~2.5 min, evaluation ~1.5 min; the
+machine's speed drifts by ~20 % between hours, and before f5e6c5f the evaluation spent ~90 s
+more; building the dataset adds ~40 s once); debug about 1 min.
 Every field below can be overridden with --config.<path>=<value>; an unknown
 key is an error.
 """
