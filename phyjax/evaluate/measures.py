@@ -228,14 +228,7 @@ def subject_level(methods, rows, feats, subjects, source_sites, c, notes):
 def generator_maps(harmonizer, volumes, subjects, source_sites) -> list[dict]:
     """T1 and M0 NRMSE of a maps-predicting harmonizer (PhyCHarm's generator, at the source B0)
     against the ground-truth maps, per held-out subject and source site (where maps exist)."""
-    rows = []
-    for subject in subjects:
-        for site in source_sites:
-            v = volumes[subject].get(site)
-            if v is None or v.t1 is None:
-                continue
-            rows.append({"site": site, "subject": subject, **_map_errors(harmonizer.predict(v), v)})
-    return rows
+    return MapsAlongside(harmonizer).rows(volumes, subjects, source_sites)  # nothing seen yet
 
 
 def _map_errors(pred: dict, v) -> dict:
