@@ -213,6 +213,8 @@ def test_debug_run_writes_every_table_and_figure(debug_run):
     assert desc["DatasetType"] == "derivative" and desc["GeneratedBy"][0]["Name"] == "phyjax"
     for m in methods:
         assert (f"| *{m} (ceiling)* |" if m in report.CEILINGS else f"| {m} |") in md
+    if "phycharm" in methods:   # its maps scored while the evaluation harmonized them
+        assert "PhyCHarm's quantitative maps on the held-out subjects: T1 NRMSE" in md
 
 
 def test_debug_run_reports_the_rescan_ceiling_and_never_ranks_it(debug_run):

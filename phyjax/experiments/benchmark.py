@@ -29,8 +29,8 @@ from phyjax.data.atomic import atomic_open
 from phyjax.data.dataset import Dataset, load_dataset
 from phyjax.evaluate import figures, report, writeup
 from phyjax.evaluate.loop import evaluate_images, image_similarity
-from phyjax.evaluate.measures import (LesionMeasure, TissueMeasure, evaluate_features,
-                                      generator_maps, reproducibility, subject_level)
+from phyjax.evaluate.measures import (LesionMeasure, MapsAlongside, TissueMeasure,
+                                      evaluate_features, reproducibility, subject_level)
 from phyjax.evaluate.site_difference import radiomic_relative_error, site_difference, t_interval
 from phyjax.evaluate.unpaired import anatomy_measure
 from phyjax.experiments import unpaired
@@ -157,12 +157,17 @@ def benchmark(config, workdir: str, progress: bool = True) -> dict:
     write_split(os.path.join(workdir, "split.json"), data, split, fitted)
     t = time.time()
     test = split.held_out_subjects(fitted)
-    if "phycharm" in fitted and data.has_maps:
-        notes.append(_maps_note(generator_maps(fitted["phycharm"], data.volumes, test,
-                                               data.source_sites)))
+    # PhyCHarm's maps scored as the evaluation harmonizes (one network pass per scan, not two);
+    # their note keeps its place before the evaluation's own
+    maps = "phycharm" in fitted and data.has_maps
+    scored = dict(fitted, phycharm=MapsAlongside(fitted["phycharm"])) if maps else fitted
+    at = len(notes)
     radiomics = _Radiomics(data, extractor, canvas, notes, example)
-    rows = evaluate(config, fitted, data, test, tissue, radiomics, raw_feat, len(feature_names),
+    rows = evaluate(config, scored, data, test, tissue, radiomics, raw_feat, len(feature_names),
                     progress)
+    if maps:
+        notes.insert(at, _maps_note(scored["phycharm"].rows(data.volumes, test,
+                                                            data.source_sites)))
     evaluated = [m for m in names if m in fitted]
     subject_rows, classifier_after = subject_level(evaluated, rows, radiomics.feats, test,
                                                    data.source_sites, config.classifier, notes)
