@@ -32,7 +32,7 @@ from phyjax.physics.sequences import Protocol
 from phyjax.train import TrainState, make_train_step
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from phycharm_step import random_batch  # noqa: E402
+from phycharm_step import random_batch, timed_steps  # noqa: E402
 
 
 def timed(fn, *args, repeats):
@@ -77,17 +77,10 @@ def main(argv=None) -> None:
         step = make_train_step(P.make_loss(model, P.active_terms(cfg.train)), tx)
         state = TrainState.create(P.init_params(model, (h, w), m["context"], 0), tx)
         for name, source in sites.items():
-            inputs = (batch, source, target, ref, weights)
-            t = time.perf_counter()
-            state, metrics = step(state, inputs)
-            jax.block_until_ready(metrics)
-            first = time.perf_counter() - t
-            t = time.perf_counter()
-            for _ in range(args.steps):
-                state, metrics = step(state, inputs)
-            jax.block_until_ready(metrics)
+            first, mean, state = timed_steps(step, state, (batch, source, target, ref, weights),
+                                             args.steps)
             print(f"{pv:10s} source {name:16s} first call {first:5.1f} s, then "
-                  f"{(time.perf_counter() - t) / args.steps:.3f} s/step", flush=True)
+                  f"{mean:.3f} s/step", flush=True)
 
 
 def site_protocol(site) -> Protocol:

@@ -35,16 +35,25 @@ def random_batch(b: int, h: int, w: int, c: int, rng) -> dict:
             "m0": rng.random((b, h, w, 1), np.float32)}
 
 
-def seconds_per_step(step, state, inputs, steps: int) -> float:
-    """Mean seconds of ``steps`` calls of the jit-compiled ``step``, after one untimed call
-    (its compilation)."""
+def timed_steps(step, state, inputs, steps: int):
+    """``(first, mean, state)``: seconds of the first call of the jit-compiled ``step`` (its
+    compilation, if not yet compiled for these inputs), mean seconds of the ``steps`` calls after
+    it, and the state they leave (the one passed in is donated)."""
+    t = time.perf_counter()
     state, metrics = step(state, inputs)
     jax.block_until_ready(metrics)
+    first = time.perf_counter() - t
     t = time.perf_counter()
     for _ in range(steps):
         state, metrics = step(state, inputs)
     jax.block_until_ready(metrics)
-    return (time.perf_counter() - t) / steps
+    return first, (time.perf_counter() - t) / steps, state
+
+
+def seconds_per_step(step, state, inputs, steps: int) -> float:
+    """Mean seconds of ``steps`` calls of the jit-compiled ``step``, after one untimed call
+    (its compilation)."""
+    return timed_steps(step, state, inputs, steps)[1]
 
 
 def main(argv=None) -> None:

@@ -87,14 +87,12 @@ def mixture_signed_signal(protocol: Protocol, t1, m0, maps_field_strength, b1=1.
 def _mixture_one_evaluation(protocol, t1, fractions, scale, m0_k, maps_field_strength, table,
                             b1):
     """:func:`mixture_signed_signal` for a scalar ``b1`` with one per-voxel evaluation of the
-    signal equation instead of three (the single-T1 model's count; on the main command it took
-    a quarter of the two-tissue model's extra training time, docs/phycharm_ablation.md item
-    50).  Between WM's and CSF's T1 the scale is exactly 1 -- the
-    fractions interpolate the table linearly, so ``sum_k f_k T1_k`` is ``t1`` -- and each
-    tissue's signal is that of its table T1: three scalars per protocol, per unit M0 (every
-    signal equation is proportional to M0).  Beyond, the voxel is one tissue (WM below, CSF
-    above) at ``scale`` times its T1: one evaluation.  Same values and gradients (the scale is
-    flat inside)."""
+    signal equation instead of three (the single-T1 model's count).  Between WM's and CSF's T1
+    the scale is exactly 1 -- the fractions interpolate the table linearly, so
+    ``sum_k f_k T1_k`` is ``t1`` -- and each tissue's signal is that of its table T1: three
+    scalars per protocol, per unit M0 (every signal equation is proportional to M0).  Beyond,
+    the voxel is one tissue (WM below, CSF above) at ``scale`` times its T1: one evaluation.
+    Same values and gradients (the scale is flat inside)."""
     pure = jnp.stack([signal.signed_signal(protocol, table[k, 0], jnp.inf, jnp.inf, 1.0, b1)
                       for k in range(3)])
     inside = sum(fractions[k] * m0_k[k] * pure[k] for k in range(3))
