@@ -136,7 +136,8 @@ def main(argv=None) -> None:
         run_data = own if own is not None else data
         split_ = Split(train=tuple(split["train"]), test=tuple(split["test"]))
         site_maps = phycharm.fit_site_maps(
-            harm, run_data.training_set(split_), int(cfg.model.get("calibrate_knots", 256)))
+            harm, run_data.training_set(split_), int(cfg.model.get("calibrate_knots", 256)),
+            slice_step=int(cfg.model.get("calibrate_slice_step", 1)))
     if own is not None:     # a validation head must not be a training head (same T1 map)
         def head(volumes, site):
             v = volumes[site]

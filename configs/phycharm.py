@@ -224,6 +224,10 @@ def get_config(arg: str | None = None) -> ConfigDict:
     # the same maps (config.unet.calibrate), and the U-Net gains more from them (+4.25 dB).
     model.calibrate = "sites"
     model.calibrate_knots = 256
+    # The site maps' quantiles from every k-th slice of each training pair only (source and
+    # target alike; phyjax.methods.calibration.pooled_outputs): about 1/k of their inference
+    # time (the network harmonizes every training scan once). 1: every slice.
+    model.calibrate_slice_step = 1
     # Test-time augmentation (inference only): "flip" averages the outputs on the scan and on
     # its left-right mirror (the axis its affine names L/R), mirrored back; twice the
     # inference time (phyjax.methods.networks.predict_volume); "none": one pass. On by

@@ -306,9 +306,12 @@ def test_site_maps_undo_a_sites_monotone_distortion_on_unseen_heads():
     class StandIn:                       # harmonize(volume) as a trained PhyCHarm would
         cfg = {"calibrate": "sites"}
 
-        def harmonize(self, v):
+        def harmonize(self, v, z_slices=None):
             assert self.cfg["calibrate"] == "none"     # maps are learned on the raw output
-            return raw(v)
+            out = raw(v)
+            if z_slices is not None:                   # a slice network's subset pass
+                out[..., np.setdiff1d(np.arange(out.shape[2]), z_slices)] = 0
+            return out
 
     net = StandIn()
     train = Split(train=("00", "01", "02", "03"), test=("99",)).training_set(volumes, "ref")
@@ -332,6 +335,21 @@ def test_site_maps_undo_a_sites_monotone_distortion_on_unseen_heads():
         calibrate_output(out, mask, "sites", site_maps=[], protocol=pb)
     with pytest.raises(InputError, match="at least 2"):
         fit_site_maps(net, train, knots=1, progress=False)
+    # every second slice only (calibrate_slice_step=2): the pooled voxels are exactly the
+    # mask's on slices 0, 2, 4, ... of source and target alike, and the maps still invert g
+    from phyjax.methods.calibration import pooled_outputs
+    groups = pooled_outputs(net, train, progress=False, slice_step=2)
+    even = mask.copy()
+    even[..., 1::2] = False
+    assert all(g["out"].size == g["tgt"].size == 4 * even.sum() for g in groups)
+    assert np.all(np.concatenate([g["out"] for g in groups]) > 0)   # no skipped slice pooled
+    half = fit_site_maps(net, train, knots=256, progress=False, slice_step=2)
+    out = {"harmonized": raw(volumes["99"]["a"])}
+    got = calibrate_output(out, mask, "sites", site_maps=half,
+                           protocol=volumes["99"]["a"].protocol)["harmonized"]
+    assert np.abs(got - target)[mask].mean() < 0.01
+    with pytest.raises(InputError, match="calibrate_slice_step"):
+        pooled_outputs(net, train, progress=False, slice_step=0)
 
 
 def test_calibrated_harmonizer_and_harmonize_mode(debug_run, tmp_path):
@@ -361,7 +379,15 @@ def test_calibrated_harmonizer_and_harmonize_mode(debug_run, tmp_path):
     assert len(m["output"]) == cfg.model.calibrate_knots
     np.testing.assert_allclose(sited[mask], np.interp(plain[mask], m["output"], m["target"]),
                                rtol=1e-5, atol=1e-6)
+    # outputs on some slices only (what the site maps pool with calibrate_slice_step > 1):
+    # the full output there, 0 elsewhere; the whole-scan calibrations refuse it
+    z = np.arange(1, vol.image.shape[2], 3)
+    part = harm.harmonize(vol, z_slices=z)
+    np.testing.assert_allclose(part[..., z], plain[..., z], rtol=1e-5, atol=1e-6)
+    assert np.all(np.delete(part, z, axis=2) == 0) and np.any(part[..., z] != 0)
     harm.cfg["calibrate"] = "p99"
+    with pytest.raises(InputError, match="whole scan"):
+        harm.harmonize(vol, z_slices=z)
     cal = harm.harmonize(vol)
     np.testing.assert_allclose(cal, plain / np.percentile(plain[mask], 99), rtol=1e-5)
     assert np.percentile(cal[mask], 99) == pytest.approx(1.0, rel=1e-5)

@@ -103,3 +103,23 @@ def test_mirror_batch_flips_whole_samples_by_a_pure_draw():
     for bad in (-0.1, 1.5, "half"):
         with pytest.raises(InputError, match="config.train.mirror"):
             check_mirror(bad)
+
+
+@pytest.mark.parametrize("tta,mirror", [("none", 0), ("flip", 0), ("flip", 2)])
+def test_z_slices_give_the_full_passes_outputs_on_those_slices_and_zero_elsewhere(tta, mirror):
+    # Oracle: the full pass. Each slice sees its context neighbours whichever slices are run,
+    # so the subset's outputs equal the full pass's there (also when the mirrored pass of
+    # flip TTA reverses the slice axis, mirror=2, with an even and an odd slice count).
+    for n_z in (7, 8):
+        image = np.random.default_rng(n_z).random((9, 6, n_z)).astype(np.float32)
+        mask = np.ones(image.shape, bool)
+        z = np.arange(0, n_z, 2)
+        args = (_ramp_predict, None, image, mask, PROTOCOL, 2, 4, 1, tta, mirror)
+        full = predict_volume(*args)
+        part = predict_volume(*args, z_slices=z)
+        skipped = np.setdiff1d(np.arange(n_z), z)
+        for k in full:
+            np.testing.assert_allclose(part[k][..., z], full[k][..., z], rtol=1e-6)
+            assert np.all(part[k][..., skipped] == 0)
+    with pytest.raises(InputError, match="z_slices"):
+        predict_volume(*args, z_slices=[n_z])

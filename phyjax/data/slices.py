@@ -87,6 +87,17 @@ def to_slices(volume: np.ndarray, pads, fill=0) -> np.ndarray:
     return np.moveaxis(padded, -1, 0)
 
 
+def slice_mask(mask: np.ndarray, z_slices=None) -> np.ndarray:
+    """``mask`` (``(X, Y, Z)``) as bool, restricted to the slices ``z_slices`` along its third
+    axis (``None``: all of it)."""
+    mask = np.asarray(mask, bool)
+    if z_slices is None:
+        return mask
+    keep = np.zeros(mask.shape[2], bool)
+    keep[np.asarray(z_slices, int)] = True
+    return mask & keep
+
+
 def with_context(slices: np.ndarray, context: int) -> np.ndarray:
     """``(Z, H, W)`` -> ``(Z, H, W, 2 context + 1)``: each slice with its neighbours as channels.
 

@@ -11,6 +11,7 @@ import warnings
 import numpy as np
 
 from phyjax.data.nifti import InputError
+from phyjax.data.slices import slice_mask
 from phyjax.data.split import TrainingSet, protocols_match, require_training_set
 from phyjax.data.volumes import normalize
 from phyjax.methods.base import protocol_from_json, protocol_to_json
@@ -106,14 +107,31 @@ def site_map_for(site_maps: list, protocol: Protocol) -> dict | None:
     return None
 
 
-def pooled_outputs(harmonizer, train: TrainingSet, progress: bool = True) -> list[dict]:
+def pooled_outputs(harmonizer, train: TrainingSet, progress: bool = True,
+                   slice_step: int = 1) -> list[dict]:
     """Per source protocol of ``train`` (:func:`phyjax.data.split.protocols_match`), the
     in-mask voxels of ``harmonizer``'s outputs (its calibration off) on the training scans,
     pooled, and of the same subjects' target-site scans, pooled: a list of ``{"p": protocol,
     "sites", "subjects": sets, "out", "tgt": 1-D arrays}`` -- what :func:`fit_site_maps` fits.
-    Raises InputError when no training subject has a scan at a source site and the target site.
+
+    ``slice_step`` k > 1: only every k-th slice along each scan's third axis (0, k, 2k, ...;
+    source and target alike) is harmonized and pooled, a systematic sample of the voxels
+    (``harmonizer.harmonize(volume, z_slices=...)`` of a slice network,
+    :func:`phyjax.methods.networks.predict_volume`) for about 1/k of the inference time.
+    Raises InputError when no training subject has a scan at a source site and the target
+    site, or for ``slice_step`` < 1.
     """
     train = require_training_set(train)
+    step = int(slice_step)
+    if step < 1:
+        raise InputError(f"config.model.calibrate_slice_step={slice_step!r}; expected an "
+                         "integer >= 1.")
+
+    def sampled(vol):       # (z_slices to harmonize or None, their in-mask voxels' selector)
+        if step == 1:
+            return None, np.asarray(vol.mask, bool)
+        z = np.arange(0, np.shape(vol.mask)[2], step)
+        return z, slice_mask(vol.mask, z)
     groups: list[dict] = []
     saved = harmonizer.cfg.get("calibrate", "none")
     harmonizer.cfg["calibrate"] = "none"
@@ -123,7 +141,7 @@ def pooled_outputs(harmonizer, train: TrainingSet, progress: bool = True) -> lis
             target = scans.get(train.target_site)
             if target is None:
                 continue
-            t = np.asarray(target.image, np.float32)[np.asarray(target.mask, bool)]
+            t = np.asarray(target.image, np.float32)[sampled(target)[1]]
             for site, vol in sorted(scans.items()):
                 if site == train.target_site or vol.protocol is None:
                     continue
@@ -132,8 +150,10 @@ def pooled_outputs(harmonizer, train: TrainingSet, progress: bool = True) -> lis
                     g = {"p": vol.protocol, "sites": set(), "subjects": set(), "out": [],
                          "tgt": []}
                     groups.append(g)
-                out = harmonizer.harmonize(vol)
-                g["out"].append(out[np.asarray(vol.mask, bool)])
+                z, keep = sampled(vol)
+                out = harmonizer.harmonize(vol) if z is None else harmonizer.harmonize(
+                    vol, z_slices=z)
+                g["out"].append(out[keep])
                 g["tgt"].append(t)
                 g["sites"].add(site)
                 g["subjects"].add(subject)
@@ -149,7 +169,7 @@ def pooled_outputs(harmonizer, train: TrainingSet, progress: bool = True) -> lis
 
 
 def fit_site_maps(harmonizer, train: TrainingSet, knots: int = 256,
-                  progress: bool = True) -> list[dict]:
+                  progress: bool = True, slice_step: int = 1) -> list[dict]:
     """The monotone intensity map, per source protocol, that carries the network's outputs on
     the training scans onto the same subjects' target-site scans (``config.model.calibrate=
     sites``).
@@ -162,7 +182,8 @@ def fit_site_maps(harmonizer, train: TrainingSet, knots: int = 256,
     (the transport that maps one 1-D distribution onto another; the step of Nyul et al. 1999
     with every quantile as a landmark), fitted on pairs so that what it corrects is the
     network's systematic residual at that protocol, not anatomy: both distributions are of
-    the same heads.  Beyond the end knots the map is constant.
+    the same heads.  Beyond the end knots the map is constant.  ``slice_step``: the quantiles
+    of every ``slice_step``-th slice only (:func:`pooled_outputs`).
 
     Returns a list of ``{"protocol", "sites", "subjects", "output", "target"}`` (JSON-ready;
     ``output``/``target``: ``(knots,)`` nondecreasing intensities on the data's scale).
@@ -172,7 +193,7 @@ def fit_site_maps(harmonizer, train: TrainingSet, knots: int = 256,
     knots = int(knots)
     if knots < 2:
         raise InputError(f"config.model.calibrate_knots={knots}; expected at least 2.")
-    groups = pooled_outputs(harmonizer, train, progress)
+    groups = pooled_outputs(harmonizer, train, progress, slice_step)
     q = np.linspace(0.0, 1.0, knots)
     return [{"protocol": protocol_to_json(g["p"]), "sites": sorted(g["sites"]),
              "subjects": len(g["subjects"]),
@@ -182,8 +203,9 @@ def fit_site_maps(harmonizer, train: TrainingSet, knots: int = 256,
 
 
 def learn_site_maps(harmonizer, train: TrainingSet, knots: int = 256, paired: bool = True,
-                    progress: bool = True):
-    """After training: ``harmonizer`` with its site maps (:func:`fit_site_maps`) in
+                    progress: bool = True, slice_step: int = 1):
+    """After training: ``harmonizer`` with its site maps (:func:`fit_site_maps`, ``knots``
+    quantiles of every ``slice_step``-th slice) in
     ``cfg["site_maps"]`` when its ``cfg["calibrate"]`` is ``"sites"``; a model trained without
     traveling-subject pairs (``paired`` False) has none to learn them on and falls back to
     ``calibrate="none"``, printed.  Returns ``harmonizer``."""
@@ -196,5 +218,5 @@ def learn_site_maps(harmonizer, train: TrainingSet, knots: int = 256, paired: bo
               flush=True)
         harmonizer.cfg["calibrate"] = "none"
         return harmonizer
-    harmonizer.cfg["site_maps"] = fit_site_maps(harmonizer, train, knots, progress)
+    harmonizer.cfg["site_maps"] = fit_site_maps(harmonizer, train, knots, progress, slice_step)
     return harmonizer

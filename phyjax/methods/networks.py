@@ -20,9 +20,9 @@ import numpy as np
 import optax
 
 from phyjax.data.nifti import InputError
-from phyjax.data.slices import (check_views, from_slices, grid, to_slices, unview_volume,
-                                view_brain_slices, view_cycle, view_grids, view_key,
-                                view_volume, with_context)
+from phyjax.data.slices import (check_views, from_slices, grid, slice_mask, to_slices,
+                                unview_volume, view_brain_slices, view_cycle, view_grids,
+                                view_key, view_volume, with_context)
 from phyjax.data.store import SliceStore
 from phyjax.data.split import TrainingSet
 from phyjax.methods.base import Harmonizer, base_fields
@@ -253,7 +253,8 @@ def fit_ensemble(fit_one: Callable, config, section: str, train, *, workdir: str
 
 def predict_volume(predict: Callable, params: Any, image: np.ndarray, mask: np.ndarray,
                    protocol: Protocol, depth: int, batch_size: int, context: int,
-                   tta: str = "none", mirror: int = 0, views=("axial",)) -> dict:
+                   tta: str = "none", mirror: int = 0, views=("axial",),
+                   z_slices=None) -> dict:
     """Run ``predict(params, source, mask, code, B0)`` on every slice of a volume (an
     axis-aligned RAS grid) in every one of ``views`` (:data:`phyjax.data.slices.VIEWS`); more
     than one: the mean of the views' outputs, each put back on the volume's axes (multi-view
@@ -266,18 +267,33 @@ def predict_volume(predict: Callable, params: Any, image: np.ndarray, mask: np.n
     test-time augmentation, as nnU-Net's; Isensee et al., Nat. Methods 2021) -- the result is
     exactly mirror-equivariant and costs two passes.
 
+    ``z_slices``: indices along the volume's third axis whose outputs are wanted (e.g. every
+    second one, for statistics that need a sample of the voxels, not every voxel: the site
+    maps, :func:`phyjax.methods.calibration.pooled_outputs`); with the axial view alone only
+    those slices are run (each one still sees its ``context`` neighbours, so its output is the
+    one a full pass gives) and every other slice's outputs are 0; ``None``: every slice.  With
+    other views every slice is run (their slices cut across the axial ones).
+
     Returns a dict of ``(X, Y, Z)`` arrays, one per output of ``predict``.  Raises InputError
-    for an unknown ``tta`` or view.
+    for an unknown ``tta`` or view, or a ``z_slices`` index outside the volume.
     """
     if isinstance(params, (list, tuple)):
         return _mean_outputs([predict_volume(predict, p, image, mask, protocol, depth,
-                                             batch_size, context, tta, mirror, views)
+                                             batch_size, context, tta, mirror, views, z_slices)
                               for p in params])
+    n_z = np.shape(image)[2]
+    if z_slices is not None:
+        z_slices = np.unique(np.asarray(z_slices, int))
+        if z_slices.size == 0 or z_slices[0] < 0 or z_slices[-1] >= n_z:
+            raise InputError(f"z_slices must index the volume's {n_z} slices along its third "
+                             f"axis; got {z_slices.tolist()}.")
     if check_tta(tta, "tta") == "flip":
         args = (predict, params)
         rest = (protocol, depth, batch_size, context, "none", 0, views)
-        a = predict_volume(*args, image, mask, *rest)
-        b = predict_volume(*args, np.flip(image, mirror), np.flip(mask, mirror), *rest)
+        # the mirrored pass needs the same slices of the scan: reversed when it flips axis 2
+        z_flip = None if z_slices is None else (n_z - 1 - z_slices if mirror == 2 else z_slices)
+        a = predict_volume(*args, image, mask, *rest, z_slices)
+        b = predict_volume(*args, np.flip(image, mirror), np.flip(mask, mirror), *rest, z_flip)
         return {k: 0.5 * (a[k] + np.flip(b[k], mirror)) for k in a}
     views = check_views(views, "views")
     if views != ("axial",):
@@ -290,6 +306,8 @@ def predict_volume(predict: Callable, params: Any, image: np.ndarray, mask: np.n
     pads, _ = grid(image.shape, depth)
     src = with_context(to_slices(image, pads), context).astype(np.float32)
     msk = to_slices(mask.astype(np.float32), pads)[..., None]
+    if z_slices is not None:
+        src, msk = src[z_slices], msk[z_slices]
     n = src.shape[0]
     total = -(-n // batch_size) * batch_size
     src = np.concatenate([src, np.zeros((total - n,) + src.shape[1:], np.float32)])
@@ -300,8 +318,13 @@ def predict_volume(predict: Callable, params: Any, image: np.ndarray, mask: np.n
     for i in range(0, total, batch_size):
         outs.append(jax.device_get(predict(params, src[i:i + batch_size], msk[i:i + batch_size],
                                            code, float(protocol.field_strength))))
-    return {k: from_slices(np.concatenate([o[k] for o in outs])[:n, ..., 0], pads)
-            for k in outs[0]}
+    result = {k: np.concatenate([o[k] for o in outs])[:n, ..., 0] for k in outs[0]}
+    if z_slices is not None:
+        for k, v in result.items():
+            full = np.zeros((n_z,) + v.shape[1:], v.dtype)
+            full[z_slices] = v
+            result[k] = full
+    return {k: from_slices(v, pads) for k, v in result.items()}
 
 
 def _mean_outputs(outs: list[dict]) -> dict:
@@ -343,11 +366,12 @@ class SliceNetworkHarmonizer(Harmonizer):
     def build(self) -> Callable:
         """The jit-compiled ``predict`` of this network (called once, by ``__init__``)."""
 
-    def predict(self, volume) -> dict[str, np.ndarray]:
-        """Every output of the network on ``volume``, as ``(X, Y, Z)`` arrays."""
+    def predict(self, volume, z_slices=None) -> dict[str, np.ndarray]:
+        """Every output of the network on ``volume``, as ``(X, Y, Z)`` arrays (``z_slices``:
+        only those slices along the third axis are needed, :func:`predict_volume`)."""
         return predict_volume(self._predict, self.params, volume.image, volume.mask,
                               volume.protocol, len(self.cfg["features"]), self.batch_size,
-                              self.cfg["context"], *self.tta(volume), self.views())
+                              self.cfg["context"], *self.tta(volume), self.views(), z_slices)
 
     def views(self) -> tuple[str, ...]:
         """The slicing planes the network was trained on and infers in (``views`` of its
@@ -368,23 +392,33 @@ class SliceNetworkHarmonizer(Harmonizer):
                              f"left-right axis; none could be read ({e}).") from e
         return tta, mirror_axis(affine)
 
-    def calibrate(self, out: dict, volume) -> dict:
+    def calibrate(self, out: dict, volume, z_slices=None) -> dict:
         """``out`` (this network's outputs on ``volume``) through its settings' ``calibrate``
         (:func:`phyjax.methods.calibration.calibrate_output`; ``none`` for a network saved
-        before it existed), with its site maps, if any, chosen by ``volume``'s protocol."""
-        return calibrate_output(out, volume.mask, self.cfg.get("calibrate", "none"),
+        before it existed), with its site maps, if any, chosen by ``volume``'s protocol.
+        ``z_slices`` (outputs only on those slices, :meth:`predict`): InputError for ``p99``
+        and ``match``, which take their statistics from every slice."""
+        calibrate = self.cfg.get("calibrate", "none")
+        if z_slices is not None and calibrate in ("p99", "match"):
+            raise InputError(f"calibrate={calibrate!r} takes its statistics from the whole "
+                             "scan; it cannot calibrate outputs on some slices only.")
+        return calibrate_output(out, volume.mask, calibrate,
                                 source=volume.image, site_maps=self.cfg.get("site_maps"),
                                 protocol=volume.protocol,
                                 where=getattr(volume, "path", None) or "the source scan")
 
-    def harmonize(self, volume) -> np.ndarray:
-        return self.image_of(volume, self.predict(volume))
+    def harmonize(self, volume, z_slices=None) -> np.ndarray:
+        """The harmonized image of ``volume`` (``z_slices``: see :meth:`predict`; the other
+        slices are then 0)."""
+        return self.image_of(volume, self.predict(volume, z_slices=z_slices), z_slices)
 
     @staticmethod
-    def image_of(volume, outputs: dict) -> np.ndarray:
+    def image_of(volume, outputs: dict, z_slices=None) -> np.ndarray:
         """The harmonized image of :meth:`predict`'s ``outputs`` on ``volume``: float32, 0
-        outside its mask (what :meth:`harmonize` returns)."""
-        return np.where(volume.mask, outputs["harmonized"], 0.0).astype(np.float32)
+        outside its mask (what :meth:`harmonize` returns) and, given ``z_slices``, outside
+        those slices along the third axis."""
+        return np.where(slice_mask(volume.mask, z_slices), outputs["harmonized"],
+                        0.0).astype(np.float32)
 
     def save_state(self, directory: str) -> dict:
         save_params(self.params, directory)

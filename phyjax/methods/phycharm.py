@@ -64,7 +64,7 @@ import numpy as np
 
 from phyjax.data import simulated
 from phyjax.data.nifti import InputError
-from phyjax.data.slices import check_views
+from phyjax.data.slices import check_views, slice_mask
 from phyjax.data.split import TrainingSet, protocols_match, require_training_set
 from phyjax.losses import (edge_agreement, gradient_difference, intensity_distribution, masked_l1,
                            mixture_consistency, physics_consistency, r1_m0_map_loss, ssim_loss,
@@ -347,9 +347,13 @@ class PhyCHarmHarmonizer(networks.SliceNetworkHarmonizer):
                              f"{'; '.join(problems)}. Train with config.target.randomize=True "
                              "(or for this target) to harmonize to it.")
 
-    def predict(self, volume, target: Protocol | None = None) -> dict[str, np.ndarray]:
+    def predict(self, volume, target: Protocol | None = None,
+                z_slices=None) -> dict[str, np.ndarray]:
         """Every output on ``volume`` (``(X, Y, Z)`` arrays), harmonized to ``target``
-        (default: the fitted target).  Raises InputError for a target outside the trained range."""
+        (default: the fitted target); ``z_slices``: only those slices along the third axis
+        are needed (:func:`phyjax.methods.networks.predict_volume`; the data-consistency step
+        then fits those slices alone).  Raises InputError for a target outside the trained
+        range."""
         target = self.target_protocol if target is None else target
         self.check_target(target)
         target = _f32(target, self.cfg.get("readout", "sidecar"))
@@ -362,14 +366,17 @@ class PhyCHarmHarmonizer(networks.SliceNetworkHarmonizer):
         out = networks.predict_volume(run, self.params, volume.image, volume.mask,
                                       volume.protocol, len(self.cfg["features"]),
                                       self.batch_size, self.cfg["context"], *self.tta(volume),
-                                      self.views())
+                                      self.views(), z_slices)
         settings = refine_settings(self.cfg.get("refine"))
         if settings["enabled"]:
-            out = refine_outputs(out, volume, target, ref, settings, self.cfg)
-        return self.calibrate(out, volume)
+            out = refine_outputs(out, volume, target, ref, settings, self.cfg,
+                                 mask=slice_mask(volume.mask, z_slices))
+        return self.calibrate(out, volume, z_slices)
 
-    def harmonize(self, volume, target: Protocol | None = None) -> np.ndarray:
-        return self.image_of(volume, self.predict(volume, target))
+    def harmonize(self, volume, target: Protocol | None = None, z_slices=None) -> np.ndarray:
+        """The harmonized image of ``volume`` (``target`` and ``z_slices``: see
+        :meth:`predict`; slices outside ``z_slices`` are 0)."""
+        return self.image_of(volume, self.predict(volume, target, z_slices), z_slices)
 
 
 def refine_settings(cfg) -> dict:
@@ -415,7 +422,7 @@ def _refine_volume(source_protocol, target, ref, image, t1, m0, gain, b0_source,
 
 
 def refine_outputs(out: dict, volume, target: Protocol, ref: float, settings: dict,
-                   cfg: dict) -> dict:
+                   cfg: dict, mask: np.ndarray | None = None) -> dict:
     """PhyCHarm's outputs on ``volume`` after the data-consistency step.
 
     The network's maps ``out["t1"]``, ``out["m0"]`` (``(X, Y, Z)``, at the source B0) are the
@@ -432,13 +439,16 @@ def refine_outputs(out: dict, volume, target: Protocol, ref: float, settings: di
     per voxel, or the two tissues each mean T1 stands for;
     :func:`phyjax.models.phycharm.synthesize_maps`), so the fit explains the source the way
     the network's physics term did.
+    ``mask`` (``(X, Y, Z)`` bool; default the volume's): the voxels to fit and to fit the
+    receive gain on (e.g. the volume's mask on the slices the network was run on); the others
+    keep the network's maps and are 0 in ``resynth`` and ``harmonized``.
     Returns the dict with ``t1``, ``m0``, ``resynth`` and ``harmonized`` refined and the
     network's maps kept as ``t1_network``, ``m0_network``.
     """
     readout = cfg.get("readout", "sidecar")
     pv = check_partial_volume(cfg.get("partial_volume", "single"))
     src = _f32(volume.protocol, readout)
-    mask = np.asarray(volume.mask, bool)
+    mask = np.asarray(volume.mask if mask is None else mask, bool)
     image = np.asarray(volume.image, np.float32)
     t1, m0 = out["t1"].astype(np.float32), out["m0"].astype(np.float32)
     b0 = np.float32(volume.protocol.field_strength)
@@ -620,7 +630,8 @@ def fit(config, train: TrainingSet, name: str = "phycharm", *, workdir: str,
     harm = (networks.fit_ensemble(_fit_network, config, "model", train, **context)
             or _fit_network(config, train, **context))
     return learn_site_maps(harm, train, config.model.get("calibrate_knots", 256),
-                           harm.cfg["pairs"] == "paired", progress)
+                           harm.cfg["pairs"] == "paired", progress,
+                           config.model.get("calibrate_slice_step", 1))
 
 
 def _fit_network(config, train: TrainingSet, name: str = "phycharm", *, workdir: str,

@@ -64,11 +64,12 @@ class UNetHarmonizer(networks.SliceNetworkHarmonizer):
 
         return predict
 
-    def predict(self, volume) -> dict[str, np.ndarray]:
+    def predict(self, volume, z_slices=None) -> dict[str, np.ndarray]:
         """The network's output on ``volume``, through its calibration (``cfg["calibrate"]``,
         :func:`phyjax.methods.calibration.calibrate_output`; none for a model saved before
-        the setting existed)."""
-        return self.calibrate(super().predict(volume), volume)
+        the setting existed); ``z_slices``: only those slices along the third axis
+        (:func:`phyjax.methods.networks.predict_volume`)."""
+        return self.calibrate(super().predict(volume, z_slices), volume, z_slices)
 
 
 def unet_config(config) -> dict:
@@ -94,7 +95,8 @@ def fit(config, train: TrainingSet, name: str = "unet", *, workdir: str, progres
     harm = (networks.fit_ensemble(_fit_network, config, "unet", train, name=name,
                                   workdir=workdir, progress=progress)
             or _fit_network(config, train, name, workdir=workdir, progress=progress))
-    return learn_site_maps(harm, train, config.unet.get("calibrate_knots", 256), True, progress)
+    return learn_site_maps(harm, train, config.unet.get("calibrate_knots", 256), True, progress,
+                           config.unet.get("calibrate_slice_step", 1))
 
 
 def _fit_network(config, train: TrainingSet, name: str = "unet", *, workdir: str,
