@@ -25,6 +25,7 @@ import argparse
 import csv
 import os
 import sys
+import time
 
 import numpy as np
 
@@ -54,6 +55,8 @@ def parse_setting(text: str) -> tuple[str, dict]:
             out[key] = value == "True"
         elif key in ("calibrate", "tta", "network", "views"):
             out[key] = value            # p99 | match; none | flip; K | all | 0+2; axial+coronal
+        elif key == "site_step":
+            out[key] = int(value)
         else:
             out[key] = float(value)
     return name, out
@@ -82,7 +85,9 @@ def main(argv=None) -> None:
                     help="name:key=value,... (config.model.refine keys, and calibrate=True "
                          "(config.model.calibrate=p99) or calibrate=p99|match|sites after "
                          "them (sites: the run's maps, or learned here on its training "
-                         "subjects as training would), and "
+                         "subjects as training would; with site_step=K always learned here, "
+                         "from every K-th slice, config.model.calibrate_slice_step, and "
+                         "timed), and "
                          "tta=none|flip (config.model.tta; default: the saved network's) and "
                          "views=axial+coronal+... (config.model.views: the planes it infers "
                          "in; default: the saved network's) before them); the name 'none' "
@@ -138,6 +143,19 @@ def main(argv=None) -> None:
         site_maps = phycharm.fit_site_maps(
             harm, run_data.training_set(split_), int(cfg.model.get("calibrate_knots", 256)),
             slice_step=int(cfg.model.get("calibrate_slice_step", 1)))
+    learned = {}            # site_step -> (maps learned here, seconds)
+    for step in sorted({s["site_step"] for _, s in settings if "site_step" in s}):
+        run_data = own if own is not None else data
+        split_ = Split(train=tuple(split["train"]), test=tuple(split["test"]))
+        if not learned:     # compile first, so that no timing below holds the compilation
+            harm.predict(next(v for v in run_data.volumes[split_.train[0]].values()
+                              if v.site != run_data.target_site))
+        t0 = time.perf_counter()
+        maps = phycharm.fit_site_maps(harm, run_data.training_set(split_),
+                                      int(cfg.model.get("calibrate_knots", 256)),
+                                      progress=False, slice_step=step)
+        learned[step] = (maps, time.perf_counter() - t0)
+        print(f"site maps from every {step}. slice: {learned[step][1]:.1f} s", flush=True)
     if own is not None:     # a validation head must not be a training head (same T1 map)
         def head(volumes, site):
             v = volumes[site]
@@ -187,13 +205,15 @@ def main(argv=None) -> None:
                 if name == "none":     # the source image itself (the "no harmonization" row)
                     out = {"harmonized": vol.image, "t1": raw["t1"], "m0": raw["m0"]}
                 else:
+                    step = s.pop("site_step", None)
+                    maps = site_maps if step is None else learned[step][0]
                     calibrate = s.pop("calibrate", False)
                     calibrate = {True: "p99", False: "none"}.get(calibrate, calibrate)
                     st = phycharm.refine_settings(dict(net_cfg["refine"], **s))
                     out = phycharm.refine_outputs(raw, vol, target, ref, st, net_cfg) \
                         if st["enabled"] else raw
                     out = phycharm.calibrate_output(out, vol.mask, calibrate, source=vol.image,
-                                                    site_maps=site_maps, protocol=vol.protocol)
+                                                    site_maps=maps, protocol=vol.protocol)
                 img = np.where(tgt.mask, out["harmonized"], 0.0)
                 row = {"subject": subject, "site": site, "setting": name,
                        **score(img, tgt, t_lab, t_vol, seg)}
@@ -226,6 +246,10 @@ def main(argv=None) -> None:
              ("| site | setting | SSIM | PSNR | Dice CSF | Dice GM | Dice WM | |dV| CSF | "
               "|dV| GM | |dV| WM | dV CSF | dV GM | dV WM | T1 NRMSE | M0 NRMSE | GM/WM |"),
              "|---|" * 1 + "---|" * 15]
+    if learned:
+        lines[2:2] = [("Site maps learned here on the run's training subjects (site_step=K: "
+                       "every K-th slice): " + ", ".join(
+                           f"K={k} {t:.1f} s" for k, (_, t) in learned.items()) + "."), ""]
     sites = sorted({r["site"] for r in rows}) + ["overall"]
     for site in sites:
         for name, _ in settings:
