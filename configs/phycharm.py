@@ -225,9 +225,13 @@ def get_config(arg: str | None = None) -> ConfigDict:
     model.calibrate = "sites"
     model.calibrate_knots = 256
     # The site maps' quantiles from every k-th slice of each training pair only (source and
-    # target alike; phyjax.methods.calibration.pooled_outputs): about 1/k of their inference
-    # time (the network harmonizes every training scan once). 1: every slice.
-    model.calibrate_slice_step = 1
+    # target alike; phyjax.methods.calibration.pooled_outputs): the network harmonizes every
+    # training scan once for them, and 2 halves that pass (40 scans: ~124 -> ~48 s on 2 cores
+    # with eval.batch_size=8). On the validation split (120 images, two seeds) the same
+    # network's scores with maps from every slice and from every second one agree within
+    # 0.001 dB, 0.0001 Dice and 0.07 points of |dV| overall (docs/phycharm_ablation.md,
+    # item 51). 1: every slice.
+    model.calibrate_slice_step = 2
     # Test-time augmentation (inference only): "flip" averages the outputs on the scan and on
     # its left-right mirror (the axis its affine names L/R), mirrored back; twice the
     # inference time (phyjax.methods.networks.predict_volume); "none": one pass. On by
@@ -334,7 +338,12 @@ def get_config(arg: str | None = None) -> ConfigDict:
     ev = config.eval = ConfigDict()
     ev.baselines = ("none", "zscore", "histmatch")
     ev.save_volumes = True
-    ev.batch_size = 32
+    # Slices per inference call. A volume's slices are cut into batches of this size and the
+    # last one is padded, so a small batch pads less (82 slices: 88 run at 8, 96 at 32); each
+    # slice's output does not depend on its batch-mates (identical outputs). 8 against 32:
+    # -25 % inference time per scan, -40 % over every second slice, on 2 cores
+    # (benchmarks/inference_batch.py; docs/phycharm_ablation.md, item 53).
+    ev.batch_size = 8
 
     h = config.harmonize = ConfigDict()
     h.input = ""             # T1w NIfTI to harmonize
