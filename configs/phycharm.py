@@ -9,10 +9,11 @@ Harmonize a user's T1w with the trained checkpoint in --workdir:
       --config.harmonize.mask=mask.nii.gz --config.harmonize.sidecar=t1w.json \
       --config.harmonize.output=t1w_harmonized.nii.gz
 
-Expected runtime on 2 idle CPU cores: default 12-14 min with the dataset cached (12 min 14 s at
-f5e6c5f: training 7.9 min at 0.59 s/step, the per-site maps ~2.5 min, evaluation ~1.5 min; the
-machine's speed drifts by ~20 % between hours, and before f5e6c5f the evaluation spent ~90 s
-more; building the dataset adds ~40 s once); debug about 1 min.
+Expected runtime on 2 idle CPU cores: default 7-15 min with the dataset cached, by machine and
+hour (7 min 38 s at 6be16d8: training 5.6 min at 0.42 s/step, the per-site maps ~1 min,
+evaluation ~1 min; 8:56 back to back with the maps from every slice and an inference batch of
+32, items 51 and 53; 12:14-14:55 on the previous session's machine, 0.59 s/step; building the
+dataset adds ~40 s once); debug about 1 min.
 Every field below can be overridden with --config.<path>=<value>; an unknown
 key is an error.
 """
