@@ -142,9 +142,10 @@ def get_config(arg: str | None = None) -> ConfigDict:
     # "auto" (default): "two_tissue" on the gated base -- over two seeds on the validation
     # heads (rule written before the runs) +0.03 dB, GM Dice +0.0027, mean |dV| -0.56 points,
     # T1 NRMSE 0.138 -> 0.114, the main command 27 s longer (docs/phycharm_ablation.md, item
-    # 50) -- and "single" on the re-synthesis base (a model for a range of targets), where
-    # two_tissue lost 0.37 dB, past the rule's 0.3 (items 30, 35), and for physics-made pairs
-    # (phycharm_unpaired), where it has not been measured.
+    # 50); without traveling subjects (physics-made pairs, phycharm_unpaired) -0.22 dB, GM
+    # Dice +0.0053 (up in 103 of 120 images), mean |dV| -1.35 points (item 52) -- and "single"
+    # on the re-synthesis base (a model for a range of targets), where two_tissue lost 0.37 dB,
+    # past the rule's 0.3 (items 30, 35).
     model.partial_volume = "auto"
     # What the harmonizer's residual is added to: "resynth" (the target re-synthesized from the
     # predicted maps, the published model) or "gated" (a per-voxel blend of that re-synthesis and

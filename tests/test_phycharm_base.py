@@ -325,13 +325,14 @@ def test_base_settings_of_a_training_resolved_and_off_where_they_cannot_act():
     assert resolve_base_settings(default | {"source_range": 0.1}, many_targets=True) == off
     assert resolve_base_settings(default | {"source_smoothing": 0.0}, False) == (
         default | gated | {"source_smoothing": 0.0, "detail_gate": False})
-    # partial_volume: auto follows the base and the pairs (two-tissue voxels passed their rule
-    # on the gated base with traveling-subject pairs only, items 30 / 35 / 50; physics-made
-    # pairs unmeasured); a named value is kept on either base
-    assert resolve_base_settings(default | {"pairs": "simulated"}, False)["partial_volume"] == (
-        "single")
-    assert resolve_base_settings(default | {"pairs": "paired"}, False)["partial_volume"] == (
-        "two_tissue")
+    # partial_volume: auto follows the base (two-tissue voxels passed their rule on the gated
+    # base with traveling-subject pairs, item 50, and with physics-made ones, item 52; on the
+    # re-synthesis base they failed it, items 30 / 35); a named value is kept on either base
+    for pairs in ("simulated", "paired"):
+        got = resolve_base_settings(default | {"pairs": pairs}, False)
+        assert got["partial_volume"] == "two_tissue"
+        assert resolve_base_settings(default | {"pairs": pairs, "base": "resynth"},
+                                     False)["partial_volume"] == "single"
     for base in ("gated", "resynth"):
         for pv in ("single", "two_tissue"):
             got = resolve_base_settings(default | {"base": base, "partial_volume": pv}, False)

@@ -200,14 +200,15 @@ def resolve_base_settings(model_cfg, many_targets: bool) -> dict:
 
 def resolve_partial_volume(value: str, base: str, pairs: str = "paired") -> str:
     """``config.model.partial_volume`` for one training with the resolved ``base`` and ``pairs``
-    (:func:`resolve_pairs`): ``auto`` is ``two_tissue`` on the gated base trained on
-    traveling-subject pairs, where it passed its validation rule (two seeds, 12 unseen heads:
-    +0.03 dB, GM Dice +0.0027, mean |dV| -0.56 points; docs/phycharm_ablation.md, item 50), and
-    ``single`` elsewhere: on the re-synthesis base it failed its rule twice (-0.37 dB; items 30
-    and 35), and with physics-made pairs (``phycharm_unpaired``) it has not been measured.  A
-    named value is kept.  InputError for another value."""
+    (:func:`resolve_pairs`): ``auto`` is ``two_tissue`` on the gated base, where it passed its
+    validation rule with traveling-subject pairs (two seeds, 12 unseen heads: +0.03 dB, GM Dice
+    +0.0027, mean |dV| -0.56 points; docs/phycharm_ablation.md, item 50) and with physics-made
+    pairs (``phycharm_unpaired``: -0.22 dB, GM Dice +0.0053, mean |dV| -1.35 points; item 52),
+    and ``single`` on the re-synthesis base, where it failed its rule twice (-0.37 dB; items
+    30 and 35).  ``pairs`` is kept for the record (both kinds resolve alike since item 52).
+    A named value is kept.  InputError for another value."""
     if value == "auto":
-        return "two_tissue" if base == "gated" and pairs == "paired" else "single"
+        return "two_tissue" if base == "gated" else "single"
     return check_partial_volume(value)
 
 
