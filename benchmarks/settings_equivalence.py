@@ -1,11 +1,13 @@
 """Are two settings of one network equivalent on the validation images? (an equivalence rule,
 docs/phycharm_ablation.md item 51: a change that should not move the outputs' scores.)
 
-Reads ``refine_sweep.py`` CSVs holding both settings for the same images (``--csv``, one or
-more: e.g. the train and test halves of a validation split; several networks' CSVs are kept
-apart by ``--group NAME=CSV[,CSV]``), and per group reports the mean difference B − A overall
-and per source site of SSIM, PSNR, the three Dice and the three absolute volume errors, and
-whether each is within its tolerance.  Exit status 0 iff every difference is.
+Reads ``refine_sweep.py`` CSVs holding both settings for the same images, one ``--group
+NAME=CSV[,CSV]`` per network (e.g. the train and test halves of its validation split); pairs
+the two settings' rows image by image and takes their means as ``validation_rule.py`` does
+(its ``paired_images`` and ``summary``: an error if the settings cover different images), and
+per group reports the mean difference B − A overall and per source site of SSIM, PSNR, the
+three Dice and the three absolute volume errors (``adv_*``, percentage points), and whether
+each is within its tolerance.  Exit status 0 iff every difference is.
 
 Usage::
 
@@ -19,32 +21,11 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import csv
+import os
 import sys
 
-import numpy as np
-
-TISSUES = ("csf", "gm", "wm")
-
-
-def read(paths: list[str]) -> list[dict]:
-    rows = []
-    for path in paths:
-        with open(path) as f:
-            rows += list(csv.DictReader(f))
-    return rows
-
-
-def scores(rows: list[dict], setting: str, site: str | None) -> dict[str, float]:
-    """Mean SSIM, PSNR, Dice and |ΔV| (%) of ``setting``'s rows (of ``site``; None: all)."""
-    sel = [r for r in rows if r["setting"] == setting and site in (None, r["site"])]
-    if not sel:
-        raise SystemExit(f"no rows of setting {setting!r}" + (f" at {site}" if site else ""))
-    out = {k: float(np.mean([float(r[k]) for r in sel])) for k in ("ssim", "psnr")}
-    for t in TISSUES:
-        out[f"dice_{t}"] = float(np.mean([float(r[f"dice_{t}"]) for r in sel]))
-        out[f"absdv_{t}"] = float(np.mean([abs(float(r[f"dv_{t}"])) for r in sel]))
-    return out
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from validation_rule import TISSUES, paired_images, summary  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -61,17 +42,19 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     overall_tol = {"ssim": args.tol_ssim, "psnr": args.tol_psnr,
                    **{f"dice_{t}": args.tol_dice for t in TISSUES},
-                   **{f"absdv_{t}": args.tol_dv for t in TISSUES}}
+                   **{f"adv_{t}": args.tol_dv for t in TISSUES}}
     site_tol = {"psnr": args.tol_site_psnr, **{f"dice_{t}": args.tol_site_dice for t in TISSUES}}
     ok = True
     print("| group | site | images | " + " | ".join(f"Δ {k}" for k in overall_tol) + " |")
     print("|---" * (3 + len(overall_tol)) + "|")
     for spec in args.group:
         name, _, paths = spec.partition("=")
-        rows = read(paths.split(","))
-        sites = sorted({r["site"] for r in rows})
-        for site in [None] + sites:
-            a, b = scores(rows, args.a, site), scores(rows, args.b, site)
+        # both settings' rows of the same images (ValueError otherwise)
+        images = paired_images([f"{p}:{args.a}" for p in paths.split(",")],
+                               [f"{p}:{args.b}" for p in paths.split(",")])
+        for site in [None] + sorted({key[1] for key, _, _ in images}):
+            sel = [(ra, rb) for key, ra, rb in images if site in (None, key[1])]
+            a, b = summary([ra for ra, _ in sel]), summary([rb for _, rb in sel])
             tol = overall_tol if site is None else site_tol
             cells = []
             for k in overall_tol:
@@ -79,8 +62,7 @@ def main(argv=None) -> int:
                 bad = k in tol and abs(d) > tol[k]
                 ok &= not bad
                 cells.append(f"{d:+.4f}" + (" **out**" if bad else ""))
-            n = sum(r["setting"] == args.a and site in (None, r["site"]) for r in rows)
-            print(f"| {name} | {site or 'overall'} | {n} | " + " | ".join(cells) + " |")
+            print(f"| {name} | {site or 'overall'} | {len(sel)} | " + " | ".join(cells) + " |")
     print(f"\nequivalent within the tolerances: {'yes' if ok else 'NO'}")
     return 0 if ok else 1
 

@@ -44,21 +44,25 @@ def read(spec: str) -> dict[tuple[str, str], dict[str, float]]:
     return rows
 
 
-def paired(baseline: list[str], candidate: list[str]):
-    """Rows of both sides on the same (spec index, subject, site); ValueError if the image sets
-    differ."""
+def paired_images(baseline: list[str], candidate: list[str]):
+    """``[((subject, site), baseline row, candidate row)]``: both sides on the same (spec index,
+    subject, site); ValueError if the image sets differ."""
     if len(baseline) != len(candidate):
         raise ValueError("give as many --candidate as --baseline specs (one pair per seed/split)")
-    base, cand = [], []
+    out = []
     for b_spec, c_spec in zip(baseline, candidate):
         b, c = read(b_spec), read(c_spec)
         if set(b) != set(c):
             raise ValueError(f"{b_spec} and {c_spec} hold different images: "
                              f"{sorted(set(b) ^ set(c))[:5]}")
-        for key in sorted(b):
-            base.append(b[key])
-            cand.append(c[key])
-    return base, cand
+        out += [(key, b[key], c[key]) for key in sorted(b)]
+    return out
+
+
+def paired(baseline: list[str], candidate: list[str]):
+    """Rows of both sides on the same (spec index, subject, site) (:func:`paired_images`)."""
+    images = paired_images(baseline, candidate)
+    return [b for _, b, _ in images], [c for _, _, c in images]
 
 
 def summary(rows) -> dict[str, float]:
