@@ -135,25 +135,25 @@ def main(argv=None) -> None:
     own_views = [h.cfg.get("views", ["axial"]) for h in [harm] + others]
     data = load_dataset(cfg.data, progress=False, paired=True)
     site_maps = harm.cfg.get("site_maps")
+    # the run's own training subjects, where training learns the site maps
+    run_data = own if own is not None else data
+    split_ = Split(train=tuple(split["train"]), test=tuple(split["test"]))
+    train_set = run_data.training_set(split_)
+    knots = int(cfg.model.get("calibrate_knots", 256))
     if any(s.get("calibrate") == "sites" for _, s in settings) and not site_maps:
         # a harmonizer saved without maps: learn them as training does (config.model.
-        # calibrate=sites), on the run's own training subjects with this network
-        run_data = own if own is not None else data
-        split_ = Split(train=tuple(split["train"]), test=tuple(split["test"]))
+        # calibrate=sites) with this network
         site_maps = phycharm.fit_site_maps(
-            harm, run_data.training_set(split_), int(cfg.model.get("calibrate_knots", 256)),
-            slice_step=int(cfg.model.get("calibrate_slice_step", 1)))
+            harm, train_set, knots, slice_step=int(cfg.model.get("calibrate_slice_step", 1)))
     learned = {}            # site_step -> (maps learned here, seconds)
-    for step in sorted({s["site_step"] for _, s in settings if "site_step" in s}):
-        run_data = own if own is not None else data
-        split_ = Split(train=tuple(split["train"]), test=tuple(split["test"]))
-        if not learned:     # compile first, so that no timing below holds the compilation
-            harm.predict(next(v for v in run_data.volumes[split_.train[0]].values()
-                              if v.site != run_data.target_site))
+    steps = sorted({s["site_step"] for _, s in settings if "site_step" in s})
+    if steps:               # compile first, so that no timing below holds the compilation
+        harm.predict(next(v for v in run_data.volumes[split_.train[0]].values()
+                          if v.site != run_data.target_site))
+    for step in steps:
         t0 = time.perf_counter()
-        maps = phycharm.fit_site_maps(harm, run_data.training_set(split_),
-                                      int(cfg.model.get("calibrate_knots", 256)),
-                                      progress=False, slice_step=step)
+        maps = phycharm.fit_site_maps(harm, train_set, knots, progress=False,
+                                      slice_step=step)
         learned[step] = (maps, time.perf_counter() - t0)
         print(f"site maps from every {step}. slice: {learned[step][1]:.1f} s", flush=True)
     if own is not None:     # a validation head must not be a training head (same T1 map)
