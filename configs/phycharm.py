@@ -275,6 +275,11 @@ def get_config(arg: str | None = None) -> ConfigDict:
     train.mirror = 0.0
     train.learning_rate = 2e-3
     train.warmup_steps = 20
+    # > 0: the network used after training is an exponential moving average of the parameters
+    # over the steps, this the weight kept per step (0.995: a window of ~200 steps;
+    # phyjax.methods.networks.params_ema); 0: the last step's parameters. Both slice networks
+    # (PhyCHarm and the benchmark's U-Net) read it.
+    train.ema = 0.0
     train.checkpoint_every = 100
     train.log_every = 10
     train.w_map = 1.0        # L1 on T1/M0 maps (where ground truth exists)

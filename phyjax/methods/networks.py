@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import abc
 import os
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import flax.serialization
 import jax
+import jax.numpy as jnp
 import nibabel as nib
 import numpy as np
 import optax
@@ -31,12 +32,85 @@ from phyjax.physics.sequences import Protocol, encode
 
 
 def make_optimizer(train_cfg) -> optax.GradientTransformation:
-    """AdamW with warm-up + cosine decay to 5 % and global-norm clipping at 1 (``config.train``)."""
+    """AdamW with warm-up + cosine decay to 5 % and global-norm clipping at 1 (``config.train``);
+    with ``train.ema`` > 0 the chain also keeps an exponential moving average of the parameters
+    (:func:`params_ema`; the trained network is then :func:`trained_params`' average).
+
+    Raises InputError when ``train.ema`` is not in [0, 1)."""
     t = train_cfg
     schedule = optax.warmup_cosine_decay_schedule(0.0, t.learning_rate, t.warmup_steps,
                                                   max(t.steps, t.warmup_steps + 1),
                                                   end_value=0.05 * t.learning_rate)
-    return optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=1e-4))
+    chain = [optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=1e-4)]
+    decay = check_ema(t.get("ema", 0.0))
+    if decay > 0:
+        chain.append(params_ema(decay))
+    return optax.chain(*chain)
+
+
+def check_ema(value, key: str = "config.train.ema") -> float:
+    """``value`` as a float if it is in [0, 1) (0: no average), else InputError naming ``key``."""
+    try:
+        decay = float(value)
+    except (TypeError, ValueError):
+        decay = float("nan")
+    if not 0.0 <= decay < 1.0:
+        raise InputError(f"{key}={value!r}; must be in [0, 1) (the decay of the parameters' "
+                         "moving average per step; 0 = none).")
+    return decay
+
+
+class ParamsEMAState(NamedTuple):
+    """:func:`params_ema`'s state: ``ema`` the decayed sum of the parameters after each step
+    (a pytree like the parameters), ``weight`` its total weight ``1 - decay**steps``."""
+
+    ema: Any
+    weight: Any
+
+
+def params_ema(decay: float) -> optax.GradientTransformation:
+    """An optax transformation that leaves the updates alone and keeps an exponential moving
+    average of the parameters they produce (Polyak-Ruppert averaging with exponential weights;
+    Polyak & Juditsky, SIAM J. Control Optim. 1992). Place it last in a chain, so that the
+    ``updates`` it sees are the final ones: after step ``n`` with parameters ``p_1 .. p_n``,
+    :func:`averaged_params` gives ``sum_k decay**(n-k) (1 - decay) p_k / (1 - decay**n)`` -- a
+    weighted mean of the iterates, whose weights sum to 1 from the first step (zero start,
+    debiased; the random initialisation gets no weight). Its state is part of the optimizer
+    state, hence checkpointed and resumed with it.
+
+    Args: ``decay`` in (0, 1): the weight kept per step (0.995: a window of ~200 steps).
+    Raises ValueError from ``update`` when called without ``params``."""
+
+    def init(params):
+        return ParamsEMAState(jax.tree.map(jnp.zeros_like, params), jnp.zeros((), jnp.float32))
+
+    def update(updates, state, params=None):
+        if params is None:
+            raise ValueError("params_ema needs the parameters: tx.update(grads, state, params).")
+        new = optax.apply_updates(params, updates)
+        ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema, new)
+        return updates, ParamsEMAState(ema, decay * state.weight + (1.0 - decay))
+
+    return optax.GradientTransformation(init, update)
+
+
+def averaged_params(opt_state) -> Any | None:
+    """The moving average a :func:`params_ema` in ``opt_state`` keeps (debiased), or None when
+    the optimizer has none or has not stepped."""
+    found = [s for s in jax.tree_util.tree_leaves(
+        opt_state, is_leaf=lambda x: isinstance(x, ParamsEMAState)) if isinstance(s, ParamsEMAState)]
+    if not found or float(found[-1].weight) <= 0:
+        return None
+    state = found[-1]
+    return jax.tree.map(lambda e: e / state.weight, state.ema)
+
+
+def trained_params(state) -> Any:
+    """The network a training ``state`` (:class:`phyjax.train.loop.TrainState`) hands to
+    inference: the parameters' moving average where the optimizer keeps one
+    (``config.train.ema`` > 0), else the last step's parameters."""
+    averaged = averaged_params(state.opt_state)
+    return state.params if averaged is None else averaged
 
 
 class SlicePairs:

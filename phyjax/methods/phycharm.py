@@ -712,5 +712,5 @@ def _fit_network(config, train: TrainingSet, name: str = "phycharm", *, workdir:
     step = make_train_step(make_loss(model, active_terms(t)), tx)
     state = fit_loop(state, step, batch_fn, t.steps, workdir, checkpoint_every=t.checkpoint_every,
                      log_every=t.log_every, progress=progress, desc=f"PhyCHarm ({pairs})")
-    return PhyCHarmHarmonizer(state.params, model_cfg, config.eval.batch_size,
+    return PhyCHarmHarmonizer(networks.trained_params(state), model_cfg, config.eval.batch_size,
                               **fitted_fields(train, name))

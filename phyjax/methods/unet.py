@@ -145,5 +145,5 @@ def _fit_network(config, train: TrainingSet, name: str = "unet", *, workdir: str
     state = fit_loop(TrainState.create(params, tx), make_train_step(loss_fn, tx), batch_fn,
                      t.steps, workdir, checkpoint_every=t.checkpoint_every,
                      log_every=t.log_every, progress=progress, desc="U-Net")
-    return UNetHarmonizer(state.params, cfg, config.eval.batch_size,
+    return UNetHarmonizer(networks.trained_params(state), cfg, config.eval.batch_size,
                           **fitted_fields(train, name))
