@@ -278,7 +278,8 @@ def get_config(arg: str | None = None) -> ConfigDict:
     # > 0: the network used after training is an exponential moving average of the parameters
     # over the steps, this the weight kept per step (0.995: a window of ~200 steps;
     # phyjax.methods.networks.params_ema); 0: the last step's parameters. Both slice networks
-    # (PhyCHarm and the benchmark's U-Net) read it.
+    # (PhyCHarm and the benchmark's U-Net) read it. Off: at 800 steps 0.995 lowered every
+    # Dice and raised the volume errors on the validation heads (docs/phycharm_ablation.md, item 55).
     train.ema = 0.0
     train.checkpoint_every = 100
     train.log_every = 10
