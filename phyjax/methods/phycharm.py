@@ -256,6 +256,31 @@ METRIC_NAMES = {"w_map": "map", "w_physics": "physics", "w_harm": "l1", "w_ssim"
                 "w_mixture": "mixture"}
 
 
+def resolve_loss_weights(train_cfg, pairs: str, calibrate: str) -> dict[str, float]:
+    """The :data:`WEIGHTS` of one training, from ``config.train``: each weight as configured,
+    except the intensity-distribution term's, which depends on whether per-site output maps
+    follow the network: ``train.w_hist`` where they do (traveling-subject ``pairs="paired"``
+    with ``calibrate="sites"``, the default: the maps, quantile matching onto the target on
+    the training pairs, restore the histogram's spread -- 0 there passed its validation rule,
+    docs/phycharm_ablation.md item 57), ``train.w_hist_no_maps`` where they do not
+    (physics-made pairs, or another ``calibrate``; 2, item 6's weight, never re-measured
+    there). Raises InputError naming the key of a weight that is not a finite number >= 0."""
+    out = {}
+    for k in WEIGHTS:
+        key = k if k != "w_hist" or (pairs == "paired" and calibrate == "sites") \
+            else "w_hist_no_maps"
+        value = train_cfg.get(key, train_cfg.get(k)) if key == "w_hist_no_maps" \
+            else train_cfg[key]
+        try:
+            w = float(value)
+        except (TypeError, ValueError):
+            w = float("nan")
+        if not (np.isfinite(w) and w >= 0):
+            raise InputError(f"config.train.{key}={value!r}; must be a finite number >= 0.")
+        out[k] = w
+    return out
+
+
 def active_terms(train_cfg) -> tuple[str, ...]:
     """The loss terms of :data:`WEIGHTS` whose ``config.train`` weight is not 0, in that order."""
     return tuple(k for k in WEIGHTS if float(train_cfg[k]) != 0.0)
@@ -662,7 +687,8 @@ def _fit_network(config, train: TrainingSet, name: str = "phycharm", *, workdir:
     many_targets = bool(tc and tc.randomize) and pairs == "simulated"
     model_cfg["target_range"] = simulated.target_range(target, many_targets)
     model_cfg.update(resolve_base_settings(model_cfg, many_targets))
-    full = {k: np.float32(t[k]) for k in WEIGHTS}
+    resolved = resolve_loss_weights(t, pairs, model_cfg["calibrate"])
+    full = {k: np.float32(v) for k, v in resolved.items()}
     ref = reference_level(model_protocol(target, ro))
     if pairs == "paired":
         data = networks.SlicePairs(train, depth, config.data.min_mask_fraction,
@@ -709,7 +735,7 @@ def _fit_network(config, train: TrainingSet, name: str = "phycharm", *, workdir:
     batch_fn = networks.mirrored(batch_fn, config.seed, t.get("mirror", 0.0), view_of)
     model, tx = make_model(model_cfg), networks.make_optimizer(t)
     state = TrainState.create(init_params(model, padded, model_cfg["context"], config.seed), tx)
-    step = make_train_step(make_loss(model, active_terms(t)), tx)
+    step = make_train_step(make_loss(model, active_terms(resolved)), tx)
     state = fit_loop(state, step, batch_fn, t.steps, workdir, checkpoint_every=t.checkpoint_every,
                      log_every=t.log_every, progress=progress, desc=f"PhyCHarm ({pairs})")
     return PhyCHarmHarmonizer(networks.trained_params(state), model_cfg, config.eval.batch_size,
