@@ -66,7 +66,9 @@ def main(argv=None) -> None:
     sites = {name: site_protocol(site) for name, site in cfg.data.sites.items()}
     target = sites.pop(cfg.data.target_site)
     ref = np.float32(P.reference_level(P.model_protocol(target)))
-    weights = {k: np.float32(cfg.train[k]) for k in P.WEIGHTS}
+    # the weights a training with traveling-subject pairs resolves (w_hist: item 57)
+    resolved = P.resolve_loss_weights(cfg.train, "paired", cfg.model.calibrate)
+    weights = {k: np.float32(v) for k, v in resolved.items()}
     b, h, w = cfg.train.batch_size, 80, 104
     for pv in ("single", "two_tissue"):
         m = {k: cfg.model[k] for k in P.MODEL_KEYS}
@@ -74,7 +76,7 @@ def main(argv=None) -> None:
         m["partial_volume"] = pv
         model, tx = P.make_model(m), networks.make_optimizer(cfg.train)
         batch = random_batch(b, h, w, 2 * m["context"] + 1, rng)
-        step = make_train_step(P.make_loss(model, P.active_terms(cfg.train)), tx)
+        step = make_train_step(P.make_loss(model, P.active_terms(resolved)), tx)
         state = TrainState.create(P.init_params(model, (h, w), m["context"], 0), tx)
         for name, source in sites.items():
             first, mean, state = timed_steps(step, state, (batch, source, target, ref, weights),

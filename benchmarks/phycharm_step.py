@@ -69,9 +69,11 @@ def main(argv=None) -> None:
     protocol = P._f32(Protocol(tr=2.3, te=0.003, ti=0.9, flip_angle=0.15, field_strength=3.0,
                                tr_readout=0.0065, n_readouts=176.0, sequence="mprage"))
     ref = np.float32(P.reference_level(P.model_protocol(protocol)))
-    weights = {k: np.float32(cfg.train[k]) for k in P.WEIGHTS}
+    # the weights a training with traveling-subject pairs resolves (w_hist: item 57)
+    resolved = P.resolve_loss_weights(cfg.train, "paired", cfg.model.calibrate)
+    weights = {k: np.float32(v) for k, v in resolved.items()}
     params = P.init_params(model, (h, w), m["context"], 0)
-    active = P.active_terms(cfg.train)
+    active = P.active_terms(resolved)
     print(f"active terms: {', '.join(active)}; off: "
           f"{', '.join(k for k in P.WEIGHTS if k not in active)}")
     for label, terms in [("all terms", P.WEIGHTS), ("active terms", active)] * 2:

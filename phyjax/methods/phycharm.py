@@ -265,12 +265,11 @@ def resolve_loss_weights(train_cfg, pairs: str, calibrate: str) -> dict[str, flo
     docs/phycharm_ablation.md item 57), ``train.w_hist_no_maps`` where they do not
     (physics-made pairs, or another ``calibrate``; 2, item 6's weight, never re-measured
     there). Raises InputError naming the key of a weight that is not a finite number >= 0."""
+    maps = pairs == "paired" and calibrate == "sites"
     out = {}
     for k in WEIGHTS:
-        key = k if k != "w_hist" or (pairs == "paired" and calibrate == "sites") \
-            else "w_hist_no_maps"
-        value = train_cfg.get(key, train_cfg.get(k)) if key == "w_hist_no_maps" \
-            else train_cfg[key]
+        key = "w_hist_no_maps" if k == "w_hist" and not maps else k
+        value = train_cfg.get(key, train_cfg[k])   # a config without w_hist_no_maps: w_hist
         try:
             w = float(value)
         except (TypeError, ValueError):
