@@ -9,9 +9,12 @@ it here the same way, from the repository's ``configs/`` folder.
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 
 from ml_collections import ConfigDict
+
+from phyjax.data.nifti import InputError
 
 #: the repository's ``configs/`` folder
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
@@ -30,3 +33,32 @@ def load_config(name: str, variant: str | None = None) -> ConfigDict:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.get_config(variant) if variant is not None else module.get_config()
+
+
+def check_number(value, key: str, *, low: float | None = None, high: float | None = None,
+                 low_open: bool = False, high_open: bool = False, note: str = "") -> float:
+    """``value`` (a config knob) as a float if it is a finite number inside the interval from
+    ``low`` to ``high`` (None: unbounded; ``low_open`` / ``high_open``: that end excluded),
+    else InputError naming ``key`` (e.g. ``"config.train.ema"``), the value given and the
+    interval, with ``note`` (what the knob means, its units) appended."""
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        x = math.nan
+    ok = math.isfinite(x)
+    if ok and low is not None:
+        ok = x > low if low_open else x >= low
+    if ok and high is not None:
+        ok = x < high if high_open else x <= high
+    if not ok:
+        if low is not None and high is not None:
+            span = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        elif low is not None:
+            span = f"{'>' if low_open else '>='} {low:g}"
+        elif high is not None:
+            span = f"{'<' if high_open else '<='} {high:g}"
+        else:
+            span = "a finite number"
+        raise InputError(f"{key}={value!r}; must be {span}" + (f" ({note})" if note else "")
+                         + ".")
+    return x

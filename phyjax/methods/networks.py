@@ -20,6 +20,7 @@ import nibabel as nib
 import numpy as np
 import optax
 
+from phyjax.config_files import check_number
 from phyjax.data.nifti import InputError
 from phyjax.data.slices import (check_views, from_slices, grid, slice_mask, to_slices,
                                 unview_volume, view_brain_slices, view_cycle, view_grids,
@@ -50,14 +51,8 @@ def make_optimizer(train_cfg) -> optax.GradientTransformation:
 
 def check_ema(value, key: str = "config.train.ema") -> float:
     """``value`` as a float if it is in [0, 1) (0: no average), else InputError naming ``key``."""
-    try:
-        decay = float(value)
-    except (TypeError, ValueError):
-        decay = float("nan")
-    if not 0.0 <= decay < 1.0:
-        raise InputError(f"{key}={value!r}; must be in [0, 1) (the decay of the parameters' "
-                         "moving average per step; 0 = none).")
-    return decay
+    return check_number(value, key, low=0.0, high=1.0, high_open=True,
+                        note="the decay of the parameters' moving average per step; 0 = none")
 
 
 class ParamsEMAState(NamedTuple):
@@ -198,13 +193,7 @@ class SlicePairs:
 
 def check_mirror(p: float, key: str = "config.train.mirror") -> float:
     """``p`` as a float if it is a probability in [0, 1], else InputError naming ``key``."""
-    try:
-        p = float(p)
-    except (TypeError, ValueError):
-        raise InputError(f"{key}={p!r}; expected a probability in [0, 1].") from None
-    if not 0.0 <= p <= 1.0:
-        raise InputError(f"{key}={p!r}; expected a probability in [0, 1].")
-    return p
+    return check_number(p, key, low=0.0, high=1.0, note="a probability")
 
 
 def mirror_batch(arrays: dict, i: int, seed: int, p: float, view: str = "axial") -> dict:

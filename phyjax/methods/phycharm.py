@@ -63,6 +63,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from phyjax.data import simulated
+from phyjax.config_files import check_number
 from phyjax.data.nifti import InputError
 from phyjax.data.slices import check_views, slice_mask
 from phyjax.data.split import TrainingSet, protocols_match, require_training_set
@@ -132,22 +133,14 @@ def check_source_smoothing(value, key: str = "source_smoothing", unit: str = "vo
     """``value`` as a float if it is finite and >= 0 (``config.model.source_smoothing``, voxels,
     or ``source_range``, an intensity sd; a model saved before the settings existed has 0: the
     source slice unsmoothed), else InputError naming ``config.model.<key>``."""
-    try:
-        sigma = float(value)
-    except (TypeError, ValueError):
-        sigma = float("nan")
-    if not (np.isfinite(sigma) and sigma >= 0.0):
-        raise InputError(f"config.model.{key}={value!r}; must be a number >= 0 "
-                         f"({unit}; 0 = off).")
-    return sigma
+    return check_number(value, f"config.model.{key}", low=0.0, note=f"{unit}; 0 = off")
 
 
 def check_gate_prior(value) -> float:
     """``value`` as a float if it is in (0, 1) (``config.model.gate_prior``; a model saved
     before the setting existed has 0.5, no offset), else InputError."""
-    if not 0.0 < float(value) < 1.0:
-        raise InputError(f"config.model.gate_prior={value!r}; must be in (0, 1).")
-    return float(value)
+    return check_number(value, "config.model.gate_prior", low=0.0, high=1.0, low_open=True,
+                        high_open=True)
 
 
 def check_base(value: str) -> str:
@@ -270,12 +263,7 @@ def resolve_loss_weights(train_cfg, pairs: str, calibrate: str) -> dict[str, flo
     for k in WEIGHTS:
         key = "w_hist_no_maps" if k == "w_hist" and not maps else k
         value = train_cfg.get(key, train_cfg[k])   # a config without w_hist_no_maps: w_hist
-        try:
-            w = float(value)
-        except (TypeError, ValueError):
-            w = float("nan")
-        if not (np.isfinite(w) and w >= 0):
-            raise InputError(f"config.train.{key}={value!r}; must be a finite number >= 0.")
+        w = check_number(value, f"config.train.{key}", low=0.0)
         out[k] = w
     return out
 
