@@ -234,6 +234,11 @@ def get_config(arg: str | None = None) -> ConfigDict:
     # 0.001 dB, 0.0001 Dice and 0.07 points of |dV| overall (docs/phycharm_ablation.md,
     # item 51). 1: every slice.
     model.calibrate_slice_step = 2
+    # Site maps learned on N traveling subjects kept out of the network's training (drawn with
+    # config.seed; phyjax.methods.calibration.calibration_holdout) instead of on the heads the
+    # network trained on and has memorized; the network then trains on the others. 0: the
+    # maps from the network's own training subjects (docs/phycharm_ablation.md, item 61).
+    model.calibrate_heads = 0
     # Test-time augmentation (inference only): "flip" averages the outputs on the scan and on
     # its left-right mirror (the axis its affine names L/R), mirrored back; twice the
     # inference time (phyjax.methods.networks.predict_volume); "none": one pass. On by

@@ -132,6 +132,21 @@ class TrainingSet:
                              f"scan(s) lack them (e.g. {lacking[0]}; see protocols.tsv); "
                              "physics-free methods can still run.")
 
+    def partition(self, subjects) -> tuple["TrainingSet", "TrainingSet"]:
+        """``(rest, chosen)``: this set split into two TrainingSets by subject, ``chosen`` the
+        training subjects ``subjects`` (same target site and target protocol).  ValueError
+        unless ``subjects`` is a non-empty proper subset of :attr:`subjects`."""
+        chosen = tuple(sorted(set(subjects)))
+        unknown = sorted(set(chosen) - set(self.subjects))
+        rest = tuple(s for s in self.subjects if s not in chosen)
+        if unknown or not chosen or not rest:
+            raise ValueError(f"partition({list(chosen)}) of the training subjects "
+                             f"{list(self.subjects)}: must be a non-empty proper subset"
+                             + (f"; not training subjects: {unknown}" if unknown else "") + ".")
+        return tuple(TrainingSet(Split(a, b), self.volumes, self.target_site,
+                                 self._target_protocol, _token=_TOKEN)
+                     for a, b in ((rest, chosen), (chosen, rest)))
+
     def grid_mm(self) -> tuple[float, float, float]:
         """Voxel edge lengths (mm, RAS axes) of the training images (those of the first scan; a
         dataset's volumes share one grid)."""

@@ -168,6 +168,55 @@ def pooled_outputs(harmonizer, train: TrainingSet, progress: bool = True,
     return [dict(g, out=np.concatenate(g["out"]), tgt=np.concatenate(g["tgt"])) for g in groups]
 
 
+def calibration_holdout(train: TrainingSet, heads, seed: int,
+                        key: str = "config.model.calibrate_heads"
+                        ) -> tuple[TrainingSet, TrainingSet]:
+    """``(network_set, maps_set)``: the training subjects the network learns from and those
+    its site maps (:func:`fit_site_maps`) are learned on.
+
+    ``heads`` 0 (the default): both are ``train`` -- the maps are learned on the heads the
+    network was trained on.  ``heads`` N > 0: N traveling subjects, drawn with ``seed`` among
+    those scanned at the target site and at a source site, are kept out of the network's
+    training and used only for the maps, so the maps correct the network's residual on heads
+    it has not memorized -- the residual it will have on a new head (docs/phycharm_ablation.md,
+    item 61).  Raises InputError naming ``key`` when ``heads`` is not an integer >= 0, when
+    it would leave the network no subject or take every eligible one, or when a source
+    protocol of the network's subjects has no scan among the held-out heads (its map could
+    not be learned; the sites are named)."""
+    train = require_training_set(train)
+    try:
+        n = int(heads)
+    except (TypeError, ValueError):
+        n = -1
+    if n != heads or n < 0:
+        raise InputError(f"{key}={heads!r}; expected an integer >= 0 (0: the maps are learned "
+                         "on the network's own training subjects).")
+    if n == 0:
+        return train, train
+    eligible = sorted(
+        s for s, scans in train.volumes.items() if train.target_site in scans
+        and any(site != train.target_site and v.protocol is not None
+                for site, v in scans.items()))
+    if n >= len(eligible) or n >= len(train.subjects):
+        raise InputError(f"{key}={n}: only {len(eligible)} training subject(s) have a scan at "
+                         f"the target site {train.target_site!r} and at a source site, and the "
+                         "network needs at least one of the training subjects; hold out fewer.")
+    chosen = sorted(np.random.default_rng(seed).permutation(eligible)[:n].tolist())
+    rest, held = train.partition(chosen)
+
+    def protocols(ts):
+        return [(site, v.protocol) for scans in ts.volumes.values() for site, v in scans.items()
+                if site != ts.target_site and v.protocol is not None]
+    held_p = [p for _, p in protocols(held)]
+    missing = sorted({site for site, p in protocols(rest)
+                      if not any(protocols_match(p, q) for q in held_p)})
+    if missing:
+        raise InputError(f"{key}={n}: the held-out subjects {chosen} have no scan with the "
+                         f"protocol of site(s) {missing}, so no map could be learned for them; "
+                         "hold out more subjects or set it to 0.")
+    return rest, held
+
+
 def fit_site_maps(harmonizer, train: TrainingSet, knots: int = 256,
                   progress: bool = True, slice_step: int = 1) -> list[dict]:
     """The monotone intensity map, per source protocol, that carries the network's outputs on
