@@ -675,7 +675,8 @@ def test_resuming_with_other_training_or_target_settings_is_refused(tmp_path, se
 
 
 @pytest.mark.parametrize("key,changed", [("ensemble", 2),
-                                         ("views", ("axial", "coronal", "sagittal"))])
+                                         ("views", ("axial", "coronal", "sagittal")),
+                                         ("calibrate_heads", 1)])
 def test_a_run_saved_before_a_training_setting_existed_resumes_with_its_old_value(
         tmp_path, key, changed):
     """``experiments.common.ADDED_LATER``: a config.json without ``model.<key>`` was trained with the value it

@@ -62,8 +62,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from phyjax.data import simulated
 from phyjax.config_files import check_number
+from phyjax.data import simulated
 from phyjax.data.nifti import InputError
 from phyjax.data.slices import check_views, slice_mask
 from phyjax.data.split import TrainingSet, protocols_match, require_training_set
