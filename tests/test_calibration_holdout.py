@@ -72,7 +72,7 @@ def test_a_site_the_held_out_heads_lack_is_named():
     for seed in range(8):
         try:
             rest, held = calibration_holdout(train, 1, seed)
-            assert held.subjects == ("00",) or "00" not in rest.subjects
+            assert held.subjects == ("00",) and "00" not in rest.subjects
             outcomes.add("ok")
         except InputError as e:
             assert "site(s) ['b']" in str(e) and "config.model.calibrate_heads=1" in str(e)
