@@ -269,3 +269,27 @@ def learn_site_maps(harmonizer, train: TrainingSet, knots: int = 256, paired: bo
         return harmonizer
     harmonizer.cfg["site_maps"] = fit_site_maps(harmonizer, train, knots, progress, slice_step)
     return harmonizer
+
+
+def fit_calibrated(fit_network, train: TrainingSet, settings, seed: int, section: str,
+                   paired: bool = True, progress: bool = True, name: str = "harmonizer"):
+    """A slice network trained by ``fit_network(training_set)`` and its site maps, as
+    ``settings`` (``config.model`` for PhyCHarm, ``config.unet`` for the U-Net; ``section``
+    names it in errors) ask: with ``calibrate="sites"`` on traveling-subject pairs
+    (``paired``), the network learns from the subjects :func:`calibration_holdout` leaves it
+    (``calibrate_heads``, drawn with ``seed``) and :func:`learn_site_maps` learns the maps on
+    the others (on the same subjects when ``calibrate_heads`` is 0).  The harmonizer's
+    ``fitted_on`` is every subject of ``train`` and ``cfg["calibration_subjects"]`` those the
+    maps were learned on (empty without maps)."""
+    learns_maps = settings.get("calibrate", "none") == "sites" and paired
+    net_set, maps_set = (calibration_holdout(train, settings.get("calibrate_heads", 0), seed,
+                                             f"config.{section}.calibrate_heads")
+                         if learns_maps else (train, train))
+    if net_set is not train and progress:
+        print(f"[{name}] site maps from the held-out heads {list(maps_set.subjects)}; the "
+              f"network trains on {list(net_set.subjects)}", flush=True)
+    harm = fit_network(net_set)
+    harm.fitted_on = frozenset(train.subjects)      # the held-out heads fitted its maps
+    harm.cfg["calibration_subjects"] = list(maps_set.subjects) if learns_maps else []
+    return learn_site_maps(harm, maps_set, settings.get("calibrate_knots", 256), paired,
+                           progress, settings.get("calibrate_slice_step", 1))

@@ -72,8 +72,8 @@ from phyjax.losses import (edge_agreement, gradient_difference, intensity_distri
                            tissue_consistency, tissue_distribution)
 from phyjax.methods import networks
 from phyjax.methods.base import fitted_fields, register
-from phyjax.methods.calibration import (CALIBRATE, calibrate_output, calibration_holdout,  # noqa: F401
-                                       check_calibrate, fit_site_maps, learn_site_maps,
+from phyjax.methods.calibration import (CALIBRATE, calibrate_output, check_calibrate,  # noqa: F401
+                                       fit_calibrated, fit_site_maps, learn_site_maps,
                                        site_map_for)
 from phyjax.models.phycharm import (BASES, PARTIAL_VOLUME, PhyCHarm, reference_signal,
                                     synthesize_maps)
@@ -640,26 +640,21 @@ def fit(config, train: TrainingSet, name: str = "phycharm", *, workdir: str,
     maps of :func:`fit_site_maps` are learned on the training pairs and saved with the model
     (paired mode only; with physics-made pairs the setting falls back to ``"none"``, printed);
     ``config.model.calibrate_heads`` N > 0: on N traveling subjects kept out of the network's
-    training (:func:`phyjax.methods.calibration.calibration_holdout`; their names in
+    training (:func:`phyjax.methods.calibration.fit_calibrated`; their names in
     ``cfg["calibration_subjects"]``). ``fitted_on`` is every subject of ``train`` either way.
     """
     context = dict(name=name, workdir=workdir, progress=progress, has_maps=has_maps)
-    mode = "simulated" if name == "phycharm_unpaired" else config.train.get("pairs", "auto")
-    learns_maps = (config.model.get("calibrate", "none") == "sites"
-                   and resolve_pairs(mode, require_training_set(train)) == "paired")
-    net_set, maps_set = (calibration_holdout(train, config.model.get("calibrate_heads", 0),
-                                             config.seed)
-                         if learns_maps else (train, train))
-    if net_set is not train and progress:
-        print(f"[{name}] site maps from the held-out heads {list(maps_set.subjects)}; the "
-              f"network trains on {list(net_set.subjects)}", flush=True)
-    harm = (networks.fit_ensemble(_fit_network, config, "model", net_set, **context)
-            or _fit_network(config, net_set, **context))
-    harm.fitted_on = frozenset(train.subjects)      # the held-out heads fitted its maps
-    harm.cfg["calibration_subjects"] = list(maps_set.subjects) if learns_maps else []
-    return learn_site_maps(harm, maps_set, config.model.get("calibrate_knots", 256),
-                           harm.cfg["pairs"] == "paired", progress,
-                           config.model.get("calibrate_slice_step", 1))
+    paired = resolve_pairs(pairs_mode(config.train, name), require_training_set(train))
+    return fit_calibrated(
+        lambda subset: (networks.fit_ensemble(_fit_network, config, "model", subset, **context)
+                        or _fit_network(config, subset, **context)),
+        train, config.model, config.seed, "model", paired == "paired", progress, name)
+
+
+def pairs_mode(train_cfg, name: str) -> str:
+    """``config.train.pairs`` as method ``name`` reads it: ``phycharm_unpaired`` always trains
+    on physics-made pairs (``simulated``)."""
+    return "simulated" if name == "phycharm_unpaired" else train_cfg.get("pairs", "auto")
 
 
 def _fit_network(config, train: TrainingSet, name: str = "phycharm", *, workdir: str,
@@ -683,8 +678,7 @@ def _fit_network(config, train: TrainingSet, name: str = "phycharm", *, workdir:
     target = train.target_protocol()
     model_protocol(target, ro)   # an unknown readout setting fails here, before any work
     tc = config.get("target")
-    mode = "simulated" if name == "phycharm_unpaired" else t.get("pairs", "auto")
-    pairs = model_cfg["pairs"] = resolve_pairs(mode, train)
+    pairs = model_cfg["pairs"] = resolve_pairs(pairs_mode(t, name), train)
     # a range of targets only where training saw one (simulated pairs); paired: its target
     many_targets = bool(tc and tc.randomize) and pairs == "simulated"
     model_cfg["target_range"] = simulated.target_range(target, many_targets)

@@ -22,7 +22,7 @@ from phyjax.data.split import TrainingSet, require_training_set
 from phyjax.losses import intensity_distribution, masked_l1, ssim_loss
 from phyjax.methods import networks
 from phyjax.methods.base import fitted_fields, register
-from phyjax.methods.calibration import calibration_holdout, check_calibrate, learn_site_maps
+from phyjax.methods.calibration import check_calibrate, fit_calibrated
 from phyjax.models.unet import ConditionalUNet
 from phyjax.physics.sequences import encode
 from phyjax.train import TrainState, fit as fit_loop, make_train_step
@@ -93,18 +93,13 @@ def fit(config, train: TrainingSet, name: str = "unet", *, workdir: str, progres
     ``config.unet.calibrate="sites"``: then its per-protocol output maps learned on the same
     training pairs, as PhyCHarm's (:func:`phyjax.methods.calibration.learn_site_maps`), or on
     ``config.unet.calibrate_heads`` subjects kept out of the network's training
-    (:func:`phyjax.methods.calibration.calibration_holdout`)."""
-    learns_maps = config.unet.get("calibrate", "none") == "sites"
-    net_set, maps_set = (calibration_holdout(train, config.unet.get("calibrate_heads", 0),
-                                             config.seed, "config.unet.calibrate_heads")
-                         if learns_maps else (train, train))
-    harm = (networks.fit_ensemble(_fit_network, config, "unet", net_set, name=name,
-                                  workdir=workdir, progress=progress)
-            or _fit_network(config, net_set, name, workdir=workdir, progress=progress))
-    harm.fitted_on = frozenset(train.subjects)      # the held-out heads fitted its maps
-    harm.cfg["calibration_subjects"] = list(maps_set.subjects) if learns_maps else []
-    return learn_site_maps(harm, maps_set, config.unet.get("calibrate_knots", 256), True,
-                           progress, config.unet.get("calibrate_slice_step", 1))
+    (:func:`phyjax.methods.calibration.fit_calibrated`)."""
+    return fit_calibrated(
+        lambda subset: (networks.fit_ensemble(_fit_network, config, "unet", subset, name=name,
+                                              workdir=workdir, progress=progress)
+                        or _fit_network(config, subset, name, workdir=workdir,
+                                        progress=progress)),
+        train, config.unet, config.seed, "unet", True, progress, name)
 
 
 def _fit_network(config, train: TrainingSet, name: str = "unet", *, workdir: str,
