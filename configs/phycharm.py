@@ -341,6 +341,12 @@ def get_config(arg: str | None = None) -> ConfigDict:
     train.random_sources = 4  # simulated mode: protocols per source family drawn from its
                               # documented range (with readout trains) beside the user's own
                               # (domain randomisation); 0 = the user's protocols only
+    # Traveling-subject (paired) training: every n-th batch a physics-made pair instead -- the
+    # training set's source protocols, random_sources more per family, and the target, simulated
+    # with random scanner effects on n_anatomies shipped heads the traveling subjects do not
+    # have -- so the network sees more anatomy than the site's few heads; 0 = traveling pairs
+    # only (docs/phycharm_ablation.md, item 62).
+    train.simulated_every = 0
 
     # The target as a protocol (a sidecar and/or values; s, degrees, T): overrides the target
     # site's sidecars, and need not be a site in the data.  Empty/negative = not given.

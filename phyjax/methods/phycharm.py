@@ -51,7 +51,9 @@ shipped anatomies (:mod:`phyjax.data.simulated`), every
 ``adapt_every``-th batch a real, unpaired scan of the training set with only the physics term
 (its own maps re-synthesized through its own protocol) and the edge term (the output's edges
 where the scan has them).  The simulated mode never reads a target-site image: the target is a
-protocol.
+protocol.  Traveling-subject training can take physics-made pairs too
+(``config.train.simulated_every`` N > 0): every N-th batch is one, on shipped anatomies the
+traveling subjects do not have, so the network sees more heads than the site's few.
 """
 
 from __future__ import annotations
@@ -563,6 +565,25 @@ def batch_kind(i: int, adapt_every: int, has_real: bool) -> tuple[str, int]:
     return "simulated", i - ((i + 1) // adapt_every if has_real else 0)
 
 
+def check_simulated_every(value, key: str = "config.train.simulated_every") -> int:
+    """``value`` as an int >= 0 (0: off), else InputError naming ``key``."""
+    n = check_number(value, key, low=0.0, note="every n-th traveling-subject batch a "
+                     "physics-made pair; 0 = off")
+    if n != int(n):
+        raise InputError(f"{key}={value!r}; must be a whole number (0 = off).")
+    return int(n)
+
+
+def paired_batch_kind(i: int, simulated_every: int) -> tuple[str, int]:
+    """``("simulated", k)`` when step ``i`` of traveling-subject training is its ``k``-th
+    physics-made batch (every ``simulated_every``-th step; 0: never), else ``("paired", j)``,
+    its ``j``-th traveling-subject batch -- so with 0 every step ``i`` is paired batch ``i``,
+    as before the setting existed."""
+    if simulated_every > 0 and (i + 1) % simulated_every == 0:
+        return "simulated", i // simulated_every
+    return "paired", i - ((i + 1) // simulated_every if simulated_every > 0 else 0)
+
+
 def weights_by_site(weights: dict, train_cfg, sites) -> dict[str, dict]:
     """The loss weights of each source site's paired batches: ``weights``, with ``w_physics`` 0
     for the sites in ``config.train.physics_off_sites``.
@@ -593,9 +614,10 @@ def resolve_pairs(mode: str, train: TrainingSet) -> str:
 
 
 def _simulated_data(config, train: TrainingSet, target: Protocol, depth: int, progress: bool,
-                    workdir: str, views=("axial",)):
+                    workdir: str, views=("axial",), with_real: bool = True):
     """Physics-made pairs (the training set's source protocols and the target protocol(s) on
-    shipped anatomies) and the real source scans to adapt to."""
+    shipped anatomies) and the real source scans to adapt to.  ``with_real=False`` (physics-made
+    batches of traveling-subject training): no real scans (None) and one target, ``target``."""
     t, d = config.train, config.data
     sites = [s for s in train.sites if s != train.target_site]
     if not sites:
@@ -605,7 +627,8 @@ def _simulated_data(config, train: TrainingSet, target: Protocol, depth: int, pr
     scans = [train.volumes[s][site] for s in train.subjects for site in sites
              if site in train.volumes[s]]
     tc = config.get("target")
-    n_targets = int(tc.n_protocols) if tc is not None and tc.randomize else 1
+    # a range of targets only for a model trained on physics-made pairs alone
+    n_targets = int(tc.n_protocols) if with_real and tc is not None and tc.randomize else 1
     targets = simulated.sample_targets(target, n_targets, config.seed)
     own = [v.protocol for v in scans]
     sources = simulated.distinct(own + [target] + simulated.sample_sources(
@@ -619,7 +642,7 @@ def _simulated_data(config, train: TrainingSet, target: Protocol, depth: int, pr
                                    config.model.context, config.seed, progress, workdir, views)
     real = (simulated.SourceSlices(train, sites, depth, d.min_mask_fraction, config.model.context,
                                    directory=workdir, views=views)
-            if t.adapt_every > 0 else None)
+            if with_real and t.adapt_every > 0 else None)
     return sim, real
 
 
@@ -686,11 +709,12 @@ def _fit_network(config, train: TrainingSet, name: str = "phycharm", *, workdir:
     resolved = resolve_loss_weights(t, pairs, model_cfg["calibrate"])
     full = {k: np.float32(v) for k, v in resolved.items()}
     ref = reference_level(model_protocol(target, ro))
+    every = check_simulated_every(t.get("simulated_every", 0))
     if pairs == "paired":
         data = networks.SlicePairs(train, depth, config.data.min_mask_fraction,
                                    model_cfg["context"], method="PhyCHarm", directory=workdir,
                                    views=views)
-        padded, view_of = data.padded, data.view_of
+        padded = data.padded
         weights = dict(full, w_map=full["w_map"] if has_maps else np.float32(0.0))
         site_weights = weights_by_site(weights, t, data.sites)
 
@@ -698,15 +722,32 @@ def _fit_network(config, train: TrainingSet, name: str = "phycharm", *, workdir:
         # converted (and checked, model_protocol) once, not at every step
         sources32 = [_f32(q, ro) for q in sample.protocols]
         target32 = _f32(target, ro)
+        if every:   # physics-made pairs on heads the traveling subjects do not have
+            sim, _ = _simulated_data(config, train, target, depth, progress, workdir, views,
+                                     with_real=False)
+            sim32 = [_f32(q, ro) for q in sim.sources]
+            sim_refs = [np.float32(reference_level(model_protocol(q, ro))) for q in sim.targets]
+            sim_targets32 = [_f32(q, ro) for q in sim.targets]
+            sim_weights = full    # simulated heads have their maps
+
+        def view_of(i):
+            kind, k = paired_batch_kind(i, every)
+            return sim.view_of(k) if kind == "simulated" else data.view_of(k)
 
         def batch_fn(i):
-            site, idx, g = sample(i)
-            return (data.batch(site, idx, data.view_of(i)),
+            kind, k = paired_batch_kind(i, every)
+            if kind == "simulated":
+                arrays, p, q = sim.batch(k, t.batch_size, config.seed, sim.view_of(k))
+                return arrays, sim32[p], sim_targets32[q], sim_refs[q], sim_weights
+            site, idx, g = sample(k)
+            return (data.batch(site, idx, data.view_of(k)),
                     sources32[g], target32, np.float32(ref), site_weights[site])
     else:
-        if tuple(t.get("physics_off_sites", ())):
-            raise InputError("config.train.physics_off_sites applies to traveling-subject pairs "
-                             f"only; this run trains on physics-made pairs (pairs={pairs!r}).")
+        for key, value in (("physics_off_sites", tuple(t.get("physics_off_sites", ()))),
+                           ("simulated_every", every)):
+            if value:
+                raise InputError(f"config.train.{key} applies to traveling-subject pairs only; "
+                                 f"this run trains on physics-made pairs (pairs={pairs!r}).")
         sim, real = _simulated_data(config, train, target, depth, progress, workdir, views)
         padded = sim.padded
         refs = [np.float32(reference_level(model_protocol(q, ro))) for q in sim.targets]
@@ -733,6 +774,7 @@ def _fit_network(config, train: TrainingSet, name: str = "phycharm", *, workdir:
     state = TrainState.create(init_params(model, padded, model_cfg["context"], config.seed), tx)
     step = make_train_step(make_loss(model, active_terms(resolved)), tx)
     state = fit_loop(state, step, batch_fn, t.steps, workdir, checkpoint_every=t.checkpoint_every,
-                     log_every=t.log_every, progress=progress, desc=f"PhyCHarm ({pairs})")
+                     log_every=t.log_every, progress=progress,
+                     desc=f"PhyCHarm ({pairs}{' + simulated' if every else ''})")
     return PhyCHarmHarmonizer(networks.trained_params(state), model_cfg, config.eval.batch_size,
                               **fitted_fields(train, name))
