@@ -184,6 +184,12 @@ def get_config(arg: str | None = None) -> ConfigDict:
     # auto for a range of targets (no source slice in the base), and the detail gate where
     # source_smoothing is 0 (phyjax.methods.phycharm.resolve_base_settings).
     model.detail_gate = True
+    # ... and with this > 0 (voxels, wider than source_smoothing) the detail gate chooses among
+    # three: the raw slice, the one smoothed by source_smoothing and one smoothed by this (a
+    # fourth harmonizer output; softmax weights), so a source noisier than the others (the
+    # 1.5 T MPRAGE) can lose more of its noise without the others' edges paying for it
+    # (docs/phycharm_ablation.md, item 63). 0: the two-arm gate.
+    model.source_smoothing_wide = 0.0
     # Data consistency at inference (phyjax.physics.consistency): the network's T1/M0 are the
     # prior of a per-voxel MAP estimate given the source image through its own signal equation,
     # and the harmonized image moves by what that changes in the target's signal equation, so

@@ -19,15 +19,14 @@ SOURCE = Protocol(tr=0.02, te=0.0045, flip_angle=np.deg2rad(25.0), field_strengt
                   sequence="spgr")
 
 
-def _constant_head(params, residual, gate_logit=None, detail_logit=None):
+def _constant_head(params, residual, gate_logit=None, detail_logit=None, wide_logit=None):
     """``params`` with the harmonizer's output layer (the last 1x1 convolution) giving
-    ``residual`` (and ``gate_logit`` in a second channel, ``detail_logit`` in a third)
-    everywhere."""
+    ``residual`` (and ``gate_logit`` in a second channel, ``detail_logit`` in a third,
+    ``wide_logit`` in a fourth) everywhere."""
     harm = dict(params["harmonizer"])
     last = max((k for k in harm if k.startswith("Conv_") and harm[k]["kernel"].shape[:2] == (1, 1)),
                key=lambda k: int(k.split("_")[1]))
-    bias = [residual] + ([] if gate_logit is None else [gate_logit]) + (
-        [] if detail_logit is None else [detail_logit])
+    bias = [residual] + [v for v in (gate_logit, detail_logit, wide_logit) if v is not None]
     harm[last] = {"kernel": jnp.zeros_like(harm[last]["kernel"]),
                   "bias": jnp.asarray(bias, harm[last]["bias"].dtype)}
     return dict(params, harmonizer=harm)
@@ -236,6 +235,57 @@ def test_detail_gate_chooses_between_raw_and_smoothed_source(detail_logit):
                                                        + 0.02) * mask, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("detail_logit, wide_logit", [(0.0, 0.0), (-0.6, 1.3), (25.0, 0.0),
+                                                     (-25.0, -25.0), (-25.0, 25.0)])
+def test_three_arm_detail_gate_is_a_softmax_over_raw_smoothed_and_wide(detail_logit,
+                                                                        wide_logit):
+    from phyjax.models.phycharm import masked_gaussian
+
+    logit = -0.3
+    model = phycharm.make_model(dict(features=(4, 8), cond_features=4, t1_max=5.0, m0_max=1.5,
+                                     base="gated", source_smoothing=0.5, detail_gate=True,
+                                     source_smoothing_wide=1.2))
+    params = _constant_head(phycharm.init_params(model, (16, 16), 1, 0), 0.01, logit,
+                            detail_logit, wide_logit)
+    x = jax.random.uniform(jax.random.key(3), (2, 16, 16, 3), minval=0.1, maxval=1.0)
+    mask = jnp.ones((2, 16, 16, 1)).at[:, :3].set(0.0)
+    code_s = jnp.broadcast_to(encode(SOURCE), (2, encode(SOURCE).shape[-1]))
+    code_t = jnp.broadcast_to(encode(TARGET), code_s.shape)
+    out = model.apply({"params": params}, x, mask, code_s, code_t, TARGET, 0.5, 3.0)
+    g = 1.0 / (1.0 + np.exp(-logit))
+    e = np.exp(np.array([detail_logit, 0.0, wide_logit]) - max(detail_logit, 0.0, wide_logit))
+    w = e / e.sum()
+    raw = x[..., 1:2]
+    arms = (raw, masked_gaussian(raw, mask, 0.5), masked_gaussian(raw, mask, 1.2))
+    own = sum(wk * a for wk, a in zip(w, arms))
+    np.testing.assert_allclose(out["harmonized"], (g * out["resynth"] + (1 - g) * own + 0.01)
+                               * mask, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out["detail"], w[0] * mask, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(out["wide"], w[2] * mask, rtol=1e-5, atol=1e-7)
+    # the wide arm is a different image from the narrow one (or the test could not tell them)
+    assert float(jnp.max(jnp.abs(arms[2] - arms[1]) * mask)) > 1e-2
+
+
+def test_three_arm_gate_checked_and_two_arm_models_unchanged():
+    cfg = dict(features=(4, 8), cond_features=4, t1_max=5.0, m0_max=1.5, base="gated",
+               source_smoothing=0.5, detail_gate=True)
+    two = phycharm.make_model(cfg)                    # a model saved before the setting
+    assert two.source_smoothing_wide == 0.0
+    params = phycharm.init_params(two, (16, 16), 1, 0)
+    last = max((k for k in params["harmonizer"] if k.startswith("Conv_")),
+               key=lambda k: int(k.split("_")[1]))
+    assert params["harmonizer"][last]["bias"].shape == (3,)     # residual, gate, detail
+    three = phycharm.make_model(dict(cfg, source_smoothing_wide=1.0))
+    params = phycharm.init_params(three, (16, 16), 1, 0)
+    assert params["harmonizer"][last]["bias"].shape == (4,)
+    for bad, match in ((dict(cfg, detail_gate=False, source_smoothing_wide=1.0), "detail_gate"),
+                       (dict(cfg, source_smoothing_wide=0.5), "wider than"),
+                       (dict(cfg, source_smoothing_wide=-1.0), ">= 0"),
+                       (dict(cfg, source_smoothing_wide="wide"), ">= 0")):
+        with pytest.raises(InputError, match=r"config\.model\.source_smoothing_wide.*" + match):
+            phycharm.make_model(bad)
+
+
 def test_detail_gate_checked_and_old_models_without_it():
     cfg = dict(features=(4, 8), cond_features=4, t1_max=5.0, m0_max=1.5, base="gated",
                source_smoothing=0.5)
@@ -316,11 +366,19 @@ def test_base_settings_of_a_training_resolved_and_off_where_they_cannot_act():
     from phyjax.methods.phycharm import resolve_base_settings
 
     default = dict(base="auto", partial_volume="auto", source_smoothing=0.5, source_range=0.0,
-                   detail_gate=True)
+                   detail_gate=True, source_smoothing_wide=0.0)
     gated = {"base": "gated", "partial_volume": "two_tissue"}
     assert resolve_base_settings(default, many_targets=False) == default | gated
     off = {"base": "resynth", "partial_volume": "single", "source_smoothing": 0.0,
-           "source_range": 0.0, "detail_gate": False}
+           "source_range": 0.0, "detail_gate": False, "source_smoothing_wide": 0.0}
+    # the third arm of the detail gate: kept with it, dropped where the gate is
+    wide = default | {"source_smoothing_wide": 1.0}
+    assert resolve_base_settings(wide, False) == wide | gated
+    assert resolve_base_settings(wide | {"base": "resynth"}, False) == off
+    assert resolve_base_settings(wide | {"detail_gate": False}, False)[
+        "source_smoothing_wide"] == 0.0
+    with pytest.raises(InputError, match="wider than"):
+        resolve_base_settings(default | {"source_smoothing_wide": 0.3}, False)
     assert resolve_base_settings(default | {"base": "resynth"}, False) == off
     assert resolve_base_settings(default | {"source_range": 0.1}, many_targets=True) == off
     assert resolve_base_settings(default | {"source_smoothing": 0.0}, False) == (

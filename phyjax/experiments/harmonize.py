@@ -111,7 +111,8 @@ def _same(a: Protocol, b: Protocol | None) -> bool:
 #: PhyCHarm's base settings the output sidecar records, with the value of a model saved before
 #: each existed
 PHYCHARM_BASE = {k: ADDED_LATER["model"][k]
-                 for k in ("base", "source_smoothing", "source_range", "detail_gate")}
+                 for k in ("base", "source_smoothing", "source_range", "detail_gate",
+                           "source_smoothing_wide")}
 
 
 def output_sidecar(harmonizer, reading: Reading, input_path: str,

@@ -86,7 +86,7 @@ from phyjax.train import TrainState, fit as fit_loop, make_train_step
 
 MODEL_KEYS = ("features", "cond_features", "t1_max", "m0_max", "context", "readout",
               "partial_volume", "base", "gate_prior", "source_smoothing", "source_range",
-              "detail_gate")
+              "detail_gate", "source_smoothing_wide")
 #: ``config.model.readout``: how the model's signal equations treat an MPRAGE readout train
 READOUT = ("sidecar", "static")
 PAIRS = ("auto", "paired", "simulated")
@@ -114,7 +114,25 @@ def make_model(model_cfg) -> PhyCHarm:
                                                         "source_range", "intensity sd"),
                     detail_gate=check_detail_gate(m.get("detail_gate", False),
                                                   m.get("base", "resynth"),
-                                                  m.get("source_smoothing", 0.0)))
+                                                  m.get("source_smoothing", 0.0)),
+                    source_smoothing_wide=check_smoothing_wide(
+                        m.get("source_smoothing_wide", 0.0), m.get("detail_gate", False),
+                        m.get("source_smoothing", 0.0)))
+
+
+def check_smoothing_wide(value, detail_gate, source_smoothing) -> float:
+    """``config.model.source_smoothing_wide`` (voxels; 0, off, for a model saved before it
+    existed) as a float; InputError if it is not a finite number >= 0, or if it is > 0 without
+    the detail gate it is a third arm of, or not wider than ``source_smoothing``."""
+    wide = check_source_smoothing(value, "source_smoothing_wide")
+    if wide > 0 and not (detail_gate is True or detail_gate is np.True_):
+        raise InputError(f"config.model.source_smoothing_wide={value!r} is a third arm of the "
+                         "detail gate: it needs config.model.detail_gate=True (and "
+                         "source_smoothing > 0).")
+    if wide > 0 and wide <= float(source_smoothing):
+        raise InputError(f"config.model.source_smoothing_wide={value!r} must be wider than "
+                         f"config.model.source_smoothing={source_smoothing!r}.")
+    return wide
 
 
 def check_detail_gate(value, base: str, source_smoothing) -> bool:
@@ -170,17 +188,17 @@ def resolve_base(value: str, many_targets: bool) -> str:
 
 
 def resolve_base_settings(model_cfg, many_targets: bool) -> dict:
-    """``base``, ``partial_volume``, ``source_smoothing``, ``source_range`` and ``detail_gate``
-    of ``model_cfg`` for one training: ``base`` resolved (:func:`resolve_base`), every value
+    """``base``, ``partial_volume``, ``source_smoothing``, ``source_range``, ``detail_gate`` and
+    ``source_smoothing_wide`` of ``model_cfg`` for one training: ``base`` resolved (:func:`resolve_base`), every value
     checked (InputError naming the bad one), and the gated base's own settings off where they
     cannot act, as
     ``gate_prior`` is unused there: all three for a ``resynth`` base (no source slice to smooth;
     named or resolved from ``auto``, so ``--config.model.base=resynth`` needs no other flag
     beside the default's smoothing), ``detail_gate`` where nothing is smoothed (as
-    ``source_range`` is then inert); ``partial_volume`` resolved for that base and
-    ``model_cfg["pairs"]`` (:func:`resolve_partial_volume`; ``paired`` if absent). What is
-    returned is what the model is built and saved with, so the harmonize sidecar records what
-    was used."""
+    ``source_range`` is then inert), ``source_smoothing_wide`` without the detail gate;
+    ``partial_volume`` resolved for that base and ``model_cfg["pairs"]``
+    (:func:`resolve_partial_volume`; ``paired`` if absent). What is returned is what the model
+    is built and saved with, so the harmonize sidecar records what was used."""
     base = resolve_base(model_cfg["base"], many_targets)
     partial_volume = resolve_partial_volume(model_cfg.get("partial_volume", "single"), base,
                                             model_cfg.get("pairs", "paired"))
@@ -188,10 +206,15 @@ def resolve_base_settings(model_cfg, many_targets: bool) -> dict:
     range_sd = check_source_smoothing(model_cfg.get("source_range", 0.0), "source_range",
                                       "intensity sd")
     detail = check_detail_gate(model_cfg.get("detail_gate", False), "gated", 1.0)  # its type
+    wide = check_source_smoothing(model_cfg.get("source_smoothing_wide", 0.0),
+                                  "source_smoothing_wide")
     if base == "resynth":
         smoothing, range_sd = 0.0, 0.0
+    detail = detail and smoothing > 0
+    wide = wide if detail else 0.0      # a third arm of the detail gate, inert without it
+    check_smoothing_wide(wide, detail, smoothing)
     return {"base": base, "partial_volume": partial_volume, "source_smoothing": smoothing,
-            "source_range": range_sd, "detail_gate": detail and smoothing > 0}
+            "source_range": range_sd, "detail_gate": detail, "source_smoothing_wide": wide}
 
 
 def resolve_partial_volume(value: str, base: str, pairs: str = "paired") -> str:

@@ -131,7 +131,12 @@ class PhyCHarm(nn.Module):
     with ``source_smoothing`` > 0: a third harmonizer channel ``d`` in (0, 1) chooses per voxel
     between the raw and the smoothed source slice, ``own = d * raw + (1 - d) * smoothed``,
     returned as ``detail``, so the network can keep the raw slice's edges (the cortex) and take
-    the smoothed one in flat tissue; an untrained ``d`` is near 0.5).
+    the smoothed one in flat tissue; an untrained ``d`` is near 0.5); ``source_smoothing_wide``
+    > 0 with the detail gate: a third, wider Gaussian arm (that sd, voxels), and a fourth
+    harmonizer channel: the weights of the raw, the smoothed and the widely smoothed slice are a
+    softmax of ``(c2, 0, c3)``, returned as ``detail`` (the raw slice's) and ``wide`` (the
+    widest's), so where a source is noisier than the target's the network can take more of its
+    noise out; an untrained network weighs the three about equally.
     Returns a dict of
     ``(B, H, W, 1)`` arrays: ``t1`` (s), ``m0``, ``resynth`` (target contrast
     from the maps) and ``harmonized``; all zero outside ``mask`` except ``t1``
@@ -148,6 +153,7 @@ class PhyCHarm(nn.Module):
     source_smoothing: float = 0.0
     source_range: float = 0.0
     detail_gate: bool = False
+    source_smoothing_wide: float = 0.0
 
     def setup(self):
         if self.base not in BASES:
@@ -155,8 +161,12 @@ class PhyCHarm(nn.Module):
         if self.detail_gate and not (self.base == "gated" and self.source_smoothing > 0):
             raise ValueError("detail_gate chooses between the raw and the smoothed source slice "
                              "of the gated base: it needs base='gated' and source_smoothing > 0.")
+        if self.source_smoothing_wide > 0 and not self.detail_gate:
+            raise ValueError("source_smoothing_wide is a third arm of the detail gate: it needs "
+                             "detail_gate=True.")
         self.generator = ConditionalUNet(self.features, 2, self.cond_features)
-        channels = 1 if self.base == "resynth" else 3 if self.detail_gate else 2
+        channels = (1 if self.base == "resynth" else 2 if not self.detail_gate
+                    else 4 if self.source_smoothing_wide > 0 else 3)
         self.harmonizer = ConditionalUNet(self.features, channels, self.cond_features)
 
     def maps(self, source, mask, source_code):
@@ -186,7 +196,13 @@ class PhyCHarm(nn.Module):
                 own = masked_bilateral(raw, mask, self.source_smoothing, self.source_range)
             elif self.source_smoothing > 0:
                 own = masked_gaussian(raw, mask, self.source_smoothing)
-            if self.detail_gate:    # the raw slice where its edges matter, smoothed elsewhere
+            if self.detail_gate and self.source_smoothing_wide > 0:   # raw, smoothed, wider
+                wide_arm = masked_gaussian(raw, mask, self.source_smoothing_wide)
+                w = jax.nn.softmax(jnp.concatenate(
+                    [head[..., 2:3], jnp.zeros_like(head[..., 2:3]), head[..., 3:4]], -1), -1)
+                detail, wide = w[..., 0:1], w[..., 2:3]
+                own = detail * raw + w[..., 1:2] * own + wide * wide_arm
+            elif self.detail_gate:  # the raw slice where its edges matter, smoothed elsewhere
                 detail = jax.nn.sigmoid(head[..., 2:3])
                 own = detail * raw + (1.0 - detail) * own
             base = gate * resynth + (1.0 - gate) * own
@@ -196,4 +212,6 @@ class PhyCHarm(nn.Module):
             out["gate"] = gate * mask
         if self.detail_gate:
             out["detail"] = detail * mask
+        if self.detail_gate and self.source_smoothing_wide > 0:
+            out["wide"] = wide * mask
         return out
