@@ -187,8 +187,10 @@ def get_config(arg: str | None = None) -> ConfigDict:
     # ... and with this > 0 (voxels, wider than source_smoothing) the detail gate chooses among
     # three: the raw slice, the one smoothed by source_smoothing and one smoothed by this (a
     # fourth harmonizer output; softmax weights), so a source noisier than the others (the
-    # 1.5 T MPRAGE) can lose more of its noise without the others' edges paying for it
-    # (docs/phycharm_ablation.md, item 63). 0: the two-arm gate.
+    # 1.5 T MPRAGE) can lose more of its noise while the others keep the narrow arm's edges.
+    # 0 (the two-arm gate): 1.0 gained the 1.5 T MPRAGE 0.29 dB and SSIM 0.003 on the
+    # validation heads, but lowered GM Dice elsewhere (pooled -0.0008, mean |dV| +0.08 points;
+    # docs/phycharm_ablation.md, item 63).
     model.source_smoothing_wide = 0.0
     # Data consistency at inference (phyjax.physics.consistency): the network's T1/M0 are the
     # prior of a per-voxel MAP estimate given the source image through its own signal equation,
