@@ -243,3 +243,33 @@ def test_cell_robustness_agrees_with_the_mean_cells_and_counts_heads():
         res = robust.robustness(rows, "v", ablation.BASELINES, ["siteA"], n_boot=200)
         assert {r[3] for r in res.values()} == {expected}
         assert {r[1] for r in res.values()} == {4 if expected else 0}
+
+
+def test_seed_noise_recovers_a_known_seed_offset_and_noise(tmp_path, capsys):
+    # Arms whose seed 0 - seed 1 GM Dice differences are known: 0.001, 0.003, 0.002 (a shared
+    # offset 0.002, sd 0.001, so sigma = 0.001 / sqrt(2)); every image of a seed's CSV carries
+    # the same value, so each pooled mean is that value exactly.
+    noise = _load("seed_noise")
+    diffs = {"a": 0.001, "b": 0.003, "c": 0.002}
+    for arm, d in diffs.items():
+        for s, dice in ((0, 0.92 + d), (1, 0.92)):
+            for half in ("train", "test"):
+                with open(tmp_path / f"{arm}_s{s}_validation_{half}.csv", "w", newline="") as f:
+                    w = csv.writer(f)
+                    w.writerow(["subject", "site", "psnr", "dice_gm", "dv_csf", "dv_gm", "dv_wm"])
+                    for k in range(30):
+                        w.writerow([k, "x", 29.0 + s, dice, -1.0, 2.0, 3.0 * (1 + s)])
+    got = noise.seed_differences(str(tmp_path)).set_index("arm")
+    assert sorted(got.index) == ["a", "b", "c"] and set(got.images) == {60}
+    for arm, d in diffs.items():
+        assert got.loc[arm, "dice_gm"] == pytest.approx(d, abs=1e-12)
+        assert got.loc[arm, "psnr"] == pytest.approx(-1.0)
+        assert got.loc[arm, "adv_mean"] == pytest.approx((1 + 2 + 3) / 3 - (1 + 2 + 6) / 3)
+    noise.main(["--results", str(tmp_path), "--arms", ""])
+    out = capsys.readouterr().out
+    assert f"offset +0.0020  sigma {0.001 / np.sqrt(2):.4f}" in out
+    # an arm without both seeds is left out, and none at all is an error
+    os.remove(tmp_path / "c_s1_validation_test.csv")
+    assert sorted(noise.seed_differences(str(tmp_path)).arm) == ["a", "b"]
+    with pytest.raises(SystemExit, match="no arm"):
+        noise.main(["--results", str(tmp_path / "nothing"), "--arms", ""])
