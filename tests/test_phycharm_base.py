@@ -32,17 +32,21 @@ def _constant_head(params, residual, gate_logit=None, detail_logit=None, wide_lo
     return dict(params, harmonizer=harm)
 
 
-def _run(base, residual, gate_logit=None, gate_prior=0.5):
+def _apply_constant(settings, head, key=0, masked_rows=2):
+    """A small PhyCHarm with ``settings`` whose harmonizer head is the constants ``head``
+    (:func:`_constant_head`), applied to random slices; ``(outputs, source, mask)``."""
     model = phycharm.make_model(dict(features=(4, 8), cond_features=4, t1_max=5.0, m0_max=1.5,
-                                     base=base, gate_prior=gate_prior))
-    params = phycharm.init_params(model, (16, 16), 1, 0)
-    params = _constant_head(params, residual, gate_logit)
-    x = jax.random.uniform(jax.random.key(0), (2, 16, 16, 3), minval=0.1, maxval=1.0)
-    mask = jnp.ones((2, 16, 16, 1)).at[:, :2].set(0.0)
+                                     **settings))
+    params = _constant_head(phycharm.init_params(model, (16, 16), 1, 0), *head)
+    x = jax.random.uniform(jax.random.key(key), (2, 16, 16, 3), minval=0.1, maxval=1.0)
+    mask = jnp.ones((2, 16, 16, 1)).at[:, :masked_rows].set(0.0)
     code_s = jnp.broadcast_to(encode(SOURCE), (2, encode(SOURCE).shape[-1]))
     code_t = jnp.broadcast_to(encode(TARGET), code_s.shape)
-    out = model.apply({"params": params}, x, mask, code_s, code_t, TARGET, 0.5, 3.0)
-    return out, x, mask
+    return model.apply({"params": params}, x, mask, code_s, code_t, TARGET, 0.5, 3.0), x, mask
+
+
+def _run(base, residual, gate_logit=None, gate_prior=0.5):
+    return _apply_constant(dict(base=base, gate_prior=gate_prior), (residual, gate_logit))
 
 
 def test_resynth_base_is_resynthesis_plus_residual():
@@ -191,14 +195,8 @@ def test_gated_base_with_source_smoothing_blends_the_smoothed_source(range_sd):
     from phyjax.models.phycharm import masked_bilateral, masked_gaussian
 
     logit = 0.4
-    model = phycharm.make_model(dict(features=(4, 8), cond_features=4, t1_max=5.0, m0_max=1.5,
-                                     base="gated", source_smoothing=0.7, source_range=range_sd))
-    params = _constant_head(phycharm.init_params(model, (16, 16), 1, 0), 0.02, logit)
-    x = jax.random.uniform(jax.random.key(0), (2, 16, 16, 3), minval=0.1, maxval=1.0)
-    mask = jnp.ones((2, 16, 16, 1)).at[:, :2].set(0.0)
-    code_s = jnp.broadcast_to(encode(SOURCE), (2, encode(SOURCE).shape[-1]))
-    code_t = jnp.broadcast_to(encode(TARGET), code_s.shape)
-    out = model.apply({"params": params}, x, mask, code_s, code_t, TARGET, 0.5, 3.0)
+    out, x, mask = _apply_constant(dict(base="gated", source_smoothing=0.7,
+                                        source_range=range_sd), (0.02, logit))
     g = 1.0 / (1.0 + np.exp(-logit))
     smooth = (masked_bilateral(x[..., 1:2], mask, 0.7, range_sd) if range_sd else
               masked_gaussian(x[..., 1:2], mask, 0.7))
@@ -213,15 +211,8 @@ def test_detail_gate_chooses_between_raw_and_smoothed_source(detail_logit):
     from phyjax.models.phycharm import masked_gaussian
 
     logit = 0.4
-    model = phycharm.make_model(dict(features=(4, 8), cond_features=4, t1_max=5.0, m0_max=1.5,
-                                     base="gated", source_smoothing=0.7, detail_gate=True))
-    params = _constant_head(phycharm.init_params(model, (16, 16), 1, 0), 0.02, logit,
-                            detail_logit)
-    x = jax.random.uniform(jax.random.key(0), (2, 16, 16, 3), minval=0.1, maxval=1.0)
-    mask = jnp.ones((2, 16, 16, 1)).at[:, :2].set(0.0)
-    code_s = jnp.broadcast_to(encode(SOURCE), (2, encode(SOURCE).shape[-1]))
-    code_t = jnp.broadcast_to(encode(TARGET), code_s.shape)
-    out = model.apply({"params": params}, x, mask, code_s, code_t, TARGET, 0.5, 3.0)
+    out, x, mask = _apply_constant(dict(base="gated", source_smoothing=0.7, detail_gate=True),
+                                   (0.02, logit, detail_logit))
     g, d = (1.0 / (1.0 + np.exp(-v)) for v in (logit, detail_logit))
     raw, smooth = x[..., 1:2], masked_gaussian(x[..., 1:2], mask, 0.7)
     own = d * raw + (1 - d) * smooth
@@ -242,16 +233,9 @@ def test_three_arm_detail_gate_is_a_softmax_over_raw_smoothed_and_wide(detail_lo
     from phyjax.models.phycharm import masked_gaussian
 
     logit = -0.3
-    model = phycharm.make_model(dict(features=(4, 8), cond_features=4, t1_max=5.0, m0_max=1.5,
-                                     base="gated", source_smoothing=0.5, detail_gate=True,
-                                     source_smoothing_wide=1.2))
-    params = _constant_head(phycharm.init_params(model, (16, 16), 1, 0), 0.01, logit,
-                            detail_logit, wide_logit)
-    x = jax.random.uniform(jax.random.key(3), (2, 16, 16, 3), minval=0.1, maxval=1.0)
-    mask = jnp.ones((2, 16, 16, 1)).at[:, :3].set(0.0)
-    code_s = jnp.broadcast_to(encode(SOURCE), (2, encode(SOURCE).shape[-1]))
-    code_t = jnp.broadcast_to(encode(TARGET), code_s.shape)
-    out = model.apply({"params": params}, x, mask, code_s, code_t, TARGET, 0.5, 3.0)
+    out, x, mask = _apply_constant(dict(base="gated", source_smoothing=0.5, detail_gate=True,
+                                        source_smoothing_wide=1.2),
+                                   (0.01, logit, detail_logit, wide_logit), key=3, masked_rows=3)
     g = 1.0 / (1.0 + np.exp(-logit))
     e = np.exp(np.array([detail_logit, 0.0, wide_logit]) - max(detail_logit, 0.0, wide_logit))
     w = e / e.sum()
