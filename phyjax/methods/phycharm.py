@@ -189,16 +189,16 @@ def resolve_base(value: str, many_targets: bool) -> str:
 
 def resolve_base_settings(model_cfg, many_targets: bool) -> dict:
     """``base``, ``partial_volume``, ``source_smoothing``, ``source_range``, ``detail_gate`` and
-    ``source_smoothing_wide`` of ``model_cfg`` for one training: ``base`` resolved (:func:`resolve_base`), every value
-    checked (InputError naming the bad one), and the gated base's own settings off where they
-    cannot act, as
-    ``gate_prior`` is unused there: all three for a ``resynth`` base (no source slice to smooth;
-    named or resolved from ``auto``, so ``--config.model.base=resynth`` needs no other flag
-    beside the default's smoothing), ``detail_gate`` where nothing is smoothed (as
-    ``source_range`` is then inert), ``source_smoothing_wide`` without the detail gate;
-    ``partial_volume`` resolved for that base and ``model_cfg["pairs"]``
-    (:func:`resolve_partial_volume`; ``paired`` if absent). What is returned is what the model
-    is built and saved with, so the harmonize sidecar records what was used."""
+    ``source_smoothing_wide`` of ``model_cfg`` for one training: ``base`` resolved
+    (:func:`resolve_base`), every value checked (InputError naming the bad one), and the gated
+    base's own settings off where they cannot act, as ``gate_prior`` is unused there: all of
+    them for a ``resynth`` base (no source slice to smooth; named or resolved from ``auto``, so
+    ``--config.model.base=resynth`` needs no other flag beside the default's smoothing),
+    ``detail_gate`` where nothing is smoothed (as ``source_range`` is then inert),
+    ``source_smoothing_wide`` without the detail gate; ``partial_volume`` resolved for that base
+    and ``model_cfg["pairs"]`` (:func:`resolve_partial_volume`; ``paired`` if absent). What is
+    returned is what the model is built and saved with, so the harmonize sidecar records what
+    was used."""
     base = resolve_base(model_cfg["base"], many_targets)
     partial_volume = resolve_partial_volume(model_cfg.get("partial_volume", "single"), base,
                                             model_cfg.get("pairs", "paired"))
