@@ -577,15 +577,23 @@ def paired_sampler(data: networks.SlicePairs, train: TrainingSet, batch_size: in
     return sample
 
 
+def interleaved(i: int, every: int) -> tuple[bool, int]:
+    """Step ``i`` of a training that makes every ``every``-th batch (0: none) of a second
+    kind: ``(True, k)`` when it is the ``k``-th of those, else ``(False, j)``, the ``j``-th of
+    the main kind -- each kind numbered 0, 1, 2, ... without a gap."""
+    if every > 0 and (i + 1) % every == 0:
+        return True, i // every
+    return False, i - ((i + 1) // every if every > 0 else 0)
+
+
 def batch_kind(i: int, adapt_every: int, has_real: bool) -> tuple[str, int]:
     """``("real", k)`` when step ``i`` of simulated-pairs training is the ``k``-th batch of real
     scans (every ``adapt_every``-th step, when there are real scans to adapt to), else
     ``("simulated", j)``, the ``j``-th simulated batch.  Slicing planes cycle over ``k`` and
     ``j``, not over ``i``: over the step, a number of planes sharing a factor with
     ``adapt_every`` would give some planes no simulated batch at all."""
-    if has_real and (i + 1) % adapt_every == 0:
-        return "real", i // adapt_every
-    return "simulated", i - ((i + 1) // adapt_every if has_real else 0)
+    real, k = interleaved(i, adapt_every if has_real else 0)
+    return ("real" if real else "simulated"), k
 
 
 def check_simulated_every(value, key: str = "config.train.simulated_every") -> int:
@@ -601,10 +609,9 @@ def paired_batch_kind(i: int, simulated_every: int) -> tuple[str, int]:
     """``("simulated", k)`` when step ``i`` of traveling-subject training is its ``k``-th
     physics-made batch (every ``simulated_every``-th step; 0: never), else ``("paired", j)``,
     its ``j``-th traveling-subject batch -- so with 0 every step ``i`` is paired batch ``i``,
-    as before the setting existed."""
-    if simulated_every > 0 and (i + 1) % simulated_every == 0:
-        return "simulated", i // simulated_every
-    return "paired", i - ((i + 1) // simulated_every if simulated_every > 0 else 0)
+    as before the setting existed (:func:`interleaved`)."""
+    physics_made, k = interleaved(i, simulated_every)
+    return ("simulated" if physics_made else "paired"), k
 
 
 def weights_by_site(weights: dict, train_cfg, sites) -> dict[str, dict]:
