@@ -341,6 +341,29 @@ def test_traveling_subjects_are_held_out_subjects_with_a_target_and_another_scan
     assert traveling_subjects(partly, [k for k in scans if k != ("04", "b")]) == ["01"]
 
 
+def test_unpaired_benchmark_with_no_method_left_names_the_folder_and_each_reason():
+    """A folder on which every requested method is skipped (the sarcoma MR's sidecars lack the
+    acquisition parameters PhyCHarm needs) is an error naming the folder and why -- before it
+    crashed drawing a figure with no method in it."""
+    from phyjax.data.dataset import Dataset
+    from phyjax.data.nifti import InputError
+    from phyjax.experiments.unpaired import require_methods, runnable
+
+    class Scan:
+        protocol = None
+
+    data = Dataset(volumes={"01": {"ref": Scan()}, "02": {"a": Scan()}}, root="/data/sts",
+                   target_site="ref", has_maps=False)
+    keep, notes = runnable(["phycharm", "unet"], data)
+    assert keep == [] and len(notes) == 2
+    with pytest.raises(InputError, match=r"No method can run on /data/sts: phycharm not run: "
+                                         r"it needs acquisition parameters, which 2 scan.*unet"):
+        require_methods(keep, notes, data)
+    keep, notes = runnable(["phycharm", "zscore"], data)
+    require_methods(keep, notes, data)          # one left: no error
+    assert keep == ["zscore"]
+
+
 @pytest.fixture(scope="module")
 def unpaired_run(tmp_path_factory):
     """The unpaired benchmark on the debug data as a BIDS folder with two traveling subjects

@@ -43,6 +43,7 @@ import numpy as np
 from phyjax.data import bids
 from phyjax.data.atomic import atomic_open
 from phyjax.data.dataset import Dataset
+from phyjax.data.nifti import InputError
 from phyjax.data.geometry import zooms
 from phyjax.evaluate import downstream, figures, report, unpaired
 from phyjax.evaluate.loop import evaluate_images, image_similarity
@@ -73,6 +74,13 @@ def runnable(names, data: Dataset) -> tuple[list[str], list[str]]:
         else:
             keep.append(name)
     return keep, notes
+
+
+def require_methods(names, notes, data: Dataset) -> None:
+    """InputError naming the folder and every reason when no method is left to run on it
+    (``names`` empty: each was skipped, ``notes`` say why) -- not a benchmark of nothing."""
+    if not names:
+        raise InputError(f"No method can run on {data.root}: " + " ".join(notes))
 
 
 def held_out_scans(data: Dataset, split, notes) -> list[tuple[str, str]]:
@@ -254,6 +262,7 @@ def benchmark_unpaired(config, data: Dataset, names, workdir, progress, extracto
     """The unpaired benchmark (module docstring) on a loaded dataset; returns a summary dict."""
     t0 = time.time()
     keep, notes = runnable(names, data)
+    require_methods(keep, notes, data)      # before the minutes of feature extraction
     split = data.split(config.data.n_test, config.data.seed)
     keys = [(s, site) for s in data.subjects for site in sorted(data.volumes[s])]
     masks = [data.volumes[s][site].mask for s, site in keys]
@@ -280,6 +289,7 @@ def benchmark_unpaired(config, data: Dataset, names, workdir, progress, extracto
                                f"p = {before_all['p_value']:.3g})")
     fitted = fit_methods(config, keep, data, split, lambda s, site: raw_feat[(s, site)], workdir,
                          progress, notes, skippable=keep)
+    require_methods(list(fitted), notes, data)   # each skipped while fitting
     write_split(os.path.join(workdir, "split.json"), data, split, fitted)
     split.held_out_subjects(fitted)
     scans = held_out_scans(data, split, notes)
