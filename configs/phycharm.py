@@ -357,6 +357,13 @@ def get_config(arg: str | None = None) -> ConfigDict:
     # seeds; mean |dV| -0.05 points), most at the 5 mm spin echo, whose slice profile the
     # simulator does not draw (docs/phycharm_ablation.md, item 62).
     train.simulated_every = 0
+    # The slice profile of every physics-made source scan (both modes above): "drawn" from
+    # 0-1.5 voxels along the last axis (phyjax.data.simulated.EFFECT_RANGES); "sidecar": a
+    # source protocol of the training set takes its scans' own SliceThickness (dcm2niix writes
+    # it; mm, the profile's FWHM) along their slice direction, so a 5 mm 2-D site is simulated
+    # 5 mm thick (phyjax.data.simulated.slice_profiles); the drawn extra protocols and the
+    # target keep the drawn one (docs/phycharm_ablation.md, item 66).
+    train.slice_profile = "drawn"
 
     # The target as a protocol (a sidecar and/or values; s, degrees, T): overrides the target
     # site's sidecars, and need not be a site in the data.  Empty/negative = not given.

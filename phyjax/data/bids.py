@@ -202,7 +202,8 @@ PROTOCOL_COLUMNS = ("path", "subject", "session", "site", "family", "tr_prep_s",
                     "ti_s", "flip_angle_deg", "te_s", "b0_t", "status", "message")
 
 
-EXTRA_COLUMNS = ("image_type", "n_readouts", "ti2_s", "flip2_deg", "manufacturer", "origin")
+EXTRA_COLUMNS = ("image_type", "n_readouts", "ti2_s", "flip2_deg", "manufacturer", "origin",
+                 "slice_thickness_mm", "mr_acquisition_type")
 
 
 def write_protocols(rows: list[dict], path: str) -> str:

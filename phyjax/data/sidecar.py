@@ -165,6 +165,10 @@ class Reading:
       missing: needed values that nothing supplied.
       assumed: values taken from :data:`VENDOR_DEFAULTS` (each with its reason).
       notes: carried values that are absent but not needed by the model in use, and other facts.
+      slice_thickness_mm: ``SliceThickness`` (mm; dcm2niix writes it from DICOM (0018,0050)),
+        the nominal FWHM of the slice (2-D) or partition (3-D) profile; None when absent or
+        implausible (a note says which).
+      acquisition: ``MRAcquisitionType`` (``2D`` or ``3D``; "" when absent).
     """
 
     source: str
@@ -178,6 +182,8 @@ class Reading:
     missing: list = dataclasses.field(default_factory=list)
     assumed: list = dataclasses.field(default_factory=list)
     notes: list = dataclasses.field(default_factory=list)
+    slice_thickness_mm: float | None = None
+    acquisition: str = ""
 
     @property
     def status(self) -> str:
@@ -247,6 +253,9 @@ class Reading:
                 "status": self.status, "message": self.message, "image_type": self.image_type,
                 **{k: self.values.get(k, "") for k in FIELDS[6:]},
                 "manufacturer": self.manufacturer,
+                "slice_thickness_mm": ("" if self.slice_thickness_mm is None
+                                       else self.slice_thickness_mm),
+                "mr_acquisition_type": self.acquisition,
                 "origin": "; ".join(f"{k} from {v}" for k, v in self.origin.items()
                                     if not v.startswith("sidecar"))}
 
@@ -558,6 +567,7 @@ def read_protocol(sidecar: Mapping[str, Any], source: str = "<sidecar>", *,
     reading = Reading(source=source, family=family or detected, image_type=image_type,
                       manufacturer=str(sidecar.get("Manufacturer", "")).strip().lower(),
                       evidence=["forced"] if family else evidence)
+    _geometry(sidecar, reading)
     if reading.family is None:
         return reading
     _from_sidecar(sidecar, reading, reading.family)
@@ -571,6 +581,34 @@ def read_protocol(sidecar: Mapping[str, Any], source: str = "<sidecar>", *,
     _consistency(reading)
     _complete(reading)
     return reading
+
+
+#: Plausible ``SliceThickness`` (mm): 3-D partitions of 0.5 mm to 2-D slices of 10 mm and more;
+#: below 0.1 it is most likely in m or cm.
+_THICKNESS_RANGE_MM = (0.1, 20.0)
+
+
+def _geometry(sidecar, reading: Reading) -> None:
+    """``SliceThickness`` and ``MRAcquisitionType`` into ``reading`` (geometry, not signal: a
+    bad value is a note and the thickness stays unknown, never an error that blocks the scan)."""
+    kind = str(sidecar.get("MRAcquisitionType", "") or "").strip().upper()
+    reading.acquisition = kind if kind in ("2D", "3D") else ""
+    if kind and not reading.acquisition:
+        reading.notes.append(f"MRAcquisitionType {sidecar['MRAcquisitionType']!r} is neither "
+                             "2D nor 3D; ignored")
+    if "SliceThickness" not in sidecar:
+        return
+    raw = sidecar["SliceThickness"]
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        value = math.nan
+    lo, hi = _THICKNESS_RANGE_MM
+    if isinstance(raw, bool) or not lo <= value <= hi:
+        reading.notes.append(f"SliceThickness {raw!r} is not a thickness in mm ({lo:g}-{hi:g}); "
+                             "ignored (the slice profile stays unknown)")
+        return
+    reading.slice_thickness_mm = value
 
 
 _BIDS_OVERRIDES = {"EchoTime": "te_s", "InversionTime": "ti_s", "FlipAngle": "flip_angle_deg",

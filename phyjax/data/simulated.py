@@ -178,6 +178,56 @@ def anatomies(n: int, seed: int, voxel_size: int, deform_mm: float, jitter: floa
                     partial_volume=partial_volume) for k in range(n)]
 
 
+#: ``config.train.slice_profile``: ``drawn`` -- every simulated source's slice profile from
+#: :data:`EFFECT_RANGES` (0-1.5 voxels along the last axis); ``sidecar`` -- a source protocol of
+#: the training set takes its scans' own ``SliceThickness`` and slice direction
+#: (:func:`slice_profiles`), the drawn sources and the target keep the drawn one.
+SLICE_PROFILES = ("drawn", "sidecar")
+
+
+def check_slice_profile(value, key: str = "config.train.slice_profile") -> str:
+    """``value`` if one of :data:`SLICE_PROFILES`, else InputError naming ``key``."""
+    if value not in SLICE_PROFILES:
+        raise InputError(f"{key}={value!r}; expected one of {SLICE_PROFILES}.")
+    return value
+
+
+def slice_profiles(sources, scans, voxel_mm: float) -> list:
+    """Per protocol of ``sources``, the slice profile of the training scans acquired with it,
+    on an anatomy grid of ``voxel_mm``: ``(fwhm, axis)`` -- the median over those scans of
+    their slice profile in mm (``SliceThickness`` where it exceeds the scan's own voxel along
+    its slice axis, :meth:`~phyjax.data.volumes.Volume.slice_fwhm`; else 0: the voxel is the
+    profile, and the anatomy grid has its own) over ``voxel_mm``, 0 where that is no wider than
+    one voxel, along the scans' most common slice axis -- or None where no scan has the
+    protocol or any of them lacks a thickness (that source's profile is then drawn).
+
+    ``scans``: :class:`~phyjax.data.volumes.Volume` objects with a protocol."""
+    out = []
+    for p in sources:
+        own = [v for v in scans if v.protocol is not None and protocols_match(v.protocol, p)]
+        if not own or any(v.slice_thickness_mm is None for v in own):
+            out.append(None)
+            continue
+        mm = [float(v.slice_thickness_mm) if v.slice_fwhm() > 0 else 0.0 for v in own]
+        ratio = float(np.median(mm)) / float(voxel_mm)
+        axes = [v.slice_axis for v in own]
+        out.append((ratio if ratio > 1.0 + 1e-3 else 0.0, max(set(axes), key=axes.count)))
+    return out
+
+
+def source_effects(key, profile=None) -> tuple[scanner.ScannerEffects, int]:
+    """``(effects, slice axis)`` of one simulated source scan: every effect drawn from
+    :data:`EFFECT_RANGES` with ``key``; ``profile`` ``(fwhm, axis)`` (FWHM in voxels of the
+    anatomy's grid along voxel axis ``axis``, e.g. the site's own ``SliceThickness``) replaces
+    the drawn slice profile (along the last axis).  The same key draws the same other effects
+    either way."""
+    effects = scanner.sample_scanner_effects(key, **EFFECT_RANGES)
+    if profile is None:
+        return effects, -1
+    fwhm, axis = profile
+    return effects.replace(slice_fwhm=float(fwhm)), int(axis)
+
+
 class SimulatedPairs:
     """2.5-D slices of every source protocol and every target protocol on shared anatomies,
     kept on disk (a :class:`~phyjax.data.store.SliceStore` in a temporary folder in
@@ -188,6 +238,9 @@ class SimulatedPairs:
         ``targets[q]`` on the same slices.
       views: slicing planes (:data:`phyjax.data.slices.VIEWS`); batch ``i`` is sliced in
         ``views[i % len(views)]``.
+    ``slice_profiles`` (one per source, or None for all): ``(fwhm, axis)`` of a source's own
+    slice profile (:func:`source_effects`), or None to draw it from :data:`EFFECT_RANGES`;
+    kept as the attribute of that name.
       rows: ``(N, 2)`` ``(anatomy, slice)`` of every brain slice of the first view;
         ``view_rows[view]`` those of every view.
       pads, padded: as :func:`phyjax.data.slices.grid` (the first view's); ``grids[view]``
@@ -198,8 +251,12 @@ class SimulatedPairs:
 
     def __init__(self, sources, targets, heads: list[Anatomy], depth: int, min_fraction: float,
                  context: int, seed: int, progress: bool = False, directory: str | None = None,
-                 views=("axial",)):
+                 views=("axial",), slice_profiles=None):
         self.sources, self.targets, self.context = list(sources), list(targets), context
+        profiles = list(slice_profiles) if slice_profiles is not None else [None] * len(sources)
+        if len(profiles) != len(self.sources):
+            raise ValueError(f"{len(profiles)} slice profiles for {len(self.sources)} sources")
+        self.slice_profiles = profiles
         self.views = check_views(views)
         self.grids = view_grids(heads[0].probs.shape[1:], depth, self.views)
         self.pads, self.padded = self.grids[self.views[0]]
@@ -216,8 +273,9 @@ class SimulatedPairs:
             for p_i, p in enumerate(self.sources):
                 k = jax.random.fold_in(jax.random.fold_in(key, a), p_i)
                 k_fx, k_acq = jax.random.split(k)
-                effects = scanner.sample_scanner_effects(k_fx, **EFFECT_RANGES)
-                image = synthetic.acquire(maps[float(p.field_strength)], mask, p, effects, k_acq)
+                effects, axis = source_effects(k_fx, profiles[p_i])
+                image = synthetic.acquire(maps[float(p.field_strength)], mask, p, effects, k_acq,
+                                          slice_axis=axis)
                 self.store.add_views(f"{a}/source{p_i}", normalize(image, mask), self.grids)
                 self.store.add_views(f"{a}/t1_{p_i}", maps[float(p.field_strength)]["t1"],
                                      self.grids)

@@ -39,7 +39,7 @@ from phyjax.physics import scanner, signal, tissues
 from phyjax.physics.sequences import Protocol
 
 DERIVATIVES = "derivatives/phyjax-sim"
-_FORMAT_VERSION = 5
+_FORMAT_VERSION = 6
 RESCAN_KEY = 7919   # fold_in of a subject's target-site key that draws its re-scan
 
 
@@ -110,6 +110,15 @@ def vendor_sidecar(site_cfg, protocol: Protocol) -> tuple[dict, dict]:
     else:
         out["RepetitionTime"] = float(protocol.tr)
     return out, missing
+
+
+def slice_thickness_mm(slice_fwhm: float, affine) -> float:
+    """``SliceThickness`` (mm) of a scan imaged with a slice profile of FWHM ``slice_fwhm``
+    voxels along its last axis (:func:`acquire`) on the grid of ``affine``, as dcm2niix writes
+    it: the profile's FWHM (the voxel itself where the profile is narrower than one voxel).
+    :meth:`phyjax.data.volumes.Volume.slice_fwhm` reads it back."""
+    voxel = float(np.linalg.norm(np.asarray(affine, np.float64)[:3, 2]))
+    return round(voxel * max(1.0, float(slice_fwhm)), 6)
 
 
 def site_effects(site_cfg) -> scanner.ScannerEffects:
@@ -537,6 +546,7 @@ def _write_subject(root: str, i: int, cfg: dict, template, real, affine, field_s
                             f"sub-{subject}_ses-{site}_T1w")
         save_volume(image, affine, stem + ".nii.gz")
         sidecar, _ = vendor_sidecar(site_cfg, protocol)
+        sidecar["SliceThickness"] = slice_thickness_mm(effects.slice_fwhm, affine)
         sidecar.setdefault("Manufacturer", site_cfg.get("manufacturer", "phyjax-sim"))
         sidecar["InstitutionName"] = site
         with open(stem + ".json", "w") as f:

@@ -44,8 +44,12 @@ class Volume:
     def __init__(self, subject: str, site: str, protocol: Protocol | None, image: np.ndarray,
                  mask: np.ndarray, path: str, t1: np.ndarray | None = None,
                  m0: np.ndarray | None = None, affine: np.ndarray | None = None,
-                 resampled: bool = False):
+                 resampled: bool = False, slice_thickness_mm: float | None = None,
+                 slice_axis: int = 2):
         self.subject, self.site, self.path = subject, site, path
+        # the sidecar's SliceThickness (mm; None: not given) and the axis of ``image`` nearest
+        # to the acquisition's slice direction (the file's third voxel axis, as dcm2niix writes)
+        self.slice_thickness_mm, self.slice_axis = slice_thickness_mm, int(slice_axis)
         self.protocol = protocol        # None: incomplete in the sidecar (physics-free only)
         self.affine = affine            # voxel -> world (mm) of ``image`` (None: the file's)
         self.resampled = resampled      # on a common grid, not the file's own (native_image)
@@ -67,6 +71,19 @@ class Volume:
     def grid_affine(self) -> np.ndarray:
         """Voxel -> world (mm) of ``image``."""
         return np.asarray(self.affine if self.affine is not None else nib.load(self.path).affine)
+
+    def slice_fwhm(self) -> float | None:
+        """The slice profile's FWHM in voxels of ``image`` along :attr:`slice_axis`, as
+        :func:`phyjax.physics.scanner.slice_profile` takes it: ``SliceThickness`` (the
+        profile's FWHM, as MR quality assurance defines slice thickness: AAPM Report 100, 2010,
+        sec. 4.3) over the voxel size along that axis, 0 where the slice is no thicker than
+        the voxel (its own extent is then the profile), None where the sidecar gives no
+        thickness."""
+        if self.slice_thickness_mm is None:
+            return None
+        voxel = float(geometry.zooms(self.grid_affine())[self.slice_axis])
+        ratio = float(self.slice_thickness_mm) / voxel
+        return ratio if ratio > 1.0 + 1e-3 else 0.0
 
     @property
     def voxel_mm3(self) -> float:
@@ -133,6 +150,7 @@ def load_scans(scans: list[Scan], maps_for=None, voxel_mm: float = 0.0,
         grids = [(shape, grid_of[scan.subject]) for scan in scans]
     out: dict[str, dict[str, Volume]] = {}
     for scan, (_, affine), grid in zip(scans, headers, grids):
+        native_affine = affine
         image, _ = load_volume(scan.path)
         mask = _mask(scan, image.shape, affine)
         protocol = None  # incomplete, or MP2RAGE (read, but no closed-form Protocol)
@@ -151,7 +169,9 @@ def load_scans(scans: list[Scan], maps_for=None, voxel_mm: float = 0.0,
             raise InputError(f"{scan.path}: {exc}") from exc
         vol = Volume(subject=scan.subject, site=scan.site, protocol=protocol,
                      image=normalized, mask=mask, path=scan.path, affine=affine,
-                     resampled=grid is not None)
+                     resampled=grid is not None,
+                     slice_thickness_mm=scan.reading.slice_thickness_mm,
+                     slice_axis=slice_axis(native_affine))
         if maps:
             vol.t1, vol.m0 = maps
         out.setdefault(scan.subject, {})[scan.site] = vol.to_disk(store) if store else vol
@@ -176,6 +196,13 @@ def _mask(scan: Scan, shape, affine) -> np.ndarray:
     m, m_img = load_volume(scan.mask_path)
     return geometry.mask_on_grid(m, m_img.affine, shape, affine,
                                  source=f"{scan.mask_path} (mask of {scan.path})")
+
+
+def slice_axis(affine) -> int:
+    """The world axis (0 R-L, 1 A-P, 2 S-I) nearest to the third voxel axis of ``affine`` --
+    the slice (2-D) or partition (3-D) direction of a dcm2niix NIfTI -- which is also that
+    direction's voxel axis on an axis-aligned RAS grid (sagittal 0, coronal 1, axial 2)."""
+    return int(np.argmax(np.abs(np.asarray(affine, np.float64)[:3, 2])))
 
 
 def _voxel_size(affine) -> float:

@@ -668,8 +668,21 @@ def _simulated_data(config, train: TrainingSet, target: Protocol, depth: int, pr
     heads = simulated.anatomies(int(t.n_anatomies), config.seed, voxel, d.deform_mm,
                                 d.tissue_jitter, d.t1_texture, float(d.get("atrophy", 0.0)),
                                 str(d.get("partial_volume", "signal")))
+    profiles = None
+    if simulated.check_slice_profile(t.get("slice_profile", "drawn")) == "sidecar":
+        profiles = simulated.slice_profiles(sources, scans, voxel)
+        known = sum(p is not None for p in profiles)
+        lacking = sorted({v.site for v in scans if v.slice_thickness_mm is None})
+        if not any(profiles):
+            raise InputError("config.train.slice_profile='sidecar': no training scan's sidecar "
+                             f"gives SliceThickness (sites {lacking}); use 'drawn'.")
+        if progress:
+            print(f"[phycharm] simulated slice profiles from the sidecars for {known} of "
+                  f"{len(sources)} source protocol(s)"
+                  + (f"; drawn for sites without SliceThickness: {lacking}" if lacking else ""))
     sim = simulated.SimulatedPairs(sources, targets, heads, depth, d.min_mask_fraction,
-                                   config.model.context, config.seed, progress, workdir, views)
+                                   config.model.context, config.seed, progress, workdir, views,
+                                   profiles)
     real = (simulated.SourceSlices(train, sites, depth, d.min_mask_fraction, config.model.context,
                                    directory=workdir, views=views)
             if with_real and t.adapt_every > 0 else None)
@@ -740,6 +753,7 @@ def _fit_network(config, train: TrainingSet, name: str = "phycharm", *, workdir:
     full = {k: np.float32(v) for k, v in resolved.items()}
     ref = reference_level(model_protocol(target, ro))
     every = check_simulated_every(t.get("simulated_every", 0))
+    simulated.check_slice_profile(t.get("slice_profile", "drawn"))
     if pairs == "paired":
         data = networks.SlicePairs(train, depth, config.data.min_mask_fraction,
                                    model_cfg["context"], method="PhyCHarm", directory=workdir,
