@@ -354,8 +354,9 @@ def get_config(arg: str | None = None) -> ConfigDict:
     # with random scanner effects on n_anatomies shipped heads the traveling subjects do not
     # have -- so the network sees more anatomy than the site's few heads; 0 = traveling pairs
     # only. Off: 4 lowered GM Dice by 0.0013 and PSNR by 0.15 dB on the validation heads (two
-    # seeds; mean |dV| -0.05 points), most at the 5 mm spin echo, whose slice profile the
-    # simulator does not draw (docs/phycharm_ablation.md, item 62).
+    # seeds; mean |dV| -0.05 points), most at the 5 mm spin echo (docs/phycharm_ablation.md,
+    # item 62) -- not for its slice profile: with train.slice_profile=sidecar the loss is the
+    # same (item 67).
     train.simulated_every = 0
     # The slice profile of every physics-made source scan (both modes above): "drawn" from
     # 0-1.5 voxels along the last axis (phyjax.data.simulated.EFFECT_RANGES); "sidecar": a
