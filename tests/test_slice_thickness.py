@@ -98,7 +98,13 @@ def test_every_default_site_writes_a_thickness_that_reads_back_as_its_slice_prof
         assert back == pytest.approx(fwhm if fwhm > 1 else 0.0), site
 
 
-def test_the_default_dataset_sidecars_carry_the_thickness(tmp_path):
+@pytest.fixture(scope="module")
+def debug_cache(tmp_path_factory):
+    """One debug dataset cache for this file's tests (generated once)."""
+    return str(tmp_path_factory.mktemp("cache"))
+
+
+def test_the_default_dataset_sidecars_carry_the_thickness(debug_cache):
     """The debug dataset as generated: each site's sidecar says SliceThickness = its slice
     profile in mm (4 mm voxels: the 2.5-voxel spin echo 10 mm, the 1.5-voxel 1.5 T MPRAGE 6 mm,
     the 3-D sites 4 mm), and the loaded volumes give the profile back."""
@@ -107,7 +113,7 @@ def test_the_default_dataset_sidecars_carry_the_thickness(tmp_path):
 
     cfg = conftest.load_config("phycharm", "debug")
     with cfg.unlocked():
-        cfg.data.cache_dir = str(tmp_path / "cache")
+        cfg.data.cache_dir = debug_cache
     data = load_dataset(cfg.data, progress=False)
     seen = set()
     for scans in data.volumes.values():
@@ -191,7 +197,7 @@ def test_bad_setting_names_the_key():
     assert simulated.check_slice_profile("sidecar") == "sidecar"
 
 
-def _profiles_used(monkeypatch, tmp_path, **train):
+def _profiles_used(monkeypatch, tmp_path, cache, **train):
     """The slice profiles PhyCHarm's fit on the debug data gives its physics-made pairs (no
     training), with the protocols they belong to."""
     import conftest
@@ -201,7 +207,7 @@ def _profiles_used(monkeypatch, tmp_path, **train):
 
     cfg = conftest.load_config("phycharm", "debug")
     with cfg.unlocked():
-        cfg.data.cache_dir = str(tmp_path / "cache")
+        cfg.data.cache_dir = cache
         cfg.model.calibrate = "none"
         for k, v in train.items():
             setattr(cfg.train, k, v)
@@ -222,11 +228,11 @@ def _profiles_used(monkeypatch, tmp_path, **train):
     return seen, cfg, train_set
 
 
-def test_sidecar_profiles_reach_the_physics_made_pairs(monkeypatch, tmp_path):
+def test_sidecar_profiles_reach_the_physics_made_pairs(monkeypatch, tmp_path, debug_cache):
     """Debug data (4 mm voxels), heads at 2 mm: the 1.5 T spin echo's 10 mm slices are 5 head
     voxels, the 1.5 T MPRAGE's 6 mm 3; the 3-D sites at their voxel get none; the drawn extra
     protocols and the target keep the drawn profile (None)."""
-    seen, cfg, train_set = _profiles_used(monkeypatch, tmp_path, simulated_every=2,
+    seen, cfg, train_set = _profiles_used(monkeypatch, tmp_path, debug_cache, simulated_every=2,
                                           slice_profile="sidecar")
     from phyjax.data.split import protocols_match
 
@@ -244,12 +250,12 @@ def test_sidecar_profiles_reach_the_physics_made_pairs(monkeypatch, tmp_path):
     assert set(expected) <= matched
 
 
-def test_drawn_is_the_default_and_passes_no_profiles(monkeypatch, tmp_path):
-    seen, _, _ = _profiles_used(monkeypatch, tmp_path, simulated_every=2)
+def test_drawn_is_the_default_and_passes_no_profiles(monkeypatch, tmp_path, debug_cache):
+    seen, _, _ = _profiles_used(monkeypatch, tmp_path, debug_cache, simulated_every=2)
     assert seen["profiles"] == [None] * len(seen["sources"])
 
 
-def test_sidecar_without_any_thickness_is_refused(monkeypatch, tmp_path):
+def test_sidecar_without_any_thickness_is_refused(monkeypatch, tmp_path, debug_cache):
     from phyjax.data import volumes
 
     original = volumes.Volume.__init__
@@ -260,4 +266,5 @@ def test_sidecar_without_any_thickness_is_refused(monkeypatch, tmp_path):
 
     monkeypatch.setattr(volumes.Volume, "__init__", no_thickness)
     with pytest.raises(InputError, match="SliceThickness"):
-        _profiles_used(monkeypatch, tmp_path, simulated_every=2, slice_profile="sidecar")
+        _profiles_used(monkeypatch, tmp_path, debug_cache, simulated_every=2,
+                       slice_profile="sidecar")
