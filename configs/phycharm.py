@@ -356,7 +356,8 @@ def get_config(arg: str | None = None) -> ConfigDict:
     # only. Off: 4 lowered GM Dice by 0.0013 and PSNR by 0.15 dB on the validation heads (two
     # seeds; mean |dV| -0.05 points), most at the 5 mm spin echo (docs/phycharm_ablation.md,
     # item 62) -- not for its slice profile: with train.slice_profile=sidecar the loss is the
-    # same (item 67).
+    # same (item 67); with steps=1066, keeping all 800 traveling-subject batches, it is neutral
+    # (+0.05 dB, GM Dice +0.0003) but below 1000 steps of traveling pairs alone (item 68).
     train.simulated_every = 0
     # The slice profile of every physics-made source scan (both modes above): "drawn" from
     # 0-1.5 voxels along the last axis (phyjax.data.simulated.EFFECT_RANGES); "sidecar": a
