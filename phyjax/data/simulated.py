@@ -238,15 +238,14 @@ class SimulatedPairs:
         ``targets[q]`` on the same slices.
       views: slicing planes (:data:`phyjax.data.slices.VIEWS`); batch ``i`` is sliced in
         ``views[i % len(views)]``.
-    ``slice_profiles`` (one per source, or None for all): ``(fwhm, axis)`` of a source's own
-    slice profile (:func:`source_effects`), or None to draw it from :data:`EFFECT_RANGES`;
-    kept as the attribute of that name.
       rows: ``(N, 2)`` ``(anatomy, slice)`` of every brain slice of the first view;
         ``view_rows[view]`` those of every view.
       pads, padded: as :func:`phyjax.data.slices.grid` (the first view's); ``grids[view]``
         every view's.
     Images are normalized like real scans (:func:`phyjax.data.volumes.normalize`); ``t1`` is in
-    s at the source's B0, ``m0`` the PD fraction.
+    s at the source's B0, ``m0`` the PD fraction.  ``slice_profiles`` (one per source, or None
+    for all): ``(fwhm, axis)`` of a source's own slice profile (:func:`source_effects`), or None
+    to draw it from :data:`EFFECT_RANGES`; kept as the attribute of that name.
     """
 
     def __init__(self, sources, targets, heads: list[Anatomy], depth: int, min_fraction: float,
