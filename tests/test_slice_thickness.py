@@ -209,6 +209,7 @@ def _profiles_used(monkeypatch, tmp_path, cache, **train):
     with cfg.unlocked():
         cfg.data.cache_dir = cache
         cfg.model.calibrate = "none"
+        cfg.train.random_sources = 1      # one drawn protocol per family: fewer scans to simulate
         for k, v in train.items():
             setattr(cfg.train, k, v)
     data = load_dataset(cfg.data, progress=False)
