@@ -269,3 +269,39 @@ def test_sidecar_without_any_thickness_is_refused(monkeypatch, tmp_path, debug_c
     with pytest.raises(InputError, match="SliceThickness"):
         _profiles_used(monkeypatch, tmp_path, debug_cache, simulated_every=2,
                        slice_profile="sidecar")
+
+
+def test_load_scans_keeps_a_sagittal_2d_scans_thickness_and_slice_axis(tmp_path):
+    """One head as an axial 1 mm 3-D scan and a sagittal 2-D scan with 4 mm slices (its third
+    voxel axis along R-L, as dcm2niix stores slices): both are resampled onto one RAS grid
+    (voxel 1.5 mm, the median of their mean voxel sizes), where the sagittal scan's profile
+    lies along axis 0 and is 4 / 1.5 voxels wide, and the axial scan has none."""
+    import nibabel as nib
+
+    from phyjax.data.bids import Scan
+    from phyjax.data.volumes import load_scans
+
+    base = {"ScanningSequence": "GR", "SequenceVariant": "SP", "RepetitionTime": 0.02,
+            "EchoTime": 0.004, "FlipAngle": 25, "MagneticFieldStrength": 3}
+    axial = np.diag([1.0, 1.0, 1.0, 1.0])
+    sagittal = np.array([[0, 0, 4.0, 0], [1.0, 0, 0, 0], [0, 1.0, 0, 0], [0, 0, 0, 1]])
+    scans = []
+    for site, affine, shape, thickness, kind in (("ax", axial, (40, 40, 40), 1.0, "3D"),
+                                                 ("sag", sagittal, (40, 40, 10), 4.0, "2D")):
+        affine = affine.copy()
+        affine[:3, 3] = -20.0
+        ijk = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), -1)
+        x, y, z = np.moveaxis(ijk @ affine[:3, :3].T + affine[:3, 3], -1, 0)
+        brain = (x ** 2 / 14 ** 2 + y ** 2 / 16 ** 2 + z ** 2 / 12 ** 2) < 1
+        path, mask_path = str(tmp_path / f"{site}.nii.gz"), str(tmp_path / f"{site}_mask.nii.gz")
+        nib.save(nib.Nifti1Image((100 * brain + 10).astype(np.float32), affine), path)
+        nib.save(nib.Nifti1Image(brain.astype(np.uint8), affine), mask_path)
+        sidecar = dict(base, SliceThickness=thickness, MRAcquisitionType=kind)
+        scans.append(Scan(subject="01", site=site, path=path, mask_path=mask_path,
+                          reading=read_protocol(sidecar, f"{site}.json")))
+    vols = load_scans(scans)["01"]
+    assert vols["sag"].resampled and vols["ax"].resampled
+    assert (vols["sag"].slice_axis, vols["ax"].slice_axis) == (0, 2)
+    assert vols["sag"].slice_thickness_mm == 4.0
+    assert vols["sag"].slice_fwhm() == pytest.approx(4.0 / 1.5)
+    assert vols["ax"].slice_fwhm() == 0.0
