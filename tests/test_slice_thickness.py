@@ -81,6 +81,20 @@ def test_slice_axis_follows_the_third_voxel_axis():
     assert [slice_axis(a) for a in (axial, sagittal, coronal)] == [2, 0, 1]
 
 
+def test_an_oblique_slice_axis_is_the_one_the_grid_assigns_it():
+    """Axial slices tilted 50 degrees toward R-L: the third voxel axis points more along R-L
+    than S-I, but R-L belongs to the first voxel axis, so the slices stay axial (2) -- as
+    geometry.world_zooms sizes the working grid."""
+    from phyjax.data import geometry
+
+    t = np.deg2rad(50.0)
+    oblique = np.eye(4)
+    oblique[:3, 2] = [5.0 * np.sin(t), 0.0, 5.0 * np.cos(t)]
+    assert np.argmax(np.abs(oblique[:3, 2])) == 0
+    assert slice_axis(oblique) == 2
+    assert geometry.world_zooms(oblique)[slice_axis(oblique)] == pytest.approx(5.0)
+
+
 def _default_sites():
     import conftest
 

@@ -43,17 +43,23 @@ def zooms(affine) -> tuple[float, float, float]:
     return tuple(round(float(z), 6) for z in np.linalg.norm(np.asarray(affine)[:3, :3], axis=0))
 
 
+def world_axes(affine) -> tuple[int, int, int]:
+    """The array axis most aligned with each world axis R, A, S: the assignment of array to
+    world axes that maximizes the product of the direction cosines (one array axis per world
+    axis, also for an oblique grid)."""
+    m = np.asarray(affine, np.float64)[:3, :3]
+    cosines = np.abs(m) / np.linalg.norm(m, axis=0)          # [world axis, array axis]
+    return max(itertools.permutations(range(3)),
+               key=lambda p: np.prod([cosines[i, p[i]] for i in range(3)]))
+
+
 def world_zooms(affine) -> tuple[float, float, float]:
     """Voxel edge lengths (mm) along the world axes R, A, S: each world axis takes the size of
-    the array axis most aligned with it (the assignment of array to world axes that maximizes
-    the product of the direction cosines), so a sagittal or permuted, anisotropic grid keeps
-    its resolution on the right axes.  :func:`zooms` gives them in array-axis order."""
-    m = np.asarray(affine, np.float64)[:3, :3]
-    norms = np.linalg.norm(m, axis=0)
-    cosines = np.abs(m) / norms          # [world axis, array axis]
-    best = max(itertools.permutations(range(3)),
-               key=lambda p: np.prod([cosines[i, p[i]] for i in range(3)]))
-    return tuple(round(float(norms[best[i]]), 6) for i in range(3))
+    the array axis most aligned with it (:func:`world_axes`), so a sagittal or permuted,
+    anisotropic grid keeps its resolution on the right axes.  :func:`zooms` gives them in
+    array-axis order."""
+    norms = np.linalg.norm(np.asarray(affine, np.float64)[:3, :3], axis=0)
+    return tuple(round(float(norms[a]), 6) for a in world_axes(affine))
 
 
 def fill_outside(data: np.ndarray, mask: np.ndarray) -> np.ndarray:

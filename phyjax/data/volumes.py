@@ -199,10 +199,12 @@ def _mask(scan: Scan, shape, affine) -> np.ndarray:
 
 
 def slice_axis(affine) -> int:
-    """The world axis (0 R-L, 1 A-P, 2 S-I) nearest to the third voxel axis of ``affine`` --
-    the slice (2-D) or partition (3-D) direction of a dcm2niix NIfTI -- which is also that
-    direction's voxel axis on an axis-aligned RAS grid (sagittal 0, coronal 1, axial 2)."""
-    return int(np.argmax(np.abs(np.asarray(affine, np.float64)[:3, 2])))
+    """The world axis (0 R-L, 1 A-P, 2 S-I) that the third voxel axis of ``affine`` -- the
+    slice (2-D) or partition (3-D) direction of a dcm2niix NIfTI -- is assigned to
+    (:func:`~phyjax.data.geometry.world_axes`, as the working grid's voxel sizes are), which is
+    also that direction's voxel axis on an axis-aligned RAS grid (sagittal 0, coronal 1,
+    axial 2)."""
+    return geometry.world_axes(affine).index(2)
 
 
 def _voxel_size(affine) -> float:
