@@ -28,7 +28,7 @@ from phyjax.data.slices import (check_views, view_brain_slices, view_cycle, view
                                 view_key)
 from phyjax.data.split import protocols_match
 from phyjax.data.store import SliceStore
-from phyjax.data.volumes import normalize
+from phyjax.data.volumes import normalize, profile_fwhm
 from phyjax.physics import scanner, units
 from phyjax.physics.sequences import Protocol
 
@@ -209,9 +209,8 @@ def slice_profiles(sources, scans, voxel_mm: float) -> list:
             out.append(None)
             continue
         mm = [float(v.slice_thickness_mm) if v.slice_fwhm() > 0 else 0.0 for v in own]
-        ratio = float(np.median(mm)) / float(voxel_mm)
         axes = [v.slice_axis for v in own]
-        out.append((ratio if ratio > 1.0 + 1e-3 else 0.0, max(set(axes), key=axes.count)))
+        out.append((profile_fwhm(np.median(mm), voxel_mm), max(set(axes), key=axes.count)))
     return out
 
 

@@ -81,9 +81,8 @@ class Volume:
         thickness."""
         if self.slice_thickness_mm is None:
             return None
-        voxel = float(geometry.zooms(self.grid_affine())[self.slice_axis])
-        ratio = float(self.slice_thickness_mm) / voxel
-        return ratio if ratio > 1.0 + 1e-3 else 0.0
+        return profile_fwhm(self.slice_thickness_mm,
+                            geometry.zooms(self.grid_affine())[self.slice_axis])
 
     @property
     def voxel_mm3(self) -> float:
@@ -196,6 +195,14 @@ def _mask(scan: Scan, shape, affine) -> np.ndarray:
     m, m_img = load_volume(scan.mask_path)
     return geometry.mask_on_grid(m, m_img.affine, shape, affine,
                                  source=f"{scan.mask_path} (mask of {scan.path})")
+
+
+def profile_fwhm(thickness_mm: float, voxel_mm: float) -> float:
+    """A slice profile of FWHM ``thickness_mm`` in voxels of ``voxel_mm``
+    (:func:`phyjax.physics.scanner.slice_profile`'s unit): their ratio, or 0 where the slice is
+    no thicker than the voxel (the voxel's own extent is then the profile)."""
+    ratio = float(thickness_mm) / float(voxel_mm)
+    return ratio if ratio > 1.0 + 1e-3 else 0.0
 
 
 def slice_axis(affine) -> int:
