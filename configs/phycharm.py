@@ -247,6 +247,14 @@ def get_config(arg: str | None = None) -> ConfigDict:
     # network trained on and has memorized; the network then trains on the others. 0: the
     # maps from the network's own training subjects (docs/phycharm_ablation.md, item 61).
     model.calibrate_heads = 0
+    # Site maps learned on N heads made by the physics (phyjax.methods.phycharm.
+    # calibration_heads: shipped anatomies the network never saw, imaged with each training
+    # source protocol, its sidecar's SliceThickness and drawn scanner effects, and with the
+    # target protocol) instead of on traveling subjects; the network trains on every subject.
+    # Also gives phycharm_unpaired and pairs=simulated site maps, which otherwise have none.
+    # 0: maps from traveling subjects (docs/phycharm_ablation.md, item 69). Not with
+    # calibrate_heads > 0.
+    model.calibrate_simulated = 0
     # Test-time augmentation (inference only): "flip" averages the outputs on the scan and on
     # its left-right mirror (the axis its affine names L/R), mirrored back; twice the
     # inference time (phyjax.methods.networks.predict_volume); "none": one pass. On by

@@ -28,7 +28,7 @@ from phyjax.data.slices import (check_views, view_brain_slices, view_cycle, view
                                 view_key)
 from phyjax.data.split import protocols_match
 from phyjax.data.store import SliceStore
-from phyjax.data.volumes import normalize, profile_fwhm
+from phyjax.data.volumes import Volume, normalize, profile_fwhm
 from phyjax.physics import scanner, units
 from phyjax.physics.sequences import Protocol
 
@@ -168,14 +168,21 @@ class Anatomy:
 
 def anatomies(n: int, seed: int, voxel_size: int, deform_mm: float, jitter: float,
               texture: float, atrophy_max: float = 0.0,
-              partial_volume: str = "parameter") -> list[Anatomy]:
-    """``n`` heads at ``voxel_size`` mm, seeds ``ANATOMY_SEED + 1000 seed + k``; atrophy and
-    partial volume as :func:`phyjax.data.synthetic.make_subject` and
+              partial_volume: str = "parameter", first: int = 0) -> list[Anatomy]:
+    """``n`` heads at ``voxel_size`` mm, seeds ``ANATOMY_SEED + 1000 seed + k`` for ``k`` from
+    ``first`` (another ``first`` range gives other heads: :data:`CALIBRATION_HEADS_FIRST`);
+    atrophy and partial volume as :func:`phyjax.data.synthetic.make_subject` and
     :func:`~phyjax.data.synthetic.quantitative_maps`."""
     probs, _, _ = synthetic.load_anatomy(voxel_size)
     return [Anatomy(*synthetic.make_subject(probs, ANATOMY_SEED + 1000 * seed + k, deform_mm,
                                             voxel_size, jitter, texture, atrophy_max),
-                    partial_volume=partial_volume) for k in range(n)]
+                    partial_volume=partial_volume) for k in range(first, first + n)]
+
+
+#: The first anatomy index (:func:`anatomies` ``first``) of the physics-made heads that site
+#: maps are learned on (:func:`calibration_volumes`): past any training set's
+#: ``config.train.n_anatomies``, so the maps' heads are never heads the network trained on.
+CALIBRATION_HEADS_FIRST = 500
 
 
 #: ``config.train.slice_profile``: ``drawn`` -- every simulated source's slice profile from
@@ -367,3 +374,57 @@ class SourceSlices:
         mask = self.store.gather(rows, lambda k: view_key(f"{k}/mask", view))
         zeros = np.zeros(mask.shape, np.float32)
         return ({"source": x, "target": zeros, "mask": mask, "t1": zeros + 1.0, "m0": zeros}, g)
+
+
+def calibration_volumes(sources, site_names, target: Protocol, target_site: str,
+                        heads: list[Anatomy], affine: np.ndarray, seed: int,
+                        slice_profiles=None, progress: bool = False) -> dict[str, dict]:
+    """Traveling subjects made by the physics, to learn site maps on
+    (``config.model.calibrate_simulated``; :func:`phyjax.methods.calibration.fit_calibrated`):
+    ``{"physics-NN": {site: Volume}}``, every head of ``heads`` imaged with every protocol of
+    ``sources`` (stored under ``site_names``, one per source: the training site it stands for)
+    and with ``target`` (under ``target_site``).
+
+    Each source scan draws its scanner effects from :data:`EFFECT_RANGES` (B1+, bias field,
+    Rician noise, gain; the slice profile too, unless ``slice_profiles`` gives that source's
+    ``(fwhm, axis)``, :func:`slice_profiles`); the target scan is clean, as in
+    :class:`SimulatedPairs`.  Images are normalized like real scans
+    (:func:`phyjax.data.volumes.normalize`) on the anatomies' grid, ``affine`` (voxel -> world,
+    mm, :func:`phyjax.data.synthetic.load_anatomy`).  ``seed`` and the head's index fix every
+    draw.  Raises ValueError when ``site_names`` or ``slice_profiles`` do not have one entry
+    per source."""
+    sources = list(sources)
+    names = list(site_names)
+    profiles = list(slice_profiles) if slice_profiles is not None else [None] * len(sources)
+    if len(names) != len(sources) or len(profiles) != len(sources):
+        raise ValueError(f"{len(names)} site names and {len(profiles)} slice profiles for "
+                         f"{len(sources)} sources")
+    key = jax.random.key(ANATOMY_SEED + 500_000 + seed)
+    clean = scanner.ScannerEffects()
+    out: dict[str, dict] = {}
+    bar = tqdm(total=len(heads) * (len(sources) + 1), disable=not progress,
+               desc="simulating calibration heads")
+    for a, head in enumerate(heads):
+        mask = head.mask
+        subject = f"physics-{a + 1:02d}"
+        maps = {b0: head.maps(b0) for b0 in sorted({float(p.field_strength)
+                                                    for p in sources + [target]})}
+        scans = {}
+        for p_i, (p, site) in enumerate(zip(sources, names)):
+            k_fx, k_acq = jax.random.split(jax.random.fold_in(jax.random.fold_in(key, a), p_i))
+            effects, axis = source_effects(k_fx, profiles[p_i])
+            image = synthetic.acquire(maps[float(p.field_strength)], mask, p, effects, k_acq,
+                                      slice_axis=axis)
+            scans[site] = Volume(subject, site, p, normalize(image, mask), mask,
+                                 f"<physics-made head {a + 1}, {site}'s protocol>",
+                                 affine=np.asarray(affine, float))
+            bar.update()
+        image = synthetic.acquire(maps[float(target.field_strength)], mask, target, clean,
+                                  jax.random.fold_in(key, 10_000 + a))
+        scans[target_site] = Volume(subject, target_site, target, normalize(image, mask), mask,
+                                    f"<physics-made head {a + 1}, the target protocol>",
+                                    affine=np.asarray(affine, float))
+        bar.update()
+        out[subject] = scans
+    bar.close()
+    return out

@@ -6,7 +6,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
+from types import MappingProxyType
+from typing import Callable, Mapping
 
 import numpy as np
 
@@ -107,6 +110,38 @@ def site_map_for(site_maps: list, protocol: Protocol) -> dict | None:
     return None
 
 
+@dataclasses.dataclass(frozen=True)
+class CalibrationHeads:
+    """Heads made by the physics that site maps are learned on
+    (``config.model.calibrate_simulated``; :func:`phyjax.data.simulated.calibration_volumes`):
+    ``volumes`` ``{subject: {site: Volume}}`` with a scan at ``target_site`` and at every source
+    site.  :func:`pooled_outputs` reads it as it reads a :class:`~phyjax.data.split.
+    TrainingSet`; nothing trains on it."""
+
+    volumes: Mapping[str, Mapping]
+    target_site: str
+
+    def __post_init__(self):
+        object.__setattr__(self, "volumes", MappingProxyType(dict(self.volumes)))
+
+    @property
+    def subjects(self) -> tuple[str, ...]:
+        return tuple(sorted(self.volumes))
+
+
+def check_calibrate_simulated(value, key: str = "config.model.calibrate_simulated") -> int:
+    """``value`` as an integer >= 0 (heads made by the physics that the site maps are learned
+    on; 0: none), else InputError naming ``key``."""
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        n = -1
+    if isinstance(value, bool) or n != value or n < 0:
+        raise InputError(f"{key}={value!r}; expected an integer >= 0 (0: the site maps are "
+                         "learned on traveling subjects).")
+    return n
+
+
 def pooled_outputs(harmonizer, train: TrainingSet, progress: bool = True,
                    slice_step: int = 1) -> list[dict]:
     """Per source protocol of ``train`` (:func:`phyjax.data.split.protocols_match`), the
@@ -118,10 +153,12 @@ def pooled_outputs(harmonizer, train: TrainingSet, progress: bool = True,
     source and target alike) is harmonized and pooled, a systematic sample of the voxels
     (``harmonizer.harmonize(volume, z_slices=...)`` of a slice network,
     :func:`phyjax.methods.networks.predict_volume`) for about 1/k of the inference time.
+    ``train`` may also be :class:`CalibrationHeads` (heads made by the physics).
     Raises InputError when no training subject has a scan at a source site and the target
     site, or for ``slice_step`` < 1.
     """
-    train = require_training_set(train)
+    if not isinstance(train, CalibrationHeads):
+        train = require_training_set(train)
     step = int(slice_step)
     if step < 1:
         raise InputError(f"config.model.calibrate_slice_step={slice_step!r}; expected an "
@@ -272,24 +309,51 @@ def learn_site_maps(harmonizer, train: TrainingSet, knots: int = 256, paired: bo
 
 
 def fit_calibrated(fit_network, train: TrainingSet, settings, seed: int, section: str,
-                   paired: bool = True, progress: bool = True, name: str = "harmonizer"):
+                   paired: bool = True, progress: bool = True, name: str = "harmonizer",
+                   physics_heads: Callable[[TrainingSet, int], CalibrationHeads] | None = None):
     """A slice network trained by ``fit_network(training_set)`` and its site maps, as
     ``settings`` (``config.model`` for PhyCHarm, ``config.unet`` for the U-Net; ``section``
     names it in errors) ask: with ``calibrate="sites"`` on traveling-subject pairs
     (``paired``), the network learns from the subjects :func:`calibration_holdout` leaves it
     (``calibrate_heads``, drawn with ``seed``) and :func:`learn_site_maps` learns the maps on
-    the others (on the same subjects when ``calibrate_heads`` is 0).  The harmonizer's
-    ``fitted_on`` is every subject of ``train`` and ``cfg["calibration_subjects"]`` those the
-    maps were learned on (empty without maps)."""
-    learns_maps = settings.get("calibrate", "none") == "sites" and paired
+    the others (on the same subjects when ``calibrate_heads`` is 0).
+
+    ``calibrate_simulated`` N > 0 (with ``calibrate="sites"``): the network learns from every
+    subject of ``train``, and the maps are learned on N heads made by the physics,
+    ``physics_heads(train, N)`` (:class:`CalibrationHeads`): heads the network never saw,
+    imaged with each source protocol and the target's -- also without traveling subjects
+    (``paired`` False), where the maps otherwise cannot be learned
+    (docs/phycharm_ablation.md, item 69).
+
+    The harmonizer's ``fitted_on`` is every subject of ``train`` and
+    ``cfg["calibration_subjects"]`` those the maps were learned on (empty without maps).
+    Raises InputError for a bad ``calibrate_simulated``, for it together with
+    ``calibrate_heads`` > 0 (two sources for one map), or for it where no ``physics_heads``
+    can make heads (a method without the physics, e.g. the U-Net)."""
+    sites = settings.get("calibrate", "none") == "sites"
+    n_physics = check_calibrate_simulated(settings.get("calibrate_simulated", 0),
+                                          f"config.{section}.calibrate_simulated")
+    if sites and n_physics:
+        if settings.get("calibrate_heads", 0):
+            raise InputError(f"config.{section}.calibrate_simulated={n_physics} and config."
+                             f"{section}.calibrate_heads={settings.get('calibrate_heads')}: the "
+                             "site maps are learned on one or the other; set one of them to 0.")
+        if physics_heads is None:
+            raise InputError(f"config.{section}.calibrate_simulated={n_physics}: {name} has no "
+                             "physics to make heads with; set it to 0.")
+    learns_maps = sites and (paired or n_physics > 0)
     net_set, maps_set = (calibration_holdout(train, settings.get("calibrate_heads", 0), seed,
                                              f"config.{section}.calibrate_heads")
-                         if learns_maps else (train, train))
+                         if learns_maps and not n_physics else (train, train))
     if net_set is not train and progress:
         print(f"[{name}] site maps from the held-out heads {list(maps_set.subjects)}; the "
               f"network trains on {list(net_set.subjects)}", flush=True)
     harm = fit_network(net_set)
     harm.fitted_on = frozenset(train.subjects)      # the held-out heads fitted its maps
+    if learns_maps and n_physics:
+        maps_set = physics_heads(train, n_physics)
+        if progress:
+            print(f"[{name}] site maps from {n_physics} heads made by the physics", flush=True)
     harm.cfg["calibration_subjects"] = list(maps_set.subjects) if learns_maps else []
-    return learn_site_maps(harm, maps_set, settings.get("calibrate_knots", 256), paired,
+    return learn_site_maps(harm, maps_set, settings.get("calibrate_knots", 256), learns_maps,
                            progress, settings.get("calibrate_slice_step", 1))

@@ -65,7 +65,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from phyjax.config_files import check_number
-from phyjax.data import simulated
+from phyjax.data import simulated, synthetic
 from phyjax.data.nifti import InputError
 from phyjax.data.slices import check_views, slice_mask
 from phyjax.data.split import TrainingSet, protocols_match, require_training_set
@@ -74,9 +74,9 @@ from phyjax.losses import (edge_agreement, gradient_difference, intensity_distri
                            tissue_consistency, tissue_distribution)
 from phyjax.methods import networks
 from phyjax.methods.base import fitted_fields, register
-from phyjax.methods.calibration import (CALIBRATE, calibrate_output, check_calibrate,  # noqa: F401
-                                       fit_calibrated, fit_site_maps, learn_site_maps,
-                                       site_map_for)
+from phyjax.methods.calibration import (CALIBRATE, CalibrationHeads,  # noqa: F401
+                                       calibrate_output, check_calibrate, fit_calibrated,
+                                       fit_site_maps, learn_site_maps, site_map_for)
 from phyjax.models.phycharm import (BASES, PARTIAL_VOLUME, PhyCHarm, reference_signal,
                                     synthesize_maps)
 from phyjax.physics import consistency, signal, tissues
@@ -714,7 +714,40 @@ def fit(config, train: TrainingSet, name: str = "phycharm", *, workdir: str,
     return fit_calibrated(
         lambda subset: (networks.fit_ensemble(_fit_network, config, "model", subset, **context)
                         or _fit_network(config, subset, **context)),
-        train, config.model, config.seed, "model", paired == "paired", progress, name)
+        train, config.model, config.seed, "model", paired == "paired", progress, name,
+        physics_heads=functools.partial(calibration_heads, config, progress=progress))
+
+
+def calibration_heads(config, train: TrainingSet, n: int, progress: bool = False
+                      ) -> CalibrationHeads:
+    """``n`` heads made by the physics to learn PhyCHarm's site maps on
+    (``config.model.calibrate_simulated``): anatomies as the default dataset makes them
+    (``config.data``'s deformation, jitter, texture, atrophy and partial volume; indices from
+    :data:`phyjax.data.simulated.CALIBRATION_HEADS_FIRST`, so never the physics-made training
+    heads of ``train.simulated_every`` or ``pairs=simulated``), each imaged with every distinct
+    source protocol of ``train`` (under the name of the first site with it) and with the
+    target protocol (:func:`phyjax.data.simulated.calibration_volumes`).  A source whose scans'
+    sidecars give ``SliceThickness`` is simulated with that slice profile
+    (:func:`phyjax.data.simulated.slice_profiles`); the other scanner effects are drawn.
+    Raises InputError when a training source scan lacks its protocol."""
+    train = require_training_set(train)
+    d = config.data
+    sites = [s for s in train.sites if s != train.target_site]
+    train.require_protocols("PhyCHarm (calibrate_simulated)", sites)
+    scans = [train.volumes[s][site] for s in train.subjects for site in sites
+             if site in train.volumes[s]]
+    sources = simulated.distinct(v.protocol for v in scans)
+    names = [next(v.site for v in scans if protocols_match(v.protocol, p)) for p in sources]
+    voxel = 1 if min(train.grid_mm()) < 1.5 else 2   # the template's resolutions (nilearn)
+    heads = simulated.anatomies(n, config.seed, voxel, d.deform_mm, d.tissue_jitter,
+                                d.t1_texture, float(d.get("atrophy", 0.0)),
+                                str(d.get("partial_volume", "signal")),
+                                first=simulated.CALIBRATION_HEADS_FIRST)
+    affine = synthetic.load_anatomy(voxel)[2]
+    volumes = simulated.calibration_volumes(
+        sources, names, train.target_protocol(), train.target_site, heads, affine, config.seed,
+        simulated.slice_profiles(sources, scans, voxel), progress)
+    return CalibrationHeads(volumes, train.target_site)
 
 
 def pairs_mode(train_cfg, name: str) -> str:

@@ -1,0 +1,230 @@
+"""config.model.calibrate_simulated: site maps learned on heads made by the physics
+(phyjax.data.simulated.calibration_volumes, phyjax.methods.calibration.fit_calibrated,
+docs/phycharm_ablation.md item 69)."""
+
+import jax
+import numpy as np
+import pytest
+
+from phyjax.data import simulated, synthetic
+from phyjax.data.nifti import InputError
+from phyjax.data.split import Split
+from phyjax.data.volumes import Volume, normalize
+from phyjax.methods.calibration import (CalibrationHeads, calibrate_output,
+                                        check_calibrate_simulated, fit_calibrated)
+from phyjax.physics import scanner
+from phyjax.physics.sequences import Protocol
+
+TARGET = Protocol.from_degrees("mprage", 2.3, 0.003, 0.9, 9.0, 3.0)
+SE = Protocol.from_degrees("se", 0.5, 0.015, 0.0, 90.0, 1.5)
+SPGR = Protocol.from_degrees("spgr", 0.02, 0.004, 0.0, 20.0, 3.0)
+
+
+@pytest.fixture(scope="module")
+def heads():
+    return simulated.anatomies(2, 0, 2, 4.0, 0.05, 0.05, first=simulated.CALIBRATION_HEADS_FIRST)
+
+
+@pytest.fixture(scope="module")
+def affine():
+    return synthetic.load_anatomy(2)[2]
+
+
+def test_heads_are_indexed_and_the_calibration_range_is_not_the_training_one():
+    # anatomies(first=k) continues the same sequence of heads: its j-th head is anatomies'
+    # (k + j)-th; the calibration heads (from CALIBRATION_HEADS_FIRST) are other heads than
+    # the physics-made training heads (from 0).
+    a = simulated.anatomies(3, 0, 2, 4.0, 0.05, 0.05)
+    b = simulated.anatomies(2, 0, 2, 4.0, 0.05, 0.05, first=1)
+    np.testing.assert_array_equal(a[1].probs, b[0].probs)
+    np.testing.assert_array_equal(a[2].factors, b[1].factors)
+    c = simulated.anatomies(1, 0, 2, 4.0, 0.05, 0.05, first=simulated.CALIBRATION_HEADS_FIRST)
+    assert not np.array_equal(a[0].probs, c[0].probs)
+
+
+def test_calibration_volumes_are_the_simulator_s_scans(heads, affine):
+    # Every scan against synthetic.acquire called directly: the target clean with the
+    # target's key, each source with the effects source_effects draws for its key -- the
+    # sidecar's slice profile replacing the drawn one where one is given.
+    vols = simulated.calibration_volumes([SE, SPGR], ["se1p5T2D", "spgr3T"], TARGET, "ref",
+                                         heads, affine, seed=3, slice_profiles=[(2.5, 2), None])
+    assert sorted(vols) == ["physics-01", "physics-02"]
+    key = jax.random.key(simulated.ANATOMY_SEED + 500_000 + 3)
+    for a, (subject, head) in enumerate(zip(sorted(vols), heads)):
+        scans = vols[subject]
+        assert sorted(scans) == ["ref", "se1p5T2D", "spgr3T"]
+        mask = head.mask
+        want = synthetic.acquire(head.maps(3.0), mask, TARGET, scanner.ScannerEffects(),
+                                 jax.random.fold_in(key, 10_000 + a))
+        np.testing.assert_allclose(scans["ref"].image, normalize(want, mask), atol=1e-6)
+        for p_i, (site, p, profile) in enumerate([("se1p5T2D", SE, (2.5, 2)),
+                                                  ("spgr3T", SPGR, None)]):
+            v = scans[site]
+            assert v.protocol is p and v.subject == subject and v.site == site
+            np.testing.assert_array_equal(v.mask, mask)
+            np.testing.assert_array_equal(v.grid_affine(), affine)
+            k_fx, k_acq = jax.random.split(jax.random.fold_in(jax.random.fold_in(key, a), p_i))
+            effects = scanner.sample_scanner_effects(k_fx, **simulated.EFFECT_RANGES)
+            if profile is not None:
+                effects = effects.replace(slice_fwhm=profile[0])
+            want = synthetic.acquire(head.maps(p.field_strength), mask, p, effects, k_acq,
+                                     slice_axis=profile[1] if profile else -1)
+            np.testing.assert_allclose(v.image, normalize(want, mask), atol=1e-6)
+    # a 5 mm spin echo is blurred along its slice axis: neighbouring slices agree more there
+    se = vols["physics-01"]["se1p5T2D"].image
+    assert np.abs(np.diff(se, axis=2)).mean() < np.abs(np.diff(se, axis=0)).mean()
+
+
+def test_calibration_volumes_refuse_mismatched_names(heads, affine):
+    with pytest.raises(ValueError, match="2 site names"):
+        simulated.calibration_volumes([SE], ["a", "b"], TARGET, "ref", heads, affine, 0)
+    with pytest.raises(ValueError, match="2 slice profiles"):
+        simulated.calibration_volumes([SE], ["a"], TARGET, "ref", heads, affine, 0,
+                                      slice_profiles=[None, None])
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, "two", None, True])
+def test_bad_counts_name_the_key(bad):
+    with pytest.raises(InputError, match=r"config\.model\.calibrate_simulated"):
+        check_calibrate_simulated(bad)
+    assert check_calibrate_simulated(0) == 0 and check_calibrate_simulated(4) == 4
+
+
+# A stand-in: traveling subjects "00".."05" scanned at "ref" and "a", and heads "made by the
+# physics" "p0".."p3" with the same two protocols.  The stand-in network returns the target
+# of every head it trained on exactly, and on any other head at site "a" the target through
+# an increasing distortion g -- what a network that memorized its training heads does.
+MASK = np.zeros((10, 10, 8), bool)
+MASK[1:9, 1:9, 1:7] = True
+PA = Protocol.from_degrees("mprage", 2.0, 0.003, 0.9, 8.0, 1.5)
+
+
+def _head(subject, rng):
+    levels = rng.choice([0.3, 0.7, 1.0], MASK.shape, p=[0.2, 0.4, 0.4])
+    t = np.where(MASK, levels + rng.normal(0, 0.03, MASK.shape), 0).astype(np.float32)
+    return {site: Volume(subject, site, p, t, MASK, f"{subject}_{site}.nii.gz")
+            for site, p in (("ref", TARGET), ("a", PA))}
+
+
+def _g(x):
+    return 0.2 + 0.5 * x ** 2
+
+
+@pytest.fixture(scope="module")
+def world():
+    rng = np.random.default_rng(0)
+    volumes = {f"{k:02d}": _head(f"{k:02d}", rng) for k in range(6)}
+    volumes["99"] = _head("99", rng)
+    train = Split(tuple(f"{k:02d}" for k in range(6)), ("99",)).training_set(volumes, "ref")
+    physics = CalibrationHeads({f"p{k}": _head(f"p{k}", rng) for k in range(4)}, "ref")
+    everyone = dict(volumes, **physics.volumes)
+
+    class Memorizing:
+        def __init__(self, seen):
+            self.seen, self.cfg = set(seen), {"calibrate": "sites"}
+
+        def harmonize(self, v, z_slices=None):
+            t = everyone[v.subject]["ref"].image
+            new = v.subject not in self.seen and v.site == "a"
+            return np.where(MASK, _g(t) if new else t, 0).astype(np.float32)
+
+    return train, volumes, physics, Memorizing
+
+
+def _settings(**kw):
+    return dict({"calibrate": "sites", "calibrate_heads": 0, "calibrate_knots": 64,
+                 "calibrate_slice_step": 1}, **kw)
+
+
+def test_physics_made_maps_correct_a_memorizing_network_on_new_heads(world):
+    # The mechanism: maps from the network's own training heads are the identity and leave g
+    # on a new head; maps from heads made by the physics (which it never saw) invert g.  The
+    # network still trains on every traveling subject, and the physics heads are asked for
+    # only once, with the configured count.
+    train, volumes, physics, Memorizing = world
+    asked, trained_on = [], []
+
+    def fit_network(subset):
+        trained_on.append(subset.subjects)
+        return Memorizing(subset.subjects)
+
+    def physics_heads(t, n):
+        asked.append((t, n))
+        return physics
+
+    new_head = {"harmonized": Memorizing(train.subjects).harmonize(volumes["99"]["a"])}
+    target = volumes["99"]["ref"].image
+
+    def error(harm):
+        got = calibrate_output(new_head, MASK, "sites", site_maps=harm.cfg["site_maps"],
+                               protocol=PA)
+        return np.abs(got["harmonized"] - target)[MASK].mean()
+
+    own = fit_calibrated(fit_network, train, _settings(), 0, "model", progress=False,
+                         physics_heads=physics_heads)
+    assert asked == [] and error(own) > 0.1
+    harm = fit_calibrated(fit_network, train, _settings(calibrate_simulated=4), 0, "model",
+                          progress=False, physics_heads=physics_heads)
+    assert trained_on[-1] == train.subjects and asked == [(train, 4)]
+    assert error(harm) < 0.01
+    assert harm.cfg["calibration_subjects"] == ["p0", "p1", "p2", "p3"]
+    assert harm.fitted_on == set(train.subjects)
+    # without traveling subjects (paired False) the maps are learned all the same
+    unpaired = fit_calibrated(fit_network, train, _settings(calibrate_simulated=4), 0, "model",
+                              paired=False, progress=False, physics_heads=physics_heads)
+    assert unpaired.cfg["calibrate"] == "sites" and error(unpaired) < 0.01
+    # ... and without them and without physics heads, none (the fallback, as before)
+    none = fit_calibrated(fit_network, train, _settings(), 0, "model", paired=False,
+                          progress=False, physics_heads=physics_heads)
+    assert none.cfg["calibrate"] == "none" and none.cfg["calibration_subjects"] == []
+
+
+def test_refusals_name_the_keys(world):
+    train, _, physics, Memorizing = world
+    with pytest.raises(InputError, match=r"calibrate_simulated=2 and config\.model\."
+                                         r"calibrate_heads=1"):
+        fit_calibrated(Memorizing, train, _settings(calibrate_simulated=2, calibrate_heads=1),
+                       0, "model", progress=False, physics_heads=lambda t, n: physics)
+    with pytest.raises(InputError, match=r"config\.unet\.calibrate_simulated=2: unet has no "
+                                         "physics"):
+        fit_calibrated(Memorizing, train, _settings(calibrate_simulated=2), 0, "unet",
+                       progress=False, name="unet")
+    with pytest.raises(InputError, match=r"config\.model\.calibrate_simulated"):
+        fit_calibrated(Memorizing, train, _settings(calibrate_simulated=-2), 0, "model",
+                       progress=False, physics_heads=lambda t, n: physics)
+
+
+def test_phycharm_without_traveling_subjects_learns_site_maps_on_physics_heads(tmp_path):
+    # phycharm_unpaired on the debug data with calibrate_simulated=1: one head made by the
+    # physics, imaged with every source protocol of the training set and the target's; the
+    # model has a site map for each of those protocols (none without the setting), learned on
+    # that one head, and keeps them through save and load.
+    import conftest
+    from phyjax import methods
+    from phyjax.data.dataset import load_dataset
+    from phyjax.data.split import protocols_match
+    from phyjax.methods.base import protocol_from_json
+
+    cfg = conftest.load_config("phycharm", "debug")
+    with cfg.unlocked():
+        cfg.data.cache_dir = str(tmp_path / "cache")
+        cfg.model.calibrate_simulated = 1
+    data = load_dataset(cfg.data, progress=False)
+    train = data.training_set(data.split(cfg.data.n_test, cfg.data.seed))
+    harm = methods.fit("phycharm_unpaired", cfg, train, workdir=str(tmp_path / "run"),
+                       progress=False, has_maps=data.has_maps)
+    assert harm.cfg["calibrate"] == "sites"
+    assert harm.cfg["calibration_subjects"] == ["physics-01"]
+    sources = [v.protocol for s in train.subjects for site, v in train.volumes[s].items()
+               if site != train.target_site]
+    maps = harm.cfg["site_maps"]
+    assert {m["subjects"] for m in maps} == {1}
+    assert len(maps) == len(simulated.distinct(sources))
+    for p in sources:
+        assert sum(protocols_match(protocol_from_json(m["protocol"]), p) for m in maps) == 1
+    for m in maps:
+        assert np.all(np.diff(m["output"]) >= 0) and np.all(np.diff(m["target"]) >= 0)
+    methods.save(harm, str(tmp_path / "saved"))
+    again = methods.load(str(tmp_path / "saved"))
+    assert again.cfg["site_maps"] == maps
+    assert again.cfg["calibration_subjects"] == ["physics-01"]
