@@ -8,6 +8,10 @@
 #      (ends with DONE when every part succeeded)
 # METHOD=phycharm_unpaired: that method instead (physics-made pairs; it has no site maps, so
 # its validation setting is calibrate=none unless CALIBRATE says otherwise).
+# FROM=RUN: the arm starts from a copy of that run's config and checkpoints (its reports are
+# not copied), so the network resumes at its last step and only what is learned after
+# training changes -- for FLAGS that act there (config.model.calibrate_simulated): the same
+# network on both sides, no seed noise between them. FLAGS must then repeat RUN's own.
 # ~16 min of training and test-head evaluation plus ~12 min of validation on one idle core.
 set -euo pipefail
 if [ $# -lt 3 ]; then
@@ -20,6 +24,13 @@ cd "$(dirname "$0")/.."
 py=${PYTHON:-.venv/bin/python}
 run() { taskset -c "$core" env JAX_PLATFORMS=cpu "$py" "$@"; }
 mkdir -p runs/abl runs/val
+if [ -n "${FROM:-}" ]; then
+  [ -e "runs/abl/$name" ] && { echo "runs/abl/$name exists; FROM copies into a new arm" >&2; exit 2; }
+  mkdir -p "runs/abl/$name/$method"
+  cp "$FROM/config.json" "runs/abl/$name/"
+  cp -r "$FROM/$method/checkpoints" "runs/abl/$name/$method/"
+  cp "$FROM/$method/train_log.csv" "runs/abl/$name/$method/"
+fi
 run -m phyjax.main --config=configs/benchmark.py --workdir="runs/abl/$name" \
   "--config.methods=(\"$method\",)" --config.seed="$seed" "$@" > "runs/$name.log" 2>&1
 for sub in train test; do

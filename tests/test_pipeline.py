@@ -607,9 +607,10 @@ def test_resuming_with_a_different_model_is_refused(debug_run):
 
 
 def test_resuming_with_another_inference_setting_is_allowed(tmp_path):
-    # model.refine, model.calibrate and model.tta act at inference only: a trained run may be
-    # re-evaluated with them changed,
-    # while any other model setting still refuses to resume.
+    # model.refine, model.calibrate and model.tta act at inference only, and
+    # model.calibrate_simulated after training (which heads the site maps are learned on): a
+    # trained run may be re-evaluated with them changed, and also a config.json written before
+    # calibrate_simulated existed; any other model setting still refuses to resume.
     from phyjax.experiments.common import prepare_workdir
 
     cfg = load_config()
@@ -621,6 +622,11 @@ def test_resuming_with_another_inference_setting_is_allowed(tmp_path):
         other.model.refine.noise = 0.02
         other.model.calibrate = "p99"
         other.model.tta = "none" if cfg.model.tta == "flip" else "flip"
+        other.model.calibrate_simulated = cfg.model.calibrate_simulated + 8
+    prepare_workdir(other, str(tmp_path))
+    old = json.loads(cfg.to_json())
+    del old["model"]["calibrate_simulated"]
+    (tmp_path / "config.json").write_text(json.dumps(old))
     prepare_workdir(other, str(tmp_path))
     with other.unlocked():
         other.model.t1_max = cfg.model.t1_max + 1.0

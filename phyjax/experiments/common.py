@@ -22,9 +22,11 @@ from phyjax.evaluate.site_difference import FeatureExtractor
 
 #: settings inside a resumable section that act at inference only (a trained network is the
 #: same whatever they are): ``model.refine``, PhyCHarm's data-consistency step,
-#: ``model.calibrate``, its output's intensity scale, and ``model.tta``, its test-time
-#: augmentation
-INFERENCE_ONLY = {"model": ("refine", "calibrate", "tta"), "unet": ("tta",),
+#: ``model.calibrate``, its output's intensity scale, ``model.calibrate_simulated``, which heads
+#: its site maps are learned on after training (a resumed run learns them anew), and
+#: ``model.tta``, its test-time augmentation
+INFERENCE_ONLY = {"model": ("refine", "calibrate", "calibrate_simulated", "tta"),
+                  "unet": ("tta",),
                   # how often a run logs and saves: the same network either way
                   "train": ("log_every", "checkpoint_every")}
 #: training settings added after runs were made: a run whose config.json lacks one was trained
@@ -32,14 +34,12 @@ INFERENCE_ONLY = {"model": ("refine", "calibrate", "tta"), "unet": ("tta",),
 #: ``model.base``: PhyCHarm's published residual on the re-synthesis, ``gate_prior`` unused;
 #: ``model.source_smoothing``: the gated base's source slice unsmoothed; ``model.detail_gate``:
 #: no choice between raw and smoothed; ``model.calibrate_heads``: site maps from the network's
-#: own training subjects; ``model.calibrate_simulated``: no physics-made heads for the site
-#: maps; ``model.source_smoothing_wide``: a two-arm detail gate;
+#: own training subjects; ``model.source_smoothing_wide``: a two-arm detail gate;
 #: ``train.simulated_every``: traveling-subject pairs only; ``train.slice_profile``: the
 #: simulated slice profiles drawn)
 ADDED_LATER = {"model": {"ensemble": 1, "views": ["axial"], "base": "resynth", "gate_prior": 0.5,
                          "source_smoothing": 0.0, "source_range": 0.0, "detail_gate": False,
-                         "calibrate_heads": 0, "calibrate_simulated": 0,
-                         "source_smoothing_wide": 0.0},
+                         "calibrate_heads": 0, "source_smoothing_wide": 0.0},
                "train": {"simulated_every": 0, "slice_profile": "drawn"}}
 
 
