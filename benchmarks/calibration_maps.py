@@ -19,6 +19,13 @@ PSNR, Dice and signed volume error of the run's fixed segmenter, as
 * ``heldK``: ``sites`` maps learned on K heads the network never saw (the first K subjects of
   the dataset built with ``--data-seed``): what the maps would be without the network having
   memorized its calibration heads;
+* ``physK``: ``sites`` maps learned on K heads made by the physics
+  (``config.model.calibrate_simulated``, :func:`phyjax.methods.phycharm.calibration_heads`:
+  each site's protocol, its sidecar's slice profile, drawn scanner effects);
+  ``physK_site``: the same heads imaged with each site's own scanner effects as the dataset's
+  site table gives them (B1+, bias, noise, slice profile, gain: known only for the default
+  data, so a diagnosis of how much the drawn effects cost, not a method); ``physK_clean``:
+  with none but each site's slice profile (B1+ 1, no bias, no noise, gain 1);
 * ``oracle``: each output quantile-matched onto its own subject's target scan -- not a method
   (it reads the answer), the bound of what any monotone map could do.
 
@@ -46,7 +53,10 @@ from phyjax.data.split import Split, protocols_match
 from phyjax.evaluate.overlap import TISSUES, tissue_volumes
 from phyjax.evaluate.segmentation import make_segmenter
 from phyjax.experiments.common import read_run
+from phyjax.data import synthetic
 from phyjax.methods.calibration import calibrate_output, fit_site_maps, pooled_outputs
+from phyjax.methods.phycharm import calibration_heads
+from phyjax.physics import scanner
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from refine_sweep import score  # noqa: E402
@@ -97,6 +107,11 @@ def main(argv=None) -> None:
     ap.add_argument("--subjects", choices=("train", "test"), default="test")
     ap.add_argument("--held", default="2,6", help="K,K,...: maps learned on K unseen heads")
     ap.add_argument("--data-seed", type=int, default=1, help="dataset of the unseen heads")
+    ap.add_argument("--physics", default="", help="K,K,...: maps learned on K heads made "
+                    "by the physics (drawn, the sites' own and no scanner effects)")
+    ap.add_argument("--score-seed", type=int, default=None,
+                    help="score the subjects of the dataset built with this data.seed (every "
+                    "one of them, up to --max-subjects) instead of the run's --subjects")
     ap.add_argument("--max-subjects", type=int, default=0)
     ap.add_argument("--out", required=True, help="markdown report (a .csv is written beside)")
     args = ap.parse_args(argv)
@@ -123,7 +138,25 @@ def main(argv=None) -> None:
         for k in (int(x) for x in args.held.split(",")):
             ts = unseen.training_set(Split(train=tuple(names[:k]), test=(names[-1],)))
             held[f"held{k}"] = fit_site_maps(harm, ts, progress=False)
-    subjects = split[args.subjects][:args.max_subjects or None]
+    train = data.training_set(Split(train=tuple(split["train"]), test=tuple(split["test"])))
+    for k in (int(x) for x in args.physics.split(",") if x):
+        own = {site: synthetic.site_effects(cfg.data.sites[site]) for site in data.source_sites
+               if site in cfg.data.get("sites", {})}
+        for tag, fx in (("", None), ("_site", own),
+                        ("_clean", {site: scanner.ScannerEffects(slice_fwhm=e.slice_fwhm)
+                                    for site, e in own.items()})):
+            if tag and len(own) < len(data.source_sites):
+                continue            # not the default data: no site table to read effects from
+            heads = calibration_heads(cfg, train, k, site_effects=fx)
+            held[f"phys{k}{tag}"] = fit_site_maps(harm, heads, progress=False)
+    if args.score_seed is not None:
+        other = copy.deepcopy(cfg)
+        with other.unlocked():
+            other.data.seed = args.score_seed
+        data = load_dataset(other.data, progress=False, paired=True)
+        subjects = sorted(data.volumes)[:args.max_subjects or None]
+    else:
+        subjects = split[args.subjects][:args.max_subjects or None]
     rows = []
     for subject in subjects:
         tgt = data.volumes[subject][data.target_site]

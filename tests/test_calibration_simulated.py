@@ -75,12 +75,34 @@ def test_calibration_volumes_are_the_simulator_s_scans(heads, affine):
     assert np.abs(np.diff(se, axis=2)).mean() < np.abs(np.diff(se, axis=0)).mean()
 
 
+def test_given_effects_replace_the_drawn_ones(heads, affine):
+    # A site's own effects, where given, are used as they are: the scan is synthetic.acquire's
+    # with those effects and the same acquisition key; a source without them keeps its draw.
+    own = scanner.ScannerEffects(b1_scale=1.1, b1_curvature=0.15, bias_amplitude=0.3,
+                                 noise_fraction=0.03, gain=1.6)
+    drawn = simulated.calibration_volumes([SE, SPGR], ["a", "b"], TARGET, "ref", heads[:1],
+                                          affine, seed=0)
+    given = simulated.calibration_volumes([SE, SPGR], ["a", "b"], TARGET, "ref", heads[:1],
+                                          affine, seed=0, effects=[None, own])
+    np.testing.assert_array_equal(drawn["physics-01"]["a"].image, given["physics-01"]["a"].image)
+    key = jax.random.key(simulated.ANATOMY_SEED + 500_000)
+    k_acq = jax.random.split(jax.random.fold_in(jax.random.fold_in(key, 0), 1))[1]
+    head = heads[0]
+    want = synthetic.acquire(head.maps(3.0), head.mask, SPGR, own, k_acq)
+    np.testing.assert_allclose(given["physics-01"]["b"].image, normalize(want, head.mask),
+                               atol=1e-6)
+    assert not np.allclose(given["physics-01"]["b"].image, drawn["physics-01"]["b"].image)
+
+
 def test_calibration_volumes_refuse_mismatched_names(heads, affine):
     with pytest.raises(ValueError, match="2 site names"):
         simulated.calibration_volumes([SE], ["a", "b"], TARGET, "ref", heads, affine, 0)
     with pytest.raises(ValueError, match="2 slice profiles"):
         simulated.calibration_volumes([SE], ["a"], TARGET, "ref", heads, affine, 0,
                                       slice_profiles=[None, None])
+    with pytest.raises(ValueError, match="2 effects"):
+        simulated.calibration_volumes([SE], ["a"], TARGET, "ref", heads, affine, 0,
+                                      effects=[None, None])
 
 
 @pytest.mark.parametrize("bad", [-1, 1.5, "two", None, True])

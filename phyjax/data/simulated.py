@@ -378,7 +378,8 @@ class SourceSlices:
 
 def calibration_volumes(sources, site_names, target: Protocol, target_site: str,
                         heads: list[Anatomy], affine: np.ndarray, seed: int,
-                        slice_profiles=None, progress: bool = False) -> dict[str, dict]:
+                        slice_profiles=None, progress: bool = False,
+                        effects=None) -> dict[str, dict]:
     """Traveling subjects made by the physics, to learn site maps on
     (``config.model.calibrate_simulated``; :func:`phyjax.methods.calibration.fit_calibrated`):
     ``{"physics-NN": {site: Volume}}``, every head of ``heads`` imaged with every protocol of
@@ -387,7 +388,9 @@ def calibration_volumes(sources, site_names, target: Protocol, target_site: str,
 
     Each source scan draws its scanner effects from :data:`EFFECT_RANGES` (B1+, bias field,
     Rician noise, gain; the slice profile too, unless ``slice_profiles`` gives that source's
-    ``(fwhm, axis)``, :func:`slice_profiles`); the target scan is clean, as in
+    ``(fwhm, axis)``, :func:`slice_profiles`) -- or, where ``effects`` (one per source, or
+    None) gives a :class:`~phyjax.physics.scanner.ScannerEffects`, exactly those (a site's own,
+    where they are known; slice profile along the last axis); the target scan is clean, as in
     :class:`SimulatedPairs`.  Images are normalized like real scans
     (:func:`phyjax.data.volumes.normalize`) on the anatomies' grid, ``affine`` (voxel -> world,
     mm, :func:`phyjax.data.synthetic.load_anatomy`).  ``seed`` and the head's index fix every
@@ -396,9 +399,10 @@ def calibration_volumes(sources, site_names, target: Protocol, target_site: str,
     sources = list(sources)
     names = list(site_names)
     profiles = list(slice_profiles) if slice_profiles is not None else [None] * len(sources)
-    if len(names) != len(sources) or len(profiles) != len(sources):
-        raise ValueError(f"{len(names)} site names and {len(profiles)} slice profiles for "
-                         f"{len(sources)} sources")
+    fixed = list(effects) if effects is not None else [None] * len(sources)
+    if len(names) != len(sources) or len(profiles) != len(sources) or len(fixed) != len(sources):
+        raise ValueError(f"{len(names)} site names, {len(profiles)} slice profiles and "
+                         f"{len(fixed)} effects for {len(sources)} sources")
     key = jax.random.key(ANATOMY_SEED + 500_000 + seed)
     clean = scanner.ScannerEffects()
     out: dict[str, dict] = {}
@@ -412,8 +416,9 @@ def calibration_volumes(sources, site_names, target: Protocol, target_site: str,
         scans = {}
         for p_i, (p, site) in enumerate(zip(sources, names)):
             k_fx, k_acq = jax.random.split(jax.random.fold_in(jax.random.fold_in(key, a), p_i))
-            effects, axis = source_effects(k_fx, profiles[p_i])
-            image = synthetic.acquire(maps[float(p.field_strength)], mask, p, effects, k_acq,
+            fx, axis = ((fixed[p_i], -1) if fixed[p_i] is not None
+                        else source_effects(k_fx, profiles[p_i]))
+            image = synthetic.acquire(maps[float(p.field_strength)], mask, p, fx, k_acq,
                                       slice_axis=axis)
             scans[site] = Volume(subject, site, p, normalize(image, mask), mask,
                                  f"<physics-made head {a + 1}, {site}'s protocol>",

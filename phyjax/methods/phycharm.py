@@ -718,8 +718,8 @@ def fit(config, train: TrainingSet, name: str = "phycharm", *, workdir: str,
         physics_heads=functools.partial(calibration_heads, config, progress=progress))
 
 
-def calibration_heads(config, train: TrainingSet, n: int, progress: bool = False
-                      ) -> CalibrationHeads:
+def calibration_heads(config, train: TrainingSet, n: int, progress: bool = False,
+                      site_effects: dict | None = None) -> CalibrationHeads:
     """``n`` heads made by the physics to learn PhyCHarm's site maps on
     (``config.model.calibrate_simulated``): anatomies as the default dataset makes them
     (``config.data``'s deformation, jitter, texture, atrophy and partial volume; indices from
@@ -728,7 +728,9 @@ def calibration_heads(config, train: TrainingSet, n: int, progress: bool = False
     source protocol of ``train`` (under the name of the first site with it) and with the
     target protocol (:func:`phyjax.data.simulated.calibration_volumes`).  A source whose scans'
     sidecars give ``SliceThickness`` is simulated with that slice profile
-    (:func:`phyjax.data.simulated.slice_profiles`); the other scanner effects are drawn.
+    (:func:`phyjax.data.simulated.slice_profiles`); the other scanner effects are drawn --
+    unless ``site_effects`` ``{site: ScannerEffects}`` gives a site's own, which its protocol
+    is then simulated with (a diagnosis: ``benchmarks/calibration_maps.py --physics``).
     Raises InputError when a training source scan lacks its protocol."""
     train = require_training_set(train)
     d = config.data
@@ -746,7 +748,8 @@ def calibration_heads(config, train: TrainingSet, n: int, progress: bool = False
     affine = synthetic.load_anatomy(voxel)[2]
     volumes = simulated.calibration_volumes(
         sources, names, train.target_protocol(), train.target_site, heads, affine, config.seed,
-        simulated.slice_profiles(sources, scans, voxel), progress)
+        simulated.slice_profiles(sources, scans, voxel), progress,
+        effects=[(site_effects or {}).get(site) for site in names])
     return CalibrationHeads(volumes, train.target_site)
 
 
