@@ -25,7 +25,8 @@ PSNR, Dice and signed volume error of the run's fixed segmenter, as
   ``physK_site``: the same heads imaged with each site's own scanner effects as the dataset's
   site table gives them (B1+, bias, noise, slice profile, gain: known only for the default
   data, so a diagnosis of how much the drawn effects cost, not a method); ``physK_clean``:
-  with none but each site's slice profile (B1+ 1, no bias, no noise, gain 1);
+  with none but each site's slice profile (B1+ 1, no bias, no noise, gain 1); ``physK_b1``:
+  with each site's own B1+ and slice profile only;
 * ``oracle``: each output quantile-matched onto its own subject's target scan -- not a method
   (it reads the answer), the bound of what any monotone map could do.
 
@@ -144,7 +145,10 @@ def main(argv=None) -> None:
                if site in cfg.data.get("sites", {})}
         for tag, fx in (("", None), ("_site", own),
                         ("_clean", {site: scanner.ScannerEffects(slice_fwhm=e.slice_fwhm)
-                                    for site, e in own.items()})):
+                                    for site, e in own.items()}),
+                        ("_b1", {site: scanner.ScannerEffects(
+                            b1_scale=e.b1_scale, b1_curvature=e.b1_curvature,
+                            slice_fwhm=e.slice_fwhm) for site, e in own.items()})):
             if tag and len(own) < len(data.source_sites):
                 continue            # not the default data: no site table to read effects from
             heads = calibration_heads(cfg, train, k, site_effects=fx)

@@ -2,6 +2,8 @@
 (phyjax.data.simulated.calibration_volumes, phyjax.methods.calibration.fit_calibrated,
 docs/phycharm_ablation.md item 69)."""
 
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
@@ -250,3 +252,43 @@ def test_phycharm_without_traveling_subjects_learns_site_maps_on_physics_heads(t
     again = methods.load(str(tmp_path / "saved"))
     assert again.cfg["site_maps"] == maps
     assert again.cfg["calibration_subjects"] == ["physics-01"]
+
+
+@pytest.mark.parametrize("true", [
+    dict(b1_scale=0.9, b1_curvature=0.0, bias_amplitude=0.3, noise_fraction=0.01),
+    dict(b1_scale=1.1, b1_curvature=0.2, bias_amplitude=0.0, noise_fraction=0.05)])
+def test_fit_site_effects_reads_the_effects_a_scan_was_made_with(heads, affine, true):
+    # Oracle: scans imaged by synthetic.acquire with known effects (another gain, other bias
+    # and noise draws) on the heads the fit simulates: the B1+ scale, bias amplitude and noise
+    # it returns are those they were made with.  The B1+ drop is not asserted: with another
+    # bias draw, a smooth drop and a smooth bias field explain each other (the first case
+    # returns drop 0.2 for 0).
+    effects = scanner.ScannerEffects(gain=1.7, **true)
+    # with its readout train, where B1+ scales the readout flip angle (the static form ignores it)
+    mprage = dataclasses.replace(Protocol.from_degrees("mprage", 2.3, 0.003, 0.9, 9.0, 3.0),
+                                 tr_readout=0.0071, n_readouts=176.0)
+    scans = []
+    for a, head in enumerate(heads):
+        image = synthetic.acquire(head.maps(3.0), head.mask, mprage, effects,
+                                  jax.random.key(100 + a))
+        scans.append(Volume("s", "x", mprage, normalize(image, head.mask), head.mask, "x"))
+    grid = {"b1_scale": (0.9, 1.0, 1.1), "b1_curvature": (0.0, 0.2),
+            "bias_amplitude": (0.0, 0.3), "noise_fraction": (0.01, 0.05)}
+    got, distance = simulated.fit_site_effects(mprage, scans, heads, grid=grid)
+    keys = ("b1_scale", "bias_amplitude", "noise_fraction")
+    assert {k: getattr(got, k) for k in keys} == {k: true[k] for k in keys}
+    assert distance < 0.01
+    with pytest.raises(InputError, match="no scan with voxels"):
+        simulated.fit_site_effects(mprage, [], heads, grid=grid)
+
+
+def test_where_the_signal_ignores_b1_the_fit_says_ideal_pulses(heads):
+    # A spin echo's signal equation has no B1+ (ideal pulses): every B1+ point of the grid
+    # gives the same images, and the fit reports the ideal pulse, not the grid's first point.
+    image = synthetic.acquire(heads[0].maps(1.5), heads[0].mask, SE,
+                              scanner.ScannerEffects(noise_fraction=0.03), jax.random.key(5))
+    scans = [Volume("s", "x", SE, normalize(image, heads[0].mask), heads[0].mask, "x")]
+    got, _ = simulated.fit_site_effects(SE, scans, heads[:1], grid={
+        "b1_scale": (0.8, 0.9, 1.0, 1.1), "b1_curvature": (0.0, 0.2), "bias_amplitude": (0.0,),
+        "noise_fraction": (0.01, 0.03)})
+    assert (got.b1_scale, got.b1_curvature, got.noise_fraction) == (1.0, 0.0, 0.03)

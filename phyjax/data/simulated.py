@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -389,8 +390,9 @@ def calibration_volumes(sources, site_names, target: Protocol, target_site: str,
     Each source scan draws its scanner effects from :data:`EFFECT_RANGES` (B1+, bias field,
     Rician noise, gain; the slice profile too, unless ``slice_profiles`` gives that source's
     ``(fwhm, axis)``, :func:`slice_profiles`) -- or, where ``effects`` (one per source, or
-    None) gives a :class:`~phyjax.physics.scanner.ScannerEffects`, exactly those (a site's own,
-    where they are known; slice profile along the last axis); the target scan is clean, as in
+    None) gives a :class:`~phyjax.physics.scanner.ScannerEffects`, those (a site's own, known
+    or fitted, :func:`fit_site_effects`; the slice profile ``slice_profiles`` gives replaces
+    theirs, else theirs acts along the last axis); the target scan is clean, as in
     :class:`SimulatedPairs`.  Images are normalized like real scans
     (:func:`phyjax.data.volumes.normalize`) on the anatomies' grid, ``affine`` (voxel -> world,
     mm, :func:`phyjax.data.synthetic.load_anatomy`).  ``seed`` and the head's index fix every
@@ -416,8 +418,12 @@ def calibration_volumes(sources, site_names, target: Protocol, target_site: str,
         scans = {}
         for p_i, (p, site) in enumerate(zip(sources, names)):
             k_fx, k_acq = jax.random.split(jax.random.fold_in(jax.random.fold_in(key, a), p_i))
-            fx, axis = ((fixed[p_i], -1) if fixed[p_i] is not None
-                        else source_effects(k_fx, profiles[p_i]))
+            if fixed[p_i] is None:
+                fx, axis = source_effects(k_fx, profiles[p_i])
+            elif profiles[p_i] is None:
+                fx, axis = fixed[p_i], -1
+            else:
+                fx, axis = fixed[p_i].replace(slice_fwhm=float(profiles[p_i][0])), profiles[p_i][1]
             image = synthetic.acquire(maps[float(p.field_strength)], mask, p, fx, k_acq,
                                       slice_axis=axis)
             scans[site] = Volume(subject, site, p, normalize(image, mask), mask,
@@ -433,3 +439,79 @@ def calibration_volumes(sources, site_names, target: Protocol, target_site: str,
         out[subject] = scans
     bar.close()
     return out
+
+
+#: The scanner effects :func:`fit_site_effects` searches, a grid inside :data:`EFFECT_RANGES`
+#: (B1+ 0.8-1.2 in steps of 0.05; the gain is not identifiable from normalized images).
+EFFECT_GRID = {"b1_scale": tuple(float(x) for x in np.round(np.linspace(0.8, 1.2, 9), 3)),
+               "b1_curvature": (0.0, 0.1, 0.2), "bias_amplitude": (0.0, 0.15, 0.3),
+               "noise_fraction": (0.01, 0.03, 0.05)}
+#: The quantiles :func:`fit_site_effects` compares (1 % to 99 %)
+EFFECT_QUANTILES = np.linspace(0.01, 0.99, 99)
+
+
+def fit_site_effects(protocol: Protocol, scans, heads: list[Anatomy], profile=None,
+                     seed: int = 0, grid: dict | None = None
+                     ) -> tuple[scanner.ScannerEffects, float]:
+    """A site's scanner effects read off its own scans: the point of ``grid`` (default
+    :data:`EFFECT_GRID`: B1+ scale and centre-to-corner drop, bias amplitude, Rician noise)
+    under which ``protocol`` imaging ``heads`` gives the intensity distribution closest to
+    that of ``scans`` (the site's :class:`~phyjax.data.volumes.Volume` objects, normalized
+    images and masks; no other image of those heads is needed, so a site without traveling
+    subjects has them).
+
+    The distance is the mean absolute difference of the in-mask quantiles (1-99 %,
+    :data:`EFFECT_QUANTILES`) of the normalized images (:func:`phyjax.data.volumes.normalize`)
+    -- the 1-D Wasserstein distance on that range -- between the scans pooled and the
+    simulated images (their quantiles averaged over ``heads``).  The heads' anatomy stands in
+    for the scans': the two distributions differ by anatomy too, which is what the pooled
+    quantiles average out.  B1+ moves the tissue levels apart or together through the flip
+    angle (SPGR, the MPRAGE readout train), bias and noise widen each tissue's peak; where the
+    signal equation ignores B1+ (spin echo, the static MPRAGE form) its points tie, and the
+    ideal pulse (scale 1, no drop) is returned.  The B1+ drop and the bias field are partly
+    interchangeable (both vary the intensity smoothly across the head), so of the two the
+    amplitude sum is better determined than either.  ``profile`` ``(fwhm,
+    axis)``: the site's slice profile (:func:`slice_profiles`), else none.  The bias pattern
+    and the noise are drawn with ``seed`` and the head's index, the same for every grid point.
+
+    Returns ``(effects, distance)``.  Raises InputError when ``scans`` is empty or holds no
+    voxel in its masks."""
+    grid = dict(EFFECT_GRID, **(grid or {}))
+    values = [np.asarray(v.image, np.float32)[np.asarray(v.mask, bool)] for v in scans]
+    if not values or sum(x.size for x in values) == 0:
+        raise InputError(f"no scan with voxels in its mask to fit the effects of {protocol} on.")
+    real = np.quantile(np.concatenate(values), EFFECT_QUANTILES)
+    fwhm, axis = profile if profile is not None else (0.0, -1)
+    key = jax.random.key(ANATOMY_SEED + 700_000 + seed)
+    points = [(s, c, b, n) for s in grid["b1_scale"] for c in grid["b1_curvature"]
+              for b in grid["bias_amplitude"] for n in grid["noise_fraction"]]
+    sim = np.zeros((len(points), EFFECT_QUANTILES.size))
+    for a, head in enumerate(heads):
+        mask = head.mask
+        maps = head.maps(float(protocol.field_strength))
+        shape = mask.shape
+        k_bias, k_noise = jax.random.split(jax.random.fold_in(key, a))
+        # in-mask voxels only: what normalize() and the quantiles read (as acquire() images
+        # them: |slice-profiled signal| x bias, then Rician noise of n x its 99th percentile)
+        fields = {b: np.asarray(scanner.bias_field(
+            shape, scanner.sample_bias_coefficients(k_bias, b)))[mask]
+            for b in grid["bias_amplitude"]}
+        clean = {}
+        for i, (s, c, b, n) in enumerate(points):
+            if (s, c) not in clean:
+                b1 = scanner.b1_field(shape, s, c)
+                clean = {(s, c): np.asarray(jnp.abs(scanner.slice_profile(
+                    synthetic.signed_image(maps, protocol, b1), float(fwhm), axis=axis)))[mask]}
+            image = clean[(s, c)] * fields[b]
+            sigma = n * np.percentile(image, 99.0)
+            image = np.asarray(scanner.rician_noise(image, sigma, k_noise), np.float32)
+            sim[i] += np.quantile(image / np.percentile(image, 99.0),
+                                  EFFECT_QUANTILES) / len(heads)
+    distance = np.abs(sim - real[None]).mean(1)
+    # where the signal ignores B1+ (spin echo, inversion recovery, the static MPRAGE form)
+    # its grid points tie exactly (the same draws): then the ideal pulse, B1+ 1, no drop
+    best = min(range(len(points)), key=lambda i: (distance[i], abs(points[i][0] - 1.0),
+                                                  points[i][1]))
+    s, c, b, n = points[best]
+    return (scanner.ScannerEffects(b1_scale=s, b1_curvature=c, bias_amplitude=b,
+                                   noise_fraction=n), float(distance[best]))
