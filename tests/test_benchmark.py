@@ -387,10 +387,12 @@ def test_benchmark_runs_without_traveling_subjects(unpaired_run):
     assert "unet not run: it trains on paired scans" in md and "phycharm not run" not in md
     meta = json.load(open(run / "phycharm" / "harmonizer" / "harmonizer.json"))
     assert meta["state"]["model"]["pairs"] == "simulated"
-    # no traveling pairs to learn per-site output maps on: the default calibrate=sites falls
-    # back to the network's output, and the saved model says so
-    assert meta["state"]["model"]["calibrate"] == "none"
-    assert "site_maps" not in meta["state"]["model"]
+    # no traveling pairs to learn per-site output maps on: the default calibrate_with="auto"
+    # learns them on heads made by the physics (the debug config's 2), one per source
+    # protocol, and the saved model says so (docs/phycharm_ablation.md item 70)
+    assert meta["state"]["model"]["calibrate"] == "sites"
+    assert meta["state"]["model"]["calibration_subjects"] == ["physics-01", "physics-02"]
+    assert {m["subjects"] for m in meta["state"]["model"]["site_maps"]} == {2}
     # Before harmonization the two protocols are far apart; histogram matching to the target's
     # pooled histogram makes the in-ROI intensity distributions (nearly) equal ...
     none, hist = rows["none"], rows["histmatch"]

@@ -1,6 +1,7 @@
-"""config.model.calibrate_simulated: site maps learned on heads made by the physics
-(phyjax.data.simulated.calibration_volumes, phyjax.methods.calibration.fit_calibrated,
-docs/phycharm_ablation.md item 69)."""
+"""config.model.calibrate_with / calibrate_simulated: site maps learned on heads made by the
+physics (phyjax.data.simulated.calibration_volumes, phyjax.methods.calibration.fit_calibrated,
+docs/phycharm_ablation.md items 69, 70), and a site's scanner effects read off its own scans
+(phyjax.data.simulated.fit_site_effects)."""
 
 import dataclasses
 
@@ -13,7 +14,7 @@ from phyjax.data.nifti import InputError
 from phyjax.data.split import Split
 from phyjax.data.volumes import Volume, normalize
 from phyjax.methods.calibration import (CalibrationHeads, calibrate_output,
-                                        check_calibrate_simulated, fit_calibrated)
+                                        check_calibrate_simulated, fit_calibrated, maps_source)
 from phyjax.physics import scanner
 from phyjax.physics.sequences import Protocol
 
@@ -107,11 +108,25 @@ def test_calibration_volumes_refuse_mismatched_names(heads, affine):
                                       effects=[None, None])
 
 
-@pytest.mark.parametrize("bad", [-1, 1.5, "two", None, True])
+@pytest.mark.parametrize("bad", [0, -1, 1.5, "two", None, True])
 def test_bad_counts_name_the_key(bad):
     with pytest.raises(InputError, match=r"config\.model\.calibrate_simulated"):
         check_calibrate_simulated(bad)
-    assert check_calibrate_simulated(0) == 0 and check_calibrate_simulated(4) == 4
+    assert check_calibrate_simulated(1) == 1 and check_calibrate_simulated(4) == 4
+
+
+@pytest.mark.parametrize("with_,paired,calibrate,want", [
+    ("auto", True, "sites", "traveling"), ("auto", False, "sites", "physics"),
+    ("traveling", True, "sites", "traveling"), ("traveling", False, "sites", "none"),
+    ("physics", True, "sites", "physics"), ("physics", False, "sites", "physics"),
+    ("auto", True, "none", "none"), ("physics", False, "p99", "none")])
+def test_maps_source(with_, paired, calibrate, want):
+    assert maps_source({"calibrate": calibrate, "calibrate_with": with_}, paired) == want
+
+
+def test_an_unknown_maps_source_names_the_key():
+    with pytest.raises(InputError, match=r"config\.unet\.calibrate_with='both'"):
+        maps_source({"calibrate": "sites", "calibrate_with": "both"}, True, "unet")
 
 
 # A stand-in: traveling subjects "00".."05" scanned at "ref" and "a", and heads "made by the
@@ -187,42 +202,50 @@ def test_physics_made_maps_correct_a_memorizing_network_on_new_heads(world):
     own = fit_calibrated(fit_network, train, _settings(), 0, "model", progress=False,
                          physics_heads=physics_heads)
     assert asked == [] and error(own) > 0.1
-    harm = fit_calibrated(fit_network, train, _settings(calibrate_simulated=4), 0, "model",
+    harm = fit_calibrated(fit_network, train, _settings(calibrate_with="physics",
+                                                        calibrate_simulated=4), 0, "model",
                           progress=False, physics_heads=physics_heads)
     assert trained_on[-1] == train.subjects and asked == [(train, 4)]
     assert error(harm) < 0.01
     assert harm.cfg["calibration_subjects"] == ["p0", "p1", "p2", "p3"]
     assert harm.fitted_on == set(train.subjects)
-    # without traveling subjects (paired False) the maps are learned all the same
+    # without traveling subjects (paired False) "auto" learns them on the physics' heads
     unpaired = fit_calibrated(fit_network, train, _settings(calibrate_simulated=4), 0, "model",
                               paired=False, progress=False, physics_heads=physics_heads)
     assert unpaired.cfg["calibrate"] == "sites" and error(unpaired) < 0.01
-    # ... and without them and without physics heads, none (the fallback, as before)
-    none = fit_calibrated(fit_network, train, _settings(), 0, "model", paired=False,
-                          progress=False, physics_heads=physics_heads)
-    assert none.cfg["calibrate"] == "none" and none.cfg["calibration_subjects"] == []
+    assert asked[-1] == (train, 4)
+    # ... "traveling" has none to learn them on (the fallback), and neither has a method
+    # without the physics under "auto"
+    for settings, heads in ((_settings(calibrate_with="traveling"), physics_heads),
+                            (_settings(), None)):
+        none = fit_calibrated(fit_network, train, settings, 0, "model", paired=False,
+                              progress=False, physics_heads=heads)
+        assert none.cfg["calibrate"] == "none" and none.cfg["calibration_subjects"] == []
+    # with traveling subjects "auto" keeps theirs, also for a method without the physics
+    kept = fit_calibrated(fit_network, train, _settings(), 0, "unet", progress=False)
+    assert error(kept) > 0.1 and kept.cfg["calibration_subjects"] == list(train.subjects)
 
 
 def test_refusals_name_the_keys(world):
     train, _, physics, Memorizing = world
-    with pytest.raises(InputError, match=r"calibrate_simulated=2 and config\.model\."
-                                         r"calibrate_heads=1"):
-        fit_calibrated(Memorizing, train, _settings(calibrate_simulated=2, calibrate_heads=1),
+    with pytest.raises(InputError, match=r"calibrate_heads=1 holds traveling subjects out.*"
+                                         r"calibrate_with='physics'"):
+        fit_calibrated(Memorizing, train, _settings(calibrate_with="physics", calibrate_heads=1),
                        0, "model", progress=False, physics_heads=lambda t, n: physics)
-    with pytest.raises(InputError, match=r"config\.unet\.calibrate_simulated=2: unet has no "
-                                         "physics"):
-        fit_calibrated(Memorizing, train, _settings(calibrate_simulated=2), 0, "unet",
+    with pytest.raises(InputError, match=r"config\.unet\.calibrate_with='physics': unet has "
+                                         "no physics"):
+        fit_calibrated(Memorizing, train, _settings(calibrate_with="physics"), 0, "unet",
                        progress=False, name="unet")
-    with pytest.raises(InputError, match=r"config\.model\.calibrate_simulated"):
+    with pytest.raises(InputError, match=r"config\.model\.calibrate_simulated=-2"):
         fit_calibrated(Memorizing, train, _settings(calibrate_simulated=-2), 0, "model",
-                       progress=False, physics_heads=lambda t, n: physics)
+                       paired=False, progress=False, physics_heads=lambda t, n: physics)
 
 
 def test_phycharm_without_traveling_subjects_learns_site_maps_on_physics_heads(tmp_path):
-    # phycharm_unpaired on the debug data with calibrate_simulated=1: one head made by the
-    # physics, imaged with every source protocol of the training set and the target's; the
-    # model has a site map for each of those protocols (none without the setting), learned on
-    # that one head, and keeps them through save and load.
+    # phycharm_unpaired on the debug data with calibrate_simulated=1 (calibrate_with "auto"):
+    # one head made by the physics, imaged with every source protocol of the training set and
+    # the target's; the model has a site map for each of those protocols, learned on that one
+    # head, and keeps them through save and load.
     import conftest
     from phyjax import methods
     from phyjax.data.dataset import load_dataset

@@ -224,7 +224,8 @@ def _load_harmonizer(path: str, config=None):
                     if given is not None:     # asked for by name on the command line
                         raise InputError(f"{path}: --config.model.calibrate=sites, but this "
                                          "harmonizer has no site maps (they are learned at "
-                                         "training, on traveling-subject pairs); it was saved "
+                                         "training, on traveling subjects or heads made by the "
+                                         "physics: config.model.calibrate_with); it was saved "
                                          f"with calibrate={harmonizer.cfg.get('calibrate')!r}.")
                     continue                  # the default: keep what the model was saved with
                 harmonizer.cfg[key] = value

@@ -129,17 +129,42 @@ class CalibrationHeads:
         return tuple(sorted(self.volumes))
 
 
+#: ``config.model.calibrate_with``: which heads the site maps are learned on --
+#: ``traveling`` subjects (the training pairs; a model without them has no maps), heads made by
+#: the ``physics`` (``calibrate_simulated`` of them, :func:`fit_calibrated`), or ``auto``:
+#: traveling subjects where the training has them, else the physics' heads
+#: (docs/phycharm_ablation.md items 69, 70)
+CALIBRATE_WITH = ("auto", "traveling", "physics")
+
+
 def check_calibrate_simulated(value, key: str = "config.model.calibrate_simulated") -> int:
-    """``value`` as an integer >= 0 (heads made by the physics that the site maps are learned
-    on; 0: none), else InputError naming ``key``."""
+    """``value`` as an integer >= 1 (heads made by the physics that the site maps are learned
+    on), else InputError naming ``key``."""
     try:
         n = int(value)
     except (TypeError, ValueError):
         n = -1
-    if isinstance(value, bool) or n != value or n < 0:
-        raise InputError(f"{key}={value!r}; expected an integer >= 0 (0: the site maps are "
-                         "learned on traveling subjects).")
+    if isinstance(value, bool) or n != value or n < 1:
+        raise InputError(f"{key}={value!r}; expected an integer >= 1 (heads made by the "
+                         "physics to learn the site maps on).")
     return n
+
+
+def maps_source(settings, paired: bool, section: str = "model") -> str:
+    """``"traveling"``, ``"physics"`` or ``"none"``: where the site maps of a network with
+    ``settings`` (``config.model`` / ``config.unet``) are learned, given whether it trains on
+    traveling-subject ``paired`` data (:data:`CALIBRATE_WITH`).  ``"none"`` where it has no
+    maps (``calibrate`` other than ``sites``, or traveling subjects asked for and not there).
+    Raises InputError naming ``config.<section>.calibrate_with`` for an unknown value."""
+    with_ = settings.get("calibrate_with", "auto")
+    if with_ not in CALIBRATE_WITH:
+        raise InputError(f"config.{section}.calibrate_with={with_!r}; expected one of "
+                         f"{CALIBRATE_WITH}.")
+    if settings.get("calibrate", "none") != "sites":
+        return "none"
+    if with_ == "physics" or (with_ == "auto" and not paired):
+        return "physics"
+    return "traveling" if paired else "none"
 
 
 def pooled_outputs(harmonizer, train: TrainingSet, progress: bool = True,
@@ -288,20 +313,21 @@ def fit_site_maps(harmonizer, train: TrainingSet, knots: int = 256,
             for g in groups]
 
 
-def learn_site_maps(harmonizer, train: TrainingSet, knots: int = 256, paired: bool = True,
+def learn_site_maps(harmonizer, train: TrainingSet, knots: int = 256, has_heads: bool = True,
                     progress: bool = True, slice_step: int = 1):
     """After training: ``harmonizer`` with its site maps (:func:`fit_site_maps`, ``knots``
-    quantiles of every ``slice_step``-th slice) in
-    ``cfg["site_maps"]`` when its ``cfg["calibrate"]`` is ``"sites"``; a model trained without
-    traveling-subject pairs (``paired`` False) has none to learn them on and falls back to
+    quantiles of every ``slice_step``-th slice, on ``train``: traveling subjects or
+    :class:`CalibrationHeads`) in ``cfg["site_maps"]`` when its ``cfg["calibrate"]`` is
+    ``"sites"``; with no heads to learn them on (``has_heads`` False: a model without
+    traveling subjects whose ``calibrate_with`` asks for them) it falls back to
     ``calibrate="none"``, printed.  Returns ``harmonizer``."""
     if harmonizer.cfg.get("calibrate", "none") != "sites":
         return harmonizer
     name = getattr(harmonizer, "name", "harmonizer")
-    if not paired:
-        print(f"[{name}] calibrate=sites learns its maps on traveling-subject pairs; this model "
-              "trains on physics-made ones, so its output stays the network's (calibrate=none)",
-              flush=True)
+    if not has_heads:
+        print(f"[{name}] calibrate=sites with calibrate_with='traveling' learns its maps on "
+              "traveling-subject pairs; this model trains on physics-made ones, so its output "
+              "stays the network's (calibrate=none)", flush=True)
         harmonizer.cfg["calibrate"] = "none"
         return harmonizer
     harmonizer.cfg["site_maps"] = fit_site_maps(harmonizer, train, knots, progress, slice_step)
@@ -313,47 +339,54 @@ def fit_calibrated(fit_network, train: TrainingSet, settings, seed: int, section
                    physics_heads: Callable[[TrainingSet, int], CalibrationHeads] | None = None):
     """A slice network trained by ``fit_network(training_set)`` and its site maps, as
     ``settings`` (``config.model`` for PhyCHarm, ``config.unet`` for the U-Net; ``section``
-    names it in errors) ask: with ``calibrate="sites"`` on traveling-subject pairs
-    (``paired``), the network learns from the subjects :func:`calibration_holdout` leaves it
-    (``calibrate_heads``, drawn with ``seed``) and :func:`learn_site_maps` learns the maps on
-    the others (on the same subjects when ``calibrate_heads`` is 0).
+    names it in errors) ask, learned where :func:`maps_source` says:
 
-    ``calibrate_simulated`` N > 0 (with ``calibrate="sites"``): the network learns from every
-    subject of ``train``, and the maps are learned on N heads made by the physics,
-    ``physics_heads(train, N)`` (:class:`CalibrationHeads`): heads the network never saw,
-    imaged with each source protocol and the target's -- also without traveling subjects
-    (``paired`` False), where the maps otherwise cannot be learned
-    (docs/phycharm_ablation.md, item 69).
+    * on traveling subjects (``calibrate="sites"`` with traveling-subject pairs, ``paired``):
+      the network learns from the subjects :func:`calibration_holdout` leaves it
+      (``calibrate_heads``, drawn with ``seed``) and :func:`learn_site_maps` learns the maps on
+      the others (on the same subjects when ``calibrate_heads`` is 0);
+    * on heads made by the physics (``calibrate_with="physics"``, or ``"auto"`` without
+      traveling subjects): the network learns from every subject of ``train``, and the maps
+      are learned on ``calibrate_simulated`` heads ``physics_heads(train, n)``
+      (:class:`CalibrationHeads`): heads the network never saw, imaged with each source
+      protocol and the target's (docs/phycharm_ablation.md, items 69, 70).
 
     The harmonizer's ``fitted_on`` is every subject of ``train`` and
     ``cfg["calibration_subjects"]`` those the maps were learned on (empty without maps).
-    Raises InputError for a bad ``calibrate_simulated``, for it together with
-    ``calibrate_heads`` > 0 (two sources for one map), or for it where no ``physics_heads``
-    can make heads (a method without the physics, e.g. the U-Net)."""
-    sites = settings.get("calibrate", "none") == "sites"
-    n_physics = check_calibrate_simulated(settings.get("calibrate_simulated", 0),
-                                          f"config.{section}.calibrate_simulated")
-    if sites and n_physics:
+    Raises InputError for a bad ``calibrate_with`` or ``calibrate_simulated``, for physics-made
+    maps together with ``calibrate_heads`` > 0 (two sources for one map), or for them where no
+    ``physics_heads`` can make heads (a method without the physics, e.g. the U-Net; with
+    ``"auto"`` such a method keeps its traveling-subject maps)."""
+    source = maps_source(settings, paired, section)
+    if source == "physics" and physics_heads is None:
+        if settings.get("calibrate_with", "auto") == "physics":
+            raise InputError(f"config.{section}.calibrate_with='physics': {name} has no "
+                             "physics to make heads with; use 'traveling'.")
+        source = "traveling" if paired else "none"
+    n_physics = 0
+    if source == "physics":
+        n_physics = check_calibrate_simulated(settings.get("calibrate_simulated", 8),
+                                              f"config.{section}.calibrate_simulated")
         if settings.get("calibrate_heads", 0):
-            raise InputError(f"config.{section}.calibrate_simulated={n_physics} and config."
-                             f"{section}.calibrate_heads={settings.get('calibrate_heads')}: the "
-                             "site maps are learned on one or the other; set one of them to 0.")
-        if physics_heads is None:
-            raise InputError(f"config.{section}.calibrate_simulated={n_physics}: {name} has no "
-                             "physics to make heads with; set it to 0.")
-    learns_maps = sites and (paired or n_physics > 0)
+            raise InputError(f"config.{section}.calibrate_heads="
+                             f"{settings.get('calibrate_heads')} holds traveling subjects out "
+                             "for the site maps, but they are learned on heads made by the "
+                             f"physics here (config.{section}.calibrate_with="
+                             f"{settings.get('calibrate_with', 'auto')!r}); set one or the "
+                             "other.")
     net_set, maps_set = (calibration_holdout(train, settings.get("calibrate_heads", 0), seed,
                                              f"config.{section}.calibrate_heads")
-                         if learns_maps and not n_physics else (train, train))
+                         if source == "traveling" else (train, train))
     if net_set is not train and progress:
         print(f"[{name}] site maps from the held-out heads {list(maps_set.subjects)}; the "
               f"network trains on {list(net_set.subjects)}", flush=True)
     harm = fit_network(net_set)
     harm.fitted_on = frozenset(train.subjects)      # the held-out heads fitted its maps
-    if learns_maps and n_physics:
+    if source == "physics":
         maps_set = physics_heads(train, n_physics)
         if progress:
             print(f"[{name}] site maps from {n_physics} heads made by the physics", flush=True)
-    harm.cfg["calibration_subjects"] = list(maps_set.subjects) if learns_maps else []
-    return learn_site_maps(harm, maps_set, settings.get("calibrate_knots", 256), learns_maps,
+    learns = source != "none"
+    harm.cfg["calibration_subjects"] = list(maps_set.subjects) if learns else []
+    return learn_site_maps(harm, maps_set, settings.get("calibrate_knots", 256), learns,
                            progress, settings.get("calibrate_slice_step", 1))

@@ -281,8 +281,9 @@ def resolve_loss_weights(train_cfg, pairs: str, calibrate: str) -> dict[str, flo
     follow the network: ``train.w_hist`` where they do (traveling-subject ``pairs="paired"``
     with ``calibrate="sites"``, the default: the maps, quantile matching onto the target on
     the training pairs, restore the histogram's spread -- 0 there passed its validation rule,
-    docs/phycharm_ablation.md item 57), ``train.w_hist_no_maps`` where they do not
-    (physics-made pairs, or another ``calibrate``; 2, item 6's weight, never re-measured
+    docs/phycharm_ablation.md item 57), ``train.w_hist_no_maps`` everywhere else
+    (physics-made pairs, whose maps are learned on heads made by the physics and were measured
+    with this term on, item 70; or another ``calibrate``; 2, item 6's weight, never re-measured
     there). Raises InputError naming the key of a weight that is not a finite number >= 0."""
     maps = pairs == "paired" and calibrate == "sites"
     out = {}
@@ -703,10 +704,11 @@ def fit(config, train: TrainingSet, name: str = "phycharm", *, workdir: str,
     ``config.model.ensemble`` > 1: that many networks, seeds ``config.seed + k``, averaged at
     inference (:func:`phyjax.methods.networks.fit_ensemble`).
     ``config.model.calibrate="sites"`` (the default): after training, the per-protocol output
-    maps of :func:`fit_site_maps` are learned on the training pairs and saved with the model
-    (paired mode only; with physics-made pairs the setting falls back to ``"none"``, printed);
+    maps of :func:`fit_site_maps` are learned and saved with the model: on the training pairs
+    (traveling subjects), or, without them or with ``config.model.calibrate_with="physics"``,
+    on ``config.model.calibrate_simulated`` heads made by the physics (:func:`calibration_heads`);
     ``config.model.calibrate_heads`` N > 0: on N traveling subjects kept out of the network's
-    training (:func:`phyjax.methods.calibration.fit_calibrated`; their names in
+    training (:func:`phyjax.methods.calibration.fit_calibrated`; the heads' names in
     ``cfg["calibration_subjects"]``). ``fitted_on`` is every subject of ``train`` either way.
     """
     context = dict(name=name, workdir=workdir, progress=progress, has_maps=has_maps)
