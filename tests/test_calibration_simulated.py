@@ -245,7 +245,9 @@ def test_phycharm_without_traveling_subjects_learns_site_maps_on_physics_heads(t
     # phycharm_unpaired on the debug data with calibrate_simulated=1 (calibrate_with "auto"):
     # one head made by the physics, imaged with every source protocol of the training set and
     # the target's; the model has a site map for each of those protocols, learned on that one
-    # head, and keeps them through save and load.
+    # head, and keeps them through save and load.  Trained for a range of targets
+    # (target.randomize), it harmonizes to another one of them without the maps (learned for
+    # the fitted target), saying so, and to the fitted one with them.
     import conftest
     from phyjax import methods
     from phyjax.data.dataset import load_dataset
@@ -256,6 +258,7 @@ def test_phycharm_without_traveling_subjects_learns_site_maps_on_physics_heads(t
     with cfg.unlocked():
         cfg.data.cache_dir = str(tmp_path / "cache")
         cfg.model.calibrate_simulated = 1
+        cfg.target.randomize = True
     data = load_dataset(cfg.data, progress=False)
     train = data.training_set(data.split(cfg.data.n_test, cfg.data.seed))
     harm = methods.fit("phycharm_unpaired", cfg, train, workdir=str(tmp_path / "run"),
@@ -275,6 +278,22 @@ def test_phycharm_without_traveling_subjects_learns_site_maps_on_physics_heads(t
     again = methods.load(str(tmp_path / "saved"))
     assert again.cfg["site_maps"] == maps
     assert again.cfg["calibration_subjects"] == ["physics-01"]
+
+    subject = sorted(set(data.volumes) - set(train.subjects))[0]
+    volume = next(v for site, v in sorted(data.volumes[subject].items())
+                  if site != data.target_site)
+    fitted = harm.target_protocol
+    other = dataclasses.replace(fitted, ti=fitted.ti + 0.1)
+    raw = dict(harm.cfg)
+    harm.cfg = dict(raw, calibrate="none")
+    uncalibrated = {t: harm.predict(volume, t)["harmonized"] for t in (fitted, other)}
+    harm.cfg = raw
+    with pytest.warns(UserWarning, match="learned for the fitted target"):
+        got = harm.predict(volume, other)["harmonized"]
+    np.testing.assert_array_equal(got, uncalibrated[other])
+    mapped = harm.predict(volume, fitted)["harmonized"]
+    assert not np.allclose(mapped, uncalibrated[fitted])
+    assert harm.maps_apply(fitted) and not harm.maps_apply(other) and harm.maps_apply(None)
 
 
 @pytest.mark.parametrize("true", [
@@ -315,3 +334,24 @@ def test_where_the_signal_ignores_b1_the_fit_says_ideal_pulses(heads):
         "b1_scale": (0.8, 0.9, 1.0, 1.1), "b1_curvature": (0.0, 0.2), "bias_amplitude": (0.0,),
         "noise_fraction": (0.01, 0.03)})
     assert (got.b1_scale, got.b1_curvature, got.noise_fraction) == (1.0, 0.0, 0.03)
+
+
+def test_the_output_sidecar_says_when_the_maps_were_not_applied():
+    # harmonize mode's sidecar names the site map a scan went through, and says "uncalibrated"
+    # where the requested target is not the one the maps were learned for
+    from types import SimpleNamespace
+
+    from phyjax.experiments.harmonize import output_sidecar
+    from phyjax.methods.base import protocol_to_json
+
+    maps = [{"protocol": protocol_to_json(SPGR), "sites": ["spgr3T"], "subjects": 8,
+             "output": [0.0, 1.0], "target": [0.0, 1.0]}]
+    other = dataclasses.replace(TARGET, ti=TARGET.ti + 0.1)
+    harm = SimpleNamespace(name="phycharm", target_site="ref", target_protocol=TARGET,
+                           fitted_on=frozenset(), check_target=lambda t: None,
+                           maps_apply=lambda t: t is TARGET,
+                           cfg={"calibrate": "sites", "site_maps": maps})
+    reading = SimpleNamespace(protocol=lambda: SPGR, values={}, origin={}, assumed=[], notes=[])
+    got = {t: output_sidecar(harm, reading, "x.nii.gz", t)["PhyjaxHarmonizer"]
+           ["calibrate_site_map"] for t in (TARGET, other)}
+    assert got == {TARGET: ["spgr3T"], other: "learned for the fitted target only: uncalibrated"}

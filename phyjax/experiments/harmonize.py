@@ -127,6 +127,8 @@ def output_sidecar(harmonizer, reading: Reading, input_path: str,
 
         found = site_map_for(settings.get("site_maps") or [], reading.protocol())
         site_map = found["sites"] if found else "none learned for this protocol: uncalibrated"
+        if phycharm and not harmonizer.maps_apply(target):
+            site_map = "learned for the fitted target only: uncalibrated"
     out = protocol_to_sidecar(target)
     out.update({"Sources": [os.path.abspath(input_path)],
                 "PhyjaxHarmonizer": {"method": harmonizer.name,

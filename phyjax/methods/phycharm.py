@@ -59,6 +59,7 @@ traveling subjects do not have, so the network sees more heads than the site's f
 from __future__ import annotations
 
 import functools
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -392,10 +393,13 @@ class PhyCHarmHarmonizer(networks.SliceNetworkHarmonizer):
         """Every output on ``volume`` (``(X, Y, Z)`` arrays), harmonized to ``target``
         (default: the fitted target); ``z_slices``: only those slices along the third axis
         are needed (:func:`phyjax.methods.networks.predict_volume`; the data-consistency step
-        then fits those slices alone).  Raises InputError for a target outside the trained
-        range."""
+        then fits those slices alone).  Site maps (``calibrate="sites"``) were learned for the
+        fitted target: to another target of a model trained for a range of them
+        (``config.target.randomize``) the output stays the network's, with a warning
+        (:meth:`maps_apply`).  Raises InputError for a target outside the trained range."""
         target = self.target_protocol if target is None else target
         self.check_target(target)
+        maps_apply = self.maps_apply(target)
         target = _f32(target, self.cfg.get("readout", "sidecar"))
         check_protocol(volume.protocol, getattr(volume, "path", None) or "the source scan")
         ref = reference_level(target)
@@ -411,7 +415,19 @@ class PhyCHarmHarmonizer(networks.SliceNetworkHarmonizer):
         if settings["enabled"]:
             out = refine_outputs(out, volume, target, ref, settings, self.cfg,
                                  mask=slice_mask(volume.mask, z_slices))
+        if not maps_apply:
+            warnings.warn("config.model.calibrate=sites: the site maps were learned for the "
+                          f"fitted target ({self.target_protocol}); harmonized to another "
+                          "target, the output is the network's, uncalibrated.", stacklevel=2)
+            return out
         return self.calibrate(out, volume, z_slices)
+
+    def maps_apply(self, target: Protocol | None) -> bool:
+        """Whether the site maps act on an output harmonized to ``target`` (None: the fitted
+        one): True unless this model calibrates with ``sites`` and ``target`` is not the
+        fitted target, whose scans the maps were learned to match."""
+        return (self.cfg.get("calibrate", "none") != "sites" or target is None
+                or protocols_match(target, self.target_protocol))
 
     def harmonize(self, volume, target: Protocol | None = None, z_slices=None) -> np.ndarray:
         """The harmonized image of ``volume`` (``target`` and ``z_slices``: see
