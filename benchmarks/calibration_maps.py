@@ -26,7 +26,8 @@ PSNR, Dice and signed volume error of the run's fixed segmenter, as
   site table gives them (B1+, bias, noise, slice profile, gain: known only for the default
   data, so a diagnosis of how much the drawn effects cost, not a method); ``physK_clean``:
   with none but each site's slice profile (B1+ 1, no bias, no noise, gain 1); ``physK_b1``:
-  with each site's own B1+ and slice profile only;
+  with each site's own B1+ and slice profile only; ``physK_fit``: with each site's effects
+  fitted to its training scans (``config.model.calibrate_effects="fitted"``, a method);
 * ``oracle``: each output quantile-matched onto its own subject's target scan -- not a method
   (it reads the answer), the bound of what any monotone map could do.
 
@@ -110,6 +111,8 @@ def main(argv=None) -> None:
     ap.add_argument("--data-seed", type=int, default=1, help="dataset of the unseen heads")
     ap.add_argument("--physics", default="", help="K,K,...: maps learned on K heads made "
                     "by the physics (drawn, the sites' own and no scanner effects)")
+    ap.add_argument("--physics-effects", default="drawn,site,clean,b1,fit",
+                    help="which of the physics-made heads' effects --physics makes maps with")
     ap.add_argument("--score-seed", type=int, default=None,
                     help="score the subjects of the dataset built with this data.seed (every "
                     "one of them, up to --max-subjects) instead of the run's --subjects")
@@ -143,6 +146,7 @@ def main(argv=None) -> None:
     for k in (int(x) for x in args.physics.split(",") if x):
         own = {site: synthetic.site_effects(cfg.data.sites[site]) for site in data.source_sites
                if site in cfg.data.get("sites", {})}
+        wanted = set(args.physics_effects.split(","))
         for tag, fx in (("", None), ("_site", own),
                         ("_clean", {site: scanner.ScannerEffects(slice_fwhm=e.slice_fwhm)
                                     for site, e in own.items()}),
@@ -151,8 +155,17 @@ def main(argv=None) -> None:
                             slice_fwhm=e.slice_fwhm) for site, e in own.items()})):
             if tag and len(own) < len(data.source_sites):
                 continue            # not the default data: no site table to read effects from
+            if (tag[1:] or "drawn") not in wanted:
+                continue
             heads = calibration_heads(cfg, train, k, site_effects=fx)
             held[f"phys{k}{tag}"] = fit_site_maps(harm, heads, progress=False)
+        if "fit" in wanted:
+            fitted = copy.deepcopy(cfg)
+            with fitted.unlocked():
+                fitted.model.calibrate_effects = "fitted"
+            held[f"phys{k}_fit"] = fit_site_maps(harm, calibration_heads(fitted, train, k,
+                                                                         progress=True),
+                                                 progress=False)
     if args.score_seed is not None:
         other = copy.deepcopy(cfg)
         with other.unlocked():

@@ -261,6 +261,11 @@ def get_config(arg: str | None = None) -> ConfigDict:
     # sites'). ~15 s more where used (simulating 8 heads).
     model.calibrate_with = "auto"
     model.calibrate_simulated = 8
+    # The physics-made heads' scanner effects: "drawn" (B1+ 0.85-1.15, bias 0-30 %, noise 1-5 %,
+    # gain) or "fitted" to each site's own training scans (phyjax.data.simulated.
+    # fit_site_effects: the B1+, bias and noise under which the site's protocol gives its
+    # scans' intensity distribution; ~1 min per site).
+    model.calibrate_effects = "drawn"
     # Test-time augmentation (inference only): "flip" averages the outputs on the scan and on
     # its left-right mirror (the axis its affine names L/R), mirrored back; twice the
     # inference time (phyjax.methods.networks.predict_volume); "none": one pass. On by

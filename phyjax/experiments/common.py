@@ -23,10 +23,11 @@ from phyjax.evaluate.site_difference import FeatureExtractor
 #: settings inside a resumable section that act at inference only (a trained network is the
 #: same whatever they are): ``model.refine``, PhyCHarm's data-consistency step,
 #: ``model.calibrate``, its output's intensity scale, ``model.calibrate_with`` and
-#: ``model.calibrate_simulated``, which heads its site maps are learned on after training (a
+#: ``model.calibrate_simulated`` / ``calibrate_effects``, which heads its site maps are learned
+#: on after training (a
 #: resumed run learns them anew), and ``model.tta``, its test-time augmentation
 INFERENCE_ONLY = {"model": ("refine", "calibrate", "calibrate_with", "calibrate_simulated",
-                            "tta"),
+                            "calibrate_effects", "tta"),
                   "unet": ("tta",),
                   # how often a run logs and saves: the same network either way
                   "train": ("log_every", "checkpoint_every")}

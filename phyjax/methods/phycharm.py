@@ -90,6 +90,10 @@ MODEL_KEYS = ("features", "cond_features", "t1_max", "m0_max", "context", "reado
               "detail_gate", "source_smoothing_wide")
 #: ``config.model.readout``: how the model's signal equations treat an MPRAGE readout train
 READOUT = ("sidecar", "static")
+#: ``config.model.calibrate_effects``: the scanner effects of the physics-made heads that site
+#: maps are learned on (:func:`calibration_heads`): ``drawn`` from
+#: :data:`phyjax.data.simulated.EFFECT_RANGES`, or ``fitted`` to each site's own scans
+CALIBRATE_EFFECTS = ("drawn", "fitted")
 PAIRS = ("auto", "paired", "simulated")
 #: loss weights of ``config.train`` (traced inputs of the training step)
 WEIGHTS = ("w_map", "w_physics", "w_harm", "w_ssim", "w_grad", "w_tissue", "w_edge", "w_hist",
@@ -746,10 +750,13 @@ def calibration_heads(config, train: TrainingSet, n: int, progress: bool = False
     source protocol of ``train`` (under the name of the first site with it) and with the
     target protocol (:func:`phyjax.data.simulated.calibration_volumes`).  A source whose scans'
     sidecars give ``SliceThickness`` is simulated with that slice profile
-    (:func:`phyjax.data.simulated.slice_profiles`); the other scanner effects are drawn --
-    unless ``site_effects`` ``{site: ScannerEffects}`` gives a site's own, which its protocol
-    is then simulated with (a diagnosis: ``benchmarks/calibration_maps.py --physics``).
-    Raises InputError when a training source scan lacks its protocol."""
+    (:func:`phyjax.data.simulated.slice_profiles`); the other scanner effects are drawn
+    (``config.model.calibrate_effects="drawn"``) or each site's own, read off its training
+    scans' intensity distribution (``"fitted"``: :func:`phyjax.data.simulated.fit_site_effects`
+    on the first two heads; printed) -- unless ``site_effects`` ``{site: ScannerEffects}``
+    gives them (a diagnosis: ``benchmarks/calibration_maps.py --physics``).
+    Raises InputError when a training source scan lacks its protocol, or for an unknown
+    ``calibrate_effects``."""
     train = require_training_set(train)
     d = config.data
     sites = [s for s in train.sites if s != train.target_site]
@@ -764,10 +771,25 @@ def calibration_heads(config, train: TrainingSet, n: int, progress: bool = False
                                 str(d.get("partial_volume", "signal")),
                                 first=simulated.CALIBRATION_HEADS_FIRST)
     affine = synthetic.load_anatomy(voxel)[2]
+    profiles = simulated.slice_profiles(sources, scans, voxel)
+    how = config.model.get("calibrate_effects", "drawn")
+    if how not in CALIBRATE_EFFECTS:
+        raise InputError(f"config.model.calibrate_effects={how!r}; expected one of "
+                         f"{CALIBRATE_EFFECTS}.")
+    if site_effects is None and how == "fitted":
+        site_effects = {}
+        for p, site, profile in zip(sources, names, profiles):
+            own = [v for v in scans if protocols_match(v.protocol, p)]
+            fx, distance = simulated.fit_site_effects(p, own, heads[:2], profile, config.seed)
+            site_effects[site] = fx
+            if progress:
+                print(f"[phycharm] {site}: scanner effects read off its {len(own)} training "
+                      f"scan(s): B1+ x{fx.b1_scale:.2f} (drop {fx.b1_curvature:.2f}), bias "
+                      f"{fx.bias_amplitude:.0%}, noise {fx.noise_fraction:.0%} (quantile "
+                      f"distance {distance:.4f})", flush=True)
     volumes = simulated.calibration_volumes(
         sources, names, train.target_protocol(), train.target_site, heads, affine, config.seed,
-        simulated.slice_profiles(sources, scans, voxel), progress,
-        effects=[(site_effects or {}).get(site) for site in names])
+        profiles, progress, effects=[(site_effects or {}).get(site) for site in names])
     return CalibrationHeads(volumes, train.target_site)
 
 
