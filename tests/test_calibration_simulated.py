@@ -355,3 +355,54 @@ def test_the_output_sidecar_says_when_the_maps_were_not_applied():
     got = {t: output_sidecar(harm, reading, "x.nii.gz", t)["PhyjaxHarmonizer"]
            ["calibrate_site_map"] for t in (TARGET, other)}
     assert got == {TARGET: ["spgr3T"], other: "learned for the fitted target only: uncalibrated"}
+
+
+def test_fitted_effects_are_each_site_s_own_and_unknown_ones_are_refused(tmp_path, monkeypatch):
+    # calibrate_effects="fitted": each source protocol is simulated with what fit_site_effects
+    # reads off that site's own training scans (stood in for here, recording what it was
+    # given), the slice profile its sidecar gives replacing the fitted one; an unknown value
+    # names the key.
+    import conftest
+    from phyjax.data.dataset import load_dataset
+    from phyjax.methods.phycharm import calibration_heads
+
+    cfg = conftest.load_config("phycharm", "debug")
+    with cfg.unlocked():
+        cfg.data.cache_dir = str(tmp_path / "cache")
+        cfg.model.calibrate_effects = "fitted"
+    data = load_dataset(cfg.data, progress=False)
+    train = data.training_set(data.split(cfg.data.n_test, cfg.data.seed))
+    calls = []
+
+    def fake_fit(p, scans, heads, profile=None, seed=0, grid=None):
+        calls.append((p, {v.site for v in scans}, len(heads)))
+        return scanner.ScannerEffects(b1_scale=0.8 + 0.05 * len(calls), noise_fraction=0.02), 0.0
+
+    monkeypatch.setattr(simulated, "fit_site_effects", fake_fit)
+    got = calibration_heads(cfg, train, 2)
+    sites = [s for s in train.sites if s != train.target_site]
+    # one fit per site (one protocol each in the debug data), on its own scans, on two heads
+    assert all(len(s) == 1 and n == 2 for _, s, n in calls)
+    assert sorted(next(iter(s)) for _, s, _ in calls) == sorted(sites)
+    # the scans are calibration_volumes' with exactly those effects
+    heads = simulated.anatomies(2, cfg.seed, 2, cfg.data.deform_mm, cfg.data.tissue_jitter,
+                                cfg.data.t1_texture, float(cfg.data.atrophy),
+                                str(cfg.data.partial_volume),
+                                first=simulated.CALIBRATION_HEADS_FIRST)
+    names = [next(iter(s)) for _, s, _ in calls]
+    fx = [scanner.ScannerEffects(b1_scale=0.8 + 0.05 * (k + 1), noise_fraction=0.02)
+          for k in range(len(calls))]
+    scans = [train.volumes[s][site] for s in train.subjects for site in sites
+             if site in train.volumes[s]]
+    want = simulated.calibration_volumes(
+        [p for p, _, _ in calls], names, train.target_protocol(), train.target_site, heads,
+        synthetic.load_anatomy(2)[2], cfg.seed,
+        simulated.slice_profiles([p for p, _, _ in calls], scans, 2), effects=fx)
+    for subject in want:
+        for site in want[subject]:
+            np.testing.assert_array_equal(got.volumes[subject][site].image,
+                                          want[subject][site].image)
+    with cfg.unlocked():
+        cfg.model.calibrate_effects = "guessed"
+    with pytest.raises(InputError, match=r"config\.model\.calibrate_effects='guessed'"):
+        calibration_heads(cfg, train, 1)
