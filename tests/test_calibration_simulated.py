@@ -320,6 +320,19 @@ def test_fit_site_effects_reads_the_effects_a_scan_was_made_with(heads, affine, 
     keys = ("b1_scale", "bias_amplitude", "noise_fraction")
     assert {k: getattr(got, k) for k in keys} == {k: true[k] for k in keys}
     assert distance < 0.01
+    # against a reference (the same heads scanned clean with another protocol, as traveling
+    # subjects at the target site would be) it reads the same B1+ scale and noise
+    target = dataclasses.replace(Protocol.from_degrees("mprage", 2.4, 0.002, 1.0, 8.0, 3.0),
+                                 tr_readout=0.0076, n_readouts=256.0)
+    refs = [Volume("s", "ref", target, normalize(image, head.mask), head.mask, "r")
+            for head in heads for image in [synthetic.acquire(
+                head.maps(3.0), head.mask, target, scanner.ScannerEffects(gain=0.5),
+                jax.random.key(200))]]
+    got, _ = simulated.fit_site_effects(mprage, scans, heads, grid=grid,
+                                        reference=(target, refs))
+    assert (got.b1_scale, got.noise_fraction) == (true["b1_scale"], true["noise_fraction"])
+    with pytest.raises(InputError, match="no reference scan"):
+        simulated.fit_site_effects(mprage, scans, heads, grid=grid, reference=(target, []))
     with pytest.raises(InputError, match="no scan with voxels"):
         simulated.fit_site_effects(mprage, [], heads, grid=grid)
 
@@ -374,7 +387,11 @@ def test_fitted_effects_are_each_site_s_own_and_unknown_ones_are_refused(tmp_pat
     train = data.training_set(data.split(cfg.data.n_test, cfg.data.seed))
     calls = []
 
-    def fake_fit(p, scans, heads, profile=None, seed=0, grid=None):
+    def fake_fit(p, scans, heads, profile=None, seed=0, grid=None, reference=None):
+        # the traveling subjects' target-site scans are the reference, subject for subject
+        assert reference[0] is train.target_protocol()
+        assert [v.subject for v in reference[1]] == [v.subject for v in scans]
+        assert {v.site for v in reference[1]} == {train.target_site}
         calls.append((p, {v.site for v in scans}, len(heads)))
         return scanner.ScannerEffects(b1_scale=0.8 + 0.05 * len(calls), noise_fraction=0.02), 0.0
 

@@ -451,7 +451,7 @@ EFFECT_QUANTILES = np.linspace(0.01, 0.99, 99)
 
 
 def fit_site_effects(protocol: Protocol, scans, heads: list[Anatomy], profile=None,
-                     seed: int = 0, grid: dict | None = None
+                     seed: int = 0, grid: dict | None = None, reference=None
                      ) -> tuple[scanner.ScannerEffects, float]:
     """A site's scanner effects read off its own scans: the point of ``grid`` (default
     :data:`EFFECT_GRID`: B1+ scale and centre-to-corner drop, bias amplitude, Rician noise)
@@ -474,6 +474,12 @@ def fit_site_effects(protocol: Protocol, scans, heads: list[Anatomy], profile=No
     axis)``: the site's slice profile (:func:`slice_profiles`), else none.  The bias pattern
     and the noise are drawn with ``seed`` and the head's index, the same for every grid point.
 
+    ``reference`` ``(target protocol, target scans)``: the same subjects scanned with a
+    reference protocol (traveling subjects at the target site).  The distance is then between
+    the quantile *differences* source minus reference, real against simulated (the reference
+    simulated clean on the same heads): what the two anatomies' histograms share cancels, so
+    the fit reads the site's effects rather than the heads' tissue proportions.
+
     Returns ``(effects, distance)``.  Raises InputError when ``scans`` is empty or holds no
     voxel in its masks."""
     grid = dict(EFFECT_GRID, **(grid or {}))
@@ -481,6 +487,21 @@ def fit_site_effects(protocol: Protocol, scans, heads: list[Anatomy], profile=No
     if not values or sum(x.size for x in values) == 0:
         raise InputError(f"no scan with voxels in its mask to fit the effects of {protocol} on.")
     real = np.quantile(np.concatenate(values), EFFECT_QUANTILES)
+    sim_ref = 0.0
+    if reference is not None:
+        ref_protocol, ref_scans = reference
+        ref_values = [np.asarray(v.image, np.float32)[np.asarray(v.mask, bool)]
+                      for v in ref_scans]
+        if not ref_values or sum(x.size for x in ref_values) == 0:
+            raise InputError(f"no reference scan with voxels in its mask to fit the effects "
+                             f"of {protocol} against.")
+        real = real - np.quantile(np.concatenate(ref_values), EFFECT_QUANTILES)
+        for a, head in enumerate(heads):
+            image = synthetic.acquire(head.maps(float(ref_protocol.field_strength)), head.mask,
+                                      ref_protocol, scanner.ScannerEffects(),
+                                      jax.random.key(seed + a))
+            sim_ref = sim_ref + np.quantile(normalize(image, head.mask)[head.mask],
+                                            EFFECT_QUANTILES) / len(heads)
     fwhm, axis = profile if profile is not None else (0.0, -1)
     key = jax.random.key(ANATOMY_SEED + 700_000 + seed)
     points = [(s, c, b, n) for s in grid["b1_scale"] for c in grid["b1_curvature"]
@@ -507,7 +528,7 @@ def fit_site_effects(protocol: Protocol, scans, heads: list[Anatomy], profile=No
             image = np.asarray(scanner.rician_noise(image, sigma, k_noise), np.float32)
             sim[i] += np.quantile(image / np.percentile(image, 99.0),
                                   EFFECT_QUANTILES) / len(heads)
-    distance = np.abs(sim - real[None]).mean(1)
+    distance = np.abs(sim - sim_ref - real[None]).mean(1)
     # where the signal ignores B1+ (spin echo, inversion recovery, the static MPRAGE form)
     # its grid points tie exactly (the same draws): then the ideal pulse, B1+ 1, no drop
     best = min(range(len(points)), key=lambda i: (distance[i], abs(points[i][0] - 1.0),

@@ -753,7 +753,8 @@ def calibration_heads(config, train: TrainingSet, n: int, progress: bool = False
     (:func:`phyjax.data.simulated.slice_profiles`); the other scanner effects are drawn
     (``config.model.calibrate_effects="drawn"``) or each site's own, read off its training
     scans' intensity distribution (``"fitted"``: :func:`phyjax.data.simulated.fit_site_effects`
-    on the first two heads; printed) -- unless ``site_effects`` ``{site: ScannerEffects}``
+    on the first two heads, against the same subjects' target-site scans where every one of
+    them has one; printed) -- unless ``site_effects`` ``{site: ScannerEffects}``
     gives them (a diagnosis: ``benchmarks/calibration_maps.py --physics``).
     Raises InputError when a training source scan lacks its protocol, or for an unknown
     ``calibrate_effects``."""
@@ -780,7 +781,13 @@ def calibration_heads(config, train: TrainingSet, n: int, progress: bool = False
         site_effects = {}
         for p, site, profile in zip(sources, names, profiles):
             own = [v for v in scans if protocols_match(v.protocol, p)]
-            fx, distance = simulated.fit_site_effects(p, own, heads[:2], profile, config.seed)
+            # the same subjects at the target site, where they travel: the fit then compares
+            # source-minus-target quantiles, which the heads' anatomy mostly cancels out of
+            refs = [train.volumes[v.subject][train.target_site] for v in own
+                    if train.target_site in train.volumes[v.subject]]
+            fx, distance = simulated.fit_site_effects(
+                p, own, heads[:2], profile, config.seed,
+                reference=(train.target_protocol(), refs) if len(refs) == len(own) else None)
             site_effects[site] = fx
             if progress:
                 print(f"[phycharm] {site}: scanner effects read off its {len(own)} training "
