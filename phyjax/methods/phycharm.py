@@ -733,11 +733,21 @@ def fit(config, train: TrainingSet, name: str = "phycharm", *, workdir: str,
     """
     context = dict(name=name, workdir=workdir, progress=progress, has_maps=has_maps)
     paired = resolve_pairs(pairs_mode(config.train, name), require_training_set(train))
+    check_calibrate_effects(config.model.get("calibrate_effects", "drawn"))  # before training
     return fit_calibrated(
         lambda subset: (networks.fit_ensemble(_fit_network, config, "model", subset, **context)
                         or _fit_network(config, subset, **context)),
         train, config.model, config.seed, "model", paired == "paired", progress, name,
         physics_heads=functools.partial(calibration_heads, config, progress=progress))
+
+
+def check_calibrate_effects(value) -> str:
+    """``value`` if one of :data:`CALIBRATE_EFFECTS`, else InputError naming
+    ``config.model.calibrate_effects``."""
+    if value not in CALIBRATE_EFFECTS:
+        raise InputError(f"config.model.calibrate_effects={value!r}; expected one of "
+                         f"{CALIBRATE_EFFECTS}.")
+    return value
 
 
 def calibration_heads(config, train: TrainingSet, n: int, progress: bool = False,
@@ -773,10 +783,7 @@ def calibration_heads(config, train: TrainingSet, n: int, progress: bool = False
                                 first=simulated.CALIBRATION_HEADS_FIRST)
     affine = synthetic.load_anatomy(voxel)[2]
     profiles = simulated.slice_profiles(sources, scans, voxel)
-    how = config.model.get("calibrate_effects", "drawn")
-    if how not in CALIBRATE_EFFECTS:
-        raise InputError(f"config.model.calibrate_effects={how!r}; expected one of "
-                         f"{CALIBRATE_EFFECTS}.")
+    how = check_calibrate_effects(config.model.get("calibrate_effects", "drawn"))
     if site_effects is None and how == "fitted":
         site_effects = {}
         for p, site, profile in zip(sources, names, profiles):
