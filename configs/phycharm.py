@@ -257,15 +257,20 @@ def get_config(arg: str | None = None) -> ConfigDict:
     # (phycharm_unpaired, pairs=simulated) the physics' maps gave +0.92 dB, GM Dice +0.0106 and
     # mean |dV| 6.4 -> 3.7 % on the validation split (120 images, two seeds, rule written
     # before the runs; docs/phycharm_ablation.md item 70); with them, in place of the
-    # traveling subjects' maps, -0.58 dB (item 69: the drawn scanner effects are not the
-    # sites'). ~15 s more where used (simulating 8 heads).
-    model.calibrate_with = "auto"
+    # traveling subjects' maps, -0.58 dB with drawn scanner effects (item 69) and -0.10 dB,
+    # GM Dice +0.0003, mean |dV| -0.06 points with each site's effects fitted to its scans
+    # (item 71, calibrate_effects below: the default since).
+    model.calibrate_with = "physics"
     model.calibrate_simulated = 8
     # The physics-made heads' scanner effects: "drawn" (B1+ 0.85-1.15, bias 0-30 %, noise 1-5 %,
-    # gain) or "fitted" to each site's own training scans (phyjax.data.simulated.
+    # gain), "fitted" to each site's own training scans (phyjax.data.simulated.
     # fit_site_effects: the B1+, bias and noise under which the site's protocol gives its
-    # scans' intensity distribution; ~1 min per site).
-    model.calibrate_effects = "drawn"
+    # scans' intensity distribution, read against the same subjects' target-site scans where
+    # they travel; ~20 s per site), or "auto": fitted where the site's subjects travel, else
+    # drawn. With traveling subjects, fitted effects made the physics' maps the default (item
+    # 71: -0.10 dB, GM Dice +0.0003, mean |dV| -0.06 points, WM -0.73, CSF +0.64 against the
+    # traveling subjects' maps); without them drawn ones gave item 70's gain.
+    model.calibrate_effects = "auto"
     # Test-time augmentation (inference only): "flip" averages the outputs on the scan and on
     # its left-right mirror (the axis its affine names L/R), mirrored back; twice the
     # inference time (phyjax.methods.networks.predict_volume); "none": one pass. On by
@@ -446,7 +451,8 @@ def get_config(arg: str | None = None) -> ConfigDict:
         model.cond_features = 8
         train.steps = 6
         train.n_anatomies = 2    # simulated pairs on 2 heads, not 8 (6 steps see few slices)
-        model.calibrate_simulated = 2   # physics-made heads for site maps without pairs
+        model.calibrate_simulated = 2   # physics-made heads for the site maps
+        model.calibrate_effects = "drawn"   # no ~20 s fit per site (tested on its own)
         train.batch_size = 4
         train.checkpoint_every = 3
         train.log_every = 2

@@ -261,8 +261,9 @@ def test_debug_run_never_evaluates_a_training_subject(debug_run):
     for method in fitted:
         meta = json.load(open(os.path.join(workdir, method, "harmonizer", "harmonizer.json")))
         assert meta["fitted_on"] == split["train"] and meta["method"] == method
-    # Both learned methods got the same output calibration: per-site maps learned on the
-    # training pairs (the benchmark's U-Net shares PhyCHarm's config.model.calibrate)
+    # Both learned methods got per-site output maps (the benchmark's U-Net shares PhyCHarm's
+    # config.model.calibrate): PhyCHarm's learned on heads made by the physics, the U-Net's,
+    # which has no physics, on the training pairs
     assert cfg.unet.calibrate == cfg.model.calibrate == "sites"
     for method, key in (("phycharm", "model"), ("unet", "unet")):
         meta = json.load(open(os.path.join(workdir, method, "harmonizer", "harmonizer.json")))
@@ -270,6 +271,9 @@ def test_debug_run_never_evaluates_a_training_subject(debug_run):
         assert state["calibrate"] == "sites", method
         assert sorted(s for m in state["site_maps"] for s in m["sites"]) == sorted(
             split["source_sites"]), method
+        physics = [f"physics-{k + 1:02d}" for k in range(cfg.model.calibrate_simulated)]
+        assert state["calibration_subjects"] == (physics if method == "phycharm"
+                                                 else split["train"]), method
     for name in ("benchmark_per_subject.csv", "benchmark_subject_level.csv"):
         subjects = {r["subject"].zfill(2) for r in _csv(os.path.join(workdir, name))}
         assert subjects == set(split["test"]), name

@@ -126,6 +126,7 @@ def test_a_trained_phycharm_records_its_calibration_heads(tmp_path):
     with cfg.unlocked():
         cfg.data.cache_dir = str(tmp_path / "cache")
         cfg.model.calibrate_heads = 1
+        cfg.model.calibrate_with = "traveling"
     data = load_dataset(cfg.data, progress=False)
     train = data.training_set(data.split(cfg.data.n_test, cfg.data.seed))
     assert len(train.subjects) == 2

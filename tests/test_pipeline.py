@@ -365,8 +365,9 @@ def test_calibrated_harmonizer_and_harmonize_mode(debug_run, tmp_path):
     data = load_dataset(cfg.data, progress=False)
     vol = data.volumes[subject][site]
     harm = methods.load(os.path.join(workdir, "harmonizer"))
-    # the default (calibrate=sites): one map per source site, learned on the training pairs,
-    # saved and read back with the harmonizer; the output is the plain one through its site's map
+    # the default (calibrate=sites): one map per source site, learned on heads made by the
+    # physics with each site's protocol (calibrate_with=physics, item 71), saved and read back
+    # with the harmonizer; the output is the plain one through its site's map
     assert harm.cfg["calibrate"] == cfg.model.calibrate == "sites"
     maps = harm.cfg["site_maps"]
     assert sorted(s for m in maps for s in m["sites"]) == sorted(

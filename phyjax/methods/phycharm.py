@@ -92,8 +92,10 @@ MODEL_KEYS = ("features", "cond_features", "t1_max", "m0_max", "context", "reado
 READOUT = ("sidecar", "static")
 #: ``config.model.calibrate_effects``: the scanner effects of the physics-made heads that site
 #: maps are learned on (:func:`calibration_heads`): ``drawn`` from
-#: :data:`phyjax.data.simulated.EFFECT_RANGES`, or ``fitted`` to each site's own scans
-CALIBRATE_EFFECTS = ("drawn", "fitted")
+#: :data:`phyjax.data.simulated.EFFECT_RANGES`, ``fitted`` to each site's own scans, or
+#: ``auto``: fitted where the site's subjects were also scanned at the target site (the fit's
+#: reference, docs/phycharm_ablation.md item 71), else drawn (item 70)
+CALIBRATE_EFFECTS = ("auto", "drawn", "fitted")
 PAIRS = ("auto", "paired", "simulated")
 #: loss weights of ``config.train`` (traced inputs of the training step)
 WEIGHTS = ("w_map", "w_physics", "w_harm", "w_ssim", "w_grad", "w_tissue", "w_edge", "w_hist",
@@ -764,7 +766,7 @@ def calibration_heads(config, train: TrainingSet, n: int, progress: bool = False
     (``config.model.calibrate_effects="drawn"``) or each site's own, read off its training
     scans' intensity distribution (``"fitted"``: :func:`phyjax.data.simulated.fit_site_effects`
     on the first two heads, against the same subjects' target-site scans where every one of
-    them has one; printed) -- unless ``site_effects`` ``{site: ScannerEffects}``
+    them has one; printed; ``"auto"``: fitted only where they have, else drawn) -- unless ``site_effects`` ``{site: ScannerEffects}``
     gives them (a diagnosis: ``benchmarks/calibration_maps.py --physics``).
     Raises InputError when a training source scan lacks its protocol, or for an unknown
     ``calibrate_effects``."""
@@ -784,7 +786,7 @@ def calibration_heads(config, train: TrainingSet, n: int, progress: bool = False
     affine = synthetic.load_anatomy(voxel)[2]
     profiles = simulated.slice_profiles(sources, scans, voxel)
     how = check_calibrate_effects(config.model.get("calibrate_effects", "drawn"))
-    if site_effects is None and how == "fitted":
+    if site_effects is None and how != "drawn":
         site_effects = {}
         for p, site, profile in zip(sources, names, profiles):
             own = [v for v in scans if protocols_match(v.protocol, p)]
@@ -792,6 +794,8 @@ def calibration_heads(config, train: TrainingSet, n: int, progress: bool = False
             # source-minus-target quantiles, which the heads' anatomy mostly cancels out of
             refs = [train.volumes[v.subject][train.target_site] for v in own
                     if train.target_site in train.volumes[v.subject]]
+            if len(refs) < len(own) and how == "auto":
+                continue                    # no reference: this site's effects are drawn
             fx, distance = simulated.fit_site_effects(
                 p, own, heads[:2], profile, config.seed,
                 reference=(train.target_protocol(), refs) if len(refs) == len(own) else None)
