@@ -1,7 +1,8 @@
 """How a slice network's harmonized image is put on the target's intensity scale at inference
 (``config.model.calibrate`` for PhyCHarm, ``config.unet.calibrate`` for the U-Net baseline):
-:func:`calibrate_output`, and the per-protocol output maps learned on the training pairs
-(:func:`fit_site_maps`; ``calibrate="sites"``, docs/phycharm_ablation.md item 41).
+:func:`calibrate_output`, and the per-protocol output maps (:func:`fit_site_maps`;
+``calibrate="sites"``, docs/phycharm_ablation.md item 41) learned on traveling subjects or on
+heads made by the physics (:func:`fit_calibrated`, ``calibrate_with``; items 69-71).
 """
 
 from __future__ import annotations

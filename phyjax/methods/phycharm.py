@@ -726,9 +726,10 @@ def fit(config, train: TrainingSet, name: str = "phycharm", *, workdir: str,
     ``config.model.ensemble`` > 1: that many networks, seeds ``config.seed + k``, averaged at
     inference (:func:`phyjax.methods.networks.fit_ensemble`).
     ``config.model.calibrate="sites"`` (the default): after training, the per-protocol output
-    maps of :func:`fit_site_maps` are learned and saved with the model: on the training pairs
-    (traveling subjects), or, without them or with ``config.model.calibrate_with="physics"``,
-    on ``config.model.calibrate_simulated`` heads made by the physics (:func:`calibration_heads`);
+    maps of :func:`fit_site_maps` are learned and saved with the model: on
+    ``config.model.calibrate_simulated`` heads made by the physics (:func:`calibration_heads`;
+    ``config.model.calibrate_with="physics"``, the default, or ``"auto"`` without traveling
+    subjects) or on the training pairs (``"traveling"``, ``"auto"`` with them);
     ``config.model.calibrate_heads`` N > 0: on N traveling subjects kept out of the network's
     training (:func:`phyjax.methods.calibration.fit_calibrated`; the heads' names in
     ``cfg["calibration_subjects"]``). ``fitted_on`` is every subject of ``train`` either way.
