@@ -76,8 +76,8 @@ def calibrate_output(out: dict, mask: np.ndarray, calibrate: str = "none",
     if calibrate == "sites":
         if not site_maps:
             raise InputError("config.model.calibrate=sites: this harmonizer has no site maps "
-                             "(they are learned at training, on traveling-subject pairs, "
-                             "when it is trained with calibrate=sites).")
+                             "(they are learned at training, on traveling subjects or heads "
+                             "made by the physics, when it is trained with calibrate=sites).")
         if protocol is None:
             raise InputError(f"config.model.calibrate=sites: {where} has no acquisition "
                              "protocol to choose a site map by.")
