@@ -241,7 +241,8 @@ def test_refusals_name_the_keys(world):
                        paired=False, progress=False, physics_heads=lambda t, n: physics)
 
 
-def test_phycharm_without_traveling_subjects_learns_site_maps_on_physics_heads(tmp_path):
+def test_phycharm_without_traveling_subjects_learns_site_maps_on_physics_heads(tmp_path,
+                                                                              monkeypatch):
     # phycharm_unpaired on the debug data with calibrate_simulated=1 (calibrate_with "auto"):
     # one head made by the physics, imaged with every source protocol of the training set and
     # the target's; the model has a site map for each of those protocols, learned on that one
@@ -258,8 +259,13 @@ def test_phycharm_without_traveling_subjects_learns_site_maps_on_physics_heads(t
     with cfg.unlocked():
         cfg.data.cache_dir = str(tmp_path / "cache")
         cfg.model.calibrate_simulated = 1
+        cfg.model.calibrate_effects = "auto"
         cfg.target.randomize = True
     data = load_dataset(cfg.data, progress=False)
+
+    def no_fit(*args, **kwargs):    # the debug data's subjects travel, but this model never
+        raise AssertionError("fit_site_effects read target-site scans")   # sees a target scan
+    monkeypatch.setattr(simulated, "fit_site_effects", no_fit)
     train = data.training_set(data.split(cfg.data.n_test, cfg.data.seed))
     harm = methods.fit("phycharm_unpaired", cfg, train, workdir=str(tmp_path / "run"),
                        progress=False, has_maps=data.has_maps)
@@ -419,6 +425,20 @@ def test_fitted_effects_are_each_site_s_own_and_unknown_ones_are_refused(tmp_pat
         for site in want[subject]:
             np.testing.assert_array_equal(got.volumes[subject][site].image,
                                           want[subject][site].image)
+    # a model trained without target-site images reads none here either: "auto" then draws
+    # the effects (no fit), "fitted" fits without the reference
+    calls.clear()
+    with cfg.unlocked():
+        cfg.model.calibrate_effects = "auto"
+    calibration_heads(cfg, train, 1, target_scans=False)
+    assert calls == []
+    monkeypatch.setattr(simulated, "fit_site_effects", lambda p, scans, heads, profile=None,
+                        seed=0, grid=None, reference=None: (
+                            calls.append(reference) or scanner.ScannerEffects(), 0.0))
+    with cfg.unlocked():
+        cfg.model.calibrate_effects = "fitted"
+    calibration_heads(cfg, train, 1, target_scans=False)
+    assert calls and all(r is None for r in calls)
     with cfg.unlocked():
         cfg.model.calibrate_effects = "guessed"
     with pytest.raises(InputError, match=r"config\.model\.calibrate_effects='guessed'"):

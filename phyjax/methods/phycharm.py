@@ -741,7 +741,10 @@ def fit(config, train: TrainingSet, name: str = "phycharm", *, workdir: str,
         lambda subset: (networks.fit_ensemble(_fit_network, config, "model", subset, **context)
                         or _fit_network(config, subset, **context)),
         train, config.model, config.seed, "model", paired == "paired", progress, name,
-        physics_heads=functools.partial(calibration_heads, config, progress=progress))
+        # a model trained without target-site images (phycharm_unpaired, pairs=simulated) does
+        # not read the traveling subjects' target scans for the effects' fit either
+        physics_heads=functools.partial(calibration_heads, config, progress=progress,
+                                        target_scans=paired == "paired"))
 
 
 def check_calibrate_effects(value) -> str:
@@ -754,7 +757,8 @@ def check_calibrate_effects(value) -> str:
 
 
 def calibration_heads(config, train: TrainingSet, n: int, progress: bool = False,
-                      site_effects: dict | None = None) -> CalibrationHeads:
+                      site_effects: dict | None = None, target_scans: bool = True
+                      ) -> CalibrationHeads:
     """``n`` heads made by the physics to learn PhyCHarm's site maps on
     (``config.model.calibrate_simulated``): anatomies as the default dataset makes them
     (``config.data``'s deformation, jitter, texture, atrophy and partial volume; indices from
@@ -767,8 +771,10 @@ def calibration_heads(config, train: TrainingSet, n: int, progress: bool = False
     (``config.model.calibrate_effects="drawn"``) or each site's own, read off its training
     scans' intensity distribution (``"fitted"``: :func:`phyjax.data.simulated.fit_site_effects`
     on the first two heads, against the same subjects' target-site scans where every one of
-    them has one; printed; ``"auto"``: fitted only where they have, else drawn) -- unless ``site_effects`` ``{site: ScannerEffects}``
-    gives them (a diagnosis: ``benchmarks/calibration_maps.py --physics``).
+    them has one and ``target_scans`` allows it -- False for a model trained without
+    target-site images; printed; ``"auto"``: fitted only against such scans, else drawn) --
+    unless ``site_effects`` ``{site: ScannerEffects}`` gives them (a diagnosis:
+    ``benchmarks/calibration_maps.py --physics``).
     Raises InputError when a training source scan lacks its protocol, or for an unknown
     ``calibrate_effects``."""
     train = require_training_set(train)
@@ -794,7 +800,7 @@ def calibration_heads(config, train: TrainingSet, n: int, progress: bool = False
             # the same subjects at the target site, where they travel: the fit then compares
             # source-minus-target quantiles, which the heads' anatomy mostly cancels out of
             refs = [train.volumes[v.subject][train.target_site] for v in own
-                    if train.target_site in train.volumes[v.subject]]
+                    if target_scans and train.target_site in train.volumes[v.subject]]
             if len(refs) < len(own) and how == "auto":
                 continue                    # no reference: this site's effects are drawn
             fx, distance = simulated.fit_site_effects(
