@@ -233,7 +233,9 @@ def get_config(arg: str | None = None) -> ConfigDict:
     # subjects (phycharm_unpaired, pairs=simulated) the maps are learned on heads made by the
     # physics (calibrate_with below); a protocol without a map keeps the network's output,
     # with a warning. Not physics: the benchmark gives its U-Net
-    # the same maps (config.unet.calibrate), and the U-Net gains more from them (+4.25 dB).
+    # the same maps (config.unet.calibrate), and the U-Net gains more from them (+4.25 dB);
+    # since item 71 PhyCHarm's are learned on physics-made heads, the U-Net's (no physics) on
+    # the traveling subjects.
     model.calibrate = "sites"
     model.calibrate_knots = 256
     # The site maps' quantiles from every k-th slice of each training pair only (source and
