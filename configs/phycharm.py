@@ -232,10 +232,10 @@ def get_config(arg: str | None = None) -> ConfigDict:
     # training time (the network harmonizes every training scan once). Without traveling
     # subjects (phycharm_unpaired, pairs=simulated) the maps are learned on heads made by the
     # physics (calibrate_with below); a protocol without a map keeps the network's output,
-    # with a warning. Not physics: the benchmark gives its U-Net
-    # the same maps (config.unet.calibrate), and the U-Net gains more from them (+4.25 dB);
-    # since item 71 PhyCHarm's are learned on physics-made heads, the U-Net's (no physics) on
-    # the traveling subjects.
+    # with a warning. A quantile map is not physics: the benchmark gives its U-Net maps too
+    # (config.unet.calibrate), and the U-Net gained more from them (+4.25 dB). What is physics
+    # since item 71 is the heads PhyCHarm's maps are learned on (made by the physics, below);
+    # the U-Net's, having no physics, are learned on the traveling subjects.
     model.calibrate = "sites"
     model.calibrate_knots = 256
     # The site maps' quantiles from every k-th slice of each training pair only (source and
