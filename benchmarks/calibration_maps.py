@@ -128,8 +128,8 @@ def main(argv=None) -> None:
         raise SystemExit(f"{args.run}: its PhyCHarm has no site maps (calibrate=sites).")
     harm.cfg = dict(harm.cfg, refine=dict(harm.cfg.get("refine") or {}, enabled=False),
                     calibrate="none")
-    iso = fit_isotonic(pooled_outputs(
-        harm, data.training_set(Split(train=tuple(split["train"]), test=tuple(split["test"])))))
+    train = data.training_set(Split(train=tuple(split["train"]), test=tuple(split["test"])))
+    iso = fit_isotonic(pooled_outputs(harm, train))
     held = {}
     if args.held:
         other = copy.deepcopy(cfg)
@@ -142,7 +142,6 @@ def main(argv=None) -> None:
         for k in (int(x) for x in args.held.split(",")):
             ts = unseen.training_set(Split(train=tuple(names[:k]), test=(names[-1],)))
             held[f"held{k}"] = fit_site_maps(harm, ts, progress=False)
-    train = data.training_set(Split(train=tuple(split["train"]), test=tuple(split["test"])))
     for k in (int(x) for x in args.physics.split(",") if x):
         own = {site: synthetic.site_effects(cfg.data.sites[site]) for site in data.source_sites
                if site in cfg.data.get("sites", {})}

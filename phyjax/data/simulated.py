@@ -222,13 +222,14 @@ def slice_profiles(sources, scans, voxel_mm: float) -> list:
     return out
 
 
-def source_effects(key, profile=None) -> tuple[scanner.ScannerEffects, int]:
+def source_effects(key, profile=None, fixed=None) -> tuple[scanner.ScannerEffects, int]:
     """``(effects, slice axis)`` of one simulated source scan: every effect drawn from
-    :data:`EFFECT_RANGES` with ``key``; ``profile`` ``(fwhm, axis)`` (FWHM in voxels of the
+    :data:`EFFECT_RANGES` with ``key``, or ``fixed`` (a site's own, known or fitted,
+    :func:`fit_site_effects`) where given; ``profile`` ``(fwhm, axis)`` (FWHM in voxels of the
     anatomy's grid along voxel axis ``axis``, e.g. the site's own ``SliceThickness``) replaces
-    the drawn slice profile (along the last axis).  The same key draws the same other effects
-    either way."""
-    effects = scanner.sample_scanner_effects(key, **EFFECT_RANGES)
+    their slice profile (else along the last axis).  The same key draws the same other
+    effects either way."""
+    effects = scanner.sample_scanner_effects(key, **EFFECT_RANGES) if fixed is None else fixed
     if profile is None:
         return effects, -1
     fwhm, axis = profile
@@ -418,12 +419,7 @@ def calibration_volumes(sources, site_names, target: Protocol, target_site: str,
         scans = {}
         for p_i, (p, site) in enumerate(zip(sources, names)):
             k_fx, k_acq = jax.random.split(jax.random.fold_in(jax.random.fold_in(key, a), p_i))
-            if fixed[p_i] is None:
-                fx, axis = source_effects(k_fx, profiles[p_i])
-            elif profiles[p_i] is None:
-                fx, axis = fixed[p_i], -1
-            else:
-                fx, axis = fixed[p_i].replace(slice_fwhm=float(profiles[p_i][0])), profiles[p_i][1]
+            fx, axis = source_effects(k_fx, profiles[p_i], fixed[p_i])
             image = synthetic.acquire(maps[float(p.field_strength)], mask, p, fx, k_acq,
                                       slice_axis=axis)
             scans[site] = Volume(subject, site, p, normalize(image, mask), mask,

@@ -672,13 +672,7 @@ def _simulated_data(config, train: TrainingSet, target: Protocol, depth: int, pr
     shipped anatomies) and the real source scans to adapt to.  ``with_real=False`` (physics-made
     batches of traveling-subject training): no real scans (None) and one target, ``target``."""
     t, d = config.train, config.data
-    sites = [s for s in train.sites if s != train.target_site]
-    if not sites:
-        raise InputError(f"PhyCHarm (pairs=simulated): no training scan outside the target site "
-                         f"{train.target_site!r} to harmonize.")
-    train.require_protocols("PhyCHarm", sites)     # the target site's scans are not used
-    scans = [train.volumes[s][site] for s in train.subjects for site in sites
-             if site in train.volumes[s]]
+    sites, scans = _source_scans(train, "PhyCHarm")
     tc = config.get("target")
     # a range of targets only for a model trained on physics-made pairs alone
     n_targets = int(tc.n_protocols) if with_real and tc is not None and tc.randomize else 1
@@ -686,11 +680,7 @@ def _simulated_data(config, train: TrainingSet, target: Protocol, depth: int, pr
     own = [v.protocol for v in scans]
     sources = simulated.distinct(own + [target] + simulated.sample_sources(
         own, int(t.random_sources), config.seed))
-    voxel = 1 if min(train.grid_mm()) < 1.5 else 2   # the template's resolutions (nilearn)
-    # Anatomies as the default dataset makes them (a user's BIDS config may lack these keys).
-    heads = simulated.anatomies(int(t.n_anatomies), config.seed, voxel, d.deform_mm,
-                                d.tissue_jitter, d.t1_texture, float(d.get("atrophy", 0.0)),
-                                str(d.get("partial_volume", "signal")))
+    voxel, heads = _shipped_heads(config, train, int(t.n_anatomies))
     profiles = None
     if simulated.check_slice_profile(t.get("slice_profile", "drawn")) == "sidecar":
         profiles = simulated.slice_profiles(sources, scans, voxel)
@@ -710,6 +700,31 @@ def _simulated_data(config, train: TrainingSet, target: Protocol, depth: int, pr
                                    directory=workdir, views=views)
             if with_real and t.adapt_every > 0 else None)
     return sim, real
+
+
+def _source_scans(train: TrainingSet, method: str) -> tuple[list[str], list]:
+    """``(sites, scans)``: the training set's source sites (every site but the target) and
+    their scans, each with a complete protocol.  InputError naming ``method`` when there is no
+    source site or a source scan lacks its protocol (the target site's scans are not used)."""
+    sites = [s for s in train.sites if s != train.target_site]
+    if not sites:
+        raise InputError(f"{method}: no training scan outside the target site "
+                         f"{train.target_site!r} to harmonize.")
+    train.require_protocols(method, sites)
+    return sites, [train.volumes[s][site] for s in train.subjects for site in sites
+                   if site in train.volumes[s]]
+
+
+def _shipped_heads(config, train: TrainingSet, n: int, first: int = 0):
+    """``(voxel, heads)``: ``n`` shipped anatomies from index ``first``
+    (:func:`phyjax.data.simulated.anatomies`) as the default dataset makes them (``config.data``'s
+    deformation, jitter, texture, atrophy and partial volume; a user's BIDS config may lack the
+    last two), at the template resolution nearest the training grid (1 or 2 mm, ``voxel``)."""
+    d = config.data
+    voxel = 1 if min(train.grid_mm()) < 1.5 else 2   # the template's resolutions (nilearn)
+    return voxel, simulated.anatomies(n, config.seed, voxel, d.deform_mm, d.tissue_jitter,
+                                      d.t1_texture, float(d.get("atrophy", 0.0)),
+                                      str(d.get("partial_volume", "signal")), first=first)
 
 
 @register("phycharm", "phycharm_unpaired", harmonizer=PhyCHarmHarmonizer)
@@ -778,18 +793,10 @@ def calibration_heads(config, train: TrainingSet, n: int, progress: bool = False
     Raises InputError when a training source scan lacks its protocol, or for an unknown
     ``calibrate_effects``."""
     train = require_training_set(train)
-    d = config.data
-    sites = [s for s in train.sites if s != train.target_site]
-    train.require_protocols("PhyCHarm (calibrate_simulated)", sites)
-    scans = [train.volumes[s][site] for s in train.subjects for site in sites
-             if site in train.volumes[s]]
+    _, scans = _source_scans(train, "PhyCHarm (calibrate_simulated)")
     sources = simulated.distinct(v.protocol for v in scans)
     names = [next(v.site for v in scans if protocols_match(v.protocol, p)) for p in sources]
-    voxel = 1 if min(train.grid_mm()) < 1.5 else 2   # the template's resolutions (nilearn)
-    heads = simulated.anatomies(n, config.seed, voxel, d.deform_mm, d.tissue_jitter,
-                                d.t1_texture, float(d.get("atrophy", 0.0)),
-                                str(d.get("partial_volume", "signal")),
-                                first=simulated.CALIBRATION_HEADS_FIRST)
+    voxel, heads = _shipped_heads(config, train, n, simulated.CALIBRATION_HEADS_FIRST)
     affine = synthetic.load_anatomy(voxel)[2]
     profiles = simulated.slice_profiles(sources, scans, voxel)
     how = check_calibrate_effects(config.model.get("calibrate_effects", "drawn"))
