@@ -438,7 +438,23 @@ def get_config(arg: str | None = None) -> ConfigDict:
     h.ti = -1.0
     h.flip_angle = -1.0
     h.field_strength = -1.0
+    # an inversion-prepared scan's readout train (MPRAGE, IR-SPGR, TFE): readout TR (s) and
+    # readouts per inversion, where its sidecar leaves them out (GE's and United Imaging's
+    # IR-SPGR sidecars give no readout count, tests/data/vendor_t1_sidecars; a dataset gives
+    # it in a site table); negative = take from sidecar
+    h.tr_readout = -1.0
+    h.n_readouts = -1.0
     h.figure = True
+    # A scan whose protocol no site map was learned for (model.calibrate=sites; a scanner the
+    # training never saw): "physics" -- the physics makes that protocol's map before it is
+    # harmonized, as training made the sites' own (model.calibrate_simulated heads imaged with
+    # it and with the target; ~1-3 min per new protocol, once per run; in memory only, the
+    # saved harmonizer is not changed; docs/phycharm_ablation.md item 72) -- or "none": the
+    # network's output, uncalibrated, with a warning. The heads' scanner effects are "drawn"
+    # (as for a model trained without target-site images, item 70) or "fitted" to the scans
+    # being harmonized (phyjax.data.simulated.fit_site_effects; ~20 s more).
+    h.new_protocol_map = "physics"
+    h.new_protocol_effects = "drawn"
     # Which of config.model's inference settings (refine, calibrate, tta) replace the saved
     # harmonizer's: phyjax.main fills it with those given on the command line, so a harmonizer
     # trained with, e.g., tta=none keeps it unless --config.model.tta=... is given.  None (a

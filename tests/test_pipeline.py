@@ -1,6 +1,7 @@
 """End to end: the debug config trains, evaluates, writes finite outputs, resumes, harmonizes."""
 
 import csv
+import dataclasses
 import glob
 import json
 import os
@@ -455,6 +456,125 @@ def test_calibrated_harmonizer_and_harmonize_mode(debug_run, tmp_path):
         h_cfg.harmonize.model_overrides = ("calibrate",)
     with pytest.raises(InputError, match="no site maps"):
         _load_harmonizer(str(bare), h_cfg)
+
+
+def test_a_protocol_without_a_map_gets_the_one_the_physics_made_in_training(debug_run,
+                                                                           tmp_path):
+    # config.harmonize.new_protocol_map=physics (item 72): a scan whose protocol has no site
+    # map gets one made at harmonize time.  Oracle: training's own map for that protocol,
+    # made by the same physics on the same heads -- with the site's map removed from the saved
+    # harmonizer, the map made at harmonize time is that map, and harmonize mode writes the
+    # output the saved harmonizer wrote, saying how its map was made; "none" leaves it
+    # uncalibrated, as before.  Fitted effects are read off the scans being harmonized.
+    import shutil
+
+    from phyjax import methods
+    from phyjax.data.dataset import load_dataset
+    from phyjax.data.split import Split, protocols_match
+    from phyjax.methods import phycharm as method
+    from phyjax.methods.base import protocol_from_json
+    from phyjax.physics import scanner
+
+    cfg, workdir, _ = debug_run
+    split = json.load(open(os.path.join(workdir, "split.json")))
+    data = load_dataset(cfg.data, progress=False)
+    train = data.training_set(Split(tuple(split["train"]), tuple(split["test"])))
+    _, scans = method._source_scans(train, "test")
+    first = scans[0].protocol        # simulated first at training (the same draws as here)
+    site = scans[0].site
+    harm = methods.load(os.path.join(workdir, "harmonizer"))
+    assert harm.cfg["physics_heads"] == method.heads_settings(cfg)
+    (learned,) = [m for m in harm.cfg["site_maps"]
+                  if protocols_match(protocol_from_json(m["protocol"]), first)]
+    harm.cfg["site_maps"] = [m for m in harm.cfg["site_maps"] if m is not learned]
+    own = [v for v in scans if protocols_match(v.protocol, first)]
+    assert method.unmapped_protocols(harm, own) == [first]
+    (made,) = method.physics_site_maps(harm, own)
+    np.testing.assert_allclose(made["output"], learned["output"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(made["target"], learned["target"], rtol=1e-5, atol=1e-6)
+    assert made["sites"] == [] and made["made"]["heads"] == cfg.model.calibrate_simulated
+    assert made["made"]["effects"] == "drawn" and made["made"]["fitted_effects"] is None
+    assert harm.cfg["site_maps"][-1] is made and method.unmapped_protocols(harm, own) == []
+    assert method.physics_site_maps(harm, own) == []          # once per protocol
+    # another target than the fitted one: no map applies, none is made
+    other = dataclasses.replace(harm.target_protocol, tr=harm.target_protocol.tr + 0.1)
+    harm.cfg["site_maps"] = [m for m in harm.cfg["site_maps"] if m is not made]
+    harm.maps_apply = lambda t: t is None
+    assert method.unmapped_protocols(harm, own, other) == []
+    del harm.maps_apply
+    # fitted effects: read off the scans given, and the heads imaged with them
+    seen = []
+
+    def fake_fit(p, volumes, heads, profile=None, seed=0, grid=None, reference=None):
+        seen.append(([v.path for v in volumes], len(heads), reference))
+        return scanner.ScannerEffects(b1_scale=0.9, noise_fraction=0.05), 0.1
+    monkey = pytest.MonkeyPatch()
+    monkey.setattr(method.simulated, "fit_site_effects", fake_fit)
+    try:
+        (fitted,) = method.physics_site_maps(harm, own, effects="fitted")
+    finally:
+        monkey.undo()
+    assert seen == [([v.path for v in own], 2, None)]
+    assert fitted["made"]["fitted_effects"]["b1_scale"] == 0.9
+    assert not np.allclose(fitted["output"], learned["output"])
+    harm.cfg.pop("physics_heads")
+    harm.cfg["site_maps"] = [m for m in harm.cfg["site_maps"] if m is not fitted]
+    with pytest.raises(InputError, match="new_protocol_map=none"):
+        method.physics_site_maps(harm, own)
+
+    # harmonize mode, a test subject's scan of that site, the harmonizer without its map
+    bare = tmp_path / "bare"
+    shutil.copytree(os.path.join(workdir, "harmonizer"), bare)
+    meta = json.load(open(bare / "harmonizer.json"))
+    meta["state"]["model"]["site_maps"] = [
+        m for m in meta["state"]["model"]["site_maps"]
+        if not protocols_match(protocol_from_json(m["protocol"]), first)]
+    json.dump(meta, open(bare / "harmonizer.json", "w"))
+    subject = split["test"][0]
+    anat = os.path.join(split["dataset"], f"sub-{subject}", f"ses-{site}", "anat")
+    from phyjax.data.sidecar import read_site_table    # what the vendor's sidecar leaves out
+    row = read_site_table(os.path.join(split["dataset"], "code", "site_parameters.tsv"))
+    written, sidecars = {}, {}
+    # "static": without the readout train the site table gives (GE's sidecar has no readout
+    # count), the scan's protocol is the static form, which no training map is for
+    for name, folder, how in (("saved", "", "physics"), ("made", str(bare), "physics"),
+                              ("none", str(bare), "none"), ("static", "", "physics")):
+        h_cfg = cfg.copy_and_resolve_references()
+        with h_cfg.unlocked():
+            h_cfg.mode = "harmonize"
+            h_cfg.harmonize.input = os.path.join(anat, f"sub-{subject}_ses-{site}_T1w.nii.gz")
+            h_cfg.harmonize.mask = os.path.join(
+                split["dataset"], "derivatives", "phyjax-sim", f"sub-{subject}", "anat",
+                f"sub-{subject}_desc-brain_mask.nii.gz")
+            h_cfg.harmonize.output = str(tmp_path / f"{name}.nii.gz")
+            h_cfg.harmonize.figure = False
+            h_cfg.harmonize.harmonizer = folder
+            h_cfg.harmonize.new_protocol_map = how
+            h_cfg.harmonize.tr = row.get(site, {}).get("tr_prep_s", -1.0)
+            if name != "static":
+                h_cfg.harmonize.n_readouts = row.get(site, {}).get("n_readouts", -1.0)
+                h_cfg.harmonize.tr_readout = row.get(site, {}).get("tr_readout_s", -1.0)
+        if how == "none":
+            with pytest.warns(UserWarning, match="no site map was learned"):
+                written[name] = nib.load(phycharm.run(h_cfg, workdir)).get_fdata()
+        else:
+            written[name] = nib.load(phycharm.run(h_cfg, workdir)).get_fdata()
+        sidecars[name] = json.load(open(tmp_path / f"{name}.json"))["PhyjaxHarmonizer"]
+    np.testing.assert_allclose(written["made"], written["saved"], rtol=1e-5, atol=1e-5)
+    assert np.abs(written["none"] - written["saved"]).max() > 1e-3
+    assert sidecars["saved"]["calibrate_site_map"] == [site]
+    assert sidecars["saved"]["calibrate_site_map_made"] is None
+    assert sidecars["made"]["calibrate_site_map"].startswith(method.MADE_AT_HARMONIZE)
+    assert sidecars["made"]["calibrate_site_map_made"]["effects"] == "drawn"
+    assert sidecars["none"]["calibrate_site_map"] == "none learned for this protocol: " \
+        "uncalibrated"
+    if row.get(site, {}).get("n_readouts", -1.0) > 0:
+        assert sidecars["static"]["calibrate_site_map"].startswith(method.MADE_AT_HARMONIZE)
+    assert json.load(open(bare / "harmonizer.json")) == meta      # the saved model unchanged
+    with h_cfg.unlocked():
+        h_cfg.harmonize.new_protocol_map = "guess"
+    with pytest.raises(InputError, match=r"config\.harmonize\.new_protocol_map='guess'"):
+        phycharm.run(h_cfg, workdir)
 
 
 def test_mirror_tta_of_the_saved_harmonizer(debug_run):

@@ -308,3 +308,25 @@ def test_a_b0_without_a_tissue_table_reads_but_says_phycharm_refuses_it():
     assert r.status == "ok" and "no tissue relaxation table for B0 = 1 T" in r.message
     sidecar["MagneticFieldStrength"] = 2.89362       # what Siemens 3 T systems write
     assert "no tissue relaxation table" not in read_protocol(sidecar, "x.json").message
+
+
+def test_the_command_line_completes_a_ge_irspgr_readout_train_and_refuses_it_elsewhere():
+    # GE's IR-SPGR sidecar gives neither the inversion TR nor a readout count: with the TR
+    # alone the protocol is the static MPRAGE form (no readouts); config.harmonize.n_readouts
+    # adds the count, and the protocol then carries the sidecar's readout TR (6.964 ms, the
+    # physicist's) with it, or the one given.  On a sequence without an inversion-prepared
+    # readout train the readout names are an error naming the sidecar.
+    from phyjax.data.sidecar import read_given
+
+    path = str(VENDOR / "GE_HD16_irspgr.json")
+    assert read_given(path, "", {}, require_file=True).status == "missing"
+    assert read_given(path, "", {"tr": 2.0}, require_file=True).protocol().n_readouts == 0
+    p = read_given(path, "", {"tr": 2.0, "n_readouts": 100}, require_file=True).protocol()
+    assert (p.sequence, p.n_readouts, p.tr) == ("mprage", 100.0, 2.0)
+    assert p.tr_readout == pytest.approx(0.006964)
+    q = read_given(path, "", {"tr": 2.0, "n_readouts": 100, "tr_readout": 0.007},
+                   require_file=True).protocol()
+    assert q.tr_readout == pytest.approx(0.007)
+    spgr = str(VENDOR / "Siemens_VE11_t1_fl2d_sag.json")
+    with pytest.raises(InputError, match=r"Siemens_VE11_t1_fl2d_sag\.json: n_readouts=128"):
+        read_given(spgr, "", {"n_readouts": 128}, require_file=True)

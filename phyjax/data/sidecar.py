@@ -619,13 +619,19 @@ _BIDS_OVERRIDES = {"EchoTime": "te_s", "InversionTime": "ti_s", "FlipAngle": "fl
 #: command-line names (``config.harmonize``, ``config.target``; s, degrees, T) -> reading fields
 #: (``tr``: the TR of the family's signal equation, see :func:`read_given`)
 COMMAND_LINE = {"tr": "tr_prep_s", "te": "te_s", "ti": "ti_s", "flip_angle": "flip_angle_deg",
-                "field_strength": "b0_t"}
+                "field_strength": "b0_t", "tr_readout": "tr_readout_s",
+                "n_readouts": "n_readouts"}
+#: the command-line names of an inversion-prepared readout train (``config.harmonize`` only):
+#: what a vendor's sidecar may leave out (GE's and United Imaging's give no readouts per
+#: inversion) and a site table gives a dataset
+READOUT_NAMES = ("tr_readout", "n_readouts")
 
 
 def read_given(path: str, sequence: str = "", given: Mapping[str, float] | None = None,
                require_file: bool = False) -> Reading:
     """A protocol given by a sidecar and/or values on the command line (:data:`COMMAND_LINE`
-    names, BIDS units; they override the sidecar's).
+    names, BIDS units; they override the sidecar's; ``tr_readout`` and ``n_readouts`` only
+    for an inversion-prepared family, else InputError).
 
     ``path`` is read when ``require_file``, when it exists, or when nothing is ``given``;
     ``sequence`` forces the family.  ``tr`` is the TR of the family's signal equation (the
@@ -638,6 +644,10 @@ def read_given(path: str, sequence: str = "", given: Mapping[str, float] | None 
     family = sequence or infer_sequence(sidecar)
     overrides = {}
     for name, value in given.items():
+        if name in READOUT_NAMES and family not in ("mprage", "mp2rage"):
+            raise InputError(f"{path or 'command line'}: {name}={value:g} describes the readout "
+                             "train of an inversion-prepared sequence (MPRAGE, IR-SPGR, TFE); "
+                             f"this scan is {family!r} -- give its TR as tr.")
         field = COMMAND_LINE[name]
         if name == "tr":
             field = "tr_prep_s" if family in ("mprage", "ir", "mp2rage") else "tr_readout_s"

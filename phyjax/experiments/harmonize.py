@@ -10,6 +10,7 @@ goes a JSON sidecar with the target protocol and every value's origin and assump
 from __future__ import annotations
 
 import os
+from types import SimpleNamespace
 
 import nibabel as nib
 import numpy as np
@@ -20,7 +21,7 @@ from phyjax.data import geometry
 from phyjax.data.nifti import InputError, load_volume, save_like
 from phyjax.data.sidecar import (FIELDS, Reading, given_values, protocol_to_sidecar, read_given,
                                  sidecar_path, target_from_config)
-from phyjax.data.volumes import Volume, normalize
+from phyjax.data.volumes import Volume, normalize, slice_axis
 from phyjax.evaluate import figures, report
 from phyjax.experiments.common import ADDED_LATER
 from phyjax.physics.sequences import Protocol
@@ -68,25 +69,42 @@ def working_grid(image: np.ndarray, affine, mask: np.ndarray, voxel_mm):
     return grid, data, grid_mask, True
 
 
-def harmonize_image(harmonizer, image: np.ndarray, img, mask: np.ndarray, protocol: Protocol,
-                    path: str, resolution: str = "native", target: Protocol | None = None
-                    ) -> dict[str, np.ndarray]:
-    """Harmonized ``image`` on its own grid, and PhyCHarm's T1 (s) / M0 maps when it has them.
-
-    ``resolution``: ``native`` runs the network at the input's own voxel size (reoriented to
-    axis-aligned RAS only when it is not: 1 mm in, 1 mm detail out); ``training`` resamples onto
-    the harmonizer's training voxel size and back (the behaviour before issue 12).  The image is
-    normalized as in training; ``target``: a protocol the harmonizer accepts (None: its fitted
-    one).  Every output is 0 outside ``mask``.  Raises InputError for an unknown resolution.
-    """
+def input_volume(harmonizer, image: np.ndarray, img, mask: np.ndarray, protocol: Protocol,
+                 path: str, resolution: str = "native",
+                 slice_thickness_mm: float | None = None) -> tuple[Volume, bool]:
+    """``(volume, resampled)``: the input as the network reads it -- normalized as in training,
+    on the grid ``resolution`` asks for: ``native`` runs the network at the input's own voxel
+    size (reoriented to axis-aligned RAS only when it is not: 1 mm in, 1 mm detail out);
+    ``training`` resamples onto the harmonizer's training voxel size and back (the behaviour
+    before issue 12); ``resampled``: whether that grid is not the file's.  The sidecar's
+    ``slice_thickness_mm`` and the file's slice direction are kept (a new protocol's physics
+    map images its heads with that slice profile).  Raises InputError for an unknown
+    resolution."""
     if resolution not in ("native", "training"):
         raise InputError(f"config.harmonize.resolution={resolution!r}; expected 'native' or "
                          "'training'.")
     affine = np.asarray(img.affine, np.float64)
     voxel = harmonizer.grid_mm if resolution == "training" else None
     grid, data, grid_mask, resampled = working_grid(image, affine, mask, voxel)
-    volume = Volume(subject="input", site="input", protocol=protocol,
-                    image=normalize(data, grid_mask), mask=grid_mask, path=path, affine=grid)
+    return Volume(subject="input", site="input", protocol=protocol,
+                  image=normalize(data, grid_mask), mask=grid_mask, path=path, affine=grid,
+                  resampled=resampled, slice_thickness_mm=slice_thickness_mm,
+                  slice_axis=slice_axis(affine)), resampled
+
+
+def harmonize_image(harmonizer, image: np.ndarray, img, mask: np.ndarray, protocol: Protocol,
+                    path: str, resolution: str = "native", target: Protocol | None = None,
+                    volume: Volume | None = None) -> dict[str, np.ndarray]:
+    """Harmonized ``image`` on its own grid, and PhyCHarm's T1 (s) / M0 maps when it has them.
+
+    The network reads :func:`input_volume` (``resolution``; or ``volume``, made by it
+    already); ``target``: a protocol the harmonizer accepts (None: its fitted one).  Every
+    output is 0 outside ``mask``.  Raises InputError for an unknown resolution.
+    """
+    if volume is None:
+        volume, _ = input_volume(harmonizer, image, img, mask, protocol, path, resolution)
+    affine = np.asarray(img.affine, np.float64)
+    grid, grid_mask, resampled = volume.grid_affine(), volume.mask, volume.resampled
     if hasattr(harmonizer, "check_target"):                 # PhyCHarm: any target, and maps
         raw = harmonizer.predict(volume, target)
         outs = {k: raw[k] for k in ("harmonized", "t1", "m0")}
@@ -122,13 +140,18 @@ def output_sidecar(harmonizer, reading: Reading, input_path: str,
     settings = getattr(harmonizer, "cfg", {})      # a network's inference settings
     phycharm = hasattr(harmonizer, "check_target")
     site_map = None     # calibrate=sites: the sites whose learned map this scan went through
+    made = None         # ... or how the physics made its map at harmonize time
     if settings.get("calibrate") == "sites":
         from phyjax.methods.calibration import site_map_for
 
         found = site_map_for(settings.get("site_maps") or [], reading.protocol())
         site_map = found["sites"] if found else "none learned for this protocol: uncalibrated"
+        if found and found.get("made"):
+            made = found["made"]
+            site_map = (f"{made['by']} for this protocol ({made['heads']} heads, "
+                        f"{made['effects']} scanner effects)")
         if phycharm and not harmonizer.maps_apply(target):
-            site_map = "learned for the fitted target only: uncalibrated"
+            site_map, made = "learned for the fitted target only: uncalibrated", None
     out = protocol_to_sidecar(target)
     out.update({"Sources": [os.path.abspath(input_path)],
                 "PhyjaxHarmonizer": {"method": harmonizer.name,
@@ -144,6 +167,7 @@ def output_sidecar(harmonizer, reading: Reading, input_path: str,
                                         for k, default in PHYCHARM_BASE.items()},
                                      "calibrate": settings.get("calibrate"),
                                      "calibrate_site_map": site_map,
+                                     "calibrate_site_map_made": made,
                                      "tta": settings.get("tta"),
                                      "ensemble": settings.get("ensemble", 1),
                                      "views": (list(settings.get("views", ["axial"]))
@@ -265,6 +289,36 @@ def output_path(output: str, input_path: str, default_dir: str) -> str:
     return output
 
 
+#: a BIDS folder's scans of one protocol that its harmonize-time physics map reads (their
+#: slice thickness; with ``new_protocol_effects="fitted"``, their intensity distribution)
+NEW_MAP_SCANS = 8
+
+
+def new_protocol_setting(h) -> tuple[str, str]:
+    """``(config.harmonize.new_protocol_map, new_protocol_effects)``, checked
+    (:func:`phyjax.methods.phycharm.check_new_protocol`) before any work."""
+    from phyjax.methods.phycharm import check_new_protocol
+
+    return check_new_protocol(h.get("new_protocol_map", "physics"),
+                              h.get("new_protocol_effects", "drawn"))
+
+
+def new_protocol_maps(harmonizer, volumes, target, setting) -> list:
+    """The site maps PhyCHarm's physics makes, before harmonizing ``volumes``, for their
+    protocols that no map was learned for (:func:`phyjax.methods.phycharm.physics_site_maps`;
+    ``setting`` from :func:`new_protocol_setting`; none for ``"none"`` or another method)."""
+    how, effects = setting
+    if how == "none" or not hasattr(harmonizer, "check_target"):
+        return []
+    from phyjax.methods.phycharm import physics_site_maps, unmapped_protocols
+
+    volumes = list(volumes)
+    for p in unmapped_protocols(harmonizer, volumes, target):
+        print(f"[harmonize] no site map was learned for {p}: the physics makes one "
+              f"({effects} scanner effects)", flush=True)
+    return physics_site_maps(harmonizer, volumes, target, effects, progress=True)
+
+
 def harmonize(h, harmonizer_dir: str, default_output_dir: str, target_cfg=None,
               data_cfg=None, config=None) -> str:
     """Harmonize ``h.input`` (or every T1w of the BIDS folder ``h.bids_root``: see
@@ -284,14 +338,18 @@ def harmonize(h, harmonizer_dir: str, default_output_dir: str, target_cfg=None,
         raise InputError("--config.harmonize.input (a T1w NIfTI) or --config.harmonize.bids_root "
                          "is required in harmonize mode.")
     out = output_path(h.output, h.input, default_output_dir)   # before any work
+    new_map = new_protocol_setting(h)
     image, img = load_volume(h.input)  # the user's file first: its errors matter most
     harmonizer = _load_harmonizer(h.harmonizer or harmonizer_dir, config)
     target = load_target(harmonizer, target_cfg)
     mask = load_mask(h.mask, h.input, img)
     reading = input_reading(h)
     protocol = reading.protocol()  # every missing or implausible value, named, before any work
+    volume, _ = input_volume(harmonizer, image, img, mask, protocol, h.input,
+                             h.get("resolution", "native"), reading.slice_thickness_mm)
+    new_protocol_maps(harmonizer, [volume], target, new_map)
     outs = harmonize_image(harmonizer, image, img, mask, protocol, h.input,
-                           h.get("resolution", "native"), target)
+                           h.get("resolution", "native"), target, volume)
     stem = output_stem(out)
     write_outputs(outs, img, out, stem + ".json", stem,
                   output_sidecar(harmonizer, reading, h.input, target), reading, h.input)
@@ -323,6 +381,7 @@ def harmonize_bids(h, harmonizer_dir: str, target_cfg, data_cfg, config) -> str:
     from phyjax.data.sidecar import read_site_table
 
     root = h.bids_root
+    new_map = new_protocol_setting(h)
     harmonizer = _load_harmonizer(h.harmonizer or harmonizer_dir, config)
     target = load_target(harmonizer, target_cfg)
     d = data_cfg or {}
@@ -339,13 +398,29 @@ def harmonize_bids(h, harmonizer_dir: str, target_cfg, data_cfg, config) -> str:
                                         f"{(target or harmonizer.target_protocol)}",
                          "Config": config.to_dict() if hasattr(config, "to_dict") else None}],
         "SourceDatasets": [{"URL": "file://" + os.path.abspath(root)}]})
-    written = []
-    for scan in tqdm(scans, desc=f"harmonizing {os.path.basename(root)}"):
+    def volume_of(scan):
         image, img = load_volume(scan.path)
         mask = (load_mask(scan.mask_path, scan.path, img) if scan.mask_path
                 else load_mask("", scan.path, img))
+        volume, _ = input_volume(harmonizer, image, img, mask, scan.protocol, scan.path,
+                                 h.get("resolution", "native"), scan.reading.slice_thickness_mm)
+        return image, img, mask, volume
+
+    if new_map[0] != "none":     # a map per protocol none was learned for, from its scans
+        from phyjax.methods.phycharm import unmapped_protocols
+        from phyjax.data.split import protocols_match
+
+        probe = [SimpleNamespace(protocol=scan.protocol) for scan in scans
+                 if scan.protocol is not None]
+        for p in unmapped_protocols(harmonizer, probe, target):
+            own = [scan for scan in scans if protocols_match(scan.protocol, p)]
+            new_protocol_maps(harmonizer, [volume_of(scan)[3] for scan in own[:NEW_MAP_SCANS]],
+                              target, new_map)
+    written = []
+    for scan in tqdm(scans, desc=f"harmonizing {os.path.basename(root)}"):
+        image, img, mask, volume = volume_of(scan)
         outs = harmonize_image(harmonizer, image, img, mask, scan.protocol, scan.path,
-                               h.get("resolution", "native"), target)
+                               h.get("resolution", "native"), target, volume)
         rel = os.path.relpath(os.path.dirname(scan.path), root)
         base = os.path.basename(scan.path).split(".nii")[0]
         base = base[:-len("_T1w")] if base.endswith("_T1w") else base

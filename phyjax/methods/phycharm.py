@@ -66,7 +66,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from phyjax.config_files import check_number
-from phyjax.data import simulated, synthetic
+from phyjax.data import geometry, simulated, synthetic
 from phyjax.data.nifti import InputError
 from phyjax.data.slices import check_views, slice_mask
 from phyjax.data.split import TrainingSet, protocols_match, require_training_set
@@ -76,7 +76,8 @@ from phyjax.losses import (edge_agreement, gradient_difference, intensity_distri
 from phyjax.methods import networks
 from phyjax.methods.base import fitted_fields, register
 from phyjax.methods.calibration import (CALIBRATE, CalibrationHeads,  # noqa: F401
-                                       calibrate_output, check_calibrate, fit_calibrated,
+                                       calibrate_output, check_calibrate,
+                                       check_calibrate_simulated, fit_calibrated,
                                        fit_site_maps, learn_site_maps, site_map_for)
 from phyjax.models.phycharm import (BASES, PARTIAL_VOLUME, PhyCHarm, reference_signal,
                                     synthesize_maps)
@@ -715,16 +716,45 @@ def _source_scans(train: TrainingSet, method: str) -> tuple[list[str], list]:
                    if site in train.volumes[s]]
 
 
+def heads_settings(config) -> dict:
+    """How the physics makes heads and site maps on them for ``config``: its ``seed`` and
+    ``config.data``'s deformation, tissue jitter, T1 texture, atrophy and partial volume (a
+    user's BIDS config may lack the last two), and ``config.model``'s head count ``n``
+    (``calibrate_simulated``), ``knots`` (``calibrate_knots``) and ``slice_step``
+    (``calibrate_slice_step``).  Saved with a trained PhyCHarm (``cfg["physics_heads"]``) so
+    that harmonize mode makes a new protocol's site map as training made the sites' own
+    (:func:`physics_site_maps`)."""
+    d, m = config.data, config.model
+    return {"seed": int(config.seed), "deform_mm": float(d.deform_mm),
+            "tissue_jitter": float(d.tissue_jitter), "t1_texture": float(d.t1_texture),
+            "atrophy": float(d.get("atrophy", 0.0)),
+            "partial_volume": str(d.get("partial_volume", "signal")),
+            "n": check_calibrate_simulated(m.get("calibrate_simulated", 8),
+                                           "config.model.calibrate_simulated"),
+            "knots": int(m.get("calibrate_knots", 256)),
+            "slice_step": int(m.get("calibrate_slice_step", 1))}
+
+
+def template_voxel(grid_mm) -> int:
+    """The shipped template's resolution (1 or 2 mm; nilearn's MNI152) nearest a grid of voxel
+    sizes ``grid_mm`` (mm): 1 where its finest axis is under 1.5 mm."""
+    return 1 if min(float(x) for x in grid_mm) < 1.5 else 2
+
+
+def physics_heads(settings: dict, n: int, voxel: int, first: int = 0):
+    """``n`` shipped anatomies from index ``first`` (:func:`phyjax.data.simulated.anatomies`)
+    at ``voxel`` mm, made as ``settings`` (:func:`heads_settings`) says."""
+    s = settings
+    return simulated.anatomies(n, s["seed"], voxel, s["deform_mm"], s["tissue_jitter"],
+                               s["t1_texture"], s["atrophy"], s["partial_volume"], first=first)
+
+
 def _shipped_heads(config, train: TrainingSet, n: int, first: int = 0):
-    """``(voxel, heads)``: ``n`` shipped anatomies from index ``first``
-    (:func:`phyjax.data.simulated.anatomies`) as the default dataset makes them (``config.data``'s
-    deformation, jitter, texture, atrophy and partial volume; a user's BIDS config may lack the
-    last two), at the template resolution nearest the training grid (1 or 2 mm, ``voxel``)."""
-    d = config.data
-    voxel = 1 if min(train.grid_mm()) < 1.5 else 2   # the template's resolutions (nilearn)
-    return voxel, simulated.anatomies(n, config.seed, voxel, d.deform_mm, d.tissue_jitter,
-                                      d.t1_texture, float(d.get("atrophy", 0.0)),
-                                      str(d.get("partial_volume", "signal")), first=first)
+    """``(voxel, heads)``: ``n`` shipped anatomies from index ``first`` as the default dataset
+    makes them (:func:`heads_settings`), at the template resolution nearest the training grid
+    (:func:`template_voxel`)."""
+    voxel = template_voxel(train.grid_mm())
+    return voxel, physics_heads(heads_settings(config), n, voxel, first)
 
 
 @register("phycharm", "phycharm_unpaired", harmonizer=PhyCHarmHarmonizer)
@@ -752,7 +782,7 @@ def fit(config, train: TrainingSet, name: str = "phycharm", *, workdir: str,
     context = dict(name=name, workdir=workdir, progress=progress, has_maps=has_maps)
     paired = resolve_pairs(pairs_mode(config.train, name), require_training_set(train))
     check_calibrate_effects(config.model.get("calibrate_effects", "drawn"))  # before training
-    return fit_calibrated(
+    harm = fit_calibrated(
         lambda subset: (networks.fit_ensemble(_fit_network, config, "model", subset, **context)
                         or _fit_network(config, subset, **context)),
         train, config.model, config.seed, "model", paired == "paired", progress, name,
@@ -760,6 +790,8 @@ def fit(config, train: TrainingSet, name: str = "phycharm", *, workdir: str,
         # not read the traveling subjects' target scans for the effects' fit either
         physics_heads=functools.partial(calibration_heads, config, progress=progress,
                                         target_scans=paired == "paired"))
+    harm.cfg["physics_heads"] = heads_settings(config)    # harmonize mode's new-protocol maps
+    return harm
 
 
 def check_calibrate_effects(value) -> str:
@@ -823,6 +855,118 @@ def calibration_heads(config, train: TrainingSet, n: int, progress: bool = False
         sources, names, train.target_protocol(), train.target_site, heads, affine, config.seed,
         profiles, progress, effects=[(site_effects or {}).get(site) for site in names])
     return CalibrationHeads(volumes, train.target_site)
+
+
+#: ``config.harmonize.new_protocol_map``: what a PhyCHarm with site maps does with a scan whose
+#: protocol none of them was learned for (a scanner its training never saw): ``physics`` --
+#: the physics makes that protocol's map at harmonize time, on heads imaged with it
+#: (:func:`physics_site_maps`, docs/phycharm_ablation.md item 72) -- or ``none``: the
+#: network's output, uncalibrated, with a warning (the behaviour before)
+NEW_PROTOCOL_MAPS = ("physics", "none")
+#: ``config.harmonize.new_protocol_effects``: the scanner effects of those heads' scans --
+#: ``drawn`` from :data:`phyjax.data.simulated.EFFECT_RANGES` (as for a model trained without
+#: target-site images, item 70), or ``fitted`` to the scans being harmonized
+#: (:func:`phyjax.data.simulated.fit_site_effects` without a reference: no scan of those
+#: subjects with the target protocol exists)
+NEW_PROTOCOL_EFFECTS = ("drawn", "fitted")
+#: what a harmonize-time map's entry records in place of training sites
+MADE_AT_HARMONIZE = "made by the physics at harmonize time"
+
+
+def check_new_protocol(how, effects) -> tuple[str, str]:
+    """``(how, effects)`` if they are one of :data:`NEW_PROTOCOL_MAPS` and
+    :data:`NEW_PROTOCOL_EFFECTS`, else InputError naming the ``config.harmonize`` key."""
+    if how not in NEW_PROTOCOL_MAPS:
+        raise InputError(f"config.harmonize.new_protocol_map={how!r}; expected one of "
+                         f"{NEW_PROTOCOL_MAPS}.")
+    if effects not in NEW_PROTOCOL_EFFECTS:
+        raise InputError(f"config.harmonize.new_protocol_effects={effects!r}; expected one of "
+                         f"{NEW_PROTOCOL_EFFECTS}.")
+    return how, effects
+
+
+def unmapped_protocols(harmonizer, volumes, target: Protocol | None = None) -> list[Protocol]:
+    """The distinct protocols of ``volumes`` (:func:`phyjax.data.split.protocols_match`) that
+    ``harmonizer``'s site maps would act on for ``target`` (:meth:`PhyCHarmHarmonizer.
+    maps_apply`; None: the fitted one) but that no map was learned for: [] unless it
+    calibrates with ``sites``."""
+    cfg = getattr(harmonizer, "cfg", {})
+    if (cfg.get("calibrate") != "sites" or not hasattr(harmonizer, "maps_apply")
+            or not harmonizer.maps_apply(target)):
+        return []
+    return [p for p in simulated.distinct(v.protocol for v in volumes)
+            if site_map_for(cfg.get("site_maps") or [], p) is None]
+
+
+def physics_site_maps(harmonizer, volumes, target: Protocol | None = None,
+                      effects: str = "drawn", heads: dict | None = None,
+                      progress: bool = False) -> list[dict]:
+    """At harmonize time: a site map for every protocol of ``volumes`` (the scans about to be
+    harmonized, :class:`~phyjax.data.volumes.Volume`) that ``harmonizer`` (a PhyCHarm with
+    ``calibrate="sites"``) has none for (:func:`unmapped_protocols`), made by the physics as
+    training made its own (items 69-71), as ``heads`` (default the saved
+    ``cfg["physics_heads"]``, :func:`heads_settings`) says: its ``n`` shipped anatomies
+    (indices from :data:`phyjax.data.simulated.CALIBRATION_HEADS_FIRST`, never a training head,
+    at the template resolution nearest the scans', :func:`template_voxel`) imaged with that
+    protocol
+    -- the slice profile of the scans' ``SliceThickness`` (:func:`phyjax.data.simulated.
+    slice_profiles`), scanner effects ``effects`` (:data:`NEW_PROTOCOL_EFFECTS`; ``fitted``:
+    read off those of ``volumes`` with the protocol, :func:`phyjax.data.simulated.
+    fit_site_effects`) -- and with the fitted target protocol, clean
+    (:func:`phyjax.data.simulated.calibration_volumes`); the map is quantile matching of the
+    network's outputs on the first onto the second (:func:`phyjax.methods.calibration.
+    fit_site_maps`, with its ``knots`` and ``slice_step``).
+
+    The maps are appended to ``harmonizer.cfg["site_maps"]`` in memory (the saved harmonizer
+    is not changed), so every later scan with the protocol goes through them, and returned;
+    each entry's ``sites`` is empty and ``made`` records how it was made (heads, voxel,
+    effects, the scans read).  Raises InputError for an unknown ``effects``."""
+    check_new_protocol("physics", effects)
+    volumes = list(volumes)
+    missing = unmapped_protocols(harmonizer, volumes, target)
+    if not missing:
+        return []
+    cfg = harmonizer.cfg
+    settings = heads or cfg.get("physics_heads")
+    if settings is None:
+        raise InputError("this PhyCHarm was saved before harmonize-time site maps existed (no "
+                         "physics_heads in its harmonizer.json): retrain it, or set "
+                         "config.harmonize.new_protocol_map=none.")
+    n = settings["n"]
+    made = []
+    for p in missing:
+        own = [v for v in volumes if protocols_match(v.protocol, p)]
+        voxel = template_voxel(min(geometry.zooms(v.grid_affine())) for v in own)
+        shipped = physics_heads(settings, n, voxel, simulated.CALIBRATION_HEADS_FIRST)
+        profile = simulated.slice_profiles([p], own, voxel)[0]
+        fx = fitted = None
+        if effects == "fitted":
+            fx, distance = simulated.fit_site_effects(p, own, shipped[:2], profile,
+                                                      settings["seed"])
+            fitted = {"b1_scale": fx.b1_scale, "b1_curvature": fx.b1_curvature,
+                      "bias_amplitude": fx.bias_amplitude,
+                      "noise_fraction": fx.noise_fraction, "quantile_distance": distance}
+            if progress:
+                print(f"[phycharm] scanner effects read off {len(own)} scan(s) of {p}: B1+ "
+                      f"x{fx.b1_scale:.2f} (drop {fx.b1_curvature:.2f}), bias "
+                      f"{fx.bias_amplitude:.0%}, noise {fx.noise_fraction:.0%}", flush=True)
+        site = "new-protocol"
+        while site == harmonizer.target_site:
+            site += "_"
+        scans = simulated.calibration_volumes(
+            [p], [site], harmonizer.target_protocol, harmonizer.target_site, shipped,
+            synthetic.load_anatomy(voxel)[2], settings["seed"], [profile], progress,
+            effects=[fx])
+        [entry] = fit_site_maps(harmonizer, CalibrationHeads(scans, harmonizer.target_site),
+                                settings["knots"], progress, settings["slice_step"])
+        entry.update(sites=[], made={"by": MADE_AT_HARMONIZE, "heads": n, "voxel_mm": voxel,
+                                     "effects": effects, "fitted_effects": fitted,
+                                     "slice_profile": profile and [float(profile[0]),
+                                                                   int(profile[1])],
+                                     "scans": sorted({str(v.path) for v in own})})
+        cfg["site_maps"] = list(cfg.get("site_maps") or []) + [entry]
+        made.append(entry)
+    return made
 
 
 def pairs_mode(train_cfg, name: str) -> str:
