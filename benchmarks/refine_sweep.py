@@ -53,8 +53,9 @@ def parse_setting(text: str) -> tuple[str, dict]:
         key, _, value = item.partition("=")
         if value in ("True", "False"):
             out[key] = value == "True"
-        elif key in ("calibrate", "tta", "network", "views"):
-            out[key] = value            # p99 | match; none | flip; K | all | 0+2; axial+coronal
+        elif key in ("calibrate", "tta", "network", "views", "new_map"):
+            out[key] = value            # p99 | match; none | flip; K | all | 0+2; axial+coronal;
+                                        # none | drawn | fitted
         elif key == "site_step":
             out[key] = int(value)
         else:
@@ -90,8 +91,14 @@ def main(argv=None) -> None:
                          "timed), and "
                          "tta=none|flip (config.model.tta; default: the saved network's) and "
                          "views=axial+coronal+... (config.model.views: the planes it infers "
-                         "in; default: the saved network's) before them); the name 'none' "
-                         "scores the source image itself")
+                         "in; default: the saved network's) before them), and "
+                         "new_map=none|drawn|fitted with calibrate=sites: the scan's own site "
+                         "map withheld, as for a protocol the training never saw, and none "
+                         "used, or one the physics makes at harmonize time "
+                         "(config.harmonize.new_protocol_map=physics, phycharm."
+                         "physics_site_maps; effects drawn or fitted to the site's first 8 "
+                         "scans among --subjects, as a folder of them is harmonized); the "
+                         "name 'none' scores the source image itself")
     ap.add_argument("--ensemble-run", action="append", default=[],
                     help="further run folder(s) of the same method (e.g. other seeds): the "
                          "setting key network=all averages the outputs of --run and these "
@@ -122,6 +129,7 @@ def main(argv=None) -> None:
 
     harm = load(args.run)
     others = [load(r) for r in args.ensemble_run]
+    saved_tta = harm.cfg.get("tta", "none")     # what the saved maps were learned with
     net_cfg = dict(harm.cfg, refine=dict(harm.cfg.get("refine") or {}, enabled=False),
                    calibrate="none")
     harm.cfg = net_cfg
@@ -176,6 +184,36 @@ def main(argv=None) -> None:
     subjects = split["train" if args.subjects == "train" else "test"]
     if args.max_subjects:
         subjects = subjects[:args.max_subjects]
+    new_maps = {}           # (site, effects) -> the map the physics makes at harmonize time
+
+    def without_own(maps, protocol):
+        from phyjax.data.split import protocols_match
+        from phyjax.methods.base import protocol_from_json
+
+        return [m for m in maps if not protocols_match(protocol_from_json(m["protocol"]),
+                                                       protocol)]
+
+    def new_map(site, effects):
+        if (site, effects) not in new_maps:
+            from phyjax.experiments.harmonize import NEW_MAP_SCANS
+
+            vols = [data.volumes[s][site] for s in subjects
+                    if site in data.volumes[s]][:NEW_MAP_SCANS]
+            saved = harm.cfg
+            harm.cfg = dict(saved, calibrate="sites", tta=saved_tta,
+                            site_maps=without_own(site_maps, vols[0].protocol))
+            t0 = time.perf_counter()
+            try:
+                (made,) = phycharm.physics_site_maps(harm, vols, effects=effects,
+                                                     heads=phycharm.heads_settings(cfg))
+            finally:
+                harm.cfg = saved
+            new_maps[site, effects] = made
+            print(f"{site}: map made by the physics ({effects} effects, {len(vols)} scans) in "
+                  f"{time.perf_counter() - t0:.1f} s; {made['made']['fitted_effects']}",
+                  flush=True)
+        return new_maps[site, effects]
+
     rows = []
     for subject in subjects:
         tgt = data.volumes[subject][data.target_site]
@@ -207,6 +245,10 @@ def main(argv=None) -> None:
                 else:
                     step = s.pop("site_step", None)
                     maps = site_maps if step is None else learned[step][0]
+                    withheld = s.pop("new_map", None)
+                    if withheld is not None:
+                        maps = without_own(maps, vol.protocol) + (
+                            [new_map(site, withheld)] if withheld != "none" else [])
                     calibrate = s.pop("calibrate", False)
                     calibrate = {True: "p99", False: "none"}.get(calibrate, calibrate)
                     st = phycharm.refine_settings(dict(net_cfg["refine"], **s))
