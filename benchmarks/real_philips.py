@@ -12,6 +12,9 @@ harmonizer folder and each resolution mode it reports:
 
 * **detail kept**: SSIM of the high-pass (image minus its Gaussian blur, sigma 1 voxel) of the
   harmonized image against the input's, inside the GM+WM mask (1 = every edge where it was);
+* **contrast**: the output's GM over WM median intensity in FAST's GM and WM (pv > 0.5)
+  relative to the target protocol's, from its signal equation and the 3 T tissue table (1: the
+  target's contrast) -- what a site map puts right or wrong;
 * **anatomy kept**: Dice of the fixed segmenter's (``--segmenter``: the benchmark config's
   ANTs Atropos by default, or DIPY's HMRF, the benchmark's before 2026-11-30) CSF, GM and WM on
   the harmonized image against FAST's, next to the same on the input.
@@ -47,20 +50,18 @@ from phyjax.data.volumes import normalize
 from phyjax.evaluate.metrics import ssim
 from phyjax.evaluate.overlap import TISSUE_LABELS, binary_overlap
 from phyjax.evaluate.segmentation import make_segmenter
-from phyjax.experiments.harmonize import harmonize_image
-from phyjax.physics.sequences import Protocol
+from phyjax.experiments.harmonize import harmonize_image, input_volume, new_protocol_maps
 
 #: the scan's own dcm2niix sidecar (same series of neurolabusc/dcm_qa_philips_enh)
 SIDECAR = os.path.join(os.path.dirname(__file__), "..", "tests", "data", "vendor_t1_sidecars",
                        "Philips_R571_T1TFE_mprage_classic.json")
 
 
-def scan_protocol(sidecar: str = SIDECAR, tr_prep: float = 2.3) -> Protocol:
-    """The scan's protocol: its sidecar read by phyjax (family, readout train, TI, flip, TE, B0),
-    the shot interval ``tr_prep`` (s) filled in as a site table would."""
+def scan_reading(sidecar: str = SIDECAR, tr_prep: float = 2.3):
+    """The scan's sidecar read by phyjax (family, readout train, TI, flip, TE, B0, slice
+    thickness), the shot interval ``tr_prep`` (s) filled in as a site table would."""
     with open(sidecar) as f:
-        reading = read_protocol(json.load(f), sidecar, site_values={"tr_prep_s": tr_prep})
-    return reading.protocol()
+        return read_protocol(json.load(f), sidecar, site_values={"tr_prep_s": tr_prep})
 
 
 def high_pass(x: np.ndarray, sigma: float = 1.0) -> np.ndarray:
@@ -185,10 +186,18 @@ def main(argv=None) -> list[dict]:
                     help="PhyCHarm's data-consistency step: name:key=value,... of "
                          "config.model.refine (e.g. on:enabled=True); one run per value; "
                          "default: as the harmonizer was saved")
+    ap.add_argument("--new-map", action="append", default=None,
+                    choices=("none", "drawn", "fitted"),
+                    help="PhyCHarm: the scan's protocol has no site map; 'none' keeps the "
+                         "network's output (the behaviour before item 72), 'drawn' / 'fitted' "
+                         "has the physics make one first (config.harmonize.new_protocol_map="
+                         "physics with those new_protocol_effects; timed apart); one run per "
+                         "value; default: none")
     ap.add_argument("--figure", default="", help="PNG: input and each native-resolution output "
                     "with FAST's GM boundary (e.g. docs/philips_t1w_harmonized.png)")
     args = ap.parse_args(argv)
-    protocol = scan_protocol(args.sidecar, args.tr_prep)
+    reading = scan_reading(args.sidecar, args.tr_prep)
+    protocol = reading.protocol()
     print("protocol:", protocol, flush=True)
     image, img = load_volume(os.path.join(args.data, "bet.nii.gz"))
     gm, _ = load_volume(os.path.join(args.data, "pve_1.nii.gz"))
@@ -196,43 +205,73 @@ def main(argv=None) -> list[dict]:
     mask, fast = masks_and_labels(image, gm, wm, args.mask)
     segment = benchmark_segmenter(args.segmenter)
     source = normalize(image, mask)
+    pure = {"gm": (gm > 0.5) & mask, "wm": (wm > 0.5) & mask}
+
+    def contrast(x, target):     # GM/WM of x over the target's, by the signal equation
+        from phyjax.methods.phycharm import reference_level, tissue_levels
+
+        levels = np.asarray(tissue_levels(target, reference_level(target)))
+        return float(np.median(x[pure["gm"]]) / np.median(x[pure["wm"]])
+                     / (levels[1] / levels[2]))
+    first_target = methods.load(split_label(args.harmonizer[0])[1]).target_protocol
     rows = [{"harmonizer": "input (no harmonization)", "resolution": "-", "detail_ssim": 1.0,
-             **tissue_dice(segment(source, mask), fast, mask), "seconds": 0.0}]
+             "contrast": contrast(source, first_target),
+             **tissue_dice(segment(source, mask), fast, mask), "seconds": 0.0,
+             "map_seconds": 0.0}]
     shown = []
     from refine_sweep import parse_setting
 
     from phyjax.methods.phycharm import refine_settings
 
-    runs = [(*split_label(spec), parse_setting(r) if r else None)
-            for spec in args.harmonizer for r in (args.refine or [""])]
-    for label, folder, refine in runs:
+    runs = [(*split_label(spec), parse_setting(r) if r else None, new)
+            for spec in args.harmonizer for r in (args.refine or [""])
+            for new in (args.new_map or ["none"])]
+    for label, folder, refine, new in runs:
         h = methods.load(folder)
         tag = ""
         if refine is not None and hasattr(h, "check_target"):
             h.cfg["refine"] = refine_settings(dict(h.cfg.get("refine") or {}, **refine[1]))
             tag = f", refine {refine[0]}"
+        if new != "none":
+            tag += f", physics map ({new} effects)"
         for res in args.resolution or ("native", "training"):
+            if new != "none":   # a fresh model per resolution: the map is made on its grid
+                h = methods.load(folder)
+                if refine is not None and hasattr(h, "check_target"):
+                    h.cfg["refine"] = refine_settings(dict(h.cfg.get("refine") or {},
+                                                           **refine[1]))
+            volume, _ = input_volume(h, image, img, mask, protocol, "bet.nii.gz", res,
+                                     reading.slice_thickness_mm)
             t = time.time()
-            out = harmonize_image(h, image, img, mask, protocol, "bet.nii.gz", res)
+            if new != "none":
+                new_protocol_maps(h, [volume], None, ("physics", new), folder)
+            map_seconds = time.time() - t
+            t = time.time()
+            out = harmonize_image(h, image, img, mask, protocol, "bet.nii.gz", res,
+                                  volume=volume)
             seconds = time.time() - t
             harmonized = out["harmonized"]
             if res == "native":
                 shown.append((f"{h.name} ({label}{tag})", harmonized))
             rows.append({"harmonizer": f"{h.name} ({folder}{tag})", "resolution": res,
                          "detail_ssim": detail_ssim(harmonized, source, mask),
+                         "contrast": contrast(harmonized, h.target_protocol),
                          **tissue_dice(segment(harmonized, mask), fast, mask),
-                         "seconds": seconds})
+                         "seconds": seconds, "map_seconds": map_seconds})
             print(rows[-1], flush=True)
-    lines = [("| harmonizer | resolution | high-pass SSIM vs input | Dice CSF vs FAST | "
-              "Dice GM vs FAST | Dice WM vs FAST | seconds |"), "|---|---|---|---|---|---|---|"]
+    lines = [("| harmonizer | resolution | high-pass SSIM vs input | GM/WM vs target's | "
+              "Dice CSF vs FAST | Dice GM vs FAST | Dice WM vs FAST | seconds | map seconds |"),
+             "|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['harmonizer']} | {r['resolution']} | {r['detail_ssim']:.3f} | "
-              f"{r['dice_csf']:.3f} | {r['dice_gm']:.3f} | {r['dice_wm']:.3f} | "
-              f"{r['seconds']:.1f} |" for r in rows]
+              f"{r['contrast']:.3f} | {r['dice_csf']:.3f} | {r['dice_gm']:.3f} | "
+              f"{r['dice_wm']:.3f} | {r['seconds']:.1f} | {r['map_seconds']:.1f} |"
+              for r in rows]
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         f.write("Real Philips T1w (1 mm), harmonized; `python benchmarks/real_philips.py "
                 + " ".join(f"--harmonizer {x}" for x in args.harmonizer)
                 + "".join(f" --refine {x}" for x in args.refine or [])
+                + "".join(f" --new-map {x}" for x in args.new_map or [])
                 + f" --tr-prep {args.tr_prep:g} --segmenter {args.segmenter} --mask {args.mask}`"
                 f"; segmenter {segment}; mask {args.mask} ({int(mask.sum())} voxels); "
                 f"protocol {protocol}\n\n")

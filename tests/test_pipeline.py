@@ -571,6 +571,39 @@ def test_a_protocol_without_a_map_gets_the_one_the_physics_made_in_training(debu
     if row.get(site, {}).get("n_readouts", -1.0) > 0:
         assert sidecars["static"]["calibrate_site_map"].startswith(method.MADE_AT_HARMONIZE)
     assert json.load(open(bare / "harmonizer.json")) == meta      # the saved model unchanged
+    # a BIDS folder: one map for the protocol, made from its scans, before any is harmonized
+    from phyjax.experiments import harmonize as harmonize_mode
+
+    b_cfg = cfg.copy_and_resolve_references()
+    with b_cfg.unlocked():
+        b_cfg.harmonize.bids_root = split["dataset"]
+        b_cfg.harmonize.output = str(tmp_path / "bids_out")
+        b_cfg.data.site_params = os.path.join(split["dataset"], "code", "site_parameters.tsv")
+    made_calls = []
+    real = method.physics_site_maps
+
+    def counted(*args, **kwargs):
+        made_calls.append(len(args[1]))
+        return real(*args, **kwargs)
+    monkey = pytest.MonkeyPatch()
+    monkey.setattr(method, "physics_site_maps", counted)
+    try:
+        harmonize_mode.harmonize(b_cfg.harmonize, str(bare), "", data_cfg=b_cfg.data,
+                                 config=b_cfg)
+    finally:
+        monkey.undo()
+    def n_scans(session):
+        return min(harmonize_mode.NEW_MAP_SCANS, len(glob.glob(os.path.join(
+            split["dataset"], "sub-*", f"ses-{session}", "anat", "*_T1w.nii.gz"))))
+    # the site's protocol, and the target's own (the target site's scans harmonized to it had
+    # no map either: training learns maps for the source protocols)
+    assert sorted(made_calls) == sorted([n_scans(site), n_scans(harm.target_site)])
+    stem = os.path.join(tmp_path, "bids_out", f"sub-{subject}", f"ses-{site}", "anat",
+                        f"sub-{subject}_ses-{site}_desc-harmonized_T1w")
+    assert json.load(open(stem + ".json"))["PhyjaxHarmonizer"]["calibrate_site_map"].startswith(
+        method.MADE_AT_HARMONIZE)
+    np.testing.assert_allclose(nib.load(stem + ".nii.gz").get_fdata(), written["saved"],
+                               rtol=1e-5, atol=1e-5)
     with h_cfg.unlocked():
         h_cfg.harmonize.new_protocol_map = "guess"
     with pytest.raises(InputError, match=r"config\.harmonize\.new_protocol_map='guess'"):

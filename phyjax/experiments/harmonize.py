@@ -303,20 +303,47 @@ def new_protocol_setting(h) -> tuple[str, str]:
                               h.get("new_protocol_effects", "drawn"))
 
 
-def new_protocol_maps(harmonizer, volumes, target, setting) -> list:
+def run_heads(folder: str) -> dict | None:
+    """How the training run that saved the harmonizer in ``folder`` made its physics' heads
+    (:func:`phyjax.methods.phycharm.heads_settings` of the run's ``config.json``: one folder up
+    for a PhyCHarm run, ``<workdir>/harmonizer``, two for a benchmark's,
+    ``<workdir>/phycharm/harmonizer``), or None where no such file is found.  For a model
+    saved before the settings were saved with it."""
+    import json
+
+    from ml_collections import ConfigDict
+
+    from phyjax.methods.phycharm import heads_settings
+
+    folder = os.path.abspath(folder)
+    for up in (os.path.dirname(folder), os.path.dirname(os.path.dirname(folder))):
+        path = os.path.join(up, "config.json")
+        if os.path.isfile(path):
+            with open(path) as f:
+                return heads_settings(ConfigDict(json.load(f)))
+    return None
+
+
+def new_protocol_maps(harmonizer, volumes, target, setting, folder: str = "") -> list:
     """The site maps PhyCHarm's physics makes, before harmonizing ``volumes``, for their
     protocols that no map was learned for (:func:`phyjax.methods.phycharm.physics_site_maps`;
-    ``setting`` from :func:`new_protocol_setting`; none for ``"none"`` or another method)."""
+    ``setting`` from :func:`new_protocol_setting`; none for ``"none"`` or another method).  A
+    model saved without its heads' settings takes them from its run's config (:func:`run_heads`
+    of the harmonizer's ``folder``)."""
     how, effects = setting
     if how == "none" or not hasattr(harmonizer, "check_target"):
         return []
     from phyjax.methods.phycharm import physics_site_maps, unmapped_protocols
 
     volumes = list(volumes)
-    for p in unmapped_protocols(harmonizer, volumes, target):
+    missing = unmapped_protocols(harmonizer, volumes, target)
+    if not missing:
+        return []
+    for p in missing:
         print(f"[harmonize] no site map was learned for {p}: the physics makes one "
               f"({effects} scanner effects)", flush=True)
-    return physics_site_maps(harmonizer, volumes, target, effects, progress=True)
+    heads = harmonizer.cfg.get("physics_heads") or (run_heads(folder) if folder else None)
+    return physics_site_maps(harmonizer, volumes, target, effects, heads, progress=True)
 
 
 def harmonize(h, harmonizer_dir: str, default_output_dir: str, target_cfg=None,
@@ -347,7 +374,7 @@ def harmonize(h, harmonizer_dir: str, default_output_dir: str, target_cfg=None,
     protocol = reading.protocol()  # every missing or implausible value, named, before any work
     volume, _ = input_volume(harmonizer, image, img, mask, protocol, h.input,
                              h.get("resolution", "native"), reading.slice_thickness_mm)
-    new_protocol_maps(harmonizer, [volume], target, new_map)
+    new_protocol_maps(harmonizer, [volume], target, new_map, h.harmonizer or harmonizer_dir)
     outs = harmonize_image(harmonizer, image, img, mask, protocol, h.input,
                            h.get("resolution", "native"), target, volume)
     stem = output_stem(out)
@@ -415,7 +442,7 @@ def harmonize_bids(h, harmonizer_dir: str, target_cfg, data_cfg, config) -> str:
         for p in unmapped_protocols(harmonizer, probe, target):
             own = [scan for scan in scans if protocols_match(scan.protocol, p)]
             new_protocol_maps(harmonizer, [volume_of(scan)[3] for scan in own[:NEW_MAP_SCANS]],
-                              target, new_map)
+                              target, new_map, h.harmonizer or harmonizer_dir)
     written = []
     for scan in tqdm(scans, desc=f"harmonizing {os.path.basename(root)}"):
         image, img, mask, volume = volume_of(scan)

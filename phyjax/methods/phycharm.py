@@ -930,7 +930,8 @@ def physics_site_maps(harmonizer, volumes, target: Protocol | None = None,
     settings = heads or cfg.get("physics_heads")
     if settings is None:
         raise InputError("this PhyCHarm was saved before harmonize-time site maps existed (no "
-                         "physics_heads in its harmonizer.json): retrain it, or set "
+                         "physics_heads in its harmonizer.json, and no run config.json beside "
+                         "it to read them from): retrain it, or set "
                          "config.harmonize.new_protocol_map=none.")
     n = settings["n"]
     made = []
