@@ -443,3 +443,46 @@ def test_fitted_effects_are_each_site_s_own_and_unknown_ones_are_refused(tmp_pat
         cfg.model.calibrate_effects = "guessed"
     with pytest.raises(InputError, match=r"config\.model\.calibrate_effects='guessed'"):
         calibration_heads(cfg, train, 1)
+
+
+def test_a_harmonize_time_map_keeps_training_s_slice_spacing_and_head_resolution(monkeypatch):
+    # physics_site_maps on 1 mm scans of a model trained at 2 mm: the heads are made at 1 mm
+    # (the template nearest the scans), with the scans' slice thickness, and the map pools
+    # every 2 x slice_step-th slice (training's spacing in mm); at the training grid itself
+    # the step is training's.  The saved settings make the heads.
+    from types import SimpleNamespace
+
+    from phyjax.methods import phycharm
+
+    seen = {}
+
+    def fake_volumes(sources, names, target, target_site, heads, affine, seed, profiles,
+                     progress=False, effects=None):
+        seen.update(voxel=float(abs(affine[0, 0])), n=len(heads), seed=seed,
+                    profile=profiles[0], effects=effects)
+        return {}
+
+    def fake_maps(harmonizer, heads, knots, progress, step):
+        seen.update(knots=knots, step=step)
+        return [{"protocol": {}, "sites": [], "subjects": 0, "output": [0, 1], "target": [0, 1]}]
+    monkeypatch.setattr(simulated, "calibration_volumes", fake_volumes)
+    monkeypatch.setattr(phycharm, "fit_site_maps", fake_maps)
+    monkeypatch.setattr(phycharm, "physics_heads", lambda s, n, voxel, first: [None] * n)
+    settings = {"seed": 3, "deform_mm": 4.0, "tissue_jitter": 0.05, "t1_texture": 0.03,
+                "atrophy": 0.0, "partial_volume": "signal", "n": 4, "knots": 64,
+                "slice_step": 2}
+    harm = SimpleNamespace(cfg={"calibrate": "sites", "site_maps": [],
+                                "physics_heads": settings},
+                           target_protocol=TARGET, target_site="ref", grid_mm=(2.0, 2.0, 2.0),
+                           maps_apply=lambda t: True)
+    for mm, want_voxel, want_step in ((1.0, 1.0, 4), (2.0, 2.0, 2)):
+        mask = np.zeros((8, 8, 8), bool)
+        mask[2:6, 2:6, 2:6] = True
+        scan = Volume("u", "new", SPGR, mask.astype(np.float32), mask, "u.nii.gz",
+                      affine=np.diag([mm, mm, mm, 1.0]), slice_thickness_mm=3 * mm)
+        harm.cfg["site_maps"] = []
+        (made,) = phycharm.physics_site_maps(harm, [scan])
+        assert (seen["voxel"], seen["step"], seen["n"], seen["knots"], seen["seed"]) == (
+            want_voxel, want_step, 4, 64, 3)
+        assert seen["profile"] == (pytest.approx(3.0), 2) and seen["effects"] == [None]
+        assert made["made"]["voxel_mm"] == want_voxel and made["made"]["slice_step"] == want_step

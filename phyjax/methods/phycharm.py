@@ -915,7 +915,8 @@ def physics_site_maps(harmonizer, volumes, target: Protocol | None = None,
     fit_site_effects`) -- and with the fitted target protocol, clean
     (:func:`phyjax.data.simulated.calibration_volumes`); the map is quantile matching of the
     network's outputs on the first onto the second (:func:`phyjax.methods.calibration.
-    fit_site_maps`, with its ``knots`` and ``slice_step``).
+    fit_site_maps`, with its ``knots``, and its ``slice_step`` at the slice spacing in mm it
+    had in training: heads finer than training's take proportionally more steps).
 
     The maps are appended to ``harmonizer.cfg["site_maps"]`` in memory (the saved harmonizer
     is not changed), so every later scan with the protocol goes through them, and returned;
@@ -958,9 +959,15 @@ def physics_site_maps(harmonizer, volumes, target: Protocol | None = None,
             [p], [site], harmonizer.target_protocol, harmonizer.target_site, shipped,
             synthetic.load_anatomy(voxel)[2], settings["seed"], [profile], progress,
             effects=[fx])
+        # every slice_step-th slice at the spacing in mm training's maps had (its heads at
+        # the template resolution nearest its grid): 1 mm heads of a 2 mm model take every
+        # 2 x slice_step-th -- as many slices, each with 4 x the voxels, at half the cost
+        trained = template_voxel(harmonizer.grid_mm) if harmonizer.grid_mm else voxel
+        step = max(1, round(settings["slice_step"] * trained / voxel))
         [entry] = fit_site_maps(harmonizer, CalibrationHeads(scans, harmonizer.target_site),
-                                settings["knots"], progress, settings["slice_step"])
+                                settings["knots"], progress, step)
         entry.update(sites=[], made={"by": MADE_AT_HARMONIZE, "heads": n, "voxel_mm": voxel,
+                                     "slice_step": step,
                                      "effects": effects, "fitted_effects": fitted,
                                      "slice_profile": profile and [float(profile[0]),
                                                                    int(profile[1])],
