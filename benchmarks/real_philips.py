@@ -233,7 +233,7 @@ def main(argv=None) -> list[dict]:
             h.cfg["refine"] = refine_settings(dict(h.cfg.get("refine") or {}, **refine[1]))
             tag = f", refine {refine[0]}"
         if new != "none":
-            tag += f", physics map ({new} effects)"
+            tag += ", physics map" + (" (fitted)" if new == "fitted" else "")
         for res in args.resolution or ("native", "training"):
             if new != "none":   # a fresh model per resolution: the map is made on its grid
                 h = methods.load(folder)
