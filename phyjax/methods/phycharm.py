@@ -729,8 +729,7 @@ def heads_settings(config) -> dict:
             "tissue_jitter": float(d.tissue_jitter), "t1_texture": float(d.t1_texture),
             "atrophy": float(d.get("atrophy", 0.0)),
             "partial_volume": str(d.get("partial_volume", "signal")),
-            "n": check_calibrate_simulated(m.get("calibrate_simulated", 8),
-                                           "config.model.calibrate_simulated"),
+            "n": m.get("calibrate_simulated", 8),   # checked where used (maps only)
             "knots": int(m.get("calibrate_knots", 256)),
             "slice_step": int(m.get("calibrate_slice_step", 1))}
 
@@ -934,7 +933,7 @@ def physics_site_maps(harmonizer, volumes, target: Protocol | None = None,
                          "physics_heads in its harmonizer.json, and no run config.json beside "
                          "it to read them from): retrain it, or set "
                          "config.harmonize.new_protocol_map=none.")
-    n = settings["n"]
+    n = check_calibrate_simulated(settings["n"], "config.model.calibrate_simulated")
     made = []
     for p in missing:
         own = [v for v in volumes if protocols_match(v.protocol, p)]
