@@ -449,7 +449,8 @@ def get_config(arg: str | None = None) -> ConfigDict:
     # A scan whose protocol no site map was learned for (model.calibrate=sites; a scanner the
     # training never saw): "physics" -- the physics makes that protocol's map before it is
     # harmonized, as training made the sites' own (model.calibrate_simulated heads imaged with
-    # it and with the target; ~1-3 min per new protocol, once per run; in memory only, the
+    # it and with the target; per new protocol, once per run, on one core: ~25 s at 2 mm and
+    # ~2.4 min at 1 mm with 8 heads, twice that with 16; in memory only, the
     # saved harmonizer is not changed; docs/phycharm_ablation.md item 72) -- or "none": the
     # network's output, uncalibrated, with a warning. The heads' scanner effects are "drawn"
     # (as for a model trained without target-site images, item 70) or "fitted" to the scans
