@@ -226,21 +226,23 @@ def main(argv=None) -> list[dict]:
     runs = [(*split_label(spec), parse_setting(r) if r else None, new)
             for spec in args.harmonizer for r in (args.refine or [""])
             for new in (args.new_map or ["none"])]
-    for label, folder, refine, new in runs:
+    def loaded(folder, refine):         # the saved harmonizer, with the --refine setting
         h = methods.load(folder)
-        tag = ""
         if refine is not None and hasattr(h, "check_target"):
             h.cfg["refine"] = refine_settings(dict(h.cfg.get("refine") or {}, **refine[1]))
+        return h
+
+    for label, folder, refine, new in runs:
+        h = loaded(folder, refine)
+        tag = ""
+        if refine is not None and hasattr(h, "check_target"):
             tag = f", refine {refine[0]}"
         if new != "none":
             tag += ", physics map" + (" (fitted)" if new == "fitted" else "")
         for res in args.resolution or ("native", "training"):
             if new != "none":   # a fresh model per resolution: the map is made on its grid
-                h = methods.load(folder)
-                if refine is not None and hasattr(h, "check_target"):
-                    h.cfg["refine"] = refine_settings(dict(h.cfg.get("refine") or {},
-                                                           **refine[1]))
-            volume, _ = input_volume(h, image, img, mask, protocol, "bet.nii.gz", res,
+                h = loaded(folder, refine)
+            volume = input_volume(h, image, img, mask, protocol, "bet.nii.gz", res,
                                      reading.slice_thickness_mm)
             t = time.time()
             if new != "none":

@@ -43,6 +43,9 @@ def main(argv=None) -> None:
     ap.add_argument("--subjects", type=int, default=6)
     args = ap.parse_args(argv)
     cfg, _ = read_run(args.run)
+    from phyjax.methods.phycharm import heads_settings, physics_heads
+
+    settings = heads_settings(cfg)      # the run's own physics heads, as training made them
     with cfg.unlocked():
         cfg.data.seed = args.data_seed
     data = load_dataset(cfg.data, progress=False, paired=True)
@@ -56,11 +59,7 @@ def main(argv=None) -> None:
     template, _, affine = synthetic.load_anatomy(voxel)
     heads = [simulated.Anatomy(*synthetic.dataset_subject(cfg.data, int(s) - 1, template),
                                partial_volume=str(cfg.data.partial_volume)) for s in subjects]
-    from phyjax.methods.phycharm import heads_settings, physics_heads
-
-    run_cfg, _ = read_run(args.run)     # the run's own physics heads, as training made them
-    made = physics_heads(heads_settings(run_cfg), int(run_cfg.model.calibrate_simulated), voxel,
-                         simulated.CALIBRATION_HEADS_FIRST)
+    made = physics_heads(settings, int(settings["n"]), voxel, simulated.CALIBRATION_HEADS_FIRST)
     for name, group in (("the scored heads", heads), ("the run's physics heads", made)):
         f = np.array([a.probs[:, a.mask].sum(1) / a.mask.sum() for a in group])
         print(f"{name} ({len(group)}): CSF / GM / WM fraction of the mask "

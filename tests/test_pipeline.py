@@ -488,19 +488,20 @@ def test_a_protocol_without_a_map_gets_the_one_the_physics_made_in_training(debu
                   if protocols_match(protocol_from_json(m["protocol"]), first)]
     harm.cfg["site_maps"] = [m for m in harm.cfg["site_maps"] if m is not learned]
     own = [v for v in scans if protocols_match(v.protocol, first)]
-    assert method.unmapped_protocols(harm, own) == [first]
+    assert method.unmapped_protocols(harm, [v.protocol for v in own]) == [first]
     (made,) = method.physics_site_maps(harm, own)
     np.testing.assert_allclose(made["output"], learned["output"], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(made["target"], learned["target"], rtol=1e-5, atol=1e-6)
     assert made["sites"] == [] and made["made"]["heads"] == cfg.model.calibrate_simulated
     assert made["made"]["effects"] == "drawn" and made["made"]["fitted_effects"] is None
-    assert harm.cfg["site_maps"][-1] is made and method.unmapped_protocols(harm, own) == []
+    assert harm.cfg["site_maps"][-1] is made
+    assert method.unmapped_protocols(harm, [v.protocol for v in own]) == []
     assert method.physics_site_maps(harm, own) == []          # once per protocol
     # another target than the fitted one: no map applies, none is made
     other = dataclasses.replace(harm.target_protocol, tr=harm.target_protocol.tr + 0.1)
     harm.cfg["site_maps"] = [m for m in harm.cfg["site_maps"] if m is not made]
     harm.maps_apply = lambda t: t is None
-    assert method.unmapped_protocols(harm, own, other) == []
+    assert method.unmapped_protocols(harm, [v.protocol for v in own], other) == []
     del harm.maps_apply
     # fitted effects: read off the scans given, and the heads imaged with them
     seen = []

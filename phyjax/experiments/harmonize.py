@@ -10,7 +10,6 @@ goes a JSON sidecar with the target protocol and every value's origin and assump
 from __future__ import annotations
 
 import os
-from types import SimpleNamespace
 
 import nibabel as nib
 import numpy as np
@@ -71,15 +70,15 @@ def working_grid(image: np.ndarray, affine, mask: np.ndarray, voxel_mm):
 
 def input_volume(harmonizer, image: np.ndarray, img, mask: np.ndarray, protocol: Protocol,
                  path: str, resolution: str = "native",
-                 slice_thickness_mm: float | None = None) -> tuple[Volume, bool]:
-    """``(volume, resampled)``: the input as the network reads it -- normalized as in training,
-    on the grid ``resolution`` asks for: ``native`` runs the network at the input's own voxel
-    size (reoriented to axis-aligned RAS only when it is not: 1 mm in, 1 mm detail out);
-    ``training`` resamples onto the harmonizer's training voxel size and back (the behaviour
-    before issue 12); ``resampled``: whether that grid is not the file's.  The sidecar's
-    ``slice_thickness_mm`` and the file's slice direction are kept (a new protocol's physics
-    map images its heads with that slice profile).  Raises InputError for an unknown
-    resolution."""
+                 slice_thickness_mm: float | None = None) -> Volume:
+    """The input as the network reads it (a :class:`~phyjax.data.volumes.Volume`) --
+    normalized as in training, on the grid ``resolution`` asks for: ``native`` runs the network
+    at the input's own voxel size (reoriented to axis-aligned RAS only when it is not: 1 mm in,
+    1 mm detail out); ``training`` resamples onto the harmonizer's training voxel size and back
+    (the behaviour before issue 12).  Its ``resampled`` says whether that grid is not the
+    file's.  The sidecar's ``slice_thickness_mm`` and the file's slice direction are kept (a
+    new protocol's physics map images its heads with that slice profile).  Raises InputError
+    for an unknown resolution."""
     if resolution not in ("native", "training"):
         raise InputError(f"config.harmonize.resolution={resolution!r}; expected 'native' or "
                          "'training'.")
@@ -89,7 +88,7 @@ def input_volume(harmonizer, image: np.ndarray, img, mask: np.ndarray, protocol:
     return Volume(subject="input", site="input", protocol=protocol,
                   image=normalize(data, grid_mask), mask=grid_mask, path=path, affine=grid,
                   resampled=resampled, slice_thickness_mm=slice_thickness_mm,
-                  slice_axis=slice_axis(affine)), resampled
+                  slice_axis=slice_axis(affine))
 
 
 def harmonize_image(harmonizer, image: np.ndarray, img, mask: np.ndarray, protocol: Protocol,
@@ -102,7 +101,7 @@ def harmonize_image(harmonizer, image: np.ndarray, img, mask: np.ndarray, protoc
     output is 0 outside ``mask``.  Raises InputError for an unknown resolution.
     """
     if volume is None:
-        volume, _ = input_volume(harmonizer, image, img, mask, protocol, path, resolution)
+        volume = input_volume(harmonizer, image, img, mask, protocol, path, resolution)
     affine = np.asarray(img.affine, np.float64)
     grid, grid_mask, resampled = volume.grid_affine(), volume.mask, volume.resampled
     if hasattr(harmonizer, "check_target"):                 # PhyCHarm: any target, and maps
@@ -333,15 +332,8 @@ def new_protocol_maps(harmonizer, volumes, target, setting, folder: str = "") ->
     how, effects = setting
     if how == "none" or not hasattr(harmonizer, "check_target"):
         return []
-    from phyjax.methods.phycharm import physics_site_maps, unmapped_protocols
+    from phyjax.methods.phycharm import physics_site_maps
 
-    volumes = list(volumes)
-    missing = unmapped_protocols(harmonizer, volumes, target)
-    if not missing:
-        return []
-    for p in missing:
-        print(f"[harmonize] no site map was learned for {p}: the physics makes one "
-              f"({effects} scanner effects)", flush=True)
     heads = harmonizer.cfg.get("physics_heads") or (run_heads(folder) if folder else None)
     return physics_site_maps(harmonizer, volumes, target, effects, heads, progress=True)
 
@@ -372,7 +364,7 @@ def harmonize(h, harmonizer_dir: str, default_output_dir: str, target_cfg=None,
     mask = load_mask(h.mask, h.input, img)
     reading = input_reading(h)
     protocol = reading.protocol()  # every missing or implausible value, named, before any work
-    volume, _ = input_volume(harmonizer, image, img, mask, protocol, h.input,
+    volume = input_volume(harmonizer, image, img, mask, protocol, h.input,
                              h.get("resolution", "native"), reading.slice_thickness_mm)
     new_protocol_maps(harmonizer, [volume], target, new_map, h.harmonizer or harmonizer_dir)
     outs = harmonize_image(harmonizer, image, img, mask, protocol, h.input,
@@ -429,7 +421,7 @@ def harmonize_bids(h, harmonizer_dir: str, target_cfg, data_cfg, config) -> str:
         image, img = load_volume(scan.path)
         mask = (load_mask(scan.mask_path, scan.path, img) if scan.mask_path
                 else load_mask("", scan.path, img))
-        volume, _ = input_volume(harmonizer, image, img, mask, scan.protocol, scan.path,
+        volume = input_volume(harmonizer, image, img, mask, scan.protocol, scan.path,
                                  h.get("resolution", "native"), scan.reading.slice_thickness_mm)
         return image, img, mask, volume
 
@@ -437,9 +429,8 @@ def harmonize_bids(h, harmonizer_dir: str, target_cfg, data_cfg, config) -> str:
         from phyjax.methods.phycharm import unmapped_protocols
         from phyjax.data.split import protocols_match
 
-        probe = [SimpleNamespace(protocol=scan.protocol) for scan in scans
-                 if scan.protocol is not None]
-        for p in unmapped_protocols(harmonizer, probe, target):
+        for p in unmapped_protocols(harmonizer, [scan.protocol for scan in scans
+                                                 if scan.protocol is not None], target):
             own = [scan for scan in scans if protocols_match(scan.protocol, p)]
             new_protocol_maps(harmonizer, [volume_of(scan)[3] for scan in own[:NEW_MAP_SCANS]],
                               target, new_map, h.harmonizer or harmonizer_dir)

@@ -884,8 +884,8 @@ def check_new_protocol(how, effects) -> tuple[str, str]:
     return how, effects
 
 
-def unmapped_protocols(harmonizer, volumes, target: Protocol | None = None) -> list[Protocol]:
-    """The distinct protocols of ``volumes`` (:func:`phyjax.data.split.protocols_match`) that
+def unmapped_protocols(harmonizer, protocols, target: Protocol | None = None) -> list[Protocol]:
+    """The distinct ones of ``protocols`` (:func:`phyjax.data.split.protocols_match`) that
     ``harmonizer``'s site maps would act on for ``target`` (:meth:`PhyCHarmHarmonizer.
     maps_apply`; None: the fitted one) but that no map was learned for: [] unless it
     calibrates with ``sites``."""
@@ -893,7 +893,7 @@ def unmapped_protocols(harmonizer, volumes, target: Protocol | None = None) -> l
     if (cfg.get("calibrate") != "sites" or not hasattr(harmonizer, "maps_apply")
             or not harmonizer.maps_apply(target)):
         return []
-    return [p for p in simulated.distinct(v.protocol for v in volumes)
+    return [p for p in simulated.distinct(protocols)
             if site_map_for(cfg.get("site_maps") or [], p) is None]
 
 
@@ -923,9 +923,13 @@ def physics_site_maps(harmonizer, volumes, target: Protocol | None = None,
     effects, the scans read).  Raises InputError for an unknown ``effects``."""
     check_new_protocol("physics", effects)
     volumes = list(volumes)
-    missing = unmapped_protocols(harmonizer, volumes, target)
+    missing = unmapped_protocols(harmonizer, [v.protocol for v in volumes], target)
     if not missing:
         return []
+    if progress:
+        for p in missing:
+            print(f"[harmonize] no site map was learned for {p}: the physics makes one "
+                  f"({effects} scanner effects)", flush=True)
     cfg = harmonizer.cfg
     settings = heads or cfg.get("physics_heads")
     if settings is None:
