@@ -450,13 +450,20 @@ def get_config(arg: str | None = None) -> ConfigDict:
     # training never saw): "physics" -- the physics makes that protocol's map before it is
     # harmonized, as training made the sites' own (model.calibrate_simulated heads imaged with
     # it and with the target; per new protocol, once per run, on one core: ~25 s at 2 mm and
-    # ~2.4 min at 1 mm with 8 heads, twice that with 16; in memory only, the
-    # saved harmonizer is not changed; docs/phycharm_ablation.md item 72) -- or "none": the
-    # network's output, uncalibrated, with a warning. The heads' scanner effects are "drawn"
+    # ~2.4 min at 1 mm with 8 heads, twice that with 16; its harmonizer.json is not changed,
+    # the map is kept beside it: new_protocol_cache; docs/phycharm_ablation.md item 72) -- or
+    # "none": the network's output, uncalibrated, with a warning. The heads' scanner effects
+    # are "drawn"
     # (as for a model trained without target-site images, item 70) or "fitted" to the scans
     # being harmonized (phyjax.data.simulated.fit_site_effects; ~20 s more).
     h.new_protocol_map = "physics"
     h.new_protocol_effects = "drawn"
+    # where each such map is kept, so the next run with the same model, protocol and settings
+    # reads it instead of making it again (phyjax.methods.map_cache: a file per map, used only
+    # when the network, its settings, the target, the protocol, slice thickness and heads are
+    # those it was made with): "harmonizer" (<harmonizer>/new_protocol_maps/), "off", or a
+    # folder (for a model in a read-only place)
+    h.new_protocol_cache = "harmonizer"
     # Which of config.model's inference settings (refine, calibrate, tta) replace the saved
     # harmonizer's: phyjax.main fills it with those given on the command line, so a harmonizer
     # trained with, e.g., tta=none keeps it unless --config.model.tta=... is given.  None (a

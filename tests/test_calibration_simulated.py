@@ -4,6 +4,7 @@ docs/phycharm_ablation.md items 69, 70), and a site's scanner effects read off i
 (phyjax.data.simulated.fit_site_effects)."""
 
 import dataclasses
+import json
 
 import jax
 import numpy as np
@@ -486,3 +487,90 @@ def test_a_harmonize_time_map_keeps_training_s_slice_spacing_and_head_resolution
             want_voxel, want_step, 4, 64, 3)
         assert seen["profile"] == (pytest.approx(3.0), 2) and seen["effects"] == [None]
         assert made["made"]["voxel_mm"] == want_voxel and made["made"]["slice_step"] == want_step
+
+
+def test_a_harmonize_time_map_is_kept_and_read_back_only_for_what_it_was_made_with(
+        monkeypatch, tmp_path):
+    # config.harmonize.new_protocol_cache (phyjax.methods.map_cache): the map made for a new
+    # protocol is kept in a folder, and the next call with the same network, settings and
+    # scans reads it back -- the knots the physics made (the oracle: the first call's), without
+    # making them again -- while another network, inference setting or slice thickness, a
+    # corrupt or tampered file, makes it again; a folder that cannot be written to warns.
+    import os
+    import warnings
+    from types import SimpleNamespace
+
+    from phyjax.methods import map_cache, phycharm
+
+    calls = []
+
+    def fake_volumes(sources, names, target, target_site, heads, affine, seed, profiles,
+                     progress=False, effects=None):
+        return {}
+
+    def fake_maps(harmonizer, heads, knots, progress, step):
+        calls.append(step)
+        lo = float(len(calls))          # each making gives other knots
+        return [{"protocol": {}, "sites": [], "subjects": 4, "output": [0.0, lo, 2 * lo],
+                 "target": [0.0, 1.0, 3.0]}]
+    monkeypatch.setattr(simulated, "calibration_volumes", fake_volumes)
+    monkeypatch.setattr(phycharm, "fit_site_maps", fake_maps)
+    monkeypatch.setattr(phycharm, "physics_heads", lambda s, n, voxel, first: [None] * n)
+    settings = {"seed": 3, "deform_mm": 4.0, "tissue_jitter": 0.05, "t1_texture": 0.03,
+                "atrophy": 0.0, "partial_volume": "signal", "n": 4, "knots": 3,
+                "slice_step": 2}
+    harm = SimpleNamespace(cfg={"calibrate": "sites", "site_maps": [], "tta": "flip",
+                                "physics_heads": settings},
+                           params={"w": np.arange(6, dtype=np.float32)},
+                           target_protocol=TARGET, target_site="ref", grid_mm=(2.0, 2.0, 2.0),
+                           maps_apply=lambda t: True)
+    mask = np.zeros((8, 8, 8), bool)
+    mask[2:6, 2:6, 2:6] = True
+
+    def scan(thickness):
+        return Volume("u", "new", SPGR, mask.astype(np.float32), mask, "u.nii.gz",
+                      affine=np.diag([2.0, 2.0, 2.0, 1.0]), slice_thickness_mm=thickness)
+
+    def make(thickness=6.0, cache=str(tmp_path / "kept")):
+        harm.cfg["site_maps"] = []
+        (entry,) = phycharm.physics_site_maps(harm, [scan(thickness)], cache=cache)
+        return entry
+    first = make()
+    assert len(calls) == 1 and first["output"] == [0.0, 1.0, 2.0]
+    (path,) = [str(p) for p in (tmp_path / "kept").iterdir()]
+    assert first["made"]["kept"] == path
+    again = make()
+    assert len(calls) == 1                              # read back, not made
+    assert (again["output"], again["target"]) == (first["output"], first["target"])
+    assert again["made"] == first["made"]
+    assert make(cache=None)["made"]["kept"] is None and len(calls) == 2   # off: made
+    # what the map depends on: each change makes another one, in another file
+    make(thickness=8.0)
+    assert len(calls) == 3
+    harm.cfg["tta"] = "none"
+    make()
+    assert len(calls) == 4
+    harm.params = {"w": np.arange(6, dtype=np.float32) + 1}
+    make()
+    assert len(calls) == 5 and len(os.listdir(tmp_path / "kept")) == 4
+    # a tampered file: another key, or knots that are not a map -- made again, with a warning
+    harm.cfg["tta"], harm.params = "flip", {"w": np.arange(6, dtype=np.float32)}
+    kept = json.load(open(path))
+    for bad in (dict(kept, key=dict(kept["key"], network="0" * 64)),
+                dict(kept, map={"output": [0.0, float("nan")], "target": [0.0, 1.0]}),
+                "{not json"):
+        with open(path, "w") as f:
+            f.write(bad if isinstance(bad, str) else json.dumps(bad))
+        n = len(calls)
+        with pytest.warns(UserWarning, match="made again"):
+            make()
+        assert len(calls) == n + 1 and len(json.load(open(path))["map"]["output"]) == 3
+    # a folder that cannot be written to: the map is made, and the warning says so
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    with pytest.warns(UserWarning, match="cannot be kept there"):
+        entry = make(cache=str(blocked / "sub"))
+    assert entry["made"]["kept"] is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert map_cache.load(str(tmp_path / "nowhere"), {"a": 1})[0] is None

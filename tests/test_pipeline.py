@@ -538,8 +538,13 @@ def test_a_protocol_without_a_map_gets_the_one_the_physics_made_in_training(debu
     written, sidecars = {}, {}
     # "static": without the readout train the site table gives (GE's sidecar has no readout
     # count), the scan's protocol is the static form, which no training map is for
+    # "kept": the same harmonize run again reads the map "made" kept beside the model
+    # (config.harmonize.new_protocol_cache) instead of making it
+    def not_again(*args, **kwargs):
+        raise AssertionError("the kept map was made again")
     for name, folder, how in (("saved", "", "physics"), ("made", str(bare), "physics"),
-                              ("none", str(bare), "none"), ("static", "", "physics")):
+                              ("kept", str(bare), "physics"), ("none", str(bare), "none"),
+                              ("static", "", "physics")):
         h_cfg = cfg.copy_and_resolve_references()
         with h_cfg.unlocked():
             h_cfg.mode = "harmonize"
@@ -551,12 +556,18 @@ def test_a_protocol_without_a_map_gets_the_one_the_physics_made_in_training(debu
             h_cfg.harmonize.figure = False
             h_cfg.harmonize.harmonizer = folder
             h_cfg.harmonize.new_protocol_map = how
+            if not folder:      # nothing kept in the shared run's harmonizer folder
+                h_cfg.harmonize.new_protocol_cache = "off"
             h_cfg.harmonize.tr = row.get(site, {}).get("tr_prep_s", -1.0)
             if name != "static":
                 h_cfg.harmonize.n_readouts = row.get(site, {}).get("n_readouts", -1.0)
                 h_cfg.harmonize.tr_readout = row.get(site, {}).get("tr_readout_s", -1.0)
         if how == "none":
             with pytest.warns(UserWarning, match="no site map was learned"):
+                written[name] = nib.load(phycharm.run(h_cfg, workdir)).get_fdata()
+        elif name == "kept":
+            with pytest.MonkeyPatch.context() as m:
+                m.setattr(method, "fit_site_maps", not_again)
                 written[name] = nib.load(phycharm.run(h_cfg, workdir)).get_fdata()
         else:
             written[name] = nib.load(phycharm.run(h_cfg, workdir)).get_fdata()
@@ -567,6 +578,10 @@ def test_a_protocol_without_a_map_gets_the_one_the_physics_made_in_training(debu
     assert sidecars["saved"]["calibrate_site_map_made"] is None
     assert sidecars["made"]["calibrate_site_map"].startswith(method.MADE_AT_HARMONIZE)
     assert sidecars["made"]["calibrate_site_map_made"]["effects"] == "drawn"
+    np.testing.assert_array_equal(written["kept"], written["made"])
+    assert sidecars["kept"] == sidecars["made"]
+    (kept,) = glob.glob(str(bare / "new_protocol_maps" / "*.json"))
+    assert sidecars["made"]["calibrate_site_map_made"]["kept"] == kept
     assert sidecars["none"]["calibrate_site_map"] == "none learned for this protocol: " \
         "uncalibrated"
     if row.get(site, {}).get("n_readouts", -1.0) > 0:

@@ -323,19 +323,38 @@ def run_heads(folder: str) -> dict | None:
     return None
 
 
-def new_protocol_maps(harmonizer, volumes, target, setting, folder: str = "") -> list:
+def new_protocol_cache(h, folder: str) -> str | None:
+    """The folder harmonize-time site maps are kept in (``config.harmonize.
+    new_protocol_cache``: ``"harmonizer"``, the default -- ``<folder>/new_protocol_maps``, beside
+    the harmonizer in ``folder`` --, ``"off"``, or a folder of the user's), or None: not kept.
+    Raises InputError for anything else than a non-empty string."""
+    from phyjax.methods import map_cache
+
+    value = h.get("new_protocol_cache", "harmonizer")
+    if not isinstance(value, str) or not value.strip():
+        raise InputError(f"config.harmonize.new_protocol_cache={value!r}; expected "
+                         "'harmonizer' (beside the model), 'off', or a folder.")
+    if value == "off":
+        return None
+    return os.path.join(folder, map_cache.FOLDER) if value == "harmonizer" else value
+
+
+def new_protocol_maps(harmonizer, volumes, target, setting, folder: str = "",
+                      cache: str | None = None) -> list:
     """The site maps PhyCHarm's physics makes, before harmonizing ``volumes``, for their
     protocols that no map was learned for (:func:`phyjax.methods.phycharm.physics_site_maps`;
-    ``setting`` from :func:`new_protocol_setting`; none for ``"none"`` or another method).  A
-    model saved without its heads' settings takes them from its run's config (:func:`run_heads`
-    of the harmonizer's ``folder``)."""
+    ``setting`` from :func:`new_protocol_setting`; none for ``"none"`` or another method), kept
+    in and read from ``cache`` (a folder, :func:`new_protocol_cache`; None: made every time).
+    A model saved without its heads' settings takes them from its run's config
+    (:func:`run_heads` of the harmonizer's ``folder``)."""
     how, effects = setting
     if how == "none" or not hasattr(harmonizer, "check_target"):
         return []
     from phyjax.methods.phycharm import physics_site_maps
 
     heads = harmonizer.cfg.get("physics_heads") or (run_heads(folder) if folder else None)
-    return physics_site_maps(harmonizer, volumes, target, effects, heads, progress=True)
+    return physics_site_maps(harmonizer, volumes, target, effects, heads, progress=True,
+                             cache=cache)
 
 
 def harmonize(h, harmonizer_dir: str, default_output_dir: str, target_cfg=None,
@@ -358,15 +377,17 @@ def harmonize(h, harmonizer_dir: str, default_output_dir: str, target_cfg=None,
                          "is required in harmonize mode.")
     out = output_path(h.output, h.input, default_output_dir)   # before any work
     new_map = new_protocol_setting(h)
+    folder = h.harmonizer or harmonizer_dir
+    kept_in = new_protocol_cache(h, folder)
     image, img = load_volume(h.input)  # the user's file first: its errors matter most
-    harmonizer = _load_harmonizer(h.harmonizer or harmonizer_dir, config)
+    harmonizer = _load_harmonizer(folder, config)
     target = load_target(harmonizer, target_cfg)
     mask = load_mask(h.mask, h.input, img)
     reading = input_reading(h)
     protocol = reading.protocol()  # every missing or implausible value, named, before any work
     volume = input_volume(harmonizer, image, img, mask, protocol, h.input,
                              h.get("resolution", "native"), reading.slice_thickness_mm)
-    new_protocol_maps(harmonizer, [volume], target, new_map, h.harmonizer or harmonizer_dir)
+    new_protocol_maps(harmonizer, [volume], target, new_map, folder, kept_in)
     outs = harmonize_image(harmonizer, image, img, mask, protocol, h.input,
                            h.get("resolution", "native"), target, volume)
     stem = output_stem(out)
@@ -401,7 +422,9 @@ def harmonize_bids(h, harmonizer_dir: str, target_cfg, data_cfg, config) -> str:
 
     root = h.bids_root
     new_map = new_protocol_setting(h)
-    harmonizer = _load_harmonizer(h.harmonizer or harmonizer_dir, config)
+    folder = h.harmonizer or harmonizer_dir
+    kept_in = new_protocol_cache(h, folder)
+    harmonizer = _load_harmonizer(folder, config)
     target = load_target(harmonizer, target_cfg)
     d = data_cfg or {}
     table = read_site_table(d["site_params"]) if d.get("site_params") else None
@@ -433,7 +456,7 @@ def harmonize_bids(h, harmonizer_dir: str, target_cfg, data_cfg, config) -> str:
                                                  if scan.protocol is not None], target):
             own = [scan for scan in scans if protocols_match(scan.protocol, p)]
             new_protocol_maps(harmonizer, [volume_of(scan)[3] for scan in own[:NEW_MAP_SCANS]],
-                              target, new_map, h.harmonizer or harmonizer_dir)
+                              target, new_map, folder, kept_in)
     written = []
     for scan in tqdm(scans, desc=f"harmonizing {os.path.basename(root)}"):
         image, img, mask, volume = volume_of(scan)

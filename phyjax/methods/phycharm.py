@@ -73,8 +73,8 @@ from phyjax.data.split import TrainingSet, protocols_match, require_training_set
 from phyjax.losses import (edge_agreement, gradient_difference, intensity_distribution, masked_l1,
                            mixture_consistency, physics_consistency, r1_m0_map_loss, ssim_loss,
                            tissue_consistency, tissue_distribution)
-from phyjax.methods import networks
-from phyjax.methods.base import fitted_fields, register
+from phyjax.methods import map_cache, networks
+from phyjax.methods.base import fitted_fields, protocol_to_json, register
 from phyjax.methods.calibration import (CALIBRATE, CalibrationHeads,  # noqa: F401
                                        calibrate_output, check_calibrate,
                                        check_calibrate_simulated, fit_calibrated,
@@ -899,7 +899,7 @@ def unmapped_protocols(harmonizer, protocols, target: Protocol | None = None) ->
 
 def physics_site_maps(harmonizer, volumes, target: Protocol | None = None,
                       effects: str = "drawn", heads: dict | None = None,
-                      progress: bool = False) -> list[dict]:
+                      progress: bool = False, cache: str | None = None) -> list[dict]:
     """At harmonize time: a site map for every protocol of ``volumes`` (the scans about to be
     harmonized, :class:`~phyjax.data.volumes.Volume`) that ``harmonizer`` (a PhyCHarm with
     ``calibrate="sites"``) has none for (:func:`unmapped_protocols`), made by the physics as
@@ -920,7 +920,10 @@ def physics_site_maps(harmonizer, volumes, target: Protocol | None = None,
     The maps are appended to ``harmonizer.cfg["site_maps"]`` in memory (the saved harmonizer
     is not changed), so every later scan with the protocol goes through them, and returned;
     each entry's ``sites`` is empty and ``made`` records how it was made (heads, voxel,
-    effects, the scans read).  Raises InputError for an unknown ``effects``."""
+    effects, the scans read).  ``cache``: a folder where each map made is kept and looked up
+    first (:mod:`phyjax.methods.map_cache`: used only when the network, its inference
+    settings, the target, the protocol and every setting above are those it was made with;
+    ``made["kept"]`` then names its file).  Raises InputError for an unknown ``effects``."""
     check_new_protocol("physics", effects)
     volumes = list(volumes)
     missing = unmapped_protocols(harmonizer, [v.protocol for v in volumes], target)
@@ -939,11 +942,17 @@ def physics_site_maps(harmonizer, volumes, target: Protocol | None = None,
                          "config.harmonize.new_protocol_map=none.")
     n = check_calibrate_simulated(settings["n"], "config.model.calibrate_simulated")
     made = []
+    # every slice_step-th slice at the spacing in mm training's maps had (its heads at the
+    # template resolution nearest its grid): 1 mm heads of a 2 mm model take every
+    # 2 x slice_step-th -- as many slices, each with 4 x the voxels, at half the cost
+    trained = template_voxel(harmonizer.grid_mm) if harmonizer.grid_mm else None
     for p in missing:
         own = [v for v in volumes if protocols_match(v.protocol, p)]
         voxel = template_voxel(min(geometry.zooms(v.grid_affine())) for v in own)
-        shipped = physics_heads(settings, n, voxel, simulated.CALIBRATION_HEADS_FIRST)
+        step = max(1, round(settings["slice_step"] * (trained or voxel) / voxel))
         profile = simulated.slice_profiles([p], own, voxel)[0]
+        shipped = None if effects == "drawn" else physics_heads(
+            settings, n, voxel, simulated.CALIBRATION_HEADS_FIRST)
         fx = fitted = None
         if effects == "fitted":
             fx, distance = simulated.fit_site_effects(p, own, shipped[:2], profile,
@@ -955,26 +964,31 @@ def physics_site_maps(harmonizer, volumes, target: Protocol | None = None,
                 print(f"[phycharm] scanner effects read off {len(own)} scan(s) of {p}: B1+ "
                       f"x{fx.b1_scale:.2f} (drop {fx.b1_curvature:.2f}), bias "
                       f"{fx.bias_amplitude:.0%}, noise {fx.noise_fraction:.0%}", flush=True)
-        site = "new-protocol"
-        while site == harmonizer.target_site:
-            site += "_"
-        scans = simulated.calibration_volumes(
-            [p], [site], harmonizer.target_protocol, harmonizer.target_site, shipped,
-            synthetic.load_anatomy(voxel)[2], settings["seed"], [profile], progress,
-            effects=[fx])
-        # every slice_step-th slice at the spacing in mm training's maps had (its heads at
-        # the template resolution nearest its grid): 1 mm heads of a 2 mm model take every
-        # 2 x slice_step-th -- as many slices, each with 4 x the voxels, at half the cost
-        trained = template_voxel(harmonizer.grid_mm) if harmonizer.grid_mm else voxel
-        step = max(1, round(settings["slice_step"] * trained / voxel))
-        [entry] = fit_site_maps(harmonizer, CalibrationHeads(scans, harmonizer.target_site),
-                                settings["knots"], progress, step)
-        entry.update(sites=[], made={"by": MADE_AT_HARMONIZE, "heads": n, "voxel_mm": voxel,
-                                     "slice_step": step,
-                                     "effects": effects, "fitted_effects": fitted,
-                                     "slice_profile": profile and [float(profile[0]),
-                                                                   int(profile[1])],
-                                     "scans": sorted({str(v.path) for v in own})})
+        how = {"by": MADE_AT_HARMONIZE, "heads": n, "voxel_mm": voxel, "slice_step": step,
+               "effects": effects, "fitted_effects": fitted,
+               "slice_profile": profile and [float(profile[0]), int(profile[1])]}
+        key = map_cache.map_key(harmonizer, p, dict(how, settings=settings))
+        kept, path = map_cache.load(cache, key) if cache else (None, None)
+        if kept is not None:
+            entry = {"protocol": protocol_to_json(p), "subjects": n, **kept}
+            if progress:
+                print(f"[harmonize] the site map for {p} was made before: {path}", flush=True)
+        else:
+            if shipped is None:
+                shipped = physics_heads(settings, n, voxel, simulated.CALIBRATION_HEADS_FIRST)
+            site = "new-protocol"
+            while site == harmonizer.target_site:
+                site += "_"
+            scans = simulated.calibration_volumes(
+                [p], [site], harmonizer.target_protocol, harmonizer.target_site, shipped,
+                synthetic.load_anatomy(voxel)[2], settings["seed"], [profile], progress,
+                effects=[fx])
+            [entry] = fit_site_maps(harmonizer, CalibrationHeads(scans, harmonizer.target_site),
+                                    settings["knots"], progress, step)
+            if cache:
+                path = map_cache.store(cache, key, entry)
+        entry.update(sites=[], made=dict(how, scans=sorted({str(v.path) for v in own}),
+                                         kept=path if cache else None))
         cfg["site_maps"] = list(cfg.get("site_maps") or []) + [entry]
         made.append(entry)
     return made
