@@ -446,12 +446,30 @@ def test_fitted_effects_are_each_site_s_own_and_unknown_ones_are_refused(tmp_pat
         calibration_heads(cfg, train, 1)
 
 
+def _fake_physics_maps(monkeypatch, fake_volumes, fake_maps, knots: int, **cfg):
+    """A stand-in PhyCHarm for :func:`phyjax.methods.phycharm.physics_site_maps` whose heads,
+    their scans and the maps fitted on them are the fakes given (none of the physics runs)."""
+    from types import SimpleNamespace
+
+    from phyjax.methods import phycharm
+
+    monkeypatch.setattr(simulated, "calibration_volumes", fake_volumes)
+    monkeypatch.setattr(phycharm, "fit_site_maps", fake_maps)
+    monkeypatch.setattr(phycharm, "physics_heads", lambda s, n, voxel, first: [None] * n)
+    settings = {"seed": 3, "deform_mm": 4.0, "tissue_jitter": 0.05, "t1_texture": 0.03,
+                "atrophy": 0.0, "partial_volume": "signal", "n": 4, "knots": knots,
+                "slice_step": 2}
+    return SimpleNamespace(cfg={"calibrate": "sites", "site_maps": [], "physics_heads": settings,
+                                **cfg},
+                           target_protocol=TARGET, target_site="ref", grid_mm=(2.0, 2.0, 2.0),
+                           maps_apply=lambda t: True)
+
+
 def test_a_harmonize_time_map_keeps_training_s_slice_spacing_and_head_resolution(monkeypatch):
     # physics_site_maps on 1 mm scans of a model trained at 2 mm: the heads are made at 1 mm
     # (the template nearest the scans), with the scans' slice thickness, and the map pools
     # every 2 x slice_step-th slice (training's spacing in mm); at the training grid itself
     # the step is training's.  The saved settings make the heads.
-    from types import SimpleNamespace
 
     from phyjax.methods import phycharm
 
@@ -466,16 +484,7 @@ def test_a_harmonize_time_map_keeps_training_s_slice_spacing_and_head_resolution
     def fake_maps(harmonizer, heads, knots, progress, step):
         seen.update(knots=knots, step=step)
         return [{"protocol": {}, "sites": [], "subjects": 0, "output": [0, 1], "target": [0, 1]}]
-    monkeypatch.setattr(simulated, "calibration_volumes", fake_volumes)
-    monkeypatch.setattr(phycharm, "fit_site_maps", fake_maps)
-    monkeypatch.setattr(phycharm, "physics_heads", lambda s, n, voxel, first: [None] * n)
-    settings = {"seed": 3, "deform_mm": 4.0, "tissue_jitter": 0.05, "t1_texture": 0.03,
-                "atrophy": 0.0, "partial_volume": "signal", "n": 4, "knots": 64,
-                "slice_step": 2}
-    harm = SimpleNamespace(cfg={"calibrate": "sites", "site_maps": [],
-                                "physics_heads": settings},
-                           target_protocol=TARGET, target_site="ref", grid_mm=(2.0, 2.0, 2.0),
-                           maps_apply=lambda t: True)
+    harm = _fake_physics_maps(monkeypatch, fake_volumes, fake_maps, 64)
     for mm, want_voxel, want_step in ((1.0, 1.0, 4), (2.0, 2.0, 2)):
         mask = np.zeros((8, 8, 8), bool)
         mask[2:6, 2:6, 2:6] = True
@@ -498,7 +507,6 @@ def test_a_harmonize_time_map_is_kept_and_read_back_only_for_what_it_was_made_wi
     # corrupt or tampered file, makes it again; a folder that cannot be written to warns.
     import os
     import warnings
-    from types import SimpleNamespace
 
     from phyjax.methods import map_cache, phycharm
 
@@ -513,17 +521,8 @@ def test_a_harmonize_time_map_is_kept_and_read_back_only_for_what_it_was_made_wi
         lo = float(len(calls))          # each making gives other knots
         return [{"protocol": {}, "sites": [], "subjects": 4, "output": [0.0, lo, 2 * lo],
                  "target": [0.0, 1.0, 3.0]}]
-    monkeypatch.setattr(simulated, "calibration_volumes", fake_volumes)
-    monkeypatch.setattr(phycharm, "fit_site_maps", fake_maps)
-    monkeypatch.setattr(phycharm, "physics_heads", lambda s, n, voxel, first: [None] * n)
-    settings = {"seed": 3, "deform_mm": 4.0, "tissue_jitter": 0.05, "t1_texture": 0.03,
-                "atrophy": 0.0, "partial_volume": "signal", "n": 4, "knots": 3,
-                "slice_step": 2}
-    harm = SimpleNamespace(cfg={"calibrate": "sites", "site_maps": [], "tta": "flip",
-                                "physics_heads": settings},
-                           params={"w": np.arange(6, dtype=np.float32)},
-                           target_protocol=TARGET, target_site="ref", grid_mm=(2.0, 2.0, 2.0),
-                           maps_apply=lambda t: True)
+    harm = _fake_physics_maps(monkeypatch, fake_volumes, fake_maps, 3, tta="flip")
+    harm.params = {"w": np.arange(6, dtype=np.float32)}
     mask = np.zeros((8, 8, 8), bool)
     mask[2:6, 2:6, 2:6] = True
 
