@@ -624,6 +624,11 @@ def test_a_protocol_without_a_map_gets_the_one_the_physics_made_in_training(debu
         h_cfg.harmonize.new_protocol_map = "guess"
     with pytest.raises(InputError, match=r"config\.harmonize\.new_protocol_map='guess'"):
         phycharm.run(h_cfg, workdir)
+    with h_cfg.unlocked():
+        h_cfg.harmonize.new_protocol_map = "physics"
+        h_cfg.harmonize.new_protocol_cache = " "
+    with pytest.raises(InputError, match=r"config\.harmonize\.new_protocol_cache=' '"):
+        phycharm.run(h_cfg, workdir)
 
 
 def test_mirror_tta_of_the_saved_harmonizer(debug_run):
