@@ -929,10 +929,6 @@ def physics_site_maps(harmonizer, volumes, target: Protocol | None = None,
     missing = unmapped_protocols(harmonizer, [v.protocol for v in volumes], target)
     if not missing:
         return []
-    if progress:
-        for p in missing:
-            print(f"[harmonize] no site map was learned for {p}: the physics makes one "
-                  f"({effects} scanner effects)", flush=True)
     cfg = harmonizer.cfg
     settings = heads or cfg.get("physics_heads")
     if settings is None:
@@ -972,8 +968,12 @@ def physics_site_maps(harmonizer, volumes, target: Protocol | None = None,
         if kept is not None:
             entry = {"protocol": protocol_to_json(p), "subjects": n, **kept}
             if progress:
-                print(f"[harmonize] the site map for {p} was made before: {path}", flush=True)
+                print(f"[harmonize] no site map was learned for {p}: the one the physics made "
+                      f"for it before is read back ({path})", flush=True)
         else:
+            if progress:
+                print(f"[harmonize] no site map was learned for {p}: the physics makes one "
+                      f"({effects} scanner effects)", flush=True)
             if shipped is None:
                 shipped = physics_heads(settings, n, voxel, simulated.CALIBRATION_HEADS_FIRST)
             site = "new-protocol"
