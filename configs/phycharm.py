@@ -449,7 +449,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
     # A scan whose protocol no site map was learned for (model.calibrate=sites; a scanner the
     # training never saw): "physics" -- the physics makes that protocol's map before it is
     # harmonized, as training made the sites' own (model.calibrate_simulated heads imaged with
-    # it and with the target; per new protocol, once per run, on one core: ~25 s at 2 mm and
+    # it and with the target; per new protocol, once (then kept), on one core: ~25 s at 2 mm and
     # ~2.4 min at 1 mm with 8 heads, twice that with 16; its harmonizer.json is not changed,
     # the map is kept beside it: new_protocol_cache; docs/phycharm_ablation.md item 72) -- or
     # "none": the network's output, uncalibrated, with a warning. The heads' scanner effects
