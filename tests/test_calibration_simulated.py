@@ -538,6 +538,9 @@ def test_a_harmonize_time_map_is_kept_and_read_back_only_for_what_it_was_made_wi
     assert len(calls) == 1 and first["output"] == [0.0, 1.0, 2.0]
     (path,) = [str(p) for p in (tmp_path / "kept").iterdir()]
     assert first["made"]["kept"] == path
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask     # readable as the user's files
     again = make()
     assert len(calls) == 1                              # read back, not made
     assert (again["output"], again["target"]) == (first["output"], first["target"])

@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
+import uuid
 import warnings
 
 import jax
@@ -115,7 +115,10 @@ def store(folder: str, key: dict, entry: dict) -> str | None:
     path = path_for(folder, key)
     try:
         os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".keeping-", suffix=".json", dir=folder)
+        # a fresh name, created with the user's umask (mkstemp's 0600 would hide the map from
+        # the others who share a model folder)
+        tmp = os.path.join(folder, f".keeping-{uuid.uuid4().hex}.json")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         try:
             with os.fdopen(fd, "w") as f:
                 json.dump({"key": key, "map": {"output": list(entry["output"]),
