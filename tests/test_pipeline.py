@@ -523,9 +523,13 @@ def test_a_protocol_without_a_map_gets_the_one_the_physics_made_in_training(debu
     with pytest.raises(InputError, match="new_protocol_map=none"):
         method.physics_site_maps(harm, own)
 
-    # harmonize mode, a test subject's scan of that site, the harmonizer without its map
+    # harmonize mode, a test subject's scan of that site, the harmonizer without its map (and
+    # without the maps earlier tests' harmonize runs kept beside the shared run's)
+    from phyjax.methods import map_cache
+
     bare = tmp_path / "bare"
-    shutil.copytree(os.path.join(workdir, "harmonizer"), bare)
+    shutil.copytree(os.path.join(workdir, "harmonizer"), bare,
+                    ignore=shutil.ignore_patterns(map_cache.FOLDER))
     meta = json.load(open(bare / "harmonizer.json"))
     meta["state"]["model"]["site_maps"] = [
         m for m in meta["state"]["model"]["site_maps"]
