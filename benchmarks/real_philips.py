@@ -243,7 +243,7 @@ def main(argv=None) -> list[dict]:
             if new != "none":   # a fresh model per resolution: the map is made on its grid
                 h = loaded(folder, refine)
             volume = input_volume(h, image, img, mask, protocol, "bet.nii.gz", res,
-                                     reading.slice_thickness_mm)
+                                  reading.slice_thickness_mm)
             t = time.time()
             if new != "none":
                 new_protocol_maps(h, [volume], None, ("physics", new), folder)

@@ -470,7 +470,6 @@ def test_a_harmonize_time_map_keeps_training_s_slice_spacing_and_head_resolution
     # (the template nearest the scans), with the scans' slice thickness, and the map pools
     # every 2 x slice_step-th slice (training's spacing in mm); at the training grid itself
     # the step is training's.  The saved settings make the heads.
-
     from phyjax.methods import phycharm
 
     seen = {}

@@ -386,7 +386,7 @@ def harmonize(h, harmonizer_dir: str, default_output_dir: str, target_cfg=None,
     reading = input_reading(h)
     protocol = reading.protocol()  # every missing or implausible value, named, before any work
     volume = input_volume(harmonizer, image, img, mask, protocol, h.input,
-                             h.get("resolution", "native"), reading.slice_thickness_mm)
+                          h.get("resolution", "native"), reading.slice_thickness_mm)
     new_protocol_maps(harmonizer, [volume], target, new_map, folder, kept_in)
     outs = harmonize_image(harmonizer, image, img, mask, protocol, h.input,
                            h.get("resolution", "native"), target, volume)
@@ -445,7 +445,7 @@ def harmonize_bids(h, harmonizer_dir: str, target_cfg, data_cfg, config) -> str:
         mask = (load_mask(scan.mask_path, scan.path, img) if scan.mask_path
                 else load_mask("", scan.path, img))
         volume = input_volume(harmonizer, image, img, mask, scan.protocol, scan.path,
-                                 h.get("resolution", "native"), scan.reading.slice_thickness_mm)
+                              h.get("resolution", "native"), scan.reading.slice_thickness_mm)
         return image, img, mask, volume
 
     if new_map[0] != "none":     # a map per protocol none was learned for, from its scans

@@ -67,8 +67,8 @@ def map_key(harmonizer, protocol, made: dict) -> dict:
 def path_for(folder: str, key: dict) -> str:
     """The file in ``folder`` that the map of ``key`` (:func:`map_key`) is kept in (an
     absolute path: it is recorded in the output's sidecar)."""
-    return os.path.join(os.path.abspath(folder), hashlib.sha256(_canonical(key).encode()).hexdigest()[:20]
-                        + ".json")
+    name = hashlib.sha256(_canonical(key).encode()).hexdigest()[:20] + ".json"
+    return os.path.join(os.path.abspath(folder), name)
 
 
 def _valid(entry) -> bool:

@@ -988,7 +988,7 @@ def physics_site_maps(harmonizer, volumes, target: Protocol | None = None,
             if cache:
                 path = map_cache.store(cache, key, entry)
         entry.update(sites=[], made=dict(how, scans=sorted({str(v.path) for v in own}),
-                                         kept=path if cache else None))
+                                         kept=path))     # None: not kept
         cfg["site_maps"] = list(cfg.get("site_maps") or []) + [entry]
         made.append(entry)
     return made
