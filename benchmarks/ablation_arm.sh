@@ -12,6 +12,9 @@
 # not copied), so the network resumes at its last step and only what is learned after
 # training changes -- for FLAGS that act there (config.model.calibrate_simulated): the same
 # network on both sides, no seed noise between them. FLAGS must then repeat RUN's own.
+# ALSO="NAME2:KEY=VALUE,...": the validation also scores a second setting of the same network
+# (the default's inference settings plus those keys, e.g. ALSO="nodn:denoise=False"), so that
+# the two are compared on the same outputs (benchmarks/refine_sweep.py --setting).
 # ~16 min of training and test-head evaluation plus ~12 min of validation on one idle core.
 set -euo pipefail
 if [ $# -lt 3 ]; then
@@ -33,9 +36,13 @@ if [ -n "${FROM:-}" ]; then
 fi
 run -m phyjax.main --config=configs/benchmark.py --workdir="runs/abl/$name" \
   "--config.methods=(\"$method\",)" --config.seed="$seed" "$@" > "runs/$name.log" 2>&1
+also=()
+if [ -n "${ALSO:-}" ]; then
+  also=(--setting "${ALSO%%:*}:enabled=False,tta=flip,calibrate=$calibrate,${ALSO#*:}")
+fi
 for sub in train test; do
   run benchmarks/refine_sweep.py --run "runs/abl/$name" --method "$method" --subjects "$sub" \
-    --data-seed 1 --setting "$name:enabled=False,tta=flip,calibrate=$calibrate" \
+    --data-seed 1 --setting "$name:enabled=False,tta=flip,calibrate=$calibrate" "${also[@]}" \
     --out "runs/val/${name}_validation_$sub.md" >> "runs/$name.log" 2>&1
 done
 echo DONE >> "runs/$name.log"

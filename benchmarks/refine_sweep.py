@@ -63,6 +63,24 @@ def parse_setting(text: str) -> tuple[str, dict]:
     return name, out
 
 
+def post_filter(image, mask, sigma: float, range_frac: float = 0.0) -> np.ndarray:
+    """``image`` (X, Y, Z) smoothed after the fact within each axial slice inside ``mask``:
+    a Gaussian of sd ``sigma`` voxels (``range_frac`` 0) or the bilateral filter
+    (:func:`phyjax.models.phycharm.masked_bilateral`) with intensity sd ``range_frac`` times
+    the in-mask 99th percentile.  A diagnostic: how much of the output's error is noise."""
+    import jax.numpy as jnp
+
+    from phyjax.models.phycharm import masked_bilateral
+
+    m = np.asarray(mask, bool)
+    p99 = float(np.percentile(image[m], 99))
+    rng = range_frac * p99 if range_frac > 0 else 1e6 * max(p99, 1e-6)
+    slices = jnp.asarray(np.moveaxis(image, -1, 0)[..., None], jnp.float32)
+    inside = jnp.asarray(np.moveaxis(m, -1, 0)[..., None], jnp.float32)
+    out = np.asarray(masked_bilateral(slices, inside, sigma, rng))[..., 0]
+    return np.where(m, np.moveaxis(out, 0, -1), image)
+
+
 def score(img, tgt, t_lab, t_vol, seg) -> dict:
     """SSIM / PSNR / NRMSE of ``img`` against the target scan ``tgt`` (a Volume) in its mask,
     the Dice of ``seg``'s CSF / GM / WM on ``img`` against its labels of the target (``t_lab``),
@@ -92,6 +110,11 @@ def main(argv=None) -> None:
                          "tta=none|flip (config.model.tta; default: the saved network's) and "
                          "views=axial+coronal+... (config.model.views: the planes it infers "
                          "in; default: the saved network's) before them), and "
+                         "denoise=False: the site maps without the in-plane filters they "
+                         "chose (config.model.calibrate_denoise), and "
+                         "post=S[,post_range=R]: the calibrated output smoothed in-plane "
+                         "after the fact (a Gaussian of sd S voxels, or with R > 0 the "
+                         "bilateral filter of intensity sd R x the in-mask p99), and "
                          "new_map=none|drawn|fitted with calibrate=sites: the scan's own site "
                          "map withheld, as for a protocol the training never saw, and none "
                          "used, or one the physics makes at harmonize time "
@@ -244,6 +267,9 @@ def main(argv=None) -> None:
                     out = {"harmonized": vol.image, "t1": raw["t1"], "m0": raw["m0"]}
                 else:
                     step = s.pop("site_step", None)
+                    post, post_range = s.pop("post", 0.0), s.pop("post_range", 0.0)
+                    if s.pop("denoise", True) is False:     # the maps without their filters
+                        maps = [dict(m, denoise=None) for m in maps]
                     maps = site_maps if step is None else learned[step][0]
                     withheld = s.pop("new_map", None)
                     if withheld is not None:
@@ -256,6 +282,9 @@ def main(argv=None) -> None:
                         if st["enabled"] else raw
                     out = phycharm.calibrate_output(out, vol.mask, calibrate, source=vol.image,
                                                     site_maps=maps, protocol=vol.protocol)
+                    if post:
+                        out = dict(out, harmonized=post_filter(out["harmonized"], vol.mask,
+                                                               post, post_range))
                 img = np.where(tgt.mask, out["harmonized"], 0.0)
                 row = {"subject": subject, "site": site, "setting": name,
                        **score(img, tgt, t_lab, t_vol, seg)}

@@ -246,6 +246,14 @@ def get_config(arg: str | None = None) -> ConfigDict:
     # 0.001 dB, 0.0001 Dice and 0.07 points of |dV| overall (docs/phycharm_ablation.md,
     # item 51). 1: every slice.
     model.calibrate_slice_step = 2
+    # With the site maps, an in-plane filter per protocol chosen on the same heads: among these
+    # comma-separated "S:R" edge-preserving bilateral filters (spatial sd S voxels, intensity
+    # sd R on the target's scale, whose 99th percentile is 1) and none, the one that brings
+    # the mapped outputs closest to the heads' target scans (least squares), applied after the
+    # map (phyjax.methods.calibration.choose_denoise): the part of a noisy source's output
+    # that is noise the target scan does not have. "" (off): the map alone.
+    # (docs/phycharm_ablation.md, item 75.)
+    model.calibrate_denoise = ""
     # Site maps learned on N traveling subjects kept out of the network's training (drawn with
     # config.seed; phyjax.methods.calibration.calibration_holdout) instead of on the heads the
     # network trained on and has memorized; the network then trains on the others. 0: the

@@ -31,6 +31,103 @@ from phyjax.physics.sequences import Protocol
 #: pairs, :func:`fit_site_maps`)
 CALIBRATE = ("none", "p99", "match", "sites")
 
+#: Source scans per protocol whose outputs :func:`choose_denoise` scores the candidate filters
+#: on (the first ones of the heads the maps are learned on with a voxel grid equal to their
+#: target scan's; their every ``slice_step``-th slice): enough to rank filters whose effect is
+#: the same at every head, and a bounded memory and time at 1 mm.
+DENOISE_SCANS = 4
+
+
+def parse_denoise(value, key: str = "config.model.calibrate_denoise"
+                  ) -> tuple[tuple[float, float], ...]:
+    """``config.model.calibrate_denoise`` as ``((sigma, range_sd), ...)``: ``""`` (off) or
+    comma-separated ``S:R`` pairs, each an in-plane bilateral filter of spatial sd ``S`` voxels
+    and intensity sd ``R`` on the target's scale (its 99th in-mask percentile is 1).  Raises
+    InputError naming ``key`` for anything else (a non-number, S or R not positive, S over
+    3 voxels, a pair repeated)."""
+    if value is None or (isinstance(value, str) and value.strip() in ("", "none", "off")):
+        return ()
+    bad = InputError(f"{key}={value!r}; expected '' (off) or comma-separated 'S:R' pairs: "
+                     "the spatial sd S (voxels, 0 < S <= 3) and the intensity sd R (> 0, the "
+                     "target's 99th percentile is 1) of an in-plane bilateral filter, e.g. "
+                     "'0.5:0.1,0.7:0.05'.")
+    if not isinstance(value, str):
+        raise bad
+    out = []
+    for item in value.split(","):
+        try:
+            sigma, range_sd = (float(x) for x in item.split(":"))
+        except ValueError:
+            raise bad from None
+        if not (0 < sigma <= 3 and 0 < range_sd < np.inf) or (sigma, range_sd) in out:
+            raise bad
+        out.append((sigma, range_sd))
+    return tuple(out)
+
+
+def denoise_in_plane(image: np.ndarray, mask: np.ndarray, sigma: float,
+                     range_sd: float) -> np.ndarray:
+    """``image`` ``(X, Y, Z)`` with every axial slice (the last axis: the planes a slice
+    network works in) passed through the edge-preserving bilateral filter of spatial sd
+    ``sigma`` voxels and intensity sd ``range_sd`` (image units) inside ``mask`` ``(X, Y, Z)``
+    (Tomasi & Manduchi, ICCV 1998; :func:`phyjax.models.phycharm.masked_bilateral`); voxels
+    outside ``mask`` keep their value."""
+    import jax.numpy as jnp
+
+    from phyjax.models.phycharm import masked_bilateral
+
+    m = np.asarray(mask, bool)
+    if not m.any():
+        return np.asarray(image)
+    slices = jnp.asarray(np.moveaxis(np.asarray(image, np.float32), -1, 0)[..., None])
+    inside = jnp.asarray(np.moveaxis(m, -1, 0)[..., None], jnp.float32)
+    out = np.asarray(masked_bilateral(slices, inside, float(sigma), float(range_sd)))[..., 0]
+    return np.where(m, np.moveaxis(out, 0, -1), image).astype(np.float32)
+
+
+def apply_site_map(image: np.ndarray, mask: np.ndarray, entry: dict) -> np.ndarray:
+    """``image`` ``(X, Y, Z)`` through a site map ``entry`` of :func:`fit_site_maps`: its
+    monotone map inside ``mask`` (0 outside), then its ``denoise`` filter where it chose one
+    (:func:`choose_denoise`)."""
+    mask = np.asarray(mask, bool)
+    mapped = np.zeros_like(np.asarray(image, np.float32))
+    mapped[mask] = np.interp(np.asarray(image, np.float32)[mask], entry["output"],
+                             entry["target"])
+    f = entry.get("denoise")
+    if f:
+        mapped = np.where(mask, denoise_in_plane(mapped, mask, f["sigma"], f["range"]), 0.0)
+    return mapped.astype(np.float32)
+
+
+def choose_denoise(images: list, entry: dict,
+                   candidates: tuple[tuple[float, float], ...]) -> dict | None:
+    """The in-plane filter, among ``candidates`` (:func:`parse_denoise`) and none, that brings
+    a protocol's mapped outputs closest to the same heads' target scans (least squared error
+    inside the brain mask), or None where no filter does better than none.
+
+    ``images``: ``(output, target, mask)`` triples of one grid each (a source scan's output,
+    the network's calibration off, and its subject's target scan, :func:`pooled_outputs`);
+    ``entry``: the protocol's map (``output`` / ``target`` knots), applied first.  The filter
+    removes the part of the output's error that is noise the target scan does not have (a
+    noisy source's share of the output; docs/phycharm_ablation.md, item 75); an intensity sd
+    well under the tissues' contrast keeps their boundaries.  Returns ``{"sigma", "range",
+    "psnr_gain_db"}`` (the gain on those heads over no filter) or None."""
+    if not candidates or not images:
+        return None
+    plain = dict(entry, denoise=None)
+    mapped = [(apply_site_map(o, m, plain), t, m) for o, t, m in images]
+
+    def sse(f):
+        return sum(float(np.sum(((denoise_in_plane(x, m, *f) if f else x)[m] - t[m]) ** 2))
+                   for x, t, m in mapped)
+    base = sse(None)
+    errors = {f: sse(f) for f in candidates}
+    best = min(errors, key=errors.get)
+    if not errors[best] < base:
+        return None
+    return {"sigma": best[0], "range": best[1],
+            "psnr_gain_db": float(10.0 * np.log10(base / errors[best]))}
+
 
 def check_calibrate(calibrate: str, key: str = "config.model.calibrate") -> str:
     """``calibrate`` if it is one of :data:`CALIBRATE`, else InputError naming ``key``."""
@@ -59,7 +156,9 @@ def calibrate_output(out: dict, mask: np.ndarray, calibrate: str = "none",
     reference instead of a population template).  ``sites`` passes the output through the
     monotone map of ``site_maps`` (:func:`fit_site_maps`) whose protocol matches ``protocol``
     (the source scan's; :func:`phyjax.data.split.protocols_match`); a protocol no map was
-    learned for keeps the network's output, with a warning naming ``where``.  ``none`` returns
+    learned for keeps the network's output, with a warning naming ``where``; a map that chose an
+    in-plane filter (``config.model.calibrate_denoise``) applies it after the map
+    (:func:`apply_site_map`).  ``none`` returns
     ``out`` unchanged.  Only ``harmonized`` changes (the maps and the re-synthesis keep their
     scale).
 
@@ -87,9 +186,7 @@ def calibrate_output(out: dict, mask: np.ndarray, calibrate: str = "none",
                           f"protocol of {where} ({protocol}); its harmonized image is the "
                           "network's output, uncalibrated.", stacklevel=2)
             return out
-        mapped = np.zeros_like(image)
-        mapped[mask] = np.interp(image[mask], m["output"], m["target"])
-        return dict(out, harmonized=mapped)
+        return dict(out, harmonized=apply_site_map(image, mask, m))
     if source is None or np.shape(source) != image.shape:
         raise InputError(f"config.model.calibrate=match needs the source scan of the output's "
                          f"shape {image.shape}; got "
@@ -169,7 +266,7 @@ def maps_source(settings, paired: bool, section: str = "model") -> str:
 
 
 def pooled_outputs(harmonizer, train: TrainingSet, progress: bool = True,
-                   slice_step: int = 1) -> list[dict]:
+                   slice_step: int = 1, keep: int = 0) -> list[dict]:
     """Per source protocol of ``train`` (:func:`phyjax.data.split.protocols_match`), the
     in-mask voxels of ``harmonizer``'s outputs (its calibration off) on the training scans,
     pooled, and of the same subjects' target-site scans, pooled: a list of ``{"p": protocol,
@@ -180,6 +277,9 @@ def pooled_outputs(harmonizer, train: TrainingSet, progress: bool = True,
     (``harmonizer.harmonize(volume, z_slices=...)`` of a slice network,
     :func:`phyjax.methods.networks.predict_volume`) for about 1/k of the inference time.
     ``train`` may also be :class:`CalibrationHeads` (heads made by the physics).
+    ``keep`` > 0: each group also holds ``"images"``, ``(output, target, mask)`` of its first
+    ``keep`` scans whose grid is their target scan's (the sampled slices only), for
+    :func:`choose_denoise`.
     Raises InputError when no training subject has a scan at a source site and the target
     site, or for ``slice_step`` < 1.
     """
@@ -211,13 +311,18 @@ def pooled_outputs(harmonizer, train: TrainingSet, progress: bool = True,
                 g = next((g for g in groups if protocols_match(g["p"], vol.protocol)), None)
                 if g is None:
                     g = {"p": vol.protocol, "sites": set(), "subjects": set(), "out": [],
-                         "tgt": []}
+                         "tgt": [], "images": []}
                     groups.append(g)
-                z, keep = sampled(vol)
+                z, inside = sampled(vol)
                 out = harmonizer.harmonize(vol) if z is None else harmonizer.harmonize(
                     vol, z_slices=z)
-                g["out"].append(out[keep])
+                g["out"].append(out[inside])
                 g["tgt"].append(t)
+                if len(g["images"]) < keep and np.shape(vol.mask) == np.shape(target.mask):
+                    zs = slice(None) if z is None else z
+                    g["images"].append((np.asarray(out, np.float32)[:, :, zs],
+                                        np.asarray(target.image, np.float32)[:, :, zs],
+                                        np.asarray(target.mask, bool)[:, :, zs]))
                 g["sites"].add(site)
                 g["subjects"].add(subject)
             if progress:
@@ -281,7 +386,7 @@ def calibration_holdout(train: TrainingSet, heads, seed: int,
 
 
 def fit_site_maps(harmonizer, train: TrainingSet, knots: int = 256,
-                  progress: bool = True, slice_step: int = 1) -> list[dict]:
+                  progress: bool = True, slice_step: int = 1, denoise: str = "") -> list[dict]:
     """The monotone intensity map, per source protocol, that carries the network's outputs on
     the training scans onto the same subjects' target-site scans (``config.model.calibrate=
     sites``).
@@ -297,25 +402,45 @@ def fit_site_maps(harmonizer, train: TrainingSet, knots: int = 256,
     the same heads.  Beyond the end knots the map is constant.  ``slice_step``: the quantiles
     of every ``slice_step``-th slice only (:func:`pooled_outputs`).
 
+    ``denoise`` (``config.model.calibrate_denoise``, :func:`parse_denoise`): candidate
+    in-plane filters; each map then also holds the one :func:`choose_denoise` picks on the
+    same heads (``"denoise"``: ``{"sigma", "range", "psnr_gain_db"}``, or None for no filter),
+    applied after the map (:func:`apply_site_map`).
+
     Returns a list of ``{"protocol", "sites", "subjects", "output", "target"}`` (JSON-ready;
-    ``output``/``target``: ``(knots,)`` nondecreasing intensities on the data's scale).
-    Raises InputError for ``knots`` < 2 or a training set with no subject scanned at both
-    a source site and the target site.
+    ``output``/``target``: ``(knots,)`` nondecreasing intensities on the data's scale; and
+    ``"denoise"`` with candidates).  Raises InputError for ``knots`` < 2, a bad ``denoise`` or a
+    training set with no subject scanned at both a source site and the target site.
     """
     knots = int(knots)
     if knots < 2:
         raise InputError(f"config.model.calibrate_knots={knots}; expected at least 2.")
-    groups = pooled_outputs(harmonizer, train, progress, slice_step)
+    candidates = parse_denoise(denoise)
+    groups = pooled_outputs(harmonizer, train, progress, slice_step,
+                            keep=DENOISE_SCANS if candidates else 0)
     q = np.linspace(0.0, 1.0, knots)
-    return [{"protocol": protocol_to_json(g["p"]), "sites": sorted(g["sites"]),
-             "subjects": len(g["subjects"]),
-             "output": np.maximum.accumulate(np.quantile(g["out"], q)).tolist(),
-             "target": np.maximum.accumulate(np.quantile(g["tgt"], q)).tolist()}
-            for g in groups]
+    maps = []
+    for g in groups:
+        entry = {"protocol": protocol_to_json(g["p"]), "sites": sorted(g["sites"]),
+                 "subjects": len(g["subjects"]),
+                 "output": np.maximum.accumulate(np.quantile(g["out"], q)).tolist(),
+                 "target": np.maximum.accumulate(np.quantile(g["tgt"], q)).tolist()}
+        if candidates:
+            entry["denoise"] = choose_denoise(g["images"], entry, candidates)
+            if progress:
+                f = entry["denoise"]
+                print(f"[{getattr(harmonizer, 'name', 'harmonizer')}] site map of "
+                      f"{', '.join(sorted(g['sites'])) or g['p']}: " + (
+                          "no in-plane filter" if f is None else
+                          f"in-plane filter {f['sigma']:g} voxel, range {f['range']:g} "
+                          f"(+{f['psnr_gain_db']:.2f} dB on {len(g['images'])} scans)"),
+                      flush=True)
+        maps.append(entry)
+    return maps
 
 
 def learn_site_maps(harmonizer, train: TrainingSet, knots: int = 256, has_heads: bool = True,
-                    progress: bool = True, slice_step: int = 1):
+                    progress: bool = True, slice_step: int = 1, denoise: str = ""):
     """After training: ``harmonizer`` with its site maps (:func:`fit_site_maps`, ``knots``
     quantiles of every ``slice_step``-th slice, on ``train``: traveling subjects or
     :class:`CalibrationHeads`) in ``cfg["site_maps"]`` when its ``cfg["calibrate"]`` is
@@ -331,7 +456,8 @@ def learn_site_maps(harmonizer, train: TrainingSet, knots: int = 256, has_heads:
               "stays the network's (calibrate=none)", flush=True)
         harmonizer.cfg["calibrate"] = "none"
         return harmonizer
-    harmonizer.cfg["site_maps"] = fit_site_maps(harmonizer, train, knots, progress, slice_step)
+    harmonizer.cfg["site_maps"] = fit_site_maps(harmonizer, train, knots, progress, slice_step,
+                                                denoise)
     return harmonizer
 
 
@@ -390,4 +516,5 @@ def fit_calibrated(fit_network, train: TrainingSet, settings, seed: int, section
     learns = source != "none"
     harm.cfg["calibration_subjects"] = list(maps_set.subjects) if learns else []
     return learn_site_maps(harm, maps_set, settings.get("calibrate_knots", 256), learns,
-                           progress, settings.get("calibrate_slice_step", 1))
+                           progress, settings.get("calibrate_slice_step", 1),
+                           settings.get("calibrate_denoise", ""))

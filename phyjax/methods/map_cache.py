@@ -77,14 +77,21 @@ def _valid(entry) -> bool:
         tgt = np.asarray(entry["target"], float)
     except (KeyError, TypeError, ValueError):
         return False
+    f = entry.get("denoise")
+    try:
+        filter_ok = f is None or (float(f["sigma"]) > 0 and float(f["range"]) > 0
+                                  and np.isfinite([f["sigma"], f["range"]]).all())
+    except (KeyError, TypeError, ValueError):
+        filter_ok = False
     return (out.ndim == 1 and out.shape == tgt.shape and out.size >= 2
             and bool(np.isfinite(out).all() and np.isfinite(tgt).all())
-            and bool((np.diff(out) >= 0).all() and (np.diff(tgt) >= 0).all()))
+            and bool((np.diff(out) >= 0).all() and (np.diff(tgt) >= 0).all()) and filter_ok)
 
 
 def load(folder: str, key: dict) -> tuple[dict | None, str]:
     """``(map, path)``: the map kept in ``folder`` for ``key`` (``{"output", "target"}``, the
-    knots of :func:`phyjax.methods.calibration.fit_site_maps`) or None where there is none or
+    knots of :func:`phyjax.methods.calibration.fit_site_maps`, and its ``denoise`` filter where
+    it was made with ``config.model.calibrate_denoise``) or None where there is none or
     it cannot be used -- unreadable, of another key, or not two nondecreasing finite knot lists
     of one length (each with a warning naming the file: it is made again)."""
     path = path_for(folder, key)
@@ -103,15 +110,19 @@ def load(folder: str, key: dict) -> tuple[dict | None, str]:
         return None, path
     if not _valid(kept.get("map")):
         warnings.warn(f"{path}: the kept site map is not two nondecreasing lists of finite "
-                      "knots of one length; it is made again.", stacklevel=2)
+                      "knots of one length (with a valid in-plane filter, if any); it is made "
+                      "again.", stacklevel=2)
         return None, path
-    return {"output": list(kept["map"]["output"]), "target": list(kept["map"]["target"])}, path
+    entry = {"output": list(kept["map"]["output"]), "target": list(kept["map"]["target"])}
+    if "denoise" in kept["map"]:
+        entry["denoise"] = kept["map"]["denoise"]
+    return entry, path
 
 
 def store(folder: str, key: dict, entry: dict) -> str | None:
-    """Keep ``entry``'s knots (``output``, ``target``) for ``key`` in ``folder`` (written to a
-    temporary file and renamed, so a reader never sees half a file); its path, or None with a
-    warning where the folder cannot be written to."""
+    """Keep ``entry``'s knots (``output``, ``target``; and its ``denoise`` filter) for ``key``
+    in ``folder`` (written to a temporary file and renamed, so a reader never sees half a
+    file); its path, or None with a warning where the folder cannot be written to."""
     path = path_for(folder, key)
     try:
         os.makedirs(folder, exist_ok=True)
@@ -121,8 +132,10 @@ def store(folder: str, key: dict, entry: dict) -> str | None:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         try:
             with os.fdopen(fd, "w") as f:
-                json.dump({"key": key, "map": {"output": list(entry["output"]),
-                                               "target": list(entry["target"])}}, f)
+                kept = {"output": list(entry["output"]), "target": list(entry["target"])}
+                if "denoise" in entry:      # the in-plane filter chosen with the map
+                    kept["denoise"] = entry["denoise"]
+                json.dump({"key": key, "map": kept}, f)
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):

@@ -78,7 +78,8 @@ from phyjax.methods.base import fitted_fields, protocol_to_json, register
 from phyjax.methods.calibration import (CALIBRATE, CalibrationHeads,  # noqa: F401
                                        calibrate_output, check_calibrate,
                                        check_calibrate_simulated, fit_calibrated,
-                                       fit_site_maps, learn_site_maps, site_map_for)
+                                       fit_site_maps, learn_site_maps, parse_denoise,
+                                       site_map_for)
 from phyjax.models.phycharm import (BASES, PARTIAL_VOLUME, PhyCHarm, reference_signal,
                                     synthesize_maps)
 from phyjax.physics import consistency, signal, tissues
@@ -720,10 +721,10 @@ def heads_settings(config) -> dict:
     """How the physics makes heads and site maps on them for ``config``: its ``seed`` and
     ``config.data``'s deformation, tissue jitter, T1 texture, atrophy and partial volume (a
     user's BIDS config may lack the last two), and ``config.model``'s head count ``n``
-    (``calibrate_simulated``), ``knots`` (``calibrate_knots``) and ``slice_step``
-    (``calibrate_slice_step``).  Saved with a trained PhyCHarm (``cfg["physics_heads"]``) so
-    that harmonize mode makes a new protocol's site map as training made the sites' own
-    (:func:`physics_site_maps`)."""
+    (``calibrate_simulated``), ``knots`` (``calibrate_knots``), ``slice_step``
+    (``calibrate_slice_step``) and ``denoise`` (``calibrate_denoise``).  Saved with a trained
+    PhyCHarm (``cfg["physics_heads"]``) so that harmonize mode makes a new protocol's site map
+    as training made the sites' own (:func:`physics_site_maps`)."""
     d, m = config.data, config.model
     return {"seed": int(config.seed), "deform_mm": float(d.deform_mm),
             "tissue_jitter": float(d.tissue_jitter), "t1_texture": float(d.t1_texture),
@@ -731,7 +732,8 @@ def heads_settings(config) -> dict:
             "partial_volume": str(d.get("partial_volume", "signal")),
             "n": m.get("calibrate_simulated", 8),   # checked where used (maps only)
             "knots": int(m.get("calibrate_knots", 256)),
-            "slice_step": int(m.get("calibrate_slice_step", 1))}
+            "slice_step": int(m.get("calibrate_slice_step", 1)),
+            "denoise": str(m.get("calibrate_denoise", "") or "")}
 
 
 def template_voxel(grid_mm) -> int:
@@ -781,6 +783,7 @@ def fit(config, train: TrainingSet, name: str = "phycharm", *, workdir: str,
     context = dict(name=name, workdir=workdir, progress=progress, has_maps=has_maps)
     paired = resolve_pairs(pairs_mode(config.train, name), require_training_set(train))
     check_calibrate_effects(config.model.get("calibrate_effects", "drawn"))  # before training
+    parse_denoise(config.model.get("calibrate_denoise", ""))
     harm = fit_calibrated(
         lambda subset: (networks.fit_ensemble(_fit_network, config, "model", subset, **context)
                         or _fit_network(config, subset, **context)),
@@ -984,7 +987,8 @@ def physics_site_maps(harmonizer, volumes, target: Protocol | None = None,
                 synthetic.load_anatomy(voxel)[2], settings["seed"], [profile], progress,
                 effects=[fx])
             [entry] = fit_site_maps(harmonizer, CalibrationHeads(scans, harmonizer.target_site),
-                                    settings["knots"], progress, step)
+                                    settings["knots"], progress, step,
+                                    settings.get("denoise", ""))
             if cache:
                 path = map_cache.store(cache, key, entry)
         entry.update(sites=[], made=dict(how, scans=sorted({str(v.path) for v in own}),

@@ -22,7 +22,7 @@ from phyjax.data.split import TrainingSet, require_training_set
 from phyjax.losses import intensity_distribution, masked_l1, ssim_loss
 from phyjax.methods import networks
 from phyjax.methods.base import fitted_fields, register
-from phyjax.methods.calibration import check_calibrate, fit_calibrated
+from phyjax.methods.calibration import check_calibrate, fit_calibrated, parse_denoise
 from phyjax.models.unet import ConditionalUNet
 from phyjax.physics.sequences import encode
 from phyjax.train import TrainState, fit as fit_loop, make_train_step
@@ -75,6 +75,7 @@ class UNetHarmonizer(networks.SliceNetworkHarmonizer):
 def unet_config(config) -> dict:
     """The U-Net's settings: ``config.unet`` plus the 2.5-D context of ``config.model``."""
     u = config.unet
+    parse_denoise(u.get("calibrate_denoise", ""), "config.unet.calibrate_denoise")  # early
     if u.condition not in CONDITIONS:
         raise ValueError(f"unet.condition must be one of {CONDITIONS}, got {u.condition!r}.")
     return {"features": tuple(u.features), "cond_features": u.cond_features,
@@ -82,6 +83,7 @@ def unet_config(config) -> dict:
             "context": config.model.context,
             "tta": networks.check_tta(u.get("tta", "none"), "config.unet.tta"),
             "calibrate": check_calibrate(u.get("calibrate", "none"), "config.unet.calibrate"),
+
             "views": check_views(u.get("views", ("axial",)), "config.unet.views")}
 
 
