@@ -268,9 +268,9 @@ def main(argv=None) -> None:
                 else:
                     step = s.pop("site_step", None)
                     post, post_range = s.pop("post", 0.0), s.pop("post_range", 0.0)
+                    maps = site_maps if step is None else learned[step][0]
                     if s.pop("denoise", True) is False:     # the maps without their filters
                         maps = [dict(m, denoise=None) for m in maps]
-                    maps = site_maps if step is None else learned[step][0]
                     withheld = s.pop("new_map", None)
                     if withheld is not None:
                         maps = without_own(maps, vol.protocol) + (
