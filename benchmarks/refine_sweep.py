@@ -111,7 +111,9 @@ def main(argv=None) -> None:
                          "views=axial+coronal+... (config.model.views: the planes it infers "
                          "in; default: the saved network's) before them), and "
                          "denoise=False: the site maps without the in-plane filters they "
-                         "chose (config.model.calibrate_denoise), and "
+                         "chose (config.model.calibrate_denoise), min_gain=X: without those "
+                         "that gained less than X dB on the maps' heads "
+                         "(config.model.calibrate_denoise_min_gain), and "
                          "post=S[,post_range=R]: the calibrated output smoothed in-plane "
                          "after the fact (a Gaussian of sd S voxels, or with R > 0 the "
                          "bilateral filter of intensity sd R x the in-mask p99), and "
@@ -271,6 +273,9 @@ def main(argv=None) -> None:
                     maps = site_maps if step is None else learned[step][0]
                     if s.pop("denoise", True) is False:     # the maps without their filters
                         maps = [dict(m, denoise=None) for m in maps]
+                    least = s.pop("min_gain", 0.0)     # ... or without those that gain less
+                    maps = [dict(m, denoise=None) if m.get("denoise") and
+                            m["denoise"]["psnr_gain_db"] < least else m for m in maps]
                     withheld = s.pop("new_map", None)
                     if withheld is not None:
                         maps = without_own(maps, vol.protocol) + (

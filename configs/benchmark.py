@@ -109,6 +109,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
     unet.calibrate_slice_step = config.model.get_ref("calibrate_slice_step")
     unet.calibrate_heads = config.model.get_ref("calibrate_heads")
     unet.calibrate_denoise = config.model.get_ref("calibrate_denoise")
+    unet.calibrate_denoise_min_gain = config.model.get_ref("calibrate_denoise_min_gain")
     # learned on the same training pairs (docs/phycharm_ablation.md, item 41). These unet.*
     # fields are references: setting one (e.g. --config.unet.calibrate=none) sets PhyCHarm's
     # too, so compare settings across the two networks in runs split by method.

@@ -254,6 +254,9 @@ def get_config(arg: str | None = None) -> ConfigDict:
     # that is noise the target scan does not have. "" (off): the map alone.
     # (docs/phycharm_ablation.md, item 75.)
     model.calibrate_denoise = ""
+    # ... kept only where the chosen filter gains at least this many dB of PSNR on those heads
+    # (0: wherever it gains; docs/phycharm_ablation.md, item 76).
+    model.calibrate_denoise_min_gain = 0.0
     # Site maps learned on N traveling subjects kept out of the network's training (drawn with
     # config.seed; phyjax.methods.calibration.calibration_holdout) instead of on the heads the
     # network trained on and has memorized; the network then trains on the others. 0: the

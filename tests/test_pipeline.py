@@ -535,6 +535,17 @@ def test_a_protocol_without_a_map_gets_the_one_the_physics_made_in_training(debu
         m for m in meta["state"]["model"]["site_maps"]
         if not protocols_match(protocol_from_json(m["protocol"]), first)]
     json.dump(meta, open(bare / "harmonizer.json", "w"))
+    # "filtered": the site's own map with an in-plane filter (as config.model.calibrate_denoise
+    # chooses one at training)
+    filtered = tmp_path / "filtered"
+    shutil.copytree(os.path.join(workdir, "harmonizer"), filtered,
+                    ignore=shutil.ignore_patterns(map_cache.FOLDER))
+    f_meta = json.load(open(filtered / "harmonizer.json"))
+    chosen = {"sigma": 0.7, "range": 0.1, "psnr_gain_db": 0.3}
+    for m in f_meta["state"]["model"]["site_maps"]:
+        if protocols_match(protocol_from_json(m["protocol"]), first):
+            m["denoise"] = chosen
+    json.dump(f_meta, open(filtered / "harmonizer.json", "w"))
     subject = split["test"][0]
     anat = os.path.join(split["dataset"], f"sub-{subject}", f"ses-{site}", "anat")
     from phyjax.data.sidecar import read_site_table    # what the vendor's sidecar leaves out
@@ -548,7 +559,7 @@ def test_a_protocol_without_a_map_gets_the_one_the_physics_made_in_training(debu
         raise AssertionError("the kept map was made again")
     for name, folder, how in (("saved", "", "physics"), ("made", str(bare), "physics"),
                               ("kept", str(bare), "physics"), ("none", str(bare), "none"),
-                              ("static", "", "physics")):
+                              ("static", "", "physics"), ("filtered", str(filtered), "none")):
         h_cfg = cfg.copy_and_resolve_references()
         with h_cfg.unlocked():
             h_cfg.mode = "harmonize"
@@ -566,7 +577,7 @@ def test_a_protocol_without_a_map_gets_the_one_the_physics_made_in_training(debu
             if name != "static":
                 h_cfg.harmonize.n_readouts = row.get(site, {}).get("n_readouts", -1.0)
                 h_cfg.harmonize.tr_readout = row.get(site, {}).get("tr_readout_s", -1.0)
-        if how == "none":
+        if how == "none" and name == "none":
             with pytest.warns(UserWarning, match="no site map was learned"):
                 written[name] = nib.load(phycharm.run(h_cfg, workdir)).get_fdata()
         elif name == "kept":
@@ -580,6 +591,18 @@ def test_a_protocol_without_a_map_gets_the_one_the_physics_made_in_training(debu
     assert np.abs(written["none"] - written["saved"]).max() > 1e-3
     assert sidecars["saved"]["calibrate_site_map"] == [site]
     assert sidecars["saved"]["calibrate_site_map_made"] is None
+    # the filter: named in the sidecar, applied inside the brain only, and it smooths (less
+    # in-plane Laplacian energy than the same map's output without it)
+    assert sidecars["saved"]["calibrate_site_map_filter"] is None
+    assert sidecars["filtered"]["calibrate_site_map_filter"] == chosen
+    brain = written["saved"] != 0
+    assert np.array_equal(written["filtered"][~brain], written["saved"][~brain])
+    assert np.abs(written["filtered"] - written["saved"]).max() > 1e-3
+
+    def roughness(x):
+        lap = 4 * x[1:-1, 1:-1] - x[2:, 1:-1] - x[:-2, 1:-1] - x[1:-1, 2:] - x[1:-1, :-2]
+        return float(np.sum(lap[brain[1:-1, 1:-1]] ** 2))
+    assert roughness(written["filtered"]) < 0.9 * roughness(written["saved"])
     assert sidecars["made"]["calibrate_site_map"].startswith(method.MADE_AT_HARMONIZE)
     assert sidecars["made"]["calibrate_site_map_made"]["effects"] == "drawn"
     np.testing.assert_array_equal(written["kept"], written["made"])

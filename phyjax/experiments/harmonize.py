@@ -140,17 +140,20 @@ def output_sidecar(harmonizer, reading: Reading, input_path: str,
     phycharm = hasattr(harmonizer, "check_target")
     site_map = None     # calibrate=sites: the sites whose learned map this scan went through
     made = None         # ... or how the physics made its map at harmonize time
+    applied = None      # ... and the in-plane filter it chose (config.model.calibrate_denoise)
     if settings.get("calibrate") == "sites":
         from phyjax.methods.calibration import site_map_for
 
         found = site_map_for(settings.get("site_maps") or [], reading.protocol())
         site_map = found["sites"] if found else "none learned for this protocol: uncalibrated"
+        applied = found.get("denoise") if found else None
         if found and found.get("made"):
             made = found["made"]
             site_map = (f"{made['by']} for this protocol ({made['heads']} heads, "
                         f"{made['effects']} scanner effects)")
         if phycharm and not harmonizer.maps_apply(target):
-            site_map, made = "learned for the fitted target only: uncalibrated", None
+            site_map, made, applied = ("learned for the fitted target only: uncalibrated",
+                                       None, None)
     out = protocol_to_sidecar(target)
     out.update({"Sources": [os.path.abspath(input_path)],
                 "PhyjaxHarmonizer": {"method": harmonizer.name,
@@ -167,6 +170,9 @@ def output_sidecar(harmonizer, reading: Reading, input_path: str,
                                      "calibrate": settings.get("calibrate"),
                                      "calibrate_site_map": site_map,
                                      "calibrate_site_map_made": made,
+                                     # after the map: the in-plane bilateral filter its heads
+                                     # chose (sigma in voxels, range on the target's scale)
+                                     "calibrate_site_map_filter": applied,
                                      "tta": settings.get("tta"),
                                      "ensemble": settings.get("ensemble", 1),
                                      "views": (list(settings.get("views", ["axial"]))

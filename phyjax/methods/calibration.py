@@ -65,6 +65,20 @@ def parse_denoise(value, key: str = "config.model.calibrate_denoise"
     return tuple(out)
 
 
+def check_min_gain(value, key: str = "config.model.calibrate_denoise_min_gain") -> float:
+    """``value`` as a finite number of dB >= 0 (the least PSNR gain on the maps' heads for
+    which a site map keeps the filter it chose), else InputError naming ``key``."""
+    try:
+        gain = float(value)
+    except (TypeError, ValueError):
+        gain = float("nan")
+    if isinstance(value, bool) or not (0.0 <= gain < np.inf):
+        raise InputError(f"{key}={value!r}; expected a number of dB >= 0 (a site map keeps "
+                         "its in-plane filter only where the filter gains at least that much "
+                         "PSNR on the heads the map is learned on).")
+    return gain
+
+
 def denoise_in_plane(image: np.ndarray, mask: np.ndarray, sigma: float,
                      range_sd: float) -> np.ndarray:
     """``image`` ``(X, Y, Z)`` with every axial slice (the last axis: the planes a slice
@@ -99,11 +113,12 @@ def apply_site_map(image: np.ndarray, mask: np.ndarray, entry: dict) -> np.ndarr
     return mapped.astype(np.float32)
 
 
-def choose_denoise(images: list, entry: dict,
-                   candidates: tuple[tuple[float, float], ...]) -> dict | None:
+def choose_denoise(images: list, entry: dict, candidates: tuple[tuple[float, float], ...],
+                   min_gain_db: float = 0.0) -> dict | None:
     """The in-plane filter, among ``candidates`` (:func:`parse_denoise`) and none, that brings
     a protocol's mapped outputs closest to the same heads' target scans (least squared error
-    inside the brain mask), or None where no filter does better than none.
+    inside the brain mask), or None where none does better than no filter by more than
+    ``min_gain_db`` (dB of PSNR on those heads; ``config.model.calibrate_denoise_min_gain``).
 
     ``images``: ``(output, target, mask)`` triples of one grid each (a source scan's output,
     the network's calibration off, and its subject's target scan, :func:`pooled_outputs`);
@@ -125,8 +140,10 @@ def choose_denoise(images: list, entry: dict,
     best = min(errors, key=errors.get)
     if not errors[best] < base:
         return None
-    return {"sigma": best[0], "range": best[1],
-            "psnr_gain_db": float(10.0 * np.log10(base / errors[best]))}
+    gain = float(10.0 * np.log10(base / errors[best]))
+    if gain < min_gain_db:
+        return None
+    return {"sigma": best[0], "range": best[1], "psnr_gain_db": gain}
 
 
 def check_calibrate(calibrate: str, key: str = "config.model.calibrate") -> str:
@@ -386,7 +403,8 @@ def calibration_holdout(train: TrainingSet, heads, seed: int,
 
 
 def fit_site_maps(harmonizer, train: TrainingSet, knots: int = 256,
-                  progress: bool = True, slice_step: int = 1, denoise: str = "") -> list[dict]:
+                  progress: bool = True, slice_step: int = 1, denoise: str = "",
+                  denoise_min_gain: float = 0.0) -> list[dict]:
     """The monotone intensity map, per source protocol, that carries the network's outputs on
     the training scans onto the same subjects' target-site scans (``config.model.calibrate=
     sites``).
@@ -404,8 +422,9 @@ def fit_site_maps(harmonizer, train: TrainingSet, knots: int = 256,
 
     ``denoise`` (``config.model.calibrate_denoise``, :func:`parse_denoise`): candidate
     in-plane filters; each map then also holds the one :func:`choose_denoise` picks on the
-    same heads (``"denoise"``: ``{"sigma", "range", "psnr_gain_db"}``, or None for no filter),
-    applied after the map (:func:`apply_site_map`).
+    same heads (``"denoise"``: ``{"sigma", "range", "psnr_gain_db"}``, or None for no filter,
+    also where it gains less than ``denoise_min_gain`` dB there), applied after the map
+    (:func:`apply_site_map`).
 
     Returns a list of ``{"protocol", "sites", "subjects", "output", "target"}`` (JSON-ready;
     ``output``/``target``: ``(knots,)`` nondecreasing intensities on the data's scale; and
@@ -426,7 +445,8 @@ def fit_site_maps(harmonizer, train: TrainingSet, knots: int = 256,
                  "output": np.maximum.accumulate(np.quantile(g["out"], q)).tolist(),
                  "target": np.maximum.accumulate(np.quantile(g["tgt"], q)).tolist()}
         if candidates:
-            entry["denoise"] = choose_denoise(g["images"], entry, candidates)
+            entry["denoise"] = choose_denoise(g["images"], entry, candidates,
+                                              check_min_gain(denoise_min_gain))
             if progress:
                 f = entry["denoise"]
                 print(f"[{getattr(harmonizer, 'name', 'harmonizer')}] site map of "
@@ -440,7 +460,8 @@ def fit_site_maps(harmonizer, train: TrainingSet, knots: int = 256,
 
 
 def learn_site_maps(harmonizer, train: TrainingSet, knots: int = 256, has_heads: bool = True,
-                    progress: bool = True, slice_step: int = 1, denoise: str = ""):
+                    progress: bool = True, slice_step: int = 1, denoise: str = "",
+                    denoise_min_gain: float = 0.0):
     """After training: ``harmonizer`` with its site maps (:func:`fit_site_maps`, ``knots``
     quantiles of every ``slice_step``-th slice, on ``train``: traveling subjects or
     :class:`CalibrationHeads`) in ``cfg["site_maps"]`` when its ``cfg["calibrate"]`` is
@@ -457,7 +478,7 @@ def learn_site_maps(harmonizer, train: TrainingSet, knots: int = 256, has_heads:
         harmonizer.cfg["calibrate"] = "none"
         return harmonizer
     harmonizer.cfg["site_maps"] = fit_site_maps(harmonizer, train, knots, progress, slice_step,
-                                                denoise)
+                                                denoise, denoise_min_gain)
     return harmonizer
 
 
@@ -517,4 +538,5 @@ def fit_calibrated(fit_network, train: TrainingSet, settings, seed: int, section
     harm.cfg["calibration_subjects"] = list(maps_set.subjects) if learns else []
     return learn_site_maps(harm, maps_set, settings.get("calibrate_knots", 256), learns,
                            progress, settings.get("calibrate_slice_step", 1),
-                           settings.get("calibrate_denoise", ""))
+                           settings.get("calibrate_denoise", ""),
+                           settings.get("calibrate_denoise_min_gain", 0.0))
