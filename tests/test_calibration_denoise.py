@@ -12,8 +12,9 @@ from phyjax.data.nifti import InputError
 from phyjax.data.split import Split
 from phyjax.data.volumes import Volume
 from phyjax.methods import map_cache
-from phyjax.methods.calibration import (apply_site_map, calibrate_output, choose_denoise,
-                                        denoise_in_plane, fit_site_maps, parse_denoise)
+from phyjax.methods.calibration import (apply_site_map, calibrate_output, check_min_gain,
+                                        choose_denoise, denoise_in_plane, fit_site_maps,
+                                        parse_denoise)
 from phyjax.physics.sequences import Protocol
 
 TARGET = Protocol.from_degrees("mprage", 2.3, 0.003, 0.9, 9.0, 3.0)
@@ -146,6 +147,20 @@ def test_a_noisy_site_chooses_the_least_squares_filter_and_a_clean_one_none(maps
     assert (chosen["sigma"], chosen["range"]) == best
     assert chosen["psnr_gain_db"] == pytest.approx(10 * np.log10(sse(None) / errors[best]),
                                                    rel=1e-4)
+
+
+def test_a_filter_that_gains_less_than_the_least_gain_is_not_kept(maps):
+    heads, harm, with_filters, _ = maps
+    train = Split(tuple(sorted(heads)[:5]), ("05",)).training_set(heads, "ref")
+    gain = next(m for m in with_filters if m["sites"] == ["noisy"])["denoise"]["psnr_gain_db"]
+    for least, kept in ((gain - 0.01, True), (gain + 0.01, False)):
+        again = fit_site_maps(harm, train, 64, progress=False, denoise=CANDIDATES,
+                              denoise_min_gain=least)
+        noisy = next(m for m in again if m["sites"] == ["noisy"])
+        assert (noisy["denoise"] is not None) == kept
+    for bad in (-0.1, float("nan"), "much", True):
+        with pytest.raises(InputError, match="config.model.calibrate_denoise_min_gain"):
+            check_min_gain(bad)
 
 
 def test_the_chosen_filter_brings_a_new_head_closer_to_its_target(maps):
