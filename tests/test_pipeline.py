@@ -535,15 +535,17 @@ def test_a_protocol_without_a_map_gets_the_one_the_physics_made_in_training(debu
         m for m in meta["state"]["model"]["site_maps"]
         if not protocols_match(protocol_from_json(m["protocol"]), first)]
     json.dump(meta, open(bare / "harmonizer.json", "w"))
-    # "filtered": the site's own map with an in-plane filter (as config.model.calibrate_denoise
-    # chooses one at training)
+    # "filtered": the site's own map with a wide in-plane filter (config.model.
+    # calibrate_denoise chooses one at training where it gains enough; the saved map's own
+    # choice, a filter or none, is what "saved" went through)
     filtered = tmp_path / "filtered"
     shutil.copytree(os.path.join(workdir, "harmonizer"), filtered,
                     ignore=shutil.ignore_patterns(map_cache.FOLDER))
     f_meta = json.load(open(filtered / "harmonizer.json"))
-    chosen = {"sigma": 0.7, "range": 0.1, "psnr_gain_db": 0.3}
+    chosen = {"sigma": 1.5, "range": 1.0, "psnr_gain_db": 0.3}
     for m in f_meta["state"]["model"]["site_maps"]:
         if protocols_match(protocol_from_json(m["protocol"]), first):
+            saved_filter = m.get("denoise")
             m["denoise"] = chosen
     json.dump(f_meta, open(filtered / "harmonizer.json", "w"))
     subject = split["test"][0]
@@ -593,7 +595,7 @@ def test_a_protocol_without_a_map_gets_the_one_the_physics_made_in_training(debu
     assert sidecars["saved"]["calibrate_site_map_made"] is None
     # the filter: named in the sidecar, applied inside the brain only, and it smooths (less
     # in-plane Laplacian energy than the same map's output without it)
-    assert sidecars["saved"]["calibrate_site_map_filter"] is None
+    assert sidecars["saved"]["calibrate_site_map_filter"] == saved_filter
     assert sidecars["filtered"]["calibrate_site_map_filter"] == chosen
     brain = written["saved"] != 0
     assert np.array_equal(written["filtered"][~brain], written["saved"][~brain])
