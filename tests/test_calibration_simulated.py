@@ -480,7 +480,7 @@ def test_a_harmonize_time_map_keeps_training_s_slice_spacing_and_head_resolution
                     profile=profiles[0], effects=effects)
         return {}
 
-    def fake_maps(harmonizer, heads, knots, progress, step):
+    def fake_maps(harmonizer, heads, knots, progress, step, *filters):
         seen.update(knots=knots, step=step)
         return [{"protocol": {}, "sites": [], "subjects": 0, "output": [0, 1], "target": [0, 1]}]
     harm = _fake_physics_maps(monkeypatch, fake_volumes, fake_maps, 64)
@@ -515,7 +515,7 @@ def test_a_harmonize_time_map_is_kept_and_read_back_only_for_what_it_was_made_wi
                      progress=False, effects=None):
         return {}
 
-    def fake_maps(harmonizer, heads, knots, progress, step):
+    def fake_maps(harmonizer, heads, knots, progress, step, *filters):
         calls.append(step)
         lo = float(len(calls))          # each making gives other knots
         return [{"protocol": {}, "sites": [], "subjects": 4, "output": [0.0, lo, 2 * lo],
