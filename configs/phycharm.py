@@ -259,7 +259,10 @@ def get_config(arg: str | None = None) -> ConfigDict:
     # heads: the default's 16 heads give the 1.5 T MPRAGE 0.27-0.28 dB and every other site of
     # the benchmark 0.10 or less. On fresh validation heads (data.seed 2, 240 images, two
     # seeds) +0.07 dB, GM Dice +0.0001, mean |dV| -0.04 points; the 1.5 T MPRAGE +0.33 dB, SSIM
-    # +0.003 (item 76). 0: wherever it gains.
+    # +0.003 (item 76). 0: wherever it gains. Only heads with a site's own scanner effects
+    # (calibrate_effects fitted; harmonize.new_protocol_effects=fitted) choose a filter: on
+    # drawn noise, not the scan's, a harmonize-time map chose one for the real Philips T1w
+    # that cost detail (high-pass SSIM 0.941 -> 0.930) and Dice vs FAST (-0.004 to -0.009).
     model.calibrate_denoise_min_gain = 0.2
     # Site maps learned on N traveling subjects kept out of the network's training (drawn with
     # config.seed; phyjax.methods.calibration.calibration_holdout) instead of on the heads the

@@ -163,6 +163,20 @@ def test_a_filter_that_gains_less_than_the_least_gain_is_not_kept(maps):
             check_min_gain(bad)
 
 
+def test_no_filter_is_chosen_on_heads_whose_noise_is_not_the_site_s(maps):
+    # heads made by the physics with drawn scanner effects (own_effects without the site)
+    from phyjax.methods.calibration import CalibrationHeads
+
+    heads, harm, _, _ = maps
+    subset = {s: heads[s] for s in sorted(heads)[:5]}
+    for own, kept in ((frozenset(), False), (frozenset({"noisy", "clean"}), True),
+                      (None, True)):
+        got = fit_site_maps(harm, CalibrationHeads(subset, "ref", own), 64, progress=False,
+                            denoise=CANDIDATES)
+        noisy = next(m for m in got if m["sites"] == ["noisy"])
+        assert (noisy["denoise"] is not None) == kept
+
+
 def test_the_chosen_filter_brings_a_new_head_closer_to_its_target(maps):
     heads, harm, with_filters, plain = maps
     v, target = heads["05"]["noisy"], heads["05"]["ref"].image

@@ -245,6 +245,9 @@ class CalibrationHeads:
 
     volumes: Mapping[str, Mapping]
     target_site: str
+    #: the sites whose heads carry that site's own scanner effects (read off its scans), where
+    #: a site map may choose an in-plane filter (:func:`fit_site_maps`); None: every site
+    own_effects: frozenset | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "volumes", MappingProxyType(dict(self.volumes)))
@@ -433,7 +436,9 @@ def fit_site_maps(harmonizer, train: TrainingSet, knots: int = 256,
     ``denoise`` (``config.model.calibrate_denoise``, :func:`parse_denoise`): candidate
     in-plane filters; each map then also holds the one :func:`choose_denoise` picks on the
     same heads (``"denoise"``: ``{"sigma", "range", "psnr_gain_db"}``, or None for no filter,
-    also where it gains less than ``denoise_min_gain`` dB there), applied after the map
+    also where it gains less than ``denoise_min_gain`` dB there, or where ``train`` is
+    :class:`CalibrationHeads` whose ``own_effects`` lacks the site: heads with drawn scanner
+    effects have a noise that is not the site's), applied after the map
     (:func:`apply_site_map`).
 
     Returns a list of ``{"protocol", "sites", "subjects", "output", "target"}`` (JSON-ready;
@@ -454,7 +459,10 @@ def fit_site_maps(harmonizer, train: TrainingSet, knots: int = 256,
                  "subjects": len(g["subjects"]),
                  "output": np.maximum.accumulate(np.quantile(g["out"], q)).tolist(),
                  "target": np.maximum.accumulate(np.quantile(g["tgt"], q)).tolist()}
-        if candidates:
+        own = getattr(train, "own_effects", None)
+        if candidates and own is not None and not set(g["sites"]) <= own:
+            entry["denoise"] = None     # drawn noise is not the site's: no filter chosen on it
+        elif candidates:
             entry["denoise"] = choose_denoise(g["images"], entry, candidates,
                                               check_min_gain(denoise_min_gain))
             if progress:

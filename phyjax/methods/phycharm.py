@@ -859,7 +859,9 @@ def calibration_heads(config, train: TrainingSet, n: int, progress: bool = False
     volumes = simulated.calibration_volumes(
         sources, names, train.target_protocol(), train.target_site, heads, affine, config.seed,
         profiles, progress, effects=[(site_effects or {}).get(site) for site in names])
-    return CalibrationHeads(volumes, train.target_site)
+    # a site's in-plane filter (calibrate_denoise) is chosen only on heads with its own noise
+    return CalibrationHeads(volumes, train.target_site,
+                            own_effects=frozenset(site_effects or ()))
 
 
 #: ``config.harmonize.new_protocol_map``: what a PhyCHarm with site maps does with a scan whose
@@ -989,7 +991,12 @@ def physics_site_maps(harmonizer, volumes, target: Protocol | None = None,
                 [p], [site], harmonizer.target_protocol, harmonizer.target_site, shipped,
                 synthetic.load_anatomy(voxel)[2], settings["seed"], [profile], progress,
                 effects=[fx])
-            [entry] = fit_site_maps(harmonizer, CalibrationHeads(scans, harmonizer.target_site),
+            # a filter only where the heads have the scans' own noise (fitted effects): drawn
+            # noise is not the scan's, and on the real Philips T1w a filter chosen on it cost
+            # detail and Dice vs FAST (docs/phycharm_ablation.md, item 76)
+            own = frozenset([site]) if effects == "fitted" else frozenset()
+            [entry] = fit_site_maps(harmonizer,
+                                    CalibrationHeads(scans, harmonizer.target_site, own),
                                     settings["knots"], progress, step,
                                     settings.get("denoise", ""),
                                     settings.get("denoise_min_gain", 0.0))
