@@ -25,7 +25,8 @@ from phyjax.evaluate.site_difference import FeatureExtractor
 #: ``model.calibrate``, its output's intensity scale, ``model.calibrate_with`` and
 #: ``model.calibrate_simulated`` / ``calibrate_effects``, which heads its site maps are learned
 #: on after training (a resumed run learns them anew), ``model.calibrate_denoise`` (and
-#: ``_min_gain``), the in-plane filters they choose among, and ``model.tta``, its test-time augmentation
+#: ``_min_gain``), the in-plane filters they choose among, and ``model.tta``, its test-time
+#: augmentation
 INFERENCE_ONLY = {"model": ("refine", "calibrate", "calibrate_with", "calibrate_simulated",
                             "calibrate_effects", "calibrate_denoise",
                             "calibrate_denoise_min_gain", "tta"),
