@@ -994,9 +994,9 @@ def physics_site_maps(harmonizer, volumes, target: Protocol | None = None,
             # a filter only where the heads have the scans' own noise (fitted effects): drawn
             # noise is not the scan's, and on the real Philips T1w a filter chosen on it cost
             # detail and Dice vs FAST (docs/phycharm_ablation.md, item 76)
-            own = frozenset([site]) if effects == "fitted" else frozenset()
+            own_fx = frozenset([site]) if effects == "fitted" else frozenset()
             [entry] = fit_site_maps(harmonizer,
-                                    CalibrationHeads(scans, harmonizer.target_site, own),
+                                    CalibrationHeads(scans, harmonizer.target_site, own_fx),
                                     settings["knots"], progress, step,
                                     settings.get("denoise", ""),
                                     settings.get("denoise_min_gain", 0.0))
