@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import os
 
-import jax.numpy as jnp
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
@@ -28,7 +27,7 @@ from phyjax.data.dataset import load_dataset
 from phyjax.evaluate.metrics import image_metrics
 from phyjax.experiments.common import read_run
 from phyjax.methods import phycharm
-from phyjax.models.phycharm import masked_bilateral
+from phyjax.methods.calibration import denoise_in_plane
 from phyjax.physics.sequences import Protocol
 
 
@@ -41,10 +40,7 @@ def smooth(image, mask, s):
     for ``s = (sigma, range_sd)`` the bilateral filter inside ``mask``."""
     if not isinstance(s, tuple):
         return gaussian_filter(image, (s, s, 0))
-    slices = jnp.asarray(np.moveaxis(image, -1, 0)[..., None], jnp.float32)
-    inside = jnp.asarray(np.moveaxis(mask, -1, 0)[..., None], jnp.float32)
-    out = np.asarray(masked_bilateral(slices, inside, *s))[..., 0]
-    return np.where(mask, np.moveaxis(out, 0, -1), image)
+    return denoise_in_plane(image, mask, *s)
 
 
 def main(argv=None) -> None:

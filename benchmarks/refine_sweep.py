@@ -67,18 +67,14 @@ def post_filter(image, mask, sigma: float, range_frac: float = 0.0) -> np.ndarra
     """``image`` (X, Y, Z) smoothed after the fact within each axial slice inside ``mask``:
     a Gaussian of sd ``sigma`` voxels (``range_frac`` 0) or the bilateral filter
     (:func:`phyjax.models.phycharm.masked_bilateral`) with intensity sd ``range_frac`` times
-    the in-mask 99th percentile.  A diagnostic: how much of the output's error is noise."""
-    import jax.numpy as jnp
-
-    from phyjax.models.phycharm import masked_bilateral
+    the in-mask 99th percentile (:func:`phyjax.methods.calibration.denoise_in_plane`, the
+    site maps' filter).  A diagnostic: how much of the output's error is noise."""
+    from phyjax.methods.calibration import denoise_in_plane
 
     m = np.asarray(mask, bool)
     p99 = float(np.percentile(image[m], 99))
     rng = range_frac * p99 if range_frac > 0 else 1e6 * max(p99, 1e-6)
-    slices = jnp.asarray(np.moveaxis(image, -1, 0)[..., None], jnp.float32)
-    inside = jnp.asarray(np.moveaxis(m, -1, 0)[..., None], jnp.float32)
-    out = np.asarray(masked_bilateral(slices, inside, sigma, rng))[..., 0]
-    return np.where(m, np.moveaxis(out, 0, -1), image)
+    return denoise_in_plane(image, m, sigma, rng)
 
 
 def score(img, tgt, t_lab, t_vol, seg) -> dict:

@@ -118,8 +118,8 @@ def apply_site_map(image: np.ndarray, mask: np.ndarray, entry: dict) -> np.ndarr
     mapped[mask] = np.interp(np.asarray(image, np.float32)[mask], entry["output"],
                              entry["target"])
     f = entry.get("denoise")
-    if f:
-        mapped = np.where(mask, denoise_in_plane(mapped, mask, f["sigma"], f["range"]), 0.0)
+    if f:       # inside the mask only: outside it stays 0
+        mapped = denoise_in_plane(mapped, mask, f["sigma"], f["range"])
     return mapped.astype(np.float32)
 
 
@@ -450,8 +450,11 @@ def fit_site_maps(harmonizer, train: TrainingSet, knots: int = 256,
     if knots < 2:
         raise InputError(f"config.model.calibrate_knots={knots}; expected at least 2.")
     candidates = parse_denoise(denoise)
+    least = check_min_gain(denoise_min_gain)
+    own = getattr(train, "own_effects", None)
+    # the scans a filter is scored on are kept only where some site may choose one
     groups = pooled_outputs(harmonizer, train, progress, slice_step,
-                            keep=DENOISE_SCANS if candidates else 0)
+                            keep=DENOISE_SCANS if candidates and own != frozenset() else 0)
     q = np.linspace(0.0, 1.0, knots)
     maps = []
     for g in groups:
@@ -459,12 +462,10 @@ def fit_site_maps(harmonizer, train: TrainingSet, knots: int = 256,
                  "subjects": len(g["subjects"]),
                  "output": np.maximum.accumulate(np.quantile(g["out"], q)).tolist(),
                  "target": np.maximum.accumulate(np.quantile(g["tgt"], q)).tolist()}
-        own = getattr(train, "own_effects", None)
         if candidates and own is not None and not set(g["sites"]) <= own:
             entry["denoise"] = None     # drawn noise is not the site's: no filter chosen on it
         elif candidates:
-            entry["denoise"] = choose_denoise(g["images"], entry, candidates,
-                                              check_min_gain(denoise_min_gain))
+            entry["denoise"] = choose_denoise(g["images"], entry, candidates, least)
             if progress:
                 f = entry["denoise"]
                 print(f"[{getattr(harmonizer, 'name', 'harmonizer')}] site map of "
