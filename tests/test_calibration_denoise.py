@@ -92,6 +92,8 @@ class StandIn:
     and at site "clean" the target through an increasing map: what a network passing a noisy
     source's noise through does, and one that does not."""
 
+    kind = "image"
+
     def __init__(self, heads):
         self.heads, self.cfg, self.name = heads, {"calibrate": "sites"}, "stand-in"
 
@@ -224,3 +226,32 @@ def test_the_unet_and_phycharm_refuse_a_bad_filter_list_before_training():
     with pytest.raises(InputError, match="config.unet.calibrate_denoise"):
         unet_config(config)
     assert config.unet.calibrate_denoise == "0.5:0.1,zero"    # the U-Net shares the field
+
+
+class Shuffled(StandIn):
+    """StandIn whose calls finish out of order (the first subjects' scans slowest), so that
+    two calls in flight would misplace outputs if results were taken as they finish."""
+
+    def harmonize(self, v, z_slices=None):
+        import time
+        time.sleep(0.01 * (6 - int(v.subject)) + 0.005 * (v.site == "noisy"))
+        return super().harmonize(v, z_slices)
+
+
+def test_site_maps_and_evaluation_are_the_same_with_one_worker_or_two(monkeypatch):
+    from phyjax.evaluate.loop import evaluate_images
+
+    rng = np.random.default_rng(1)
+    heads = {f"{k:02d}": _head(f"{k:02d}", rng) for k in range(6)}
+    train = Split(tuple(sorted(heads)[:5]), ("05",)).training_set(heads, "ref")
+    got = {}
+    for workers in ("1", "2"):
+        monkeypatch.setenv("PHYJAX_THREADS", workers)
+        harm = Shuffled(heads)
+        maps = fit_site_maps(harm, train, 64, progress=False, denoise=CANDIDATES, slice_step=2)
+        rows = evaluate_images({"a": harm, "b": StandIn(heads)}, heads, sorted(heads),
+                               ("noisy", "clean"), "ref")
+        got[workers] = (maps, rows)
+    assert got["1"] == got["2"]
+    assert [(r["subject"], r["site"], r["method"]) for r in got["2"][1]] == [
+        (s, site, m) for s in sorted(heads) for site in ("noisy", "clean") for m in "ab"]

@@ -7,6 +7,7 @@ import dataclasses
 import json
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -575,3 +576,43 @@ def test_a_harmonize_time_map_is_kept_and_read_back_only_for_what_it_was_made_wi
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert map_cache.load(str(tmp_path / "nowhere"), {"a": 1})[0] is None
+
+
+def test_fit_site_effects_equals_the_plain_computation_to_the_bit(heads, monkeypatch):
+    # The fit draws its noise once per head and scales it per grid point in numpy, two B1+
+    # settings at a time on threads (phyjax.parallel).  Oracle: every grid point imaged the
+    # plain way, scanner.rician_noise per point, one after another; the fit must return the
+    # same point and the same distance to the bit, with one worker or two.
+    p = dataclasses.replace(Protocol.from_degrees("mprage", 2.3, 0.003, 0.9, 9.0, 3.0),
+                            tr_readout=0.0071, n_readouts=176.0)
+    scans = [Volume("s", "x", p, normalize(synthetic.acquire(
+        h.maps(3.0), h.mask, p, scanner.ScannerEffects(b1_scale=1.1, noise_fraction=0.03),
+        jax.random.key(7 + a)), h.mask), h.mask, "x") for a, h in enumerate(heads)]
+    grid = {"b1_scale": (0.9, 1.1), "b1_curvature": (0.0, 0.2), "bias_amplitude": (0.0, 0.3),
+            "noise_fraction": (0.01, 0.03, 0.05)}
+    points = [(s, c, b, n) for s in grid["b1_scale"] for c in grid["b1_curvature"]
+              for b in grid["bias_amplitude"] for n in grid["noise_fraction"]]
+    q = simulated.EFFECT_QUANTILES
+    real = np.quantile(np.concatenate([v.image[v.mask] for v in scans]), q)
+    key = jax.random.key(simulated.ANATOMY_SEED + 700_000 + 3)
+    sim = np.zeros((len(points), q.size))
+    for a, h in enumerate(heads):
+        k_bias, k_noise = jax.random.split(jax.random.fold_in(key, a))
+        for i, (s, c, b, n) in enumerate(points):
+            clean = np.asarray(jnp.abs(scanner.slice_profile(synthetic.signed_image(
+                h.maps(3.0), p, scanner.b1_field(h.mask.shape, s, c)), 0.0)))[h.mask]
+            field = np.asarray(scanner.bias_field(
+                h.mask.shape, scanner.sample_bias_coefficients(k_bias, b)))[h.mask]
+            image = clean * field
+            image = np.asarray(scanner.rician_noise(image, n * np.percentile(image, 99.0),
+                                                    k_noise), np.float32)
+            sim[i] += np.quantile(image / np.percentile(image, 99.0), q) / len(heads)
+    distance = np.abs(sim - real[None]).mean(1)
+    best = min(range(len(points)), key=lambda i: (distance[i], abs(points[i][0] - 1.0),
+                                                  points[i][1]))
+    for workers in ("1", "2"):
+        monkeypatch.setenv("PHYJAX_THREADS", workers)
+        got, d = simulated.fit_site_effects(p, scans, heads, seed=3, grid=grid)
+        assert (got.b1_scale, got.b1_curvature, got.bias_amplitude,
+                got.noise_fraction) == points[best]
+        assert d == distance[best]

@@ -18,6 +18,7 @@ import numpy as np
 
 from phyjax.data.volumes import Volume
 from phyjax.evaluate.metrics import image_metrics
+from phyjax.parallel import ordered_map
 
 Measure = Callable[[str, np.ndarray, Volume, Volume], dict]
 
@@ -33,6 +34,10 @@ def evaluate_images(harmonizers: Mapping, volumes, subjects: Sequence[str], sour
                     log: Callable[[str], None] | None = None) -> list[dict]:
     """Rows ``{"method", "site", "subject", **measures}`` for every image harmonizer.
 
+    Two scans are harmonized at once (:func:`phyjax.parallel.ordered_map`; each
+    harmonizer's ``harmonize`` must be safe to call from two threads, as a jit-compiled
+    network's and a numpy map's are); the measures run one after another in the loop's order.
+
     Args:
       harmonizers: ``{name: Harmonizer}``; feature-level ones (``kind != "image"``) are skipped.
       volumes: ``{subject: {site: Volume}}``.
@@ -43,14 +48,17 @@ def evaluate_images(harmonizers: Mapping, volumes, subjects: Sequence[str], sour
     rows, t0 = [], time.time()
     for subject in subjects:
         truth, outputs = volumes[subject][target_site], {}
-        for site in [s for s in source_sites if s in volumes[subject]]:
+        jobs = [(site, name, h) for site in source_sites if site in volumes[subject]
+                for name, h in image_methods.items()]
+        # two scans harmonized at once (phyjax.parallel), measured one by one in this order
+        done = ordered_map(lambda job: job[2].harmonize(volumes[subject][job[0]]), jobs)
+        for (site, name, _), out in zip(jobs, done):
             source = volumes[subject][site]
-            for name, h in image_methods.items():
-                out = outputs[(name, site)] = h.harmonize(source)
-                row = {"method": name, "site": site, "subject": subject}
-                for measure in measures:
-                    row.update(measure(name, out, source, truth))
-                rows.append(row)
+            outputs[(name, site)] = out
+            row = {"method": name, "site": site, "subject": subject}
+            for measure in measures:
+                row.update(measure(name, out, source, truth))
+            rows.append(row)
         if on_subject is not None:
             on_subject(subject, outputs)
         if log is not None:

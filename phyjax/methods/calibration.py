@@ -20,6 +20,7 @@ from phyjax.data.slices import slice_mask
 from phyjax.data.split import TrainingSet, protocols_match, require_training_set
 from phyjax.data.volumes import normalize
 from phyjax.methods.base import protocol_from_json, protocol_to_json
+from phyjax.parallel import ordered_map
 from phyjax.physics.sequences import Protocol
 
 #: ``config.model.calibrate`` / ``config.unet.calibrate``: how the harmonized image is put on
@@ -325,37 +326,43 @@ def pooled_outputs(harmonizer, train: TrainingSet, progress: bool = True,
             return None, np.asarray(vol.mask, bool)
         z = np.arange(0, np.shape(vol.mask)[2], step)
         return z, slice_mask(vol.mask, z)
+    jobs = []                   # (subject, site, scan, its target), the loop's order
+    for subject in sorted(train.subjects):
+        scans = train.volumes[subject]
+        target = scans.get(train.target_site)
+        if target is None:
+            continue
+        jobs += [(subject, site, vol, target) for site, vol in sorted(scans.items())
+                 if site != train.target_site and vol.protocol is not None]
+
+    def run(job):
+        vol = job[2]
+        z, inside = sampled(vol)
+        out = harmonizer.harmonize(vol) if z is None else harmonizer.harmonize(vol, z_slices=z)
+        return out, z, inside
+
     groups: list[dict] = []
     saved = harmonizer.cfg.get("calibrate", "none")
     harmonizer.cfg["calibrate"] = "none"
     try:
-        for subject in sorted(train.subjects):
-            scans = train.volumes[subject]
-            target = scans.get(train.target_site)
-            if target is None:
-                continue
-            t = np.asarray(target.image, np.float32)[sampled(target)[1]]
-            for site, vol in sorted(scans.items()):
-                if site == train.target_site or vol.protocol is None:
-                    continue
-                g = next((g for g in groups if protocols_match(g["p"], vol.protocol)), None)
-                if g is None:
-                    g = {"p": vol.protocol, "sites": set(), "subjects": set(), "out": [],
-                         "tgt": [], "images": []}
-                    groups.append(g)
-                z, inside = sampled(vol)
-                out = harmonizer.harmonize(vol) if z is None else harmonizer.harmonize(
-                    vol, z_slices=z)
-                g["out"].append(out[inside])
-                g["tgt"].append(t)
-                if len(g["images"]) < keep and np.shape(vol.mask) == np.shape(target.mask):
-                    zs = slice(None) if z is None else z
-                    g["images"].append((np.asarray(out, np.float32)[:, :, zs],
-                                        np.asarray(target.image, np.float32)[:, :, zs],
-                                        np.asarray(target.mask, bool)[:, :, zs]))
-                g["sites"].add(site)
-                g["subjects"].add(subject)
-            if progress:
+        # two scans in flight at once (phyjax.parallel): the same outputs, in the same order
+        for k, (out, z, inside) in enumerate(ordered_map(run, jobs)):
+            subject, site, vol, target = jobs[k]
+            g = next((g for g in groups if protocols_match(g["p"], vol.protocol)), None)
+            if g is None:
+                g = {"p": vol.protocol, "sites": set(), "subjects": set(), "out": [],
+                     "tgt": [], "images": []}
+                groups.append(g)
+            g["out"].append(out[inside])
+            g["tgt"].append(np.asarray(target.image, np.float32)[sampled(target)[1]])
+            if len(g["images"]) < keep and np.shape(vol.mask) == np.shape(target.mask):
+                zs = slice(None) if z is None else z
+                g["images"].append((np.asarray(out, np.float32)[:, :, zs],
+                                    np.asarray(target.image, np.float32)[:, :, zs],
+                                    np.asarray(target.mask, bool)[:, :, zs]))
+            g["sites"].add(site)
+            g["subjects"].add(subject)
+            if progress and (k + 1 == len(jobs) or jobs[k + 1][0] != subject):
                 print(f"[{getattr(harmonizer, 'name', 'harmonizer')}] site maps: subject "
                       f"{subject} harmonized", flush=True)
     finally:

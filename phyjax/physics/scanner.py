@@ -87,10 +87,16 @@ def rician_noise(image, sigma, key):
     ``|image + n_re + i n_im|``, ``n ~ N(0, sigma^2)``: Rician for ``sigma > 0``
     (Gudbjartsson & Patz, MRM 34:910, 1995).  Shape of ``image``.
     """
+    z_re, z_im = unit_noise(key, jnp.shape(image))
+    return jnp.sqrt((image + sigma * z_re) ** 2 + (sigma * z_im) ** 2)
+
+
+def unit_noise(key, shape):
+    """The standard normal draws ``(z_re, z_im)`` (each ``shape``) that :func:`rician_noise`
+    scales by ``sigma`` with the same ``key``: one draw serves many noise levels on one image
+    (:func:`phyjax.data.simulated.fit_site_effects`)."""
     k_re, k_im = jax.random.split(key)
-    n_re = sigma * jax.random.normal(k_re, jnp.shape(image))
-    n_im = sigma * jax.random.normal(k_im, jnp.shape(image))
-    return jnp.sqrt((image + n_re) ** 2 + n_im ** 2)
+    return jax.random.normal(k_re, shape), jax.random.normal(k_im, shape)
 
 
 def slice_profile(volume, fwhm_voxels, axis=-1):
