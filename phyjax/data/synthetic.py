@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from phyjax.data import bids
 from phyjax.data.nifti import save_volume
 from phyjax.data.sidecar import protocol_to_sidecar
+from phyjax.parallel import ordered_map
 from phyjax.physics import scanner, signal, tissues
 from phyjax.physics.sequences import Protocol
 
@@ -611,9 +612,13 @@ def build_default_dataset(data_cfg, cache_dir: str, progress: bool = True) -> st
     participants = ["participant_id"]
     n = int(cfg["n_subjects"])
     bar = tqdm(total=n * len(sites), desc="building default dataset", disable=not progress)
-    for i in range(n):
-        participants.append(f"sub-{i + 1:02d}")
+
+    def write(i):
         _write_subject(tmp, i, cfg, probs, real, affine, field_strengths, base_key)
+        return f"sub-{i + 1:02d}"
+    # two subjects at once (phyjax.parallel): each has its own seeds, keys and files
+    for label in ordered_map(write, range(n)):
+        participants.append(label)
         bar.update(len(sites))
     bar.close()
     write_site_table(os.path.join(tmp, bids.SITE_TABLE), sites)
