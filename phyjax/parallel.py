@@ -43,8 +43,9 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int | None = 
     """``fn(item)`` for every item, yielded in the items' order, with up to ``workers``
     (default :func:`default_workers`) calls running at once on threads; at most ``2 * workers``
     results are held before they are consumed.  The first item is run alone, before any other
-    starts.  An exception in a call is raised when its result is reached (the calls already
-    started finish first)."""
+    starts.  An exception in a call is raised when its result is reached, after the calls
+    already submitted (at most ``2 * workers``) have finished.  Raises ValueError for
+    ``workers`` < 1 or a bad ``$PHYJAX_THREADS``."""
     workers = default_workers() if workers is None else int(workers)
     if workers < 1:
         raise ValueError(f"workers={workers}; expected at least 1.")
