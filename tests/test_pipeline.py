@@ -1071,3 +1071,39 @@ def test_a_killed_cli_run_resumes_to_the_uninterrupted_result(debug_run, tmp_pat
                                                err_msg=f"{name}: {k}")
                 except ValueError:
                     assert g[k] == w[k], (name, k)
+
+
+def test_a_bids_folder_stops_at_a_corrupt_scan_with_every_scan_before_it_written(debug_run,
+                                                                              tmp_path):
+    # Harmonize mode runs two scans at once (phyjax.parallel) and writes them one by one in
+    # the folder's order: a scan that cannot be read stops the run at its own turn, naming the
+    # file, with every scan before it written and none after it -- as one at a time did.
+    import shutil
+
+    from phyjax.data import bids
+    from phyjax.experiments import harmonize as harmonize_mode
+
+    cfg, workdir, _ = debug_run
+    dataset = json.load(open(os.path.join(workdir, "split.json")))["dataset"]
+    root = str(tmp_path / "bids")
+    shutil.copytree(dataset, root)
+    h_cfg = cfg.copy_and_resolve_references()
+    with h_cfg.unlocked():
+        h_cfg.harmonize.bids_root = root
+        h_cfg.harmonize.output = str(tmp_path / "out")
+        h_cfg.harmonize.new_protocol_map = "none"
+        h_cfg.data.site_params = os.path.join(root, "code", "site_parameters.tsv")
+    scans = bids.scan_bids(root, site_table=None, mask_label="brain")[:5]
+    for scan in bids.scan_bids(root, site_table=None, mask_label="brain")[5:]:
+        os.remove(scan.path)             # five scans are enough
+    bad = scans[2].path
+    with open(bad, "wb") as f:
+        f.write(b"not a NIfTI file")
+    with pytest.raises(InputError, match=os.path.basename(bad)):
+        harmonize_mode.harmonize(h_cfg.harmonize, os.path.join(workdir, "harmonizer"), "",
+                                 data_cfg=h_cfg.data, config=h_cfg)
+    written = [os.path.exists(os.path.join(
+        tmp_path, "out", os.path.relpath(os.path.dirname(s.path), root),
+        os.path.basename(s.path).replace("_T1w.nii.gz", "_desc-harmonized_T1w.nii.gz")))
+        for s in scans]
+    assert written == [True, True, False, False, False]

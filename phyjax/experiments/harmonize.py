@@ -23,6 +23,7 @@ from phyjax.data.sidecar import (FIELDS, Reading, given_values, protocol_to_side
 from phyjax.data.volumes import Volume, normalize, slice_axis
 from phyjax.evaluate import figures, report
 from phyjax.experiments.common import ADDED_LATER
+from phyjax.parallel import ordered_map
 from phyjax.physics.sequences import Protocol
 
 def load_mask(spec: str, image_path: str, image: nib.Nifti1Image) -> np.ndarray:
@@ -463,11 +464,17 @@ def harmonize_bids(h, harmonizer_dir: str, target_cfg, data_cfg, config) -> str:
             own = [scan for scan in scans if protocols_match(scan.protocol, p)]
             new_protocol_maps(harmonizer, [volume_of(scan)[3] for scan in own[:NEW_MAP_SCANS]],
                               target, new_map, folder, kept_in)
-    written = []
-    for scan in tqdm(scans, desc=f"harmonizing {os.path.basename(root)}"):
+    def harmonized(scan):
         image, img, mask, volume = volume_of(scan)
-        outs = harmonize_image(harmonizer, image, img, mask, scan.protocol, scan.path,
-                               h.get("resolution", "native"), target, volume)
+        return img, harmonize_image(harmonizer, image, img, mask, scan.protocol, scan.path,
+                                    h.get("resolution", "native"), target, volume)
+
+    written = []
+    # two scans harmonized at once (phyjax.parallel), written one by one in the folder's
+    # order: a bad file stops the run at its turn, every scan before it written
+    done = ordered_map(harmonized, scans)
+    for scan, (img, outs) in tqdm(zip(scans, done), total=len(scans),
+                                  desc=f"harmonizing {os.path.basename(root)}"):
         rel = os.path.relpath(os.path.dirname(scan.path), root)
         base = os.path.basename(scan.path).split(".nii")[0]
         base = base[:-len("_T1w")] if base.endswith("_T1w") else base
