@@ -518,8 +518,8 @@ def fit_site_effects(protocol: Protocol, scans, heads: list[Anatomy], profile=No
             shape, scanner.sample_bias_coefficients(k_bias, b)))[mask]
             for b in grid["bias_amplitude"]}
 
-        # scanner.rician_noise(image, sigma, k_noise) for every sigma from one draw: in numpy
-        # float32, the same operations in the same order, so the same values to the bit
+        # scanner.rician_noise(image, sigma, k_noise) for every sigma from one draw, in numpy
+        # float32 (scanner.rician_magnitude): the same values to the bit
         z_re, z_im = (np.asarray(z, np.float32)
                       for z in scanner.unit_noise(k_noise, (int(mask.sum()),)))
 
@@ -535,7 +535,7 @@ def fit_site_effects(protocol: Protocol, scans, heads: list[Anatomy], profile=No
                     biased[b] = (image, np.percentile(image, 99.0))
                 image, p99 = biased[b]
                 sigma = np.float32(n * p99)
-                noisy = np.sqrt((image + sigma * z_re) ** 2 + (sigma * z_im) ** 2)
+                noisy = scanner.rician_magnitude(image, sigma, z_re, z_im, np.sqrt)
                 out.append((i, np.quantile(noisy / np.percentile(noisy, 99.0),
                                            EFFECT_QUANTILES)))
             return out

@@ -326,13 +326,14 @@ def pooled_outputs(harmonizer, train: TrainingSet, progress: bool = True,
             return None, np.asarray(vol.mask, bool)
         z = np.arange(0, np.shape(vol.mask)[2], step)
         return z, slice_mask(vol.mask, z)
-    jobs = []                   # (subject, site, scan, its target), the loop's order
+    jobs = []       # (subject, site, scan, its target, the target's sampled voxels), in order
     for subject in sorted(train.subjects):
         scans = train.volumes[subject]
         target = scans.get(train.target_site)
         if target is None:
             continue
-        jobs += [(subject, site, vol, target) for site, vol in sorted(scans.items())
+        t = np.asarray(target.image, np.float32)[sampled(target)[1]]   # once per subject
+        jobs += [(subject, site, vol, target, t) for site, vol in sorted(scans.items())
                  if site != train.target_site and vol.protocol is not None]
 
     def run(job):
@@ -347,14 +348,14 @@ def pooled_outputs(harmonizer, train: TrainingSet, progress: bool = True,
     try:
         # two scans in flight at once (phyjax.parallel): the same outputs, in the same order
         for k, (out, z, inside) in enumerate(ordered_map(run, jobs)):
-            subject, site, vol, target = jobs[k]
+            subject, site, vol, target, t = jobs[k]
             g = next((g for g in groups if protocols_match(g["p"], vol.protocol)), None)
             if g is None:
                 g = {"p": vol.protocol, "sites": set(), "subjects": set(), "out": [],
                      "tgt": [], "images": []}
                 groups.append(g)
             g["out"].append(out[inside])
-            g["tgt"].append(np.asarray(target.image, np.float32)[sampled(target)[1]])
+            g["tgt"].append(t)
             if len(g["images"]) < keep and np.shape(vol.mask) == np.shape(target.mask):
                 zs = slice(None) if z is None else z
                 g["images"].append((np.asarray(out, np.float32)[:, :, zs],

@@ -87,8 +87,15 @@ def rician_noise(image, sigma, key):
     ``|image + n_re + i n_im|``, ``n ~ N(0, sigma^2)``: Rician for ``sigma > 0``
     (Gudbjartsson & Patz, MRM 34:910, 1995).  Shape of ``image``.
     """
-    z_re, z_im = unit_noise(key, jnp.shape(image))
-    return jnp.sqrt((image + sigma * z_re) ** 2 + (sigma * z_im) ** 2)
+    return rician_magnitude(image, sigma, *unit_noise(key, jnp.shape(image)))
+
+
+def rician_magnitude(image, sigma, z_re, z_im, sqrt=jnp.sqrt):
+    """``|image + sigma z_re + i sigma z_im|``: :func:`rician_noise` from its standard normal
+    draws (:func:`unit_noise`).  ``sqrt=np.sqrt`` with float32 numpy arrays and a float32
+    ``sigma`` gives the same values to the bit, in numpy (many noise levels on one image:
+    :func:`phyjax.data.simulated.fit_site_effects`)."""
+    return sqrt((image + sigma * z_re) ** 2 + (sigma * z_im) ** 2)
 
 
 def unit_noise(key, shape):
