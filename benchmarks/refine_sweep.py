@@ -41,7 +41,7 @@ from phyjax.evaluate.overlap import (
 from phyjax.evaluate.segmentation import make_segmenter
 from phyjax.experiments.common import read_run
 from phyjax.data.split import Split
-from phyjax.methods import phycharm
+from phyjax.methods import calibration, phycharm
 from phyjax.physics.sequences import Protocol
 
 
@@ -95,7 +95,8 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--run", required=True, help="phycharm or benchmark run folder")
     ap.add_argument("--method", default="", help="benchmark run: phycharm | phycharm_unpaired")
-    ap.add_argument("--subjects", choices=("train", "test"), default="train")
+    ap.add_argument("--subjects", choices=("train", "test", "all"), default="train",
+                    help="all: the training subjects, then the test subjects")
     ap.add_argument("--setting", action="append", required=True,
                     help="name:key=value,... (config.model.refine keys, and calibrate=True "
                          "(config.model.calibrate=p99) or calibrate=p99|match|sites after "
@@ -140,6 +141,7 @@ def main(argv=None) -> None:
         with cfg.unlocked():
             cfg.data.test_anatomy = args.test_anatomy
     own = None
+    run_cfg = cfg.copy_and_resolve_references()     # before a validation seed replaces its own
     if args.data_seed >= 0:
         if args.data_seed == int(cfg.data.seed):
             raise SystemExit(f"--data-seed {args.data_seed} is the run's own data.seed.")
@@ -179,12 +181,33 @@ def main(argv=None) -> None:
     if steps:               # compile first, so that no timing below holds the compilation
         harm.predict(next(v for v in run_data.volumes[split_.train[0]].values()
                           if v.site != run_data.target_site))
+        # the heads and filter candidates the run's training learned its maps on and with:
+        # heads made by the physics (config.model.calibrate_with, item 71) or its traveling
+        # subjects; built once, outside the timing (the same for every K)
+        pairs = phycharm.resolve_pairs(phycharm.pairs_mode(cfg.train, args.method or
+                                                           "phycharm"), train_set)
+        heads = train_set
+        if calibration.maps_source(cfg.model, pairs == "paired") == "physics":
+            t0 = time.perf_counter()
+            heads = phycharm.calibration_heads(
+                run_cfg, train_set, int(cfg.model.get("calibrate_simulated", 8)),
+                target_scans=pairs == "paired")
+            print(f"{len(heads.subjects)} heads made by the physics for the maps: "
+                  f"{time.perf_counter() - t0:.1f} s", flush=True)
     for step in steps:
         t0 = time.perf_counter()
-        maps = phycharm.fit_site_maps(harm, train_set, knots, progress=False,
-                                      slice_step=step)
+        maps = phycharm.fit_site_maps(harm, heads, knots, progress=False, slice_step=step,
+                                      denoise=cfg.model.get("calibrate_denoise", ""),
+                                      denoise_min_gain=float(cfg.model.get(
+                                          "calibrate_denoise_min_gain", 0.0)))
         learned[step] = (maps, time.perf_counter() - t0)
         print(f"site maps from every {step}. slice: {learned[step][1]:.1f} s", flush=True)
+        if step == int(cfg.model.get("calibrate_slice_step", 1)) and site_maps:
+            # the run's own setting: the maps learned here should be the ones training saved
+            gap = max(float(np.max(np.abs(np.subtract(a["output"], b["output"]))))
+                      for a, b in zip(maps, site_maps))
+            print(f"  against the run's saved maps (the same K): largest knot difference "
+                  f"{gap:.3g}", flush=True)
     if own is not None:     # a validation head must not be a training head (same T1 map)
         def head(volumes, site):
             v = volumes[site]
@@ -202,7 +225,8 @@ def main(argv=None) -> None:
         from real_philips import benchmark_segmenter
 
         seg = benchmark_segmenter()
-    subjects = split["train" if args.subjects == "train" else "test"]
+    subjects = (list(split["train"]) + list(split["test"]) if args.subjects == "all"
+                else split[args.subjects])
     if args.max_subjects:
         subjects = subjects[:args.max_subjects]
     new_maps = {}           # (site, effects) -> the map the physics makes at harmonize time
