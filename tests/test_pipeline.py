@@ -337,13 +337,23 @@ def test_site_maps_undo_a_sites_monotone_distortion_on_unseen_heads():
     with pytest.raises(InputError, match="at least 2"):
         fit_site_maps(net, train, knots=1, progress=False)
     # every second slice only (calibrate_slice_step=2): the pooled voxels are exactly the
-    # mask's on slices 0, 2, 4, ... of source and target alike, and the maps still invert g
+    # mask's on every second slice of source and target alike, the sample of the i-th subject
+    # starting at slice i mod 2 (subjects 00, 02: slices 0, 2, 4, ...; 01, 03: 1, 3, 5, ...;
+    # heads on one grid then have every slice position sampled), and the maps still invert g
     from phyjax.methods.calibration import pooled_outputs
     groups = pooled_outputs(net, train, progress=False, slice_step=2)
-    even = mask.copy()
-    even[..., 1::2] = False
-    assert all(g["out"].size == g["tgt"].size == 4 * even.sum() for g in groups)
-    assert np.all(np.concatenate([g["out"] for g in groups]) > 0)   # no skipped slice pooled
+
+    def sample(subject, start, site="ref"):
+        sel = mask.copy()
+        sel[..., np.arange(mask.shape[2]) % 2 != start] = False
+        return raw(volumes[subject][site])[sel]
+    for group in groups:
+        (site,) = group["sites"]
+        np.testing.assert_array_equal(
+            group["tgt"], np.concatenate([sample(f"{k:02d}", k % 2) for k in range(4)]))
+        np.testing.assert_array_equal(
+            group["out"], np.concatenate([sample(f"{k:02d}", k % 2, site) for k in range(4)]))
+    assert np.all(np.concatenate([group["out"] for group in groups]) > 0)   # no skipped slice pooled
     half = fit_site_maps(net, train, knots=256, progress=False, slice_step=2)
     out = {"harmonized": raw(volumes["99"]["a"])}
     got = calibrate_output(out, mask, "sites", site_maps=half,

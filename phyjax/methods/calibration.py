@@ -303,10 +303,15 @@ def pooled_outputs(harmonizer, train: TrainingSet, progress: bool = True,
     pooled, and of the same subjects' target-site scans, pooled: a list of ``{"p": protocol,
     "sites", "subjects": sets, "out", "tgt": 1-D arrays}`` -- what :func:`fit_site_maps` fits.
 
-    ``slice_step`` k > 1: only every k-th slice along each scan's third axis (0, k, 2k, ...;
-    source and target alike) is harmonized and pooled, a systematic sample of the voxels
+    ``slice_step`` k > 1: only every k-th slice along each scan's third axis (source and
+    target alike) is harmonized and pooled, a systematic sample of the voxels
     (``harmonizer.harmonize(volume, z_slices=...)`` of a slice network,
-    :func:`phyjax.methods.networks.predict_volume`) for about 1/k of the inference time.
+    :func:`phyjax.methods.networks.predict_volume`) for about 1/k of the inference time.  The
+    sample starts at slice ``i mod k`` for the ``i``-th subject (sorted names): heads on one
+    grid (deformations of one template, the physics-made heads) then have every slice position
+    sampled by 1/k of them, where one start for all would pool the same anatomical positions
+    from every head -- a sample of the anatomy, not of the voxels (docs/phycharm_ablation.md,
+    item 78).
     ``train`` may also be :class:`CalibrationHeads` (heads made by the physics).
     ``keep`` > 0: each group also holds ``"images"``, ``(output, target, mask)`` of its first
     ``keep`` scans whose grid is their target scan's (the sampled slices only), for
@@ -321,24 +326,27 @@ def pooled_outputs(harmonizer, train: TrainingSet, progress: bool = True,
         raise InputError(f"config.model.calibrate_slice_step={slice_step!r}; expected an "
                          "integer >= 1.")
 
-    def sampled(vol):       # (z_slices to harmonize or None, their in-mask voxels' selector)
+    def sampled(vol, start):    # (z_slices to harmonize or None, their in-mask voxels)
         if step == 1:
             return None, np.asarray(vol.mask, bool)
-        z = np.arange(0, np.shape(vol.mask)[2], step)
+        n = np.shape(vol.mask)[2]
+        z = np.arange(start if start < n else 0, n, step)
         return z, slice_mask(vol.mask, z)
-    jobs = []       # (subject, site, scan, its target, the target's sampled voxels), in order
-    for subject in sorted(train.subjects):
+    jobs = []       # (subject, site, scan, its target, the target's sampled voxels, the
+    # sample's first slice), in order
+    for i, subject in enumerate(sorted(train.subjects)):
         scans = train.volumes[subject]
         target = scans.get(train.target_site)
         if target is None:
             continue
-        t = np.asarray(target.image, np.float32)[sampled(target)[1]]   # once per subject
-        jobs += [(subject, site, vol, target, t) for site, vol in sorted(scans.items())
+        start = i % step
+        t = np.asarray(target.image, np.float32)[sampled(target, start)[1]]  # once per subject
+        jobs += [(subject, site, vol, target, t, start) for site, vol in sorted(scans.items())
                  if site != train.target_site and vol.protocol is not None]
 
     def run(job):
         vol = job[2]
-        z, inside = sampled(vol)
+        z, inside = sampled(vol, job[5])
         out = harmonizer.harmonize(vol) if z is None else harmonizer.harmonize(vol, z_slices=z)
         return out, z, inside
 
@@ -348,7 +356,7 @@ def pooled_outputs(harmonizer, train: TrainingSet, progress: bool = True,
     try:
         # two scans in flight at once (phyjax.parallel): the same outputs, in the same order
         for k, (out, z, inside) in enumerate(ordered_map(run, jobs)):
-            subject, site, vol, target, t = jobs[k]
+            subject, site, vol, target, t, _ = jobs[k]
             g = next((g for g in groups if protocols_match(g["p"], vol.protocol)), None)
             if g is None:
                 g = {"p": vol.protocol, "sites": set(), "subjects": set(), "out": [],
