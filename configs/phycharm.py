@@ -238,14 +238,15 @@ def get_config(arg: str | None = None) -> ConfigDict:
     # the U-Net's, having no physics, are learned on the traveling subjects.
     model.calibrate = "sites"
     model.calibrate_knots = 256
-    # The site maps' quantiles from every k-th slice of each training pair only (source and
-    # target alike; phyjax.methods.calibration.pooled_outputs): the network harmonizes every
-    # training scan once for them, and 2 halves that pass (40 scans: ~124 -> ~48 s on 2 cores
-    # with eval.batch_size=8). On the validation split (120 images, two seeds) the same
-    # network's scores with maps from every slice and from every second one agree within
-    # 0.001 dB, 0.0001 Dice and 0.07 points of |dV| overall (docs/phycharm_ablation.md,
-    # item 51). 1: every slice.
-    model.calibrate_slice_step = 2
+    # The site maps' quantiles from every k-th slice of each of their heads only (source and
+    # target alike; the i-th head's sample starts at slice i mod k, so heads on one grid have
+    # every slice position sampled: phyjax.methods.calibration.pooled_outputs): the network
+    # harmonizes each of the maps' 80 scans for them, and 4 quarters that pass (the maps
+    # 278 -> 139 s on one busy core). On the validation split (120 images, two seeds) the same
+    # network's scores with maps from every slice and from every fourth one agree within
+    # item 51's tolerances (docs/phycharm_ablation.md, item 79; every fourth slice from
+    # slice 0 for every head failed them, item 78). 1: every slice.
+    model.calibrate_slice_step = 4
     # With the site maps, an in-plane filter per protocol chosen on the same heads: among these
     # comma-separated "S:R" edge-preserving bilateral filters (spatial sd S voxels, intensity
     # sd R on the target's scale, whose 99th percentile is 1) and none, the one that brings
