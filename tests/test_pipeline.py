@@ -827,9 +827,10 @@ def test_resuming_with_a_different_model_is_refused(debug_run):
 
 def test_resuming_with_another_inference_setting_is_allowed(tmp_path):
     # model.refine, model.calibrate and model.tta act at inference only, and
-    # model.calibrate_simulated after training (which heads the site maps are learned on): a
-    # trained run may be re-evaluated with them changed, and also a config.json written before
-    # calibrate_simulated existed; any other model setting still refuses to resume.
+    # model.calibrate_simulated and calibrate_slice_step after training (which heads and slices
+    # the site maps are learned on): a trained run may be re-evaluated with them changed, and
+    # also a config.json written before calibrate_simulated existed; any other model setting
+    # still refuses to resume.
     from phyjax.experiments.common import prepare_workdir
 
     cfg = load_config()
@@ -842,6 +843,7 @@ def test_resuming_with_another_inference_setting_is_allowed(tmp_path):
         other.model.calibrate = "p99"
         other.model.tta = "none" if cfg.model.tta == "flip" else "flip"
         other.model.calibrate_simulated = cfg.model.calibrate_simulated + 8
+        other.model.calibrate_slice_step = cfg.model.calibrate_slice_step + 1   # the maps' slices
     prepare_workdir(other, str(tmp_path))
     old = json.loads(cfg.to_json())
     del old["model"]["calibrate_simulated"]

@@ -24,13 +24,14 @@ from phyjax.evaluate.site_difference import FeatureExtractor
 #: same whatever they are): ``model.refine``, PhyCHarm's data-consistency step,
 #: ``model.calibrate``, its output's intensity scale, ``model.calibrate_with`` and
 #: ``model.calibrate_simulated`` / ``calibrate_effects``, which heads its site maps are learned
-#: on after training (a resumed run learns them anew), ``model.calibrate_denoise`` (and
-#: ``_min_gain``), the in-plane filters they choose among, and ``model.tta``, its test-time
-#: augmentation
+#: on after training (a resumed run learns them anew), ``model.calibrate_slice_step``, the
+#: slices they are read from, ``model.calibrate_denoise`` (and ``_min_gain``), the in-plane
+#: filters they choose among, and ``model.tta``, its test-time augmentation
 INFERENCE_ONLY = {"model": ("refine", "calibrate", "calibrate_with", "calibrate_simulated",
-                            "calibrate_effects", "calibrate_denoise",
+                            "calibrate_effects", "calibrate_slice_step", "calibrate_denoise",
                             "calibrate_denoise_min_gain", "tta"),
-                  "unet": ("tta", "calibrate_denoise", "calibrate_denoise_min_gain"),
+                  "unet": ("tta", "calibrate_slice_step", "calibrate_denoise",
+                           "calibrate_denoise_min_gain"),
                   # how often a run logs and saves: the same network either way
                   "train": ("log_every", "checkpoint_every")}
 #: training settings added after runs were made: a run whose config.json lacks one was trained
