@@ -311,7 +311,7 @@ def pooled_outputs(harmonizer, train: TrainingSet, progress: bool = True,
     grid (deformations of one template, the physics-made heads) then have every slice position
     sampled by 1/k of them, where one start for all would pool the same anatomical positions
     from every head -- a sample of the anatomy, not of the voxels (docs/phycharm_ablation.md,
-    item 78).
+    items 78 and 79).
     ``train`` may also be :class:`CalibrationHeads` (heads made by the physics).
     ``keep`` > 0: each group also holds ``"images"``, ``(output, target, mask)`` of its first
     ``keep`` scans whose grid is their target scan's (the sampled slices only), for
