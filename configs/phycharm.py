@@ -9,12 +9,11 @@ Harmonize a user's T1w with the trained checkpoint in --workdir:
       --config.harmonize.mask=mask.nii.gz --config.harmonize.sidecar=t1w.json \
       --config.harmonize.output=t1w_harmonized.nii.gz
 
-Expected runtime on 2 idle CPU cores: default 8-15 min with the dataset cached, by machine and
-hour (9 min 42 s at c5f300c with item 71's maps from physics-made heads: their scanner-effect
-fit ~1.5 min; 7 min 20 s at 740bf36, 7 min 38 s at 6be16d8: training 5.4-5.6 min at ~0.41 s/step, the per-site maps ~1 min,
-evaluation ~1 min; 8:56 back to back with the maps from every slice and an inference batch of
-32, items 51 and 53; 12:14-14:55 on the previous session's machine, 0.59 s/step; building the
-dataset adds ~40 s once); debug about 1 min.
+Expected runtime on 2 idle CPU cores: default 8-14 min, by machine and hour -- 13:57 on a slow
+hour (0.66 s per training step) from an empty cache, with item 79's site maps from every fourth
+slice (15:02 before them); 7:20-11:40 on faster hours (0.41-0.45 s per step); building the
+dataset is ~30 s of it (docs/phycharm_ablation.md, items 51-53, 71, 73, 77-79); debug about
+1 min.
 Every field below can be overridden with --config.<path>=<value>; an unknown
 key is an error.
 """
