@@ -205,10 +205,12 @@ def main(argv=None) -> None:
         print(f"site maps from every {step}. slice: {learned[step][1]:.1f} s", flush=True)
         if step == int(cfg.model.get("calibrate_slice_step", 1)) and site_maps:
             # the run's own setting: the maps learned here should be the ones training saved
+            # (zip would compare only the shorter list's maps: a count that differs is said)
             gap = max(float(np.max(np.abs(np.subtract(a["output"], b["output"]))))
-                      for a, b in zip(maps, site_maps))
-            print(f"  against the run's saved maps (the same K): largest knot difference "
-                  f"{gap:.3g}", flush=True)
+                      for a, b in zip(maps, site_maps)) if len(maps) == len(site_maps) else None
+            print("  against the run's saved maps (the same K): " + (
+                f"largest knot difference {gap:.3g}" if gap is not None else
+                f"{len(maps)} maps learned here, {len(site_maps)} saved"), flush=True)
     if own is not None:     # a validation head must not be a training head (same T1 map)
         def head(volumes, site):
             v = volumes[site]
