@@ -171,39 +171,48 @@ def main(argv=None) -> None:
     run_data = own if own is not None else data
     split_ = Split(train=tuple(split["train"]), test=tuple(split["test"]))
     train_set = run_data.training_set(split_)
-    knots = int(cfg.model.get("calibrate_knots", 256))
+    # the network's own section: the U-Net's maps follow config.unet, PhyCHarm's config.model
+    section = "unet" if args.method == "unet" else "model"
+    maps_cfg = cfg[section]
+    knots = int(maps_cfg.get("calibrate_knots", 256))
     if any(s.get("calibrate") == "sites" for _, s in settings) and not site_maps:
         # a harmonizer saved without maps: learn them as training does (config.model.
         # calibrate=sites) with this network
         site_maps = phycharm.fit_site_maps(
-            harm, train_set, knots, slice_step=int(cfg.model.get("calibrate_slice_step", 1)))
+            harm, train_set, knots, slice_step=int(maps_cfg.get("calibrate_slice_step", 1)))
     learned = {}            # site_step -> (maps learned here, seconds)
     steps = sorted({s["site_step"] for _, s in settings if "site_step" in s})
     if steps:               # compile first, so that no timing below holds the compilation
         harm.predict(next(v for v in run_data.volumes[split_.train[0]].values()
                           if v.site != run_data.target_site))
-        # the heads and filter candidates the run's training learned its maps on and with:
-        # heads made by the physics (config.model.calibrate_with, item 71) or its traveling
-        # subjects; built once, outside the timing (the same for every K)
+        # the heads and filter candidates the run's training learned its maps on and with
+        # (calibration.plan_site_maps, as training decides): heads made by the physics
+        # (config.model.calibrate_with, item 71) or its traveling subjects, those that
+        # calibrate_heads held out of the network's training where it did; built once,
+        # outside the timing (the same for every K)
         pairs = phycharm.resolve_pairs(phycharm.pairs_mode(cfg.train, args.method or
                                                            "phycharm"), train_set)
-        heads = train_set
-        if calibration.maps_source(cfg.model, pairs == "paired") == "physics":
+        plan = calibration.plan_site_maps(train_set, maps_cfg, int(run_cfg.seed), section,
+                                          pairs == "paired", has_physics=section == "model")
+        heads = plan.maps_set if plan.maps_set is not None else train_set
+        if plan.source == "physics":
             t0 = time.perf_counter()
-            heads = phycharm.calibration_heads(
-                run_cfg, train_set, int(cfg.model.get("calibrate_simulated", 8)),
-                target_scans=pairs == "paired")
+            heads = phycharm.calibration_heads(run_cfg, train_set, plan.n_physics,
+                                               target_scans=pairs == "paired")
             print(f"{len(heads.subjects)} heads made by the physics for the maps: "
                   f"{time.perf_counter() - t0:.1f} s", flush=True)
+        elif plan.network_set is not train_set:
+            print(f"the maps' heads: {list(heads.subjects)}, held out of the network's "
+                  "training (calibrate_heads)", flush=True)
     for step in steps:
         t0 = time.perf_counter()
         maps = phycharm.fit_site_maps(harm, heads, knots, progress=False, slice_step=step,
-                                      denoise=cfg.model.get("calibrate_denoise", ""),
-                                      denoise_min_gain=float(cfg.model.get(
+                                      denoise=maps_cfg.get("calibrate_denoise", ""),
+                                      denoise_min_gain=float(maps_cfg.get(
                                           "calibrate_denoise_min_gain", 0.0)))
         learned[step] = (maps, time.perf_counter() - t0)
         print(f"site maps from every {step}. slice: {learned[step][1]:.1f} s", flush=True)
-        if step == int(cfg.model.get("calibrate_slice_step", 1)) and site_maps:
+        if step == int(maps_cfg.get("calibrate_slice_step", 1)) and site_maps:
             # the run's own setting: the maps learned here should be the ones training saved
             # (zip would compare only the shorter list's maps: a count that differs is said)
             gap = max(float(np.max(np.abs(np.subtract(a["output"], b["output"]))))

@@ -16,7 +16,8 @@ from phyjax.data.nifti import InputError
 from phyjax.data.split import Split
 from phyjax.data.volumes import Volume, normalize
 from phyjax.methods.calibration import (CalibrationHeads, calibrate_output,
-                                        check_calibrate_simulated, fit_calibrated, maps_source)
+                                        check_calibrate_simulated, fit_calibrated, maps_source,
+                                        plan_site_maps)
 from phyjax.physics import scanner
 from phyjax.physics.sequences import Protocol
 
@@ -616,3 +617,39 @@ def test_fit_site_effects_equals_the_plain_computation_to_the_bit(heads, monkeyp
         assert (got.b1_scale, got.b1_curvature, got.bias_amplitude,
                 got.noise_fraction) == points[best]
         assert d == distance[best]
+
+
+@pytest.mark.parametrize("settings, paired, physics", [
+    (_settings(), True, True), (_settings(), False, True), (_settings(), True, False),
+    (_settings(calibrate_heads=2), True, True), (_settings(calibrate_heads=2), True, False),
+    (_settings(calibrate_with="physics", calibrate_simulated=4), True, True),
+    (_settings(calibrate_with="traveling"), False, True),
+    (_settings(calibrate="none"), True, True)])
+def test_the_maps_plan_is_what_training_does(world, settings, paired, physics):
+    # plan_site_maps is how a tool (benchmarks/refine_sweep.py) learns a run's maps again: its
+    # network subjects, maps' heads and physics count must be the ones fit_calibrated used
+    train, _, heads, Memorizing = world
+    trained_on, asked = [], []
+
+    def fit_network(subset):
+        trained_on.append(subset.subjects)
+        return Memorizing(subset.subjects)
+
+    def physics_heads(t, n):
+        asked.append(n)
+        return heads
+
+    plan = plan_site_maps(train, settings, 3, "model", paired, physics)
+    harm = fit_calibrated(fit_network, train, settings, 3, "model", paired, progress=False,
+                          physics_heads=physics_heads if physics else None)
+    assert trained_on == [plan.network_set.subjects]
+    if plan.source == "physics":
+        assert asked == [plan.n_physics] and plan.maps_set is None
+        assert harm.cfg["calibration_subjects"] == list(heads.subjects)
+    elif plan.source == "traveling":
+        assert asked == [] and harm.cfg["calibration_subjects"] == list(plan.maps_set.subjects)
+        held = settings.get("calibrate_heads", 0)
+        assert len(plan.maps_set.subjects) == (held or len(train.subjects))
+        assert set(plan.maps_set.subjects).isdisjoint(plan.network_set.subjects) == bool(held)
+    else:
+        assert asked == [] and harm.cfg["calibration_subjects"] == []

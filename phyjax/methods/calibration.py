@@ -517,12 +517,71 @@ def learn_site_maps(harmonizer, train: TrainingSet, knots: int = 256, has_heads:
     return harmonizer
 
 
+@dataclasses.dataclass(frozen=True)
+class MapsPlan:
+    """Where a network's site maps are learned (:func:`plan_site_maps`).
+
+    ``source``: ``"traveling"``, ``"physics"`` or ``"none"`` (:func:`maps_source`, after a
+    method without the physics has fallen back); ``network_set``: the training subjects the
+    network learns from; ``maps_set``: the traveling subjects the maps are learned on
+    (``"traveling"``; the network's own unless ``calibrate_heads`` holds some out), or None
+    (``"physics"``: ``n_physics`` heads made by the physics after training; ``"none"``)."""
+
+    source: str
+    network_set: TrainingSet
+    maps_set: TrainingSet | None
+    n_physics: int = 0
+
+
+def plan_site_maps(train: TrainingSet, settings, seed: int, section: str, paired: bool = True,
+                   has_physics: bool = True, name: str = "harmonizer") -> MapsPlan:
+    """The :class:`MapsPlan` of a network with ``settings`` (``config.model`` /
+    ``config.unet``; ``section`` names it in errors) trained on ``train``: the one place that
+    decides which heads its site maps are learned on, for training (:func:`fit_calibrated`)
+    and for a tool that learns them again (``benchmarks/refine_sweep.py``).
+
+    * traveling subjects (``calibrate="sites"`` with traveling-subject pairs, ``paired``):
+      :func:`calibration_holdout` with ``calibrate_heads`` and ``seed`` splits ``train`` into
+      the network's subjects and the maps' (both ``train`` when ``calibrate_heads`` is 0);
+    * heads made by the physics (``calibrate_with="physics"``, or ``"auto"`` without traveling
+      subjects): the network learns from all of ``train``; ``n_physics`` is
+      ``calibrate_simulated`` (default 8).  A method without the physics
+      (``has_physics=False``, e.g. the U-Net) falls back to its traveling subjects under
+      ``"auto"``.
+
+    Raises InputError for a bad ``calibrate_with``, ``calibrate_simulated`` or
+    ``calibrate_heads``, for physics-made maps together with ``calibrate_heads`` > 0 (two
+    sources for one map), or for ``calibrate_with="physics"`` without the physics."""
+    source = maps_source(settings, paired, section)
+    if source == "physics" and not has_physics:
+        if settings.get("calibrate_with", "auto") == "physics":
+            raise InputError(f"config.{section}.calibrate_with='physics': {name} has no "
+                             "physics to make heads with; use 'traveling'.")
+        source = "traveling" if paired else "none"
+    if source == "physics":
+        n_physics = check_calibrate_simulated(settings.get("calibrate_simulated", 8),
+                                              f"config.{section}.calibrate_simulated")
+        if settings.get("calibrate_heads", 0):
+            raise InputError(f"config.{section}.calibrate_heads="
+                             f"{settings.get('calibrate_heads')} holds traveling subjects out "
+                             "for the site maps, but they are learned on heads made by the "
+                             f"physics here (config.{section}.calibrate_with="
+                             f"{settings.get('calibrate_with', 'auto')!r}); set one or the "
+                             "other.")
+        return MapsPlan(source, train, None, n_physics)
+    if source == "traveling":
+        net_set, maps_set = calibration_holdout(train, settings.get("calibrate_heads", 0), seed,
+                                                f"config.{section}.calibrate_heads")
+        return MapsPlan(source, net_set, maps_set)
+    return MapsPlan(source, train, None)
+
+
 def fit_calibrated(fit_network, train: TrainingSet, settings, seed: int, section: str,
                    paired: bool = True, progress: bool = True, name: str = "harmonizer",
                    physics_heads: Callable[[TrainingSet, int], CalibrationHeads] | None = None):
     """A slice network trained by ``fit_network(training_set)`` and its site maps, as
     ``settings`` (``config.model`` for PhyCHarm, ``config.unet`` for the U-Net; ``section``
-    names it in errors) ask, learned where :func:`maps_source` says:
+    names it in errors) ask, learned where :func:`plan_site_maps` says:
 
     * on traveling subjects (``calibrate="sites"`` with traveling-subject pairs, ``paired``):
       the network learns from the subjects :func:`calibration_holdout` leaves it
@@ -536,40 +595,22 @@ def fit_calibrated(fit_network, train: TrainingSet, settings, seed: int, section
 
     The harmonizer's ``fitted_on`` is every subject of ``train`` and
     ``cfg["calibration_subjects"]`` those the maps were learned on (empty without maps).
-    Raises InputError for a bad ``calibrate_with`` or ``calibrate_simulated``, for physics-made
-    maps together with ``calibrate_heads`` > 0 (two sources for one map), or for them where no
-    ``physics_heads`` can make heads (a method without the physics, e.g. the U-Net; with
-    ``"auto"`` such a method keeps its traveling-subject maps)."""
-    source = maps_source(settings, paired, section)
-    if source == "physics" and physics_heads is None:
-        if settings.get("calibrate_with", "auto") == "physics":
-            raise InputError(f"config.{section}.calibrate_with='physics': {name} has no "
-                             "physics to make heads with; use 'traveling'.")
-        source = "traveling" if paired else "none"
-    n_physics = 0
-    if source == "physics":
-        n_physics = check_calibrate_simulated(settings.get("calibrate_simulated", 8),
-                                              f"config.{section}.calibrate_simulated")
-        if settings.get("calibrate_heads", 0):
-            raise InputError(f"config.{section}.calibrate_heads="
-                             f"{settings.get('calibrate_heads')} holds traveling subjects out "
-                             "for the site maps, but they are learned on heads made by the "
-                             f"physics here (config.{section}.calibrate_with="
-                             f"{settings.get('calibrate_with', 'auto')!r}); set one or the "
-                             "other.")
-    net_set, maps_set = (calibration_holdout(train, settings.get("calibrate_heads", 0), seed,
-                                             f"config.{section}.calibrate_heads")
-                         if source == "traveling" else (train, train))
-    if net_set is not train and progress:
-        print(f"[{name}] site maps from the held-out heads {list(maps_set.subjects)}; the "
-              f"network trains on {list(net_set.subjects)}", flush=True)
-    harm = fit_network(net_set)
+    Raises InputError as :func:`plan_site_maps` does (a method without ``physics_heads`` has
+    no physics; with ``"auto"`` it keeps its traveling-subject maps)."""
+    plan = plan_site_maps(train, settings, seed, section, paired, physics_heads is not None,
+                          name)
+    if plan.network_set is not train and progress:
+        print(f"[{name}] site maps from the held-out heads {list(plan.maps_set.subjects)}; the "
+              f"network trains on {list(plan.network_set.subjects)}", flush=True)
+    harm = fit_network(plan.network_set)
     harm.fitted_on = frozenset(train.subjects)      # the held-out heads fitted its maps
-    if source == "physics":
-        maps_set = physics_heads(train, n_physics)
+    maps_set = plan.maps_set if plan.maps_set is not None else train
+    if plan.source == "physics":
+        maps_set = physics_heads(train, plan.n_physics)
         if progress:
-            print(f"[{name}] site maps from {n_physics} heads made by the physics", flush=True)
-    learns = source != "none"
+            print(f"[{name}] site maps from {plan.n_physics} heads made by the physics",
+                  flush=True)
+    learns = plan.source != "none"
     harm.cfg["calibration_subjects"] = list(maps_set.subjects) if learns else []
     return learn_site_maps(harm, maps_set, settings.get("calibrate_knots", 256), learns,
                            progress, settings.get("calibrate_slice_step", 1),
