@@ -48,6 +48,8 @@ def main(argv=None) -> None:
     ap.add_argument("--heads", type=int, default=8, help="the maps' first N heads, scored whole")
     ap.add_argument("--candidates", default="",
                     help="S:R filters (default: the run's config.model.calibrate_denoise)")
+    ap.add_argument("--mrf-smoothing", type=float, default=-1.0,
+                    help="the segmenter's MRF smoothing instead of the run's (0: intensity alone)")
     ap.add_argument("--out", default="")
     args = ap.parse_args(argv)
 
@@ -72,6 +74,9 @@ def main(argv=None) -> None:
           flush=True)
     candidates = calibration.parse_denoise(args.candidates or
                                            cfg.model.get("calibrate_denoise", ""))
+    if args.mrf_smoothing >= 0:     # a diagnosis: how much of a volume error is the MRF's
+        with cfg.unlocked():
+            cfg.segmentation.mrf_smoothing = args.mrf_smoothing
     seg = make_segmenter(cfg.segmentation)
     subjects = sorted(heads.subjects)[:args.heads]
     sites = [s for s in args.sites.split(",") if s] or sorted(
@@ -104,7 +109,8 @@ def main(argv=None) -> None:
              f"First {len(subjects)} of the {len(heads.subjects)} heads made by the physics for "
              "the run's site maps, harmonized whole, the saved map applied without its filter, "
              "then each filter. Volumes: the run's segmenter on the output against it on the "
-             "head's target scan (signed, %). `*`: the filter the saved map chose.", "",
+             "head's target scan (signed, %). `*`: the filter the saved map chose. Segmenter: "
+             f"{seg.describe() if hasattr(seg, 'describe') else type(seg).__name__}.", "",
              "| site | filter | SSIM | PSNR (dB) | LS gain (dB) | Dice CSF / GM / WM | "
              "dV CSF / GM / WM (%) | mean abs dV |", "|---|---|---|---|---|---|---|---|"]
     for site in sites:

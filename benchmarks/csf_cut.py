@@ -1,0 +1,88 @@
+"""Where does the fixed segmenter put the CSF/GM boundary on PhyCHarm's output, against the
+same head's target scan?  (docs/phycharm_ablation.md item 80.)
+
+On the first ``--heads`` of the heads the physics makes for a run's site maps (made again as
+its training made them), harmonized whole at ``--site`` and passed through the saved map
+(with its filter), the run's segmenter -- its MRF off (``mrf_smoothing`` 0: item 80 found the
+MRF does not move the CSF count) -- labels the output and the target scan.  Printed per head:
+the CSF fraction of the mask on each; the output's fraction below the *target's* CSF/GM
+boundary (the brightest target voxel labelled CSF) -- what the intensities alone would give;
+the boundary the segmenter chose on each; and, pooled over the heads, the output's and the
+target's quantiles (what the quantile map matches).
+
+Usage::
+
+    python benchmarks/csf_cut.py --run runs/abl/sl79_s0 --site mprage1p5T --heads 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import numpy as np
+
+from phyjax import methods
+from phyjax.data.dataset import load_dataset
+from phyjax.data.split import Split, protocols_match
+from phyjax.evaluate.segmentation import make_segmenter
+from phyjax.experiments.common import read_run
+from phyjax.methods import calibration, phycharm
+from phyjax.methods.base import protocol_from_json
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--run", required=True, help="a benchmark run folder with phycharm/")
+    ap.add_argument("--site", required=True)
+    ap.add_argument("--heads", type=int, default=8)
+    args = ap.parse_args(argv)
+    cfg, split = read_run(args.run)
+    run_cfg = cfg.copy_and_resolve_references()
+    harm = methods.load(os.path.join(args.run, "phycharm", "harmonizer"))
+    maps = harm.cfg["site_maps"]
+    harm.cfg = dict(harm.cfg, calibrate="none",
+                    refine=dict(harm.cfg.get("refine") or {}, enabled=False))
+    data = load_dataset(cfg.data, progress=False, paired=True)
+    train = data.training_set(Split(train=tuple(split["train"]), test=tuple(split["test"])))
+    pairs = phycharm.resolve_pairs(phycharm.pairs_mode(cfg.train, "phycharm"), train)
+    plan = calibration.plan_site_maps(train, cfg.model, int(run_cfg.seed), "model",
+                                      pairs == "paired")
+    if plan.source != "physics":
+        raise SystemExit(f"{args.run}: its maps were learned on {plan.source} heads.")
+    heads = phycharm.calibration_heads(run_cfg, train, plan.n_physics,
+                                       target_scans=pairs == "paired")
+    with cfg.unlocked():
+        cfg.segmentation.mrf_smoothing = 0.0
+    seg = make_segmenter(cfg.segmentation)
+    outs, tgts, ratios = [], [], []
+    print("head | CSF fraction target / output | output below the target's boundary | "
+          "boundary target / output")
+    for subject in sorted(heads.subjects)[:args.heads]:
+        vol, tgt = heads.volumes[subject][args.site], heads.volumes[subject][heads.target_site]
+        entry = next(m for m in maps
+                     if protocols_match(protocol_from_json(m["protocol"]), vol.protocol))
+        m = np.asarray(tgt.mask, bool)
+        if not np.array_equal(np.asarray(vol.mask, bool), m):
+            raise SystemExit(f"{subject}: the source scan's mask is not the target's.")
+        out = calibration.apply_site_map(harm.harmonize(vol), m, entry)
+        t_lab, o_lab = seg(tgt.image, m)[m], seg(out, m)[m]
+        t, o = np.asarray(tgt.image)[m], out[m]
+        csf = min(np.unique(t_lab))         # the darkest class of a T1w: CSF
+        t_cut, o_cut = t[t_lab == csf].max(), o[o_lab == csf].max()
+        ft, fo = np.mean(t_lab == csf), np.mean(o_lab == csf)
+        ratios.append(fo / ft)
+        print(f"{subject} | {ft:.4f} / {fo:.4f} ({100 * (fo / ft - 1):+.1f} %) | "
+              f"{np.mean(o <= t_cut):.4f} ({100 * (np.mean(o <= t_cut) / ft - 1):+.1f} %) | "
+              f"{t_cut:.4f} / {o_cut:.4f}", flush=True)
+        outs.append(o)
+        tgts.append(t)
+    print(f"mean CSF count, output against target: {100 * (np.mean(ratios) - 1):+.2f} %")
+    o, t = np.concatenate(outs), np.concatenate(tgts)
+    for p in (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.5, 0.9):
+        print(f"pooled quantile {p:.2f}: output {np.quantile(o, p):.4f} target "
+              f"{np.quantile(t, p):.4f}")
+
+
+if __name__ == "__main__":
+    main()
