@@ -273,3 +273,34 @@ def test_seed_noise_recovers_a_known_seed_offset_and_noise(tmp_path, capsys):
     assert sorted(noise.seed_differences(str(tmp_path)).arm) == ["a", "b"]
     with pytest.raises(SystemExit, match="no arm"):
         noise.main(["--results", str(tmp_path / "nothing"), "--arms", ""])
+
+
+def test_volume_shrinkage_recovers_a_known_slope_and_names_the_lever_head(tmp_path):
+    # Heads whose CSF fraction f (%) is known; the method's CSF volume is off by
+    # e = 3 - 1.5 (f - 20) %, exactly, on every head but the last (the most CSF), which is
+    # off by +10 %: the slope and r come out of the first rows, the last one only moves r.
+    shrink = _load("volume_shrinkage")
+    fracs = [16.0, 17.0, 18.5, 19.0, 21.0, 22.5, 28.0]
+    gm_wm = 1000.0
+    rows = []
+    for k, f in enumerate(fracs):
+        csf = gm_wm * f / (100.0 - f)           # CSF / (CSF + GM + WM) = f %
+        e = 10.0 if f == max(fracs) else 3.0 - 1.5 * (f - 20.0)
+        for method, v in (("rescan", csf), ("x", csf * (1 + e / 100.0))):
+            rows.append({"method": method, "site": "s", "subject": f"{k:02d}",
+                         "volume_csf": v, "volume_gm": 600.0, "volume_wm": 400.0})
+    os.makedirs(tmp_path / "run")
+    with open(tmp_path / "run" / "benchmark_per_subject.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    rescan = shrink.read(str(tmp_path / "run"), "rescan")
+    st = shrink.shrinkage(shrink.read(str(tmp_path / "run"), "x"), rescan, "s", "csf")
+    assert st["n"] == len(fracs)
+    assert st["r_rest"] == pytest.approx(-1.0, abs=1e-9)      # the exact line without it
+    assert -1.0 < st["rho"] < 0.0 and st["r"] > st["r_rest"]    # the lever head weakens both
+    x, y = shrink.points(shrink.read(str(tmp_path / "run"), "x"), rescan, "s", "csf")
+    np.testing.assert_allclose(x, fracs, rtol=1e-9)
+    assert np.polyfit(x[:-1], y[:-1], 1)[0] == pytest.approx(-1.5, rel=1e-9)
+    with pytest.raises(SystemExit, match="no rows of method 'y'"):
+        shrink.read(str(tmp_path / "run"), "y")
