@@ -16,16 +16,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 import numpy as np
 
-from phyjax import methods
-from phyjax.data.dataset import load_dataset
-from phyjax.data.split import Split, protocols_match
 from phyjax.evaluate.metrics import image_metrics
-from phyjax.experiments.common import read_run
-from phyjax.methods import calibration, phycharm
-from phyjax.methods.base import protocol_from_json
+from phyjax.methods import calibration
+
+sys.path.insert(0, os.path.dirname(__file__))
+from filter_criteria import maps_heads, site_map  # noqa: E402
 
 
 def main(argv=None) -> None:
@@ -34,21 +33,11 @@ def main(argv=None) -> None:
     ap.add_argument("--site", required=True)
     ap.add_argument("--heads", type=int, default=8)
     args = ap.parse_args(argv)
-    cfg, split = read_run(args.run)
-    run_cfg = cfg.copy_and_resolve_references()
-    harm = methods.load(os.path.join(args.run, "phycharm", "harmonizer"))
-    maps = harm.cfg["site_maps"]
-    harm.cfg = dict(harm.cfg, calibrate="none",
-                    refine=dict(harm.cfg.get("refine") or {}, enabled=False))
-    data = load_dataset(cfg.data, progress=False, paired=True)
-    train = data.training_set(Split(train=tuple(split["train"]), test=tuple(split["test"])))
-    plan = calibration.plan_site_maps(train, cfg.model, int(run_cfg.seed), "model", True)
-    heads = phycharm.calibration_heads(run_cfg, train, plan.n_physics, target_scans=True)
+    cfg, harm, maps, heads = maps_heads(args.run)
     triples = []
     for subject in sorted(heads.subjects)[:args.heads]:
         vol, tgt = heads.volumes[subject][args.site], heads.volumes[subject][heads.target_site]
-        entry = next(m for m in maps
-                     if protocols_match(protocol_from_json(m["protocol"]), vol.protocol))
+        entry = site_map(maps, vol)
         out = harm.harmonize(vol)
         triples.append((out, calibration.apply_site_map(out, tgt.mask, dict(entry, denoise=None)),
                         tgt))

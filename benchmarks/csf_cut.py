@@ -21,16 +21,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 import numpy as np
 
-from phyjax import methods
-from phyjax.data.dataset import load_dataset
-from phyjax.data.split import Split, protocols_match
 from phyjax.evaluate.segmentation import make_segmenter
-from phyjax.experiments.common import read_run
-from phyjax.methods import calibration, phycharm
-from phyjax.methods.base import protocol_from_json
+from phyjax.methods import calibration
+
+sys.path.insert(0, os.path.dirname(__file__))
+from filter_criteria import maps_heads, site_map  # noqa: E402
 
 
 def main(argv=None) -> None:
@@ -43,21 +42,7 @@ def main(argv=None) -> None:
     ap.add_argument("--mrf-smoothing", type=float, default=0.0,
                     help="the segmenter's MRF smoothing (default 0: intensities alone)")
     args = ap.parse_args(argv)
-    cfg, split = read_run(args.run)
-    run_cfg = cfg.copy_and_resolve_references()
-    harm = methods.load(os.path.join(args.run, "phycharm", "harmonizer"))
-    maps = harm.cfg["site_maps"]
-    harm.cfg = dict(harm.cfg, calibrate="none",
-                    refine=dict(harm.cfg.get("refine") or {}, enabled=False))
-    data = load_dataset(cfg.data, progress=False, paired=True)
-    train = data.training_set(Split(train=tuple(split["train"]), test=tuple(split["test"])))
-    pairs = phycharm.resolve_pairs(phycharm.pairs_mode(cfg.train, "phycharm"), train)
-    plan = calibration.plan_site_maps(train, cfg.model, int(run_cfg.seed), "model",
-                                      pairs == "paired")
-    if plan.source != "physics":
-        raise SystemExit(f"{args.run}: its maps were learned on {plan.source} heads.")
-    heads = phycharm.calibration_heads(run_cfg, train, plan.n_physics,
-                                       target_scans=pairs == "paired")
+    cfg, harm, maps, heads = maps_heads(args.run)
     with cfg.unlocked():
         cfg.segmentation.mrf_smoothing = args.mrf_smoothing
     seg = make_segmenter(cfg.segmentation)
@@ -66,8 +51,7 @@ def main(argv=None) -> None:
           "boundary target / output")
     for subject in sorted(heads.subjects)[:args.heads]:
         vol, tgt = heads.volumes[subject][args.site], heads.volumes[subject][heads.target_site]
-        entry = next(m for m in maps
-                     if protocols_match(protocol_from_json(m["protocol"]), vol.protocol))
+        entry = site_map(maps, vol)
         m = np.asarray(tgt.mask, bool)
         if not np.array_equal(np.asarray(vol.mask, bool), m):
             raise SystemExit(f"{subject}: the source scan's mask is not the target's.")

@@ -29,15 +29,52 @@ import numpy as np
 
 from phyjax import methods
 from phyjax.data.dataset import load_dataset
-from phyjax.data.split import Split, protocols_match
+from phyjax.data.split import Split
 from phyjax.evaluate.overlap import TISSUES, tissue_volumes
 from phyjax.evaluate.segmentation import make_segmenter
 from phyjax.experiments.common import read_run
 from phyjax.methods import calibration, phycharm
-from phyjax.methods.base import protocol_from_json
 
 sys.path.insert(0, os.path.dirname(__file__))
 from refine_sweep import score  # noqa: E402
+
+
+def maps_heads(run: str, method: str = "phycharm"):
+    """``(cfg, harm, maps, heads)`` of a benchmark run folder's ``method``: the run's config,
+    its harmonizer with the site maps and the data-consistency step off (the network's own
+    output), the site maps it saved, and the heads the physics makes for them, made again as
+    the run's training made them (:func:`phyjax.methods.calibration.plan_site_maps`,
+    :func:`phyjax.methods.phycharm.calibration_heads`).  Raises SystemExit where the run's maps
+    were not learned on heads made by the physics."""
+    cfg, split = read_run(run)
+    run_cfg = cfg.copy_and_resolve_references()
+    harm = methods.load(os.path.join(run, method, "harmonizer"))
+    maps = harm.cfg["site_maps"]
+    harm.cfg = dict(harm.cfg, calibrate="none",
+                    refine=dict(harm.cfg.get("refine") or {}, enabled=False))
+    data = load_dataset(cfg.data, progress=False, paired=True)
+    train = data.training_set(Split(train=tuple(split["train"]), test=tuple(split["test"])))
+    pairs = phycharm.resolve_pairs(phycharm.pairs_mode(cfg.train, method), train)
+    plan = calibration.plan_site_maps(train, cfg.model, int(run_cfg.seed), "model",
+                                      pairs == "paired")
+    if plan.source != "physics":
+        raise SystemExit(f"{run}: its maps were learned on {plan.source} heads, not the "
+                         "physics'.")
+    t0 = time.perf_counter()
+    heads = phycharm.calibration_heads(run_cfg, train, plan.n_physics,
+                                       target_scans=pairs == "paired")
+    print(f"{len(heads.subjects)} heads made by the physics: {time.perf_counter() - t0:.0f} s",
+          flush=True)
+    return cfg, harm, maps, heads
+
+
+def site_map(maps: list, vol) -> dict:
+    """The saved map learned for ``vol``'s protocol
+    (:func:`phyjax.methods.calibration.site_map_for`); SystemExit if there is none."""
+    entry = calibration.site_map_for(maps, vol.protocol)
+    if entry is None:
+        raise SystemExit(f"{vol.site}: no saved site map for its protocol.")
+    return entry
 
 
 def main(argv=None) -> None:
@@ -53,25 +90,7 @@ def main(argv=None) -> None:
     ap.add_argument("--out", default="")
     args = ap.parse_args(argv)
 
-    cfg, split = read_run(args.run)
-    run_cfg = cfg.copy_and_resolve_references()
-    harm = methods.load(os.path.join(args.run, args.method, "harmonizer"))
-    maps = harm.cfg["site_maps"]
-    harm.cfg = dict(harm.cfg, calibrate="none",
-                    refine=dict(harm.cfg.get("refine") or {}, enabled=False))
-    data = load_dataset(cfg.data, progress=False, paired=True)
-    train = data.training_set(Split(train=tuple(split["train"]), test=tuple(split["test"])))
-    pairs = phycharm.resolve_pairs(phycharm.pairs_mode(cfg.train, args.method), train)
-    plan = calibration.plan_site_maps(train, cfg.model, int(run_cfg.seed), "model",
-                                      pairs == "paired")
-    if plan.source != "physics":
-        raise SystemExit(f"{args.run}: its maps were learned on {plan.source} heads, not the "
-                         "physics'.")
-    t0 = time.perf_counter()
-    heads = phycharm.calibration_heads(run_cfg, train, plan.n_physics,
-                                       target_scans=pairs == "paired")
-    print(f"{len(heads.subjects)} heads made by the physics: {time.perf_counter() - t0:.0f} s",
-          flush=True)
+    cfg, harm, maps, heads = maps_heads(args.run, args.method)
     candidates = calibration.parse_denoise(args.candidates or
                                            cfg.model.get("calibrate_denoise", ""))
     if args.mrf_smoothing >= 0:     # a diagnosis: how much of a volume error is the MRF's
@@ -86,8 +105,7 @@ def main(argv=None) -> None:
         for subject in subjects:
             vol = heads.volumes[subject][site]
             tgt = heads.volumes[subject][heads.target_site]
-            entry = next(m for m in maps if protocols_match(protocol_from_json(m["protocol"]),
-                                                            vol.protocol))
+            entry = site_map(maps, vol)
             chosen = entry.get("denoise")
             if np.shape(vol.mask) != np.shape(tgt.mask):
                 raise SystemExit(f"{site}: its heads' grid is not the target's; not scored.")
