@@ -53,9 +53,9 @@ def parse_setting(text: str) -> tuple[str, dict]:
         key, _, value = item.partition("=")
         if value in ("True", "False"):
             out[key] = value == "True"
-        elif key in ("calibrate", "tta", "network", "views", "new_map"):
+        elif key in ("calibrate", "tta", "network", "views", "new_map", "map"):
             out[key] = value            # p99 | match; none | flip; K | all | 0+2; axial+coronal;
-                                        # none | drawn | fitted
+                                        # none | drawn | fitted; quantile | least_squares
         elif key == "site_step":
             out[key] = int(value)
         else:
@@ -104,7 +104,9 @@ def main(argv=None) -> None:
                          "with site_step=K always learned here, on the heads training learns "
                          "them on -- its physics-made heads, config.model.calibrate_with, or "
                          "its traveling subjects -- with its filter candidates, from every "
-                         "K-th slice, config.model.calibrate_slice_step, and timed), and "
+                         "K-th slice, config.model.calibrate_slice_step, and timed; with "
+                         "map=quantile|least_squares their form, config.model."
+                         "calibrate_map), and "
                          "tta=none|flip (config.model.tta; default: the saved network's) and "
                          "views=axial+coronal+... (config.model.views: the planes it infers "
                          "in; default: the saved network's) before them), and "
@@ -180,8 +182,10 @@ def main(argv=None) -> None:
         # calibrate=sites) with this network
         site_maps = phycharm.fit_site_maps(
             harm, train_set, knots, slice_step=int(maps_cfg.get("calibrate_slice_step", 1)))
-    learned = {}            # site_step -> (maps learned here, seconds)
-    steps = sorted({s["site_step"] for _, s in settings if "site_step" in s})
+    learned = {}            # (site_step, form) -> (maps learned here, seconds)
+    own_form = maps_cfg.get("calibrate_map", "quantile")
+    steps = sorted({(s["site_step"], s.get("map", own_form)) for _, s in settings
+                    if "site_step" in s})
     if steps:               # compile first, so that no timing below holds the compilation
         harm.predict(next(v for v in run_data.volumes[split_.train[0]].values()
                           if v.site != run_data.target_site))
@@ -204,15 +208,19 @@ def main(argv=None) -> None:
         elif plan.network_set is not train_set:
             print(f"the maps' heads: {list(heads.subjects)}, held out of the network's "
                   "training (calibrate_heads)", flush=True)
-    for step in steps:
+    for step, form in steps:
         t0 = time.perf_counter()
         maps = phycharm.fit_site_maps(harm, heads, knots, progress=False, slice_step=step,
                                       denoise=maps_cfg.get("calibrate_denoise", ""),
                                       denoise_min_gain=float(maps_cfg.get(
-                                          "calibrate_denoise_min_gain", 0.0)))
-        learned[step] = (maps, time.perf_counter() - t0)
-        print(f"site maps from every {step}. slice: {learned[step][1]:.1f} s", flush=True)
-        if step == int(maps_cfg.get("calibrate_slice_step", 1)) and site_maps:
+                                          "calibrate_denoise_min_gain", 0.0)), form=form)
+        learned[step, form] = (maps, time.perf_counter() - t0)
+        print(f"{form} site maps from every {step}. slice: {learned[step, form][1]:.1f} s"
+              + "".join(f"; {', '.join(m['sites'])}: {m['form']}"
+                        + (f", filter {m['denoise']['sigma']:g}:{m['denoise']['range']:g}"
+                           if m.get("denoise") else "") for m in maps), flush=True)
+        if (step == int(maps_cfg.get("calibrate_slice_step", 1)) and form == own_form
+                and site_maps):
             # the run's own setting: the maps learned here should be the ones training saved
             # (zip would compare only the shorter list's maps: a count that differs is said)
             gap = max(float(np.max(np.abs(np.subtract(a["output"], b["output"]))))
@@ -301,8 +309,9 @@ def main(argv=None) -> None:
                     out = {"harmonized": vol.image, "t1": raw["t1"], "m0": raw["m0"]}
                 else:
                     step = s.pop("site_step", None)
+                    form = s.pop("map", own_form)
                     post, post_range = s.pop("post", 0.0), s.pop("post_range", 0.0)
-                    maps = site_maps if step is None else learned[step][0]
+                    maps = site_maps if step is None else learned[step, form][0]
                     if s.pop("denoise", True) is False:     # the maps without their filters
                         maps = [dict(m, denoise=None) for m in maps]
                     least = s.pop("min_gain", 0.0)     # ... or without those that gain less
@@ -357,7 +366,8 @@ def main(argv=None) -> None:
     if learned:
         lines[2:2] = [("Site maps learned here on the run's training subjects (site_step=K: "
                        "every K-th slice): " + ", ".join(
-                           f"K={k} {t:.1f} s" for k, (_, t) in learned.items()) + "."), ""]
+                           f"K={k} {f} {t:.1f} s" for (k, f), (_, t) in learned.items())
+                    + "."), ""]
     sites = sorted({r["site"] for r in rows}) + ["overall"]
     for site in sites:
         for name, _ in settings:

@@ -106,6 +106,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
     unet.views = config.model.get_ref("views")  # and the same slicing planes
     unet.calibrate = config.model.get_ref("calibrate")  # and the same output calibration: with
     unet.calibrate_knots = config.model.get_ref("calibrate_knots")  # "sites", per-site maps
+    unet.calibrate_map = config.model.get_ref("calibrate_map")
     unet.calibrate_slice_step = config.model.get_ref("calibrate_slice_step")
     unet.calibrate_heads = config.model.get_ref("calibrate_heads")
     unet.calibrate_denoise = config.model.get_ref("calibrate_denoise")

@@ -237,6 +237,14 @@ def get_config(arg: str | None = None) -> ConfigDict:
     # the U-Net's, having no physics, are learned on the traveling subjects.
     model.calibrate = "sites"
     model.calibrate_knots = 256
+    # The site maps' form: "quantile" (the pooled outputs' quantiles matched to the pooled
+    # target scans', above) or "least_squares" (where the maps' heads are voxel pairs with
+    # their target scans, as the physics makes them: the increasing map of least squares on
+    # those pairs, isotonic regression over calibrate_knots bins, the target's conditional
+    # mean given the output; phyjax.methods.calibration.least_squares_knots). Quantile
+    # matching depends on the heads' tissue proportions and pulled each head's volumes toward
+    # the population's (docs/phycharm_ablation.md, items 80, 81).
+    model.calibrate_map = "quantile"
     # The site maps' quantiles from every k-th slice of each of their heads only (source and
     # target alike; the i-th head's sample starts at slice i mod k, so heads on one grid have
     # every slice position sampled: phyjax.methods.calibration.pooled_outputs): the network

@@ -26,12 +26,13 @@ from phyjax.evaluate.site_difference import FeatureExtractor
 #: ``model.calibrate_simulated`` / ``calibrate_effects``, which heads its site maps are learned
 #: on after training (a resumed run learns them anew), ``model.calibrate_slice_step``, the
 #: slices they are read from, ``model.calibrate_denoise`` (and ``_min_gain``), the in-plane
-#: filters they choose among, and ``model.tta``, its test-time augmentation
+#: filters they choose among, ``model.calibrate_map``, their form, and ``model.tta``, its
+#: test-time augmentation
 INFERENCE_ONLY = {"model": ("refine", "calibrate", "calibrate_with", "calibrate_simulated",
                             "calibrate_effects", "calibrate_slice_step", "calibrate_denoise",
-                            "calibrate_denoise_min_gain", "tta"),
+                            "calibrate_denoise_min_gain", "calibrate_map", "tta"),
                   "unet": ("tta", "calibrate_slice_step", "calibrate_denoise",
-                           "calibrate_denoise_min_gain"),
+                           "calibrate_denoise_min_gain", "calibrate_map"),
                   # how often a run logs and saves: the same network either way
                   "train": ("log_every", "checkpoint_every")}
 #: training settings added after runs were made: a run whose config.json lacks one was trained

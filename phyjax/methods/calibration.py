@@ -33,6 +33,15 @@ from phyjax.physics.sequences import Protocol
 #: pairs, :func:`fit_site_maps`)
 CALIBRATE = ("none", "p99", "match", "sites")
 
+#: ``config.model.calibrate_map`` / ``config.unet.calibrate_map``: the form of a site map
+#: (:func:`fit_site_maps`) -- ``quantile`` (the pooled outputs' quantiles matched to the pooled
+#: target scans': a transport of one distribution onto the other, needing no voxel pairs) or
+#: ``least_squares`` (the increasing map of least squares on voxel pairs, the target's
+#: conditional mean given the output: isotonic regression, :func:`least_squares_knots`;
+#: where a protocol's heads are not voxel-aligned with their target scans, its map is the
+#: quantile one; docs/phycharm_ablation.md, item 81)
+CALIBRATE_MAP = ("quantile", "least_squares")
+
 #: Source scans per protocol whose outputs :func:`choose_denoise` scores the candidate filters
 #: on (the first ones of the heads the maps are learned on with a voxel grid equal to their
 #: target scan's; their every ``slice_step``-th slice): enough to rank filters whose effect is
@@ -65,6 +74,50 @@ def parse_denoise(value, key: str = "config.model.calibrate_denoise"
             raise bad
         out.append((sigma, range_sd))
     return tuple(out)
+
+
+def check_calibrate_map(value, key: str = "config.model.calibrate_map") -> str:
+    """``value`` if it is one of :data:`CALIBRATE_MAP`, else InputError naming ``key``."""
+    if value not in CALIBRATE_MAP:
+        raise InputError(f"{key}={value!r}; expected one of {CALIBRATE_MAP}: the site maps' "
+                         "form (quantile matching, or least squares on voxel pairs).")
+    return value
+
+
+def least_squares_knots(output: np.ndarray, target: np.ndarray, knots: int = 256
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """``(output_knots, target_knots)`` ``(knots,)`` each, nondecreasing: the increasing
+    piecewise-linear map of least squares from ``output`` to ``target`` (1-D, the same voxels
+    in the same order: the network's output and the target scan of one head, pooled over
+    heads), for :func:`apply_site_map`.
+
+    The voxel pairs are sorted by output and cut into ``knots`` bins of (nearly) equal count;
+    the bins' mean target, weighted by their counts, is made nondecreasing by isotonic
+    regression (pool-adjacent-violators; Barlow et al., *Statistical Inference under Order
+    Restrictions*, 1972; :class:`sklearn.isotonic.IsotonicRegression`), placed at the bins'
+    mean output.  The map estimates the target's conditional mean given the output -- the
+    least-squares increasing map at the bins' resolution -- where quantile matching
+    (:func:`fit_site_maps`' other form) transports the output's distribution onto the
+    target's: that depends on the heads' tissue proportions, and on the maps' own heads it
+    pulled each head's tissue volumes toward the population's (docs/phycharm_ablation.md,
+    items 80, 81).  Raises InputError for unequal lengths, fewer voxels than ``knots`` or
+    ``knots`` < 2."""
+    from sklearn.isotonic import IsotonicRegression
+
+    o, t = np.asarray(output, np.float64).ravel(), np.asarray(target, np.float64).ravel()
+    knots = int(knots)
+    if o.shape != t.shape or knots < 2 or o.size < knots:
+        raise InputError(f"least-squares site map: {o.size} output and {t.size} target "
+                         f"voxels for {knots} knots; expected equal counts, at least the "
+                         "knots, and knots >= 2.")
+    order = np.argsort(o, kind="stable")
+    edges = np.linspace(0, o.size, knots + 1).round().astype(int)
+    counts = np.diff(edges).astype(np.float64)
+    mean_o = np.add.reduceat(o[order], edges[:-1]) / counts
+    mean_t = np.add.reduceat(t[order], edges[:-1]) / counts
+    fitted = IsotonicRegression(increasing=True).fit_transform(mean_o, mean_t,
+                                                               sample_weight=counts)
+    return np.maximum.accumulate(mean_o), np.maximum.accumulate(fitted)
 
 
 def check_min_gain(value, key: str = "config.model.calibrate_denoise_min_gain") -> float:
@@ -301,7 +354,8 @@ def pooled_outputs(harmonizer, train: TrainingSet, progress: bool = True,
     """Per source protocol of ``train`` (:func:`phyjax.data.split.protocols_match`), the
     in-mask voxels of ``harmonizer``'s outputs (its calibration off) on the training scans,
     pooled, and of the same subjects' target-site scans, pooled: a list of ``{"p": protocol,
-    "sites", "subjects": sets, "out", "tgt": 1-D arrays}`` -- what :func:`fit_site_maps` fits.
+    "sites", "subjects": sets, "out", "tgt": 1-D arrays, "aligned": bool}`` -- what
+    :func:`fit_site_maps` fits.
 
     ``slice_step`` k > 1: only every k-th slice along each scan's third axis (source and
     target alike) is harmonized and pooled, a systematic sample of the voxels
@@ -313,6 +367,8 @@ def pooled_outputs(harmonizer, train: TrainingSet, progress: bool = True,
     from every head -- a sample of the anatomy, not of the voxels (docs/phycharm_ablation.md,
     items 78 and 79).
     ``train`` may also be :class:`CalibrationHeads` (heads made by the physics).
+    ``"aligned"``: every scan of the group has its target scan's brain mask, voxel for voxel,
+    so ``out`` and ``tgt`` are voxel pairs (what :func:`least_squares_knots` needs).
     ``keep`` > 0: each group also holds ``"images"``, ``(output, target, mask)`` of its first
     ``keep`` scans whose grid is their target scan's (the sampled slices only), for
     :func:`choose_denoise`.
@@ -360,8 +416,13 @@ def pooled_outputs(harmonizer, train: TrainingSet, progress: bool = True,
             g = next((g for g in groups if protocols_match(g["p"], vol.protocol)), None)
             if g is None:
                 g = {"p": vol.protocol, "sites": set(), "subjects": set(), "out": [],
-                     "tgt": [], "images": []}
+                     "tgt": [], "images": [], "aligned": True}
                 groups.append(g)
+            # voxel pairs: the output's sampled voxels are the target's, one for one, only
+            # where the two scans share their brain mask voxel for voxel (heads made by the
+            # physics; co-registered scans with one mask)
+            g["aligned"] = g["aligned"] and np.array_equal(np.asarray(vol.mask, bool),
+                                                           np.asarray(target.mask, bool))
             g["out"].append(out[inside])
             g["tgt"].append(t)
             if len(g["images"]) < keep and np.shape(vol.mask) == np.shape(target.mask):
@@ -433,7 +494,7 @@ def calibration_holdout(train: TrainingSet, heads, seed: int,
 
 def fit_site_maps(harmonizer, train: TrainingSet, knots: int = 256,
                   progress: bool = True, slice_step: int = 1, denoise: str = "",
-                  denoise_min_gain: float = 0.0) -> list[dict]:
+                  denoise_min_gain: float = 0.0, form: str = "quantile") -> list[dict]:
     """The monotone intensity map, per source protocol, that carries the network's outputs on
     the training scans onto the same subjects' target-site scans (``config.model.calibrate=
     sites``).
@@ -446,8 +507,14 @@ def fit_site_maps(harmonizer, train: TrainingSet, knots: int = 256,
     (the transport that maps one 1-D distribution onto another; the step of Nyul et al. 1999
     with every quantile as a landmark), fitted on pairs so that what it corrects is the
     network's systematic residual at that protocol, not anatomy: both distributions are of
-    the same heads.  Beyond the end knots the map is constant.  ``slice_step``: the quantiles
-    of every ``slice_step``-th slice only (:func:`pooled_outputs`).
+    the same heads.  Beyond the end knots the map is constant.
+
+    ``form`` (``config.model.calibrate_map``, :data:`CALIBRATE_MAP`) ``"least_squares"``: where
+    a protocol's outputs and target scans are voxel pairs (``"aligned"`` in
+    :func:`pooled_outputs`: the heads made by the physics), the map is instead the increasing
+    map of least squares on those pairs (:func:`least_squares_knots`, ``knots`` bins); a
+    protocol whose heads are not aligned keeps the quantile map, printed.  ``slice_step``:
+    the voxels of every ``slice_step``-th slice only (:func:`pooled_outputs`).
 
     ``denoise`` (``config.model.calibrate_denoise``, :func:`parse_denoise`): candidate
     in-plane filters; each map then also holds the one :func:`choose_denoise` picks on the
@@ -457,14 +524,16 @@ def fit_site_maps(harmonizer, train: TrainingSet, knots: int = 256,
     effects have a noise that is not the site's), applied after the map
     (:func:`apply_site_map`).
 
-    Returns a list of ``{"protocol", "sites", "subjects", "output", "target"}`` (JSON-ready;
-    ``output``/``target``: ``(knots,)`` nondecreasing intensities on the data's scale; and
-    ``"denoise"`` with candidates).  Raises InputError for ``knots`` < 2, a bad ``denoise`` or a
+    Returns a list of ``{"protocol", "sites", "subjects", "form", "output", "target"}``
+    (JSON-ready; ``form``: the map's, ``quantile`` or ``least_squares``; ``output``/``target``:
+    ``(knots,)`` nondecreasing intensities on the data's scale; and ``"denoise"`` with
+    candidates).  Raises InputError for ``knots`` < 2, a bad ``denoise`` or ``form`` or a
     training set with no subject scanned at both a source site and the target site.
     """
     knots = int(knots)
     if knots < 2:
         raise InputError(f"config.model.calibrate_knots={knots}; expected at least 2.")
+    check_calibrate_map(form)
     candidates = parse_denoise(denoise)
     least = check_min_gain(denoise_min_gain)
     own = getattr(train, "own_effects", None)
@@ -475,9 +544,19 @@ def fit_site_maps(harmonizer, train: TrainingSet, knots: int = 256,
     maps = []
     for g in groups:
         entry = {"protocol": protocol_to_json(g["p"]), "sites": sorted(g["sites"]),
-                 "subjects": len(g["subjects"]),
-                 "output": np.maximum.accumulate(np.quantile(g["out"], q)).tolist(),
-                 "target": np.maximum.accumulate(np.quantile(g["tgt"], q)).tolist()}
+                 "subjects": len(g["subjects"])}
+        if form == "least_squares" and g["aligned"] and g["out"].size >= knots:
+            out_k, tgt_k = least_squares_knots(g["out"], g["tgt"], knots)
+            entry.update(form="least_squares", output=out_k.tolist(), target=tgt_k.tolist())
+        else:
+            if form == "least_squares" and progress:
+                print(f"[{getattr(harmonizer, 'name', 'harmonizer')}] site map of "
+                      f"{', '.join(sorted(g['sites'])) or g['p']}: its heads are not voxel "
+                      "pairs with their target scans (another brain mask or grid), so its map "
+                      "is the quantile one", flush=True)
+            entry.update(form="quantile",
+                         output=np.maximum.accumulate(np.quantile(g["out"], q)).tolist(),
+                         target=np.maximum.accumulate(np.quantile(g["tgt"], q)).tolist())
         if candidates and own is not None and not set(g["sites"]) <= own:
             entry["denoise"] = None     # drawn noise is not the site's: no filter chosen on it
         elif candidates:
@@ -496,9 +575,9 @@ def fit_site_maps(harmonizer, train: TrainingSet, knots: int = 256,
 
 def learn_site_maps(harmonizer, train: TrainingSet, knots: int = 256, has_heads: bool = True,
                     progress: bool = True, slice_step: int = 1, denoise: str = "",
-                    denoise_min_gain: float = 0.0):
-    """After training: ``harmonizer`` with its site maps (:func:`fit_site_maps`, ``knots``
-    quantiles of every ``slice_step``-th slice, on ``train``: traveling subjects or
+                    denoise_min_gain: float = 0.0, form: str = "quantile"):
+    """After training: ``harmonizer`` with its site maps (:func:`fit_site_maps`, of ``form``,
+    ``knots`` knots from every ``slice_step``-th slice, on ``train``: traveling subjects or
     :class:`CalibrationHeads`) in ``cfg["site_maps"]`` when its ``cfg["calibrate"]`` is
     ``"sites"``; with no heads to learn them on (``has_heads`` False: a model without
     traveling subjects whose ``calibrate_with`` asks for them) it falls back to
@@ -513,7 +592,7 @@ def learn_site_maps(harmonizer, train: TrainingSet, knots: int = 256, has_heads:
         harmonizer.cfg["calibrate"] = "none"
         return harmonizer
     harmonizer.cfg["site_maps"] = fit_site_maps(harmonizer, train, knots, progress, slice_step,
-                                                denoise, denoise_min_gain)
+                                                denoise, denoise_min_gain, form)
     return harmonizer
 
 
@@ -615,4 +694,6 @@ def fit_calibrated(fit_network, train: TrainingSet, settings, seed: int, section
     return learn_site_maps(harm, maps_set, settings.get("calibrate_knots", 256), learns,
                            progress, settings.get("calibrate_slice_step", 1),
                            settings.get("calibrate_denoise", ""),
-                           settings.get("calibrate_denoise_min_gain", 0.0))
+                           settings.get("calibrate_denoise_min_gain", 0.0),
+                           check_calibrate_map(settings.get("calibrate_map", "quantile"),
+                                               f"config.{section}.calibrate_map"))

@@ -76,8 +76,8 @@ from phyjax.losses import (edge_agreement, gradient_difference, intensity_distri
 from phyjax.methods import map_cache, networks
 from phyjax.methods.base import fitted_fields, protocol_to_json, register
 from phyjax.methods.calibration import (CALIBRATE, CalibrationHeads,  # noqa: F401
-                                       calibrate_output, check_calibrate, check_min_gain,
-                                       check_calibrate_simulated, fit_calibrated,
+                                       calibrate_output, check_calibrate, check_calibrate_map,
+                                       check_min_gain, check_calibrate_simulated, fit_calibrated,
                                        fit_site_maps, learn_site_maps, parse_denoise,
                                        site_map_for)
 from phyjax.models.phycharm import (BASES, PARTIAL_VOLUME, PhyCHarm, reference_signal,
@@ -723,7 +723,7 @@ def heads_settings(config) -> dict:
     user's BIDS config may lack the last two), and ``config.model``'s head count ``n``
     (``calibrate_simulated``), ``knots`` (``calibrate_knots``), ``slice_step``
     (``calibrate_slice_step``), ``denoise`` and ``denoise_min_gain`` (``calibrate_denoise``,
-    ``calibrate_denoise_min_gain``).  Saved with a trained
+    ``calibrate_denoise_min_gain``) and ``form`` (``calibrate_map``).  Saved with a trained
     PhyCHarm (``cfg["physics_heads"]``) so that harmonize mode makes a new protocol's site map
     as training made the sites' own (:func:`physics_site_maps`)."""
     d, m = config.data, config.model
@@ -735,7 +735,8 @@ def heads_settings(config) -> dict:
             "knots": int(m.get("calibrate_knots", 256)),
             "slice_step": int(m.get("calibrate_slice_step", 1)),
             "denoise": str(m.get("calibrate_denoise", "") or ""),
-            "denoise_min_gain": float(m.get("calibrate_denoise_min_gain", 0.0))}
+            "denoise_min_gain": float(m.get("calibrate_denoise_min_gain", 0.0)),
+            "form": str(m.get("calibrate_map", "quantile"))}
 
 
 def template_voxel(grid_mm) -> int:
@@ -787,6 +788,7 @@ def fit(config, train: TrainingSet, name: str = "phycharm", *, workdir: str,
     check_calibrate_effects(config.model.get("calibrate_effects", "drawn"))  # before training
     parse_denoise(config.model.get("calibrate_denoise", ""))
     check_min_gain(config.model.get("calibrate_denoise_min_gain", 0.0))
+    check_calibrate_map(config.model.get("calibrate_map", "quantile"))
     harm = fit_calibrated(
         lambda subset: (networks.fit_ensemble(_fit_network, config, "model", subset, **context)
                         or _fit_network(config, subset, **context)),
@@ -999,7 +1001,8 @@ def physics_site_maps(harmonizer, volumes, target: Protocol | None = None,
                                     CalibrationHeads(scans, harmonizer.target_site, own_fx),
                                     settings["knots"], progress, step,
                                     settings.get("denoise", ""),
-                                    settings.get("denoise_min_gain", 0.0))
+                                    settings.get("denoise_min_gain", 0.0),
+                                    settings.get("form", "quantile"))
             if cache:
                 path = map_cache.store(cache, key, entry)
         entry.update(sites=[], made=dict(how, scans=sorted({str(v.path) for v in own}),

@@ -22,8 +22,8 @@ from phyjax.data.split import TrainingSet, require_training_set
 from phyjax.losses import intensity_distribution, masked_l1, ssim_loss
 from phyjax.methods import networks
 from phyjax.methods.base import fitted_fields, register
-from phyjax.methods.calibration import (check_calibrate, check_min_gain, fit_calibrated,
-                                       parse_denoise)
+from phyjax.methods.calibration import (check_calibrate, check_calibrate_map, check_min_gain,
+                                       fit_calibrated, parse_denoise)
 from phyjax.models.unet import ConditionalUNet
 from phyjax.physics.sequences import encode
 from phyjax.train import TrainState, fit as fit_loop, make_train_step
@@ -79,6 +79,7 @@ def unet_config(config) -> dict:
     parse_denoise(u.get("calibrate_denoise", ""), "config.unet.calibrate_denoise")  # early
     check_min_gain(u.get("calibrate_denoise_min_gain", 0.0),
                    "config.unet.calibrate_denoise_min_gain")
+    check_calibrate_map(u.get("calibrate_map", "quantile"), "config.unet.calibrate_map")
     if u.condition not in CONDITIONS:
         raise ValueError(f"unet.condition must be one of {CONDITIONS}, got {u.condition!r}.")
     return {"features": tuple(u.features), "cond_features": u.cond_features,
