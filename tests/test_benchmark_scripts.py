@@ -304,3 +304,32 @@ def test_volume_shrinkage_recovers_a_known_slope_and_names_the_lever_head(tmp_pa
     assert np.polyfit(x[:-1], y[:-1], 1)[0] == pytest.approx(-1.5, rel=1e-9)
     with pytest.raises(SystemExit, match="no rows of method 'y'"):
         shrink.read(str(tmp_path / "run"), "y")
+
+
+def test_map_forms_fits_each_form_as_its_docstring_says():
+    # voxel pairs of three "heads": the target an increasing curve of the output plus noise
+    forms_mod = _load("map_forms")
+    rng = np.random.default_rng(0)
+    mask = np.zeros((16, 16, 4), bool)
+    mask[2:14, 2:14] = True
+    pairs = []
+    for _ in range(3):
+        o = np.where(mask, rng.uniform(0.1, 1.0, mask.shape), 0).astype(np.float32)
+        t = np.where(mask, o ** 1.5 + rng.normal(0, 0.05, mask.shape), 0).astype(np.float32)
+        pairs.append((o, t, mask))
+    po = np.concatenate([o[m] for o, _, m in pairs])
+    pt = np.concatenate([t[m] for _, t, m in pairs])
+    q = np.linspace(0, 1, 64)
+    entry = {"output": np.quantile(po, q).tolist(), "target": np.quantile(pt, q).tolist()}
+    forms = forms_mod.fit_forms(pairs, entry)
+    assert set(forms) == set(forms_mod.FORMS)
+    mapped = {f: np.concatenate([forms[f](o, m)[m] for o, _, m in pairs]) for f in forms}
+    sse = {f: float(np.sum((mapped[f] - pt) ** 2)) for f in forms}
+    # least squares among increasing maps is at most the error of any other increasing map
+    assert sse["isotonic"] <= min(sse.values()) + 1e-6 * sse["none"]
+    assert sse["affine-ls"] <= sse["affine-moments"] and sse["affine-ls"] < sse["none"]
+    # the moments' map gives the pooled output the pooled target's mean and sd
+    assert mapped["affine-moments"].mean() == pytest.approx(pt.mean(), rel=1e-5)
+    assert mapped["affine-moments"].std() == pytest.approx(pt.std(), rel=1e-4)
+    # outside the mask every form is 0
+    assert all(not np.any(forms[f](pairs[0][0], mask)[~mask]) for f in forms)
