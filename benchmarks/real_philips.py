@@ -193,6 +193,11 @@ def main(argv=None) -> list[dict]:
                          "has the physics make one first (config.harmonize.new_protocol_map="
                          "physics with those new_protocol_effects; timed apart); one run per "
                          "value; default: none")
+    ap.add_argument("--map-form", action="append", default=None,
+                    choices=("quantile", "least_squares"),
+                    help="with --new-map drawn/fitted: the form of the map the physics makes "
+                         "(config.model.calibrate_map; default: the harmonizer's own); one run "
+                         "per value")
     ap.add_argument("--figure", default="", help="PNG: input and each native-resolution output "
                     "with FAST's GM boundary (e.g. docs/philips_t1w_harmonized.png)")
     args = ap.parse_args(argv)
@@ -223,25 +228,30 @@ def main(argv=None) -> list[dict]:
 
     from phyjax.methods.phycharm import refine_settings
 
-    runs = [(*split_label(spec), parse_setting(r) if r else None, new)
+    runs = [(*split_label(spec), parse_setting(r) if r else None, new, form)
             for spec in args.harmonizer for r in (args.refine or [""])
-            for new in (args.new_map or ["none"])]
-    def loaded(folder, refine):         # the saved harmonizer, with the --refine setting
+            for new in (args.new_map or ["none"])
+            for form in ((args.map_form or [None]) if new != "none" else [None])]
+
+    def loaded(folder, refine, form):   # the saved harmonizer, with the --refine setting
         h = methods.load(folder)
         if refine is not None and hasattr(h, "check_target"):
             h.cfg["refine"] = refine_settings(dict(h.cfg.get("refine") or {}, **refine[1]))
+        if form is not None and h.cfg.get("physics_heads"):
+            h.cfg["physics_heads"] = dict(h.cfg["physics_heads"], form=form)
         return h
 
-    for label, folder, refine, new in runs:
-        h = loaded(folder, refine)
+    for label, folder, refine, new, form in runs:
+        h = loaded(folder, refine, form)
         tag = ""
         if refine is not None and hasattr(h, "check_target"):
             tag = f", refine {refine[0]}"
         if new != "none":
             tag += ", physics map" + (" (fitted)" if new == "fitted" else "")
+            tag += f" ({form})" if form else ""
         for res in args.resolution or ("native", "training"):
             if new != "none":   # a fresh model per resolution: the map is made on its grid
-                h = loaded(folder, refine)
+                h = loaded(folder, refine, form)
             volume = input_volume(h, image, img, mask, protocol, "bet.nii.gz", res,
                                   reading.slice_thickness_mm)
             t = time.time()
@@ -274,6 +284,7 @@ def main(argv=None) -> list[dict]:
                 + " ".join(f"--harmonizer {x}" for x in args.harmonizer)
                 + "".join(f" --refine {x}" for x in args.refine or [])
                 + "".join(f" --new-map {x}" for x in args.new_map or [])
+                + "".join(f" --map-form {x}" for x in args.map_form or [])
                 + f" --tr-prep {args.tr_prep:g} --segmenter {args.segmenter} --mask {args.mask}`"
                 f"; segmenter {segment}; mask {args.mask} ({int(mask.sum())} voxels); "
                 f"protocol {protocol}\n\n")

@@ -121,39 +121,3 @@ def test_an_unknown_form_names_the_key():
         check_calibrate_map("isotonic", "config.unet.calibrate_map")
     with pytest.raises(InputError, match="config.model.calibrate_map"):
         fit_site_maps(None, None, 64, form="affine")
-
-
-def test_choose_keeps_the_form_of_higher_in_plane_ssim(capsys):
-    from skimage.metrics import structural_similarity
-
-    from phyjax.methods.calibration import choose_form
-
-    rng = np.random.default_rng(3)
-    heads = {f"{k:02d}": _head(f"{k:02d}", rng) for k in range(5)}
-    train = Split(tuple(sorted(heads)[:4]), ("04",)).training_set(heads, "ref")
-    chosen = {m["sites"][0]: m for m in fit_site_maps(Smooth(heads), train, 64, progress=True,
-                                                      form="choose")}
-    assert "in-plane SSIM" in capsys.readouterr().out
-    assert chosen["other"]["form"] == "quantile" and "form_ssim" not in chosen["other"]
-    entry = chosen["aligned"]
-    scores = entry["form_ssim"]
-    assert entry["form"] == max(scores, key=scores.get)
-    # the oracle: scikit-image's SSIM map of each axial slice (zero outside the brain, as the
-    # benchmark's metric has it) averaged over the brain, then over the first four heads' slices
-    ls = fit_site_maps(Smooth(heads), train, 64, progress=False, form="least_squares")[0]
-    qu = fit_site_maps(Smooth(heads), train, 64, progress=False)[0]
-    for form, knots in (("least_squares", ls), ("quantile", qu)):
-        values = []
-        for s in sorted(heads)[:4]:
-            out = np.where(MASK, np.interp(Smooth(heads).harmonize(heads[s]["aligned"]),
-                                           knots["output"], knots["target"]), 0)
-            tgt = np.where(MASK, heads[s]["ref"].image, 0)
-            for k in range(MASK.shape[2]):
-                m = MASK[:, :, k]
-                _, smap = structural_similarity(out[:, :, k], tgt[:, :, k], win_size=7,
-                                                data_range=float(np.ptp(tgt[:, :, k][m])),
-                                                full=True)
-                values.append(smap[m].mean())       # the metric's mean over the brain
-        assert scores[form] == pytest.approx(np.mean(values), abs=1e-4)
-    # with no scans to score on, the quantile map stays
-    assert choose_form([], qu, ls)[0] == "quantile"

@@ -39,9 +39,8 @@ CALIBRATE = ("none", "p99", "match", "sites")
 #: ``least_squares`` (the increasing map of least squares on voxel pairs, the target's
 #: conditional mean given the output: isotonic regression, :func:`least_squares_knots`;
 #: where a protocol's heads are not voxel-aligned with their target scans, its map is the
-#: quantile one; docs/phycharm_ablation.md, item 81) or ``choose``: per protocol, whichever of
-#: the two gives the higher in-plane SSIM on the maps' heads (:func:`choose_form`; item 82)
-CALIBRATE_MAP = ("quantile", "least_squares", "choose")
+#: quantile one; docs/phycharm_ablation.md, item 81)
+CALIBRATE_MAP = ("quantile", "least_squares")
 
 #: Source scans per protocol whose outputs :func:`choose_denoise` scores the candidate filters
 #: on (the first ones of the heads the maps are learned on with a voxel grid equal to their
@@ -81,8 +80,7 @@ def check_calibrate_map(value, key: str = "config.model.calibrate_map") -> str:
     """``value`` if it is one of :data:`CALIBRATE_MAP`, else InputError naming ``key``."""
     if value not in CALIBRATE_MAP:
         raise InputError(f"{key}={value!r}; expected one of {CALIBRATE_MAP}: the site maps' "
-                         "form (quantile matching, least squares on voxel pairs, or per "
-                         "protocol the one of higher SSIM on the maps' heads).")
+                         "form (quantile matching, or least squares on voxel pairs).")
     return value
 
 
@@ -120,36 +118,6 @@ def least_squares_knots(output: np.ndarray, target: np.ndarray, knots: int = 256
     fitted = IsotonicRegression(increasing=True).fit_transform(mean_o, mean_t,
                                                                sample_weight=counts)
     return np.maximum.accumulate(mean_o), np.maximum.accumulate(fitted)
-
-
-def slice_ssim(images: list, entry: dict) -> float:
-    """The mean SSIM (:func:`phyjax.evaluate.metrics.image_metrics`, in-plane: each axial
-    slice a 2-D image) of ``images`` ``[(output, target, mask)]`` (:func:`pooled_outputs`'
-    kept scans, their sampled slices stacked) with each output through the map ``entry``
-    (``output`` / ``target`` knots; its filter off), against its target, over the slices with
-    brain in them."""
-    from phyjax.evaluate.metrics import image_metrics
-
-    plain = dict(entry, denoise=None)
-    values = []
-    for out, tgt, m in images:
-        mapped = apply_site_map(out, m, plain)
-        values += [image_metrics(mapped[:, :, k], tgt[:, :, k], m[:, :, k])["ssim"]
-                   for k in range(m.shape[2]) if m[:, :, k].any()]
-    return float(np.mean(values)) if values else float("nan")
-
-
-def choose_form(images: list, quantile: dict, least_squares: dict) -> tuple[str, dict]:
-    """``("quantile" | "least_squares", {form: SSIM})``: the form of a protocol's site map
-    (``config.model.calibrate_map="choose"``) whose map gives ``images`` (:func:`slice_ssim`;
-    the maps' heads' first scans) the higher in-plane SSIM against their target scans --
-    quantile matching where least squares' regression to the conditional mean costs contrast
-    (a blurred or noisy source's output predicts its target poorly; docs/phycharm_ablation.md,
-    items 81, 82).  Ties, and no scans to score on, keep the quantile map."""
-    scores = {"quantile": slice_ssim(images, quantile),
-              "least_squares": slice_ssim(images, least_squares)}
-    pick = "least_squares" if scores["least_squares"] > scores["quantile"] else "quantile"
-    return pick, scores
 
 
 def check_min_gain(value, key: str = "config.model.calibrate_denoise_min_gain") -> float:
@@ -545,9 +513,7 @@ def fit_site_maps(harmonizer, train: TrainingSet, knots: int = 256,
     a protocol's outputs and target scans are voxel pairs (``"aligned"`` in
     :func:`pooled_outputs`: the heads made by the physics), the map is instead the increasing
     map of least squares on those pairs (:func:`least_squares_knots`, ``knots`` bins); a
-    protocol whose heads are not aligned keeps the quantile map, printed.  ``"choose"``: per
-    aligned protocol, the one of the two with the higher in-plane SSIM on its heads' first
-    scans (:func:`choose_form`; the entry's ``"form_ssim"`` holds both).  ``slice_step``:
+    protocol whose heads are not aligned keeps the quantile map, printed.  ``slice_step``:
     the voxels of every ``slice_step``-th slice only (:func:`pooled_outputs`).
 
     ``denoise`` (``config.model.calibrate_denoise``, :func:`parse_denoise`): candidate
@@ -571,40 +537,26 @@ def fit_site_maps(harmonizer, train: TrainingSet, knots: int = 256,
     candidates = parse_denoise(denoise)
     least = check_min_gain(denoise_min_gain)
     own = getattr(train, "own_effects", None)
-    # the scans a filter (or the form) is scored on are kept only where some site may choose
-    # one
-    scored = (candidates and own != frozenset()) or form == "choose"
+    # the scans a filter is scored on are kept only where some site may choose one
     groups = pooled_outputs(harmonizer, train, progress, slice_step,
-                            keep=DENOISE_SCANS if scored else 0)
+                            keep=DENOISE_SCANS if candidates and own != frozenset() else 0)
     q = np.linspace(0.0, 1.0, knots)
     maps = []
     for g in groups:
         entry = {"protocol": protocol_to_json(g["p"]), "sites": sorted(g["sites"]),
                  "subjects": len(g["subjects"])}
-        quantile = {"output": np.maximum.accumulate(np.quantile(g["out"], q)).tolist(),
-                    "target": np.maximum.accumulate(np.quantile(g["tgt"], q)).tolist()}
-        pick = "quantile"
-        if form != "quantile" and g["aligned"] and g["out"].size >= knots:
+        if form == "least_squares" and g["aligned"] and g["out"].size >= knots:
             out_k, tgt_k = least_squares_knots(g["out"], g["tgt"], knots)
-            ls = {"output": out_k.tolist(), "target": tgt_k.tolist()}
-            pick = "least_squares"
-            if form == "choose":
-                pick, entry["form_ssim"] = choose_form(g["images"], quantile, ls)
-                if progress:
-                    print(f"[{getattr(harmonizer, 'name', 'harmonizer')}] site map of "
-                          f"{', '.join(sorted(g['sites'])) or g['p']}: {pick} (in-plane SSIM "
-                          f"on {len(g['images'])} scans: quantile "
-                          f"{entry['form_ssim']['quantile']:.4f}, least squares "
-                          f"{entry['form_ssim']['least_squares']:.4f})", flush=True)
-        if pick == "least_squares":
-            entry.update(form="least_squares", **ls)
+            entry.update(form="least_squares", output=out_k.tolist(), target=tgt_k.tolist())
         else:
-            if form != "quantile" and not g["aligned"] and progress:
+            if form == "least_squares" and progress:
                 print(f"[{getattr(harmonizer, 'name', 'harmonizer')}] site map of "
                       f"{', '.join(sorted(g['sites'])) or g['p']}: its heads are not voxel "
                       "pairs with their target scans (another brain mask or grid), so its map "
                       "is the quantile one", flush=True)
-            entry.update(form="quantile", **quantile)
+            entry.update(form="quantile",
+                         output=np.maximum.accumulate(np.quantile(g["out"], q)).tolist(),
+                         target=np.maximum.accumulate(np.quantile(g["tgt"], q)).tolist())
         if candidates and own is not None and not set(g["sites"]) <= own:
             entry["denoise"] = None     # drawn noise is not the site's: no filter chosen on it
         elif candidates:
