@@ -165,6 +165,10 @@ def main(argv=None) -> None:
     target = phycharm._f32(harm.target_protocol, net_cfg.get("readout", "sidecar"))
     ref = phycharm.reference_level(target)
     settings = [parse_setting(s) for s in args.setting]
+    for name, s in settings:     # a form is a way of learning maps: the saved ones have theirs
+        if "map" in s and "site_step" not in s:
+            raise SystemExit(f"--setting {name}: map={s['map']} needs site_step=K (the site "
+                             "maps are learned again, in that form, from every K-th slice).")
     # each network's own planes (a setting's views= overrides them)
     own_views = [h.cfg.get("views", ["axial"]) for h in [harm] + others]
     data = load_dataset(cfg.data, progress=False, paired=True)
