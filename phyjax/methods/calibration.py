@@ -513,7 +513,12 @@ def fit_site_maps(harmonizer, train: TrainingSet, knots: int = 256,
     a protocol's outputs and target scans are voxel pairs (``"aligned"`` in
     :func:`pooled_outputs`: the heads made by the physics), the map is instead the increasing
     map of least squares on those pairs (:func:`least_squares_knots`, ``knots`` bins); a
-    protocol whose heads are not aligned keeps the quantile map, printed.  ``slice_step``:
+    protocol whose heads are not aligned keeps the quantile map, printed.  A source scan
+    counts as voxel-paired with its target scan when their brain masks are equal voxel for
+    voxel: true of the physics' heads and of co-registered scans with one mask, and also of
+    unregistered sessions that share one subject-level BIDS mask, which this cannot tell
+    apart -- use ``least_squares`` with traveling subjects only when their scans are
+    co-registered.  ``slice_step``:
     the voxels of every ``slice_step``-th slice only (:func:`pooled_outputs`).
 
     ``denoise`` (``config.model.calibrate_denoise``, :func:`parse_denoise`): candidate
