@@ -555,10 +555,12 @@ def fit_site_maps(harmonizer, train: TrainingSet, knots: int = 256,
             entry.update(form="least_squares", output=out_k.tolist(), target=tgt_k.tolist())
         else:
             if form == "least_squares" and progress:
+                why = ("its heads are not voxel pairs with their target scans (another brain "
+                       "mask or grid)" if not g["aligned"] else
+                       f"its heads have {g['out'].size} voxel pairs for {knots} knots")
                 print(f"[{getattr(harmonizer, 'name', 'harmonizer')}] site map of "
-                      f"{', '.join(sorted(g['sites'])) or g['p']}: its heads are not voxel "
-                      "pairs with their target scans (another brain mask or grid), so its map "
-                      "is the quantile one", flush=True)
+                      f"{', '.join(sorted(g['sites'])) or g['p']}: {why}, so its map is the "
+                      "quantile one", flush=True)
             entry.update(form="quantile",
                          output=np.maximum.accumulate(np.quantile(g["out"], q)).tolist(),
                          target=np.maximum.accumulate(np.quantile(g["tgt"], q)).tolist())
